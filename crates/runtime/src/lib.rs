@@ -1,1 +1,22 @@
-pub fn x() {}
+//! isola-runtime: one sandbox. A service spec (OCI runtime-spec body) is
+//! parsed ([`spec`]) and validated into a [`plan::Plan`] before anything is
+//! created; [`sandbox::start`] then makes its cgroup ([`cgroup`]), clones the
+//! init ([`init`]) into new namespaces and waits for the payload to start.
+
+pub mod capabilities;
+pub mod cgroup;
+pub mod error;
+pub mod init;
+pub mod mounts;
+pub mod plan;
+pub mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod starter;
+mod sync;
+mod sys;
+
+pub use error::{Error, SpecError};
+pub use plan::Plan;
+pub use sandbox::{ExitStatus, Options, Outcome, Sandbox};
+pub use spec::ServiceSpec;

@@ -1,0 +1,151 @@
+//! The five capability sets of `process.capabilities`, resolved at plan time
+//! and applied inside the sandbox by the init.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use oci_spec::runtime::LinuxCapabilities;
+
+use crate::error::SpecError;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapSets {
+    pub bounding: CapsHashSet,
+    pub effective: CapsHashSet,
+    pub permitted: CapsHashSet,
+    pub inheritable: CapsHashSet,
+    pub ambient: CapsHashSet,
+}
+
+/// Docker's default set, used by `isola spec`.
+pub const DOCKER_DEFAULT: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Without `process.capabilities` every set is empty: a sandbox gets only
+/// what its spec names.
+pub fn from_oci(c: Option<&LinuxCapabilities>) -> Result<CapSets, SpecError> {
+    let Some(c) = c else {
+        return Ok(CapSets::default());
+    };
+    let set = |name: &str,
+               v: &Option<oci_spec::runtime::Capabilities>|
+     -> Result<CapsHashSet, SpecError> {
+        let mut out = HashSet::new();
+        for cap in v.iter().flatten() {
+            let text = serde_json::to_value(cap)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let parsed = Capability::from_str(&text).map_err(|_| {
+                SpecError::new(
+                    format!("process.capabilities.{name}"),
+                    format!("{text}: unknown capability"),
+                )
+            })?;
+            out.insert(parsed);
+        }
+        Ok(out)
+    };
+    let sets = CapSets {
+        bounding: set("bounding", c.bounding())?,
+        effective: set("effective", c.effective())?,
+        permitted: set("permitted", c.permitted())?,
+        inheritable: set("inheritable", c.inheritable())?,
+        ambient: set("ambient", c.ambient())?,
+    };
+    for (name, s) in [("effective", &sets.effective), ("ambient", &sets.ambient)] {
+        if let Some(extra) = s.difference(&sets.permitted).next() {
+            return Err(SpecError::new(
+                format!("process.capabilities.{name}"),
+                format!("{extra} is not in permitted: the kernel would refuse it"),
+            ));
+        }
+    }
+    if let Some(extra) = sets.ambient.difference(&sets.inheritable).next() {
+        return Err(SpecError::new(
+            "process.capabilities.ambient",
+            format!("{extra} is not in inheritable: the kernel would refuse it"),
+        ));
+    }
+    Ok(sets)
+}
+
+/// Drop from the bounding set everything the spec does not keep. Needs
+/// CAP_SETPCAP, so it runs before the user switch.
+pub fn apply_bounding(sets: &CapSets) -> Result<(), String> {
+    let supported = caps::runtime::thread_all_supported();
+    for cap in supported {
+        if !sets.bounding.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Set inheritable, effective, permitted and ambient, in an order capset(2)
+/// accepts (inheritable while permitted is still full; effective before
+/// permitted shrinks below it). Runs after the user switch, which kept the
+/// permitted set through PR_SET_KEEPCAPS.
+pub fn apply_process_sets(sets: &CapSets) -> Result<(), String> {
+    caps::set(None, CapSet::Inheritable, &sets.inheritable)
+        .map_err(|e| format!("set inheritable: {e}"))?;
+    caps::set(None, CapSet::Effective, &sets.effective)
+        .map_err(|e| format!("set effective: {e}"))?;
+    caps::set(None, CapSet::Permitted, &sets.permitted)
+        .map_err(|e| format!("set permitted: {e}"))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient: {e}"))?;
+    for cap in &sets.ambient {
+        caps::raise(None, CapSet::Ambient, *cap)
+            .map_err(|e| format!("raise ambient {cap}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks_subsets() {
+        let c: LinuxCapabilities = serde_json::from_str(
+            r#"{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"],"inheritable":[],"ambient":[]}"#,
+        )
+        .unwrap();
+        let s = from_oci(Some(&c)).unwrap();
+        assert_eq!(s.bounding.len(), 2);
+        assert!(s.effective.contains(&Capability::CAP_KILL));
+
+        let c: LinuxCapabilities =
+            serde_json::from_str(r#"{"effective":["CAP_KILL"],"permitted":[]}"#).unwrap();
+        let e = from_oci(Some(&c)).unwrap_err();
+        assert_eq!(e.field, "process.capabilities.effective");
+    }
+
+    #[test]
+    fn docker_defaults_are_known() {
+        for c in DOCKER_DEFAULT {
+            assert!(Capability::from_str(c).is_ok(), "{c}");
+        }
+    }
+
+    #[test]
+    fn absent_means_none() {
+        assert_eq!(from_oci(None).unwrap(), CapSets::default());
+    }
+}

@@ -1,0 +1,382 @@
+//! cgroup v2, written through its files. Two halves: [`limits`] turns OCI
+//! resources into (file, value) writes (pure, unit-tested), and [`Cgroup`]
+//! owns one sandbox's directory: create, write, kill, remove.
+
+use std::fs;
+use std::io::{ErrorKind, Read, Seek};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::error::SpecError;
+
+pub mod limits;
+
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup/isola";
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// Controllers every sandbox gets so its usage can be read, limits or not.
+const BASE_CONTROLLERS: &[&str] = &["cpu", "memory", "io", "pids"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{0} is not a cgroup v2 (unified) hierarchy: this host uses cgroup v1 or hybrid; isola needs cgroup v2 for resource limits (run with --no-cgroup and no linux.resources to skip cgroups)")]
+    NotUnified(PathBuf),
+    #[error("--cgroup-root {0}: must be an absolute path inside {CGROUP_MOUNT}")]
+    BadRoot(PathBuf),
+    #[error("a sandbox named {0:?} is already running (cgroup {1} is populated)")]
+    InUse(String, PathBuf),
+    #[error(
+        "controller {controller} is not available in {path} (cgroup.controllers: {available:?})"
+    )]
+    Controller {
+        controller: String,
+        path: PathBuf,
+        available: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} still has processes after cgroup.kill")]
+    Busy(PathBuf),
+}
+
+impl CgroupError {
+    /// Problems the user can fix by changing the command line.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            CgroupError::NotUnified(_) | CgroupError::BadRoot(_) | CgroupError::InUse(..)
+        )
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Refuse a v1 or hybrid host: `/sys/fs/cgroup` itself must be cgroup2.
+pub fn check_unified() -> Result<(), CgroupError> {
+    let mount = Path::new(CGROUP_MOUNT);
+    match nix::sys::statfs::statfs(mount) {
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => Ok(()),
+        _ => Err(CgroupError::NotUnified(mount.to_owned())),
+    }
+}
+
+/// Check a `--cgroup-root` without touching the filesystem.
+pub fn check_root(root: &Path) -> Result<(), CgroupError> {
+    let ok = root.is_absolute()
+        && root.starts_with(CGROUP_MOUNT)
+        && root != Path::new(CGROUP_MOUNT)
+        && !root
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::BadRoot(root.to_owned()))
+    }
+}
+
+/// One sandbox's cgroup directory, held open so the sandbox can be cloned
+/// straight into it (CLONE_INTO_CGROUP).
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+    dir: OwnedFd,
+}
+
+impl Cgroup {
+    /// Create `root/name`, enable the controllers it needs in every parent
+    /// between `/sys/fs/cgroup` and it, and write `files`. On any failure the
+    /// new directory is removed again.
+    pub fn create(
+        root: &Path,
+        name: &str,
+        files: &[(String, String)],
+    ) -> Result<Cgroup, CgroupError> {
+        check_unified()?;
+        check_root(root)?;
+        let mut controllers: Vec<String> = BASE_CONTROLLERS.iter().map(|s| s.to_string()).collect();
+        for (file, _) in files {
+            if let Some((c, _)) = file.split_once('.') {
+                if c != "cgroup" && !controllers.iter().any(|x| x == c) {
+                    controllers.push(c.to_string());
+                }
+            }
+        }
+        // Each ancestor below the mount must exist and delegate the controllers.
+        let mut dir = PathBuf::from(CGROUP_MOUNT);
+        let rel = root
+            .strip_prefix(CGROUP_MOUNT)
+            .map_err(|_| CgroupError::BadRoot(root.to_owned()))?;
+        enable_controllers(&dir, &controllers, files)?;
+        for comp in rel.components() {
+            dir.push(comp);
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+            enable_controllers(&dir, &controllers, files)?;
+        }
+        let path = root.join(name);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Left by a run that was killed before it could clean up?
+                if populated(&path)? {
+                    return Err(CgroupError::InUse(name.to_string(), path));
+                }
+                fs::remove_dir(&path).map_err(io_err(&path))?;
+                fs::create_dir(&path).map_err(io_err(&path))?;
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let dir = match open(
+            &path,
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                return Err(io_err(&path)(e.into()));
+            }
+        };
+        let cg = Cgroup { path, dir };
+        for (file, value) in files {
+            if let Err(e) = cg.write(file, value) {
+                let _ = fs::remove_dir(&cg.path);
+                return Err(e);
+            }
+        }
+        Ok(cg)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    pub fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
+        let p = self.path.join(file);
+        fs::write(&p, value).map_err(|source| CgroupError::Write {
+            path: p,
+            value: value.to_string(),
+            source,
+        })
+    }
+
+    pub fn read(&self, file: &str) -> Result<String, CgroupError> {
+        let p = self.path.join(file);
+        fs::read_to_string(&p).map_err(io_err(&p))
+    }
+
+    /// A `key value` line of a flat-keyed file such as memory.events.
+    pub fn read_key(&self, file: &str, key: &str) -> Option<u64> {
+        let text = self.read(file).ok()?;
+        flat_key(&text, key)
+    }
+
+    /// Number of processes the kernel's OOM killer killed in this group.
+    pub fn oom_kills(&self) -> u64 {
+        self.read_key("memory.events", "oom_kill").unwrap_or(0)
+    }
+
+    pub fn memory_max(&self) -> Option<String> {
+        self.read("memory.max").ok().map(|s| s.trim().to_string())
+    }
+
+    /// Add a process (fallback when clone3 cannot place the child itself).
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// SIGKILL every process in the group, then wait (event-driven) until it
+    /// is empty.
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        if !populated(&self.path)? {
+            return Ok(());
+        }
+        self.write("cgroup.kill", "1")?;
+        wait_unpopulated(&self.path, timeout)
+    }
+
+    /// Kill what is left and remove the directory. Called on every path out of
+    /// a sandbox: success, failure, signal, setup error.
+    pub fn destroy(self) -> Result<(), CgroupError> {
+        self.kill_all(Duration::from_secs(10))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                // The last task can still be on its way out after
+                // populated=0 is reported; short, bounded retry.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    self.kill_all(Duration::from_secs(1))?;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(io_err(&self.path)(e)),
+            }
+        }
+    }
+}
+
+fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        if k == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+fn populated(path: &Path) -> Result<bool, CgroupError> {
+    let p = path.join("cgroup.events");
+    let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+    Ok(flat_key(&text, "populated").unwrap_or(0) != 0)
+}
+
+/// cgroup.events signals POLLPRI on every change: wait on it, no polling loop.
+fn wait_unpopulated(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    let p = path.join("cgroup.events");
+    let mut f = fs::File::open(&p).map_err(io_err(&p))?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        f.rewind().map_err(io_err(&p))?;
+        f.read_to_string(&mut buf).map_err(io_err(&p))?;
+        if flat_key(&buf, "populated").unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CgroupError::Busy(path.to_owned()));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLPRI,
+        )];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(io_err(&p)(e.into())),
+        }
+    }
+}
+
+fn enable_controllers(
+    dir: &Path,
+    wanted: &[String],
+    files: &[(String, String)],
+) -> Result<(), CgroupError> {
+    let avail_path = dir.join("cgroup.controllers");
+    let available = fs::read_to_string(&avail_path).map_err(io_err(&avail_path))?;
+    let ctl_path = dir.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&ctl_path).map_err(io_err(&ctl_path))?;
+    let mut add = String::new();
+    for c in wanted {
+        let is_available = available.split_whitespace().any(|a| a == c);
+        if !is_available {
+            // Base controllers are optional (only read for status); a
+            // controller a limit needs is not.
+            let needed = files
+                .iter()
+                .any(|(f, _)| f.split_once('.').map(|(x, _)| x) == Some(c));
+            if needed {
+                return Err(CgroupError::Controller {
+                    controller: c.clone(),
+                    path: dir.to_owned(),
+                    available: available.trim().to_string(),
+                });
+            }
+            continue;
+        }
+        if !enabled.split_whitespace().any(|e| e == c) {
+            add.push_str(&format!("+{c} "));
+        }
+    }
+    if add.is_empty() {
+        return Ok(());
+    }
+    fs::write(&ctl_path, add.trim_end()).map_err(|source| CgroupError::Write {
+        path: ctl_path,
+        value: add,
+        source,
+    })
+}
+
+/// Validate a name used as a cgroup directory (and in messages).
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "name",
+            format!("{name:?}: use 1-64 characters of A-Z a-z 0-9 - _ ."),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keys() {
+        let t = "low 0\nhigh 0\nmax 4\noom 2\noom_kill 1\n";
+        assert_eq!(flat_key(t, "oom_kill"), Some(1));
+        assert_eq!(flat_key(t, "oom"), Some(2));
+        assert_eq!(flat_key(t, "nope"), None);
+    }
+
+    #[test]
+    fn roots_must_be_inside_the_mount() {
+        assert!(check_root(Path::new("/sys/fs/cgroup/isola")).is_ok());
+        assert!(check_root(Path::new("/sys/fs/cgroup")).is_err());
+        assert!(check_root(Path::new("isola")).is_err());
+        assert!(check_root(Path::new("/tmp/x")).is_err());
+        assert!(check_root(Path::new("/sys/fs/cgroup/../x")).is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("web-1_a.b").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("..").is_err());
+        assert!(check_name("a/b").is_err());
+    }
+}

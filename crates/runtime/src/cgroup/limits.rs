@@ -1,0 +1,442 @@
+//! OCI `linux.resources` → cgroup v2 file writes, validated against the
+//! kernel's bounds. Pure: nothing here touches the filesystem.
+
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources, LinuxThrottleDevice};
+
+use crate::error::SpecError;
+
+const FIELD: &str = "linux.resources";
+const MIN_MEMORY: i64 = 64 * 1024;
+/// The kernel's cpu.max bounds (kernel/sched/core.c): 1 ms ≤ period ≤ 1 s,
+/// quota ≥ 1 ms.
+const MIN_PERIOD: u64 = 1_000;
+const MAX_PERIOD: u64 = 1_000_000;
+const MIN_QUOTA: i64 = 1_000;
+const DEFAULT_PERIOD: u64 = 100_000;
+
+type Writes = Vec<(String, String)>;
+
+fn err(field: &str, msg: String) -> SpecError {
+    SpecError::new(format!("{FIELD}.{field}"), msg)
+}
+
+/// Every (file, value) to write, in an order the kernel accepts
+/// (memory.max before memory.swap.max and the like).
+pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
+    let mut w = Writes::new();
+    if let Some(cpu) = res.cpu() {
+        cpu_files(cpu, &mut w)?;
+    }
+    if let Some(mem) = res.memory() {
+        memory_files(mem, &mut w)?;
+    }
+    if let Some(pids) = res.pids() {
+        let limit = pids.limit();
+        let v = if limit <= 0 {
+            "max".to_string()
+        } else {
+            limit.to_string()
+        };
+        w.push(("pids.max".into(), v));
+    }
+    if let Some(bio) = res.block_io() {
+        block_io_files(bio, &mut w)?;
+    }
+    if res
+        .hugepage_limits()
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(err("hugepageLimits", "not supported by isola yet".into()));
+    }
+    if res.network().is_some() {
+        return Err(err(
+            "network",
+            "not supported on cgroup v2 (no net_cls/net_prio)".into(),
+        ));
+    }
+    if res.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(err("rdma", "not supported by isola yet".into()));
+    }
+    if let Some(devs) = res.devices() {
+        // The usual OCI default is one "deny all" entry; isola gives no device
+        // nodes beyond the ones it binds itself, so only accept a plain deny.
+        for (i, d) in devs.iter().enumerate() {
+            if d.allow() {
+                return Err(err(
+                    &format!("devices[{i}]"),
+                    "device allow rules are not supported (isola binds only null, zero, full, random, urandom, tty)".into(),
+                ));
+            }
+        }
+    }
+    if let Some(unified) = res.unified() {
+        let mut keys: Vec<_> = unified.keys().collect();
+        keys.sort();
+        for k in keys {
+            check_unified_key(k)?;
+            w.push((k.clone(), unified[k].clone()));
+        }
+    }
+    Ok(w)
+}
+
+fn cpu_files(cpu: &LinuxCpu, w: &mut Writes) -> Result<(), SpecError> {
+    let period = cpu.period().unwrap_or(DEFAULT_PERIOD);
+    if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
+        return Err(err(
+            "cpu.period",
+            format!("{period}: must be between {MIN_PERIOD} and {MAX_PERIOD} µs"),
+        ));
+    }
+    match cpu.quota() {
+        Some(q) if q > 0 && q < MIN_QUOTA => {
+            return Err(err(
+                "cpu.quota",
+                format!("{q}: must be at least {MIN_QUOTA} µs, or -1 for no limit"),
+            ));
+        }
+        Some(q) if q == 0 || q < -1 => {
+            return Err(err(
+                "cpu.quota",
+                format!("{q}: must be at least {MIN_QUOTA} µs, or -1 for no limit"),
+            ));
+        }
+        Some(q) if q > 0 => w.push(("cpu.max".into(), format!("{q} {period}"))),
+        Some(_) => w.push(("cpu.max".into(), format!("max {period}"))),
+        None if cpu.period().is_some() => w.push(("cpu.max".into(), format!("max {period}"))),
+        None => {}
+    }
+    if let Some(b) = cpu.burst() {
+        w.push(("cpu.max.burst".into(), b.to_string()));
+    }
+    if let Some(s) = cpu.shares() {
+        if s != 0 {
+            if !(2..=262_144).contains(&s) {
+                return Err(err(
+                    "cpu.shares",
+                    format!("{s}: must be between 2 and 262144"),
+                ));
+            }
+            w.push(("cpu.weight".into(), shares_to_weight(s).to_string()));
+        }
+    }
+    if let Some(idle) = cpu.idle() {
+        w.push(("cpu.idle".into(), idle.to_string()));
+    }
+    if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
+        return Err(err(
+            "cpu.realtimeRuntime",
+            "not supported on cgroup v2".into(),
+        ));
+    }
+    if let Some(c) = cpu.cpus() {
+        check_cpuset_list("cpu.cpus", c)?;
+        w.push(("cpuset.cpus".into(), c.clone()));
+    }
+    if let Some(m) = cpu.mems() {
+        check_cpuset_list("cpu.mems", m)?;
+        w.push(("cpuset.mems".into(), m.clone()));
+    }
+    Ok(())
+}
+
+/// cgroup v1 shares (2..262144) → v2 weight (1..10000) by the logarithmic
+/// mapping runc 1.3 and crun 1.23 use: 2→1, 1024→100 (both defaults), 262144→10000.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    10f64.powf(exponent).ceil() as u64
+}
+
+fn check_cpuset_list(field: &str, v: &str) -> Result<(), SpecError> {
+    let ok = !v.is_empty()
+        && v.split(',').all(|part| {
+            let mut it = part.splitn(2, '-');
+            let a = it.next().map(|x| x.parse::<u32>().is_ok()).unwrap_or(false);
+            let b = it.next().map(|x| x.parse::<u32>().is_ok()).unwrap_or(true);
+            a && b
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("{v:?}: expected a list such as \"0-2,4\""),
+        ))
+    }
+}
+
+fn memory_files(mem: &LinuxMemory, w: &mut Writes) -> Result<(), SpecError> {
+    let bytes = |field: &str, v: i64| -> Result<String, SpecError> {
+        match v {
+            -1 => Ok("max".into()),
+            v if v < MIN_MEMORY => Err(err(
+                field,
+                format!("{v}: must be at least {MIN_MEMORY} bytes (64 KiB), or -1 for no limit"),
+            )),
+            v => Ok(v.to_string()),
+        }
+    };
+    if let Some(r) = mem.reservation() {
+        w.push(("memory.low".into(), bytes("memory.reservation", r)?));
+    }
+    if let Some(l) = mem.limit() {
+        w.push(("memory.max".into(), bytes("memory.limit", l)?));
+    }
+    if let Some(s) = mem.swap() {
+        // OCI swap is memory+swap; v2 swap.max counts swap alone.
+        let v = match (s, mem.limit()) {
+            (-1, _) => "max".to_string(),
+            (s, Some(l)) if l > 0 && s >= l => (s - l).to_string(),
+            (s, Some(l)) if l > 0 => {
+                return Err(err(
+                    "memory.swap",
+                    format!("{s}: must be -1 or at least memory.limit ({l})"),
+                ));
+            }
+            (s, _) => {
+                return Err(err(
+                    "memory.swap",
+                    format!("{s}: needs a memory.limit (swap counts memory+swap)"),
+                ));
+            }
+        };
+        w.push(("memory.swap.max".into(), v));
+    }
+    if mem.kernel().is_some() || mem.kernel_tcp().is_some() {
+        return Err(err("memory.kernel", "not supported on cgroup v2".into()));
+    }
+    if mem.swappiness().is_some() {
+        return Err(err(
+            "memory.swappiness",
+            "not supported on cgroup v2".into(),
+        ));
+    }
+    if mem.disable_oom_killer() == Some(true) {
+        return Err(err(
+            "memory.disableOOMKiller",
+            "not supported on cgroup v2".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn block_io_files(bio: &LinuxBlockIo, w: &mut Writes) -> Result<(), SpecError> {
+    let weight = |field: &str, v: u16| -> Result<u64, SpecError> {
+        if !(10..=1000).contains(&v) {
+            return Err(err(field, format!("{v}: must be between 10 and 1000")));
+        }
+        // blkio 10..1000 → io 1..10000, linearly (as crun).
+        Ok(1 + (u64::from(v) - 10) * 9999 / 990)
+    };
+    if let Some(v) = bio.weight() {
+        w.push((
+            "io.weight".into(),
+            format!("default {}", weight("blockIO.weight", v)?),
+        ));
+    }
+    if bio.leaf_weight().is_some() {
+        return Err(err(
+            "blockIO.leafWeight",
+            "not supported on cgroup v2".into(),
+        ));
+    }
+    for (i, d) in bio.weight_device().iter().flatten().enumerate() {
+        if let Some(v) = d.weight() {
+            let f = format!("blockIO.weightDevice[{i}].weight");
+            w.push((
+                "io.weight".into(),
+                format!("{}:{} {}", d.major(), d.minor(), weight(&f, v)?),
+            ));
+        }
+    }
+    let throttles: [(&str, &Option<Vec<LinuxThrottleDevice>>, &str); 4] = [
+        (
+            "throttleReadBpsDevice",
+            bio.throttle_read_bps_device(),
+            "rbps",
+        ),
+        (
+            "throttleWriteBpsDevice",
+            bio.throttle_write_bps_device(),
+            "wbps",
+        ),
+        (
+            "throttleReadIOPSDevice",
+            bio.throttle_read_iops_device(),
+            "riops",
+        ),
+        (
+            "throttleWriteIOPSDevice",
+            bio.throttle_write_iops_device(),
+            "wiops",
+        ),
+    ];
+    for (field, devs, key) in throttles {
+        for (i, d) in devs.iter().flatten().enumerate() {
+            if d.major() < 0 || d.minor() < 0 {
+                return Err(err(
+                    &format!("blockIO.{field}[{i}]"),
+                    format!("{}:{}: bad device number", d.major(), d.minor()),
+                ));
+            }
+            let rate = if d.rate() == 0 {
+                "max".to_string()
+            } else {
+                d.rate().to_string()
+            };
+            w.push((
+                "io.max".into(),
+                format!("{}:{} {key}={rate}", d.major(), d.minor()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `unified` keys must name an interface file of a controller, not a path or
+/// one of the files isola itself manages.
+fn check_unified_key(k: &str) -> Result<(), SpecError> {
+    let managed = [
+        "cgroup.procs",
+        "cgroup.threads",
+        "cgroup.subtree_control",
+        "cgroup.kill",
+        "cgroup.freeze",
+        "cgroup.type",
+    ];
+    let well_formed = k.split_once('.').is_some_and(|(c, f)| {
+        !c.is_empty() && !f.is_empty() && c.chars().all(|x| x.is_ascii_lowercase() || x == '_')
+    }) && k
+        .chars()
+        .all(|x| x.is_ascii_alphanumeric() || "._-".contains(x));
+    if !well_formed || managed.contains(&k) {
+        return Err(err(
+            &format!("unified.{k}"),
+            "not a cgroup v2 interface file isola may set".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(json: &str) -> LinuxResources {
+        serde_json::from_str(json).expect("test resources parse")
+    }
+
+    #[test]
+    fn shares_map_logarithmically() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert!(shares_to_weight(512) < 100 && shares_to_weight(2048) > 100);
+    }
+
+    #[test]
+    fn cpu_quota_and_period() {
+        let w = translate(&res(r#"{"cpu":{"quota":20000,"period":100000}}"#)).unwrap();
+        assert_eq!(w, vec![("cpu.max".into(), "20000 100000".into())]);
+        let w = translate(&res(r#"{"cpu":{"quota":50000}}"#)).unwrap();
+        assert_eq!(w, vec![("cpu.max".into(), "50000 100000".into())]);
+        let w = translate(&res(r#"{"cpu":{"quota":-1}}"#)).unwrap();
+        assert_eq!(w, vec![("cpu.max".into(), "max 100000".into())]);
+    }
+
+    #[test]
+    fn cpu_bounds_are_the_kernels() {
+        let e = translate(&res(r#"{"cpu":{"period":999}}"#)).unwrap_err();
+        assert_eq!(e.field, "linux.resources.cpu.period");
+        assert!(e.message.starts_with("999:"));
+        assert!(translate(&res(r#"{"cpu":{"period":1000001}}"#)).is_err());
+        let e = translate(&res(r#"{"cpu":{"quota":999}}"#)).unwrap_err();
+        assert_eq!(e.field, "linux.resources.cpu.quota");
+        assert!(translate(&res(r#"{"cpu":{"quota":1000,"period":1000}}"#)).is_ok());
+    }
+
+    #[test]
+    fn memory_and_swap() {
+        let w = translate(&res(
+            r#"{"memory":{"limit":33554432,"swap":67108864,"reservation":1048576}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            w,
+            vec![
+                ("memory.low".into(), "1048576".into()),
+                ("memory.max".into(), "33554432".into()),
+                ("memory.swap.max".into(), "33554432".into()),
+            ]
+        );
+        let w = translate(&res(r#"{"memory":{"limit":-1,"swap":-1}}"#)).unwrap();
+        assert_eq!(
+            w,
+            vec![
+                ("memory.max".into(), "max".into()),
+                ("memory.swap.max".into(), "max".into())
+            ]
+        );
+        let e = translate(&res(r#"{"memory":{"limit":4096}}"#)).unwrap_err();
+        assert_eq!(e.to_string(), "linux.resources.memory.limit: 4096: must be at least 65536 bytes (64 KiB), or -1 for no limit");
+        assert!(translate(&res(r#"{"memory":{"limit":1048576,"swap":1000}}"#)).is_err());
+    }
+
+    #[test]
+    fn pids_and_io() {
+        let w = translate(&res(
+            r#"{"pids":{"limit":32},"blockIO":{"weight":500,"throttleWriteBpsDevice":[{"major":254,"minor":0,"rate":1048576}],"throttleReadIOPSDevice":[{"major":8,"minor":0,"rate":100}]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            w,
+            vec![
+                ("pids.max".into(), "32".into()),
+                ("io.weight".into(), "default 4950".into()),
+                ("io.max".into(), "254:0 wbps=1048576".into()),
+                ("io.max".into(), "8:0 riops=100".into()),
+            ]
+        );
+        assert_eq!(
+            translate(&res(r#"{"pids":{"limit":-1}}"#)).unwrap()[0].1,
+            "max"
+        );
+    }
+
+    #[test]
+    fn unified_keys_are_checked() {
+        let w = translate(&res(
+            r#"{"unified":{"memory.high":"1000000","memory.oom.group":"1"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(w.len(), 2);
+        for bad in ["../x", "cgroup.procs", "memory", "memory.high/../../x"] {
+            let e = translate(&res(&format!(r#"{{"unified":{{"{bad}":"1"}}}}"#))).unwrap_err();
+            assert!(
+                e.field.starts_with("linux.resources.unified."),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpusets() {
+        let w = translate(&res(r#"{"cpu":{"cpus":"0-1,3","mems":"0"}}"#)).unwrap();
+        assert_eq!(
+            w,
+            vec![
+                ("cpuset.cpus".into(), "0-1,3".into()),
+                ("cpuset.mems".into(), "0".into())
+            ]
+        );
+        assert!(translate(&res(r#"{"cpu":{"cpus":"a"}}"#)).is_err());
+    }
+}

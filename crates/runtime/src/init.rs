@@ -1,0 +1,322 @@
+//! The sandbox's init: the first process inside, PID 1 of a new PID
+//! namespace. It builds the sandbox around itself (namespaces joined, ids,
+//! mounts, credentials, seccomp on itself), starts the payload, then only
+//! reaps children and forwards signals until the payload exits, and exits
+//! with the payload's status.
+//!
+//! Runs in a fork of `isola run`/`isola up` (clone3 without CLONE_VM): no
+//! re-exec, the validated plan is already in memory.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use crate::mounts::{self, Layout};
+use crate::plan::Plan;
+use crate::sync::{self, Msg};
+use crate::{capabilities, sys};
+
+/// Signals `isola run` and the init pass on to the payload.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// The init's signal set: the forwarded ones and SIGCHLD. The caller blocks
+/// these before clone3 so none is lost between fork and the wait loop.
+pub fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+type Step = (&'static str, String);
+
+/// Entry point in the child of clone3. Never returns.
+pub fn run(plan: &Plan, sock: OwnedFd) -> ! {
+    match prepare(plan, &sock) {
+        Ok(Some(payload)) => supervise(plan, payload),
+        // Parent vanished before saying go: nothing to report to.
+        Ok(None) => sys::exit_now(125),
+        Err(Failure::Setup((step, message))) => {
+            let _ = sync::write(
+                &sock,
+                &Msg::SetupFailed {
+                    step: step.to_string(),
+                    message,
+                },
+            );
+            sys::exit_now(125)
+        }
+        Err(Failure::Exec(errno, code)) => {
+            let _ = sync::write(
+                &sock,
+                &Msg::ExecFailed {
+                    errno: errno as i32,
+                    command: plan.command(),
+                },
+            );
+            sys::exit_now(code)
+        }
+    }
+}
+
+enum Failure {
+    Setup(Step),
+    Exec(Errno, i32),
+}
+
+impl From<Step> for Failure {
+    fn from(s: Step) -> Failure {
+        Failure::Setup(s)
+    }
+}
+
+fn step<E: std::fmt::Display>(
+    name: &'static str,
+    what: impl std::fmt::Display,
+) -> impl FnOnce(E) -> Step {
+    move |e| (name, format!("{what}: {e}"))
+}
+
+/// Everything up to a running payload; returns its pid.
+fn prepare(plan: &Plan, sock: &OwnedFd) -> Result<Option<Pid>, Failure> {
+    // If isola dies, so does the sandbox (the rest of the PID namespace dies
+    // with its init).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
+    match sync::read(sock).map_err(step("sync", "wait for parent"))? {
+        Some(Msg::Go) => {}
+        _ => return Ok(None),
+    }
+
+    for (flag, path) in &plan.join {
+        let f = std::fs::File::open(path).map_err(step("setns", path.display()))?;
+        nix::sched::setns(f, *flag).map_err(step("setns", path.display()))?;
+    }
+    if let Some(adj) = plan.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(step("oomScoreAdj", adj))?;
+    }
+    for (k, v) in &plan.sysctl {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(step("sysctl", k))?;
+    }
+    if plan.new_net_ns() {
+        sys::set_link_up(c"lo").map_err(step("network", "bring lo up"))?;
+    }
+    if let Some(h) = &plan.hostname {
+        nix::unistd::sethostname(h).map_err(step("hostname", h))?;
+    }
+    if plan.clone_flags & libc::CLONE_NEWNS as u64 != 0 {
+        mounts::setup(&Layout {
+            root: plan.root.as_deref(),
+            root_readonly: plan.root_readonly,
+            propagation: plan.propagation,
+            mounts: &plan.mounts,
+            fresh_proc: plan.new_pid_ns(),
+            masked: &plan.masked,
+            readonly: &plan.readonly,
+        })?;
+    }
+    for (res, soft, hard) in &plan.rlimits {
+        nix::sys::resource::setrlimit(*res, *soft, *hard)
+            .map_err(step("rlimits", format!("{res:?}")))?;
+    }
+    // With noNewPrivileges false the filter needs CAP_SYS_ADMIN, so it goes
+    // in while we still have it (the OCI order); otherwise as late as possible.
+    if !plan.no_new_privs {
+        install_seccomp(plan)?;
+    }
+    capabilities::apply_bounding(&plan.caps).map_err(|e| ("capabilities", e))?;
+    switch_user(plan)?;
+    capabilities::apply_process_sets(&plan.caps).map_err(|e| ("capabilities", e))?;
+    if let Some(m) = plan.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
+    nix::unistd::chdir(&plan.cwd).map_err(step("cwd", plan.cwd.display()))?;
+    // The credential change cleared the death signal; set it again.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
+    // Nothing in the sandbox may open /proc/1/exe, /proc/1/mem or our fds:
+    // non-dumpable makes them root-owned and ptrace-protected.
+    nix::sys::prctl::set_dumpable(false).map_err(step("prctl", "PR_SET_DUMPABLE"))?;
+    if plan.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(step("prctl", "PR_SET_NO_NEW_PRIVS"))?;
+        install_seccomp(plan)?;
+    }
+    let pid = spawn_payload(plan)?;
+    sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
+    Ok(Some(pid))
+}
+
+fn install_seccomp(plan: &Plan) -> Result<(), Step> {
+    for prog in &plan.seccomp {
+        sys::seccomp_set_filter(prog).map_err(step("seccomp", "install filter"))?;
+    }
+    Ok(())
+}
+
+fn switch_user(plan: &Plan) -> Result<(), Step> {
+    let gids: Vec<Gid> = plan
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    // setgroups is denied in a user namespace whose gid_map was written
+    // without CAP_SETGID; only call it when there is something to set or we
+    // are allowed to clear.
+    if !plan.new_user_ns() || !gids.is_empty() {
+        nix::unistd::setgroups(&gids).map_err(step("user", "setgroups"))?;
+    }
+    nix::sys::prctl::set_keepcaps(true).map_err(step("user", "PR_SET_KEEPCAPS"))?;
+    let g = Gid::from_raw(plan.gid);
+    nix::unistd::setresgid(g, g, g).map_err(step("user", format!("setgid {}", plan.gid)))?;
+    let u = Uid::from_raw(plan.uid);
+    nix::unistd::setresuid(u, u, u).map_err(step("user", format!("setuid {}", plan.uid)))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(step("user", "PR_SET_KEEPCAPS"))?;
+    Ok(())
+}
+
+/// Fork and exec the payload. An exec failure comes back over a CLOEXEC
+/// pipe as the errno (EOF means the exec happened).
+fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step("exec", "pipe"))?;
+    // fork(2), not clone3: seccomp profiles (Docker's too) answer clone3
+    // with ENOSYS.
+    let fork = sys::fork().map_err(step("exec", "fork"))?;
+    match fork {
+        ForkResult::Child => {
+            drop(rd);
+            let errno = exec_payload(plan);
+            let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
+            sys::exit_now(exec_exit_code(errno))
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut buf = [0u8; 4];
+            let n = loop {
+                match nix::unistd::read(&rd, &mut buf) {
+                    Err(Errno::EINTR) => continue,
+                    r => break r.map_err(step("exec", "read exec status"))?,
+                }
+            };
+            if n == 4 {
+                let errno = Errno::from_raw(i32::from_ne_bytes(buf));
+                let _ = waitpid(child, None);
+                return Err(Failure::Exec(errno, exec_exit_code(errno)));
+            }
+            Ok(child)
+        }
+    }
+}
+
+fn exec_exit_code(e: Errno) -> i32 {
+    match e {
+        Errno::ENOENT | Errno::ENOTDIR => 127,
+        _ => 126,
+    }
+}
+
+/// In the payload child: restore signals, hide inherited fds, exec.
+/// Returns only on failure.
+fn exec_payload(plan: &Plan) -> Errno {
+    sys::reset_signal_dispositions();
+    if let Err(e) =
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+    {
+        return e;
+    }
+    // Mark everything above stdio close-on-exec: the error pipe stays usable
+    // until the exec succeeds, nothing else crosses it.
+    if let Err(e) = sys::close_fds_from_on_exec(3) {
+        return e;
+    }
+    let path = match resolve(plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    match nix::unistd::execve(&path, &plan.args, &plan.env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+/// execvpe semantics, but with the payload's PATH, not ours.
+fn resolve(plan: &Plan) -> Result<CString, Errno> {
+    let cmd = plan.args[0].as_bytes();
+    if cmd.contains(&b'/') {
+        return Ok(plan.args[0].clone());
+    }
+    let mut denied = false;
+    for dir in &plan.search_path {
+        let cand = dir.join(std::ffi::OsStr::from_bytes(cmd));
+        match nix::unistd::access(&cand, nix::unistd::AccessFlags::X_OK) {
+            Ok(()) if !Path::new(&cand).is_dir() => {
+                return CString::new(cand.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+            }
+            Ok(()) | Err(Errno::EACCES) => denied = true,
+            Err(_) => {}
+        }
+    }
+    Err(if denied { Errno::EACCES } else { Errno::ENOENT })
+}
+
+/// The init's life after the payload started: reap, forward, exit.
+fn supervise(plan: &Plan, payload: Pid) -> ! {
+    let set = signal_set();
+    let mut status: Option<i32> = None;
+    while status.is_none() {
+        let Ok(sig) = set.wait() else { continue };
+        if sig == Signal::SIGCHLD {
+            status = reap(payload);
+        } else {
+            let _ = kill(payload, sig);
+        }
+    }
+    // The payload is gone: so is everything it left behind.
+    if plan.new_pid_ns() {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    }
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::__WALL)) {
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) if !plan.new_pid_ns() => break,
+            Ok(_) => {}
+        }
+    }
+    sys::exit_now(status.unwrap_or(125))
+}
+
+/// Reap every exited child; the payload's exit status when it is among them.
+fn reap(payload: Pid) -> Option<i32> {
+    let mut result = None;
+    loop {
+        match waitpid(
+            None::<Pid>,
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == payload => result = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => {
+                result = Some(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return result,
+            Err(Errno::EINTR) | Ok(_) => {}
+            Err(_) => return result,
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! A validated, fully resolved sandbox: everything is checked here, before
+//! any cgroup, process or mount exists, so bad input leaves nothing behind.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sys::resource::Resource;
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimit};
+
+use crate::capabilities::{self, CapSets};
+use crate::cgroup::limits;
+use crate::error::SpecError;
+use crate::mounts::MountSpec;
+use crate::seccomp::{self, Program};
+use crate::spec::ServiceSpec;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    /// PATH of the payload's environment, searched inside the sandbox.
+    pub search_path: Vec<PathBuf>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub caps: CapSets,
+    pub rlimits: Vec<(Resource, u64, u64)>,
+    pub no_new_privs: bool,
+    pub oom_score_adj: Option<i32>,
+    pub root: Option<PathBuf>,
+    pub root_readonly: bool,
+    pub propagation: MsFlags,
+    pub mounts: Vec<MountSpec>,
+    pub masked: Vec<PathBuf>,
+    pub readonly: Vec<PathBuf>,
+    pub hostname: Option<String>,
+    /// CLONE_NEW* flags for namespaces created with the sandbox.
+    pub clone_flags: u64,
+    /// Existing namespaces to join, by path.
+    pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
+    pub uid_map: Option<String>,
+    pub gid_map: Option<String>,
+    pub sysctl: Vec<(String, String)>,
+    pub seccomp: Vec<Program>,
+    /// cgroup file writes; empty when the spec sets no limits.
+    pub cgroup_files: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn new_pid_ns(&self) -> bool {
+        self.clone_flags & libc::CLONE_NEWPID as u64 != 0
+    }
+    pub fn new_net_ns(&self) -> bool {
+        self.clone_flags & libc::CLONE_NEWNET as u64 != 0
+    }
+    pub fn new_user_ns(&self) -> bool {
+        self.clone_flags & libc::CLONE_NEWUSER as u64 != 0
+    }
+    pub fn has_resources(&self) -> bool {
+        !self.cgroup_files.is_empty()
+    }
+    /// The command as the user wrote it, for messages.
+    pub fn command(&self) -> String {
+        self.args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn from_spec(s: &ServiceSpec) -> Result<Plan, SpecError> {
+        let oci = &s.oci;
+        if oci.hooks().is_some() {
+            return Err(SpecError::new("hooks", "not supported"));
+        }
+        let process = oci
+            .process()
+            .as_ref()
+            .ok_or_else(|| SpecError::new("process", "missing: a service needs process.args"))?;
+        if process.terminal() == Some(true) {
+            return Err(SpecError::new(
+                "process.terminal",
+                "true: not supported (stdio is inherited)",
+            ));
+        }
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() || args[0].is_empty() {
+            return Err(SpecError::new("process.args", "must name a command"));
+        }
+        let args = cstrings("process.args", &args)?;
+        let env_list = process.env().clone().unwrap_or_default();
+        for (i, e) in env_list.iter().enumerate() {
+            if !e.contains('=') {
+                return Err(SpecError::new(
+                    format!("process.env[{i}]"),
+                    format!("{e:?}: expected NAME=VALUE"),
+                ));
+            }
+        }
+        let search_path = env_list
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH)
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let env = cstrings("process.env", &env_list)?;
+        let cwd = process.cwd().clone();
+        if !cwd.is_absolute() {
+            return Err(SpecError::new(
+                "process.cwd",
+                format!("{}: must be an absolute path", cwd.display()),
+            ));
+        }
+        let user = process.user();
+        let caps = capabilities::from_oci(process.capabilities().as_ref())?;
+        let rlimits = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| rlimit(i, r))
+            .collect::<Result<_, _>>()?;
+        if let Some(adj) = process.oom_score_adj() {
+            if !(-1000..=1000).contains(&adj) {
+                return Err(SpecError::new(
+                    "process.oomScoreAdj",
+                    format!("{adj}: must be between -1000 and 1000"),
+                ));
+            }
+        }
+        for (field, set) in [
+            (
+                "process.apparmorProfile",
+                process.apparmor_profile().is_some(),
+            ),
+            ("process.selinuxLabel", process.selinux_label().is_some()),
+        ] {
+            if set {
+                return Err(SpecError::new(field, "not supported"));
+            }
+        }
+
+        let (root, root_readonly) = match oci.root() {
+            Some(r) => {
+                let p = if r.path().is_absolute() {
+                    r.path().clone()
+                } else {
+                    s.base_dir.join(r.path())
+                };
+                if !p.is_dir() {
+                    return Err(SpecError::new(
+                        "root.path",
+                        format!("{}: no such directory", p.display()),
+                    ));
+                }
+                let p = std::fs::canonicalize(&p)
+                    .map_err(|e| SpecError::new("root.path", format!("{}: {e}", p.display())))?;
+                (Some(p), r.readonly().unwrap_or(false))
+            }
+            None => (None, false),
+        };
+
+        // Not Linux::default(): oci-spec's default carries namespaces and
+        // masked paths the user did not ask for.
+        let linux = match oci.linux() {
+            Some(l) => l.clone(),
+            None => {
+                serde_json::from_str("{}").map_err(|e| SpecError::new("linux", e.to_string()))?
+            }
+        };
+        let mut clone_flags = 0u64;
+        let mut join = Vec::new();
+        let mut seen = Vec::new();
+        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+            let field = format!("linux.namespaces[{i}]");
+            let flag = match ns.typ() {
+                LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+                LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+                LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+                LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+                LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+                LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+                LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+                LinuxNamespaceType::Time => {
+                    return Err(SpecError::new(
+                        format!("{field}.type"),
+                        "time: not supported",
+                    ));
+                }
+            };
+            if seen.contains(&flag) {
+                return Err(SpecError::new(format!("{field}.type"), "listed twice"));
+            }
+            seen.push(flag);
+            match ns.path() {
+                None => clone_flags |= flag as u64,
+                Some(p) => {
+                    if !p.is_absolute() {
+                        return Err(SpecError::new(
+                            format!("{field}.path"),
+                            format!("{}: must be an absolute path", p.display()),
+                        ));
+                    }
+                    if !p.exists() {
+                        return Err(SpecError::new(
+                            format!("{field}.path"),
+                            format!("{}: no such namespace file", p.display()),
+                        ));
+                    }
+                    join.push((nix::sched::CloneFlags::from_bits_truncate(flag), p.clone()));
+                }
+            }
+        }
+        let has = |f: i32| seen.contains(&f);
+        let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
+
+        let mounts = oci
+            .mounts()
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, m)| MountSpec::from_oci(i, m, &s.base_dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let masked = abs_paths("linux.maskedPaths", linux.masked_paths())?;
+        let readonly = abs_paths("linux.readonlyPaths", linux.readonly_paths())?;
+        if !new_mount {
+            for (field, used) in [
+                ("root", root.is_some()),
+                ("mounts", !mounts.is_empty()),
+                ("linux.maskedPaths", !masked.is_empty()),
+                ("linux.readonlyPaths", !readonly.is_empty()),
+            ] {
+                if used {
+                    return Err(SpecError::new(field, "needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)"));
+                }
+            }
+        }
+        if !has(libc::CLONE_NEWPID) && root.is_none() && clone_flags & libc::CLONE_NEWNS as u64 == 0
+        {
+            // fine: a plain host process view
+        }
+        let hostname = oci.hostname().clone();
+        if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+            return Err(SpecError::new(
+                "hostname",
+                "needs a new uts namespace (add {\"type\": \"uts\"} to linux.namespaces)",
+            ));
+        }
+        if let Some(h) = &hostname {
+            if h.is_empty() || h.len() > 64 {
+                return Err(SpecError::new(
+                    "hostname",
+                    format!("{h:?}: must be 1-64 bytes"),
+                ));
+            }
+        }
+        let propagation = match linux.rootfs_propagation().as_deref() {
+            None | Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE,
+            Some("slave") | Some("rslave") => MsFlags::MS_SLAVE,
+            Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
+            Some(other) => {
+                return Err(SpecError::new("linux.rootfsPropagation", format!("{other}: use private, slave or unbindable (shared would leak mounts to the host)")));
+            }
+        };
+
+        let new_user = clone_flags & libc::CLONE_NEWUSER as u64 != 0;
+        let uid_map = id_map("linux.uidMappings", linux.uid_mappings(), new_user)?;
+        let gid_map = id_map("linux.gidMappings", linux.gid_mappings(), new_user)?;
+
+        let mut sysctl: Vec<(String, String)> = linux
+            .sysctl()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        sysctl.sort();
+        for (k, _) in &sysctl {
+            check_sysctl(k, clone_flags)?;
+        }
+
+        let seccomp = match linux.seccomp() {
+            Some(p) => seccomp::compile(p)?,
+            None => Vec::new(),
+        };
+        let cgroup_files = match linux.resources() {
+            Some(r) => limits::translate(r)?,
+            None => Vec::new(),
+        };
+        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(SpecError::new(
+                "linux.devices",
+                "not supported (a tmpfs /dev gets null, zero, full, random, urandom, tty)",
+            ));
+        }
+        for (field, set) in [
+            ("linux.intelRdt", linux.intel_rdt().is_some()),
+            ("linux.personality", linux.personality().is_some()),
+            ("linux.timeOffsets", linux.time_offsets().is_some()),
+            ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        ] {
+            if set {
+                return Err(SpecError::new(field, "not supported"));
+            }
+        }
+
+        let plan = Plan {
+            args,
+            env,
+            search_path,
+            cwd,
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            caps,
+            rlimits,
+            no_new_privs: process.no_new_privileges().unwrap_or(false),
+            oom_score_adj: process.oom_score_adj(),
+            root,
+            root_readonly,
+            propagation,
+            mounts,
+            masked,
+            readonly,
+            hostname,
+            clone_flags,
+            join,
+            uid_map,
+            gid_map,
+            sysctl,
+            seccomp,
+            cgroup_files,
+        };
+        plan.precheck_command()?;
+        Ok(plan)
+    }
+
+    /// Fail before starting anything when the command cannot exist in the
+    /// sandbox's view (unless a mount could still provide it).
+    fn precheck_command(&self) -> Result<(), SpecError> {
+        let cmd = self.command();
+        let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let in_view = |p: &Path| base.join(p.strip_prefix("/").unwrap_or(p));
+        let candidates: Vec<PathBuf> = if cmd.contains('/') {
+            let p = Path::new(&cmd);
+            vec![if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                self.cwd.join(p)
+            }]
+        } else {
+            self.search_path.iter().map(|d| d.join(&cmd)).collect()
+        };
+        let covered_by_mount = |p: &Path| self.mounts.iter().any(|m| p.starts_with(&m.destination));
+        if candidates
+            .iter()
+            .any(|c| covered_by_mount(c) || in_view(c).exists())
+        {
+            return Ok(());
+        }
+        // Symlinked rootfs paths (e.g. /bin -> usr/bin) can hide a binary
+        // from the simple join above; let the real exec decide then.
+        if self.root.is_some() {
+            return Ok(());
+        }
+        Err(SpecError::new(
+            "process.args[0]",
+            format!("{cmd}: command not found"),
+        ))
+    }
+}
+
+fn cstrings(field: &str, v: &[String]) -> Result<Vec<CString>, SpecError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            CString::new(s.as_bytes())
+                .map_err(|_| SpecError::new(format!("{field}[{i}]"), "contains a NUL byte"))
+        })
+        .collect()
+}
+
+fn abs_paths(field: &str, v: &Option<Vec<String>>) -> Result<Vec<PathBuf>, SpecError> {
+    let mut out = Vec::new();
+    for (i, p) in v.iter().flatten().enumerate() {
+        let pb = PathBuf::from(p);
+        if !pb.is_absolute()
+            || pb
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(SpecError::new(
+                format!("{field}[{i}]"),
+                format!("{p}: must be an absolute path without .."),
+            ));
+        }
+        out.push(pb);
+    }
+    Ok(out)
+}
+
+fn id_map(
+    field: &str,
+    v: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>,
+    new_user: bool,
+) -> Result<Option<String>, SpecError> {
+    let Some(maps) = v.as_ref().filter(|m| !m.is_empty()) else {
+        if new_user {
+            return Err(SpecError::new(
+                field,
+                "a new user namespace needs at least one mapping",
+            ));
+        }
+        return Ok(None);
+    };
+    if !new_user {
+        return Err(SpecError::new(
+            field,
+            "needs a new user namespace (add {\"type\": \"user\"} to linux.namespaces)",
+        ));
+    }
+    let mut text = String::new();
+    for (i, m) in maps.iter().enumerate() {
+        if m.size() == 0 {
+            return Err(SpecError::new(
+                format!("{field}[{i}].size"),
+                "0: must be at least 1",
+            ));
+        }
+        text.push_str(&format!(
+            "{} {} {}\n",
+            m.container_id(),
+            m.host_id(),
+            m.size()
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn rlimit(i: usize, r: &PosixRlimit) -> Result<(Resource, u64, u64), SpecError> {
+    let field = format!("process.rlimits[{i}]");
+    let name = serde_json::to_value(r.typ())
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let res = match name.as_str() {
+        "RLIMIT_AS" => Resource::RLIMIT_AS,
+        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+        other => {
+            return Err(SpecError::new(
+                format!("{field}.type"),
+                format!("{other}: unknown rlimit"),
+            ))
+        }
+    };
+    if r.soft() > r.hard() {
+        return Err(SpecError::new(
+            format!("{field}.soft"),
+            format!("{}: above hard limit {}", r.soft(), r.hard()),
+        ));
+    }
+    Ok((res, r.soft(), r.hard()))
+}
+
+/// Only sysctls that belong to a namespace the sandbox owns may be set;
+/// anything else would change the host.
+fn check_sysctl(key: &str, clone_flags: u64) -> Result<(), SpecError> {
+    let owns = |f: i32| clone_flags & f as u64 != 0;
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let ok = if key.starts_with("net.") {
+        owns(libc::CLONE_NEWNET)
+    } else if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        owns(libc::CLONE_NEWIPC)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        owns(libc::CLONE_NEWUTS)
+    } else {
+        false
+    };
+    let well_formed = !key.is_empty()
+        && key
+            .split('.')
+            .all(|p| !p.is_empty() && p != ".." && !p.contains('/'));
+    if ok && well_formed {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            format!("linux.sysctl.{key}"),
+            "not a sysctl of a namespace this sandbox creates",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_str;
+
+    fn plan(j: &str) -> Result<Plan, SpecError> {
+        Plan::from_spec(&parse_str(j, Path::new("/"))?)
+    }
+
+    #[test]
+    fn a_plain_host_command() {
+        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"network"}]}}"#).unwrap();
+        assert!(p.new_pid_ns() && p.new_net_ns() && !p.new_user_ns());
+        assert!(!p.has_resources());
+    }
+
+    #[test]
+    fn bad_input_names_field_and_value() {
+        let cases = [
+            (r#"{"process":{"args":["no-such-cmd-isola"],"cwd":"/"}}"#, "process.args[0]: no-such-cmd-isola: command not found"),
+            (r#"{"process":{"args":["true"],"cwd":"tmp"}}"#, "process.cwd: tmp: must be an absolute path"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"root":{"path":"/nonexistent-rootfs"},"linux":{"namespaces":[{"type":"mount"}]}}"#, "root.path: /nonexistent-rootfs: no such directory"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"hostname":"x"}"#, "hostname: needs a new uts namespace (add {\"type\": \"uts\"} to linux.namespaces)"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"sysctl":{"kernel.panic":"1"}}}"#, "linux.sysctl.kernel.panic: not a sysctl of a namespace this sandbox creates"),
+            (r#"{"process":{"args":["true"],"cwd":"/","rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":5}]}}"#, "process.rlimits[0].soft: 10: above hard limit 5"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"uidMappings":[{"containerID":0,"hostID":0,"size":1}]}}"#, "linux.uidMappings: needs a new user namespace (add {\"type\": \"user\"} to linux.namespaces)"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"network","path":"run/netns/x"}]}}"#, "linux.namespaces[0].path: run/netns/x: must be an absolute path"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"mounts":[{"destination":"/tmp","type":"tmpfs"}]}"#, "mounts: needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)"),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(plan(spec).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn user_namespace_maps() {
+        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"user"}],"uidMappings":[{"containerID":0,"hostID":1000,"size":1}],"gidMappings":[{"containerID":0,"hostID":1000,"size":1}]}}"#).unwrap();
+        assert_eq!(p.uid_map.as_deref(), Some("0 1000 1\n"));
+        assert!(plan(
+            r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"user"}]}}"#
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The host side of one sandbox: create its cgroup, clone its init into it,
+//! hand over id maps, wait, forward signals, tear everything down.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroup::{self, Cgroup};
+use crate::error::{Error, SpecError};
+use crate::plan::Plan;
+use crate::sync::{self, Msg};
+use crate::{init, sys};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names the cgroup (`<cgroup_root>/<name>`) and messages.
+    pub name: String,
+    pub cgroup_root: PathBuf,
+    /// Run without a cgroup (only when the spec sets no resources).
+    pub no_cgroup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Shell convention: the code, or 128+N for signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// Kills by the kernel's OOM killer inside the sandbox's cgroup.
+    pub oom_kills: u64,
+    pub memory_max: Option<String>,
+}
+
+/// A running sandbox. Dropping it kills and removes everything it holds.
+#[derive(Debug)]
+pub struct Sandbox {
+    name: String,
+    pid: Pid,
+    pidfd: OwnedFd,
+    cgroup: Option<Cgroup>,
+    status: Option<ExitStatus>,
+}
+
+/// Start the sandbox; returns once the payload has been exec'd.
+pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
+    cgroup::check_name(&opts.name)?;
+    if opts.no_cgroup && plan.has_resources() {
+        return Err(SpecError::new(
+            "--no-cgroup",
+            "conflicts with linux.resources: limits need a cgroup",
+        )
+        .into());
+    }
+    let cg = if opts.no_cgroup {
+        None
+    } else {
+        Some(Cgroup::create(
+            &opts.cgroup_root,
+            &opts.name,
+            &plan.cgroup_files,
+        )?)
+    };
+    let (ours, theirs) = match sync::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(cg) = cg {
+                let _ = cg.destroy();
+            }
+            return Err(Error::sys("socketpair", e));
+        }
+    };
+    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs) {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(cg) = cg {
+                let _ = cg.destroy();
+            }
+            return Err(e);
+        }
+    };
+    let mut sb = Sandbox {
+        name: opts.name.clone(),
+        pid,
+        pidfd,
+        cgroup: cg,
+        status: None,
+    };
+    // From here on, dropping `sb` kills and cleans up.
+    if !placed {
+        if let Some(cg) = &sb.cgroup {
+            cg.add_pid(pid.as_raw())?;
+        }
+    }
+    for (file, map) in [("uid_map", &plan.uid_map), ("gid_map", &plan.gid_map)] {
+        if let Some(m) = map {
+            let p = format!("/proc/{}/{file}", pid.as_raw());
+            std::fs::write(&p, m).map_err(|e| Error::Setup {
+                step: "user namespace".into(),
+                message: format!("write {p}: {e}"),
+            })?;
+        }
+    }
+    sync::write(&ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
+    match sync::read(&ours) {
+        Ok(Some(Msg::Started)) => Ok(sb),
+        Ok(Some(Msg::SetupFailed { step, message })) => {
+            sb.reap();
+            Err(Error::Setup { step, message })
+        }
+        Ok(Some(Msg::ExecFailed { errno, command })) => {
+            sb.reap();
+            let errno = Errno::from_raw(errno);
+            Err(match errno {
+                Errno::ENOENT | Errno::ENOTDIR => Error::NotFound { command },
+                e => Error::NotExecutable {
+                    command,
+                    message: e.desc().to_string(),
+                },
+            })
+        }
+        _ => {
+            let st = sb.reap();
+            Err(Error::Setup {
+                step: "init".into(),
+                message: format!(
+                    "died before the payload started (exit status {})",
+                    st.code()
+                ),
+            })
+        }
+    }
+}
+
+/// clone3 into the cgroup; where the kernel refuses CLONE_INTO_CGROUP, clone
+/// plainly and let the caller move the child (it waits for `Go` first).
+fn clone_init(
+    plan: &Plan,
+    cg: Option<&Cgroup>,
+    ours: std::os::fd::BorrowedFd<'_>,
+    theirs: OwnedFd,
+) -> Result<(Pid, OwnedFd, bool), Error> {
+    let attempt = |into: bool| {
+        sys::clone3(
+            plan.clone_flags,
+            if into { cg.map(Cgroup::dir_fd) } else { None },
+        )
+    };
+    let (res, placed) = match attempt(true) {
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::E2BIG | Errno::EOPNOTSUPP) if cg.is_some() => {
+            (attempt(false), false)
+        }
+        r => (r, cg.is_some()),
+    };
+    match res.map_err(|e| Error::sys("clone3", e))? {
+        sys::Forked::Child => {
+            // SAFETY-relevant: only the init's end stays open in the child.
+            let _ = nix::unistd::close(ours.as_raw_fd());
+            init::run(plan, theirs)
+        }
+        sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
+    }
+}
+
+impl Sandbox {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The init's pid in the host's PID namespace.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// Send a signal to the init, which forwards it to the payload.
+    pub fn signal(&self, sig: Signal) -> Result<(), Errno> {
+        sys::pidfd_send_signal(self.pidfd.as_fd(), sig as i32)
+    }
+
+    /// Wait for the sandbox to end, forwarding whatever arrives on `signals`.
+    pub fn wait(&mut self, signals: Option<&mut SignalFd>) -> Result<ExitStatus, Error> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        let mut signals = signals;
+        loop {
+            let revents = {
+                let mut fds = vec![PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+                if let Some(sfd) = signals.as_deref() {
+                    fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::sys("poll", e)),
+                }
+                (
+                    fds[0].any().unwrap_or(false),
+                    fds.get(1).and_then(|f| f.any()).unwrap_or(false),
+                )
+            };
+            if revents.1 {
+                if let Some(sfd) = signals.as_deref_mut() {
+                    while let Ok(Some(info)) = sfd.read_signal() {
+                        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), info.ssi_signo as i32);
+                    }
+                }
+            }
+            if revents.0 {
+                return Ok(self.reap());
+            }
+        }
+    }
+
+    /// Block until the init has exited and collect its status.
+    fn reap(&mut self) -> ExitStatus {
+        if let Some(st) = self.status {
+            return st;
+        }
+        let st = loop {
+            match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
+                Ok(WaitStatus::Exited(_, c)) => break ExitStatus::Exited(c),
+                Ok(WaitStatus::Signaled(_, s, _)) => break ExitStatus::Signaled(s as i32),
+                Err(Errno::EINTR) | Ok(_) => continue,
+                // Already reaped elsewhere: nothing to wait for.
+                Err(_) => break ExitStatus::Exited(125),
+            }
+        };
+        self.status = Some(st);
+        st
+    }
+
+    /// Tear down (kill what is left, remove the cgroup) and report.
+    pub fn finish(mut self) -> Result<Outcome, Error> {
+        if self.status.is_none() {
+            let _ = self.signal(Signal::SIGKILL);
+        }
+        let status = self.reap();
+        let (oom_kills, memory_max) = match &self.cgroup {
+            Some(cg) => (cg.oom_kills(), cg.memory_max()),
+            None => (0, None),
+        };
+        if let Some(cg) = self.cgroup.take() {
+            cg.destroy()?;
+        }
+        Ok(Outcome {
+            status,
+            oom_kills,
+            memory_max,
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.signal(Signal::SIGKILL);
+            self.reap();
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading a service spec: an OCI runtime-spec `config.json` body (parsed by
+//! oci-spec, same names and units) where `ociVersion` and `root` are
+//! optional (and `process.user`, `process.cwd` default to root and `/`),
+//! plus the supervision fields the supervisor reads. Any other
+//! field is a typo and is rejected with its JSON path.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde_json::{Map, Value};
+
+use crate::error::SpecError;
+
+/// Top-level fields that belong to the supervisor (`isola up`); `isola run`
+/// accepts and ignores them.
+pub const SUPERVISION_FIELDS: &[&str] = &["restart", "oom", "stop", "dependsOn"];
+
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub oci: Spec,
+    /// The supervision fields, as written (validated by the supervisor).
+    pub supervision: Map<String, Value>,
+    /// Relative paths (`root.path`, bind sources) are resolved against this:
+    /// the spec file's directory, as an OCI bundle's config.json would be.
+    pub base_dir: PathBuf,
+}
+
+/// Parse spec text. Errors name the line and column for malformed JSON and
+/// the JSON path for everything else.
+pub fn parse_str(text: &str, base_dir: &Path) -> Result<ServiceSpec, SpecError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        SpecError::new(
+            "",
+            format!(
+                "malformed JSON at line {} column {}: {}",
+                e.line(),
+                e.column(),
+                strip_position(&e.to_string())
+            ),
+        )
+    })?;
+    parse_value(value, base_dir, "")
+}
+
+/// Parse an already-read JSON value; `prefix` is prepended to field paths in
+/// errors (e.g. `services.web.`).
+pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<ServiceSpec, SpecError> {
+    let Value::Object(mut obj) = value else {
+        return Err(SpecError::new(
+            prefix.trim_end_matches('.'),
+            "a service spec must be a JSON object",
+        ));
+    };
+    let mut supervision = Map::new();
+    for f in SUPERVISION_FIELDS {
+        if let Some(v) = obj.remove(*f) {
+            supervision.insert((*f).to_string(), v);
+        }
+    }
+    // Two more relaxations for hand-written specs: a process runs as root in
+    // `/` unless it says otherwise.
+    if let Some(Value::Object(p)) = obj.get_mut("process") {
+        p.entry("user")
+            .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+        p.entry("cwd").or_insert_with(|| Value::from("/"));
+    }
+    let original = Value::Object(obj);
+    let oci: Spec = serde_path_to_error::deserialize(&original).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        SpecError::new(field, short_serde_message(&e.inner().to_string()))
+    })?;
+    // oci-spec ignores unknown fields; find them by comparing with what it
+    // understood.
+    let understood =
+        serde_json::to_value(&oci).map_err(|e| SpecError::new(prefix, e.to_string()))?;
+    if let Some(path) = first_unknown(&original, &understood, prefix.trim_end_matches('.')) {
+        return Err(SpecError::new(path, "unknown field"));
+    }
+    Ok(ServiceSpec {
+        oci,
+        supervision,
+        base_dir: base_dir.to_owned(),
+    })
+}
+
+/// Path of the first key of `orig` that `seen` lacks. A key whose value is
+/// null is dropped by serialisation and is not reported.
+fn first_unknown(orig: &Value, seen: &Value, path: &str) -> Option<String> {
+    match (orig, seen) {
+        (Value::Object(o), Value::Object(s)) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let v = &o[k];
+                match s.get(k) {
+                    Some(sv) => {
+                        if let Some(p) = first_unknown(v, sv, &sub) {
+                            return Some(p);
+                        }
+                    }
+                    None if is_empty(v) => {}
+                    None => return Some(sub),
+                }
+            }
+            None
+        }
+        (Value::Array(o), Value::Array(s)) => o
+            .iter()
+            .zip(s.iter())
+            .enumerate()
+            .find_map(|(i, (ov, sv))| first_unknown(ov, sv, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// oci-spec drops only `None` values when serialising.
+fn is_empty(v: &Value) -> bool {
+    v.is_null()
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// serde's "unknown variant `X`, expected one of `A`, `B`, … (60 names)" is
+/// not one readable line; keep the part that names the value.
+fn short_serde_message(msg: &str) -> String {
+    let msg = strip_position(msg);
+    if let Some(rest) = msg.strip_prefix("no variant for ") {
+        let val = rest.split(" (").next().unwrap_or(rest);
+        return format!("unknown value `{val}`");
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        if let Some((val, _)) = rest.split_once(", expected") {
+            return format!("unknown value {val}");
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<ServiceSpec, SpecError> {
+        parse_str(t, Path::new("/"))
+    }
+
+    #[test]
+    fn minimal_spec_without_version_or_root() {
+        let s = parse(r#"{"process":{"args":["true"],"cwd":"/"}}"#).unwrap();
+        assert!(s.oci.root().is_none());
+        assert_eq!(
+            s.oci.process().as_ref().unwrap().args().as_ref().unwrap(),
+            &vec!["true".to_string()]
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let e = parse("{\n  \"process\": {,\n}").unwrap_err();
+        assert!(
+            e.to_string().starts_with("malformed JSON at line 2 column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_path() {
+        let e = parse(r#"{"process":{"args":["true"],"cwd":"/","argz":["x"]}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "process.argz: unknown field");
+        let e = parse(r#"{"linux":{"resources":{"memory":{"limt":1}}}}"#).unwrap_err();
+        assert_eq!(e.field, "linux.resources.memory.limt");
+        let e = parse(
+            r#"{"mounts":[{"destination":"/tmp","type":"tmpfs"},{"destination":"/x","typo":1}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "mounts[1].typo");
+        let e = parse(r#"{"restrat":{}}"#).unwrap_err();
+        assert_eq!(e.field, "restrat");
+    }
+
+    #[test]
+    fn supervision_fields_are_set_aside() {
+        let s = parse(
+            r#"{"process":{"args":["true"],"cwd":"/"},"restart":{"policy":"always"},"oom":"kill"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.supervision.len(), 2);
+    }
+
+    #[test]
+    fn bad_enum_values_name_the_field_and_value() {
+        let e = parse(
+            r#"{"process":{"args":["x"],"cwd":"/","capabilities":{"bounding":["CAP_NOPE"]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "process.capabilities.bounding[0]");
+        assert_eq!(e.message, "unknown value `CAP_NOPE`");
+        let e = parse(r#"{"linux":{"namespaces":[{"type":"pidd"}]}}"#).unwrap_err();
+        assert_eq!(e.field, "linux.namespaces[0].type");
+        let e = parse(r#"{"process":{"args":["x"],"cwd":"/","rlimits":[{"type":"RLIMIT_NOPE","hard":1,"soft":1}]}}"#).unwrap_err();
+        assert_eq!(e.field, "process.rlimits[0].type");
+    }
+
+    #[test]
+    fn prefix_is_prepended() {
+        let e = parse_value(
+            serde_json::json!({"proces": {}}),
+            Path::new("/"),
+            "services.web.",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "services.web.proces");
+    }
+}
