@@ -8,7 +8,7 @@
 //! re-exec, the validated plan is already in memory.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,11 @@ type Step = (&'static str, String);
 
 /// Entry point in the child of clone3. Never returns.
 pub fn run(plan: &Plan, sock: OwnedFd) -> ! {
+    // The host process's fds (cgroup directory, signalfd, other sandboxes'
+    // pidfds in a supervisor) must not live on in the sandbox.
+    if sys::close_fds_except(sock.as_raw_fd()).is_err() {
+        sys::exit_now(125);
+    }
     match prepare(plan, &sock) {
         Ok(Some(payload)) => supervise(plan, payload),
         // Parent vanished before saying go: nothing to report to.

@@ -103,6 +103,23 @@ pub fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// Close every fd from 3 up except `keep`: the init starts with only stdio
+/// and its sync socket, whatever the host process had open.
+pub fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
+    let close = |first: libc::c_uint, last: libc::c_uint| -> Result<(), Errno> {
+        if first > last {
+            return Ok(());
+        }
+        // SAFETY: called first thing in the freshly cloned init, before any
+        // Rust object there uses an fd other than `keep` and stdio; the
+        // parent's owners of these fds live on in the parent's copy only.
+        Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+    };
+    let keep = keep as libc::c_uint;
+    close(3, keep.saturating_sub(1))?;
+    close(keep + 1, libc::c_uint::MAX)
+}
+
 /// fork(2) for the init, which is single-threaded (itself a fork of a
 /// single-threaded isola).
 pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
