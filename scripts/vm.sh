@@ -2,8 +2,8 @@
 # Boot a throwaway qemu VM (TCG) with a unified cgroup v2 hierarchy and run one
 # command in it as root. The guest's root filesystem is the host's `/`, shared
 # read-only over virtio-9p, so host-built binaries run unchanged; /tmp and /run
-# are tmpfs; a sparse raw file is attached as virtio-blk /dev/vda so io.max has
-# a real device to throttle.
+# are tmpfs; a fresh sparse raw file is attached as virtio-blk /dev/vda so
+# io.max has a real device to throttle.
 #
 #   scripts/vm.sh [--timeout SECONDS] [--] COMMAND...
 #
@@ -96,16 +96,17 @@ INIT
     chmod +x "$ird/init"
     (cd "$ird" && find . | cpio -o -H newc --quiet) > "$cache/initramfs.cpio"
     rm -rf "$ird"; trap - EXIT
-
-    # Sparse: costs no disk until written.
-    rm -f "$cache/disk.raw"
-    truncate -s 256M "$cache/disk.raw"
     echo "$stamp" > "$cache/stamp"
 fi
-[ -f "$cache/disk.raw" ] || truncate -s 256M "$cache/disk.raw"
 
-share=$(mktemp -d /tmp/isola-vm.XXXXXX)
-cleanup() { rm -rf "$share"; }
+# Per run: the 9p share (command in, status out) and a fresh sparse disk, so
+# runs never share state and several VMs can run at once.
+work=$(mktemp -d /tmp/isola-vm.XXXXXX)
+share=$work/share
+disk=$work/disk.raw
+mkdir "$share"
+truncate -s 256M "$disk"
+cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 # stage2 runs as PID 1 of the guest, after switch_root into the shared host /.
@@ -150,15 +151,17 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi -M pc -cpu max -smp 2 -m 1024
       -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot
       -fsdev local,id=share,path="$share",security_model=none,multidevs=remap
       -device virtio-9p-pci,fsdev=share,mount_tag=share
-      -drive file="$cache/disk.raw",if=virtio,format=raw,cache=none,aio=threads)
+      -drive file="$disk",if=virtio,format=raw,cache=none,aio=threads)
 
 set +e
 if [ "$interactive" = 1 ]; then
     "${qemu[@]}"
     exit $?
 fi
-# The serial line turns \n into \r\n; strip the \r so logs read normally.
-timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null | tr -d '\r'
+# The serial line turns \n into \r\n; strip the \r so logs read normally,
+# and drop the kernel's own power-off notice.
+timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null | tr -d '\r' \
+    | grep --line-buffered -v -E '^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)$'
 qst=${PIPESTATUS[0]}
 set -e
 if [ "$qst" = 124 ] || [ "$qst" = 137 ]; then

@@ -37,7 +37,9 @@ fn run_ok(spec: &Value) -> String {
 #[test]
 fn payload_sees_only_its_own_pid_namespace() {
     require_vm();
-    let out = run_ok(&sh("echo self=$$ parent=$PPID; ls /proc | grep -c '^[0-9]'"));
+    let out = run_ok(&sh(
+        "echo self=$$ parent=$PPID; ls /proc | grep -c '^[0-9]'",
+    ));
     let lines: Vec<&str> = out.lines().collect();
     // The init is PID 1; the payload is its first child.
     assert_eq!(lines[0], "self=2 parent=1", "{out}");
@@ -50,11 +52,16 @@ fn payload_sees_only_its_own_pid_namespace() {
 #[test]
 fn network_namespace_has_only_loopback_up() {
     require_vm();
-    let out = run_ok(&sh("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip -o link show lo"));
+    let out = run_ok(&sh(
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip -o link show lo",
+    ));
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("lo"), "{out}");
     let link = lines.next().unwrap_or_default();
-    assert!(link.contains("<LOOPBACK,UP,LOWER_UP>"), "lo is not up: {link}");
+    assert!(
+        link.contains("<LOOPBACK,UP,LOWER_UP>"),
+        "lo is not up: {link}"
+    );
     assert_eq!(lines.next(), None, "more than lo: {out}");
     // And loopback traffic works inside.
     let out = run_ok(&sh("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); s.listen(); c=socket.create_connection(s.getsockname()); print(\"connected\")'"));
@@ -69,11 +76,22 @@ fn mounts_inside_are_invisible_outside() {
     let dir = scratch.path("m");
     std::fs::create_dir(&dir).unwrap();
     let d = dir.display();
-    let spec = with_caps(sh(&format!("mount -t tmpfs none {d} && touch {d}/inside && ls {d}")), &["CAP_SYS_ADMIN"]);
+    let spec = with_caps(
+        sh(&format!(
+            "mount -t tmpfs none {d} && touch {d}/inside && ls {d}"
+        )),
+        &["CAP_SYS_ADMIN"],
+    );
     assert_eq!(run_ok(&spec).trim(), "inside");
-    assert!(!dir.join("inside").exists(), "file from the sandbox's tmpfs visible on the host");
+    assert!(
+        !dir.join("inside").exists(),
+        "file from the sandbox's tmpfs visible on the host"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&d.to_string()), "sandbox mount leaked to the host");
+    assert!(
+        !mounts.contains(&d.to_string()),
+        "sandbox mount leaked to the host"
+    );
     assert_clean();
 }
 
@@ -92,9 +110,14 @@ fn hostname_is_set() {
 fn user_and_groups_switch() {
     require_vm();
     let mut spec = sh("id -u; id -g; id -G; umask");
-    spec["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
+    spec["process"]["user"] =
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
     let out = run_ok(&spec);
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["1000", "1001", "1001 2000 2001", "0077"], "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["1000", "1001", "1001 2000 2001", "0077"],
+        "{out}"
+    );
     assert_clean();
 }
 
@@ -102,9 +125,18 @@ fn user_and_groups_switch() {
 fn capabilities_match_the_spec() {
     require_vm();
     // CAP_KILL = 5, CAP_NET_BIND_SERVICE = 10.
-    let spec = with_caps(sh("grep -E '^Cap(Eff|Prm|Bnd|Inh|Amb)' /proc/self/status"), &["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let spec = with_caps(
+        sh("grep -E '^Cap(Eff|Prm|Bnd|Inh|Amb)' /proc/self/status"),
+        &["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+    );
     let out = run_ok(&spec);
-    for (k, v) in [("CapEff", "0000000000000420"), ("CapPrm", "0000000000000420"), ("CapBnd", "0000000000000420"), ("CapInh", "0000000000000000"), ("CapAmb", "0000000000000000")] {
+    for (k, v) in [
+        ("CapEff", "0000000000000420"),
+        ("CapPrm", "0000000000000420"),
+        ("CapBnd", "0000000000000420"),
+        ("CapInh", "0000000000000000"),
+        ("CapAmb", "0000000000000000"),
+    ] {
         assert!(out.contains(&format!("{k}:\t{v}")), "{k} != {v}:\n{out}");
     }
     // A non-root payload keeps exactly its ambient set.
@@ -112,7 +144,10 @@ fn capabilities_match_the_spec() {
     spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
     spec["process"]["capabilities"] = json!({"bounding": ["CAP_NET_BIND_SERVICE"], "effective": ["CAP_NET_BIND_SERVICE"], "permitted": ["CAP_NET_BIND_SERVICE"], "inheritable": ["CAP_NET_BIND_SERVICE"], "ambient": ["CAP_NET_BIND_SERVICE"]});
     let out = run_ok(&spec);
-    assert!(out.contains("CapEff:\t0000000000000400") && out.contains("CapAmb:\t0000000000000400"), "{out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000400") && out.contains("CapAmb:\t0000000000000400"),
+        "{out}"
+    );
     assert_clean();
 }
 
@@ -131,14 +166,22 @@ fn orphaned_grandchildren_are_reaped() {
 /// grep -c exits 1 when it counted 0.
 fn run_ok_allowing(spec: &Value, code: i32) -> String {
     let (c, out, err) = run_spec(spec, &[]);
-    assert!(c == 0 || c == code, "exit {c}\nstdout: {out}\nstderr: {err}");
+    assert!(
+        c == 0 || c == code,
+        "exit {c}\nstdout: {out}\nstderr: {err}"
+    );
     out
 }
 
 #[test]
 fn exit_codes_propagate() {
     require_vm();
-    for (script, want) in [("exit 0", 0), ("exit 3", 3), ("kill -KILL $$", 137), ("kill -TERM $$", 143)] {
+    for (script, want) in [
+        ("exit 0", 0),
+        ("exit 3", 3),
+        ("kill -KILL $$", 137),
+        ("kill -TERM $$", 143),
+    ] {
         let (code, out, err) = run_spec(&sh(script), &[]);
         assert_eq!(code, want, "{script}: stdout {out} stderr {err}");
     }
@@ -148,24 +191,13 @@ fn exit_codes_propagate() {
 #[test]
 fn sigterm_reaches_the_payload() {
     require_vm();
-    let scratch = Scratch::new("sigterm");
-    let spec = scratch.write("spec.json", &sh("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done").to_string());
-    let mut child = Command::new(isola_bin())
-        .args(["run", spec.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "got-term");
-    let st = wait_output(child, Duration::from_secs(30));
-    assert_eq!(st.status.code(), Some(7));
+    let mut run = spawn_named(
+        &sh("trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done"),
+        "sigterm-test",
+    );
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.read_line(), "got-term");
+    assert_eq!(run.wait().status.code(), Some(7));
     assert_clean();
 }
 
@@ -176,7 +208,10 @@ fn oom_kill_is_reported_with_137() {
     spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
     let (code, out, err) = run_spec(&spec, &["--name", "oom-test"]);
     assert_eq!(code, 137, "stdout {out} stderr {err}");
-    assert!(err.contains("isola: oom-test: killed by the OOM killer (memory.max=33554432)"), "{err}");
+    assert!(
+        err.contains("isola: oom-test: killed by the OOM killer (memory.max=33554432)"),
+        "{err}"
+    );
     assert_clean();
 }
 
@@ -185,26 +220,72 @@ fn cgroup_file(name: &str, file: &str) -> String {
 }
 
 fn key(text: &str, k: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{k} ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{k} "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
-/// Start `isola run --name NAME` in the background; returns once the
-/// sandbox's cgroup exists.
-fn spawn_named(spec: &Value, name: &str) -> std::process::Child {
-    let scratch = std::env::temp_dir().join(format!("isola-spec-{name}.json"));
-    std::fs::write(&scratch, spec.to_string()).unwrap();
-    let child = Command::new(isola_bin())
-        .args(["run", "--name", name, scratch.to_str().unwrap()])
+/// `isola run --name NAME` in the background, killed if a test panics
+/// before it ends the run itself.
+struct Running(
+    Option<std::process::Child>,
+    BufReader<std::process::ChildStdout>,
+);
+
+impl Running {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+    }
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal isola run");
+    }
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.1.read_line(&mut line).expect("read payload output");
+        line.trim_end().to_string()
+    }
+    fn wait(mut self) -> std::process::Output {
+        wait_output(self.0.take().expect("child"), Duration::from_secs(30))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start `sh -c 'echo ready; SCRIPT'` and return once the payload runs (its
+/// cgroup is fully configured by then).
+fn spawn_named(spec: &Value, name: &str) -> Running {
+    let mut spec = spec.clone();
+    let script = spec["process"]["args"][2]
+        .as_str()
+        .expect("sh -c script")
+        .to_string();
+    spec["process"]["args"][2] = json!(format!("echo ready; {script}"));
+    let path = std::env::temp_dir().join(format!("isola-spec-{name}.json"));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let mut child = Command::new(isola_bin())
+        .args(["run", "--name", name, path.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !std::path::Path::new(&format!("{CGROUP_ROOT}/{name}/cgroup.procs")).exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "sandbox {name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut running = Running(Some(child), stdout);
+    assert_eq!(
+        running.read_line(),
+        "ready",
+        "payload of {name} did not start"
+    );
+    running
 }
 
 #[test]
@@ -221,11 +302,17 @@ fn cpu_max_caps_usage() {
     let u1 = key(&cgroup_file("cpu-test", "cpu.stat"), "usage_usec");
     let share = (u1 - u0) as f64 / t0.elapsed().as_micros() as f64;
     let throttled = key(&cgroup_file("cpu-test", "cpu.stat"), "nr_throttled");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = wait_output(child, Duration::from_secs(30));
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait();
     assert_eq!(out.status.code(), Some(143));
-    assert!(share <= 0.30, "CPU share {share:.3} above 30% with cpu.max 20%");
-    assert!(share >= 0.05, "CPU share {share:.3}: the busy loop did not run");
+    assert!(
+        share <= 0.30,
+        "CPU share {share:.3} above 30% with cpu.max 20%"
+    );
+    assert!(
+        share >= 0.05,
+        "CPU share {share:.3}: the busy loop did not run"
+    );
     assert!(throttled > 0, "never throttled");
     assert_clean();
 }
@@ -237,20 +324,33 @@ fn pids_max_stops_a_fork_bomb() {
     spec["linux"]["resources"] = json!({"pids": {"limit": 32}});
     let child = spawn_named(&spec, "pids-test");
     std::thread::sleep(Duration::from_secs(2));
-    let current = key(&format!("current {}", cgroup_file("pids-test", "pids.current")), "current");
+    let current = key(
+        &format!("current {}", cgroup_file("pids-test", "pids.current")),
+        "current",
+    );
     let refused = key(&cgroup_file("pids-test", "pids.events"), "max");
     // The VM stays responsive: we can still start processes.
-    let ok = Command::new("true").status().expect("fork in the VM").success();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let _ = wait_output(child, Duration::from_secs(30));
+    let ok = Command::new("true")
+        .status()
+        .expect("fork in the VM")
+        .success();
+    child.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
     assert!(ok);
     assert!(current <= 32, "pids.current {current} above pids.max 32");
-    assert!(refused > 0, "pids.events max is 0: the bomb never hit the limit");
+    assert!(
+        refused > 0,
+        "pids.events max is 0: the bomb never hit the limit"
+    );
     // SIGKILL of `isola run` takes the sandbox with it (PDEATHSIG on the
     // init); the empty cgroup it could not remove is reused by name.
     let start = Instant::now();
     while !processes_matching("bomb").is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "fork bomb survived isola run: {:?}", processes_matching("bomb"));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "fork bomb survived isola run: {:?}",
+            processes_matching("bomb")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, _, err) = run_spec(&sh("true"), &["--name", "pids-test"]);
@@ -261,10 +361,16 @@ fn pids_max_stops_a_fork_bomb() {
 #[test]
 fn io_max_throttles_direct_writes() {
     require_vm();
-    let dev = std::fs::read_to_string("/sys/block/vda/dev").expect("virtio disk").trim().to_string();
+    let dev = std::fs::read_to_string("/sys/block/vda/dev")
+        .expect("virtio disk")
+        .trim()
+        .to_string();
     let (major, minor) = dev.split_once(':').unwrap();
     let rate: u64 = 1 << 20;
-    let mut spec = with_caps(sh("dd if=/dev/zero of=/dev/vda bs=64k count=64 oflag=direct 2>/dev/null"), &["CAP_DAC_OVERRIDE"]);
+    let mut spec = with_caps(
+        sh("dd if=/dev/zero of=/dev/vda bs=64k count=64 oflag=direct 2>/dev/null"),
+        &["CAP_DAC_OVERRIDE"],
+    );
     spec["linux"]["resources"] = json!({"blockIO": {"throttleWriteBpsDevice": [{"major": major.parse::<i64>().unwrap(), "minor": minor.parse::<i64>().unwrap(), "rate": rate}]}});
     let t0 = Instant::now();
     let (code, out, err) = run_spec(&spec, &[]);
@@ -272,7 +378,10 @@ fn io_max_throttles_direct_writes() {
     assert_eq!(code, 0, "{out} {err}");
     let measured = (4u64 << 20) as f64 / secs;
     let ratio = measured / rate as f64;
-    assert!((0.75..=1.25).contains(&ratio), "wrote 4 MiB in {secs:.2}s: {measured:.0} B/s vs limit {rate} (ratio {ratio:.2})");
+    assert!(
+        (0.75..=1.25).contains(&ratio),
+        "wrote 4 MiB in {secs:.2}s: {measured:.0} B/s vs limit {rate} (ratio {ratio:.2})"
+    );
     assert_clean();
 }
 
@@ -304,7 +413,12 @@ print("getpid", libc.syscall(39), 0)
             assert_ne!(f[1], "-1", "getpid failed under the starter profile");
             continue;
         }
-        assert_eq!((f[1], f[2]), ("-1", "1"), "{} was not refused with EPERM: {line}", f[0]);
+        assert_eq!(
+            (f[1], f[2]),
+            ("-1", "1"),
+            "{} was not refused with EPERM: {line}",
+            f[0]
+        );
         seen += 1;
     }
     assert_eq!(seen, 14, "{out}");
@@ -360,9 +474,16 @@ fn rootfs_with_pivot_root_and_readonly() {
     assert_eq!(lines[0], "in-rootfs", "{out}");
     assert!(out.contains("readonly"), "root.readonly not applied: {out}");
     assert!(!out.contains("boot"), "host / visible: {out}");
-    assert!(out.contains("null") && out.contains("urandom"), "device nodes missing: {out}");
+    assert!(
+        out.contains("null") && out.contains("urandom"),
+        "device nodes missing: {out}"
+    );
     assert!(out.contains("\nok\n"), "tmpfs /tmp not writable: {out}");
-    assert_eq!(lines.last().map(|l| l.trim()), Some("0"), "masked /proc/kcore readable: {out}");
+    assert_eq!(
+        lines.last().map(|l| l.trim()),
+        Some("0"),
+        "masked /proc/kcore readable: {out}"
+    );
     assert_clean();
 }
 
@@ -370,11 +491,18 @@ fn rootfs_with_pivot_root_and_readonly() {
 fn user_namespace_with_mappings() {
     require_vm();
     let mut spec = sh("cat /proc/self/uid_map /proc/self/gid_map | tr -s ' '; id -u");
-    spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
     spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     let out = run_ok(&spec);
-    assert_eq!(out.lines().collect::<Vec<_>>(), [" 0 100000 65536", " 0 100000 65536", "0"], "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [" 0 100000 65536", " 0 100000 65536", "0"],
+        "{out}"
+    );
     assert_clean();
 }
 
@@ -382,10 +510,17 @@ fn user_namespace_with_mappings() {
 fn inherited_fds_do_not_reach_the_payload() {
     require_vm();
     let scratch = Scratch::new("fds");
-    let spec = scratch.write("spec.json", &sh("ls /proc/self/fd | sort -n | tr '\\n' ' '").to_string());
+    let spec = scratch.write(
+        "spec.json",
+        &sh("ls /proc/self/fd | sort -n | tr '\\n' ' '").to_string(),
+    );
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("exec 7</etc/hostname 9</etc/passwd; exec {} run {}", isola_bin().display(), spec.display()))
+        .arg(format!(
+            "exec 7</etc/hostname 9</etc/passwd; exec {} run {}",
+            isola_bin().display(),
+            spec.display()
+        ))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -401,7 +536,11 @@ fn stdin_and_sigpipe_behave() {
     let _ = out;
     let scratch = Scratch::new("stdin");
     let spec = scratch.write("spec.json", &sh("tr a-z A-Z; yes | head -n 2").to_string());
-    let out = isola(&["run", spec.to_str().unwrap()], "hello\n", Duration::from_secs(60));
+    let out = isola(
+        &["run", spec.to_str().unwrap()],
+        "hello\n",
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     // `yes` must die of SIGPIPE, not loop on EPIPE: the payload gets default signal dispositions.
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\ny\ny\n");
@@ -421,7 +560,10 @@ fn exec_failures_have_their_own_codes() {
     spec["process"]["args"] = json!(["no-such-command-isola"]);
     let (code, _, err) = run_spec(&spec, &[]);
     assert_eq!(code, 127, "{err}");
-    assert!(err.contains("no-such-command-isola: command not found"), "{err}");
+    assert!(
+        err.contains("no-such-command-isola: command not found"),
+        "{err}"
+    );
     assert_clean();
 }
 
@@ -432,7 +574,10 @@ fn setup_failure_reports_the_step_with_125() {
     spec["mounts"] = json!([{"destination": "/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["size=bogus"]}]);
     let (code, _, err) = run_spec(&spec, &[]);
     assert_eq!(code, 125, "{err}");
-    assert!(err.contains("sandbox setup failed: mount: tmpfs on /mnt"), "{err}");
+    assert!(
+        err.contains("sandbox setup failed: mount: tmpfs on /mnt"),
+        "{err}"
+    );
     assert_clean();
 }
 
@@ -440,23 +585,57 @@ fn setup_failure_reports_the_step_with_125() {
 fn bad_input_exits_2_and_creates_nothing() {
     require_vm();
     let base = sh("true");
-    let mut cases: Vec<(String, &str)> = vec![("{\"process\": ".into(), "malformed JSON at line 1 column")];
+    let mut cases: Vec<(String, &str)> =
+        vec![("{\"process\": ".into(), "malformed JSON at line 1 column")];
     let mut add = |f: &dyn Fn(&mut Value), want: &'static str| {
         let mut s = base.clone();
         f(&mut s);
         cases.push((s.to_string(), want));
     };
-    add(&|s| s["process"]["argz"] = json!(1), "process.argz: unknown field");
-    add(&|s| s["linux"]["resources"] = json!({"cpu": {"period": 500}}), "linux.resources.cpu.period: 500:");
-    add(&|s| s["linux"]["resources"] = json!({"cpu": {"quota": 500}}), "linux.resources.cpu.quota: 500:");
-    add(&|s| s["linux"]["resources"] = json!({"memory": {"limit": 1000}}), "linux.resources.memory.limit: 1000:");
-    add(&|s| s["root"] = json!({"path": "/nonexistent-rootfs"}), "root.path: /nonexistent-rootfs: no such directory");
-    add(&|s| s["process"]["cwd"] = json!("relative"), "process.cwd: relative: must be an absolute path");
-    add(&|s| s["linux"]["namespaces"] = json!([{"type": "pidd"}]), "linux.namespaces[0].type: unknown value");
-    add(&|s| s["process"]["capabilities"] = json!({"bounding": ["CAP_FLY"]}), "process.capabilities.bounding[0]: unknown value `CAP_FLY`");
-    add(&|s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_FLY", "soft": 1, "hard": 1}]), "process.rlimits[0].type:");
-    add(&|s| s["stop"] = json!({"signal": "SIGFLY"}), "stop.signal: SIGFLY: unknown signal");
-    add(&|s| s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "fly"], "action": "SCMP_ACT_ALLOW"}]}), "unknown syscall names for x86_64: fly");
+    add(
+        &|s| s["process"]["argz"] = json!(1),
+        "process.argz: unknown field",
+    );
+    add(
+        &|s| s["linux"]["resources"] = json!({"cpu": {"period": 500}}),
+        "linux.resources.cpu.period: 500:",
+    );
+    add(
+        &|s| s["linux"]["resources"] = json!({"cpu": {"quota": 500}}),
+        "linux.resources.cpu.quota: 500:",
+    );
+    add(
+        &|s| s["linux"]["resources"] = json!({"memory": {"limit": 1000}}),
+        "linux.resources.memory.limit: 1000:",
+    );
+    add(
+        &|s| s["root"] = json!({"path": "/nonexistent-rootfs"}),
+        "root.path: /nonexistent-rootfs: no such directory",
+    );
+    add(
+        &|s| s["process"]["cwd"] = json!("relative"),
+        "process.cwd: relative: must be an absolute path",
+    );
+    add(
+        &|s| s["linux"]["namespaces"] = json!([{"type": "pidd"}]),
+        "linux.namespaces[0].type: unknown value",
+    );
+    add(
+        &|s| s["process"]["capabilities"] = json!({"bounding": ["CAP_FLY"]}),
+        "process.capabilities.bounding[0]: unknown value `CAP_FLY`",
+    );
+    add(
+        &|s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_FLY", "soft": 1, "hard": 1}]),
+        "process.rlimits[0].type:",
+    );
+    add(
+        &|s| s["stop"] = json!({"signal": "SIGFLY"}),
+        "stop.signal: SIGFLY: unknown signal",
+    );
+    add(
+        &|s| s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "fly"], "action": "SCMP_ACT_ALLOW"}]}),
+        "unknown syscall names for x86_64: fly",
+    );
     for (text, want) in cases {
         let out = isola(&["run", "-"], &text, Duration::from_secs(30));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -468,8 +647,13 @@ fn bad_input_exits_2_and_creates_nothing() {
     // Conflicting options.
     let mut s = base.clone();
     s["linux"]["resources"] = json!({"pids": {"limit": 10}});
-    let out = isola(&["run", "--no-cgroup", "-"], &s.to_string(), Duration::from_secs(30));
+    let out = isola(
+        &["run", "--no-cgroup", "-"],
+        &s.to_string(),
+        Duration::from_secs(30),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-cgroup: conflicts with linux.resources"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--no-cgroup: conflicts with linux.resources"));
     assert_clean();
 }

@@ -100,7 +100,8 @@ fn load(path: &str) -> Result<Plan, Exit> {
     };
     let svc = spec::parse_str(&text, &base).map_err(|e| Exit(2, format!("{path}: {e}")))?;
     // `run` ignores supervision, but a typo there is still a typo.
-    isola_supervisor::policy::parse(&svc.supervision, "").map_err(|e| Exit(2, format!("{path}: {e}")))?;
+    isola_supervisor::policy::parse(&svc.supervision, "")
+        .map_err(|e| Exit(2, format!("{path}: {e}")))?;
     Plan::from_spec(&svc).map_err(|e| match e.field.as_str() {
         "process.args[0]" => Exit(127, format!("{path}: {e}")),
         _ => Exit(2, format!("{path}: {e}")),

@@ -35,7 +35,10 @@ pub struct StartLimit {
 
 impl Default for StartLimit {
     fn default() -> Self {
-        StartLimit { burst: 5, interval_ms: 10_000 }
+        StartLimit {
+            burst: 5,
+            interval_ms: 10_000,
+        }
     }
 }
 
@@ -74,7 +77,11 @@ impl Restart {
     pub fn base_delay(&self, n: u32) -> Duration {
         let n = n.max(1);
         if self.steps == 0 || self.delay_ms == 0 || self.max_delay_ms <= self.delay_ms {
-            return Duration::from_millis(if self.steps == 0 { self.delay_ms } else { self.max_delay_ms.min(self.delay_ms) });
+            return Duration::from_millis(if self.steps == 0 {
+                self.delay_ms
+            } else {
+                self.max_delay_ms.min(self.delay_ms)
+            });
         }
         if n - 1 >= self.steps {
             return Duration::from_millis(self.max_delay_ms);
@@ -100,7 +107,10 @@ pub struct Stop {
 
 impl Default for Stop {
     fn default() -> Self {
-        Stop { signal: Signal::SIGTERM, timeout: Duration::from_secs(10) }
+        Stop {
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -121,17 +131,29 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { restart: Restart::default(), oom: OomPolicy::Restart, stop: Stop::default(), depends_on: Vec::new() }
+        Policy {
+            restart: Restart::default(),
+            oom: OomPolicy::Restart,
+            stop: Stop::default(),
+            depends_on: Vec::new(),
+        }
     }
 }
 
 fn field<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let inner = e.path().to_string();
-        let full = if inner == "." { path.to_string() } else { format!("{path}.{inner}") };
+        let full = if inner == "." {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
         let msg = e.inner().to_string();
         let msg = match msg.split_once(", expected") {
-            Some((head, _)) if head.starts_with("unknown variant") => format!("{}: unknown value", head.trim_start_matches("unknown variant ")),
+            Some((head, _)) if head.starts_with("unknown variant") => format!(
+                "{}: unknown value",
+                head.trim_start_matches("unknown variant ")
+            ),
             _ => msg,
         };
         SpecError::new(full, msg)
@@ -147,13 +169,22 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
         p.restart = field(v, &path)?;
         let r = &p.restart;
         if !(0.0..=1.0).contains(&r.jitter) {
-            return Err(SpecError::new(format!("{path}.jitter"), format!("{}: must be between 0 and 1", r.jitter)));
+            return Err(SpecError::new(
+                format!("{path}.jitter"),
+                format!("{}: must be between 0 and 1", r.jitter),
+            ));
         }
         if r.max_delay_ms < r.delay_ms {
-            return Err(SpecError::new(format!("{path}.maxDelayMs"), format!("{}: below delayMs {}", r.max_delay_ms, r.delay_ms)));
+            return Err(SpecError::new(
+                format!("{path}.maxDelayMs"),
+                format!("{}: below delayMs {}", r.max_delay_ms, r.delay_ms),
+            ));
         }
         if r.limit.burst == 0 {
-            return Err(SpecError::new(format!("{path}.limit.burst"), "0: must be at least 1"));
+            return Err(SpecError::new(
+                format!("{path}.limit.burst"),
+                "0: must be at least 1",
+            ));
         }
     }
     if let Some(v) = sup.get("oom") {
@@ -163,7 +194,17 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
         let path = format!("{prefix}stop");
         let s: StopJson = field(v, &path)?;
         if let Some(sig) = s.signal {
-            p.stop.signal = parse_signal(&sig).ok_or_else(|| SpecError::new(format!("{path}.signal"), format!("{}: unknown signal", sig.as_str().map(str::to_string).unwrap_or_else(|| sig.to_string()))))?;
+            p.stop.signal = parse_signal(&sig).ok_or_else(|| {
+                SpecError::new(
+                    format!("{path}.signal"),
+                    format!(
+                        "{}: unknown signal",
+                        sig.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| sig.to_string())
+                    ),
+                )
+            })?;
         }
         if let Some(t) = s.timeout_ms {
             p.stop.timeout = Duration::from_millis(t);
@@ -180,7 +221,11 @@ pub fn parse_signal(v: &Value) -> Option<Signal> {
     match v {
         Value::Number(n) => Signal::try_from(i32::try_from(n.as_i64()?).ok()?).ok(),
         Value::String(s) => {
-            let name = if s.starts_with("SIG") { s.clone() } else { format!("SIG{s}") };
+            let name = if s.starts_with("SIG") {
+                s.clone()
+            } else {
+                format!("SIG{s}")
+            };
             name.parse().ok()
         }
         _ => None,
@@ -207,21 +252,33 @@ mod tests {
 
     #[test]
     fn restart_delays_follow_the_steps_formula() {
-        let r = Restart { delay_ms: 100, max_delay_ms: 30_000, steps: 10, ..Default::default() };
+        let r = Restart {
+            delay_ms: 100,
+            max_delay_ms: 30_000,
+            steps: 10,
+            ..Default::default()
+        };
         assert_eq!(r.base_delay(1), Duration::from_millis(100));
         let d6 = r.base_delay(6).as_secs_f64() * 1000.0;
         let want = 100.0 * 300f64.powf(0.5);
         assert!((d6 - want).abs() < 0.01, "{d6} vs {want}");
         assert_eq!(r.base_delay(11), Duration::from_millis(30_000));
         assert_eq!(r.base_delay(50), Duration::from_millis(30_000));
-        let j = Restart { jitter: 0.5, ..r.clone() };
+        let j = Restart {
+            jitter: 0.5,
+            ..r.clone()
+        };
         assert_eq!(j.delay(1, 0.0), Duration::from_millis(50));
         assert_eq!(j.delay(1, 1.0), Duration::from_millis(150));
     }
 
     #[test]
     fn bad_values_name_the_field() {
-        let e = parse(&sup(json!({"restart": {"policy": "sometimes"}})), "services.web.").unwrap_err();
+        let e = parse(
+            &sup(json!({"restart": {"policy": "sometimes"}})),
+            "services.web.",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "services.web.restart.policy");
         let e = parse(&sup(json!({"restart": {"delayMS": 1}})), "").unwrap_err();
         assert_eq!(e.field, "restart.delayMS");
