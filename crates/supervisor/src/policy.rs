@@ -83,7 +83,7 @@ impl Restart {
                 self.max_delay_ms.min(self.delay_ms)
             });
         }
-        if n - 1 >= self.steps {
+        if n > self.steps {
             return Duration::from_millis(self.max_delay_ms);
         }
         let ratio = self.max_delay_ms as f64 / self.delay_ms as f64;
