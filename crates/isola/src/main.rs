@@ -163,6 +163,7 @@ fn run(
         name: name.clone(),
         cgroup_root,
         no_cgroup,
+        stdio: None,
     };
     let mut sb = sandbox::start(&plan, &opts)
         .map_err(|e| Exit(e.exit_code() as u8, format!("{name}: {e}")))?;

@@ -54,6 +54,11 @@ pub fn run(plan: &Plan, sock: OwnedFd) -> ! {
     if sys::close_fds_except(sock.as_raw_fd()).is_err() {
         sys::exit_now(125);
     }
+    // Our parent may not block all of these; a forwarded SIGUSR1 must not
+    // kill the init with its default action.
+    if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
+        sys::exit_now(125);
+    }
     match prepare(plan, &sock) {
         Ok(Some(payload)) => supervise(plan, payload),
         // Parent vanished before saying go: nothing to report to.

@@ -24,6 +24,8 @@ pub struct Options {
     pub cgroup_root: PathBuf,
     /// Run without a cgroup (only when the spec sets no resources).
     pub no_cgroup: bool,
+    /// stdin, stdout, stderr for the sandbox; `None` inherits ours.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +90,7 @@ pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
             return Err(Error::sys("socketpair", e));
         }
     };
-    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs) {
+    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs, opts.stdio) {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = cg {
@@ -157,6 +159,7 @@ fn clone_init(
     cg: Option<&Cgroup>,
     ours: std::os::fd::BorrowedFd<'_>,
     theirs: OwnedFd,
+    stdio: Option<[std::os::fd::RawFd; 3]>,
 ) -> Result<(Pid, OwnedFd, bool), Error> {
     let attempt = |into: bool| {
         sys::clone3(
@@ -172,8 +175,14 @@ fn clone_init(
     };
     match res.map_err(|e| Error::sys("clone3", e))? {
         sys::Forked::Child => {
-            // SAFETY-relevant: only the init's end stays open in the child.
             let _ = nix::unistd::close(ours.as_raw_fd());
+            if let Some(fds) = stdio {
+                for (target, fd) in fds.into_iter().enumerate() {
+                    if sys::dup2_raw(fd, target as i32).is_err() {
+                        sys::exit_now(125);
+                    }
+                }
+            }
             init::run(plan, theirs)
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),

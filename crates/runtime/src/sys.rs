@@ -120,6 +120,17 @@ pub fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
     close(keep + 1, libc::c_uint::MAX)
 }
 
+/// dup2(2) onto a stdio slot in a freshly cloned child (the fds are raw
+/// because the parent's owners of them live on in the parent).
+pub fn dup2_raw(fd: RawFd, target: RawFd) -> Result<(), Errno> {
+    if fd == target {
+        return Ok(());
+    }
+    // SAFETY: dup2 only replaces the descriptor number `target`, which in
+    // the child is stdio and owned by no Rust object.
+    Errno::result(unsafe { libc::dup2(fd, target) }).map(drop)
+}
+
 /// fork(2) for the init, which is single-threaded (itself a fork of a
 /// single-threaded isola).
 pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
