@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use isola_runtime::{cgroup, init, sandbox, spec, starter, Plan, SpecError};
+use isola_supervisor::logs::LogConfig;
+use isola_supervisor::{control, supervisor};
+
+mod client;
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -44,10 +48,100 @@ enum Command {
     },
     /// Print a starter spec (Docker's default capabilities and seccomp allow list).
     Spec,
+    /// Supervise a stack of services in the foreground until SIGTERM/SIGINT or `isola down`.
+    Up {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Directory of the per-service log files [default: /var/log/isola/<stack>].
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// Rotate a service's log when it would exceed this many bytes.
+        #[arg(long, default_value_t = 10 << 20)]
+        log_max_bytes: u64,
+        /// Log files kept per service, the live one included.
+        #[arg(long, default_value_t = 5)]
+        log_files: u32,
+        /// Parent cgroup: services run in <cgroup-root>/<stack>/<service>.
+        #[arg(long, default_value = cgroup::DEFAULT_ROOT)]
+        cgroup_root: PathBuf,
+        /// Run without cgroups (no service may set linux.resources).
+        #[arg(long)]
+        no_cgroup: bool,
+        /// Do not echo service output to standard output (log files only).
+        #[arg(long)]
+        quiet: bool,
+        /// The stack file: {"services": {"NAME": SPEC, ...}}.
+        stack: PathBuf,
+    },
+    /// Show the services of the running supervisor.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a service (it stays down until started).
+    Stop {
+        #[command(flatten)]
+        socket: SocketArg,
+        name: String,
+    },
+    /// Start a stopped, exited or failed service.
+    Start {
+        #[command(flatten)]
+        socket: SocketArg,
+        name: String,
+    },
+    /// Restart a service.
+    Restart {
+        #[command(flatten)]
+        socket: SocketArg,
+        name: String,
+    },
+    /// Print a service's log.
+    Logs {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Keep printing new lines as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of history to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        name: String,
+    },
+    /// Stop every service (reverse dependency order) and end the supervisor.
+    Down {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct SocketArg {
+    /// Control socket [default: $ISOLA_SOCKET or /run/isola/isola.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    fn path(self) -> PathBuf {
+        control::socket_path(self.socket)
+    }
 }
 
 /// A failure with the exit code it maps to.
-struct Exit(u8, String);
+pub struct Exit(pub u8, pub String);
+
+fn up(cfg: supervisor::Config) -> Result<u8, Exit> {
+    let path = cfg.stack_path.display().to_string();
+    let sup = supervisor::Supervisor::new(cfg)
+        .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
+    sup.run()
+        .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
+    Ok(0)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,6 +154,44 @@ fn main() -> ExitCode {
         } => run(&spec, name, cgroup_root, no_cgroup),
         Command::Check { spec } => check(&spec),
         Command::Spec => print_starter().map_err(|e| Exit(1, format!("{e:#}"))),
+        Command::Up {
+            socket,
+            log_dir,
+            log_max_bytes,
+            log_files,
+            cgroup_root,
+            no_cgroup,
+            quiet,
+            stack,
+        } => {
+            let dir = log_dir.unwrap_or_else(|| {
+                Path::new("/var/log/isola").join(supervisor::stack_name(&stack))
+            });
+            let cfg = supervisor::Config {
+                stack_path: stack,
+                socket: socket.path(),
+                cgroup_root,
+                no_cgroup,
+                logs: LogConfig {
+                    dir,
+                    max_bytes: log_max_bytes,
+                    files: log_files,
+                },
+                echo: !quiet,
+            };
+            up(cfg)
+        }
+        Command::Status { socket, json } => client::status(&socket.path(), json),
+        Command::Stop { socket, name } => client::simple(&socket.path(), "stop", &name),
+        Command::Start { socket, name } => client::simple(&socket.path(), "start", &name),
+        Command::Restart { socket, name } => client::simple(&socket.path(), "restart", &name),
+        Command::Logs {
+            socket,
+            follow,
+            lines,
+            name,
+        } => client::logs(&socket.path(), &name, lines, follow),
+        Command::Down { socket } => client::down(&socket.path()),
     };
     match res {
         Ok(code) => ExitCode::from(code),

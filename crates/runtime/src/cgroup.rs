@@ -172,6 +172,46 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Take over an existing group, e.g. one a killed supervisor left.
+    pub fn open(path: &Path) -> Result<Cgroup, CgroupError> {
+        let dir = open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(path)(e.into()))?;
+        Ok(Cgroup {
+            path: path.to_owned(),
+            dir,
+        })
+    }
+
+    /// Kill and remove every group directly below `parent` (stale sandboxes
+    /// of a supervisor that died), then `parent` itself when asked. Returns
+    /// the names removed.
+    pub fn remove_children(parent: &Path, and_parent: bool) -> Result<Vec<String>, CgroupError> {
+        let mut removed = Vec::new();
+        let entries = match fs::read_dir(parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(io_err(parent)(e)),
+        };
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                Cgroup::open(&e.path())?.destroy()?;
+                removed.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        if and_parent {
+            match fs::remove_dir(parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(parent)(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

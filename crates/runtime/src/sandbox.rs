@@ -90,7 +90,8 @@ pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
             return Err(Error::sys("socketpair", e));
         }
     };
-    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs, opts.stdio) {
+    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs, opts.stdio)
+    {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = cg {

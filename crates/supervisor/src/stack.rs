@@ -1,0 +1,237 @@
+//! A stack file: `{"services": {"NAME": SERVICE, …}}`, where SERVICE is an
+//! `isola run` spec plus supervision fields. Everything is validated here,
+//! before any service starts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use isola_runtime::{cgroup, spec, Plan, ServiceSpec, SpecError};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::policy::{self, Policy};
+
+#[derive(Debug, Clone)]
+pub struct ServiceDef {
+    pub name: String,
+    /// The service's JSON as written: a reload restarts a service when it changed.
+    pub raw: Value,
+    pub spec: ServiceSpec,
+    pub plan: Plan,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// In dependency order: every service after the ones it depends on.
+    pub services: Vec<ServiceDef>,
+}
+
+/// `services` as an ordered list, so duplicate names are seen (a JSON map
+/// would silently keep the last one).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of services")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, Value>()? {
+                    v.push((k, val));
+                }
+                Ok(Entries(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StackFile {
+    services: Entries,
+}
+
+pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
+    let file: StackFile = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            SpecError::new(
+                "",
+                format!("malformed JSON at line {} column {}", e.line(), e.column()),
+            )
+        } else {
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            SpecError::new("", msg)
+        }
+    })?;
+    let mut seen = HashMap::new();
+    let mut defs = Vec::new();
+    for (name, raw) in file.services.0 {
+        let prefix = format!("services.{name}.");
+        cgroup::check_name(&name)
+            .map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
+        if seen.insert(name.clone(), ()).is_some() {
+            return Err(SpecError::new(
+                format!("services.{name}"),
+                "duplicate service name",
+            ));
+        }
+        let spec = spec::parse_value(raw.clone(), base_dir, &prefix)?;
+        let plan = Plan::from_spec(&spec)
+            .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
+        let policy = policy::parse(&spec.supervision, &prefix)?;
+        defs.push(ServiceDef {
+            name,
+            raw,
+            spec,
+            plan,
+            policy,
+        });
+    }
+    if defs.is_empty() {
+        return Err(SpecError::new("services", "no services"));
+    }
+    Ok(Stack {
+        services: order(defs)?,
+    })
+}
+
+/// Topological order (Kahn), stable in the file's order; names unknown
+/// dependencies and cycles.
+fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
+    let index: HashMap<String, usize> = defs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.clone(), i))
+        .collect();
+    for d in &defs {
+        for dep in &d.policy.depends_on {
+            if !index.contains_key(dep) {
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", d.name),
+                    format!("{dep}: no such service"),
+                ));
+            }
+            if dep == &d.name {
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", d.name),
+                    format!("{dep}: depends on itself"),
+                ));
+            }
+        }
+    }
+    let mut placed = vec![false; defs.len()];
+    let mut out_idx = Vec::new();
+    while out_idx.len() < defs.len() {
+        let next = (0..defs.len())
+            .find(|&i| !placed[i] && defs[i].policy.depends_on.iter().all(|d| placed[index[d]]));
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                out_idx.push(i);
+            }
+            None => {
+                let stuck: Vec<&str> = (0..defs.len())
+                    .filter(|&i| !placed[i])
+                    .map(|i| defs[i].name.as_str())
+                    .collect();
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", stuck[0]),
+                    format!("dependency cycle among {}", stuck.join(", ")),
+                ));
+            }
+        }
+    }
+    let mut slots: BTreeMap<usize, ServiceDef> = defs.into_iter().enumerate().collect();
+    Ok(out_idx
+        .into_iter()
+        .filter_map(|i| slots.remove(&i))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(extra: &str) -> String {
+        format!(r#"{{"process": {{"args": ["true"]}}{extra}}}"#)
+    }
+
+    fn stack(services: &[(&str, String)]) -> String {
+        let body: Vec<String> = services
+            .iter()
+            .map(|(n, s)| format!("\"{n}\": {s}"))
+            .collect();
+        format!("{{\"services\": {{{}}}}}", body.join(", "))
+    }
+
+    fn parse_s(t: &str) -> Result<Stack, SpecError> {
+        parse(t, Path::new("/"))
+    }
+
+    #[test]
+    fn dependency_order() {
+        let t = stack(&[
+            ("web", svc(r#", "dependsOn": ["db", "cache"]"#)),
+            ("db", svc("")),
+            ("cache", svc(r#", "dependsOn": ["db"]"#)),
+        ]);
+        let s = parse_s(&t).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["db", "cache", "web"]);
+    }
+
+    #[test]
+    fn bad_stacks_name_service_field_and_value() {
+        let cases = [
+            (
+                stack(&[
+                    ("a", svc(r#", "dependsOn": ["b"]"#)),
+                    ("b", svc(r#", "dependsOn": ["a"]"#)),
+                ]),
+                "services.a.dependsOn: dependency cycle among a, b",
+            ),
+            (
+                stack(&[("a", svc(r#", "dependsOn": ["zz"]"#))]),
+                "services.a.dependsOn: zz: no such service",
+            ),
+            (
+                stack(&[("a", svc("")), ("a", svc(""))]),
+                "services.a: duplicate service name",
+            ),
+            (
+                stack(&[("a", svc(r#", "restart": {"policy": "sometimes"}"#))]),
+                "services.a.restart.policy: `sometimes`: unknown value",
+            ),
+            (
+                stack(&[("a", svc(r#", "prcess": {}"#))]),
+                "services.a.prcess: unknown field",
+            ),
+            (
+                stack(&[(
+                    "a",
+                    svc(r#", "linux": {"resources": {"memory": {"limit": 10}}}"#),
+                )]),
+                "services.a.linux.resources.memory.limit: 10:",
+            ),
+            (stack(&[("a/b", svc(""))]), "services.a/b:"),
+            (
+                "{\"services\": {}, \"x\": 1}".to_string(),
+                "unknown field `x`",
+            ),
+            ("{\"services\": {".to_string(), "malformed JSON at line 1"),
+        ];
+        for (text, want) in cases {
+            let e = parse_s(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text}\n got {e}\nwant {want}");
+        }
+    }
+}
