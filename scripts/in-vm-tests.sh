@@ -13,10 +13,13 @@ for exe in "$@"; do
     name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
     echo "=== $name"
     out=$(mktemp)
-    "$exe" --test-threads=1 "${args[@]}" 2>&1 | tee "$out"
+    # A hung test binary fails with a message instead of eating the VM's
+    # whole time budget.
+    timeout -k 10 "${ISOLA_TEST_TIMEOUT:-600}" "$exe" --test-threads=1 "${args[@]}" 2>&1 | tee "$out"
     st=${PIPESTATUS[0]}
     line=$(grep '^test result:' "$out" | tail -n1)
     summary+=("$name: ${line:-no summary line (status $st)}")
+    [ "$st" = 124 ] && summary+=("$name: TIMED OUT after ${ISOLA_TEST_TIMEOUT:-600}s")
     [ "$st" = 0 ] || status=1
     rm -f "$out"
 done

@@ -18,4 +18,4 @@ if [ ${#exes[@]} -eq 0 ]; then
 fi
 args=$(printf '%q ' "$@")
 cmd="bash scripts/in-vm-tests.sh ${args}-- $(printf '%q ' "${exes[@]}")"
-exec scripts/vm.sh --timeout "${ISOLA_VM_TIMEOUT:-1500}" -- "$cmd"
+exec scripts/vm.sh --timeout "${ISOLA_VM_TIMEOUT:-1200}" -- "$cmd"

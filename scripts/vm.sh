@@ -158,9 +158,10 @@ if [ "$interactive" = 1 ]; then
     "${qemu[@]}"
     exit $?
 fi
-# The serial line turns \n into \r\n; strip the \r so logs read normally,
+# The serial line turns \n into \r\n; strip the \r (line-buffered, so output
+# streams) so logs read normally,
 # and drop the kernel's own power-off notice.
-timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null | tr -d '\r' \
+timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" </dev/null | sed -u 's/\r$//' \
     | grep --line-buffered -v -E '^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)$'
 qst=${PIPESTATUS[0]}
 set -e

@@ -15,7 +15,7 @@ const NS: &[&str] = &["pid", "network", "mount", "uts", "ipc"];
 fn sh(script: &str) -> Value {
     json!({
         "process": {
-            "args": ["sh", "-c", script],
+            "args": ["sh", "-c", script, "isola-test-payload"],
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/"
         },

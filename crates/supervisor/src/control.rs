@@ -62,9 +62,13 @@ impl Client {
     pub fn request(&mut self, req: &Value) -> Result<Value, ClientError> {
         let mut line = req.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            // A refused peer is told why and hung up on, possibly before our
+            // request went out: the reason is still there to read.
+            if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+                return Err(ClientError::Io(self.path.clone(), e));
+            }
+        }
         let resp = self
             .next_message()?
             .ok_or_else(|| ClientError::Protocol("connection closed".into()))?;

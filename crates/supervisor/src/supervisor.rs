@@ -777,7 +777,13 @@ impl Supervisor {
                 }
                 Ok(n) => p.buf.push(&buf[..n], &mut lines),
                 Err(Errno::EINTR) => {}
-                Err(_) => break,
+                Err(Errno::EAGAIN) => break,
+                // Any other error will not go away: treat it as the end, or
+                // the level-triggered epoll would report it forever.
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
             }
         }
         let stream = p.stream;
@@ -998,7 +1004,11 @@ impl Supervisor {
                     }
                     Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
             while let Some(pos) = c.inbuf.iter().position(|b| *b == b'\n') {

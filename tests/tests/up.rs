@@ -1,0 +1,699 @@
+//! `isola up` and its client commands: a supervised stack in the VM.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// A service running `sh -c SCRIPT` in pid+mount namespaces, with `extra`
+/// merged in (supervision fields, resources).
+fn svc(script: &str, extra: Value) -> Value {
+    let mut s = json!({
+        "process": {"args": ["sh", "-c", script, "isola-test-payload"]},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+    });
+    if let (Some(o), Value::Object(e)) = (s.as_object_mut(), extra) {
+        for (k, v) in e {
+            if k == "linux" {
+                for (lk, lv) in v.as_object().cloned().unwrap_or_default() {
+                    o["linux"][lk] = lv;
+                }
+            } else {
+                o.insert(k, v);
+            }
+        }
+    }
+    s
+}
+
+/// A running `isola up`, shut down (SIGTERM, then SIGKILL) on drop.
+struct Up {
+    name: String,
+    dir: Scratch,
+    child: Option<Child>,
+}
+
+impl Up {
+    fn start(name: &str, services: Value, extra_args: &[&str]) -> Up {
+        let dir = Scratch::new(&format!("up-{name}"));
+        let up = Up {
+            name: name.to_string(),
+            dir,
+            child: None,
+        };
+        up.write_stack(&services);
+        up.spawn(extra_args)
+    }
+
+    fn spawn(mut self, extra_args: &[&str]) -> Up {
+        let out = std::fs::File::create(self.dir.path("up.out")).unwrap();
+        let err = std::fs::File::create(self.dir.path("up.err")).unwrap();
+        let mut args = vec![
+            "up".to_string(),
+            "--socket".into(),
+            self.socket(),
+            "--log-dir".into(),
+            self.logdir().display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        args.push(self.stack_path().display().to_string());
+        self.child = Some(
+            Command::new(isola_bin())
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap(),
+        );
+        let t = Instant::now();
+        // Connectable, not merely present: a killed supervisor leaves its socket file.
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("isola up exited with {st}: {}", self.stderr());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "isola up did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self
+    }
+
+    fn stack_path(&self) -> PathBuf {
+        self.dir.path(&format!("{}.json", self.name))
+    }
+    fn write_stack(&self, services: &Value) {
+        std::fs::write(self.stack_path(), json!({"services": services}).to_string()).unwrap();
+    }
+    fn socket(&self) -> String {
+        self.dir.path("isola.sock").display().to_string()
+    }
+    fn logdir(&self) -> PathBuf {
+        self.dir.path("logs")
+    }
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path("up.err")).unwrap_or_default()
+    }
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut a = vec![args[0], "--socket"];
+        let sock = self.socket();
+        a.push(&sock);
+        a.extend_from_slice(&args[1..]);
+        let out = isola(&a, "", Duration::from_secs(120));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn status(&self) -> Vec<Value> {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, 0, "status: {err}");
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    fn service(&self, name: &str) -> Value {
+        self.status()
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// Poll `status` until `f` holds for the service (tests may poll; the
+    /// supervisor never does).
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let t = Instant::now();
+        loop {
+            let s = self.service(name);
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "{name}: waited {timeout:?} for {what}; last status {s}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_state(&self, name: &str, state: &str) -> Value {
+        self.wait_for(name, state, Duration::from_secs(60), |s| {
+            s["state"] == state
+        })
+    }
+
+    /// `isola down`, then the supervisor must exit 0.
+    fn down(mut self) -> String {
+        let (code, _, err) = self.cli(&["down"]);
+        assert_eq!(code, 0, "down: {err}");
+        let st = wait_output(self.child.take().unwrap(), Duration::from_secs(60));
+        assert_eq!(st.status.code(), Some(0), "{}", self.stderr());
+        self.stderr()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn history(s: &Value) -> Vec<(u64, Option<u64>)> {
+    s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["startMs"].as_u64().unwrap(), h["exitMs"].as_u64()))
+        .collect()
+}
+
+#[test]
+fn crash_loop_backs_off_by_the_formula_then_fails() {
+    require_vm();
+    let restart = json!({"restart": {"policy": "on-failure", "delayMs": 100, "maxDelayMs": 800, "steps": 3, "limit": {"burst": 5, "intervalMs": 60000}}});
+    let up = Up::start("crashloop", json!({"crash": svc("exit 1", restart)}), &[]);
+    let s = up.wait_state("crash", "failed");
+    let h = history(&s);
+    assert_eq!(h.len(), 5, "burst 5: {s}");
+    // delay n = 100 · 8^((n−1)/3): 100, 200, 400, 800 ms.
+    for (n, want) in [100.0, 200.0, 400.0, 800.0].iter().enumerate() {
+        let gap = (h[n + 1].0 - h[n].1.unwrap()) as f64;
+        assert!(
+            gap >= want * 0.95 && gap <= want + 500.0,
+            "restart {}: waited {gap} ms, formula says {want}: {h:?}",
+            n + 1
+        );
+    }
+    assert_eq!(s["restarts"], 4);
+    assert_eq!(
+        s["lastExit"],
+        json!({"reason": "exited", "code": 1, "signal": null})
+    );
+    // `isola start` revives a failed service.
+    let (code, _, err) = up.cli(&["start", "crash"]);
+    assert_eq!(code, 0, "{err}");
+    let s = up.wait_for("crash", "a new start", Duration::from_secs(30), |s| {
+        history(s).len() > 5
+    });
+    assert_ne!(s["state"], "failed", "{s}");
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn restart_policies_on_failure_always_unless_stopped() {
+    require_vm();
+    let fast = |p: &str| json!({"restart": {"policy": p, "delayMs": 50, "limit": {"burst": 100, "intervalMs": 60000}}});
+    let up = Up::start(
+        "policies",
+        json!({
+            "onfail": svc("exit 0", fast("on-failure")),
+            "always": svc("exit 0", fast("always")),
+            "unless": svc("exec sleep 1000", fast("unless-stopped")),
+        }),
+        &[],
+    );
+    up.wait_state("onfail", "exited");
+    up.wait_for("always", "two restarts", Duration::from_secs(60), |s| {
+        s["restarts"].as_u64() >= Some(2)
+    });
+    up.wait_state("unless", "running");
+    let (code, out, err) = up.cli(&["stop", "unless"]);
+    assert_eq!((code, out.trim()), (0, "unless: stopped"), "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    let s = up.service("unless");
+    assert_eq!(
+        (s["state"].as_str(), s["restarts"].as_u64()),
+        (Some("stopped"), Some(0)),
+        "{s}"
+    );
+    let s = up.service("onfail");
+    assert_eq!(s["restarts"], 0, "{s}");
+    up.down();
+    assert_clean();
+}
+
+fn oom_service(script: &str, policy: &str) -> Value {
+    svc(
+        script,
+        json!({
+            "oom": policy,
+            "restart": {"policy": "always", "delayMs": 100, "limit": {"burst": 100, "intervalMs": 60000}},
+            "linux": {"resources": {"memory": {"limit": 33554432, "swap": 33554432}}}
+        }),
+    )
+}
+
+#[test]
+fn oom_policies() {
+    require_vm();
+    let hog = "head -c 100M /dev/zero | tail > /dev/null; exec sleep 1000";
+    let up = Up::start(
+        "oom",
+        json!({
+            "restart": oom_service("exec tail /dev/zero", "restart"),
+            "stop": oom_service("exec tail /dev/zero", "stop"),
+            "kill": oom_service("sleep 1000 & tail /dev/zero; wait", "kill"),
+            "continue": oom_service(hog, "continue"),
+        }),
+        &[],
+    );
+    let s = up.wait_for("restart", "an OOM restart", Duration::from_secs(60), |s| {
+        s["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["lastExit"]["reason"], "oom-kill", "{s}");
+    assert!(s["oomKills"].as_u64() >= Some(1), "{s}");
+
+    let s = up.wait_state("stop", "stopped");
+    assert_eq!(s["lastExit"]["reason"], "oom-kill", "{s}");
+    std::thread::sleep(Duration::from_millis(500));
+    let s = up.service("stop");
+    assert_eq!(
+        (s["state"].as_str(), s["restarts"].as_u64()),
+        (Some("stopped"), Some(0)),
+        "{s}"
+    );
+
+    // memory.oom.group: the sleeper dies with the hog, and the restart
+    // policy applies.
+    let s = up.wait_for("kill", "an OOM restart", Duration::from_secs(60), |s| {
+        s["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["lastExit"]["reason"], "oom-kill", "{s}");
+
+    // The hog (a child) is killed; the payload survives and keeps running.
+    let s = up.wait_for("continue", "an OOM kill", Duration::from_secs(60), |s| {
+        s["oomKills"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert!(s["lastExit"].is_null(), "{s}");
+    let err = up.down();
+    assert!(
+        err.contains("continue: oom-kill: the kernel killed"),
+        "{err}"
+    );
+    assert_clean();
+}
+
+#[test]
+fn stop_kills_at_the_timeout_and_leaves_no_daemon() {
+    require_vm();
+    let up = Up::start(
+        "stopping",
+        json!({
+            "stubborn": svc("trap '' TERM; while :; do sleep 1; done", json!({"stop": {"timeoutMs": 1000}})),
+            // No PID namespace: only the cgroup can find the daemon.
+            "daemon": {"process": {"args": ["sh", "-c", "setsid sh -c 'exec sleep 1777' & exec sleep 1778", "isola-test-payload"]},
+                       "linux": {"namespaces": [{"type": "mount"}]}},
+        }),
+        &[],
+    );
+    up.wait_state("stubborn", "running");
+    up.wait_for("daemon", "its daemon", Duration::from_secs(30), |_| {
+        !processes_matching("sleep 1777").is_empty()
+    });
+    let t = Instant::now();
+    let (code, _, err) = up.cli(&["stop", "stubborn"]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "stopped after {took:?}, before the 1 s timeout"
+    );
+    let s = up.service("stubborn");
+    assert_eq!(s["lastExit"]["signal"], 9, "{s}");
+    let (code, _, err) = up.cli(&["stop", "daemon"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        processes_matching("sleep 1777").is_empty(),
+        "daemonised grandchild survived stop"
+    );
+    assert!(processes_matching("sleep 1778").is_empty());
+    // And after `down`, from a running state.
+    let (code, _, err) = up.cli(&["start", "daemon"]);
+    assert_eq!(code, 0, "{err}");
+    up.wait_for("daemon", "its daemon", Duration::from_secs(30), |_| {
+        !processes_matching("sleep 1777").is_empty()
+    });
+    up.down();
+    assert!(
+        processes_matching("sleep 1777").is_empty(),
+        "daemonised grandchild survived down"
+    );
+    assert_clean();
+}
+
+#[test]
+fn dependencies_start_in_order_and_stop_in_reverse() {
+    require_vm();
+    let dep = |d: &[&str]| json!({"dependsOn": d});
+    let up = Up::start(
+        "deps",
+        json!({
+            "web": svc("exec sleep 1000", dep(&["api"])),
+            "api": svc("exec sleep 1000", dep(&["db"])),
+            "db": svc("exec sleep 1000", json!({})),
+        }),
+        &[],
+    );
+    for n in ["db", "api", "web"] {
+        up.wait_state(n, "running");
+    }
+    let start = |n: &str| up.service(n)["startedAtMs"].as_u64().unwrap();
+    assert!(start("db") <= start("api") && start("api") <= start("web"));
+    let err = up.down();
+    let pos = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s} not in {err}"));
+    assert!(
+        pos("web: stopped") < pos("api: stopping") && pos("api: stopped") < pos("db: stopping"),
+        "{err}"
+    );
+    let first = |s: &str| err.find(s).unwrap();
+    assert!(
+        first("db: running") < first("api: running")
+            && first("api: running") < first("web: running")
+    );
+    assert_clean();
+}
+
+#[test]
+fn bad_stacks_exit_2_and_start_nothing() {
+    require_vm();
+    let ok = svc("exec sleep 1000", json!({}));
+    let cases = [
+        (
+            json!({"a": svc("true", json!({"dependsOn": ["b"]})), "b": svc("true", json!({"dependsOn": ["a"]}))}),
+            "services.a.dependsOn: dependency cycle among a, b",
+        ),
+        (
+            json!({"a": svc("true", json!({"dependsOn": ["ghost"]}))}),
+            "services.a.dependsOn: ghost: no such service",
+        ),
+        (
+            json!({"a": svc("true", json!({"restart": {"policy": "sometimes"}}))}),
+            "services.a.restart.policy",
+        ),
+        (
+            json!({"a": svc("true", json!({"oom": "explode"}))}),
+            "services.a.oom",
+        ),
+        (
+            json!({"a": svc("true", json!({"stop": {"signal": "SIGFLY"}}))}),
+            "services.a.stop.signal: SIGFLY: unknown signal",
+        ),
+        (
+            json!({"a": ok.clone(), "b": svc("true", json!({"linux": {"resources": {"cpu": {"period": 10}}}}))}),
+            "services.b.linux.resources.cpu.period: 10:",
+        ),
+        (
+            json!({"a": ok.clone(), "b": svc("true", json!({"restrat": {}}))}),
+            "services.b.restrat: unknown field",
+        ),
+    ];
+    let dir = Scratch::new("badstack");
+    for (i, (services, want)) in cases.iter().enumerate() {
+        let p = dir.write(
+            &format!("bad{i}.json"),
+            &json!({"services": services}).to_string(),
+        );
+        let sock = dir.path("s.sock").display().to_string();
+        let out = isola(
+            &[
+                "up",
+                "--socket",
+                &sock,
+                "--log-dir",
+                "/tmp/isola-bad-logs",
+                p.to_str().unwrap(),
+            ],
+            "",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{services}: {err}");
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(processes_matching("isola-test-payload").is_empty());
+        assert!(!std::path::Path::new(&sock).exists(), "socket left behind");
+    }
+    let dup = dir.write("dup.json", r#"{"services": {"a": {"process": {"args": ["true"]}}, "a": {"process": {"args": ["true"]}}}}"#);
+    let out = isola(
+        &[
+            "up",
+            "--socket",
+            "/tmp/isola-dup.sock",
+            dup.to_str().unwrap(),
+        ],
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services.a: duplicate service name"));
+    assert_clean();
+}
+
+#[test]
+fn sighup_restarts_only_changed_services() {
+    require_vm();
+    let a = svc("exec sleep 1000", json!({}));
+    let b = svc("exec sleep 1001", json!({}));
+    let up = Up::start("reload", json!({"a": a.clone(), "b": b}), &[]);
+    let pa = up.wait_state("a", "running")["pid"].clone();
+    let pb = up.wait_state("b", "running")["pid"].clone();
+    up.write_stack(&json!({"a": a, "b": svc("exec sleep 1002", json!({})), "c": svc("exec sleep 1003", json!({}))}));
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let s = up.wait_for("b", "a restart", Duration::from_secs(30), |s| {
+        s["state"] == "running" && s["pid"] != pb
+    });
+    assert_eq!(s["restarts"], 1);
+    up.wait_state("c", "running");
+    assert_eq!(
+        up.service("a")["pid"],
+        pa,
+        "unchanged service was restarted"
+    );
+    assert!(!processes_matching("sleep 1002").is_empty());
+    up.write_stack(
+        &json!({"a": svc("exec sleep 1000", json!({})), "b": svc("exec sleep 1002", json!({}))}),
+    );
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = Instant::now();
+    while up.status().iter().any(|s| s["name"] == "c") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "removed service still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(processes_matching("sleep 1003").is_empty());
+    assert_eq!(up.service("a")["pid"], pa);
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn control_socket_is_private_and_refuses_other_users() {
+    require_vm();
+    let up = Up::start("ctl", json!({"a": svc("exec sleep 1000", json!({}))}), &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(up.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let as_user = || {
+        Command::new(isola_bin())
+            .args(["status", "--socket", &up.socket()])
+            .uid(1000)
+            .gid(1000)
+            .output()
+            .unwrap()
+    };
+    // The scratch dir must be reachable for uid 1000 to get as far as the socket.
+    std::fs::set_permissions(&up.dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_user();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // Even with the file opened up, the peer's uid is checked.
+    std::fs::set_permissions(up.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_user();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied: uid 1000"), "{err}");
+    assert!(
+        up.stderr()
+            .contains("refused a control connection from uid 1000"),
+        "{}",
+        up.stderr()
+    );
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn clients_report_a_missing_supervisor_in_one_line() {
+    require_vm();
+    for cmd in [
+        vec!["status"],
+        vec!["stop", "x"],
+        vec!["logs", "x"],
+        vec!["down"],
+    ] {
+        let mut a = cmd.clone();
+        a.extend(["--socket", "/tmp/isola-nobody.sock"]);
+        let out = isola(&a, "", Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            "isola: no isola supervisor is listening on /tmp/isola-nobody.sock"
+        );
+    }
+}
+
+#[test]
+fn logs_follow_and_rotate() {
+    require_vm();
+    let up = Up::start(
+        "logs",
+        json!({
+            "ticker": svc("i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done", json!({})),
+            "chatty": svc("seq 1 400", json!({"restart": {"policy": "no"}})),
+        }),
+        &["--log-max-bytes", "2000", "--log-files", "3"],
+    );
+    let mut f = Command::new(isola_bin())
+        .args(["logs", "--socket", &up.socket(), "-f", "-n", "1", "ticker"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = BufReader::new(f.stdout.take().unwrap());
+    let mut ticks = Vec::new();
+    let t = Instant::now();
+    while ticks.len() < 4 {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "logs -f ended");
+        if let Some(n) = line
+            .trim()
+            .strip_suffix("")
+            .and_then(|l| l.split("tick ").nth(1))
+        {
+            ticks.push(n.parse::<u64>().unwrap());
+        }
+        assert!(t.elapsed() < Duration::from_secs(30));
+    }
+    let _ = f.kill();
+    let _ = f.wait();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "not following in order: {ticks:?}"
+    );
+
+    up.wait_state("chatty", "exited");
+    let mut names: Vec<String> = std::fs::read_dir(up.logdir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("chatty"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["chatty.log", "chatty.log.1", "chatty.log.2"]);
+    for n in &names {
+        let len = std::fs::metadata(up.logdir().join(n)).unwrap().len();
+        assert!(len <= 2000, "{n} is {len} bytes");
+    }
+    let (code, out, _) = up.cli(&["logs", "-n", "2", "chatty"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stdout 400"), "{out}");
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn sigkill_of_the_supervisor_takes_services_down_and_next_up_cleans() {
+    require_vm();
+    let services =
+        json!({"a": svc("exec sleep 1444", json!({})), "b": svc("exec sleep 1445", json!({}))});
+    let mut up = Up::start("killed", services.clone(), &[]);
+    up.wait_state("a", "running");
+    up.wait_state("b", "running");
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = up.child.take().unwrap().wait();
+    let t = Instant::now();
+    while !processes_matching("sleep 144").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "services survived the supervisor: {:?}",
+            processes_matching("sleep 144")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stale = format!("{CGROUP_ROOT}/killed");
+    assert!(
+        std::path::Path::new(&format!("{stale}/a")).exists(),
+        "expected the stale cgroup to test cleanup"
+    );
+    let up = up.spawn(&[]);
+    up.wait_state("a", "running");
+    assert!(
+        up.stderr()
+            .contains("removed stale cgroups of a previous run: a, b")
+            || up
+                .stderr()
+                .contains("removed stale cgroups of a previous run: b, a"),
+        "{}",
+        up.stderr()
+    );
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn sigterm_stops_everything_and_exits_0() {
+    require_vm();
+    let mut up = Up::start(
+        "term",
+        json!({"a": svc("exec sleep 1000", json!({})), "b": svc("exec sleep 1000", json!({"dependsOn": ["a"]}))}),
+        &[],
+    );
+    up.wait_state("b", "running");
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = wait_output(up.child.take().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", up.stderr());
+    assert!(
+        !std::path::Path::new(&up.socket()).exists(),
+        "socket left behind"
+    );
+    assert_clean();
+}
