@@ -1,5 +1,5 @@
 # `make test` is the one test command (CI runs it through .ci/run).
-.PHONY: all build test unit vm-test vm-shell vm lint fmt bench clean-vm
+.PHONY: all build test unit vm-test vm-shell vm lint fmt bench clean-vm demo rootfs
 
 all: build
 
@@ -16,6 +16,19 @@ unit:
 # T=name runs only tests whose name contains it.
 vm-test:
 	scripts/vm-test.sh $(T)
+
+# The demo stack (specs/demo-stack.json) and two one-off sandboxes, in the VM.
+demo: rootfs
+	cargo build -p isola
+	scripts/vm.sh -- scripts/demo.sh
+
+# A minimal busybox root filesystem for specs/busybox-rootfs.json.
+rootfs: specs/rootfs/bin/busybox
+
+specs/rootfs/bin/busybox:
+	mkdir -p specs/rootfs/bin specs/rootfs/proc specs/rootfs/dev specs/rootfs/tmp specs/rootfs/etc
+	cp /bin/busybox specs/rootfs/bin/busybox
+	echo 'isola-demo' > specs/rootfs/etc/hostname
 
 vm-shell:
 	scripts/vm.sh --shell

@@ -41,7 +41,7 @@ enum Command {
         /// The service spec (JSON), or - for standard input.
         spec: String,
     },
-    /// Validate a spec: exit 0 when isola would run it, 2 with the reason when not.
+    /// Validate a service spec or a stack file: exit 0 when isola would run it, 2 with the reason when not.
     Check {
         /// The service spec (JSON), or - for standard input.
         spec: String,
@@ -240,9 +240,22 @@ fn load(path: &str) -> Result<Plan, Exit> {
     })
 }
 
+/// A service spec, or a stack file (an object with `services`).
 fn check(path: &str) -> Result<u8, Exit> {
-    load(path)?;
-    println!("{path}: ok");
+    let is_stack = path != "-"
+        && std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("services").is_some());
+    if is_stack {
+        let stack =
+            supervisor::load_stack(Path::new(path)).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let names: Vec<&str> = stack.services.iter().map(|d| d.name.as_str()).collect();
+        println!("{path}: ok (services in start order: {})", names.join(", "));
+    } else {
+        load(path)?;
+        println!("{path}: ok");
+    }
     Ok(0)
 }
 

@@ -126,6 +126,8 @@ struct Run {
     started: Instant,
     start_ms: u64,
     oom_seen: u64,
+    /// The OOM policy `stop` ended this run: its exit is an OOM kill.
+    oom_stopped: bool,
     watch: Option<WatchDescriptor>,
 }
 
@@ -470,6 +472,7 @@ impl Supervisor {
                     started,
                     start_ms: now_ms(),
                     oom_seen: 0,
+                    oom_stopped: false,
                     watch,
                 });
                 s.state = State::Running;
@@ -592,6 +595,13 @@ impl Supervisor {
         let new_ooms = oom.saturating_sub(run.oom_seen);
         s.oom_kills += new_ooms;
         s.deadline = None;
+        // An OOM-policy stop ends the run with our stop signal; report it as
+        // what it is.
+        let code = if run.oom_stopped && code > 128 {
+            128 + libc::SIGKILL
+        } else {
+            code
+        };
         self.after_exit(i, code, oom, ran);
     }
 
@@ -740,6 +750,9 @@ impl Supervisor {
                 .and_then(|c| c.memory_max())
                 .unwrap_or_default();
             let policy = s.def.policy.oom;
+            if policy == OomPolicy::Stop {
+                run.oom_stopped = true;
+            }
             self.event(
                 i,
                 &format!("oom-kill: the kernel killed {new} process(es) (memory.max={max})"),
