@@ -83,9 +83,12 @@ mount -t devtmpfs devtmpfs /dev
 for m in $(cat /mods/order); do insmod /mods/$m || echo "initramfs: insmod $m failed"; done
 o=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o ro,$o,cache=loose hostroot /newroot || { echo "initramfs: cannot mount host root"; poweroff -f; }
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
-mkdir -p /newroot/run/isola-vm
+# Keep the host's /tmp reachable under /run/hosttmp: a checkout living in
+# /tmp is bound back into the guest's tmpfs /tmp by stage2.
+mkdir -p /newroot/run/hosttmp /newroot/run/isola-vm
+mount --bind /newroot/tmp /newroot/run/hosttmp
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t 9p -o $o share /newroot/run/isola-vm || { echo "initramfs: cannot mount share"; poweroff -f; }
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
@@ -127,7 +130,12 @@ trap cleanup EXIT
     # As systemd would: delegate the controllers isola needs from the root.
     echo 'echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control'
     echo 'hostname isola-vm'
-    printf 'cd %q || exit 1\n' "$PWD"
+    # A working directory under /tmp is hidden by the guest's tmpfs /tmp:
+    # bind the host's copy back in (read-only, like the rest of the host).
+    case "$PWD" in
+        /tmp/*) printf 'mkdir -p %q && mount --bind %q %q\n' "$PWD" "/run/hosttmp/${PWD#/tmp/}" "$PWD" ;;
+    esac
+    printf 'cd %q || { echo "vm.sh: cannot enter %q in the guest"; echo 1 > /run/isola-vm/status; echo o > /proc/sysrq-trigger; sleep 10; }\n' "$PWD" "$PWD"
     if [ "$interactive" = 1 ]; then
         echo 'setsid -c bash -i </dev/ttyS0 >/dev/ttyS0 2>&1'
         echo 'st=$?'

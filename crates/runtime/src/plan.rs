@@ -309,6 +309,12 @@ impl Plan {
                 return Err(SpecError::new(field, "not supported"));
             }
         }
+        if let Some(p) = linux.cgroups_path() {
+            return Err(SpecError::new(
+                "linux.cgroupsPath",
+                format!("{}: isola places sandboxes itself (use --cgroup-root and --name)", p.display()),
+            ));
+        }
 
         let plan = Plan {
             args,

@@ -244,6 +244,12 @@ impl Supervisor {
             isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
         }
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+        // Each service holds a handful of fds (pidfd, two pipes, its log,
+        // its cgroup directory): lift the soft limit to the hard one.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
         let listener = bind_socket(&cfg.socket)?;
 
         // Everything we handle arrives through the signalfd; SIGCHLD is

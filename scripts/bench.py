@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""isola beside runc, crun, bubblewrap and unshare, same work, same run.
+
+  bench.py host [--n N] [--seq N] [--json FILE]   host setting (no cgroup)
+  bench.py vm   [--n N] [--seq N]                 VM setting (cgroup v2), prints BENCH-JSON
+  bench.py report HOST.json VM.json               markdown table on stdout
+
+Every tool gets the same OCI bundle: a busybox-static rootfs, namespaces
+pid, mount, uts, ipc, net, a /proc mount, Docker's default capabilities, the
+starter default-deny seccomp profile (`isola spec`), and in the VM the same
+memory.max, cpu.max and pids.max. Runs are interleaved (A B C A B C ...) so
+drift hits every tool alike. Only ratios mean anything: these are shared VMs,
+and the VM setting runs under TCG.
+"""
+
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ISOLA = os.environ.get("ISOLA_BIN", os.path.join(ROOT, "target/release/isola"))
+NS = ["pid", "network", "mount", "uts", "ipc"]
+LIMITS = {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 64}}
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def make_bundle(work, with_limits):
+    """One rootfs, two configs: the OCI one for runc/crun, isola's (same
+    body, minus the fields isola places itself)."""
+    rootfs = os.path.join(work, "rootfs")
+    for d in ("bin", "proc", "dev", "tmp", "sys"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for tool in ("true", "sh", "sleep"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+    starter = json.loads(sh(ISOLA, "spec"))
+    cfg = {
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": True},
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/true"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": starter["process"]["capabilities"],
+            "noNewPrivileges": True,
+        },
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {
+            "namespaces": [{"type": t} for t in NS],
+            "seccomp": starter["linux"]["seccomp"],
+        },
+    }
+    if with_limits:
+        cfg["linux"]["resources"] = LIMITS
+    with open(os.path.join(work, "isola.json"), "w") as f:
+        json.dump(cfg, f)
+    oci = json.loads(json.dumps(cfg))
+    if with_limits:
+        oci["linux"]["cgroupsPath"] = "/isola-bench-peer"
+    with open(os.path.join(work, "config.json"), "w") as f:
+        json.dump(oci, f)
+    return rootfs
+
+
+def tools(work, setting):
+    rootfs = os.path.join(work, "rootfs")
+    t = {}
+    if setting == "vm":
+        t["isola"] = lambda i: [ISOLA, "run", "--name", f"bench{i}", os.path.join(work, "isola.json")]
+        if shutil.which("crun"):
+            t["crun"] = lambda i: ["crun", "run", "-b", work, f"crun{i}"]
+        if shutil.which("runc"):
+            t["runc"] = lambda i: ["runc", "run", "-b", work, f"runc{i}"]
+    else:
+        t["isola"] = lambda i: [ISOLA, "run", "--no-cgroup", "--name", f"bench{i}", os.path.join(work, "isola.json")]
+        if shutil.which("crun"):
+            t["crun"] = lambda i: ["crun", "--cgroup-manager=disabled", "run", "-b", work, f"crun{i}"]
+        if shutil.which("bwrap"):
+            t["bwrap"] = lambda i: ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-ipc",
+                                    "--ro-bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]
+        t["unshare"] = lambda i: ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
+                                  "--root", rootfs, "/bin/true"]
+    return t
+
+
+def run_once(argv):
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed ({r.returncode}): {r.stderr.decode().strip()}")
+    return dt
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def summary(xs):
+    return {"n": len(xs), "p50": pct(xs, 50), "p90": pct(xs, 90), "max": max(xs)}
+
+
+def start_exit(t, n):
+    """create+run+delete of /bin/true, interleaved."""
+    res = {k: [] for k in t}
+    for i in range(n):
+        for name, argv in t.items():
+            res[name].append(run_once(argv(i)))
+    return {k: summary(v) for k, v in res.items()}
+
+
+def throughput(t, n):
+    """n sandboxes back to back per tool; tools take turns in blocks of 50."""
+    total = {k: 0.0 for k in t}
+    for block in range(0, n, 50):
+        for name, argv in t.items():
+            t0 = time.perf_counter()
+            for i in range(block, min(n, block + 50)):
+                subprocess.run(argv(100000 + i), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            total[name] += time.perf_counter() - t0
+    return {k: {"n": n, "seconds": v, "per_second": n / v} for k, v in total.items()}
+
+
+# ---- the supervisor ------------------------------------------------------
+
+def request(sock, req):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall((json.dumps(req) + "\n").encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf)
+
+
+class Up:
+    def __init__(self, work, name, services, setting):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.sock = os.path.join(self.dir, "s.sock")
+        path = os.path.join(self.dir, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump({"services": services}, f)
+        args = [ISOLA, "up", "--quiet", "--socket", self.sock, "--log-dir", os.path.join(self.dir, "logs")]
+        if setting == "host":
+            args.append("--no-cgroup")
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(args + [path], stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "err"), "w"))
+        while True:
+            try:
+                request(self.sock, {"cmd": "status"})
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"bench: isola up failed: {open(os.path.join(self.dir, 'err')).read()}")
+                time.sleep(0.005)
+
+    def status(self):
+        return request(self.sock, {"cmd": "status"})["services"]
+
+    def wait_all(self, state="running", timeout=600):
+        while True:
+            st = self.status()
+            if all(s["state"] == state for s in st):
+                return time.perf_counter() - self.t0
+            if time.perf_counter() - self.t0 > timeout:
+                raise SystemExit("bench: services did not all reach " + state)
+            time.sleep(0.01)
+
+    def rss_kb(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def switches(self):
+        n = 0
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if "ctxt_switches" in line:
+                n += int(line.split()[1])
+        return n
+
+    def down(self):
+        request(self.sock, {"cmd": "down"})
+        self.proc.wait(timeout=600)
+
+
+def sleeper(setting):
+    s = {"process": {"args": ["/bin/sleep", "100000"]}, "linux": {"namespaces": [{"type": t} for t in NS]},
+         "root": {"path": "../rootfs", "readonly": True}}
+    if setting == "vm":
+        s["linux"]["resources"] = LIMITS
+    return s
+
+
+def supervisor(work, setting, counts):
+    out = {"rss_kb": {}, "scale_s": {}, "status_ms": {}}
+    for n in counts:
+        up = Up(work, f"scale{n}", {f"s{i}": sleeper(setting) for i in range(n)}, setting)
+        out["scale_s"][n] = up.wait_all()
+        lat = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            up.status()
+            lat.append((time.perf_counter() - t0) * 1000)
+        out["status_ms"][n] = statistics.median(lat)
+        out["rss_kb"][n] = up.rss_kb()
+        if n == 100:
+            before = up.switches()
+            time.sleep(10)
+            out["idle_wakeups_per_s"] = (up.switches() - before) / 10
+        up.down()
+    # Restart latency: payload exits -> supervisor sees it -> next payload
+    # running, with restart delay 0, from the supervisor's own log.
+    crash = sleeper(setting)
+    crash["process"]["args"] = ["/bin/sh", "-c", "exit 1"]
+    crash["restart"] = {"policy": "always", "delayMs": 0, "maxDelayMs": 0, "limit": {"burst": 100000, "intervalMs": 1000}}
+    up = Up(work, "restart", {"crash": crash}, setting)
+    while len(up.status()[0]["history"]) < 32:
+        time.sleep(0.05)
+    up.down()
+    events = []
+    for line in open(os.path.join(up.dir, "logs", "crash.log")):
+        ts, stream, text = line.rstrip("\n").split(" ", 2)
+        if stream == "isola":
+            t = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+            events.append((t, text))
+    gaps = []
+    for (t1, a), (t2, b) in zip(events, events[1:]):
+        if a.startswith("exited") and b.startswith("running"):
+            gaps.append((t2 - t1) * 1000)
+    out["restart_ms"] = summary(gaps) if gaps else None
+    return out
+
+
+def main():
+    setting = sys.argv[1]
+    if setting == "report":
+        return report(sys.argv[2:])
+    n = int(arg("--n", 200))
+    seq = int(arg("--seq", 500))
+    counts = [int(c) for c in arg("--services", "10,100,1000").split(",")]
+    if setting == "host" and not os.environ.get("ISOLA_BENCH_NS"):
+        # crun refuses a hybrid host even with its cgroup manager disabled;
+        # give the whole run a private mount namespace in which a read-only
+        # cgroup2 view sits at /sys/fs/cgroup. Nothing of the host's cgroups
+        # is written.
+        os.environ["ISOLA_BENCH_NS"] = "1"
+        inner = f"mount -t cgroup2 -o ro none /sys/fs/cgroup && exec {sys.executable} " + " ".join(map(sh_quote, sys.argv))
+        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
+    work = tempfile.mkdtemp(prefix="isola-bench-")
+    make_bundle(work, setting == "vm")
+    t = tools(work, setting)
+    for name, argv in t.items():  # warm caches, and fail early if a tool cannot run
+        run_once(argv(999999))
+    res = {
+        "setting": setting,
+        "machine": f"{platform.node()} {os.cpu_count()} cpus",
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "versions": versions(t),
+        "start_exit": start_exit(t, n),
+        "throughput": throughput(t, seq),
+        "supervisor": supervisor(work, setting, counts),
+    }
+    text = json.dumps(res)
+    out = arg("--json", None)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    print("BENCH-JSON: " + text, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def versions(t):
+    v = {"isola": sh(ISOLA, "--version").strip()}
+    for name, cmd in (("crun", ["crun", "--version"]), ("runc", ["runc", "--version"]), ("bwrap", ["bwrap", "--version"]),
+                      ("unshare", ["unshare", "--version"])):
+        if name in t:
+            v[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+    return v
+
+
+def arg(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def sh_quote(s):
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def report(paths):
+    lines = ["# isola benchmarks", "",
+             "Generated by `make bench` (scripts/bench.py). Ratios are what count: shared 2-core VMs,",
+             "and the VM setting runs under TCG emulation.", ""]
+    for p in paths:
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        title = "In the VM (cgroup v2, limits)" if r["setting"] == "vm" else "On the host (no cgroup)"
+        lines += [f"## {title}", "",
+                  f"{r['machine']}, kernel {r['kernel']}, {r['date']}; " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
+        se = r["start_exit"]
+        base = se.get("crun", {}).get("p50")
+        lines += ["start→exit of /bin/true (create+run+delete), interleaved", "",
+                  "| tool | N | p50 ms | p90 ms | max ms | p50 / crun |", "|---|---|---|---|---|---|"]
+        for k, v in se.items():
+            ratio = f"{v['p50'] / base:.2f}" if base else "-"
+            lines.append(f"| {k} | {v['n']} | {v['p50'] * 1000:.2f} | {v['p90'] * 1000:.2f} | {v['max'] * 1000:.2f} | {ratio} |")
+        tp = r["throughput"]
+        cb = tp.get("crun", {}).get("per_second")
+        lines += ["", "sequential throughput", "", "| tool | sandboxes | seconds | per second | × crun |", "|---|---|---|---|---|"]
+        for k, v in tp.items():
+            ratio = f"{v['per_second'] / cb:.2f}" if cb else "-"
+            lines.append(f"| {k} | {v['n']} | {v['seconds']:.2f} | {v['per_second']:.1f} | {ratio} |")
+        s = r["supervisor"]
+        lines += ["", "isola up", "", "| services | time to all running (s) | status latency (ms) | supervisor RSS (KiB) |", "|---|---|---|---|"]
+        for n in s["rss_kb"]:
+            lines.append(f"| {n} | {s['scale_s'][n]:.2f} | {s['status_ms'][n]:.2f} | {s['rss_kb'][n]} |")
+        if s.get("restart_ms"):
+            rm = s["restart_ms"]
+            lines += ["", f"restart latency (exit seen → next payload running, delay 0): p50 {rm['p50']:.1f} ms, p90 {rm['p90']:.1f} ms, max {rm['max']:.1f} ms (N={rm['n']}, 1 ms log resolution)"]
+        if "idle_wakeups_per_s" in s:
+            lines += ["", f"idle supervisor with 100 services: {s['idle_wakeups_per_s']:.2f} context switches per second over 10 s"]
+        lines.append("")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
