@@ -37,6 +37,18 @@ vm-shell:
 vm:
 	scripts/vm.sh -- '$(CMD)'
 
+# isola beside runc, crun, bubblewrap and unshare: host setting (no cgroup)
+# and VM setting (cgroup v2), one table in bench/results.md.
+BENCH_ARGS ?=
+bench:
+	cargo build --release -p isola
+	scripts/bench-deps.sh
+	mkdir -p bench
+	python3 scripts/bench.py host $(BENCH_ARGS) --json bench/host.json > /dev/null
+	ISOLA_VM_TIMEOUT=3600 scripts/vm.sh -- python3 scripts/bench.py vm $(BENCH_ARGS) | tee bench/vm.log | sed -n 's/^BENCH-JSON: //p' > bench/vm.json
+	python3 scripts/bench.py report bench/host.json bench/vm.json > bench/results.md
+	cat bench/results.md
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

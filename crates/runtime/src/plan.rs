@@ -312,7 +312,10 @@ impl Plan {
         if let Some(p) = linux.cgroups_path() {
             return Err(SpecError::new(
                 "linux.cgroupsPath",
-                format!("{}: isola places sandboxes itself (use --cgroup-root and --name)", p.display()),
+                format!(
+                    "{}: isola places sandboxes itself (use --cgroup-root and --name)",
+                    p.display()
+                ),
             ));
         }
 

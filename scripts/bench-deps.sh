@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The peers `make bench` measures isola against, from Debian's packages.
+set -euo pipefail
+need=()
+command -v runc >/dev/null || need+=(runc)
+command -v crun >/dev/null || need+=(crun)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "bench: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
