@@ -218,7 +218,6 @@ impl Plan {
                 }
             }
         }
-        let has = |f: i32| seen.contains(&f);
         let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
 
         let mounts = oci
@@ -241,10 +240,6 @@ impl Plan {
                     return Err(SpecError::new(field, "needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)"));
                 }
             }
-        }
-        if !has(libc::CLONE_NEWPID) && root.is_none() && clone_flags & libc::CLONE_NEWNS as u64 == 0
-        {
-            // fine: a plain host process view
         }
         let hostname = oci.hostname().clone();
         if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
