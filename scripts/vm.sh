@@ -151,7 +151,7 @@ trap cleanup EXIT
 } > "$share/stage2"
 chmod +x "$share/stage2"
 
-qemu=(qemu-system-x86_64 -accel tcg,thread=multi -M pc -cpu max -smp 2 -m 1024
+qemu=(qemu-system-x86_64 -accel tcg,thread=multi -M pc -cpu max -smp 2 -m "${ISOLA_VM_MEM:-1024}"
       -nodefaults -no-reboot -display none -serial stdio -nic none
       -kernel "$cache/vmlinux" -initrd "$cache/initramfs.cpio"
       -append "console=ttyS0 quiet loglevel=1 panic=-1 mitigations=off cgroup_no_v1=all rdinit=/init"

@@ -532,8 +532,6 @@ fn inherited_fds_do_not_reach_the_payload() {
 #[test]
 fn stdin_and_sigpipe_behave() {
     require_vm();
-    let out = isola(&["run", "-"], "", Duration::from_secs(1)).status; // warm-up irrelevant
-    let _ = out;
     let scratch = Scratch::new("stdin");
     let spec = scratch.write("spec.json", &sh("tr a-z A-Z; yes | head -n 2").to_string());
     let out = isola(

@@ -251,6 +251,8 @@ impl Supervisor {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
         let listener = bind_socket(&cfg.socket)?;
+        // Until the supervisor is fully set up, a failure removes the socket.
+        let mut socket_guard = RemoveOnDrop(Some(cfg.socket.clone()));
 
         // Everything we handle arrives through the signalfd; SIGCHLD is
         // blocked too so that exits only show up as pidfd events.
@@ -311,6 +313,7 @@ impl Supervisor {
         for def in stack.services {
             sup.add_service(def)?;
         }
+        socket_guard.0 = None;
         Ok(sup)
     }
 
@@ -1242,6 +1245,16 @@ impl Supervisor {
         self.down_waiters.retain(|w| *w != id);
         for s in self.services.iter_mut().flatten() {
             s.waiters.retain(|w| *w != id);
+        }
+    }
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
