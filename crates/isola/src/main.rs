@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 use isola_runtime::{cgroup, init, sandbox, spec, starter, Plan, SpecError};
 use isola_supervisor::logs::LogConfig;
 use isola_supervisor::{control, supervisor};
-
-mod client;
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+mod client;
 
 #[derive(Parser)]
 #[command(
