@@ -697,3 +697,28 @@ fn sigterm_stops_everything_and_exits_0() {
     );
     assert_clean();
 }
+
+#[test]
+fn services_get_the_fd_limit_isola_up_started_with() {
+    require_vm();
+    // The supervisor raises its own RLIMIT_NOFILE for its many fds; its
+    // services must not inherit that.
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let up = Up::start(
+        "nofile",
+        json!({"probe": svc("ulimit -n; ulimit -Hn", json!({"restart": {"policy": "no"}}))}),
+        &[],
+    );
+    up.wait_state("probe", "exited");
+    let (code, out, err) = up.cli(&["logs", "-n", "10", "probe"]);
+    assert_eq!(code, 0, "{err}");
+    let values: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" stdout "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert_eq!(values, [soft.to_string(), hard.to_string()], "{out}");
+    up.down();
+    assert_clean();
+}

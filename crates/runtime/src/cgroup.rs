@@ -101,7 +101,9 @@ pub fn check_root(root: &Path) -> Result<(), CgroupError> {
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
-    dir: OwnedFd,
+    /// Held only until the sandbox was cloned into it: a supervisor of many
+    /// sandboxes must not spend an fd per group.
+    dir: Option<OwnedFd>,
 }
 
 impl Cgroup {
@@ -162,7 +164,10 @@ impl Cgroup {
                 return Err(io_err(&path)(e.into()));
             }
         };
-        let cg = Cgroup { path, dir };
+        let cg = Cgroup {
+            path,
+            dir: Some(dir),
+        };
         for (file, value) in files {
             if let Err(e) = cg.write(file, value) {
                 let _ = fs::remove_dir(&cg.path);
@@ -174,15 +179,12 @@ impl Cgroup {
 
     /// Take over an existing group, e.g. one a killed supervisor left.
     pub fn open(path: &Path) -> Result<Cgroup, CgroupError> {
-        let dir = open(
-            path,
-            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err(path)(e.into()))?;
+        if !path.is_dir() {
+            return Err(io_err(path)(std::io::Error::from(ErrorKind::NotFound)));
+        }
         Ok(Cgroup {
             path: path.to_owned(),
-            dir,
+            dir: None,
         })
     }
 
@@ -216,8 +218,13 @@ impl Cgroup {
         &self.path
     }
 
-    pub fn dir_fd(&self) -> BorrowedFd<'_> {
-        self.dir.as_fd()
+    /// The directory fd for CLONE_INTO_CGROUP, until [`Cgroup::release_dir`].
+    pub fn dir_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.dir.as_ref().map(|d| d.as_fd())
+    }
+
+    pub fn release_dir(&mut self) {
+        self.dir = None;
     }
 
     pub fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {

@@ -108,10 +108,11 @@ pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
         status: None,
     };
     // From here on, dropping `sb` kills and cleans up.
-    if !placed {
-        if let Some(cg) = &sb.cgroup {
+    if let Some(cg) = sb.cgroup.as_mut() {
+        if !placed {
             cg.add_pid(pid.as_raw())?;
         }
+        cg.release_dir();
     }
     for (file, map) in [("uid_map", &plan.uid_map), ("gid_map", &plan.gid_map)] {
         if let Some(m) = map {
@@ -165,7 +166,11 @@ fn clone_init(
     let attempt = |into: bool| {
         sys::clone3(
             plan.clone_flags,
-            if into { cg.map(Cgroup::dir_fd) } else { None },
+            if into {
+                cg.and_then(Cgroup::dir_fd)
+            } else {
+                None
+            },
         )
     };
     let (res, placed) = match attempt(true) {

@@ -172,6 +172,9 @@ const KIND: u64 = 0xff << 56;
 pub struct Supervisor {
     cfg: Config,
     stack_root: PathBuf,
+    /// RLIMIT_NOFILE as we found it: what services get unless their spec
+    /// says otherwise (ours is raised).
+    nofile: Option<(u64, u64)>,
     epoll: Epoll,
     signals: SignalFd,
     timer: TimerFd,
@@ -244,12 +247,7 @@ impl Supervisor {
             isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
         }
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-        // Each service holds a handful of fds (pidfd, two pipes, its log,
-        // its cgroup directory): lift the soft limit to the hard one.
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+        let nofile = raise_nofile();
         let listener = bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = RemoveOnDrop(Some(cfg.socket.clone()));
@@ -286,6 +284,7 @@ impl Supervisor {
         let mut sup = Supervisor {
             cfg,
             stack_root,
+            nofile,
             epoll,
             signals,
             timer,
@@ -420,6 +419,14 @@ impl Supervisor {
         s.deadline = None;
         s.intent = None;
         let mut plan = s.def.plan.clone();
+        let sets_nofile = plan
+            .rlimits
+            .iter()
+            .any(|(r, _, _)| *r == nix::sys::resource::Resource::RLIMIT_NOFILE);
+        if let (false, Some((soft, hard))) = (sets_nofile, self.nofile) {
+            plan.rlimits
+                .push((nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard));
+        }
         if s.def.policy.oom == OomPolicy::Kill && !no_cgroup {
             plan.cgroup_files
                 .push(("memory.oom.group".into(), "1".into()));
@@ -1247,6 +1254,22 @@ impl Supervisor {
             s.waiters.retain(|w| *w != id);
         }
     }
+}
+
+/// Each service holds four fds (pidfd, two pipes, its log): raise our
+/// RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
+fn raise_nofile() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let want = nr_open.min(1 << 20).max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    Some((soft, hard))
 }
 
 struct RemoveOnDrop(Option<PathBuf>);
