@@ -562,7 +562,8 @@ impl Supervisor {
             s.def = def;
         }
         match intent {
-            Some(Intent::Restart) => {
+            // A restart asked for just before a shutdown does not outlive it.
+            Some(Intent::Restart) if !self.shutting_down => {
                 s.restarts += 1;
                 s.state = State::Stopped;
                 self.start(i);
