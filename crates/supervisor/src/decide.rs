@@ -22,11 +22,13 @@ pub struct LastExit {
 
 impl LastExit {
     /// A payload killed by SIGKILL in a group whose OOM killer fired is an
-    /// OOM kill, never a plain SIGKILL.
-    pub fn classify(code: i32, oom_kills_this_run: u64) -> LastExit {
+    /// OOM kill, never a plain SIGKILL; so is a payload that died of the stop
+    /// signal the OOM policy `stop` sent (`oom_stopped`).
+    pub fn classify(code: i32, oom_kills_this_run: u64, oom_stopped: bool) -> LastExit {
         if code > 128 {
             let sig = code - 128;
-            let reason = if sig == libc::SIGKILL && oom_kills_this_run > 0 {
+            let oom_killed = sig == libc::SIGKILL && oom_kills_this_run > 0;
+            let reason = if oom_killed || oom_stopped {
                 Reason::OomKill
             } else {
                 Reason::Signaled
@@ -126,23 +128,29 @@ mod tests {
 
     #[test]
     fn classify_exits() {
-        assert_eq!(LastExit::classify(0, 0).reason, Reason::Exited);
-        assert_eq!(LastExit::classify(137, 0).reason, Reason::Signaled);
+        assert_eq!(LastExit::classify(0, 0, false).reason, Reason::Exited);
+        assert_eq!(LastExit::classify(137, 0, false).reason, Reason::Signaled);
         assert_eq!(
-            LastExit::classify(137, 1),
+            LastExit::classify(137, 1, false),
             LastExit {
                 reason: Reason::OomKill,
                 code: None,
                 signal: Some(9)
             }
         );
-        assert_eq!(LastExit::classify(143, 1).reason, Reason::Signaled);
+        assert_eq!(LastExit::classify(143, 1, false).reason, Reason::Signaled);
+        let stopped = LastExit::classify(143, 1, true);
+        assert_eq!(
+            (stopped.reason, stopped.signal),
+            (Reason::OomKill, Some(15))
+        );
+        assert_eq!(LastExit::classify(0, 1, true).reason, Reason::Exited);
     }
 
     #[test]
     fn restart_policies() {
-        let ok = LastExit::classify(0, 0);
-        let bad = LastExit::classify(1, 0);
+        let ok = LastExit::classify(0, 0, false);
+        let bad = LastExit::classify(1, 0, false);
         assert_eq!(
             after_exit(
                 &policy(RestartPolicy::OnFailure, OomPolicy::Restart),
@@ -175,7 +183,7 @@ mod tests {
 
     #[test]
     fn oom_stop_and_start_limit() {
-        let oom = LastExit::classify(137, 1);
+        let oom = LastExit::classify(137, 1, false);
         assert_eq!(
             after_exit(
                 &policy(RestartPolicy::Always, OomPolicy::Stop),
@@ -206,7 +214,7 @@ mod tests {
         c.run = Duration::from_secs(11);
         let n = after_exit(
             &policy(RestartPolicy::Always, OomPolicy::Restart),
-            &LastExit::classify(1, 0),
+            &LastExit::classify(1, 0, false),
             &c,
         );
         assert_eq!(

@@ -498,7 +498,7 @@ impl Supervisor {
             Err(e) => {
                 let code = e.exit_code();
                 self.event(i, &format!("start failed: {e}"));
-                self.after_exit(i, code, 0, Duration::ZERO);
+                self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
             }
         }
     }
@@ -612,26 +612,21 @@ impl Supervisor {
         let new_ooms = oom.saturating_sub(run.oom_seen);
         s.oom_kills += new_ooms;
         s.deadline = None;
-        // An OOM-policy stop ends the run with our stop signal; report it as
-        // what it is.
-        let code = if run.oom_stopped && code > 128 {
-            128 + libc::SIGKILL
-        } else {
-            code
-        };
-        self.after_exit(i, code, oom, ran);
+        self.after_exit(i, code, LastExit::classify(code, oom, run.oom_stopped), ran);
     }
 
-    fn after_exit(&mut self, i: usize, code: i32, oom_kills_this_run: u64, ran: Duration) {
+    fn after_exit(&mut self, i: usize, code: i32, exit: LastExit, ran: Duration) {
         let Some(s) = self.services[i].as_mut() else {
             return;
         };
-        let exit = LastExit::classify(code, oom_kills_this_run);
         s.last_exit = Some(exit);
         let what = match exit.reason {
             decide::Reason::Exited => format!("exited with code {code}"),
             decide::Reason::Signaled => format!("killed by signal {}", code - 128),
-            decide::Reason::OomKill => "killed by the OOM killer".to_string(),
+            decide::Reason::OomKill if exit.signal == Some(libc::SIGKILL) => {
+                "killed by the OOM killer".to_string()
+            }
+            decide::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
         };
         if s.intent.is_some() {
             self.event(i, &what);
