@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ISOLA = os.environ.get("ISOLA_BIN", os.path.join(ROOT, "target/release/isola"))
+ISOLA = os.environ.get("ISOLA_BIN", os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/isola"))
 NS = ["pid", "network", "mount", "uts", "ipc"]
 LIMITS = {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 64}}
 

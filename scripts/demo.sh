@@ -2,7 +2,7 @@
 # The demo stack, run inside the VM by `make demo`: start it, let it live a
 # few seconds, show status and logs, run two one-off sandboxes, tear down.
 set -u
-isola=${ISOLA_BIN:-target/debug/isola}
+isola=${ISOLA_BIN:-target/x86_64-unknown-linux-gnu/debug/isola}
 sock=/run/isola/demo.sock
 export ISOLA_SOCKET=$sock
 

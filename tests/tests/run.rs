@@ -192,9 +192,11 @@ fn exit_codes_propagate() {
 fn sigterm_reaches_the_payload() {
     require_vm();
     let mut run = spawn_named(
-        &sh("trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done"),
+        &sh("trap 'echo got-term; exit 7' TERM; echo armed; while :; do sleep 0.1; done"),
         "sigterm-test",
     );
+    // "ready" comes before the script runs; the trap is set once "armed" is out.
+    assert_eq!(run.read_line(), "armed");
     run.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(run.read_line(), "got-term");
     assert_eq!(run.wait().status.code(), Some(7));

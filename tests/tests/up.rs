@@ -154,6 +154,22 @@ impl Up {
         }
     }
 
+    /// Until `isola logs NAME` shows a line ending in `text`.
+    fn wait_log(&self, name: &str, text: &str) {
+        let t = Instant::now();
+        loop {
+            let (_, out, _) = self.cli(&["logs", name]);
+            if out.lines().any(|l| l.ends_with(text)) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{name} never logged {text:?}: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn wait_state(&self, name: &str, state: &str) -> Value {
         self.wait_for(name, state, Duration::from_secs(60), |s| {
             s["state"] == state
@@ -334,14 +350,14 @@ fn stop_kills_at_the_timeout_and_leaves_no_daemon() {
     let up = Up::start(
         "stopping",
         json!({
-            "stubborn": svc("trap '' TERM; while :; do sleep 1; done", json!({"stop": {"timeoutMs": 1000}})),
+            "stubborn": svc("trap '' TERM; echo armed; while :; do sleep 1; done", json!({"stop": {"timeoutMs": 1000}})),
             // No PID namespace: only the cgroup can find the daemon.
             "daemon": {"process": {"args": ["sh", "-c", "setsid sh -c 'exec sleep 1777' & exec sleep 1778", "isola-test-payload"]},
                        "linux": {"namespaces": [{"type": "mount"}]}},
         }),
         &[],
     );
-    up.wait_state("stubborn", "running");
+    up.wait_log("stubborn", "armed");
     up.wait_for("daemon", "its daemon", Duration::from_secs(30), |_| {
         !processes_matching("sleep 1777").is_empty()
     });

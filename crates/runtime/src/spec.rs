@@ -65,7 +65,17 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
         p.entry("cwd").or_insert_with(|| Value::from("/"));
     }
     let original = Value::Object(obj);
-    let oci: Spec = serde_path_to_error::deserialize(&original).map_err(|e| {
+    // oci-spec ignores unknown fields; serde_ignored reports each key the
+    // deserializer skipped, so a typo is caught in the same single pass.
+    let mut unknown: Option<String> = None;
+    let mut note_unknown = |path: serde_ignored::Path| {
+        if unknown.is_none() {
+            unknown = Some(json_path(&path));
+        }
+    };
+    let tracked = serde_ignored::Deserializer::new(&original, &mut note_unknown);
+    let parsed: Result<Spec, _> = serde_path_to_error::deserialize(tracked);
+    let oci = parsed.map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             prefix.trim_end_matches('.').to_string()
@@ -74,12 +84,8 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
         };
         SpecError::new(field, short_serde_message(&e.inner().to_string()))
     })?;
-    // oci-spec ignores unknown fields; find them by comparing with what it
-    // understood.
-    let understood =
-        serde_json::to_value(&oci).map_err(|e| SpecError::new(prefix, e.to_string()))?;
-    if let Some(path) = first_unknown(&original, &understood, prefix.trim_end_matches('.')) {
-        return Err(SpecError::new(path, "unknown field"));
+    if let Some(path) = unknown {
+        return Err(SpecError::new(format!("{prefix}{path}"), "unknown field"));
     }
     Ok(ServiceSpec {
         oci,
@@ -88,44 +94,24 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
     })
 }
 
-/// Path of the first key of `orig` that `seen` lacks. A key whose value is
-/// null is dropped by serialisation and is not reported.
-fn first_unknown(orig: &Value, seen: &Value, path: &str) -> Option<String> {
-    match (orig, seen) {
-        (Value::Object(o), Value::Object(s)) => {
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
-            for k in keys {
-                let sub = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let v = &o[k];
-                match s.get(k) {
-                    Some(sv) => {
-                        if let Some(p) = first_unknown(v, sv, &sub) {
-                            return Some(p);
-                        }
-                    }
-                    None if is_empty(v) => {}
-                    None => return Some(sub),
-                }
+/// `process.capabilities.bounding[0]`, the way the other errors name fields.
+fn json_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", json_path(parent)),
+        Path::Map { parent, key } => {
+            let p = json_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
             }
-            None
         }
-        (Value::Array(o), Value::Array(s)) => o
-            .iter()
-            .zip(s.iter())
-            .enumerate()
-            .find_map(|(i, (ov, sv))| first_unknown(ov, sv, &format!("{path}[{i}]"))),
-        _ => None,
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => json_path(parent),
     }
-}
-
-/// oci-spec drops only `None` values when serialising.
-fn is_empty(v: &Value) -> bool {
-    v.is_null()
 }
 
 fn strip_position(msg: &str) -> String {
@@ -191,6 +177,9 @@ mod tests {
         assert_eq!(e.field, "mounts[1].typo");
         let e = parse(r#"{"restrat":{}}"#).unwrap_err();
         assert_eq!(e.field, "restrat");
+        // A typo is a typo even when its value is null.
+        let e = parse(r#"{"process":{"args":["true"],"cwd":"/","argz":null}}"#).unwrap_err();
+        assert_eq!(e.field, "process.argz");
     }
 
     #[test]
