@@ -14,6 +14,9 @@ use nix::sys::stat::Mode;
 
 use crate::error::SpecError;
 
+mod stats;
+pub use stats::{StatFiles, Stats};
+
 pub mod limits;
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup/isola";

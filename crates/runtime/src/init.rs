@@ -48,7 +48,9 @@ pub fn signal_set() -> SigSet {
 type Step = (&'static str, String);
 
 /// Entry point in the child of clone3. Never returns.
-pub fn run(plan: &Plan, sock: OwnedFd) -> ! {
+/// `unshare` holds the namespaces the init creates itself
+/// ([`Plan::deferred_ns_flags`]).
+pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
     if sys::close_fds_except(sock.as_raw_fd()).is_err() {
@@ -59,7 +61,7 @@ pub fn run(plan: &Plan, sock: OwnedFd) -> ! {
     if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
         sys::exit_now(125);
     }
-    match prepare(plan, &sock) {
+    match prepare(plan, &sock, unshare) {
         Ok(Some(payload)) => supervise(plan, payload),
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(125),
@@ -105,7 +107,7 @@ fn step<E: std::fmt::Display>(
 }
 
 /// Everything up to a running payload; returns its pid.
-fn prepare(plan: &Plan, sock: &OwnedFd) -> Result<Option<Pid>, Failure> {
+fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Failure> {
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
@@ -117,6 +119,10 @@ fn prepare(plan: &Plan, sock: &OwnedFd) -> Result<Option<Pid>, Failure> {
     for (flag, path) in &plan.join {
         let f = std::fs::File::open(path).map_err(step("setns", path.display()))?;
         nix::sched::setns(f, *flag).map_err(step("setns", path.display()))?;
+    }
+    if unshare != 0 {
+        let flags = nix::sched::CloneFlags::from_bits_retain(unshare as i32);
+        nix::sched::unshare(flags).map_err(step("namespaces", "unshare"))?;
     }
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())

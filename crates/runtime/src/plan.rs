@@ -61,6 +61,25 @@ impl Plan {
     pub fn new_user_ns(&self) -> bool {
         self.clone_flags & libc::CLONE_NEWUSER as u64 != 0
     }
+    /// Which of `clone_flags` the init creates itself, with unshare(2),
+    /// rather than clone3 in the host process. Namespace creation (a
+    /// network namespace above all) is work of whoever asks for it: left to
+    /// the init, it runs in the sandbox's own time, in parallel with other
+    /// starts, not in the supervisor's loop. Only PID must come with the
+    /// clone (the init is its PID 1). With a user namespace everything stays
+    /// in clone3, so that the others are owned by it and the host can write
+    /// its id maps before the init goes on.
+    pub fn deferred_ns_flags(&self) -> u64 {
+        let joins_user = self
+            .join
+            .iter()
+            .any(|(f, _)| f.contains(nix::sched::CloneFlags::CLONE_NEWUSER));
+        if self.new_user_ns() || joins_user {
+            return 0;
+        }
+        self.clone_flags & !(libc::CLONE_NEWPID as u64)
+    }
+
     pub fn has_resources(&self) -> bool {
         !self.cgroup_files.is_empty()
     }

@@ -64,6 +64,67 @@ pub struct Sandbox {
 
 /// Start the sandbox; returns once the payload has been exec'd.
 pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
+    spawn(plan, opts)?.complete()
+}
+
+/// A sandbox whose init is still setting up. The supervisor polls
+/// [`Starting::sync_fd`] with its other fds and calls
+/// [`Starting::complete`] once it is readable, so many sandboxes set up at
+/// once while it goes on serving. Dropping it kills and removes the sandbox.
+#[derive(Debug)]
+pub struct Starting {
+    sb: Sandbox,
+    sync: OwnedFd,
+}
+
+impl Starting {
+    /// Readable once the init has reported (payload exec'd, or a failure),
+    /// or has died.
+    pub fn sync_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sync.as_fd()
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.sb.pid
+    }
+
+    /// The init's report; blocks until there is one.
+    pub fn complete(self) -> Result<Sandbox, Error> {
+        let Starting { mut sb, sync } = self;
+        match sync::read(&sync) {
+            Ok(Some(Msg::Started)) => Ok(sb),
+            Ok(Some(Msg::SetupFailed { step, message })) => {
+                sb.reap();
+                Err(Error::Setup { step, message })
+            }
+            Ok(Some(Msg::ExecFailed { errno, command })) => {
+                sb.reap();
+                let errno = Errno::from_raw(errno);
+                Err(match errno {
+                    Errno::ENOENT | Errno::ENOTDIR => Error::NotFound { command },
+                    e => Error::NotExecutable {
+                        command,
+                        message: e.desc().to_string(),
+                    },
+                })
+            }
+            _ => {
+                let st = sb.reap();
+                Err(Error::Setup {
+                    step: "init".into(),
+                    message: format!(
+                        "died before the payload started (exit status {})",
+                        st.code()
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Create the cgroup, clone the init into it and let it set up; returns
+/// without waiting for the payload.
+pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
     cgroup::check_name(&opts.name)?;
     if opts.no_cgroup && plan.has_resources() {
         return Err(SpecError::new(
@@ -124,34 +185,7 @@ pub fn start(plan: &Plan, opts: &Options) -> Result<Sandbox, Error> {
         }
     }
     sync::write(&ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
-    match sync::read(&ours) {
-        Ok(Some(Msg::Started)) => Ok(sb),
-        Ok(Some(Msg::SetupFailed { step, message })) => {
-            sb.reap();
-            Err(Error::Setup { step, message })
-        }
-        Ok(Some(Msg::ExecFailed { errno, command })) => {
-            sb.reap();
-            let errno = Errno::from_raw(errno);
-            Err(match errno {
-                Errno::ENOENT | Errno::ENOTDIR => Error::NotFound { command },
-                e => Error::NotExecutable {
-                    command,
-                    message: e.desc().to_string(),
-                },
-            })
-        }
-        _ => {
-            let st = sb.reap();
-            Err(Error::Setup {
-                step: "init".into(),
-                message: format!(
-                    "died before the payload started (exit status {})",
-                    st.code()
-                ),
-            })
-        }
-    }
+    Ok(Starting { sb, sync: ours })
 }
 
 /// clone3 into the cgroup; where the kernel refuses CLONE_INTO_CGROUP, clone
@@ -163,9 +197,10 @@ fn clone_init(
     theirs: OwnedFd,
     stdio: Option<[std::os::fd::RawFd; 3]>,
 ) -> Result<(Pid, OwnedFd, bool), Error> {
+    let deferred = plan.deferred_ns_flags();
     let attempt = |into: bool| {
         sys::clone3(
-            plan.clone_flags,
+            plan.clone_flags & !deferred,
             if into {
                 cg.and_then(Cgroup::dir_fd)
             } else {
@@ -189,7 +224,7 @@ fn clone_init(
                     }
                 }
             }
-            init::run(plan, theirs)
+            init::run(plan, theirs, deferred)
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
     }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use isola_runtime::{cgroup, spec, Plan, ServiceSpec, SpecError};
+use std::hash::{Hash, Hasher};
+
+use isola_runtime::{cgroup, spec, Plan, SpecError};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,9 +18,10 @@ use crate::policy::{self, Policy};
 #[derive(Debug, Clone)]
 pub struct ServiceDef {
     pub name: String,
-    /// The service's JSON as written: a reload restarts a service when it changed.
-    pub raw: Value,
-    pub spec: ServiceSpec,
+    /// Hash of the service's JSON as written: a reload restarts a service
+    /// when it changed. (The parsed spec is not kept: the plan is all a
+    /// start needs, and a thousand specs would be most of the heap.)
+    pub fingerprint: u64,
     pub plan: Plan,
     pub policy: Policy,
 }
@@ -84,14 +87,14 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
                 "duplicate service name",
             ));
         }
-        let spec = spec::parse_value(raw.clone(), base_dir, &prefix)?;
+        let fingerprint = fingerprint(&raw);
+        let spec = spec::parse_value(raw, base_dir, &prefix)?;
         let plan = Plan::from_spec(&spec)
             .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
         let policy = policy::parse(&spec.supervision, &prefix)?;
         defs.push(ServiceDef {
             name,
-            raw,
-            spec,
+            fingerprint,
             plan,
             policy,
         });
@@ -102,6 +105,14 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     Ok(Stack {
         services: order(defs)?,
     })
+}
+
+/// serde_json's map is ordered by key, so equal JSON gives equal text and
+/// key order or whitespace in the file does not count as a change.
+fn fingerprint(raw: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// Topological order (Kahn), stable in the file's order; names unknown

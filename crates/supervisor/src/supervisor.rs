@@ -4,8 +4,14 @@
 //! for the nearest deadline (restart backoff, stop timeout) and disarmed
 //! when there is none, an inotify watching each sandbox's memory.events,
 //! the control socket and its connections, and per service its init's
-//! pidfd and its stdout/stderr pipes. Nothing polls: an idle supervisor
-//! sleeps in epoll_wait with no timeout.
+//! pidfd and its stdout/stderr pipes, and while a sandbox sets up, the
+//! socket its init reports on. Nothing polls: an idle supervisor sleeps in
+//! epoll_wait with no timeout.
+//!
+//! Starting does not block the loop: a start clones the init and returns;
+//! the init's report (payload exec'd, or the failure) arrives as an event.
+//! Up to [`MAX_STARTING`] sandboxes set up at once; a service waits while
+//! one of its dependencies is starting.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -16,7 +22,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use isola_runtime::cgroup::Cgroup;
+use isola_runtime::cgroup::{Cgroup, StatFiles};
+use isola_runtime::sandbox::Starting;
 use isola_runtime::{init, sandbox, Sandbox, SpecError};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -129,11 +136,21 @@ struct Run {
     /// The OOM policy `stop` ended this run: its exit is an OOM kill.
     oom_stopped: bool,
     watch: Option<WatchDescriptor>,
+    stats: Option<StatFiles>,
+}
+
+/// A sandbox whose init is setting up.
+struct Pending {
+    starting: Starting,
+    started: Instant,
 }
 
 struct Service {
     def: ServiceDef,
     state: State,
+    /// `Starting`, waiting for a start slot or for a dependency.
+    queued: bool,
+    pending: Option<Pending>,
     run: Option<Run>,
     pipes: [Option<Pipe>; 2],
     log: LogFile,
@@ -167,6 +184,11 @@ const T_INOTIFY: u64 = 4 << 56;
 const T_PIDFD: u64 = 5 << 56;
 const T_PIPE: u64 = 6 << 56;
 const T_CONN: u64 = 7 << 56;
+const T_SYNC: u64 = 8 << 56;
+
+/// Sandboxes setting up at the same time. More does not start a stack
+/// faster on a few cores, and it bounds what a start burst holds at once.
+pub const MAX_STARTING: usize = 16;
 const KIND: u64 = 0xff << 56;
 
 pub struct Supervisor {
@@ -181,6 +203,8 @@ pub struct Supervisor {
     inotify: Inotify,
     listener: UnixListener,
     services: Vec<Option<Service>>,
+    /// Services with a `pending` sandbox.
+    in_flight: usize,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     shutting_down: bool,
@@ -291,6 +315,7 @@ impl Supervisor {
             inotify,
             listener,
             services: Vec::new(),
+            in_flight: 0,
             conns: HashMap::new(),
             next_conn: 0,
             shutting_down: false,
@@ -322,6 +347,8 @@ impl Supervisor {
         self.services.push(Some(Service {
             def,
             state: State::Stopped,
+            queued: false,
+            pending: None,
             run: None,
             pipes: [None, None],
             log,
@@ -341,9 +368,11 @@ impl Supervisor {
 
     /// Start every service in dependency order, then serve until shut down.
     pub fn run(mut self) -> Result<(), UpError> {
-        for i in 0..self.services.len() {
-            self.start(i);
+        for s in self.services.iter_mut().flatten() {
+            s.state = State::Starting;
+            s.queued = true;
         }
+        self.start_queued();
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
             if self.shutting_down {
@@ -366,6 +395,7 @@ impl Supervisor {
                     T_INOTIFY => self.on_inotify(),
                     T_LISTEN => self.on_accept(),
                     T_PIDFD => self.on_exit((tok & !KIND) as usize),
+                    T_SYNC => self.on_started((tok & !KIND) as usize),
                     T_PIPE => self.on_pipe(((tok & !KIND) >> 1) as usize, (tok & 1) as usize),
                     T_CONN => self.on_conn(tok & !KIND, ev.events()),
                     _ => {}
@@ -406,9 +436,9 @@ impl Supervisor {
 
     // ---- starting and stopping ----------------------------------------
 
+    /// Start a service that is down: now if a start slot is free and none
+    /// of its dependencies is starting, else as soon as that is so.
     fn start(&mut self, i: usize) {
-        let stack_root = self.stack_root.clone();
-        let no_cgroup = self.cfg.no_cgroup;
         let Some(s) = self.services[i].as_mut() else {
             return;
         };
@@ -416,8 +446,52 @@ impl Supervisor {
             return;
         }
         s.state = State::Starting;
+        s.queued = true;
         s.deadline = None;
         s.intent = None;
+        self.start_queued();
+    }
+
+    /// Launch queued services, in stack order, while slots are free.
+    fn start_queued(&mut self) {
+        for i in 0..self.services.len() {
+            if self.in_flight >= MAX_STARTING {
+                return;
+            }
+            let Some(s) = self.services[i].as_ref() else {
+                continue;
+            };
+            if !s.queued {
+                continue;
+            }
+            if self.shutting_down {
+                if let Some(s) = self.services[i].as_mut() {
+                    s.queued = false;
+                    s.state = State::Stopped;
+                }
+                self.settle(i);
+                continue;
+            }
+            let waits = s.def.policy.depends_on.iter().any(|d| {
+                self.services
+                    .iter()
+                    .flatten()
+                    .any(|o| &o.def.name == d && o.state == State::Starting)
+            });
+            if !waits {
+                self.launch(i);
+            }
+        }
+    }
+
+    /// Clone the service's sandbox; its init reports on the sync socket.
+    fn launch(&mut self, i: usize) {
+        let stack_root = self.stack_root.clone();
+        let no_cgroup = self.cfg.no_cgroup;
+        let Some(s) = self.services[i].as_mut() else {
+            return;
+        };
+        s.queued = false;
         let mut plan = s.def.plan.clone();
         let sets_nofile = plan
             .rlimits
@@ -448,7 +522,7 @@ impl Supervisor {
             stdio: Some([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]),
         };
         let started = Instant::now();
-        let result = sandbox::start(&plan, &opts);
+        let result = sandbox::spawn(&plan, &opts);
         drop((out_w, err_w, null));
         s.starts.push_back(started);
         s.history.push_back((now_ms(), None));
@@ -456,16 +530,10 @@ impl Supervisor {
             s.history.pop_front();
         }
         match result {
-            Ok(sb) => {
-                let pid = sb.pid();
-                let watch = sb.cgroup().and_then(|cg| {
-                    self.inotify
-                        .add_watch(&cg.path().join("memory.events"), AddWatchFlags::IN_MODIFY)
-                        .ok()
-                });
+            Ok(starting) => {
                 let _ = self.epoll.add(
-                    sb.pidfd(),
-                    EpollEvent::new(EpollFlags::EPOLLIN, T_PIDFD | i as u64),
+                    starting.sync_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, T_SYNC | i as u64),
                 );
                 for (k, (fd, stream)) in [(out_r, "stdout"), (err_r, "stderr")]
                     .into_iter()
@@ -483,17 +551,8 @@ impl Supervisor {
                         stream,
                     });
                 }
-                s.run = Some(Run {
-                    sandbox: sb,
-                    started,
-                    start_ms: now_ms(),
-                    oom_seen: 0,
-                    oom_stopped: false,
-                    watch,
-                });
-                s.state = State::Running;
-                self.event(i, &format!("running (pid {pid})"));
-                self.settle(i);
+                s.pending = Some(Pending { starting, started });
+                self.in_flight += 1;
             }
             Err(e) => {
                 let code = e.exit_code();
@@ -501,6 +560,57 @@ impl Supervisor {
                 self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
             }
         }
+    }
+
+    /// The init of a starting sandbox reported (or died).
+    fn on_started(&mut self, i: usize) {
+        let Some(s) = self.services[i].as_mut() else {
+            return;
+        };
+        let Some(Pending { starting, started }) = s.pending.take() else {
+            return;
+        };
+        self.in_flight -= 1;
+        let _ = self.epoll.delete(starting.sync_fd());
+        match starting.complete() {
+            Ok(sb) => {
+                let pid = sb.pid();
+                let watch = sb.cgroup().and_then(|cg| {
+                    self.inotify
+                        .add_watch(&cg.path().join("memory.events"), AddWatchFlags::IN_MODIFY)
+                        .ok()
+                });
+                let _ = self.epoll.add(
+                    sb.pidfd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, T_PIDFD | i as u64),
+                );
+                let stats = sb.cgroup().and_then(|cg| StatFiles::open(cg).ok());
+                s.run = Some(Run {
+                    sandbox: sb,
+                    started,
+                    start_ms: now_ms(),
+                    oom_seen: 0,
+                    oom_stopped: false,
+                    watch,
+                    stats,
+                });
+                s.state = State::Running;
+                let intent = s.intent;
+                self.event(i, &format!("running (pid {pid})"));
+                match intent {
+                    // Asked to stop (or restart, or go) while it set up.
+                    Some(intent) => self.stop(i, intent),
+                    None => self.settle(i),
+                }
+            }
+            Err(e) => {
+                let code = e.exit_code();
+                self.drain_pipes(i);
+                self.event(i, &format!("start failed: {e}"));
+                self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
+            }
+        }
+        self.start_queued();
     }
 
     /// Ask a running service to stop: its stop signal to the payload, the
@@ -532,6 +642,12 @@ impl Supervisor {
                 self.after_stopped(i);
             }
             State::Stopped | State::Exited | State::Failed => self.after_stopped(i),
+            // Not launched yet: nothing to stop.
+            State::Starting if s.queued => {
+                s.queued = false;
+                self.after_stopped(i);
+            }
+            // Launched: `on_started` stops it once the init has reported.
             State::Starting | State::Stopping => {}
         }
     }
@@ -855,6 +971,8 @@ impl Supervisor {
     /// Stop every service whose dependents are all down (reverse dependency
     /// order, as far as it can go right now).
     fn progress_shutdown(&mut self) {
+        // Queued starts are dropped, not launched.
+        self.start_queued();
         for i in 0..self.services.len() {
             let Some(s) = self.services[i].as_ref() else {
                 continue;
@@ -927,7 +1045,7 @@ impl Supervisor {
                     let Some(s) = self.services[i].as_mut() else {
                         continue;
                     };
-                    if s.def.raw == def.raw {
+                    if s.def.fingerprint == def.fingerprint {
                         continue;
                     }
                     if s.state.alive() {
@@ -1065,7 +1183,10 @@ impl Supervisor {
         let svc = name.and_then(|n| self.find(n));
         let need = |what: &str| control::err(format!("{what} needs an existing service name"));
         match cmd {
-            "status" => Some(control::ok(json!({"services": self.status()}))),
+            "status" => {
+                self.status_reply(id);
+                None
+            }
             "down" => {
                 self.down_waiters.push(id);
                 if !self.shutting_down {
@@ -1159,38 +1280,67 @@ impl Supervisor {
         }
     }
 
-    fn status(&self) -> Vec<Value> {
-        self.services
+    /// The `status` reply, written straight into the connection's buffer
+    /// (a thousand services are a thousand rows; no JSON tree in between).
+    fn status_reply(&mut self, id: u64) {
+        let rows: Vec<StatusRow> = self
+            .services
             .iter()
             .flatten()
             .map(|s| {
                 let run = s.run.as_ref();
-                let cg = run.and_then(|r| r.sandbox.cgroup());
-                let read = |file: &str| cg.and_then(|c| c.read(file).ok()).and_then(|t| t.trim().parse::<u64>().ok());
-                let cpu = cg.and_then(|c| c.read_key("cpu.stat", "usage_usec"));
-                json!({
-                    "name": s.def.name,
-                    "state": s.state.as_str(),
-                    "pid": run.map(|r| r.sandbox.pid().as_raw()),
-                    "restarts": s.restarts,
-                    "uptimeMs": run.filter(|_| s.state == State::Running).map(|r| r.started.elapsed().as_millis() as u64),
-                    "startedAtMs": run.map(|r| r.start_ms),
-                    "lastExit": s.last_exit.map(|e| json!({"reason": e.reason, "code": e.code, "signal": e.signal})),
-                    "oomKills": s.oom_kills,
-                    "memoryCurrent": read("memory.current"),
-                    "memoryPeak": read("memory.peak"),
-                    "cpuUsec": cpu,
-                    "history": s.history.iter().map(|(a, b)| json!({"startMs": a, "exitMs": b})).collect::<Vec<_>>(),
-                    "dependsOn": s.def.policy.depends_on,
-                    "restartPolicy": match s.def.policy.restart.policy {
+                let stats = run
+                    .and_then(|r| r.stats.as_ref())
+                    .map(StatFiles::read)
+                    .unwrap_or_default();
+                let pid = run
+                    .map(|r| r.sandbox.pid())
+                    .or(s.pending.as_ref().map(|p| p.starting.pid()));
+                StatusRow {
+                    name: &s.def.name,
+                    state: s.state.as_str(),
+                    pid: pid.map(|p| p.as_raw()),
+                    restarts: s.restarts,
+                    uptime_ms: run
+                        .filter(|_| s.state == State::Running)
+                        .map(|r| r.started.elapsed().as_millis() as u64),
+                    started_at_ms: run.map(|r| r.start_ms),
+                    last_exit: s.last_exit.map(|e| ExitRow {
+                        reason: e.reason,
+                        code: e.code,
+                        signal: e.signal,
+                    }),
+                    oom_kills: s.oom_kills,
+                    memory_current: stats.memory_current,
+                    memory_peak: stats.memory_peak,
+                    cpu_usec: stats.cpu_usec,
+                    history: s
+                        .history
+                        .iter()
+                        .map(|&(start_ms, exit_ms)| HistoryRow { start_ms, exit_ms })
+                        .collect(),
+                    depends_on: &s.def.policy.depends_on,
+                    restart_policy: match s.def.policy.restart.policy {
                         RestartPolicy::No => "no",
                         RestartPolicy::Always => "always",
                         RestartPolicy::OnFailure => "on-failure",
                         RestartPolicy::UnlessStopped => "unless-stopped",
                     },
-                })
+                }
             })
-            .collect()
+            .collect();
+        let reply = StatusReply {
+            ok: true,
+            services: rows,
+        };
+        let mut out = Vec::new();
+        if serde_json::to_writer(&mut out, &reply).is_ok() {
+            out.push(b'\n');
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.out.extend_from_slice(&out);
+            }
+        }
+        self.flush(id);
     }
 
     fn send(&mut self, id: u64, v: &Value) {
@@ -1301,4 +1451,45 @@ fn bind_socket(path: &Path) -> Result<UnixListener, UpError> {
     let l = res.map_err(setup(path.display()))?;
     l.set_nonblocking(true).map_err(setup(path.display()))?;
     Ok(l)
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReply<'a> {
+    ok: bool,
+    services: Vec<StatusRow<'a>>,
+}
+
+/// One service in the `status` reply (the README documents the fields).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRow<'a> {
+    name: &'a str,
+    state: &'static str,
+    pid: Option<i32>,
+    restarts: u32,
+    uptime_ms: Option<u64>,
+    started_at_ms: Option<u64>,
+    last_exit: Option<ExitRow>,
+    oom_kills: u64,
+    memory_current: Option<u64>,
+    memory_peak: Option<u64>,
+    cpu_usec: Option<u64>,
+    history: Vec<HistoryRow>,
+    depends_on: &'a [String],
+    restart_policy: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct ExitRow {
+    reason: decide::Reason,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryRow {
+    start_ms: u64,
+    exit_ms: Option<u64>,
 }
