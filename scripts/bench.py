@@ -237,13 +237,14 @@ def kmsg_clock_offset(kmsg):
     return best[1]
 
 
-def oom_detection(work, kills=100):
+def oom_detection(work, kills=100, timeout=600):
     """Kernel OOM kill (its /dev/kmsg timestamp) -> `status` over the control
     socket shows it (oomKills counted up). The payload is a dd that wants 64
     MiB under memory.max 16 MiB, restarted at once after every kill."""
     svc = sleeper("vm")
     svc["linux"]["resources"] = {"memory": {"limit": 16 << 20}, "pids": {"limit": 64}}
     svc["process"]["args"] = ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    svc["mounts"] = [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}]
     svc["restart"] = {"policy": "always", "delayMs": 0, "maxDelayMs": 0, "limit": {"burst": 100000, "intervalMs": 1000}}
     kmsg = open("/dev/kmsg", "r")
     os.set_blocking(kmsg.fileno(), False)
@@ -261,7 +262,7 @@ def oom_detection(work, kills=100):
     reader = conn.makefile("rb")
     kernel = []   # monotonic time of each kill, from the kernel's log
     seen = []     # monotonic time at which status first showed each kill
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + timeout
     while len(seen) < kills and time.monotonic() < deadline:
         while True:
             try:

@@ -1,8 +1,11 @@
 //! The commands that talk to a running `isola up` over its control socket.
 
+use std::borrow::Cow;
+use std::io::Write;
 use std::path::Path;
 
 use isola_supervisor::control::{Client, ClientError};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::Exit;
@@ -57,61 +60,107 @@ pub fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, E
     Ok(0)
 }
 
+/// The part of a `status` row the table shows; the rest is skipped
+/// unparsed (a thousand services are a thousand rows).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Row<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+    pid: Option<u64>,
+    restarts: Option<u64>,
+    uptime_ms: Option<u64>,
+    memory_current: Option<u64>,
+    cpu_usec: Option<u64>,
+    #[serde(borrow)]
+    last_exit: Option<LastExitRow<'a>>,
+    oom_kills: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct LastExitRow<'a> {
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+    code: Option<i64>,
+    signal: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Reply<'a> {
+    ok: bool,
+    error: Option<String>,
+    #[serde(borrow, default)]
+    services: Vec<Row<'a>>,
+}
+
 pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
-    let resp = connect(path)?
-        .request(&json!({"cmd": "status"}))
+    let line = connect(path)?
+        .request_line(&json!({"cmd": "status"}))
         .map_err(fail)?;
-    let services = resp
-        .get("services")
-        .cloned()
-        .unwrap_or(Value::Array(vec![]));
+    let bad = |e: serde_json::Error| Exit(1, format!("bad response from supervisor: {e}"));
     if as_json {
+        let resp: Value = serde_json::from_str(&line).map_err(bad)?;
+        check_ok(&resp)?;
+        let services = resp.get("services").cloned().unwrap_or(json!([]));
         println!(
             "{}",
             serde_json::to_string_pretty(&services).unwrap_or_default()
         );
         return Ok(0);
     }
-    println!(
+    let reply: Reply = serde_json::from_str(&line).map_err(bad)?;
+    if !reply.ok {
+        return Err(Exit(
+            1,
+            reply.error.unwrap_or_else(|| "request refused".into()),
+        ));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(
+        out,
         "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  LAST EXIT",
         "NAME", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CPU"
     );
-    for s in services.as_array().into_iter().flatten() {
-        let num = |k: &str| s.get(k).and_then(Value::as_u64);
-        let last = s.get("lastExit").filter(|v| !v.is_null()).map(|e| {
-            let reason = e.get("reason").and_then(Value::as_str).unwrap_or("");
-            match (
-                e.get("code").and_then(Value::as_i64),
-                e.get("signal").and_then(Value::as_i64),
-            ) {
-                (Some(c), _) => format!("{reason} {c}"),
-                (_, Some(sig)) => format!("{reason} (signal {sig})"),
-                _ => reason.to_string(),
-            }
+    for s in &reply.services {
+        let last = s.last_exit.as_ref().map(|e| match (e.code, e.signal) {
+            (Some(c), _) => format!("{} {c}", e.reason),
+            (_, Some(sig)) => format!("{} (signal {sig})", e.reason),
+            _ => e.reason.to_string(),
         });
-        println!(
+        let _ = writeln!(
+            out,
             "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}",
-            s.get("name").and_then(Value::as_str).unwrap_or(""),
-            s.get("state").and_then(Value::as_str).unwrap_or(""),
-            num("pid")
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            num("restarts").unwrap_or(0),
-            num("uptimeMs").map(duration).unwrap_or_else(|| "-".into()),
-            num("memoryCurrent")
-                .map(bytes)
-                .unwrap_or_else(|| "-".into()),
-            num("cpuUsec")
+            s.name,
+            s.state,
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.restarts.unwrap_or(0),
+            s.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
+            s.memory_current.map(bytes).unwrap_or_else(|| "-".into()),
+            s.cpu_usec
                 .map(|u| format!("{:.2}s", u as f64 / 1e6))
                 .unwrap_or_else(|| "-".into()),
             last.unwrap_or_else(|| "-".into()),
-            match num("oomKills") {
+            match s.oom_kills {
                 Some(n) if n > 0 => format!(", {n} OOM kill(s)"),
                 _ => String::new(),
             }
         );
     }
+    let _ = out.flush();
     Ok(0)
+}
+
+fn check_ok(resp: &Value) -> Result<(), Exit> {
+    if resp.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let msg = resp
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("request refused");
+    Err(Exit(1, msg.to_string()))
 }
 
 fn duration(ms: u64) -> String {

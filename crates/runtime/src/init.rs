@@ -207,37 +207,49 @@ fn switch_user(plan: &Plan) -> Result<(), Step> {
     Ok(())
 }
 
-/// Fork and exec the payload. An exec failure comes back over a CLOEXEC
-/// pipe as the errno (EOF means the exec happened).
+/// Start the payload (vfork-style: see [`sys::vfork_exec`]). An exec
+/// failure comes back over a CLOEXEC pipe as the errno (EOF means the exec
+/// happened).
 fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
+    let path = resolve(plan).map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+    let nul = std::iter::once(std::ptr::null());
+    let argv: Vec<*const libc::c_char> = plan
+        .args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(nul.clone())
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan.env.iter().map(|a| a.as_ptr()).chain(nul).collect();
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step("exec", "pipe"))?;
-    // fork(2), not clone3: seccomp profiles (Docker's too) answer clone3
-    // with ENOSYS.
-    let fork = sys::fork().map_err(step("exec", "fork"))?;
-    match fork {
-        ForkResult::Child => {
-            drop(rd);
-            let errno = exec_payload(plan);
-            let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
-            sys::exit_now(exec_exit_code(errno))
+    let child = || {
+        let errno = exec_payload(&path, &argv, &envp);
+        let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
+        exec_exit_code(errno)
+    };
+    let child = match sys::vfork_exec(child) {
+        Ok(pid) => pid,
+        // A seccomp profile may refuse clone with CLONE_VM; fork(2) is the
+        // older way and a separate syscall. (Not clone3: seccomp profiles,
+        // Docker's too, answer it with ENOSYS.)
+        Err(_) => match sys::fork().map_err(step("exec", "fork"))? {
+            ForkResult::Child => sys::exit_now(child()),
+            ForkResult::Parent { child } => child,
+        },
+    };
+    drop(wr);
+    let mut buf = [0u8; 4];
+    let n = loop {
+        match nix::unistd::read(&rd, &mut buf) {
+            Err(Errno::EINTR) => continue,
+            r => break r.map_err(step("exec", "read exec status"))?,
         }
-        ForkResult::Parent { child } => {
-            drop(wr);
-            let mut buf = [0u8; 4];
-            let n = loop {
-                match nix::unistd::read(&rd, &mut buf) {
-                    Err(Errno::EINTR) => continue,
-                    r => break r.map_err(step("exec", "read exec status"))?,
-                }
-            };
-            if n == 4 {
-                let errno = Errno::from_raw(i32::from_ne_bytes(buf));
-                let _ = waitpid(child, None);
-                return Err(Failure::Exec(errno, exec_exit_code(errno)));
-            }
-            Ok(child)
-        }
+    };
+    if n == 4 {
+        let errno = Errno::from_raw(i32::from_ne_bytes(buf));
+        let _ = waitpid(child, None);
+        return Err(Failure::Exec(errno, exec_exit_code(errno)));
     }
+    Ok(child)
 }
 
 fn exec_exit_code(e: Errno) -> i32 {
@@ -248,8 +260,13 @@ fn exec_exit_code(e: Errno) -> i32 {
 }
 
 /// In the payload child: restore signals, hide inherited fds, exec.
-/// Returns only on failure.
-fn exec_payload(plan: &Plan) -> Errno {
+/// Returns only on failure. Makes syscalls only (it may run in a vfork
+/// child, on the init's memory).
+fn exec_payload(
+    path: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> Errno {
     sys::reset_signal_dispositions();
     if let Err(e) =
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
@@ -261,14 +278,7 @@ fn exec_payload(plan: &Plan) -> Errno {
     if let Err(e) = sys::close_fds_from_on_exec(3) {
         return e;
     }
-    let path = match resolve(plan) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    match nix::unistd::execve(&path, &plan.args, &plan.env) {
-        Err(e) => e,
-        Ok(never) => match never {},
-    }
+    sys::execve_prepared(path, argv, envp)
 }
 
 /// execvpe semantics, but with the payload's PATH, not ours.

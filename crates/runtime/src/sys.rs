@@ -139,6 +139,53 @@ pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
     unsafe { nix::unistd::fork() }
 }
 
+/// Run `child` in a new process that borrows our memory until it execs or
+/// exits (CLONE_VM | CLONE_VFORK, what posix_spawn does); we are suspended
+/// meanwhile. Unlike fork, nothing of the address space is copied and the
+/// exec has no copy to tear down; both cost in proportion to the process,
+/// and the init is a fork of a supervisor that may hold a thousand
+/// services. `child` must only make syscalls (no allocation, no panic) and
+/// returns the exit code for when its exec failed.
+pub fn vfork_exec<F: FnMut() -> i32>(mut child: F) -> Result<Pid, Errno> {
+    extern "C" fn trampoline<F: FnMut() -> i32>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut F` below; the parent is suspended
+        // (CLONE_VFORK) until we exec or exit, so it outlives this call.
+        let f = unsafe { &mut *(arg as *mut F) };
+        exit_now(f())
+    }
+    let mut stack = vec![0u8; 64 * 1024];
+    let top = stack.as_mut_ptr_range().end as usize & !15;
+    // SAFETY: the child runs `trampoline` on its own 64 KiB stack (16-byte
+    // aligned top), which stays allocated until clone returns, i.e. until
+    // the child has exec'd or exited; `child` is a live `&mut F`.
+    let pid = unsafe {
+        libc::clone(
+            trampoline::<F>,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut child as *mut F as *mut libc::c_void,
+        )
+    };
+    drop(stack);
+    Errno::result(pid).map(Pid::from_raw)
+}
+
+/// execve(2) with prepared, null-terminated pointer arrays (no allocation:
+/// usable in a [`vfork_exec`] child). Returns only on failure.
+pub fn execve_prepared(
+    path: &std::ffi::CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> Errno {
+    if argv.last() != Some(&std::ptr::null()) || envp.last() != Some(&std::ptr::null()) {
+        return Errno::EINVAL;
+    }
+    // SAFETY: both arrays end in NULL (checked) and point to C strings the
+    // caller keeps alive across the call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::last()
+}
+
 /// Install a classic BPF seccomp filter on the calling thread.
 /// Without no_new_privs the caller needs CAP_SYS_ADMIN (the OCI order when
 /// `noNewPrivileges` is false).

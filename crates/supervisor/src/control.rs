@@ -84,6 +84,27 @@ impl Client {
         }
     }
 
+    /// Send a request and return the answer's line as it came (for a
+    /// caller that deserializes it into its own types).
+    pub fn request_line(&mut self, req: &Value) -> Result<String, ClientError> {
+        let mut line = req.to_string();
+        line.push('\n');
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+                return Err(ClientError::Io(self.path.clone(), e));
+            }
+        }
+        let mut answer = String::new();
+        let n = self
+            .reader
+            .read_line(&mut answer)
+            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        if n == 0 {
+            return Err(ClientError::Protocol("connection closed".into()));
+        }
+        Ok(answer)
+    }
+
     /// The next streamed object, `None` when the supervisor closed the connection.
     pub fn next_message(&mut self) -> Result<Option<Value>, ClientError> {
         let mut line = String::new();
