@@ -424,6 +424,41 @@ fn dependencies_start_in_order_and_stop_in_reverse() {
     assert_clean();
 }
 
+/// Starts overlap (more services than start slots), a dependent is
+/// launched only once every dependency's payload runs, and a service
+/// stopped while it starts ends stopped, not running.
+#[test]
+fn concurrent_starts_keep_dependency_order_and_honour_a_stop() {
+    require_vm();
+    let mut services = serde_json::Map::new();
+    let deps: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    for d in &deps {
+        services.insert(d.clone(), svc("exec sleep 1000", json!({})));
+    }
+    services.insert(
+        "late".into(),
+        svc("exec sleep 1000", json!({"dependsOn": deps})),
+    );
+    let up = Up::start("wide", Value::Object(services), &[]);
+    // Right away, while most of the stack is still queued or setting up.
+    let (code, out, err) = up.cli(&["stop", "s39"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "s39: stopped");
+    let late = up.wait_state("late", "running");
+    let launched = late["history"][0]["startMs"].as_u64().unwrap();
+    for d in &deps[..39] {
+        let s = up.wait_state(d, "running");
+        let ran = s["startedAtMs"].as_u64().unwrap();
+        assert!(
+            ran <= launched,
+            "late launched at {launched}, before {d} ran at {ran}"
+        );
+    }
+    assert_eq!(up.service("s39")["state"], "stopped");
+    up.down();
+    assert_clean();
+}
+
 #[test]
 fn bad_stacks_exit_2_and_start_nothing() {
     require_vm();

@@ -16,6 +16,8 @@ pub mod starter;
 mod sync;
 mod sys;
 
+pub use sys::trim_heap;
+
 pub use error::{Error, SpecError};
 pub use plan::Plan;
 pub use sandbox::{ExitStatus, Options, Outcome, Sandbox};

@@ -337,6 +337,7 @@ impl Supervisor {
         for def in stack.services {
             sup.add_service(def)?;
         }
+        isola_runtime::trim_heap();
         socket_guard.0 = None;
         Ok(sup)
     }
