@@ -28,6 +28,9 @@ pub struct ServiceSpec {
 /// Parse spec text. Errors name the line and column for malformed JSON and
 /// the JSON path for everything else.
 pub fn parse_str(text: &str, base_dir: &Path) -> Result<ServiceSpec, SpecError> {
+    if let Some(spec) = parse_direct(text, base_dir) {
+        return Ok(spec);
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| {
         SpecError::new(
             "",
@@ -40,6 +43,23 @@ pub fn parse_str(text: &str, base_dir: &Path) -> Result<ServiceSpec, SpecError> 
         )
     })?;
     parse_value(value, base_dir, "")
+}
+
+/// The common case in one pass over the text, with no JSON tree in
+/// between (`isola run` parses on every start). `None` sends the spec the
+/// general way: a default to fill in (`process.user`, `process.cwd`),
+/// supervision fields to set aside, or an error to describe.
+fn parse_direct(text: &str, base_dir: &Path) -> Option<ServiceSpec> {
+    let mut clean = true;
+    let mut note_unknown = |_: serde_ignored::Path| clean = false;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let oci: Spec = serde_ignored::deserialize(&mut de, &mut note_unknown).ok()?;
+    de.end().ok()?;
+    clean.then(|| ServiceSpec {
+        oci,
+        supervision: Map::new(),
+        base_dir: base_dir.to_owned(),
+    })
 }
 
 /// Parse an already-read JSON value; `prefix` is prepended to field paths in
@@ -143,6 +163,31 @@ mod tests {
 
     fn parse(t: &str) -> Result<ServiceSpec, SpecError> {
         parse_str(t, Path::new("/"))
+    }
+
+    #[test]
+    fn direct_and_general_parse_agree() {
+        let text = crate::starter::starter_spec().to_string();
+        let direct = parse_direct(&text, Path::new("/")).expect("starter spec parses directly");
+        let general = parse_value(
+            serde_json::from_str(&text).unwrap(),
+            Path::new("/"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&direct.oci).unwrap(),
+            serde_json::to_value(&general.oci).unwrap()
+        );
+        // Anything unusual goes the general way.
+        for t in [
+            r#"{"process":{"args":["x"]}}"#,
+            r#"{"process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}},"restart":{}}"#,
+            r#"{"process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0},"typo":1}}"#,
+            r#"{"process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}}} x"#,
+        ] {
+            assert!(parse_direct(t, Path::new("/")).is_none(), "{t}");
+        }
     }
 
     #[test]
