@@ -309,6 +309,7 @@ fn run(
         cgroup_root,
         no_cgroup,
         stdio: None,
+        sibling: false,
     };
     let mut sb = sandbox::start(&plan, &opts)
         .map_err(|e| Exit(e.exit_code() as u8, format!("{name}: {e}")))?;

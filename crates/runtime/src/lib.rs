@@ -6,6 +6,7 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod error;
+pub mod fdpass;
 pub mod init;
 pub mod mounts;
 pub mod plan;
@@ -16,7 +17,7 @@ pub mod starter;
 mod sync;
 mod sys;
 
-pub use sys::trim_heap;
+pub use sys::{close_fds_except, exit_now, fork_process, trim_heap};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

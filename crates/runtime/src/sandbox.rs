@@ -26,6 +26,20 @@ pub struct Options {
     pub no_cgroup: bool,
     /// stdin, stdout, stderr for the sandbox; `None` inherits ours.
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
+    /// Make the init our parent's child (a spawner process working for
+    /// the supervisor, which then reaps it).
+    pub sibling: bool,
+}
+
+/// What a spawner hands to its parent for a sandbox it started
+/// ([`Starting::into_parts`], [`Starting::from_parts`]).
+#[derive(Debug)]
+pub struct Parts {
+    pub name: String,
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    pub sync: OwnedFd,
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +100,45 @@ impl Starting {
 
     pub fn pid(&self) -> Pid {
         self.sb.pid
+    }
+
+    /// Give the sandbox away (to the process it is a child of) without
+    /// killing it: its fds duplicated, its cgroup left in place.
+    pub fn into_parts(mut self) -> Result<Parts, Error> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| Error::sys("dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+        };
+        let pidfd = dup(&self.sb.pidfd)?;
+        let sync = dup(&self.sync)?;
+        // Disarm Drop: nothing to kill or remove here any more.
+        self.sb.status = Some(ExitStatus::Exited(0));
+        let cgroup = self.sb.cgroup.take().map(|c| c.path().to_owned());
+        Ok(Parts {
+            name: self.sb.name.clone(),
+            pid: self.sb.pid,
+            pidfd,
+            sync,
+            cgroup,
+        })
+    }
+
+    /// Take over a sandbox a spawner started; it must be our child.
+    pub fn from_parts(p: Parts) -> Result<Starting, Error> {
+        let cgroup = match p.cgroup {
+            Some(path) => Some(Cgroup::open(&path)?),
+            None => None,
+        };
+        Ok(Starting {
+            sb: Sandbox {
+                name: p.name,
+                pid: p.pid,
+                pidfd: p.pidfd,
+                cgroup,
+                status: None,
+            },
+            sync: p.sync,
+        })
     }
 
     /// The init's report; blocks until there is one.
@@ -151,8 +204,7 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
             return Err(Error::sys("socketpair", e));
         }
     };
-    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs, opts.stdio)
-    {
+    let (pid, pidfd, placed) = match clone_init(plan, cg.as_ref(), ours.as_fd(), theirs, opts) {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = cg {
@@ -195,8 +247,9 @@ fn clone_init(
     cg: Option<&Cgroup>,
     ours: std::os::fd::BorrowedFd<'_>,
     theirs: OwnedFd,
-    stdio: Option<[std::os::fd::RawFd; 3]>,
+    opts: &Options,
 ) -> Result<(Pid, OwnedFd, bool), Error> {
+    let stdio = opts.stdio;
     let deferred = plan.deferred_ns_flags();
     let attempt = |into: bool| {
         sys::clone3(
@@ -206,6 +259,7 @@ fn clone_init(
             } else {
                 None
             },
+            opts.sibling,
         )
     };
     let (res, placed) = match attempt(true) {

@@ -36,12 +36,26 @@ pub enum Forked {
 ///
 /// The caller must be single-threaded: the child continues in a copy of the
 /// address space and may allocate.
-pub fn clone3(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
+///
+/// With `sibling` the child is our parent's child (CLONE_PARENT): a spawner
+/// process starts sandboxes that its parent then waits for.
+pub fn clone3(
+    ns_flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    sibling: bool,
+) -> Result<Forked, Errno> {
     let mut pidfd: libc::c_int = -1;
+    let parent = if sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
     let mut args = CloneArgs {
-        flags: ns_flags | libc::CLONE_PIDFD as u64,
+        flags: ns_flags | parent | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the kernel takes our own exit signal (SIGCHLD to
+        // our parent) and refuses one given here.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
         ..Default::default()
     };
     if let Some(cg) = cgroup {
@@ -196,6 +210,23 @@ pub fn trim_heap() {
     // SAFETY: glibc's malloc_trim takes the allocator's own lock and only
     // releases memory no allocation uses.
     unsafe { malloc_trim(0) };
+}
+
+/// Own a descriptor the kernel just installed for us from an SCM_RIGHTS
+/// message (only [`crate::fdpass::receive`] calls this).
+pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: SCM_RIGHTS descriptors are new entries in our fd table,
+    // created by the recvmsg that returned them; nothing else owns them.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// fork(2) of the calling process, which must be single-threaded (the
+/// supervisor forking its spawner). `None` in the child.
+pub fn fork_process() -> Result<Option<Pid>, Errno> {
+    match fork()? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+    }
 }
 
 /// Install a classic BPF seccomp filter on the calling thread.

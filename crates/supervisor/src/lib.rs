@@ -5,5 +5,6 @@ pub mod control;
 pub mod decide;
 pub mod logs;
 pub mod policy;
+pub mod spawner;
 pub mod stack;
 pub mod supervisor;

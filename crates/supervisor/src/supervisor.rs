@@ -17,13 +17,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use isola_runtime::cgroup::{Cgroup, StatFiles};
 use isola_runtime::sandbox::Starting;
+use isola_runtime::Plan;
 use isola_runtime::{init, sandbox, Sandbox, SpecError};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -40,6 +41,7 @@ use crate::control;
 use crate::decide::{self, LastExit, Next};
 use crate::logs::{self, LineBuffer, LogConfig, LogFile};
 use crate::policy::{OomPolicy, RestartPolicy};
+use crate::spawner::{self, Answer, Spawner};
 use crate::stack::{self, ServiceDef, Stack};
 
 #[derive(Debug, Clone)]
@@ -205,6 +207,8 @@ pub struct Supervisor {
     services: Vec<Option<Service>>,
     /// Services with a `pending` sandbox.
     in_flight: usize,
+    /// Clones inits for us while it lives (see `spawner`).
+    spawner: Option<Spawner>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     shutting_down: bool,
@@ -316,6 +320,7 @@ impl Supervisor {
             listener,
             services: Vec::new(),
             in_flight: 0,
+            spawner: None,
             conns: HashMap::new(),
             next_conn: 0,
             shutting_down: false,
@@ -338,8 +343,41 @@ impl Supervisor {
             sup.add_service(def)?;
         }
         isola_runtime::trim_heap();
+        sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
         Ok(sup)
+    }
+
+    /// Fork the spawner now, while the supervisor holds the plans and few
+    /// fds. Without one (fork failed), sandboxes are cloned in-process.
+    fn fork_spawner(&self) -> Option<Spawner> {
+        let supervisor = nix::unistd::getpid();
+        let forked = Spawner::fork(|sock| {
+            // In the child: only the socket and stdio stay; the Rust owners
+            // of the rest are never dropped here (we end in _exit).
+            if isola_runtime::close_fds_except(sock.as_raw_fd()).is_err()
+                || nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != supervisor
+            {
+                return 1;
+            }
+            spawner::serve(sock, |i, fingerprint, stdio| {
+                let s = self.services.get(i as usize)?.as_ref()?;
+                if s.def.fingerprint != fingerprint {
+                    return None;
+                }
+                self.sandbox_for(i as usize, stdio, true)
+            })
+        });
+        match forked {
+            Ok(sp) => Some(sp),
+            Err(e) => {
+                self.note(&format!(
+                    "spawner: fork: {e}; starting sandboxes in-process"
+                ));
+                None
+            }
+        }
     }
 
     fn add_service(&mut self, def: ServiceDef) -> Result<usize, UpError> {
@@ -485,14 +523,16 @@ impl Supervisor {
         }
     }
 
-    /// Clone the service's sandbox; its init reports on the sync socket.
-    fn launch(&mut self, i: usize) {
-        let stack_root = self.stack_root.clone();
+    /// What starting service `i` takes: its plan with the supervisor's
+    /// additions, and the options. `sibling` when the spawner clones it.
+    fn sandbox_for(
+        &self,
+        i: usize,
+        stdio: [RawFd; 3],
+        sibling: bool,
+    ) -> Option<(Plan, sandbox::Options)> {
+        let s = self.services.get(i)?.as_ref()?;
         let no_cgroup = self.cfg.no_cgroup;
-        let Some(s) = self.services[i].as_mut() else {
-            return;
-        };
-        s.queued = false;
         let mut plan = s.def.plan.clone();
         let sets_nofile = plan
             .rlimits
@@ -506,6 +546,45 @@ impl Supervisor {
             plan.cgroup_files
                 .push(("memory.oom.group".into(), "1".into()));
         }
+        let opts = sandbox::Options {
+            name: s.def.name.clone(),
+            cgroup_root: self.stack_root.clone(),
+            no_cgroup,
+            stdio: Some(stdio),
+            sibling,
+        };
+        Some((plan, opts))
+    }
+
+    /// Clone service `i`'s init: through the spawner when it knows the
+    /// service as it is now, else here.
+    fn spawn_sandbox(&mut self, i: usize, stdio: [RawFd; 3]) -> Result<Starting, (i32, String)> {
+        let gone = || (125, "service removed".to_string());
+        if let Some(sp) = &self.spawner {
+            let s = self.services[i].as_ref().ok_or_else(gone)?;
+            let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
+            match sp.request(i as u32, s.def.fingerprint, stdio, &s.def.name, cgroup) {
+                Ok(Answer::Started(st)) => return Ok(st),
+                Ok(Answer::Failed { code, message }) => return Err((code, message)),
+                Ok(Answer::Unknown) => {}
+                Err(e) => {
+                    self.note(&format!(
+                        "spawner: {e}; starting sandboxes in-process from now on"
+                    ));
+                    self.spawner = None;
+                }
+            }
+        }
+        let (plan, opts) = self.sandbox_for(i, stdio, false).ok_or_else(gone)?;
+        sandbox::spawn(&plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
+    }
+
+    /// Clone the service's sandbox; its init reports on the sync socket.
+    fn launch(&mut self, i: usize) {
+        let Some(s) = self.services[i].as_mut() else {
+            return;
+        };
+        s.queued = false;
         let pipes = (
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
@@ -516,15 +595,13 @@ impl Supervisor {
             self.event(i, "start failed: cannot create pipes");
             return;
         };
-        let opts = sandbox::Options {
-            name: s.def.name.clone(),
-            cgroup_root: stack_root,
-            no_cgroup,
-            stdio: Some([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]),
-        };
         let started = Instant::now();
-        let result = sandbox::spawn(&plan, &opts);
+        let result =
+            self.spawn_sandbox(i, [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
         drop((out_w, err_w, null));
+        let Some(s) = self.services[i].as_mut() else {
+            return;
+        };
         s.starts.push_back(started);
         s.history.push_back((now_ms(), None));
         if s.history.len() > 32 {
@@ -555,8 +632,7 @@ impl Supervisor {
                 s.pending = Some(Pending { starting, started });
                 self.in_flight += 1;
             }
-            Err(e) => {
-                let code = e.exit_code();
+            Err((code, e)) => {
                 self.event(i, &format!("start failed: {e}"));
                 self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
             }
@@ -1008,6 +1084,7 @@ impl Supervisor {
                 self.note(&format!("cgroup cleanup: {e}"));
             }
         }
+        self.spawner = None;
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.note("all services stopped");
     }

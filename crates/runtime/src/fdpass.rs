@@ -1,0 +1,58 @@
+//! One datagram with file descriptors over a Unix socket (SCM_RIGHTS): how
+//! a spawner hands sandboxes to the supervisor.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+
+use crate::sys;
+
+/// Most fds one message carries.
+pub const MAX_FDS: usize = 4;
+
+pub fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsg: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// The next datagram (empty at EOF) and the fds that came with it, owned
+/// and close-on-exec.
+pub fn receive(sock: &OwnedFd) -> Result<(Vec<u8>, Vec<OwnedFd>), Errno> {
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let r = match recvmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        for c in r.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                fds.extend(raw.into_iter().map(sys::adopt_received_fd));
+            }
+        }
+        let n = r.bytes;
+        buf.truncate(n);
+        return Ok((buf, fds));
+    }
+}

@@ -1,0 +1,181 @@
+//! A small helper process that clones sandboxes for the supervisor.
+//!
+//! A sandbox's init is a fork, and a fork copies the page tables and the fd
+//! table of the process it forks: a supervisor holding a thousand services
+//! (their pidfds, pipes, log files, stat files, heap) made every further
+//! start slower, and every page it wrote after a fork a copy-on-write fault.
+//! The spawner is forked once, right after the stack is loaded, and keeps
+//! only its socket: it holds the plans as they were then, and clones each
+//! init with CLONE_PARENT, so the init is the supervisor's child (reaped and
+//! signalled by it through its pidfd, killed by PDEATHSIG with it).
+//!
+//! Protocol (SOCK_SEQPACKET, one message per datagram):
+//! supervisor → spawner: service index (u32 LE), fingerprint (u64 LE),
+//! with stdin, stdout, stderr as SCM_RIGHTS.
+//! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
+//! sync socket as SCM_RIGHTS; `E` exit code (i32 LE) + message; `U` when it
+//! does not know that service as it is now (a reload changed it): the
+//! supervisor then clones it itself.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::sys::socket::{socketpair, AddressFamily, Shutdown, SockFlag, SockType};
+use nix::unistd::Pid;
+
+use isola_runtime::fdpass;
+use isola_runtime::sandbox::{self, Parts, Starting};
+use isola_runtime::{Error, Plan};
+
+/// The supervisor's handle on its spawner.
+pub struct Spawner {
+    sock: OwnedFd,
+    pid: Pid,
+}
+
+/// What the spawner did with a request.
+pub enum Answer {
+    Started(Starting),
+    Failed {
+        code: i32,
+        message: String,
+    },
+    /// Not a service the spawner knows in this form.
+    Unknown,
+}
+
+impl Spawner {
+    /// Fork the spawner. In the child, `serve` answers requests and never
+    /// returns; it gets the socket.
+    pub fn fork(serve: impl FnOnce(OwnedFd) -> i32) -> Result<Spawner, Errno> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        match isola_runtime::fork_process()? {
+            None => {
+                drop(ours);
+                let code = serve(theirs);
+                isola_runtime::exit_now(code)
+            }
+            Some(pid) => {
+                drop(theirs);
+                Ok(Spawner { sock: ours, pid })
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Ask for service `index` (as of `fingerprint`) to be started with
+    /// these stdio fds; `name` and `cgroup` are where it will be found.
+    pub fn request(
+        &self,
+        index: u32,
+        fingerprint: u64,
+        stdio: [RawFd; 3],
+        name: &str,
+        cgroup: Option<PathBuf>,
+    ) -> Result<Answer, Errno> {
+        let mut req = [0u8; 12];
+        req[..4].copy_from_slice(&index.to_le_bytes());
+        req[4..].copy_from_slice(&fingerprint.to_le_bytes());
+        fdpass::send(&self.sock, &req, &stdio)?;
+        let (msg, mut fds) = fdpass::receive(&self.sock)?;
+        match msg.first() {
+            Some(b'O') if msg.len() == 5 && fds.len() == 2 => {
+                let pid = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+                let sync = fds.pop().ok_or(Errno::EPROTO)?;
+                let pidfd = fds.pop().ok_or(Errno::EPROTO)?;
+                let parts = Parts {
+                    name: name.to_string(),
+                    pid: Pid::from_raw(pid),
+                    pidfd,
+                    sync,
+                    cgroup,
+                };
+                match Starting::from_parts(parts) {
+                    Ok(st) => Ok(Answer::Started(st)),
+                    Err(e) => Ok(Answer::Failed {
+                        code: e.exit_code(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            Some(b'E') if msg.len() >= 5 => Ok(Answer::Failed {
+                code: i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]),
+                message: String::from_utf8_lossy(&msg[5..]).into_owned(),
+            }),
+            Some(b'U') => Ok(Answer::Unknown),
+            _ => Err(Errno::EPROTO),
+        }
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Our end shut down is its EOF: it exits; reap it.
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), Shutdown::Both);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+/// The spawner's loop: `start` turns (index, fingerprint) into the plan and
+/// options to start, or `None` for a service it does not know.
+pub fn serve(
+    sock: OwnedFd,
+    mut start: impl FnMut(u32, u64, [RawFd; 3]) -> Option<(Plan, sandbox::Options)>,
+) -> i32 {
+    loop {
+        let (msg, fds) = match fdpass::receive(&sock) {
+            Ok(x) => x,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return 0,
+        };
+        if msg.is_empty() {
+            // EOF: the supervisor is gone or done with us.
+            return 0;
+        }
+        if msg.len() != 12 || fds.len() != 3 {
+            return 1;
+        }
+        let index = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&msg[4..]);
+        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+        let reply = match start(index, u64::from_le_bytes(fp), stdio) {
+            None => reply_unknown(&sock),
+            Some((plan, opts)) => match sandbox::spawn(&plan, &opts).and_then(Starting::into_parts)
+            {
+                Ok(parts) => reply_started(&sock, &parts),
+                Err(e) => reply_failed(&sock, &e),
+            },
+        };
+        drop(fds);
+        if reply.is_err() {
+            return 1;
+        }
+    }
+}
+
+fn reply_started(sock: &OwnedFd, p: &Parts) -> Result<(), Errno> {
+    let mut msg = vec![b'O'];
+    msg.extend_from_slice(&p.pid.as_raw().to_le_bytes());
+    fdpass::send(sock, &msg, &[p.pidfd.as_raw_fd(), p.sync.as_raw_fd()])
+}
+
+fn reply_failed(sock: &OwnedFd, e: &Error) -> Result<(), Errno> {
+    let mut msg = vec![b'E'];
+    msg.extend_from_slice(&e.exit_code().to_le_bytes());
+    msg.extend_from_slice(e.to_string().as_bytes());
+    fdpass::send(sock, &msg, &[])
+}
+
+fn reply_unknown(sock: &OwnedFd) -> Result<(), Errno> {
+    fdpass::send(sock, b"U", &[])
+}
