@@ -17,7 +17,7 @@ pub mod starter;
 mod sync;
 mod sys;
 
-pub use sys::{close_fds_except, exit_now, fork_process, trim_heap};
+pub use sys::{fork_helper, trim_heap};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

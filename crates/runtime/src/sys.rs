@@ -124,9 +124,10 @@ pub fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
         if first > last {
             return Ok(());
         }
-        // SAFETY: called first thing in the freshly cloned init, before any
+        // SAFETY: called first thing in a freshly forked child (the init,
+        // a spawner) that never returns into its parent's frames, before any
         // Rust object there uses an fd other than `keep` and stdio; the
-        // parent's owners of these fds live on in the parent's copy only.
+        // owners of these fds live on in the parent's copy only.
         Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
     };
     let keep = keep as libc::c_uint;
@@ -220,12 +221,20 @@ pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// fork(2) of the calling process, which must be single-threaded (the
-/// supervisor forking its spawner). `None` in the child.
-pub fn fork_process() -> Result<Option<Pid>, Errno> {
+/// Fork a helper process (the calling process must be single-threaded,
+/// as isola's are): the child keeps only stdio and `keep`, runs `body` and
+/// `_exit`s with its code, never returning into the caller's frames — so no
+/// Rust owner of the fds it closed is ever dropped there. Returns the
+/// child's pid; our copy of `keep` is closed.
+pub fn fork_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
     match fork()? {
-        nix::unistd::ForkResult::Child => Ok(None),
-        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+        nix::unistd::ForkResult::Child => {
+            if close_fds_except(keep.as_raw_fd()).is_err() {
+                exit_now(125);
+            }
+            exit_now(body(keep))
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
     }
 }
 

@@ -46,8 +46,8 @@ pub enum Answer {
 }
 
 impl Spawner {
-    /// Fork the spawner. In the child, `serve` answers requests and never
-    /// returns; it gets the socket.
+    /// Fork the spawner. In the child, `serve` gets the socket (and only
+    /// that and stdio), answers requests, and its result is the exit code.
     pub fn fork(serve: impl FnOnce(OwnedFd) -> i32) -> Result<Spawner, Errno> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -55,17 +55,8 @@ impl Spawner {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        match isola_runtime::fork_process()? {
-            None => {
-                drop(ours);
-                let code = serve(theirs);
-                isola_runtime::exit_now(code)
-            }
-            Some(pid) => {
-                drop(theirs);
-                Ok(Spawner { sock: ours, pid })
-            }
-        }
+        let pid = isola_runtime::fork_helper(theirs, serve)?;
+        Ok(Spawner { sock: ours, pid })
     }
 
     pub fn pid(&self) -> Pid {

@@ -353,10 +353,8 @@ impl Supervisor {
     fn fork_spawner(&self) -> Option<Spawner> {
         let supervisor = nix::unistd::getpid();
         let forked = Spawner::fork(|sock| {
-            // In the child: only the socket and stdio stay; the Rust owners
-            // of the rest are never dropped here (we end in _exit).
-            if isola_runtime::close_fds_except(sock.as_raw_fd()).is_err()
-                || nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            // In the child, which holds only `sock` and stdio.
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
                 || nix::unistd::getppid() != supervisor
             {
                 return 1;
