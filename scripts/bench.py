@@ -140,14 +140,20 @@ def request(sock, req):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock)
     s.sendall((json.dumps(req) + "\n").encode())
+    buf = read_reply(s)
+    s.close()
+    return json.loads(buf)
+
+
+def read_reply(s):
+    """Bytes up to the reply's closing newline."""
     buf = b""
     while not buf.endswith(b"\n"):
         chunk = s.recv(1 << 20)
         if not chunk:
             break
         buf += chunk
-    s.close()
-    return json.loads(buf)
+    return buf
 
 
 class Up:
@@ -297,12 +303,7 @@ def supervisor(work, setting, counts):
             c.connect(up.sock)
             t0 = time.perf_counter()
             c.sendall(b'{"cmd":"status"}\n')
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = c.recv(1 << 20)
-                if not chunk:
-                    break
-                buf += chunk
+            read_reply(c)
             lat.append((time.perf_counter() - t0) * 1000)
             c.close()
         out["status_ms"][n] = statistics.median(lat)

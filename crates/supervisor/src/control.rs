@@ -60,18 +60,9 @@ impl Client {
 
     /// Send one request and read its response; `Refused` when `ok` is false.
     pub fn request(&mut self, req: &Value) -> Result<Value, ClientError> {
-        let mut line = req.to_string();
-        line.push('\n');
-        if let Err(e) = self.writer.write_all(line.as_bytes()) {
-            // A refused peer is told why and hung up on, possibly before our
-            // request went out: the reason is still there to read.
-            if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
-                return Err(ClientError::Io(self.path.clone(), e));
-            }
-        }
-        let resp = self
-            .next_message()?
-            .ok_or_else(|| ClientError::Protocol("connection closed".into()))?;
+        let line = self.request_line(req)?;
+        let resp: Value =
+            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if resp.get("ok") == Some(&Value::Bool(true)) {
             Ok(resp)
         } else {
@@ -90,34 +81,33 @@ impl Client {
         let mut line = req.to_string();
         line.push('\n');
         if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            // A refused peer is told why and hung up on, possibly before our
+            // request went out: the reason is still there to read.
             if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
                 return Err(ClientError::Io(self.path.clone(), e));
             }
         }
-        let mut answer = String::new();
-        let n = self
-            .reader
-            .read_line(&mut answer)
-            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
-        if n == 0 {
-            return Err(ClientError::Protocol("connection closed".into()));
-        }
-        Ok(answer)
+        self.next_line()?
+            .ok_or_else(|| ClientError::Protocol("connection closed".into()))
     }
 
     /// The next streamed object, `None` when the supervisor closed the connection.
     pub fn next_message(&mut self) -> Result<Option<Value>, ClientError> {
+        match self.next_line()? {
+            None => Ok(None),
+            Some(line) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>, ClientError> {
         let mut line = String::new();
         let n = self
             .reader
             .read_line(&mut line)
             .map_err(|e| ClientError::Io(self.path.clone(), e))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        Ok((n > 0).then_some(line))
     }
 }
 
