@@ -123,13 +123,11 @@ impl Starting {
         })
     }
 
-    /// Take over a sandbox a spawner started; it must be our child.
-    pub fn from_parts(p: Parts) -> Result<Starting, Error> {
-        let cgroup = match p.cgroup {
-            Some(path) => Some(Cgroup::open(&path)?),
-            None => None,
-        };
-        Ok(Starting {
+    /// Take over a sandbox a spawner started; it must be our child. (A
+    /// cgroup path that is no directory has nothing to read or remove.)
+    pub fn from_parts(p: Parts) -> Starting {
+        let cgroup = p.cgroup.and_then(|path| Cgroup::open(&path).ok());
+        Starting {
             sb: Sandbox {
                 name: p.name,
                 pid: p.pid,
@@ -138,7 +136,7 @@ impl Starting {
                 status: None,
             },
             sync: p.sync,
-        })
+        }
     }
 
     /// The init's report; blocks until there is one.

@@ -59,10 +59,6 @@ impl Spawner {
         Ok(Spawner { sock: ours, pid })
     }
 
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-
     /// Ask for service `index` (as of `fingerprint`) to be started with
     /// these stdio fds; `name` and `cgroup` are where it will be found.
     pub fn request(
@@ -90,13 +86,7 @@ impl Spawner {
                     sync,
                     cgroup,
                 };
-                match Starting::from_parts(parts) {
-                    Ok(st) => Ok(Answer::Started(st)),
-                    Err(e) => Ok(Answer::Failed {
-                        code: e.exit_code(),
-                        message: e.to_string(),
-                    }),
-                }
+                Ok(Answer::Started(Starting::from_parts(parts)))
             }
             Some(b'E') if msg.len() >= 5 => Ok(Answer::Failed {
                 code: i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]),
