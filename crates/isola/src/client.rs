@@ -96,13 +96,9 @@ struct Reply<'a> {
 }
 
 pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
-    let line = connect(path)?
-        .request_line(&json!({"cmd": "status"}))
-        .map_err(fail)?;
-    let bad = |e: serde_json::Error| Exit(1, format!("bad response from supervisor: {e}"));
+    let req = json!({"cmd": "status"});
     if as_json {
-        let resp: Value = serde_json::from_str(&line).map_err(bad)?;
-        check_ok(&resp)?;
+        let resp = connect(path)?.request(&req).map_err(fail)?;
         let services = resp.get("services").cloned().unwrap_or(json!([]));
         println!(
             "{}",
@@ -110,7 +106,9 @@ pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
         );
         return Ok(0);
     }
-    let reply: Reply = serde_json::from_str(&line).map_err(bad)?;
+    let line = connect(path)?.request_line(&req).map_err(fail)?;
+    let reply: Reply = serde_json::from_str(&line)
+        .map_err(|e| Exit(1, format!("bad response from supervisor: {e}")))?;
     if !reply.ok {
         return Err(Exit(
             1,
@@ -150,17 +148,6 @@ pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
     }
     let _ = out.flush();
     Ok(0)
-}
-
-fn check_ok(resp: &Value) -> Result<(), Exit> {
-    if resp.get("ok") == Some(&Value::Bool(true)) {
-        return Ok(());
-    }
-    let msg = resp
-        .get("error")
-        .and_then(Value::as_str)
-        .unwrap_or("request refused");
-    Err(Exit(1, msg.to_string()))
 }
 
 fn duration(ms: u64) -> String {

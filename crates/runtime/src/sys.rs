@@ -201,18 +201,6 @@ pub fn execve_prepared(
     Errno::last()
 }
 
-/// Give freed heap pages back to the kernel. A fork copies the page
-/// tables of every resident anonymous page, so the parse garbage of a large
-/// stack file would otherwise be paid for at every sandbox start.
-pub fn trim_heap() {
-    extern "C" {
-        fn malloc_trim(pad: libc::size_t) -> libc::c_int;
-    }
-    // SAFETY: glibc's malloc_trim takes the allocator's own lock and only
-    // releases memory no allocation uses.
-    unsafe { malloc_trim(0) };
-}
-
 /// Own a descriptor the kernel just installed for us from an SCM_RIGHTS
 /// message (only [`crate::fdpass::receive`] calls this).
 pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {

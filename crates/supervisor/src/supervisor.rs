@@ -342,7 +342,6 @@ impl Supervisor {
         for def in stack.services {
             sup.add_service(def)?;
         }
-        isola_runtime::trim_heap();
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
         Ok(sup)
@@ -630,10 +629,7 @@ impl Supervisor {
                 s.pending = Some(Pending { starting, started });
                 self.in_flight += 1;
             }
-            Err((code, e)) => {
-                self.event(i, &format!("start failed: {e}"));
-                self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
-            }
+            Err((code, e)) => self.start_failed(i, code, &e),
         }
     }
 
@@ -679,13 +675,18 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                let code = e.exit_code();
                 self.drain_pipes(i);
-                self.event(i, &format!("start failed: {e}"));
-                self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
+                self.start_failed(i, e.exit_code(), &e.to_string());
             }
         }
         self.start_queued();
+    }
+
+    /// No payload ran: an exit with the start's code, for the restart
+    /// policy to judge like any other.
+    fn start_failed(&mut self, i: usize, code: i32, why: &str) {
+        self.event(i, &format!("start failed: {why}"));
+        self.after_exit(i, code, LastExit::classify(code, 0, false), Duration::ZERO);
     }
 
     /// Ask a running service to stop: its stop signal to the payload, the
@@ -1409,11 +1410,11 @@ impl Supervisor {
             ok: true,
             services: rows,
         };
-        let mut out = Vec::new();
-        if serde_json::to_writer(&mut out, &reply).is_ok() {
-            out.push(b'\n');
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.out.extend_from_slice(&out);
+        if let Some(c) = self.conns.get_mut(&id) {
+            let before = c.out.len();
+            match serde_json::to_writer(&mut c.out, &reply) {
+                Ok(()) => c.out.push(b'\n'),
+                Err(_) => c.out.truncate(before),
             }
         }
         self.flush(id);
