@@ -777,3 +777,41 @@ fn services_get_the_fd_limit_isola_up_started_with() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn the_supervisor_is_the_oom_killers_last_choice_and_services_are_not() {
+    require_vm();
+    // Killing the supervisor takes every service down: it lowers its own
+    // OOM score; services get the score `isola up` started with, or their
+    // spec's.
+    let started_with = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let mut own = svc(
+        "cat /proc/self/oom_score_adj",
+        json!({"restart": {"policy": "no"}}),
+    );
+    own["process"]["oomScoreAdj"] = json!(300);
+    let up = Up::start(
+        "oomadj",
+        json!({
+            "inherits": svc("cat /proc/self/oom_score_adj", json!({"restart": {"policy": "no"}})),
+            "own": own,
+        }),
+        &[],
+    );
+    let pid = up.child.as_ref().unwrap().id();
+    let supervisor = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(supervisor.trim(), "-999");
+    for (name, want) in [("inherits", started_with.trim()), ("own", "300")] {
+        up.wait_state(name, "exited");
+        let (code, out, err) = up.cli(&["logs", "-n", "10", name]);
+        assert_eq!(code, 0, "{err}");
+        let got: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(" stdout "))
+            .filter_map(|l| l.rsplit(' ').next())
+            .collect();
+        assert_eq!(got, [want], "{name}: {out}");
+    }
+    up.down();
+    assert_clean();
+}

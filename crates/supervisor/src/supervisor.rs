@@ -199,6 +199,9 @@ pub struct Supervisor {
     /// RLIMIT_NOFILE as we found it: what services get unless their spec
     /// says otherwise (ours is raised).
     nofile: Option<(u64, u64)>,
+    /// The OOM score `isola up` was started with, when it lowered its own:
+    /// services get it back unless their spec sets one.
+    oom_score_adj: Option<i32>,
     epoll: Epoll,
     signals: SignalFd,
     timer: TimerFd,
@@ -276,6 +279,7 @@ impl Supervisor {
         }
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
         let nofile = raise_nofile();
+        let oom_score_adj = protect_from_oom();
         let listener = bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = RemoveOnDrop(Some(cfg.socket.clone()));
@@ -313,6 +317,7 @@ impl Supervisor {
             cfg,
             stack_root,
             nofile,
+            oom_score_adj,
             epoll,
             signals,
             timer,
@@ -538,6 +543,9 @@ impl Supervisor {
         if let (false, Some((soft, hard))) = (sets_nofile, self.nofile) {
             plan.rlimits
                 .push((nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard));
+        }
+        if plan.oom_score_adj.is_none() {
+            plan.oom_score_adj = self.oom_score_adj;
         }
         if s.def.policy.oom == OomPolicy::Kill && !no_cgroup {
             plan.cgroup_files
@@ -1360,6 +1368,9 @@ impl Supervisor {
     /// The `status` reply, written straight into the connection's buffer
     /// (a thousand services are a thousand rows; no JSON tree in between).
     fn status_reply(&mut self, id: u64) {
+        // One clock read for all rows: under emulation (HPET) each read is
+        // an exit to the hypervisor.
+        let now = Instant::now();
         let rows: Vec<StatusRow> = self
             .services
             .iter()
@@ -1380,7 +1391,7 @@ impl Supervisor {
                     restarts: s.restarts,
                     uptime_ms: run
                         .filter(|_| s.state == State::Running)
-                        .map(|r| r.started.elapsed().as_millis() as u64),
+                        .map(|r| now.saturating_duration_since(r.started).as_millis() as u64),
                     started_at_ms: run.map(|r| r.start_ms),
                     last_exit: s.last_exit.map(|e| ExitRow {
                         reason: e.reason,
@@ -1391,11 +1402,7 @@ impl Supervisor {
                     memory_current: stats.memory_current,
                     memory_peak: stats.memory_peak,
                     cpu_usec: stats.cpu_usec,
-                    history: s
-                        .history
-                        .iter()
-                        .map(|&(start_ms, exit_ms)| HistoryRow { start_ms, exit_ms })
-                        .collect(),
+                    history: History(&s.history),
                     depends_on: &s.def.policy.depends_on,
                     restart_policy: match s.def.policy.restart.policy {
                         RestartPolicy::No => "no",
@@ -1495,6 +1502,22 @@ fn raise_nofile() -> Option<(u64, u64)> {
     Some((soft, hard))
 }
 
+/// The supervisor is the last process the kernel's OOM killer should pick:
+/// killing it takes every service down (their inits die with it). Lowered
+/// the way containerd lowers its own; returns the original score when it
+/// could (root), `None` when it was left alone.
+fn protect_from_oom() -> Option<i32> {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let original: i32 = std::fs::read_to_string(PATH).ok()?.trim().parse().ok()?;
+    if original <= SUPERVISOR_OOM_SCORE_ADJ {
+        return None;
+    }
+    std::fs::write(PATH, SUPERVISOR_OOM_SCORE_ADJ.to_string()).ok()?;
+    Some(original)
+}
+
+const SUPERVISOR_OOM_SCORE_ADJ: i32 = -999;
+
 struct RemoveOnDrop(Option<PathBuf>);
 
 impl Drop for RemoveOnDrop {
@@ -1552,7 +1575,7 @@ struct StatusRow<'a> {
     memory_current: Option<u64>,
     memory_peak: Option<u64>,
     cpu_usec: Option<u64>,
-    history: Vec<HistoryRow>,
+    history: History<'a>,
     depends_on: &'a [String],
     restart_policy: &'static str,
 }
@@ -1569,4 +1592,18 @@ struct ExitRow {
 struct HistoryRow {
     start_ms: u64,
     exit_ms: Option<u64>,
+}
+
+/// A service's run history, serialized from where it lives (no per-row
+/// vector for a thousand-row status).
+struct History<'a>(&'a VecDeque<(u64, Option<u64>)>);
+
+impl serde::Serialize for History<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(
+            self.0
+                .iter()
+                .map(|&(start_ms, exit_ms)| HistoryRow { start_ms, exit_ms }),
+        )
+    }
 }
