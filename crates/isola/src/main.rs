@@ -12,6 +12,10 @@ use isola_supervisor::{control, supervisor};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+/// glibc malloc, except in a sandbox's init (see the runtime's allocator).
+#[global_allocator]
+static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
+
 mod client;
 
 #[derive(Parser)]
@@ -305,8 +309,8 @@ fn run(
         .map_err(|e| Exit(125, format!("signalfd: {e}")))?;
 
     let opts = sandbox::Options {
-        name: name.clone(),
-        cgroup_root,
+        name: &name,
+        cgroup_root: &cgroup_root,
         no_cgroup,
         stdio: None,
         sibling: false,

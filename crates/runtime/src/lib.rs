@@ -17,7 +17,7 @@ pub mod starter;
 mod sync;
 mod sys;
 
-pub use sys::fork_helper;
+pub use sys::{fork_helper, Allocator};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

@@ -2,7 +2,7 @@
 //! hand over id maps, wait, forward signals, tear everything down.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -18,10 +18,10 @@ use crate::sync::{self, Msg};
 use crate::{init, sys};
 
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct Options<'a> {
     /// Names the cgroup (`<cgroup_root>/<name>`) and messages.
-    pub name: String,
-    pub cgroup_root: PathBuf,
+    pub name: &'a str,
+    pub cgroup_root: &'a Path,
     /// Run without a cgroup (only when the spec sets no resources).
     pub no_cgroup: bool,
     /// stdin, stdout, stderr for the sandbox; `None` inherits ours.
@@ -176,7 +176,7 @@ impl Starting {
 /// Create the cgroup, clone the init into it and let it set up; returns
 /// without waiting for the payload.
 pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
-    cgroup::check_name(&opts.name)?;
+    cgroup::check_name(opts.name)?;
     if opts.no_cgroup && plan.has_resources() {
         return Err(SpecError::new(
             "--no-cgroup",
@@ -188,8 +188,8 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         None
     } else {
         Some(Cgroup::create(
-            &opts.cgroup_root,
-            &opts.name,
+            opts.cgroup_root,
+            opts.name,
             &plan.cgroup_files,
         )?)
     };
@@ -212,7 +212,7 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         }
     };
     let mut sb = Sandbox {
-        name: opts.name.clone(),
+        name: opts.name.to_string(),
         pid,
         pidfd,
         cgroup: cg,
@@ -268,6 +268,7 @@ fn clone_init(
     };
     match res.map_err(|e| Error::sys("clone3", e))? {
         sys::Forked::Child => {
+            sys::use_fresh_arena();
             let _ = nix::unistd::close(ours.as_raw_fd());
             if let Some(fds) = stdio {
                 for (target, fd) in fds.into_iter().enumerate() {

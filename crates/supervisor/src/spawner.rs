@@ -106,11 +106,21 @@ impl Drop for Spawner {
     }
 }
 
-/// The spawner's loop: `start` turns (index, fingerprint) into the plan and
-/// options to start, or `None` for a service it does not know.
-pub fn serve(
+/// What the spawner can start: one service as it was when the spawner was
+/// forked.
+pub struct Entry<'a> {
+    pub fingerprint: u64,
+    pub plan: Plan,
+    pub name: &'a str,
+}
+
+/// The spawner's loop over its table of services (indexed like the
+/// supervisor's); `options` says how to clone one with the given stdio.
+/// Nothing here writes to the table: see [`Entry`].
+pub fn serve<'a>(
     sock: OwnedFd,
-    mut start: impl FnMut(u32, u64, [RawFd; 3]) -> Option<(Plan, sandbox::Options)>,
+    table: &'a [Option<Entry<'a>>],
+    options: impl Fn(&'a str, [RawFd; 3]) -> sandbox::Options<'a>,
 ) -> i32 {
     loop {
         let (msg, fds) = match fdpass::receive(&sock) {
@@ -128,14 +138,21 @@ pub fn serve(
         let index = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&msg[4..]);
-        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-        let reply = match start(index, u64::from_le_bytes(fp), stdio) {
+        let fingerprint = u64::from_le_bytes(fp);
+        let entry = table
+            .get(index as usize)
+            .and_then(Option::as_ref)
+            .filter(|e| e.fingerprint == fingerprint);
+        let reply = match entry {
             None => reply_unknown(&sock),
-            Some((plan, opts)) => match sandbox::spawn(&plan, &opts).and_then(Starting::into_parts)
-            {
-                Ok(parts) => reply_started(&sock, &parts),
-                Err(e) => reply_failed(&sock, &e),
-            },
+            Some(e) => {
+                let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+                let opts = options(e.name, stdio);
+                match sandbox::spawn(&e.plan, &opts).and_then(Starting::into_parts) {
+                    Ok(parts) => reply_started(&sock, &parts),
+                    Err(e) => reply_failed(&sock, &e),
+                }
+            }
         };
         drop(fds);
         if reply.is_err() {

@@ -363,12 +363,21 @@ impl Supervisor {
             {
                 return 1;
             }
-            spawner::serve(sock, |i, fingerprint, stdio| {
-                let s = self.services.get(i as usize)?.as_ref()?;
-                if s.def.fingerprint != fingerprint {
-                    return None;
-                }
-                self.sandbox_for(i as usize, stdio, true)
+            // Every service's plan and options, built once: a request then
+            // writes nothing on the spawner's heap, and each init (a copy of
+            // the spawner) does not end up owning the pages it rewrote.
+            let table: Vec<Option<spawner::Entry>> = (0..self.services.len())
+                .map(|i| {
+                    let s = self.services[i].as_ref()?;
+                    Some(spawner::Entry {
+                        fingerprint: s.def.fingerprint,
+                        plan: self.plan_for(i)?,
+                        name: &s.def.name,
+                    })
+                })
+                .collect();
+            spawner::serve(sock, &table, |name, stdio| {
+                self.options_for(name, stdio, true)
             })
         });
         match forked {
@@ -526,13 +535,8 @@ impl Supervisor {
     }
 
     /// What starting service `i` takes: its plan with the supervisor's
-    /// additions, and the options. `sibling` when the spawner clones it.
-    fn sandbox_for(
-        &self,
-        i: usize,
-        stdio: [RawFd; 3],
-        sibling: bool,
-    ) -> Option<(Plan, sandbox::Options)> {
+    /// additions.
+    fn plan_for(&self, i: usize) -> Option<Plan> {
         let s = self.services.get(i)?.as_ref()?;
         let no_cgroup = self.cfg.no_cgroup;
         let mut plan = s.def.plan.clone();
@@ -551,14 +555,24 @@ impl Supervisor {
             plan.cgroup_files
                 .push(("memory.oom.group".into(), "1".into()));
         }
-        let opts = sandbox::Options {
-            name: s.def.name.clone(),
-            cgroup_root: self.stack_root.clone(),
-            no_cgroup,
+        Some(plan)
+    }
+
+    /// Where and how service `i` is cloned. `sibling` when the spawner
+    /// clones it.
+    fn options_for<'a>(
+        &'a self,
+        name: &'a str,
+        stdio: [RawFd; 3],
+        sibling: bool,
+    ) -> sandbox::Options<'a> {
+        sandbox::Options {
+            name,
+            cgroup_root: &self.stack_root,
+            no_cgroup: self.cfg.no_cgroup,
             stdio: Some(stdio),
             sibling,
-        };
-        Some((plan, opts))
+        }
     }
 
     /// Clone service `i`'s init: through the spawner when it knows the
@@ -580,7 +594,9 @@ impl Supervisor {
                 }
             }
         }
-        let (plan, opts) = self.sandbox_for(i, stdio, false).ok_or_else(gone)?;
+        let plan = self.plan_for(i).ok_or_else(gone)?;
+        let name = &self.services[i].as_ref().ok_or_else(gone)?.def.name;
+        let opts = self.options_for(name, stdio, false);
         sandbox::spawn(&plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
     }
 
