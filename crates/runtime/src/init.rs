@@ -62,7 +62,7 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
         sys::exit_now(125);
     }
     match prepare(plan, &sock, unshare) {
-        Ok(Some(payload)) => supervise(plan, payload),
+        Ok(Some(payload)) => supervise(plan, payload, &sock),
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(125),
         Err(Failure::Setup((step, message))) => {
@@ -302,7 +302,7 @@ fn resolve(plan: &Plan) -> Result<CString, Errno> {
 }
 
 /// The init's life after the payload started: reap, forward, exit.
-fn supervise(plan: &Plan, payload: Pid) -> ! {
+fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd) -> ! {
     let set = signal_set();
     let mut status: Option<i32> = None;
     while status.is_none() {
@@ -313,6 +313,15 @@ fn supervise(plan: &Plan, payload: Pid) -> ! {
             let _ = kill(payload, sig);
         }
     }
+    // Tell the host now: our own teardown (killing what the payload left,
+    // dropping the namespaces) comes before our exit is visible to it, and
+    // an OOM kill is news it should not wait for.
+    let _ = sync::write(
+        sock,
+        &Msg::PayloadExited {
+            status: status.unwrap_or(125),
+        },
+    );
     // The payload is gone: so is everything it left behind.
     if plan.new_pid_ns() {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);

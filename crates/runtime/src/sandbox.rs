@@ -74,6 +74,22 @@ pub struct Sandbox {
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
     status: Option<ExitStatus>,
+    /// The init's end of the sync socket after the start: it reports the
+    /// payload's exit there ([`Sandbox::init_news`]).
+    news: Option<OwnedFd>,
+}
+
+/// What a started sandbox's init has said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitNews {
+    /// The payload exited with this status (128+N: signal N); the init is
+    /// now taking the rest down.
+    PayloadExited(i32),
+    /// Nothing yet.
+    Nothing,
+    /// The init is gone (or spoke out of turn): no more news, the socket is
+    /// closed (and so out of any epoll set).
+    Gone,
 }
 
 /// Start the sandbox; returns once the payload has been exec'd.
@@ -134,6 +150,7 @@ impl Starting {
                 pidfd: p.pidfd,
                 cgroup,
                 status: None,
+                news: None,
             },
             sync: p.sync,
         }
@@ -143,7 +160,10 @@ impl Starting {
     pub fn complete(self) -> Result<Sandbox, Error> {
         let Starting { mut sb, sync } = self;
         match sync::read(&sync) {
-            Ok(Some(Msg::Started)) => Ok(sb),
+            Ok(Some(Msg::Started)) => {
+                sb.news = Some(sync);
+                Ok(sb)
+            }
             Ok(Some(Msg::SetupFailed { step, message })) => {
                 sb.reap();
                 Err(Error::Setup { step, message })
@@ -217,6 +237,7 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         pidfd,
         cgroup: cg,
         status: None,
+        news: None,
     };
     // From here on, dropping `sb` kills and cleans up.
     if let Some(cg) = sb.cgroup.as_mut() {
@@ -286,6 +307,26 @@ fn clone_init(
 impl Sandbox {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Readable when the init has news (see [`Sandbox::init_news`]).
+    pub fn news_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.news.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Read what the init said, without waiting.
+    pub fn init_news(&mut self) -> InitNews {
+        let Some(fd) = &self.news else {
+            return InitNews::Gone;
+        };
+        match sync::try_read(fd) {
+            Ok(Some(Msg::PayloadExited { status })) => InitNews::PayloadExited(status),
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => InitNews::Nothing,
+            _ => {
+                self.news = None;
+                InitNews::Gone
+            }
+        }
     }
 
     /// The init's pid in the host's PID namespace.

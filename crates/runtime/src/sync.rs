@@ -3,7 +3,8 @@
 //!
 //! parent → init: `G` (id maps written, go on).
 //! init → parent: `S` (payload exec'd), `E step\0message` (setup failed),
-//! `X errno\0command` (exec failed).
+//! `X errno\0command` (exec failed); later `P status` (the payload exited:
+//! sent as the init reaps it, before its own teardown).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -25,6 +26,7 @@ pub enum Msg {
     Started,
     SetupFailed { step: String, message: String },
     ExecFailed { errno: i32, command: String },
+    PayloadExited { status: i32 },
 }
 
 pub fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
@@ -33,6 +35,7 @@ pub fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
         Msg::Started => b"S".to_vec(),
         Msg::SetupFailed { step, message } => format!("E{step}\0{message}").into_bytes(),
         Msg::ExecFailed { errno, command } => format!("X{errno}\0{command}").into_bytes(),
+        Msg::PayloadExited { status } => format!("P{status}").into_bytes(),
     };
     loop {
         match send(fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
@@ -44,9 +47,18 @@ pub fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
 
 /// `Ok(None)` on EOF: the other side is gone.
 pub fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
+    read_with(fd, MsgFlags::empty())
+}
+
+/// Like [`read`], but EAGAIN instead of waiting for a message.
+pub fn try_read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
+    read_with(fd, MsgFlags::MSG_DONTWAIT)
+}
+
+fn read_with(fd: &OwnedFd, flags: MsgFlags) -> Result<Option<Msg>, Errno> {
     let mut buf = [0u8; 4096];
     let n = loop {
-        match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+        match recv(fd.as_raw_fd(), &mut buf, flags) {
             Err(Errno::EINTR) => continue,
             r => break r?,
         }
@@ -66,6 +78,9 @@ pub fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
         b'X' => Msg::ExecFailed {
             errno: a.parse().unwrap_or(0),
             command: b.to_string(),
+        },
+        b'P' => Msg::PayloadExited {
+            status: a.parse().map_err(|_| Errno::EPROTO)?,
         },
         _ => return Err(Errno::EPROTO),
     }))
@@ -89,10 +104,12 @@ mod tests {
                 errno: 2,
                 command: "nope".into(),
             },
+            Msg::PayloadExited { status: 137 },
         ] {
             write(&a, &m).unwrap();
             assert_eq!(read(&b).unwrap(), Some(m));
         }
+        assert_eq!(try_read(&b), Err(Errno::EAGAIN));
         drop(a);
         assert_eq!(read(&b).unwrap(), None);
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use isola_runtime::cgroup::{Cgroup, StatFiles};
 use isola_runtime::sandbox::Starting;
 use isola_runtime::Plan;
-use isola_runtime::{init, sandbox, Sandbox, SpecError};
+use isola_runtime::{init, sandbox, InitNews, Sandbox, SpecError};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -187,6 +187,7 @@ const T_PIDFD: u64 = 5 << 56;
 const T_PIPE: u64 = 6 << 56;
 const T_CONN: u64 = 7 << 56;
 const T_SYNC: u64 = 8 << 56;
+const T_NEWS: u64 = 9 << 56;
 
 /// Sandboxes setting up at the same time. More does not start a stack
 /// faster on a few cores, and it bounds what a start burst holds at once.
@@ -446,6 +447,7 @@ impl Supervisor {
                     T_LISTEN => self.on_accept(),
                     T_PIDFD => self.on_exit((tok & !KIND) as usize),
                     T_SYNC => self.on_started((tok & !KIND) as usize),
+                    T_NEWS => self.on_news((tok & !KIND) as usize),
                     T_PIPE => self.on_pipe(((tok & !KIND) >> 1) as usize, (tok & 1) as usize),
                     T_CONN => self.on_conn(tok & !KIND, ev.events()),
                     _ => {}
@@ -679,6 +681,11 @@ impl Supervisor {
                     sb.pidfd(),
                     EpollEvent::new(EpollFlags::EPOLLIN, T_PIDFD | i as u64),
                 );
+                if let Some(fd) = sb.news_fd() {
+                    let _ = self
+                        .epoll
+                        .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, T_NEWS | i as u64));
+                }
                 let stats = sb.cgroup().and_then(|cg| StatFiles::open(cg).ok());
                 s.run = Some(Run {
                     sandbox: sb,
@@ -961,33 +968,50 @@ impl Supervisor {
             }) else {
                 continue;
             };
-            let Some(s) = self.services[i].as_mut() else {
-                continue;
-            };
-            let Some(run) = s.run.as_mut() else { continue };
-            let count = run.sandbox.cgroup().map(|c| c.oom_kills()).unwrap_or(0);
-            if count <= run.oom_seen {
-                continue;
-            }
-            let new = count - run.oom_seen;
-            run.oom_seen = count;
-            s.oom_kills += new;
-            let max = run
-                .sandbox
-                .cgroup()
-                .and_then(|c| c.memory_max())
-                .unwrap_or_default();
-            let policy = s.def.policy.oom;
-            if policy == OomPolicy::Stop {
-                run.oom_stopped = true;
-            }
-            self.event(
-                i,
-                &format!("oom-kill: the kernel killed {new} process(es) (memory.max={max})"),
-            );
-            if policy == OomPolicy::Stop {
-                self.stop(i, Intent::Stop);
-            }
+            self.count_ooms(i);
+        }
+    }
+
+    /// The init reaped the payload (its own exit follows after teardown):
+    /// an OOM kill shows in `status` now.
+    fn on_news(&mut self, i: usize) {
+        let Some(run) = self.services[i].as_mut().and_then(|s| s.run.as_mut()) else {
+            return;
+        };
+        if let InitNews::PayloadExited(_) = run.sandbox.init_news() {
+            self.count_ooms(i);
+        }
+    }
+
+    /// Count OOM kills of service `i`'s sandbox not seen yet (the payload
+    /// may survive one), and apply the `stop` policy at once.
+    fn count_ooms(&mut self, i: usize) {
+        let Some(s) = self.services[i].as_mut() else {
+            return;
+        };
+        let Some(run) = s.run.as_mut() else { return };
+        let count = run.sandbox.cgroup().map(|c| c.oom_kills()).unwrap_or(0);
+        if count <= run.oom_seen {
+            return;
+        }
+        let new = count - run.oom_seen;
+        run.oom_seen = count;
+        s.oom_kills += new;
+        let max = run
+            .sandbox
+            .cgroup()
+            .and_then(|c| c.memory_max())
+            .unwrap_or_default();
+        let policy = s.def.policy.oom;
+        if policy == OomPolicy::Stop {
+            run.oom_stopped = true;
+        }
+        self.event(
+            i,
+            &format!("oom-kill: the kernel killed {new} process(es) (memory.max={max})"),
+        );
+        if policy == OomPolicy::Stop {
+            self.stop(i, Intent::Stop);
         }
     }
 
