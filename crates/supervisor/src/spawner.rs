@@ -107,10 +107,13 @@ impl Drop for Spawner {
 }
 
 /// What the spawner can start: one service as it was when the spawner was
-/// forked.
+/// forked (borrowed from the supervisor's copy of the stack, which the
+/// spawner never writes to: each init is a copy of the spawner, and every
+/// page the spawner rewrote after a clone would stay behind as that init's
+/// private page).
 pub struct Entry<'a> {
     pub fingerprint: u64,
-    pub plan: Plan,
+    pub plan: &'a Plan,
     pub name: &'a str,
 }
 
@@ -148,7 +151,7 @@ pub fn serve<'a>(
             Some(e) => {
                 let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
                 let opts = options(e.name, stdio);
-                match sandbox::spawn(&e.plan, &opts).and_then(Starting::into_parts) {
+                match sandbox::spawn(e.plan, &opts).and_then(Starting::into_parts) {
                     Ok(parts) => reply_started(&sock, &parts),
                     Err(e) => reply_failed(&sock, &e),
                 }

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use isola_runtime::cgroup::{Cgroup, StatFiles};
 use isola_runtime::sandbox::Starting;
-use isola_runtime::Plan;
 use isola_runtime::{init, sandbox, InitNews, Sandbox, SpecError};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -345,7 +344,8 @@ impl Supervisor {
                 ));
             }
         }
-        for def in stack.services {
+        for mut def in stack.services {
+            sup.complete_plan(&mut def);
             sup.add_service(def)?;
         }
         sup.spawner = sup.fork_spawner();
@@ -372,7 +372,7 @@ impl Supervisor {
                     let s = self.services[i].as_ref()?;
                     Some(spawner::Entry {
                         fingerprint: s.def.fingerprint,
-                        plan: self.plan_for(i)?,
+                        plan: &s.def.plan,
                         name: &s.def.name,
                     })
                 })
@@ -536,12 +536,11 @@ impl Supervisor {
         }
     }
 
-    /// What starting service `i` takes: its plan with the supervisor's
-    /// additions.
-    fn plan_for(&self, i: usize) -> Option<Plan> {
-        let s = self.services.get(i)?.as_ref()?;
-        let no_cgroup = self.cfg.no_cgroup;
-        let mut plan = s.def.plan.clone();
+    /// Add what the supervisor gives every service to its plan, once, as
+    /// it is loaded: the fd limit and OOM score `isola up` started with
+    /// (unless the spec sets them), `memory.oom.group` for `oom: kill`.
+    fn complete_plan(&self, def: &mut ServiceDef) {
+        let plan = &mut def.plan;
         let sets_nofile = plan
             .rlimits
             .iter()
@@ -553,11 +552,10 @@ impl Supervisor {
         if plan.oom_score_adj.is_none() {
             plan.oom_score_adj = self.oom_score_adj;
         }
-        if s.def.policy.oom == OomPolicy::Kill && !no_cgroup {
+        if def.policy.oom == OomPolicy::Kill && !self.cfg.no_cgroup {
             plan.cgroup_files
                 .push(("memory.oom.group".into(), "1".into()));
         }
-        Some(plan)
     }
 
     /// Where and how service `i` is cloned. `sibling` when the spawner
@@ -596,10 +594,9 @@ impl Supervisor {
                 }
             }
         }
-        let plan = self.plan_for(i).ok_or_else(gone)?;
-        let name = &self.services[i].as_ref().ok_or_else(gone)?.def.name;
-        let opts = self.options_for(name, stdio, false);
-        sandbox::spawn(&plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
+        let def = &self.services[i].as_ref().ok_or_else(gone)?.def;
+        let opts = self.options_for(&def.name, stdio, false);
+        sandbox::spawn(&def.plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
     }
 
     /// Clone the service's sandbox; its init reports on the sync socket.
@@ -1164,7 +1161,8 @@ impl Supervisor {
                 }
             }
         }
-        for def in stack.services {
+        for mut def in stack.services {
+            self.complete_plan(&mut def);
             match self.find(&def.name) {
                 Some(i) => {
                     let Some(s) = self.services[i].as_mut() else {
@@ -1526,7 +1524,8 @@ impl Supervisor {
     }
 }
 
-/// Each service holds four fds (pidfd, two pipes, its log): raise our
+/// Each service holds up to eight fds (pidfd, sync socket, two pipes, its
+/// log, three stat files): raise our
 /// RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
 fn raise_nofile() -> Option<(u64, u64)> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
