@@ -364,9 +364,9 @@ impl Supervisor {
             {
                 return 1;
             }
-            // Every service's plan and options, built once: a request then
-            // writes nothing on the spawner's heap, and each init (a copy of
-            // the spawner) does not end up owning the pages it rewrote.
+            // The plans as loaded, borrowed: no plan is cloned (and freed)
+            // per request, which rewrote heap pages that every earlier init,
+            // a copy of the spawner, then kept as private copies.
             let table: Vec<Option<spawner::Entry>> = (0..self.services.len())
                 .map(|i| {
                     let s = self.services[i].as_ref()?;
@@ -1525,8 +1525,8 @@ impl Supervisor {
 }
 
 /// Each service holds up to eight fds (pidfd, sync socket, two pipes, its
-/// log, three stat files): raise our
-/// RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
+/// log, three stat files): raise our RLIMIT_NOFILE (root may go up to
+/// fs.nr_open). Returns the original.
 fn raise_nofile() -> Option<(u64, u64)> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
