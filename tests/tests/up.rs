@@ -170,6 +170,17 @@ impl Up {
         }
     }
 
+    /// The last word of each of the service's last 10 stdout lines.
+    fn stdout_words(&self, name: &str) -> Vec<String> {
+        let (code, out, err) = self.cli(&["logs", "-n", "10", name]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .filter(|l| l.contains(" stdout "))
+            .filter_map(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+            .collect()
+    }
+
     fn wait_state(&self, name: &str, state: &str) -> Value {
         self.wait_for(name, state, Duration::from_secs(60), |s| {
             s["state"] == state
@@ -766,14 +777,10 @@ fn services_get_the_fd_limit_isola_up_started_with() {
         &[],
     );
     up.wait_state("probe", "exited");
-    let (code, out, err) = up.cli(&["logs", "-n", "10", "probe"]);
-    assert_eq!(code, 0, "{err}");
-    let values: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains(" stdout "))
-        .filter_map(|l| l.rsplit(' ').next())
-        .collect();
-    assert_eq!(values, [soft.to_string(), hard.to_string()], "{out}");
+    assert_eq!(
+        up.stdout_words("probe"),
+        [soft.to_string(), hard.to_string()]
+    );
     up.down();
     assert_clean();
 }
@@ -803,14 +810,7 @@ fn the_supervisor_is_the_oom_killers_last_choice_and_services_are_not() {
     assert_eq!(supervisor.trim(), "-999");
     for (name, want) in [("inherits", started_with.trim()), ("own", "300")] {
         up.wait_state(name, "exited");
-        let (code, out, err) = up.cli(&["logs", "-n", "10", name]);
-        assert_eq!(code, 0, "{err}");
-        let got: Vec<&str> = out
-            .lines()
-            .filter(|l| l.contains(" stdout "))
-            .filter_map(|l| l.rsplit(' ').next())
-            .collect();
-        assert_eq!(got, [want], "{name}: {out}");
+        assert_eq!(up.stdout_words(name), [want], "{name}");
     }
     up.down();
     assert_clean();
