@@ -60,6 +60,38 @@ pub fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, E
     Ok(0)
 }
 
+pub fn events(path: &Path, json: bool) -> Result<u8, Exit> {
+    let mut c = connect(path)?;
+    c.request(&json!({"cmd": "events"})).map_err(fail)?;
+    let out = std::io::stdout();
+    while let Some(v) = c.next_message().map_err(fail)? {
+        let mut out = out.lock();
+        let written = if json {
+            writeln!(out, "{v}")
+        } else {
+            let field = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            writeln!(
+                out,
+                "{} {} {}",
+                field("time"),
+                field("service"),
+                field("event")
+            )
+        };
+        // Each event as it comes (a pipe would otherwise hold it back);
+        // a reader that went away ends us quietly.
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(0);
+        }
+    }
+    Ok(0)
+}
+
 /// The part of a `status` row the table shows; the rest is skipped
 /// unparsed (a thousand services are a thousand rows).
 #[derive(Deserialize)]

@@ -115,6 +115,15 @@ enum Command {
         lines: usize,
         name: String,
     },
+    /// Print the supervisor's events (starts, exits, OOM kills, restarts)
+    /// for every service as they happen, until the supervisor ends.
+    Events {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON object per line: {"time", "service", "event"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop every service (reverse dependency order) and end the supervisor.
     Down {
         #[command(flatten)]
@@ -195,6 +204,7 @@ fn main() -> ExitCode {
             lines,
             name,
         } => client::logs(&socket.path(), &name, lines, follow),
+        Command::Events { socket, json } => client::events(&socket.path(), json),
         Command::Down { socket } => client::down(&socket.path()),
     };
     match res {

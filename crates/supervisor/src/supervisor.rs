@@ -175,6 +175,8 @@ struct Conn {
     out: Vec<u8>,
     /// Following this service's log.
     follow: Option<String>,
+    /// Subscribed to every service's supervisor events (`isola events`).
+    events: bool,
     close_after_flush: bool,
 }
 
@@ -460,13 +462,35 @@ impl Supervisor {
 
     // ---- output -------------------------------------------------------
 
-    /// A supervisor event: on stderr and in the service's log.
+    /// A supervisor event: on stderr, in the service's log, to the log's
+    /// followers and to `events` subscribers.
     fn event(&mut self, i: usize, msg: &str) {
         if let Some(s) = self.services[i].as_mut() {
             eprintln!("isola: {}: {msg}", s.def.name);
             let _ = s.log.write_line("isola", msg);
             let name = s.def.name.clone();
             self.push_followers(&name, &format!("isola: {msg}"));
+            self.push_event(&name, msg);
+        }
+    }
+
+    fn push_event(&mut self, name: &str, msg: &str) {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.events)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let ev = json!({
+            "time": logs::timestamp(SystemTime::now()),
+            "service": name,
+            "event": msg,
+        });
+        for id in ids {
+            self.send(id, &ev);
         }
     }
 
@@ -1245,6 +1269,7 @@ impl Supervisor {
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     follow: None,
+                    events: false,
                     close_after_flush: false,
                 },
             );
@@ -1377,6 +1402,12 @@ impl Supervisor {
                     }
                 }
                 Some(control::ok(json!({"lines": lines})))
+            }
+            "events" => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.events = true;
+                }
+                Some(control::ok(json!({})))
             }
             other => Some(control::err(format!("unknown command {other:?}"))),
         }
