@@ -349,9 +349,15 @@ def scale_floor(n):
                     pass
         return c
 
-    while sleeping() < n:
-        time.sleep(0.25)
-    dt = time.perf_counter() - t0
+    dt = None
+    while dt is None:
+        if sleeping() >= n:
+            dt = time.perf_counter() - t0
+        elif time.perf_counter() - t0 > 900:
+            print(f"bench: the namespace floor never got {n} sleeps running", file=sys.stderr)
+            break
+        else:
+            time.sleep(0.25)
     time.sleep(1)
     per_kb = (before - mem_available_kb()) / n
     # PID 1 of a namespace ignores signals it has no handler for, SIGKILL aside.
@@ -517,9 +523,10 @@ def report(paths):
             f = s["floor"]
             big = str(f["n"]) if str(f["n"]) in s["scale_s"] else f["n"]
             isola_s = s["scale_s"].get(big)
-            ratio = f"{isola_s / f['seconds']:.2f}×" if isola_s else "-"
+            ratio = f"{isola_s / f['seconds']:.2f}×" if isola_s and f["seconds"] else "-"
+            floor_s = f"{f['seconds']:.2f} s" if f["seconds"] else "did not finish"
             lines += ["", f"{f['n']} sandboxes, the namespace floor (busybox `unshare -p -f -m -u -i -n` + sleep, in parallel, "
-                      f"no cgroup, mounts, seccomp or init): {f['seconds']:.2f} s; isola with all of those {ratio} that"]
+                      f"no cgroup, mounts, seccomp or init): {floor_s}; isola with all of those {ratio} that"]
             if s.get("kb_per_sandbox"):
                 lines += ["", f"memory per sandbox (MemAvailable drop / {f['n']}, kernel objects included): "
                           f"isola {s['kb_per_sandbox']:.0f} KiB, the floor {f['kb_per_sandbox']:.0f} KiB"]
