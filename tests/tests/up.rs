@@ -170,6 +170,17 @@ impl Up {
         }
     }
 
+    /// A client command left running (`logs -f`, `events`), its stdout
+    /// piped.
+    fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(isola_bin())
+            .args([args[0], "--socket", &self.socket()])
+            .args(&args[1..])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// The last word of each of the service's last 10 stdout lines.
     fn stdout_words(&self, name: &str) -> Vec<String> {
         let (code, out, err) = self.cli(&["logs", "-n", "10", name]);
@@ -656,11 +667,7 @@ fn logs_follow_and_rotate() {
         }),
         &["--log-max-bytes", "2000", "--log-files", "3"],
     );
-    let mut f = Command::new(isola_bin())
-        .args(["logs", "--socket", &up.socket(), "-f", "-n", "1", "ticker"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut f = up.spawn_cli(&["logs", "-f", "-n", "1", "ticker"]);
     let mut r = BufReader::new(f.stdout.take().unwrap());
     let mut ticks = Vec::new();
     let t = Instant::now();
@@ -829,11 +836,7 @@ fn events_stream_what_the_supervisor_does_to_every_service() {
     );
     up.wait_state("a", "running");
     up.wait_state("b", "running");
-    let mut client = Command::new(isola_bin())
-        .args(["events", "--socket", &up.socket(), "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = up.spawn_cli(&["events", "--json"]);
     let out = client.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::spawn(move || {

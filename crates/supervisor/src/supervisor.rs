@@ -469,28 +469,20 @@ impl Supervisor {
             eprintln!("isola: {}: {msg}", s.def.name);
             let _ = s.log.write_line("isola", msg);
             let name = s.def.name.clone();
-            self.push_followers(&name, &format!("isola: {msg}"));
-            self.push_event(&name, msg);
-        }
-    }
-
-    fn push_event(&mut self, name: &str, msg: &str) {
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.events)
-            .map(|(id, _)| *id)
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let ev = json!({
-            "time": logs::timestamp(SystemTime::now()),
-            "service": name,
-            "event": msg,
-        });
-        for id in ids {
-            self.send(id, &ev);
+            self.broadcast(
+                |c| c.follow.as_deref() == Some(name.as_str()),
+                || json!({"line": format!("isola: {msg}")}),
+            );
+            self.broadcast(
+                |c| c.events,
+                || {
+                    json!({
+                        "time": logs::timestamp(SystemTime::now()),
+                        "service": name,
+                        "event": msg,
+                    })
+                },
+            );
         }
     }
 
@@ -498,15 +490,25 @@ impl Supervisor {
         eprintln!("isola: {msg}");
     }
 
-    fn push_followers(&mut self, name: &str, line: &str) {
+    /// One message to every connection `to` selects: log followers,
+    /// `events` subscribers. Built (and serialized) only once, and only
+    /// when someone listens.
+    fn broadcast(&mut self, to: impl Fn(&Conn) -> bool, msg: impl FnOnce() -> Value) {
         let ids: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.follow.as_deref() == Some(name))
+            .filter(|(_, c)| to(c))
             .map(|(id, _)| *id)
             .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let line = format!("{}\n", msg());
         for id in ids {
-            self.send(id, &json!({"line": line}));
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.out.extend_from_slice(line.as_bytes());
+            }
+            self.flush(id);
         }
     }
 
@@ -1092,7 +1094,10 @@ impl Supervisor {
             let _ = out.flush();
         }
         for l in lines {
-            self.push_followers(&name, &l);
+            self.broadcast(
+                |c| c.follow.as_deref() == Some(name.as_str()),
+                || json!({ "line": l }),
+            );
         }
     }
 
