@@ -165,3 +165,4 @@ pub fn assert_clean() {
     let procs = processes_matching("isola-test-payload");
     assert!(procs.is_empty(), "payload processes left: {procs:?}");
 }
+pub mod up;

@@ -1,151 +1,101 @@
 //! The commands that talk to a running `isola up` over its control socket.
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 
-use isola_supervisor::control::{Client, ClientError};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use isola_runtime::exit;
+use isola_supervisor::control::{Client, ClientError, Message, Request, StatusRow};
 
 use crate::Exit;
 
 fn fail(e: ClientError) -> Exit {
-    Exit(1, e.to_string())
+    Exit(exit::FAILURE, e.to_string())
 }
 
 fn connect(path: &Path) -> Result<Client, Exit> {
     Client::connect(path).map_err(fail)
 }
 
-pub fn simple(path: &Path, cmd: &str, name: &str) -> Result<u8, Exit> {
-    let resp = connect(path)?
-        .request(&json!({"cmd": cmd, "name": name}))
-        .map_err(fail)?;
-    println!(
-        "{name}: {}",
-        resp.get("state").and_then(Value::as_str).unwrap_or("ok")
-    );
-    Ok(0)
+/// `stop`, `start`, `restart`: the state the service settled in.
+pub fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
+    let name = match &req {
+        Request::Stop { name } | Request::Start { name } | Request::Restart { name } => {
+            name.clone()
+        }
+        _ => String::new(),
+    };
+    let mut c = connect(path)?;
+    let resp = c.request(&req).map_err(fail)?;
+    println!("{name}: {}", resp.state.map(|s| s.as_str()).unwrap_or("ok"));
+    Ok(exit::OK)
 }
 
 pub fn down(path: &Path) -> Result<u8, Exit> {
-    connect(path)?
-        .request(&json!({"cmd": "down"}))
-        .map_err(fail)?;
+    connect(path)?.request(&Request::Down).map_err(fail)?;
     println!("all services stopped");
-    Ok(0)
+    Ok(exit::OK)
 }
 
 pub fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, Exit> {
     let mut c = connect(path)?;
-    let resp = c
-        .request(&json!({"cmd": "logs", "name": name, "lines": lines, "follow": follow}))
-        .map_err(fail)?;
-    for l in resp
-        .get("lines")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        println!("{}", l.as_str().unwrap_or_default());
+    let req = Request::Logs {
+        name: name.to_string(),
+        lines,
+        follow,
+    };
+    let resp = c.request(&req).map_err(fail)?;
+    for l in resp.lines.iter().flatten() {
+        println!("{l}");
     }
     if follow {
-        while let Some(v) = c.next_message().map_err(fail)? {
-            if let Some(l) = v.get("line").and_then(Value::as_str) {
-                println!("{l}");
+        while let Some(m) = c.next_message().map_err(fail)? {
+            if let Message::Line { line } = m {
+                println!("{line}");
             }
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 pub fn events(path: &Path, json: bool) -> Result<u8, Exit> {
     let mut c = connect(path)?;
-    c.request(&json!({"cmd": "events"})).map_err(fail)?;
+    c.request(&Request::Events).map_err(fail)?;
     let out = std::io::stdout();
-    while let Some(v) = c.next_message().map_err(fail)? {
+    while let Some(m) = c.next_message().map_err(fail)? {
+        let Message::Event {
+            time,
+            service,
+            event,
+        } = &m
+        else {
+            continue;
+        };
         let mut out = out.lock();
         let written = if json {
-            writeln!(out, "{v}")
+            serde_json::to_string(&m)
+                .map_err(std::io::Error::other)
+                .and_then(|t| writeln!(out, "{t}"))
         } else {
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            writeln!(
-                out,
-                "{} {} {}",
-                field("time"),
-                field("service"),
-                field("event")
-            )
+            writeln!(out, "{time} {service} {event}")
         };
         // Each event as it comes (a pipe would otherwise hold it back);
         // a reader that went away ends us quietly.
         if written.and_then(|()| out.flush()).is_err() {
-            return Ok(0);
+            return Ok(exit::OK);
         }
     }
-    Ok(0)
-}
-
-/// The part of a `status` row the table shows; the rest is skipped
-/// unparsed (a thousand services are a thousand rows).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Row<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    state: Cow<'a, str>,
-    pid: Option<u64>,
-    restarts: Option<u64>,
-    uptime_ms: Option<u64>,
-    memory_current: Option<u64>,
-    cpu_usec: Option<u64>,
-    #[serde(borrow)]
-    last_exit: Option<LastExitRow<'a>>,
-    oom_kills: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct LastExitRow<'a> {
-    #[serde(borrow)]
-    reason: Cow<'a, str>,
-    code: Option<i64>,
-    signal: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Reply<'a> {
-    ok: bool,
-    error: Option<String>,
-    #[serde(borrow, default)]
-    services: Vec<Row<'a>>,
+    Ok(exit::OK)
 }
 
 pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
-    let req = json!({"cmd": "status"});
+    let mut c = connect(path)?;
+    let resp = c.request(&Request::Status).map_err(fail)?;
+    let services = resp.services.unwrap_or_default();
     if as_json {
-        let resp = connect(path)?.request(&req).map_err(fail)?;
-        let services = resp.get("services").cloned().unwrap_or(json!([]));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&services).unwrap_or_default()
-        );
-        return Ok(0);
-    }
-    let line = connect(path)?.request_line(&req).map_err(fail)?;
-    let reply: Reply = serde_json::from_str(&line)
-        .map_err(|e| Exit(1, format!("bad response from supervisor: {e}")))?;
-    if !reply.ok {
-        return Err(Exit(
-            1,
-            reply.error.unwrap_or_else(|| "request refused".into()),
-        ));
+        let text = serde_json::to_string_pretty(&services)
+            .map_err(|e| Exit(exit::FAILURE, format!("status: {e}")))?;
+        println!("{text}");
+        return Ok(exit::OK);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let _ = writeln!(
@@ -153,33 +103,42 @@ pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
         "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  LAST EXIT",
         "NAME", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CPU"
     );
-    for s in &reply.services {
-        let last = s.last_exit.as_ref().map(|e| match (e.code, e.signal) {
-            (Some(c), _) => format!("{} {c}", e.reason),
-            (_, Some(sig)) => format!("{} (signal {sig})", e.reason),
-            _ => e.reason.to_string(),
-        });
-        let _ = writeln!(
-            out,
-            "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}",
-            s.name,
-            s.state,
-            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            s.restarts.unwrap_or(0),
-            s.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
-            s.memory_current.map(bytes).unwrap_or_else(|| "-".into()),
-            s.cpu_usec
-                .map(|u| format!("{:.2}s", u as f64 / 1e6))
-                .unwrap_or_else(|| "-".into()),
-            last.unwrap_or_else(|| "-".into()),
-            match s.oom_kills {
-                Some(n) if n > 0 => format!(", {n} OOM kill(s)"),
-                _ => String::new(),
-            }
-        );
+    for s in &services {
+        let _ = writeln!(out, "{}", table_row(s));
     }
     let _ = out.flush();
-    Ok(0)
+    Ok(exit::OK)
+}
+
+fn table_row(s: &StatusRow) -> String {
+    let last = s.last_exit.map(|e| {
+        let reason = serde_json::to_value(e.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match (e.code, e.signal) {
+            (Some(c), _) => format!("{reason} {c}"),
+            (_, Some(sig)) => format!("{reason} (signal {sig})"),
+            _ => reason,
+        }
+    });
+    format!(
+        "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}",
+        s.name,
+        s.state.as_str(),
+        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        s.restarts,
+        s.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
+        s.memory_current.map(bytes).unwrap_or_else(|| "-".into()),
+        s.cpu_usec
+            .map(|u| format!("{:.2}s", u as f64 / 1e6))
+            .unwrap_or_else(|| "-".into()),
+        last.unwrap_or_else(|| "-".into()),
+        match s.oom_kills {
+            0 => String::new(),
+            n => format!(", {n} OOM kill(s)"),
+        }
+    )
 }
 
 fn duration(ms: u64) -> String {
@@ -191,10 +150,11 @@ fn duration(ms: u64) -> String {
 }
 
 fn bytes(b: u64) -> String {
+    const KIB: f64 = 1024.0;
     match b {
         b if b < 1 << 10 => format!("{b}B"),
-        b if b < 1 << 20 => format!("{:.1}K", b as f64 / 1024.0),
-        b if b < 1 << 30 => format!("{:.1}M", b as f64 / 1048576.0),
-        b => format!("{:.1}G", b as f64 / 1073741824.0),
+        b if b < 1 << 20 => format!("{:.1}K", b as f64 / KIB),
+        b if b < 1 << 30 => format!("{:.1}M", b as f64 / (KIB * KIB)),
+        b => format!("{:.1}G", b as f64 / (KIB * KIB * KIB)),
     }
 }

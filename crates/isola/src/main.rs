@@ -4,11 +4,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use isola_runtime::{cgroup, init, sandbox, spec, starter, Plan, SpecError};
+use isola_runtime::{cgroup, exit, init, sandbox, spec, starter, Plan, SpecError};
+use isola_supervisor::control::{self, Request};
 use isola_supervisor::logs::LogConfig;
-use isola_supervisor::{control, supervisor};
+use isola_supervisor::supervisor;
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -153,7 +153,7 @@ fn up(cfg: supervisor::Config) -> Result<u8, Exit> {
         .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
     sup.run()
         .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn main() -> ExitCode {
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             spec,
         } => run(&spec, name, cgroup_root, no_cgroup),
         Command::Check { spec } => check(&spec),
-        Command::Spec => print_starter().map_err(|e| Exit(1, format!("{e:#}"))),
+        Command::Spec => print_starter(),
         Command::Up {
             socket,
             log_dir,
@@ -195,9 +195,13 @@ fn main() -> ExitCode {
             up(cfg)
         }
         Command::Status { socket, json } => client::status(&socket.path(), json),
-        Command::Stop { socket, name } => client::simple(&socket.path(), "stop", &name),
-        Command::Start { socket, name } => client::simple(&socket.path(), "start", &name),
-        Command::Restart { socket, name } => client::simple(&socket.path(), "restart", &name),
+        Command::Stop { socket, name } => client::lifecycle(&socket.path(), Request::Stop { name }),
+        Command::Start { socket, name } => {
+            client::lifecycle(&socket.path(), Request::Start { name })
+        }
+        Command::Restart { socket, name } => {
+            client::lifecycle(&socket.path(), Request::Restart { name })
+        }
         Command::Logs {
             socket,
             follow,
@@ -217,40 +221,31 @@ fn main() -> ExitCode {
 }
 
 fn usage(e: SpecError) -> Exit {
-    Exit(2, e.to_string())
+    Exit(exit::USAGE, e.to_string())
 }
 
 /// Read and validate: nothing is created before this succeeds.
 fn load(path: &str) -> Result<Plan, Exit> {
+    let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));
     let (text, base) = if path == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| Exit(2, format!("-: cannot read standard input: {e}")))?;
+            .map_err(|e| Exit(exit::USAGE, format!("-: cannot read standard input: {e}")))?;
         (
             s,
             std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         )
     } else {
-        let text = std::fs::read_to_string(path).map_err(|e| Exit(2, format!("{path}: {e}")))?;
-        let base = Path::new(path)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
-        (text, std::fs::canonicalize(&base).unwrap_or(base))
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+        (text, spec::base_dir(Path::new(path)))
     };
-    let svc = spec::parse_str(&text, &base).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+    let svc = spec::parse_str(&text, &base).map_err(|e| bad(&e))?;
     // `run` ignores supervision, but a typo there is still a typo.
-    isola_supervisor::policy::parse(&svc.supervision, "")
-        .map_err(|e| Exit(2, format!("{path}: {e}")))?;
+    isola_supervisor::policy::parse(&svc.supervision, "").map_err(|e| bad(&e))?;
     Plan::from_spec(&svc).map_err(|e| match e.field.as_str() {
-        "process.args[0]" => Exit(127, format!("{path}: {e}")),
-        _ => Exit(2, format!("{path}: {e}")),
+        "process.args[0]" => Exit(exit::NOT_FOUND, format!("{path}: {e}")),
+        _ => bad(&e),
     })
 }
 
@@ -262,36 +257,34 @@ fn check(path: &str) -> Result<u8, Exit> {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v.get("services").is_some());
     if is_stack {
-        let stack =
-            supervisor::load_stack(Path::new(path)).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let stack = supervisor::load_stack(Path::new(path))
+            .map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
         let names: Vec<&str> = stack.services.iter().map(|d| d.name.as_str()).collect();
         println!("{path}: ok (services in start order: {})", names.join(", "));
     } else {
         load(path)?;
         println!("{path}: ok");
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
+/// A sandbox name from the spec's file name (cgroup-safe) and our pid.
 fn default_name(path: &str) -> String {
     let stem = Path::new(path)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| path != "-" && !s.is_empty())
         .unwrap_or_else(|| "run".to_string());
-    let clean: String = stem
+    let clean: String = cgroup::sanitize_name(&stem)
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(48)
+        .take(NAME_STEM_MAX)
         .collect();
     format!("{clean}-{}", std::process::id())
 }
+
+/// Characters of the spec's stem kept in a default sandbox name (a cgroup
+/// name may hold 64, and the pid follows).
+const NAME_STEM_MAX: usize = 48;
 
 fn run(
     path: &str,
@@ -303,20 +296,20 @@ fn run(
     let name = name.unwrap_or_else(|| default_name(path));
     cgroup::check_name(&name).map_err(usage)?;
     if !no_cgroup {
-        cgroup::check_root(&cgroup_root).map_err(|e| Exit(2, e.to_string()))?;
+        cgroup::check_root(&cgroup_root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
     }
     // Block the forwarded signals (and SIGCHLD) before the init is cloned:
     // it inherits the mask and takes them with sigwait; we read ours from a
     // signalfd and pass them on.
     let mask = init::signal_set();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(|e| Exit(125, format!("sigprocmask: {e}")))?;
+        .map_err(|e| Exit(exit::SETUP, format!("sigprocmask: {e}")))?;
     let mut fwd = SigSet::empty();
     for s in init::FORWARDED {
         fwd.add(*s);
     }
     let mut sfd = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Exit(125, format!("signalfd: {e}")))?;
+        .map_err(|e| Exit(exit::SETUP, format!("signalfd: {e}")))?;
 
     let opts = sandbox::Options {
         name: &name,
@@ -325,24 +318,31 @@ fn run(
         stdio: None,
         sibling: false,
     };
-    let mut sb = sandbox::start(&plan, &opts)
-        .map_err(|e| Exit(e.exit_code() as u8, format!("{name}: {e}")))?;
+    let mut sb = sandbox::start(&plan, &opts).map_err(|e| {
+        let code = u8::try_from(e.exit_code()).unwrap_or(exit::SETUP);
+        Exit(code, format!("{name}: {e}"))
+    })?;
     let waited = sb.wait(Some(&mut sfd));
-    let outcome = sb.finish().map_err(|e| Exit(125, format!("{name}: {e}")))?;
-    waited.map_err(|e| Exit(125, format!("{name}: {e}")))?;
+    let outcome = sb
+        .finish()
+        .map_err(|e| Exit(exit::SETUP, format!("{name}: {e}")))?;
+    waited.map_err(|e| Exit(exit::SETUP, format!("{name}: {e}")))?;
     if outcome.oom_kills > 0 {
         eprintln!(
             "isola: {name}: killed by the OOM killer (memory.max={})",
             outcome.memory_max.as_deref().unwrap_or("max")
         );
-        return Ok(137);
+        return Ok(OOM_KILLED);
     }
-    Ok(u8::try_from(outcome.status.code()).unwrap_or(125))
+    Ok(u8::try_from(outcome.status.code()).unwrap_or(exit::SETUP))
 }
 
-fn print_starter() -> Result<u8> {
-    let text =
-        serde_json::to_string_pretty(&starter::starter_spec()).context("serialise starter spec")?;
+/// `isola run`'s status for a payload the OOM killer took: SIGKILL's.
+const OOM_KILLED: u8 = 128 + 9;
+
+fn print_starter() -> Result<u8, Exit> {
+    let text = serde_json::to_string_pretty(&starter::starter_spec())
+        .map_err(|e| Exit(exit::FAILURE, format!("serialise starter spec: {e}")))?;
     println!("{text}");
-    Ok(0)
+    Ok(exit::OK)
 }

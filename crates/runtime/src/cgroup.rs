@@ -18,6 +18,7 @@ mod stats;
 pub use stats::{StatFiles, Stats};
 
 pub mod limits;
+use limits::CgroupFile;
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup/isola";
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
@@ -113,36 +114,18 @@ impl Cgroup {
     /// Create `root/name`, enable the controllers it needs in every parent
     /// between `/sys/fs/cgroup` and it, and write `files`. On any failure the
     /// new directory is removed again.
-    pub fn create(
-        root: &Path,
-        name: &str,
-        files: &[(String, String)],
-    ) -> Result<Cgroup, CgroupError> {
+    pub fn create(root: &Path, name: &str, files: &[CgroupFile]) -> Result<Cgroup, CgroupError> {
         check_unified()?;
         check_root(root)?;
         let mut controllers: Vec<String> = BASE_CONTROLLERS.iter().map(|s| s.to_string()).collect();
-        for (file, _) in files {
-            if let Some((c, _)) = file.split_once('.') {
+        for f in files {
+            if let Some(c) = f.controller() {
                 if c != "cgroup" && !controllers.iter().any(|x| x == c) {
                     controllers.push(c.to_string());
                 }
             }
         }
-        // Each ancestor below the mount must exist and delegate the controllers.
-        let mut dir = PathBuf::from(CGROUP_MOUNT);
-        let rel = root
-            .strip_prefix(CGROUP_MOUNT)
-            .map_err(|_| CgroupError::BadRoot(root.to_owned()))?;
-        enable_controllers(&dir, &controllers, files)?;
-        for comp in rel.components() {
-            dir.push(comp);
-            match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&dir)(e)),
-            }
-            enable_controllers(&dir, &controllers, files)?;
-        }
+        make_parents(root, &controllers, files)?;
         let path = root.join(name);
         match fs::create_dir(&path) {
             Ok(()) => {}
@@ -171,8 +154,8 @@ impl Cgroup {
             path,
             dir: Some(dir),
         };
-        for (file, value) in files {
-            if let Err(e) = cg.write(file, value) {
+        for f in files {
+            if let Err(e) = cg.write(&f.file, &f.value) {
                 let _ = fs::remove_dir(&cg.path);
                 return Err(e);
             }
@@ -264,35 +247,99 @@ impl Cgroup {
         self.write("cgroup.procs", &pid.to_string())
     }
 
+    /// SIGKILL every process in the group (and its descendants), without
+    /// waiting for them to die (see [`Cgroup::events_path`]).
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        self.write("cgroup.kill", "1")
+    }
+
+    /// `cgroup.events`: its `populated` line says whether any process is
+    /// left; the kernel signals every change (POLLPRI, inotify IN_MODIFY).
+    pub fn events_path(&self) -> PathBuf {
+        self.path.join("cgroup.events")
+    }
+
+    pub fn is_populated(&self) -> Result<bool, CgroupError> {
+        populated(&self.path)
+    }
+
+    /// One attempt to remove the (empty) directory: `Ok(false)` while the
+    /// kernel still calls it busy (the last task can still be on its way
+    /// out after `populated 0`), for the caller to try again.
+    pub fn try_remove(&self) -> Result<bool, CgroupError> {
+        match fs::remove_dir(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(e) => Err(io_err(&self.path)(e)),
+        }
+    }
+
     /// SIGKILL every process in the group, then wait (event-driven) until it
     /// is empty.
     pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
         if !populated(&self.path)? {
             return Ok(());
         }
-        self.write("cgroup.kill", "1")?;
+        self.kill()?;
         wait_unpopulated(&self.path, timeout)
     }
 
-    /// Kill what is left and remove the directory. Called on every path out of
-    /// a sandbox: success, failure, signal, setup error.
+    /// Kill what is left and remove the directory, waiting for it (for
+    /// `isola run` and error paths; the supervisor waits by event instead).
     pub fn destroy(self) -> Result<(), CgroupError> {
-        self.kill_all(Duration::from_secs(10))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.kill_all(DESTROY_PATIENCE)?;
+        let deadline = Instant::now() + DESTROY_PATIENCE;
         loop {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-                // The last task can still be on its way out after
-                // populated=0 is reported; short, bounded retry.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    self.kill_all(Duration::from_secs(1))?;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(io_err(&self.path)(e)),
+            if self.try_remove()? {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::Busy(self.path.clone()));
+            }
+            self.kill_all(Duration::from_secs(1))?;
+            std::thread::sleep(REMOVE_RETRY);
         }
     }
+}
+
+/// How long [`Cgroup::destroy`] waits for the group to empty, and then
+/// for the kernel to let it be removed.
+const DESTROY_PATIENCE: Duration = Duration::from_secs(10);
+/// Pause between removal attempts of a group the kernel still calls busy.
+pub const REMOVE_RETRY: Duration = Duration::from_millis(5);
+
+/// `root` and every directory between the mount and it, each delegating
+/// `controllers` to its children.
+fn make_parents(
+    root: &Path,
+    controllers: &[String],
+    files: &[CgroupFile],
+) -> Result<(), CgroupError> {
+    let mut dir = PathBuf::from(CGROUP_MOUNT);
+    let rel = root
+        .strip_prefix(CGROUP_MOUNT)
+        .map_err(|_| CgroupError::BadRoot(root.to_owned()))?;
+    enable_controllers(&dir, controllers, files)?;
+    for comp in rel.components() {
+        dir.push(comp);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        enable_controllers(&dir, controllers, files)?;
+    }
+    Ok(())
+}
+
+/// Create `root` (a parent of sandbox groups, such as a stack's group) and
+/// its ancestors, with the base controllers delegated.
+pub fn create_parents(root: &Path) -> Result<(), CgroupError> {
+    check_unified()?;
+    check_root(root)?;
+    let controllers: Vec<String> = BASE_CONTROLLERS.iter().map(|s| s.to_string()).collect();
+    make_parents(root, &controllers, &[])
 }
 
 fn flat_key(text: &str, key: &str) -> Option<u64> {
@@ -344,7 +391,7 @@ fn wait_unpopulated(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
 fn enable_controllers(
     dir: &Path,
     wanted: &[String],
-    files: &[(String, String)],
+    files: &[CgroupFile],
 ) -> Result<(), CgroupError> {
     let avail_path = dir.join("cgroup.controllers");
     let available = fs::read_to_string(&avail_path).map_err(io_err(&avail_path))?;
@@ -356,9 +403,7 @@ fn enable_controllers(
         if !is_available {
             // Base controllers are optional (only read for status); a
             // controller a limit needs is not.
-            let needed = files
-                .iter()
-                .any(|(f, _)| f.split_once('.').map(|(x, _)| x) == Some(c));
+            let needed = files.iter().any(|f| f.controller() == Some(c.as_str()));
             if needed {
                 return Err(CgroupError::Controller {
                     controller: c.clone(),
@@ -380,6 +425,20 @@ fn enable_controllers(
         value: add,
         source,
     })
+}
+
+/// `raw` with every character a cgroup directory name may not hold
+/// replaced by `_` (stack names from file stems, default sandbox names).
+pub fn sanitize_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Validate a name used as a cgroup directory (and in messages).

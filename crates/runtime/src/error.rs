@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::exit;
+
 /// A spec (or usage) problem: found before anything is created.
 /// Displays as one line naming the field and the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +66,11 @@ impl Error {
     /// The exit code `isola run` reports for this error (docker/runc style).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Spec(_) => 2,
-            Error::NotFound { .. } => 127,
-            Error::NotExecutable { .. } => 126,
-            Error::Cgroup(c) if c.is_usage() => 2,
-            _ => 125,
+            Error::Spec(_) => exit::code(exit::USAGE),
+            Error::NotFound { .. } => exit::code(exit::NOT_FOUND),
+            Error::NotExecutable { .. } => exit::code(exit::NOT_EXECUTABLE),
+            Error::Cgroup(c) if c.is_usage() => exit::code(exit::USAGE),
+            _ => exit::code(exit::SETUP),
         }
     }
 }

@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use crate::mounts::{self, Layout};
 use crate::plan::Plan;
 use crate::sync::{self, Msg};
-use crate::{capabilities, sys};
+use crate::{capabilities, exit, sys};
 
 /// Signals `isola run` and the init pass on to the payload.
 pub const FORWARDED: &[Signal] = &[
@@ -54,17 +54,17 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
     if sys::close_fds_except(sock.as_raw_fd()).is_err() {
-        sys::exit_now(125);
+        sys::exit_now(exit::code(exit::SETUP));
     }
     // Our parent may not block all of these; a forwarded SIGUSR1 must not
     // kill the init with its default action.
     if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
-        sys::exit_now(125);
+        sys::exit_now(exit::code(exit::SETUP));
     }
     match prepare(plan, &sock, unshare) {
         Ok(Some(payload)) => supervise(plan, payload, &sock),
         // Parent vanished before saying go: nothing to report to.
-        Ok(None) => sys::exit_now(125),
+        Ok(None) => sys::exit_now(exit::code(exit::SETUP)),
         Err(Failure::Setup((step, message))) => {
             let _ = sync::write(
                 &sock,
@@ -73,7 +73,7 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
                     message,
                 },
             );
-            sys::exit_now(125)
+            sys::exit_now(exit::code(exit::SETUP))
         }
         Err(Failure::Exec(errno, code)) => {
             let _ = sync::write(
@@ -149,8 +149,9 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
             readonly: &plan.readonly,
         })?;
     }
-    for (res, soft, hard) in &plan.rlimits {
-        nix::sys::resource::setrlimit(*res, *soft, *hard)
+    for r in &plan.rlimits {
+        let (res, soft, hard) = (r.resource, r.soft, r.hard);
+        nix::sys::resource::setrlimit(res, soft, hard)
             .map_err(step("rlimits", format!("{res:?}")))?;
     }
     // With noNewPrivileges false the filter needs CAP_SYS_ADMIN, so it goes
@@ -254,8 +255,8 @@ fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
 
 fn exec_exit_code(e: Errno) -> i32 {
     match e {
-        Errno::ENOENT | Errno::ENOTDIR => 127,
-        _ => 126,
+        Errno::ENOENT | Errno::ENOTDIR => exit::code(exit::NOT_FOUND),
+        _ => exit::code(exit::NOT_EXECUTABLE),
     }
 }
 
@@ -319,7 +320,7 @@ fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd) -> ! {
     let _ = sync::write(
         sock,
         &Msg::PayloadExited {
-            status: status.unwrap_or(125),
+            status: status.unwrap_or(exit::code(exit::SETUP)),
         },
     );
     // The payload is gone: so is everything it left behind.
@@ -334,7 +335,7 @@ fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd) -> ! {
             Ok(_) => {}
         }
     }
-    sys::exit_now(status.unwrap_or(125))
+    sys::exit_now(status.unwrap_or(exit::code(exit::SETUP)))
 }
 
 /// Reap every exited child; the payload's exit status when it is among them.

@@ -6,6 +6,7 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod error;
+pub mod exit;
 pub mod fdpass;
 pub mod init;
 pub mod mounts;

@@ -9,13 +9,21 @@ use nix::sys::resource::Resource;
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimit};
 
 use crate::capabilities::{self, CapSets};
-use crate::cgroup::limits;
+use crate::cgroup::limits::{self, CgroupFile};
 use crate::error::SpecError;
 use crate::mounts::MountSpec;
 use crate::seccomp::{self, Program};
 use crate::spec::ServiceSpec;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A resource limit the init sets before the payload starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: Resource,
+    pub soft: u64,
+    pub hard: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -29,7 +37,7 @@ pub struct Plan {
     pub additional_gids: Vec<u32>,
     pub umask: Option<u32>,
     pub caps: CapSets,
-    pub rlimits: Vec<(Resource, u64, u64)>,
+    pub rlimits: Vec<Rlimit>,
     pub no_new_privs: bool,
     pub oom_score_adj: Option<i32>,
     pub root: Option<PathBuf>,
@@ -48,7 +56,7 @@ pub struct Plan {
     pub sysctl: Vec<(String, String)>,
     pub seccomp: Vec<Program>,
     /// cgroup file writes; empty when the spec sets no limits.
-    pub cgroup_files: Vec<(String, String)>,
+    pub cgroup_files: Vec<CgroupFile>,
 }
 
 impl Plan {
@@ -467,7 +475,7 @@ fn id_map(
     Ok(Some(text))
 }
 
-fn rlimit(i: usize, r: &PosixRlimit) -> Result<(Resource, u64, u64), SpecError> {
+fn rlimit(i: usize, r: &PosixRlimit) -> Result<Rlimit, SpecError> {
     let field = format!("process.rlimits[{i}]");
     let name = serde_json::to_value(r.typ())
         .ok()
@@ -503,7 +511,11 @@ fn rlimit(i: usize, r: &PosixRlimit) -> Result<(Resource, u64, u64), SpecError> 
             format!("{}: above hard limit {}", r.soft(), r.hard()),
         ));
     }
-    Ok((res, r.soft(), r.hard()))
+    Ok(Rlimit {
+        resource: res,
+        soft: r.soft(),
+        hard: r.hard(),
+    })
 }
 
 /// Only sysctls that belong to a namespace the sandbox owns may be set;

@@ -15,7 +15,7 @@ use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, SpecError};
 use crate::plan::Plan;
 use crate::sync::{self, Msg};
-use crate::{init, sys};
+use crate::{exit, init, sys};
 
 #[derive(Debug, Clone)]
 pub struct Options<'a> {
@@ -53,7 +53,7 @@ impl ExitStatus {
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Exited(c) => c,
-            ExitStatus::Signaled(s) => 128 + s,
+            ExitStatus::Signaled(s) => exit::SIGNALED + s,
         }
     }
 }
@@ -294,7 +294,7 @@ fn clone_init(
             if let Some(fds) = stdio {
                 for (target, fd) in fds.into_iter().enumerate() {
                     if sys::dup2_raw(fd, target as i32).is_err() {
-                        sys::exit_now(125);
+                        sys::exit_now(exit::code(exit::SETUP));
                     }
                 }
             }
@@ -305,10 +305,6 @@ fn clone_init(
 }
 
 impl Sandbox {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Readable when the init has news (see [`Sandbox::init_news`]).
     pub fn news_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.news.as_ref().map(|f| f.as_fd())
@@ -393,11 +389,28 @@ impl Sandbox {
                 Ok(WaitStatus::Signaled(_, s, _)) => break ExitStatus::Signaled(s as i32),
                 Err(Errno::EINTR) | Ok(_) => continue,
                 // Already reaped elsewhere: nothing to wait for.
-                Err(_) => break ExitStatus::Exited(125),
+                Err(_) => break ExitStatus::Exited(exit::code(exit::SETUP)),
             }
         };
         self.status = Some(st);
         st
+    }
+
+    /// The init has exited (its pidfd is readable): its status and OOM
+    /// count, and its cgroup, still to be emptied and removed — the caller
+    /// waits for that by event ([`Cgroup::events_path`]), not here.
+    pub fn into_exited(mut self) -> (Outcome, Option<Cgroup>) {
+        let status = self.reap();
+        let (oom_kills, memory_max) = match &self.cgroup {
+            Some(cg) => (cg.oom_kills(), cg.memory_max()),
+            None => (0, None),
+        };
+        let outcome = Outcome {
+            status,
+            oom_kills,
+            memory_max,
+        };
+        (outcome, self.cgroup.take())
     }
 
     /// Tear down (kill what is left, remove the cgroup) and report.

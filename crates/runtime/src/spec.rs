@@ -134,11 +134,23 @@ fn json_path(path: &serde_ignored::Path) -> String {
     }
 }
 
-fn strip_position(msg: &str) -> String {
+/// serde_json's message without its " at line L column C" suffix: the
+/// callers say where (a field path, or the line and column themselves).
+pub fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
+}
+
+/// The directory relative paths of a spec or stack file at `path` are
+/// resolved against: its own, made absolute.
+pub fn base_dir(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// serde's "unknown variant `X`, expected one of `A`, `B`, … (60 names)" is

@@ -218,7 +218,7 @@ pub fn fork_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<P
     match fork()? {
         nix::unistd::ForkResult::Child => {
             if close_fds_except(keep.as_raw_fd()).is_err() {
-                exit_now(125);
+                exit_now(crate::exit::code(crate::exit::SETUP));
             }
             exit_now(body(keep))
         }

@@ -1,25 +1,200 @@
-//! The control socket: a Unix stream socket speaking newline-delimited JSON.
+//! The control protocol: newline-delimited JSON over a Unix stream socket,
+//! typed on both sides (the supervisor's server and the CLI's client).
 //!
-//! Requests (one JSON object per line):
+//! Requests, one object per line, tagged by `cmd`:
 //!   {"cmd": "status"}
 //!   {"cmd": "stop" | "start" | "restart", "name": "web"}
 //!   {"cmd": "logs", "name": "web", "lines": 100, "follow": true}
+//!   {"cmd": "events"}
 //!   {"cmd": "down"}
 //! Responses: `{"ok": true, …}` or `{"ok": false, "error": "…"}`, one per
-//! line; `logs` with `follow` then streams `{"line": "…"}` objects.
+//! request; `logs` with `follow` then streams `{"line": "…"}` objects and
+//! `events` streams `{"time", "service", "event"}` objects.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::decide::Reason;
+use crate::lifecycle::State;
 
 pub const DEFAULT_SOCKET: &str = "/run/isola/isola.sock";
+
+/// Lines of log history `logs` sends when the request does not say.
+pub const DEFAULT_LOG_LINES: usize = 100;
 
 /// `--socket`, else `$ISOLA_SOCKET`, else the default.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("ISOLA_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn default_log_lines() -> usize {
+    DEFAULT_LOG_LINES
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Stop {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+    Logs {
+        name: String,
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+    Events,
+    Down,
+}
+
+/// One answer to one request. Fields a command does not use are left out.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response<'a> {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `start`, `stop`, `restart`: the state the service settled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// `logs`: the history asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<String>>,
+    /// `status`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<StatusRow<'a>>>,
+}
+
+impl Response<'_> {
+    pub fn ok() -> Response<'static> {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    pub fn err(msg: impl Into<String>) -> Response<'static> {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Response::default()
+        }
+    }
+
+    pub fn state(state: State) -> Response<'static> {
+        Response {
+            state: Some(state),
+            ..Response::ok()
+        }
+    }
+}
+
+/// What a `logs -f` or `events` connection receives after its answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Message<'a> {
+    Line {
+        #[serde(borrow)]
+        line: Cow<'a, str>,
+    },
+    Event {
+        #[serde(borrow)]
+        time: Cow<'a, str>,
+        #[serde(borrow)]
+        service: Cow<'a, str>,
+        #[serde(borrow)]
+        event: Cow<'a, str>,
+    },
+}
+
+/// One service in the `status` reply (the README documents the fields).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRow<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    pub state: State,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub uptime_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
+    pub last_exit: Option<ExitRow>,
+    pub oom_kills: u64,
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    #[serde(borrow)]
+    pub history: History<'a>,
+    #[serde(borrow)]
+    pub depends_on: Cow<'a, [String]>,
+    #[serde(borrow)]
+    pub restart_policy: Cow<'a, str>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ExitRow {
+    pub reason: Reason,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// One run of a service: when it was launched and when it ended (epoch ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub start_ms: u64,
+    pub exit_ms: Option<u64>,
+}
+
+/// A service's recent runs: serialized from where the supervisor keeps
+/// them (no copy per row of a thousand-row status), read into a vector.
+#[derive(Debug)]
+pub enum History<'a> {
+    Borrowed(&'a VecDeque<Run>),
+    Owned(Vec<Run>),
+}
+
+impl History<'_> {
+    pub fn runs(&self) -> Vec<Run> {
+        match self {
+            History::Borrowed(d) => d.iter().copied().collect(),
+            History::Owned(v) => v.clone(),
+        }
+    }
+}
+
+impl Serialize for History<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self {
+            History::Borrowed(d) => ser.collect_seq(d.iter()),
+            History::Owned(v) => ser.collect_seq(v.iter()),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for History<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Run>::deserialize(d).map(History::Owned)
+    }
+}
+
+/// The first line of a serde error, without serde_json's position suffix
+/// (a request is one line; the column says nothing to a person).
+pub fn short_error(e: &serde_json::Error) -> String {
+    isola_runtime::spec::strip_position(&e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +213,7 @@ pub struct Client {
     path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    line: String,
 }
 
 impl Client {
@@ -55,70 +231,144 @@ impl Client {
             path: path.to_owned(),
             reader: BufReader::new(s),
             writer,
+            line: String::new(),
         })
     }
 
-    /// Send one request and read its response; `Refused` when `ok` is false.
-    pub fn request(&mut self, req: &Value) -> Result<Value, ClientError> {
-        let line = self.request_line(req)?;
-        let resp: Value =
-            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if resp.get("ok") == Some(&Value::Bool(true)) {
+    /// Send one request and read its response; `Refused` when `ok` is
+    /// false. The response borrows from the client's line buffer.
+    pub fn request(&mut self, req: &Request) -> Result<Response<'_>, ClientError> {
+        self.send(req)?;
+        if !self.next_line()? {
+            return Err(ClientError::Protocol("connection closed".into()));
+        }
+        let resp: Response =
+            serde_json::from_str(&self.line).map_err(|e| ClientError::Protocol(short_error(&e)))?;
+        if resp.ok {
             Ok(resp)
         } else {
             Err(ClientError::Refused(
-                resp.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request refused")
-                    .to_string(),
+                resp.error.unwrap_or_else(|| "request refused".into()),
             ))
         }
     }
 
-    /// Send a request and return the answer's line as it came (for a
-    /// caller that deserializes it into its own types).
-    pub fn request_line(&mut self, req: &Value) -> Result<String, ClientError> {
-        let mut line = req.to_string();
-        line.push('\n');
-        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+    /// The next streamed message, `None` when the supervisor closed the
+    /// connection.
+    pub fn next_message(&mut self) -> Result<Option<Message<'_>>, ClientError> {
+        if !self.next_line()? {
+            return Ok(None);
+        }
+        serde_json::from_str(&self.line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(short_error(&e)))
+    }
+
+    fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        if let Err(e) = self.writer.write_all(&line) {
             // A refused peer is told why and hung up on, possibly before our
             // request went out: the reason is still there to read.
             if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
                 return Err(ClientError::Io(self.path.clone(), e));
             }
         }
-        self.next_line()?
-            .ok_or_else(|| ClientError::Protocol("connection closed".into()))
+        Ok(())
     }
 
-    /// The next streamed object, `None` when the supervisor closed the connection.
-    pub fn next_message(&mut self) -> Result<Option<Value>, ClientError> {
-        match self.next_line()? {
-            None => Ok(None),
-            Some(line) => serde_json::from_str(&line)
-                .map(Some)
-                .map_err(|e| ClientError::Protocol(e.to_string())),
+    fn next_line(&mut self) -> Result<bool, ClientError> {
+        self.line.clear();
+        let n = self
+            .reader
+            .read_line(&mut self.line)
+            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_as_the_cli_writes_them() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"stop","name":"web"}"#).unwrap();
+        assert_eq!(r, Request::Stop { name: "web".into() });
+        let r: Request = serde_json::from_str(r#"{"cmd":"logs","name":"w"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Logs {
+                name: "w".into(),
+                lines: DEFAULT_LOG_LINES,
+                follow: false
+            }
+        );
+        let back = serde_json::to_string(&Request::Status).unwrap();
+        assert_eq!(back, r#"{"cmd":"status"}"#);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let cases = [
+            (r#"{"cmd":"explode"}"#, "unknown variant `explode`"),
+            (r#"{"cmd":"stop"}"#, "missing field `name`"),
+            (r#"{"cmd":"stop","name":"a","x":1}"#, "unknown field `x`"),
+            (r#"{"name":"a"}"#, "missing field `cmd`"),
+            (r#"{"cmd":"logs","name":"a","lines":-1}"#, "invalid value"),
+        ];
+        for (text, want) in cases {
+            let e = serde_json::from_str::<Request>(text).unwrap_err();
+            let msg = short_error(&e);
+            assert!(msg.contains(want), "{text}: {msg}");
+            assert!(!msg.contains(" at line "), "{msg}");
         }
     }
 
-    fn next_line(&mut self) -> Result<Option<String>, ClientError> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
-        Ok((n > 0).then_some(line))
+    #[test]
+    fn responses_leave_out_what_a_command_does_not_use() {
+        let text = serde_json::to_string(&Response::state(State::Running)).unwrap();
+        assert_eq!(text, r#"{"ok":true,"state":"running"}"#);
+        let text = serde_json::to_string(&Response::err("no")).unwrap();
+        assert_eq!(text, r#"{"ok":false,"error":"no"}"#);
     }
-}
 
-pub fn ok(extra: Value) -> Value {
-    let mut v = json!({"ok": true});
-    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
+    #[test]
+    fn status_rows_round_trip() {
+        let runs: VecDeque<Run> = [Run {
+            start_ms: 5,
+            exit_ms: None,
+        }]
+        .into();
+        let deps = vec!["db".to_string()];
+        let row = StatusRow {
+            name: "web".into(),
+            state: State::Backoff,
+            pid: None,
+            restarts: 2,
+            uptime_ms: None,
+            started_at_ms: Some(5),
+            last_exit: Some(ExitRow {
+                reason: Reason::OomKill,
+                code: None,
+                signal: Some(9),
+            }),
+            oom_kills: 1,
+            memory_current: None,
+            memory_peak: None,
+            cpu_usec: Some(3),
+            history: History::Borrowed(&runs),
+            depends_on: Cow::Borrowed(&deps),
+            restart_policy: "always".into(),
+        };
+        let text = serde_json::to_string(&row).unwrap();
+        assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));
+        let back: StatusRow = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.state, State::Backoff);
+        assert_eq!(
+            back.history.runs(),
+            runs.iter().copied().collect::<Vec<_>>()
+        );
+        assert_eq!(&*back.depends_on, &deps[..]);
     }
-    v
-}
-
-pub fn err(msg: impl Into<String>) -> Value {
-    json!({"ok": false, "error": msg.into()})
 }

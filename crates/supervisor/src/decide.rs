@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::policy::{OomPolicy, Policy, RestartPolicy};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     Exited,

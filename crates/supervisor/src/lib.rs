@@ -3,8 +3,14 @@
 
 pub mod control;
 pub mod decide;
+mod host;
+mod launch;
+pub mod lifecycle;
 pub mod logs;
+mod output;
 pub mod policy;
+mod server;
 pub mod spawner;
 pub mod stack;
+mod status;
 pub mod supervisor;

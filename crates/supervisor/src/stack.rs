@@ -70,9 +70,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
                 format!("malformed JSON at line {} column {}", e.line(), e.column()),
             )
         } else {
-            let msg = e.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            SpecError::new("", msg)
+            SpecError::new("", spec::strip_position(&e.to_string()))
         }
     })?;
     let mut seen = HashMap::new();

@@ -14,7 +14,28 @@ const MAX_PERIOD: u64 = 1_000_000;
 const MIN_QUOTA: i64 = 1_000;
 const DEFAULT_PERIOD: u64 = 100_000;
 
-type Writes = Vec<(String, String)>;
+/// One cgroup file and the value written to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFile {
+    pub file: String,
+    pub value: String,
+}
+
+impl CgroupFile {
+    pub fn new(file: impl Into<String>, value: impl Into<String>) -> CgroupFile {
+        CgroupFile {
+            file: file.into(),
+            value: value.into(),
+        }
+    }
+
+    /// The controller the file belongs to (`memory` of `memory.max`).
+    pub fn controller(&self) -> Option<&str> {
+        self.file.split_once('.').map(|(c, _)| c)
+    }
+}
+
+type Writes = Vec<CgroupFile>;
 
 fn err(field: &str, msg: String) -> SpecError {
     SpecError::new(format!("{FIELD}.{field}"), msg)
@@ -37,7 +58,7 @@ pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
         } else {
             limit.to_string()
         };
-        w.push(("pids.max".into(), v));
+        w.push(CgroupFile::new("pids.max", v));
     }
     if let Some(bio) = res.block_io() {
         block_io_files(bio, &mut w)?;
@@ -75,7 +96,7 @@ pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
         keys.sort();
         for k in keys {
             check_unified_key(k)?;
-            w.push((k.clone(), unified[k].clone()));
+            w.push(CgroupFile::new(k.clone(), unified[k].clone()));
         }
     }
     Ok(w)
@@ -102,13 +123,15 @@ fn cpu_files(cpu: &LinuxCpu, w: &mut Writes) -> Result<(), SpecError> {
                 format!("{q}: must be at least {MIN_QUOTA} µs, or -1 for no limit"),
             ));
         }
-        Some(q) if q > 0 => w.push(("cpu.max".into(), format!("{q} {period}"))),
-        Some(_) => w.push(("cpu.max".into(), format!("max {period}"))),
-        None if cpu.period().is_some() => w.push(("cpu.max".into(), format!("max {period}"))),
+        Some(q) if q > 0 => w.push(CgroupFile::new("cpu.max", format!("{q} {period}"))),
+        Some(_) => w.push(CgroupFile::new("cpu.max", format!("max {period}"))),
+        None if cpu.period().is_some() => {
+            w.push(CgroupFile::new("cpu.max", format!("max {period}")))
+        }
         None => {}
     }
     if let Some(b) = cpu.burst() {
-        w.push(("cpu.max.burst".into(), b.to_string()));
+        w.push(CgroupFile::new("cpu.max.burst", b.to_string()));
     }
     if let Some(s) = cpu.shares() {
         if s != 0 {
@@ -118,11 +141,14 @@ fn cpu_files(cpu: &LinuxCpu, w: &mut Writes) -> Result<(), SpecError> {
                     format!("{s}: must be between 2 and 262144"),
                 ));
             }
-            w.push(("cpu.weight".into(), shares_to_weight(s).to_string()));
+            w.push(CgroupFile::new(
+                "cpu.weight",
+                shares_to_weight(s).to_string(),
+            ));
         }
     }
     if let Some(idle) = cpu.idle() {
-        w.push(("cpu.idle".into(), idle.to_string()));
+        w.push(CgroupFile::new("cpu.idle", idle.to_string()));
     }
     if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
         return Err(err(
@@ -132,11 +158,11 @@ fn cpu_files(cpu: &LinuxCpu, w: &mut Writes) -> Result<(), SpecError> {
     }
     if let Some(c) = cpu.cpus() {
         check_cpuset_list("cpu.cpus", c)?;
-        w.push(("cpuset.cpus".into(), c.clone()));
+        w.push(CgroupFile::new("cpuset.cpus", c.clone()));
     }
     if let Some(m) = cpu.mems() {
         check_cpuset_list("cpu.mems", m)?;
-        w.push(("cpuset.mems".into(), m.clone()));
+        w.push(CgroupFile::new("cpuset.mems", m.clone()));
     }
     Ok(())
 }
@@ -185,10 +211,13 @@ fn memory_files(mem: &LinuxMemory, w: &mut Writes) -> Result<(), SpecError> {
         }
     };
     if let Some(r) = mem.reservation() {
-        w.push(("memory.low".into(), bytes("memory.reservation", r)?));
+        w.push(CgroupFile::new(
+            "memory.low",
+            bytes("memory.reservation", r)?,
+        ));
     }
     if let Some(l) = mem.limit() {
-        w.push(("memory.max".into(), bytes("memory.limit", l)?));
+        w.push(CgroupFile::new("memory.max", bytes("memory.limit", l)?));
     }
     if let Some(s) = mem.swap() {
         // OCI swap is memory+swap; v2 swap.max counts swap alone.
@@ -208,7 +237,7 @@ fn memory_files(mem: &LinuxMemory, w: &mut Writes) -> Result<(), SpecError> {
                 ));
             }
         };
-        w.push(("memory.swap.max".into(), v));
+        w.push(CgroupFile::new("memory.swap.max", v));
     }
     if mem.kernel().is_some() || mem.kernel_tcp().is_some() {
         return Err(err("memory.kernel", "not supported on cgroup v2".into()));
@@ -237,8 +266,8 @@ fn block_io_files(bio: &LinuxBlockIo, w: &mut Writes) -> Result<(), SpecError> {
         Ok(1 + (u64::from(v) - 10) * 9999 / 990)
     };
     if let Some(v) = bio.weight() {
-        w.push((
-            "io.weight".into(),
+        w.push(CgroupFile::new(
+            "io.weight",
             format!("default {}", weight("blockIO.weight", v)?),
         ));
     }
@@ -251,8 +280,8 @@ fn block_io_files(bio: &LinuxBlockIo, w: &mut Writes) -> Result<(), SpecError> {
     for (i, d) in bio.weight_device().iter().flatten().enumerate() {
         if let Some(v) = d.weight() {
             let f = format!("blockIO.weightDevice[{i}].weight");
-            w.push((
-                "io.weight".into(),
+            w.push(CgroupFile::new(
+                "io.weight",
                 format!("{}:{} {}", d.major(), d.minor(), weight(&f, v)?),
             ));
         }
@@ -292,8 +321,8 @@ fn block_io_files(bio: &LinuxBlockIo, w: &mut Writes) -> Result<(), SpecError> {
             } else {
                 d.rate().to_string()
             };
-            w.push((
-                "io.max".into(),
+            w.push(CgroupFile::new(
+                "io.max",
                 format!("{}:{} {key}={rate}", d.major(), d.minor()),
             ));
         }
@@ -329,6 +358,11 @@ fn check_unified_key(k: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writes as (file, value) pairs, for comparing with literals.
+    fn translate(r: &LinuxResources) -> Result<Vec<(String, String)>, SpecError> {
+        super::translate(r).map(|w| w.into_iter().map(|f| (f.file, f.value)).collect())
+    }
 
     fn res(json: &str) -> LinuxResources {
         serde_json::from_str(json).expect("test resources parse")

@@ -1,0 +1,185 @@
+//! What `isola up` sets up on the host before any service runs: its fd
+//! limit and OOM score (and what services get back), the control socket,
+//! and its claim on the stack's cgroup.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use isola_runtime::cgroup::{self, Cgroup};
+use isola_runtime::plan::Rlimit;
+use nix::fcntl::{open, Flock, FlockArg, OFlag};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::stat::Mode;
+
+use crate::policy::OomPolicy;
+use crate::stack::ServiceDef;
+use crate::supervisor::{setup, UpError};
+
+/// Where the kernel caps RLIMIT_NOFILE for root.
+const NR_OPEN: &str = "/proc/sys/fs/nr_open";
+/// Our own fd limit at most: enough for 10,000 services and their clients.
+const MAX_NOFILE: u64 = 1 << 20;
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+/// The supervisor is the last process the kernel's OOM killer should pick:
+/// killing it takes every service down (their inits die with it).
+const SUPERVISOR_OOM_SCORE_ADJ: i32 = -999;
+/// The control socket's mode, from the umask at bind time.
+const SOCKET_UMASK: u32 = 0o177;
+
+/// What `isola up` was started with and changed for itself: services get
+/// it back unless their spec says otherwise.
+pub(crate) struct Inherited {
+    /// RLIMIT_NOFILE as we found it (ours is raised).
+    nofile: Option<Rlimit>,
+    /// The OOM score we were started with, when we lowered our own.
+    oom_score_adj: Option<i32>,
+}
+
+impl Inherited {
+    pub(crate) fn adjust() -> Inherited {
+        Inherited {
+            nofile: raise_nofile(),
+            oom_score_adj: protect_from_oom(),
+        }
+    }
+
+    /// Add what the supervisor gives every service to its plan, once, as
+    /// it is loaded: the fd limit and OOM score `isola up` started with
+    /// (unless the spec sets them), `memory.oom.group` for `oom: kill`.
+    pub(crate) fn complete_plan(&self, def: &mut ServiceDef, no_cgroup: bool) {
+        let plan = &mut def.plan;
+        let sets_nofile = plan
+            .rlimits
+            .iter()
+            .any(|r| r.resource == Resource::RLIMIT_NOFILE);
+        if let (false, Some(nofile)) = (sets_nofile, self.nofile) {
+            plan.rlimits.push(nofile);
+        }
+        if plan.oom_score_adj.is_none() {
+            plan.oom_score_adj = self.oom_score_adj;
+        }
+        if def.policy.oom == OomPolicy::Kill && !no_cgroup {
+            plan.cgroup_files
+                .push(cgroup::limits::CgroupFile::new("memory.oom.group", "1"));
+        }
+    }
+}
+
+/// Each service holds up to eight fds (pidfd, sync socket, two pipes, its
+/// log, three stat files): raise our RLIMIT_NOFILE (root may go up to
+/// fs.nr_open). Returns the original.
+fn raise_nofile() -> Option<Rlimit> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let nr_open = std::fs::read_to_string(NR_OPEN)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let want = nr_open.min(MAX_NOFILE).max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    Some(Rlimit {
+        resource: Resource::RLIMIT_NOFILE,
+        soft,
+        hard,
+    })
+}
+
+/// Lowered the way containerd lowers its own; returns the original score
+/// when it could (root), `None` when it was left alone.
+fn protect_from_oom() -> Option<i32> {
+    let original: i32 = std::fs::read_to_string(OOM_SCORE_ADJ)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if original <= SUPERVISOR_OOM_SCORE_ADJ {
+        return None;
+    }
+    std::fs::write(OOM_SCORE_ADJ, SUPERVISOR_OOM_SCORE_ADJ.to_string()).ok()?;
+    Some(original)
+}
+
+pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Bind the control socket with mode 0600, refusing to steal it from a
+/// supervisor that is still listening.
+pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener, UpError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(setup(dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(UpError::Setup(format!(
+                "{}: another isola supervisor is listening there (--socket to use another)",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(setup(path.display()))?;
+    }
+    // The socket file takes its mode from the umask at bind time: no window
+    // in which it is world-accessible.
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(SOCKET_UMASK));
+    let res = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = res.map_err(setup(path.display()))?;
+    l.set_nonblocking(true).map_err(setup(path.display()))?;
+    Ok(l)
+}
+
+/// The stack's cgroup (`<cgroup-root>/<stack>`), held by one supervisor at
+/// a time: an exclusive flock on the directory, kept for the supervisor's
+/// life and released by the kernel when it dies, however it dies. Two
+/// stack files with the same name (or one stack started twice with two
+/// sockets) would otherwise share the group, and the second's clean-up of
+/// "stale" groups would kill the first one's services.
+pub(crate) struct StackGroup {
+    path: PathBuf,
+    _lock: Flock<OwnedFd>,
+}
+
+impl StackGroup {
+    /// Create the group if needed and take it; then what is left inside is
+    /// a dead supervisor's: kill and remove it (returns the names).
+    pub(crate) fn claim(path: &Path) -> Result<(StackGroup, Vec<String>), UpError> {
+        cgroup::create_parents(path).map_err(setup("cgroup"))?;
+        let dir = open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(setup(path.display()))?;
+        let lock = Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            UpError::Setup(match e {
+                nix::errno::Errno::EWOULDBLOCK => format!(
+                    "cgroup {} belongs to another running isola supervisor (a stack file of the \
+                     same name?): stop it, rename this stack file or use another --cgroup-root",
+                    path.display()
+                ),
+                e => format!("lock {}: {e}", path.display()),
+            })
+        })?;
+        let stale = Cgroup::remove_children(path, false).map_err(setup("remove stale cgroups"))?;
+        Ok((
+            StackGroup {
+                path: path.to_owned(),
+                _lock: lock,
+            },
+            stale,
+        ))
+    }
+
+    /// At the end: remove what is left, then the group and our claim.
+    pub(crate) fn release(self) -> Result<Vec<String>, cgroup::CgroupError> {
+        Cgroup::remove_children(&self.path, true)
+    }
+}

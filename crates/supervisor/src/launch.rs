@@ -1,0 +1,447 @@
+//! A sandbox's life as the loop sees it: launch (through the spawner),
+//! the init's report, OOM news, the exit, and a teardown that waits for the
+//! cgroup to empty by event — one service whose processes are slow to die
+//! never holds up another.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use isola_runtime::cgroup::{Cgroup, StatFiles, REMOVE_RETRY};
+use isola_runtime::sandbox::Starting;
+use isola_runtime::{exit, sandbox, InitNews, Sandbox};
+use nix::fcntl::OFlag;
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
+use nix::sys::signal::Signal;
+
+use crate::lifecycle::Exit;
+use crate::output::{Pipe, Stream};
+use crate::spawner::{self, Answer, Spawner};
+use crate::supervisor::{now_ms, Supervisor, Token};
+
+/// How long a teardown waits for the processes left in a cgroup after
+/// `cgroup.kill` (uninterruptible sleep, a stuck filesystem) before it
+/// reports the exit anyway and leaves the group behind; the next start of
+/// the service then fails (the group is in use) and backs off until it is
+/// free.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A sandbox whose init is setting up.
+pub(crate) struct Launched {
+    starting: Starting,
+}
+
+impl Launched {
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
+        self.starting.pid()
+    }
+}
+
+/// A sandbox whose payload runs.
+pub(crate) struct Running {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) start_ms: u64,
+    /// OOM kills of this run already reported to the core.
+    oom_seen: u64,
+    /// inotify on `memory.events`.
+    watch: Option<WatchDescriptor>,
+    pub(crate) stats: Option<StatFiles>,
+}
+
+/// A sandbox whose init exited while processes were left in its cgroup:
+/// killed, and waited for by inotify on `cgroup.events`.
+pub(crate) struct Draining {
+    cgroup: Cgroup,
+    exit: Exit,
+    watch: Option<WatchDescriptor>,
+    give_up_at: Instant,
+    /// The group is empty but the kernel still calls it busy: try again.
+    retry_at: Option<Instant>,
+}
+
+impl Supervisor {
+    /// Fork the spawner now, while the supervisor holds the plans and few
+    /// fds. Without one (fork failed), sandboxes are cloned in-process.
+    pub(crate) fn fork_spawner(&mut self) -> Option<Spawner> {
+        let supervisor = nix::unistd::getpid();
+        let this = &*self;
+        let forked = Spawner::fork(|sock| {
+            // In the child, which holds only `sock` and stdio.
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != supervisor
+            {
+                return i32::from(exit::FAILURE);
+            }
+            // The plans as loaded, borrowed: no plan is cloned (and freed)
+            // per request, which rewrote heap pages that every earlier init,
+            // a copy of the spawner, then kept as private copies.
+            let table: Vec<Option<spawner::Entry>> = (0..this.core.len())
+                .map(|i| {
+                    let s = this.core.service(i)?;
+                    Some(spawner::Entry {
+                        fingerprint: s.def.fingerprint,
+                        plan: &s.def.plan,
+                        name: &s.def.name,
+                    })
+                })
+                .collect();
+            spawner::serve(sock, &table, |name, stdio| {
+                this.options_for(name, stdio, true)
+            })
+        });
+        match forked {
+            Ok(sp) => Some(sp),
+            Err(e) => {
+                self.note(&format!(
+                    "spawner: fork: {e}; starting sandboxes in-process"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Where and how a service is cloned. `sibling` when the spawner
+    /// clones it.
+    fn options_for<'a>(
+        &'a self,
+        name: &'a str,
+        stdio: [RawFd; 3],
+        sibling: bool,
+    ) -> sandbox::Options<'a> {
+        sandbox::Options {
+            name,
+            cgroup_root: &self.stack_root,
+            no_cgroup: self.cfg.no_cgroup,
+            stdio: Some(stdio),
+            sibling,
+        }
+    }
+
+    /// Clone service `i`'s init: through the spawner when it knows the
+    /// service as it is now, else here.
+    fn spawn_sandbox(&mut self, i: usize, stdio: [RawFd; 3]) -> Result<Starting, (i32, String)> {
+        let gone = || (exit::code(exit::SETUP), "service removed".to_string());
+        if let Some(sp) = &self.spawner {
+            let s = self.core.service(i).ok_or_else(gone)?;
+            let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
+            let index = u32::try_from(i).map_err(|_| gone())?;
+            match sp.request(index, s.def.fingerprint, stdio, &s.def.name, cgroup) {
+                Ok(Answer::Started(st)) => return Ok(st),
+                Ok(Answer::Failed { code, message }) => return Err((code, message)),
+                Ok(Answer::Unknown) => {}
+                Err(e) => {
+                    self.note(&format!(
+                        "spawner: {e}; starting sandboxes in-process from now on"
+                    ));
+                    self.spawner = None;
+                }
+            }
+        }
+        let def = &self.core.service(i).ok_or_else(gone)?.def;
+        let opts = self.options_for(&def.name, stdio, false);
+        sandbox::spawn(&def.plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
+    }
+
+    fn epoll_add(&self, fd: BorrowedFd<'_>, tok: Token) {
+        let _ = self
+            .epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, tok.encode()));
+    }
+
+    /// The core's `Launch`: clone the sandbox; its init reports on the
+    /// sync socket.
+    pub(crate) fn launch(&mut self, i: usize) {
+        let now = Instant::now();
+        let fds = (
+            nix::unistd::pipe2(OFlag::O_CLOEXEC),
+            nix::unistd::pipe2(OFlag::O_CLOEXEC),
+            File::open("/dev/null"),
+        );
+        let (out_r, out_w, err_r, err_w, null) = match fds {
+            (Ok((out_r, out_w)), Ok((err_r, err_w)), Ok(null)) => {
+                (out_r, out_w, err_r, err_w, null)
+            }
+            (Err(e), ..) | (_, Err(e), _) => {
+                return self.launch_failed(i, &format!("cannot create pipes: {e}"), now)
+            }
+            (_, _, Err(e)) => return self.launch_failed(i, &format!("/dev/null: {e}"), now),
+        };
+        let result =
+            self.spawn_sandbox(i, [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
+        drop((out_w, err_w, null));
+        let Some(slot) = self.slot(i) else { return };
+        slot.record_start();
+        match result {
+            Ok(starting) => {
+                self.epoll_add(starting.sync_fd(), Token::Sync(i));
+                for (k, fd) in [out_r, err_r].into_iter().enumerate() {
+                    let _ =
+                        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+                    self.epoll_add(fd.as_fd(), Token::Pipe(i, k));
+                    if let Some(slot) = self.slot(i) {
+                        slot.pipes[k] = Some(Pipe::new(fd, Stream::from_index(k)));
+                    }
+                }
+                if let Some(slot) = self.slot(i) {
+                    slot.launched = Some(Launched { starting });
+                }
+            }
+            Err((code, e)) => {
+                slot.record_exit();
+                self.core.start_failed(i, code, &e, now);
+            }
+        }
+    }
+
+    fn launch_failed(&mut self, i: usize, why: &str, now: Instant) {
+        self.core.start_failed(i, exit::code(exit::SETUP), why, now);
+    }
+
+    /// The init of a starting sandbox reported (or died).
+    pub(crate) fn on_started(&mut self, i: usize) {
+        let now = Instant::now();
+        let Some(Launched { starting }) = self.slot(i).and_then(|s| s.launched.take()) else {
+            return;
+        };
+        let _ = self.epoll.delete(starting.sync_fd());
+        match starting.complete() {
+            Ok(sb) => {
+                let pid = sb.pid();
+                let watch = sb.cgroup().and_then(|cg| {
+                    self.inotify
+                        .add_watch(&cg.path().join("memory.events"), AddWatchFlags::IN_MODIFY)
+                        .ok()
+                });
+                self.epoll_add(sb.pidfd(), Token::Pidfd(i));
+                if let Some(fd) = sb.news_fd() {
+                    self.epoll_add(fd, Token::News(i));
+                }
+                let stats = sb.cgroup().and_then(|cg| StatFiles::open(cg).ok());
+                if let Some(slot) = self.slot(i) {
+                    slot.running = Some(Running {
+                        sandbox: sb,
+                        start_ms: now_ms(),
+                        oom_seen: 0,
+                        watch,
+                        stats,
+                    });
+                }
+                self.core.started(i, pid.as_raw(), now);
+            }
+            Err(e) => {
+                self.drain_pipes(i);
+                if let Some(slot) = self.slot(i) {
+                    slot.record_exit();
+                }
+                self.core
+                    .start_failed(i, e.exit_code(), &e.to_string(), now);
+            }
+        }
+    }
+
+    /// The core's `Signal`: to the init, which forwards it to the payload;
+    /// if the init cannot take it, the whole group is killed.
+    pub(crate) fn signal(&mut self, i: usize, sig: Signal) {
+        let delivered = self
+            .slot(i)
+            .and_then(|s| s.running.as_ref())
+            .is_some_and(|r| r.sandbox.signal(sig).is_ok());
+        if !delivered {
+            self.kill_group(i);
+        }
+    }
+
+    /// The core's `KillGroup`: every process of the sandbox, at once.
+    pub(crate) fn kill_group(&mut self, i: usize) {
+        let Some(slot) = self.slot(i) else { return };
+        if let Some(r) = &slot.running {
+            match r.sandbox.cgroup() {
+                Some(cg) => {
+                    let _ = cg.kill();
+                }
+                None => {
+                    let _ = r.sandbox.signal(Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(d) = &slot.draining {
+            let _ = d.cgroup.kill();
+        }
+    }
+
+    /// The init reaped the payload (its own exit follows after teardown):
+    /// an OOM kill shows in `status` now.
+    pub(crate) fn on_news(&mut self, i: usize) {
+        let Some(run) = self.slot(i).and_then(|s| s.running.as_mut()) else {
+            return;
+        };
+        if let InitNews::PayloadExited(_) = run.sandbox.init_news() {
+            self.count_ooms(i);
+        }
+    }
+
+    /// memory.events of a running sandbox changed (count OOM kills as they
+    /// happen), or cgroup.events of a draining one (empty yet?).
+    pub(crate) fn on_inotify(&mut self) {
+        let Ok(evs) = self.inotify.read_events() else {
+            return;
+        };
+        for ev in evs {
+            let owner = self.slots.iter().enumerate().find_map(|(i, s)| {
+                let s = s.as_ref()?;
+                if s.running.as_ref().and_then(|r| r.watch) == Some(ev.wd) {
+                    Some((i, true))
+                } else if s.draining.as_ref().and_then(|d| d.watch) == Some(ev.wd) {
+                    Some((i, false))
+                } else {
+                    None
+                }
+            });
+            match owner {
+                Some((i, true)) => self.count_ooms(i),
+                Some((i, false)) => self.check_drained(i, Instant::now()),
+                None => {}
+            }
+        }
+    }
+
+    /// Tell the core of OOM kills of service `i`'s sandbox not seen yet.
+    fn count_ooms(&mut self, i: usize) {
+        let Some(run) = self.slot(i).and_then(|s| s.running.as_mut()) else {
+            return;
+        };
+        let Some(cg) = run.sandbox.cgroup() else {
+            return;
+        };
+        let count = cg.oom_kills();
+        if count <= run.oom_seen {
+            return;
+        }
+        let new = count - run.oom_seen;
+        run.oom_seen = count;
+        let max = cg.memory_max().unwrap_or_default();
+        self.core.oom_killed(i, new, &max, Instant::now());
+    }
+
+    /// Service `i`'s init exited: collect its status, drain its output,
+    /// and wait for its cgroup to empty before the core hears of the exit.
+    pub(crate) fn on_exit(&mut self, i: usize) {
+        let Some(run) = self.slot(i).and_then(|s| s.running.take()) else {
+            return;
+        };
+        let _ = self.epoll.delete(run.sandbox.pidfd());
+        if let Some(fd) = run.sandbox.news_fd() {
+            let _ = self.epoll.delete(fd);
+        }
+        if let Some(w) = run.watch {
+            let _ = self.inotify.rm_watch(w);
+        }
+        let (outcome, cgroup) = run.sandbox.into_exited();
+        let exit = Exit {
+            code: outcome.status.code(),
+            oom_kills: outcome.oom_kills,
+            new_oom_kills: outcome.oom_kills.saturating_sub(run.oom_seen),
+        };
+        // Everything the payload wrote is in the pipes now (or soon: its
+        // leftovers in a draining cgroup may still write).
+        self.drain_pipes(i);
+        if let Some(slot) = self.slot(i) {
+            slot.record_exit();
+        }
+        let now = Instant::now();
+        match cgroup {
+            None => self.core.exited(i, exit, now),
+            Some(cgroup) => {
+                let watch = self
+                    .inotify
+                    .add_watch(&cgroup.events_path(), AddWatchFlags::IN_MODIFY)
+                    .ok();
+                let draining = Draining {
+                    cgroup,
+                    exit,
+                    watch,
+                    give_up_at: now + DRAIN_PATIENCE,
+                    retry_at: None,
+                };
+                if let Some(slot) = self.slot(i) {
+                    slot.draining = Some(draining);
+                }
+                self.check_drained(i, now);
+            }
+        }
+    }
+
+    /// Kill what is left of a draining sandbox; once its cgroup is empty,
+    /// remove it and report the exit.
+    fn check_drained(&mut self, i: usize, now: Instant) {
+        let Some(d) = self.slot(i).and_then(|s| s.draining.as_mut()) else {
+            return;
+        };
+        match d.cgroup.is_populated() {
+            Ok(true) => {
+                // Again on every change: a process that forked meanwhile.
+                let _ = d.cgroup.kill();
+                return;
+            }
+            Ok(false) => {}
+            Err(_) => {} // gone: nothing left to wait for
+        }
+        match d.cgroup.try_remove() {
+            Ok(false) => {
+                d.retry_at = Some(now + REMOVE_RETRY);
+                return;
+            }
+            Ok(true) => {}
+            Err(e) => {
+                let msg = format!("teardown: {e}");
+                self.end_drain(i, Some(msg), now);
+                return;
+            }
+        }
+        self.end_drain(i, None, now);
+    }
+
+    fn end_drain(&mut self, i: usize, why: Option<String>, now: Instant) {
+        let Some(d) = self.slot(i).and_then(|s| s.draining.take()) else {
+            return;
+        };
+        if let Some(w) = d.watch {
+            let _ = self.inotify.rm_watch(w);
+        }
+        if let Some(msg) = why {
+            self.event(i, &msg);
+        }
+        self.core.exited(i, d.exit, now);
+    }
+
+    /// The timer: retry removals the kernel called busy; give up on groups
+    /// that stayed populated too long.
+    pub(crate) fn drain_tick(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let Some(d) = self.slot(i).and_then(|s| s.draining.as_mut()) else {
+                continue;
+            };
+            if d.give_up_at <= now {
+                let msg = format!(
+                    "teardown: {} still has processes {} s after cgroup.kill; leaving it behind",
+                    d.cgroup.path().display(),
+                    DRAIN_PATIENCE.as_secs()
+                );
+                self.end_drain(i, Some(msg), now);
+            } else if d.retry_at.is_some_and(|t| t <= now) {
+                d.retry_at = None;
+                self.check_drained(i, now);
+            }
+        }
+    }
+
+    pub(crate) fn next_drain_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.draining.as_ref())
+            .map(|d| d.retry_at.map_or(d.give_up_at, |r| r.min(d.give_up_at)))
+            .min()
+    }
+}

@@ -1,0 +1,87 @@
+//! The `status` reply: one typed row per service, written straight into
+//! the connection's buffer (a thousand services are a thousand rows; no
+//! JSON tree in between), reading each running sandbox's open stat files.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use isola_runtime::cgroup::StatFiles;
+
+use crate::control::{ExitRow, History, Response, StatusRow};
+use crate::lifecycle::{ConnId, Phase, State};
+use crate::policy::RestartPolicy;
+use crate::supervisor::Supervisor;
+
+fn restart_policy(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::No => "no",
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::UnlessStopped => "unless-stopped",
+    }
+}
+
+impl Supervisor {
+    pub(crate) fn status_reply(&mut self, id: ConnId) {
+        // One clock read for all rows: under emulation (HPET) each read is
+        // an exit to the hypervisor.
+        let now = Instant::now();
+        let rows: Vec<StatusRow> = self
+            .core
+            .services()
+            .filter_map(|(i, s)| {
+                let slot = self.slots.get(i)?.as_ref()?;
+                let run = slot.running.as_ref();
+                let stats = run
+                    .and_then(|r| r.stats.as_ref())
+                    .map(StatFiles::read)
+                    .unwrap_or_default();
+                let pid = run
+                    .map(|r| r.sandbox.pid())
+                    .or_else(|| slot.launched.as_ref().map(|l| l.pid()));
+                // An init that exited while its cgroup still drains is stopping.
+                let state = match (slot.draining.is_some(), s.phase.state()) {
+                    (true, _) => State::Stopping,
+                    (false, st) => st,
+                };
+                let uptime_ms = match (s.phase, run) {
+                    (Phase::Running { since }, Some(_)) => {
+                        let ms = now.saturating_duration_since(since).as_millis();
+                        Some(u64::try_from(ms).unwrap_or(u64::MAX))
+                    }
+                    _ => None,
+                };
+                Some(StatusRow {
+                    name: Cow::Borrowed(&s.def.name),
+                    state,
+                    pid: pid.map(|p| p.as_raw()),
+                    restarts: s.restarts,
+                    uptime_ms,
+                    started_at_ms: run.map(|r| r.start_ms),
+                    last_exit: s.last_exit.map(|e| ExitRow {
+                        reason: e.reason,
+                        code: e.code,
+                        signal: e.signal,
+                    }),
+                    oom_kills: s.oom_kills,
+                    memory_current: stats.memory_current,
+                    memory_peak: stats.memory_peak,
+                    cpu_usec: stats.cpu_usec,
+                    history: History::Borrowed(&slot.history),
+                    depends_on: Cow::Borrowed(&s.def.policy.depends_on),
+                    restart_policy: Cow::Borrowed(restart_policy(s.def.policy.restart.policy)),
+                })
+            })
+            .collect();
+        let reply = Response {
+            services: Some(rows),
+            ..Response::ok()
+        };
+        // Serialized into the connection's buffer by `send`.
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.queue(&reply);
+        self.flush(id);
+    }
+}

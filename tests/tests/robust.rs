@@ -1,0 +1,272 @@
+//! The supervisor never stalls and never grows without bound: a client that
+//! stops reading, a teardown that cannot finish, and a second supervisor
+//! reaching for the same cgroup must not touch any other service.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// One `status` request on a raw connection, timed to the last byte.
+fn status_latency(sock: &str) -> Duration {
+    let t = Instant::now();
+    let mut s = UnixStream::connect(sock).expect("connect");
+    s.write_all(b"{\"cmd\":\"status\"}\n").expect("send");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("read");
+    assert!(line.starts_with("{\"ok\":true"), "{line}");
+    t.elapsed()
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A service in a PID namespace only: it sees the VM's own files.
+fn plain(script: &str, extra: Value) -> Value {
+    let mut s = svc(script, extra);
+    s["linux"]["namespaces"] = json!([{"type": "pid"}]);
+    s
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_the_supervisor_stays_small() {
+    require_vm();
+    let gate = Scratch::new("flood-gate");
+    let go = gate.path("go").display().to_string();
+    // 50 MB in lines of 8000 bytes, once the test has its clients in place.
+    let flood = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         head -c 50000000 /dev/zero | tr '\\0' x | fold -w 8000; echo flood-done"
+    );
+    let up = Up::start(
+        "flood",
+        json!({
+            "flood": plain(&flood, json!({"restart": {"policy": "no"}})),
+            "other": svc("sleep 1000", json!({})),
+        }),
+        &["--quiet"],
+    );
+    up.wait_state("flood", "running");
+    up.wait_state("other", "running");
+    let sock = up.socket();
+    // Two subscribers that never read a byte after their request.
+    let mut follower = UnixStream::connect(&sock).unwrap();
+    follower
+        .write_all(b"{\"cmd\":\"logs\",\"name\":\"flood\",\"lines\":0,\"follow\":true}\n")
+        .unwrap();
+    let mut subscriber = UnixStream::connect(&sock).unwrap();
+    subscriber.write_all(b"{\"cmd\":\"events\"}\n").unwrap();
+    status_latency(&sock);
+    let baseline = rss_kib(up.pid());
+
+    std::fs::write(&go, "").unwrap();
+    let t = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut peak = baseline;
+    loop {
+        slowest = slowest.max(status_latency(&sock));
+        peak = peak.max(rss_kib(up.pid()));
+        let s = up.service("flood");
+        if s["state"] == "exited" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "flood never ended: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.wait_log("flood", "flood-done");
+    let err = up.stderr();
+    assert!(
+        err.contains("(following the log of flood)") && err.contains("bytes unread"),
+        "the follower was not dropped:\n{err}"
+    );
+    // Before the bound, a follower that never read held all 50 MB.
+    let grown = peak.saturating_sub(baseline);
+    assert!(
+        grown < 12 * 1024,
+        "supervisor RSS grew {grown} KiB (baseline {baseline}, peak {peak})"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a status took {slowest:?}"
+    );
+    assert_eq!(up.service("other")["state"], "running");
+    drop((follower, subscriber));
+    up.down();
+    assert_clean();
+}
+
+/// A device-mapper device whose I/O waits while it is suspended: a read
+/// from it sleeps uninterruptibly (state D), where SIGKILL cannot reach —
+/// a real stuck teardown, under the test's control. Resumed and removed
+/// on drop.
+struct StuckDevice(&'static str);
+
+impl StuckDevice {
+    fn new() -> StuckDevice {
+        let name = "isola-stuck";
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["modprobe", "dm_mod"]);
+        let _ = Command::new("dmsetup").args(["remove", name]).output();
+        run(&[
+            "dmsetup",
+            "create",
+            name,
+            "--noudevsync",
+            "--table",
+            "0 8 zero",
+        ]);
+        run(&["dmsetup", "mknodes", name]);
+        run(&["dmsetup", "suspend", "--noudevsync", name]);
+        StuckDevice(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/dev/mapper/{}", self.0)
+    }
+
+    fn resume(&self) {
+        let _ = Command::new("dmsetup")
+            .args(["resume", "--noudevsync", self.0])
+            .output();
+    }
+}
+
+impl Drop for StuckDevice {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = Command::new("dmsetup")
+            .args(["remove", "--noudevsync", self.0])
+            .output();
+    }
+}
+
+#[test]
+fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
+    require_vm();
+    let dev = StuckDevice::new();
+    // The payload leaves a reader of the suspended device behind and exits;
+    // without a PID namespace its init does not wait for it.
+    let stuck = format!(
+        "dd if={} of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null & sleep 0.5; exit 0",
+        dev.path()
+    );
+    let up = Up::start(
+        "stuck",
+        json!({
+            "stuck": plain(&stuck, json!({"restart": {"policy": "no"}})),
+            "flapper": svc("sleep 0.3; exit 1", json!({"restart": {
+                "policy": "always", "delayMs": 50, "maxDelayMs": 50,
+                "limit": {"burst": 1000, "intervalMs": 1000}
+            }})),
+        }),
+        &[],
+    );
+    // The init is gone but its cgroup keeps a process in state D: cgroup.kill
+    // cannot end it, and the service shows as stopping meanwhile.
+    up.wait_state("stuck", "stopping");
+    let events = format!("{CGROUP_ROOT}/stuck/stuck/cgroup.events");
+    let populated = std::fs::read_to_string(&events).unwrap();
+    assert!(populated.contains("populated 1"), "{populated}");
+
+    let restarts = |up: &Up| up.service("flapper")["restarts"].as_u64().unwrap();
+    let before = restarts(&up);
+    let mut latencies = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        latencies.push(status_latency(&up.socket()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    assert!(
+        median < Duration::from_millis(50),
+        "status median {median:?}"
+    );
+    assert!(max < Duration::from_secs(1), "status blocked for {max:?}");
+    let after = restarts(&up);
+    assert!(
+        after >= before + 3,
+        "the other service did not go on restarting ({before} -> {after})"
+    );
+    assert_eq!(up.service("stuck")["state"], "stopping");
+
+    // The read completes once the device resumes: the group empties and
+    // the exit is reported.
+    dev.resume();
+    let s = up.wait_state("stuck", "exited");
+    assert_eq!(s["lastExit"]["code"], 0, "{s}");
+    assert!(
+        !std::path::Path::new(&events).exists(),
+        "cgroup left behind"
+    );
+    up.down();
+    drop(dev);
+    assert_clean();
+}
+
+#[test]
+fn a_second_supervisor_of_a_same_named_stack_refuses_and_kills_nothing() {
+    require_vm();
+    let first = Up::start(
+        "samename",
+        json!({"web": svc("sleep 1000", json!({}))}),
+        &[],
+    );
+    let pid = first.wait_state("web", "running")["pid"].clone();
+
+    // Another directory, another stack file of the same name, another socket.
+    let other = Scratch::new("samename-other");
+    let stack = other.write(
+        "samename.json",
+        &json!({"services": {"web": svc("sleep 1000", json!({}))}}).to_string(),
+    );
+    let sock = other.path("other.sock").display().to_string();
+    let logs = other.path("logs").display().to_string();
+    let out = isola(
+        &[
+            "up",
+            "--socket",
+            &sock,
+            "--log-dir",
+            &logs,
+            &stack.display().to_string(),
+        ],
+        "",
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("belongs to another running isola supervisor"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!other.path("other.sock").exists(), "socket left behind");
+
+    let s = first.service("web");
+    assert_eq!((&s["state"], &s["pid"]), (&json!("running"), &pid), "{s}");
+    first.down();
+    assert_clean();
+}
