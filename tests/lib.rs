@@ -166,3 +166,8 @@ pub fn assert_clean() {
     assert!(procs.is_empty(), "payload processes left: {procs:?}");
 }
 pub mod up;
+
+/// A child's pid as nix wants it (pids fit in i32: pid_max is at most 2^22).
+pub fn pid_of(c: &std::process::Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid fits in i32"))
+}

@@ -100,7 +100,7 @@ impl Up {
         std::fs::read_to_string(self.dir.path("up.err")).unwrap_or_default()
     }
     pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+        pid_of(self.child.as_ref().unwrap())
     }
 
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
@@ -210,10 +210,7 @@ impl Up {
 impl Drop for Up {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(pid_of(&c), nix::sys::signal::Signal::SIGTERM);
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(30) {
                 if let Ok(Some(_)) = c.try_wait() {

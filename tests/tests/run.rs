@@ -239,7 +239,9 @@ struct Running(
 
 impl Running {
     fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.0.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+        self.0
+            .as_ref()
+            .map_or(nix::unistd::Pid::from_raw(0), pid_of)
     }
     fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), sig).expect("signal isola run");

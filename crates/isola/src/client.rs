@@ -17,7 +17,7 @@ fn connect(path: &Path) -> Result<Client, Exit> {
 }
 
 /// `stop`, `start`, `restart`: the state the service settled in.
-pub fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
+pub(crate) fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
     let name = match &req {
         Request::Stop { name } | Request::Start { name } | Request::Restart { name } => {
             name.clone()
@@ -30,13 +30,13 @@ pub fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
-pub fn down(path: &Path) -> Result<u8, Exit> {
+pub(crate) fn down(path: &Path) -> Result<u8, Exit> {
     connect(path)?.request(&Request::Down).map_err(fail)?;
     println!("all services stopped");
     Ok(exit::OK)
 }
 
-pub fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, Exit> {
+pub(crate) fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, Exit> {
     let mut c = connect(path)?;
     let req = Request::Logs {
         name: name.to_string(),
@@ -57,7 +57,7 @@ pub fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, E
     Ok(exit::OK)
 }
 
-pub fn events(path: &Path, json: bool) -> Result<u8, Exit> {
+pub(crate) fn events(path: &Path, json: bool) -> Result<u8, Exit> {
     let mut c = connect(path)?;
     c.request(&Request::Events).map_err(fail)?;
     let out = std::io::stdout();
@@ -87,7 +87,7 @@ pub fn events(path: &Path, json: bool) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
-pub fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
+pub(crate) fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
     let mut c = connect(path)?;
     let resp = c.request(&Request::Status).map_err(fail)?;
     let services = resp.services.unwrap_or_default();

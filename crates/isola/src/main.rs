@@ -1,5 +1,7 @@
 //! The `isola` command line.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -53,7 +53,11 @@ type Step = (&'static str, String);
 pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
-    if sys::close_fds_except(sock.as_raw_fd()).is_err() {
+    #[allow(unsafe_code)]
+    // SAFETY: we are a fresh clone that never returns (every path below ends
+    // in exit_now or exec), and no Rust owner of a closed fd is used here.
+    let closed = unsafe { sys::close_fds_except(sock.as_raw_fd()) };
+    if closed.is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
     // Our parent may not block all of these; a forwarded SIGUSR1 must not
@@ -121,7 +125,10 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
         nix::sched::setns(f, *flag).map_err(step("setns", path.display()))?;
     }
     if unshare != 0 {
-        let flags = nix::sched::CloneFlags::from_bits_retain(unshare as i32);
+        let bits = i32::try_from(unshare)
+            .map_err(|_| ("namespaces", format!("flags {unshare:#x}")))
+            .map_err(Failure::Setup)?;
+        let flags = nix::sched::CloneFlags::from_bits_retain(bits);
         nix::sched::unshare(flags).map_err(step("namespaces", "unshare"))?;
     }
     if let Some(adj) = plan.oom_score_adj {
@@ -227,12 +234,26 @@ fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
         let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
         exec_exit_code(errno)
     };
-    let child = match sys::vfork_exec(child) {
+    #[allow(unsafe_code)]
+    // SAFETY: `child` makes syscalls only (exec_payload is written for a
+    // vfork child: no allocation, no lock); argv/envp/path were prepared above
+    // and outlive it.
+    let vforked = unsafe { sys::vfork_exec(child) };
+    let child = match vforked {
         Ok(pid) => pid,
         // A seccomp profile may refuse clone with CLONE_VM; fork(2) is the
         // older way and a separate syscall. (Not clone3: seccomp profiles,
         // Docker's too, answer it with ENOSYS.)
-        Err(_) => match sys::fork().map_err(step("exec", "fork"))? {
+        Err(_) => match {
+            #[allow(unsafe_code)]
+            // SAFETY: the init is single-threaded; the child leaves by
+            // exit_now after its exec failed.
+            unsafe {
+                sys::fork()
+            }
+        }
+        .map_err(step("exec", "fork"))?
+        {
             ForkResult::Child => sys::exit_now(child()),
             ForkResult::Parent { child } => child,
         },
@@ -279,7 +300,11 @@ fn exec_payload(
     if let Err(e) = sys::close_fds_from_on_exec(3) {
         return e;
     }
-    sys::execve_prepared(path, argv, envp)
+    #[allow(unsafe_code)]
+    // SAFETY: argv and envp are the null-terminated arrays spawn_payload
+    // built from the plan's CStrings, which outlive the call.
+    let errno = unsafe { sys::execve_prepared(path, argv, envp) };
+    errno
 }
 
 /// execvpe semantics, but with the payload's PATH, not ours.

@@ -18,7 +18,7 @@ pub mod starter;
 mod sync;
 mod sys;
 
-pub use sys::{fork_helper, Allocator};
+pub use sys::{spawn_helper, Allocator};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

@@ -227,7 +227,7 @@ impl Plan {
             }
             seen.push(flag);
             match ns.path() {
-                None => clone_flags |= flag as u64,
+                None => clone_flags |= u64::from(flag.unsigned_abs()),
                 Some(p) => {
                     if !p.is_absolute() {
                         return Err(SpecError::new(
@@ -521,7 +521,7 @@ fn rlimit(i: usize, r: &PosixRlimit) -> Result<Rlimit, SpecError> {
 /// Only sysctls that belong to a namespace the sandbox owns may be set;
 /// anything else would change the host.
 fn check_sysctl(key: &str, clone_flags: u64) -> Result<(), SpecError> {
-    let owns = |f: i32| clone_flags & f as u64 != 0;
+    let owns = |f: i32| clone_flags & u64::from(f.unsigned_abs()) != 0;
     let ipc = [
         "kernel.msgmax",
         "kernel.msgmnb",

@@ -270,16 +270,22 @@ fn clone_init(
 ) -> Result<(Pid, OwnedFd, bool), Error> {
     let stdio = opts.stdio;
     let deferred = plan.deferred_ns_flags();
+    #[allow(unsafe_code)]
     let attempt = |into: bool| {
-        sys::clone3(
-            plan.clone_flags & !deferred,
-            if into {
-                cg.and_then(Cgroup::dir_fd)
-            } else {
-                None
-            },
-            opts.sibling,
-        )
+        // SAFETY: isola is single-threaded (the supervisor, its spawner and
+        // `isola run` start no threads), and the child below leaves only
+        // through init::run, which never returns (exec or exit_now).
+        unsafe {
+            sys::clone3(
+                plan.clone_flags & !deferred,
+                if into {
+                    cg.and_then(Cgroup::dir_fd)
+                } else {
+                    None
+                },
+                opts.sibling,
+            )
+        }
     };
     let (res, placed) = match attempt(true) {
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::E2BIG | Errno::EOPNOTSUPP) if cg.is_some() => {
@@ -293,7 +299,8 @@ fn clone_init(
             let _ = nix::unistd::close(ours.as_raw_fd());
             if let Some(fds) = stdio {
                 for (target, fd) in fds.into_iter().enumerate() {
-                    if sys::dup2_raw(fd, target as i32).is_err() {
+                    let target = i32::try_from(target).unwrap_or(i32::MAX);
+                    if sys::dup2_raw(fd, target).is_err() {
                         sys::exit_now(exit::code(exit::SETUP));
                     }
                 }
@@ -368,7 +375,8 @@ impl Sandbox {
             if revents.1 {
                 if let Some(sfd) = signals.as_deref_mut() {
                     while let Ok(Some(info)) = sfd.read_signal() {
-                        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), info.ssi_signo as i32);
+                        let sig = i32::try_from(info.ssi_signo).unwrap_or(0);
+                        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sig);
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
-pub fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -21,7 +21,7 @@ pub fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Msg {
+pub(crate) enum Msg {
     Go,
     Started,
     SetupFailed { step: String, message: String },
@@ -29,7 +29,7 @@ pub enum Msg {
     PayloadExited { status: i32 },
 }
 
-pub fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
+pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
     let bytes = match m {
         Msg::Go => b"G".to_vec(),
         Msg::Started => b"S".to_vec(),
@@ -46,12 +46,12 @@ pub fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
 }
 
 /// `Ok(None)` on EOF: the other side is gone.
-pub fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
+pub(crate) fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
     read_with(fd, MsgFlags::empty())
 }
 
 /// Like [`read`], but EAGAIN instead of waiting for a message.
-pub fn try_read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
+pub(crate) fn try_read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
     read_with(fd, MsgFlags::MSG_DONTWAIT)
 }
 

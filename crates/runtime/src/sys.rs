@@ -1,6 +1,10 @@
 //! The thin syscall layer: every `unsafe` block of the runtime lives here,
 //! each with the reason it is sound. Everything else uses these safe wrappers
-//! or nix.
+//! or nix. Wrappers whose soundness depends on the caller (fork-like calls,
+//! raw pointers, closing fds other code may own) are `unsafe fn` with a
+//! `# Safety` section; their few callers allow `unsafe_code` at the call,
+//! with a SAFETY comment.
+#![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -26,7 +30,7 @@ struct CloneArgs {
 }
 
 /// What clone3 returned, on each side of the fork.
-pub enum Forked {
+pub(crate) enum Forked {
     Child,
     Parent { pid: Pid, pidfd: OwnedFd },
 }
@@ -39,7 +43,13 @@ pub enum Forked {
 ///
 /// With `sibling` the child is our parent's child (CLONE_PARENT): a spawner
 /// process starts sandboxes that its parent then waits for.
-pub fn clone3(
+///
+/// # Safety
+/// The calling process must be single-threaded (no other thread may hold a
+/// lock the child needs, the allocator's included), and the child must
+/// leave by [`exit_now`] or exec, never by returning into frames whose
+/// destructors would act on the parent's resources a second time.
+pub(crate) unsafe fn clone3(
     ns_flags: u64,
     cgroup: Option<BorrowedFd<'_>>,
     sibling: bool,
@@ -55,12 +65,12 @@ pub fn clone3(
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         // With CLONE_PARENT the kernel takes our own exit signal (SIGCHLD to
         // our parent) and refuses one given here.
-        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        exit_signal: if sibling { 0 } else { SIGCHLD },
         ..Default::default()
     };
     if let Some(cg) = cgroup {
         args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = cg.as_raw_fd() as u64;
+        args.cgroup = u64::try_from(cg.as_raw_fd()).map_err(|_| Errno::EBADF)?;
     }
     // SAFETY: args is a valid, fully initialised clone_args whose size we
     // pass; pidfd points to a live c_int the kernel fills in. Without
@@ -77,7 +87,7 @@ pub fn clone3(
         -1 => Err(Errno::last()),
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent {
-            pid: Pid::from_raw(pid as i32),
+            pid: Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::EOVERFLOW)?),
             // SAFETY: on success the kernel stored a new, owned fd here.
             pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         }),
@@ -85,9 +95,13 @@ pub fn clone3(
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// clone_args.exit_signal: the usual SIGCHLD (17 on Linux).
+const SIGCHLD: u64 = libc::SIGCHLD.unsigned_abs() as u64;
+/// ifr_flags' IFF_UP (1), in the field's type.
+const IFF_UP: libc::c_short = 1;
 
 /// Send `sig` to the process behind `pidfd` (no pid-reuse race).
-pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
     // SAFETY: plain syscall on a borrowed, open fd; null siginfo is allowed.
     let r = unsafe {
         libc::syscall(
@@ -103,13 +117,13 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
 
 /// Mark every fd from `first` up close-on-exec: nothing the host held
 /// crosses into the payload, yet they stay usable until the exec.
-pub fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
+pub(crate) fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
     // SAFETY: with CLOSE_RANGE_CLOEXEC the kernel only sets a flag on the
     // descriptors; no fd is closed under a Rust owner.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first as libc::c_uint,
+            libc::c_uint::try_from(first).map_err(|_| Errno::EBADF)?,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
@@ -119,7 +133,11 @@ pub fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
 
 /// Close every fd from 3 up except `keep`: the init starts with only stdio
 /// and its sync socket, whatever the host process had open.
-pub fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
+///
+/// # Safety
+/// Only in a freshly forked child that never uses, and never drops, the
+/// Rust owners of the fds it closes (they belong to the parent's copy).
+pub(crate) unsafe fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
     let close = |first: libc::c_uint, last: libc::c_uint| -> Result<(), Errno> {
         if first > last {
             return Ok(());
@@ -130,14 +148,14 @@ pub fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
         // owners of these fds live on in the parent's copy only.
         Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
     };
-    let keep = keep as libc::c_uint;
+    let keep = libc::c_uint::try_from(keep).map_err(|_| Errno::EBADF)?;
     close(3, keep.saturating_sub(1))?;
     close(keep + 1, libc::c_uint::MAX)
 }
 
 /// dup2(2) onto a stdio slot in a freshly cloned child (the fds are raw
 /// because the parent's owners of them live on in the parent).
-pub fn dup2_raw(fd: RawFd, target: RawFd) -> Result<(), Errno> {
+pub(crate) fn dup2_raw(fd: RawFd, target: RawFd) -> Result<(), Errno> {
     if fd == target {
         return Ok(());
     }
@@ -146,11 +164,13 @@ pub fn dup2_raw(fd: RawFd, target: RawFd) -> Result<(), Errno> {
     Errno::result(unsafe { libc::dup2(fd, target) }).map(drop)
 }
 
-/// fork(2) for the init, which is single-threaded (itself a fork of a
-/// single-threaded isola).
-pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
-    // SAFETY: fork is only unsound when other threads may hold locks the
-    // child needs; the init never starts threads.
+/// fork(2).
+///
+/// # Safety
+/// As [`clone3`]: a single-threaded caller, and a child that leaves by
+/// [`exit_now`] or exec.
+pub(crate) unsafe fn fork() -> Result<nix::unistd::ForkResult, Errno> {
+    // SAFETY: the caller's contract is fork's own.
     unsafe { nix::unistd::fork() }
 }
 
@@ -159,9 +179,13 @@ pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
 /// meanwhile. Unlike fork, nothing of the address space is copied and the
 /// exec has no copy to tear down; both cost in proportion to the process,
 /// and the init is a fork of a supervisor that may hold a thousand
-/// services. `child` must only make syscalls (no allocation, no panic) and
-/// returns the exit code for when its exec failed.
-pub fn vfork_exec<F: FnMut() -> i32>(mut child: F) -> Result<Pid, Errno> {
+/// services. `child` returns the exit code for when its exec failed.
+///
+/// # Safety
+/// `child` runs on our memory while we are suspended: it must only make
+/// syscalls — no allocation, no lock, no panic, no write to memory we use
+/// after it — and end in exec or return (we `_exit` it).
+pub(crate) unsafe fn vfork_exec<F: FnMut() -> i32>(mut child: F) -> Result<Pid, Errno> {
     extern "C" fn trampoline<F: FnMut() -> i32>(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `&mut F` below; the parent is suspended
         // (CLONE_VFORK) until we exec or exit, so it outlives this call.
@@ -187,7 +211,11 @@ pub fn vfork_exec<F: FnMut() -> i32>(mut child: F) -> Result<Pid, Errno> {
 
 /// execve(2) with prepared, null-terminated pointer arrays (no allocation:
 /// usable in a [`vfork_exec`] child). Returns only on failure.
-pub fn execve_prepared(
+///
+/// # Safety
+/// Every pointer in `argv` and `envp` but the final null must point to a
+/// NUL-terminated string that lives across the call.
+pub(crate) unsafe fn execve_prepared(
     path: &std::ffi::CStr,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -195,8 +223,8 @@ pub fn execve_prepared(
     if argv.last() != Some(&std::ptr::null()) || envp.last() != Some(&std::ptr::null()) {
         return Errno::EINVAL;
     }
-    // SAFETY: both arrays end in NULL (checked) and point to C strings the
-    // caller keeps alive across the call.
+    // SAFETY: both arrays end in NULL (checked); the caller guarantees the
+    // strings they point to.
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Errno::last()
 }
@@ -214,10 +242,21 @@ pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
 /// `_exit`s with its code, never returning into the caller's frames — so no
 /// Rust owner of the fds it closed is ever dropped there. Returns the
 /// child's pid; our copy of `keep` is closed.
-pub fn fork_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
-    match fork()? {
+///
+/// # Safety
+/// The caller must be single-threaded, and `body` must not use fds other
+/// than stdio and `keep` (their owners' numbers are closed in the child).
+pub(crate) unsafe fn fork_helper(
+    keep: OwnedFd,
+    body: impl FnOnce(OwnedFd) -> i32,
+) -> Result<Pid, Errno> {
+    // SAFETY: single-threaded caller (our contract); the child below leaves
+    // only through exit_now.
+    match unsafe { fork() }? {
         nix::unistd::ForkResult::Child => {
-            if close_fds_except(keep.as_raw_fd()).is_err() {
+            // SAFETY: a fresh child that never returns into the caller's
+            // frames, and `body` uses no fd but `keep` (our contract).
+            if unsafe { close_fds_except(keep.as_raw_fd()) }.is_err() {
                 exit_now(crate::exit::code(crate::exit::SETUP));
             }
             exit_now(body(keep))
@@ -226,10 +265,26 @@ pub fn fork_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<P
     }
 }
 
+/// [`fork_helper`] for code outside the runtime, checked: refused with
+/// EBUSY in a process that runs more than one thread. `body` gets `keep`
+/// and stdio only; any other fd it reached for is closed in the child, so
+/// the worst a mistake there does is an EBADF.
+pub fn spawn_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .count();
+    if threads != 1 {
+        return Err(Errno::EBUSY);
+    }
+    // SAFETY: single-threaded, checked just now (nothing here starts a
+    // thread in between); `body`'s fd use is as documented above.
+    unsafe { fork_helper(keep, body) }
+}
+
 /// Install a classic BPF seccomp filter on the calling thread.
 /// Without no_new_privs the caller needs CAP_SYS_ADMIN (the OCI order when
 /// `noNewPrivileges` is false).
-pub fn seccomp_set_filter(prog: &[libc::sock_filter]) -> Result<(), Errno> {
+pub(crate) fn seccomp_set_filter(prog: &[libc::sock_filter]) -> Result<(), Errno> {
     let len = u16::try_from(prog.len()).map_err(|_| Errno::E2BIG)?;
     let fprog = libc::sock_fprog {
         len,
@@ -249,7 +304,7 @@ pub fn seccomp_set_filter(prog: &[libc::sock_filter]) -> Result<(), Errno> {
 }
 
 /// Bring an interface (here: `lo` of a fresh network namespace) up.
-pub fn set_link_up(name: &CStr) -> Result<(), Errno> {
+pub(crate) fn set_link_up(name: &CStr) -> Result<(), Errno> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -263,12 +318,12 @@ pub fn set_link_up(name: &CStr) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([*s]);
     }
     // SAFETY: SIOCGIFFLAGS reads into the ifreq we own; the fd is open.
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
     // SAFETY: the union's flags member was just written by the kernel.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    unsafe { req.ifr_ifru.ifru_flags |= IFF_UP };
     // SAFETY: as above, SIOCSIFFLAGS reads the ifreq we own.
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
     Ok(())
@@ -276,7 +331,7 @@ pub fn set_link_up(name: &CStr) -> Result<(), Errno> {
 
 /// Reset every catchable signal to its default action: ignored signals stay
 /// ignored across exec (Rust ignores SIGPIPE), which a payload must not inherit.
-pub fn reset_signal_dispositions() {
+pub(crate) fn reset_signal_dispositions() {
     for sig in 1..libc::SIGRTMAX() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -289,7 +344,7 @@ pub fn reset_signal_dispositions() {
 
 /// `_exit(2)`: leave a forked child without running the parent's atexit
 /// handlers or flushing its copied stdio buffers.
-pub fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
 }
@@ -315,7 +370,7 @@ const ARENA_CHUNK: usize = 1 << 20;
 
 /// From now on this process allocates from fresh mappings (called first
 /// thing in a cloned init, which is single-threaded).
-pub fn use_fresh_arena() {
+pub(crate) fn use_fresh_arena() {
     ARENA_ON.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 

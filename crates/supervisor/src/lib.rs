@@ -1,6 +1,8 @@
 //! isola-supervisor: many sandboxes over time. [`policy`] reads the
 //! supervision fields of a service spec (restart, oom, stop, dependsOn).
 
+#![forbid(unsafe_code)]
+
 pub mod control;
 pub mod decide;
 mod host;

@@ -55,7 +55,7 @@ impl Spawner {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        let pid = isola_runtime::fork_helper(theirs, serve)?;
+        let pid = isola_runtime::spawn_helper(theirs, serve)?;
         Ok(Spawner { sock: ours, pid })
     }
 

@@ -178,7 +178,10 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     }
     let l = (shares as f64).log2();
     let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
-    10f64.powf(exponent).ceil() as u64
+    // Between 1 and 10,000 for shares in [2, 262,144): the cast is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let weight = 10f64.powf(exponent).ceil() as u64;
+    weight
 }
 
 fn check_cpuset_list(field: &str, v: &str) -> Result<(), SpecError> {

@@ -154,7 +154,7 @@ impl Filter {
         let ja = p.len();
         p.push(stmt(JMP_JA, 0));
         self.tree(&iv[..mid], p);
-        p[ja].k = (p.len() - ja - 1) as u32;
+        p[ja].k = jump_offset(p.len() - ja - 1);
         self.tree(&iv[mid..], p);
     }
 
@@ -176,7 +176,8 @@ impl Filter {
             body.push(stmt(RET_K, self.on_match));
             let end = body.len();
             for (at, which) in fails {
-                let off = (end - at - 1) as u8;
+                // A rule is at most six conditions of a few instructions.
+                let off = u8::try_from(end - at - 1).expect("a rule fits in a short jump");
                 if which {
                     body[at].jt = off;
                 } else {
@@ -189,10 +190,28 @@ impl Filter {
     }
 }
 
+/// The upper 32 bits of a 64-bit argument value (BPF loads 32 at a time).
+fn high(v: u64) -> u32 {
+    let [a, b, c, d, ..] = (v >> 32).to_le_bytes();
+    u32::from_le_bytes([a, b, c, d])
+}
+
+/// The lower 32 bits.
+fn low(v: u64) -> u32 {
+    let [a, b, c, d, ..] = v.to_le_bytes();
+    u32::from_le_bytes([a, b, c, d])
+}
+
+/// An unconditional jump's offset; a filter is at most 4096 instructions
+/// (BPF_MAXINSNS), so any offset inside one fits.
+fn jump_offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Emit a 64-bit comparison as 32-bit halves. `fails` collects (index,
 /// jt?) of jumps that must go to the rule's end.
 fn cond(c: &Cond, b: &mut Vec<libc::sock_filter>, fails: &mut Vec<(usize, bool)>) {
-    let (hi, lo) = ((c.value >> 32) as u32, c.value as u32);
+    let (hi, lo) = (high(c.value), low(c.value));
     let ld_hi = stmt(LD_W_ABS, off_arg_hi(c.arg));
     let ld_lo = stmt(LD_W_ABS, off_arg_lo(c.arg));
     match c.op {
@@ -204,13 +223,13 @@ fn cond(c: &Cond, b: &mut Vec<libc::sock_filter>, fails: &mut Vec<(usize, bool)>
             };
             b.push(ld_hi);
             if let Some(m) = mask {
-                b.push(stmt(ALU_AND_K, (m >> 32) as u32));
+                b.push(stmt(ALU_AND_K, high(m)));
             }
             fails.push((b.len(), false));
             b.push(jump(JMP_JEQ_K, hi, 0, 0));
             b.push(ld_lo);
             if let Some(m) = mask {
-                b.push(stmt(ALU_AND_K, m as u32));
+                b.push(stmt(ALU_AND_K, low(m)));
             }
             fails.push((b.len(), false));
             b.push(jump(JMP_JEQ_K, lo, 0, 0));
@@ -275,9 +294,9 @@ pub fn run(p: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
             o if o >= 16 => {
                 let i = ((o - 16) / 8) as usize;
                 if (o - 16) % 8 == 0 {
-                    args[i] as u32
+                    low(args[i])
                 } else {
-                    (args[i] >> 32) as u32
+                    high(args[i])
                 }
             }
             _ => 0,

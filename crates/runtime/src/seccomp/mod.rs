@@ -332,7 +332,11 @@ mod tests {
              "args": [{"index": 1, "value": 100, "op": "SCMP_CMP_EQ"}]}
         ]}));
         let progs = compile(&p).unwrap();
-        match crate::sys::fork().expect("fork") {
+        #[allow(unsafe_code)]
+        // SAFETY: the child only installs the filter, makes two syscalls and
+        // _exits; it allocates nothing another test thread could hold.
+        let forked = unsafe { crate::sys::fork() }.expect("fork");
+        match forked {
             nix::unistd::ForkResult::Child => {
                 let ok = nix::sys::prctl::set_no_new_privs().is_ok()
                     && progs
