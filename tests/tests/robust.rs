@@ -32,6 +32,13 @@ fn rss_kib(pid: nix::unistd::Pid) -> u64 {
         .expect("VmRSS")
 }
 
+/// A service with no namespaces of its own (its cgroup only).
+fn bare(script: &str, extra: Value) -> Value {
+    let mut s = svc(script, extra);
+    s["linux"]["namespaces"] = json!([]);
+    s
+}
+
 /// A service in a PID namespace only: it sees the VM's own files.
 fn plain(script: &str, extra: Value) -> Value {
     let mut s = svc(script, extra);
@@ -87,7 +94,13 @@ fn a_client_that_stops_reading_is_dropped_and_the_supervisor_stays_small() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    up.wait_log("flood", "flood-done");
+    // (Three lines: `isola logs` of a hundred 8 KB lines would fill the
+    // test's pipe before the helper reads it.)
+    let (_, tail, _) = up.cli(&["logs", "-n", "3", "flood"]);
+    assert!(
+        tail.contains("flood-done"),
+        "the whole flood was read: {tail}"
+    );
     let err = up.stderr();
     assert!(
         err.contains("(following the log of flood)") && err.contains("bytes unread"),
@@ -152,6 +165,15 @@ impl StuckDevice {
     }
 }
 
+/// Resumes the device when dropped.
+struct Unstick<'a>(&'a StuckDevice);
+
+impl Drop for Unstick<'_> {
+    fn drop(&mut self) {
+        self.0.resume();
+    }
+}
+
 impl Drop for StuckDevice {
     fn drop(&mut self) {
         self.resume();
@@ -165,8 +187,10 @@ impl Drop for StuckDevice {
 fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
     require_vm();
     let dev = StuckDevice::new();
-    // The payload leaves a reader of the suspended device behind and exits;
-    // without a PID namespace its init does not wait for it.
+    // The payload leaves a reader of the suspended device behind and exits.
+    // Without a PID namespace the init does not wait for it (with one, the
+    // init itself would wait, and the supervisor would never be involved);
+    // without a mount namespace the device node is visible.
     let stuck = format!(
         "dd if={} of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null & sleep 0.5; exit 0",
         dev.path()
@@ -174,7 +198,7 @@ fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
     let up = Up::start(
         "stuck",
         json!({
-            "stuck": plain(&stuck, json!({"restart": {"policy": "no"}})),
+            "stuck": bare(&stuck, json!({"restart": {"policy": "no"}})),
             "flapper": svc("sleep 0.3; exit 1", json!({"restart": {
                 "policy": "always", "delayMs": 50, "maxDelayMs": 50,
                 "limit": {"burst": 1000, "intervalMs": 1000}
@@ -182,6 +206,9 @@ fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
         }),
         &[],
     );
+    // Dropped before `up`: a failing assertion must not leave the
+    // supervisor's shutdown waiting on a suspended device.
+    let _unstick = Unstick(&dev);
     // The init is gone but its cgroup keeps a process in state D: cgroup.kill
     // cannot end it, and the service shows as stopping meanwhile.
     up.wait_state("stuck", "stopping");
@@ -222,7 +249,6 @@ fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
         "cgroup left behind"
     );
     up.down();
-    drop(dev);
     assert_clean();
 }
 

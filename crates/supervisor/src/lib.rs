@@ -16,3 +16,4 @@ pub mod spawner;
 pub mod stack;
 mod status;
 pub mod supervisor;
+mod token;

@@ -16,7 +16,7 @@ use nix::sys::socket::sockopt::PeerCredentials;
 use serde::Serialize;
 
 use crate::control::{short_error, Message, Request, Response};
-use crate::lifecycle::ConnId;
+use crate::lifecycle::{ConnId, Core};
 use crate::logs;
 use crate::supervisor::{Supervisor, Token};
 
@@ -51,6 +51,10 @@ impl Conn {
             Err(_) => self.out.truncate(before),
         }
     }
+}
+
+fn no_such_service(verb: &str, name: &str) -> Response<'static> {
+    Response::err(format!("{verb}: {name:?}: no such service"))
 }
 
 impl Supervisor {
@@ -152,8 +156,6 @@ impl Supervisor {
     /// when the service settles (the core's `Answer`).
     fn handle(&mut self, id: ConnId, req: Request) {
         let now = Instant::now();
-        let need =
-            |what: &str, name: &str| Response::err(format!("{what}: {name:?}: no such service"));
         match req {
             Request::Status => self.status_reply(id),
             Request::Down => self.core.shutdown(Some(id), now),
@@ -163,34 +165,16 @@ impl Supervisor {
                 }
                 self.send(id, &Response::ok());
             }
-            Request::Stop { name } | Request::Start { name } | Request::Restart { name }
-                if self.core.find(&name).is_none() =>
-            {
-                let what = "stop, start or restart";
-                self.send(id, &need(what, &name));
-            }
-            Request::Stop { name } => {
-                if let Some(i) = self.core.find(&name) {
-                    self.core.stop(i, id, now);
-                }
-            }
-            Request::Start { name } => {
-                if let Some(i) = self.core.find(&name) {
-                    self.core.start(i, id, now);
-                }
-            }
-            Request::Restart { name } => {
-                if let Some(i) = self.core.find(&name) {
-                    self.core.restart(i, id, now);
-                }
-            }
+            Request::Stop { name } => self.on_service(id, "stop", &name, Core::stop),
+            Request::Start { name } => self.on_service(id, "start", &name, Core::start),
+            Request::Restart { name } => self.on_service(id, "restart", &name, Core::restart),
             Request::Logs {
                 name,
                 lines,
                 follow,
             } => {
                 if self.core.find(&name).is_none() {
-                    return self.send(id, &need("logs", &name));
+                    return self.send(id, &no_such_service("logs", &name));
                 }
                 let tail = logs::tail(&self.cfg.logs.dir, &name, lines, self.cfg.logs.files);
                 if follow {
@@ -204,6 +188,20 @@ impl Supervisor {
                 };
                 self.send(id, &reply);
             }
+        }
+    }
+
+    /// A request about one service: the core answers once it settled.
+    fn on_service(
+        &mut self,
+        id: ConnId,
+        verb: &str,
+        name: &str,
+        act: impl FnOnce(&mut Core, usize, ConnId, Instant),
+    ) {
+        match self.core.find(name) {
+            Some(i) => act(&mut self.core, i, id, Instant::now()),
+            None => self.send(id, &no_such_service(verb, name)),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::*;
