@@ -259,6 +259,12 @@ impl Cgroup {
         self.path.join("cgroup.events")
     }
 
+    /// `memory.events`: its `oom_kill` count changes with every OOM kill
+    /// (inotify IN_MODIFY, rate-limited by the kernel).
+    pub fn memory_events_path(&self) -> PathBuf {
+        self.path.join("memory.events")
+    }
+
     pub fn is_populated(&self) -> Result<bool, CgroupError> {
         populated(&self.path)
     }

@@ -210,7 +210,7 @@ impl Supervisor {
                 let pid = sb.pid();
                 let watch = sb.cgroup().and_then(|cg| {
                     self.inotify
-                        .add_watch(&cg.path().join("memory.events"), AddWatchFlags::IN_MODIFY)
+                        .add_watch(&cg.memory_events_path(), AddWatchFlags::IN_MODIFY)
                         .ok()
                 });
                 self.epoll_add(sb.pidfd(), Token::Pidfd(i));

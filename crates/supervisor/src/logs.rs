@@ -38,10 +38,6 @@ impl LogFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Append one line: `<RFC 3339 UTC time> <stream> <text>`.
     pub fn write_line(&mut self, stream: &str, text: &str) -> io::Result<()> {
         let line = format!("{} {stream} {text}\n", timestamp(SystemTime::now()));

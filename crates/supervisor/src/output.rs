@@ -25,6 +25,13 @@ use crate::supervisor::{Supervisor, Token};
 const SINK_LIMIT: usize = 1 << 20;
 /// Bytes read from a service pipe per read call.
 const READ_CHUNK: usize = 16 * 1024;
+/// Reads per wakeup of a live pipe: a service that writes as fast as we
+/// read must not keep the loop from everything else (epoll is
+/// level-triggered: the rest is reported again at once).
+const READS_PER_WAKEUP: usize = 4;
+/// Reads of a dead sandbox's pipe: what it wrote before it died, up to
+/// 1 MiB (a leftover process still writing is cut off there).
+const READS_WHEN_CLOSING: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stream {
@@ -278,7 +285,12 @@ impl Supervisor {
         let mut lines = Vec::new();
         let mut buf = [0u8; READ_CHUNK];
         let mut eof = false;
-        loop {
+        let reads = if closing {
+            READS_WHEN_CLOSING
+        } else {
+            READS_PER_WAKEUP
+        };
+        for _ in 0..reads {
             match nix::unistd::read(&p.fd, &mut buf) {
                 Ok(0) => {
                     eof = true;

@@ -92,11 +92,17 @@ impl H {
     }
 
     fn exited(&mut self, name: &str, code: i32) {
+        self.exited_after_ooms(name, code, 0, 0);
+    }
+
+    /// The sandbox ended with `oom` OOM kills this run, `new` of them not
+    /// reported before.
+    fn exited_after_ooms(&mut self, name: &str, code: i32, oom: u64, new: u64) {
         let (i, now) = (self.i(name), self.now);
         let exit = Exit {
             code,
-            oom_kills: 0,
-            new_oom_kills: 0,
+            oom_kills: oom,
+            new_oom_kills: new,
         };
         self.core.exited(i, exit, now);
     }
@@ -271,12 +277,7 @@ fn oom_policies() {
     let fx = h.effects();
     assert!(events(&fx)[0].starts_with("oom-kill: the kernel killed 1 process(es)"));
     assert!(fx.contains(&Effect::Signal(0, Signal::SIGTERM)));
-    let exit = Exit {
-        code: 143,
-        oom_kills: 1,
-        new_oom_kills: 0,
-    };
-    h.core.exited(0, exit, now);
+    h.exited_after_ooms("a", 143, 1, 0);
     assert_eq!(h.state("a"), State::Stopped);
     let s = h.core.service(0).unwrap();
     assert_eq!(
@@ -293,13 +294,7 @@ fn oom_policies() {
 
     // restart: an OOM-killed payload is restarted by the restart policy.
     let mut h = H::running(json!({"a": {"oom": "restart", "restart": {"policy": "on-failure"}}}));
-    let now = h.now;
-    let exit = Exit {
-        code: 137,
-        oom_kills: 1,
-        new_oom_kills: 1,
-    };
-    h.core.exited(0, exit, now);
+    h.exited_after_ooms("a", 137, 1, 1);
     assert_eq!(h.state("a"), State::Backoff);
     let s = h.core.service(0).unwrap();
     assert_eq!(s.last_exit.map(|e| e.reason), Some(Reason::OomKill));
@@ -386,13 +381,7 @@ fn reload_restarts_changed_starts_added_removes_gone_and_keeps_the_rest() {
         "the new definition"
     );
 
-    let now = h.now;
-    let exit = Exit {
-        code: 143,
-        oom_kills: 0,
-        new_oom_kills: 0,
-    };
-    h.core.exited(gone, exit, now);
+    h.exited("gone", 143);
     let fx = h.effects();
     assert!(fx.contains(&Effect::Forget(gone)));
     assert!(h.core.service(gone).is_none());
