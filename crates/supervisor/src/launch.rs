@@ -153,6 +153,10 @@ impl Supervisor {
     /// sync socket.
     pub(crate) fn launch(&mut self, i: usize) {
         let now = Instant::now();
+        if self.slot(i).is_none() {
+            // A service added by a reload whose log file could not be opened.
+            return self.launch_failed(i, "no log file for it (see the reload note)", now);
+        }
         let fds = (
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
