@@ -1,5 +1,5 @@
 # `make test` is the one test command (CI runs it through .ci/run).
-.PHONY: all build test unit vm-test vm-shell vm lint fmt bench clean-vm demo rootfs
+.PHONY: all build test unit vm-test vm-deps vm-shell vm lint fmt bench clean-vm demo rootfs
 
 all: build
 
@@ -14,11 +14,15 @@ unit:
 	cargo test --workspace --exclude isola-tests
 
 # T=name runs only tests whose name contains it.
-vm-test:
+vm-test: vm-deps
 	scripts/vm-test.sh $(T)
 
+# qemu, the VM's kernel and the tools its tests use, from Debian's packages.
+vm-deps:
+	scripts/vm-deps.sh
+
 # The demo stack (specs/demo-stack.json) and two one-off sandboxes, in the VM.
-demo: rootfs
+demo: vm-deps rootfs
 	cargo build -p isola
 	scripts/vm.sh -- scripts/demo.sh
 

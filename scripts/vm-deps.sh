@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what the VM harness (and so `make test` and `make demo`) needs and
+# a fresh Debian machine lacks: qemu, the kernel it boots, busybox for the
+# initramfs, and the tools the tests use inside the VM. Debian packages
+# only; says what it installs; does nothing when all is there.
+set -euo pipefail
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v busybox >/dev/null || need+=(busybox-static)
+command -v modprobe >/dev/null || need+=(kmod)
+command -v cpio >/dev/null || need+=(cpio)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v ip >/dev/null || need+=(iproute2)
+# The stuck-teardown test suspends a device-mapper device in the VM.
+command -v dmsetup >/dev/null || need+=(dmsetup)
+dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "isola: installing what the VM needs: ${need[*]}"
+    if [ "$(id -u)" != 0 ]; then
+        echo "isola: run as root, or: apt-get install ${need[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
