@@ -48,7 +48,24 @@ impl Up {
         up.spawn(extra_args)
     }
 
-    pub fn spawn(mut self, extra_args: &[&str]) -> Up {
+    /// `isola up` run through `wrapper` (e.g. `prlimit --nofile=…`), which
+    /// must exec it in the same process.
+    pub fn start_under(name: &str, services: Value, extra_args: &[&str], wrapper: &[&str]) -> Up {
+        let dir = Scratch::new(&format!("up-{name}"));
+        let up = Up {
+            name: name.to_string(),
+            dir,
+            child: None,
+        };
+        up.write_stack(&services);
+        up.spawn_under(extra_args, wrapper)
+    }
+
+    pub fn spawn(self, extra_args: &[&str]) -> Up {
+        self.spawn_under(extra_args, &[])
+    }
+
+    pub fn spawn_under(mut self, extra_args: &[&str], wrapper: &[&str]) -> Up {
         let out = std::fs::File::create(self.dir.path("up.out")).unwrap();
         let err = std::fs::File::create(self.dir.path("up.err")).unwrap();
         let mut args = vec![
@@ -60,8 +77,14 @@ impl Up {
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         args.push(self.stack_path().display().to_string());
+        let bin = isola_bin().display().to_string();
+        let (program, prefix) = match wrapper.split_first() {
+            Some((first, rest)) => (first.to_string(), [rest, &[bin.as_str()]].concat()),
+            None => (bin.clone(), Vec::new()),
+        };
         self.child = Some(
-            Command::new(isola_bin())
+            Command::new(program)
+                .args(&prefix)
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(out)

@@ -60,6 +60,16 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
+    /// The errno behind a failed file operation, if that is what it was.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            CgroupError::Io { source, .. } | CgroupError::Write { source, .. } => {
+                source.raw_os_error().map(Errno::from_raw)
+            }
+            _ => None,
+        }
+    }
+
     /// Problems the user can fix by changing the command line.
     pub fn is_usage(&self) -> bool {
         matches!(

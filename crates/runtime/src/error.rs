@@ -55,11 +55,39 @@ pub enum Error {
     },
 }
 
+/// The errnos of a shortage of something the host has only so much of.
+pub const SHORTAGES: [nix::errno::Errno; 5] = [
+    nix::errno::Errno::EMFILE,
+    nix::errno::Errno::ENFILE,
+    nix::errno::Errno::EAGAIN,
+    nix::errno::Errno::ENOMEM,
+    nix::errno::Errno::ENOSPC,
+];
+
+pub fn is_shortage(e: nix::errno::Errno) -> bool {
+    SHORTAGES.contains(&e)
+}
+
 impl Error {
     pub fn sys(context: impl Into<String>, source: nix::errno::Errno) -> Error {
         Error::Sys {
             context: context.into(),
             source,
+        }
+    }
+
+    /// A shortage that goes away by itself (file descriptors, memory, pids,
+    /// namespaces): worth trying again later, not a broken service.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Sys { source, .. } => is_shortage(*source),
+            Error::Cgroup(c) => c.errno().is_some_and(is_shortage),
+            // The init reports a failed step as text; the errno is in it as
+            // nix prints one ("EMFILE: Too many open files").
+            Error::Setup { message, .. } => SHORTAGES
+                .iter()
+                .any(|e| message.contains(&format!("{e:?}: "))),
+            _ => false,
         }
     }
 
@@ -72,5 +100,33 @@ impl Error {
             Error::Cgroup(c) if c.is_usage() => exit::code(exit::USAGE),
             _ => exit::code(exit::SETUP),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    #[test]
+    fn shortages_are_transient_and_mistakes_are_not() {
+        assert!(Error::sys("socketpair", Errno::EMFILE).is_transient());
+        assert!(Error::sys("clone3", Errno::EAGAIN).is_transient());
+        assert!(!Error::sys("clone3", Errno::EPERM).is_transient());
+        let setup = |m: &str| Error::Setup {
+            step: "namespaces".into(),
+            message: m.into(),
+        };
+        assert!(setup("unshare: ENOSPC: No space left on device").is_transient());
+        assert!(!setup("unshare: EPERM: Operation not permitted").is_transient());
+        let not_found = Error::NotFound {
+            command: "x".into(),
+        };
+        assert!(!not_found.is_transient());
+        let cg = crate::cgroup::CgroupError::Io {
+            path: "/sys/fs/cgroup/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        };
+        assert!(Error::from(cg).is_transient());
     }
 }

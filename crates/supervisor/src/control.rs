@@ -133,6 +133,10 @@ pub struct StatusRow<'a> {
     pub started_at_ms: Option<u64>,
     pub last_exit: Option<ExitRow>,
     pub oom_kills: u64,
+    /// The shortage its last start ran into (EMFILE…), while it waits in
+    /// backoff to try again.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Cow<'a, str>>,
     pub memory_current: Option<u64>,
     pub memory_peak: Option<u64>,
     pub cpu_usec: Option<u64>,
@@ -354,6 +358,7 @@ mod tests {
                 signal: Some(9),
             }),
             oom_kills: 1,
+            waiting_for: None,
             memory_current: None,
             memory_peak: None,
             cpu_usec: Some(3),

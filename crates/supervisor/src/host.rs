@@ -66,9 +66,8 @@ impl Inherited {
     }
 }
 
-/// Each service holds up to eight fds (pidfd, sync socket, two pipes, its
-/// log, three stat files): raise our RLIMIT_NOFILE (root may go up to
-/// fs.nr_open). Returns the original.
+/// A running service holds up to seven fds ([`fds_per_running`]): raise
+/// our RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
 fn raise_nofile() -> Option<Rlimit> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
     let nr_open = std::fs::read_to_string(NR_OPEN)
@@ -99,6 +98,75 @@ fn protect_from_oom() -> Option<i32> {
     }
     std::fs::write(OOM_SCORE_ADJ, SUPERVISOR_OOM_SCORE_ADJ.to_string()).ok()?;
     Some(original)
+}
+
+/// fds of a running service: its init's pidfd and sync socket (the init's
+/// news), its stdout and stderr pipes; with a cgroup also its open
+/// `memory.current`, `memory.peak` and `cpu.stat`.
+pub(crate) const fn fds_per_running(no_cgroup: bool) -> u64 {
+    if no_cgroup {
+        4
+    } else {
+        7
+    }
+}
+
+/// fds of the supervisor itself: epoll, signalfd, timerfd, inotify, the
+/// control socket, the spawner's socket, stdio and their non-blocking
+/// copies, the stack's lock; a start burst's temporary pipes and
+/// /dev/null (3 × MAX_STARTING); and room for 64 clients.
+const SUPERVISOR_FDS: u64 = 16 + 3 * crate::supervisor::MAX_STARTING as u64 + 64;
+/// Tasks of a running service at least: its init and its payload.
+const TASKS_PER_SERVICE: u64 = 2;
+
+/// Refuse a stack that cannot run whole on this host — before anything
+/// starts, in one line with the numbers and the fix — rather than let
+/// thousands of services fail one by one.
+pub(crate) fn check_capacity(services: usize, no_cgroup: bool) -> Result<(), UpError> {
+    let n = u64::try_from(services).unwrap_or(u64::MAX);
+    let logs = n.min(crate::output::LOGS_OPEN as u64);
+    let fds = n * fds_per_running(no_cgroup) + logs + SUPERVISOR_FDS;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if fds > soft {
+            return Err(UpError::Setup(format!(
+                "{services} services need up to {fds} file descriptors ({} per running service, \
+                 {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
+                 {soft} (hard limit {hard}, and isola up could not raise it): raise it \
+                 (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit) or split the stack",
+                fds_per_running(no_cgroup)
+            )));
+        }
+    }
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    // /proc/loadavg's fourth field: running/total tasks now.
+    let tasks_now = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| {
+            let field = t.split_whitespace().nth(3)?;
+            field.split_once('/')?.1.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let tasks = n * TASKS_PER_SERVICE + 1;
+    for (file, name) in [
+        ("/proc/sys/kernel/pid_max", "kernel.pid_max"),
+        ("/proc/sys/kernel/threads-max", "kernel.threads-max"),
+    ] {
+        if let Some(max) = read(file) {
+            if tasks_now + tasks > max {
+                return Err(UpError::Setup(format!(
+                    "{services} services need at least {tasks} processes ({TASKS_PER_SERVICE} \
+                     each: init and payload) and {tasks_now} run already, but {name} is {max}: \
+                     raise it (sysctl -w {name}={}) or split the stack",
+                    (tasks_now + tasks).next_power_of_two()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);

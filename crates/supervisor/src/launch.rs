@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use isola_runtime::cgroup::{Cgroup, StatFiles, REMOVE_RETRY};
 use isola_runtime::sandbox::Starting;
 use isola_runtime::{exit, sandbox, InitNews, Sandbox};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::Exit;
+use crate::lifecycle::{Exit, StartError};
 use crate::output::{Pipe, Stream};
 use crate::spawner::{self, Answer, Spawner};
 use crate::supervisor::{now_ms, Supervisor, Token};
@@ -120,15 +121,29 @@ impl Supervisor {
 
     /// Clone service `i`'s init: through the spawner when it knows the
     /// service as it is now, else here.
-    fn spawn_sandbox(&mut self, i: usize, stdio: [RawFd; 3]) -> Result<Starting, (i32, String)> {
-        let gone = || (exit::code(exit::SETUP), "service removed".to_string());
+    fn spawn_sandbox(&mut self, i: usize, stdio: [RawFd; 3]) -> Result<Starting, StartError> {
+        let gone = || StartError {
+            code: exit::code(exit::SETUP),
+            why: "service removed".to_string(),
+            transient: false,
+        };
         if let Some(sp) = &self.spawner {
             let s = self.core.service(i).ok_or_else(gone)?;
             let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
             let index = u32::try_from(i).map_err(|_| gone())?;
             match sp.request(index, s.def.fingerprint, stdio, &s.def.name, cgroup) {
                 Ok(Answer::Started(st)) => return Ok(st),
-                Ok(Answer::Failed { code, message }) => return Err((code, message)),
+                Ok(Answer::Failed {
+                    code,
+                    message,
+                    transient,
+                }) => {
+                    return Err(StartError {
+                        code,
+                        why: message,
+                        transient,
+                    })
+                }
                 Ok(Answer::Unknown) => {}
                 Err(e) => {
                     self.note(&format!(
@@ -140,7 +155,7 @@ impl Supervisor {
         }
         let def = &self.core.service(i).ok_or_else(gone)?.def;
         let opts = self.options_for(&def.name, stdio, false);
-        sandbox::spawn(&def.plan, &opts).map_err(|e| (e.exit_code(), e.to_string()))
+        sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))
     }
 
     fn epoll_add(&self, fd: BorrowedFd<'_>, tok: Token) {
@@ -155,7 +170,8 @@ impl Supervisor {
         let now = Instant::now();
         if self.slot(i).is_none() {
             // A service added by a reload whose log file could not be opened.
-            return self.launch_failed(i, "no log file for it (see the reload note)", now);
+            let why = "no log file for it (see the reload note)";
+            return self.launch_failed(i, why, Errno::ENOENT, now);
         }
         let fds = (
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
@@ -167,9 +183,12 @@ impl Supervisor {
                 (out_r, out_w, err_r, err_w, null)
             }
             (Err(e), ..) | (_, Err(e), _) => {
-                return self.launch_failed(i, &format!("cannot create pipes: {e}"), now)
+                return self.launch_failed(i, &format!("cannot create pipes: {e}"), e, now)
             }
-            (_, _, Err(e)) => return self.launch_failed(i, &format!("/dev/null: {e}"), now),
+            (_, _, Err(e)) => {
+                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                return self.launch_failed(i, &format!("/dev/null: {e}"), errno, now);
+            }
         };
         let result =
             self.spawn_sandbox(i, [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
@@ -191,15 +210,21 @@ impl Supervisor {
                     slot.launched = Some(Launched { starting });
                 }
             }
-            Err((code, e)) => {
+            Err(e) => {
                 slot.record_exit();
-                self.core.start_failed(i, code, &e, now);
+                self.core.start_failed(i, e, now);
             }
         }
     }
 
-    fn launch_failed(&mut self, i: usize, why: &str, now: Instant) {
-        self.core.start_failed(i, exit::code(exit::SETUP), why, now);
+    /// No sandbox for want of `errno` on our side (pipes, /dev/null).
+    fn launch_failed(&mut self, i: usize, why: &str, errno: Errno, now: Instant) {
+        let e = StartError {
+            code: exit::code(exit::SETUP),
+            why: why.to_string(),
+            transient: isola_runtime::error::is_shortage(errno),
+        };
+        self.core.start_failed(i, e, now);
     }
 
     /// The init of a starting sandbox reported (or died).
@@ -238,8 +263,7 @@ impl Supervisor {
                 if let Some(slot) = self.slot(i) {
                     slot.record_exit();
                 }
-                self.core
-                    .start_failed(i, e.exit_code(), &e.to_string(), now);
+                self.core.start_failed(i, StartError::from(&e), now);
             }
         }
     }

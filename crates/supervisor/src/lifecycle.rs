@@ -33,7 +33,7 @@ mod phase;
 mod tests;
 mod transitions;
 
-pub use phase::{ConnId, Down, Effect, Exit, Intent, Phase, Service, State};
+pub use phase::{ConnId, Down, Effect, Exit, Intent, Phase, Service, StartError, State};
 
 /// The whole stack's lifecycle.
 pub struct Core {
@@ -43,6 +43,8 @@ pub struct Core {
     max_launching: usize,
     shutting_down: bool,
     down_waiters: Vec<ConnId>,
+    /// Services waiting for resources when that was last reported.
+    waiting_noted: usize,
     /// Down answered: the loop may end.
     finished: bool,
     effects: VecDeque<Effect>,
@@ -61,6 +63,7 @@ impl Core {
             max_launching: max_launching.max(1),
             shutting_down: false,
             down_waiters: Vec::new(),
+            waiting_noted: 0,
             finished: false,
             effects: VecDeque::new(),
             rng: seed | 1,
@@ -203,14 +206,19 @@ impl Core {
 
     /// The launch of service `i` did not produce a sandbox, or its init
     /// reported a setup or exec failure: an exit with that code, judged by
-    /// the restart policy like any other.
-    pub fn start_failed(&mut self, i: usize, code: i32, why: &str, now: Instant) {
+    /// the restart policy like any other — unless it was a shortage, which
+    /// only postpones the start.
+    pub fn start_failed(&mut self, i: usize, e: StartError, now: Instant) {
         let Some(Phase::Launching { then, .. }) = self.phase(i) else {
             return;
         };
-        self.event(i, format!("start failed: {why}"));
-        let exit = LastExit::classify(code, 0, false);
-        self.after_exit(i, code, exit, Duration::ZERO, then, now);
+        if e.transient && then.is_none() && !self.shutting_down {
+            self.postpone(i, &e.why, now);
+        } else {
+            self.event(i, format!("start failed: {}", e.why));
+            let exit = LastExit::classify(e.code, 0, false);
+            self.after_exit(i, e.code, exit, Duration::ZERO, then, now);
+        }
         self.pump(now);
     }
 
@@ -221,6 +229,7 @@ impl Core {
         };
         // Not settled yet if a stop is pending: its waiters wait for it.
         self.enter_unsettled(i, Phase::Running { since });
+        self.got_resources(i);
         self.event(i, format!("running (pid {pid})"));
         match then {
             // Asked to stop (or restart, or go) while it set up.

@@ -15,15 +15,19 @@ pub struct LogConfig {
     pub files: u32,
 }
 
+/// A service's log. The file is open only while the supervisor's cache of
+/// open logs keeps it (see `output::LOGS_OPEN`): a stack of ten thousand
+/// services does not hold ten thousand fds for logs nobody writes.
 pub struct LogFile {
     path: PathBuf,
-    file: File,
+    file: Option<File>,
     size: u64,
     max_bytes: u64,
     files: u32,
 }
 
 impl LogFile {
+    /// Check that the log can be written (creating it), and leave it closed.
     pub fn open(cfg: &LogConfig, service: &str) -> io::Result<LogFile> {
         fs::create_dir_all(&cfg.dir)?;
         let path = cfg.dir.join(format!("{service}.log"));
@@ -31,28 +35,51 @@ impl LogFile {
         let size = file.metadata()?.len();
         Ok(LogFile {
             path,
-            file,
+            file: None,
             size,
             max_bytes: cfg.max_bytes.max(1),
             files: cfg.files.max(1),
         })
     }
 
-    /// Append one line: `<RFC 3339 UTC time> <stream> <text>`.
-    pub fn write_line(&mut self, stream: &str, text: &str) -> io::Result<()> {
+    /// Append one line: `<RFC 3339 UTC time> <stream> <text>`. Opens the
+    /// file if it is closed: true when it did (the caller's cache then
+    /// counts one more open log).
+    pub fn write_line(&mut self, stream: &str, text: &str) -> io::Result<bool> {
         let line = format!("{} {stream} {text}\n", timestamp(SystemTime::now()));
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+        let len = u64::try_from(line.len()).unwrap_or(u64::MAX);
+        if self.size > 0 && self.size.saturating_add(len) > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(line.as_bytes())?;
-        self.size += line.len() as u64;
-        Ok(())
+        let opened = self.file.is_none();
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(append(&self.path)?),
+        };
+        file.write_all(line.as_bytes())?;
+        self.size = self.size.saturating_add(len);
+        Ok(opened)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Give the fd back (the next write opens the file again).
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         let name = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
         if self.files == 1 {
-            self.file.set_len(0)?;
+            match &self.file {
+                Some(f) => f.set_len(0)?,
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)?
+                    .set_len(0)?,
+            }
             self.size = 0;
             return Ok(());
         }
@@ -61,13 +88,16 @@ impl LogFile {
             let _ = fs::rename(name(i), name(i + 1));
         }
         fs::rename(&self.path, name(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        if self.file.is_some() {
+            self.file = Some(append(&self.path)?);
+        }
         self.size = 0;
         Ok(())
     }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// The last `n` lines of a service's logs, across rotated files.

@@ -23,6 +23,9 @@ use crate::supervisor::{Supervisor, Token};
 
 /// Bytes a sink keeps while its reader is slow; past that, lines are dropped.
 const SINK_LIMIT: usize = 1 << 20;
+/// Log files kept open at once, the most recently opened ones: a service
+/// that writes keeps its log open, ten thousand quiet ones hold no fd.
+pub(crate) const LOGS_OPEN: usize = 128;
 /// Bytes read from a service pipe per read call.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per wakeup of a live pipe: a service that writes as fast as we
@@ -247,9 +250,7 @@ impl Supervisor {
         };
         self.sinks[1].line(&format!("isola: {name}: {msg}"));
         self.flush_sink(1);
-        if let Some(slot) = self.slot(i) {
-            let _ = slot.log.write_line("isola", msg);
-        }
+        self.log_lines(i, "isola", std::slice::from_ref(&msg.to_string()));
         let line = format!("isola: {msg}");
         self.broadcast(
             |c| c.follows(&name),
@@ -266,6 +267,28 @@ impl Supervisor {
                 event: msg.into(),
             },
         );
+    }
+
+    /// Append lines to service `i`'s log, opening it through the bounded
+    /// cache of open logs (the oldest opened is closed past [`LOGS_OPEN`]).
+    fn log_lines(&mut self, i: usize, stream: &str, lines: &[String]) {
+        let Some(slot) = self.slot(i) else { return };
+        let mut opened = false;
+        for l in lines {
+            opened |= slot.log.write_line(stream, l).unwrap_or(false);
+        }
+        if !opened {
+            return;
+        }
+        self.open_logs.push_back(i);
+        while self.open_logs.len() > LOGS_OPEN {
+            let Some(j) = self.open_logs.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.slot(j) {
+                s.log.close();
+            }
+        }
     }
 
     pub(crate) fn drain_pipes(&mut self, i: usize) {
@@ -318,9 +341,7 @@ impl Supervisor {
         if lines.is_empty() {
             return;
         }
-        for l in &lines {
-            let _ = slot.log.write_line(stream.as_str(), l);
-        }
+        self.log_lines(i, stream.as_str(), &lines);
         let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
             return;
         };

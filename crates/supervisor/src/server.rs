@@ -59,7 +59,14 @@ fn no_such_service(verb: &str, name: &str) -> Response<'static> {
 
 impl Supervisor {
     pub(crate) fn on_accept(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return self.shed_connection();
+                }
+                Err(_) => return,
+            };
             let creds = nix::sys::socket::getsockopt(&stream, PeerCredentials);
             let me = nix::unistd::geteuid().as_raw();
             let allowed = matches!(&creds, Ok(c) if c.uid() == 0 || c.uid() == me);
@@ -79,6 +86,7 @@ impl Supervisor {
                 }
                 continue;
             }
+            self.shedding = false;
             let id = self.next_conn;
             self.next_conn += 1;
             let ev = EpollEvent::new(EpollFlags::EPOLLIN, Token::Conn(id).encode());
@@ -95,6 +103,22 @@ impl Supervisor {
                     events: false,
                 },
             );
+        }
+    }
+
+    /// Out of fds: the pending connection would keep the (level-triggered)
+    /// listener readable forever. Free the reserve fd, accept the client
+    /// and hang up on it at once, take the reserve back; say so once per
+    /// shortage.
+    fn shed_connection(&mut self) {
+        self.reserve_fd = None;
+        if let Ok((stream, _)) = self.listener.accept() {
+            drop(stream);
+        }
+        self.reserve_fd = std::fs::File::open("/dev/null").ok();
+        if !self.shedding {
+            self.shedding = true;
+            self.note("out of file descriptors: refusing control connections until some are free");
         }
     }
 

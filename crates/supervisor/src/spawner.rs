@@ -13,7 +13,8 @@
 //! supervisor → spawner: service index (u32 LE), fingerprint (u64 LE),
 //! with stdin, stdout, stderr as SCM_RIGHTS.
 //! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
-//! sync socket as SCM_RIGHTS; `E` exit code (i32 LE) + message; `U` when it
+//! sync socket as SCM_RIGHTS; `E` exit code (i32 LE), transient (one byte:
+//! 1 for a shortage worth retrying) + message; `U` when it
 //! does not know that service as it is now (a reload changed it): the
 //! supervisor then clones it itself.
 
@@ -40,6 +41,8 @@ pub enum Answer {
     Failed {
         code: i32,
         message: String,
+        /// A shortage (EMFILE, ENOMEM…): try again later.
+        transient: bool,
     },
     /// Not a service the spawner knows in this form.
     Unknown,
@@ -88,9 +91,10 @@ impl Spawner {
                 };
                 Ok(Answer::Started(Starting::from_parts(parts)))
             }
-            Some(b'E') if msg.len() >= 5 => Ok(Answer::Failed {
+            Some(b'E') if msg.len() >= 6 => Ok(Answer::Failed {
                 code: i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]),
-                message: String::from_utf8_lossy(&msg[5..]).into_owned(),
+                transient: msg[5] == 1,
+                message: String::from_utf8_lossy(&msg[6..]).into_owned(),
             }),
             Some(b'U') => Ok(Answer::Unknown),
             _ => Err(Errno::EPROTO),
@@ -173,6 +177,7 @@ fn reply_started(sock: &OwnedFd, p: &Parts) -> Result<(), Errno> {
 fn reply_failed(sock: &OwnedFd, e: &Error) -> Result<(), Errno> {
     let mut msg = vec![b'E'];
     msg.extend_from_slice(&e.exit_code().to_le_bytes());
+    msg.push(u8::from(e.is_transient()));
     msg.extend_from_slice(e.to_string().as_bytes());
     fdpass::send(sock, &msg, &[])
 }

@@ -64,6 +64,7 @@ impl Supervisor {
                         signal: e.signal,
                     }),
                     oom_kills: s.oom_kills,
+                    waiting_for: s.waiting_for.as_deref().map(Cow::Borrowed),
                     memory_current: stats.memory_current,
                     memory_peak: stats.memory_peak,
                     cpu_usec: stats.cpu_usec,

@@ -139,6 +139,12 @@ pub struct Supervisor {
     /// Clones inits for us while it lives (see `spawner`).
     pub(crate) spawner: Option<Spawner>,
     pub(crate) conns: HashMap<u64, Conn>,
+    /// Held open to be let go when we run out of fds (see `server`).
+    pub(crate) reserve_fd: Option<std::fs::File>,
+    /// Refusing connections for want of fds (said once).
+    pub(crate) shedding: bool,
+    /// Services whose log file is open, oldest first (see `output`).
+    pub(crate) open_logs: VecDeque<usize>,
     pub(crate) next_conn: u64,
     /// Our stdout (service output) and stderr (events, notes).
     pub(crate) sinks: [Sink; 2],
@@ -188,6 +194,9 @@ impl Supervisor {
             isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
         }
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+        // Our fd limit raised as far as it goes, then: does the stack fit?
+        let host = host::Inherited::adjust();
+        host::check_capacity(stack.services.len(), cfg.no_cgroup)?;
         let listener = host::bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = host::RemoveOnDrop(Some(cfg.socket.clone()));
@@ -207,7 +216,6 @@ impl Supervisor {
             }
             Some(group)
         };
-        let host = host::Inherited::adjust();
 
         // Everything we handle arrives through the signalfd; SIGCHLD is
         // blocked too so that exits only show up as pidfd events.
@@ -263,6 +271,9 @@ impl Supervisor {
             slots,
             spawner: None,
             conns: HashMap::new(),
+            open_logs: VecDeque::new(),
+            reserve_fd: std::fs::File::open("/dev/null").ok(),
+            shedding: false,
             next_conn: 0,
             sinks,
         };
@@ -405,10 +416,13 @@ impl Supervisor {
     /// SIGHUP: re-read the stack; the core restarts changed services,
     /// starts new ones, stops removed ones and leaves the rest alone.
     fn reload(&mut self, now: Instant) {
-        let stack = load_stack(&self.cfg.stack_path).and_then(|s| {
-            check_no_cgroup(&self.cfg, &s)?;
-            Ok(s)
-        });
+        let stack = load_stack(&self.cfg.stack_path)
+            .map_err(UpError::from)
+            .and_then(|s| {
+                check_no_cgroup(&self.cfg, &s)?;
+                host::check_capacity(s.services.len(), self.cfg.no_cgroup)?;
+                Ok(s)
+            });
         let mut defs = match stack {
             Ok(s) => s.services,
             Err(e) => {

@@ -188,6 +188,8 @@ pub struct Service {
     pub(super) starts: VecDeque<Instant>,
     pub last_exit: Option<LastExit>,
     pub oom_kills: u64,
+    /// The shortage its last start ran into, while it waits to retry.
+    pub waiting_for: Option<String>,
     /// Clients waiting for this service to settle.
     pub(super) waiters: Vec<ConnId>,
 }
@@ -203,6 +205,7 @@ impl Service {
             starts: VecDeque::new(),
             last_exit: None,
             oom_kills: 0,
+            waiting_for: None,
             waiters: Vec::new(),
         }
     }
@@ -212,6 +215,27 @@ impl Service {
     pub(super) fn forgive(&mut self) {
         self.streak = 0;
         self.starts.clear();
+    }
+}
+
+/// Why a launch produced no running payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    /// The exit code it counts as (125 setup, 126, 127).
+    pub code: i32,
+    pub why: String,
+    /// A shortage (EMFILE, ENFILE, EAGAIN, ENOMEM, ENOSPC): the service is
+    /// not at fault; it waits in backoff and is never `failed` for it.
+    pub transient: bool,
+}
+
+impl From<&isola_runtime::Error> for StartError {
+    fn from(e: &isola_runtime::Error) -> StartError {
+        StartError {
+            code: e.exit_code(),
+            why: e.to_string(),
+            transient: e.is_transient(),
+        }
     }
 }
 

@@ -120,6 +120,24 @@ impl H {
     }
 }
 
+fn failure(code: i32, why: &str, transient: bool) -> StartError {
+    StartError {
+        code,
+        why: why.to_string(),
+        transient,
+    }
+}
+
+fn notes(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Note(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn answers(effects: &[Effect]) -> Vec<(ConnId, State)> {
     effects
         .iter()
@@ -253,7 +271,8 @@ fn a_start_error_answers_the_client_waiting_for_it() {
     let now = h.now;
     h.core.start(0, 4, now);
     assert_eq!(h.launched(), [0]);
-    h.core.start_failed(0, 127, "sh: not found", now);
+    h.core
+        .start_failed(0, failure(127, "sh: not found", false), now);
     let fx = h.effects();
     assert_eq!(answers(&fx), [(4, State::Exited)]);
     assert_eq!(events(&fx)[0], "start failed: sh: not found");
@@ -264,8 +283,65 @@ fn a_start_error_answers_the_client_waiting_for_it() {
     h.start_all();
     h.effects();
     let now = h.now;
-    h.core.start_failed(0, 125, "cannot create pipes", now);
+    h.core
+        .start_failed(0, failure(125, "sandbox setup failed", false), now);
     assert_eq!(h.state("a"), State::Backoff);
+}
+
+#[test]
+fn a_shortage_postpones_the_start_and_never_fails_the_service() {
+    // A policy that would give up at once on a real failure.
+    let strict = json!({"restart": {"policy": "no", "delayMs": 100, "maxDelayMs": 1000,
+        "limit": {"burst": 1, "intervalMs": 60000}}});
+    let mut h = H::new(json!({"a": strict.clone(), "b": strict}));
+    h.start_all();
+    h.effects();
+    let emfile = "cannot create pipes: EMFILE: Too many open files";
+    let mut t = 0;
+    for round in 1..=6 {
+        for name in ["a", "b"] {
+            let (i, now) = (h.i(name), h.now);
+            h.core.start_failed(i, failure(125, emfile, true), now);
+            assert_eq!(h.state(name), State::Backoff, "round {round}");
+        }
+        let fx = h.effects();
+        assert!(
+            events(&fx)[0].starts_with(&format!("start postponed: {emfile}; retrying in")),
+            "{fx:?}"
+        );
+        if round == 1 {
+            assert_eq!(
+                notes(&fx),
+                [
+                    "1 service(s) waiting for resources (file descriptors, memory, pids); \
+                  each retries with backoff",
+                    "2 service(s) waiting for resources (file \
+                  descriptors, memory, pids); each retries with backoff"
+                ]
+            );
+        } else {
+            assert!(notes(&fx).is_empty(), "one summary per doubling: {fx:?}");
+        }
+        let waiting = h.core.service(0).and_then(|s| s.waiting_for.clone());
+        assert_eq!(waiting.as_deref(), Some(emfile));
+        // Backoff grows on the restart curve; the retry relaunches both.
+        t += 2000;
+        h.at(t);
+        let now = h.now;
+        h.core.tick(now);
+        assert_eq!(h.launched().len(), 2);
+    }
+    h.started("a");
+    h.started("b");
+    let fx = h.effects();
+    assert_eq!(
+        notes(&fx),
+        ["every service that waited for resources has started"]
+    );
+    assert_eq!(h.core.service(0).and_then(|s| s.waiting_for.clone()), None);
+    // A real failure is still judged by the policy.
+    h.exited("a", 1);
+    assert_eq!(h.state("a"), State::Exited);
 }
 
 #[test]

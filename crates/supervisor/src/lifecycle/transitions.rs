@@ -132,6 +132,49 @@ impl Core {
         }
     }
 
+    /// A start ran into a shortage: wait on the restart curve and try again,
+    /// whatever the restart policy and the start limit say (the service is
+    /// not at fault); say how many wait, when that number has doubled.
+    pub(super) fn postpone(&mut self, i: usize, why: &str, now: Instant) {
+        let unit = self.random_unit();
+        let Some(s) = self.svc(i) else { return };
+        s.streak += 1;
+        let delay = s.def.policy.restart.delay(s.streak, unit);
+        s.waiting_for = Some(why.to_string());
+        let msg = format!(
+            "start postponed: {why}; retrying in {} ms",
+            delay.as_millis()
+        );
+        self.event(i, msg);
+        self.enter(i, Phase::Backoff { until: now + delay });
+        let waiting = self
+            .services()
+            .filter(|(_, s)| s.waiting_for.is_some())
+            .count();
+        if waiting >= (2 * self.waiting_noted).max(1) {
+            self.waiting_noted = waiting;
+            self.effects.push_back(Effect::Note(format!(
+                "{waiting} service(s) waiting for resources (file descriptors, memory, \
+                 pids); each retries with backoff"
+            )));
+        }
+    }
+
+    /// Service `i` started (or stopped waiting): when the last one waiting
+    /// for resources got them, say so.
+    pub(super) fn got_resources(&mut self, i: usize) {
+        let Some(s) = self.svc(i) else { return };
+        if s.waiting_for.take().is_none() || self.waiting_noted == 0 {
+            return;
+        }
+        if !self.services().any(|(_, s)| s.waiting_for.is_some()) {
+            self.waiting_noted = 0;
+            self.effects.push_back(Effect::Note(
+                "every service that waited for resources has started".into(),
+            ));
+        }
+    }
+
     /// After an exit (or a failed start): a stop's intent, else the restart
     /// policy, decides.
     pub(super) fn after_exit(

@@ -1,0 +1,156 @@
+//! Limits of the host: a stack that cannot fit is refused before anything
+//! starts, and a start that runs into a shortage waits and retries, never
+//! failing the service for it. `isola up` runs under `prlimit` and without
+//! CAP_SYS_RESOURCE, so it cannot raise its fd limit past the one given.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// Run through this, `isola up` keeps RLIMIT_NOFILE at `n` (soft and hard).
+fn capped(n: &str) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        "--bounding-set".into(),
+        "-sys_resource".into(),
+        "--".into(),
+        "prlimit".into(),
+        format!("--nofile={n}:{n}"),
+        "--".into(),
+    ]
+}
+
+fn sleepers(n: usize) -> Value {
+    let mut m = serde_json::Map::new();
+    for i in 0..n {
+        m.insert(format!("s{i}"), svc("sleep 1000", json!({})));
+    }
+    Value::Object(m)
+}
+
+#[test]
+fn a_stack_that_cannot_fit_is_refused_before_anything_starts() {
+    require_vm();
+    let dir = Scratch::new("nofit");
+    let stack = dir.write("nofit.json", &json!({"services": sleepers(60)}).to_string());
+    let sock = dir.path("s.sock").display().to_string();
+    let logs = dir.path("logs").display().to_string();
+    let wrapper = capped("256");
+    let out = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(isola_bin())
+        .args(["up", "--socket", &sock, "--log-dir", &logs])
+        .arg(&stack)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for want in [
+        "60 services need up to 608 file descriptors (7 per running service, 60 open logs, 128 for the supervisor)",
+        "RLIMIT_NOFILE allows 256",
+        "ulimit -n 608",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    assert!(!dir.path("s.sock").exists(), "socket left behind");
+    assert_clean();
+}
+
+/// Connections to the supervisor until it has no fd left to accept one
+/// (it hangs up on the next at once): they hold its fd table full.
+fn exhaust(sock: &str) -> Vec<UnixStream> {
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        let Ok(mut c) = UnixStream::connect(sock) else {
+            break;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(b"{\"cmd\":\"status\"}\n");
+        let mut line = String::new();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return held;
+        }
+        held.push(c);
+    }
+    panic!(
+        "the supervisor never ran out of fds ({} connections)",
+        held.len()
+    );
+}
+
+#[test]
+fn a_start_that_runs_out_of_fds_waits_and_starts_once_they_are_free() {
+    require_vm();
+    let wrapper = capped("256");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let up = Up::start_under(
+        "shortage",
+        json!({
+            // A policy that would give up at once on a real failure.
+            "a": svc("sleep 1000", json!({"restart": {"policy": "no",
+                "limit": {"burst": 1, "intervalMs": 60000}}})),
+            "b": svc("sleep 1000", json!({})),
+        }),
+        &[],
+        &wrapper,
+    );
+    up.wait_state("a", "running");
+    up.wait_state("b", "running");
+    let (code, _, err) = up.cli(&["stop", "a"]);
+    assert_eq!(code, 0, "{err}");
+
+    let mut held = exhaust(&up.socket());
+    assert!(held.len() > 100, "only {} connections fit", held.len());
+    // Ask for the start over a connection the supervisor already holds: it
+    // answers once the service settles — in backoff, waiting for fds.
+    let mut asker = held.pop().unwrap();
+    asker
+        .write_all(b"{\"cmd\":\"start\",\"name\":\"a\"}\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(asker.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        r#"{"ok":true,"state":"backoff"}"#,
+        "{}",
+        up.stderr()
+    );
+    let err = up.stderr();
+    assert!(
+        err.contains("isola: a: start postponed: cannot create pipes: EMFILE"),
+        "{err}"
+    );
+    assert!(err.contains("1 service(s) waiting for resources"), "{err}");
+    assert!(
+        err.contains("out of file descriptors: refusing control connections"),
+        "{err}"
+    );
+
+    // Free the fds: the retry in backoff starts it, with nobody asking.
+    drop(held);
+    let t = Instant::now();
+    let s = up.wait_for("a", "running again", Duration::from_secs(60), |s| {
+        s["state"] == "running"
+    });
+    assert!(s.get("waitingFor").is_none(), "{s}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(
+        up.stderr()
+            .contains("every service that waited for resources has started"),
+        "{}",
+        up.stderr()
+    );
+    assert_eq!(up.service("b")["state"], "running");
+    drop(asker);
+    up.down();
+    assert_clean();
+}
