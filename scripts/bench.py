@@ -426,6 +426,65 @@ def supervisor(work, setting, counts):
         out["oom"] = oom_detection(work)
         out["floor"] = scale_floor(max(counts))
         out["floor"]["n"] = max(counts)
+    else:
+        out["big"] = big_stack(work, setting)
+    return out
+
+
+# What `isola up` holds per running service without a cgroup, and for
+# itself (docs/ARCHITECTURE.md, "Who holds which fd"; host::check_capacity).
+FDS_PER_SERVICE = 4
+SUPERVISOR_FDS = 128 + 128
+BIG_TARGET = 10000
+
+
+def big_stack(work, setting):
+    """The largest stack this host holds, up to 10,000 services: how long
+    until all run, when the 1st, 1000th and last one ran (does a start cost
+    more as the count grows?), the status request, RSS and fds per service
+    at that size, beside the namespace floor at the same count. Says which
+    limit capped the count."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = hard if os.geteuid() == 0 else soft
+    by_fds = (nofile - SUPERVISOR_FDS) // FDS_PER_SERVICE
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    by_pids = (pid_max - 2000) // 2
+    n = min(BIG_TARGET, by_fds, by_pids)
+    n -= n % 1000
+    limit = None
+    if n < BIG_TARGET:
+        limit = (f"RLIMIT_NOFILE {nofile} holds {by_fds} services at {FDS_PER_SERVICE} fds each"
+                 if by_fds <= by_pids else f"kernel.pid_max {pid_max} holds {by_pids} services")
+    up = Up(work, f"big{n}", {f"s{i}": sleeper(setting) for i in range(n)}, setting)
+    marks, total = {}, None
+    while total is None:
+        st = up.status()
+        running = sum(1 for s in st if s["state"] == "running")
+        t = time.perf_counter() - up.t0
+        for m in (1, 1000, n):
+            if running >= m and m not in marks:
+                marks[m] = t
+        if running == n:
+            total = t
+        elif t > 900 or any(s["state"] in ("failed", "exited") for s in st):
+            break
+        time.sleep(0.25)
+    lat = []
+    for _ in range(10):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(up.sock)
+        t0 = time.perf_counter()
+        c.sendall(b'{"cmd":"status"}\n')
+        read_reply(c)
+        lat.append((time.perf_counter() - t0) * 1000)
+        c.close()
+    fds = len(os.listdir(f"/proc/{up.proc.pid}/fd"))
+    out = {"n": n, "limit": limit, "seconds": total, "marks": marks,
+           "status_ms": statistics.median(lat), "rss_kb": up.rss_kb(),
+           "fds_per_service": fds / n if n else None}
+    up.down()
+    out["floor"] = scale_floor(n)
     return out
 
 
@@ -530,6 +589,20 @@ def report(paths):
             if s.get("kb_per_sandbox"):
                 lines += ["", f"memory per sandbox (MemAvailable drop / {f['n']}, kernel objects included): "
                           f"isola {s['kb_per_sandbox']:.0f} KiB, the floor {f['kb_per_sandbox']:.0f} KiB"]
+        if s.get("big"):
+            g = s["big"]
+            n = g["n"]
+            fl = g["floor"]["seconds"]
+            ratio = f"{g['seconds'] / fl:.2f}×" if g["seconds"] and fl else "n/a"
+            secs = f"{g['seconds']:.2f}" if g["seconds"] else "did not finish"
+            fls = f"{fl:.2f}" if fl else "did not finish"
+            m = {int(k): v for k, v in g["marks"].items()}
+            lines += ["", f"the largest stack this host holds, {n} services"
+                      + (f" (capped by {g['limit']})" if g["limit"] else "") + ":",
+                      "", "| services | all running (s) | 1st / 1000th / last running (s) | the namespace floor (s) | isola / floor | status request (ms) | RSS (KiB) | fds per service |",
+                      "|---|---|---|---|---|---|---|---|",
+                      f"| {n} | {secs} | {m.get(1, 0):.2f} / {m.get(1000, 0):.2f} / {m.get(n, 0):.2f} | "
+                      f"{fls} | {ratio} | {g['status_ms']:.2f} | {g['rss_kb']} | {g['fds_per_service']:.2f} |"]
         if s.get("restart_ms"):
             rm = s["restart_ms"]
             lines += ["", f"restart latency (exit seen → next payload running, delay 0): p50 {rm['p50']:.1f} ms, p90 {rm['p90']:.1f} ms, max {rm['max']:.1f} ms (N={rm['n']}, 1 ms log resolution)"]

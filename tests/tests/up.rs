@@ -365,6 +365,9 @@ fn sighup_restarts_only_changed_services() {
     }
     assert!(processes_matching("sleep 1003").is_empty());
     assert_eq!(up.service("a")["pid"], pa);
+    // Its last words still carry its name, after the supervisor let it go.
+    let err = up.stderr();
+    assert!(err.contains("isola: c: removed"), "{err}");
     up.down();
     assert_clean();
 }

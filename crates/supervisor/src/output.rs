@@ -245,7 +245,12 @@ impl Supervisor {
     /// A supervisor event: on stderr, in the service's log, to the log's
     /// followers and to `events` subscribers.
     pub(crate) fn event(&mut self, i: usize, msg: &str) {
-        let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
+        let Some(name) = self
+            .slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|s| s.name.clone())
+        else {
             return;
         };
         self.sinks[1].line(&format!("isola: {name}: {msg}"));
@@ -342,7 +347,12 @@ impl Supervisor {
             return;
         }
         self.log_lines(i, stream.as_str(), &lines);
-        let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
+        let Some(name) = self
+            .slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|s| s.name.clone())
+        else {
             return;
         };
         if self.cfg.echo {

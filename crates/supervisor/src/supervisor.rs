@@ -85,6 +85,9 @@ pub(crate) fn setup<E: std::fmt::Display>(
 /// What the loop holds for one service besides its lifecycle: fds and
 /// presentation.
 pub(crate) struct Slot {
+    /// The service's name, kept here too: a removed service's last events
+    /// are carried out after the core has let it go.
+    pub(crate) name: String,
     pub(crate) log: LogFile,
     pub(crate) pipes: [Option<Pipe>; 2],
     pub(crate) launched: Option<Launched>,
@@ -94,8 +97,9 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn new(log: LogFile) -> Slot {
+    fn new(name: &str, log: LogFile) -> Slot {
         Slot {
+            name: name.to_string(),
             log,
             pipes: [None, None],
             launched: None,
@@ -254,7 +258,7 @@ impl Supervisor {
         for def in &defs {
             let log = LogFile::open(&cfg.logs, &def.name)
                 .map_err(setup(format!("log file for {}", def.name)))?;
-            slots.push(Some(Slot::new(log)));
+            slots.push(Some(Slot::new(&def.name, log)));
         }
         let seed = now_ms() ^ u64::from(std::process::id());
         let mut sup = Supervisor {
@@ -350,7 +354,7 @@ impl Supervisor {
                 if self.slots.len() <= i {
                     self.slots.resize_with(i + 1, || None);
                 }
-                self.slots[i] = Some(Slot::new(log));
+                self.slots[i] = Some(Slot::new(&name, log));
             }
             Err(e) => self.note(&format!("reload: log file for {name}: {e}")),
         }
