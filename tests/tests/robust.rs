@@ -15,9 +15,14 @@ use serde_json::{json, Value};
 fn status_latency(sock: &str) -> Duration {
     let t = Instant::now();
     let mut s = UnixStream::connect(sock).expect("connect");
+    // A stalled supervisor fails the test here, not at the binary's timeout.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s.write_all(b"{\"cmd\":\"status\"}\n").expect("send");
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).expect("read");
+    BufReader::new(s)
+        .read_line(&mut line)
+        .expect("no status reply within 10 s: the supervisor is stalled");
     assert!(line.starts_with("{\"ok\":true"), "{line}");
     t.elapsed()
 }
@@ -294,5 +299,89 @@ fn a_second_supervisor_of_a_same_named_stack_refuses_and_kills_nothing() {
     let s = first.service("web");
     assert_eq!((&s["state"], &s["pid"]), (&json!("running"), &pid), "{s}");
     first.down();
+    assert_clean();
+}
+
+#[test]
+fn a_stdout_nobody_reads_does_not_stall_the_supervisor() {
+    require_vm();
+    let dir = Scratch::new("stallout");
+    // 20 MB of output echoed to our stdout, a pipe this test holds and does
+    // not read until the flood is over.
+    let chatty = "head -c 20000000 /dev/zero | tr '\\0' y | fold -w 100; echo chatty-done";
+    let stack = dir.write(
+        "stallout.json",
+        &json!({"services": {
+            "chatty": plain(chatty, json!({"restart": {"policy": "no"}})),
+            "other": svc("sleep 1000", json!({})),
+        }})
+        .to_string(),
+    );
+    let sock = dir.path("s.sock").display().to_string();
+    let logs = dir.path("logs").display().to_string();
+    let mut child = std::process::Command::new(isola_bin())
+        .args(["up", "--socket", &sock, "--log-dir", &logs])
+        .arg(&stack)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let unread = child.stdout.take().unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = |name: &str| -> String {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let row = v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name);
+        row.map(|r| r["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let mut slowest = Duration::ZERO;
+    let mut peak = 0;
+    let t = Instant::now();
+    while state("chatty") != "exited" {
+        slowest = slowest.max(status_latency(&sock));
+        peak = peak.max(rss_kib(pid_of(&child)));
+        assert!(t.elapsed() < Duration::from_secs(300), "chatty never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state("other"), "running");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a status took {slowest:?}"
+    );
+    assert!(peak < 16 * 1024, "supervisor RSS reached {peak} KiB");
+    // The log has every line; the echo says what it could not keep.
+    let log = std::fs::read_to_string(dir.path("logs/chatty.log")).unwrap_or_default();
+    let logged = std::fs::read_dir(dir.path("logs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("chatty.log"));
+    assert!(logged && log.contains("chatty-done"), "log: {}", log.len());
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { unread }, &mut text);
+        text
+    });
+    let mut down = UnixStream::connect(&sock).unwrap();
+    down.write_all(b"{\"cmd\":\"down\"}\n").unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0));
+    let echoed = reader.join().unwrap();
+    assert!(
+        echoed.contains("line(s) of output dropped: this output was not read fast enough"),
+        "{} bytes echoed, no drop count",
+        echoed.len()
+    );
     assert_clean();
 }

@@ -26,6 +26,8 @@ const SINK_LIMIT: usize = 1 << 20;
 /// Log files kept open at once, the most recently opened ones: a service
 /// that writes keeps its log open, ten thousand quiet ones hold no fd.
 pub(crate) const LOGS_OPEN: usize = 128;
+/// How long the last output may take to go out at exit.
+const LAST_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes read from a service pipe per read call.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per wakeup of a live pipe: a service that writes as fast as we
@@ -153,6 +155,14 @@ impl Sink {
             self.dropped += 1;
             return;
         }
+        self.report_dropped();
+        self.buf.extend_from_slice(text.as_bytes());
+        self.buf.push(b'\n');
+    }
+
+    /// Say how many lines were dropped, in the output itself, at the point
+    /// where they are missing.
+    fn report_dropped(&mut self) {
         if self.dropped > 0 {
             let note = format!(
                 "isola: {} line(s) of output dropped: this output was not read fast enough\n",
@@ -161,13 +171,18 @@ impl Sink {
             self.buf.extend_from_slice(note.as_bytes());
             self.dropped = 0;
         }
-        self.buf.extend_from_slice(text.as_bytes());
-        self.buf.push(b'\n');
     }
 
-    /// Write what the reader takes now; true when all went out.
+    /// Write what the reader takes now; true when all went out (and the
+    /// count of dropped lines with it).
     fn write_some(&mut self) -> bool {
-        while !self.buf.is_empty() {
+        loop {
+            if self.buf.is_empty() {
+                if self.dropped == 0 {
+                    return true;
+                }
+                self.report_dropped();
+            }
             let res = match &mut self.writer {
                 Writer::Reopened(f) => f.write(&self.buf).map_err(|e| e.kind()),
                 Writer::Socket(std) => {
@@ -187,11 +202,11 @@ impl Sink {
                 // A reader that went away: nothing will ever go out.
                 Err(_) => {
                     self.buf.clear();
+                    self.dropped = 0;
                     return true;
                 }
             }
         }
-        true
     }
 
     /// Write what goes out now, without waiting for the rest.
@@ -199,12 +214,25 @@ impl Sink {
         let _ = self.write_some();
     }
 
-    /// At exit: a last chance for what is queued, blocking.
+    /// At exit: a last chance for what is queued, for at most
+    /// [`LAST_FLUSH`] (a reader that never reads must not keep us alive).
     pub(crate) fn flush_blocking(&mut self) {
-        if let Writer::Reopened(f) = &self.writer {
-            let _ = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        let deadline = std::time::Instant::now() + LAST_FLUSH;
+        while !self.write_some() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let fd = match &self.writer {
+                Writer::Reopened(f) => f.as_fd(),
+                Writer::Socket(std) | Writer::Plain(std) => std.fd(),
+            };
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).is_err() {
+                return;
+            }
         }
-        let _ = self.write_some();
     }
 
     fn pollable(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
