@@ -200,6 +200,21 @@ class Up:
             # bench does not slow down what it measures.
             time.sleep(min(0.25, max(0.01, len(st) / 4000)))
 
+    def status_ms(self, times):
+        """Median of `times` status requests, request out to the whole
+        reply in (Python's own JSON parse of 1000 rows would be most of the
+        number otherwise)."""
+        lat = []
+        for _ in range(times):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(self.sock)
+            t0 = time.perf_counter()
+            c.sendall(b'{"cmd":"status"}\n')
+            read_reply(c)
+            lat.append((time.perf_counter() - t0) * 1000)
+            c.close()
+        return statistics.median(lat)
+
     def rss_kb(self):
         for line in open(f"/proc/{self.proc.pid}/status"):
             if line.startswith("VmRSS:"):
@@ -377,18 +392,7 @@ def supervisor(work, setting, counts):
             # VM has it to itself.
             time.sleep(1)
             out["kb_per_sandbox"] = (before - mem_available_kb()) / n
-        # The supervisor's side: request out, whole reply in (Python's own
-        # JSON parse of 1000 rows would be most of the number otherwise).
-        lat = []
-        for _ in range(20):
-            c = socket.socket(socket.AF_UNIX)
-            c.connect(up.sock)
-            t0 = time.perf_counter()
-            c.sendall(b'{"cmd":"status"}\n')
-            read_reply(c)
-            lat.append((time.perf_counter() - t0) * 1000)
-            c.close()
-        out["status_ms"][n] = statistics.median(lat)
+        out["status_ms"][n] = up.status_ms(20)
         # What a user waits for: the `isola status` command, exec included.
         cli = []
         for _ in range(10):
@@ -470,18 +474,10 @@ def big_stack(work, setting):
         elif t > 900 or any(s["state"] in ("failed", "exited") for s in st):
             break
         time.sleep(0.25)
-    lat = []
-    for _ in range(10):
-        c = socket.socket(socket.AF_UNIX)
-        c.connect(up.sock)
-        t0 = time.perf_counter()
-        c.sendall(b'{"cmd":"status"}\n')
-        read_reply(c)
-        lat.append((time.perf_counter() - t0) * 1000)
-        c.close()
+
     fds = len(os.listdir(f"/proc/{up.proc.pid}/fd"))
     out = {"n": n, "limit": limit, "seconds": total, "marks": marks,
-           "status_ms": statistics.median(lat), "rss_kb": up.rss_kb(),
+           "status_ms": up.status_ms(10), "rss_kb": up.rss_kb(),
            "fds_per_service": fds / n if n else None}
     up.down()
     out["floor"] = scale_floor(n)

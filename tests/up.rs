@@ -38,14 +38,7 @@ pub struct Up {
 
 impl Up {
     pub fn start(name: &str, services: Value, extra_args: &[&str]) -> Up {
-        let dir = Scratch::new(&format!("up-{name}"));
-        let up = Up {
-            name: name.to_string(),
-            dir,
-            child: None,
-        };
-        up.write_stack(&services);
-        up.spawn(extra_args)
+        Up::start_under(name, services, extra_args, &[])
     }
 
     /// `isola up` run through `wrapper` (e.g. `prlimit --nofile=…`), which

@@ -270,15 +270,14 @@ impl Supervisor {
         }
     }
 
+    fn slot_name(&self, i: usize) -> Option<String> {
+        self.slots.get(i)?.as_ref().map(|s| s.name.clone())
+    }
+
     /// A supervisor event: on stderr, in the service's log, to the log's
     /// followers and to `events` subscribers.
     pub(crate) fn event(&mut self, i: usize, msg: &str) {
-        let Some(name) = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .map(|s| s.name.clone())
-        else {
+        let Some(name) = self.slot_name(i) else {
             return;
         };
         self.sinks[1].line(&format!("isola: {name}: {msg}"));
@@ -375,12 +374,7 @@ impl Supervisor {
             return;
         }
         self.log_lines(i, stream.as_str(), &lines);
-        let Some(name) = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .map(|s| s.name.clone())
-        else {
+        let Some(name) = self.slot_name(i) else {
             return;
         };
         if self.cfg.echo {
