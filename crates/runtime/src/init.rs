@@ -45,7 +45,7 @@ pub fn signal_set() -> SigSet {
     set
 }
 
-type Step = (&'static str, String);
+pub(crate) type Step = (&'static str, String);
 
 /// Entry point in the child of clone3. Never returns.
 /// `unshare` holds the namespaces the init creates itself
@@ -156,6 +156,17 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
             readonly: &plan.readonly,
         })?;
     }
+    become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
+    let pid = spawn_payload(plan)?;
+    sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
+    Ok(Some(pid))
+}
+
+/// Take on the payload's limits and credentials, in the OCI order: rlimits,
+/// bounding set, user (as `uid`:`gid`), capabilities, umask, `cwd`,
+/// no_new_privs and seccomp. The init does it before starting the payload;
+/// a process joining a running sandbox ([`crate::join`]) does the same.
+pub(crate) fn become_payload(plan: &Plan, uid: u32, gid: u32, cwd: &Path) -> Result<(), Step> {
     for r in &plan.rlimits {
         let (res, soft, hard) = (r.resource, r.soft, r.hard);
         nix::sys::resource::setrlimit(res, soft, hard)
@@ -167,12 +178,12 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
         install_seccomp(plan)?;
     }
     capabilities::apply_bounding(&plan.caps).map_err(|e| ("capabilities", e))?;
-    switch_user(plan)?;
+    switch_user(plan, uid, gid)?;
     capabilities::apply_process_sets(&plan.caps).map_err(|e| ("capabilities", e))?;
     if let Some(m) = plan.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
     }
-    nix::unistd::chdir(&plan.cwd).map_err(step("cwd", plan.cwd.display()))?;
+    nix::unistd::chdir(cwd).map_err(step("cwd", cwd.display()))?;
     // The credential change cleared the death signal; set it again.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
     // Nothing in the sandbox may open /proc/1/exe, /proc/1/mem or our fds:
@@ -182,9 +193,7 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
         nix::sys::prctl::set_no_new_privs().map_err(step("prctl", "PR_SET_NO_NEW_PRIVS"))?;
         install_seccomp(plan)?;
     }
-    let pid = spawn_payload(plan)?;
-    sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
-    Ok(Some(pid))
+    Ok(())
 }
 
 fn install_seccomp(plan: &Plan) -> Result<(), Step> {
@@ -194,7 +203,7 @@ fn install_seccomp(plan: &Plan) -> Result<(), Step> {
     Ok(())
 }
 
-fn switch_user(plan: &Plan) -> Result<(), Step> {
+fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
     let gids: Vec<Gid> = plan
         .additional_gids
         .iter()
@@ -207,10 +216,10 @@ fn switch_user(plan: &Plan) -> Result<(), Step> {
         nix::unistd::setgroups(&gids).map_err(step("user", "setgroups"))?;
     }
     nix::sys::prctl::set_keepcaps(true).map_err(step("user", "PR_SET_KEEPCAPS"))?;
-    let g = Gid::from_raw(plan.gid);
-    nix::unistd::setresgid(g, g, g).map_err(step("user", format!("setgid {}", plan.gid)))?;
-    let u = Uid::from_raw(plan.uid);
-    nix::unistd::setresuid(u, u, u).map_err(step("user", format!("setuid {}", plan.uid)))?;
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(step("user", format!("setgid {gid}")))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(step("user", format!("setuid {uid}")))?;
     nix::sys::prctl::set_keepcaps(false).map_err(step("user", "PR_SET_KEEPCAPS"))?;
     Ok(())
 }
@@ -219,7 +228,7 @@ fn switch_user(plan: &Plan) -> Result<(), Step> {
 /// failure comes back over a CLOEXEC pipe as the errno (EOF means the exec
 /// happened).
 fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
-    let path = resolve(plan).map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+    let path = resolve(&plan.args[0], &plan.search_path).map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const libc::c_char> = plan
         .args
@@ -274,7 +283,7 @@ fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
     Ok(child)
 }
 
-fn exec_exit_code(e: Errno) -> i32 {
+pub(crate) fn exec_exit_code(e: Errno) -> i32 {
     match e {
         Errno::ENOENT | Errno::ENOTDIR => exit::code(exit::NOT_FOUND),
         _ => exit::code(exit::NOT_EXECUTABLE),
@@ -308,13 +317,13 @@ fn exec_payload(
 }
 
 /// execvpe semantics, but with the payload's PATH, not ours.
-fn resolve(plan: &Plan) -> Result<CString, Errno> {
-    let cmd = plan.args[0].as_bytes();
+pub(crate) fn resolve(arg0: &CString, search_path: &[PathBuf]) -> Result<CString, Errno> {
+    let cmd = arg0.as_bytes();
     if cmd.contains(&b'/') {
-        return Ok(plan.args[0].clone());
+        return Ok(arg0.clone());
     }
     let mut denied = false;
-    for dir in &plan.search_path {
+    for dir in search_path {
         let cand = dir.join(std::ffi::OsStr::from_bytes(cmd));
         match nix::unistd::access(&cand, nix::unistd::AccessFlags::X_OK) {
             Ok(()) if !Path::new(&cand).is_dir() => {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exit;
 pub mod fdpass;
 pub mod init;
+pub mod join;
 pub mod mounts;
 pub mod plan;
 pub mod sandbox;

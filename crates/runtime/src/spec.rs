@@ -13,7 +13,15 @@ use crate::error::SpecError;
 
 /// Top-level fields that belong to the supervisor (`isola up`); `isola run`
 /// accepts and ignores them.
-pub const SUPERVISION_FIELDS: &[&str] = &["restart", "oom", "stop", "dependsOn"];
+pub const SUPERVISION_FIELDS: &[&str] = &[
+    "restart",
+    "oom",
+    "stop",
+    "dependsOn",
+    "probes",
+    "notify",
+    "watchdogMs",
+];
 
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {

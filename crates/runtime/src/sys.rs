@@ -115,6 +115,15 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), E
     Errno::result(r).map(drop)
 }
 
+/// pidfd_open(2): a pidfd for an existing process.
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = RawFd::try_from(Errno::result(r)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: on success the kernel returned a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Mark every fd from `first` up close-on-exec: nothing the host held
 /// crosses into the payload, yet they stay usable until the exec.
 pub(crate) fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {

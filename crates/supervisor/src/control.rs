@@ -12,6 +12,7 @@
 //! `events` streams `{"time", "service", "event"}` objects.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
@@ -146,13 +147,45 @@ pub struct StatusRow<'a> {
     pub depends_on: Cow<'a, [String]>,
     #[serde(borrow)]
     pub restart_policy: Cow<'a, str>,
+    /// `starting`, `healthy`, `unhealthy`, or `-` (nothing watches it, or
+    /// it does not run).
+    #[serde(default = "no_health")]
+    pub health: Cow<'a, str>,
+    /// Running, and its readiness gates (probe, notify) say so.
+    #[serde(default)]
+    pub ready: bool,
+    /// The last result of each probe of this run, by probe name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe: BTreeMap<String, ProbeRow>,
+    /// The service's last `STATUS=` notification.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub notify_status: Option<Cow<'a, str>>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+fn no_health() -> Cow<'static, str> {
+    Cow::Borrowed("-")
+}
+
+/// A probe's last result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeRow {
+    /// Epoch ms.
+    pub time_ms: u64,
+    pub ok: bool,
+    pub message: String,
+    /// Consecutive failures up to this result.
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExitRow {
     pub reason: Reason,
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// For `unhealthy` and `watchdog`: the probe and its last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One run of a service: when it was launched and when it ended (epoch ms).
@@ -356,6 +389,7 @@ mod tests {
                 reason: Reason::OomKill,
                 code: None,
                 signal: Some(9),
+                message: None,
             }),
             oom_kills: 1,
             waiting_for: None,
@@ -365,6 +399,10 @@ mod tests {
             history: History::Borrowed(&runs),
             depends_on: Cow::Borrowed(&deps),
             restart_policy: "always".into(),
+            health: "healthy".into(),
+            ready: true,
+            probe: BTreeMap::new(),
+            notify_status: None,
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

@@ -11,6 +11,10 @@ pub enum Reason {
     Exited,
     Signaled,
     OomKill,
+    /// Killed for a failed startup or liveness probe.
+    Unhealthy,
+    /// Killed for a missed (or triggered) watchdog.
+    Watchdog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -358,6 +358,7 @@ impl Supervisor {
         let Some(run) = self.slot(i).and_then(|s| s.running.take()) else {
             return;
         };
+        self.cancel_probes(i);
         let _ = self.epoll.delete(run.sandbox.pidfd());
         if let Some(fd) = run.sandbox.news_fd() {
             let _ = self.epoll.delete(fd);

@@ -5,12 +5,15 @@
 
 pub mod control;
 pub mod decide;
+mod exec;
+pub mod health;
 mod host;
 mod launch;
 pub mod lifecycle;
 pub mod logs;
 mod output;
 pub mod policy;
+mod probe;
 mod server;
 pub mod spawner;
 pub mod stack;

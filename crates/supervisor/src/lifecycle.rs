@@ -21,23 +21,27 @@
 //!                                     └────────────────────────────┴── Stopping
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::decide::LastExit;
 use crate::policy::OomPolicy;
 use crate::stack::ServiceDef;
 
+mod health;
 mod phase;
 #[cfg(test)]
 mod tests;
 mod transitions;
 
+pub use health::{Notice, ProbeResult, ProbeState, RunHealth};
 pub use phase::{ConnId, Down, Effect, Exit, Intent, Phase, Service, StartError, State};
 
 /// The whole stack's lifecycle.
 pub struct Core {
     services: Vec<Option<Service>>,
+    /// Index of each service by name (dependencies are looked up per start).
+    names: HashMap<String, usize>,
     /// Services in `Launching` (kept by [`Core::enter`]).
     launching: usize,
     max_launching: usize,
@@ -57,8 +61,14 @@ impl Core {
     /// The stack's services, in dependency order; up to `max_launching`
     /// sandboxes set up at once.
     pub fn new(defs: Vec<ServiceDef>, max_launching: usize, seed: u64) -> Core {
+        let names = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
         Core {
             services: defs.into_iter().map(|d| Some(Service::new(d))).collect(),
+            names,
             launching: 0,
             max_launching: max_launching.max(1),
             shutting_down: false,
@@ -97,15 +107,17 @@ impl Core {
     }
 
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.services()
-            .find(|(_, s)| s.def.name == name)
-            .map(|(i, _)| i)
+        self.names.get(name).copied()
     }
 
-    /// The nearest time a phase acts by itself (backoff over, stop timeout).
+    /// The nearest time a phase acts by itself (backoff over, stop timeout,
+    /// a probe due, a watchdog).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.services()
-            .filter_map(|(_, s)| s.phase.deadline())
+            .filter_map(|(_, s)| match s.phase {
+                Phase::Running { .. } => s.health.next_deadline(),
+                p => p.deadline(),
+            })
             .min()
     }
 
@@ -134,6 +146,9 @@ impl Core {
     pub fn start(&mut self, i: usize, conn: ConnId, now: Instant) {
         let Some(phase) = self.phase(i) else { return };
         self.wait(i, conn);
+        if let Some(s) = self.svc(i) {
+            s.blocked_on = None;
+        }
         match phase {
             Phase::Running { .. } => self.answer_if_settled(i),
             Phase::Queued => {}
@@ -217,6 +232,9 @@ impl Core {
         } else {
             self.event(i, format!("start failed: {}", e.why));
             let exit = LastExit::classify(e.code, 0, false);
+            if let Some(s) = self.svc(i) {
+                s.last_exit_message = None;
+            }
             self.after_exit(i, e.code, exit, Duration::ZERO, then, now);
         }
         self.pump(now);
@@ -231,6 +249,7 @@ impl Core {
         self.enter_unsettled(i, Phase::Running { since });
         self.got_resources(i);
         self.event(i, format!("running (pid {pid})"));
+        self.begin_health(i, now);
         match then {
             // Asked to stop (or restart, or go) while it set up.
             Some(intent) => self.stop_with(i, intent, now),
@@ -246,10 +265,24 @@ impl Core {
             Some(Phase::Stopping { since, intent, .. }) => (since, Some(intent)),
             _ => return,
         };
-        if let Some(s) = self.svc(i) {
-            s.oom_kills += exit.new_oom_kills;
-        }
-        let last = LastExit::classify(exit.code, exit.oom_kills, intent == Some(Intent::OomStop));
+        let mut last =
+            LastExit::classify(exit.code, exit.oom_kills, intent == Some(Intent::OomStop));
+        let Some(s) = self.svc(i) else { return };
+        s.oom_kills += exit.new_oom_kills;
+        s.health.ready = false;
+        s.health.watchdog_at = None;
+        let health_kill = s.health_kill.take();
+        s.last_exit_message = None;
+        // A health kill is judged by the restart policy, as a failure.
+        let intent = match (intent, health_kill) {
+            (Some(Intent::Unhealthy), Some((reason, why))) => {
+                last.reason = reason;
+                s.last_exit_message = Some(why);
+                None
+            }
+            (Some(Intent::Unhealthy), None) => None,
+            (intent, _) => intent,
+        };
         let ran = now.saturating_duration_since(since);
         self.after_exit(i, exit.code, last, ran, intent, now);
         self.pump(now);
@@ -289,10 +322,15 @@ impl Core {
         self.pump(now);
     }
 
-    /// Time passed: backoffs that are over restart, stop timeouts kill.
+    /// Time passed: backoffs that are over restart, stop timeouts kill,
+    /// probes that are due run, watchdogs expire.
     pub fn tick(&mut self, now: Instant) {
         for i in 0..self.services.len() {
             match self.phase(i) {
+                Some(Phase::Running { .. }) => {
+                    self.check_watchdog(i, now);
+                    self.due_probes(i, now);
+                }
                 Some(Phase::Backoff { until }) if until <= now => {
                     if let Some(s) = self.svc(i) {
                         s.restarts += 1;
@@ -334,8 +372,9 @@ impl Core {
         }
         for def in defs {
             let Some(i) = self.find(&def.name) else {
+                let i = self.services.len();
+                self.names.insert(def.name.clone(), i);
                 self.services.push(Some(Service::new(def)));
-                let i = self.services.len() - 1;
                 self.effects.push_back(Effect::Added(i));
                 self.enter(i, Phase::Queued);
                 continue;

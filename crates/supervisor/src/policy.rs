@@ -1,5 +1,5 @@
-//! Supervision policy of one service: the `restart`, `oom`, `stop` and
-//! `dependsOn` fields beside its OCI body, with their defaults.
+//! Supervision policy of one service: the `restart`, `oom`, `stop`,
+//! `dependsOn` and health fields beside its OCI body, with their defaults.
 
 use std::time::Duration;
 
@@ -7,6 +7,8 @@ use isola_runtime::SpecError;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::health::{self, Dependency, Health};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -126,7 +128,8 @@ pub struct Policy {
     pub restart: Restart,
     pub oom: OomPolicy,
     pub stop: Stop,
-    pub depends_on: Vec<String>,
+    pub depends_on: Vec<Dependency>,
+    pub health: Health,
 }
 
 impl Default for Policy {
@@ -136,6 +139,7 @@ impl Default for Policy {
             oom: OomPolicy::Restart,
             stop: Stop::default(),
             depends_on: Vec::new(),
+            health: Health::default(),
         }
     }
 }
@@ -211,8 +215,9 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
         }
     }
     if let Some(v) = sup.get("dependsOn") {
-        p.depends_on = field(v, &format!("{prefix}dependsOn"))?;
+        p.depends_on = health::parse_dependencies(v, &format!("{prefix}dependsOn"))?;
     }
+    p.health = health::parse(sup, prefix)?;
     Ok(p)
 }
 

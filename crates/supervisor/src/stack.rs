@@ -122,7 +122,7 @@ fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
         .map(|(i, d)| (d.name.clone(), i))
         .collect();
     for d in &defs {
-        for dep in &d.policy.depends_on {
+        for dep in d.policy.depends_on.iter().map(|d| &d.name) {
             if !index.contains_key(dep) {
                 return Err(SpecError::new(
                     format!("services.{}.dependsOn", d.name),
@@ -141,7 +141,11 @@ fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
     let mut out_idx = Vec::new();
     while out_idx.len() < defs.len() {
         let next = (0..defs.len())
-            .find(|&i| !placed[i] && defs[i].policy.depends_on.iter().all(|d| placed[index[d]]));
+            .find(|&i| !placed[i] && defs[i]
+                .policy
+                .depends_on
+                .iter()
+                .all(|d| placed[index[&d.name]]));
         match next {
             Some(i) => {
                 placed[i] = true;

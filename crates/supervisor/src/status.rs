@@ -3,14 +3,38 @@
 //! JSON tree in between), reading each running sandbox's open stat files.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use isola_runtime::cgroup::StatFiles;
 
-use crate::control::{ExitRow, History, Response, StatusRow};
-use crate::lifecycle::{ConnId, Phase, State};
+use crate::control::{ExitRow, History, ProbeRow, Response, StatusRow};
+use crate::health::ProbeKind;
+use crate::lifecycle::{ConnId, Phase, Service, State};
 use crate::policy::RestartPolicy;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{now_ms, Supervisor};
+
+/// The last result of each probe of the current run (`now` and `wall` are
+/// the same moment on the monotonic and the epoch clock).
+fn probe_rows(s: &Service, now: Instant, wall: u64) -> BTreeMap<String, ProbeRow> {
+    ProbeKind::ALL
+        .into_iter()
+        .filter_map(|k| {
+            let p = &s.health.probes[k.index()];
+            let last = p.last.as_ref()?;
+            let ago = now.saturating_duration_since(last.at).as_millis();
+            Some((
+                k.as_str().to_string(),
+                ProbeRow {
+                    time_ms: wall.saturating_sub(u64::try_from(ago).unwrap_or(u64::MAX)),
+                    ok: last.ok,
+                    message: last.message.clone(),
+                    failures: p.failures,
+                },
+            ))
+        })
+        .collect()
+}
 
 fn restart_policy(p: RestartPolicy) -> &'static str {
     match p {
@@ -26,6 +50,7 @@ impl Supervisor {
         // One clock read for all rows: under emulation (HPET) each read is
         // an exit to the hypervisor.
         let now = Instant::now();
+        let wall = now_ms();
         let rows: Vec<StatusRow> = self
             .core
             .services()
@@ -62,15 +87,29 @@ impl Supervisor {
                         reason: e.reason,
                         code: e.code,
                         signal: e.signal,
+                        message: s.last_exit_message.clone(),
                     }),
                     oom_kills: s.oom_kills,
-                    waiting_for: s.waiting_for.as_deref().map(Cow::Borrowed),
+                    waiting_for: s
+                        .waiting_for
+                        .as_deref()
+                        .or(s.blocked_on.as_deref())
+                        .map(Cow::Borrowed),
                     memory_current: stats.memory_current,
                     memory_peak: stats.memory_peak,
                     cpu_usec: stats.cpu_usec,
                     history: History::Borrowed(&slot.history),
-                    depends_on: Cow::Borrowed(&s.def.policy.depends_on),
+                    depends_on: Cow::Owned(
+                        s.def.policy.depends_on.iter().map(|d| d.name.clone()).collect(),
+                    ),
                     restart_policy: Cow::Borrowed(restart_policy(s.def.policy.restart.policy)),
+                    health: Cow::Borrowed(match s.phase {
+                        Phase::Running { .. } => s.health.label(&s.def.policy.health),
+                        _ => "-",
+                    }),
+                    ready: matches!(s.phase, Phase::Running { .. }) && s.health.ready,
+                    probe: probe_rows(s, now, wall),
+                    notify_status: s.health.notify_status.as_deref().map(Cow::Borrowed),
                 })
             })
             .collect();

@@ -32,6 +32,7 @@ use crate::launch::{Draining, Launched, Running};
 use crate::lifecycle::{Core, Effect};
 use crate::logs::{LogConfig, LogFile};
 use crate::output::{Pipe, Sink};
+use crate::probe::Probes;
 use crate::server::Conn;
 use crate::spawner::Spawner;
 use crate::stack::{self, Stack};
@@ -152,6 +153,8 @@ pub struct Supervisor {
     pub(crate) next_conn: u64,
     /// Our stdout (service output) and stderr (events, notes).
     pub(crate) sinks: [Sink; 2],
+    /// Health probes in flight.
+    pub(crate) probes: Probes,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -280,6 +283,7 @@ impl Supervisor {
             shedding: false,
             next_conn: 0,
             sinks,
+            probes: Probes::default(),
         };
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
@@ -322,6 +326,7 @@ impl Supervisor {
             Token::News(i) => self.on_news(i),
             Token::Pidfd(i) => self.on_exit(i),
             Token::Pipe(i, k) => self.read_pipe(i, k, false),
+            Token::Probe(id) => self.on_probe(id),
         }
     }
 
@@ -341,6 +346,7 @@ impl Supervisor {
                 }
                 Effect::AnswerDown(conn) => self.send(conn, &crate::control::Response::ok()),
                 Effect::Forget(i) => self.forget_slot(i),
+                Effect::Probe(i, kind) => self.start_probe(i, kind),
             }
         }
     }
@@ -390,6 +396,7 @@ impl Supervisor {
     fn on_timer(&mut self) {
         let _ = self.timer.wait();
         let now = Instant::now();
+        self.probe_tick(now);
         self.core.tick(now);
         self.drain_tick(now);
     }
@@ -397,7 +404,11 @@ impl Supervisor {
     /// The timerfd, armed for the nearest deadline of the core or of a
     /// teardown, disarmed when there is none.
     fn arm_timer(&mut self) {
-        let next = [self.core.next_deadline(), self.next_drain_deadline()]
+        let next = [
+            self.core.next_deadline(),
+            self.next_drain_deadline(),
+            self.probes.next_deadline(),
+        ]
             .into_iter()
             .flatten()
             .min();

@@ -20,6 +20,8 @@ pub(crate) enum Token {
     Pidfd(usize),
     /// Service `i`'s stdout (0) or stderr (1) pipe.
     Pipe(usize, usize),
+    /// A probe in flight (its socket, or its process's pidfd).
+    Probe(u64),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -38,6 +40,7 @@ impl Token {
             Token::News(i) => (8, i as u64),
             Token::Pidfd(i) => (9, i as u64),
             Token::Pipe(i, k) => (10, (i as u64) << 1 | (k as u64 & 1)),
+            Token::Probe(id) => (11, id),
         };
         kind << KIND_SHIFT | (index & INDEX_MASK)
     }
@@ -56,6 +59,7 @@ impl Token {
             8 => Token::News(i),
             9 => Token::Pidfd(i),
             10 => Token::Pipe(i >> 1, i & 1),
+            11 => Token::Probe(index),
             _ => return None,
         })
     }
@@ -79,6 +83,7 @@ mod tests {
             Token::Pidfd(0),
             Token::Pipe(12, 1),
             Token::Pipe(12, 0),
+            Token::Probe(3),
         ];
         for t in all {
             assert_eq!(Token::decode(t.encode()), Some(t));

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use crate::decide::LastExit;
+use super::health::RunHealth;
+use crate::decide::{LastExit, Reason};
+use crate::health::ProbeKind;
 use crate::stack::ServiceDef;
 
 /// A control connection, as the event loop numbers them.
@@ -53,6 +55,9 @@ pub enum Intent {
     Remove,
     /// `isola down` / SIGTERM.
     Shutdown,
+    /// A failed probe or a missed watchdog: the exit goes to the restart
+    /// policy like a crash.
+    Unhealthy,
 }
 
 impl Intent {
@@ -63,6 +68,8 @@ impl Intent {
             (Intent::Remove, _) => Intent::Remove,
             (Intent::Shutdown, Intent::Remove) => Intent::Remove,
             (Intent::Shutdown, _) => Intent::Shutdown,
+            // A person's (or the OOM policy's) stop outranks a health kill.
+            (earlier, Intent::Unhealthy) => earlier,
             (_, later) => later,
         }
     }
@@ -172,6 +179,8 @@ pub enum Effect {
     AnswerDown(ConnId),
     /// The service was removed: drop what the loop holds for it.
     Forget(usize),
+    /// Run this probe of the running sandbox; report with [`Core::probe_done`].
+    Probe(usize, ProbeKind),
 }
 
 /// One service as the core sees it.
@@ -187,9 +196,18 @@ pub struct Service {
     /// Launch times within the start limit's interval.
     pub(super) starts: VecDeque<Instant>,
     pub last_exit: Option<LastExit>,
+    /// What the last exit's reason does not say: the probe and its error.
+    pub last_exit_message: Option<String>,
     pub oom_kills: u64,
     /// The shortage its last start ran into, while it waits to retry.
     pub waiting_for: Option<String>,
+    /// The dependency condition it waits for (queued), or that can no
+    /// longer be met (failed).
+    pub blocked_on: Option<String>,
+    /// Health of the current (or last) run.
+    pub health: RunHealth,
+    /// Why the health kill in progress was made.
+    pub(super) health_kill: Option<(Reason, String)>,
     /// Clients waiting for this service to settle.
     pub(super) waiters: Vec<ConnId>,
 }
@@ -204,8 +222,12 @@ impl Service {
             streak: 0,
             starts: VecDeque::new(),
             last_exit: None,
+            last_exit_message: None,
             oom_kills: 0,
             waiting_for: None,
+            blocked_on: None,
+            health: RunHealth::default(),
+            health_kill: None,
             waiters: Vec::new(),
         }
     }

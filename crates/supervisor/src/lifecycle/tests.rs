@@ -547,3 +547,5 @@ fn every_input_is_fast() {
     assert!(h.core.finished());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+mod health;

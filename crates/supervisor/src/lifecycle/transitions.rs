@@ -8,7 +8,18 @@ use std::time::{Duration, Instant};
 use isola_runtime::init;
 
 use super::{ConnId, Core, Down, Effect, Intent, Phase, Service};
-use crate::decide::{self, LastExit, Next};
+use crate::decide::{self, LastExit, Next, Reason};
+use crate::health::Condition;
+
+/// May a queued service start, as far as its dependencies go?
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Gate {
+    Go,
+    /// Not yet: waiting for this.
+    Wait(String),
+    /// A condition that can no longer be met: the service fails.
+    Never(String),
+}
 
 impl Core {
     // ---- transitions -----------------------------------------------------
@@ -123,6 +134,7 @@ impl Core {
                 self.event(i, "removed".into());
                 self.enter(i, Phase::Down(Down::Stopped));
                 self.effects.push_back(Effect::Forget(i));
+                self.names.remove(&s_name(&self.services[i]));
                 self.services[i] = None;
             }
             _ => {
@@ -250,18 +262,37 @@ impl Core {
     }
 
     /// Launch queued services, in stack order, while slots are free; a
-    /// service waits while one of its dependencies is starting.
+    /// service waits while a dependency's condition is not met yet, and
+    /// fails (saying why) once it can no longer be met.
     pub(super) fn launch_queued(&mut self, now: Instant) {
         for i in 0..self.services.len() {
             if self.launching >= self.max_launching {
                 return;
             }
             let Some(s) = self.service(i) else { continue };
-            if s.phase != Phase::Queued || self.waits_for_dependency(s) {
+            if s.phase != Phase::Queued {
                 continue;
+            }
+            match self.dependency_gate(s) {
+                Gate::Go => {}
+                Gate::Wait(why) => {
+                    if let Some(s) = self.svc(i) {
+                        s.blocked_on = Some(why);
+                    }
+                    continue;
+                }
+                Gate::Never(why) => {
+                    self.event(i, format!("not started: {why}"));
+                    if let Some(s) = self.svc(i) {
+                        s.blocked_on = Some(why);
+                    }
+                    self.enter(i, Phase::Down(Down::Failed));
+                    continue;
+                }
             }
             if let Some(s) = self.svc(i) {
                 s.starts.push_back(now);
+                s.blocked_on = None;
             }
             self.enter(
                 i,
@@ -274,12 +305,44 @@ impl Core {
         }
     }
 
-    pub(super) fn waits_for_dependency(&self, s: &Service) -> bool {
-        s.def.policy.depends_on.iter().any(|d| {
-            self.services().any(|(_, o)| {
-                &o.def.name == d && matches!(o.phase, Phase::Queued | Phase::Launching { .. })
-            })
-        })
+    /// Whether `s` may start as far as its `dependsOn` conditions go.
+    pub(super) fn dependency_gate(&self, s: &Service) -> Gate {
+        let mut gate = Gate::Go;
+        for d in &s.def.policy.depends_on {
+            let Some(o) = self.find(&d.name).and_then(|j| self.service(j)) else {
+                continue;
+            };
+            let name = &d.name;
+            let this = match (d.condition, o.phase) {
+                (Condition::Started, Phase::Queued | Phase::Launching { .. }) => {
+                    Gate::Wait(format!("{name} to start"))
+                }
+                (Condition::Started, _) => Gate::Go,
+                (Condition::Healthy, Phase::Running { .. }) if o.health.ready => Gate::Go,
+                (Condition::Healthy, Phase::Down(Down::Exited | Down::Failed)) => {
+                    Gate::Never(format!("{name} ({}) will not become healthy", o.phase.state().as_str()))
+                }
+                (Condition::Healthy, _) => Gate::Wait(format!("{name} to be healthy")),
+                (Condition::Completed, Phase::Down(Down::Exited)) => match o.last_exit {
+                    Some(e) if e.reason == Reason::Exited && e.code == Some(0) => Gate::Go,
+                    Some(e) => Gate::Never(format!(
+                        "{name} did not complete: {}",
+                        describe(e.code.unwrap_or(128 + e.signal.unwrap_or(0)), &e)
+                    )),
+                    None => Gate::Wait(format!("{name} to complete")),
+                },
+                (Condition::Completed, Phase::Down(Down::Failed)) => {
+                    Gate::Never(format!("{name} did not complete: it failed"))
+                }
+                (Condition::Completed, _) => Gate::Wait(format!("{name} to complete")),
+            };
+            match this {
+                Gate::Never(_) => return this,
+                Gate::Wait(_) if gate == Gate::Go => gate = this,
+                _ => {}
+            }
+        }
+        gate
     }
 
     /// Drop queued starts; stop every service whose dependents are all
@@ -298,7 +361,7 @@ impl Core {
             let needed: HashSet<&str> = self
                 .services()
                 .filter(|(_, s)| s.phase.alive())
-                .flat_map(|(_, s)| s.def.policy.depends_on.iter().map(String::as_str))
+                .flat_map(|(_, s)| s.def.policy.depends_on.iter().map(|d| d.name.as_str()))
                 .collect();
             let ready: Vec<usize> = self
                 .services()
@@ -360,6 +423,10 @@ impl Core {
     }
 }
 
+fn s_name(s: &Option<Service>) -> String {
+    s.as_ref().map(|s| s.def.name.clone()).unwrap_or_default()
+}
+
 /// An exit in words, for events.
 fn describe(code: i32, exit: &LastExit) -> String {
     match exit.reason {
@@ -369,5 +436,13 @@ fn describe(code: i32, exit: &LastExit) -> String {
             "killed by the OOM killer".to_string()
         }
         decide::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
+        decide::Reason::Unhealthy | decide::Reason::Watchdog => {
+            let how = if code > 128 {
+                format!("signal {}", code - 128)
+            } else {
+                format!("code {code}")
+            };
+            format!("stopped for its health ({how})")
+        }
     }
 }

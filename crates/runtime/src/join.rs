@@ -1,0 +1,305 @@
+//! A process joining a running sandbox, the way `docker exec` does: the
+//! sandbox's cgroup (so its limits count it), its namespaces (user, mount
+//! and so its root, PID, network, UTS, IPC, cgroup), then the payload's
+//! limits and credentials, capabilities, no_new_privs and seccomp filter —
+//! [`init::become_payload`], the very code the init runs before the payload.
+//! `isola exec` and exec probes both come through here.
+//!
+//! ```text
+//! caller ── clone3 (into the cgroup) ──► waiter: setns(init's pidfd, …)
+//!                                          └─ fork ─► command (PID n of the
+//!                                             sandbox): credentials, exec
+//! ```
+//! The waiter stays in the host's PID namespace (setns of a PID namespace
+//! applies to children only), waits for the command and exits with its
+//! status (128+N for signal N), so the caller waits on an ordinary child.
+//! A SIGTERM to the waiter is passed on: to the command, or with
+//! [`Options::kill_group`] as SIGKILL to the command's whole process group.
+
+use std::ffi::CString;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::{exit, init, sys};
+
+/// Every namespace flag setns(2) takes with a pidfd.
+const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// The sandbox to join.
+pub struct Target<'a> {
+    /// The sandbox's init, by pidfd (no pid-reuse race).
+    pub init: BorrowedFd<'a>,
+    /// The sandbox's cgroup directory, when it has one.
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// The service's plan: which namespaces it has, its credentials,
+    /// capabilities, seccomp, environment and PATH.
+    pub plan: &'a Plan,
+}
+
+/// The command to run there.
+pub struct Options {
+    pub args: Vec<CString>,
+    /// Added to the payload's environment (replacing equal names).
+    pub env: Vec<CString>,
+    /// `uid`, `gid`; the payload's when `None`.
+    pub user: Option<(u32, u32)>,
+    /// The payload's cwd when `None`.
+    pub cwd: Option<PathBuf>,
+    /// stdin, stdout, stderr; ours when `None`.
+    pub stdio: Option<[RawFd; 3]>,
+    /// The command leads its own process group, and a SIGTERM to the waiter
+    /// SIGKILLs that group (a probe past its timeout, and what it started).
+    /// Otherwise signals to the waiter are forwarded to the command.
+    pub kill_group: bool,
+}
+
+/// The waiter process, our child.
+#[derive(Debug)]
+pub struct Joined {
+    pid: Pid,
+    pidfd: OwnedFd,
+}
+
+impl Joined {
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Readable once the waiter (and so the command) has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pidfd.as_fd()
+    }
+
+    /// Ask the waiter to end the command (see [`Options::kill_group`]).
+    pub fn terminate(&self) {
+        let _ = sys::pidfd_send_signal(self.pidfd(), libc::SIGTERM);
+    }
+
+    /// The command's status once it ended: its exit code, 128+N for
+    /// signal N; `None` while it runs.
+    pub fn try_wait(&self) -> Option<i32> {
+        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            Ok(_) => None,
+            Err(_) => Some(exit::code(exit::SETUP)),
+        }
+    }
+
+    /// Wait for the command's status (as [`Joined::try_wait`]).
+    pub fn wait(&self) -> i32 {
+        loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                Err(Errno::EINTR) | Ok(_) => {}
+                Err(_) => return exit::code(exit::SETUP),
+            }
+        }
+    }
+}
+
+/// The `pidfd` of process `pid` (for a caller that knows the sandbox by
+/// its init's pid, like `isola exec`).
+pub fn pidfd_of(pid: Pid) -> Result<OwnedFd, Error> {
+    sys::pidfd_open(pid).map_err(|e| Error::sys(format!("pidfd_open {pid}"), e))
+}
+
+/// Start `opts` inside `target`. The caller must be single-threaded (isola's
+/// processes are; checked).
+pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
+    if opts.args.is_empty() {
+        return Err(Error::sys("exec", Errno::EINVAL));
+    }
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| Error::sys("/proc/self/task", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?
+        .count();
+    if threads != 1 {
+        return Err(Error::sys("exec: a multi-threaded caller", Errno::EBUSY));
+    }
+    let plan = target.plan;
+    let joined_ns = plan
+        .join
+        .iter()
+        .fold(0u64, |acc, (f, _)| acc | u64::try_from(f.bits()).unwrap_or(0));
+    let flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
+    let mut env = plan.env.clone();
+    for e in &opts.env {
+        let name = e.as_bytes().split(|b| *b == b'=').next().unwrap_or_default();
+        env.retain(|old| old.as_bytes().split(|b| *b == b'=').next() != Some(name));
+        env.push(e.clone());
+    }
+    let (uid, gid) = opts.user.unwrap_or((plan.uid, plan.gid));
+    let cwd = opts.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
+    #[allow(unsafe_code)]
+    // SAFETY: single-threaded (checked above); the child leaves only through
+    // `waiter`, which ends in exit_now.
+    let forked = unsafe { sys::clone3(0, target.cgroup, false) };
+    match forked.map_err(|e| Error::sys("exec: clone3", e))? {
+        sys::Forked::Child => {
+            let code = waiter(target, opts, flags, &env, uid, gid, &cwd);
+            sys::exit_now(code)
+        }
+        sys::Forked::Parent { pid, pidfd } => Ok(Joined { pid, pidfd }),
+    }
+}
+
+/// The signals the waiter handles itself.
+fn waiter_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// In the waiter: join, fork the command, wait for it; returns our exit code.
+fn waiter(
+    target: &Target<'_>,
+    opts: &Options,
+    flags: u64,
+    env: &[CString],
+    uid: u32,
+    gid: u32,
+    cwd: &std::path::Path,
+) -> i32 {
+    let setup_failed = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("isola exec: {what}: {e}");
+        exit::code(exit::SETUP)
+    };
+    if let Some(fds) = opts.stdio {
+        for (slot, fd) in fds.into_iter().enumerate() {
+            let slot = i32::try_from(slot).unwrap_or(i32::MAX);
+            if let Err(e) = sys::dup2_raw(fd, slot) {
+                return setup_failed("stdio", &e);
+            }
+        }
+    }
+    let set = waiter_signals();
+    if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
+        return setup_failed("sigprocmask", &e);
+    }
+    // If our caller dies, the command goes with us.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
+        return setup_failed("prctl", &e);
+    }
+    if flags != 0 {
+        let bits = i32::try_from(flags).unwrap_or(0);
+        if let Err(e) = nix::sched::setns(target.init, CloneFlags::from_bits_retain(bits)) {
+            return setup_failed("join the sandbox's namespaces", &e);
+        }
+    }
+    // Nothing of the caller's (a supervisor's thousands of fds) goes in.
+    #[allow(unsafe_code)]
+    // SAFETY: a fresh child that leaves by exit_now; from here on it uses
+    // only stdio and the plan in memory, no Rust owner of a closed fd.
+    let closed = unsafe { sys::close_fds_except(libc::STDERR_FILENO) };
+    if let Err(e) = closed {
+        return setup_failed("close fds", &e);
+    }
+    let plan = target.plan;
+    #[allow(unsafe_code)]
+    // SAFETY: we are single-threaded (a fresh child of a single-threaded
+    // caller); the command's side leaves by exec or exit_now.
+    let forked = unsafe { sys::fork() };
+    let command = match forked {
+        Err(e) => return setup_failed("fork", &e),
+        Ok(ForkResult::Child) => sys::exit_now(command(plan, opts, env, uid, gid, cwd)),
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        match sig {
+            Signal::SIGCHLD => match waitpid(command, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+                _ => {}
+            },
+            Signal::SIGTERM if opts.kill_group => {
+                // The command itself too: it may not have called setsid yet.
+                let _ = kill(Pid::from_raw(-command.as_raw()), Signal::SIGKILL);
+                let _ = kill(command, Signal::SIGKILL);
+            }
+            other => {
+                let _ = kill(command, other);
+            }
+        }
+    }
+}
+
+/// In the command: the payload's credentials, then exec. Returns the exit
+/// code when that failed.
+fn command(
+    plan: &Plan,
+    opts: &Options,
+    env: &[CString],
+    uid: u32,
+    gid: u32,
+    cwd: &std::path::Path,
+) -> i32 {
+    if opts.kill_group {
+        let _ = nix::unistd::setsid();
+    }
+    if let Err((step, msg)) = init::become_payload(plan, uid, gid, cwd) {
+        eprintln!("isola exec: {step}: {msg}");
+        return exit::code(exit::SETUP);
+    }
+    sys::reset_signal_dispositions();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let path = match init::resolve(&opts.args[0], &plan.search_path) {
+        Ok(p) => p,
+        Err(e) => {
+            let cmd = opts.args[0].to_string_lossy();
+            match e {
+                Errno::ENOENT => eprintln!("isola exec: {cmd}: command not found"),
+                e => eprintln!("isola exec: {cmd}: {}", e.desc()),
+            }
+            return init::exec_exit_code(e);
+        }
+    };
+    let e = match nix::unistd::execve(&path, &opts.args, env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    eprintln!("isola exec: {}: {}", path.to_string_lossy(), e.desc());
+    init::exec_exit_code(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn namespace_flags_fit_setns() {
+        assert!(i32::try_from(NS_FLAGS).is_ok());
+        assert_eq!(NS_FLAGS & libc::CLONE_NEWPID as u64, libc::CLONE_NEWPID as u64);
+    }
+
+    #[test]
+    fn raw_fd_of_a_pidfd() {
+        let me = pidfd_of(nix::unistd::getpid()).unwrap();
+        assert!(me.as_raw_fd() > 2);
+    }
+}

@@ -1,0 +1,306 @@
+//! Health while a service runs: a sub-state of `Phase::Running`, reset at
+//! every start. Probes are scheduled here (the loop runs them and reports
+//! with [`Core::probe_done`]), notify messages and the watchdog arrive here,
+//! and what they mean is decided here:
+//!
+//! | what                               | does                                   |
+//! |------------------------------------|----------------------------------------|
+//! | startup fails `failureThreshold`×  | kill, `unhealthy`, restart policy      |
+//! | liveness fails `failureThreshold`× | kill, `unhealthy`, restart policy      |
+//! | watchdog not pinged in time        | kill, `watchdog`, restart policy       |
+//! | readiness fails `failureThreshold`×| not ready (dependents already started  |
+//! |                                    | keep running); never a restart         |
+//!
+//! Until the startup probe passes, liveness and readiness do not run.
+
+use std::time::{Duration, Instant};
+
+use super::{Core, Intent, Phase};
+use crate::decide::Reason;
+use crate::health::{Health, ProbeKind};
+
+/// The last result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub at: Instant,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// One probe within a run.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeState {
+    /// When it runs next; `None` while it runs or while it may not run.
+    pub(super) next_at: Option<Instant>,
+    pub(super) in_flight: bool,
+    pub failures: u32,
+    pub(super) successes: u32,
+    pub last: Option<ProbeResult>,
+}
+
+/// What a service's own notifications said (sd_notify or its notify fd).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notice {
+    pub ready: bool,
+    pub stopping: bool,
+    pub status: Option<String>,
+    pub watchdog: bool,
+    pub watchdog_trigger: bool,
+    pub extend: Option<Duration>,
+}
+
+/// The health of the current run.
+#[derive(Debug, Clone, Default)]
+pub struct RunHealth {
+    /// Indexed by [`ProbeKind::index`].
+    pub probes: [ProbeState; 3],
+    /// The startup probe passed (or there is none).
+    pub started: bool,
+    pub ready: bool,
+    pub ever_ready: bool,
+    /// READY=1 (or the notify fd's newline) arrived.
+    notified_ready: bool,
+    /// The readiness probe passes.
+    probe_ready: bool,
+    pub watchdog_at: Option<Instant>,
+    /// The last `STATUS=` line.
+    pub notify_status: Option<String>,
+}
+
+impl RunHealth {
+    /// What the HEALTH column shows for a running service.
+    pub fn label(&self, spec: &Health) -> &'static str {
+        if !spec.watched() {
+            "-"
+        } else if !self.started || (!self.ever_ready && !self.ready) {
+            "starting"
+        } else if !self.ready || self.probes[ProbeKind::Liveness.index()].failures > 0 {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.probes
+            .iter()
+            .filter_map(|p| p.next_at)
+            .chain(self.watchdog_at)
+            .min()
+    }
+}
+
+impl Core {
+    /// A fresh run of service `i` began: schedule what watches it.
+    pub(super) fn begin_health(&mut self, i: usize, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        let spec = &s.def.policy.health;
+        let mut h = RunHealth {
+            watchdog_at: spec.watchdog.map(|w| now + w),
+            ..RunHealth::default()
+        };
+        match spec.probe(ProbeKind::Startup) {
+            Some(p) => h.probes[ProbeKind::Startup.index()].next_at = Some(now + p.initial_delay),
+            None => h.started = true,
+        }
+        s.health = h;
+        if self.service(i).is_some_and(|s| s.health.started) {
+            self.after_startup(i, now);
+        }
+    }
+
+    /// The startup probe passed (or there is none): liveness and readiness
+    /// begin; without a readiness gate the service is ready now.
+    fn after_startup(&mut self, i: usize, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        s.health.started = true;
+        for kind in [ProbeKind::Liveness, ProbeKind::Readiness] {
+            if let Some(p) = s.def.policy.health.probe(kind) {
+                s.health.probes[kind.index()].next_at = Some(now + p.initial_delay);
+            }
+        }
+        self.update_ready(i, None);
+    }
+
+    /// Recompute `ready` from its gates; say so when it changed (`why`: the
+    /// failure that made it unready).
+    fn update_ready(&mut self, i: usize, why: Option<String>) {
+        let Some(s) = self.svc(i) else { return };
+        let spec = &s.def.policy.health;
+        let h = &mut s.health;
+        let ready = h.started
+            && (spec.notify.is_none() || h.notified_ready)
+            && (spec.probe(ProbeKind::Readiness).is_none() || h.probe_ready);
+        if ready == h.ready {
+            return;
+        }
+        h.ready = ready;
+        let watched = spec.watched();
+        if ready {
+            h.ever_ready = true;
+        }
+        if watched {
+            let msg = match (ready, why) {
+                (true, _) => "ready".to_string(),
+                (false, Some(w)) => format!("not ready: {w}"),
+                (false, None) => "not ready".to_string(),
+            };
+            self.event(i, msg);
+        }
+    }
+
+    /// Probes whose time has come: the loop runs them.
+    pub(super) fn due_probes(&mut self, i: usize, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        if !matches!(s.phase, Phase::Running { .. }) {
+            return;
+        }
+        let mut due = Vec::new();
+        for kind in ProbeKind::ALL {
+            let p = &mut s.health.probes[kind.index()];
+            if p.next_at.is_some_and(|t| t <= now) && !p.in_flight {
+                p.next_at = None;
+                p.in_flight = true;
+                due.push(kind);
+            }
+        }
+        for kind in due {
+            self.effects.push_back(super::Effect::Probe(i, kind));
+        }
+    }
+
+    /// The watchdog of a running service expired?
+    pub(super) fn check_watchdog(&mut self, i: usize, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        let expired = s.health.watchdog_at.is_some_and(|t| t <= now);
+        if !expired || !matches!(s.phase, Phase::Running { .. }) {
+            return;
+        }
+        let ms = s.def.policy.health.watchdog.map_or(0, |w| w.as_millis());
+        s.health.watchdog_at = None;
+        self.kill_unhealthy(i, Reason::Watchdog, format!("watchdog missed ({ms} ms)"), now);
+    }
+
+    /// The loop ran probe `kind` of service `i`.
+    pub fn probe_done(&mut self, i: usize, kind: ProbeKind, ok: bool, message: String, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        if !matches!(s.phase, Phase::Running { .. }) {
+            return;
+        }
+        let Some(spec) = s.def.policy.health.probe(kind).cloned() else {
+            return;
+        };
+        let p = &mut s.health.probes[kind.index()];
+        p.in_flight = false;
+        p.next_at = Some(now + spec.period);
+        p.last = Some(ProbeResult {
+            at: now,
+            ok,
+            message: message.clone(),
+        });
+        if ok {
+            p.failures = 0;
+            p.successes = p.successes.saturating_add(1);
+        } else {
+            p.successes = 0;
+            p.failures = p.failures.saturating_add(1);
+        }
+        let (failures, successes) = (p.failures, p.successes);
+        let what = format!(
+            "{} {}: {message} ({failures}/{})",
+            kind.as_str(),
+            spec.check.describe(),
+            spec.failure_threshold
+        );
+        match (kind, ok) {
+            (ProbeKind::Startup, true) => {
+                s.health.probes[kind.index()].next_at = None;
+                self.event(i, "startup probe passed".into());
+                self.after_startup(i, now);
+            }
+            (ProbeKind::Startup | ProbeKind::Liveness, false) => {
+                if failures >= spec.failure_threshold {
+                    self.kill_unhealthy(i, Reason::Unhealthy, what, now);
+                } else {
+                    self.event(i, format!("probe failed: {what}"));
+                }
+            }
+            (ProbeKind::Liveness, true) => {}
+            (ProbeKind::Readiness, _) => {
+                let h = &mut s.health;
+                if ok && successes >= spec.success_threshold {
+                    h.probe_ready = true;
+                    self.update_ready(i, None);
+                } else if !ok && (failures >= spec.failure_threshold || !h.ever_ready) {
+                    h.probe_ready = false;
+                    self.update_ready(i, Some(what));
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Service `i` sent a notification (sd_notify, or its notify fd).
+    pub fn notified(&mut self, i: usize, n: Notice, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        let watchdog = s.def.policy.health.watchdog;
+        match s.phase {
+            Phase::Running { .. } => {}
+            Phase::Stopping {
+                since,
+                intent,
+                kill_at: Some(t),
+            } => {
+                // EXTEND_TIMEOUT_USEC while stopping: more time before the kill.
+                if let Some(ext) = n.extend {
+                    let kill_at = Some(t.max(now + ext));
+                    self.set(i, Phase::Stopping { since, intent, kill_at });
+                }
+                return;
+            }
+            _ => return,
+        }
+        let h = &mut s.health;
+        if let Some(st) = n.status {
+            h.notify_status = Some(st);
+        }
+        if n.watchdog {
+            h.watchdog_at = watchdog.map(|w| now + w);
+        }
+        if let (Some(ext), Some(t)) = (n.extend, h.watchdog_at) {
+            h.watchdog_at = Some(t.max(now + ext));
+        }
+        if n.watchdog_trigger {
+            self.kill_unhealthy(i, Reason::Watchdog, "watchdog triggered by the service".into(), now);
+        } else if n.stopping {
+            if let Some(s) = self.svc(i) {
+                s.health.notified_ready = false;
+            }
+            self.update_ready(i, Some("the service is stopping".into()));
+        } else if n.ready {
+            if let Some(s) = self.svc(i) {
+                s.health.notified_ready = true;
+            }
+            self.update_ready(i, None);
+        }
+        self.pump(now);
+    }
+
+    /// Kill a running service for its health; the exit then goes to the
+    /// restart policy as a failure of `reason`.
+    fn kill_unhealthy(&mut self, i: usize, reason: Reason, why: String, now: Instant) {
+        let Some(s) = self.svc(i) else { return };
+        if !matches!(s.phase, Phase::Running { .. }) {
+            return;
+        }
+        s.health_kill = Some((reason, why.clone()));
+        self.event(
+            i,
+            match reason {
+                Reason::Watchdog => why,
+                _ => format!("unhealthy: {why}"),
+            },
+        );
+        self.stop_with(i, Intent::Unhealthy, now);
+    }
+}
