@@ -100,8 +100,8 @@ pub(crate) fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let _ = writeln!(
         out,
-        "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  LAST EXIT",
-        "NAME", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CPU"
+        "{:<20} {:<9} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  LAST EXIT",
+        "NAME", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "MEMORY", "CPU"
     );
     for s in &services {
         let _ = writeln!(out, "{}", table_row(s));
@@ -111,21 +111,26 @@ pub(crate) fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
 }
 
 fn table_row(s: &StatusRow) -> String {
-    let last = s.last_exit.map(|e| {
+    let last = s.last_exit.as_ref().map(|e| {
         let reason = serde_json::to_value(e.reason)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        match (e.code, e.signal) {
+        let how = match (e.code, e.signal) {
             (Some(c), _) => format!("{reason} {c}"),
             (_, Some(sig)) => format!("{reason} (signal {sig})"),
             _ => reason,
+        };
+        match &e.message {
+            Some(m) => format!("{how}: {m}"),
+            None => how,
         }
     });
     format!(
-        "{:<20} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}",
+        "{:<20} {:<9} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}{}",
         s.name,
         s.state.as_str(),
+        s.health,
         s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         s.restarts,
         s.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
@@ -137,6 +142,10 @@ fn table_row(s: &StatusRow) -> String {
         match s.oom_kills {
             0 => String::new(),
             n => format!(", {n} OOM kill(s)"),
+        },
+        match &s.notify_status {
+            Some(st) => format!("  [{st}]"),
+            None => String::new(),
         }
     )
 }

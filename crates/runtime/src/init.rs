@@ -228,7 +228,8 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 /// failure comes back over a CLOEXEC pipe as the errno (EOF means the exec
 /// happened).
 fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
-    let path = resolve(&plan.args[0], &plan.search_path).map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+    let path = resolve(&plan.args[0], &plan.search_path)
+        .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const libc::c_char> = plan
         .args

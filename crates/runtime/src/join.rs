@@ -127,20 +127,28 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
         return Err(Error::sys("exec", Errno::EINVAL));
     }
     let threads = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| Error::sys("/proc/self/task", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?
+        .map_err(|e| {
+            Error::sys(
+                "/proc/self/task",
+                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
+        })?
         .count();
     if threads != 1 {
         return Err(Error::sys("exec: a multi-threaded caller", Errno::EBUSY));
     }
     let plan = target.plan;
-    let joined_ns = plan
-        .join
-        .iter()
-        .fold(0u64, |acc, (f, _)| acc | u64::try_from(f.bits()).unwrap_or(0));
+    let joined_ns = plan.join.iter().fold(0u64, |acc, (f, _)| {
+        acc | u64::try_from(f.bits()).unwrap_or(0)
+    });
     let flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
     let mut env = plan.env.clone();
     for e in &opts.env {
-        let name = e.as_bytes().split(|b| *b == b'=').next().unwrap_or_default();
+        let name = e
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default();
         env.retain(|old| old.as_bytes().split(|b| *b == b'=').next() != Some(name));
         env.push(e.clone());
     }
@@ -294,7 +302,10 @@ mod tests {
     #[test]
     fn namespace_flags_fit_setns() {
         assert!(i32::try_from(NS_FLAGS).is_ok());
-        assert_eq!(NS_FLAGS & libc::CLONE_NEWPID as u64, libc::CLONE_NEWPID as u64);
+        assert_eq!(
+            NS_FLAGS & libc::CLONE_NEWPID as u64,
+            libc::CLONE_NEWPID as u64
+        );
     }
 
     #[test]

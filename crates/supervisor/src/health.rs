@@ -30,7 +30,11 @@ pub enum ProbeKind {
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 3] = [ProbeKind::Startup, ProbeKind::Liveness, ProbeKind::Readiness];
+    pub const ALL: [ProbeKind; 3] = [
+        ProbeKind::Startup,
+        ProbeKind::Liveness,
+        ProbeKind::Readiness,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -214,7 +218,9 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
         let path = format!("{prefix}notify");
         h.notify = Some(match from_value::<NotifyJson>(v, &path) {
             Ok(NotifyJson::Name(n)) if n == "systemd" => Notify::Systemd,
-            Ok(NotifyJson::Fd { fd }) if (i64::from(MIN_NOTIFY_FD)..=i64::from(i32::MAX)).contains(&fd) => {
+            Ok(NotifyJson::Fd { fd })
+                if (i64::from(MIN_NOTIFY_FD)..=i64::from(i32::MAX)).contains(&fd) =>
+            {
                 Notify::Fd(i32::try_from(fd).unwrap_or(MIN_NOTIFY_FD))
             }
             Ok(NotifyJson::Fd { fd }) => {
@@ -320,7 +326,11 @@ fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecErro
         },
         (None, None, Some(h)) => {
             let hp = format!("{path}.http");
-            if let Some(s) = h.scheme.as_deref().filter(|s| !s.eq_ignore_ascii_case("http")) {
+            if let Some(s) = h
+                .scheme
+                .as_deref()
+                .filter(|s| !s.eq_ignore_ascii_case("http"))
+            {
                 return Err(SpecError::new(
                     format!("{hp}.scheme"),
                     format!("{s}: only \"http\" is supported"),
@@ -330,10 +340,13 @@ fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecErro
             if !path_s.starts_with('/') || !printable(&path_s) {
                 return Err(SpecError::new(
                     format!("{hp}.path"),
-                    format!("{path_s:?}: must start with / and hold no spaces or control characters"),
+                    format!(
+                        "{path_s:?}: must start with / and hold no spaces or control characters"
+                    ),
                 ));
             }
-            let headers: Vec<(String, String)> = h.headers.unwrap_or_default().into_iter().collect();
+            let headers: Vec<(String, String)> =
+                h.headers.unwrap_or_default().into_iter().collect();
             for (k, val) in &headers {
                 let ok_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
                 if !ok_name || val.chars().any(char::is_control) || val.len() > MAX_HTTP_FIELD {
@@ -371,12 +384,19 @@ fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecErro
             n => Ok(n),
         }
     };
-    let failure_threshold = threshold(p.failure_threshold, DEFAULT_FAILURE_THRESHOLD, "failureThreshold")?;
+    let failure_threshold = threshold(
+        p.failure_threshold,
+        DEFAULT_FAILURE_THRESHOLD,
+        "failureThreshold",
+    )?;
     let success_threshold = threshold(p.success_threshold, 1, "successThreshold")?;
     if success_threshold != 1 && kind != ProbeKind::Readiness {
         return Err(SpecError::new(
             format!("{path}.successThreshold"),
-            format!("{success_threshold}: must be 1 for a {} probe", kind.as_str()),
+            format!(
+                "{success_threshold}: must be 1 for a {} probe",
+                kind.as_str()
+            ),
         ));
     }
     let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, SpecError> {
@@ -455,7 +475,10 @@ mod tests {
         assert_eq!(h.notify, Some(Notify::Systemd));
         assert_eq!(h.watchdog, Some(Duration::from_secs(5)));
         assert!(h.gates_readiness());
-        assert_eq!(health(json!({"notify": {"fd": 3}})).unwrap().notify, Some(Notify::Fd(3)));
+        assert_eq!(
+            health(json!({"notify": {"fd": 3}})).unwrap().notify,
+            Some(Notify::Fd(3))
+        );
     }
 
     #[test]
@@ -497,9 +520,18 @@ mod tests {
                 json!({"probes": {"liveness": {"tcp": {"port": 1, "host": "db.local"}}}}),
                 "services.web.probes.liveness.tcp.host: db.local: expected an IP address",
             ),
-            (json!({"notify": {"fd": 2}}), "services.web.notify.fd: 2: must be 3 or more"),
-            (json!({"notify": "upstart"}), "services.web.notify: \"upstart\": expected"),
-            (json!({"watchdogMs": 0}), "services.web.watchdogMs: 0: must be at least 1"),
+            (
+                json!({"notify": {"fd": 2}}),
+                "services.web.notify.fd: 2: must be 3 or more",
+            ),
+            (
+                json!({"notify": "upstart"}),
+                "services.web.notify: \"upstart\": expected",
+            ),
+            (
+                json!({"watchdogMs": 0}),
+                "services.web.watchdogMs: 0: must be at least 1",
+            ),
         ];
         for (v, want) in cases {
             let e = health(v.clone()).unwrap_err().to_string();
@@ -511,10 +543,15 @@ mod tests {
     fn dependency_forms() {
         let d = parse_dependencies(&json!(["db"]), "dependsOn").unwrap();
         assert_eq!(d[0].condition, Condition::Started);
-        let d = parse_dependencies(&json!({"db": "healthy", "migrate": "completed"}), "dependsOn")
-            .unwrap();
+        let d = parse_dependencies(
+            &json!({"db": "healthy", "migrate": "completed"}),
+            "dependsOn",
+        )
+        .unwrap();
         assert_eq!(d.len(), 2);
-        assert!(d.iter().any(|d| d.name == "db" && d.condition == Condition::Healthy));
+        assert!(d
+            .iter()
+            .any(|d| d.name == "db" && d.condition == Condition::Healthy));
         let e = parse_dependencies(&json!({"db": "ready"}), "services.web.dependsOn").unwrap_err();
         assert_eq!(
             e.to_string(),

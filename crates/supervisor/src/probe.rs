@@ -19,9 +19,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
-};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
 use nix::unistd::Pid;
 
 use crate::health::{Check, ProbeKind};
@@ -79,12 +77,18 @@ impl Supervisor {
     /// The core's `Probe`: start probe `kind` of service `i`.
     pub(crate) fn start_probe(&mut self, i: usize, kind: ProbeKind) {
         let now = Instant::now();
-        let Some(s) = self.core.service(i) else { return };
+        let Some(s) = self.core.service(i) else {
+            return;
+        };
         let Some(spec) = s.def.policy.health.probe(kind).cloned() else {
             return;
         };
         let own_netns = s.def.plan.new_net_ns()
-            || s.def.plan.join.iter().any(|(f, _)| f.contains(CloneFlags::CLONE_NEWNET));
+            || s.def
+                .plan
+                .join
+                .iter()
+                .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWNET));
         let Some(init) = self
             .slots
             .get(i)
@@ -92,13 +96,13 @@ impl Supervisor {
             .and_then(|s| s.running.as_ref())
             .map(|r| r.sandbox.pid())
         else {
-            return self.core.probe_done(i, kind, false, "not running".into(), now);
+            return self
+                .core
+                .probe_done(i, kind, false, "not running".into(), now);
         };
         let netns = own_netns.then_some(init);
         let started = match &spec.check {
-            Check::Tcp { host, port } => self
-                .connect_in(netns, *host, *port)
-                .map(Work::Tcp),
+            Check::Tcp { host, port } => self.connect_in(netns, *host, *port).map(Work::Tcp),
             Check::Http {
                 host,
                 port,
@@ -126,7 +130,9 @@ impl Supervisor {
             .epoll
             .add(fd, EpollEvent::new(flags, Token::Probe(id).encode()))
         {
-            return self.core.probe_done(i, kind, false, format!("epoll: {e}"), now);
+            return self
+                .core
+                .probe_done(i, kind, false, format!("epoll: {e}"), now);
         }
         self.probes.inflight.insert(
             id,
@@ -143,7 +149,12 @@ impl Supervisor {
 
     /// A socket for `host:port`, created in the network namespace of
     /// process `netns` (ours when `None`), connecting without blocking.
-    fn connect_in(&mut self, netns: Option<Pid>, host: IpAddr, port: u16) -> Result<OwnedFd, String> {
+    fn connect_in(
+        &mut self,
+        netns: Option<Pid>,
+        host: IpAddr,
+        port: u16,
+    ) -> Result<OwnedFd, String> {
         let family = match host {
             IpAddr::V4(_) => AddressFamily::Inet,
             IpAddr::V6(_) => AddressFamily::Inet6,
@@ -165,7 +176,12 @@ impl Supervisor {
         }
     }
 
-    fn socket_in_netns(&mut self, pid: Pid, family: AddressFamily, flags: SockFlag) -> Result<OwnedFd, String> {
+    fn socket_in_netns(
+        &mut self,
+        pid: Pid,
+        family: AddressFamily,
+        flags: SockFlag,
+    ) -> Result<OwnedFd, String> {
         if self.probes.home_netns.is_none() {
             let home = File::open("/proc/thread-self/ns/net")
                 .map_err(|e| format!("our network namespace: {e}"))?;
@@ -180,7 +196,9 @@ impl Supervisor {
             if let Err(e) = nix::sched::setns(home, CloneFlags::CLONE_NEWNET) {
                 // Cannot happen to root; if it did, every later socket of
                 // ours would be made in the wrong namespace: say it loudly.
-                self.note(&format!("probe: cannot return to our network namespace: {e}"));
+                self.note(&format!(
+                    "probe: cannot return to our network namespace: {e}"
+                ));
             }
         }
         sock.map_err(|e| format!("socket: {e}"))
@@ -210,7 +228,8 @@ impl Supervisor {
         };
         self.release(&p.work);
         if !p.reported {
-            self.core.probe_done(p.service, p.kind, ok, msg, Instant::now());
+            self.core
+                .probe_done(p.service, p.kind, ok, msg, Instant::now());
         }
     }
 
@@ -245,7 +264,12 @@ impl Supervisor {
             .inflight
             .iter()
             .filter(|(_, p)| !p.reported && p.deadline <= now)
-            .map(|(id, p)| (*id, p.deadline.saturating_duration_since(p.started).as_millis()))
+            .map(|(id, p)| {
+                (
+                    *id,
+                    p.deadline.saturating_duration_since(p.started).as_millis(),
+                )
+            })
             .collect();
         for (id, ms) in late {
             if let Some((i, kind)) = self.abandon(id) {
@@ -338,9 +362,11 @@ fn http_progress(
     let mut buf = [0u8; 1024];
     loop {
         match nix::unistd::read(sock, &mut buf) {
-            Ok(0) => return Some(parse_status(head).unwrap_or_else(|| {
-                (false, "connection closed before a status line".to_string())
-            })),
+            Ok(0) => {
+                return Some(parse_status(head).unwrap_or_else(|| {
+                    (false, "connection closed before a status line".to_string())
+                }))
+            }
             Ok(n) => {
                 head.extend_from_slice(&buf[..n]);
                 if let Some(v) = parse_status(head) {
@@ -380,9 +406,18 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some((true, "200".into())));
-        assert_eq!(parse_status(b"HTTP/1.0 302 Found\r\nLoc"), Some((true, "302".into())));
-        assert_eq!(parse_status(b"HTTP/1.1 503 Busy\r\n"), Some((false, "503".into())));
+        assert_eq!(
+            parse_status(b"HTTP/1.1 200 OK\r\n"),
+            Some((true, "200".into()))
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.0 302 Found\r\nLoc"),
+            Some((true, "302".into()))
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.1 503 Busy\r\n"),
+            Some((false, "503".into()))
+        );
         assert_eq!(parse_status(b"HTTP/1.1 200"), None);
         assert!(!parse_status(b"SSH-2.0-OpenSSH\r\n").unwrap().0);
     }

@@ -140,12 +140,14 @@ fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
     let mut placed = vec![false; defs.len()];
     let mut out_idx = Vec::new();
     while out_idx.len() < defs.len() {
-        let next = (0..defs.len())
-            .find(|&i| !placed[i] && defs[i]
-                .policy
-                .depends_on
-                .iter()
-                .all(|d| placed[index[&d.name]]));
+        let next = (0..defs.len()).find(|&i| {
+            !placed[i]
+                && defs[i]
+                    .policy
+                    .depends_on
+                    .iter()
+                    .all(|d| placed[index[&d.name]])
+        });
         match next {
             Some(i) => {
                 placed[i] = true;

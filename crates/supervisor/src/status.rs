@@ -100,7 +100,12 @@ impl Supervisor {
                     cpu_usec: stats.cpu_usec,
                     history: History::Borrowed(&slot.history),
                     depends_on: Cow::Owned(
-                        s.def.policy.depends_on.iter().map(|d| d.name.clone()).collect(),
+                        s.def
+                            .policy
+                            .depends_on
+                            .iter()
+                            .map(|d| d.name.clone())
+                            .collect(),
                     ),
                     restart_policy: Cow::Borrowed(restart_policy(s.def.policy.restart.policy)),
                     health: Cow::Borrowed(match s.phase {

@@ -409,9 +409,9 @@ impl Supervisor {
             self.next_drain_deadline(),
             self.probes.next_deadline(),
         ]
-            .into_iter()
-            .flatten()
-            .min();
+        .into_iter()
+        .flatten()
+        .min();
         match next {
             Some(t) => {
                 let d = t

@@ -178,11 +178,23 @@ impl Core {
         }
         let ms = s.def.policy.health.watchdog.map_or(0, |w| w.as_millis());
         s.health.watchdog_at = None;
-        self.kill_unhealthy(i, Reason::Watchdog, format!("watchdog missed ({ms} ms)"), now);
+        self.kill_unhealthy(
+            i,
+            Reason::Watchdog,
+            format!("watchdog missed ({ms} ms)"),
+            now,
+        );
     }
 
     /// The loop ran probe `kind` of service `i`.
-    pub fn probe_done(&mut self, i: usize, kind: ProbeKind, ok: bool, message: String, now: Instant) {
+    pub fn probe_done(
+        &mut self,
+        i: usize,
+        kind: ProbeKind,
+        ok: bool,
+        message: String,
+        now: Instant,
+    ) {
         let Some(s) = self.svc(i) else { return };
         if !matches!(s.phase, Phase::Running { .. }) {
             return;
@@ -254,7 +266,14 @@ impl Core {
                 // EXTEND_TIMEOUT_USEC while stopping: more time before the kill.
                 if let Some(ext) = n.extend {
                     let kill_at = Some(t.max(now + ext));
-                    self.set(i, Phase::Stopping { since, intent, kill_at });
+                    self.set(
+                        i,
+                        Phase::Stopping {
+                            since,
+                            intent,
+                            kill_at,
+                        },
+                    );
                 }
                 return;
             }
@@ -271,7 +290,12 @@ impl Core {
             h.watchdog_at = Some(t.max(now + ext));
         }
         if n.watchdog_trigger {
-            self.kill_unhealthy(i, Reason::Watchdog, "watchdog triggered by the service".into(), now);
+            self.kill_unhealthy(
+                i,
+                Reason::Watchdog,
+                "watchdog triggered by the service".into(),
+                now,
+            );
         } else if n.stopping {
             if let Some(s) = self.svc(i) {
                 s.health.notified_ready = false;

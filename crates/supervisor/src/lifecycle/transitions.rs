@@ -320,7 +320,10 @@ impl Core {
                 (Condition::Started, _) => Gate::Go,
                 (Condition::Healthy, Phase::Running { .. }) if o.health.ready => Gate::Go,
                 (Condition::Healthy, Phase::Down(Down::Exited | Down::Failed)) => {
-                    Gate::Never(format!("{name} ({}) will not become healthy", o.phase.state().as_str()))
+                    Gate::Never(format!(
+                        "{name} ({}) will not become healthy",
+                        o.phase.state().as_str()
+                    ))
                 }
                 (Condition::Healthy, _) => Gate::Wait(format!("{name} to be healthy")),
                 (Condition::Completed, Phase::Down(Down::Exited)) => match o.last_exit {

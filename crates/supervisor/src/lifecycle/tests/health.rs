@@ -36,15 +36,24 @@ fn liveness_http() -> Value {
 #[test]
 fn liveness_failures_kill_and_the_restart_policy_takes_over() {
     let mut h = H::running(json!({"web": {"probes": liveness_http()}}));
-    assert_eq!(h.svc("web").health.label(&h.svc("web").def.policy.health), "healthy");
+    assert_eq!(
+        h.svc("web").health.label(&h.svc("web").def.policy.health),
+        "healthy"
+    );
     for n in 1..=3u64 {
         assert_eq!(h.tick_to(n * 1000), [(0, ProbeKind::Liveness)], "probe {n}");
         let fx = h.probe("web", ProbeKind::Liveness, false, "503");
         if n < 3 {
             assert_eq!(h.state("web"), State::Running);
-            assert!(events(&fx).contains(&format!("probe failed: liveness http :8080/healthz: 503 ({n}/3)")));
+            assert!(events(&fx).contains(&format!(
+                "probe failed: liveness http :8080/healthz: 503 ({n}/3)"
+            )));
         } else {
-            assert!(events(&fx).contains(&"unhealthy: liveness http :8080/healthz: 503 (3/3)".to_string()), "{fx:?}");
+            assert!(
+                events(&fx)
+                    .contains(&"unhealthy: liveness http :8080/healthz: 503 (3/3)".to_string()),
+                "{fx:?}"
+            );
             assert!(fx.contains(&Effect::Signal(0, Signal::SIGTERM)));
         }
     }
@@ -54,7 +63,10 @@ fn liveness_failures_kill_and_the_restart_policy_takes_over() {
     h.exited("web", 0);
     let s = h.svc("web");
     assert_eq!(s.last_exit.map(|e| e.reason), Some(Reason::Unhealthy));
-    assert_eq!(s.last_exit_message.as_deref(), Some("liveness http :8080/healthz: 503 (3/3)"));
+    assert_eq!(
+        s.last_exit_message.as_deref(),
+        Some("liveness http :8080/healthz: 503 (3/3)")
+    );
     // Exit code 0 after SIGTERM, yet a failure: on-failure restarts it.
     assert_eq!(h.state("web"), State::Backoff);
 }
@@ -89,7 +101,10 @@ fn the_startup_probe_gates_liveness_and_readiness() {
     assert!(events(&fx).contains(&"startup probe passed".to_string()));
     let due = h.tick_to(2500);
     assert_eq!(due, [(0, ProbeKind::Liveness), (0, ProbeKind::Readiness)]);
-    assert!(!h.svc("db").health.ready, "not ready before readiness passes");
+    assert!(
+        !h.svc("db").health.ready,
+        "not ready before readiness passes"
+    );
     let fx = h.probe("db", ProbeKind::Readiness, true, "connected");
     assert!(events(&fx).contains(&"ready".to_string()));
     assert!(h.svc("db").health.ready);
@@ -104,7 +119,9 @@ fn startup_exhausting_its_threshold_kills() {
     h.probe("db", ProbeKind::Startup, false, "connection refused");
     h.tick_to(10);
     let fx = h.probe("db", ProbeKind::Startup, false, "connection refused");
-    assert!(events(&fx).contains(&"unhealthy: startup tcp :1: connection refused (2/2)".to_string()));
+    assert!(
+        events(&fx).contains(&"unhealthy: startup tcp :1: connection refused (2/2)".to_string())
+    );
     assert_eq!(h.state("db"), State::Stopping);
 }
 
@@ -127,7 +144,12 @@ fn readiness_failure_only_unreadies_and_healthy_dependents_wait() {
         h.tick_to(n * 100);
         let fx = h.probe("db", ProbeKind::Readiness, false, "connection refused");
         if n == 2 {
-            assert!(events(&fx).contains(&"not ready: readiness tcp :5432: connection refused (2/2)".to_string()), "{fx:?}");
+            assert!(
+                events(&fx).contains(
+                    &"not ready: readiness tcp :5432: connection refused (2/2)".to_string()
+                ),
+                "{fx:?}"
+            );
         }
     }
     assert_eq!(h.state("db"), State::Running, "readiness never restarts");
@@ -151,9 +173,15 @@ fn a_missed_watchdog_kills_and_pings_keep_it_alive() {
     let now = h.at(2900);
     h.core.tick(now);
     let fx = h.effects();
-    assert!(events(&fx).contains(&"watchdog missed (1000 ms)".to_string()), "{fx:?}");
+    assert!(
+        events(&fx).contains(&"watchdog missed (1000 ms)".to_string()),
+        "{fx:?}"
+    );
     h.exited("app", 143);
-    assert_eq!(h.svc("app").last_exit.map(|e| e.reason), Some(Reason::Watchdog));
+    assert_eq!(
+        h.svc("app").last_exit.map(|e| e.reason),
+        Some(Reason::Watchdog)
+    );
     assert_eq!(h.state("app"), State::Backoff);
 }
 
@@ -175,7 +203,10 @@ fn notify_ready_gates_readiness_and_status_is_kept() {
     };
     h.core.notified(0, n, now);
     assert_eq!(h.launched(), [1]);
-    assert_eq!(h.svc("db").health.notify_status.as_deref(), Some("accepting connections"));
+    assert_eq!(
+        h.svc("db").health.notify_status.as_deref(),
+        Some("accepting connections")
+    );
     let now = h.now;
     let stopping = Notice {
         stopping: true,
@@ -214,7 +245,9 @@ fn completed_dependencies() {
 
 #[test]
 fn a_person_stopping_outranks_a_health_kill() {
-    let mut h = H::running(json!({"web": {"probes": {"liveness": {"tcp": {"port": 1}, "failureThreshold": 1}}}}));
+    let mut h = H::running(
+        json!({"web": {"probes": {"liveness": {"tcp": {"port": 1}, "failureThreshold": 1}}}}),
+    );
     let now = h.now;
     h.core.stop(0, 9, now);
     h.tick_to(20_000);

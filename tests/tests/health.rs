@@ -1,0 +1,269 @@
+//! Health probes, readiness, the watchdog, notify, dependency conditions
+//! and `isola exec`: a supervised stack in the VM. Each test is built so
+//! that it fails when the feature is missing (a probe run in the wrong
+//! namespace fails; an ungated liveness probe kills a slow starter…).
+
+use std::time::Duration;
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// A python HTTP server on `port`: /healthz answers 200, or 500 while
+/// `sick` exists; it starts listening after `delay` seconds.
+fn http_server(port: u16, sick: &str, delay: f64) -> String {
+    format!(
+        r#"import http.server, os, time
+time.sleep({delay})
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(500 if os.path.exists("{sick}") else 200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+    )
+}
+
+fn python(code: &str, extra: Value) -> Value {
+    let mut s = svc("", extra);
+    s["process"]["args"] = json!(["python3", "-c", code]);
+    s
+}
+
+fn fast_restart() -> Value {
+    json!({"policy": "on-failure", "delayMs": 100, "limit": {"burst": 100, "intervalMs": 60000}})
+}
+
+#[test]
+fn liveness_http_failure_restarts_with_reason_unhealthy() {
+    require_vm();
+    let dir = Scratch::new("health-http");
+    let sick = dir.path("sick");
+    let sick = sick.to_string_lossy();
+    let up = Up::start(
+        "livehttp",
+        json!({"web": python(&http_server(18080, &sick, 0.0), json!({
+            "restart": fast_restart(),
+            "probes": {
+                "startup": {"tcp": {"port": 18080}, "periodMs": 200, "failureThreshold": 150},
+                "liveness": {"http": {"port": 18080, "path": "/healthz"}, "periodMs": 300, "failureThreshold": 2}
+            }
+        }))}),
+        &[],
+    );
+    let s = up.wait_for("web", "healthy", Duration::from_secs(60), |s| {
+        s["health"] == "healthy"
+    });
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert_eq!(s["probe"]["liveness"]["ok"], true, "{s}");
+    std::fs::write(&*sick, "").unwrap();
+    let s = up.wait_for(
+        "web",
+        "an unhealthy restart",
+        Duration::from_secs(60),
+        |s| s["restarts"].as_u64() >= Some(1),
+    );
+    assert_eq!(s["lastExit"]["reason"], "unhealthy", "{s}");
+    assert_eq!(
+        s["lastExit"]["message"], "liveness http :18080/healthz: 500 (2/2)",
+        "{s}"
+    );
+    std::fs::remove_file(&*sick).unwrap();
+    up.wait_for("web", "healthy again", Duration::from_secs(60), |s| {
+        s["health"] == "healthy"
+    });
+    let err = up.down();
+    assert!(
+        err.contains("web: unhealthy: liveness http :18080/healthz: 500 (2/2)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("web: probe failed: liveness http :18080/healthz: 500 (1/2)"),
+        "{err}"
+    );
+    assert_clean();
+}
+
+#[test]
+fn tcp_probe_reaches_the_service_in_its_own_network_namespace() {
+    require_vm();
+    // Nothing listens on 15432 on the host: only a probe made in the
+    // sandbox's namespace connects.
+    let listen = "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 15432))\ns.listen()\ntime.sleep(1000)\n";
+    let up = Up::start(
+        "tcpns",
+        json!({"db": python(listen, json!({
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]},
+            "restart": fast_restart(),
+            "probes": {
+                "startup": {"tcp": {"port": 15432}, "periodMs": 100, "failureThreshold": 300},
+                "liveness": {"tcp": {"port": 15432}, "periodMs": 100, "failureThreshold": 1}
+            }
+        }))}),
+        &[],
+    );
+    up.wait_for("db", "healthy", Duration::from_secs(60), |s| {
+        s["health"] == "healthy"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let s = up.service("db");
+    assert_eq!(
+        (s["restarts"].as_u64(), s["health"].as_str()),
+        (Some(0), Some("healthy")),
+        "{s}"
+    );
+    assert_eq!(s["probe"]["liveness"]["message"], "connected", "{s}");
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:15432").is_err(),
+        "the port is not the host's"
+    );
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn exec_probe_runs_inside_the_sandbox_and_is_killed_at_its_timeout() {
+    require_vm();
+    let inside = json!({
+        "hostname": "probehost",
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}]},
+    });
+    // Passes only in the sandbox: its hostname, and a small pid of its PID
+    // namespace (on the host, pids are in the hundreds at least).
+    let check = "[ \"$(hostname)\" = probehost ] && [ $$ -lt 50 ]";
+    let mut ok = svc("exec sleep 1000", inside.clone());
+    ok["probes"] =
+        json!({"liveness": {"exec": ["sh", "-c", check], "periodMs": 300, "failureThreshold": 1}});
+    ok["restart"] = fast_restart();
+    // A probe that hangs, with a child: both die at timeoutMs.
+    let mut hang = svc("exec sleep 1000", inside);
+    hang["probes"] = json!({"liveness": {"exec": ["sh", "-c", "sleep 4321 & sleep 4322"], "periodMs": 300, "timeoutMs": 500, "failureThreshold": 2}});
+    hang["restart"] = json!({"policy": "no"});
+    let up = Up::start("execprobe", json!({"ok": ok, "hang": hang}), &[]);
+    let s = up.wait_state("hang", "exited");
+    assert_eq!(s["lastExit"]["reason"], "unhealthy", "{s}");
+    assert_eq!(
+        s["lastExit"]["message"],
+        "liveness exec sh -c sleep 4321 & sleep 4322: timed out after 500 ms (2/2)",
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        processes_matching("sleep 4321").is_empty(),
+        "the probe's child survived"
+    );
+    assert!(
+        processes_matching("sleep 4322").is_empty(),
+        "the probe survived"
+    );
+    let s = up.service("ok");
+    assert!(s["probe"]["liveness"]["ok"] == true, "{s}");
+    assert_eq!(
+        (s["restarts"].as_u64(), s["health"].as_str()),
+        (Some(0), Some("healthy")),
+        "{s}"
+    );
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn the_startup_probe_protects_a_slow_starter_from_liveness() {
+    require_vm();
+    let dir = Scratch::new("health-slow");
+    let never = dir.path("never");
+    // Listens after 2 s; liveness alone (threshold 1, every 100 ms) would
+    // kill it long before.
+    let up = Up::start(
+        "slowstart",
+        json!({"slow": python(&http_server(18081, &never.to_string_lossy(), 2.0), json!({
+            "restart": fast_restart(),
+            "probes": {
+                "startup": {"http": {"port": 18081, "path": "/healthz"}, "periodMs": 100, "failureThreshold": 600},
+                "liveness": {"http": {"port": 18081, "path": "/healthz"}, "periodMs": 100, "failureThreshold": 1}
+            }
+        }))}),
+        &[],
+    );
+    let s = up.wait_for("slow", "healthy", Duration::from_secs(60), |s| {
+        s["health"] == "healthy"
+    });
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert!(s["probe"]["startup"]["ok"] == true, "{s}");
+    let err = up.down();
+    assert!(err.contains("slow: startup probe passed"), "{err}");
+    assert_clean();
+}
+
+#[test]
+fn readiness_gates_healthy_dependents_and_never_restarts() {
+    require_vm();
+    let dir = Scratch::new("health-ready");
+    let go = dir.path("go");
+    let listen = format!(
+        "import os, socket, time\nwhile not os.path.exists('{}'): time.sleep(0.05)\ns = socket.socket()\ns.bind(('127.0.0.1', 15433))\ns.listen()\ntime.sleep(1000)\n",
+        go.display()
+    );
+    let up = Up::start(
+        "readiness",
+        json!({
+            "db": python(&listen, json!({
+                "probes": {"readiness": {"tcp": {"port": 15433}, "periodMs": 100, "failureThreshold": 1}}
+            })),
+            "web": svc("exec sleep 1000", json!({"dependsOn": {"db": "healthy"}})),
+        }),
+        &[],
+    );
+    up.wait_state("db", "running");
+    std::thread::sleep(Duration::from_secs(2));
+    let db = up.service("db");
+    assert_eq!(
+        (db["ready"].as_bool(), db["restarts"].as_u64()),
+        (Some(false), Some(0)),
+        "{db}"
+    );
+    let web = up.service("web");
+    assert_eq!(web["state"], "starting", "{web}");
+    assert_eq!(web["waitingFor"], "db to be healthy", "{web}");
+    std::fs::write(&go, "").unwrap();
+    up.wait_state("web", "running");
+    assert_eq!(up.service("db")["health"], "healthy");
+    let err = up.down();
+    assert!(err.contains("db: ready"), "{err}");
+    assert_clean();
+}
+
+#[test]
+fn completed_dependencies_start_or_block_with_the_reason() {
+    require_vm();
+    let no = json!({"restart": {"policy": "no"}});
+    let up = Up::start(
+        "completed",
+        json!({
+            "migrate": svc("exit 0", no.clone()),
+            "web": svc("exec sleep 1000", json!({"dependsOn": {"migrate": "completed"}})),
+            "badmigrate": svc("exit 3", no),
+            "api": svc("exec sleep 1000", json!({"dependsOn": {"badmigrate": "completed"}})),
+        }),
+        &[],
+    );
+    up.wait_state("web", "running");
+    assert_eq!(up.service("migrate")["state"], "exited");
+    let api = up.wait_state("api", "failed");
+    assert_eq!(
+        api["waitingFor"], "badmigrate did not complete: exited with code 3",
+        "{api}"
+    );
+    assert_eq!(api["pid"], Value::Null);
+    let (code, out, _) = up.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("HEALTH"), "{out}");
+    let err = up.down();
+    assert!(
+        err.contains("api: not started: badmigrate did not complete"),
+        "{err}"
+    );
+    assert_clean();
+}
