@@ -267,3 +267,90 @@ fn completed_dependencies_start_or_block_with_the_reason() {
     );
     assert_clean();
 }
+
+/// A root filesystem of its own that runs the host's python: /usr bound
+/// read-only, the merged-/usr links, and `ctl` (a scratch dir) at /ctl.
+fn python_rootfs(dir: &Scratch, ctl: &std::path::Path) -> Value {
+    let root = dir.path("rootfs");
+    for d in ["usr", "tmp", "proc", "dev", "ctl"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        let _ = std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l));
+    }
+    json!({
+        "root": {"path": root},
+        "mounts": [
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+            {"destination": "/ctl", "type": "bind", "source": ctl, "options": ["rbind"]}
+        ]
+    })
+}
+
+#[test]
+fn notify_systemd_ready_status_and_watchdog_from_an_isolated_payload() {
+    require_vm();
+    let dir = Scratch::new("notify");
+    let ctl = dir.path("ctl");
+    std::fs::create_dir_all(&ctl).unwrap();
+    std::fs::write(ctl.join("ping"), "").unwrap();
+    let code = r#"import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"STATUS=warming up\nWATCHDOG=1", addr)
+time.sleep(0.3)
+s.sendto(("READY=1\nSTATUS=serving pid %d wdpid %s" % (os.getpid(), os.environ.get("WATCHDOG_PID"))).encode(), addr)
+while os.path.exists("/ctl/ping"):
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.1)
+time.sleep(1000)
+"#;
+    let mut app = python(
+        code,
+        json!({
+            "notify": "systemd",
+            "watchdogMs": 2000,
+            "restart": fast_restart(),
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]},
+        }),
+    );
+    for (k, v) in python_rootfs(&dir, &ctl).as_object().unwrap() {
+        app[k] = v.clone();
+    }
+    // Never says READY itself; the test sends it one from outside.
+    let outsider = svc("exec sleep 1000", json!({"notify": "systemd"}));
+    let up = Up::start("notify", json!({"app": app, "outsider": outsider}), &[]);
+    let s = up.wait_for("app", "ready", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+    assert_eq!(s["notifyStatus"], "serving pid 2 wdpid 2", "{s}");
+    assert_eq!(s["health"], "healthy", "{s}");
+
+    // A datagram from outside the sandbox (the host) is not believed.
+    let host_sock = format!("{}.notify/outsider/notify.sock", up.socket());
+    let out = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    out.send_to(b"READY=1", &host_sock)
+        .expect("send to the outsider's socket");
+    std::thread::sleep(Duration::from_millis(500));
+    let o = up.service("outsider");
+    assert_eq!(
+        (o["state"].as_str(), o["ready"].as_bool()),
+        (Some("running"), Some(false)),
+        "{o}"
+    );
+
+    // Pings stop: the watchdog restarts it.
+    std::fs::remove_file(ctl.join("ping")).unwrap();
+    let s = up.wait_for("app", "a watchdog restart", Duration::from_secs(60), |s| {
+        s["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["lastExit"]["reason"], "watchdog", "{s}");
+    let err = up.down();
+    assert!(err.contains("app: watchdog missed (2000 ms)"), "{err}");
+    assert!(
+        err.contains("outsider: notify: ignored a message from pid"),
+        "{err}"
+    );
+    assert!(err.contains("app: ready"), "{err}");
+    assert_clean();
+}

@@ -1,11 +1,14 @@
 //! One datagram with file descriptors over a Unix socket (SCM_RIGHTS): how
-//! a spawner hands sandboxes to the supervisor.
+//! a spawner hands sandboxes to the supervisor, and how services send
+//! sd_notify messages (with their credentials).
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::socket::{
+    recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials,
+};
 
 use crate::sys;
 
@@ -54,5 +57,56 @@ pub fn receive(sock: &OwnedFd) -> Result<(Vec<u8>, Vec<OwnedFd>), Errno> {
         let n = r.bytes;
         buf.truncate(n);
         return Ok((buf, fds));
+    }
+}
+
+/// Most fds a credentialed datagram may bring (more are discarded by the
+/// kernel, which closes them).
+pub const MAX_PASSED_FDS: usize = 16;
+
+/// A datagram from a socket with SO_PASSCRED.
+#[derive(Debug)]
+pub struct Datagram {
+    pub bytes: Vec<u8>,
+    /// The sender's pid, in our PID namespace.
+    pub pid: Option<i32>,
+    /// fds sent along, owned (dropping them closes them).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The next datagram of `sock` without waiting (EAGAIN when there is none),
+/// at most `max_len` bytes of it.
+pub fn receive_credentialed(sock: BorrowedFd<'_>, max_len: usize) -> Result<Datagram, Errno> {
+    let mut buf = vec![0u8; max_len];
+    let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_PASSED_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let r = match recvmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        let mut pid = None;
+        for c in r.cmsgs()? {
+            match c {
+                ControlMessageOwned::ScmRights(raw) => {
+                    fds.extend(raw.into_iter().map(sys::adopt_received_fd));
+                }
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                _ => {}
+            }
+        }
+        let n = r.bytes;
+        buf.truncate(n);
+        return Ok(Datagram {
+            bytes: buf,
+            pid,
+            fds,
+        });
     }
 }

@@ -243,6 +243,12 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
         if ms == 0 {
             return Err(SpecError::new(path, "0: must be at least 1"));
         }
+        if h.notify != Some(Notify::Systemd) {
+            return Err(SpecError::new(
+                path,
+                format!("{ms}: needs \"notify\": \"systemd\" (the pings arrive on its socket)"),
+            ));
+        }
         h.watchdog = Some(Duration::from_millis(ms));
     }
     Ok(h)

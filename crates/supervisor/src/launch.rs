@@ -173,6 +173,7 @@ impl Supervisor {
             let why = "no log file for it (see the reload note)";
             return self.launch_failed(i, why, Errno::ENOENT, now);
         }
+        self.prepare_notify(i);
         let fds = (
             nix::unistd::pipe2(OFlag::O_CLOEXEC),
             nix::unistd::pipe2(OFlag::O_CLOEXEC),

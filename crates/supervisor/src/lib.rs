@@ -11,6 +11,7 @@ mod host;
 mod launch;
 pub mod lifecycle;
 pub mod logs;
+mod notify;
 mod output;
 pub mod policy;
 mod probe;

@@ -31,6 +31,7 @@ use crate::host::{self, StackGroup};
 use crate::launch::{Draining, Launched, Running};
 use crate::lifecycle::{Core, Effect};
 use crate::logs::{LogConfig, LogFile};
+use crate::notify::{self, NotifySocket};
 use crate::output::{Pipe, Sink};
 use crate::probe::Probes;
 use crate::server::Conn;
@@ -95,6 +96,8 @@ pub(crate) struct Slot {
     pub(crate) running: Option<Running>,
     pub(crate) draining: Option<Draining>,
     pub(crate) history: VecDeque<Run>,
+    /// The sd_notify socket of a `notify: "systemd"` service.
+    pub(crate) notify: Option<NotifySocket>,
 }
 
 impl Slot {
@@ -107,6 +110,7 @@ impl Slot {
             running: None,
             draining: None,
             history: VecDeque::new(),
+            notify: None,
         }
     }
 
@@ -256,6 +260,7 @@ impl Supervisor {
         let mut defs = stack.services;
         for def in &mut defs {
             host.complete_plan(def, cfg.no_cgroup);
+            notify::complete_plan(def, &cfg.socket);
         }
         let mut slots = Vec::with_capacity(defs.len());
         for def in &defs {
@@ -327,6 +332,7 @@ impl Supervisor {
             Token::Pidfd(i) => self.on_exit(i),
             Token::Pipe(i, k) => self.read_pipe(i, k, false),
             Token::Probe(id) => self.on_probe(id),
+            Token::Notify(i) => self.on_notify(i),
         }
     }
 
@@ -448,6 +454,7 @@ impl Supervisor {
         self.note("reloading the stack file");
         for def in &mut defs {
             self.host.complete_plan(def, self.cfg.no_cgroup);
+            notify::complete_plan(def, &self.cfg.socket);
         }
         self.core.reload(defs, now);
     }
@@ -460,6 +467,10 @@ impl Supervisor {
             }
         }
         self.spawner = None;
+        for slot in self.slots.iter_mut().flatten() {
+            slot.notify = None;
+        }
+        let _ = std::fs::remove_dir(notify::host_dir(&self.cfg.socket, ""));
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.note("all services stopped");
         self.sinks[0].flush_blocking();

@@ -22,6 +22,8 @@ pub(crate) enum Token {
     Pipe(usize, usize),
     /// A probe in flight (its socket, or its process's pidfd).
     Probe(u64),
+    /// Service `i`'s sd_notify socket.
+    Notify(usize),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -41,6 +43,7 @@ impl Token {
             Token::Pidfd(i) => (9, i as u64),
             Token::Pipe(i, k) => (10, (i as u64) << 1 | (k as u64 & 1)),
             Token::Probe(id) => (11, id),
+            Token::Notify(i) => (12, i as u64),
         };
         kind << KIND_SHIFT | (index & INDEX_MASK)
     }
@@ -60,6 +63,7 @@ impl Token {
             9 => Token::Pidfd(i),
             10 => Token::Pipe(i >> 1, i & 1),
             11 => Token::Probe(index),
+            12 => Token::Notify(i),
             _ => return None,
         })
     }
@@ -84,6 +88,7 @@ mod tests {
             Token::Pipe(12, 1),
             Token::Pipe(12, 0),
             Token::Probe(3),
+            Token::Notify(4),
         ];
         for t in all {
             assert_eq!(Token::decode(t.encode()), Some(t));

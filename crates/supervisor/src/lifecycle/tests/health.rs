@@ -159,7 +159,7 @@ fn readiness_failure_only_unreadies_and_healthy_dependents_wait() {
 
 #[test]
 fn a_missed_watchdog_kills_and_pings_keep_it_alive() {
-    let mut h = H::running(json!({"app": {"watchdogMs": 1000}}));
+    let mut h = H::running(json!({"app": {"notify": "systemd", "watchdogMs": 1000}}));
     let ping = Notice {
         watchdog: true,
         ..Notice::default()
