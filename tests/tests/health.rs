@@ -354,3 +354,60 @@ time.sleep(1000)
     assert!(err.contains("app: ready"), "{err}");
     assert_clean();
 }
+
+#[test]
+fn isola_exec_joins_the_running_sandbox() {
+    require_vm();
+    let mut s = svc(
+        "exec sleep 1717",
+        json!({
+            "hostname": "exechost",
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}],
+                "resources": {"memory": {"limit": 67108864}}
+            }
+        }),
+    );
+    s["process"]["env"] = json!(["PATH=/usr/bin:/bin", "FROM_SPEC=yes"]);
+    let up = Up::start(
+        "exec",
+        json!({"box": s, "off": svc("exit 0", json!({"restart": {"policy": "no"}}))}),
+        &[],
+    );
+    up.wait_state("box", "running");
+    let script = "hostname; echo pid=$$; ps -eo args; echo env=$FROM_SPEC/$EXTRA; \
+                  cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max; id -u";
+    let (code, out, err) = up.cli(&[
+        "exec", "--env", "EXTRA=1", "--user", "1000", "box", "--", "sh", "-c", script,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "exechost", "{out}");
+    let pid: u32 = lines[1].trim_start_matches("pid=").parse().unwrap();
+    assert!(pid < 50, "not in the sandbox's PID namespace: {out}");
+    assert!(out.contains("sleep 1717"), "ps shows the service: {out}");
+    // Only the sandbox: its init (isola's, PID 1), the service, the shell
+    // and ps, under the header.
+    let ps: Vec<&&str> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("COMMAND"))
+        .take_while(|l| !l.starts_with("env="))
+        .collect();
+    assert_eq!(ps.len(), 5, "ps shows only the sandbox: {out}");
+    assert!(out.contains("env=yes/1"), "{out}");
+    assert!(
+        out.contains("67108864"),
+        "the service's memory limit: {out}"
+    );
+    assert_eq!(lines.last().copied(), Some("1000"), "{out}");
+    // The exit status passes through.
+    let (code, _, _) = up.cli(&["exec", "box", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code, 7);
+    // A service that does not run: one line, exit 1.
+    up.wait_state("off", "exited");
+    let (code, out, err) = up.cli(&["exec", "off", "--", "true"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.trim(), "isola: exec: off: not running (exited)");
+    up.down();
+    assert_clean();
+}

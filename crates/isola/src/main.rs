@@ -19,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
 
 mod client;
+mod exec;
 
 #[derive(Parser)]
 #[command(
@@ -131,6 +132,22 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Run a command inside a running service's sandbox (its namespaces,
+    /// cgroup, user, capabilities and seccomp), attached; exit with its status.
+    Exec {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Run as UID[:GID] (numeric) instead of the service's user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Set an environment variable (NAME=VALUE), on top of the service's.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        name: String,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -212,6 +229,13 @@ fn main() -> ExitCode {
         } => client::logs(&socket.path(), &name, lines, follow),
         Command::Events { socket, json } => client::events(&socket.path(), json),
         Command::Down { socket } => client::down(&socket.path()),
+        Command::Exec {
+            socket,
+            user,
+            env,
+            name,
+            command,
+        } => exec::exec(&socket.path(), &name, user.as_deref(), &env, &command),
     };
     match res {
         Ok(code) => ExitCode::from(code),

@@ -60,6 +60,10 @@ pub enum Request {
     },
     Events,
     Down,
+    /// Where a running service's sandbox is, for `isola exec` to join it.
+    Exec {
+        name: String,
+    },
 }
 
 /// One answer to one request. Fields a command does not use are left out.
@@ -77,6 +81,21 @@ pub struct Response<'a> {
     /// `status`.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<StatusRow<'a>>>,
+    /// `exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecTarget>,
+}
+
+/// A running service's sandbox, as `isola exec` joins it: the init's pid
+/// and cgroup, and the stack file (with the fingerprint of the service as
+/// loaded) from which the CLI takes the service's credentials and seccomp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecTarget {
+    pub pid: i32,
+    pub cgroup: Option<PathBuf>,
+    pub stack: PathBuf,
+    pub fingerprint: u64,
 }
 
 impl Response<'_> {

@@ -10,6 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use isola_runtime::join::{self, Target};
 
+use crate::control::{ExecTarget, Response};
+use crate::lifecycle::Phase;
 use crate::supervisor::Supervisor;
 
 /// An exec probe's process (the runtime's waiter, our child).
@@ -39,6 +41,38 @@ impl Joined {
 }
 
 impl Supervisor {
+    /// The `exec` request: where service `name`'s sandbox runs.
+    pub(crate) fn exec_target(&self, name: &str) -> Response<'static> {
+        let Some(i) = self.core.find(name) else {
+            return Response::err(format!("exec: {name:?}: no such service"));
+        };
+        let Some(s) = self.core.service(i) else {
+            return Response::err(format!("exec: {name:?}: no such service"));
+        };
+        let run = self
+            .slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.running.as_ref());
+        let (Phase::Running { .. }, Some(run)) = (s.phase, run) else {
+            return Response::err(format!(
+                "exec: {name}: not running ({})",
+                s.phase.state().as_str()
+            ));
+        };
+        let stack = std::fs::canonicalize(&self.cfg.stack_path)
+            .unwrap_or_else(|_| self.cfg.stack_path.clone());
+        Response {
+            exec: Some(ExecTarget {
+                pid: run.sandbox.pid().as_raw(),
+                cgroup: run.sandbox.cgroup().map(|c| c.path().to_path_buf()),
+                stack,
+                fingerprint: s.def.fingerprint,
+            }),
+            ..Response::ok()
+        }
+    }
+
     /// Start exec probe `argv` in service `i`'s sandbox.
     pub(crate) fn exec_probe(&self, i: usize, argv: &[String]) -> Result<Joined, String> {
         let s = self.core.service(i).ok_or("removed")?;

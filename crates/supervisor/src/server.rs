@@ -189,6 +189,10 @@ impl Supervisor {
                 }
                 self.send(id, &Response::ok());
             }
+            Request::Exec { name } => {
+                let reply = self.exec_target(&name);
+                self.send(id, &reply);
+            }
             Request::Stop { name } => self.on_service(id, "stop", &name, Core::stop),
             Request::Start { name } => self.on_service(id, "start", &name, Core::start),
             Request::Restart { name } => self.on_service(id, "restart", &name, Core::restart),
