@@ -411,3 +411,41 @@ fn isola_exec_joins_the_running_sandbox() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn notify_fd_newline_makes_the_service_ready() {
+    require_vm();
+    let script = "sleep 1.5; echo >&3; exec sleep 1000";
+    let up = Up::start(
+        "notifyfd",
+        json!({
+            "db": svc(script, json!({"notify": {"fd": 3}})),
+            "web": svc("exec sleep 1000", json!({"dependsOn": {"db": "healthy"}})),
+        }),
+        &[],
+    );
+    up.wait_state("db", "running");
+    let s = up.service("db");
+    assert_eq!(
+        (s["ready"].as_bool(), s["health"].as_str()),
+        (Some(false), Some("starting")),
+        "{s}"
+    );
+    assert_eq!(up.service("web")["state"], "starting");
+    up.wait_state("web", "running");
+    assert_eq!(up.service("db")["health"], "healthy");
+    // The payload holds stdio and fd 3 (a pipe), nothing else of isola's.
+    let init = up.service("db")["pid"].as_i64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let payload = children.split_whitespace().next().expect("the payload");
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{payload}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2", "3"]);
+    let fd3 = std::fs::read_link(format!("/proc/{payload}/fd/3")).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("pipe:"), "{fd3:?}");
+    up.down();
+    assert_clean();
+}

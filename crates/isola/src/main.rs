@@ -338,6 +338,7 @@ fn run(
         .map_err(|e| Exit(exit::SETUP, format!("signalfd: {e}")))?;
 
     let opts = sandbox::Options {
+        pass_fds: &[],
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

@@ -8,7 +8,7 @@
 //! re-exec, the validated plan is already in memory.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -50,16 +50,36 @@ pub(crate) type Step = (&'static str, String);
 /// Entry point in the child of clone3. Never returns.
 /// `unshare` holds the namespaces the init creates itself
 /// ([`Plan::deferred_ns_flags`]).
-pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64) -> ! {
+/// `pass` holds the fds (in the caller's numbering) that the payload gets
+/// at [`Plan::pass_fds`].
+pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd]) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
+    let mut keep = vec![sock.as_raw_fd()];
+    keep.extend_from_slice(pass);
     #[allow(unsafe_code)]
     // SAFETY: we are a fresh clone that never returns (every path below ends
     // in exit_now or exec), and no Rust owner of a closed fd is used here.
-    let closed = unsafe { sys::close_fds_except(sock.as_raw_fd()) };
+    let closed = unsafe { sys::close_fds_except_all(&keep) };
     if closed.is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
+    let sock = if pass.is_empty() {
+        sock
+    } else {
+        #[allow(unsafe_code)]
+        // SAFETY: as above: this clone owns these fds by number only.
+        let placed = unsafe { sys::place_fds(pass, &plan.pass_fds, sock.as_raw_fd()) };
+        match placed {
+            Ok(fd) if fd == sock.as_raw_fd() => sock,
+            Ok(fd) => {
+                // The sync socket sat on a target: it lives on at `fd`.
+                std::mem::forget(sock);
+                sys::adopt_received_fd(fd)
+            }
+            Err(_) => sys::exit_now(exit::code(exit::SETUP)),
+        }
+    };
     // Our parent may not block all of these; a forwarded SIGUSR1 must not
     // kill the init with its default action.
     if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
@@ -158,6 +178,11 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
     }
     become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
     let pid = spawn_payload(plan)?;
+    // Passed fds are the payload's alone (a pipe's writer must not be
+    // held open by us).
+    for fd in &plan.pass_fds {
+        let _ = nix::unistd::close(*fd);
+    }
     sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
     Ok(Some(pid))
 }
@@ -239,8 +264,9 @@ fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
         .collect();
     let envp: Vec<*const libc::c_char> = plan.env.iter().map(|a| a.as_ptr()).chain(nul).collect();
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step("exec", "pipe"))?;
+    let keep = plan.pass_fds.as_slice();
     let child = || {
-        let errno = exec_payload(&path, &argv, &envp);
+        let errno = exec_payload(&path, &argv, &envp, keep);
         let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
         exec_exit_code(errno)
     };
@@ -298,6 +324,7 @@ fn exec_payload(
     path: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
+    keep: &[RawFd],
 ) -> Errno {
     sys::reset_signal_dispositions();
     if let Err(e) =
@@ -305,9 +332,9 @@ fn exec_payload(
     {
         return e;
     }
-    // Mark everything above stdio close-on-exec: the error pipe stays usable
-    // until the exec succeeds, nothing else crosses it.
-    if let Err(e) = sys::close_fds_from_on_exec(3) {
+    // Mark everything above stdio close-on-exec but the passed fds: the
+    // error pipe stays usable until the exec succeeds, nothing else crosses.
+    if let Err(e) = sys::cloexec_from_except(3, keep) {
         return e;
     }
     #[allow(unsafe_code)]

@@ -57,6 +57,9 @@ pub struct Plan {
     pub seccomp: Vec<Program>,
     /// cgroup file writes; empty when the spec sets no limits.
     pub cgroup_files: Vec<CgroupFile>,
+    /// fd numbers (3 and up) the payload gets from the caller: the fds of
+    /// [`crate::Options::pass_fds`], in this order, land here.
+    pub pass_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl Plan {
@@ -368,6 +371,7 @@ impl Plan {
             sysctl,
             seccomp,
             cgroup_files,
+            pass_fds: Vec::new(),
         };
         plan.precheck_command()?;
         Ok(plan)

@@ -29,6 +29,8 @@ pub struct Options<'a> {
     /// Make the init our parent's child (a spawner process working for
     /// the supervisor, which then reaps it).
     pub sibling: bool,
+    /// fds handed to the payload at the numbers of [`Plan::pass_fds`].
+    pub pass_fds: &'a [std::os::fd::RawFd],
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -197,6 +199,16 @@ impl Starting {
 /// without waiting for the payload.
 pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
     cgroup::check_name(opts.name)?;
+    if opts.pass_fds.len() != plan.pass_fds.len() {
+        return Err(Error::sys(
+            format!(
+                "{} fds for the payload, {} given",
+                plan.pass_fds.len(),
+                opts.pass_fds.len()
+            ),
+            Errno::EINVAL,
+        ));
+    }
     if opts.no_cgroup && plan.has_resources() {
         return Err(SpecError::new(
             "--no-cgroup",
@@ -305,7 +317,7 @@ fn clone_init(
                     }
                 }
             }
-            init::run(plan, theirs, deferred)
+            init::run(plan, theirs, deferred, opts.pass_fds)
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
     }

@@ -124,20 +124,75 @@ pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Mark every fd from `first` up close-on-exec: nothing the host held
-/// crosses into the payload, yet they stay usable until the exec.
-pub(crate) fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
+/// Mark every fd from `first` up close-on-exec except those in `keep`
+/// (sorted ascending): fds passed to the payload cross the exec, nothing
+/// else does. Syscalls only (it runs in a vfork child).
+pub(crate) fn cloexec_from_except(first: RawFd, keep: &[RawFd]) -> Result<(), Errno> {
+    let mut from = first;
+    for &k in keep.iter().filter(|k| **k >= first) {
+        if k > from {
+            cloexec_range(from, k - 1)?;
+        }
+        from = k + 1;
+    }
+    cloexec_range(from, RawFd::MAX)
+}
+
+fn cloexec_range(first: RawFd, last: RawFd) -> Result<(), Errno> {
+    let (Ok(first), Ok(last)) = (libc::c_uint::try_from(first), libc::c_uint::try_from(last))
+    else {
+        return Err(Errno::EBADF);
+    };
     // SAFETY: with CLOSE_RANGE_CLOEXEC the kernel only sets a flag on the
     // descriptors; no fd is closed under a Rust owner.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            libc::c_uint::try_from(first).map_err(|_| Errno::EBADF)?,
-            libc::c_uint::MAX,
+            first,
+            last,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// Put `sources[k]` at fd `targets[k]` (without close-on-exec), whatever
+/// the numbers: each source is first copied above every target, so no
+/// placement overwrites a source still to be placed. `sock` is moved above
+/// the targets too when it sits on one; returns the fd it is at now.
+///
+/// # Safety
+/// Only in a freshly cloned child (the init) that owns these fds by number
+/// only: their Rust owners, if any, live on in the parent.
+pub(crate) unsafe fn place_fds(
+    sources: &[RawFd],
+    targets: &[RawFd],
+    sock: RawFd,
+) -> Result<RawFd, Errno> {
+    let above = targets.iter().copied().max().unwrap_or(2) + 1;
+    let dup_above = |fd: RawFd| -> Result<RawFd, Errno> {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; nothing is closed.
+        Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) })
+    };
+    let mut high = Vec::with_capacity(sources.len());
+    for &s in sources {
+        high.push(dup_above(s)?);
+    }
+    let sock = if targets.contains(&sock) {
+        dup_above(sock)?
+    } else {
+        sock
+    };
+    for (&h, &t) in high.iter().zip(targets) {
+        // SAFETY: dup2 replaces descriptor `t`, which no Rust object in this
+        // child owns (our contract).
+        Errno::result(unsafe { libc::dup2(h, t) })?;
+    }
+    for &h in &high {
+        // SAFETY: `h` is a copy made above, owned by nothing else.
+        unsafe { libc::close(h) };
+    }
+    Ok(sock)
 }
 
 /// Close every fd from 3 up except `keep`: the init starts with only stdio
@@ -147,6 +202,15 @@ pub(crate) fn close_fds_from_on_exec(first: RawFd) -> Result<(), Errno> {
 /// Only in a freshly forked child that never uses, and never drops, the
 /// Rust owners of the fds it closes (they belong to the parent's copy).
 pub(crate) unsafe fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
+    // SAFETY: our own contract, passed on.
+    unsafe { close_fds_except_all(&[keep]) }
+}
+
+/// [`close_fds_except`] keeping every fd of `keep`.
+///
+/// # Safety
+/// As [`close_fds_except`].
+pub(crate) unsafe fn close_fds_except_all(keep: &[RawFd]) -> Result<(), Errno> {
     let close = |first: libc::c_uint, last: libc::c_uint| -> Result<(), Errno> {
         if first > last {
             return Ok(());
@@ -157,9 +221,17 @@ pub(crate) unsafe fn close_fds_except(keep: RawFd) -> Result<(), Errno> {
         // owners of these fds live on in the parent's copy only.
         Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
     };
-    let keep = libc::c_uint::try_from(keep).map_err(|_| Errno::EBADF)?;
-    close(3, keep.saturating_sub(1))?;
-    close(keep + 1, libc::c_uint::MAX)
+    let mut sorted: Vec<libc::c_uint> = Vec::with_capacity(keep.len());
+    for &k in keep {
+        sorted.push(libc::c_uint::try_from(k).map_err(|_| Errno::EBADF)?);
+    }
+    sorted.sort_unstable();
+    let mut from: libc::c_uint = 3;
+    for k in sorted.into_iter().filter(|k| *k >= 3) {
+        close(from, k.saturating_sub(1))?;
+        from = k + 1;
+    }
+    close(from, libc::c_uint::MAX)
 }
 
 /// dup2(2) onto a stdio slot in a freshly cloned child (the fds are raw

@@ -116,12 +116,18 @@ impl Supervisor {
             no_cgroup: self.cfg.no_cgroup,
             stdio: Some(stdio),
             sibling,
+            pass_fds: &[],
         }
     }
 
     /// Clone service `i`'s init: through the spawner when it knows the
     /// service as it is now, else here.
-    fn spawn_sandbox(&mut self, i: usize, stdio: [RawFd; 3]) -> Result<Starting, StartError> {
+    fn spawn_sandbox(
+        &mut self,
+        i: usize,
+        stdio: [RawFd; 3],
+        pass: &[RawFd],
+    ) -> Result<Starting, StartError> {
         let gone = || StartError {
             code: exit::code(exit::SETUP),
             why: "service removed".to_string(),
@@ -131,7 +137,7 @@ impl Supervisor {
             let s = self.core.service(i).ok_or_else(gone)?;
             let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
             let index = u32::try_from(i).map_err(|_| gone())?;
-            match sp.request(index, s.def.fingerprint, stdio, &s.def.name, cgroup) {
+            match sp.request(index, s.def.fingerprint, stdio, pass, &s.def.name, cgroup) {
                 Ok(Answer::Started(st)) => return Ok(st),
                 Ok(Answer::Failed {
                     code,
@@ -154,7 +160,8 @@ impl Supervisor {
             }
         }
         let def = &self.core.service(i).ok_or_else(gone)?.def;
-        let opts = self.options_for(&def.name, stdio, false);
+        let mut opts = self.options_for(&def.name, stdio, false);
+        opts.pass_fds = pass;
         sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))
     }
 
@@ -191,9 +198,19 @@ impl Supervisor {
                 return self.launch_failed(i, &format!("/dev/null: {e}"), errno, now);
             }
         };
-        let result =
-            self.spawn_sandbox(i, [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
+        // `notify: {"fd": N}`: the payload's end of a pipe at fd N.
+        let ready = match self.ready_pipe(i) {
+            Ok(p) => p,
+            Err(e) => return self.launch_failed(i, &format!("cannot create pipes: {e}"), e, now),
+        };
+        let pass: Vec<RawFd> = ready.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        let result = self.spawn_sandbox(
+            i,
+            [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            &pass,
+        );
         drop((out_w, err_w, null));
+        let ready_r = ready.map(|(r, _)| r);
         let Some(slot) = self.slot(i) else { return };
         slot.record_start();
         match result {
@@ -205,6 +222,12 @@ impl Supervisor {
                     self.epoll_add(fd.as_fd(), Token::Pipe(i, k));
                     if let Some(slot) = self.slot(i) {
                         slot.pipes[k] = Some(Pipe::new(fd, Stream::from_index(k)));
+                    }
+                }
+                if let Some(r) = ready_r {
+                    self.epoll_add(r.as_fd(), Token::Ready(i));
+                    if let Some(slot) = self.slot(i) {
+                        slot.ready_pipe = Some(r);
                     }
                 }
                 if let Some(slot) = self.slot(i) {
@@ -261,6 +284,7 @@ impl Supervisor {
             }
             Err(e) => {
                 self.drain_pipes(i);
+                self.close_ready_pipe(i);
                 if let Some(slot) = self.slot(i) {
                     slot.record_exit();
                 }
@@ -360,6 +384,7 @@ impl Supervisor {
             return;
         };
         self.cancel_probes(i);
+        self.close_ready_pipe(i);
         let _ = self.epoll.delete(run.sandbox.pidfd());
         if let Some(fd) = run.sandbox.news_fd() {
             let _ = self.epoll.delete(fd);

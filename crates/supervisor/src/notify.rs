@@ -1,3 +1,6 @@
+//! How services say they are ready. `notify: {"fd": N}` (s6 style): the
+//! payload gets a pipe's write end at fd N and writes a newline when ready.
+//!
 //! `notify: "systemd"`: the sd_notify(3) protocol. Each such service gets a
 //! datagram socket of its own on the host (`<socket>.notify/<service>/`),
 //! bound into its rootfs at [`SANDBOX_DIR`] (an abstract socket would not
@@ -41,10 +44,14 @@ pub(crate) fn host_dir(control_socket: &Path, name: &str) -> PathBuf {
     PathBuf::from(base).join(name)
 }
 
-/// Add what a `notify: "systemd"` service needs to its plan: the socket's
-/// directory bound into its rootfs, `NOTIFY_SOCKET`, `WATCHDOG_USEC` and
-/// `WATCHDOG_PID`.
+/// Add what a notifying service needs to its plan: for `{"fd": N}`, fd N;
+/// for `"systemd"`, the socket's directory bound into its rootfs,
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
 pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
+    if let Some(Notify::Fd(n)) = def.policy.health.notify {
+        def.plan.pass_fds = vec![n];
+        return;
+    }
     if def.policy.health.notify != Some(Notify::Systemd) {
         return;
     }
@@ -158,7 +165,60 @@ pub(crate) fn parse(text: &str) -> Notice {
     n
 }
 
+/// The most read from a notify pipe per wakeup (a service writing more
+/// than a newline is read in turns).
+const READY_READ: usize = 512;
+
 impl Supervisor {
+    /// For a `notify: {"fd": N}` service: a fresh pipe per start (read end
+    /// for us, write end for the payload).
+    pub(crate) fn ready_pipe(
+        &self,
+        i: usize,
+    ) -> Result<Option<(OwnedFd, OwnedFd)>, nix::errno::Errno> {
+        let wants = self
+            .core
+            .service(i)
+            .is_some_and(|s| matches!(s.def.policy.health.notify, Some(Notify::Fd(_))));
+        if !wants {
+            return Ok(None);
+        }
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        Ok(Some((r, w)))
+    }
+
+    /// The notify pipe is readable: a newline means ready; at EOF (the
+    /// payload closed it) it is let go.
+    pub(crate) fn on_ready(&mut self, i: usize) {
+        let Some(r) = self.slot(i).and_then(|s| s.ready_pipe.as_ref()) else {
+            return;
+        };
+        let mut buf = [0u8; READY_READ];
+        match nix::unistd::read(r, &mut buf) {
+            Ok(0) | Err(nix::errno::Errno::EBADF) => self.close_ready_pipe(i),
+            Ok(n) if buf[..n].contains(&b'\n') => {
+                let ready = Notice {
+                    ready: true,
+                    ..Notice::default()
+                };
+                self.core.notified(i, ready, Instant::now());
+                // Said once: nothing more to hear.
+                self.close_ready_pipe(i);
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+
+    pub(crate) fn close_ready_pipe(&mut self, i: usize) {
+        if let Some(r) = self.slot(i).and_then(|s| s.ready_pipe.take()) {
+            let _ = self.epoll.delete(&r);
+        }
+    }
+
     /// Before a launch: service `i` has a notify socket if (and only if,
     /// after a reload) it has `notify: "systemd"`; kept across its restarts.
     pub(crate) fn prepare_notify(&mut self, i: usize) {

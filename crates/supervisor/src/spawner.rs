@@ -11,7 +11,8 @@
 //!
 //! Protocol (SOCK_SEQPACKET, one message per datagram):
 //! supervisor → spawner: service index (u32 LE), fingerprint (u64 LE),
-//! with stdin, stdout, stderr as SCM_RIGHTS.
+//! with stdin, stdout, stderr and the fds for the payload (the plan's
+//! `pass_fds`) as SCM_RIGHTS.
 //! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
 //! sync socket as SCM_RIGHTS; `E` exit code (i32 LE), transient (one byte:
 //! 1 for a shortage worth retrying) + message; `U` when it
@@ -69,13 +70,15 @@ impl Spawner {
         index: u32,
         fingerprint: u64,
         stdio: [RawFd; 3],
+        pass: &[RawFd],
         name: &str,
         cgroup: Option<PathBuf>,
     ) -> Result<Answer, Errno> {
         let mut req = [0u8; 12];
         req[..4].copy_from_slice(&index.to_le_bytes());
         req[4..].copy_from_slice(&fingerprint.to_le_bytes());
-        fdpass::send(&self.sock, &req, &stdio)?;
+        let fds: Vec<RawFd> = stdio.iter().chain(pass).copied().collect();
+        fdpass::send(&self.sock, &req, &fds)?;
         let (msg, mut fds) = fdpass::receive(&self.sock)?;
         match msg.first() {
             Some(b'O') if msg.len() == 5 && fds.len() == 2 => {
@@ -139,7 +142,7 @@ pub fn serve<'a>(
             // EOF: the supervisor is gone or done with us.
             return 0;
         }
-        if msg.len() != 12 || fds.len() != 3 {
+        if msg.len() != 12 || fds.len() < 3 {
             return 1;
         }
         let index = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
@@ -154,7 +157,9 @@ pub fn serve<'a>(
             None => reply_unknown(&sock),
             Some(e) => {
                 let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-                let opts = options(e.name, stdio);
+                let pass: Vec<RawFd> = fds[3..].iter().map(AsRawFd::as_raw_fd).collect();
+                let mut opts = options(e.name, stdio);
+                opts.pass_fds = &pass;
                 match sandbox::spawn(e.plan, &opts).and_then(Starting::into_parts) {
                     Ok(parts) => reply_started(&sock, &parts),
                     Err(e) => reply_failed(&sock, &e),

@@ -98,6 +98,8 @@ pub(crate) struct Slot {
     pub(crate) history: VecDeque<Run>,
     /// The sd_notify socket of a `notify: "systemd"` service.
     pub(crate) notify: Option<NotifySocket>,
+    /// Our end of a `notify: {"fd": N}` service's pipe, until it said ready.
+    pub(crate) ready_pipe: Option<std::os::fd::OwnedFd>,
 }
 
 impl Slot {
@@ -111,6 +113,7 @@ impl Slot {
             draining: None,
             history: VecDeque::new(),
             notify: None,
+            ready_pipe: None,
         }
     }
 
@@ -333,6 +336,7 @@ impl Supervisor {
             Token::Pipe(i, k) => self.read_pipe(i, k, false),
             Token::Probe(id) => self.on_probe(id),
             Token::Notify(i) => self.on_notify(i),
+            Token::Ready(i) => self.on_ready(i),
         }
     }
 

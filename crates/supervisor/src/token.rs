@@ -24,6 +24,8 @@ pub(crate) enum Token {
     Probe(u64),
     /// Service `i`'s sd_notify socket.
     Notify(usize),
+    /// Service `i`'s notify pipe (`notify: {"fd": N}`).
+    Ready(usize),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -44,6 +46,7 @@ impl Token {
             Token::Pipe(i, k) => (10, (i as u64) << 1 | (k as u64 & 1)),
             Token::Probe(id) => (11, id),
             Token::Notify(i) => (12, i as u64),
+            Token::Ready(i) => (13, i as u64),
         };
         kind << KIND_SHIFT | (index & INDEX_MASK)
     }
@@ -64,6 +67,7 @@ impl Token {
             10 => Token::Pipe(i >> 1, i & 1),
             11 => Token::Probe(index),
             12 => Token::Notify(i),
+            13 => Token::Ready(i),
             _ => return None,
         })
     }
@@ -89,6 +93,7 @@ mod tests {
             Token::Pipe(12, 0),
             Token::Probe(3),
             Token::Notify(4),
+            Token::Ready(5),
         ];
         for t in all {
             assert_eq!(Token::decode(t.encode()), Some(t));
