@@ -432,6 +432,8 @@ def supervisor(work, setting, counts):
         out["floor"]["n"] = max(counts)
     else:
         out["big"] = big_stack(work, setting)
+        import bench_health
+        out["health"] = bench_health.run(work, Up, request)
     return out
 
 
@@ -611,6 +613,9 @@ def report(paths):
                 c = o["event_ms"]
                 lines += ["", f"OOM kill → an `isola events` subscriber receives it (status shows it from then on; no poll cycle): "
                           f"p50 {c['p50']:.1f} ms, p90 {c['p90']:.1f} ms, max {c['max']:.1f} ms"]
+        if s.get("health"):
+            import bench_health
+            lines += bench_health.report(s["health"])
         if "idle_wakeups_per_s" in s:
             lines += ["", f"idle supervisor with 100 services: {s['idle_wakeups_per_s']:.2f} context switches per second over 10 s"]
         lines.append("")

@@ -421,6 +421,7 @@ impl Supervisor {
                 };
                 if let Some(slot) = self.slot(i) {
                     slot.draining = Some(draining);
+                    self.drains += 1;
                 }
                 self.check_drained(i, now);
             }
@@ -461,6 +462,7 @@ impl Supervisor {
         let Some(d) = self.slot(i).and_then(|s| s.draining.take()) else {
             return;
         };
+        self.drains -= 1;
         if let Some(w) = d.watch {
             let _ = self.inotify.rm_watch(w);
         }
@@ -473,6 +475,9 @@ impl Supervisor {
     /// The timer: retry removals the kernel called busy; give up on groups
     /// that stayed populated too long.
     pub(crate) fn drain_tick(&mut self, now: Instant) {
+        if self.drains == 0 {
+            return;
+        }
         for i in 0..self.slots.len() {
             let Some(d) = self.slot(i).and_then(|s| s.draining.as_mut()) else {
                 continue;
@@ -492,6 +497,9 @@ impl Supervisor {
     }
 
     pub(crate) fn next_drain_deadline(&self) -> Option<Instant> {
+        if self.drains == 0 {
+            return None;
+        }
         self.slots
             .iter()
             .flatten()

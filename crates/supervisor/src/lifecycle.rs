@@ -21,7 +21,8 @@
 //!                                     └────────────────────────────┴── Stopping
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::decide::LastExit;
@@ -44,6 +45,16 @@ pub struct Core {
     names: HashMap<String, usize>,
     /// Services in `Launching` (kept by [`Core::enter`]).
     launching: usize,
+    /// Services in `Queued` (kept by [`Core::enter`]): no scan for starts
+    /// when there is none.
+    queued: usize,
+    /// Every service's next deadline, pushed whenever it may have changed
+    /// ([`Core::touch`]); entries that no longer match are dropped when
+    /// they come up. A thousand services probed every second cost a heap
+    /// operation per probe, not a scan of all of them per event.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Where the probe grid starts (see `health::PROBE_GRID`).
+    epoch: Instant,
     max_launching: usize,
     shutting_down: bool,
     down_waiters: Vec<ConnId>,
@@ -70,6 +81,9 @@ impl Core {
             services: defs.into_iter().map(|d| Some(Service::new(d))).collect(),
             names,
             launching: 0,
+            queued: 0,
+            timers: BinaryHeap::new(),
+            epoch: Instant::now(),
             max_launching: max_launching.max(1),
             shutting_down: false,
             down_waiters: Vec::new(),
@@ -112,13 +126,30 @@ impl Core {
 
     /// The nearest time a phase acts by itself (backoff over, stop timeout,
     /// a probe due, a watchdog).
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.services()
-            .filter_map(|(_, s)| match s.phase {
-                Phase::Running { .. } => s.health.next_deadline(),
-                p => p.deadline(),
-            })
-            .min()
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+            if self.deadline_of(i) == Some(t) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Service `i`'s own next deadline.
+    fn deadline_of(&self, i: usize) -> Option<Instant> {
+        let s = self.service(i)?;
+        match s.phase {
+            Phase::Running { .. } => s.health.next_deadline(),
+            p => p.deadline(),
+        }
+    }
+
+    /// Service `i`'s deadline may have changed: file it.
+    pub(super) fn touch(&mut self, i: usize) {
+        if let Some(t) = self.deadline_of(i) {
+            self.timers.push(Reverse((t, i)));
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -134,6 +165,7 @@ impl Core {
 
     /// `isola up`: start every service, in dependency order.
     pub fn start_all(&mut self, now: Instant) {
+        self.epoch = now;
         for i in 0..self.services.len() {
             if self.phase(i).is_some_and(|p| !p.alive()) {
                 self.enter(i, Phase::Queued);
@@ -325,7 +357,17 @@ impl Core {
     /// Time passed: backoffs that are over restart, stop timeouts kill,
     /// probes that are due run, watchdogs expire.
     pub fn tick(&mut self, now: Instant) {
-        for i in 0..self.services.len() {
+        let mut due = Vec::new();
+        while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.deadline_of(i) == Some(t) && !due.contains(&i) {
+                due.push(i);
+            }
+        }
+        for i in due {
             match self.phase(i) {
                 Some(Phase::Running { .. }) => {
                     self.check_watchdog(i, now);
@@ -355,6 +397,7 @@ impl Core {
                 }
                 _ => {}
             }
+            self.touch(i);
         }
         self.pump(now);
     }

@@ -162,6 +162,11 @@ pub struct Supervisor {
     pub(crate) sinks: [Sink; 2],
     /// Health probes in flight.
     pub(crate) probes: Probes,
+    /// The deadline the timerfd is armed for.
+    armed: Option<Instant>,
+    /// Sandboxes draining (no scan of every slot for their deadlines
+    /// when there is none).
+    pub(crate) drains: usize,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -292,6 +297,8 @@ impl Supervisor {
             next_conn: 0,
             sinks,
             probes: Probes::default(),
+            armed: None,
+            drains: 0,
         };
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
@@ -405,6 +412,8 @@ impl Supervisor {
 
     fn on_timer(&mut self) {
         let _ = self.timer.wait();
+        // Fired: whatever comes next must be armed anew.
+        self.armed = None;
         let now = Instant::now();
         self.probe_tick(now);
         self.core.tick(now);
@@ -422,6 +431,12 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
+        // The same deadline as armed: no syscall (a probe result wakes us
+        // a thousand times a second with a thousand services).
+        if next == self.armed {
+            return;
+        }
+        self.armed = next;
         match next {
             Some(t) => {
                 let d = t

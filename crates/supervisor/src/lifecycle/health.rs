@@ -16,8 +16,22 @@
 use std::time::{Duration, Instant};
 
 use super::{Core, Intent, Phase};
+
+/// Probe times are rounded up to this grid: the probes of a thousand
+/// services fall due together in a few timer wakeups, not one wakeup per
+/// probe (each costs a context switch). A probe runs at most this much
+/// later than its period says.
+const PROBE_GRID: Duration = Duration::from_millis(10);
 use crate::decide::Reason;
 use crate::health::{Health, ProbeKind};
+
+/// `t` rounded up to the next multiple of [`PROBE_GRID`] after `epoch`.
+fn on_grid(t: Instant, epoch: Instant) -> Instant {
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let grid = PROBE_GRID.as_nanos();
+    let up = since.div_ceil(grid) * grid - since;
+    t + Duration::from_nanos(u64::try_from(up).unwrap_or(0))
+}
 
 /// The last result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +121,7 @@ impl Core {
         if self.service(i).is_some_and(|s| s.health.started) {
             self.after_startup(i, now);
         }
+        self.touch(i);
     }
 
     /// The startup probe passed (or there is none): liveness and readiness
@@ -116,7 +131,8 @@ impl Core {
         s.health.started = true;
         for kind in [ProbeKind::Liveness, ProbeKind::Readiness] {
             if let Some(p) = s.def.policy.health.probe(kind) {
-                s.health.probes[kind.index()].next_at = Some(now + p.initial_delay);
+                let at = now + p.initial_delay;
+                s.health.probes[kind.index()].next_at = Some(at);
             }
         }
         self.update_ready(i, None);
@@ -202,9 +218,11 @@ impl Core {
         let Some(spec) = s.def.policy.health.probe(kind).cloned() else {
             return;
         };
+        let next = on_grid(now + spec.period, self.epoch);
+        let Some(s) = self.svc(i) else { return };
         let p = &mut s.health.probes[kind.index()];
         p.in_flight = false;
-        p.next_at = Some(now + spec.period);
+        p.next_at = Some(next);
         p.last = Some(ProbeResult {
             at: now,
             ok,
@@ -249,6 +267,7 @@ impl Core {
                 }
             }
         }
+        self.touch(i);
         self.pump(now);
     }
 
@@ -307,6 +326,7 @@ impl Core {
             }
             self.update_ready(i, None);
         }
+        self.touch(i);
         self.pump(now);
     }
 
@@ -326,5 +346,19 @@ impl Core {
             },
         );
         self.stop_with(i, Intent::Unhealthy, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_times_round_up_to_the_grid() {
+        let e = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(on_grid(e + ms(1), e), e + ms(10));
+        assert_eq!(on_grid(e + ms(20), e), e + ms(20));
+        assert_eq!(on_grid(e + ms(1001), e), e + ms(1010));
     }
 }

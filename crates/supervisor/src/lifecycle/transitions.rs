@@ -39,12 +39,20 @@ impl Core {
         };
         let was_launching = matches!(s.phase, Phase::Launching { .. });
         let is_launching = matches!(phase, Phase::Launching { .. });
+        let was_queued = s.phase == Phase::Queued;
+        let is_queued = phase == Phase::Queued;
         s.phase = phase;
         match (was_launching, is_launching) {
             (true, false) => self.launching -= 1,
             (false, true) => self.launching += 1,
             _ => {}
         }
+        match (was_queued, is_queued) {
+            (true, false) => self.queued -= 1,
+            (false, true) => self.queued += 1,
+            _ => {}
+        }
+        self.touch(i);
     }
 
     /// Change the data of the current phase (same phase, same count).
@@ -56,6 +64,7 @@ impl Core {
             );
             s.phase = phase;
         }
+        self.touch(i);
     }
 
     pub(super) fn answer_if_settled(&mut self, i: usize) {
@@ -265,6 +274,9 @@ impl Core {
     /// service waits while a dependency's condition is not met yet, and
     /// fails (saying why) once it can no longer be met.
     pub(super) fn launch_queued(&mut self, now: Instant) {
+        if self.queued == 0 {
+            return;
+        }
         for i in 0..self.services.len() {
             if self.launching >= self.max_launching {
                 return;
