@@ -79,6 +79,8 @@ pub struct RunHealth {
     pub watchdog_at: Option<Instant>,
     /// The last `STATUS=` line.
     pub notify_status: Option<String>,
+    /// Said `healthy` since it last was not.
+    said_healthy: bool,
 }
 
 impl RunHealth {
@@ -121,6 +123,7 @@ impl Core {
         if self.service(i).is_some_and(|s| s.health.started) {
             self.after_startup(i, now);
         }
+        self.note_health(i);
         self.touch(i);
     }
 
@@ -136,6 +139,18 @@ impl Core {
             }
         }
         self.update_ready(i, None);
+    }
+
+    /// Say `healthy` when the HEALTH column turns so (after the startup
+    /// probe, readiness, or a liveness failure that passed again).
+    fn note_health(&mut self, i: usize) {
+        let Some(s) = self.svc(i) else { return };
+        let healthy = s.health.label(&s.def.policy.health) == "healthy";
+        let watched = s.def.policy.health.watched();
+        let was = std::mem::replace(&mut s.health.said_healthy, healthy);
+        if healthy && !was && watched {
+            self.event(i, "healthy".into());
+        }
     }
 
     /// Recompute `ready` from its gates; say so when it changed (`why`: the
@@ -267,6 +282,7 @@ impl Core {
                 }
             }
         }
+        self.note_health(i);
         self.touch(i);
         self.pump(now);
     }
@@ -326,6 +342,7 @@ impl Core {
             }
             self.update_ready(i, None);
         }
+        self.note_health(i);
         self.touch(i);
         self.pump(now);
     }

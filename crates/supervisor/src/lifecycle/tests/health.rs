@@ -106,7 +106,7 @@ fn the_startup_probe_gates_liveness_and_readiness() {
         "not ready before readiness passes"
     );
     let fx = h.probe("db", ProbeKind::Readiness, true, "connected");
-    assert!(events(&fx).contains(&"ready".to_string()));
+    assert_eq!(events(&fx), ["ready", "healthy"]);
     assert!(h.svc("db").health.ready);
 }
 
