@@ -3,7 +3,7 @@
 //! sd_notify messages (with their credentials).
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -11,9 +11,6 @@ use nix::sys::socket::{
 };
 
 use crate::sys;
-
-/// Most fds one message carries.
-pub const MAX_FDS: usize = 4;
 
 pub fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
     let rights = [ControlMessage::ScmRights(fds)];
@@ -35,30 +32,12 @@ pub fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
 /// The next datagram (empty at EOF) and the fds that came with it, owned
 /// and close-on-exec.
 pub fn receive(sock: &OwnedFd) -> Result<(Vec<u8>, Vec<OwnedFd>), Errno> {
-    let mut buf = vec![0u8; 4096];
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let r = match recvmsg::<UnixAddr>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(Errno::EINTR) => continue,
-            r => r?,
-        };
-        let mut fds = Vec::new();
-        for c in r.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                fds.extend(raw.into_iter().map(sys::adopt_received_fd));
-            }
-        }
-        let n = r.bytes;
-        buf.truncate(n);
-        return Ok((buf, fds));
-    }
+    let d = recv(sock.as_fd(), SPAWNER_DATAGRAM, MsgFlags::empty())?;
+    Ok((d.bytes, d.fds))
 }
+
+/// The longest spawner message.
+const SPAWNER_DATAGRAM: usize = 4096;
 
 /// Most fds a credentialed datagram may bring (more are discarded by the
 /// kernel, which closes them).
@@ -77,6 +56,10 @@ pub struct Datagram {
 /// The next datagram of `sock` without waiting (EAGAIN when there is none),
 /// at most `max_len` bytes of it.
 pub fn receive_credentialed(sock: BorrowedFd<'_>, max_len: usize) -> Result<Datagram, Errno> {
+    recv(sock, max_len, MsgFlags::MSG_DONTWAIT)
+}
+
+fn recv(sock: BorrowedFd<'_>, max_len: usize, flags: MsgFlags) -> Result<Datagram, Errno> {
     let mut buf = vec![0u8; max_len];
     let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_PASSED_FDS]);
     loop {
@@ -85,7 +68,7 @@ pub fn receive_credentialed(sock: BorrowedFd<'_>, max_len: usize) -> Result<Data
             sock.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_CMSG_CLOEXEC | flags,
         ) {
             Err(Errno::EINTR) => continue,
             r => r?,

@@ -11,6 +11,8 @@ use isola_runtime::SpecError;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::policy::field;
+
 /// Kubernetes' defaults, in ms.
 const DEFAULT_PERIOD_MS: u64 = 10_000;
 const DEFAULT_TIMEOUT_MS: u64 = 1_000;
@@ -199,7 +201,7 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
     let mut h = Health::default();
     if let Some(v) = sup.get("probes") {
         let path = format!("{prefix}probes");
-        let probes: serde_json::Map<String, Value> = from_value(v, &path)?;
+        let probes: serde_json::Map<String, Value> = field(v, &path)?;
         for (name, raw) in &probes {
             let kind = ProbeKind::ALL
                 .into_iter()
@@ -216,7 +218,7 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
     }
     if let Some(v) = sup.get("notify") {
         let path = format!("{prefix}notify");
-        h.notify = Some(match from_value::<NotifyJson>(v, &path) {
+        h.notify = Some(match field::<NotifyJson>(v, &path) {
             Ok(NotifyJson::Name(n)) if n == "systemd" => Notify::Systemd,
             Ok(NotifyJson::Fd { fd })
                 if (i64::from(MIN_NOTIFY_FD)..=i64::from(i32::MAX)).contains(&fd) =>
@@ -239,7 +241,7 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
     }
     if let Some(v) = sup.get("watchdogMs") {
         let path = format!("{prefix}watchdogMs");
-        let ms: u64 = from_value(v, &path)?;
+        let ms: u64 = field(v, &path)?;
         if ms == 0 {
             return Err(SpecError::new(path, "0: must be at least 1"));
         }
@@ -258,7 +260,7 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
 pub fn parse_dependencies(v: &Value, path: &str) -> Result<Vec<Dependency>, SpecError> {
     match v {
         Value::Array(_) => {
-            let names: Vec<String> = from_value(v, path)?;
+            let names: Vec<String> = field(v, path)?;
             Ok(names
                 .into_iter()
                 .map(|name| Dependency {
@@ -295,20 +297,8 @@ pub fn parse_dependencies(v: &Value, path: &str) -> Result<Vec<Dependency>, Spec
     }
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<T, SpecError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." {
-            path.to_string()
-        } else {
-            format!("{path}.{inner}")
-        };
-        SpecError::new(full, e.inner().to_string())
-    })
-}
-
 fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecError> {
-    let p: ProbeJson = from_value(v, path)?;
+    let p: ProbeJson = field(v, path)?;
     let given = [p.exec.is_some(), p.tcp.is_some(), p.http.is_some()];
     let check = match (p.exec, p.tcp, p.http) {
         (Some(argv), None, None) => {

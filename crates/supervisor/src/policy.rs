@@ -144,7 +144,8 @@ impl Default for Policy {
     }
 }
 
-fn field<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<T, SpecError> {
+/// Read `v` as a `T`; errors name the JSON path under `path`.
+pub(crate) fn field<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let inner = e.path().to_string();
         let full = if inner == "." {
