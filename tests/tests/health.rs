@@ -137,26 +137,39 @@ fn exec_probe_runs_inside_the_sandbox_and_is_killed_at_its_timeout() {
     ok["probes"] =
         json!({"liveness": {"exec": ["sh", "-c", check], "periodMs": 300, "failureThreshold": 1}});
     ok["restart"] = fast_restart();
-    // A probe that hangs, with a child: both die at timeoutMs.
+    // A probe that hangs, with a child: both die at timeoutMs, while the
+    // service itself runs on (its end would take them along and prove
+    // nothing), so none pile up from one probe to the next.
     let mut hang = svc("exec sleep 1000", inside);
-    hang["probes"] = json!({"liveness": {"exec": ["sh", "-c", "sleep 4321 & sleep 4322"], "periodMs": 300, "timeoutMs": 500, "failureThreshold": 2}});
+    hang["probes"] = json!({"liveness": {"exec": ["sh", "-c", "sleep 4321 & sleep 4322"], "periodMs": 300, "timeoutMs": 500, "failureThreshold": 4}});
     hang["restart"] = json!({"policy": "no"});
     let up = Up::start("execprobe", json!({"ok": ok, "hang": hang}), &[]);
+    let s = up.wait_for(
+        "hang",
+        "three timed-out probes",
+        Duration::from_secs(60),
+        |s| s["probe"]["liveness"]["failures"].as_u64() >= Some(3),
+    );
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(
+        s["probe"]["liveness"]["message"], "timed out after 500 ms",
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    // At most the probe in flight now: the three before it are gone.
+    for p in ["sleep 4321", "sleep 4322"] {
+        let left = processes_matching(p);
+        assert!(
+            left.len() <= 1,
+            "timed-out probes left {p} behind: {left:?}"
+        );
+    }
     let s = up.wait_state("hang", "exited");
     assert_eq!(s["lastExit"]["reason"], "unhealthy", "{s}");
     assert_eq!(
         s["lastExit"]["message"],
-        "liveness exec sh -c sleep 4321 & sleep 4322: timed out after 500 ms (2/2)",
+        "liveness exec sh -c sleep 4321 & sleep 4322: timed out after 500 ms (4/4)",
         "{s}"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        processes_matching("sleep 4321").is_empty(),
-        "the probe's child survived"
-    );
-    assert!(
-        processes_matching("sleep 4322").is_empty(),
-        "the probe survived"
     );
     let s = up.service("ok");
     assert!(s["probe"]["liveness"]["ok"] == true, "{s}");

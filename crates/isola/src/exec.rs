@@ -5,7 +5,6 @@
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use isola_runtime::exit;
@@ -90,17 +89,6 @@ pub(crate) fn exec(
         })?;
     let pidfd = join::pidfd_of(Pid::from_raw(target.pid))
         .map_err(|e| Exit(exit::FAILURE, format!("exec: {name}: {e}")))?;
-    let cgroup = target
-        .cgroup
-        .as_ref()
-        .map(|p| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open(p)
-                .map_err(|e| Exit(exit::FAILURE, format!("exec: {}: {e}", p.display())))
-        })
-        .transpose()?;
     let plan = &def.plan;
     let opts = join::Options {
         args,
@@ -112,7 +100,7 @@ pub(crate) fn exec(
     };
     let target = Target {
         init: pidfd.as_fd(),
-        cgroup: cgroup.as_ref().map(|c| c.as_fd()),
+        cgroup: target.cgroup.as_deref(),
         plan,
     };
     // Ctrl-C and Ctrl-\ reach the command from the terminal; we stay to

@@ -149,15 +149,11 @@ impl Cgroup {
             }
             Err(e) => return Err(io_err(&path)(e)),
         }
-        let dir = match open(
-            &path,
-            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
-            Mode::empty(),
-        ) {
+        let dir = match open_dir(&path) {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = fs::remove_dir(&path);
-                return Err(io_err(&path)(e.into()));
+                return Err(e);
             }
         };
         let cg = Cgroup {
@@ -351,6 +347,16 @@ fn make_parents(
 
 /// Create `root` (a parent of sandbox groups, such as a stack's group) and
 /// its ancestors, with the base controllers delegated.
+/// A cgroup's directory, for `CLONE_INTO_CGROUP`.
+pub fn open_dir(path: &Path) -> Result<OwnedFd, CgroupError> {
+    open(
+        path,
+        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(path)(e.into()))
+}
+
 pub fn create_parents(root: &Path) -> Result<(), CgroupError> {
     check_unified()?;
     check_root(root)?;

@@ -17,7 +17,7 @@
 //! [`Options::kill_group`] as SIGKILL to the command's whole process group.
 
 use std::ffi::CString;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -43,8 +43,8 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
 pub struct Target<'a> {
     /// The sandbox's init, by pidfd (no pid-reuse race).
     pub init: BorrowedFd<'a>,
-    /// The sandbox's cgroup directory, when it has one.
-    pub cgroup: Option<BorrowedFd<'a>>,
+    /// The sandbox's cgroup, when it has one.
+    pub cgroup: Option<&'a std::path::Path>,
     /// The service's plan: which namespaces it has, its credentials,
     /// capabilities, seccomp, environment and PATH.
     pub plan: &'a Plan,
@@ -81,7 +81,6 @@ impl Joined {
 
     /// Readable once the waiter (and so the command) has exited.
     pub fn pidfd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.pidfd.as_fd()
     }
 
@@ -126,17 +125,8 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     if opts.args.is_empty() {
         return Err(Error::sys("exec", Errno::EINVAL));
     }
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| {
-            Error::sys(
-                "/proc/self/task",
-                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            )
-        })?
-        .count();
-    if threads != 1 {
-        return Err(Error::sys("exec: a multi-threaded caller", Errno::EBUSY));
-    }
+    sys::check_single_threaded()
+        .map_err(|e| Error::sys("exec needs a single-threaded caller", e))?;
     let plan = target.plan;
     let joined_ns = plan.join.iter().fold(0u64, |acc, (f, _)| {
         acc | u64::try_from(f.bits()).unwrap_or(0)
@@ -144,20 +134,15 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     let flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
     let mut env = plan.env.clone();
     for e in &opts.env {
-        let name = e
-            .as_bytes()
-            .split(|b| *b == b'=')
-            .next()
-            .unwrap_or_default();
-        env.retain(|old| old.as_bytes().split(|b| *b == b'=').next() != Some(name));
-        env.push(e.clone());
+        crate::plan::set_env(&mut env, e.clone());
     }
     let (uid, gid) = opts.user.unwrap_or((plan.uid, plan.gid));
     let cwd = opts.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
+    let cgroup = target.cgroup.map(crate::cgroup::open_dir).transpose()?;
     #[allow(unsafe_code)]
     // SAFETY: single-threaded (checked above); the child leaves only through
     // `waiter`, which ends in exit_now.
-    let forked = unsafe { sys::clone3(0, target.cgroup, false) };
+    let forked = unsafe { sys::clone3(0, cgroup.as_ref().map(|c| c.as_fd()), false) };
     match forked.map_err(|e| Error::sys("exec: clone3", e))? {
         sys::Forked::Child => {
             let code = waiter(target, opts, flags, &env, uid, gid, &cwd);

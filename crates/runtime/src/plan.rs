@@ -62,6 +62,18 @@ pub struct Plan {
     pub pass_fds: Vec<std::os::fd::RawFd>,
 }
 
+/// Put `entry` (`NAME=VALUE`) into `env`, replacing a variable of that name.
+pub fn set_env(env: &mut Vec<CString>, entry: CString) {
+    let name_of = |e: &[u8]| -> usize { e.iter().position(|b| *b == b'=').unwrap_or(e.len()) };
+    let bytes = entry.as_bytes();
+    let name = &bytes[..name_of(bytes)];
+    env.retain(|old| {
+        let o = old.as_bytes();
+        &o[..name_of(o)] != name
+    });
+    env.push(entry);
+}
+
 impl Plan {
     pub fn new_pid_ns(&self) -> bool {
         self.clone_flags & libc::CLONE_NEWPID as u64 != 0
@@ -566,6 +578,15 @@ mod tests {
 
     fn plan(j: &str) -> Result<Plan, SpecError> {
         Plan::from_spec(&parse_str(j, Path::new("/"))?)
+    }
+
+    #[test]
+    fn set_env_replaces_by_name_only() {
+        let c = |s: &str| CString::new(s).unwrap();
+        let mut env = vec![c("PATH=/bin"), c("PATHX=1"), c("A=1")];
+        set_env(&mut env, c("PATH=/usr/bin"));
+        set_env(&mut env, c("B=2"));
+        assert_eq!(env, [c("PATHX=1"), c("A=1"), c("PATH=/usr/bin"), c("B=2")]);
     }
 
     #[test]

@@ -350,17 +350,25 @@ pub(crate) unsafe fn fork_helper(
     }
 }
 
+/// EBUSY when this process runs more than one thread (a fork would copy
+/// another thread's locks, the allocator's included, held forever).
+pub(crate) fn check_single_threaded() -> Result<(), Errno> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(Errno::EBUSY)
+    }
+}
+
 /// [`fork_helper`] for code outside the runtime, checked: refused with
 /// EBUSY in a process that runs more than one thread. `body` gets `keep`
 /// and stdio only; any other fd it reached for is closed in the child, so
 /// the worst a mistake there does is an EBADF.
 pub fn spawn_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
-        .count();
-    if threads != 1 {
-        return Err(Errno::EBUSY);
-    }
+    check_single_threaded()?;
     // SAFETY: single-threaded, checked just now (nothing here starts a
     // thread in between); `body`'s fd use is as documented above.
     unsafe { fork_helper(keep, body) }

@@ -5,8 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use isola_runtime::join::{self, Target};
 
@@ -49,12 +48,7 @@ impl Supervisor {
         let Some(s) = self.core.service(i) else {
             return Response::err(format!("exec: {name:?}: no such service"));
         };
-        let run = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.running.as_ref());
-        let (Phase::Running { .. }, Some(run)) = (s.phase, run) else {
+        let (Phase::Running { .. }, Some(run)) = (s.phase, self.running(i)) else {
             return Response::err(format!(
                 "exec: {name}: not running ({})",
                 s.phase.state().as_str()
@@ -76,27 +70,12 @@ impl Supervisor {
     /// Start exec probe `argv` in service `i`'s sandbox.
     pub(crate) fn exec_probe(&self, i: usize, argv: &[String]) -> Result<Joined, String> {
         let s = self.core.service(i).ok_or("removed")?;
-        let run = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.running.as_ref())
-            .ok_or("not running")?;
+        let run = self.running(i).ok_or("not running")?;
         let args = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| "argument with a NUL byte".to_string())?;
-        let cgroup = match run.sandbox.cgroup() {
-            Some(cg) => Some(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-                    .open(cg.path())
-                    .map_err(|e| format!("{}: {e}", cg.path().display()))?,
-            ),
-            None => None,
-        };
         let null = File::options()
             .read(true)
             .write(true)
@@ -105,7 +84,7 @@ impl Supervisor {
         let fd = null.as_raw_fd();
         let target = Target {
             init: run.sandbox.pidfd(),
-            cgroup: cgroup.as_ref().map(|c| c.as_fd()),
+            cgroup: run.sandbox.cgroup().map(|c| c.path()),
             plan: &s.def.plan,
         };
         let opts = join::Options {

@@ -86,11 +86,8 @@ pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
         }
     }
     for e in env {
-        let name = e.split('=').next().unwrap_or_default().to_string();
-        plan.env
-            .retain(|old| !old.to_bytes().starts_with(format!("{name}=").as_bytes()));
         if let Ok(c) = std::ffi::CString::new(e) {
-            plan.env.push(c);
+            isola_runtime::plan::set_env(&mut plan.env, c);
         }
     }
 }
@@ -279,7 +276,6 @@ impl Supervisor {
                 }
                 other => self.foreign_sender(i, other),
             }
-            self.apply_effects();
         }
     }
 
@@ -299,12 +295,7 @@ impl Supervisor {
 
     /// Is `pid` (a host pid) a process of service `i`'s sandbox?
     fn sender_in_sandbox(&self, i: usize, pid: i32) -> bool {
-        let Some(run) = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.running.as_ref())
-        else {
+        let Some(run) = self.running(i) else {
             return false;
         };
         let init = run.sandbox.pid().as_raw();

@@ -89,13 +89,7 @@ impl Supervisor {
                 .join
                 .iter()
                 .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWNET));
-        let Some(init) = self
-            .slots
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.running.as_ref())
-            .map(|r| r.sandbox.pid())
-        else {
+        let Some(init) = self.running(i).map(|r| r.sandbox.pid()) else {
             return self
                 .core
                 .probe_done(i, kind, false, "not running".into(), now);

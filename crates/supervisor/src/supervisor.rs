@@ -389,6 +389,11 @@ impl Supervisor {
         }
     }
 
+    /// Service `i`'s running sandbox, if it has one.
+    pub(crate) fn running(&self, i: usize) -> Option<&Running> {
+        self.slots.get(i)?.as_ref()?.running.as_ref()
+    }
+
     pub(crate) fn slot(&mut self, i: usize) -> Option<&mut Slot> {
         self.slots.get_mut(i).and_then(Option::as_mut)
     }

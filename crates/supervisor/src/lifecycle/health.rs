@@ -230,10 +230,18 @@ impl Core {
         if !matches!(s.phase, Phase::Running { .. }) {
             return;
         }
-        let Some(spec) = s.def.policy.health.probe(kind).cloned() else {
+        // Numbers only: a thousand results a second clone nothing and
+        // format nothing unless a failure is to be told.
+        let Some((period, failure_threshold, success_threshold)) = s
+            .def
+            .policy
+            .health
+            .probe(kind)
+            .map(|p| (p.period, p.failure_threshold, p.success_threshold))
+        else {
             return;
         };
-        let next = on_grid(now + spec.period, self.epoch);
+        let next = on_grid(now + period, self.epoch);
         let Some(s) = self.svc(i) else { return };
         let p = &mut s.health.probes[kind.index()];
         p.in_flight = false;
@@ -241,7 +249,7 @@ impl Core {
         p.last = Some(ProbeResult {
             at: now,
             ok,
-            message: message.clone(),
+            message,
         });
         if ok {
             p.failures = 0;
@@ -251,12 +259,6 @@ impl Core {
             p.failures = p.failures.saturating_add(1);
         }
         let (failures, successes) = (p.failures, p.successes);
-        let what = format!(
-            "{} {}: {message} ({failures}/{})",
-            kind.as_str(),
-            spec.check.describe(),
-            spec.failure_threshold
-        );
         match (kind, ok) {
             (ProbeKind::Startup, true) => {
                 s.health.probes[kind.index()].next_at = None;
@@ -264,20 +266,25 @@ impl Core {
                 self.after_startup(i, now);
             }
             (ProbeKind::Startup | ProbeKind::Liveness, false) => {
-                if failures >= spec.failure_threshold {
+                let what = self.probe_failure(i, kind);
+                if failures >= failure_threshold {
                     self.kill_unhealthy(i, Reason::Unhealthy, what, now);
                 } else {
                     self.event(i, format!("probe failed: {what}"));
                 }
             }
             (ProbeKind::Liveness, true) => {}
-            (ProbeKind::Readiness, _) => {
-                let h = &mut s.health;
-                if ok && successes >= spec.success_threshold {
-                    h.probe_ready = true;
+            (ProbeKind::Readiness, true) => {
+                if successes >= success_threshold {
+                    s.health.probe_ready = true;
                     self.update_ready(i, None);
-                } else if !ok && (failures >= spec.failure_threshold || !h.ever_ready) {
+                }
+            }
+            (ProbeKind::Readiness, false) => {
+                let h = &mut s.health;
+                if h.probe_ready && failures >= failure_threshold {
                     h.probe_ready = false;
+                    let what = self.probe_failure(i, kind);
                     self.update_ready(i, Some(what));
                 }
             }
@@ -285,6 +292,26 @@ impl Core {
         self.note_health(i);
         self.touch(i);
         self.pump(now);
+    }
+
+    /// `liveness http :8080/healthz: 503 (2/3)`: the last result of probe
+    /// `kind` of service `i`, for events and `lastExit.message`.
+    fn probe_failure(&self, i: usize, kind: ProbeKind) -> String {
+        let Some(s) = self.service(i) else {
+            return String::new();
+        };
+        let Some(spec) = s.def.policy.health.probe(kind) else {
+            return String::new();
+        };
+        let p = &s.health.probes[kind.index()];
+        let msg = p.last.as_ref().map_or("", |l| l.message.as_str());
+        format!(
+            "{} {}: {msg} ({}/{})",
+            kind.as_str(),
+            spec.check.describe(),
+            p.failures,
+            spec.failure_threshold
+        )
     }
 
     /// Service `i` sent a notification (sd_notify, or its notify fd).
