@@ -36,6 +36,8 @@ pub(crate) struct Probes {
     /// Our own network namespace, to come back to after creating a socket
     /// in a sandbox's (opened at the first such probe).
     home_netns: Option<File>,
+    /// Coming back to it failed (for the loop to report).
+    stranded: Option<Errno>,
 }
 
 struct InFlight {
@@ -64,83 +66,6 @@ enum Work {
 type Verdict = (bool, String);
 
 impl Probes {
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.inflight
-            .values()
-            .filter(|p| !p.reported)
-            .map(|p| p.deadline)
-            .min()
-    }
-}
-
-impl Supervisor {
-    /// The core's `Probe`: start probe `kind` of service `i`.
-    pub(crate) fn start_probe(&mut self, i: usize, kind: ProbeKind) {
-        let now = Instant::now();
-        let Some(s) = self.core.service(i) else {
-            return;
-        };
-        let Some(spec) = s.def.policy.health.probe(kind).cloned() else {
-            return;
-        };
-        let own_netns = s.def.plan.new_net_ns()
-            || s.def
-                .plan
-                .join
-                .iter()
-                .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWNET));
-        let Some(init) = self.running(i).map(|r| r.sandbox.pid()) else {
-            return self
-                .core
-                .probe_done(i, kind, false, "not running".into(), now);
-        };
-        let netns = own_netns.then_some(init);
-        let started = match &spec.check {
-            Check::Tcp { host, port } => self.connect_in(netns, *host, *port).map(Work::Tcp),
-            Check::Http {
-                host,
-                port,
-                path,
-                headers,
-            } => self.connect_in(netns, *host, *port).map(|sock| Work::Http {
-                sock,
-                request: http_request(*host, *port, path, headers),
-                written: 0,
-                head: Vec::new(),
-            }),
-            Check::Exec(argv) => self.exec_probe(i, argv).map(Work::Exec),
-        };
-        let work = match started {
-            Ok(w) => w,
-            Err(msg) => return self.core.probe_done(i, kind, false, msg, now),
-        };
-        let id = self.probes.next_id;
-        self.probes.next_id += 1;
-        let (fd, flags) = match &work {
-            Work::Tcp(s) | Work::Http { sock: s, .. } => (s.as_fd(), EpollFlags::EPOLLOUT),
-            Work::Exec(j) => (j.pidfd(), EpollFlags::EPOLLIN),
-        };
-        if let Err(e) = self
-            .epoll
-            .add(fd, EpollEvent::new(flags, Token::Probe(id).encode()))
-        {
-            return self
-                .core
-                .probe_done(i, kind, false, format!("epoll: {e}"), now);
-        }
-        self.probes.inflight.insert(
-            id,
-            InFlight {
-                service: i,
-                kind,
-                deadline: now + spec.timeout,
-                started: now,
-                work,
-                reported: false,
-            },
-        );
-    }
-
     /// A socket for `host:port`, created in the network namespace of
     /// process `netns` (ours when `None`), connecting without blocking.
     fn connect_in(
@@ -176,26 +101,112 @@ impl Supervisor {
         family: AddressFamily,
         flags: SockFlag,
     ) -> Result<OwnedFd, String> {
-        if self.probes.home_netns.is_none() {
+        if self.home_netns.is_none() {
             let home = File::open("/proc/thread-self/ns/net")
                 .map_err(|e| format!("our network namespace: {e}"))?;
-            self.probes.home_netns = Some(home);
+            self.home_netns = Some(home);
         }
         let target = File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|e| format!("the sandbox's network namespace: {e}"))?;
         nix::sched::setns(&target, CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("enter the sandbox's network namespace: {e}"))?;
         let sock = socket::socket(family, SockType::Stream, flags, None);
-        if let Some(home) = &self.probes.home_netns {
+        if let Some(home) = &self.home_netns {
             if let Err(e) = nix::sched::setns(home, CloneFlags::CLONE_NEWNET) {
-                // Cannot happen to root; if it did, every later socket of
-                // ours would be made in the wrong namespace: say it loudly.
-                self.note(&format!(
-                    "probe: cannot return to our network namespace: {e}"
-                ));
+                self.stranded = Some(e);
             }
         }
         sock.map_err(|e| format!("socket: {e}"))
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.inflight
+            .values()
+            .filter(|p| !p.reported)
+            .map(|p| p.deadline)
+            .min()
+    }
+}
+
+impl Supervisor {
+    /// The core's `Probe`: start probe `kind` of service `i`.
+    pub(crate) fn start_probe(&mut self, i: usize, kind: ProbeKind) {
+        let now = Instant::now();
+        let Some(init) = self.running(i).map(|r| r.sandbox.pid()) else {
+            return self
+                .core
+                .probe_done(i, kind, false, "not running".into(), now);
+        };
+        // The spec is borrowed, not cloned (a thousand probes a second):
+        // sockets come from `self.probes`, a field apart from the core.
+        let Some(s) = self.core.service(i) else {
+            return;
+        };
+        let Some(spec) = s.def.policy.health.probe(kind) else {
+            return;
+        };
+        let own_netns = s.def.plan.new_net_ns()
+            || s.def
+                .plan
+                .join
+                .iter()
+                .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWNET));
+        let netns = own_netns.then_some(init);
+        let timeout = spec.timeout;
+        let probes = &mut self.probes;
+        let started = match &spec.check {
+            Check::Tcp { host, port } => probes.connect_in(netns, *host, *port).map(Work::Tcp),
+            Check::Http {
+                host,
+                port,
+                path,
+                headers,
+            } => probes
+                .connect_in(netns, *host, *port)
+                .map(|sock| Work::Http {
+                    sock,
+                    request: http_request(*host, *port, path, headers),
+                    written: 0,
+                    head: Vec::new(),
+                }),
+            Check::Exec(argv) => self.exec_probe(i, argv).map(Work::Exec),
+        };
+        if let Some(e) = self.probes.stranded.take() {
+            // Cannot happen to root; if it did, every later socket of ours
+            // would be made in the wrong namespace: say it loudly.
+            self.note(&format!(
+                "probe: cannot return to our network namespace: {e}"
+            ));
+        }
+        let work = match started {
+            Ok(w) => w,
+            Err(msg) => return self.core.probe_done(i, kind, false, msg, now),
+        };
+        let id = self.probes.next_id;
+        self.probes.next_id += 1;
+        let (fd, flags) = match &work {
+            Work::Tcp(s) | Work::Http { sock: s, .. } => (s.as_fd(), EpollFlags::EPOLLOUT),
+            Work::Exec(j) => (j.pidfd(), EpollFlags::EPOLLIN),
+        };
+        if let Err(e) = self
+            .epoll
+            .add(fd, EpollEvent::new(flags, Token::Probe(id).encode()))
+        {
+            return self
+                .core
+                .probe_done(i, kind, false, format!("epoll: {e}"), now);
+        }
+        self.probes.inflight.insert(
+            id,
+            InFlight {
+                service: i,
+                kind,
+                deadline: now + timeout,
+                started: now,
+                work,
+                reported: false,
+            },
+        );
     }
 
     /// A probe's socket or process has news.
