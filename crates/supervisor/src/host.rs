@@ -119,18 +119,28 @@ const SUPERVISOR_FDS: u64 = 16 + 3 * crate::supervisor::MAX_STARTING as u64 + 64
 /// Tasks of a running service at least: its init and its payload.
 const TASKS_PER_SERVICE: u64 = 2;
 
+/// What a service's health costs in fds at most: its notify socket or
+/// pipe, and one per probe (a probe in flight holds a socket or a pidfd).
+fn health_fds(def: &ServiceDef) -> u64 {
+    let h = &def.policy.health;
+    let probes = h.probes.iter().filter(|p| p.is_some()).count();
+    u64::from(h.notify.is_some()) + u64::try_from(probes).unwrap_or(u64::MAX)
+}
+
 /// Refuse a stack that cannot run whole on this host — before anything
 /// starts, in one line with the numbers and the fix — rather than let
 /// thousands of services fail one by one.
-pub(crate) fn check_capacity(services: usize, no_cgroup: bool) -> Result<(), UpError> {
+pub(crate) fn check_capacity(defs: &[ServiceDef], no_cgroup: bool) -> Result<(), UpError> {
+    let services = defs.len();
     let n = u64::try_from(services).unwrap_or(u64::MAX);
     let logs = n.min(crate::output::LOGS_OPEN as u64);
-    let fds = n * fds_per_running(no_cgroup) + logs + SUPERVISOR_FDS;
+    let health: u64 = defs.iter().map(health_fds).sum();
+    let fds = n * fds_per_running(no_cgroup) + health + logs + SUPERVISOR_FDS;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if fds > soft {
             return Err(UpError::Setup(format!(
                 "{services} services need up to {fds} file descriptors ({} per running service, \
-                 {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
+                 {health} for health checks, {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
                  {soft} (hard limit {hard}, and isola up could not raise it): raise it \
                  (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit) or split the stack",
                 fds_per_running(no_cgroup)

@@ -215,7 +215,7 @@ impl Supervisor {
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
         // Our fd limit raised as far as it goes, then: does the stack fit?
         let host = host::Inherited::adjust();
-        host::check_capacity(stack.services.len(), cfg.no_cgroup)?;
+        host::check_capacity(&stack.services, cfg.no_cgroup)?;
         let listener = host::bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = host::RemoveOnDrop(Some(cfg.socket.clone()));
@@ -465,7 +465,7 @@ impl Supervisor {
             .map_err(UpError::from)
             .and_then(|s| {
                 check_no_cgroup(&self.cfg, &s)?;
-                host::check_capacity(s.services.len(), self.cfg.no_cgroup)?;
+                host::check_capacity(&s.services, self.cfg.no_cgroup)?;
                 Ok(s)
             });
         let mut defs = match stack {
