@@ -90,7 +90,11 @@ fn oom_service(script: &str, policy: &str) -> Value {
 #[test]
 fn oom_policies() {
     require_vm();
-    let hog = "head -c 100M /dev/zero | tail > /dev/null; exec sleep 1000";
+    // The hog's subshell offers itself to the OOM killer first
+    // (oom_score_adj 1000 is inherited by head and tail): on a slow VM a
+    // second OOM can come before the first victim's memory is reaped, and
+    // it must take another part of the hog, never the payload itself.
+    let hog = "(echo 1000 > /proc/self/oom_score_adj; head -c 100M /dev/zero | tail > /dev/null); exec sleep 1000";
     let up = Up::start(
         "oom",
         json!({
