@@ -339,6 +339,7 @@ fn run(
 
     let opts = sandbox::Options {
         pass_fds: &[],
+        listen: isola_runtime::listen::Listen::default(),
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

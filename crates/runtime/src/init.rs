@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
+use crate::listen::{self, Listen, PidSlot};
 use crate::mounts::{self, Layout};
 use crate::plan::Plan;
 use crate::sync::{self, Msg};
@@ -51,12 +52,18 @@ pub(crate) type Step = (&'static str, String);
 /// `unshare` holds the namespaces the init creates itself
 /// ([`Plan::deferred_ns_flags`]).
 /// `pass` holds the fds (in the caller's numbering) that the payload gets
-/// at [`Plan::pass_fds`].
-pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd]) -> ! {
+/// at [`Plan::pass_fds`], `listen` the sockets it gets at 3, 4, ….
+pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd], listen: Listen) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
     let mut keep = vec![sock.as_raw_fd()];
     keep.extend_from_slice(pass);
+    keep.extend_from_slice(listen.fds);
+    let sources: Vec<RawFd> = listen.fds.iter().chain(pass).copied().collect();
+    let mut targets: Vec<RawFd> = listen
+        .targets()
+        .chain(plan.pass_fds.iter().copied())
+        .collect();
     #[allow(unsafe_code)]
     // SAFETY: we are a fresh clone that never returns (every path below ends
     // in exit_now or exec), and no Rust owner of a closed fd is used here.
@@ -64,12 +71,12 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd]) -> ! {
     if closed.is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
-    let sock = if pass.is_empty() {
+    let sock = if sources.is_empty() {
         sock
     } else {
         #[allow(unsafe_code)]
         // SAFETY: as above: this clone owns these fds by number only.
-        let placed = unsafe { sys::place_fds(pass, &plan.pass_fds, sock.as_raw_fd()) };
+        let placed = unsafe { sys::place_fds(&sources, &targets, sock.as_raw_fd()) };
         match placed {
             Ok(fd) if fd == sock.as_raw_fd() => sock,
             Ok(fd) => {
@@ -85,7 +92,12 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd]) -> ! {
     if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
-    match prepare(plan, &sock, unshare) {
+    targets.sort_unstable();
+    let payload_fds = PayloadFds {
+        all: &targets,
+        listen: (!listen.fds.is_empty()).then_some(listen),
+    };
+    match prepare(plan, &sock, unshare, &payload_fds) {
         Ok(Some(payload)) => supervise(plan, payload, &sock),
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(exit::code(exit::SETUP)),
@@ -112,6 +124,14 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd]) -> ! {
     }
 }
 
+/// The fds the payload gets, as the init sees them after placing them.
+struct PayloadFds<'a> {
+    /// Every fd number passed (sockets and `Plan::pass_fds`), ascending.
+    all: &'a [RawFd],
+    /// Sockets with their names, for the `LISTEN_*` variables.
+    listen: Option<Listen<'a>>,
+}
+
 enum Failure {
     Setup(Step),
     Exec(Errno, i32),
@@ -131,7 +151,12 @@ fn step<E: std::fmt::Display>(
 }
 
 /// Everything up to a running payload; returns its pid.
-fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Failure> {
+fn prepare(
+    plan: &Plan,
+    sock: &OwnedFd,
+    unshare: u64,
+    fds: &PayloadFds,
+) -> Result<Option<Pid>, Failure> {
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
@@ -177,10 +202,10 @@ fn prepare(plan: &Plan, sock: &OwnedFd, unshare: u64) -> Result<Option<Pid>, Fai
         })?;
     }
     become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
-    let pid = spawn_payload(plan)?;
+    let pid = spawn_payload(plan, fds)?;
     // Passed fds are the payload's alone (a pipe's writer must not be
     // held open by us).
-    for fd in &plan.pass_fds {
+    for fd in fds.all {
         let _ = nix::unistd::close(*fd);
     }
     sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
@@ -252,7 +277,7 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 /// Start the payload (vfork-style: see [`sys::vfork_exec`]). An exec
 /// failure comes back over a CLOEXEC pipe as the errno (EOF means the exec
 /// happened).
-fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
+fn spawn_payload(plan: &Plan, fds: &PayloadFds) -> Result<Pid, Failure> {
     let path = resolve(&plan.args[0], &plan.search_path)
         .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
     let nul = std::iter::once(std::ptr::null());
@@ -262,10 +287,35 @@ fn spawn_payload(plan: &Plan) -> Result<Pid, Failure> {
         .map(|a| a.as_ptr())
         .chain(nul.clone())
         .collect();
-    let envp: Vec<*const libc::c_char> = plan.env.iter().map(|a| a.as_ptr()).chain(nul).collect();
+    // Socket activation: the spec's own LISTEN_* give way to ours.
+    let pid_slot = PidSlot::new();
+    let listen_env = match fds.listen {
+        Some(l) => Some(
+            listen::fixed_env(l.fds.len(), l.names)
+                .ok_or_else(|| ("exec", format!("LISTEN_FDNAMES={}: a NUL", l.names)))?,
+        ),
+        None => None,
+    };
+    let envp: Vec<*const libc::c_char> = match &listen_env {
+        None => plan.env.iter().map(|a| a.as_ptr()).chain(nul).collect(),
+        Some(extra) => plan
+            .env
+            .iter()
+            .filter(|e| !listen::is_protocol_variable(e.as_bytes()))
+            .chain(extra)
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(pid_slot.as_ptr()))
+            .chain(nul)
+            .collect(),
+    };
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step("exec", "pipe"))?;
-    let keep = plan.pass_fds.as_slice();
+    let keep = fds.all;
+    let with_pid = listen_env.is_some();
     let child = || {
+        if with_pid {
+            // Our pid in the payload's PID namespace: the payload's own.
+            pid_slot.fill(nix::unistd::getpid().as_raw().unsigned_abs());
+        }
         let errno = exec_payload(&path, &argv, &envp, keep);
         let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
         exec_exit_code(errno)

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod fdpass;
 pub mod init;
 pub mod join;
+pub mod listen;
 pub mod mounts;
 pub mod plan;
 pub mod sandbox;

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, SpecError};
+use crate::listen::Listen;
 use crate::plan::Plan;
 use crate::sync::{self, Msg};
 use crate::{exit, init, sys};
@@ -31,6 +32,9 @@ pub struct Options<'a> {
     pub sibling: bool,
     /// fds handed to the payload at the numbers of [`Plan::pass_fds`].
     pub pass_fds: &'a [std::os::fd::RawFd],
+    /// Listening sockets handed to the payload at 3, 4, … (socket
+    /// activation, see [`crate::listen`]).
+    pub listen: Listen<'a>,
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -209,6 +213,12 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
             Errno::EINVAL,
         ));
     }
+    if let Some(fd) = opts.listen.targets().find(|t| plan.pass_fds.contains(t)) {
+        return Err(Error::sys(
+            format!("fd {fd} is both a listening socket and a passed fd"),
+            Errno::EINVAL,
+        ));
+    }
     if opts.no_cgroup && plan.has_resources() {
         return Err(SpecError::new(
             "--no-cgroup",
@@ -317,7 +327,7 @@ fn clone_init(
                     }
                 }
             }
-            init::run(plan, theirs, deferred, opts.pass_fds)
+            init::run(plan, theirs, deferred, opts.pass_fds, opts.listen)
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
     }

@@ -21,6 +21,9 @@ pub const SUPERVISION_FIELDS: &[&str] = &[
     "probes",
     "notify",
     "watchdogMs",
+    "sockets",
+    "fdStoreMax",
+    "replicas",
 ];
 
 #[derive(Debug, Clone)]

@@ -127,6 +127,20 @@ fn health_fds(def: &ServiceDef) -> u64 {
     u64::from(h.notify.is_some()) + u64::try_from(probes).unwrap_or(u64::MAX)
 }
 
+/// Sockets the supervisor holds (once per service, however many replicas
+/// share them) and fd stores at their limit.
+fn held_fds(defs: &[ServiceDef]) -> u64 {
+    let mut groups = std::collections::HashSet::new();
+    let mut n = 0u64;
+    for d in defs {
+        n += u64::from(d.policy.fd_store_max);
+        if groups.insert(d.group_name()) {
+            n += u64::try_from(d.policy.sockets.len()).unwrap_or(u64::MAX);
+        }
+    }
+    n
+}
+
 /// Refuse a stack that cannot run whole on this host — before anything
 /// starts, in one line with the numbers and the fix — rather than let
 /// thousands of services fail one by one.
@@ -135,12 +149,13 @@ pub(crate) fn check_capacity(defs: &[ServiceDef], no_cgroup: bool) -> Result<(),
     let n = u64::try_from(services).unwrap_or(u64::MAX);
     let logs = n.min(crate::output::LOGS_OPEN as u64);
     let health: u64 = defs.iter().map(health_fds).sum();
-    let fds = n * fds_per_running(no_cgroup) + health + logs + SUPERVISOR_FDS;
+    let held = held_fds(defs);
+    let fds = n * fds_per_running(no_cgroup) + health + held + logs + SUPERVISOR_FDS;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if fds > soft {
             return Err(UpError::Setup(format!(
                 "{services} services need up to {fds} file descriptors ({} per running service, \
-                 {health} for health checks, {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
+                 {health} for health checks, {held} held sockets and stored fds, {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
                  {soft} (hard limit {hard}, and isola up could not raise it): raise it \
                  (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit) or split the stack",
                 fds_per_running(no_cgroup)

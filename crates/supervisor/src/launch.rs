@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use isola_runtime::cgroup::{Cgroup, StatFiles, REMOVE_RETRY};
+use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::Starting;
 use isola_runtime::{exit, sandbox, InitNews, Sandbox};
 use nix::errno::Errno;
@@ -16,7 +17,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::{Exit, StartError};
+use crate::lifecycle::{Down, Exit, Phase, StartError};
 use crate::output::{Pipe, Stream};
 use crate::spawner::{self, Answer, Spawner};
 use crate::supervisor::{now_ms, Supervisor, Token};
@@ -117,6 +118,7 @@ impl Supervisor {
             stdio: Some(stdio),
             sibling,
             pass_fds: &[],
+            listen: Listen::default(),
         }
     }
 
@@ -127,6 +129,7 @@ impl Supervisor {
         i: usize,
         stdio: [RawFd; 3],
         pass: &[RawFd],
+        listen: Listen,
     ) -> Result<Starting, StartError> {
         let gone = || StartError {
             code: exit::code(exit::SETUP),
@@ -137,7 +140,14 @@ impl Supervisor {
             let s = self.core.service(i).ok_or_else(gone)?;
             let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
             let index = u32::try_from(i).map_err(|_| gone())?;
-            match sp.request(index, s.def.fingerprint, stdio, pass, &s.def.name, cgroup) {
+            let start = spawner::Start {
+                index,
+                fingerprint: s.def.fingerprint,
+                stdio,
+                pass,
+                listen,
+            };
+            match sp.request(&start, &s.def.name, cgroup) {
                 Ok(Answer::Started(st)) => return Ok(st),
                 Ok(Answer::Failed {
                     code,
@@ -162,6 +172,7 @@ impl Supervisor {
         let def = &self.core.service(i).ok_or_else(gone)?.def;
         let mut opts = self.options_for(&def.name, stdio, false);
         opts.pass_fds = pass;
+        opts.listen = listen;
         sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))
     }
 
@@ -204,10 +215,16 @@ impl Supervisor {
             Err(e) => return self.launch_failed(i, &format!("cannot create pipes: {e}"), e, now),
         };
         let pass: Vec<RawFd> = ready.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        let (sockets, names) = self.handover(i);
+        let listen = Listen {
+            fds: &sockets,
+            names: &names,
+        };
         let result = self.spawn_sandbox(
             i,
             [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
             &pass,
+            listen,
         );
         drop((out_w, err_w, null));
         let ready_r = ready.map(|(r, _)| r);
@@ -406,7 +423,7 @@ impl Supervisor {
         }
         let now = Instant::now();
         match cgroup {
-            None => self.core.exited(i, exit, now),
+            None => self.sandbox_gone(i, exit, now),
             Some(cgroup) => {
                 let watch = self
                     .inotify
@@ -469,7 +486,20 @@ impl Supervisor {
         if let Some(msg) = why {
             self.event(i, &msg);
         }
-        self.core.exited(i, d.exit, now);
+        self.sandbox_gone(i, d.exit, now);
+    }
+
+    /// Tell the core that service `i`'s sandbox is gone; a service stopped
+    /// on purpose lets go of the fds it stored.
+    fn sandbox_gone(&mut self, i: usize, exit: Exit, now: Instant) {
+        self.core.exited(i, exit, now);
+        if self
+            .core
+            .service(i)
+            .is_some_and(|s| s.phase == Phase::Down(Down::Stopped))
+        {
+            self.drop_fd_store(i);
+        }
     }
 
     /// The timer: retry removals the kernel called busy; give up on groups

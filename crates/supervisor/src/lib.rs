@@ -6,6 +6,7 @@
 pub mod control;
 pub mod decide;
 mod exec;
+mod handover;
 pub mod health;
 mod host;
 mod launch;
@@ -16,6 +17,7 @@ mod output;
 pub mod policy;
 mod probe;
 mod server;
+pub mod sockets;
 pub mod spawner;
 pub mod stack;
 mod status;

@@ -262,8 +262,9 @@ impl Supervisor {
             else {
                 return;
             };
-            // Fds sent along (BARRIER=1) are dropped, so closed, right here.
-            let Ok(fdpass::Datagram { bytes, pid, .. }) =
+            // Fds sent along are kept only for the fd store; others
+            // (BARRIER=1) are dropped, so closed, right here.
+            let Ok(fdpass::Datagram { bytes, pid, fds }) =
                 fdpass::receive_credentialed(ns.fd(), MAX_DATAGRAM)
             else {
                 return;
@@ -271,6 +272,7 @@ impl Supervisor {
             let text = String::from_utf8_lossy(&bytes).into_owned();
             match pid {
                 Some(pid) if self.sender_in_sandbox(i, pid) => {
+                    self.fd_store_message(i, &text, fds);
                     let notice = parse(&text);
                     self.core.notified(i, notice, Instant::now());
                 }

@@ -8,7 +8,8 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::health::{self, Dependency, Health};
+use crate::health::{self, Dependency, Health, Notify};
+use crate::sockets::{self, SocketDef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -44,10 +45,25 @@ impl Default for StartLimit {
     }
 }
 
+/// How `isola restart` and a reload replace a running sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMode {
+    /// Stop the old sandbox, then start the new one.
+    #[default]
+    Replace,
+    /// Start the new one, wait until it is ready, then stop the old one.
+    Overlap,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Restart {
     pub policy: RestartPolicy,
+    pub mode: RestartMode,
+    /// `overlap`: how long the new sandbox may take to get ready before
+    /// it is given up and the old one kept.
+    pub ready_timeout_ms: u64,
     pub success_exit_codes: Vec<i32>,
     pub delay_ms: u64,
     pub max_delay_ms: u64,
@@ -61,6 +77,8 @@ impl Default for Restart {
     fn default() -> Self {
         Restart {
             policy: RestartPolicy::OnFailure,
+            mode: RestartMode::Replace,
+            ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             success_exit_codes: vec![0],
             delay_ms: 100,
             max_delay_ms: 30_000,
@@ -123,6 +141,9 @@ struct StopJson {
     timeout_ms: Option<u64>,
 }
 
+/// `restart.readyTimeoutMs` when not given.
+const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub restart: Restart,
@@ -130,6 +151,20 @@ pub struct Policy {
     pub stop: Stop,
     pub depends_on: Vec<Dependency>,
     pub health: Health,
+    /// Listening sockets held by the supervisor (`sockets`).
+    pub sockets: Vec<SocketDef>,
+    /// `fdStoreMax`: fds kept for the service across its restarts.
+    pub fd_store_max: u32,
+    /// `replicas`: `None` for a plain service, else how many.
+    pub replicas: Option<u32>,
+}
+
+impl Policy {
+    /// fds the payload gets at 3… before any `notify.fd`: the sockets,
+    /// then the fd store.
+    pub fn passed_fds(&self) -> usize {
+        self.sockets.len() + self.fd_store_max as usize
+    }
 }
 
 impl Default for Policy {
@@ -140,6 +175,9 @@ impl Default for Policy {
             stop: Stop::default(),
             depends_on: Vec::new(),
             health: Health::default(),
+            sockets: Vec::new(),
+            fd_store_max: 0,
+            replicas: None,
         }
     }
 }
@@ -150,6 +188,8 @@ pub(crate) fn field<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Re
         let inner = e.path().to_string();
         let full = if inner == "." {
             path.to_string()
+        } else if inner.starts_with('[') {
+            format!("{path}{inner}")
         } else {
             format!("{path}.{inner}")
         };
@@ -219,7 +259,47 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
         p.depends_on = health::parse_dependencies(v, &format!("{prefix}dependsOn"))?;
     }
     p.health = health::parse(sup, prefix)?;
+    p.sockets = sockets::parse(sup, prefix)?;
+    p.fd_store_max = sockets::parse_fd_store(sup, prefix)?;
+    if sup.contains_key("replicas") {
+        p.replicas = Some(sockets::parse_replicas(sup, prefix)?);
+    }
+    check_zero_downtime(&p, prefix)?;
     Ok(p)
+}
+
+/// Fields that only make sense together.
+fn check_zero_downtime(p: &Policy, prefix: &str) -> Result<(), SpecError> {
+    if p.fd_store_max > 0 && p.health.notify != Some(Notify::Systemd) {
+        return Err(SpecError::new(
+            format!("{prefix}fdStoreMax"),
+            format!(
+                "{}: needs \"notify\": \"systemd\" (FDSTORE=1 comes over sd_notify)",
+                p.fd_store_max
+            ),
+        ));
+    }
+    if let Some(Notify::Fd(fd)) = p.health.notify {
+        let first_free = isola_runtime::listen::FIRST_FD as usize + p.passed_fds();
+        if usize::try_from(fd).is_ok_and(|fd| fd < first_free) {
+            return Err(SpecError::new(
+                format!("{prefix}notify.fd"),
+                format!(
+                    "{fd}: sockets and the fd store take 3 to {}; use {first_free} or more",
+                    first_free - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A restart mode that has nothing to overlap: the new sandbox could not
+/// serve while the old one still does.
+pub fn overlap_warning(p: &Policy, prefix: &str) -> Option<String> {
+    (p.restart.mode == RestartMode::Overlap && p.sockets.is_empty() && p.replicas.is_none()).then(|| {
+        format!("{prefix}restart.mode: overlap: no sockets and no replicas, nothing to overlap (the new sandbox must bind its own port with SO_REUSEPORT)")
+    })
 }
 
 /// "SIGTERM", "TERM" or 15.

@@ -11,8 +11,9 @@
 //!
 //! Protocol (SOCK_SEQPACKET, one message per datagram):
 //! supervisor → spawner: service index (u32 LE), fingerprint (u64 LE),
-//! with stdin, stdout, stderr and the fds for the payload (the plan's
-//! `pass_fds`) as SCM_RIGHTS.
+//! the number of listening sockets (u32 LE) and their names (`:`-separated,
+//! the rest of the message), with stdin, stdout, stderr, the sockets and
+//! the fds for the payload (the plan's `pass_fds`) as SCM_RIGHTS.
 //! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
 //! sync socket as SCM_RIGHTS; `E` exit code (i32 LE), transient (one byte:
 //! 1 for a shortage worth retrying) + message; `U` when it
@@ -27,8 +28,23 @@ use nix::sys::socket::{socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 use nix::unistd::Pid;
 
 use isola_runtime::fdpass;
+use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::{self, Parts, Starting};
 use isola_runtime::{Error, Plan};
+
+/// Index, fingerprint and socket count: the fixed part of a request.
+const HEADER: usize = 16;
+
+/// One start asked of the spawner: service `index` (as of `fingerprint`)
+/// with these stdio fds, fds for the payload and listening sockets.
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub index: u32,
+    pub fingerprint: u64,
+    pub stdio: [RawFd; 3],
+    pub pass: &'a [RawFd],
+    pub listen: Listen<'a>,
+}
 
 /// The supervisor's handle on its spawner.
 pub struct Spawner {
@@ -63,21 +79,33 @@ impl Spawner {
         Ok(Spawner { sock: ours, pid })
     }
 
-    /// Ask for service `index` (as of `fingerprint`) to be started with
-    /// these stdio fds; `name` and `cgroup` are where it will be found.
+    /// Ask for a service to be started (see [`Start`]); `name` and
+    /// `cgroup` are where it will be found.
     pub fn request(
         &self,
-        index: u32,
-        fingerprint: u64,
-        stdio: [RawFd; 3],
-        pass: &[RawFd],
+        start: &Start,
         name: &str,
         cgroup: Option<PathBuf>,
     ) -> Result<Answer, Errno> {
-        let mut req = [0u8; 12];
-        req[..4].copy_from_slice(&index.to_le_bytes());
-        req[4..].copy_from_slice(&fingerprint.to_le_bytes());
-        let fds: Vec<RawFd> = stdio.iter().chain(pass).copied().collect();
+        let Start {
+            index,
+            fingerprint,
+            stdio,
+            pass,
+            listen,
+        } = *start;
+        let count = u32::try_from(listen.fds.len()).map_err(|_| Errno::E2BIG)?;
+        let mut req = Vec::with_capacity(HEADER + listen.names.len());
+        req.extend_from_slice(&index.to_le_bytes());
+        req.extend_from_slice(&fingerprint.to_le_bytes());
+        req.extend_from_slice(&count.to_le_bytes());
+        req.extend_from_slice(listen.names.as_bytes());
+        let fds: Vec<RawFd> = stdio
+            .iter()
+            .chain(listen.fds)
+            .chain(pass)
+            .copied()
+            .collect();
         fdpass::send(&self.sock, &req, &fds)?;
         let (msg, mut fds) = fdpass::receive(&self.sock)?;
         match msg.first() {
@@ -142,13 +170,20 @@ pub fn serve<'a>(
             // EOF: the supervisor is gone or done with us.
             return 0;
         }
-        if msg.len() != 12 || fds.len() < 3 {
+        if msg.len() < HEADER {
             return 1;
         }
         let index = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
         let mut fp = [0u8; 8];
-        fp.copy_from_slice(&msg[4..]);
+        fp.copy_from_slice(&msg[4..12]);
         let fingerprint = u64::from_le_bytes(fp);
+        let count = u32::from_le_bytes([msg[12], msg[13], msg[14], msg[15]]) as usize;
+        let Ok(names) = std::str::from_utf8(&msg[HEADER..]) else {
+            return 1;
+        };
+        if fds.len() < 3 + count {
+            return 1;
+        }
         let entry = table
             .get(index as usize)
             .and_then(Option::as_ref)
@@ -157,9 +192,14 @@ pub fn serve<'a>(
             None => reply_unknown(&sock),
             Some(e) => {
                 let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-                let pass: Vec<RawFd> = fds[3..].iter().map(AsRawFd::as_raw_fd).collect();
+                let raw: Vec<RawFd> = fds[3..].iter().map(AsRawFd::as_raw_fd).collect();
+                let (sockets, pass) = raw.split_at(count);
                 let mut opts = options(e.name, stdio);
-                opts.pass_fds = &pass;
+                opts.pass_fds = pass;
+                opts.listen = Listen {
+                    fds: sockets,
+                    names,
+                };
                 match sandbox::spawn(e.plan, &opts).and_then(Starting::into_parts) {
                     Ok(parts) => reply_started(&sock, &parts),
                     Err(e) => reply_failed(&sock, &e),

@@ -24,12 +24,36 @@ pub struct ServiceDef {
     pub fingerprint: u64,
     pub plan: Plan,
     pub policy: Policy,
+    /// A replica (`web.3`) names its service (`web`).
+    pub group: Option<String>,
+}
+
+impl ServiceDef {
+    /// Replica `k` of this replica's service.
+    pub fn replica(&self, k: u32) -> Option<ServiceDef> {
+        let group = self.group.as_ref()?;
+        let mut d = self.clone();
+        d.name = replica_name(group, k);
+        Some(d)
+    }
+
+    /// The service a person names: the replica's group, or the service.
+    pub fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `web.3`.
+pub fn replica_name(group: &str, k: u32) -> String {
+    format!("{group}.{k}")
 }
 
 #[derive(Debug, Clone)]
 pub struct Stack {
     /// In dependency order: every service after the ones it depends on.
     pub services: Vec<ServiceDef>,
+    /// Not errors, but worth a line at load.
+    pub warnings: Vec<String>,
 }
 
 /// `services` as an ordered list, so duplicate names are seen (a JSON map
@@ -75,6 +99,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     })?;
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
+    let mut warnings = Vec::new();
     for (name, raw) in file.services.0 {
         let prefix = format!("services.{name}.");
         cgroup::check_name(&name)
@@ -90,19 +115,73 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         let plan = Plan::from_spec(&spec)
             .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
         let policy = policy::parse(&spec.supervision, &prefix)?;
-        defs.push(ServiceDef {
+        warnings.extend(policy::overlap_warning(&policy, &prefix));
+        let def = ServiceDef {
             name,
             fingerprint,
             plan,
             policy,
-        });
+            group: None,
+        };
+        match def.policy.replicas {
+            None => defs.push(def),
+            Some(n) => {
+                let def = ServiceDef {
+                    group: Some(def.name.clone()),
+                    ..def
+                };
+                for k in 1..=n {
+                    defs.extend(def.replica(k));
+                }
+            }
+        }
     }
     if defs.is_empty() {
         return Err(SpecError::new("services", "no services"));
     }
+    let mut names = HashMap::new();
+    for d in &defs {
+        if names.insert(d.name.clone(), ()).is_some() {
+            return Err(SpecError::new(
+                format!("services.{}", d.name),
+                "a service and a replica of another have this name",
+            ));
+        }
+    }
+    expand_group_dependencies(&mut defs);
     Ok(Stack {
         services: order(defs)?,
+        warnings,
     })
+}
+
+/// A dependency on a replicated service is one on each of its replicas.
+fn expand_group_dependencies(defs: &mut [ServiceDef]) {
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    for d in defs.iter() {
+        if let Some(g) = &d.group {
+            groups.entry(g.clone()).or_default().push(d.name.clone());
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    for d in defs.iter_mut() {
+        let deps = std::mem::take(&mut d.policy.depends_on);
+        for dep in deps {
+            match groups.get(&dep.name) {
+                Some(members) => {
+                    d.policy
+                        .depends_on
+                        .extend(members.iter().map(|m| crate::health::Dependency {
+                            name: m.clone(),
+                            condition: dep.condition,
+                        }))
+                }
+                None => d.policy.depends_on.push(dep),
+            }
+        }
+    }
 }
 
 /// serde_json's map is ordered by key, so equal JSON gives equal text and
@@ -205,6 +284,42 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_services_named_after_theirs_and_dependents_wait_for_all() {
+        let t = stack(&[
+            ("api", svc(r#", "dependsOn": {"web": "healthy"}"#)),
+            ("web", svc(r#", "replicas": 3"#)),
+        ]);
+        let s = parse_s(&t).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["web.1", "web.2", "web.3", "api"]);
+        assert_eq!(s.services[1].group.as_deref(), Some("web"));
+        let deps: Vec<&str> = s.services[3]
+            .policy
+            .depends_on
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(deps, ["web.1", "web.2", "web.3"]);
+        let t = stack(&[("web", svc(r#", "replicas": 2"#)), ("web.2", svc(""))]);
+        assert_eq!(
+            parse_s(&t).unwrap_err().to_string(),
+            "services.web.2: a service and a replica of another have this name"
+        );
+    }
+
+    #[test]
+    fn overlap_with_nothing_to_overlap_is_a_warning() {
+        let t = stack(&[("web", svc(r#", "restart": {"mode": "overlap"}"#))]);
+        let s = parse_s(&t).unwrap();
+        assert!(
+            s.warnings[0]
+                .starts_with("services.web.restart.mode: overlap: no sockets and no replicas"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
     fn bad_stacks_name_service_field_and_value() {
         let cases = [
             (
@@ -243,6 +358,27 @@ mod tests {
                 "unknown field `x`",
             ),
             ("{\"services\": {".to_string(), "malformed JSON at line 1"),
+            (
+                stack(&[("a", svc(r#", "fdStoreMax": 4"#))]),
+                "services.a.fdStoreMax: 4: needs \"notify\": \"systemd\"",
+            ),
+            (
+                stack(&[(
+                    "a",
+                    svc(
+                        r#", "notify": {"fd": 3}, "sockets": [{"name": "h", "listen": "tcp://127.0.0.1:80"}]"#,
+                    ),
+                )]),
+                "services.a.notify.fd: 3: sockets and the fd store take 3 to 3; use 4 or more",
+            ),
+            (
+                stack(&[("a", svc(r#", "replicas": 0"#))]),
+                "services.a.replicas: 0: must be 1 to 1000",
+            ),
+            (
+                stack(&[("a", svc(r#", "restart": {"mode": "hot"}"#))]),
+                "services.a.restart.mode: `hot`: unknown value",
+            ),
         ];
         for (text, want) in cases {
             let e = parse_s(&text).unwrap_err().to_string();

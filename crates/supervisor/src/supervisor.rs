@@ -27,6 +27,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use crate::control::Run;
+use crate::handover::{self, Sockets};
 use crate::host::{self, StackGroup};
 use crate::launch::{Draining, Launched, Running};
 use crate::lifecycle::{Core, Effect};
@@ -100,6 +101,9 @@ pub(crate) struct Slot {
     pub(crate) notify: Option<NotifySocket>,
     /// Our end of a `notify: {"fd": N}` service's pipe, until it said ready.
     pub(crate) ready_pipe: Option<std::os::fd::OwnedFd>,
+    /// fds the service stored (`FDSTORE=1`), with their names: passed to
+    /// its next start, dropped when it is stopped on purpose.
+    pub(crate) fd_store: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 impl Slot {
@@ -114,6 +118,7 @@ impl Slot {
             history: VecDeque::new(),
             notify: None,
             ready_pipe: None,
+            fd_store: Vec::new(),
         }
     }
 
@@ -167,6 +172,8 @@ pub struct Supervisor {
     /// Sandboxes draining (no scan of every slot for their deadlines
     /// when there is none).
     pub(crate) drains: usize,
+    /// Listening sockets held for services (see `handover`).
+    pub(crate) sockets: Sockets,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -216,10 +223,17 @@ impl Supervisor {
         // Our fd limit raised as far as it goes, then: does the stack fit?
         let host = host::Inherited::adjust();
         host::check_capacity(&stack.services, cfg.no_cgroup)?;
+        // Bound before anything starts: a port in use stops `isola up`
+        // here, with nothing started.
+        let sockets =
+            handover::open_all(&stack.services, &mut Sockets::new()).map_err(UpError::Setup)?;
         let listener = host::bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = host::RemoveOnDrop(Some(cfg.socket.clone()));
         let mut sinks = [Sink::stdout(), Sink::stderr()];
+        for w in &stack.warnings {
+            sinks[1].line(&format!("isola: warning: {w}"));
+        }
         let group = if cfg.no_cgroup {
             None
         } else {
@@ -299,6 +313,7 @@ impl Supervisor {
             probes: Probes::default(),
             armed: None,
             drains: 0,
+            sockets,
         };
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
@@ -468,13 +483,25 @@ impl Supervisor {
                 host::check_capacity(&s.services, self.cfg.no_cgroup)?;
                 Ok(s)
             });
-        let mut defs = match stack {
-            Ok(s) => s.services,
+        let stack = stack.and_then(|s| {
+            let sockets =
+                handover::open_all(&s.services, &mut self.sockets).map_err(UpError::Setup)?;
+            Ok((s, sockets))
+        });
+        let (stack, sockets) = match stack {
+            Ok(s) => s,
             Err(e) => {
                 self.note(&format!("reload failed, keeping the running stack: {e}"));
                 return;
             }
         };
+        // Sockets no longer listed close here (the running payloads keep
+        // their own copies until they stop).
+        self.sockets = sockets;
+        for w in &stack.warnings {
+            self.note(&format!("warning: {w}"));
+        }
+        let mut defs = stack.services;
         self.note("reloading the stack file");
         for def in &mut defs {
             self.host.complete_plan(def, self.cfg.no_cgroup);

@@ -1,0 +1,145 @@
+//! Socket activation, systemd's protocol (`sd_listen_fds(3)`): listening
+//! sockets the host holds are handed to the payload at fds 3, 4, … with
+//! `LISTEN_FDS` (how many), `LISTEN_FDNAMES` (their names, `:`-separated)
+//! and `LISTEN_PID` (whom they are for).
+//!
+//! `LISTEN_PID` must be the payload's pid *as the payload sees it*: a
+//! library checks `getpid() == LISTEN_PID` and ignores the fds otherwise.
+//! Behind an init in a PID namespace that is not 1 (runc and crun set 1
+//! and so break it); it is only known once the payload's process exists,
+//! so the payload's child writes it into its own environment before the
+//! exec ([`PidSlot::fill`]).
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+/// The first fd of the passed sockets (`SD_LISTEN_FDS_START`).
+pub const FIRST_FD: RawFd = 3;
+
+const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the prefix, a pid (at most 10 digits) and the NUL.
+const PID_ENTRY_LEN: usize = PID_PREFIX.len() + 11;
+
+/// The variables of the protocol, replaced if the spec's `env` sets them.
+pub const VARIABLES: [&str; 3] = ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"];
+
+/// Sockets for the payload: `fds` (the caller's numbers) land at
+/// `FIRST_FD..`, named by `names` (one per fd, `:`-separated).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listen<'a> {
+    pub fds: &'a [RawFd],
+    pub names: &'a str,
+}
+
+impl Listen<'_> {
+    /// The fd numbers the payload gets them at.
+    pub fn targets(&self) -> impl Iterator<Item = RawFd> + '_ {
+        (FIRST_FD..).zip(self.fds).map(|(t, _)| t)
+    }
+}
+
+/// `LISTEN_PID=` and room for the digits, filled in the payload's process
+/// itself. Cells: the environment array points into it while the child
+/// writes, with no `&mut` to alias.
+pub struct PidSlot([Cell<u8>; PID_ENTRY_LEN]);
+
+impl PidSlot {
+    pub fn new() -> PidSlot {
+        let slot = PidSlot(std::array::from_fn(|_| Cell::new(0)));
+        for (c, b) in slot.0.iter().zip(PID_PREFIX) {
+            c.set(*b);
+        }
+        slot
+    }
+
+    /// For the `envp` array.
+    pub fn as_ptr(&self) -> *const libc::c_char {
+        self.0.as_ptr().cast()
+    }
+
+    /// Write `pid` after the prefix, NUL-terminated. No allocation: it
+    /// runs in a vfork child.
+    pub fn fill(&self, pid: u32) {
+        let mut digits = [0u8; 10];
+        let mut n = pid;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+            len += 1;
+            n /= 10;
+            if n == 0 || len == digits.len() {
+                break;
+            }
+        }
+        let out = &self.0[PID_PREFIX.len()..];
+        for (k, c) in out.iter().take(len).enumerate() {
+            c.set(digits[len - 1 - k]);
+        }
+        out[len].set(0);
+    }
+}
+
+impl Default for PidSlot {
+    fn default() -> Self {
+        PidSlot::new()
+    }
+}
+
+/// `LISTEN_FDS=n` and `LISTEN_FDNAMES=…` (`None` on a NUL in a name, which
+/// the supervisor refuses long before).
+pub fn fixed_env(count: usize, names: &str) -> Option<[CString; 2]> {
+    Some([
+        CString::new(format!("LISTEN_FDS={count}")).ok()?,
+        CString::new(format!("LISTEN_FDNAMES={names}")).ok()?,
+    ])
+}
+
+/// Is `entry` (`NAME=value`) one of the protocol's variables?
+pub fn is_protocol_variable(entry: &[u8]) -> bool {
+    VARIABLES
+        .iter()
+        .any(|v| entry.len() > v.len() && entry.starts_with(v.as_bytes()) && entry[v.len()] == b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &PidSlot) -> String {
+        let bytes: Vec<u8> = s.0.iter().map(Cell::get).take_while(|b| *b != 0).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn pid_slot_holds_the_pid_in_decimal() {
+        let s = PidSlot::new();
+        assert_eq!(text(&s), "LISTEN_PID=");
+        s.fill(2);
+        assert_eq!(text(&s), "LISTEN_PID=2");
+        s.fill(4_194_304);
+        assert_eq!(text(&s), "LISTEN_PID=4194304");
+        s.fill(u32::MAX);
+        assert_eq!(text(&s), "LISTEN_PID=4294967295");
+        s.fill(7);
+        assert_eq!(text(&s), "LISTEN_PID=7");
+    }
+
+    #[test]
+    fn protocol_variables_by_name_only() {
+        assert!(is_protocol_variable(b"LISTEN_PID=1"));
+        assert!(is_protocol_variable(b"LISTEN_FDS=3"));
+        assert!(!is_protocol_variable(b"LISTEN_FDSX=3"));
+        assert!(!is_protocol_variable(b"LISTEN_FDS"));
+        assert!(!is_protocol_variable(b"PATH=/bin"));
+    }
+
+    #[test]
+    fn targets_start_at_three() {
+        let l = Listen {
+            fds: &[10, 11, 12],
+            names: "a:b:c",
+        };
+        assert_eq!(l.targets().collect::<Vec<_>>(), [3, 4, 5]);
+    }
+}

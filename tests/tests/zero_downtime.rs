@@ -1,0 +1,342 @@
+//! Zero downtime: sockets the supervisor holds across restarts (socket
+//! activation), the fd store, replicas sharing a port, overlapping
+//! restarts. Each test runs a load client against the port while the
+//! service is restarted or killed, and counts what failed; the control — a
+//! service that binds its own port — shows the failures the feature
+//! removes.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// A TCP server: each connection gets one line (the replica's number, or
+/// "1") and is closed. With `LISTEN_FDS` it serves fd 3 and checks the
+/// protocol's variables; without, it binds `port` itself (the control).
+/// SIGTERM only sets a flag: a connection it took is always answered.
+fn server(port: u16) -> String {
+    format!(
+        r#"import os, select, signal, socket, sys
+stop = False
+def term(*a):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, term)
+me = os.environ.get("ISOLA_REPLICA", "1").encode()
+if "LISTEN_FDS" in os.environ:
+    assert os.environ["LISTEN_PID"] == str(os.getpid()), (os.environ["LISTEN_PID"], os.getpid())
+    s = socket.socket(fileno=3)
+else:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", {port}))
+    s.listen(128)
+print("serving", os.environ.get("LISTEN_FDNAMES"), flush=True)
+while not stop:
+    if not select.select([s], [], [], 0.1)[0]:
+        continue
+    c, _ = s.accept()
+    c.sendall(me + b"\n")
+    c.close()
+"#
+    )
+}
+
+fn python(code: &str, extra: Value) -> Value {
+    let mut s = svc("", extra);
+    s["process"]["args"] = json!(["python3", "-c", code]);
+    s
+}
+
+fn fast_restart(mode: &str) -> Value {
+    json!({"policy": "always", "mode": mode, "delayMs": 50, "limit": {"burst": 1000, "intervalMs": 60000}})
+}
+
+fn held(port: u16) -> Value {
+    json!([{"name": "http", "listen": format!("tcp://127.0.0.1:{port}")}])
+}
+
+/// What a load client saw.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    ok: u64,
+    refused: u64,
+    /// Reset, timed out or answered nothing.
+    other: u64,
+    /// Distinct answers (replica numbers).
+    seen: std::collections::BTreeSet<String>,
+}
+
+/// Connect to `port` again and again until stopped (at most `MAX_CONNS`
+/// connections), counting answers and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Answers so far.
+    ok: Arc<AtomicU64>,
+    handle: JoinHandle<Tally>,
+}
+
+const MAX_CONNS: u64 = 200_000;
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ok = Arc::new(AtomicU64::new(0));
+        let answers = ok.clone();
+        let handle = std::thread::spawn(move || {
+            let mut t = Tally::default();
+            while !flag.load(Ordering::Relaxed) && t.ok + t.refused + t.other < MAX_CONNS {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(mut c) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = String::new();
+                        match c.read_to_string(&mut buf) {
+                            Ok(_) if buf.ends_with('\n') => {
+                                t.ok += 1;
+                                answers.store(t.ok, Ordering::Relaxed);
+                                t.seen.insert(buf.trim().to_string());
+                            }
+                            _ => t.other += 1,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        t.refused += 1;
+                        // The control's gap: do not spin on it.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => t.other += 1,
+                }
+            }
+            t
+        });
+        Load { stop, ok, handle }
+    }
+
+    /// Wait until `n` more answers came (the new instance serves).
+    fn wait_answers(&self, n: u64) {
+        let want = self.ok.load(Ordering::Relaxed) + n;
+        let until = Instant::now() + Duration::from_secs(60);
+        while self.ok.load(Ordering::Relaxed) < want {
+            assert!(Instant::now() < until, "no answers for 60 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("load thread")
+    }
+}
+
+/// Serve until the first answer comes (the port is up).
+fn wait_serving(port: u16) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut s = String::new();
+            if c.read_to_string(&mut s).is_ok() && s.ends_with('\n') {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("port {port} never served");
+}
+
+/// `isola restart web` `n` times under load; what the client saw.
+fn restarts_under_load(up: &Up, port: u16, n: usize) -> Tally {
+    wait_serving(port);
+    let load = Load::start(port);
+    for _ in 0..n {
+        let (code, out, err) = up.cli(&["restart", "web"]);
+        assert_eq!(code, 0, "{out}{err}");
+        // The new instance serves before the next restart.
+        load.wait_answers(3);
+    }
+    let t = load.finish();
+    eprintln!("{t:?}");
+    t
+}
+
+#[test]
+fn ten_restarts_under_load_fail_no_request_with_held_sockets() {
+    require_vm();
+    for (k, mode) in ["replace", "overlap"].into_iter().enumerate() {
+        let port = 18100 + u16::try_from(k).unwrap();
+        let up = Up::start(
+            &format!("held-{mode}"),
+            json!({"web": python(&server(port), json!({
+                "restart": fast_restart(mode),
+                "sockets": held(port)
+            }))}),
+            &[],
+        );
+        let t = restarts_under_load(&up, port, 10);
+        assert!(t.ok >= 30, "{mode}: {t:?}");
+        assert_eq!((t.refused, t.other), (0, 0), "{mode}: {t:?}");
+        let s = up.service("web");
+        assert_eq!(s["state"], "running", "{s}");
+        up.down();
+    }
+    assert_clean();
+}
+
+#[test]
+fn a_service_binding_its_own_port_refuses_connections_while_it_restarts() {
+    require_vm();
+    let port = 18110;
+    let up = Up::start(
+        "control",
+        json!({"web": python(&server(port), json!({"restart": fast_restart("replace")}))}),
+        &[],
+    );
+    let t = restarts_under_load(&up, port, 10);
+    assert!(t.ok >= 10, "{t:?}");
+    assert!(t.refused + t.other > 0, "the control lost nothing: {t:?}");
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn sigkill_from_outside_refuses_nothing_connections_wait_in_the_backlog() {
+    require_vm();
+    let port = 18111;
+    let up = Up::start(
+        "killed",
+        json!({"web": python(&server(port), json!({
+            "restart": fast_restart("replace"),
+            "sockets": held(port)
+        }))}),
+        &[],
+    );
+    wait_serving(port);
+    let load = Load::start(port);
+    for n in 1..=10u64 {
+        let s = up.wait_state("web", "running");
+        let pid = i32::try_from(s["pid"].as_i64().expect("pid")).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+        up.wait_for("web", "a restart", Duration::from_secs(60), |s| {
+            s["restarts"].as_u64() >= Some(n) && s["state"] == "running"
+        });
+        load.wait_answers(3);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = load.finish();
+    eprintln!("{t:?}");
+    // A connection the killed process had taken dies with it (`other`);
+    // none that arrived while no process served is refused.
+    assert_eq!(t.refused, 0, "{t:?}");
+    assert!(t.ok >= 10, "{t:?}");
+    up.down();
+    assert_clean();
+}
+
+/// The payload checks its environment and fds and prints what it found.
+const ACTIVATION_CHECK: &str = r#"import os
+names = os.environ["LISTEN_FDNAMES"]
+n = int(os.environ["LISTEN_FDS"])
+def is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+print("pid", os.getpid(), "listen_pid", os.environ["LISTEN_PID"], "fds", n, "names", names,
+      "open", [fd for fd in range(3, 3 + n) if is_open(fd)], "next_open", is_open(3 + n),
+      "any_other", [fd for fd in range(3 + n, 64) if is_open(fd)], flush=True)
+"#;
+
+#[test]
+fn listen_pid_is_the_payloads_own_pid_and_fds_come_in_order_with_nothing_else() {
+    require_vm();
+    let dir = Scratch::new("activation");
+    let sock = dir.path("admin.sock");
+    let up = Up::start(
+        "activation",
+        json!({"web": python(ACTIVATION_CHECK, json!({
+            "restart": {"policy": "no"},
+            "process": {"env": ["LISTEN_PID=1", "LISTEN_FDS=9", "PATH=/usr/bin:/bin"]},
+            "sockets": [
+                {"name": "http", "listen": "tcp://127.0.0.1:18112"},
+                {"name": "admin", "listen": format!("unix://{}", sock.display()), "mode": "0600"},
+                {"name": "dns", "listen": "udp://127.0.0.1:18113"}
+            ]
+        }))}),
+        &[],
+    );
+    up.wait_state("web", "exited");
+    let (_, line, _) = up.cli(&["logs", "-n", "10", "web"]);
+    assert!(
+        line.contains(
+            "pid 2 listen_pid 2 fds 3 names http:admin:dns open [3, 4, 5] next_open False any_other []"
+        ),
+        "{line}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    up.down();
+    assert!(!sock.exists(), "the unix socket's file outlived the stack");
+    assert_clean();
+}
+
+#[test]
+fn a_service_in_its_own_network_namespace_serves_the_hosts_port() {
+    require_vm();
+    let port = 18114;
+    let up = Up::start(
+        "netns",
+        json!({"web": python(&server(port), json!({
+            "sockets": held(port),
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
+        }))}),
+        &[],
+    );
+    wait_serving(port);
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn a_port_in_use_stops_up_with_the_field_and_nothing_started() {
+    require_vm();
+    let taken = std::net::TcpListener::bind("127.0.0.1:18115").unwrap();
+    let dir = Scratch::new("port-in-use");
+    let stack = dir.write(
+        "inuse.json",
+        &json!({"services": {
+            "first": svc("sleep 100", json!({})),
+            "web": svc("sleep 100", json!({"sockets": held(18115)}))
+        }})
+        .to_string(),
+    );
+    let sock = dir.path("sock");
+    let out = isola(
+        &[
+            "up",
+            "--socket",
+            &sock.to_string_lossy(),
+            &stack.to_string_lossy(),
+        ],
+        "",
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "services.web.sockets[0]: tcp://127.0.0.1:18115: bind: Address already in use"
+        ),
+        "{err}"
+    );
+    assert!(processes_matching("sleep 100").is_empty());
+    drop(taken);
+    assert_clean();
+}
