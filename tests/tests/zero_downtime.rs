@@ -21,6 +21,11 @@ use serde_json::{json, Value};
 /// protocol's variables; without, it binds `port` itself (the control).
 /// SIGTERM only sets a flag: a connection it took is always answered.
 fn server(port: u16) -> String {
+    server_then(port, "")
+}
+
+/// [`server`] running `ready` (python) once it listens.
+fn server_then(port: u16, ready: &str) -> String {
     format!(
         r#"import os, select, signal, socket, sys
 stop = False
@@ -38,6 +43,7 @@ else:
     s.bind(("127.0.0.1", {port}))
     s.listen(128)
 print("serving", os.environ.get("LISTEN_FDNAMES"), flush=True)
+{ready}
 while not stop:
     if not select.select([s], [], [], 0.1)[0]:
         continue
@@ -338,5 +344,217 @@ fn a_port_in_use_stops_up_with_the_field_and_nothing_started() {
     );
     assert!(processes_matching("sleep 100").is_empty());
     drop(taken);
+    assert_clean();
+}
+
+/// Replicas of `web` in status that serve: running, not a successor.
+fn running_replicas(up: &Up) -> usize {
+    up.status()
+        .iter()
+        .filter(|s| s["group"] == "web" && s["state"] == "running" && s["replacing"].is_null())
+        .count()
+}
+
+#[test]
+fn four_replicas_share_the_port_and_a_rolling_restart_keeps_three_serving() {
+    require_vm();
+    let port = 18116;
+    let up = Up::start(
+        "replicas",
+        json!({"web": python(&server(port), json!({
+            "restart": fast_restart("replace"),
+            "sockets": held(port),
+            "replicas": 4
+        }))}),
+        &[],
+    );
+    for k in 1..=4 {
+        up.wait_state(&format!("web.{k}"), "running");
+    }
+    wait_serving(port);
+    let load = Load::start(port);
+    // Every replica answers (the kernel hands connections to whichever
+    // waits in accept).
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 && Instant::now() < until {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut s = String::new();
+            if c.read_to_string(&mut s).is_ok() {
+                seen.insert(s.trim().to_string());
+            }
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2", "3", "4"]);
+    let mut restart = up.spawn_cli(&["restart", "web"]);
+    let mut fewest = 4;
+    let mut polls = 0;
+    while restart.try_wait().expect("restart client").is_none() {
+        fewest = fewest.min(running_replicas(&up));
+        polls += 1;
+    }
+    let out = restart.wait_with_output().expect("restart output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        polls > 3,
+        "the rolling restart was not watched ({polls} polls)"
+    );
+    assert_eq!(
+        fewest, 3,
+        "fewest replicas running during the rolling restart"
+    );
+    for k in 1..=4 {
+        let s = up.service(&format!("web.{k}"));
+        assert_eq!(
+            (s["state"].as_str(), s["restarts"].as_u64()),
+            (Some("running"), Some(1)),
+            "{s}"
+        );
+    }
+    load.wait_answers(3);
+    let (code, out, err) = up.cli(&["scale", "web", "2"]);
+    assert_eq!((code, out.trim()), (0, "web: 2 replicas"), "{err}");
+    up.wait_for("web.1", "scaled down", Duration::from_secs(60), |_| {
+        up.status().len() == 2
+    });
+    load.wait_answers(3);
+    let t = load.finish();
+    eprintln!("{t:?}");
+    assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
+    let (code, _, err) = up.cli(&["scale", "nope", "2"]);
+    assert_eq!(code, 1, "{err}");
+    up.down();
+    assert_clean();
+}
+
+/// Says READY=1 over sd_notify only while `flag` exists.
+fn notify_if(flag: &str) -> String {
+    format!(
+        r#"if os.path.exists("{flag}"):
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.connect(os.environ["NOTIFY_SOCKET"])
+    n.send(b"READY=1")"#
+    )
+}
+
+#[test]
+fn an_overlap_whose_new_sandbox_never_gets_ready_keeps_the_old_one_serving() {
+    require_vm();
+    let port = 18117;
+    let dir = Scratch::new("overlap-unready");
+    let flag = dir.path("ready");
+    std::fs::write(&flag, "").unwrap();
+    let flag = flag.to_string_lossy().into_owned();
+    let mut restart = fast_restart("overlap");
+    restart["readyTimeoutMs"] = json!(3000);
+    let up = Up::start(
+        "overlap-unready",
+        json!({"web": python(&server_then(port, &notify_if(&flag)), json!({
+            "restart": restart,
+            "sockets": held(port),
+            "notify": "systemd"
+        }))}),
+        &[],
+    );
+    let before = up.wait_for("web", "ready", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+    wait_serving(port);
+    let load = Load::start(port);
+    std::fs::remove_file(&flag).unwrap();
+    let (code, out, err) = up.cli(&["restart", "web"]);
+    assert_eq!((code, out.trim()), (0, "web: failed"), "{err}");
+    let s = up.service("web");
+    assert_eq!(
+        (&s["pid"], &s["state"], &s["ready"]),
+        (&before["pid"], &json!("running"), &json!(true)),
+        "{s}"
+    );
+    assert_eq!(up.status().len(), 1, "the unready sandbox is gone");
+    load.wait_answers(3);
+    // Ready again: the same restart hands over (the new sandbox's READY=1
+    // comes over the socket the old one still holds).
+    std::fs::write(&flag, "").unwrap();
+    let (code, out, err) = up.cli(&["restart", "web"]);
+    assert_eq!((code, out.trim()), (0, "web: running"), "{err}");
+    let s = up.service("web");
+    assert_ne!(s["pid"], before["pid"], "{s}");
+    assert_eq!(
+        (&s["restarts"], &s["ready"]),
+        (&json!(1), &json!(true)),
+        "{s}"
+    );
+    load.wait_answers(3);
+    let t = load.finish();
+    eprintln!("{t:?}");
+    assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
+    let err = up.down();
+    assert!(
+        err.contains(
+            "web: overlap: the new sandbox was not ready within 3000 ms; this one keeps serving"
+        ),
+        "{err}"
+    );
+    assert_clean();
+}
+
+/// Counts its starts in a memfd it keeps in the supervisor's fd store.
+const FD_STORE_COUNTER: &str = r#"import os, socket, time
+names = os.environ.get("LISTEN_FDNAMES", "").split(":") if "LISTEN_FDS" in os.environ else []
+if "counter" in names:
+    fd = 3 + names.index("counter")
+    n = int(os.pread(fd, 32, 0) or b"0") + 1
+else:
+    fd = os.memfd_create("counter")
+    n = 1
+os.ftruncate(fd, 0)
+os.pwrite(fd, str(n).encode(), 0)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+if "counter" not in names:
+    socket.send_fds(s, [b"FDSTORE=1
+FDNAME=counter"], [fd])
+s.send(b"READY=1")
+print("count", n, flush=True)
+time.sleep(0.5)
+raise SystemExit(3)
+"#;
+
+#[test]
+fn the_fd_store_keeps_a_memfd_across_restarts_until_a_stop() {
+    require_vm();
+    let up = Up::start(
+        "fdstore",
+        json!({"web": python(FD_STORE_COUNTER, json!({
+            "restart": {"policy": "on-failure", "delayMs": 200, "limit": {"burst": 100, "intervalMs": 60000}},
+            "notify": "systemd",
+            "fdStoreMax": 2
+        }))}),
+        &[],
+    );
+    up.wait_log("web", "count 3");
+    let (code, out, err) = up.cli(&["stop", "web"]);
+    assert_eq!((code, out.trim()), (0, "web: stopped"), "{err}");
+    let (code, _, err) = up.cli(&["start", "web"]);
+    assert_eq!(code, 0, "{err}");
+    // Stopped on purpose: the store was dropped, counting starts over.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, log, _) = up.cli(&["logs", "-n", "50", "web"]);
+        let after_stop = log.rsplit_once("stopped").map_or("", |(_, tail)| tail);
+        if after_stop.contains("count 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no fresh count after the stop:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.down();
     assert_clean();
 }

@@ -30,6 +30,16 @@ pub(crate) fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
+pub(crate) fn scale(path: &Path, name: &str, replicas: u32) -> Result<u8, Exit> {
+    let req = Request::Scale {
+        name: name.to_string(),
+        replicas,
+    };
+    connect(path)?.request(&req).map_err(fail)?;
+    println!("{name}: {replicas} replicas");
+    Ok(exit::OK)
+}
+
 pub(crate) fn down(path: &Path) -> Result<u8, Exit> {
     connect(path)?.request(&Request::Down).map_err(fail)?;
     println!("all services stopped");

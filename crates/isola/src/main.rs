@@ -106,6 +106,14 @@ enum Command {
         socket: SocketArg,
         name: String,
     },
+    /// Run N replicas of a replicated service (added or removed live,
+    /// until the next reload of the stack file).
+    Scale {
+        #[command(flatten)]
+        socket: SocketArg,
+        name: String,
+        replicas: u32,
+    },
     /// Print a service's log.
     Logs {
         #[command(flatten)]
@@ -221,6 +229,11 @@ fn main() -> ExitCode {
         Command::Restart { socket, name } => {
             client::lifecycle(&socket.path(), Request::Restart { name })
         }
+        Command::Scale {
+            socket,
+            name,
+            replicas,
+        } => client::scale(&socket.path(), &name, replicas),
         Command::Logs {
             socket,
             follow,

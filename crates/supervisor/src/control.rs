@@ -64,6 +64,11 @@ pub enum Request {
     Exec {
         name: String,
     },
+    /// Change how many replicas a replicated service runs.
+    Scale {
+        name: String,
+        replicas: u32,
+    },
 }
 
 /// One answer to one request. Fields a command does not use are left out.
@@ -179,6 +184,13 @@ pub struct StatusRow<'a> {
     /// The service's last `STATUS=` notification.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub notify_status: Option<Cow<'a, str>>,
+    /// A replica's service (`web` for `web.3`).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Cow<'a, str>>,
+    /// An overlapping restart's new sandbox, not ready yet: the service
+    /// it will take over from.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<Cow<'a, str>>,
 }
 
 fn no_health() -> Cow<'static, str> {
@@ -422,6 +434,8 @@ mod tests {
             ready: true,
             probe: BTreeMap::new(),
             notify_status: None,
+            group: Some("web".into()),
+            replacing: None,
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

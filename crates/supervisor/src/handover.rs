@@ -8,7 +8,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::sockets::{self, Held};
 use crate::stack::ServiceDef;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, Token};
+use nix::sys::epoll::{EpollEvent, EpollFlags};
 
 /// `FDNAME` of a stored fd that came without one (systemd's default).
 const DEFAULT_FD_NAME: &str = "stored";
@@ -146,6 +147,25 @@ impl Supervisor {
         }
         if let Some(why) = refused {
             self.event(i, &format!("notify: {why}"));
+        }
+    }
+
+    /// Overlap: service `new` took the name of `old`; the name's notify
+    /// socket (shared until now) and fd store move to it.
+    pub(crate) fn handed_over(&mut self, old: usize, new: usize) {
+        let Some(slot) = self.slot(old) else { return };
+        let notify = slot.notify.take();
+        let store = std::mem::take(&mut slot.fd_store);
+        if let Some(ns) = &notify {
+            let _ = self.epoll.delete(ns.fd());
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, Token::Notify(new).encode());
+            let _ = self.epoll.add(ns.fd(), ev);
+        }
+        if let Some(slot) = self.slot(new) {
+            if slot.notify.is_none() {
+                slot.notify = notify;
+            }
+            slot.fd_store.extend(store);
         }
     }
 

@@ -17,7 +17,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::{Down, Exit, Phase, StartError};
+use crate::lifecycle::{Exit, StartError};
 use crate::output::{Pipe, Stream};
 use crate::spawner::{self, Answer, Spawner};
 use crate::supervisor::{now_ms, Supervisor, Token};
@@ -28,6 +28,10 @@ use crate::supervisor::{now_ms, Supervisor, Token};
 /// the service then fails (the group is in use) and backs off until it is
 /// free.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Marks the cgroup of an overlap's successor while the old sandbox holds
+/// the service's own name.
+pub(crate) const SUCCESSOR_SUFFIX: &str = "..next";
 
 /// A sandbox whose init is setting up.
 pub(crate) struct Launched {
@@ -136,9 +140,15 @@ impl Supervisor {
             why: "service removed".to_string(),
             transient: false,
         };
+        let cg_name = self.cgroup_name(i).ok_or_else(gone)?;
+        if let Some(slot) = self.slot(i) {
+            slot.cgroup_name.clone_from(&cg_name);
+        }
+        // The spawner names groups after the services it knows; a
+        // successor (always a service it does not know) is cloned here.
         if let Some(sp) = &self.spawner {
             let s = self.core.service(i).ok_or_else(gone)?;
-            let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&s.def.name));
+            let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&cg_name));
             let index = u32::try_from(i).map_err(|_| gone())?;
             let start = spawner::Start {
                 index,
@@ -170,10 +180,27 @@ impl Supervisor {
             }
         }
         let def = &self.core.service(i).ok_or_else(gone)?.def;
-        let mut opts = self.options_for(&def.name, stdio, false);
+        let mut opts = self.options_for(&cg_name, stdio, false);
         opts.pass_fds = pass;
         opts.listen = listen;
         sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))
+    }
+
+    /// Service `i`'s cgroup directory name: its own, but an overlap's
+    /// successor takes whichever of `NAME` and `NAME..next` the sandbox it
+    /// replaces does not hold (names with `..` are not service names).
+    fn cgroup_name(&self, i: usize) -> Option<String> {
+        let s = self.core.service(i)?;
+        let name = &s.def.name;
+        let Some(p) = s.predecessor else {
+            return Some(name.clone());
+        };
+        let theirs = self.slots.get(p)?.as_ref()?.cgroup_name.as_str();
+        Some(if theirs == name {
+            format!("{name}{SUCCESSOR_SUFFIX}")
+        } else {
+            name.clone()
+        })
     }
 
     fn epoll_add(&self, fd: BorrowedFd<'_>, tok: Token) {
@@ -423,7 +450,7 @@ impl Supervisor {
         }
         let now = Instant::now();
         match cgroup {
-            None => self.sandbox_gone(i, exit, now),
+            None => self.core.exited(i, exit, now),
             Some(cgroup) => {
                 let watch = self
                     .inotify
@@ -486,20 +513,7 @@ impl Supervisor {
         if let Some(msg) = why {
             self.event(i, &msg);
         }
-        self.sandbox_gone(i, d.exit, now);
-    }
-
-    /// Tell the core that service `i`'s sandbox is gone; a service stopped
-    /// on purpose lets go of the fds it stored.
-    fn sandbox_gone(&mut self, i: usize, exit: Exit, now: Instant) {
-        self.core.exited(i, exit, now);
-        if self
-            .core
-            .service(i)
-            .is_some_and(|s| s.phase == Phase::Down(Down::Stopped))
-        {
-            self.drop_fd_store(i);
-        }
+        self.core.exited(i, d.exit, now);
     }
 
     /// The timer: retry removals the kernel called busy; give up on groups

@@ -31,6 +31,7 @@ use crate::stack::ServiceDef;
 
 mod health;
 mod phase;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod transitions;
@@ -66,6 +67,10 @@ pub struct Core {
     /// xorshift state for backoff jitter (seeded by the caller: tests are
     /// deterministic).
     rng: u64,
+    /// Overlap successors not yet ready (see `rollout`).
+    successors: Vec<usize>,
+    rolls: Vec<rollout::Roll>,
+    group_waits: Vec<rollout::GroupWait>,
 }
 
 impl Core {
@@ -91,6 +96,9 @@ impl Core {
             finished: false,
             effects: VecDeque::new(),
             rng: seed | 1,
+            successors: Vec::new(),
+            rolls: Vec::new(),
+            group_waits: Vec::new(),
         }
     }
 
@@ -139,9 +147,13 @@ impl Core {
     /// Service `i`'s own next deadline.
     fn deadline_of(&self, i: usize) -> Option<Instant> {
         let s = self.service(i)?;
-        match s.phase {
+        let own = match s.phase {
             Phase::Running { .. } => s.health.next_deadline(),
             p => p.deadline(),
+        };
+        match (own, s.overlap_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -176,8 +188,14 @@ impl Core {
 
     /// `isola start NAME`.
     pub fn start(&mut self, i: usize, conn: ConnId, now: Instant) {
-        let Some(phase) = self.phase(i) else { return };
         self.wait(i, conn);
+        self.start_one(i);
+        self.pump(now);
+    }
+
+    /// Start service `i` unless it runs (no client waits here).
+    pub(super) fn start_one(&mut self, i: usize) {
+        let Some(phase) = self.phase(i) else { return };
         if let Some(s) = self.svc(i) {
             s.blocked_on = None;
         }
@@ -207,32 +225,25 @@ impl Core {
                 self.enter(i, Phase::Queued);
             }
         }
-        self.pump(now);
     }
 
-    /// `isola stop NAME`.
+    /// `isola stop NAME` (an overlap on its way is given up too).
     pub fn stop(&mut self, i: usize, conn: ConnId, now: Instant) {
         self.wait(i, conn);
+        if let Some(j) = self.service(i).and_then(|s| s.successor) {
+            self.successor_failed(j, "was stopped with it", now);
+        }
         self.stop_with(i, Intent::Stop, now);
         self.pump(now);
     }
 
-    /// `isola restart NAME`.
+    /// `isola restart NAME`: overlapping when its policy says so.
     pub fn restart(&mut self, i: usize, conn: ConnId, now: Instant) {
-        let Some(phase) = self.phase(i) else { return };
-        self.wait(i, conn);
-        match phase {
-            Phase::Running { .. } | Phase::Launching { .. } | Phase::Stopping { .. } => {
-                self.stop_with(i, Intent::Restart, now)
-            }
-            Phase::Queued => {}
-            Phase::Backoff { .. } | Phase::Down(_) => {
-                if let Some(s) = self.svc(i) {
-                    s.forgive();
-                }
-                self.enter(i, Phase::Queued);
-            }
+        if self.phase(i).is_none() {
+            return;
         }
+        self.wait(i, conn);
+        self.restart_one(i, now);
         self.pump(now);
     }
 
@@ -415,10 +426,7 @@ impl Core {
         }
         for def in defs {
             let Some(i) = self.find(&def.name) else {
-                let i = self.services.len();
-                self.names.insert(def.name.clone(), i);
-                self.services.push(Some(Service::new(def)));
-                self.effects.push_back(Effect::Added(i));
+                let i = self.add_service(def);
                 self.enter(i, Phase::Queued);
                 continue;
             };
@@ -426,9 +434,14 @@ impl Core {
             if s.def.fingerprint == def.fingerprint {
                 continue;
             }
+            let overlap = def.policy.restart.mode == crate::policy::RestartMode::Overlap;
             match s.phase {
                 Phase::Queued => s.def = def,
                 Phase::Stopping { .. } => s.next_def = Some(def),
+                Phase::Running { .. } if overlap => {
+                    self.event(i, "changed: overlapping".into());
+                    self.overlap(i, Some(def), now);
+                }
                 Phase::Running { .. } | Phase::Launching { .. } => {
                     s.next_def = Some(def);
                     self.event(i, "changed: restarting".into());
@@ -445,8 +458,18 @@ impl Core {
         self.pump(now);
     }
 
+    /// A new service (reload, scale): named, with a slot in the loop.
+    pub(super) fn add_service(&mut self, def: ServiceDef) -> usize {
+        let i = self.services.len();
+        self.names.insert(def.name.clone(), i);
+        self.services.push(Some(Service::new(def)));
+        self.effects.push_back(Effect::Added(i));
+        i
+    }
+
     /// A client went away: nobody to answer there.
     pub fn forget_conn(&mut self, conn: ConnId) {
+        self.forget_rollout_conn(conn);
         self.down_waiters.retain(|c| *c != conn);
         for s in self.services.iter_mut().flatten() {
             s.waiters.retain(|c| *c != conn);

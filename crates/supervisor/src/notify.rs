@@ -224,6 +224,15 @@ impl Supervisor {
         };
         let wanted = s.def.policy.health.notify == Some(Notify::Systemd);
         let name = s.def.name.clone();
+        // An overlap's successor shares its predecessor's socket (the path
+        // in its plan); messages go by sender (`on_notify`).
+        let shared = s
+            .predecessor
+            .and_then(|p| self.slots.get(p)?.as_ref()?.notify.as_ref())
+            .is_some();
+        if wanted && shared {
+            return;
+        }
         let Some(slot) = self.slot(i) else { return };
         match (&mut slot.notify, wanted) {
             (Some(ns), true) => {
@@ -270,13 +279,20 @@ impl Supervisor {
                 return;
             };
             let text = String::from_utf8_lossy(&bytes).into_owned();
-            match pid {
-                Some(pid) if self.sender_in_sandbox(i, pid) => {
-                    self.fd_store_message(i, &text, fds);
+            let successor = self.core.service(i).and_then(|s| s.successor);
+            let from = pid.and_then(|pid| {
+                [Some(i), successor]
+                    .into_iter()
+                    .flatten()
+                    .find(|k| self.sender_in_sandbox(*k, pid))
+            });
+            match from {
+                Some(k) => {
+                    self.fd_store_message(k, &text, fds);
                     let notice = parse(&text);
-                    self.core.notified(i, notice, Instant::now());
+                    self.core.notified(k, notice, Instant::now());
                 }
-                other => self.foreign_sender(i, other),
+                None => self.foreign_sender(i, pid),
             }
         }
     }

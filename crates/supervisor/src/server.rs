@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::control::{short_error, Message, Request, Response};
 use crate::lifecycle::{ConnId, Core};
 use crate::logs;
+use crate::sockets;
 use crate::supervisor::{Supervisor, Token};
 
 /// Bytes a client may leave unread before it is dropped. A status reply
@@ -193,15 +194,58 @@ impl Supervisor {
                 let reply = self.exec_target(&name);
                 self.send(id, &reply);
             }
-            Request::Stop { name } => self.on_service(id, "stop", &name, Core::stop),
-            Request::Start { name } => self.on_service(id, "start", &name, Core::start),
-            Request::Restart { name } => self.on_service(id, "restart", &name, Core::restart),
+            Request::Stop { name } => {
+                self.on_service(id, "stop", &name, Core::stop, |c, g, id, t| {
+                    c.group_request(g, true, id, t)
+                })
+            }
+            Request::Start { name } => {
+                self.on_service(id, "start", &name, Core::start, |c, g, id, t| {
+                    c.group_request(g, false, id, t)
+                })
+            }
+            Request::Restart { name } => {
+                self.on_service(id, "restart", &name, Core::restart, Core::restart_group)
+            }
+            Request::Scale { name, replicas } => {
+                let reply = if replicas == 0 || replicas > sockets::MAX_REPLICAS {
+                    Response::err(format!(
+                        "scale: {replicas}: must be 1 to {}",
+                        sockets::MAX_REPLICAS
+                    ))
+                } else if self.core.find(&name).is_some()
+                    && self.core.group_members(&name).is_empty()
+                {
+                    Response::err(format!("scale: {name}: not a replicated service (give it \"replicas\" in the stack file)"))
+                } else {
+                    match self.core.scale(&name, replicas, now) {
+                        Ok(_) => Response::ok(),
+                        Err(e) => Response::err(format!("scale: {e}")),
+                    }
+                };
+                self.send(id, &reply);
+            }
             Request::Logs {
                 name,
                 lines,
                 follow,
             } => {
                 if self.core.find(&name).is_none() {
+                    let members = self.core.group_members(&name);
+                    if let (Some(first), Some(last)) = (members.first(), members.last()) {
+                        let n = |i: &usize| {
+                            self.core
+                                .service(*i)
+                                .map(|s| s.def.name.clone())
+                                .unwrap_or_default()
+                        };
+                        let msg = format!(
+                            "logs: {name}: has replicas, each with its own log: name one ({} … {})",
+                            n(first),
+                            n(last)
+                        );
+                        return self.send(id, &Response::err(msg));
+                    }
                     return self.send(id, &no_such_service("logs", &name));
                 }
                 let tail = logs::tail(&self.cfg.logs.dir, &name, lines, self.cfg.logs.files);
@@ -219,16 +263,21 @@ impl Supervisor {
         }
     }
 
-    /// A request about one service: the core answers once it settled.
+    /// A request about one service, or every replica of one: the core
+    /// answers once it (or all of them) settled.
     fn on_service(
         &mut self,
         id: ConnId,
         verb: &str,
         name: &str,
         act: impl FnOnce(&mut Core, usize, ConnId, Instant),
+        act_group: impl FnOnce(&mut Core, &str, ConnId, Instant),
     ) {
         match self.core.find(name) {
             Some(i) => act(&mut self.core, i, id, Instant::now()),
+            None if !self.core.group_members(name).is_empty() => {
+                act_group(&mut self.core, name, id, Instant::now())
+            }
             None => self.send(id, &no_such_service(verb, name)),
         }
     }

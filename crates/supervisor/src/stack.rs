@@ -34,6 +34,10 @@ impl ServiceDef {
         let group = self.group.as_ref()?;
         let mut d = self.clone();
         d.name = replica_name(group, k);
+        // Which one it is, for a payload that needs to know (like
+        // systemd's %i).
+        let env = std::ffi::CString::new(format!("{REPLICA_ENV}={k}")).ok()?;
+        isola_runtime::plan::set_env(&mut d.plan.env, env);
         Some(d)
     }
 
@@ -42,6 +46,9 @@ impl ServiceDef {
         self.group.as_deref().unwrap_or(&self.name)
     }
 }
+
+/// The variable telling a replica its number.
+pub const REPLICA_ENV: &str = "ISOLA_REPLICA";
 
 /// `web.3`.
 pub fn replica_name(group: &str, k: u32) -> String {
@@ -104,6 +111,12 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         let prefix = format!("services.{name}.");
         cgroup::check_name(&name)
             .map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
+        if name.contains("..") {
+            return Err(SpecError::new(
+                format!("services.{name}"),
+                "`..` is kept for isola's own cgroup names",
+            ));
+        }
         if seen.insert(name.clone(), ()).is_some() {
             return Err(SpecError::new(
                 format!("services.{name}"),

@@ -76,8 +76,14 @@ impl Supervisor {
                     }
                     _ => None,
                 };
+                let name = match s.predecessor {
+                    Some(_) => Cow::Owned(format!("{} (new)", s.def.name)),
+                    None => Cow::Borrowed(s.def.name.as_str()),
+                };
                 Some(StatusRow {
-                    name: Cow::Borrowed(&s.def.name),
+                    name,
+                    group: s.def.group.as_deref().map(Cow::Borrowed),
+                    replacing: s.predecessor.map(|_| Cow::Borrowed(s.def.name.as_str())),
                     state,
                     pid: pid.map(|p| p.as_raw()),
                     restarts: s.restarts,

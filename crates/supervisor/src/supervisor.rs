@@ -104,6 +104,8 @@ pub(crate) struct Slot {
     /// fds the service stored (`FDSTORE=1`), with their names: passed to
     /// its next start, dropped when it is stopped on purpose.
     pub(crate) fd_store: Vec<(String, std::os::fd::OwnedFd)>,
+    /// The cgroup directory of its current (or last) sandbox.
+    pub(crate) cgroup_name: String,
 }
 
 impl Slot {
@@ -119,6 +121,7 @@ impl Slot {
             notify: None,
             ready_pipe: None,
             fd_store: Vec::new(),
+            cgroup_name: name.to_string(),
         }
     }
 
@@ -379,6 +382,8 @@ impl Supervisor {
                 Effect::AnswerDown(conn) => self.send(conn, &crate::control::Response::ok()),
                 Effect::Forget(i) => self.forget_slot(i),
                 Effect::Probe(i, kind) => self.start_probe(i, kind),
+                Effect::HandedOver(old, new) => self.handed_over(old, new),
+                Effect::DropFdStore(i) => self.drop_fd_store(i),
             }
         }
     }

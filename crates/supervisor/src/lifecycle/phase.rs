@@ -181,6 +181,12 @@ pub enum Effect {
     Forget(usize),
     /// Run this probe of the running sandbox; report with [`Core::probe_done`].
     Probe(usize, ProbeKind),
+    /// Overlap: service `.1` took the name of `.0`, whose sandbox is being
+    /// stopped; what the loop holds for the name (notify socket, fd store)
+    /// moves.
+    HandedOver(usize, usize),
+    /// Stopped on purpose: the fds it stored (`FDSTORE=1`) are let go.
+    DropFdStore(usize),
 }
 
 /// One service as the core sees it.
@@ -210,6 +216,14 @@ pub struct Service {
     pub(super) health_kill: Option<(Reason, String)>,
     /// Clients waiting for this service to settle.
     pub(super) waiters: Vec<ConnId>,
+    /// Overlap: the sandbox started to replace this one, not yet ready.
+    pub successor: Option<usize>,
+    /// Overlap: the service this successor will replace once ready.
+    pub predecessor: Option<usize>,
+    /// Overlap: when a successor that is not ready yet is given up.
+    pub(super) overlap_until: Option<Instant>,
+    /// The last overlap gave up its successor.
+    pub(super) overlap_failed: bool,
 }
 
 impl Service {
@@ -229,6 +243,10 @@ impl Service {
             health: RunHealth::default(),
             health_kill: None,
             waiters: Vec::new(),
+            successor: None,
+            predecessor: None,
+            overlap_until: None,
+            overlap_failed: false,
         }
     }
 

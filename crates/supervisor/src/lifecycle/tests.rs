@@ -549,3 +549,4 @@ fn every_input_is_fast() {
 }
 
 mod health;
+mod rollout;

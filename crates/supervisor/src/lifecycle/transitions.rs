@@ -140,15 +140,21 @@ impl Core {
                 self.enter(i, Phase::Queued);
             }
             Intent::Remove => {
-                self.event(i, "removed".into());
+                let name = s_name(&self.services[i]);
+                // An overlap's old sandbox: its name lives on in the new one.
+                let replaced = self.names.get(&name) != Some(&i);
+                self.event(i, if replaced { "replaced" } else { "removed" }.into());
                 self.enter(i, Phase::Down(Down::Stopped));
                 self.effects.push_back(Effect::Forget(i));
-                self.names.remove(&s_name(&self.services[i]));
+                if !replaced {
+                    self.names.remove(&name);
+                }
                 self.services[i] = None;
             }
             _ => {
                 self.event(i, "stopped".into());
                 self.enter(i, Phase::Down(Down::Stopped));
+                self.effects.push_back(Effect::DropFdStore(i));
             }
         }
     }
@@ -212,6 +218,20 @@ impl Core {
         let Some(s) = self.svc(i) else { return };
         s.last_exit = Some(exit);
         let what = describe(code, &exit);
+        let (successor, predecessor) = (s.successor, s.predecessor);
+        if intent.is_none() && predecessor.is_some() {
+            // A successor that ends never restarts: the old sandbox serves.
+            self.event(i, what.clone());
+            self.enter(i, Phase::Down(Down::Exited));
+            self.successor_failed(i, &what, now);
+            return;
+        }
+        if intent.is_none() && successor.is_some() {
+            self.event(i, what);
+            self.promote_early(i);
+            self.after_stopped(i, Intent::Remove);
+            return;
+        }
         if let Some(intent) = intent {
             self.event(i, what);
             self.after_stopped(i, intent);
@@ -263,6 +283,9 @@ impl Core {
     /// After every input: launch what may launch, carry a shutdown on, and
     /// answer `isola down` once everything is down.
     pub(super) fn pump(&mut self, now: Instant) {
+        if !self.successors.is_empty() || !self.rolls.is_empty() || !self.group_waits.is_empty() {
+            self.advance_rollouts(now);
+        }
         if self.shutting_down {
             self.progress_shutdown(now);
         } else {

@@ -1,0 +1,239 @@
+//! Overlapping restarts, rolling restarts of replicas, scaling and group
+//! requests in the core. Same fake clock as above.
+
+use super::*;
+
+const CONN: ConnId = 9;
+
+fn overlap() -> Value {
+    json!({"restart": {"policy": "always", "mode": "overlap", "readyTimeoutMs": 5000},
+           "sockets": [{"name": "http", "listen": "tcp://127.0.0.1:18999"}]})
+}
+
+impl H {
+    /// Report every launched init as started.
+    fn start_launched(&mut self) -> Vec<usize> {
+        let launched = self.launched();
+        for i in &launched {
+            let now = self.now;
+            self.core.started(*i, 100, now);
+        }
+        launched
+    }
+
+    fn answers(effects: &[Effect]) -> Vec<State> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Answer(CONN, s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn overlap_starts_the_new_sandbox_first_and_stops_the_old_once_it_is_ready() {
+    let mut h = H::running(json!({"web": overlap()}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let fx = h.effects();
+    let new = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Launch(j) => Some(*j),
+            _ => None,
+        })
+        .expect("the successor launches");
+    assert_ne!(new, old);
+    // Nothing of the old sandbox is touched yet; the name stays on it.
+    assert!(!fx
+        .iter()
+        .any(|e| matches!(e, Effect::Signal(..) | Effect::KillGroup(_))));
+    assert_eq!(h.i("web"), old);
+    assert_eq!(h.core.service(new).unwrap().predecessor, Some(old));
+    h.at(1500);
+    let now = h.now;
+    h.core.started(new, 200, now);
+    let fx = h.effects();
+    // Ready (no readiness gate): the name moves, the old one stops, the
+    // client hears `running`.
+    assert_eq!(h.i("web"), new);
+    assert!(fx.contains(&Effect::HandedOver(old, new)), "{fx:?}");
+    assert!(fx.contains(&Effect::Signal(old, Signal::SIGTERM)), "{fx:?}");
+    assert_eq!(H::answers(&fx), [State::Running]);
+    assert_eq!(h.core.service(new).unwrap().restarts, 1);
+    let now = h.at(1600);
+    h.core.exited(
+        old,
+        Exit {
+            code: 143,
+            oom_kills: 0,
+            new_oom_kills: 0,
+        },
+        now,
+    );
+    let fx = h.effects();
+    assert!(fx.contains(&Effect::Forget(old)), "{fx:?}");
+    assert!(h.core.service(old).is_none());
+    assert_eq!(h.state("web"), State::Running);
+}
+
+#[test]
+fn a_successor_that_exits_or_is_never_ready_goes_and_the_old_one_keeps_serving() {
+    let mut h = H::running(json!({"web": {
+        "restart": {"policy": "always", "mode": "overlap", "readyTimeoutMs": 5000},
+        "replicas": 1,
+        "probes": {"readiness": {"tcp": {"port": 1}, "periodMs": 1000}}
+    }}));
+    let old = h.i("web.1");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let new = h.start_launched()[0];
+    h.effects();
+    // Exits before it is ready: never restarted, the old one stays.
+    let now = h.at(2000);
+    h.core.exited(
+        new,
+        Exit {
+            code: 1,
+            oom_kills: 0,
+            new_oom_kills: 0,
+        },
+        now,
+    );
+    let fx = h.effects();
+    assert_eq!(H::answers(&fx), [State::Failed]);
+    assert!(fx.contains(&Effect::Forget(new)), "{fx:?}");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Launch(_))), "{fx:?}");
+    assert_eq!((h.i("web.1"), h.state("web.1")), (old, State::Running));
+
+    // Runs but never gets ready: stopped at readyTimeoutMs.
+    let now = h.at(3000);
+    h.core.restart(old, CONN, now);
+    let new = h.start_launched()[0];
+    h.effects();
+    let now = h.at(8001);
+    h.core.tick(now);
+    let fx = h.effects();
+    assert!(fx.contains(&Effect::Signal(new, Signal::SIGTERM)), "{fx:?}");
+    assert!(
+        !fx.contains(&Effect::Signal(old, Signal::SIGTERM)),
+        "{fx:?}"
+    );
+    assert_eq!(H::answers(&fx), [State::Failed]);
+    assert_eq!(h.i("web.1"), old);
+}
+
+#[test]
+fn the_old_sandbox_dying_first_hands_the_name_over_at_once() {
+    let mut h = H::running(json!({"web": overlap()}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let new = h.launched()[0];
+    let now = h.at(1100);
+    h.core.exited(
+        old,
+        Exit {
+            code: 137,
+            oom_kills: 0,
+            new_oom_kills: 0,
+        },
+        now,
+    );
+    let fx = h.effects();
+    assert!(fx.contains(&Effect::HandedOver(old, new)), "{fx:?}");
+    assert!(fx.contains(&Effect::Forget(old)), "{fx:?}");
+    assert_eq!(h.i("web"), new);
+    // It was launching: the name's client waits for it.
+    let now = h.at(1200);
+    h.core.started(new, 300, now);
+    assert_eq!(H::answers(&h.effects()), [State::Running]);
+}
+
+#[test]
+fn a_rolling_restart_takes_one_replica_at_a_time_and_answers_at_the_end() {
+    let mut h = H::running(json!({"web": {"replicas": 3, "restart": {"policy": "always"}}}));
+    let now = h.at(1000);
+    h.core.restart_group("web", CONN, now);
+    for k in 1..=3 {
+        let name = format!("web.{k}");
+        let i = h.i(&name);
+        let fx = h.effects();
+        let stopping: Vec<usize> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(i, _) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopping, [i], "only {name} stops now: {fx:?}");
+        assert!(H::answers(&fx).is_empty());
+        let now = h.at(1000 + 100 * k);
+        h.core.exited(
+            i,
+            Exit {
+                code: 143,
+                oom_kills: 0,
+                new_oom_kills: 0,
+            },
+            now,
+        );
+        assert_eq!(h.launched(), [i]);
+        h.core.started(i, 100, now);
+    }
+    assert_eq!(H::answers(&h.effects()), [State::Running]);
+    for k in 1..=3 {
+        assert_eq!(h.svc_restarts(&format!("web.{k}")), 1);
+    }
+}
+
+#[test]
+fn scale_adds_the_lowest_free_numbers_and_removes_the_highest() {
+    let mut h = H::running(json!({"web": {"replicas": 2}}));
+    let now = h.at(1000);
+    assert!(h.core.scale("web", 4, now).is_ok());
+    let launched = h.start_launched();
+    assert_eq!(launched.len(), 2);
+    assert!(h.core.find("web.3").is_some() && h.core.find("web.4").is_some());
+    let now = h.at(2000);
+    h.core.scale("web", 1, now).unwrap();
+    let fx = h.effects();
+    let stopped: Vec<usize> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Signal(i, _) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped.len(), 3, "{fx:?}");
+    assert!(!stopped.contains(&h.i("web.1")));
+    let e = h.core.scale("nope", 2, now).unwrap_err();
+    assert!(e.contains("not a replicated service"), "{e}");
+}
+
+#[test]
+fn a_group_stop_is_answered_once_every_replica_stopped() {
+    let mut h = H::running(json!({"web": {"replicas": 2}}));
+    let now = h.at(1000);
+    h.core.group_request("web", true, CONN, now);
+    assert!(H::answers(&h.effects()).is_empty());
+    let (a, b) = (h.i("web.1"), h.i("web.2"));
+    let exit = Exit {
+        code: 143,
+        oom_kills: 0,
+        new_oom_kills: 0,
+    };
+    h.core.exited(a, exit, now);
+    assert!(H::answers(&h.effects()).is_empty());
+    h.core.exited(b, exit, now);
+    assert_eq!(H::answers(&h.effects()), [State::Stopped]);
+}
+
+impl H {
+    fn svc_restarts(&self, name: &str) -> u32 {
+        self.core.service(self.i(name)).unwrap().restarts
+    }
+}
