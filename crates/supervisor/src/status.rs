@@ -76,9 +76,14 @@ impl Supervisor {
                     }
                     _ => None,
                 };
-                let name = match s.predecessor {
-                    Some(_) => Cow::Owned(format!("{} (new)", s.def.name)),
-                    None => Cow::Borrowed(s.def.name.as_str()),
+                // An overlap shows both sandboxes: the one not yet ready,
+                // and the one stopping after it handed its name over.
+                let name = if s.predecessor.is_some() {
+                    Cow::Owned(format!("{} (new)", s.def.name))
+                } else if self.core.find(&s.def.name) != Some(i) {
+                    Cow::Owned(format!("{} (old)", s.def.name))
+                } else {
+                    Cow::Borrowed(s.def.name.as_str())
                 };
                 Some(StatusRow {
                     name,
