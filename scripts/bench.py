@@ -434,6 +434,8 @@ def supervisor(work, setting, counts):
         out["big"] = big_stack(work, setting)
         import bench_health
         out["health"] = bench_health.run(work, Up, request)
+        import bench_zero
+        out["zero"] = bench_zero.run(work, Up, request)
     return out
 
 
@@ -616,6 +618,9 @@ def report(paths):
         if s.get("health"):
             import bench_health
             lines += bench_health.report(s["health"])
+        if s.get("zero"):
+            import bench_zero
+            lines += bench_zero.report(s["zero"])
         if "idle_wakeups_per_s" in s:
             lines += ["", f"idle supervisor with 100 services: {s['idle_wakeups_per_s']:.2f} context switches per second over 10 s"]
         lines.append("")

@@ -52,7 +52,7 @@ fn a_stack_that_cannot_fit_is_refused_before_anything_starts() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     for want in [
-        "60 services need up to 608 file descriptors (7 per running service, 0 for health checks, 60 open logs, 128 for the supervisor)",
+        "60 services need up to 608 file descriptors (7 per running service, 60 open logs, 128 for the supervisor)",
         "RLIMIT_NOFILE allows 256",
         "ulimit -n 608",
     ] {

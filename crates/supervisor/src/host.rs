@@ -153,12 +153,23 @@ pub(crate) fn check_capacity(defs: &[ServiceDef], no_cgroup: bool) -> Result<(),
     let fds = n * fds_per_running(no_cgroup) + health + held + logs + SUPERVISOR_FDS;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if fds > soft {
+            let mut parts = vec![format!(
+                "{} per running service",
+                fds_per_running(no_cgroup)
+            )];
+            if health > 0 {
+                parts.push(format!("{health} for health checks"));
+            }
+            if held > 0 {
+                parts.push(format!("{held} for held sockets and stored fds"));
+            }
+            parts.push(format!("{logs} open logs"));
+            parts.push(format!("{SUPERVISOR_FDS} for the supervisor"));
             return Err(UpError::Setup(format!(
-                "{services} services need up to {fds} file descriptors ({} per running service, \
-                 {health} for health checks, {held} held sockets and stored fds, {logs} open logs, {SUPERVISOR_FDS} for the supervisor) but RLIMIT_NOFILE allows \
+                "{services} services need up to {fds} file descriptors ({}) but RLIMIT_NOFILE allows \
                  {soft} (hard limit {hard}, and isola up could not raise it): raise it \
                  (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit) or split the stack",
-                fds_per_running(no_cgroup)
+                parts.join(", ")
             )));
         }
     }
