@@ -105,15 +105,18 @@ def restarts(work, Up, request, label, held, mode):
     load = Load()
     wait_answer(load)
     to_new = []
+    t_start = time.perf_counter()
     for _ in range(RESTARTS):
         old = load.last
         t0 = time.perf_counter()
         request(up.sock, {"cmd": "restart", "name": "web"})
         wait_answer(load, other_than=old)
         to_new.append((time.perf_counter() - t0) * 1000)
+    seconds = time.perf_counter() - t_start
     load.finish()
     up.down()
-    return {"ok": load.ok, "failed": load.failed, "to_new_ms": statistics.median(to_new)}
+    return {"ok": load.ok, "failed": load.failed, "to_new_ms": statistics.median(to_new), "seconds": seconds,
+            "max_ms": max(load.lat)}
 
 
 def pct(xs, p):
@@ -153,12 +156,12 @@ def report(z):
     """Markdown lines for bench/results.md."""
     lines = ["", f"zero downtime: {RESTARTS} `isola restart` of one service under load (one client connecting back to back; "
              "the server answers each connection with its instance id and signals READY=1)", "",
-             "| | requests answered | failed or refused | restart → new instance answering (median) |",
-             "|---|---|---|---|"]
+             "| | requests answered | failed or refused | restart → new instance answering (median) | slowest request |",
+             "|---|---|---|---|---|"]
     for k, label in (("replace", "isola, socket held, `replace`"), ("overlap", "isola, socket held, `overlap`"),
                      ("control", "control: the service binds its own port (systemd without socket activation, docker, supervisord)")):
         r = z[k]
-        lines.append(f"| {label} | {r['ok']} | {r['failed']} | {r['to_new_ms']:.0f} ms |")
+        lines.append(f"| {label} | {r['ok']} in {r['seconds']:.2f} s | {r['failed']} | {r['to_new_ms']:.0f} ms | {r['max_ms']:.0f} ms |")
     r = z["rolling"]
     lines += ["", f"rolling restart of 4 replicas sharing a held socket ({r['roll_s']:.1f} s, {r['roll_n']} requests, "
                   f"{r['failed']} failed): latency p50 {r['roll_p50']:.2f} ms, p99 {r['roll_p99']:.2f} ms; "
