@@ -182,7 +182,13 @@ impl Core {
     /// that ended give up; rolling restarts move on; group waits are
     /// answered.
     pub(super) fn advance_rollouts(&mut self, now: Instant) {
-        for j in self.successors.clone() {
+        // A shutdown stops successors like everything else.
+        let successors = if self.shutting_down {
+            Vec::new()
+        } else {
+            self.successors.clone()
+        };
+        for j in successors {
             let Some(s) = self.service(j) else { continue };
             let Some(i) = s.predecessor else { continue };
             if Self::serving(s) {
