@@ -163,6 +163,14 @@ impl StuckDevice {
         format!("/dev/mapper/{}", self.0)
     }
 
+    /// A `linux.resources.devices` rule letting a sandbox read it.
+    fn allow_read(&self) -> Value {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(self.path()).expect("dm node").rdev();
+        json!({"allow": true, "type": "b", "major": nix::sys::stat::major(rdev),
+               "minor": nix::sys::stat::minor(rdev), "access": "r"})
+    }
+
     fn resume(&self) {
         let _ = Command::new("dmsetup")
             .args(["resume", "--noudevsync", self.0])
@@ -203,7 +211,11 @@ fn a_stuck_teardown_does_not_hold_up_other_services_or_status() {
     let up = Up::start(
         "stuck",
         json!({
-            "stuck": bare(&stuck, json!({"restart": {"policy": "no"}})),
+            "stuck": bare(&stuck, json!({
+                "restart": {"policy": "no"},
+                // The device filter lets it read the device, nothing else.
+                "linux": {"resources": {"devices": [dev.allow_read()]}}
+            })),
             "flapper": svc("sleep 0.3; exit 1", json!({"restart": {
                 "policy": "always", "delayMs": 50, "maxDelayMs": 50,
                 "limit": {"burst": 1000, "intervalMs": 1000}

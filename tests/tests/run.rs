@@ -375,7 +375,12 @@ fn io_max_throttles_direct_writes() {
         sh("dd if=/dev/zero of=/dev/vda bs=64k count=64 oflag=direct 2>/dev/null"),
         &["CAP_DAC_OVERRIDE"],
     );
-    spec["linux"]["resources"] = json!({"blockIO": {"throttleWriteBpsDevice": [{"major": major.parse::<i64>().unwrap(), "minor": minor.parse::<i64>().unwrap(), "rate": rate}]}});
+    let (major, minor) = (major.parse::<i64>().unwrap(), minor.parse::<i64>().unwrap());
+    spec["linux"]["resources"] = json!({
+        "blockIO": {"throttleWriteBpsDevice": [{"major": major, "minor": minor, "rate": rate}]},
+        // The device filter denies the disk unless the spec allows it.
+        "devices": [{"allow": true, "type": "b", "major": major, "minor": minor, "access": "w"}]
+    });
     let t0 = Instant::now();
     let (code, out, err) = run_spec(&spec, &[]);
     let secs = t0.elapsed().as_secs_f64();

@@ -42,6 +42,13 @@ pub enum CgroupError {
         path: PathBuf,
         available: String,
     },
+    #[error("{path}: device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {step}: {source}")]
+    DeviceFilter {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: Errno,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -213,6 +220,22 @@ impl Cgroup {
     /// The directory fd for CLONE_INTO_CGROUP, until [`Cgroup::release_dir`].
     pub fn dir_fd(&self) -> Option<BorrowedFd<'_>> {
         self.dir.as_ref().map(|d| d.as_fd())
+    }
+
+    /// Attach the device filter (see [`crate::devices`]): from now on a
+    /// process in this group opens or creates only the device nodes the
+    /// program allows. Before any process is in the group.
+    pub fn attach_device_filter(&self, prog: &[crate::devices::Insn]) -> Result<(), CgroupError> {
+        let fail = |step: &'static str| {
+            move |e: Errno| CgroupError::DeviceFilter {
+                path: self.path.clone(),
+                step,
+                source: e,
+            }
+        };
+        let dir = self.dir_fd().ok_or(Errno::EBADF).map_err(fail("attach"))?;
+        let prog = crate::sys::load_device_filter(prog).map_err(fail("load"))?;
+        crate::sys::attach_device_filter(prog.as_fd(), dir).map_err(fail("attach"))
     }
 
     pub fn release_dir(&mut self) {

@@ -5,6 +5,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod fdpass;

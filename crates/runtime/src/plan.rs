@@ -57,6 +57,11 @@ pub struct Plan {
     pub seccomp: Vec<Program>,
     /// cgroup file writes; empty when the spec sets no limits.
     pub cgroup_files: Vec<CgroupFile>,
+    /// The device cgroup program (`linux.resources.devices` and the
+    /// default allow list), attached to the sandbox's cgroup.
+    pub device_filter: Vec<crate::devices::Insn>,
+    /// The spec allows devices beyond the defaults: a cgroup is needed.
+    pub device_allows: bool,
     /// fd numbers (3 and up) the payload gets from the caller: the fds of
     /// [`crate::Options::pass_fds`], in this order, land here.
     pub pass_fds: Vec<std::os::fd::RawFd>,
@@ -104,7 +109,7 @@ impl Plan {
     }
 
     pub fn has_resources(&self) -> bool {
-        !self.cgroup_files.is_empty()
+        !self.cgroup_files.is_empty() || self.device_allows
     }
     /// The command as the user wrote it, for messages.
     pub fn command(&self) -> String {
@@ -330,6 +335,13 @@ impl Plan {
             Some(r) => limits::translate(r)?,
             None => Vec::new(),
         };
+        let spec_devices = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default();
+        let device_allows = spec_devices.iter().any(|d| d.allow());
+        let device_filter = crate::devices::program(&crate::devices::rules(&spec_devices, &[])?);
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(SpecError::new(
                 "linux.devices",
@@ -383,6 +395,8 @@ impl Plan {
             sysctl,
             seccomp,
             cgroup_files,
+            device_filter,
+            device_allows,
             pass_fds: Vec::new(),
         };
         plan.precheck_command()?;

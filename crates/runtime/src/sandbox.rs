@@ -222,18 +222,19 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
     if opts.no_cgroup && plan.has_resources() {
         return Err(SpecError::new(
             "--no-cgroup",
-            "conflicts with linux.resources: limits need a cgroup",
+            "conflicts with linux.resources: limits and device rules need a cgroup",
         )
         .into());
     }
     let cg = if opts.no_cgroup {
         None
     } else {
-        Some(Cgroup::create(
-            opts.cgroup_root,
-            opts.name,
-            &plan.cgroup_files,
-        )?)
+        let cg = Cgroup::create(opts.cgroup_root, opts.name, &plan.cgroup_files)?;
+        if let Err(e) = cg.attach_device_filter(&plan.device_filter) {
+            let _ = cg.destroy();
+            return Err(e.into());
+        }
+        Some(cg)
     };
     let (ours, theirs) = match sync::pair() {
         Ok(p) => p,

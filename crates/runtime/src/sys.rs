@@ -7,8 +7,10 @@
 #![allow(unsafe_code)]
 
 mod arena;
+mod bpf;
 pub(crate) use arena::use_fresh_arena;
 pub use arena::Allocator;
+pub(crate) use bpf::{attach_device_filter, load_device_filter};
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -79,18 +79,7 @@ pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
     if res.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
         return Err(err("rdma", "not supported by isola yet".into()));
     }
-    if let Some(devs) = res.devices() {
-        // The usual OCI default is one "deny all" entry; isola gives no device
-        // nodes beyond the ones it binds itself, so only accept a plain deny.
-        for (i, d) in devs.iter().enumerate() {
-            if d.allow() {
-                return Err(err(
-                    &format!("devices[{i}]"),
-                    "device allow rules are not supported (isola binds only null, zero, full, random, urandom, tty)".into(),
-                ));
-            }
-        }
-    }
+    // `devices` becomes the device filter program (crate::devices).
     if let Some(unified) = res.unified() {
         let mut keys: Vec<_> = unified.keys().collect();
         keys.sort();
