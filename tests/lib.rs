@@ -66,6 +66,15 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// A `mounts` entry binding this directory at its own path, writable:
+    /// a host-root sandbox sees the host read-only and has its own /tmp,
+    /// where scratch directories live.
+    pub fn shared(&self) -> serde_json::Value {
+        serde_json::json!({"destination": self.0, "type": "bind", "source": self.0, "options": ["rbind"]})
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

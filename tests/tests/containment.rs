@@ -15,7 +15,7 @@ fn disk() -> (i64, i64) {
 
 /// Root with CAP_SYS_ADMIN, CAP_MKNOD and CAP_DAC_OVERRIDE, in pid and
 /// mount namespaces, host root: the host's /dev/vda node is right there.
-fn privileged(script: &str, devices: Value) -> Value {
+fn privileged(script: &str, devices: Value, dir: &Scratch) -> Value {
     let caps = [
         "CAP_SYS_ADMIN",
         "CAP_MKNOD",
@@ -29,6 +29,7 @@ fn privileged(script: &str, devices: Value) -> Value {
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
         },
+        "mounts": [dir.shared()],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}],
             "resources": {"devices": devices}
@@ -41,16 +42,28 @@ fn the_device_filter_refuses_a_disk_even_to_cap_sys_admin_and_cap_mknod() {
     require_vm();
     let dir = Scratch::new("devfilter");
     let (major, minor) = disk();
+    // A node of the disk made outside, in a directory the sandbox shares:
+    // there for the payload to open, whatever its /dev holds.
+    let outside = dir.path("vda");
+    let dev = nix::sys::stat::makedev(u64::try_from(major).unwrap(), u64::try_from(minor).unwrap());
+    nix::sys::stat::mknod(
+        &outside,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .expect("mknod outside");
     let node = dir.path("vda-copy");
     let script = format!(
-        "head -c 512 /dev/vda > /dev/null 2>&1 && echo open:ok || echo open:denied; \
+        "head -c 512 {o} > /dev/null 2>&1 && echo open:ok || echo open:denied; \
          mknod {n} b {major} {minor} 2>/dev/null && echo mknod:ok || echo mknod:denied; \
          head -c 1 /dev/zero > /dev/null && echo zero:ok || echo zero:denied",
+        o = outside.display(),
         n = node.display()
     );
     // The spec's usual "deny all", and nothing allowed: the defaults only.
     let (code, out, err) = run_spec(
-        &privileged(&script, json!([{"allow": false, "access": "rwm"}])),
+        &privileged(&script, json!([{"allow": false, "access": "rwm"}]), &dir),
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -66,7 +79,7 @@ fn the_device_filter_refuses_a_disk_even_to_cap_sys_admin_and_cap_mknod() {
         {"allow": false, "access": "rwm"},
         {"allow": true, "type": "b", "major": major, "minor": minor, "access": "rwm"}
     ]);
-    let (code, out, err) = run_spec(&privileged(&script, allow), &[]);
+    let (code, out, err) = run_spec(&privileged(&script, allow, &dir), &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out.split_whitespace().collect::<Vec<_>>(),
@@ -75,9 +88,12 @@ fn the_device_filter_refuses_a_disk_even_to_cap_sys_admin_and_cap_mknod() {
     );
     // Read-only access is what it says: reading works, writing does not.
     let ro = json!([{"allow": true, "type": "b", "major": major, "minor": minor, "access": "r"}]);
-    let script = "head -c 512 /dev/vda > /dev/null && echo read:ok; \
-                  (printf x | dd of=/dev/vda bs=1 count=1 conv=notrunc 2>/dev/null) && echo write:ok || echo write:denied";
-    let (code, out, err) = run_spec(&privileged(script, ro), &[]);
+    let script = format!(
+        "head -c 512 {o} > /dev/null && echo read:ok; \
+         (printf x | dd of={o} bs=1 count=1 conv=notrunc 2>/dev/null) && echo write:ok || echo write:denied",
+        o = outside.display()
+    );
+    let (code, out, err) = run_spec(&privileged(&script, ro, &dir), &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out.split_whitespace().collect::<Vec<_>>(),
@@ -90,21 +106,107 @@ fn the_device_filter_refuses_a_disk_even_to_cap_sys_admin_and_cap_mknod() {
 #[test]
 fn device_rules_that_allow_need_a_cgroup() {
     require_vm();
+    let dir = Scratch::new("devrules");
     let (major, minor) = disk();
     let allow =
         json!([{"allow": true, "type": "b", "major": major, "minor": minor, "access": "r"}]);
-    let (code, _, err) = run_spec(&privileged("true", allow), &["--no-cgroup"]);
+    let (code, _, err) = run_spec(&privileged("true", allow, &dir), &["--no-cgroup"]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("--no-cgroup: conflicts with linux.resources"),
         "{err}"
     );
     let bad = json!([{"allow": true, "type": "b", "major": major, "access": "rx"}]);
-    let (code, _, err) = run_spec(&privileged("true", bad), &[]);
+    let (code, _, err) = run_spec(&privileged("true", bad, &dir), &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("linux.resources.devices[0].access: rx: use r, w and m"),
         "{err}"
     );
+    assert_clean();
+}
+
+/// Host-root mode (no `root`), uid 0 with no capabilities but
+/// CAP_DAC_OVERRIDE (so file modes are no barrier: only the read-only
+/// mounts are).
+fn host_root(script: &str, mounts: Value) -> Value {
+    let caps = ["CAP_DAC_OVERRIDE"];
+    json!({
+        "process": {
+            "args": ["sh", "-c", script, "isola-test-payload"],
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
+        },
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
+    })
+}
+
+#[test]
+fn host_root_mode_sees_the_host_read_only_with_its_own_dev_and_tmp() {
+    require_vm();
+    let shared = Scratch::new("hostroot-rw");
+    let ro = Scratch::new("hostroot-ro");
+    let hidden = Scratch::new("hostroot-hidden");
+    hidden.write("host-file", "x");
+    let script = format!(
+        "touch /root/isola-escape-marker 2>/dev/null && echo root:written || echo root:readonly; \
+         touch /etc/isola-escape-marker 2>/dev/null && echo etc:written || echo etc:readonly; \
+         echo dev: $(ls /dev | tr '\\n' ' '); \
+         echo pts: $(ls /dev/pts | tr '\\n' ' '); \
+         ls {hidden} > /dev/null 2>&1 && echo tmp:host || echo tmp:own; \
+         echo t > /tmp/t && echo tmp:writable; \
+         echo s > {rw}/from-sandbox && echo bind:written; \
+         echo s > {ro}/x 2>/dev/null && echo robind:written || echo robind:readonly; \
+         echo x > /dev/null && echo null:ok",
+        hidden = hidden.0.display(),
+        rw = shared.0.display(),
+        ro = ro.0.display(),
+    );
+    let mut ro_bind = ro.shared();
+    ro_bind["options"] = json!(["rbind", "ro"]);
+    let (code, out, err) = run_spec(&host_root(&script, json!([shared.shared(), ro_bind])), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "root:readonly",
+            "etc:readonly",
+            "dev: fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+            "pts: ptmx",
+            "tmp:own",
+            "tmp:writable",
+            "bind:written",
+            "robind:readonly",
+            "null:ok",
+        ],
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/root/isola-escape-marker").exists());
+    assert_eq!(
+        std::fs::read_to_string(shared.path("from-sandbox")).unwrap(),
+        "s\n"
+    );
+    assert!(!ro.path("x").exists());
+    assert_clean();
+}
+
+#[test]
+fn a_mount_point_missing_on_the_read_only_host_is_one_clear_error() {
+    require_vm();
+    let script = "true";
+    let mounts = json!([{"destination": "/no-such-dir-isola", "type": "tmpfs", "source": "tmpfs"}]);
+    let (code, _, err) = run_spec(&host_root(script, mounts), &[]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("/no-such-dir-isola: no such mount point, and the host is read-only here"),
+        "{err}"
+    );
+    // Under the sandbox's own /tmp it is made.
+    let mounts = json!([{"destination": "/tmp/a/b", "type": "tmpfs", "source": "tmpfs"}]);
+    let (code, _, err) = run_spec(&host_root("touch /tmp/a/b/x", mounts), &[]);
+    assert_eq!(code, 0, "{err}");
     assert_clean();
 }

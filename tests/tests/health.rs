@@ -46,6 +46,7 @@ fn liveness_http_failure_restarts_with_reason_unhealthy() {
         "livehttp",
         json!({"web": python(&http_server(18080, &sick, 0.0), json!({
             "restart": fast_restart(),
+            "mounts": [dir.shared()],
             "probes": {
                 "startup": {"tcp": {"port": 18080}, "periodMs": 200, "failureThreshold": 150},
                 "liveness": {"http": {"port": 18080, "path": "/healthz"}, "periodMs": 300, "failureThreshold": 2}
@@ -223,6 +224,7 @@ fn readiness_gates_healthy_dependents_and_never_restarts() {
         "readiness",
         json!({
             "db": python(&listen, json!({
+                "mounts": [dir.shared()],
                 "probes": {"readiness": {"tcp": {"port": 15433}, "periodMs": 100, "failureThreshold": 1}}
             })),
             "web": svc("exec sleep 1000", json!({"dependsOn": {"db": "healthy"}})),

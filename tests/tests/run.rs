@@ -76,12 +76,13 @@ fn mounts_inside_are_invisible_outside() {
     let dir = scratch.path("m");
     std::fs::create_dir(&dir).unwrap();
     let d = dir.display();
-    let spec = with_caps(
+    let mut spec = with_caps(
         sh(&format!(
             "mount -t tmpfs none {d} && touch {d}/inside && ls {d}"
         )),
         &["CAP_SYS_ADMIN"],
     );
+    spec["mounts"] = json!([scratch.shared()]);
     assert_eq!(run_ok(&spec).trim(), "inside");
     assert!(
         !dir.join("inside").exists(),
@@ -376,6 +377,8 @@ fn io_max_throttles_direct_writes() {
         &["CAP_DAC_OVERRIDE"],
     );
     let (major, minor) = (major.parse::<i64>().unwrap(), minor.parse::<i64>().unwrap());
+    // The sandbox's fresh /dev has no disk: bind the node in.
+    spec["mounts"] = json!([{"destination": "/dev/vda", "type": "bind", "source": "/dev/vda"}]);
     spec["linux"]["resources"] = json!({
         "blockIO": {"throttleWriteBpsDevice": [{"major": major, "minor": minor, "rate": rate}]},
         // The device filter denies the disk unless the spec allows it.
@@ -560,6 +563,7 @@ fn exec_failures_have_their_own_codes() {
     let scratch = Scratch::new("exec");
     let noexec = scratch.write("not-executable", "#!/bin/sh\necho hi\n");
     let mut spec = sh("");
+    spec["mounts"] = json!([scratch.shared()]);
     spec["process"]["args"] = json!([noexec]);
     let (code, _, err) = run_spec(&spec, &[]);
     assert_eq!(code, 126, "{err}");

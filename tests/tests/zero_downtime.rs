@@ -456,7 +456,8 @@ fn an_overlap_whose_new_sandbox_never_gets_ready_keeps_the_old_one_serving() {
         json!({"web": python(&server_then(port, &notify_if(&flag)), json!({
             "restart": restart,
             "sockets": held(port),
-            "notify": "systemd"
+            "notify": "systemd",
+            "mounts": [dir.shared()]
         }))}),
         &[],
     );

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod fdpass;
+mod hostroot;
 pub mod init;
 pub mod join;
 pub mod listen;

@@ -9,6 +9,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
 use crate::error::SpecError;
+use crate::{hostroot, sys};
 
 /// One entry of `mounts`, resolved.
 #[derive(Debug, Clone)]
@@ -194,19 +195,40 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
         None => PathBuf::from("/"),
     };
     let inside = |p: &Path| prefix.join(p.strip_prefix("/").unwrap_or(p));
+    // Host-root mode: the host read-only, a fresh /dev and /tmp (hostroot).
+    let pinned = match l.root {
+        None => {
+            let p = hostroot::Pinned::new(l.mounts)?;
+            hostroot::protect(l.mounts, &p)?;
+            Some(p)
+        }
+        Some(_) => None,
+    };
 
     let mut proc_mounted = false;
-    for m in l.mounts {
+    for (k, m) in l.mounts.iter().enumerate() {
         let dst = inside(&m.destination);
-        if l.root.is_some() {
-            create_target(&prefix, &dst, m)?;
+        let source = pinned.as_ref().and_then(|p| p.source(k));
+        match &pinned {
+            None => create_target(&prefix, &dst, m)?,
+            Some(p) => hostroot::create_target(&dst, k, p)?,
         }
-        mount_one(m, &dst)?;
+        mount_one(m, &dst, source.as_deref())?;
+        if pinned.is_some() && m.bind {
+            // The source's mount was made read-only with the rest of the
+            // host: a bind is writable unless it says `ro`.
+            let ro = m.flags.contains(MsFlags::MS_RDONLY);
+            sys::mount::set_readonly(&dst, ro, m.recursive)
+                .map_err(fail("mount", format!("{} read-write: ", dst.display())))?;
+        }
         if m.fstype == "proc" && m.destination == Path::new("/proc") {
             proc_mounted = true;
         }
-        if m.fstype == "tmpfs" && m.destination == Path::new("/dev") && l.root.is_some() {
-            populate_dev(&dst)?;
+        if m.fstype == "tmpfs" && m.destination == Path::new("/dev") {
+            match &pinned {
+                Some(p) => hostroot::fresh_dev(&dst, p)?,
+                None => populate_dev(&dst, |name| Path::new("/dev").join(name))?,
+            }
         }
     }
     if l.fresh_proc && !proc_mounted && l.root.is_none() {
@@ -248,12 +270,13 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
     Ok(())
 }
 
-fn mount_one(m: &MountSpec, dst: &Path) -> Result<(), Step> {
+/// Mount `m` on `dst`; a bind from `source` when given (an opened
+/// source, see `hostroot`), else from the spec's path.
+fn mount_one(m: &MountSpec, dst: &Path, source: Option<&Path>) -> Result<(), Step> {
     let data = (!m.data.is_empty()).then_some(m.data.as_str());
     if m.bind {
-        let src = m
-            .source
-            .as_deref()
+        let src = source
+            .or(m.source.as_deref())
             .ok_or(("mount", format!("{}: bind without source", dst.display())))?;
         let rec = if m.recursive {
             MsFlags::MS_REC
@@ -351,13 +374,14 @@ fn create_target(root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
     Ok(())
 }
 
-/// A tmpfs /dev gets the usual nodes, bound from the host (mknod is not
-/// allowed in a user namespace; a bind is).
-fn populate_dev(dev: &Path) -> Result<(), Step> {
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+/// A tmpfs /dev gets the usual nodes, bound from the host's (`source`
+/// says where each is found; mknod is not allowed in a user namespace, a
+/// bind is).
+pub(crate) fn populate_dev(dev: &Path, source: impl Fn(&str) -> PathBuf) -> Result<(), Step> {
+    for name in hostroot::DEV_NODES {
         let dst = dev.join(name);
         fs::File::create(&dst).map_err(fail("mount", format!("create {}", dst.display())))?;
-        let src = Path::new("/dev").join(name);
+        let src = source(name);
         mount(
             Some(&src),
             &dst,

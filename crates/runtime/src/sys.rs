@@ -8,6 +8,7 @@
 
 mod arena;
 mod bpf;
+pub(crate) mod mount;
 pub(crate) use arena::use_fresh_arena;
 pub use arena::Allocator;
 pub(crate) use bpf::{attach_device_filter, load_device_filter};

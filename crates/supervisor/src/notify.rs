@@ -58,22 +58,30 @@ pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
     let dir = host_dir(control_socket, &def.name);
     let plan = &mut def.plan;
     let own_mount_ns = plan.clone_flags & libc::CLONE_NEWNS as u64 != 0;
-    let seen_at = if plan.root.is_some() && own_mount_ns {
-        plan.mounts.push(MountSpec {
-            destination: PathBuf::from(SANDBOX_DIR),
-            fstype: "bind".into(),
-            source: Some(dir),
-            bind: true,
-            recursive: false,
-            flags: nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOEXEC,
-            propagation: Vec::new(),
-            data: String::new(),
-        });
-        PathBuf::from(SANDBOX_DIR)
-    } else {
-        dir
+    let bind = |destination: PathBuf, source: PathBuf| MountSpec {
+        destination,
+        fstype: "bind".into(),
+        source: Some(source),
+        bind: true,
+        recursive: false,
+        flags: nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        propagation: Vec::new(),
+        data: String::new(),
+    };
+    let seen_at = match (plan.root.is_some(), own_mount_ns) {
+        (true, true) => {
+            plan.mounts.push(bind(PathBuf::from(SANDBOX_DIR), dir));
+            PathBuf::from(SANDBOX_DIR)
+        }
+        // Host-root mode hides /tmp (and the control socket may live
+        // there): the directory is bound at its own path.
+        (false, true) => {
+            plan.mounts.push(bind(dir.clone(), dir.clone()));
+            dir
+        }
+        (_, false) => dir,
     };
     let mut env = vec![format!(
         "NOTIFY_SOCKET={}",
