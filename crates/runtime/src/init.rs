@@ -176,6 +176,7 @@ fn prepare(
         let flags = nix::sched::CloneFlags::from_bits_retain(bits);
         nix::sched::unshare(flags).map_err(step("namespaces", "unshare"))?;
     }
+    become_namespace_root(plan)?;
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(step("oomScoreAdj", adj))?;
@@ -210,6 +211,29 @@ fn prepare(
     }
     sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
     Ok(Some(pid))
+}
+
+/// In a new user namespace we still carry the host's ids, which mean
+/// nothing there: a file we create (the fresh /dev and /tmp of host-root
+/// mode) would be refused with EOVERFLOW. Become the namespace's root when
+/// the maps have one (the capabilities stay: they are the namespace's);
+/// the payload's own ids come later.
+fn become_namespace_root(plan: &Plan) -> Result<(), Step> {
+    let maps_root = |m: &Option<String>| {
+        m.as_deref()
+            .is_some_and(|m| m.lines().any(|l| l.split_whitespace().next() == Some("0")))
+    };
+    if !plan.new_user_ns() || !maps_root(&plan.uid_map) || !maps_root(&plan.gid_map) {
+        return Ok(());
+    }
+    let root_g = Gid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)
+        .map_err(step("user", "setgid 0 in the user namespace"))?;
+    let root_u = Uid::from_raw(0);
+    nix::unistd::setresuid(root_u, root_u, root_u)
+        .map_err(step("user", "setuid 0 in the user namespace"))?;
+    // A credential change clears the death signal.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))
 }
 
 /// Take on the payload's limits and credentials, in the OCI order: rlimits,
