@@ -67,6 +67,14 @@ def make_bundle(work, with_limits):
         cfg["linux"]["resources"] = LIMITS
     with open(os.path.join(work, "isola.json"), "w") as f:
         json.dump(cfg, f)
+    # Host-root mode: the same process in the same namespaces, no rootfs —
+    # isola makes the host read-only and gives a fresh /dev, /proc and /tmp
+    # (bwrap's `--ro-bind / / --dev /dev --proc /proc --tmpfs /tmp`).
+    host = json.loads(json.dumps(cfg))
+    del host["root"]
+    host["mounts"] = []
+    with open(os.path.join(work, "isola-hostroot.json"), "w") as f:
+        json.dump(host, f)
     oci = json.loads(json.dumps(cfg))
     if with_limits:
         oci["linux"]["cgroupsPath"] = "/isola-bench-peer"
@@ -93,6 +101,12 @@ def tools(work, setting):
                                     "--ro-bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]
         t["unshare"] = lambda i: ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
                                   "--root", rootfs, "/bin/true"]
+        t["isola host-root"] = lambda i: [ISOLA, "run", "--no-cgroup", "--name", f"hr{i}",
+                                          os.path.join(work, "isola-hostroot.json")]
+        if shutil.which("bwrap"):
+            t["bwrap host-root"] = lambda i: ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                                              "--unshare-ipc", "--ro-bind", "/", "/", "--dev", "/dev",
+                                              "--proc", "/proc", "--tmpfs", "/tmp", "/bin/true"]
     return t
 
 
