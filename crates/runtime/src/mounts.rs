@@ -218,8 +218,9 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
             // The source's mount was made read-only with the rest of the
             // host: a bind is writable unless it says `ro`.
             let ro = m.flags.contains(MsFlags::MS_RDONLY);
+            let what = if ro { "read-only" } else { "writable" };
             sys::mount::set_readonly(&dst, ro, m.recursive)
-                .map_err(fail("mount", format!("{} read-write: ", dst.display())))?;
+                .map_err(fail("mount", format!("make {} {what}", dst.display())))?;
         }
         if m.fstype == "proc" && m.destination == Path::new("/proc") {
             proc_mounted = true;

@@ -27,8 +27,27 @@ pub(crate) type Sockets = HashMap<String, SocketSet>;
 
 /// Open the sockets `defs` list, reusing the ones of `old` that listen on
 /// the same address (a reload keeps them: connections never see a gap).
-/// Errors name the field and the address.
+/// Errors name the field and the address; on an error `old` is untouched
+/// (a reload that fails closes nothing a running service listens on).
 pub(crate) fn open_all(defs: &[ServiceDef], old: &mut Sockets) -> Result<Sockets, String> {
+    let reusable = |old: &Sockets, group: &str, s: &sockets::SocketDef| {
+        old.get(group)
+            .is_some_and(|o| o.held.iter().any(|h| h.def.address == s.address))
+    };
+    // First what is new, while nothing of `old` has moved.
+    let mut fresh: HashMap<(String, usize), Held> = HashMap::new();
+    for d in defs {
+        let group = d.group_name();
+        for (k, s) in d.policy.sockets.iter().enumerate() {
+            let key = (group.to_string(), k);
+            if fresh.contains_key(&key) || reusable(old, group, s) {
+                continue;
+            }
+            let held =
+                sockets::open(s).map_err(|e| format!("services.{group}.sockets[{k}]: {e}"))?;
+            fresh.insert(key, held);
+        }
+    }
     let mut out = Sockets::new();
     for d in defs {
         let group = d.group_name();
@@ -37,17 +56,18 @@ pub(crate) fn open_all(defs: &[ServiceDef], old: &mut Sockets) -> Result<Sockets
         }
         let mut set = SocketSet::default();
         for (k, s) in d.policy.sockets.iter().enumerate() {
-            let reused = old.get_mut(group).and_then(|o| {
-                let at = o.held.iter().position(|h| h.def.address == s.address)?;
-                Some(o.held.remove(at))
-            });
-            let held = match reused {
-                Some(mut h) => {
+            let held = match fresh.remove(&(group.to_string(), k)) {
+                Some(h) => h,
+                None => {
+                    let o = old.get_mut(group).ok_or("lost a held socket")?;
+                    let at = o
+                        .held
+                        .iter()
+                        .position(|h| h.def.address == s.address)
+                        .ok_or("lost a held socket")?;
+                    let mut h = o.held.remove(at);
                     h.def = s.clone();
                     h
-                }
-                None => {
-                    sockets::open(s).map_err(|e| format!("services.{group}.sockets[{k}]: {e}"))?
                 }
             };
             if !set.names.is_empty() {
@@ -180,6 +200,47 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn defs(ports: &[u16]) -> Vec<ServiceDef> {
+        let sockets: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!(r#"{{"name": "s{k}", "listen": "tcp://127.0.0.1:{p}"}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"services": {{"web": {{"process": {{"args": ["true"]}}, "sockets": [{}]}}}}}}"#,
+            sockets.join(", ")
+        );
+        crate::stack::parse(&text, std::path::Path::new("/"))
+            .unwrap()
+            .services
+    }
+
+    #[test]
+    fn a_reload_keeps_held_sockets_and_a_failed_one_closes_none() {
+        let (a, b) = (free_port(), free_port());
+        let mut held = open_all(&defs(&[a]), &mut Sockets::new()).unwrap();
+        let fd = held["web"].held[0].fd.as_raw_fd();
+        // A port someone else holds: the reload fails, `a` stays ours.
+        let taken = std::net::TcpListener::bind(("127.0.0.1", b)).unwrap();
+        let e = open_all(&defs(&[a, b]), &mut held).unwrap_err();
+        assert!(
+            e.starts_with("services.web.sockets[1]: tcp://127.0.0.1:"),
+            "{e}"
+        );
+        assert_eq!(held["web"].held[0].fd.as_raw_fd(), fd);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_ok());
+        drop(taken);
+        // Now it fits: `a` is the same socket, `b` new, names in order.
+        let next = open_all(&defs(&[a, b]), &mut held).unwrap();
+        assert_eq!(next["web"].held[0].fd.as_raw_fd(), fd);
+        assert_eq!(next["web"].names, "s0:s1");
+    }
 
     #[test]
     fn store_messages() {
