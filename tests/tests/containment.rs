@@ -13,15 +13,9 @@ fn disk() -> (i64, i64) {
     (a.parse().unwrap(), b.parse().unwrap())
 }
 
-/// Root with CAP_SYS_ADMIN, CAP_MKNOD and CAP_DAC_OVERRIDE, in pid and
-/// mount namespaces, host root: the host's /dev/vda node is right there.
-fn privileged(script: &str, devices: Value, dir: &Scratch) -> Value {
-    let caps = [
-        "CAP_SYS_ADMIN",
-        "CAP_MKNOD",
-        "CAP_DAC_OVERRIDE",
-        "CAP_SYS_RAWIO",
-    ];
+/// `sh -c SCRIPT` as root with `caps`, these `mounts`, in `namespaces`,
+/// host root.
+fn sandbox(script: &str, caps: &[&str], mounts: Value, linux: Value) -> Value {
     json!({
         "process": {
             "args": ["sh", "-c", script, "isola-test-payload"],
@@ -29,12 +23,25 @@ fn privileged(script: &str, devices: Value, dir: &Scratch) -> Value {
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
         },
-        "mounts": [dir.shared()],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "mount"}],
-            "resources": {"devices": devices}
-        }
+        "mounts": mounts,
+        "linux": linux
     })
+}
+
+/// Root with CAP_SYS_ADMIN, CAP_MKNOD, CAP_DAC_OVERRIDE and CAP_SYS_RAWIO,
+/// in pid and mount namespaces, sharing `dir`, under these device rules.
+fn privileged(script: &str, devices: Value, dir: &Scratch) -> Value {
+    let caps = [
+        "CAP_SYS_ADMIN",
+        "CAP_MKNOD",
+        "CAP_DAC_OVERRIDE",
+        "CAP_SYS_RAWIO",
+    ];
+    let linux = json!({
+        "namespaces": [{"type": "pid"}, {"type": "mount"}],
+        "resources": {"devices": devices}
+    });
+    sandbox(script, &caps, json!([dir.shared()]), linux)
 }
 
 #[test]
@@ -130,17 +137,8 @@ fn device_rules_that_allow_need_a_cgroup() {
 /// CAP_DAC_OVERRIDE (so file modes are no barrier: only the read-only
 /// mounts are).
 fn host_root(script: &str, mounts: Value) -> Value {
-    let caps = ["CAP_DAC_OVERRIDE"];
-    json!({
-        "process": {
-            "args": ["sh", "-c", script, "isola-test-payload"],
-            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
-        },
-        "mounts": mounts,
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
-    })
+    let ns = json!({"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]});
+    sandbox(script, &["CAP_DAC_OVERRIDE"], mounts, ns)
 }
 
 #[test]
