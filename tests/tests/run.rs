@@ -398,46 +398,6 @@ fn io_max_throttles_direct_writes() {
 }
 
 #[test]
-fn starter_profile_denies_dangerous_syscalls() {
-    require_vm();
-    let out = Command::new(isola_bin()).arg("spec").output().unwrap();
-    let mut spec: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // x86_64 numbers: each must fail with EPERM (1); getpid must not.
-    let probe = r#"
-import ctypes, os
-libc = ctypes.CDLL(None, use_errno=True)
-calls = {"mount": 165, "umount2": 166, "unshare": 272, "setns": 308, "ptrace": 101, "kexec_load": 246,
-         "init_module": 175, "bpf": 321, "keyctl": 250, "add_key": 248, "reboot": 169, "swapon": 167,
-         "pivot_root": 155, "clock_settime": 227}
-for name, nr in calls.items():
-    ctypes.set_errno(0)
-    r = libc.syscall(nr, 0, 0, 0, 0, 0)
-    print(name, r, ctypes.get_errno())
-print("getpid", libc.syscall(39), 0)
-"#;
-    spec["process"]["args"] = json!(["python3", "-c", probe]);
-    let (code, out, err) = run_spec(&spec, &[]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let mut seen = 0;
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f[0] == "getpid" {
-            assert_ne!(f[1], "-1", "getpid failed under the starter profile");
-            continue;
-        }
-        assert_eq!(
-            (f[1], f[2]),
-            ("-1", "1"),
-            "{} was not refused with EPERM: {line}",
-            f[0]
-        );
-        seen += 1;
-    }
-    assert_eq!(seen, 14, "{out}");
-    assert_clean();
-}
-
-#[test]
 fn starter_profile_runs_shell_coreutils_python_and_a_server() {
     require_vm();
     let out = Command::new(isola_bin()).arg("spec").output().unwrap();
@@ -473,13 +433,13 @@ fn rootfs_with_pivot_root_and_readonly() {
     std::fs::write(root.join("etc/marker"), "in-rootfs\n").unwrap();
     let spec = json!({
         "root": {"path": root, "readonly": true},
-        "process": {"args": ["/bin/busybox", "sh", "-c", "/bin/busybox cat /etc/marker; /bin/busybox ls /; /bin/busybox touch /x 2>/dev/null && echo writable || echo readonly; /bin/busybox ls /dev; echo ok > /tmp/t && /bin/busybox cat /tmp/t; /bin/busybox cat /proc/kcore | /bin/busybox wc -c"]},
+        "process": {"args": ["/bin/busybox", "sh", "-c", "/bin/busybox cat /etc/marker; /bin/busybox ls /; /bin/busybox touch /x 2>/dev/null && echo writable || echo readonly; /bin/busybox ls /dev; echo ok > /tmp/t && /bin/busybox cat /tmp/t"]},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}
         ],
-        "linux": {"namespaces": NS.iter().map(|t| json!({"type": t})).collect::<Vec<_>>(), "maskedPaths": ["/proc/kcore"]}
+        "linux": {"namespaces": NS.iter().map(|t| json!({"type": t})).collect::<Vec<_>>()}
     });
     let out = run_ok(&spec);
     let lines: Vec<&str> = out.lines().collect();
@@ -490,12 +450,9 @@ fn rootfs_with_pivot_root_and_readonly() {
         out.contains("null") && out.contains("urandom"),
         "device nodes missing: {out}"
     );
-    assert!(out.contains("\nok\n"), "tmpfs /tmp not writable: {out}");
-    assert_eq!(
-        lines.last().map(|l| l.trim()),
-        Some("0"),
-        "masked /proc/kcore readable: {out}"
-    );
+    assert!(out.contains("\nok"), "tmpfs /tmp not writable: {out}");
+    // Masked paths: escape.rs proves the mask itself, with the capability
+    // that could read the real file.
     assert_clean();
 }
 

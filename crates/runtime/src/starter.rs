@@ -9,7 +9,8 @@ use crate::capabilities::DOCKER_DEFAULT;
 /// Docker's default allow list (profiles/seccomp/default.json, unconditional
 /// part), minus what a sandbox must not do: mount, umount2, unshare, setns,
 /// ptrace, kexec_load, init_module, bpf, keyctl, add_key, reboot, swapon,
-/// pivot_root and clock_settime are deliberately absent and get EPERM.
+/// pivot_root and clock_settime are deliberately absent and get EPERM, as
+/// are io_uring_* (its own path around seccomp; Docker dropped it in 25.0).
 /// Names the running architecture lacks are dropped by [`starter_spec`].
 const ALLOW: &[&str] = &[
     "accept",
@@ -118,9 +119,6 @@ const ALLOW: &[&str] = &[
     "ioprio_set",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
     "kill",
     "landlock_add_rule",
     "landlock_create_ruleset",
