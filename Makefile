@@ -1,5 +1,5 @@
 # `make test` is the one test command (CI runs it through .ci/run).
-.PHONY: all build test unit vm-test vm-deps vm-shell vm lint fmt bench clean-vm demo rootfs
+.PHONY: all build test unit vm-test vm-deps vm-shell vm lint fmt bench clean-vm demo rootfs fuzz
 
 all: build
 
@@ -55,6 +55,17 @@ bench:
 	ISOLA_VM_TIMEOUT=3600 ISOLA_VM_MEM=3072 scripts/vm.sh -- python3 scripts/bench.py vm $(BENCH_VM_ARGS) | tee bench/vm.log | sed -n 's/^BENCH-JSON: //p' > bench/vm.json
 	python3 scripts/bench.py report bench/host.json bench/vm.json > bench/results.md
 	cat bench/results.md
+
+# Garbage in at scale: mutated stack files, control requests and notify
+# datagrams (crates/supervisor/src/garbage_tests.rs), FUZZ_CASES per input
+# and seed, three seeds, bounded to FUZZ_SECONDS each.
+FUZZ_CASES ?= 100000
+FUZZ_SECONDS ?= 300
+fuzz:
+	for seed in 1 2 3; do \
+		ISOLA_FUZZ_SEED=$$seed ISOLA_FUZZ_CASES=$(FUZZ_CASES) timeout $(FUZZ_SECONDS) \
+			cargo test --release -q -p isola-supervisor --lib garbage -- --nocapture || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check

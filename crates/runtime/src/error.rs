@@ -23,12 +23,35 @@ impl SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
+        if !self.field.is_empty() {
+            write_one_line(f, &self.field)?;
+            f.write_str(": ")?;
+        }
+        write_one_line(f, &self.message)
+    }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): a field name or
+/// value from a spec is the user's text, and one line must stay one line
+/// (a newline in a JSON key once split an error in two).
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str(&one_line(text))
+}
+
+/// `text` with its control characters escaped, so it prints as one line.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
         } else {
-            write!(f, "{}: {}", self.field, self.message)
+            out.push(c);
         }
     }
+    std::borrow::Cow::Owned(out)
 }
 
 impl std::error::Error for SpecError {}
@@ -105,6 +128,19 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spec_errors_stay_one_line() {
+        let e = SpecError::new(
+            "services.web.stop.sig\nal",
+            "unknown field `sig\nal`\u{1b}[31m",
+        );
+        assert_eq!(
+            e.to_string(),
+            "services.web.stop.sig\\nal: unknown field `sig\\nal`\\u{1b}[31m"
+        );
+    }
+
     use super::*;
     use nix::errno::Errno;
 

@@ -262,7 +262,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for History<'a> {
 /// The first line of a serde error, without serde_json's position suffix
 /// (a request is one line; the column says nothing to a person).
 pub fn short_error(e: &serde_json::Error) -> String {
-    isola_runtime::spec::strip_position(&e.to_string())
+    let text = isola_runtime::spec::strip_position(&e.to_string());
+    isola_runtime::error::one_line(&text).into_owned()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,8 @@
 pub mod control;
 pub mod decide;
 mod exec;
+#[cfg(test)]
+mod garbage_tests;
 mod handover;
 pub mod health;
 mod host;
