@@ -397,3 +397,74 @@ fn a_stdout_nobody_reads_does_not_stall_the_supervisor() {
     );
     assert_clean();
 }
+
+#[test]
+fn garbage_from_a_thousand_connections_leaves_every_valid_client_answered() {
+    require_vm();
+    // Room for our thousand connections (root may raise its own limit).
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 4096, 4096)
+        .expect("raise RLIMIT_NOFILE");
+    let up = Up::start(
+        "garbage",
+        json!({"svc": svc("sleep 1000", json!({}))}),
+        &["--quiet"],
+    );
+    up.wait_state("svc", "running");
+    let sock = up.socket();
+    let base_rss = rss_kib(up.pid());
+    let mut conns = Vec::with_capacity(1000);
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for k in 0..1000 {
+        let mut c = UnixStream::connect(&sock).expect("connect");
+        // Ten lines each, 10,000 in all: noise, broken JSON, wrong types,
+        // unknown commands, non-UTF-8.
+        let mut junk = Vec::new();
+        for j in 0..10 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match (k + j) % 5 {
+                0 => junk
+                    .extend((0..64).map(|i| u8::try_from((seed >> (i % 56)) & 0xfe).unwrap_or(0))),
+                1 => junk.extend_from_slice(b"{\"cmd\": \"status\""),
+                2 => junk.extend_from_slice(b"{\"cmd\": \"stop\", \"name\": 7}"),
+                3 => junk.extend_from_slice(b"{\"cmd\": \"explode\"}"),
+                _ => junk.extend_from_slice(b"\xff\xfe{\"cmd\":\xc3}"),
+            }
+            junk.push(b'\n');
+        }
+        c.write_all(&junk).expect("send garbage");
+        conns.push(c);
+        if k % 100 == 99 {
+            // A valid client is answered while the garbage comes in.
+            let t = status_latency(&sock);
+            assert!(
+                t < Duration::from_secs(5),
+                "status took {t:?} under garbage"
+            );
+        }
+    }
+    // Every garbage connection gets its "bad request" lines (read a few).
+    for c in conns.iter().take(20) {
+        let mut line = String::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        BufReader::new(c)
+            .read_line(&mut line)
+            .expect("a reply to garbage");
+        assert!(
+            line.starts_with("{\"ok\":false,\"error\":\"bad request: "),
+            "{line}"
+        );
+    }
+    let t = status_latency(&sock);
+    assert!(t < Duration::from_secs(5), "{t:?}");
+    let grown = rss_kib(up.pid()).saturating_sub(base_rss);
+    assert!(
+        grown < 32 * 1024,
+        "supervisor RSS grew {grown} KiB for 1000 connections"
+    );
+    drop(conns);
+    assert_eq!(up.service("svc")["state"], "running");
+    up.down();
+    assert_clean();
+}
