@@ -20,6 +20,7 @@ pub mod policy;
 mod probe;
 mod server;
 pub mod sockets;
+mod spawn;
 pub mod spawner;
 pub mod stack;
 mod status;
