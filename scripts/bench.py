@@ -442,6 +442,8 @@ def supervisor(work, setting, counts):
     out["restart_ms"] = summary(gaps) if gaps else None
     if setting == "vm":
         out["oom"] = oom_detection(work)
+        import bench_neighbours
+        out["neighbours"] = bench_neighbours.run(work, Up, request)
         out["floor"] = scale_floor(max(counts))
         out["floor"]["n"] = max(counts)
     else:
@@ -632,6 +634,9 @@ def report(paths):
         if s.get("health"):
             import bench_health
             lines += bench_health.report(s["health"])
+        if s.get("neighbours"):
+            import bench_neighbours
+            lines += bench_neighbours.report(s["neighbours"])
         if s.get("zero"):
             import bench_zero
             lines += bench_zero.report(s["zero"])
