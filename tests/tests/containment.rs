@@ -208,3 +208,72 @@ fn a_mount_point_missing_on_the_read_only_host_is_one_clear_error() {
     assert_eq!(code, 0, "{err}");
     assert_clean();
 }
+
+#[test]
+fn hogs_stay_in_their_cgroups_and_the_neighbour_and_the_supervisor_carry_on() {
+    require_vm();
+    use isola_tests::up::{svc, Up};
+    let memory = "import time\nx = []\nwhile True:\n    x.append(bytearray(1 << 20))\n";
+    let mut mem_hog = svc(
+        "",
+        json!({
+            "restart": {"policy": "always", "delayMs": 100, "limit": {"burst": 10000, "intervalMs": 1000}},
+            "linux": {"resources": {"memory": {"limit": 64 << 20, "swap": 64 << 20}}}
+        }),
+    );
+    mem_hog["process"]["args"] = json!(["python3", "-c", memory]);
+    let up = Up::start(
+        "hogs",
+        json!({
+            "victim": svc("exec sleep 1000", json!({})),
+            "forkbomb": svc("b() { b | b & }; b; sleep 1000", json!({
+                "restart": {"policy": "no"},
+                "linux": {"resources": {"pids": {"limit": 64}}}
+            })),
+            "memhog": mem_hog,
+            "flood": svc("yes 'flood flood flood flood flood flood flood' | head -c 50000000; exec sleep 1000", json!({})),
+        }),
+        &["--quiet"],
+    );
+    let before = up.wait_state("victim", "running");
+    let mut slowest = std::time::Duration::ZERO;
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(6) {
+        let t0 = std::time::Instant::now();
+        let _ = up.status();
+        slowest = slowest.max(t0.elapsed());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        slowest < std::time::Duration::from_secs(3),
+        "status took {slowest:?} beside the hogs"
+    );
+    let victim = up.service("victim");
+    assert_eq!(
+        (&victim["state"], &victim["restarts"], &victim["pid"]),
+        (&json!("running"), &json!(0), &before["pid"]),
+        "{victim}"
+    );
+    // The limits did act: the bomb met pids.max, the hog the OOM killer.
+    let pids: u64 = std::fs::read_to_string(format!("{CGROUP_ROOT}/hogs/forkbomb/pids.current"))
+        .expect("the bomb's cgroup")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pids <= 64, "{pids} tasks under pids.max 64");
+    let events =
+        std::fs::read_to_string(format!("{CGROUP_ROOT}/hogs/forkbomb/pids.events")).unwrap();
+    assert!(
+        !events.contains("max 0"),
+        "the bomb never hit pids.max: {events}"
+    );
+    let hog = up.wait_for(
+        "memhog",
+        "an OOM kill",
+        std::time::Duration::from_secs(60),
+        |s| s["oomKills"].as_u64() >= Some(1),
+    );
+    assert!(hog["oomKills"].as_u64() >= Some(1), "{hog}");
+    up.down();
+    assert_clean();
+}
