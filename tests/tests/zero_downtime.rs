@@ -189,6 +189,17 @@ fn ten_restarts_under_load_fail_no_request_with_held_sockets() {
         assert_eq!((t.refused, t.other), (0, 0), "{mode}: {t:?}");
         let s = up.service("web");
         assert_eq!(s["state"], "running", "{s}");
+        // Each overlap started the new sandbox first and stopped the old
+        // one only once it served; a replace never did.
+        let (_, log, _) = up.cli(&["logs", "-n", "1000", "web"]);
+        let handovers = log
+            .matches("overlap: ready; stopping the old sandbox")
+            .count();
+        assert_eq!(
+            handovers,
+            if mode == "overlap" { 10 } else { 0 },
+            "{mode}: {log}"
+        );
         up.down();
     }
     assert_clean();

@@ -229,10 +229,12 @@ impl Core {
 
     /// `isola stop NAME` (an overlap on its way is given up too).
     pub fn stop(&mut self, i: usize, conn: ConnId, now: Instant) {
-        self.wait(i, conn);
+        // Before this client waits: the overlap's own clients hear that it
+        // failed, this one hears `stopped` once the sandbox is down.
         if let Some(j) = self.service(i).and_then(|s| s.successor) {
             self.successor_failed(j, "was stopped with it", now);
         }
+        self.wait(i, conn);
         self.stop_with(i, Intent::Stop, now);
         self.pump(now);
     }

@@ -32,7 +32,9 @@ pub(super) struct Roll {
     /// The replica restarting now, and the `restarts` it will have once
     /// restarted.
     current: Option<(String, u32)>,
-    conn: Option<ConnId>,
+    /// Clients answered when it ends (a second restart of the group joins
+    /// the roll in progress rather than starting another beside it).
+    conns: Vec<ConnId>,
 }
 
 /// A client waiting for every replica of a group to settle.
@@ -202,6 +204,14 @@ impl Core {
                 self.successor_failed(j, &format!("was not ready within {ms} ms"), now);
             }
         }
+        if !self.rolls.is_empty() && self.shutting_down {
+            // Cut short: nothing restarts during a shutdown.
+            for roll in std::mem::take(&mut self.rolls) {
+                for c in roll.conns {
+                    self.effects.push_back(Effect::Answer(c, State::Stopping));
+                }
+            }
+        }
         if !self.rolls.is_empty() {
             self.advance_rolls(now);
         }
@@ -213,15 +223,17 @@ impl Core {
     /// A client went away: nobody to answer in rollouts.
     pub(super) fn forget_rollout_conn(&mut self, conn: ConnId) {
         for r in &mut self.rolls {
-            if r.conn == Some(conn) {
-                r.conn = None;
-            }
+            r.conns.retain(|c| *c != conn);
         }
         self.group_waits.retain(|w| w.conn != conn);
     }
 
     /// `isola restart GROUP`: one replica at a time.
     pub fn restart_group(&mut self, group: &str, conn: ConnId, now: Instant) {
+        if let Some(roll) = self.rolls.iter_mut().find(|r| r.group == group) {
+            roll.conns.push(conn);
+            return;
+        }
         let pending = self
             .group_members(group)
             .into_iter()
@@ -231,7 +243,7 @@ impl Core {
             group: group.to_string(),
             pending,
             current: None,
-            conn: Some(conn),
+            conns: vec![conn],
         });
         self.event_group(group, "rolling restart, one replica at a time");
         self.pump(now);
@@ -242,7 +254,7 @@ impl Core {
         while k < self.rolls.len() {
             if self.step_roll(k, now) {
                 let roll = self.rolls.remove(k);
-                if let Some(c) = roll.conn {
+                for c in roll.conns {
                     self.effects.push_back(Effect::Answer(c, State::Running));
                 }
             } else {
@@ -269,10 +281,10 @@ impl Core {
                 };
                 let roll = &mut self.rolls[k];
                 let left = roll.pending.len();
-                let (group, conn) = (roll.group.clone(), roll.conn.take());
+                let (group, conns) = (roll.group.clone(), std::mem::take(&mut roll.conns));
                 roll.pending.clear();
                 roll.current = None;
-                if let Some(c) = conn {
+                for c in conns {
                     self.effects.push_back(Effect::Answer(c, state));
                 }
                 self.event_group(

@@ -232,6 +232,81 @@ fn a_group_stop_is_answered_once_every_replica_stopped() {
     assert_eq!(H::answers(&h.effects()), [State::Stopped]);
 }
 
+#[test]
+fn a_stop_during_an_overlap_fails_the_restart_and_answers_the_stop_once_down() {
+    // A readiness probe keeps the new sandbox from taking over at once.
+    let mut def = overlap();
+    def["probes"] = json!({"readiness": {"tcp": {"port": 1}, "periodMs": 1000}});
+    let mut h = H::running(json!({"web": def}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let new = h.start_launched()[0];
+    h.effects();
+    const STOPPER: ConnId = 10;
+    let now = h.at(1100);
+    h.core.stop(old, STOPPER, now);
+    let fx = h.effects();
+    assert_eq!(H::answers(&fx), [State::Failed], "{fx:?}");
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Answer(STOPPER, _))),
+        "{fx:?}"
+    );
+    assert!(fx.contains(&Effect::Signal(new, Signal::SIGTERM)), "{fx:?}");
+    assert!(fx.contains(&Effect::Signal(old, Signal::SIGTERM)), "{fx:?}");
+    let now = h.at(1200);
+    h.core.exited(
+        old,
+        Exit {
+            code: 143,
+            oom_kills: 0,
+            new_oom_kills: 0,
+        },
+        now,
+    );
+    assert!(h
+        .effects()
+        .contains(&Effect::Answer(STOPPER, State::Stopped)));
+}
+
+#[test]
+fn a_second_group_restart_joins_the_roll_in_progress() {
+    let mut h = H::running(json!({"web": {"replicas": 3, "restart": {"policy": "always"}}}));
+    const SECOND: ConnId = 10;
+    let exit = Exit {
+        code: 143,
+        oom_kills: 0,
+        new_oom_kills: 0,
+    };
+    let (w1, w2) = (h.i("web.1"), h.i("web.2"));
+    let now = h.at(1000);
+    h.core.restart_group("web", CONN, now);
+    h.core.exited(w1, exit, now);
+    h.core.started(w1, 100, now);
+    h.effects();
+    // web.2 is stopping now; a second request must not take web.1 down
+    // beside it (two of three replicas gone).
+    let now = h.at(1100);
+    h.core.restart_group("web", SECOND, now);
+    let fx = h.effects();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Signal(..))),
+        "{fx:?}"
+    );
+    for (k, i) in [(2, w2), (3, h.i("web.3"))] {
+        let now = h.at(1100 + 100 * k);
+        h.core.exited(i, exit, now);
+        assert_eq!(h.launched(), [i]);
+        h.core.started(i, 100, now);
+    }
+    let fx = h.effects();
+    assert!(fx.contains(&Effect::Answer(CONN, State::Running)), "{fx:?}");
+    assert!(
+        fx.contains(&Effect::Answer(SECOND, State::Running)),
+        "{fx:?}"
+    );
+}
+
 impl H {
     fn svc_restarts(&self, name: &str) -> u32 {
         self.core.service(self.i(name)).unwrap().restarts
