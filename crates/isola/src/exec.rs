@@ -97,6 +97,8 @@ pub(crate) fn exec(
         cwd: None,
         stdio: None,
         kill_group: false,
+        detached: false,
+        console: None,
     };
     let target = Target {
         init: pidfd.as_fd(),

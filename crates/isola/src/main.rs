@@ -20,6 +20,7 @@ static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
 
 mod client;
 mod exec;
+mod oci;
 
 #[derive(Parser)]
 #[command(
@@ -184,7 +185,11 @@ fn up(cfg: supervisor::Config) -> Result<u8, Exit> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if oci::wants(&args) {
+        return oci::main(args);
+    }
+    let cli = Cli::parse_from(args);
     let res = match cli.command {
         Command::Run {
             name,
@@ -353,6 +358,7 @@ fn run(
     let opts = sandbox::Options {
         pass_fds: &[],
         listen: isola_runtime::listen::Listen::default(),
+        detach: None,
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

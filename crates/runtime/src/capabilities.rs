@@ -38,7 +38,13 @@ pub const DOCKER_DEFAULT: &[&str] = &[
 
 /// Without `process.capabilities` every set is empty: a sandbox gets only
 /// what its spec names.
-pub fn from_oci(c: Option<&LinuxCapabilities>) -> Result<CapSets, SpecError> {
+/// Ambient capabilities the kernel would refuse (not in both permitted and
+/// inheritable) are left out with a line in `warnings`, as runc and crun
+/// do: `crun spec` and `runc spec` write such a set.
+pub fn from_oci(
+    c: Option<&LinuxCapabilities>,
+    warnings: &mut Vec<String>,
+) -> Result<CapSets, SpecError> {
     let Some(c) = c else {
         return Ok(CapSets::default());
     };
@@ -61,25 +67,32 @@ pub fn from_oci(c: Option<&LinuxCapabilities>) -> Result<CapSets, SpecError> {
         }
         Ok(out)
     };
-    let sets = CapSets {
+    let mut sets = CapSets {
         bounding: set("bounding", c.bounding())?,
         effective: set("effective", c.effective())?,
         permitted: set("permitted", c.permitted())?,
         inheritable: set("inheritable", c.inheritable())?,
         ambient: set("ambient", c.ambient())?,
     };
-    for (name, s) in [("effective", &sets.effective), ("ambient", &sets.ambient)] {
-        if let Some(extra) = s.difference(&sets.permitted).next() {
-            return Err(SpecError::new(
-                format!("process.capabilities.{name}"),
-                format!("{extra} is not in permitted: the kernel would refuse it"),
-            ));
-        }
-    }
-    if let Some(extra) = sets.ambient.difference(&sets.inheritable).next() {
+    if let Some(extra) = sets.effective.difference(&sets.permitted).next() {
         return Err(SpecError::new(
-            "process.capabilities.ambient",
-            format!("{extra} is not in inheritable: the kernel would refuse it"),
+            "process.capabilities.effective",
+            format!("{extra} is not in permitted: the kernel would refuse it"),
+        ));
+    }
+    let mut refused: Vec<String> = sets
+        .ambient
+        .iter()
+        .filter(|a| !sets.permitted.contains(a) || !sets.inheritable.contains(a))
+        .map(|a| a.to_string())
+        .collect();
+    if !refused.is_empty() {
+        refused.sort();
+        sets.ambient
+            .retain(|a| sets.permitted.contains(a) && sets.inheritable.contains(a));
+        warnings.push(format!(
+            "process.capabilities.ambient: {} left out: not in both permitted and inheritable, the kernel would refuse it",
+            refused.join(", ")
         ));
     }
     Ok(sets)
@@ -127,14 +140,31 @@ mod tests {
             r#"{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"],"inheritable":[],"ambient":[]}"#,
         )
         .unwrap();
-        let s = from_oci(Some(&c)).unwrap();
+        let mut warnings = Vec::new();
+        let s = from_oci(Some(&c), &mut warnings).unwrap();
         assert_eq!(s.bounding.len(), 2);
+        assert!(warnings.is_empty());
         assert!(s.effective.contains(&Capability::CAP_KILL));
 
         let c: LinuxCapabilities =
             serde_json::from_str(r#"{"effective":["CAP_KILL"],"permitted":[]}"#).unwrap();
-        let e = from_oci(Some(&c)).unwrap_err();
+        let e = from_oci(Some(&c), &mut warnings).unwrap_err();
         assert_eq!(e.field, "process.capabilities.effective");
+    }
+
+    #[test]
+    fn ambient_the_kernel_would_refuse_is_left_out_with_a_warning() {
+        // What `crun spec` writes: ambient NET_BIND_SERVICE, inheritable empty.
+        let c: LinuxCapabilities = serde_json::from_str(
+            r#"{"bounding":["CAP_KILL","CAP_NET_BIND_SERVICE"],"effective":["CAP_KILL","CAP_NET_BIND_SERVICE"],"permitted":["CAP_KILL","CAP_NET_BIND_SERVICE"],"inheritable":["CAP_KILL"],"ambient":["CAP_KILL","CAP_NET_BIND_SERVICE"]}"#,
+        )
+        .unwrap();
+        let mut warnings = Vec::new();
+        let s = from_oci(Some(&c), &mut warnings).unwrap();
+        assert!(s.ambient.contains(&Capability::CAP_KILL));
+        assert!(!s.ambient.contains(&Capability::CAP_NET_BIND_SERVICE));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("CAP_NET_BIND_SERVICE"), "{warnings:?}");
     }
 
     #[test]
@@ -146,6 +176,6 @@ mod tests {
 
     #[test]
     fn absent_means_none() {
-        assert_eq!(from_oci(None).unwrap(), CapSets::default());
+        assert_eq!(from_oci(None, &mut Vec::new()).unwrap(), CapSets::default());
     }
 }

@@ -486,10 +486,14 @@ pub fn sanitize_name(raw: &str) -> String {
         .collect()
 }
 
+/// The longest directory name cgroupfs takes (NAME_MAX): OCI clients name
+/// groups after 64-character container ids with a prefix.
+const NAME_MAX: usize = 255;
+
 /// Validate a name used as a cgroup directory (and in messages).
 pub fn check_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= NAME_MAX
         && name != "."
         && name != ".."
         && name
@@ -500,7 +504,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     } else {
         Err(SpecError::new(
             "name",
-            format!("{name:?}: use 1-64 characters of A-Z a-z 0-9 - _ ."),
+            format!("{name:?}: use 1-{NAME_MAX} characters of A-Z a-z 0-9 - _ ."),
         ))
     }
 }
@@ -532,5 +536,7 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("..").is_err());
         assert!(check_name("a/b").is_err());
+        assert!(check_name(&"x".repeat(NAME_MAX)).is_ok());
+        assert!(check_name(&"x".repeat(NAME_MAX + 1)).is_err());
     }
 }

@@ -53,10 +53,22 @@ pub(crate) type Step = (&'static str, String);
 /// ([`Plan::deferred_ns_flags`]).
 /// `pass` holds the fds (in the caller's numbering) that the payload gets
 /// at [`Plan::pass_fds`], `listen` the sockets it gets at 3, 4, ….
-pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd], listen: Listen) -> ! {
+pub fn run(
+    plan: &Plan,
+    sock: OwnedFd,
+    unshare: u64,
+    pass: &[RawFd],
+    listen: Listen,
+    detach: Option<Detach>,
+) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
-    let mut keep = vec![sock.as_raw_fd()];
+    let mut held = vec![sock.as_raw_fd()];
+    if let Some(d) = detach {
+        held.push(d.gate);
+        held.extend(d.console);
+    }
+    let mut keep = held.clone();
     keep.extend_from_slice(pass);
     keep.extend_from_slice(listen.fds);
     let sources: Vec<RawFd> = listen.fds.iter().chain(pass).copied().collect();
@@ -71,25 +83,44 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd], listen: Lis
     if closed.is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
-    let sock = if sources.is_empty() {
-        sock
-    } else {
+    if !sources.is_empty() {
         #[allow(unsafe_code)]
         // SAFETY: as above: this clone owns these fds by number only.
-        let placed = unsafe { sys::place_fds(&sources, &targets, sock.as_raw_fd()) };
-        match placed {
-            Ok(fd) if fd == sock.as_raw_fd() => sock,
-            Ok(fd) => {
-                // The sync socket sat on a target: it lives on at `fd`.
-                std::mem::forget(sock);
-                sys::adopt_received_fd(fd)
-            }
-            Err(_) => sys::exit_now(exit::code(exit::SETUP)),
+        let placed = unsafe { sys::place_fds(&sources, &targets, &mut held) };
+        if placed.is_err() {
+            sys::exit_now(exit::code(exit::SETUP));
+        }
+    }
+    let sock = if held[0] == sock.as_raw_fd() {
+        sock
+    } else {
+        // The sync socket sat on a target: it lives on at `held[0]`.
+        std::mem::forget(sock);
+        #[allow(unsafe_code)]
+        // SAFETY: place_fds made this copy for us alone.
+        unsafe {
+            sys::adopt_inherited_fd(held[0])
         }
     };
+    let gated = detach.map(|d| {
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's owners of these fds live on in its memory,
+        // never dropped here: this clone leaves by exec or exit_now.
+        let adopt = |fd| unsafe { sys::adopt_inherited_fd(fd) };
+        Gated {
+            gate: adopt(held[1]),
+            console: d.console.map(|_| adopt(held[2])),
+        }
+    });
     // Our parent may not block all of these; a forwarded SIGUSR1 must not
-    // kill the init with its default action.
-    if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signal_set()), None).is_err() {
+    // kill the init with its default action. Detached, every signal is the
+    // payload's (`kill ID SIGNAL` names any).
+    let set = if gated.is_some() {
+        SigSet::all()
+    } else {
+        signal_set()
+    };
+    if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
         sys::exit_now(exit::code(exit::SETUP));
     }
     targets.sort_unstable();
@@ -97,8 +128,8 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd], listen: Lis
         all: &targets,
         listen: (!listen.fds.is_empty()).then_some(listen),
     };
-    match prepare(plan, &sock, unshare, &payload_fds) {
-        Ok(Some(payload)) => supervise(plan, payload, &sock),
+    match prepare(plan, &sock, unshare, &payload_fds, gated) {
+        Ok(Some(payload)) => supervise(plan, payload, &sock, &set),
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(exit::code(exit::SETUP)),
         Err(Failure::Setup((step, message))) => {
@@ -121,7 +152,25 @@ pub fn run(plan: &Plan, sock: OwnedFd, unshare: u64, pass: &[RawFd], listen: Lis
             );
             sys::exit_now(code)
         }
+        Err(Failure::Signaled(code)) => sys::exit_now(code),
     }
+}
+
+/// An init that outlives its caller and starts the payload only when told
+/// (OCI `create`, then `start`: see [`crate::gate`]). Raw fds of the
+/// caller's, which the init keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Detach {
+    /// The start FIFO, open read-write.
+    pub gate: RawFd,
+    /// A connected `--console-socket`: the payload gets a pty.
+    pub console: Option<RawFd>,
+}
+
+/// [`Detach`] in the init, its fds owned.
+struct Gated {
+    gate: OwnedFd,
+    console: Option<OwnedFd>,
 }
 
 /// The fds the payload gets, as the init sees them after placing them.
@@ -135,6 +184,8 @@ struct PayloadFds<'a> {
 enum Failure {
     Setup(Step),
     Exec(Errno, i32),
+    /// A signal ended the wait at the gate: leave with this code.
+    Signaled(i32),
 }
 
 impl From<Step> for Failure {
@@ -156,6 +207,7 @@ fn prepare(
     sock: &OwnedFd,
     unshare: u64,
     fds: &PayloadFds,
+    gated: Option<Gated>,
 ) -> Result<Option<Pid>, Failure> {
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
@@ -200,16 +252,55 @@ fn prepare(
             fresh_proc: plan.new_pid_ns(),
             masked: &plan.masked,
             readonly: &plan.readonly,
+            devices: &plan.devices,
         })?;
     }
+    let detached = gated.is_some();
+    let terminal = match gated.as_ref().and_then(|g| g.console.as_ref()) {
+        Some(console) => {
+            let console = console.try_clone().map_err(step("console", "dup"))?;
+            let slave = crate::gate::console(console).map_err(|e| ("console", e))?;
+            for target in 0..=2 {
+                sys::dup2_raw(slave.as_raw_fd(), target).map_err(step("console", "stdio"))?;
+            }
+            true
+        }
+        None => false,
+    };
+    // Made while seccomp cannot refuse it yet; read at the gate.
+    let gate_signals = match &gated {
+        Some(_) => Some(
+            nix::sys::signalfd::SignalFd::with_flags(
+                &SigSet::all(),
+                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
+                    | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+            )
+            .map_err(step("signals", "signalfd"))?,
+        ),
+        None => None,
+    };
     become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
-    let pid = spawn_payload(plan, fds)?;
+    if let (Some(g), Some(signals)) = (gated, gate_signals) {
+        // A command that is not there fails `create`, not `start`.
+        resolve(&plan.args[0], &plan.search_path)
+            .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+        // The caller (`isola create`) exits now; we live on, reaped by
+        // whoever reaps its orphans (conmon, the containerd shim).
+        nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
+        sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
+        crate::gate::wait(&g.gate, &signals).map_err(Failure::Signaled)?;
+    }
+    let pid = spawn_payload(plan, fds, terminal)?;
     // Passed fds are the payload's alone (a pipe's writer must not be
     // held open by us).
     for fd in fds.all {
         let _ = nix::unistd::close(*fd);
     }
-    sync::write(sock, &Msg::Started).map_err(step("sync", "report start"))?;
+    let reported = sync::write(sock, &Msg::Started);
+    // Detached, nobody listens any more: a failed write is no failure.
+    if !detached {
+        reported.map_err(step("sync", "report start"))?;
+    }
     Ok(Some(pid))
 }
 
@@ -301,7 +392,9 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 /// Start the payload (vfork-style: see [`sys::vfork_exec`]). An exec
 /// failure comes back over a CLOEXEC pipe as the errno (EOF means the exec
 /// happened).
-fn spawn_payload(plan: &Plan, fds: &PayloadFds) -> Result<Pid, Failure> {
+/// With `terminal`, stdin is a pty slave that becomes the payload's
+/// controlling terminal.
+fn spawn_payload(plan: &Plan, fds: &PayloadFds, terminal: bool) -> Result<Pid, Failure> {
     let path = resolve(&plan.args[0], &plan.search_path)
         .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
     let nul = std::iter::once(std::ptr::null());
@@ -340,7 +433,7 @@ fn spawn_payload(plan: &Plan, fds: &PayloadFds) -> Result<Pid, Failure> {
             // Our pid in the payload's PID namespace: the payload's own.
             pid_slot.fill(nix::unistd::getpid().as_raw().unsigned_abs());
         }
-        let errno = exec_payload(&path, &argv, &envp, keep);
+        let errno = exec_payload(&path, &argv, &envp, keep, terminal);
         let _ = nix::unistd::write(&wr, &(errno as i32).to_ne_bytes());
         exec_exit_code(errno)
     };
@@ -399,8 +492,18 @@ fn exec_payload(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     keep: &[RawFd],
+    terminal: bool,
 ) -> Errno {
     sys::reset_signal_dispositions();
+    if terminal {
+        // A session of its own, with the pty as its terminal (as a login).
+        if let Err(e) = nix::unistd::setsid() {
+            return e;
+        }
+        if let Err(e) = sys::set_controlling_tty() {
+            return e;
+        }
+    }
     if let Err(e) =
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
     {
@@ -439,8 +542,8 @@ pub(crate) fn resolve(arg0: &CString, search_path: &[PathBuf]) -> Result<CString
 }
 
 /// The init's life after the payload started: reap, forward, exit.
-fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd) -> ! {
-    let set = signal_set();
+/// `set`: the signals the init takes (blocked): SIGCHLD, the rest passed on.
+fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd, set: &SigSet) -> ! {
     let mut status: Option<i32> = None;
     while status.is_none() {
         let Ok(sig) = set.wait() else { continue };

@@ -17,7 +17,7 @@
 //! [`Options::kill_group`] as SIGKILL to the command's whole process group.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -65,6 +65,12 @@ pub struct Options {
     /// SIGKILLs that group (a probe past its timeout, and what it started).
     /// Otherwise signals to the waiter are forwarded to the command.
     pub kill_group: bool,
+    /// The waiter outlives its caller (OCI `exec --detach`: a subreaper
+    /// adopts and waits on it); otherwise the caller's death ends it.
+    pub detached: bool,
+    /// A connected console socket: the command gets a pty of the
+    /// sandbox's `/dev/pts` as its terminal, the master goes there.
+    pub console: Option<RawFd>,
 }
 
 /// The waiter process, our child.
@@ -117,6 +123,11 @@ impl Joined {
 /// its init's pid, like `isola exec`).
 pub fn pidfd_of(pid: Pid) -> Result<OwnedFd, Error> {
     sys::pidfd_open(pid).map_err(|e| Error::sys(format!("pidfd_open {pid}"), e))
+}
+
+/// Send signal `sig` to the process behind `pidfd` (no pid-reuse race).
+pub fn signal(pidfd: &OwnedFd, sig: i32) -> Result<(), Errno> {
+    sys::pidfd_send_signal(pidfd.as_fd(), sig)
 }
 
 /// Start `opts` inside `target`. The caller must be single-threaded (isola's
@@ -194,13 +205,31 @@ fn waiter(
         return setup_failed("sigprocmask", &e);
     }
     // If our caller dies, the command goes with us.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
-        return setup_failed("prctl", &e);
+    if !opts.detached {
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
+            return setup_failed("prctl", &e);
+        }
     }
     if flags != 0 {
         let bits = i32::try_from(flags).unwrap_or(0);
         if let Err(e) = nix::sched::setns(target.init, CloneFlags::from_bits_retain(bits)) {
             return setup_failed("join the sandbox's namespaces", &e);
+        }
+    }
+    if let Some(console) = opts.console {
+        // In the sandbox's mount namespace now: /dev/ptmx is its devpts.
+        #[allow(unsafe_code)]
+        // SAFETY: our caller's owner of this fd lives on in its memory only;
+        // this child leaves by exit_now.
+        let console = unsafe { sys::adopt_inherited_fd(console) };
+        let slave = match crate::gate::console(console) {
+            Ok(s) => s,
+            Err(e) => return setup_failed("console", &e),
+        };
+        for slot in 0..=2 {
+            if let Err(e) = sys::dup2_raw(slave.as_raw_fd(), slot) {
+                return setup_failed("console", &e);
+            }
         }
     }
     // Nothing of the caller's (a supervisor's thousands of fds) goes in.
@@ -253,6 +282,14 @@ fn command(
 ) -> i32 {
     if opts.kill_group {
         let _ = nix::unistd::setsid();
+    }
+    if opts.console.is_some() {
+        // Its own session, the pty on stdin its controlling terminal.
+        let _ = nix::unistd::setsid();
+        if let Err(e) = sys::set_controlling_tty() {
+            eprintln!("isola exec: console: {e}");
+            return exit::code(exit::SETUP);
+        }
     }
     if let Err((step, msg)) = init::become_payload(plan, uid, gid, cwd) {
         eprintln!("isola exec: {step}: {msg}");

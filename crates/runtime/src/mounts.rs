@@ -139,6 +139,8 @@ impl MountSpec {
             "runbindable" => self
                 .propagation
                 .push(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            // crun's extensions that podman may emit; runc ignores them too.
+            "tmpcopyup" | "notmpcopyup" | "copy-symlink" => {}
             other => {
                 if !self.data.is_empty() {
                     self.data.push(',');
@@ -158,6 +160,7 @@ pub struct Layout<'a> {
     pub fresh_proc: bool,
     pub masked: &'a [PathBuf],
     pub readonly: &'a [PathBuf],
+    pub devices: &'a [crate::nodes::DeviceNode],
 }
 
 type Step = (&'static str, String);
@@ -243,6 +246,9 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
             None::<&str>,
         )
         .map_err(fail("mount", "proc on /proc"))?;
+    }
+    for n in l.devices {
+        n.create(&inside(&n.path))?;
     }
     for p in l.masked {
         mask(&inside(p))?;

@@ -65,6 +65,28 @@ pub struct Plan {
     /// fd numbers (3 and up) the payload gets from the caller: the fds of
     /// [`crate::Options::pass_fds`], in this order, land here.
     pub pass_fds: Vec<std::os::fd::RawFd>,
+    /// `linux.devices`, created in the view.
+    pub devices: Vec<crate::nodes::DeviceNode>,
+    /// `process.terminal` (OCI only, with a console socket).
+    pub terminal: bool,
+    /// `linux.cgroupsPath` as written (OCI only: `isola run` and stacks
+    /// place sandboxes themselves).
+    pub cgroups_path: Option<String>,
+    /// What the spec asks that isola leaves out, and says so (ambient
+    /// capabilities the kernel would refuse, an LSM label on a host
+    /// without that LSM).
+    pub warnings: Vec<String>,
+}
+
+/// How a spec is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `isola run`, stacks: hooks, terminals and cgroup paths are refused.
+    Isola,
+    /// A bundle driven through the OCI command line (`isola create`): the
+    /// caller runs hooks and passes the terminal; `linux.cgroupsPath` places
+    /// the group.
+    Oci,
 }
 
 /// Put `entry` (`NAME=VALUE`) into `env`, replacing a variable of that name.
@@ -120,18 +142,28 @@ impl Plan {
     }
 
     pub fn from_spec(s: &ServiceSpec) -> Result<Plan, SpecError> {
+        Plan::read(s, Dialect::Isola)
+    }
+
+    pub fn read(s: &ServiceSpec, dialect: Dialect) -> Result<Plan, SpecError> {
         let oci = &s.oci;
-        if oci.hooks().is_some() {
-            return Err(SpecError::new("hooks", "not supported"));
+        let is_oci = dialect == Dialect::Oci;
+        let mut warnings = Vec::new();
+        if oci.hooks().is_some() && !is_oci {
+            return Err(SpecError::new(
+                "hooks",
+                "not supported by isola run and stacks (the OCI commands run them: isola create)",
+            ));
         }
         let process = oci
             .process()
             .as_ref()
             .ok_or_else(|| SpecError::new("process", "missing: a service needs process.args"))?;
-        if process.terminal() == Some(true) {
+        let terminal = process.terminal() == Some(true);
+        if terminal && !is_oci {
             return Err(SpecError::new(
                 "process.terminal",
-                "true: not supported (stdio is inherited)",
+                "true: not supported by isola run (stdio is inherited; isola create --console-socket gives a pty)",
             ));
         }
         let args = process.args().clone().unwrap_or_default();
@@ -166,7 +198,7 @@ impl Plan {
             ));
         }
         let user = process.user();
-        let caps = capabilities::from_oci(process.capabilities().as_ref())?;
+        let caps = capabilities::from_oci(process.capabilities().as_ref(), &mut warnings)?;
         let rlimits = process
             .rlimits()
             .iter()
@@ -182,15 +214,33 @@ impl Plan {
                 ));
             }
         }
-        for (field, set) in [
+        for (field, set, lsm) in [
             (
                 "process.apparmorProfile",
                 process.apparmor_profile().is_some(),
+                Lsm::AppArmor,
             ),
-            ("process.selinuxLabel", process.selinux_label().is_some()),
+            (
+                "process.selinuxLabel",
+                process.selinux_label().is_some(),
+                Lsm::SELinux,
+            ),
         ] {
             if set {
-                return Err(SpecError::new(field, "not supported"));
+                if lsm.enabled() {
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                            "{}: enabled on this host, and isola cannot apply its labels",
+                            lsm.name()
+                        ),
+                    ));
+                }
+                // As runc: a label for an LSM the host lacks is no label.
+                warnings.push(format!(
+                    "{field}: ignored ({} is not enabled on this host)",
+                    lsm.name()
+                ));
             }
         }
 
@@ -328,7 +378,7 @@ impl Plan {
         }
 
         let seccomp = match linux.seccomp() {
-            Some(p) => seccomp::compile(p)?,
+            Some(p) => seccomp::compile(p, is_oci)?,
             None => Vec::new(),
         };
         let cgroup_files = match linux.resources() {
@@ -341,11 +391,20 @@ impl Plan {
             .and_then(|r| r.devices().clone())
             .unwrap_or_default();
         let device_allows = spec_devices.iter().any(|d| d.allow());
-        let device_filter = crate::devices::program(&crate::devices::rules(&spec_devices, &[])?);
-        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        let spec_nodes = linux.devices().clone().unwrap_or_default();
+        let device_filter =
+            crate::devices::program(&crate::devices::rules(&spec_devices, &spec_nodes)?);
+        let devices = linux
+            .devices()
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, d)| crate::nodes::DeviceNode::from_oci(i, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !devices.is_empty() && (root.is_none() || !new_mount) {
             return Err(SpecError::new(
                 "linux.devices",
-                "not supported (a tmpfs /dev gets null, zero, full, random, urandom, tty)",
+                "needs root and a mount namespace (host-root mode gets a fresh /dev with null, zero, full, random, urandom, tty)",
             ));
         }
         for (field, set) in [
@@ -358,15 +417,18 @@ impl Plan {
                 return Err(SpecError::new(field, "not supported"));
             }
         }
-        if let Some(p) = linux.cgroups_path() {
-            return Err(SpecError::new(
-                "linux.cgroupsPath",
-                format!(
-                    "{}: isola places sandboxes itself (use --cgroup-root and --name)",
-                    p.display()
-                ),
-            ));
-        }
+        let cgroups_path = match linux.cgroups_path() {
+            Some(p) if !is_oci => {
+                return Err(SpecError::new(
+                    "linux.cgroupsPath",
+                    format!(
+                        "{}: isola places sandboxes itself (use --cgroup-root and --name)",
+                        p.display()
+                    ),
+                ));
+            }
+            p => p.as_ref().map(|p| p.display().to_string()),
+        };
 
         let plan = Plan {
             args,
@@ -398,6 +460,10 @@ impl Plan {
             device_filter,
             device_allows,
             pass_fds: Vec::new(),
+            devices,
+            terminal,
+            cgroups_path,
+            warnings,
         };
         plan.precheck_command()?;
         Ok(plan)
@@ -435,6 +501,31 @@ impl Plan {
             "process.args[0]",
             format!("{cmd}: command not found"),
         ))
+    }
+}
+
+/// A Linux security module a spec may name a label of.
+#[derive(Debug, Clone, Copy)]
+enum Lsm {
+    AppArmor,
+    SELinux,
+}
+
+impl Lsm {
+    fn name(self) -> &'static str {
+        match self {
+            Lsm::AppArmor => "AppArmor",
+            Lsm::SELinux => "SELinux",
+        }
+    }
+
+    /// Whether the running kernel enforces it (how runc asks).
+    fn enabled(self) -> bool {
+        match self {
+            Lsm::AppArmor => std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+                .is_ok_and(|v| v.trim() == "Y"),
+            Lsm::SELinux => Path::new("/sys/fs/selinux/enforce").exists(),
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Options<'a> {
     /// Listening sockets handed to the payload at 3, 4, … (socket
     /// activation, see [`crate::listen`]).
     pub listen: Listen<'a>,
+    /// Let the init outlive us and wait at a gate before the payload
+    /// starts (OCI `create`); see [`Starting::created`].
+    pub detach: Option<init::Detach>,
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -162,6 +165,22 @@ impl Starting {
         }
     }
 
+    /// For a detached sandbox ([`Options::detach`]): wait until the init
+    /// is set up and waiting at its gate, then let it go on alone. Returns
+    /// its pid and cgroup, which outlive us.
+    pub fn created(self) -> Result<(Pid, Option<PathBuf>), Error> {
+        let Starting { mut sb, sync } = self;
+        match sync::read(&sync) {
+            Ok(Some(Msg::Created)) => {
+                // Disarm Drop: the sandbox is the caller's caller's now.
+                sb.status = Some(ExitStatus::Exited(0));
+                let cgroup = sb.cgroup.take().map(|c| c.path().to_owned());
+                Ok((sb.pid, cgroup))
+            }
+            other => Err(Starting { sb, sync }.failure(other)),
+        }
+    }
+
     /// The init's report; blocks until there is one.
     pub fn complete(self) -> Result<Sandbox, Error> {
         let Starting { mut sb, sync } = self;
@@ -170,30 +189,38 @@ impl Starting {
                 sb.news = Some(sync);
                 Ok(sb)
             }
+            other => Err(Starting { sb, sync }.failure(other)),
+        }
+    }
+
+    /// The error for a report other than the expected one; reaps the init.
+    fn failure(mut self, report: Result<Option<Msg>, Errno>) -> Error {
+        let sb = &mut self.sb;
+        match report {
             Ok(Some(Msg::SetupFailed { step, message })) => {
                 sb.reap();
-                Err(Error::Setup { step, message })
+                Error::Setup { step, message }
             }
             Ok(Some(Msg::ExecFailed { errno, command })) => {
                 sb.reap();
                 let errno = Errno::from_raw(errno);
-                Err(match errno {
+                match errno {
                     Errno::ENOENT | Errno::ENOTDIR => Error::NotFound { command },
                     e => Error::NotExecutable {
                         command,
                         message: e.desc().to_string(),
                     },
-                })
+                }
             }
             _ => {
                 let st = sb.reap();
-                Err(Error::Setup {
+                Error::Setup {
                     step: "init".into(),
                     message: format!(
                         "died before the payload started (exit status {})",
                         st.code()
                     ),
-                })
+                }
             }
         }
     }
@@ -328,7 +355,14 @@ fn clone_init(
                     }
                 }
             }
-            init::run(plan, theirs, deferred, opts.pass_fds, opts.listen)
+            init::run(
+                plan,
+                theirs,
+                deferred,
+                opts.pass_fds,
+                opts.listen,
+                opts.detach,
+            )
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
     }

@@ -2,7 +2,8 @@
 //! per datagram, EOF when the other side dies).
 //!
 //! parent → init: `G` (id maps written, go on).
-//! init → parent: `S` (payload exec'd), `E step\0message` (setup failed),
+//! init → parent: `C` (set up, waiting at the start gate: OCI `create`),
+//! `S` (payload exec'd), `E step\0message` (setup failed),
 //! `X errno\0command` (exec failed); later `P status` (the payload exited:
 //! sent as the init reaps it, before its own teardown).
 
@@ -23,6 +24,7 @@ pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Msg {
     Go,
+    Created,
     Started,
     SetupFailed { step: String, message: String },
     ExecFailed { errno: i32, command: String },
@@ -32,6 +34,7 @@ pub(crate) enum Msg {
 pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
     let bytes = match m {
         Msg::Go => b"G".to_vec(),
+        Msg::Created => b"C".to_vec(),
         Msg::Started => b"S".to_vec(),
         Msg::SetupFailed { step, message } => format!("E{step}\0{message}").into_bytes(),
         Msg::ExecFailed { errno, command } => format!("X{errno}\0{command}").into_bytes(),
@@ -70,6 +73,7 @@ fn read_with(fd: &OwnedFd, flags: MsgFlags) -> Result<Option<Msg>, Errno> {
     let (a, b) = text.split_once('\0').unwrap_or((text.as_str(), ""));
     Ok(Some(match buf[0] {
         b'G' => Msg::Go,
+        b'C' => Msg::Created,
         b'S' => Msg::Started,
         b'E' => Msg::SetupFailed {
             step: a.to_string(),
@@ -95,6 +99,7 @@ mod tests {
         let (a, b) = pair().unwrap();
         for m in [
             Msg::Go,
+            Msg::Created,
             Msg::Started,
             Msg::SetupFailed {
                 step: "mount".into(),

@@ -165,8 +165,9 @@ fn cloexec_range(first: RawFd, last: RawFd) -> Result<(), Errno> {
 
 /// Put `sources[k]` at fd `targets[k]` (without close-on-exec), whatever
 /// the numbers: each source is first copied above every target, so no
-/// placement overwrites a source still to be placed. `sock` is moved above
-/// the targets too when it sits on one; returns the fd it is at now.
+/// placement overwrites a source still to be placed. Each of `held` (fds
+/// the init keeps for itself) is moved above the targets too when it sits
+/// on one; `held` then says where they are.
 ///
 /// # Safety
 /// Only in a freshly cloned child (the init) that owns these fds by number
@@ -174,8 +175,8 @@ fn cloexec_range(first: RawFd, last: RawFd) -> Result<(), Errno> {
 pub(crate) unsafe fn place_fds(
     sources: &[RawFd],
     targets: &[RawFd],
-    sock: RawFd,
-) -> Result<RawFd, Errno> {
+    held: &mut [RawFd],
+) -> Result<(), Errno> {
     let above = targets.iter().copied().max().unwrap_or(2) + 1;
     let dup_above = |fd: RawFd| -> Result<RawFd, Errno> {
         // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; nothing is closed.
@@ -185,11 +186,11 @@ pub(crate) unsafe fn place_fds(
     for &s in sources {
         high.push(dup_above(s)?);
     }
-    let sock = if targets.contains(&sock) {
-        dup_above(sock)?
-    } else {
-        sock
-    };
+    for h in held.iter_mut() {
+        if targets.contains(h) {
+            *h = dup_above(*h)?;
+        }
+    }
     for (&h, &t) in high.iter().zip(targets) {
         // SAFETY: dup2 replaces descriptor `t`, which no Rust object in this
         // child owns (our contract).
@@ -199,7 +200,7 @@ pub(crate) unsafe fn place_fds(
         // SAFETY: `h` is a copy made above, owned by nothing else.
         unsafe { libc::close(h) };
     }
-    Ok(sock)
+    Ok(())
 }
 
 /// Close every fd from 3 up except `keep`: the init starts with only stdio
@@ -323,6 +324,24 @@ pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: SCM_RIGHTS descriptors are new entries in our fd table,
     // created by the recvmsg that returned them; nothing else owns them.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Own a descriptor a freshly cloned child inherited by number.
+///
+/// # Safety
+/// `fd` is open, and its Rust owner (if any) lives in the parent's copy of
+/// memory and is never used or dropped in this process: only in a child
+/// that leaves by exec or [`exit_now`] (the init).
+pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: our contract: nothing else in this process owns `fd`.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Make the terminal on stdin the controlling terminal of the calling
+/// process, which has just become a session leader (setsid).
+pub(crate) fn set_controlling_tty() -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours.
+    Errno::result(unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) }).map(drop)
 }
 
 /// Fork a helper process (the calling process must be single-threaded,

@@ -94,6 +94,8 @@ impl Supervisor {
             cwd: None,
             stdio: Some([fd, fd, fd]),
             kill_group: true,
+            detached: false,
+            console: None,
         };
         join::spawn(&target, &opts)
             .map(|inner| Joined { inner })

@@ -74,6 +74,7 @@ impl Supervisor {
             sibling,
             pass_fds: &[],
             listen: Listen::default(),
+            detach: None,
         }
     }
 

@@ -44,8 +44,12 @@ pub fn known_syscall(name: &str) -> bool {
     syscall_nr(name).is_some()
 }
 
-/// Compile the profile into the programs to install, in order.
-pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Program>, SpecError> {
+/// Compile the profile into the programs to install, in order. With
+/// `skip_unknown`, names this architecture lacks are left out (OCI
+/// clients send one profile for every architecture, i386's calls among
+/// them, as libseccomp takes it); otherwise such a name is refused as a
+/// typo.
+pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program>, SpecError> {
     if !cfg!(target_arch = "x86_64") {
         return Err(SpecError::new(
             FIELD,
@@ -76,7 +80,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Program>, SpecError> {
         .map(String::as_str)
         .filter(|n| !known_syscall(n))
         .collect();
-    if !unknown.is_empty() {
+    if !unknown.is_empty() && !skip_unknown {
         let list: Vec<&str> = unknown.into_iter().collect();
         return Err(SpecError::new(
             format!("{FIELD}.syscalls"),
@@ -98,7 +102,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Program>, SpecError> {
         let act = action(sc.action(), sc.errno_ret(), &format!("{field}.action"))?;
         let conds = conditions(sc, &field)?;
         for name in sc.names() {
-            let nr = syscall_nr(name).unwrap_or_default();
+            let Some(nr) = syscall_nr(name) else { continue };
             add_rule(&mut all, nr, conds.clone());
             if act != bpf::RET_ALLOW {
                 add_rule(by_action.entry(act).or_default(), nr, conds.clone());
@@ -242,7 +246,7 @@ mod tests {
         let p = profile(
             json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}]}),
         );
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         assert_eq!(progs.len(), 1);
         assert_eq!(eval(&progs, "read", [0; 6]), bpf::RET_ALLOW);
         assert_eq!(eval(&progs, "mount", [0; 6]), bpf::RET_ERRNO | 1);
@@ -255,7 +259,7 @@ mod tests {
             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
             {"names": ["reboot"], "action": "SCMP_ACT_KILL_PROCESS"}
         ]}));
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         assert_eq!(progs.len(), 3);
         assert_eq!(eval(&progs, "read", [0; 6]), bpf::RET_ALLOW);
         assert_eq!(eval(&progs, "clone3", [0; 6]), bpf::RET_ERRNO | 38);
@@ -264,7 +268,7 @@ mod tests {
         let p = profile(
             json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]}),
         );
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         assert_eq!(progs.len(), 1);
         assert_eq!(eval(&progs, "mount", [0; 6]), bpf::RET_ERRNO | 1);
         assert_eq!(eval(&progs, "read", [0; 6]), bpf::RET_ALLOW);
@@ -275,12 +279,15 @@ mod tests {
         let p = profile(
             json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "frobnicate", "zork"], "action": "SCMP_ACT_ALLOW"}]}),
         );
-        let e = compile(&p).unwrap_err();
+        let e = compile(&p, false).unwrap_err();
         assert_eq!(e.field, "linux.seccomp.syscalls");
         assert_eq!(
             e.message,
             "unknown syscall names for x86_64: frobnicate, zork"
         );
+        // OCI clients send every architecture's names: the others are skipped.
+        let progs = compile(&p, true).unwrap();
+        assert_eq!(progs.len(), 1);
     }
 
     #[test]
@@ -290,7 +297,7 @@ mod tests {
             {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
             {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}
         ]}));
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         assert_eq!(progs.len(), 1);
         let sigchld = libc::SIGCHLD as u64;
         assert_eq!(
@@ -318,7 +325,7 @@ mod tests {
     #[test]
     fn nothing_allowed_is_refused() {
         let p = profile(json!({"defaultAction": "SCMP_ACT_KILL"}));
-        assert!(compile(&p).is_err());
+        assert!(compile(&p, false).is_err());
     }
 
     /// The kernel agrees with the interpreter: install a filter in a forked
@@ -331,7 +338,7 @@ mod tests {
             {"names": ["dup2"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOTTY,
              "args": [{"index": 1, "value": 100, "op": "SCMP_CMP_EQ"}]}
         ]}));
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: the child only installs the filter, makes two syscalls and
         // _exits; it allocates nothing another test thread could hold.
@@ -366,7 +373,7 @@ mod tests {
     fn the_starter_profile_is_small() {
         let spec = crate::starter::starter_spec();
         let p: LinuxSeccomp = serde_json::from_value(spec["linux"]["seccomp"].clone()).unwrap();
-        let progs = compile(&p).unwrap();
+        let progs = compile(&p, false).unwrap();
         let total: usize = progs.iter().map(Vec::len).sum();
         assert!(total < 300, "{total} instructions");
         assert_eq!(eval(&progs, "mount", [0; 6]), bpf::RET_ERRNO | 1);
