@@ -13,6 +13,14 @@ command -v xz >/dev/null || need+=(xz-utils)
 command -v ip >/dev/null || need+=(iproute2)
 # The stuck-teardown test suspends a device-mapper device in the VM.
 command -v dmsetup >/dev/null || need+=(dmsetup)
+# The OCI tests drive isola through the real clients (podman via conmon,
+# containerd via its runc shim) and compare with crun and runc.
+command -v podman >/dev/null || need+=(podman)
+command -v conmon >/dev/null || need+=(conmon)
+command -v containerd >/dev/null || need+=(containerd)
+command -v crun >/dev/null || need+=(crun)
+command -v runc >/dev/null || need+=(runc)
+command -v tar >/dev/null || need+=(tar)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

@@ -287,10 +287,14 @@ fn load(path: &str) -> Result<Plan, Exit> {
     let svc = spec::parse_str(&text, &base).map_err(|e| bad(&e))?;
     // `run` ignores supervision, but a typo there is still a typo.
     isola_supervisor::policy::parse(&svc.supervision, "").map_err(|e| bad(&e))?;
-    Plan::from_spec(&svc).map_err(|e| match e.field.as_str() {
+    let plan = Plan::from_spec(&svc).map_err(|e| match e.field.as_str() {
         "process.args[0]" => Exit(exit::NOT_FOUND, format!("{path}: {e}")),
         _ => bad(&e),
-    })
+    })?;
+    for w in &plan.warnings {
+        eprintln!("isola: warning: {path}: {w}");
+    }
+    Ok(plan)
 }
 
 /// A service spec, or a stack file (an object with `services`).

@@ -282,7 +282,9 @@ fn prepare(
     become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
     if let (Some(g), Some(signals)) = (gated, gate_signals) {
         // A command that is not there fails `create`, not `start`.
-        resolve(&plan.args[0], &plan.search_path)
+        let path = resolve(&plan.args[0], &plan.search_path)
+            .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+        nix::unistd::access(path.as_c_str(), nix::unistd::AccessFlags::X_OK)
             .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
         // The caller (`isola create`) exits now; we live on, reaped by
         // whoever reaps its orphans (conmon, the containerd shim).

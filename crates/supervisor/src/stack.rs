@@ -129,6 +129,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
             .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
         let policy = policy::parse(&spec.supervision, &prefix)?;
         warnings.extend(policy::overlap_warning(&policy, &prefix));
+        warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
         let def = ServiceDef {
             name,
             fingerprint,
