@@ -173,7 +173,7 @@ fn create_start_state_delete_and_the_exit_status_through_a_subreaper() {
         children.trim().is_empty(),
         "payload started before start: {children}"
     );
-    let cg = format!("/sys/fs/cgroup/isola-oci/c1");
+    let cg = "/sys/fs/cgroup/isola-oci/c1";
     let procs = std::fs::read_to_string(format!("{cg}/cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
     assert!(oci.ok(&["list", "-q"]).lines().any(|l| l == "c1"));
