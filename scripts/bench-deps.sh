@@ -5,6 +5,8 @@ need=()
 command -v runc >/dev/null || need+=(runc)
 command -v crun >/dev/null || need+=(crun)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v podman >/dev/null || need+=(podman)
+command -v conmon >/dev/null || need+=(conmon)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bench: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

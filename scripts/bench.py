@@ -534,6 +534,10 @@ def main():
         "throughput": throughput(t, seq),
         "supervisor": supervisor(work, setting, counts),
     }
+    if setting == "vm":
+        import bench_oci
+        with open(os.path.join(work, "config.json")) as f:
+            res["oci"] = bench_oci.run(work, ISOLA, json.load(f))
     text = json.dumps(res)
     out = arg("--json", None)
     if out:
@@ -640,6 +644,9 @@ def report(paths):
         if s.get("zero"):
             import bench_zero
             lines += bench_zero.report(s["zero"])
+        if r.get("oci"):
+            import bench_oci
+            lines += bench_oci.report(r["oci"])
         if "idle_wakeups_per_s" in s:
             lines += ["", f"idle supervisor with 100 services: {s['idle_wakeups_per_s']:.2f} context switches per second over 10 s"]
         lines.append("")
