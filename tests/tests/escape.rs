@@ -104,6 +104,18 @@ for name, nr, args in syscalls:
 for path in ["/proc/sys/kernel/hostname", "/proc/sysrq-trigger", "/sys/kernel/profiling",
              "/proc/1/exe", "/etc/passwd"]:
     print("write:" + path, attempt(write(path)))
+# A process outside: the test runner, by its host pid.
+outside = int(os.environ["OUTSIDE_PID"])
+def signal0():
+    os.kill(outside, 0)
+    return 0
+print("kill(outside, 0)", attempt(signal0))
+print("ptrace(attach outside)", attempt(call(101, (16, outside, 0, 0))))
+# The host's root through PID 1: a file only the host's /tmp has.
+def stat():
+    os.stat("/proc/1/root" + os.environ["HOST_MARKER"])
+    return 0
+print("stat:/proc/1/root/<host file>", attempt(stat))
 "#;
 
 /// What stops each row under the starter spec.
@@ -141,6 +153,11 @@ const EXPECTED: &[(&str, &str)] = &[
     ("write:/etc/passwd", "read-only mount"),
     // The init is not dumpable: its /proc/1/exe is not ours to open.
     ("write:/proc/1/exe", "non-dumpable init"),
+    // No process outside has a pid in the sandbox's PID namespace.
+    ("kill(outside, 0)", "PID namespace"),
+    ("ptrace(attach outside)", "seccomp"),
+    // /proc/1 is the sandbox's own init: its root is the sandbox's.
+    ("stat:/proc/1/root/<host file>", "PID namespace"),
 ];
 
 /// The starter spec running the probe, with `caps` and with or without
@@ -149,6 +166,9 @@ fn spec(caps: Option<&[&str]>, seccomp: bool) -> Value {
     let out = Command::new(isola_bin()).arg("spec").output().unwrap();
     let mut s: Value = serde_json::from_slice(&out.stdout).unwrap();
     s["process"]["args"] = json!(["python3", "-c", PROBE]);
+    let env = s["process"]["env"].as_array_mut().unwrap();
+    env.push(json!(format!("OUTSIDE_PID={}", std::process::id())));
+    env.push(json!(format!("HOST_MARKER={}", host_marker().display())));
     if let Some(c) = caps {
         s["process"]["capabilities"] = json!({"bounding": c, "effective": c, "permitted": c});
     }
@@ -169,12 +189,23 @@ fn run(spec: &Value) -> BTreeMap<String, i32> {
         .collect()
 }
 
+/// A file in the host's /tmp (a host-root sandbox has its own /tmp).
+fn host_marker() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("isola-escape-marker-{}", std::process::id()));
+    std::fs::write(&p, "host").unwrap();
+    p
+}
+
 /// The barrier a row's three results point to.
 fn barrier(name: &str, a: i32, b: i32, c: i32) -> &'static str {
     const EROFS: i32 = 30;
     const EACCES: i32 = 13;
+    const ENOENT: i32 = 2;
+    const ESRCH: i32 = 3;
     match (a, b, c) {
         (0, ..) => "nothing: it worked",
+        (ESRCH, ESRCH, ESRCH) => "PID namespace",
+        _ if name.starts_with("stat:/proc/1/root") && b == ENOENT && c == ENOENT => "PID namespace",
         _ if name.starts_with("write:") && a == EROFS && b == EROFS => "read-only mount",
         // With CAP_SYS_PTRACE the check passes and the read-only host
         // refuses the write instead (column B says so).
@@ -243,5 +274,62 @@ fn the_masked_path_is_the_mask_itself_not_a_missing_capability() {
     let (code, out, err) = run_spec(&s, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "reg 0 0 64", "{err}");
+    assert_clean();
+}
+
+/// A rootfs is the image author's, its symlinks may point anywhere: mount
+/// targets and device nodes resolve inside it (as the sandbox will see
+/// them), never onto the host. Without that, creating the mount points
+/// makes directories and files on the host before anything is refused.
+#[test]
+fn rootfs_symlinks_cannot_lead_mount_targets_or_nodes_onto_the_host() {
+    require_vm();
+    let s = isola_tests::Scratch::new("symlink-escape");
+    let host = s.path("host-side");
+    std::fs::create_dir_all(&host).unwrap();
+    let root = s.path("rootfs");
+    for d in ["bin", "proc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let rel = host.strip_prefix("/").unwrap();
+    std::os::unix::fs::symlink(&host, root.join("abs")).unwrap();
+    let climb = std::path::Path::new("../../../../../../../../..").join(rel);
+    std::os::unix::fs::symlink(&climb, root.join("climb")).unwrap();
+    // /dev itself a link to the host directory.
+    std::os::unix::fs::symlink(&host, root.join("dev")).unwrap();
+    let file = s.write("a-file", "bound\n");
+    let spec = json!({
+        "root": {"path": root},
+        "process": {"args": ["/bin/busybox", "sh", "-c", "/bin/busybox cat /climb/file-here; /bin/busybox ls /abs"]},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/abs/tmpfs-here", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/climb/file-here", "type": "bind", "source": file, "options": ["bind", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "ipc"}],
+            "devices": [{"path": "/dev/escape-node", "type": "c", "major": 1, "minor": 3}]
+        }
+    });
+    let (code, out, err) = run_spec(&spec, &[]);
+    let left: Vec<_> = std::fs::read_dir(&host)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "made on the host through a rootfs symlink: {left:?}"
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("bound"), "the bind landed elsewhere: {out}");
+    // Inside, the links lead where the sandbox sees their targets: the
+    // /dev tmpfs, holding the mount points and the node.
+    assert!(
+        out.contains("tmpfs-here") && out.contains("escape-node"),
+        "{out}"
+    );
     assert_clean();
 }

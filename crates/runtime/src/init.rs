@@ -256,9 +256,12 @@ fn prepare(
         })?;
     }
     let detached = gated.is_some();
-    let terminal = match gated.as_ref().and_then(|g| g.console.as_ref()) {
+    let (gate, console) = match gated {
+        Some(g) => (Some(g.gate), g.console),
+        None => (None, None),
+    };
+    let terminal = match console {
         Some(console) => {
-            let console = console.try_clone().map_err(step("console", "dup"))?;
             let slave = crate::gate::console(console).map_err(|e| ("console", e))?;
             for target in 0..=2 {
                 sys::dup2_raw(slave.as_raw_fd(), target).map_err(step("console", "stdio"))?;
@@ -268,7 +271,7 @@ fn prepare(
         None => false,
     };
     // Made while seccomp cannot refuse it yet; read at the gate.
-    let gate_signals = match &gated {
+    let gate_signals = match &gate {
         Some(_) => Some(
             nix::sys::signalfd::SignalFd::with_flags(
                 &SigSet::all(),
@@ -280,7 +283,7 @@ fn prepare(
         None => None,
     };
     become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
-    if let (Some(g), Some(signals)) = (gated, gate_signals) {
+    if let (Some(gate), Some(signals)) = (gate, gate_signals) {
         // A command that is not there fails `create`, not `start`.
         let path = resolve(&plan.args[0], &plan.search_path)
             .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
@@ -290,7 +293,7 @@ fn prepare(
         // whoever reaps its orphans (conmon, the containerd shim).
         nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
         sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
-        crate::gate::wait(&g.gate, &signals).map_err(Failure::Signaled)?;
+        crate::gate::wait(&gate, &signals).map_err(Failure::Signaled)?;
     }
     let pid = spawn_payload(plan, fds, terminal)?;
     // Passed fds are the payload's alone (a pipe's writer must not be

@@ -12,6 +12,7 @@ pub mod fdpass;
 pub mod gate;
 mod hostroot;
 pub mod init;
+mod inroot;
 pub mod join;
 pub mod listen;
 pub mod mounts;

@@ -197,7 +197,14 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
         }
         None => PathBuf::from("/"),
     };
-    let inside = |p: &Path| prefix.join(p.strip_prefix("/").unwrap_or(p));
+    // Symlinks of a rootfs resolve inside it (crate::inroot); the host's
+    // own, in host-root mode, are the host's.
+    let inside = |p: &Path| -> Result<PathBuf, Step> {
+        match l.root {
+            Some(r) => crate::inroot::resolve(r, p).map_err(|e| ("mount", e)),
+            None => Ok(prefix.join(p.strip_prefix("/").unwrap_or(p))),
+        }
+    };
     // Host-root mode: the host read-only, a fresh /dev and /tmp (hostroot).
     let pinned = match l.root {
         None => {
@@ -210,7 +217,7 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
 
     let mut proc_mounted = false;
     for (k, m) in l.mounts.iter().enumerate() {
-        let dst = inside(&m.destination);
+        let dst = inside(&m.destination)?;
         let source = pinned.as_ref().and_then(|p| p.source(k));
         match &pinned {
             None => create_target(&prefix, &dst, m)?,
@@ -248,13 +255,13 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
         .map_err(fail("mount", "proc on /proc"))?;
     }
     for n in l.devices {
-        n.create(&inside(&n.path))?;
+        n.create(&inside(&n.path)?)?;
     }
     for p in l.masked {
-        mask(&inside(p))?;
+        mask(&inside(p)?)?;
     }
     for p in l.readonly {
-        let dst = inside(p);
+        let dst = inside(p)?;
         if dst.exists() {
             mount(
                 Some(&dst),
@@ -375,8 +382,15 @@ fn create_target(root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
             ),
         ));
     }
-    if file_bind && !dst.exists() {
-        fs::File::create(dst).map_err(fail("mount", format!("create {}", dst.display())))?;
+    if file_bind && fs::symlink_metadata(dst).is_err() {
+        // O_NOFOLLOW: `dst` was resolved; nothing may have become a link.
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dst)
+            .map_err(fail("mount", format!("create {}", dst.display())))?;
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ use oci_spec::runtime::{
 use crate::error::SpecError;
 
 pub mod bpf;
+#[cfg(test)]
+mod oracle_tests;
 mod syscalls_x86_64;
 
 use bpf::{Cond, Filter, Match};
