@@ -288,7 +288,7 @@ fn rootfs_symlinks_cannot_lead_mount_targets_or_nodes_onto_the_host() {
     let host = s.path("host-side");
     std::fs::create_dir_all(&host).unwrap();
     let root = s.path("rootfs");
-    for d in ["bin", "proc", "tmp"] {
+    for d in ["bin", "proc", "tmp", "dev"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
@@ -296,21 +296,19 @@ fn rootfs_symlinks_cannot_lead_mount_targets_or_nodes_onto_the_host() {
     std::os::unix::fs::symlink(&host, root.join("abs")).unwrap();
     let climb = std::path::Path::new("../../../../../../../../..").join(rel);
     std::os::unix::fs::symlink(&climb, root.join("climb")).unwrap();
-    // /dev itself a link to the host directory.
-    std::os::unix::fs::symlink(&host, root.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&host, root.join("dev/sub")).unwrap();
     let file = s.write("a-file", "bound\n");
     let spec = json!({
         "root": {"path": root},
         "process": {"args": ["/bin/busybox", "sh", "-c", "/bin/busybox cat /climb/file-here; /bin/busybox ls /abs"]},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
             {"destination": "/abs/tmpfs-here", "type": "tmpfs", "source": "tmpfs"},
             {"destination": "/climb/file-here", "type": "bind", "source": file, "options": ["bind", "ro"]}
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "ipc"}],
-            "devices": [{"path": "/dev/escape-node", "type": "c", "major": 1, "minor": 3}]
+            "devices": [{"path": "/dev/sub/escape-node", "type": "c", "major": 1, "minor": 3}]
         }
     });
     let (code, out, err) = run_spec(&spec, &[]);
