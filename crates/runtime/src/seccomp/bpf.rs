@@ -66,13 +66,32 @@ pub enum Match {
 }
 
 /// One filter: `on_match` for the listed syscalls (per their `Match`),
-/// `otherwise` for everything else.
+/// `otherwise` for everything else. `rules` are x86_64's numbers; the other
+/// ABIs of an x86_64 kernel have their own.
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub rules: BTreeMap<u32, Match>,
     pub on_match: u32,
     pub otherwise: u32,
+    /// i386 calls (AUDIT_ARCH_I386): by these rules, or killed when `None`.
+    pub i386: Option<BTreeMap<u32, Match>>,
+    pub x32: X32,
 }
+
+/// What x32 calls (x86_64's arch, numbers with `__X32_SYSCALL_BIT`) get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum X32 {
+    /// No rule matches them: `otherwise` (a profile that names no
+    /// architectures).
+    Otherwise,
+    /// Killed (a profile whose architectures leave x32 out, as libseccomp).
+    Kill,
+    /// These rules, keyed by x32 numbers *with* the bit.
+    Rules(BTreeMap<u32, Match>),
+}
+
+/// AUDIT_ARCH_I386 (linux/audit.h).
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -95,17 +114,56 @@ enum Leaf {
 
 impl Filter {
     pub fn compile(&self) -> Vec<libc::sock_filter> {
-        let mut p = vec![
-            stmt(LD_W_ABS, OFF_ARCH),
-            jump(JMP_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-            stmt(RET_K, RET_KILL_PROCESS),
-            stmt(LD_W_ABS, OFF_NR),
-            // x32 numbers are outside every interval below: no match.
-            jump(JMP_JGE_K, X32_SYSCALL_BIT, 0, 1),
-            stmt(RET_K, self.otherwise),
-        ];
-        let intervals = self.intervals();
-        self.tree(&intervals, &mut p);
+        // The blocks after the architecture check, each assuming the
+        // syscall number in the accumulator and ending in returns.
+        let native = self.tree_of(&self.rules);
+        let x32 = match &self.x32 {
+            X32::Otherwise => vec![stmt(RET_K, self.otherwise)],
+            X32::Kill => vec![stmt(RET_K, RET_KILL_PROCESS)],
+            X32::Rules(r) => self.tree_of(r),
+        };
+        let i386 = self.i386.as_ref().map(|r| {
+            let mut b = vec![stmt(LD_W_ABS, OFF_NR)];
+            b.extend(self.tree_of(r));
+            b
+        });
+        let mut p = vec![stmt(LD_W_ABS, OFF_ARCH)];
+        let dispatch = p.len();
+        p.push(jump(JMP_JEQ_K, AUDIT_ARCH_X86_64, 0, 0));
+        let i386_ja = if i386.is_some() {
+            p.push(jump(JMP_JEQ_K, AUDIT_ARCH_I386, 0, 1));
+            p.push(stmt(JMP_JA, 0));
+            Some(p.len() - 1)
+        } else {
+            None
+        };
+        p.push(stmt(RET_K, RET_KILL_PROCESS));
+        p[dispatch].jt = u8::try_from(p.len() - dispatch - 1).expect("a short header");
+        p.push(stmt(LD_W_ABS, OFF_NR));
+        p.push(jump(JMP_JGE_K, X32_SYSCALL_BIT, 0, 1));
+        let x32_ja = p.len();
+        p.push(stmt(JMP_JA, 0));
+        p.extend(native);
+        p[x32_ja].k = jump_offset(p.len() - x32_ja - 1);
+        p.extend(x32);
+        if let (Some(at), Some(block)) = (i386_ja, i386) {
+            p[at].k = jump_offset(p.len() - at - 1);
+            p.extend(block);
+        }
+        p
+    }
+
+    /// The binary search over `rules` (this filter's actions), as a block.
+    fn tree_of(&self, rules: &BTreeMap<u32, Match>) -> Vec<libc::sock_filter> {
+        let f = Filter {
+            rules: rules.clone(),
+            on_match: self.on_match,
+            otherwise: self.otherwise,
+            i386: None,
+            x32: X32::Otherwise,
+        };
+        let mut p = Vec::new();
+        f.tree(&f.intervals(), &mut p);
         p
     }
 
@@ -335,6 +393,8 @@ mod tests {
             rules: nrs.iter().map(|n| (*n, Match::Always)).collect(),
             on_match: RET_ALLOW,
             otherwise: RET_ERRNO | 1,
+            i386: None,
+            x32: X32::Otherwise,
         }
     }
 
@@ -399,6 +459,8 @@ mod tests {
                 .into(),
                 on_match: RET_ALLOW,
                 otherwise: RET_ERRNO | 38,
+                i386: None,
+                x32: X32::Otherwise,
             };
             let p = f.compile();
             for (arg, holds) in cases {
@@ -433,6 +495,8 @@ mod tests {
             .into(),
             on_match: RET_ALLOW,
             otherwise: RET_KILL_PROCESS,
+            i386: None,
+            x32: X32::Otherwise,
         };
         let p = f.compile();
         assert_eq!(run(&p, A, 10, [1, 2, 0, 0, 0, 0]), RET_ALLOW);

@@ -20,12 +20,15 @@ use oci_spec::runtime::{
 
 use crate::error::SpecError;
 
+mod abi;
 pub mod bpf;
 #[cfg(test)]
 mod oracle_tests;
+mod syscalls_i386;
+mod syscalls_x32;
 mod syscalls_x86_64;
 
-use bpf::{Cond, Filter, Match};
+use bpf::{Cond, Filter};
 
 const FIELD: &str = "linux.seccomp";
 const ARCH: &str = "x86_64";
@@ -76,11 +79,12 @@ pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program
         &format!("{FIELD}.defaultAction"),
     )?;
     let syscalls: &[LinuxSyscall] = profile.syscalls().as_deref().unwrap_or(&[]);
+    let abis = abi::Abis::of(profile);
     let unknown: BTreeSet<&str> = syscalls
         .iter()
         .flat_map(|s| s.names())
         .map(String::as_str)
-        .filter(|n| !known_syscall(n))
+        .filter(|n| !abis.knows(n))
         .collect();
     if !unknown.is_empty() && !skip_unknown {
         let list: Vec<&str> = unknown.into_iter().collect();
@@ -91,8 +95,8 @@ pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program
     }
 
     // Rules per action; `all` collects every rule for the base filter.
-    let mut by_action: BTreeMap<u32, BTreeMap<u32, Match>> = BTreeMap::new();
-    let mut all: BTreeMap<u32, Match> = BTreeMap::new();
+    let mut by_action: BTreeMap<u32, abi::Rules> = BTreeMap::new();
+    let mut all = abi::Rules::default();
     for (i, sc) in syscalls.iter().enumerate() {
         let field = format!("{FIELD}.syscalls[{i}]");
         if sc.names().is_empty() {
@@ -104,14 +108,23 @@ pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program
         let act = action(sc.action(), sc.errno_ret(), &format!("{field}.action"))?;
         let conds = conditions(sc, &field)?;
         for name in sc.names() {
-            let Some(nr) = syscall_nr(name) else { continue };
-            add_rule(&mut all, nr, conds.clone());
+            all.add(abis, name, &conds);
             if act != bpf::RET_ALLOW {
-                add_rule(by_action.entry(act).or_default(), nr, conds.clone());
+                by_action.entry(act).or_default().add(abis, name, &conds);
             }
         }
     }
 
+    let filter = |rules: &abi::Rules, on_match, otherwise| {
+        let (i386, x32) = rules.others(abis);
+        Filter {
+            rules: rules.native.clone(),
+            on_match,
+            otherwise,
+            i386,
+            x32,
+        }
+    };
     let mut filters = Vec::new();
     if default != bpf::RET_ALLOW {
         if all.is_empty() {
@@ -120,37 +133,14 @@ pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program
                 "no syscall is allowed: the sandbox could not even exec its payload",
             ));
         }
-        filters.push(Filter {
-            rules: all,
-            on_match: bpf::RET_ALLOW,
-            otherwise: default,
-        });
+        filters.push(filter(&all, bpf::RET_ALLOW, default));
     }
     // Also for an action equal to the default: the base filter allowed
     // these syscalls, so only this filter gives them their answer.
-    for (act, rules) in by_action {
-        filters.push(Filter {
-            rules,
-            on_match: act,
-            otherwise: bpf::RET_ALLOW,
-        });
+    for (act, rules) in &by_action {
+        filters.push(filter(rules, *act, bpf::RET_ALLOW));
     }
     Ok(filters.iter().map(Filter::compile).collect())
-}
-
-/// An unconditional rule for a syscall wins over conditional ones.
-fn add_rule(map: &mut BTreeMap<u32, Match>, nr: u32, conds: Option<Vec<Cond>>) {
-    match (map.get_mut(&nr), conds) {
-        (Some(Match::Always), _) => {}
-        (Some(m), None) => *m = Match::Always,
-        (Some(Match::AnyOf(rules)), Some(c)) => rules.push(c),
-        (None, None) => {
-            map.insert(nr, Match::Always);
-        }
-        (None, Some(c)) => {
-            map.insert(nr, Match::AnyOf(vec![c]));
-        }
-    }
 }
 
 fn action(a: Act, errno: Option<u32>, field: &str) -> Result<u32, SpecError> {
