@@ -58,13 +58,26 @@ bench:
 
 # Garbage in at scale: mutated stack files, control requests and notify
 # datagrams (crates/supervisor/src/garbage_tests.rs), FUZZ_CASES per input
-# and seed, three seeds, bounded to FUZZ_SECONDS each.
+# and seed, three seeds, bounded to FUZZ_SECONDS each; the seccomp
+# generator against its oracle on 20,000 random profiles; then
+# coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of the spec,
+# stack-file, control-request and notify parsers, FUZZ_TARGET_SECONDS each,
+# seeded with specs/.
 FUZZ_CASES ?= 100000
 FUZZ_SECONDS ?= 300
+FUZZ_TARGET_SECONDS ?= 60
+FUZZ_TARGETS ?= spec stack control notify
 fuzz:
 	for seed in 1 2 3; do \
 		ISOLA_FUZZ_SEED=$$seed ISOLA_FUZZ_CASES=$(FUZZ_CASES) timeout $(FUZZ_SECONDS) \
 			cargo test --release -q -p isola-supervisor --lib garbage -- --nocapture || exit 1; \
+	done
+	ISOLA_SECCOMP_PROFILES=20000 cargo test --release -q -p isola-runtime --lib oracle
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		(cd fuzz && cargo +nightly fuzz run $$t corpus/$$t ../specs -- \
+			-max_total_time=$(FUZZ_TARGET_SECONDS) -max_len=65536 -print_final_stats=1) || exit 1; \
 	done
 
 lint:

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod decide;
 mod exec;
+pub mod fuzzing;
 #[cfg(test)]
 mod garbage_tests;
 mod handover;
