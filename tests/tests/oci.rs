@@ -483,7 +483,17 @@ fn hooks_get_the_state_on_stdin() {
     become_subreaper();
     let s = Scratch::new("oci-hooks");
     let oci = Oci::new(&s);
-    let b = bundle(&s, "b", &["true"]);
+    // The payload says whether startContainer ran before it.
+    let b = bundle(
+        &s,
+        "b",
+        &[
+            "sh",
+            "-c",
+            "test -f /started-by-hook && echo hook-ran-first",
+        ],
+    );
+    edit_config(&b, |c| c["root"]["readonly"] = json!(false));
     let out = s.path("hooks");
     std::fs::create_dir_all(&out).unwrap();
     let hook = |stage: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{stage}", out.display())]});
@@ -493,9 +503,30 @@ fn hooks_get_the_state_on_stdin() {
             "createRuntime": [hook("createRuntime")],
             "poststart": [hook("poststart")],
             "poststop": [hook("poststop")],
+            // In the container's namespaces, before pivot_root: the host's
+            // /bin/sh and files, the container's mount namespace.
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {0}/createContainer; readlink /proc/self/ns/mnt > {0}/createContainer.mnt", out.display())]}],
+            // In the container, after start: the container's /bin/sh.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /started-by-hook"]}],
         })
     });
     let pid = oci.create(&b, "h", &s.path("pid"));
+    let st: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("createContainer")).unwrap())
+            .unwrap();
+    assert_eq!(st["id"], "h");
+    assert_eq!(st["pid"], pid, "the init's host pid");
+    let mnt = std::fs::read_to_string(out.join("createContainer.mnt")).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        mnt.trim(),
+        ours.to_str().unwrap(),
+        "createContainer ran in the host's mount namespace"
+    );
+    assert!(
+        !b.join("rootfs/started-by-hook").exists(),
+        "startContainer ran before start"
+    );
     for stage in ["prestart", "createRuntime"] {
         let st: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(stage)).unwrap()).unwrap();
@@ -507,6 +538,12 @@ fn hooks_get_the_state_on_stdin() {
     oci.ok(&["start", "h"]);
     assert!(out.join("poststart").exists());
     wait_adopted(pid);
+    let st: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("rootfs/started-by-hook")).unwrap())
+            .unwrap();
+    assert_eq!(st["id"], "h");
+    let printed = std::fs::read_to_string(s.path("pid.out")).unwrap();
+    assert!(printed.contains("hook-ran-first"), "{printed:?}");
     oci.ok(&["delete", "h"]);
     let st: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("poststop")).unwrap()).unwrap();

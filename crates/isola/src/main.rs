@@ -363,6 +363,7 @@ fn run(
         pass_fds: &[],
         listen: isola_runtime::listen::Listen::default(),
         detach: None,
+        hook_state: None,
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

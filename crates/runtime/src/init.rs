@@ -216,6 +216,14 @@ fn prepare(
         Some(Msg::Go) => {}
         _ => return Ok(None),
     }
+    let hook_state = if plan.container_hooks.is_empty() {
+        String::new()
+    } else {
+        match sync::read(sock).map_err(step("sync", "wait for the state"))? {
+            Some(Msg::State { json }) => json,
+            _ => return Ok(None),
+        }
+    };
 
     for (flag, path) in &plan.join {
         let f = std::fs::File::open(path).map_err(step("setns", path.display()))?;
@@ -253,7 +261,17 @@ fn prepare(
             masked: &plan.masked,
             readonly: &plan.readonly,
             devices: &plan.devices,
+            create_hooks: &plan.container_hooks.create_container,
+            hook_state: &hook_state,
         })?;
+    } else {
+        // No mount namespace, no pivot_root: the container's namespaces
+        // are all there is.
+        crate::hookrun::run(
+            "hooks.createContainer",
+            &plan.container_hooks.create_container,
+            &hook_state,
+        )?;
     }
     let detached = gated.is_some();
     let (gate, console) = match gated {
@@ -294,6 +312,11 @@ fn prepare(
         nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
         sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
         crate::gate::wait(&gate, &signals).map_err(Failure::Signaled)?;
+        crate::hookrun::run(
+            "hooks.startContainer",
+            &plan.container_hooks.start_container,
+            &hook_state,
+        )?;
     }
     let pid = spawn_payload(plan, fds, terminal)?;
     // Passed fds are the payload's alone (a pipe's writer must not be

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exit;
 pub mod fdpass;
 pub mod gate;
+pub mod hookrun;
 mod hostroot;
 pub mod init;
 mod inroot;

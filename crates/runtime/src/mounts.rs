@@ -161,6 +161,9 @@ pub struct Layout<'a> {
     pub masked: &'a [PathBuf],
     pub readonly: &'a [PathBuf],
     pub devices: &'a [crate::nodes::DeviceNode],
+    /// `hooks.createContainer`, run before pivot_root with `hook_state`.
+    pub create_hooks: &'a [crate::hookrun::HookRun],
+    pub hook_state: &'a str,
 }
 
 type Step = (&'static str, String);
@@ -275,6 +278,7 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
                 .map_err(|e| ("readonlyPaths", format!("{}: {e}", dst.display())))?;
         }
     }
+    crate::hookrun::run("hooks.createContainer", l.create_hooks, l.hook_state)?;
     if let Some(r) = l.root {
         pivot(r)?;
         if l.root_readonly {

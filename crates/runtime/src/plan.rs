@@ -72,6 +72,9 @@ pub struct Plan {
     /// `linux.cgroupsPath` as written (OCI only: `isola run` and stacks
     /// place sandboxes themselves).
     pub cgroups_path: Option<String>,
+    /// `hooks.createContainer` and `hooks.startContainer` (OCI only): the
+    /// init runs them ([`crate::hookrun`]).
+    pub container_hooks: crate::hookrun::InContainer,
     /// What the spec asks that isola leaves out, and says so (ambient
     /// capabilities the kernel would refuse, an LSM label on a host
     /// without that LSM).
@@ -155,6 +158,21 @@ impl Plan {
                 "not supported by isola run and stacks (the OCI commands run them: isola create)",
             ));
         }
+        let container_hooks = match oci.hooks() {
+            Some(h) if is_oci => {
+                let runs = |l: &Option<Vec<oci_spec::runtime::Hook>>| {
+                    l.iter()
+                        .flatten()
+                        .map(crate::hookrun::HookRun::from_oci)
+                        .collect()
+                };
+                crate::hookrun::InContainer {
+                    create_container: runs(h.create_container()),
+                    start_container: runs(h.start_container()),
+                }
+            }
+            _ => crate::hookrun::InContainer::default(),
+        };
         let process = oci
             .process()
             .as_ref()
@@ -463,6 +481,7 @@ impl Plan {
             devices,
             terminal,
             cgroups_path,
+            container_hooks,
             warnings,
         };
         plan.precheck_command()?;

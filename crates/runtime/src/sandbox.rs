@@ -38,6 +38,9 @@ pub struct Options<'a> {
     /// Let the init outlive us and wait at a gate before the payload
     /// starts (OCI `create`); see [`Starting::created`].
     pub detach: Option<init::Detach>,
+    /// The container's state for in-container hooks, sent to the init with
+    /// the init's host pid filled in (OCI `create`).
+    pub hook_state: Option<&'a serde_json::Value>,
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -306,6 +309,15 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         }
     }
     sync::write(&ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
+    if !plan.container_hooks.is_empty() {
+        let mut state = opts
+            .hook_state
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        state["pid"] = serde_json::Value::from(pid.as_raw());
+        let json = state.to_string();
+        sync::write(&ours, &Msg::State { json }).map_err(|e| Error::sys("sync", e))?;
+    }
     Ok(Starting { sb, sync: ours })
 }
 

@@ -26,9 +26,22 @@ pub(crate) enum Msg {
     Go,
     Created,
     Started,
-    SetupFailed { step: String, message: String },
-    ExecFailed { errno: i32, command: String },
-    PayloadExited { status: i32 },
+    SetupFailed {
+        step: String,
+        message: String,
+    },
+    ExecFailed {
+        errno: i32,
+        command: String,
+    },
+    PayloadExited {
+        status: i32,
+    },
+    /// The container's state for in-container hooks (parent → init,
+    /// after `Go`, when the plan has such hooks).
+    State {
+        json: String,
+    },
 }
 
 pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
@@ -39,6 +52,7 @@ pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
         Msg::SetupFailed { step, message } => format!("E{step}\0{message}").into_bytes(),
         Msg::ExecFailed { errno, command } => format!("X{errno}\0{command}").into_bytes(),
         Msg::PayloadExited { status } => format!("P{status}").into_bytes(),
+        Msg::State { json } => format!("T{json}").into_bytes(),
     };
     loop {
         match send(fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
@@ -83,6 +97,9 @@ fn read_with(fd: &OwnedFd, flags: MsgFlags) -> Result<Option<Msg>, Errno> {
             errno: a.parse().unwrap_or(0),
             command: b.to_string(),
         },
+        b'T' => Msg::State {
+            json: String::from_utf8_lossy(&buf[1..n]).into_owned(),
+        },
         b'P' => Msg::PayloadExited {
             status: a.parse().map_err(|_| Errno::EPROTO)?,
         },
@@ -110,6 +127,9 @@ mod tests {
                 command: "nope".into(),
             },
             Msg::PayloadExited { status: 137 },
+            Msg::State {
+                json: r#"{"id":"c","pid":7}"#.into(),
+            },
         ] {
             write(&a, &m).unwrap();
             assert_eq!(read(&b).unwrap(), Some(m));

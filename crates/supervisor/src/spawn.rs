@@ -75,6 +75,7 @@ impl Supervisor {
             pass_fds: &[],
             listen: Listen::default(),
             detach: None,
+            hook_state: None,
         }
     }
 

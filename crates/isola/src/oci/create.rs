@@ -67,7 +67,6 @@ pub(crate) fn load_bundle(dir: &Path) -> Result<Bundle, Failed> {
 pub(crate) fn create(g: &Globals, a: &CreateArgs) -> Result<u8, Failed> {
     state::valid_id(&a.id)?;
     let mut b = load_bundle(&a.bundle)?;
-    hooks::check(b.spec.oci.hooks().as_ref())?;
     if b.plan.terminal && a.console_socket.is_none() {
         return Err(Failed::usage(
             "process.terminal is true: --console-socket is needed to hand over the pty",
@@ -120,6 +119,14 @@ fn made_container(
     preserved: &[RawFd],
 ) -> Result<u8, Failed> {
     let dir = state::dir(&g.root, &a.id);
+    // What in-container hooks read (the runtime fills in the init's pid).
+    let hook_state = serde_json::json!({
+        "ociVersion": state::OCI_VERSION,
+        "id": a.id,
+        "status": "creating",
+        "bundle": b.dir,
+        "annotations": annotations(&b.spec),
+    });
     let gate_fd = gate::make(&dir.join(state::GATE_FILE))
         .map_err(|e| Failed::failure(format!("{}: mkfifo: {e}", dir.display())))?;
     let opts = sandbox::Options {
@@ -134,6 +141,7 @@ fn made_container(
             gate: gate_fd.as_raw_fd(),
             console: console.as_ref().map(AsRawFd::as_raw_fd),
         }),
+        hook_state: Some(&hook_state),
     };
     let starting = sandbox::spawn(&b.plan, &opts).map_err(|e| {
         Failed(

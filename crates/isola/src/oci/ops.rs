@@ -292,7 +292,7 @@ pub(crate) fn features() -> Result<u8, Failed> {
     let v = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
             "noatime", "nodev", "nodiratime", "noexec", "norelatime", "nostrictatime",
