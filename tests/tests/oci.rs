@@ -224,6 +224,36 @@ fn create_start_state_delete_and_the_exit_status_through_a_subreaper() {
 }
 
 #[test]
+fn preserve_fds_passes_the_callers_fds_on() {
+    require_vm();
+    become_subreaper();
+    let s = Scratch::new("oci-fds");
+    let oci = Oci::new(&s);
+    let b = bundle(&s, "b", &["sh", "-c", "echo via-fd3 >&3; echo via-fd4 >&4"]);
+    let (three, four, pf) = (s.path("three"), s.path("four"), s.path("pid"));
+    // The caller's fds 3 and 4, as conmon's LISTEN_FDS would be.
+    let script = format!(
+        "exec 3>{} 4>{}; exec {} --root {} create --bundle {} --pid-file {} --preserve-fds 2 f </dev/null >/dev/null 2>{}",
+        three.display(),
+        four.display(),
+        isola_bin().display(),
+        oci.root.display(),
+        b.display(),
+        pf.display(),
+        s.path("err").display()
+    );
+    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    let err = std::fs::read_to_string(s.path("err")).unwrap_or_default();
+    assert!(st.success(), "{err}");
+    let pid: i32 = std::fs::read_to_string(&pf).unwrap().trim().parse().unwrap();
+    oci.ok(&["start", "f"]);
+    assert_eq!(wait_adopted(pid), 0);
+    assert_eq!(std::fs::read_to_string(&three).unwrap(), "via-fd3\n");
+    assert_eq!(std::fs::read_to_string(&four).unwrap(), "via-fd4\n");
+    oci.ok(&["delete", "f"]);
+}
+
+#[test]
 fn a_signal_to_a_created_container_ends_it_and_delete_force_cleans_up() {
     require_vm();
     become_subreaper();
