@@ -245,7 +245,11 @@ fn preserve_fds_passes_the_callers_fds_on() {
     let st = Command::new("sh").args(["-c", &script]).status().unwrap();
     let err = std::fs::read_to_string(s.path("err")).unwrap_or_default();
     assert!(st.success(), "{err}");
-    let pid: i32 = std::fs::read_to_string(&pf).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pf)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     oci.ok(&["start", "f"]);
     assert_eq!(wait_adopted(pid), 0);
     assert_eq!(std::fs::read_to_string(&three).unwrap(), "via-fd3\n");
