@@ -21,6 +21,7 @@ static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
 mod client;
 mod exec;
 mod oci;
+mod quick;
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service in a sandbox, attached; exit with its status.
+    /// Run one service in a sandbox, attached; exit with its status. With
+    /// `-- CMD ARGS…` instead of a spec: the starter sandbox around a host
+    /// command (host-root mode).
     Run {
         /// Sandbox name (cgroup directory, messages) [default: spec file stem + pid].
         #[arg(long)]
@@ -46,8 +49,15 @@ enum Command {
         /// Skip the cgroup (only for specs without linux.resources).
         #[arg(long)]
         no_cgroup: bool,
+        #[command(flatten)]
+        limits: quick::LimitFlags,
+        #[command(flatten)]
+        quick: quick::QuickFlags,
         /// The service spec (JSON), or - for standard input.
-        spec: String,
+        spec: Option<String>,
+        /// A host command to run in the starter sandbox (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Validate a service spec or a stack file: exit 0 when isola would run it, 2 with the reason when not.
     Check {
@@ -195,8 +205,29 @@ fn main() -> ExitCode {
             name,
             cgroup_root,
             no_cgroup,
+            limits,
+            quick,
             spec,
-        } => run(&spec, name, cgroup_root, no_cgroup),
+            command,
+        } => {
+            let plan = match (&spec, command.is_empty()) {
+                (Some(s), true) => quick::load(s, &limits, &quick),
+                (None, false) => quick::command(&command, &limits, &quick, no_cgroup),
+                (Some(_), false) => Err(Exit(
+                    exit::USAGE,
+                    "run: give a SPEC or -- CMD ARGS…, not both".into(),
+                )),
+                (None, true) => Err(Exit(
+                    exit::USAGE,
+                    "run: give a SPEC (a file or -) or -- CMD ARGS…".into(),
+                )),
+            };
+            let label = spec
+                .clone()
+                .or_else(|| command.first().cloned())
+                .unwrap_or_default();
+            plan.and_then(|p| run(p, &label, name, cgroup_root, no_cgroup))
+        }
         Command::Check { spec } => check(&spec),
         Command::Spec => print_starter(),
         Command::Up {
@@ -270,29 +301,40 @@ fn usage(e: SpecError) -> Exit {
 
 /// Read and validate: nothing is created before this succeeds.
 fn load(path: &str) -> Result<Plan, Exit> {
-    let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));
-    let (text, base) = if path == "-" {
+    let (text, base) = read_spec(path)?;
+    let svc =
+        spec::parse_str(&text, &base).map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
+    plan_of(&svc, path)
+}
+
+/// A spec file's text (`-`: standard input) and the directory its
+/// relative paths start from.
+pub(crate) fn read_spec(path: &str) -> Result<(String, PathBuf), Exit> {
+    if path == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
             .map_err(|e| Exit(exit::USAGE, format!("-: cannot read standard input: {e}")))?;
-        (
-            s,
-            std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-        )
-    } else {
-        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
-        (text, spec::base_dir(Path::new(path)))
-    };
-    let svc = spec::parse_str(&text, &base).map_err(|e| bad(&e))?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        return Ok((s, cwd));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
+    Ok((text, spec::base_dir(Path::new(path))))
+}
+
+/// The plan of a parsed spec (`what` names it in messages); its warnings
+/// on stderr.
+pub(crate) fn plan_of(svc: &spec::ServiceSpec, what: &str) -> Result<Plan, Exit> {
+    let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{what}: {e}"));
     // `run` ignores supervision, but a typo there is still a typo.
     isola_supervisor::policy::parse(&svc.supervision, "").map_err(|e| bad(&e))?;
-    let plan = Plan::from_spec(&svc).map_err(|e| match e.field.as_str() {
-        "process.args[0]" => Exit(exit::NOT_FOUND, format!("{path}: {e}")),
+    let plan = Plan::from_spec(svc).map_err(|e| match e.field.as_str() {
+        "process.args[0]" => Exit(exit::NOT_FOUND, format!("{what}: {e}")),
         _ => bad(&e),
     })?;
     for w in &plan.warnings {
-        eprintln!("isola: warning: {path}: {w}");
+        eprintln!("isola: warning: {what}: {w}");
     }
     Ok(plan)
 }
@@ -334,13 +376,14 @@ fn default_name(path: &str) -> String {
 /// name may hold 64, and the pid follows).
 const NAME_STEM_MAX: usize = 48;
 
+/// `path`: the spec's (or the command's) name, for the default sandbox name.
 fn run(
+    plan: Plan,
     path: &str,
     name: Option<String>,
     cgroup_root: PathBuf,
     no_cgroup: bool,
 ) -> Result<u8, Exit> {
-    let plan = load(path)?;
     let name = name.unwrap_or_else(|| default_name(path));
     cgroup::check_name(&name).map_err(usage)?;
     if !no_cgroup {

@@ -126,3 +126,45 @@ fn a_non_unified_host_is_refused_before_anything_starts() {
         "the payload ran"
     );
 }
+
+#[test]
+fn limit_flags_and_the_short_form_refuse_bad_input_in_one_line() {
+    for (args, needle) in [
+        (
+            vec!["run", "--memory", "12X", "--", "true"],
+            "--memory: \"12X\"",
+        ),
+        (vec!["run", "--cpus", "0", "--", "true"], "--cpus: 0"),
+        (vec!["run", "--pids", "0", "--", "true"], "--pids: 0"),
+        (
+            vec!["run", "--memory-swap", "1G", "--", "true"],
+            "--memory-swap",
+        ),
+        (
+            vec!["run", "--io-max", "8:0:xbps=1", "--", "true"],
+            "--io-max",
+        ),
+        (vec!["run", "--"], "give a SPEC"),
+        (vec!["run", "-", "--", "true"], "not both"),
+        (vec!["run", "--net", "host", "-"], "--net"),
+    ] {
+        let out = isola(&args, "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    let stack = r#"{"services": {"db": {"process": {"args": ["sleep", "1"]},
+        "limits": {"memory": "64M"}, "linux": {"resources": {"memory": {"limit": 1000000}}}}}}"#;
+    let tmp = std::env::temp_dir().join(format!("isola-cli-limits-{}.json", std::process::id()));
+    std::fs::write(&tmp, stack).unwrap();
+    let out = isola(&["check", tmp.to_str().unwrap()], "");
+    let _ = std::fs::remove_file(&tmp);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("services.db.limits.memory")
+            && err.contains("services.db.linux.resources.memory.limit"),
+        "{err}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod plan;
 pub mod sandbox;
 pub mod seccomp;
+pub mod shorthand;
 pub mod spec;
 pub mod starter;
 mod sync;

@@ -1,7 +1,8 @@
 //! Reading a service spec: an OCI runtime-spec `config.json` body (parsed by
 //! oci-spec, same names and units) where `ociVersion` and `root` are
 //! optional (and `process.user`, `process.cwd` default to root and `/`),
-//! plus the supervision fields the supervisor reads. Any other
+//! plus the supervision fields the supervisor reads and `limits`, the short
+//! form of `linux.resources` ([`crate::shorthand`]). Any other
 //! field is a typo and is rejected with its JSON path.
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,20 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
             "a service spec must be a JSON object",
         ));
     };
+    if let Some(l) = obj.remove("limits") {
+        // The short form, onto linux.resources (a wrong `linux` is left
+        // for the typed parse below to name).
+        let limits = crate::shorthand::Limits::from_json(&l, &format!("{prefix}limits"))?;
+        let linux = obj
+            .entry("linux")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(linux) = linux {
+            let res = linux
+                .entry("resources")
+                .or_insert_with(|| Value::Object(Map::new()));
+            limits.apply(res, crate::shorthand::Merge::Exclusive(prefix))?;
+        }
+    }
     let mut supervision = Map::new();
     for f in SUPERVISION_FIELDS {
         if let Some(v) = obj.remove(*f) {
