@@ -1,5 +1,5 @@
 # `make test` is the one test command (CI runs it through .ci/run).
-.PHONY: all build test unit vm-test vm-deps vm-shell vm lint fmt bench clean-vm demo rootfs fuzz
+.PHONY: all build test unit vm-test vm-deps vm-shell vm lint fmt bench clean-vm demo rootfs fuzz install
 
 all: build
 
@@ -79,6 +79,19 @@ fuzz:
 		(cd fuzz && cargo +nightly fuzz run $$t corpus/$$t ../specs -- \
 			-max_total_time=$(FUZZ_TARGET_SECONDS) -max_len=65536 -print_final_stats=1) || exit 1; \
 	done
+
+# The binary, its man pages and shell completions under PREFIX.
+PREFIX ?= /usr/local
+BIN := target/x86_64-unknown-linux-gnu/release/isola
+install:
+	cargo build --release -p isola
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/isola
+	mkdir -p $(DESTDIR)$(PREFIX)/share/man/man1
+	$(BIN) manpages $(DESTDIR)$(PREFIX)/share/man/man1
+	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/isola
+	$(BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_isola
+	$(BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/isola.fish
 
 lint:
 	cargo fmt --all -- --check

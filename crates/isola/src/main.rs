@@ -151,6 +151,13 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Print shell completions (bash, zsh, fish) to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (isola.1, one per command, isola-oci.1) into DIR.
+    Manpages { dir: PathBuf },
     /// Run a command inside a running service's sandbox (its namespaces,
     /// cgroup, user, capabilities and seccomp), attached; exit with its status.
     Exec {
@@ -229,6 +236,12 @@ fn main() -> ExitCode {
             plan.and_then(|p| run(p, &label, name, cgroup_root, no_cgroup))
         }
         Command::Check { spec } => check(&spec),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "isola", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Manpages { dir } => manpages(&dir),
         Command::Spec => print_starter(),
         Command::Up {
             socket,
@@ -430,6 +443,16 @@ fn run(
         return Ok(OOM_KILLED);
     }
     Ok(u8::try_from(outcome.status.code()).unwrap_or(exit::SETUP))
+}
+
+/// Man pages: the command, each subcommand, and the OCI command line.
+fn manpages(dir: &Path) -> Result<u8, Exit> {
+    let fail = |e: std::io::Error| Exit(exit::FAILURE, format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir).map_err(fail)?;
+    clap_mangen::generate_to(oci::command().name("isola-oci"), dir).map_err(fail)?;
+    Ok(exit::OK)
 }
 
 /// `isola run`'s status for a payload the OOM killer took: SIGKILL's.

@@ -168,3 +168,37 @@ fn limit_flags_and_the_short_form_refuse_bad_input_in_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef isola"),
+        ("fish", "complete -c isola"),
+    ] {
+        let out = isola(&["completions", shell], "");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(text.contains(marker), "{shell}: {text}");
+        for cmd in ["run", "up", "status", "scale", "exec"] {
+            assert!(text.contains(cmd), "{shell} completions lack {cmd}");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("isola-cli-man-{}", std::process::id()));
+    let out = isola(&["manpages", dir.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in ["isola.1", "isola-run.1", "isola-up.1", "isola-oci.1"] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is no man page");
+    }
+    let create = std::fs::read_to_string(dir.join("isola-oci-create.1")).unwrap();
+    assert!(
+        create.contains("console"),
+        "the OCI create page lacks --console-socket"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

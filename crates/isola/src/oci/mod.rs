@@ -213,6 +213,11 @@ pub(crate) fn wants(args: &[OsString]) -> bool {
     false
 }
 
+/// The OCI command line's definition (for its man page).
+pub(crate) fn command() -> clap::Command {
+    <OciCli as clap::CommandFactory>::command()
+}
+
 fn exists(root: &Path, id: &str) -> bool {
     state::valid_id(id).is_ok() && root.join(id).join(state::STATE_FILE).is_file()
 }
