@@ -224,3 +224,106 @@ fn run_flags_cap_a_host_command_and_override_a_spec() {
     assert_eq!(lines[3], "40", "{text}");
     assert_clean();
 }
+
+/// The cgroup directory of a process, from its /proc/PID/cgroup.
+fn cgroup_of(pid: i64) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = text
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    std::path::Path::new("/sys/fs/cgroup").join(rel)
+}
+
+#[test]
+fn update_changes_a_running_services_limits_live_until_the_next_reload() {
+    require_vm();
+    let web = svc(
+        "exec sleep 1000",
+        json!({"limits": {"memory": "64M", "pids": 40}, "restart": {"policy": "always", "delayMs": 0}}),
+    );
+    let up = Up::start("update", json!({"web": web}), &[]);
+    let s = up.wait_state("web", "running");
+    let pid = s["pid"].as_i64().unwrap();
+    let cg = cgroup_of(pid);
+    let read = |f: &str| {
+        std::fs::read_to_string(cgroup_of(up.service("web")["pid"].as_i64().unwrap()).join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory.max"), "67108864");
+    let (code, out, err) = up.cli(&[
+        "update", "web", "--memory", "96M", "--pids", "50", "--cpus", "0.5",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Live: same sandbox, new values.
+    assert_eq!(
+        up.service("web")["pid"].as_i64(),
+        Some(pid),
+        "update restarted the service"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("memory.max"))
+            .unwrap()
+            .trim(),
+        "100663296"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(),
+        "50"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cpu.max")).unwrap().trim(),
+        "50000 100000"
+    );
+    let limits = &up.service("web")["limits"];
+    assert_eq!(limits["memory.max"], "100663296", "{limits}");
+    // A value the kernel refuses (io.max of a device that is not there):
+    // one line naming it, and nothing changed (pids.max came first).
+    let (code, _, err) = up.cli(&[
+        "update",
+        "web",
+        "--pids",
+        "60",
+        "--io-max",
+        "250:99:rbps=1M",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("io.max"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(),
+        "50"
+    );
+    // Bad input never reaches the supervisor.
+    let (code, _, err) = up.cli(&["update", "web", "--memory", "lots"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = up.cli(&["update", "nope", "--pids", "5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+    // A restart keeps the updated limits.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    up.wait_for("web", "a new sandbox", Duration::from_secs(30), |s| {
+        s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p != pid)
+    });
+    assert_eq!(read("memory.max"), "100663296");
+    // A reload: the stack file wins again.
+    let before = up.service("web")["pid"].as_i64();
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    up.wait_for("web", "the file's limits", Duration::from_secs(30), |s| {
+        s["state"] == "running"
+            && s["pid"].as_i64() != before
+            && s["limits"]["memory.max"] == "67108864"
+    });
+    assert_eq!(read("memory.max"), "67108864");
+    up.down();
+    assert_clean();
+}

@@ -40,6 +40,16 @@ pub(crate) fn scale(path: &Path, name: &str, replicas: u32) -> Result<u8, Exit> 
     Ok(exit::OK)
 }
 
+pub(crate) fn update(path: &Path, name: &str, resources: serde_json::Value) -> Result<u8, Exit> {
+    let req = Request::Update {
+        name: name.to_string(),
+        resources,
+    };
+    connect(path)?.request(&req).map_err(fail)?;
+    println!("{name}: limits updated");
+    Ok(exit::OK)
+}
+
 pub(crate) fn down(path: &Path) -> Result<u8, Exit> {
     connect(path)?.request(&Request::Down).map_err(fail)?;
     println!("all services stopped");

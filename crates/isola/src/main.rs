@@ -151,6 +151,15 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Change a running service's limits live (its cgroup files, no
+    /// restart); kept until the next reload of the stack file.
+    Update {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        limits: quick::LimitFlags,
+        name: String,
+    },
     /// Print shell completions (bash, zsh, fish) to standard output.
     Completions {
         #[arg(value_enum)]
@@ -236,6 +245,11 @@ fn main() -> ExitCode {
             plan.and_then(|p| run(p, &label, name, cgroup_root, no_cgroup))
         }
         Command::Check { spec } => check(&spec),
+        Command::Update {
+            socket,
+            limits,
+            name,
+        } => quick::resources(&limits).and_then(|r| client::update(&socket.path(), &name, r)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "isola", &mut std::io::stdout());

@@ -90,6 +90,20 @@ impl LimitFlags {
     }
 }
 
+/// `isola update`'s flags as a `linux.resources` object.
+pub(crate) fn resources(flags: &LimitFlags) -> Result<Value, Exit> {
+    let limits = flags.limits().map_err(usage)?;
+    if limits.is_empty() {
+        return Err(Exit(
+            exit::USAGE,
+            "update: give a limit (--memory, --memory-swap, --cpus, --cpu-weight, --pids, --io-weight, --io-max)".into(),
+        ));
+    }
+    let mut r = json!({});
+    limits.apply(&mut r, Merge::Override).map_err(usage)?;
+    Ok(r)
+}
+
 fn usage(e: SpecError) -> Exit {
     Exit(exit::USAGE, e.to_string())
 }

@@ -69,6 +69,12 @@ pub enum Request {
         name: String,
         replicas: u32,
     },
+    /// Change a service's limits live (a `linux.resources` object), kept
+    /// until the next reload of the stack file.
+    Update {
+        name: String,
+        resources: serde_json::Value,
+    },
 }
 
 /// One answer to one request. Fields a command does not use are left out.
@@ -191,6 +197,10 @@ pub struct StatusRow<'a> {
     /// it will take over from.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<Cow<'a, str>>,
+    /// The cgroup files isola set for the service (its limits in force,
+    /// `isola update`'s included), by file name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
 }
 
 fn no_health() -> Cow<'static, str> {
@@ -437,6 +447,7 @@ mod tests {
             notify_status: None,
             group: Some("web".into()),
             replacing: None,
+            limits: BTreeMap::new(),
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

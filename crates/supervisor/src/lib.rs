@@ -27,3 +27,4 @@ pub mod stack;
 mod status;
 pub mod supervisor;
 mod token;
+mod update;

@@ -417,6 +417,24 @@ impl Core {
 
     /// SIGHUP with a valid stack file: restart changed services, start new
     /// ones, stop and remove the ones no longer there, leave the rest alone.
+    /// `isola update`: service `i`'s limits from now on (the caller wrote
+    /// them to a running sandbox's cgroup); a file already set is replaced.
+    pub fn set_live_limits(
+        &mut self,
+        i: usize,
+        files: &[isola_runtime::cgroup::limits::CgroupFile],
+    ) {
+        let Some(s) = self.svc(i) else { return };
+        let plan = &mut s.def.plan;
+        for f in files {
+            match plan.cgroup_files.iter_mut().find(|g| g.file == f.file) {
+                Some(g) => g.value.clone_from(&f.value),
+                None => plan.cgroup_files.push(f.clone()),
+            }
+        }
+        s.def.live_limits = true;
+    }
+
     pub fn reload(&mut self, defs: Vec<ServiceDef>, now: Instant) {
         for i in 0..self.services.len() {
             let gone = self
@@ -433,7 +451,7 @@ impl Core {
                 continue;
             };
             let Some(s) = self.svc(i) else { continue };
-            if s.def.fingerprint == def.fingerprint {
+            if s.def.fingerprint == def.fingerprint && !s.def.live_limits {
                 continue;
             }
             let overlap = def.policy.restart.mode == crate::policy::RestartMode::Overlap;

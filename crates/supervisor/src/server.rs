@@ -225,6 +225,10 @@ impl Supervisor {
                 };
                 self.send(id, &reply);
             }
+            Request::Update { name, resources } => {
+                let reply = self.update_limits(&name, &resources);
+                self.send(id, &reply);
+            }
             Request::Logs {
                 name,
                 lines,

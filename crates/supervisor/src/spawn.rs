@@ -99,7 +99,8 @@ impl Supervisor {
         }
         // The spawner names groups after the services it knows; a
         // successor (always a service it does not know) is cloned here.
-        if let Some(sp) = &self.spawner {
+        let live = self.core.service(i).is_some_and(|s| s.def.live_limits);
+        if let Some(sp) = self.spawner.as_ref().filter(|_| !live) {
             let s = self.core.service(i).ok_or_else(gone)?;
             let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&cg_name));
             let index = u32::try_from(i).map_err(|_| gone())?;

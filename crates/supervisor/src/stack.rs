@@ -26,6 +26,10 @@ pub struct ServiceDef {
     pub policy: Policy,
     /// A replica (`web.3`) names its service (`web`).
     pub group: Option<String>,
+    /// `isola update` changed its limits since the stack file was read: a
+    /// reload restarts it with the file's own, and the spawner (which
+    /// knows the file's) does not start it.
+    pub live_limits: bool,
 }
 
 impl ServiceDef {
@@ -136,6 +140,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
             plan,
             policy,
             group: None,
+            live_limits: false,
         };
         match def.policy.replicas {
             None => defs.push(def),

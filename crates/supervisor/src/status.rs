@@ -126,6 +126,13 @@ impl Supervisor {
                     ready: matches!(s.phase, Phase::Running { .. }) && s.health.ready,
                     probe: probe_rows(s, now, wall),
                     notify_status: s.health.notify_status.as_deref().map(Cow::Borrowed),
+                    limits: s
+                        .def
+                        .plan
+                        .cgroup_files
+                        .iter()
+                        .map(|f| (f.file.clone(), f.value.clone()))
+                        .collect(),
                 })
             })
             .collect();
