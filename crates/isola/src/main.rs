@@ -19,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
 
 mod client;
+mod detach;
 mod exec;
 mod oci;
 mod quick;
@@ -88,6 +89,13 @@ enum Command {
         /// Do not echo service output to standard output (log files only).
         #[arg(long)]
         quiet: bool,
+        /// Run in the background (output in <log-dir>/isola-up.log); return
+        /// once every service is up, or say which is not and exit 1.
+        #[arg(short, long)]
+        detach: bool,
+        /// With --detach: how long to wait for the stack to come up.
+        #[arg(long, default_value_t = 120)]
+        wait_seconds: u64,
         /// The stack file: {"services": {"NAME": SPEC, ...}}.
         stack: PathBuf,
     },
@@ -265,11 +273,21 @@ fn main() -> ExitCode {
             cgroup_root,
             no_cgroup,
             quiet,
+            detach,
+            wait_seconds,
             stack,
         } => {
             let dir = log_dir.unwrap_or_else(|| {
                 Path::new("/var/log/isola").join(supervisor::stack_name(&stack))
             });
+            if detach {
+                let wait = std::time::Duration::from_secs(wait_seconds);
+                return finish(detach::up_detached(&dir, &socket.path(), wait));
+            }
+            if std::env::var_os(detach::DETACHED_ENV).is_some() {
+                // The background supervisor of `up -d`: a session of its own.
+                let _ = nix::unistd::setsid();
+            }
             let cfg = supervisor::Config {
                 stack_path: stack,
                 socket: socket.path(),
@@ -313,6 +331,10 @@ fn main() -> ExitCode {
             command,
         } => exec::exec(&socket.path(), &name, user.as_deref(), &env, &command),
     };
+    finish(res)
+}
+
+fn finish(res: Result<u8, Exit>) -> ExitCode {
     match res {
         Ok(code) => ExitCode::from(code),
         Err(Exit(code, msg)) => {

@@ -35,6 +35,7 @@ use crate::logs::{LogConfig, LogFile};
 use crate::notify::{self, NotifySocket};
 use crate::output::{Pipe, Sink};
 use crate::probe::Probes;
+use crate::sdnotify::SdNotify;
 use crate::server::Conn;
 use crate::spawner::Spawner;
 use crate::stack::{self, Stack};
@@ -177,6 +178,8 @@ pub struct Supervisor {
     pub(crate) drains: usize,
     /// Listening sockets held for services (see `handover`).
     pub(crate) sockets: Sockets,
+    /// Under systemd: READY=1, STATUS=, STOPPING=1 (see `sdnotify`).
+    sd_notify: Option<SdNotify>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -317,6 +320,7 @@ impl Supervisor {
             armed: None,
             drains: 0,
             sockets,
+            sd_notify: SdNotify::from_env(),
         };
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
@@ -341,6 +345,9 @@ impl Supervisor {
                     None => continue,
                 }
                 self.apply_effects();
+            }
+            if let Some(sd) = self.sd_notify.as_mut() {
+                sd.update(&self.core);
             }
         }
         self.finish_shutdown();
