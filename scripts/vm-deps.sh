@@ -21,6 +21,8 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
 command -v tar >/dev/null || need+=(tar)
+# `isola top` is tested as a person sees it, in a tmux pane.
+command -v tmux >/dev/null || need+=(tmux)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

@@ -772,3 +772,66 @@ fn under_systemd_up_says_ready_status_and_stopping() {
     }
     assert_clean();
 }
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (Debian package tmux)")
+}
+
+#[test]
+fn top_shows_the_stack_live_in_a_real_terminal_and_q_quits() {
+    require_vm();
+    let up = Up::start(
+        "top",
+        json!({"busy": svc("while :; do :; done", json!({})), "idle": svc("exec sleep 1000", json!({}))}),
+        &[],
+    );
+    up.wait_state("busy", "running");
+    up.wait_state("idle", "running");
+    let session = format!("isola-top-{}", std::process::id());
+    let cmd = format!("{} top --socket {}", isola_bin().display(), up.socket());
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "20",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // As a person sees it: the pane's text, until the second redraw gives
+    // the busy service a CPU % from a delta.
+    let t = Instant::now();
+    let busy_cpu = loop {
+        let pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        let cpu = pane
+            .lines()
+            .find(|l| l.starts_with("busy"))
+            .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
+            .and_then(|w| w.trim_end_matches('%').parse::<f64>().ok());
+        if let Some(c) = cpu {
+            assert!(pane.contains("q quits") && pane.contains("idle"), "{pane}");
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "top never showed CPU %: {pane}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(busy_cpu > 20.0, "a busy loop at {busy_cpu}% CPU");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let t = Instant::now();
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(10), "q did not quit top");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.down();
+    assert_clean();
+}

@@ -118,72 +118,20 @@ pub(crate) fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
         return Ok(exit::OK);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let _ = writeln!(
-        out,
-        "{:<20} {:<9} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  LAST EXIT",
-        "NAME", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "MEMORY", "CPU"
-    );
-    for s in &services {
-        let _ = writeln!(out, "{}", table_row(s));
+    let color = crate::view::color_wanted(&std::io::stdout());
+    // Without a second sample, CPU % is the average since the start.
+    let avg = |s: &StatusRow| crate::view::cpu_average(s);
+    for line in crate::view::table(&services, &avg, color) {
+        let _ = writeln!(out, "{line}");
     }
     let _ = out.flush();
     Ok(exit::OK)
 }
 
-fn table_row(s: &StatusRow) -> String {
-    let last = s.last_exit.as_ref().map(|e| {
-        let reason = serde_json::to_value(e.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let how = match (e.code, e.signal) {
-            (Some(c), _) => format!("{reason} {c}"),
-            (_, Some(sig)) => format!("{reason} (signal {sig})"),
-            _ => reason,
-        };
-        match &e.message {
-            Some(m) => format!("{how}: {m}"),
-            None => how,
-        }
-    });
-    format!(
-        "{:<20} {:<9} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10}  {}{}{}",
-        s.name,
-        s.state.as_str(),
-        s.health,
-        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        s.restarts,
-        s.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
-        s.memory_current.map(bytes).unwrap_or_else(|| "-".into()),
-        s.cpu_usec
-            .map(|u| format!("{:.2}s", u as f64 / 1e6))
-            .unwrap_or_else(|| "-".into()),
-        last.unwrap_or_else(|| "-".into()),
-        match s.oom_kills {
-            0 => String::new(),
-            n => format!(", {n} OOM kill(s)"),
-        },
-        match &s.notify_status {
-            Some(st) => format!("  [{st}]"),
-            None => String::new(),
-        }
-    )
-}
-
-fn duration(ms: u64) -> String {
-    match ms / 1000 {
-        s if s < 60 => format!("{}.{}s", s, ms % 1000 / 100),
-        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
-        s => format!("{}h{}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-fn bytes(b: u64) -> String {
-    const KIB: f64 = 1024.0;
-    match b {
-        b if b < 1 << 10 => format!("{b}B"),
-        b if b < 1 << 20 => format!("{:.1}K", b as f64 / KIB),
-        b if b < 1 << 30 => format!("{:.1}M", b as f64 / (KIB * KIB)),
-        b => format!("{:.1}G", b as f64 / (KIB * KIB * KIB)),
-    }
+/// The stack's status rows, for `top`: a closure over them, since they
+/// borrow the reply.
+pub(crate) fn with_status<T>(path: &Path, f: impl FnOnce(&[StatusRow]) -> T) -> Result<T, Exit> {
+    let mut c = connect(path)?;
+    let resp = c.request(&Request::Status).map_err(fail)?;
+    Ok(f(resp.services.as_deref().unwrap_or_default()))
 }

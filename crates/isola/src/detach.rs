@@ -115,7 +115,7 @@ fn is_up(r: &StatusRow) -> bool {
 
 fn describe(r: &StatusRow) -> String {
     match (&r.last_exit, r.state) {
-        (Some(e), State::Failed | State::Backoff) => {
+        (Some(e), State::Failed | State::Backoff | State::Exited) => {
             let why = e
                 .message
                 .clone()

@@ -23,6 +23,8 @@ mod detach;
 mod exec;
 mod oci;
 mod quick;
+mod top;
+mod view;
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +108,12 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// The status table full-screen, refreshed every second (CPU % from
+    /// deltas); q quits.
+    Top {
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Stop a service (it stays down until started).
     Stop {
@@ -303,6 +311,7 @@ fn main() -> ExitCode {
             up(cfg)
         }
         Command::Status { socket, json } => client::status(&socket.path(), json),
+        Command::Top { socket } => top::top(&socket.path()),
         Command::Stop { socket, name } => client::lifecycle(&socket.path(), Request::Stop { name }),
         Command::Start { socket, name } => {
             client::lifecycle(&socket.path(), Request::Start { name })
