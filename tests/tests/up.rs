@@ -835,3 +835,39 @@ fn top_shows_the_stack_live_in_a_real_terminal_and_q_quits() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn logs_without_a_name_interleave_every_service_by_time() {
+    require_vm();
+    let up = Up::start(
+        "interleave",
+        json!({
+            "a": svc("echo a1; sleep 0.4; echo a2; exec sleep 1000", json!({})),
+            "b": svc("sleep 0.2; echo b1; sleep 0.4; echo b2; exec sleep 1000", json!({}))
+        }),
+        &[],
+    );
+    up.wait_log("b", "b2");
+    up.wait_log("a", "a2");
+    let (code, out, err) = up.cli(&["logs"]);
+    assert_eq!(code, 0, "{err}");
+    let order: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("| stdout "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(order, ["a1", "b1", "a2", "b2"], "{out}");
+    assert!(out.lines().any(|l| l == "b | stdout b1"), "{out}");
+    // --timestamps keeps each line's time; --since drops what came before.
+    let (_, out, _) = up.cli(&["logs", "-t", "-n", "1"]);
+    assert!(
+        out.starts_with("20") && out.contains("Z b | stdout b2"),
+        "{out}"
+    );
+    let (code, out, _) = up.cli(&["logs", "--since", "2100-01-01T00:00:00Z"]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    let (code, _, err) = up.cli(&["logs", "--since", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+    up.down();
+    assert_clean();
+}

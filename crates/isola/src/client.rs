@@ -56,25 +56,84 @@ pub(crate) fn down(path: &Path) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
-pub(crate) fn logs(path: &Path, name: &str, lines: usize, follow: bool) -> Result<u8, Exit> {
+/// `isola logs`: one service's lines, or (`name` `None`) every service's
+/// interleaved by time as `NAME | …`; `since` cuts the history (a duration
+/// back from now, `10m`, or an RFC 3339 time); `timestamps` keeps each
+/// line's time (followed lines get the time they arrive).
+pub(crate) fn logs(
+    path: &Path,
+    name: Option<&str>,
+    lines: usize,
+    follow: bool,
+    since: Option<&str>,
+    timestamps: bool,
+) -> Result<u8, Exit> {
+    let since = since.map(since_time).transpose()?;
     let mut c = connect(path)?;
     let req = Request::Logs {
-        name: name.to_string(),
+        name: name.unwrap_or_default().to_string(),
         lines,
         follow,
+        since,
     };
     let resp = c.request(&req).map_err(fail)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for l in resp.lines.iter().flatten() {
-        println!("{l}");
+        // A log line is `TIME STREAM TEXT`; every service's, `TIME NAME STREAM TEXT`.
+        let (time, rest) = l.split_once(' ').unwrap_or(("", l.as_str()));
+        let shown = match name {
+            Some(_) => rest.to_string(),
+            None => match rest.split_once(' ') {
+                Some((svc, text)) => format!("{svc} | {text}"),
+                None => rest.to_string(),
+            },
+        };
+        let _ = match timestamps {
+            true => writeln!(out, "{time} {shown}"),
+            false => writeln!(out, "{shown}"),
+        };
     }
+    let _ = out.flush();
+    drop(out);
     if follow {
         while let Some(m) = c.next_message().map_err(fail)? {
             if let Message::Line { line } = m {
-                println!("{line}");
+                if timestamps {
+                    let now = isola_supervisor::logs::timestamp(std::time::SystemTime::now());
+                    println!("{now} {line}");
+                } else {
+                    println!("{line}");
+                }
             }
         }
     }
     Ok(exit::OK)
+}
+
+/// `--since`: `30s`, `10m`, `2h`, `1d` back from now, or an RFC 3339 time.
+fn since_time(text: &str) -> Result<String, Exit> {
+    let bad = || {
+        Exit(
+            exit::USAGE,
+            format!("--since {text:?}: use a duration (30s, 10m, 2h, 1d) or a time (2026-11-22T10:00:00Z)"),
+        )
+    };
+    if text.contains('T') && text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Ok(text.to_string());
+    }
+    let (num, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    let t = std::time::SystemTime::now()
+        .checked_sub(std::time::Duration::from_secs(secs))
+        .ok_or_else(bad)?;
+    Ok(isola_supervisor::logs::timestamp(t))
 }
 
 pub(crate) fn events(path: &Path, json: bool) -> Result<u8, Exit> {

@@ -141,7 +141,7 @@ enum Command {
         name: String,
         replicas: u32,
     },
-    /// Print a service's log.
+    /// Print a service's log, or every service's interleaved by time.
     Logs {
         #[command(flatten)]
         socket: SocketArg,
@@ -151,7 +151,14 @@ enum Command {
         /// Lines of history to print first.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
-        name: String,
+        /// Only lines since then: 30s, 10m, 2h, 1d, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Show each line's time.
+        #[arg(short, long)]
+        timestamps: bool,
+        /// The service [default: every service, as NAME | line].
+        name: Option<String>,
     },
     /// Print the supervisor's events (starts, exits, OOM kills, restarts)
     /// for every service as they happen, until the supervisor ends.
@@ -328,8 +335,17 @@ fn main() -> ExitCode {
             socket,
             follow,
             lines,
+            since,
+            timestamps,
             name,
-        } => client::logs(&socket.path(), &name, lines, follow),
+        } => client::logs(
+            &socket.path(),
+            name.as_deref(),
+            lines,
+            follow,
+            since.as_deref(),
+            timestamps,
+        ),
         Command::Events { socket, json } => client::events(&socket.path(), json),
         Command::Down { socket } => client::down(&socket.path()),
         Command::Exec {

@@ -51,12 +51,18 @@ pub enum Request {
     Restart {
         name: String,
     },
+    /// One service's log, or every service's interleaved (`name` empty:
+    /// lines then read `TIME NAME STREAM TEXT`).
     Logs {
+        #[serde(default)]
         name: String,
         #[serde(default = "default_log_lines")]
         lines: usize,
         #[serde(default)]
         follow: bool,
+        /// Only lines at or after this RFC 3339 time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
     },
     Events,
     Down,
@@ -380,7 +386,8 @@ mod tests {
             Request::Logs {
                 name: "w".into(),
                 lines: DEFAULT_LOG_LINES,
-                follow: false
+                follow: false,
+                since: None,
             }
         );
         let back = serde_json::to_string(&Request::Status).unwrap();

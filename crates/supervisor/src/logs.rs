@@ -102,6 +102,19 @@ fn append(path: &Path) -> io::Result<File> {
 
 /// The last `n` lines of a service's logs, across rotated files.
 pub fn tail(dir: &Path, service: &str, n: usize, files: u32) -> Vec<String> {
+    tail_since(dir, service, n, files, None)
+}
+
+/// [`tail`] of the lines stamped at or after `since` (RFC 3339, as the
+/// lines are: the strings compare as the times do).
+pub fn tail_since(
+    dir: &Path,
+    service: &str,
+    n: usize,
+    files: u32,
+    since: Option<&str>,
+) -> Vec<String> {
+    let keep = |l: &str| since.is_none_or(|s| l.split(' ').next().is_some_and(|t| t >= s));
     let mut lines: Vec<String> = Vec::new();
     for i in 0..files.max(1) {
         let p = if i == 0 {
@@ -112,7 +125,11 @@ pub fn tail(dir: &Path, service: &str, n: usize, files: u32) -> Vec<String> {
         let Ok(text) = fs::read_to_string(&p) else {
             break;
         };
-        let mut chunk: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut chunk: Vec<String> = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(str::to_string)
+            .collect();
         chunk.append(&mut lines);
         lines = chunk;
         if lines.len() >= n {
@@ -121,6 +138,28 @@ pub fn tail(dir: &Path, service: &str, n: usize, files: u32) -> Vec<String> {
     }
     let skip = lines.len().saturating_sub(n);
     lines.split_off(skip)
+}
+
+/// The last `n` lines of every service's log, interleaved by time, each
+/// as `TIME NAME STREAM TEXT`.
+pub fn tail_all(
+    dir: &Path,
+    services: &[String],
+    n: usize,
+    files: u32,
+    since: Option<&str>,
+) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for s in services {
+        for l in tail_since(dir, s, n, files, since) {
+            let (time, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+            all.push(format!("{time} {s} {rest}"));
+        }
+    }
+    // Stable: one service's lines of the same millisecond keep their order.
+    all.sort_by(|a, b| a.split(' ').next().cmp(&b.split(' ').next()));
+    let skip = all.len().saturating_sub(n);
+    all.split_off(skip)
 }
 
 /// Splits a byte stream into lines; keeps a partial last line for later.

@@ -391,5 +391,16 @@ impl Supervisor {
                 },
             );
         }
+        if self.conns.values().any(crate::server::Conn::follows_all) {
+            for l in &lines {
+                let line = format!("{name} | {l}");
+                self.broadcast(
+                    crate::server::Conn::follows_all,
+                    &Message::Line {
+                        line: line.as_str().into(),
+                    },
+                );
+            }
+        }
     }
 }

@@ -29,6 +29,10 @@ const MAX_REQUEST: usize = 64 << 10;
 /// How long the last answers at shutdown may take to go out.
 const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `Conn::follow` of a client following every service (no service is
+/// named so: names are never empty).
+const FOLLOW_ALL: &str = "";
+
 pub(crate) struct Conn {
     stream: UnixStream,
     inbuf: Vec<u8>,
@@ -42,6 +46,11 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn follows(&self, name: &str) -> bool {
         self.follow.as_deref() == Some(name)
+    }
+
+    /// Following every service's log (`isola logs -f` without a name).
+    pub(crate) fn follows_all(&self) -> bool {
+        self.follow.as_deref() == Some(FOLLOW_ALL)
     }
 
     /// Serialize one object into the output buffer, newline-terminated.
@@ -233,7 +242,34 @@ impl Supervisor {
                 name,
                 lines,
                 follow,
+                since,
             } => {
+                if name.is_empty() {
+                    let mut names: Vec<String> = self
+                        .core
+                        .services()
+                        .map(|(_, s)| s.def.name.clone())
+                        .collect();
+                    names.sort();
+                    names.dedup();
+                    let tail = logs::tail_all(
+                        &self.cfg.logs.dir,
+                        &names,
+                        lines,
+                        self.cfg.logs.files,
+                        since.as_deref(),
+                    );
+                    if follow {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.follow = Some(FOLLOW_ALL.to_string());
+                        }
+                    }
+                    let reply = Response {
+                        lines: Some(tail),
+                        ..Response::ok()
+                    };
+                    return self.send(id, &reply);
+                }
                 if self.core.find(&name).is_none() {
                     let members = self.core.group_members(&name);
                     if let (Some(first), Some(last)) = (members.first(), members.last()) {
@@ -252,7 +288,13 @@ impl Supervisor {
                     }
                     return self.send(id, &no_such_service("logs", &name));
                 }
-                let tail = logs::tail(&self.cfg.logs.dir, &name, lines, self.cfg.logs.files);
+                let tail = logs::tail_since(
+                    &self.cfg.logs.dir,
+                    &name,
+                    lines,
+                    self.cfg.logs.files,
+                    since.as_deref(),
+                );
                 if follow {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.follow = Some(name);
