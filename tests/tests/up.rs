@@ -871,3 +871,48 @@ fn logs_without_a_name_interleave_every_service_by_time() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn a_big_stack_at_a_terminal_ends_its_progress_line_with_a_summary() {
+    require_vm();
+    let dir = Scratch::new("progress");
+    let mut services = serde_json::Map::new();
+    for k in 0..25 {
+        services.insert(format!("s{k}"), svc("exec sleep 1000", json!({})));
+    }
+    let stack = dir.write("stack.json", &json!({"services": services}).to_string());
+    let sock = dir.path("s.sock").display().to_string();
+    let session = format!("isola-progress-{}", std::process::id());
+    let cmd = format!(
+        "{} up --quiet --socket {sock} --log-dir {} {}",
+        isola_bin().display(),
+        dir.path("logs").display(),
+        stack.display()
+    );
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "10",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    loop {
+        let pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        if pane.contains("isola: 25/25 services up") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no summary: {pane}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let down = isola(&["down", "--socket", &sock], "", Duration::from_secs(60));
+    assert!(down.status.success());
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert_clean();
+}

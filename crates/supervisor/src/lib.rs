@@ -19,6 +19,7 @@ mod notify;
 mod output;
 pub mod policy;
 mod probe;
+mod progress;
 mod sdnotify;
 mod server;
 pub mod sockets;

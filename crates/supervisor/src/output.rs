@@ -160,6 +160,14 @@ impl Sink {
         self.buf.push(b'\n');
     }
 
+    /// Queue text without a newline (a progress line redrawn with `\r`);
+    /// dropped when the buffer is full.
+    pub(crate) fn partial(&mut self, text: &str) {
+        if self.buf.len() + text.len() <= SINK_LIMIT {
+            self.buf.extend_from_slice(text.as_bytes());
+        }
+    }
+
     /// Say how many lines were dropped, in the output itself, at the point
     /// where they are missing.
     fn report_dropped(&mut self) {

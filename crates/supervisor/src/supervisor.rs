@@ -180,6 +180,8 @@ pub struct Supervisor {
     pub(crate) sockets: Sockets,
     /// Under systemd: READY=1, STATUS=, STOPPING=1 (see `sdnotify`).
     sd_notify: Option<SdNotify>,
+    /// A big stack's start at a terminal (see `progress`).
+    progress: Option<crate::progress::Progress>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -321,7 +323,9 @@ impl Supervisor {
             drains: 0,
             sockets,
             sd_notify: SdNotify::from_env(),
+            progress: None,
         };
+        sup.progress = crate::progress::Progress::new(sup.core.len(), sup.cfg.echo);
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
         Ok(sup)
@@ -348,6 +352,11 @@ impl Supervisor {
             }
             if let Some(sd) = self.sd_notify.as_mut() {
                 sd.update(&self.core);
+            }
+            if let Some(p) = self.progress.as_mut() {
+                if p.update(&self.core, &mut self.sinks[1], Instant::now()) {
+                    self.flush_sink(1);
+                }
             }
         }
         self.finish_shutdown();
@@ -459,6 +468,9 @@ impl Supervisor {
             self.core.next_deadline(),
             self.next_drain_deadline(),
             self.probes.next_deadline(),
+            self.progress
+                .as_ref()
+                .and_then(crate::progress::Progress::deadline),
         ]
         .into_iter()
         .flatten()
