@@ -155,6 +155,20 @@ fn a_start_that_runs_out_of_fds_waits_and_starts_once_they_are_free() {
     assert_clean();
 }
 
+/// `isola ARGS` with `stdin`, successful; its stdout lines.
+fn run_lines(args: &[&str], stdin: &str) -> Vec<String> {
+    let out = isola(args, stdin, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// The group's own file, read from inside (host-root mode: the host's
 /// /sys, read-only; no cgroup namespace in the starter).
 const READ_LIMITS: &str = "g=$(cut -d: -f3 /proc/self/cgroup); cd /sys/fs/cgroup$g && cat memory.max memory.swap.max cpu.max pids.max cpu.weight";
@@ -163,7 +177,7 @@ const READ_LIMITS: &str = "g=$(cut -d: -f3 /proc/self/cgroup); cd /sys/fs/cgroup
 fn run_flags_cap_a_host_command_and_override_a_spec() {
     require_vm();
     // No spec: the starter sandbox around a host command.
-    let out = isola(
+    let lines = run_lines(
         &[
             "run",
             "--memory",
@@ -182,46 +196,21 @@ fn run_flags_cap_a_host_command_and_override_a_spec() {
             READ_LIMITS,
         ],
         "",
-        Duration::from_secs(60),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines,
-        ["67108864", "0", "50000 100000", "30", "50"],
-        "{text}"
-    );
+    assert_eq!(lines, ["67108864", "0", "50000 100000", "30", "50"]);
     // A spec's own limits, overridden by the flag for that resource only.
-    let mut spec = serde_json::from_slice::<Value>(
-        &Command::new(isola_bin())
-            .arg("spec")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let starter = Command::new(isola_bin())
+        .arg("spec")
+        .output()
+        .unwrap()
+        .stdout;
+    let mut spec: Value = serde_json::from_slice(&starter).unwrap();
     spec["process"]["args"] = json!(["sh", "-c", READ_LIMITS]);
     spec["linux"]["resources"]["memory"] = json!({"limit": 33554432});
     spec["linux"]["resources"]["pids"] = json!({"limit": 40});
-    let out = isola(
-        &["run", "--memory", "96M", "-"],
-        &spec.to_string(),
-        Duration::from_secs(60),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "100663296", "{text}");
-    assert_eq!(lines[3], "40", "{text}");
+    let lines = run_lines(&["run", "--memory", "96M", "-"], &spec.to_string());
+    assert_eq!(lines[0], "100663296", "{lines:?}");
+    assert_eq!(lines[3], "40", "{lines:?}");
     assert_clean();
 }
 

@@ -780,6 +780,18 @@ fn tmux(args: &[&str]) -> std::process::Output {
         .expect("tmux (Debian package tmux)")
 }
 
+/// `cmd` in a detached tmux session of this size: a real terminal.
+fn tmux_session(session: &str, width: u16, height: u16, cmd: &str) {
+    let (w, h) = (width.to_string(), height.to_string());
+    let out = tmux(&["new-session", "-d", "-s", session, "-x", &w, "-y", &h, cmd]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The pane's text, as a person sees it.
+fn pane(session: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).into_owned()
+}
+
 #[test]
 fn top_shows_the_stack_live_in_a_real_terminal_and_q_quits() {
     require_vm();
@@ -792,36 +804,24 @@ fn top_shows_the_stack_live_in_a_real_terminal_and_q_quits() {
     up.wait_state("idle", "running");
     let session = format!("isola-top-{}", std::process::id());
     let cmd = format!("{} top --socket {}", isola_bin().display(), up.socket());
-    let out = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "20",
-        &cmd,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    tmux_session(&session, 160, 20, &cmd);
     // As a person sees it: the pane's text, until the second redraw gives
     // the busy service a CPU % from a delta.
     let t = Instant::now();
     let busy_cpu = loop {
-        let pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
-            .into_owned();
-        let cpu = pane
+        let text = pane(&session);
+        let cpu = text
             .lines()
             .find(|l| l.starts_with("busy"))
             .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
             .and_then(|w| w.trim_end_matches('%').parse::<f64>().ok());
         if let Some(c) = cpu {
-            assert!(pane.contains("q quits") && pane.contains("idle"), "{pane}");
+            assert!(text.contains("q quits") && text.contains("idle"), "{text}");
             break c;
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "top never showed CPU %: {pane}"
+            "top never showed CPU %: {text}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -889,26 +889,14 @@ fn a_big_stack_at_a_terminal_ends_its_progress_line_with_a_summary() {
         dir.path("logs").display(),
         stack.display()
     );
-    let out = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "10",
-        &cmd,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    tmux_session(&session, 120, 10, &cmd);
     let t = Instant::now();
     loop {
-        let pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
-            .into_owned();
-        if pane.contains("isola: 25/25 services up") {
+        let text = pane(&session);
+        if text.contains("isola: 25/25 services up") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "no summary: {pane}");
+        assert!(t.elapsed() < Duration::from_secs(60), "no summary: {text}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let down = isola(&["down", "--socket", &sock], "", Duration::from_secs(60));
