@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sys::resource::Resource;
-use oci_spec::runtime::{LinuxNamespaceType, PosixRlimit};
 
 use crate::capabilities::{self, CapSets};
 use crate::cgroup::limits::{self, CgroupFile};
@@ -14,6 +13,9 @@ use crate::error::SpecError;
 use crate::mounts::MountSpec;
 use crate::seccomp::{self, Program};
 use crate::spec::ServiceSpec;
+
+mod fields;
+use fields::{abs_paths, check_sysctl, cstrings, id_map, rlimit};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -232,35 +234,7 @@ impl Plan {
                 ));
             }
         }
-        for (field, set, lsm) in [
-            (
-                "process.apparmorProfile",
-                process.apparmor_profile().is_some(),
-                Lsm::AppArmor,
-            ),
-            (
-                "process.selinuxLabel",
-                process.selinux_label().is_some(),
-                Lsm::SELinux,
-            ),
-        ] {
-            if set {
-                if lsm.enabled() {
-                    return Err(SpecError::new(
-                        field,
-                        format!(
-                            "{}: enabled on this host, and isola cannot apply its labels",
-                            lsm.name()
-                        ),
-                    ));
-                }
-                // As runc: a label for an LSM the host lacks is no label.
-                warnings.push(format!(
-                    "{field}: ignored ({} is not enabled on this host)",
-                    lsm.name()
-                ));
-            }
-        }
+        fields::check_labels(process, &mut warnings)?;
 
         let (root, root_readonly) = match oci.root() {
             Some(r) => {
@@ -290,49 +264,7 @@ impl Plan {
                 serde_json::from_str("{}").map_err(|e| SpecError::new("linux", e.to_string()))?
             }
         };
-        let mut clone_flags = 0u64;
-        let mut join = Vec::new();
-        let mut seen = Vec::new();
-        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-            let field = format!("linux.namespaces[{i}]");
-            let flag = match ns.typ() {
-                LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
-                LinuxNamespaceType::Network => libc::CLONE_NEWNET,
-                LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
-                LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
-                LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
-                LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
-                LinuxNamespaceType::User => libc::CLONE_NEWUSER,
-                LinuxNamespaceType::Time => {
-                    return Err(SpecError::new(
-                        format!("{field}.type"),
-                        "time: not supported",
-                    ));
-                }
-            };
-            if seen.contains(&flag) {
-                return Err(SpecError::new(format!("{field}.type"), "listed twice"));
-            }
-            seen.push(flag);
-            match ns.path() {
-                None => clone_flags |= u64::from(flag.unsigned_abs()),
-                Some(p) => {
-                    if !p.is_absolute() {
-                        return Err(SpecError::new(
-                            format!("{field}.path"),
-                            format!("{}: must be an absolute path", p.display()),
-                        ));
-                    }
-                    if !p.exists() {
-                        return Err(SpecError::new(
-                            format!("{field}.path"),
-                            format!("{}: no such namespace file", p.display()),
-                        ));
-                    }
-                    join.push((nix::sched::CloneFlags::from_bits_truncate(flag), p.clone()));
-                }
-            }
-        }
+        let (clone_flags, join) = fields::namespaces(&linux)?;
         let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
 
         let mounts = oci
@@ -519,178 +451,6 @@ impl Plan {
         Err(SpecError::new(
             "process.args[0]",
             format!("{cmd}: command not found"),
-        ))
-    }
-}
-
-/// A Linux security module a spec may name a label of.
-#[derive(Debug, Clone, Copy)]
-enum Lsm {
-    AppArmor,
-    SELinux,
-}
-
-impl Lsm {
-    fn name(self) -> &'static str {
-        match self {
-            Lsm::AppArmor => "AppArmor",
-            Lsm::SELinux => "SELinux",
-        }
-    }
-
-    /// Whether the running kernel enforces it (how runc asks).
-    fn enabled(self) -> bool {
-        match self {
-            Lsm::AppArmor => std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-                .is_ok_and(|v| v.trim() == "Y"),
-            Lsm::SELinux => Path::new("/sys/fs/selinux/enforce").exists(),
-        }
-    }
-}
-
-fn cstrings(field: &str, v: &[String]) -> Result<Vec<CString>, SpecError> {
-    v.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            CString::new(s.as_bytes())
-                .map_err(|_| SpecError::new(format!("{field}[{i}]"), "contains a NUL byte"))
-        })
-        .collect()
-}
-
-fn abs_paths(field: &str, v: &Option<Vec<String>>) -> Result<Vec<PathBuf>, SpecError> {
-    let mut out = Vec::new();
-    for (i, p) in v.iter().flatten().enumerate() {
-        let pb = PathBuf::from(p);
-        if !pb.is_absolute()
-            || pb
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            return Err(SpecError::new(
-                format!("{field}[{i}]"),
-                format!("{p}: must be an absolute path without .."),
-            ));
-        }
-        out.push(pb);
-    }
-    Ok(out)
-}
-
-fn id_map(
-    field: &str,
-    v: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>,
-    new_user: bool,
-) -> Result<Option<String>, SpecError> {
-    let Some(maps) = v.as_ref().filter(|m| !m.is_empty()) else {
-        if new_user {
-            return Err(SpecError::new(
-                field,
-                "a new user namespace needs at least one mapping",
-            ));
-        }
-        return Ok(None);
-    };
-    if !new_user {
-        return Err(SpecError::new(
-            field,
-            "needs a new user namespace (add {\"type\": \"user\"} to linux.namespaces)",
-        ));
-    }
-    let mut text = String::new();
-    for (i, m) in maps.iter().enumerate() {
-        if m.size() == 0 {
-            return Err(SpecError::new(
-                format!("{field}[{i}].size"),
-                "0: must be at least 1",
-            ));
-        }
-        text.push_str(&format!(
-            "{} {} {}\n",
-            m.container_id(),
-            m.host_id(),
-            m.size()
-        ));
-    }
-    Ok(Some(text))
-}
-
-fn rlimit(i: usize, r: &PosixRlimit) -> Result<Rlimit, SpecError> {
-    let field = format!("process.rlimits[{i}]");
-    let name = serde_json::to_value(r.typ())
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let res = match name.as_str() {
-        "RLIMIT_AS" => Resource::RLIMIT_AS,
-        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
-        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
-        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
-        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
-        other => {
-            return Err(SpecError::new(
-                format!("{field}.type"),
-                format!("{other}: unknown rlimit"),
-            ))
-        }
-    };
-    if r.soft() > r.hard() {
-        return Err(SpecError::new(
-            format!("{field}.soft"),
-            format!("{}: above hard limit {}", r.soft(), r.hard()),
-        ));
-    }
-    Ok(Rlimit {
-        resource: res,
-        soft: r.soft(),
-        hard: r.hard(),
-    })
-}
-
-/// Only sysctls that belong to a namespace the sandbox owns may be set;
-/// anything else would change the host.
-fn check_sysctl(key: &str, clone_flags: u64) -> Result<(), SpecError> {
-    let owns = |f: i32| clone_flags & u64::from(f.unsigned_abs()) != 0;
-    let ipc = [
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    ];
-    let ok = if key.starts_with("net.") {
-        owns(libc::CLONE_NEWNET)
-    } else if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
-        owns(libc::CLONE_NEWIPC)
-    } else if key == "kernel.hostname" || key == "kernel.domainname" {
-        owns(libc::CLONE_NEWUTS)
-    } else {
-        false
-    };
-    let well_formed = !key.is_empty()
-        && key
-            .split('.')
-            .all(|p| !p.is_empty() && p != ".." && !p.contains('/'));
-    if ok && well_formed {
-        Ok(())
-    } else {
-        Err(SpecError::new(
-            format!("linux.sysctl.{key}"),
-            "not a sysctl of a namespace this sandbox creates",
         ))
     }
 }
