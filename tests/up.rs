@@ -201,7 +201,7 @@ impl Up {
         let (code, out, err) = self.cli(&["logs", "-n", "10", name]);
         assert_eq!(code, 0, "{err}");
         out.lines()
-            .filter(|l| l.starts_with("stdout ") || l.contains(" stdout "))
+            .filter(|l| l.starts_with("stdout "))
             .filter_map(|l| l.rsplit(' ').next())
             .map(str::to_string)
             .collect()

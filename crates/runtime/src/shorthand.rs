@@ -42,7 +42,9 @@ pub fn parse_bytes(field: &str, text: &str) -> Result<u64, SpecError> {
         return n.checked_mul(1u64 << shift).ok_or_else(bad);
     }
     let f: f64 = num.parse().map_err(|_| bad())?;
-    let v = f * f64::from(1u32 << shift.min(30)) * f64::from(1u32 << shift.saturating_sub(30));
+    // Units are powers of two up to 2^40: exact in an f64.
+    #[allow(clippy::cast_precision_loss)]
+    let v = f * (1u64 << shift) as f64;
     if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
         return Err(bad());
     }
