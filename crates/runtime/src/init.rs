@@ -130,7 +130,12 @@ pub fn run(
         listen: (!listen.fds.is_empty()).then_some(listen),
     };
     match prepare(plan, &sock, unshare, &payload_fds, gated) {
-        Ok(Some(payload)) => supervise(plan, payload, &sock, &set),
+        Ok(Some(payload)) => {
+            // Nothing more to report: the host learns of our exit by
+            // SIGCHLD or its pidfd.
+            drop(sock);
+            supervise(plan, payload, &set)
+        }
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(exit::code(exit::SETUP)),
         Err(Failure::Setup((step, message))) => {
@@ -420,7 +425,7 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 
 /// The init's life after the payload started: reap, forward, exit.
 /// `set`: the signals the init takes (blocked): SIGCHLD, the rest passed on.
-fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd, set: &SigSet) -> ! {
+fn supervise(plan: &Plan, payload: Pid, set: &SigSet) -> ! {
     let mut status: Option<i32> = None;
     while status.is_none() {
         let Ok(sig) = set.wait() else { continue };
@@ -430,15 +435,6 @@ fn supervise(plan: &Plan, payload: Pid, sock: &OwnedFd, set: &SigSet) -> ! {
             let _ = kill(payload, sig);
         }
     }
-    // Tell the host now: our own teardown (killing what the payload left,
-    // dropping the namespaces) comes before our exit is visible to it, and
-    // an OOM kill is news it should not wait for.
-    let _ = sync::write(
-        sock,
-        &Msg::PayloadExited {
-            status: status.unwrap_or(exit::code(exit::SETUP)),
-        },
-    );
     // The payload is gone: so is everything it left behind.
     if plan.new_pid_ns() {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);

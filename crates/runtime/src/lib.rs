@@ -31,5 +31,5 @@ pub use sys::{spawn_helper, Allocator};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;
-pub use sandbox::{ExitStatus, InitNews, Options, Outcome, Sandbox};
+pub use sandbox::{ExitStatus, Options, Outcome, Sandbox};
 pub use spec::ServiceSpec;

@@ -61,6 +61,16 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// A process's end as `waitid` reports it; `None` for a stop or a
+    /// continue.
+    pub fn from_wait(ws: WaitStatus) -> Option<ExitStatus> {
+        match ws {
+            WaitStatus::Exited(_, c) => Some(ExitStatus::Exited(c)),
+            WaitStatus::Signaled(_, s, _) => Some(ExitStatus::Signaled(s as i32)),
+            _ => None,
+        }
+    }
+
     /// Shell convention: the code, or 128+N for signal N.
     pub fn code(self) -> i32 {
         match self {
@@ -83,25 +93,11 @@ pub struct Outcome {
 pub struct Sandbox {
     name: String,
     pid: Pid,
-    pidfd: OwnedFd,
+    /// `None` once the caller reaps the init itself
+    /// ([`Sandbox::release_pidfd`]).
+    pidfd: Option<OwnedFd>,
     cgroup: Option<Cgroup>,
     status: Option<ExitStatus>,
-    /// The init's end of the sync socket after the start: it reports the
-    /// payload's exit there ([`Sandbox::init_news`]).
-    news: Option<OwnedFd>,
-}
-
-/// What a started sandbox's init has said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum InitNews {
-    /// The payload exited with this status (128+N: signal N); the init is
-    /// now taking the rest down.
-    PayloadExited(i32),
-    /// Nothing yet.
-    Nothing,
-    /// The init is gone (or spoke out of turn): no more news, the socket is
-    /// closed (and so out of any epoll set).
-    Gone,
 }
 
 /// Start the sandbox; returns once the payload has been exec'd.
@@ -130,6 +126,13 @@ impl Starting {
         self.sb.pid
     }
 
+    /// The caller reaped the init while it set up (a supervisor collecting
+    /// every child on SIGCHLD): [`Starting::complete`] reports its death
+    /// with this status instead of waiting for it.
+    pub fn reaped(&mut self, status: ExitStatus) {
+        self.sb.status = Some(status);
+    }
+
     /// Give the sandbox away (to the process it is a child of) without
     /// killing it: its fds duplicated, its cgroup left in place.
     pub fn into_parts(mut self) -> Result<Parts, Error> {
@@ -137,7 +140,10 @@ impl Starting {
             fd.try_clone()
                 .map_err(|e| Error::sys("dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))
         };
-        let pidfd = dup(&self.sb.pidfd)?;
+        let pidfd = match &self.sb.pidfd {
+            Some(fd) => dup(fd)?,
+            None => return Err(Error::sys("dup", Errno::EBADF)),
+        };
         let sync = dup(&self.sync)?;
         // Disarm Drop: nothing to kill or remove here any more.
         self.sb.status = Some(ExitStatus::Exited(0));
@@ -159,10 +165,9 @@ impl Starting {
             sb: Sandbox {
                 name: p.name,
                 pid: p.pid,
-                pidfd: p.pidfd,
+                pidfd: Some(p.pidfd),
                 cgroup,
                 status: None,
-                news: None,
             },
             sync: p.sync,
         }
@@ -186,12 +191,11 @@ impl Starting {
 
     /// The init's report; blocks until there is one.
     pub fn complete(self) -> Result<Sandbox, Error> {
-        let Starting { mut sb, sync } = self;
+        let Starting { sb, sync } = self;
         match sync::read(&sync) {
-            Ok(Some(Msg::Started)) => {
-                sb.news = Some(sync);
-                Ok(sb)
-            }
+            // The sync socket closes here: the init has nothing more to
+            // say, and a supervisor of 10,000 sandboxes keeps no fd for it.
+            Ok(Some(Msg::Started)) => Ok(sb),
             other => Err(Starting { sb, sync }.failure(other)),
         }
     }
@@ -287,10 +291,9 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
     let mut sb = Sandbox {
         name: opts.name.to_string(),
         pid,
-        pidfd,
+        pidfd: Some(pidfd),
         cgroup: cg,
         status: None,
-        news: None,
     };
     // From here on, dropping `sb` kills and cleans up.
     if let Some(cg) = sb.cgroup.as_mut() {
@@ -381,33 +384,23 @@ fn clone_init(
 }
 
 impl Sandbox {
-    /// Readable when the init has news (see [`Sandbox::init_news`]).
-    pub fn news_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.news.as_ref().map(|f| f.as_fd())
-    }
-
-    /// Read what the init said, without waiting.
-    pub fn init_news(&mut self) -> InitNews {
-        let Some(fd) = &self.news else {
-            return InitNews::Gone;
-        };
-        match sync::try_read(fd) {
-            Ok(Some(Msg::PayloadExited { status })) => InitNews::PayloadExited(status),
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => InitNews::Nothing,
-            _ => {
-                self.news = None;
-                InitNews::Gone
-            }
-        }
-    }
-
     /// The init's pid in the host's PID namespace.
     pub fn pid(&self) -> Pid {
         self.pid
     }
 
-    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.pidfd.as_fd()
+    /// The init's pidfd, unless the caller took over reaping.
+    pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The caller is the init's parent and reaps it itself (a supervisor
+    /// waiting for SIGCHLD), then hands the status to
+    /// [`Sandbox::into_exited_with`]: the pidfd is closed, and signals go
+    /// by pid — safe, as an unreaped child's pid cannot be reused. A
+    /// supervisor of 10,000 sandboxes saves 10,000 fds.
+    pub fn release_pidfd(&mut self) {
+        self.pidfd = None;
     }
 
     pub fn cgroup(&self) -> Option<&Cgroup> {
@@ -416,7 +409,12 @@ impl Sandbox {
 
     /// Send a signal to the init, which forwards it to the payload.
     pub fn signal(&self, sig: Signal) -> Result<(), Errno> {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), sig as i32)
+        match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig as i32),
+            // Not reaped yet (the status is unknown): the pid is still ours.
+            None if self.status.is_none() => nix::sys::signal::kill(self.pid, sig),
+            None => Err(Errno::ESRCH),
+        }
     }
 
     /// Wait for the sandbox to end, forwarding whatever arrives on `signals`.
@@ -426,8 +424,11 @@ impl Sandbox {
         }
         let mut signals = signals;
         loop {
+            let Some(pidfd) = self.pidfd.as_ref() else {
+                return Ok(self.reap());
+            };
             let revents = {
-                let mut fds = vec![PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+                let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
                 if let Some(sfd) = signals.as_deref() {
                     fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
                 }
@@ -445,7 +446,7 @@ impl Sandbox {
                 if let Some(sfd) = signals.as_deref_mut() {
                     while let Ok(Some(info)) = sfd.read_signal() {
                         let sig = i32::try_from(info.ssi_signo).unwrap_or(0);
-                        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sig);
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
                     }
                 }
             }
@@ -455,22 +456,36 @@ impl Sandbox {
         }
     }
 
-    /// Block until the init has exited and collect its status.
+    /// Block until the init has exited and collect its status (by pidfd,
+    /// or by pid once the pidfd was released).
     fn reap(&mut self) -> ExitStatus {
         if let Some(st) = self.status {
             return st;
         }
         let st = loop {
-            match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
-                Ok(WaitStatus::Exited(_, c)) => break ExitStatus::Exited(c),
-                Ok(WaitStatus::Signaled(_, s, _)) => break ExitStatus::Signaled(s as i32),
-                Err(Errno::EINTR) | Ok(_) => continue,
+            let id = match &self.pidfd {
+                Some(fd) => Id::PIDFd(fd.as_fd()),
+                None => Id::Pid(self.pid),
+            };
+            match waitid(id, WaitPidFlag::WEXITED | WaitPidFlag::__WALL) {
+                Ok(ws) => match ExitStatus::from_wait(ws) {
+                    Some(st) => break st,
+                    None => continue,
+                },
+                Err(Errno::EINTR) => continue,
                 // Already reaped elsewhere: nothing to wait for.
                 Err(_) => break ExitStatus::Exited(exit::code(exit::SETUP)),
             }
         };
         self.status = Some(st);
         st
+    }
+
+    /// [`Sandbox::into_exited`] for an init the caller reaped itself
+    /// ([`Sandbox::release_pidfd`]), with the status it collected.
+    pub fn into_exited_with(mut self, status: ExitStatus) -> (Outcome, Option<Cgroup>) {
+        self.status = Some(status);
+        self.into_exited()
     }
 
     /// The init has exited (its pidfd is readable): its status and OOM

@@ -25,6 +25,7 @@ pub const SUPERVISION_FIELDS: &[&str] = &[
     "sockets",
     "fdStoreMax",
     "replicas",
+    "stderr",
 ];
 
 #[derive(Debug, Clone)]

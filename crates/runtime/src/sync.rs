@@ -4,8 +4,7 @@
 //! parent → init: `G` (id maps written, go on).
 //! init → parent: `C` (set up, waiting at the start gate: OCI `create`),
 //! `S` (payload exec'd), `E step\0message` (setup failed),
-//! `X errno\0command` (exec failed); later `P status` (the payload exited:
-//! sent as the init reaps it, before its own teardown).
+//! `X errno\0command` (exec failed). After `S` the init closes its end.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -34,9 +33,6 @@ pub(crate) enum Msg {
         errno: i32,
         command: String,
     },
-    PayloadExited {
-        status: i32,
-    },
     /// The container's state for in-container hooks (parent → init,
     /// after `Go`, when the plan has such hooks).
     State {
@@ -51,7 +47,6 @@ pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
         Msg::Started => b"S".to_vec(),
         Msg::SetupFailed { step, message } => format!("E{step}\0{message}").into_bytes(),
         Msg::ExecFailed { errno, command } => format!("X{errno}\0{command}").into_bytes(),
-        Msg::PayloadExited { status } => format!("P{status}").into_bytes(),
         Msg::State { json } => format!("T{json}").into_bytes(),
     };
     loop {
@@ -64,18 +59,9 @@ pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
 
 /// `Ok(None)` on EOF: the other side is gone.
 pub(crate) fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
-    read_with(fd, MsgFlags::empty())
-}
-
-/// Like [`read`], but EAGAIN instead of waiting for a message.
-pub(crate) fn try_read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
-    read_with(fd, MsgFlags::MSG_DONTWAIT)
-}
-
-fn read_with(fd: &OwnedFd, flags: MsgFlags) -> Result<Option<Msg>, Errno> {
     let mut buf = [0u8; 4096];
     let n = loop {
-        match recv(fd.as_raw_fd(), &mut buf, flags) {
+        match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Err(Errno::EINTR) => continue,
             r => break r?,
         }
@@ -100,9 +86,6 @@ fn read_with(fd: &OwnedFd, flags: MsgFlags) -> Result<Option<Msg>, Errno> {
         b'T' => Msg::State {
             json: String::from_utf8_lossy(&buf[1..n]).into_owned(),
         },
-        b'P' => Msg::PayloadExited {
-            status: a.parse().map_err(|_| Errno::EPROTO)?,
-        },
         _ => return Err(Errno::EPROTO),
     }))
 }
@@ -126,7 +109,6 @@ mod tests {
                 errno: 2,
                 command: "nope".into(),
             },
-            Msg::PayloadExited { status: 137 },
             Msg::State {
                 json: r#"{"id":"c","pid":7}"#.into(),
             },
@@ -134,7 +116,6 @@ mod tests {
             write(&a, &m).unwrap();
             assert_eq!(read(&b).unwrap(), Some(m));
         }
-        assert_eq!(try_read(&b), Err(Errno::EAGAIN));
         drop(a);
         assert_eq!(read(&b).unwrap(), None);
     }

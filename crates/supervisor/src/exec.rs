@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use isola_runtime::join::{self, Target};
 
@@ -19,23 +19,24 @@ pub(crate) struct Joined {
 }
 
 impl Joined {
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.inner.pidfd()
-    }
-
-    /// Its verdict once it exited (and is reaped): exit 0 is success.
-    pub(crate) fn verdict(&self) -> Option<(bool, String)> {
-        self.inner.try_wait().map(|code| match code {
-            0 => (true, "exit code 0".to_string()),
-            c if c > 128 => (false, format!("killed by signal {}", c - 128)),
-            c => (false, format!("exit code {c}")),
-        })
+    /// Its pid: the supervisor reaps it with its other children (`reap`).
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
+        self.inner.pid()
     }
 
     /// Kill it and everything it started (its process group); it is
-    /// reaped when its pidfd says it exited.
+    /// reaped on the SIGCHLD that follows.
     pub(crate) fn kill(&self) {
         self.inner.terminate();
+    }
+}
+
+/// An exec probe's verdict from its waiter's status: exit 0 is success.
+pub(crate) fn verdict(code: i32) -> (bool, String) {
+    match code {
+        0 => (true, "exit code 0".to_string()),
+        c if c > 128 => (false, format!("killed by signal {}", c - 128)),
+        c => (false, format!("exit code {c}")),
     }
 }
 
@@ -82,8 +83,11 @@ impl Supervisor {
             .open("/dev/null")
             .map_err(|e| format!("/dev/null: {e}"))?;
         let fd = null.as_raw_fd();
+        // The init is our unreaped child: its pid still names it. The pidfd
+        // lives only while the waiter joins.
+        let init = join::pidfd_of(run.sandbox.pid()).map_err(|e| e.to_string())?;
         let target = Target {
-            init: run.sandbox.pidfd(),
+            init: init.as_fd(),
             cgroup: run.sandbox.cgroup().map(|c| c.path()),
             plan: &s.def.plan,
         };

@@ -12,7 +12,7 @@ use nix::fcntl::{open, Flock, FlockArg, OFlag};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::Mode;
 
-use crate::policy::OomPolicy;
+use crate::policy::{OomPolicy, Stderr};
 use crate::stack::ServiceDef;
 use crate::supervisor::{setup, UpError};
 
@@ -66,7 +66,7 @@ impl Inherited {
     }
 }
 
-/// A running service holds up to seven fds ([`fds_per_running`]): raise
+/// A running service holds two fds ([`FDS_PER_RUNNING`]): raise
 /// our RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
 fn raise_nofile() -> Option<Rlimit> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
@@ -100,22 +100,27 @@ fn protect_from_oom() -> Option<i32> {
     Some(original)
 }
 
-/// fds of a running service: its init's pidfd and sync socket (the init's
-/// news), its stdout and stderr pipes; with a cgroup also its open
-/// `memory.current`, `memory.peak` and `cpu.stat`.
-pub(crate) const fn fds_per_running(no_cgroup: bool) -> u64 {
-    if no_cgroup {
-        4
-    } else {
-        7
-    }
-}
+/// fds of a running service: the read ends of its stdout and stderr
+/// pipes. Its init is reaped on SIGCHLD (no pidfd), its sync socket is
+/// closed once the payload runs, its log is opened when written (through
+/// the cache of [`crate::output::LOGS_OPEN`]), and its cgroup's stat
+/// files are opened only into fds the stack leaves spare.
+pub(crate) const FDS_PER_RUNNING: u64 = 2;
+
+/// fds of a service while its sandbox sets up, besides its pipes: the
+/// init's pidfd and sync socket, and /dev/null and the pipes' write ends
+/// for the moment of the clone.
+const FDS_PER_STARTING: u64 = 5;
 
 /// fds of the supervisor itself: epoll, signalfd, timerfd, inotify, the
 /// control socket, the spawner's socket, stdio and their non-blocking
-/// copies, the stack's lock; a start burst's temporary pipes and
-/// /dev/null (3 × MAX_STARTING); and room for 64 clients.
-const SUPERVISOR_FDS: u64 = 16 + 3 * crate::supervisor::MAX_STARTING as u64 + 64;
+/// copies, the stack's lock; a start burst's (MAX_STARTING sandboxes
+/// setting up at once); and room for 64 clients.
+const SUPERVISOR_FDS: u64 = 16 + FDS_PER_STARTING * crate::supervisor::MAX_STARTING as u64 + 64;
+
+/// Open stat files of one running service (`memory.current`,
+/// `memory.peak`, `cpu.stat`).
+const FDS_PER_STATS: u64 = 3;
 /// Tasks of a running service at least: its init and its payload.
 const TASKS_PER_SERVICE: u64 = 2;
 
@@ -143,32 +148,47 @@ fn held_fds(defs: &[ServiceDef]) -> u64 {
 
 /// Refuse a stack that cannot run whole on this host — before anything
 /// starts, in one line with the numbers and the fix — rather than let
-/// thousands of services fail one by one.
-pub(crate) fn check_capacity(defs: &[ServiceDef], no_cgroup: bool) -> Result<(), UpError> {
+/// thousands of services fail one by one. Returns how many running
+/// services may keep their stat files open in the fds left spare.
+pub(crate) fn check_capacity(defs: &[ServiceDef]) -> Result<usize, UpError> {
     let services = defs.len();
     let n = u64::try_from(services).unwrap_or(u64::MAX);
     let logs = n.min(crate::output::LOGS_OPEN as u64);
     let health: u64 = defs.iter().map(health_fds).sum();
     let held = held_fds(defs);
-    let fds = n * fds_per_running(no_cgroup) + health + held + logs + SUPERVISOR_FDS;
+    let merged = defs
+        .iter()
+        .filter(|d| d.policy.stderr == Stderr::Stdout)
+        .count();
+    let merged = u64::try_from(merged).unwrap_or(u64::MAX);
+    let pipes = n * FDS_PER_RUNNING - merged;
+    let fds = pipes + health + held + logs + SUPERVISOR_FDS;
+    let mut spare = 0;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        spare = soft.saturating_sub(fds) / FDS_PER_STATS;
         if fds > soft {
-            let mut parts = vec![format!(
-                "{} per running service",
-                fds_per_running(no_cgroup)
-            )];
+            let mut parts = vec![format!("output pipes {pipes}")];
             if health > 0 {
-                parts.push(format!("{health} for health checks"));
+                parts.push(format!("health checks {health}"));
             }
             if held > 0 {
-                parts.push(format!("{held} for held sockets and stored fds"));
+                parts.push(format!("held sockets and stored fds {held}"));
             }
-            parts.push(format!("{logs} open logs"));
-            parts.push(format!("{SUPERVISOR_FDS} for the supervisor"));
+            parts.push(format!("open logs {logs}"));
+            parts.push(format!("the supervisor {SUPERVISOR_FDS}"));
+            let separate = n - merged;
+            let merge = if separate > 0 && fds - separate <= soft {
+                format!(
+                    ", or give the services \"stderr\": \"stdout\" (one pipe each instead of two: {} in all)",
+                    fds - separate
+                )
+            } else {
+                String::new()
+            };
             return Err(UpError::Setup(format!(
                 "{services} services need up to {fds} file descriptors ({}) but RLIMIT_NOFILE allows \
                  {soft} (hard limit {hard}, and isola up could not raise it): raise it \
-                 (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit) or split the stack",
+                 (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit), split the stack{merge}",
                 parts.join(", ")
             )));
         }
@@ -202,7 +222,7 @@ pub(crate) fn check_capacity(defs: &[ServiceDef], no_cgroup: bool) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(usize::try_from(spare.min(n)).unwrap_or(services))
 }
 
 pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);

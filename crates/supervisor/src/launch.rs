@@ -10,15 +10,18 @@ use std::time::{Duration, Instant};
 use isola_runtime::cgroup::{Cgroup, StatFiles, REMOVE_RETRY};
 use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::Starting;
-use isola_runtime::{exit, InitNews, Sandbox};
+use isola_runtime::{exit, ExitStatus, Sandbox};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 use crate::lifecycle::{Exit, StartError};
 use crate::output::{Pipe, Stream};
+use crate::policy::Stderr;
+use crate::reap::Child;
 use crate::supervisor::{now_ms, Supervisor, Token};
 
 /// How long a teardown waits for the processes left in a cgroup after
@@ -31,6 +34,9 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
 /// A sandbox whose init is setting up.
 pub(crate) struct Launched {
     starting: Starting,
+    /// The init was reaped before its report was read (it exited right
+    /// after `S`, or died setting up).
+    reaped: Option<ExitStatus>,
 }
 
 impl Launched {
@@ -78,23 +84,32 @@ impl Supervisor {
             return self.launch_failed(i, why, Errno::ENOENT, now);
         }
         self.prepare_notify(i);
-        let fds = (
-            nix::unistd::pipe2(OFlag::O_CLOEXEC),
-            nix::unistd::pipe2(OFlag::O_CLOEXEC),
-            File::open("/dev/null"),
-        );
-        let (out_r, out_w, err_r, err_w, null) = match fds {
-            (Ok((out_r, out_w)), Ok((err_r, err_w)), Ok(null)) => {
-                (out_r, out_w, err_r, err_w, null)
-            }
-            (Err(e), ..) | (_, Err(e), _) => {
+        // stdout's pipe; stderr's own, unless it goes to stdout's.
+        let merged = self
+            .core
+            .service(i)
+            .is_some_and(|s| s.def.policy.stderr == Stderr::Stdout);
+        let out = nix::unistd::pipe2(OFlag::O_CLOEXEC);
+        let err = if merged {
+            Ok(None)
+        } else {
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map(Some)
+        };
+        let (out, err) = match (out, err) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
                 return self.launch_failed(i, &format!("cannot create pipes: {e}"), e, now)
             }
-            (_, _, Err(e)) => {
+        };
+        let null = match File::open("/dev/null") {
+            Ok(f) => f,
+            Err(e) => {
                 let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
                 return self.launch_failed(i, &format!("/dev/null: {e}"), errno, now);
             }
         };
+        let (out_r, out_w) = out;
+        let (err_r, err_w) = err.unzip();
         // `notify: {"fd": N}`: the payload's end of a pipe at fd N.
         let ready = match self.ready_pipe(i) {
             Ok(p) => p,
@@ -106,9 +121,10 @@ impl Supervisor {
             fds: &sockets,
             names: &names,
         };
+        let err_fd = err_w.as_ref().unwrap_or(&out_w).as_raw_fd();
         let result = self.spawn_sandbox(
             i,
-            [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            [null.as_raw_fd(), out_w.as_raw_fd(), err_fd],
             &pass,
             listen,
         );
@@ -119,7 +135,8 @@ impl Supervisor {
         match result {
             Ok(starting) => {
                 self.epoll_add(starting.sync_fd(), Token::Sync(i));
-                for (k, fd) in [out_r, err_r].into_iter().enumerate() {
+                for (k, fd) in [Some(out_r), err_r].into_iter().enumerate() {
+                    let Some(fd) = fd else { continue };
                     let _ =
                         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
                     self.epoll_add(fd.as_fd(), Token::Pipe(i, k));
@@ -133,8 +150,13 @@ impl Supervisor {
                         slot.ready_pipe = Some(r);
                     }
                 }
+                self.children
+                    .insert(starting.pid().as_raw(), Child::Init(i));
                 if let Some(slot) = self.slot(i) {
-                    slot.launched = Some(Launched { starting });
+                    slot.launched = Some(Launched {
+                        starting,
+                        reaped: None,
+                    });
                 }
             }
             Err(e) => {
@@ -157,35 +179,41 @@ impl Supervisor {
     /// The init of a starting sandbox reported (or died).
     pub(crate) fn on_started(&mut self, i: usize) {
         let now = Instant::now();
-        let Some(Launched { starting }) = self.slot(i).and_then(|s| s.launched.take()) else {
+        let Some(Launched { starting, reaped }) = self.slot(i).and_then(|s| s.launched.take())
+        else {
             return;
         };
         let _ = self.epoll.delete(starting.sync_fd());
+        let init = starting.pid();
         match starting.complete() {
-            Ok(sb) => {
+            Ok(mut sb) => {
+                // From now on the init is reaped on SIGCHLD (`reap`): its
+                // pidfd and sync socket are closed, and a running service
+                // holds only its output pipes.
+                sb.release_pidfd();
                 let pid = sb.pid();
                 let watch = sb.cgroup().and_then(|cg| {
                     self.inotify
                         .add_watch(&cg.memory_events_path(), AddWatchFlags::IN_MODIFY)
                         .ok()
                 });
-                self.epoll_add(sb.pidfd(), Token::Pidfd(i));
-                if let Some(fd) = sb.news_fd() {
-                    self.epoll_add(fd, Token::News(i));
-                }
-                let stats = sb.cgroup().and_then(|cg| StatFiles::open(cg).ok());
                 if let Some(slot) = self.slot(i) {
                     slot.running = Some(Running {
                         sandbox: sb,
                         start_ms: now_ms(),
                         oom_seen: 0,
                         watch,
-                        stats,
+                        stats: None,
                     });
                 }
                 self.core.started(i, pid.as_raw(), now);
+                if let Some(status) = reaped {
+                    self.on_exit(i, status);
+                }
             }
             Err(e) => {
+                // `complete` reaped it, if we had not.
+                self.children.remove(&init.as_raw());
                 self.drain_pipes(i);
                 self.close_ready_pipe(i);
                 if let Some(slot) = self.slot(i) {
@@ -223,17 +251,6 @@ impl Supervisor {
         }
         if let Some(d) = &slot.draining {
             let _ = d.cgroup.kill();
-        }
-    }
-
-    /// The init reaped the payload (its own exit follows after teardown):
-    /// an OOM kill shows in `status` now.
-    pub(crate) fn on_news(&mut self, i: usize) {
-        let Some(run) = self.slot(i).and_then(|s| s.running.as_mut()) else {
-            return;
-        };
-        if let InitNews::PayloadExited(_) = run.sandbox.init_news() {
-            self.count_ooms(i);
         }
     }
 
@@ -280,22 +297,38 @@ impl Supervisor {
         self.core.oom_killed(i, new, &max, Instant::now());
     }
 
+    /// Service `i`'s init `pid` was reaped with `status` (see `reap`):
+    /// news for its running sandbox, or for one still setting up (whose
+    /// report, or the EOF of its death, is read next).
+    pub(crate) fn init_exited(&mut self, i: usize, pid: Pid, status: ExitStatus) {
+        let Some(slot) = self.slot(i) else { return };
+        if slot
+            .running
+            .as_ref()
+            .is_some_and(|r| r.sandbox.pid() == pid)
+        {
+            self.on_exit(i, status);
+        } else if let Some(l) = slot.launched.as_mut().filter(|l| l.pid() == pid) {
+            l.starting.reaped(status);
+            l.reaped = Some(status);
+        }
+    }
+
     /// Service `i`'s init exited: collect its status, drain its output,
     /// and wait for its cgroup to empty before the core hears of the exit.
-    pub(crate) fn on_exit(&mut self, i: usize) {
+    fn on_exit(&mut self, i: usize, status: ExitStatus) {
         let Some(run) = self.slot(i).and_then(|s| s.running.take()) else {
             return;
         };
+        if run.stats.is_some() {
+            self.stats_open -= 1;
+        }
         self.cancel_probes(i);
         self.close_ready_pipe(i);
-        let _ = self.epoll.delete(run.sandbox.pidfd());
-        if let Some(fd) = run.sandbox.news_fd() {
-            let _ = self.epoll.delete(fd);
-        }
         if let Some(w) = run.watch {
             let _ = self.inotify.rm_watch(w);
         }
-        let (outcome, cgroup) = run.sandbox.into_exited();
+        let (outcome, cgroup) = run.sandbox.into_exited_with(status);
         let exit = Exit {
             code: outcome.status.code(),
             oom_kills: outcome.oom_kills,

@@ -20,6 +20,7 @@ mod output;
 pub mod policy;
 mod probe;
 mod progress;
+mod reap;
 mod sdnotify;
 mod server;
 pub mod sockets;

@@ -49,6 +49,9 @@ pub struct Core {
     /// Services in `Queued` (kept by [`Core::enter`]): no scan for starts
     /// when there is none.
     queued: usize,
+    /// No service below this index is `Queued` (kept by [`Core::enter`] and
+    /// `launch_queued`).
+    first_queued: usize,
     /// Every service's next deadline, pushed whenever it may have changed
     /// ([`Core::touch`]); entries that no longer match are dropped when
     /// they come up. A thousand services probed every second cost a heap
@@ -87,6 +90,7 @@ impl Core {
             names,
             launching: 0,
             queued: 0,
+            first_queued: 0,
             timers: BinaryHeap::new(),
             epoch: Instant::now(),
             max_launching: max_launching.max(1),

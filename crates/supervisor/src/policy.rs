@@ -29,6 +29,18 @@ pub enum OomPolicy {
     Restart,
 }
 
+/// Where a service's stderr goes (`stderr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stderr {
+    /// Its own pipe: log lines say `stderr`.
+    #[default]
+    Separate,
+    /// Into stdout's pipe (`2>&1`, systemd's `StandardError=inherit`): one
+    /// fd less for the supervisor, lines in the order they were written.
+    Stdout,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct StartLimit {
@@ -157,6 +169,7 @@ pub struct Policy {
     pub fd_store_max: u32,
     /// `replicas`: `None` for a plain service, else how many.
     pub replicas: Option<u32>,
+    pub stderr: Stderr,
 }
 
 impl Policy {
@@ -178,6 +191,7 @@ impl Default for Policy {
             sockets: Vec::new(),
             fd_store_max: 0,
             replicas: None,
+            stderr: Stderr::Separate,
         }
     }
 }
@@ -264,6 +278,9 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     if sup.contains_key("replicas") {
         p.replicas = Some(sockets::parse_replicas(sup, prefix)?);
     }
+    if let Some(v) = sup.get("stderr") {
+        p.stderr = field(v, &format!("{prefix}stderr"))?;
+    }
     check_zero_downtime(&p, prefix)?;
     Ok(p)
 }
@@ -334,6 +351,9 @@ mod tests {
         assert_eq!(p.oom, OomPolicy::Restart);
         assert_eq!(p.stop.signal, Signal::SIGTERM);
         assert_eq!(p.stop.timeout, Duration::from_secs(10));
+        assert_eq!(p.stderr, Stderr::Separate);
+        let p = parse(&sup(json!({"stderr": "stdout"})), "").unwrap();
+        assert_eq!(p.stderr, Stderr::Stdout);
     }
 
     #[test]
@@ -374,6 +394,8 @@ mod tests {
         assert_eq!(e.to_string(), "stop.signal: SIGFLY: unknown signal");
         let e = parse(&sup(json!({"restart": {"jitter": 2.0}})), "").unwrap_err();
         assert_eq!(e.field, "restart.jitter");
+        let e = parse(&sup(json!({"stderr": "null"})), "services.web.").unwrap_err();
+        assert_eq!(e.to_string(), "services.web.stderr: `null`: unknown value");
     }
 
     #[test]

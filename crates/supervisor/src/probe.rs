@@ -6,7 +6,8 @@
 //! sandbox's namespace (setns on its own thread), creates a non-blocking
 //! socket there and comes straight back; the connect and the exchange are
 //! then epoll events like any other. `exec` probes are processes joined to
-//! the sandbox (see [`crate::exec`]); their pidfd is the event.
+//! the sandbox (see [`crate::exec`]); their exit, reaped on SIGCHLD
+//! (`reap`), is the event.
 //! Every probe has a deadline ([`Probes::next_deadline`]); at it, a socket
 //! is closed and a process group killed, and the probe counts as failed.
 
@@ -23,6 +24,7 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 use nix::unistd::Pid;
 
 use crate::health::{Check, ProbeKind};
+use crate::reap::Child;
 use crate::supervisor::{Supervisor, Token};
 
 /// The most of an HTTP answer read: the status line is all a probe needs.
@@ -184,17 +186,18 @@ impl Supervisor {
         };
         let id = self.probes.next_id;
         self.probes.next_id += 1;
-        let (fd, flags) = match &work {
-            Work::Tcp(s) | Work::Http { sock: s, .. } => (s.as_fd(), EpollFlags::EPOLLOUT),
-            Work::Exec(j) => (j.pidfd(), EpollFlags::EPOLLIN),
-        };
-        if let Err(e) = self
-            .epoll
-            .add(fd, EpollEvent::new(flags, Token::Probe(id).encode()))
-        {
-            return self
-                .core
-                .probe_done(i, kind, false, format!("epoll: {e}"), now);
+        match &work {
+            Work::Tcp(s) | Work::Http { sock: s, .. } => {
+                let ev = EpollEvent::new(EpollFlags::EPOLLOUT, Token::Probe(id).encode());
+                if let Err(e) = self.epoll.add(s.as_fd(), ev) {
+                    return self
+                        .core
+                        .probe_done(i, kind, false, format!("epoll: {e}"), now);
+                }
+            }
+            Work::Exec(j) => {
+                self.children.insert(j.pid().as_raw(), Child::Probe(id));
+            }
         }
         self.probes.inflight.insert(
             id,
@@ -225,9 +228,23 @@ impl Supervisor {
                 written,
                 head,
             } => http_progress(&self.epoll, id, sock, request, written, head),
-            Work::Exec(j) => j.verdict(),
+            // Decided by its exit (`probe_exited`).
+            Work::Exec(_) => None,
         };
-        let Some((ok, msg)) = verdict else { return };
+        if let Some((ok, msg)) = verdict {
+            self.probe_decided(id, ok, msg);
+        }
+    }
+
+    /// Exec probe `id`'s waiter was reaped with this exit code.
+    pub(crate) fn probe_exited(&mut self, id: u64, code: i32) {
+        let (ok, msg) = crate::exec::verdict(code);
+        self.probe_decided(id, ok, msg);
+    }
+
+    /// Probe `id` is over: tell the core, unless a timeout or a cancel
+    /// told it already.
+    fn probe_decided(&mut self, id: u64, ok: bool, msg: String) {
         let Some(p) = self.probes.inflight.remove(&id) else {
             return;
         };
@@ -238,16 +255,16 @@ impl Supervisor {
         }
     }
 
-    /// Stop watching a probe's fd.
+    /// Stop watching a probe's fd (an exec probe's waiter is no fd: it is
+    /// reaped with our other children).
     fn release(&self, work: &Work) {
-        let _ = match work {
-            Work::Tcp(sock) | Work::Http { sock, .. } => self.epoll.delete(sock),
-            Work::Exec(j) => self.epoll.delete(j.pidfd()),
-        };
+        if let Work::Tcp(sock) | Work::Http { sock, .. } = work {
+            let _ = self.epoll.delete(sock);
+        }
     }
 
     /// End probe `id` before it decided: a socket is closed now, a process
-    /// killed with what it started (and reaped when its pidfd says so).
+    /// killed with what it started (and reaped on the SIGCHLD after).
     fn abandon(&mut self, id: u64) -> Option<(usize, ProbeKind)> {
         let p = self.probes.inflight.get_mut(&id)?;
         let was = (!p.reported).then_some((p.service, p.kind));

@@ -46,7 +46,27 @@ fn restart_policy(p: RestartPolicy) -> &'static str {
 }
 
 impl Supervisor {
+    /// Open the stat files of running services that have none, while the
+    /// fds the stack leaves spare allow (`host::check_capacity`): a status
+    /// then preads them, no path walk. Past that, they are opened for one
+    /// read and closed.
+    fn open_stats(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            if self.stats_open >= self.stats_cap {
+                return;
+            }
+            let Some(run) = slot.running.as_mut().filter(|r| r.stats.is_none()) else {
+                continue;
+            };
+            run.stats = run.sandbox.cgroup().and_then(|cg| StatFiles::open(cg).ok());
+            if run.stats.is_some() {
+                self.stats_open += 1;
+            }
+        }
+    }
+
     pub(crate) fn status_reply(&mut self, id: ConnId) {
+        self.open_stats();
         // One clock read for all rows: under emulation (HPET) each read is
         // an exit to the hypervisor.
         let now = Instant::now();
@@ -58,8 +78,10 @@ impl Supervisor {
                 let slot = self.slots.get(i)?.as_ref()?;
                 let run = slot.running.as_ref();
                 let stats = run
-                    .and_then(|r| r.stats.as_ref())
-                    .map(StatFiles::read)
+                    .and_then(|r| match &r.stats {
+                        Some(files) => Some(files.read()),
+                        None => StatFiles::open(r.sandbox.cgroup()?).ok().map(|f| f.read()),
+                    })
                     .unwrap_or_default();
                 let pid = run
                     .map(|r| r.sandbox.pid())

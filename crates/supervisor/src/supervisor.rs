@@ -35,6 +35,7 @@ use crate::logs::{LogConfig, LogFile};
 use crate::notify::{self, NotifySocket};
 use crate::output::{Pipe, Sink};
 use crate::probe::Probes;
+use crate::reap::Child;
 use crate::sdnotify::SdNotify;
 use crate::server::Conn;
 use crate::spawner::Spawner;
@@ -166,6 +167,12 @@ pub struct Supervisor {
     pub(crate) shedding: bool,
     /// Services whose log file is open, oldest first (see `output`).
     pub(crate) open_logs: VecDeque<usize>,
+    /// Our children by pid, and whose they are (see `reap`).
+    pub(crate) children: HashMap<i32, Child>,
+    /// Running services whose stat files are open, and how many may be:
+    /// the fds the stack leaves spare (see `status`).
+    pub(crate) stats_open: usize,
+    pub(crate) stats_cap: usize,
     pub(crate) next_conn: u64,
     /// Our stdout (service output) and stderr (events, notes).
     pub(crate) sinks: [Sink; 2],
@@ -230,7 +237,7 @@ impl Supervisor {
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
         // Our fd limit raised as far as it goes, then: does the stack fit?
         let host = host::Inherited::adjust();
-        host::check_capacity(&stack.services, cfg.no_cgroup)?;
+        let stats_cap = host::check_capacity(&stack.services)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
         let sockets =
@@ -258,14 +265,19 @@ impl Supervisor {
             Some(group)
         };
 
-        // Everything we handle arrives through the signalfd; SIGCHLD is
-        // blocked too so that exits only show up as pidfd events.
+        // Everything we handle arrives through the signalfd, SIGCHLD too
+        // (every child is reaped on it: see `reap`).
         let mut mask = init::signal_set();
         mask.add(Signal::SIGPIPE);
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
             .map_err(setup("sigprocmask"))?;
         let mut handled = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
             handled.add(s);
         }
         let signals =
@@ -314,6 +326,9 @@ impl Supervisor {
             spawner: None,
             conns: HashMap::new(),
             open_logs: VecDeque::new(),
+            children: HashMap::new(),
+            stats_open: 0,
+            stats_cap,
             reserve_fd: std::fs::File::open("/dev/null").ok(),
             shedding: false,
             next_conn: 0,
@@ -372,8 +387,6 @@ impl Supervisor {
             Token::Sink(k) => self.flush_sink(k),
             Token::Conn(id) => self.on_conn(id, flags),
             Token::Sync(i) => self.on_started(i),
-            Token::News(i) => self.on_news(i),
-            Token::Pidfd(i) => self.on_exit(i),
             Token::Pipe(i, k) => self.read_pipe(i, k, false),
             Token::Probe(id) => self.on_probe(id),
             Token::Notify(i) => self.on_notify(i),
@@ -421,6 +434,13 @@ impl Supervisor {
 
     fn forget_slot(&mut self, i: usize) {
         if let Some(slot) = self.slots.get_mut(i) {
+            if slot
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .is_some_and(|r| r.stats.is_some())
+            {
+                self.stats_open -= 1;
+            }
             *slot = None;
         }
     }
@@ -445,6 +465,7 @@ impl Supervisor {
             let now = Instant::now();
             match i32::try_from(info.ssi_signo).map(Signal::try_from) {
                 Ok(Ok(Signal::SIGHUP)) => self.reload(now),
+                Ok(Ok(Signal::SIGCHLD)) => self.reap_children(),
                 Ok(Ok(_)) => self.core.shutdown(None, now),
                 _ => {}
             }
@@ -504,12 +525,13 @@ impl Supervisor {
             .map_err(UpError::from)
             .and_then(|s| {
                 check_no_cgroup(&self.cfg, &s)?;
-                host::check_capacity(&s.services, self.cfg.no_cgroup)?;
-                Ok(s)
+                let cap = host::check_capacity(&s.services)?;
+                Ok((s, cap))
             });
-        let stack = stack.and_then(|s| {
+        let stack = stack.and_then(|(s, cap)| {
             let sockets =
                 handover::open_all(&s.services, &mut self.sockets).map_err(UpError::Setup)?;
+            self.stats_cap = cap;
             Ok((s, sockets))
         });
         let (stack, sockets) = match stack {

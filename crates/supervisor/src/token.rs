@@ -14,13 +14,9 @@ pub(crate) enum Token {
     Conn(u64),
     /// Service `i`'s init reported on its sync socket (launch done).
     Sync(usize),
-    /// Service `i`'s init has news (the payload exited).
-    News(usize),
-    /// Service `i`'s init exited.
-    Pidfd(usize),
     /// Service `i`'s stdout (0) or stderr (1) pipe.
     Pipe(usize, usize),
-    /// A probe in flight (its socket, or its process's pidfd).
+    /// A probe's socket in flight.
     Probe(u64),
     /// Service `i`'s sd_notify socket.
     Notify(usize),
@@ -41,8 +37,6 @@ impl Token {
             Token::Sink(k) => (5, k as u64),
             Token::Conn(id) => (6, id),
             Token::Sync(i) => (7, i as u64),
-            Token::News(i) => (8, i as u64),
-            Token::Pidfd(i) => (9, i as u64),
             Token::Pipe(i, k) => (10, (i as u64) << 1 | (k as u64 & 1)),
             Token::Probe(id) => (11, id),
             Token::Notify(i) => (12, i as u64),
@@ -62,8 +56,6 @@ impl Token {
             5 => Token::Sink(i),
             6 => Token::Conn(index),
             7 => Token::Sync(i),
-            8 => Token::News(i),
-            9 => Token::Pidfd(i),
             10 => Token::Pipe(i >> 1, i & 1),
             11 => Token::Probe(index),
             12 => Token::Notify(i),
@@ -87,8 +79,7 @@ mod tests {
             Token::Sink(1),
             Token::Conn(1 << 40),
             Token::Sync(7),
-            Token::News(70_000),
-            Token::Pidfd(0),
+            Token::Sync(70_000),
             Token::Pipe(12, 1),
             Token::Pipe(12, 0),
             Token::Probe(3),

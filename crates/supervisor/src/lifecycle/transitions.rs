@@ -49,7 +49,10 @@ impl Core {
         }
         match (was_queued, is_queued) {
             (true, false) => self.queued -= 1,
-            (false, true) => self.queued += 1,
+            (false, true) => {
+                self.queued += 1;
+                self.first_queued = self.first_queued.min(i);
+            }
             _ => {}
         }
         self.touch(i);
@@ -300,14 +303,21 @@ impl Core {
         if self.queued == 0 {
             return;
         }
-        for i in 0..self.services.len() {
+        // No service before `first_queued` is queued: a stack of 10,000
+        // does not rescan the thousands already started at every start.
+        let mut leading = true;
+        for i in self.first_queued..self.services.len() {
             if self.launching >= self.max_launching {
                 return;
             }
             let Some(s) = self.service(i) else { continue };
             if s.phase != Phase::Queued {
+                if leading {
+                    self.first_queued = i + 1;
+                }
                 continue;
             }
+            leading = false;
             match self.dependency_gate(s) {
                 Gate::Go => {}
                 Gate::Wait(why) => {
