@@ -461,13 +461,13 @@ impl Core {
             let overlap = def.policy.restart.mode == crate::policy::RestartMode::Overlap;
             match s.phase {
                 Phase::Queued => s.def = def,
-                Phase::Stopping { .. } => s.next_def = Some(def),
+                Phase::Stopping { .. } => s.next_def = Some(Box::new(def)),
                 Phase::Running { .. } if overlap => {
                     self.event(i, "changed: overlapping".into());
                     self.overlap(i, Some(def), now);
                 }
                 Phase::Running { .. } | Phase::Launching { .. } => {
-                    s.next_def = Some(def);
+                    s.next_def = Some(Box::new(def));
                     self.event(i, "changed: restarting".into());
                     self.stop_with(i, Intent::Restart, now);
                 }

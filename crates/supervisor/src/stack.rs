@@ -11,6 +11,7 @@ use std::hash::{Hash, Hasher};
 use isola_runtime::{cgroup, spec, Plan, SpecError};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::policy::{self, Policy};
@@ -68,33 +69,37 @@ pub struct Stack {
 }
 
 /// `services` as an ordered list, so duplicate names are seen (a JSON map
-/// would silently keep the last one).
-struct Entries(Vec<(String, Value)>);
+/// would silently keep the last one). Each service stays text (a slice of
+/// the file) until its turn: turned into a plan one at a time, a stack of
+/// 10,000 never holds 10,000 JSON trees at once, whose garbage, between
+/// the plans that outlive it, was most of the supervisor's heap.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for Entries {
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Entries<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object of services")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries<'a>, A::Error> {
                 let mut v = Vec::new();
-                while let Some((k, val)) = m.next_entry::<String, Value>()? {
+                while let Some((k, val)) = m.next_entry::<String, &'de RawValue>()? {
                     v.push((k, val));
                 }
                 Ok(Entries(v))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StackFile {
-    services: Entries,
+struct StackFile<'a> {
+    #[serde(borrow)]
+    services: Entries<'a>,
 }
 
 pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
@@ -111,8 +116,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
-    for (name, raw) in file.services.0 {
+    for (name, text) in file.services.0 {
         let prefix = format!("services.{name}.");
+        let raw: Value = serde_json::from_str(text.get())
+            .map_err(|e| SpecError::new(format!("services.{name}"), e.to_string()))?;
         cgroup::check_name(&name)
             .map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
         if name.contains("..") {

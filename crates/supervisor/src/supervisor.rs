@@ -341,6 +341,9 @@ impl Supervisor {
             progress: None,
         };
         sup.progress = crate::progress::Progress::new(sup.core.len(), sup.cfg.echo);
+        // The parse's garbage goes back to the kernel before the spawner,
+        // and through it every init, gets a copy of our heap.
+        isola_runtime::release_free_memory();
         sup.spawner = sup.fork_spawner();
         socket_guard.0 = None;
         Ok(sup)

@@ -153,3 +153,18 @@ mod tests {
         unsafe { a.dealloc(q, Layout::from_size_align(3 * n, 64).unwrap()) };
     }
 }
+
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`).
+/// Called once a big stack is loaded, before the spawner is forked: the
+/// parse's garbage (the whole stack file as JSON, every spec before it
+/// became a plan) was 80 % of a 10,000-service supervisor's heap, and
+/// every init, a copy of the spawner, mapped it too — its page tables
+/// copied at each clone, each page shared by thousands of processes.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free chunks of the malloc heap to
+    // the kernel; it takes the allocator's own lock and touches nothing
+    // that is allocated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

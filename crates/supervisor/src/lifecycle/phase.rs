@@ -194,7 +194,7 @@ pub enum Effect {
 pub struct Service {
     pub def: ServiceDef,
     /// Replaces `def` once the running sandbox has stopped (reload).
-    pub(super) next_def: Option<ServiceDef>,
+    pub(super) next_def: Option<Box<ServiceDef>>,
     pub phase: Phase,
     pub restarts: u32,
     /// Consecutive restarts (for the backoff curve).

@@ -133,7 +133,7 @@ impl Core {
         let shutting_down = self.shutting_down;
         let Some(s) = self.svc(i) else { return };
         if let Some(def) = s.next_def.take() {
-            s.def = def;
+            s.def = *def;
             s.forgive();
         }
         match intent {
