@@ -108,6 +108,21 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     }
 }
 
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`).
+/// Called once a big stack is loaded, before the spawner is forked: the
+/// parse's garbage (the whole stack file as JSON, every spec before it
+/// became a plan) was 80 % of a 10,000-service supervisor's heap, and
+/// every init, a copy of the spawner, mapped it too — its page tables
+/// copied at each clone, each page shared by thousands of processes.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free chunks of the malloc heap to
+    // the kernel; it takes the allocator's own lock and touches nothing
+    // that is allocated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc, Layout};
@@ -151,20 +166,5 @@ mod tests {
         assert!(moved.iter().all(|b| *b == 0xa5));
         // SAFETY: freeing is a no-op in arena mode; the layout matches.
         unsafe { a.dealloc(q, Layout::from_size_align(3 * n, 64).unwrap()) };
-    }
-}
-
-/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`).
-/// Called once a big stack is loaded, before the spawner is forked: the
-/// parse's garbage (the whole stack file as JSON, every spec before it
-/// became a plan) was 80 % of a 10,000-service supervisor's heap, and
-/// every init, a copy of the spawner, mapped it too — its page tables
-/// copied at each clone, each page shared by thousands of processes.
-pub fn release_free_memory() {
-    // SAFETY: malloc_trim only returns free chunks of the malloc heap to
-    // the kernel; it takes the allocator's own lock and touches nothing
-    // that is allocated.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
