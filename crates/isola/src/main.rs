@@ -23,6 +23,7 @@ mod detach;
 mod exec;
 mod oci;
 mod quick;
+mod schema;
 mod top;
 mod view;
 
@@ -190,6 +191,12 @@ enum Command {
     },
     /// Write the man pages (isola.1, one per command, isola-oci.1) into DIR.
     Manpages { dir: PathBuf },
+    /// Print the JSON Schema of a service spec or of a stack file (copies
+    /// in specs/schema/ for editors).
+    Schema {
+        #[arg(value_enum)]
+        kind: schema::Kind,
+    },
     /// Run a command inside a running service's sandbox (its namespaces,
     /// cgroup, user, capabilities and seccomp), attached; exit with its status.
     Exec {
@@ -279,6 +286,7 @@ fn main() -> ExitCode {
             Ok(exit::OK)
         }
         Command::Manpages { dir } => manpages(&dir),
+        Command::Schema { kind } => Ok(schema::print(kind)),
         Command::Spec => print_starter(),
         Command::Up {
             socket,

@@ -202,3 +202,19 @@ fn completions_and_man_pages_cover_every_command() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn schema_prints_the_shipped_copies_and_refuses_an_unknown_kind() {
+    for kind in ["service", "stack"] {
+        let out = isola(&["schema", kind], "");
+        assert!(out.status.success(), "{kind}");
+        let shipped =
+            std::fs::read_to_string(repo().join(format!("specs/schema/{kind}.schema.json")))
+                .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), shipped, "{kind}");
+    }
+    let out = isola(&["schema", "pod"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pod"), "{err}");
+}

@@ -238,6 +238,12 @@ impl Plan {
 
         let (root, root_readonly) = match oci.root() {
             Some(r) => {
+                if r.path().as_os_str().is_empty() {
+                    return Err(SpecError::new(
+                        "root.path",
+                        "missing: the rootfs directory (leave `root` out for the host's, read-only)",
+                    ));
+                }
                 let p = if r.path().is_absolute() {
                     r.path().clone()
                 } else {

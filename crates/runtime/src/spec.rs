@@ -28,6 +28,9 @@ pub const SUPERVISION_FIELDS: &[&str] = &[
     "stderr",
 ];
 
+/// The JSON Schema an editor validates the file with; isola ignores it.
+pub const SCHEMA_FIELD: &str = "$schema";
+
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub oci: Spec,
@@ -98,6 +101,8 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
             limits.apply(res, crate::shorthand::Merge::Exclusive(prefix))?;
         }
     }
+    // Editors pick a file's JSON Schema by its `$schema` (`isola schema`).
+    obj.remove(SCHEMA_FIELD);
     let mut supervision = Map::new();
     for f in SUPERVISION_FIELDS {
         if let Some(v) = obj.remove(*f) {

@@ -98,6 +98,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StackFile<'a> {
+    /// For editors (`isola schema stack`); ignored.
+    #[serde(rename = "$schema")]
+    _schema: Option<String>,
     #[serde(borrow)]
     services: Entries<'a>,
 }
