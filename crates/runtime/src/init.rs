@@ -426,6 +426,9 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 /// The init's life after the payload started: reap, forward, exit.
 /// `set`: the signals the init takes (blocked): SIGCHLD, the rest passed on.
 fn supervise(plan: &Plan, payload: Pid, set: &SigSet) -> ! {
+    // Read before the inherited heap (where `plan` lives) goes.
+    let new_pid_ns = plan.new_pid_ns();
+    sys::drop_inherited_heap();
     let mut status: Option<i32> = None;
     while status.is_none() {
         let Ok(sig) = set.wait() else { continue };
@@ -436,14 +439,14 @@ fn supervise(plan: &Plan, payload: Pid, set: &SigSet) -> ! {
         }
     }
     // The payload is gone: so is everything it left behind.
-    if plan.new_pid_ns() {
+    if new_pid_ns {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     }
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::__WALL)) {
             Err(Errno::EINTR) => continue,
             Err(_) => break,
-            Ok(_) if !plan.new_pid_ns() => break,
+            Ok(_) if !new_pid_ns => break,
             Ok(_) => {}
         }
     }

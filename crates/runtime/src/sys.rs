@@ -9,7 +9,7 @@
 mod arena;
 mod bpf;
 pub(crate) mod mount;
-pub(crate) use arena::use_fresh_arena;
+pub(crate) use arena::{drop_inherited_heap, use_fresh_arena};
 pub use arena::{release_free_memory, Allocator};
 pub(crate) use bpf::{attach_device_filter, load_device_filter};
 

@@ -108,15 +108,16 @@ pub enum Notify {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
-    /// Indexed by [`ProbeKind::index`].
-    pub probes: [Option<Probe>; 3],
+    /// Indexed by [`ProbeKind::index`]; boxed, as most services have none
+    /// (a stack of 10,000 keeps this once per service).
+    pub probes: [Option<Box<Probe>>; 3],
     pub notify: Option<Notify>,
     pub watchdog: Option<Duration>,
 }
 
 impl Health {
     pub fn probe(&self, kind: ProbeKind) -> Option<&Probe> {
-        self.probes[kind.index()].as_ref()
+        self.probes[kind.index()].as_deref()
     }
 
     /// The service says when it is ready (else it is ready once running).
@@ -213,7 +214,7 @@ pub fn parse(sup: &serde_json::Map<String, Value>, prefix: &str) -> Result<Healt
                     )
                 })?;
             let path = format!("{path}.{name}");
-            h.probes[kind.index()] = Some(parse_probe(raw, kind, &path)?);
+            h.probes[kind.index()] = Some(Box::new(parse_probe(raw, kind, &path)?));
         }
     }
     if let Some(v) = sup.get("notify") {

@@ -16,6 +16,16 @@ pub struct Allocator;
 static ARENA_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static ARENA_NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static ARENA_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Where the heap of a process that called [`release_free_memory`] starts
+/// (0: never called): its inits let go of it ([`drop_inherited_heap`]).
+static HEAP_START: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Kept above the thread pointer: glibc's thread control block (on x86_64
+/// the static TLS lies below the pointer, `struct pthread` above it,
+/// ~2.3 KiB), with room to spare.
+const TCB_RESERVE: usize = 8192;
+const PAGE: usize = 4096;
+/// arch_prctl(2): read the FS base, glibc's thread pointer on x86_64.
+const ARCH_GET_FS: libc::c_int = 0x1003;
 
 /// Address space reserved per arena mapping; pages cost only once touched.
 const ARENA_CHUNK: usize = 1 << 20;
@@ -109,7 +119,9 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
 }
 
 /// `madvise` advice: collapse a range into transparent huge pages now
-/// (Linux 6.1; older kernels say EINVAL and nothing changes).
+/// (Linux 6.1; older kernels say EINVAL and nothing changes). The range
+/// must be eligible for huge pages: with THP in `madvise` mode (Debian's
+/// default) that takes MADV_HUGEPAGE first.
 const MADV_COLLAPSE: libc::c_int = 25;
 
 /// Give the heap's free pages back to the kernel (glibc's `malloc_trim`),
@@ -146,12 +158,65 @@ pub fn release_free_memory() {
         let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
             continue;
         };
-        // SAFETY: advice on a range of our own mappings; MADV_COLLAPSE
-        // keeps the contents (it copies them into huge pages) and fails
-        // harmlessly where it cannot.
-        unsafe {
-            libc::madvise(a as *mut libc::c_void, b - a, MADV_COLLAPSE);
+        if path == "[heap]" {
+            HEAP_START.store(a, std::sync::atomic::Ordering::Relaxed);
         }
+        let (start, len) = (a as *mut libc::c_void, b - a);
+        // SAFETY: advice on a range of our own mappings; neither changes
+        // its contents (MADV_COLLAPSE copies them into huge pages), and
+        // both fail harmlessly where they cannot.
+        unsafe {
+            libc::madvise(start, len, libc::MADV_HUGEPAGE);
+            libc::madvise(start, len, MADV_COLLAPSE);
+        }
+    }
+}
+
+/// In an init whose payload runs: unmap the heap it inherited from the
+/// supervisor (or its spawner), which it no longer reads — since
+/// [`use_fresh_arena`] it allocates elsewhere and never frees into it, and
+/// what is left to do (wait for signals, reap, exit) reads nothing there.
+/// Mapped, that heap cost each of 10,000 inits its page tables, and every
+/// reverse-map walk (reclaim, the host's DAMON) a visit to each init for
+/// each of its pages. The first part of the heap stays: the thread's TLS
+/// and control block, which glibc put there before malloc started. A
+/// no-op outside a fresh init, and for a parent that never called
+/// [`release_free_memory`] (`isola run`, the OCI commands).
+pub(crate) fn drop_inherited_heap() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let start = HEAP_START.load(Relaxed);
+    if !ARENA_ON.load(Relaxed) || start == 0 {
+        return;
+    }
+    let mut tp: libc::c_ulong = 0;
+    // SAFETY: ARCH_GET_FS writes the thread pointer to the address given,
+    // a live local.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_GET_FS,
+            std::ptr::addr_of_mut!(tp),
+        )
+    };
+    // SAFETY: sbrk(0) only reads the current break.
+    let end = unsafe { libc::sbrk(0) } as usize;
+    let Ok(tp) = usize::try_from(tp) else { return };
+    if r != 0 || end <= start {
+        return;
+    }
+    let keep_end = if (start..end).contains(&tp) {
+        (tp + TCB_RESERVE).next_multiple_of(PAGE)
+    } else {
+        start
+    };
+    if keep_end >= end {
+        return;
+    }
+    // SAFETY: [keep_end, end) is the inherited heap's part above the TLS,
+    // page-aligned; nothing of ours points into it from here on (see the
+    // doc comment), and a stray read would fault, not read garbage.
+    unsafe {
+        libc::munmap(keep_end as *mut libc::c_void, end - keep_end);
     }
 }
 
