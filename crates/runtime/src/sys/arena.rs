@@ -162,12 +162,13 @@ pub fn release_free_memory() {
             HEAP_START.store(a, std::sync::atomic::Ordering::Relaxed);
         }
         let (start, len) = (a as *mut libc::c_void, b - a);
-        // SAFETY: advice on a range of our own mappings; neither changes
-        // its contents (MADV_COLLAPSE copies them into huge pages), and
-        // both fail harmlessly where they cannot.
-        unsafe {
-            libc::madvise(start, len, libc::MADV_HUGEPAGE);
-            libc::madvise(start, len, MADV_COLLAPSE);
+        for advice in [libc::MADV_HUGEPAGE, MADV_COLLAPSE] {
+            // SAFETY: advice on a range of our own mappings; neither
+            // changes its contents (MADV_COLLAPSE copies them into huge
+            // pages), and both fail harmlessly where they cannot.
+            unsafe {
+                libc::madvise(start, len, advice);
+            }
         }
     }
 }
