@@ -494,7 +494,10 @@ def big_stack(work, setting):
         svc = sleeper(setting)
         svc["stderr"] = "stdout"
         if form == "host-root":
+            # The host's own busybox, as the floor runs (/bin/sleep is
+            # dynamically linked: its loader alone would cost more).
             del svc["root"]
+            svc["process"]["args"] = ["/bin/busybox", "sleep", "100000"]
         out["forms"][form] = big_run(work, setting, n, svc, form)
     out["floor"] = scale_floor(n)
     out["floor_pivot"] = scale_floor(n, os.path.join(work, "rootfs"))

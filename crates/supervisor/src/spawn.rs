@@ -3,82 +3,82 @@
 //! overlap's successor takes the name its predecessor does not hold).
 
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::Starting;
 use isola_runtime::{exit, sandbox};
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use crate::lifecycle::StartError;
 use crate::spawner::{self, Answer, Spawner};
+use crate::stack::ServiceDef;
 use crate::supervisor::Supervisor;
 
 /// Marks the cgroup of an overlap's successor while the old sandbox holds
 /// the service's own name.
 pub(crate) const SUCCESSOR_SUFFIX: &str = "..next";
 
-impl Supervisor {
-    /// Fork the spawner now, while the supervisor holds the plans and few
-    /// fds. Without one (fork failed), sandboxes are cloned in-process.
-    pub(crate) fn fork_spawner(&mut self) -> Option<Spawner> {
-        let supervisor = nix::unistd::getpid();
-        let this = &*self;
-        let forked = Spawner::fork(|sock| {
-            // In the child, which holds only `sock` and stdio.
-            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-                || nix::unistd::getppid() != supervisor
-            {
-                return i32::from(exit::FAILURE);
-            }
-            // The plans as loaded, borrowed: no plan is cloned (and freed)
-            // per request, which rewrote heap pages that every earlier init,
-            // a copy of the spawner, then kept as private copies.
-            let table: Vec<Option<spawner::Entry>> = (0..this.core.len())
-                .map(|i| {
-                    let s = this.core.service(i)?;
-                    Some(spawner::Entry {
-                        fingerprint: s.def.fingerprint,
-                        plan: &s.def.plan,
-                        name: &s.def.name,
-                    })
+/// Fork the spawner now, while this process holds the plans and little
+/// else: right after the stack is loaded, before the supervisor builds its
+/// own state (every init is a copy of the spawner, and maps — then drops —
+/// whatever heap the spawner has). `defs` are indexed like the core's
+/// services.
+pub(crate) fn fork_spawner(
+    defs: &[ServiceDef],
+    stack_root: &Path,
+    no_cgroup: bool,
+) -> Result<Spawner, Errno> {
+    let supervisor = nix::unistd::getpid();
+    Spawner::fork(|sock| {
+        // In the child, which holds only `sock` and stdio.
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid() != supervisor
+        {
+            return i32::from(exit::FAILURE);
+        }
+        // The plans as loaded, borrowed: no plan is cloned (and freed)
+        // per request, which rewrote heap pages that every earlier init,
+        // a copy of the spawner, then kept as private copies.
+        let table: Vec<Option<spawner::Entry>> = defs
+            .iter()
+            .map(|d| {
+                Some(spawner::Entry {
+                    fingerprint: d.fingerprint,
+                    plan: &d.plan,
+                    name: &d.name,
                 })
-                .collect();
-            spawner::serve(sock, &table, |name, stdio| {
-                this.options_for(name, stdio, true)
             })
-        });
-        match forked {
-            Ok(sp) => Some(sp),
-            Err(e) => {
-                self.note(&format!(
-                    "spawner: fork: {e}; starting sandboxes in-process"
-                ));
-                None
-            }
-        }
-    }
+            .collect();
+        spawner::serve(sock, &table, |name, stdio| {
+            options(name, stack_root, no_cgroup, stdio, true)
+        })
+    })
+}
 
-    /// Where and how a service is cloned. `sibling` when the spawner
-    /// clones it.
-    fn options_for<'a>(
-        &'a self,
-        name: &'a str,
-        stdio: [RawFd; 3],
-        sibling: bool,
-    ) -> sandbox::Options<'a> {
-        sandbox::Options {
-            name,
-            cgroup_root: &self.stack_root,
-            no_cgroup: self.cfg.no_cgroup,
-            stdio: Some(stdio),
-            sibling,
-            pass_fds: &[],
-            listen: Listen::default(),
-            detach: None,
-            hook_state: None,
-        }
+/// Where and how a service is cloned. `sibling` when the spawner clones it.
+fn options<'a>(
+    name: &'a str,
+    cgroup_root: &'a Path,
+    no_cgroup: bool,
+    stdio: [RawFd; 3],
+    sibling: bool,
+) -> sandbox::Options<'a> {
+    sandbox::Options {
+        name,
+        cgroup_root,
+        no_cgroup,
+        stdio: Some(stdio),
+        sibling,
+        pass_fds: &[],
+        listen: Listen::default(),
+        detach: None,
+        hook_state: None,
     }
+}
 
+impl Supervisor {
     /// Clone service `i`'s init: through the spawner when it knows the
     /// service as it is now, else here.
     pub(crate) fn spawn_sandbox(
@@ -134,7 +134,7 @@ impl Supervisor {
             }
         }
         let def = &self.core.service(i).ok_or_else(gone)?.def;
-        let mut opts = self.options_for(&cg_name, stdio, false);
+        let mut opts = options(&cg_name, &self.stack_root, self.cfg.no_cgroup, stdio, false);
         opts.pass_fds = pass;
         opts.listen = listen;
         sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))

@@ -304,6 +304,11 @@ impl Supervisor {
             host.complete_plan(def, cfg.no_cgroup);
             notify::complete_plan(def, &cfg.socket);
         }
+        // The parse's garbage goes back to the kernel, and the spawner is
+        // forked, before anything else of ours is allocated: every init is
+        // a copy of the spawner.
+        isola_runtime::release_free_memory();
+        let spawner = crate::spawn::fork_spawner(&defs, &stack_root, cfg.no_cgroup);
         let mut slots = Vec::with_capacity(defs.len());
         for def in &defs {
             let log = LogFile::open(&cfg.logs, &def.name)
@@ -341,10 +346,12 @@ impl Supervisor {
             progress: None,
         };
         sup.progress = crate::progress::Progress::new(sup.core.len(), sup.cfg.echo);
-        // The parse's garbage goes back to the kernel before the spawner,
-        // and through it every init, gets a copy of our heap.
-        isola_runtime::release_free_memory();
-        sup.spawner = sup.fork_spawner();
+        match spawner {
+            Ok(sp) => sup.spawner = Some(sp),
+            Err(e) => sup.note(&format!(
+                "spawner: fork: {e}; starting sandboxes in-process"
+            )),
+        }
         socket_guard.0 = None;
         Ok(sup)
     }
