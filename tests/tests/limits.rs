@@ -87,62 +87,74 @@ fn exhaust(sock: &str) -> Vec<UnixStream> {
 }
 
 #[test]
-fn a_start_that_runs_out_of_fds_waits_and_starts_once_they_are_free() {
+fn starts_that_run_out_of_fds_wait_and_start_once_they_are_free() {
     require_vm();
     let wrapper = capped("256");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // A policy that would give up at once on a real failure.
+    let fragile = || {
+        svc(
+            "sleep 1000",
+            json!({"restart": {"policy": "no", "limit": {"burst": 1, "intervalMs": 60000}}}),
+        )
+    };
     let up = Up::start_under(
         "shortage",
-        json!({
-            // A policy that would give up at once on a real failure.
-            "a": svc("sleep 1000", json!({"restart": {"policy": "no",
-                "limit": {"burst": 1, "intervalMs": 60000}}})),
-            "b": svc("sleep 1000", json!({})),
-        }),
+        json!({"a": fragile(), "c": fragile(), "b": svc("sleep 1000", json!({}))}),
         &[],
         &wrapper,
     );
-    up.wait_state("a", "running");
-    up.wait_state("b", "running");
-    let (code, _, err) = up.cli(&["stop", "a"]);
-    assert_eq!(code, 0, "{err}");
+    for name in ["a", "b", "c"] {
+        up.wait_state(name, "running");
+    }
+    for name in ["a", "c"] {
+        let (code, _, err) = up.cli(&["stop", name]);
+        assert_eq!(code, 0, "{err}");
+    }
 
     let mut held = exhaust(&up.socket());
     assert!(held.len() > 100, "only {} connections fit", held.len());
-    // Ask for the start over a connection the supervisor already holds: it
-    // answers once the service settles — in backoff, waiting for fds.
-    let mut asker = held.pop().unwrap();
-    asker
-        .write_all(b"{\"cmd\":\"start\",\"name\":\"a\"}\n")
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(asker.try_clone().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        r#"{"ok":true,"state":"backoff"}"#,
-        "{}",
-        up.stderr()
-    );
+    // Ask for the starts over connections the supervisor already holds:
+    // each answers once its service settles — in backoff, waiting for fds.
+    let mut askers = Vec::new();
+    for name in ["a", "c"] {
+        let mut asker = held.pop().unwrap();
+        let req = format!("{{\"cmd\":\"start\",\"name\":\"{name}\"}}\n");
+        asker.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(asker.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            r#"{"ok":true,"state":"backoff"}"#,
+            "{name}: {}",
+            up.stderr()
+        );
+        askers.push(asker);
+    }
     let err = up.stderr();
-    assert!(
-        err.contains("isola: a: start postponed: cannot create pipes: EMFILE"),
-        "{err}"
-    );
-    assert!(err.contains("1 service(s) waiting for resources"), "{err}");
+    for name in ["a", "c"] {
+        let want = format!("isola: {name}: start postponed: cannot create pipes: EMFILE");
+        assert!(err.contains(&want), "{err}");
+    }
+    assert!(err.contains("2 service(s) waiting for resources"), "{err}");
     assert!(
         err.contains("out of file descriptors: refusing control connections"),
         "{err}"
     );
 
-    // Free the fds: the retry in backoff starts it, with nobody asking.
+    // Free the fds: the retries in backoff start both, with nobody asking,
+    // and no service is left failed.
     drop(held);
+    drop(askers);
     let t = Instant::now();
-    let s = up.wait_for("a", "running again", Duration::from_secs(60), |s| {
-        s["state"] == "running"
-    });
-    assert!(s.get("waitingFor").is_none(), "{s}");
+    for name in ["a", "c"] {
+        let s = up.wait_for(name, "running again", Duration::from_secs(60), |s| {
+            s["state"] == "running"
+        });
+        assert!(s.get("waitingFor").is_none(), "{s}");
+    }
     assert!(t.elapsed() < Duration::from_secs(60));
     assert!(
         up.stderr()
@@ -150,8 +162,11 @@ fn a_start_that_runs_out_of_fds_waits_and_starts_once_they_are_free() {
         "{}",
         up.stderr()
     );
-    assert_eq!(up.service("b")["state"], "running");
-    drop(asker);
+    assert!(
+        up.status().iter().all(|s| s["state"] == "running"),
+        "{:?}",
+        up.status()
+    );
     up.down();
     assert_clean();
 }

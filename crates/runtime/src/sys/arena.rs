@@ -127,11 +127,13 @@ const MADV_COLLAPSE: libc::c_int = 25;
 /// Give the heap's free pages back to the kernel (glibc's `malloc_trim`),
 /// then back what remains with huge pages where the kernel can. Called
 /// once a big stack is loaded, before the spawner is forked: every init,
-/// a copy of the spawner, maps this heap, and at each clone the kernel
-/// copies a page-table entry per 4 KiB page of it — 11,000 for the 44 MB
-/// of a 10,000-service stack — and anything walking reverse maps (reclaim,
-/// DAMON) visits each such page once per init. A 2 MiB page is one entry
-/// and one walk.
+/// a copy of the spawner, maps this heap until its payload runs
+/// ([`drop_inherited_heap`]), and at each clone the kernel copies a
+/// page-table entry per 4 KiB page of it — 6,000 for the 25 MB of plans of
+/// a 10,000-service stack — while anything walking reverse maps (reclaim,
+/// DAMON) visits each such page once per process mapping it. A 2 MiB page
+/// is one entry and one walk. Also marks where the heap starts, for
+/// [`drop_inherited_heap`].
 pub fn release_free_memory() {
     // SAFETY: malloc_trim only returns free chunks of the malloc heap to
     // the kernel; it takes the allocator's own lock and touches nothing
