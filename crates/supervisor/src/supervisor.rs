@@ -443,16 +443,22 @@ impl Supervisor {
     }
 
     fn forget_slot(&mut self, i: usize) {
-        if let Some(slot) = self.slots.get_mut(i) {
-            if slot
-                .as_ref()
-                .and_then(|s| s.running.as_ref())
-                .is_some_and(|r| r.stats.is_some())
-            {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if let Some(s) = slot.as_ref() {
+            // A sandbox dropped with its slot is reaped by its Drop: its
+            // pid leaves the table of children too.
+            let pid = s.running.as_ref().map(|r| r.sandbox.pid());
+            let pid = pid.or_else(|| s.launched.as_ref().map(Launched::pid));
+            if let Some(pid) = pid {
+                self.children.remove(&pid.as_raw());
+            }
+            if s.running.as_ref().is_some_and(|r| r.stats.is_some()) {
                 self.stats_open -= 1;
             }
-            *slot = None;
         }
+        *slot = None;
     }
 
     /// Service `i`'s running sandbox, if it has one.
