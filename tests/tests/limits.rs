@@ -345,6 +345,18 @@ fn supervisor_fds(up: &Up) -> Vec<String> {
         .collect()
 }
 
+/// The size of process `pid`'s `[heap]` mapping (0 when it has none).
+fn heap_bytes(pid: &str) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter(|l| l.ends_with("[heap]"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .sum()
+}
+
 #[test]
 fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_none() {
     require_vm();
@@ -367,6 +379,21 @@ fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_n
     }
     up.wait_log("s9", "err");
     up.wait_log("m9", "err");
+    // An init lets go of the heap it inherited from the supervisor's
+    // spawner once its payload runs: only the first pages (its TLS) stay.
+    let init = up.service("s0")["pid"].as_i64().unwrap();
+    let (ours, theirs) = (
+        heap_bytes(&up.pid().to_string()),
+        heap_bytes(&init.to_string()),
+    );
+    assert!(
+        ours >= 128 << 10,
+        "the supervisor's heap is only {ours} bytes"
+    );
+    assert!(
+        theirs <= 32 << 10,
+        "the init still maps {theirs} bytes of heap"
+    );
     let running = supervisor_fds(&up);
     for n in &names {
         let (code, _, err) = up.cli(&["stop", n]);

@@ -95,24 +95,17 @@ impl Joined {
         let _ = sys::pidfd_send_signal(self.pidfd(), libc::SIGTERM);
     }
 
-    /// The command's status once it ended: its exit code, 128+N for
-    /// signal N; `None` while it runs.
-    pub fn try_wait(&self) -> Option<i32> {
-        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => Some(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
-            Ok(_) => None,
-            Err(_) => Some(exit::code(exit::SETUP)),
-        }
-    }
-
-    /// Wait for the command's status (as [`Joined::try_wait`]).
+    /// Wait for the command's status: its exit code, 128+N for signal N.
+    /// (A supervisor reaps its waiters with its other children instead.)
     pub fn wait(&self) -> i32 {
         loop {
             match waitpid(self.pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return code,
-                Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-                Err(Errno::EINTR) | Ok(_) => {}
+                Ok(ws) => {
+                    if let Some(st) = crate::sandbox::ExitStatus::from_wait(ws) {
+                        return st.code();
+                    }
+                }
+                Err(Errno::EINTR) => {}
                 Err(_) => return exit::code(exit::SETUP),
             }
         }

@@ -384,6 +384,12 @@ fn clone_init(
 }
 
 impl Sandbox {
+    /// The init's status, once it has been reaped (by us, or by a caller
+    /// that told [`Starting::reaped`]).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
     /// The init's pid in the host's PID namespace.
     pub fn pid(&self) -> Pid {
         self.pid

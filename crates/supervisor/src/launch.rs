@@ -34,9 +34,6 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
 /// A sandbox whose init is setting up.
 pub(crate) struct Launched {
     starting: Starting,
-    /// The init was reaped before its report was read (it exited right
-    /// after `S`, or died setting up).
-    reaped: Option<ExitStatus>,
 }
 
 impl Launched {
@@ -153,10 +150,7 @@ impl Supervisor {
                 self.children
                     .insert(starting.pid().as_raw(), Child::Init(i));
                 if let Some(slot) = self.slot(i) {
-                    slot.launched = Some(Launched {
-                        starting,
-                        reaped: None,
-                    });
+                    slot.launched = Some(Launched { starting });
                 }
             }
             Err(e) => {
@@ -179,8 +173,7 @@ impl Supervisor {
     /// The init of a starting sandbox reported (or died).
     pub(crate) fn on_started(&mut self, i: usize) {
         let now = Instant::now();
-        let Some(Launched { starting, reaped }) = self.slot(i).and_then(|s| s.launched.take())
-        else {
+        let Some(Launched { starting }) = self.slot(i).and_then(|s| s.launched.take()) else {
             return;
         };
         let _ = self.epoll.delete(starting.sync_fd());
@@ -207,7 +200,8 @@ impl Supervisor {
                     });
                 }
                 self.core.started(i, pid.as_raw(), now);
-                if let Some(status) = reaped {
+                // Reaped before its report was read: it exited right after.
+                if let Some(status) = self.running(i).and_then(|r| r.sandbox.exit_status()) {
                     self.on_exit(i, status);
                 }
             }
@@ -310,7 +304,6 @@ impl Supervisor {
             self.on_exit(i, status);
         } else if let Some(l) = slot.launched.as_mut().filter(|l| l.pid() == pid) {
             l.starting.reaped(status);
-            l.reaped = Some(status);
         }
     }
 
