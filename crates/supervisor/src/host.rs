@@ -29,6 +29,7 @@ const SOCKET_UMASK: u32 = 0o177;
 
 /// What `isola up` was started with and changed for itself: services get
 /// it back unless their spec says otherwise.
+#[derive(Clone, Copy)]
 pub(crate) struct Inherited {
     /// RLIMIT_NOFILE as we found it (ours is raised).
     nofile: Option<Rlimit>,
@@ -47,7 +48,7 @@ impl Inherited {
     /// Add what the supervisor gives every service to its plan, once, as
     /// it is loaded: the fd limit and OOM score `isola up` started with
     /// (unless the spec sets them), `memory.oom.group` for `oom: kill`.
-    pub(crate) fn complete_plan(&self, def: &mut ServiceDef, no_cgroup: bool) {
+    fn complete_plan(&self, def: &mut ServiceDef, no_cgroup: bool) {
         let plan = &mut def.plan;
         let sets_nofile = plan
             .rlimits
@@ -63,6 +64,24 @@ impl Inherited {
             plan.cgroup_files
                 .push(cgroup::limits::CgroupFile::new("memory.oom.group", "1"));
         }
+    }
+}
+
+/// What the supervisor adds to every plan it loads, kept so that the
+/// spawner, which builds a service's plan again from the stack file at
+/// each start, adds the same.
+#[derive(Clone)]
+pub(crate) struct Completion {
+    pub(crate) inherited: Inherited,
+    pub(crate) no_cgroup: bool,
+    /// The control socket (`notify: "systemd"` services get its directory).
+    pub(crate) socket: PathBuf,
+}
+
+impl Completion {
+    pub(crate) fn complete(&self, def: &mut ServiceDef) {
+        self.inherited.complete_plan(def, self.no_cgroup);
+        crate::notify::complete_plan(def, &self.socket);
     }
 }
 

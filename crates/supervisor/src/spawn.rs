@@ -2,33 +2,37 @@
 //! is now, else here in the supervisor; and the cgroup it gets (an
 //! overlap's successor takes the name its predecessor does not hold).
 
+use std::borrow::Cow;
 use std::os::fd::RawFd;
 use std::path::Path;
 
 use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::Starting;
-use isola_runtime::{exit, sandbox};
+use isola_runtime::{exit, sandbox, Plan, SharedText};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
+use crate::host::Completion;
 use crate::lifecycle::StartError;
-use crate::spawner::{self, Answer, Spawner};
-use crate::stack::ServiceDef;
+use crate::spawner::{self, Answer, Spawner, Wanted};
+use crate::stack::{self, ServiceDef};
 use crate::supervisor::Supervisor;
 
 /// Marks the cgroup of an overlap's successor while the old sandbox holds
 /// the service's own name.
 pub(crate) const SUCCESSOR_SUFFIX: &str = "..next";
 
-/// Fork the spawner now, while this process holds the plans and little
-/// else: right after the stack is loaded, before the supervisor builds its
-/// own state (every init is a copy of the spawner, and maps — then drops —
-/// whatever heap the spawner has). `defs` are indexed like the core's
-/// services.
+/// Fork the spawner now, before the stack file is parsed, while this
+/// process holds little: every init is a copy of the spawner. `text` is
+/// the file (shared memory), `base_dir` what its paths are relative to;
+/// the spawner builds each service from it as the supervisor does
+/// ([`stack::service_def`], then `completion`), all at once while the
+/// supervisor parses the same file, and before any init exists.
 pub(crate) fn fork_spawner(
-    defs: &[ServiceDef],
+    text: &SharedText,
+    base_dir: &Path,
     stack_root: &Path,
-    no_cgroup: bool,
+    completion: &Completion,
 ) -> Result<Spawner, Errno> {
     let supervisor = nix::unistd::getpid();
     Spawner::fork(|sock| {
@@ -38,23 +42,72 @@ pub(crate) fn fork_spawner(
         {
             return i32::from(exit::FAILURE);
         }
-        // The plans as loaded, borrowed: no plan is cloned (and freed)
-        // per request, which rewrote heap pages that every earlier init,
-        // a copy of the spawner, then kept as private copies.
-        let table: Vec<Option<spawner::Entry>> = defs
-            .iter()
-            .map(|d| {
-                Some(spawner::Entry {
-                    fingerprint: d.fingerprint,
-                    plan: &d.plan,
-                    name: &d.name,
-                })
-            })
-            .collect();
-        spawner::serve(sock, &table, |name, stdio| {
-            options(name, stack_root, no_cgroup, stdio, true)
+        let table = build_all(text.as_str(), base_dir, completion);
+        let plan_for = |w: &Wanted| -> Option<(Cow<str>, Cow<Plan>)> {
+            let built = table.get(usize::try_from(w.entry).ok()?)?.as_ref()?;
+            match built {
+                Built::Service {
+                    fingerprint,
+                    name,
+                    plan,
+                } if *fingerprint == w.fingerprint && w.replica == 0 => {
+                    Some((Cow::Borrowed(name.as_str()), Cow::Borrowed(&**plan)))
+                }
+                Built::Replicated(def) if def.fingerprint == w.fingerprint && w.replica > 0 => {
+                    let mut d = def.replica(w.replica)?;
+                    completion.complete(&mut d);
+                    Some((Cow::Owned(d.name), Cow::Owned(d.plan)))
+                }
+                _ => None,
+            }
+        };
+        spawner::serve(sock, plan_for, |stdio| {
+            options("", stack_root, completion.no_cgroup, stdio, true)
         })
     })
+}
+
+/// A service of the stack file as the spawner keeps it.
+enum Built {
+    /// Ready to clone, completed as the supervisor completes it.
+    Service {
+        fingerprint: u64,
+        name: String,
+        plan: Box<Plan>,
+    },
+    /// A replicated service: each replica is made from it when it starts
+    /// (a replica's name, and so its notify directory, are its own).
+    Replicated(Box<ServiceDef>),
+}
+
+/// Every service of the file, by position (None where the file does not
+/// build: the supervisor refuses such a file and never asks), kept in the
+/// shared arena. Each is built in the heap and then copied there, so no
+/// garbage of the parse lands in it.
+fn build_all(text: &str, base_dir: &Path, completion: &Completion) -> Vec<Option<Built>> {
+    let Ok(entries) = stack::entries(text) else {
+        return Vec::new();
+    };
+    let mut table = isola_runtime::in_shared_arena(|| Vec::with_capacity(entries.len()));
+    for (name, json) in entries {
+        let built = stack::service_def(name, json.get(), base_dir)
+            .ok()
+            .map(|(mut def, _)| {
+                if def.group.is_some() {
+                    isola_runtime::in_shared_arena(|| Built::Replicated(Box::new(def.clone())))
+                } else {
+                    completion.complete(&mut def);
+                    isola_runtime::in_shared_arena(|| Built::Service {
+                        fingerprint: def.fingerprint,
+                        name: def.name.clone(),
+                        plan: Box::new(def.plan.clone()),
+                    })
+                }
+            });
+        // Within the capacity reserved: no reallocation.
+        table.push(built);
+    }
+    table
 }
 
 /// Where and how a service is cloned. `sibling` when the spawner clones it.
@@ -97,15 +150,20 @@ impl Supervisor {
         if let Some(slot) = self.slot(i) {
             slot.cgroup_name.clone_from(&cg_name);
         }
-        // The spawner names groups after the services it knows; a
-        // successor (always a service it does not know) is cloned here.
-        let live = self.core.service(i).is_some_and(|s| s.def.live_limits);
-        if let Some(sp) = self.spawner.as_ref().filter(|_| !live) {
-            let s = self.core.service(i).ok_or_else(gone)?;
+        // The spawner builds services as the file it holds has them, and
+        // names their groups after them: one whose limits `isola update`
+        // changed, one a reload read, and an overlap's successor in
+        // `NAME..next` are cloned here.
+        let s = self.core.service(i).ok_or_else(gone)?;
+        let known = s
+            .def
+            .entry
+            .filter(|_| !s.def.live_limits && cg_name == s.def.name);
+        if let (Some(sp), Some(entry)) = (self.spawner.as_ref(), known) {
             let cgroup = (!self.cfg.no_cgroup).then(|| self.stack_root.join(&cg_name));
-            let index = u32::try_from(i).map_err(|_| gone())?;
             let start = spawner::Start {
-                index,
+                entry,
+                replica: s.def.replica_number().unwrap_or(0),
                 fingerprint: s.def.fingerprint,
                 stdio,
                 pass,

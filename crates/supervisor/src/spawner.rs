@@ -4,22 +4,27 @@
 //! table of the process it forks: a supervisor holding a thousand services
 //! (their pidfds, pipes, log files, stat files, heap) made every further
 //! start slower, and every page it wrote after a fork a copy-on-write fault.
-//! The spawner is forked once, right after the stack is loaded, and keeps
-//! only its socket: it holds the plans as they were then, and clones each
-//! init with CLONE_PARENT, so the init is the supervisor's child (reaped and
-//! signalled by it through its pidfd, killed by PDEATHSIG with it).
+//! The spawner is forked once, before the stack file is parsed, with only
+//! its socket and the file's text (in shared memory). It builds every
+//! service of the file itself, as the supervisor does, and keeps them in
+//! shared memory too ([`isola_runtime::in_shared_arena`]): a clone copies
+//! no page table of it, and no init is tied to the spawner's pages. It
+//! clones each init with CLONE_PARENT, so the init is the supervisor's
+//! child (reaped and signalled by it, killed by PDEATHSIG with it).
 //!
 //! Protocol (SOCK_SEQPACKET, one message per datagram):
-//! supervisor → spawner: service index (u32 LE), fingerprint (u64 LE),
-//! the number of listening sockets (u32 LE) and their names (`:`-separated,
-//! the rest of the message), with stdin, stdout, stderr, the sockets and
-//! the fds for the payload (the plan's `pass_fds`) as SCM_RIGHTS.
+//! supervisor → spawner: fingerprint (u64 LE), the service's position in
+//! the file (u32 LE), replica number (u32 LE, 0 for none), the number of
+//! listening sockets (u32 LE) and their names (`:`-separated, the rest of
+//! the message), with stdin, stdout, stderr, the sockets and the fds for
+//! the payload (the plan's `pass_fds`) as SCM_RIGHTS.
 //! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
 //! sync socket as SCM_RIGHTS; `E` exit code (i32 LE), transient (one byte:
-//! 1 for a shortage worth retrying) + message; `U` when it
-//! does not know that service as it is now (a reload changed it): the
-//! supervisor then clones it itself.
+//! 1 for a shortage worth retrying) + message; `U` when it does not know
+//! that service as it is now (a reload added or changed it, or the file's
+//! text no longer builds): the supervisor then clones it itself.
 
+use std::borrow::Cow;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
@@ -32,14 +37,17 @@ use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::{self, Parts, Starting};
 use isola_runtime::{Error, Plan};
 
-/// Index, fingerprint and socket count: the fixed part of a request.
-const HEADER: usize = 16;
+/// Fingerprint, entry, replica and socket count: the fixed part of a
+/// request.
+const HEADER: usize = 20;
 
-/// One start asked of the spawner: service `index` (as of `fingerprint`)
-/// with these stdio fds, fds for the payload and listening sockets.
+/// One start asked of the spawner: the file's service number `entry`
+/// (replica `replica` of it, 0 for none), as of `fingerprint`, with these
+/// stdio fds, fds for the payload and listening sockets.
 #[derive(Clone, Copy)]
 pub struct Start<'a> {
-    pub index: u32,
+    pub entry: u32,
+    pub replica: u32,
     pub fingerprint: u64,
     pub stdio: [RawFd; 3],
     pub pass: &'a [RawFd],
@@ -79,8 +87,8 @@ impl Spawner {
         Ok(Spawner { sock: ours, pid })
     }
 
-    /// Ask for a service to be started (see [`Start`]); `name` and
-    /// `cgroup` are where it will be found.
+    /// Ask for a service to be started (see [`Start`]); `name` (the
+    /// service's, a replica's own) and `cgroup` are where it will be found.
     pub fn request(
         &self,
         start: &Start,
@@ -88,7 +96,8 @@ impl Spawner {
         cgroup: Option<PathBuf>,
     ) -> Result<Answer, Errno> {
         let Start {
-            index,
+            entry,
+            replica,
             fingerprint,
             stdio,
             pass,
@@ -96,8 +105,9 @@ impl Spawner {
         } = *start;
         let count = u32::try_from(listen.fds.len()).map_err(|_| Errno::E2BIG)?;
         let mut req = Vec::with_capacity(HEADER + listen.names.len());
-        req.extend_from_slice(&index.to_le_bytes());
         req.extend_from_slice(&fingerprint.to_le_bytes());
+        req.extend_from_slice(&entry.to_le_bytes());
+        req.extend_from_slice(&replica.to_le_bytes());
         req.extend_from_slice(&count.to_le_bytes());
         req.extend_from_slice(listen.names.as_bytes());
         let fds: Vec<RawFd> = stdio
@@ -141,24 +151,22 @@ impl Drop for Spawner {
     }
 }
 
-/// What the spawner can start: one service as it was when the spawner was
-/// forked (borrowed from the supervisor's copy of the stack, which the
-/// spawner never writes to: each init is a copy of the spawner, and every
-/// page the spawner rewrote after a clone would stay behind as that init's
-/// private page).
-pub struct Entry<'a> {
+/// What the spawner is asked for: the file's service number `entry`
+/// (replica `replica`, 0 for none) as of `fingerprint`.
+pub struct Wanted {
+    pub entry: u32,
+    pub replica: u32,
     pub fingerprint: u64,
-    pub plan: &'a Plan,
-    pub name: &'a str,
 }
 
-/// The spawner's loop over its table of services (indexed like the
-/// supervisor's); `options` says how to clone one with the given stdio.
-/// Nothing here writes to the table: see [`Entry`].
-pub fn serve<'a>(
+/// The spawner's loop. `plan_for` gives the plan of a service it is asked
+/// for, with the name its sandbox gets (a replica's own), or says it does
+/// not know that service in that form; `options` says how to clone one
+/// with the given stdio (the name is the plan's).
+pub fn serve<'a, 't>(
     sock: OwnedFd,
-    table: &'a [Option<Entry<'a>>],
-    options: impl Fn(&'a str, [RawFd; 3]) -> sandbox::Options<'a>,
+    mut plan_for: impl FnMut(&Wanted) -> Option<(Cow<'t, str>, Cow<'t, Plan>)>,
+    options: impl Fn([RawFd; 3]) -> sandbox::Options<'a>,
 ) -> i32 {
     loop {
         let (msg, fds) = match fdpass::receive(&sock) {
@@ -170,37 +178,26 @@ pub fn serve<'a>(
             // EOF: the supervisor is gone or done with us.
             return 0;
         }
-        if msg.len() < HEADER {
-            return 1;
-        }
-        let index = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let mut fp = [0u8; 8];
-        fp.copy_from_slice(&msg[4..12]);
-        let fingerprint = u64::from_le_bytes(fp);
-        let count = u32::from_le_bytes([msg[12], msg[13], msg[14], msg[15]]) as usize;
-        let Ok(names) = std::str::from_utf8(&msg[HEADER..]) else {
+        let Some(req) = Request::parse(&msg) else {
             return 1;
         };
-        if fds.len() < 3 + count {
+        if fds.len() < 3 + req.count {
             return 1;
         }
-        let entry = table
-            .get(index as usize)
-            .and_then(Option::as_ref)
-            .filter(|e| e.fingerprint == fingerprint);
-        let reply = match entry {
+        let reply = match plan_for(&req.wanted) {
             None => reply_unknown(&sock),
-            Some(e) => {
+            Some((name, plan)) => {
                 let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
                 let raw: Vec<RawFd> = fds[3..].iter().map(AsRawFd::as_raw_fd).collect();
-                let (sockets, pass) = raw.split_at(count);
-                let mut opts = options(e.name, stdio);
+                let (sockets, pass) = raw.split_at(req.count);
+                let mut opts = options(stdio);
+                opts.name = &name;
                 opts.pass_fds = pass;
                 opts.listen = Listen {
                     fds: sockets,
-                    names,
+                    names: req.socket_names,
                 };
-                match sandbox::spawn(e.plan, &opts).and_then(Starting::into_parts) {
+                match sandbox::spawn(&plan, &opts).and_then(Starting::into_parts) {
                     Ok(parts) => reply_started(&sock, &parts),
                     Err(e) => reply_failed(&sock, &e),
                 }
@@ -210,6 +207,38 @@ pub fn serve<'a>(
         if reply.is_err() {
             return 1;
         }
+    }
+}
+
+/// A request as the spawner reads it.
+struct Request<'m> {
+    wanted: Wanted,
+    count: usize,
+    socket_names: &'m str,
+}
+
+impl<'m> Request<'m> {
+    fn parse(msg: &'m [u8]) -> Option<Request<'m>> {
+        let u32_at = |k: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(msg.get(k..k + 4)?.try_into().ok()?))
+        };
+        let u64_at = |k: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(msg.get(k..k + 8)?.try_into().ok()?))
+        };
+        let fingerprint = u64_at(0)?;
+        let entry = u32_at(8)?;
+        let replica = u32_at(12)?;
+        let count = usize::try_from(u32_at(16)?).ok()?;
+        let socket_names = std::str::from_utf8(msg.get(HEADER..)?).ok()?;
+        Some(Request {
+            wanted: Wanted {
+                entry,
+                replica,
+                fingerprint,
+            },
+            count,
+            socket_names,
+        })
     }
 }
 

@@ -31,6 +31,10 @@ pub struct ServiceDef {
     /// reload restarts it with the file's own, and the spawner (which
     /// knows the file's) does not start it.
     pub live_limits: bool,
+    /// The service's position among the stack file's services as `isola
+    /// up` read them at start: the spawner built it from there, and starts
+    /// it by that number. None for what a reload read.
+    pub entry: Option<u32>,
 }
 
 impl ServiceDef {
@@ -44,6 +48,17 @@ impl ServiceDef {
         let env = std::ffi::CString::new(format!("{REPLICA_ENV}={k}")).ok()?;
         isola_runtime::plan::set_env(&mut d.plan.env, env);
         Some(d)
+    }
+
+    /// Which replica of its service this is (`web.3`: 3); none for a
+    /// service that has no replicas.
+    pub fn replica_number(&self) -> Option<u32> {
+        let group = self.group.as_deref()?;
+        self.name
+            .strip_prefix(group)?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
     }
 
     /// The service a person names: the replica's group, or the service.
@@ -105,7 +120,8 @@ struct StackFile<'a> {
     services: Entries<'a>,
 }
 
-pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
+/// The stack file's services, in the file's order, each still text.
+pub(crate) fn entries(text: &str) -> Result<Vec<(String, &RawValue)>, SpecError> {
     let file: StackFile = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             SpecError::new(
@@ -116,53 +132,68 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
             SpecError::new("", spec::strip_position(&e.to_string()))
         }
     })?;
+    Ok(file.services.0)
+}
+
+/// One service of the file (`name`: its key, `text`: its JSON) as the
+/// supervisor runs it — before any replica is made of it — and the
+/// warnings of its load. The spawner builds each service it starts with
+/// this too, from the same text: the same definition, fingerprint
+/// included.
+pub(crate) fn service_def(
+    name: String,
+    text: &str,
+    base_dir: &Path,
+) -> Result<(ServiceDef, Vec<String>), SpecError> {
+    let prefix = format!("services.{name}.");
+    let raw: Value = serde_json::from_str(text)
+        .map_err(|e| SpecError::new(format!("services.{name}"), e.to_string()))?;
+    cgroup::check_name(&name).map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
+    if name.contains("..") {
+        return Err(SpecError::new(
+            format!("services.{name}"),
+            "`..` is kept for isola's own cgroup names",
+        ));
+    }
+    let fingerprint = fingerprint(&raw);
+    let spec = spec::parse_value(raw, base_dir, &prefix)?;
+    let plan = Plan::from_spec(&spec)
+        .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
+    let policy = policy::parse(&spec.supervision, &prefix)?;
+    let mut warnings: Vec<String> = policy::overlap_warning(&policy, &prefix)
+        .into_iter()
+        .collect();
+    warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
+    let group = policy.replicas.map(|_| name.clone());
+    let def = ServiceDef {
+        name,
+        fingerprint,
+        plan,
+        policy,
+        group,
+        live_limits: false,
+        entry: None,
+    };
+    Ok((def, warnings))
+}
+
+pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
-    for (name, text) in file.services.0 {
-        let prefix = format!("services.{name}.");
-        let raw: Value = serde_json::from_str(text.get())
-            .map_err(|e| SpecError::new(format!("services.{name}"), e.to_string()))?;
-        cgroup::check_name(&name)
-            .map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
-        if name.contains("..") {
-            return Err(SpecError::new(
-                format!("services.{name}"),
-                "`..` is kept for isola's own cgroup names",
-            ));
-        }
+    for (k, (name, entry)) in entries(text)?.into_iter().enumerate() {
         if seen.insert(name.clone(), ()).is_some() {
             return Err(SpecError::new(
                 format!("services.{name}"),
                 "duplicate service name",
             ));
         }
-        let fingerprint = fingerprint(&raw);
-        let spec = spec::parse_value(raw, base_dir, &prefix)?;
-        let plan = Plan::from_spec(&spec)
-            .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
-        let policy = policy::parse(&spec.supervision, &prefix)?;
-        warnings.extend(policy::overlap_warning(&policy, &prefix));
-        warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
-        let def = ServiceDef {
-            name,
-            fingerprint,
-            plan,
-            policy,
-            group: None,
-            live_limits: false,
-        };
+        let (mut def, w) = service_def(name, entry.get(), base_dir)?;
+        def.entry = u32::try_from(k).ok();
+        warnings.extend(w);
         match def.policy.replicas {
             None => defs.push(def),
-            Some(n) => {
-                let def = ServiceDef {
-                    group: Some(def.name.clone()),
-                    ..def
-                };
-                for k in 1..=n {
-                    defs.extend(def.replica(k));
-                }
-            }
+            Some(n) => defs.extend((1..=n).filter_map(|k| def.replica(k))),
         }
     }
     if defs.is_empty() {

@@ -149,7 +149,8 @@ pub struct Supervisor {
     pub(crate) stack_root: PathBuf,
     /// Our claim on the stack's cgroup (`None` with --no-cgroup).
     pub(crate) group: Option<StackGroup>,
-    pub(crate) host: host::Inherited,
+    /// What every loaded plan gets from us (the spawner's copy too).
+    pub(crate) completion: host::Completion,
     pub(crate) epoll: Epoll,
     signals: SignalFd,
     timer: TimerFd,
@@ -207,9 +208,36 @@ pub fn stack_name(path: &Path) -> String {
 }
 
 pub fn load_stack(path: &Path) -> Result<Stack, SpecError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SpecError::new("", format!("{}: {e}", path.display())))?;
-    stack::parse(&text, &isola_runtime::spec::base_dir(path))
+    stack::parse(&read_stack(path)?, &isola_runtime::spec::base_dir(path))
+}
+
+fn read_stack(path: &Path) -> Result<String, SpecError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| SpecError::new("", format!("{}: {e}", path.display())))
+}
+
+/// Fork the spawner, then parse the stack file: the spawner gets the file
+/// in shared memory and a heap that holds next to nothing (every init is a
+/// copy of it). A parse error stops the spawner with the supervisor. If no
+/// shared memory can be had, the supervisor clones every sandbox itself.
+fn spawner_and_stack(
+    text: String,
+    base_dir: &Path,
+    stack_root: &Path,
+    completion: &host::Completion,
+) -> Result<(Stack, Result<Spawner, Errno>), SpecError> {
+    match isola_runtime::SharedText::new(&text) {
+        Ok(shared) => {
+            drop(text);
+            isola_runtime::release_free_memory();
+            let spawner = crate::spawn::fork_spawner(&shared, base_dir, stack_root, completion);
+            Ok((stack::parse(shared.as_str(), base_dir)?, spawner))
+        }
+        Err(e) => {
+            isola_runtime::release_free_memory();
+            Ok((stack::parse(&text, base_dir)?, Err(e)))
+        }
+    }
 }
 
 /// `--no-cgroup` leaves no room for limits.
@@ -227,16 +255,31 @@ impl Supervisor {
     /// Validate the stack, claim its cgroup and take the socket; nothing is
     /// started yet.
     pub fn new(cfg: Config) -> Result<Supervisor, UpError> {
-        let stack = load_stack(&cfg.stack_path)?;
+        let text = read_stack(&cfg.stack_path)?;
+        let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
+        let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+        // Our fd limit raised as far as it goes (the capacity check below
+        // counts on it), and the signals we take blocked (every init starts
+        // with them blocked): both before the spawner is forked.
+        let completion = host::Completion {
+            inherited: host::Inherited::adjust(),
+            no_cgroup: cfg.no_cgroup,
+            socket: cfg.socket.clone(),
+        };
+        // Everything we handle arrives through the signalfd, SIGCHLD too
+        // (every child is reaped on it: see `reap`).
+        let mut mask = init::signal_set();
+        mask.add(Signal::SIGPIPE);
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(setup("sigprocmask"))?;
+        let (stack, spawner) = spawner_and_stack(text, &base_dir, &stack_root, &completion)?;
         check_no_cgroup(&cfg, &stack)?;
         if !cfg.no_cgroup {
             isola_runtime::cgroup::check_root(&cfg.cgroup_root)
                 .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
             isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
         }
-        let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-        // Our fd limit raised as far as it goes, then: does the stack fit?
-        let host = host::Inherited::adjust();
+        // Does the stack fit?
         let stats_cap = host::check_capacity(&stack.services)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
@@ -265,12 +308,6 @@ impl Supervisor {
             Some(group)
         };
 
-        // Everything we handle arrives through the signalfd, SIGCHLD too
-        // (every child is reaped on it: see `reap`).
-        let mut mask = init::signal_set();
-        mask.add(Signal::SIGPIPE);
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .map_err(setup("sigprocmask"))?;
         let mut handled = SigSet::empty();
         for s in [
             Signal::SIGTERM,
@@ -301,14 +338,8 @@ impl Supervisor {
 
         let mut defs = stack.services;
         for def in &mut defs {
-            host.complete_plan(def, cfg.no_cgroup);
-            notify::complete_plan(def, &cfg.socket);
+            completion.complete(def);
         }
-        // The parse's garbage goes back to the kernel, and the spawner is
-        // forked, before anything else of ours is allocated: every init is
-        // a copy of the spawner.
-        isola_runtime::release_free_memory();
-        let spawner = crate::spawn::fork_spawner(&defs, &stack_root, cfg.no_cgroup);
         let mut slots = Vec::with_capacity(defs.len());
         for def in &defs {
             let log = LogFile::open(&cfg.logs, &def.name)
@@ -320,7 +351,7 @@ impl Supervisor {
             cfg,
             stack_root,
             group,
-            host,
+            completion,
             epoll,
             signals,
             timer,
@@ -566,8 +597,11 @@ impl Supervisor {
         let mut defs = stack.services;
         self.note("reloading the stack file");
         for def in &mut defs {
-            self.host.complete_plan(def, self.cfg.no_cgroup);
-            notify::complete_plan(def, &self.cfg.socket);
+            self.completion.complete(def);
+            // The spawner holds the file as it was at start, not this text:
+            // what a reload changes or adds is cloned here (services it
+            // leaves alone keep their definitions, and numbers).
+            def.entry = None;
         }
         self.core.reload(defs, now);
     }

@@ -67,17 +67,22 @@ fn arena_alloc(layout: std::alloc::Layout) -> *mut u8 {
     start as *mut u8
 }
 
-// SAFETY: outside arena mode every call goes to the system allocator
+// SAFETY: outside the two arenas every call goes to the system allocator
 // unchanged. In arena mode (a single-threaded init) blocks are disjoint
 // ranges of live private mappings, aligned as asked, never handed out twice
 // (nothing is ever freed, so no block is reused); freeing a block, ours or
 // one the heap held before the clone, is a no-op, which only leaks in a
-// process that allocates a bounded amount. Fresh anonymous pages are zero,
-// so zeroed allocations need no writes.
+// process that allocates a bounded amount. The shared arena
+// (`shared_arena`) is the same bump allocation over one shared mapping;
+// its blocks are recognised by address and never freed. Fresh anonymous
+// pages are zero, so zeroed allocations need no writes.
 unsafe impl std::alloc::GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         if ARENA_ON.load(std::sync::atomic::Ordering::Relaxed) {
             return arena_alloc(layout);
+        }
+        if let Some(p) = super::shared_arena::alloc(layout) {
+            return p;
         }
         // SAFETY: the caller's contract is the system allocator's.
         unsafe { std::alloc::System.alloc(layout) }
@@ -87,32 +92,45 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
         if ARENA_ON.load(std::sync::atomic::Ordering::Relaxed) {
             return arena_alloc(layout);
         }
+        if let Some(p) = super::shared_arena::alloc(layout) {
+            return p;
+        }
         // SAFETY: the caller's contract is the system allocator's.
         unsafe { std::alloc::System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        if !ARENA_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        if !ARENA_ON.load(std::sync::atomic::Ordering::Relaxed) && !super::shared_arena::owns(ptr) {
             // SAFETY: ptr came from System.alloc with this layout (arena
-            // mode, once on, is never switched off).
+            // mode, once on, is never switched off; shared blocks are
+            // recognised by address).
             unsafe { std::alloc::System.dealloc(ptr, layout) }
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        if !ARENA_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        let arena = ARENA_ON.load(std::sync::atomic::Ordering::Relaxed);
+        let system_block = !arena && !super::shared_arena::owns(ptr);
+        if system_block && !super::shared_arena::active() {
             // SAFETY: the caller's contract is the system allocator's.
             return unsafe { std::alloc::System.realloc(ptr, layout, new) };
         }
         let Ok(to) = std::alloc::Layout::from_size_align(new, layout.align()) else {
             return std::ptr::null_mut();
         };
-        let p = arena_alloc(to);
+        // SAFETY: `to` is a valid layout of `new` > 0 bytes (realloc's
+        // contract).
+        let p = unsafe { self.alloc(to) };
         if !p.is_null() {
             // SAFETY: ptr is valid for layout.size() bytes (caller's
             // contract), p for `new` bytes, and p is a fresh block that
             // cannot overlap ptr.
             unsafe { std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new)) };
+            if system_block {
+                // SAFETY: ptr came from System.alloc with this layout and
+                // is not used again (its bytes were moved to p).
+                unsafe { std::alloc::System.dealloc(ptr, layout) };
+            }
         }
         p
     }
@@ -184,13 +202,20 @@ pub fn release_free_memory() {
 /// Mapped, that heap cost each of 10,000 inits its page tables, and every
 /// reverse-map walk (reclaim, the host's DAMON) a visit to each init for
 /// each of its pages. The first part of the heap stays: the thread's TLS
-/// and control block, which glibc put there before malloc started. A
-/// no-op outside a fresh init, and for a parent that never called
-/// [`release_free_memory`] (`isola run`, the OCI commands).
+/// and control block, which glibc put there before malloc started. The
+/// parent's [`super::SharedText`] (the spawner's stack file) and shared
+/// arena ([`super::in_shared_arena`]: the spawner's plans) go too. A
+/// no-op outside a fresh init; the heap stays for a parent that never
+/// called [`release_free_memory`] (`isola run`, the OCI commands).
 pub(crate) fn drop_inherited_heap() {
     use std::sync::atomic::Ordering::Relaxed;
+    if !ARENA_ON.load(Relaxed) {
+        return;
+    }
+    super::shared_text::drop_inherited_text();
+    super::shared_arena::drop_inherited();
     let start = HEAP_START.load(Relaxed);
-    if !ARENA_ON.load(Relaxed) || start == 0 {
+    if start == 0 {
         return;
     }
     let mut tp: libc::c_ulong = 0;
