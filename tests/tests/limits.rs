@@ -357,6 +357,19 @@ fn heap_bytes(pid: &str) -> u64 {
         .sum()
 }
 
+/// Bytes of shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS, shown as
+/// `/dev/zero (deleted)`) mapped by a process.
+fn shared_anon_bytes(pid: &str) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter(|l| l.ends_with("/dev/zero (deleted)"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .sum()
+}
+
 #[test]
 fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_none() {
     require_vm();
@@ -394,6 +407,30 @@ fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_n
         theirs <= 32 << 10,
         "the init still maps {theirs} bytes of heap"
     );
+    // The spawner keeps the stack file and the plans it built from it in
+    // shared memory (which its clones do not copy); an init lets go of
+    // that too, and the supervisor never keeps any.
+    let sup = up.pid().to_string();
+    let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
+    let services: Vec<String> = names
+        .iter()
+        .map(|n| up.service(n)["pid"].as_i64().unwrap().to_string())
+        .collect();
+    let spawner: Vec<&str> = children
+        .split_whitespace()
+        .filter(|p| !services.iter().any(|s| s == p))
+        .collect();
+    assert_eq!(
+        spawner.len(),
+        1,
+        "children {children}, services {services:?}"
+    );
+    assert!(
+        shared_anon_bytes(spawner[0]) > 0,
+        "the spawner holds no shared memory"
+    );
+    assert_eq!(shared_anon_bytes(&init.to_string()), 0, "the init's");
+    assert_eq!(shared_anon_bytes(&sup), 0, "the supervisor's");
     let running = supervisor_fds(&up);
     for n in &names {
         let (code, _, err) = up.cli(&["stop", n]);

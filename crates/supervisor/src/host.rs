@@ -45,6 +45,15 @@ impl Inherited {
         }
     }
 
+    /// What a supervisor started with these would give back.
+    #[cfg(test)]
+    pub(crate) fn with(nofile: Option<Rlimit>, oom_score_adj: Option<i32>) -> Inherited {
+        Inherited {
+            nofile,
+            oom_score_adj,
+        }
+    }
+
     /// Add what the supervisor gives every service to its plan, once, as
     /// it is loaded: the fd limit and OOM score `isola up` started with
     /// (unless the spec sets them), `memory.oom.group` for `oom: kill`.

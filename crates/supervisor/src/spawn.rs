@@ -43,24 +43,7 @@ pub(crate) fn fork_spawner(
             return i32::from(exit::FAILURE);
         }
         let table = build_all(text.as_str(), base_dir, completion);
-        let plan_for = |w: &Wanted| -> Option<(Cow<str>, Cow<Plan>)> {
-            let built = table.get(usize::try_from(w.entry).ok()?)?.as_ref()?;
-            match built {
-                Built::Service {
-                    fingerprint,
-                    name,
-                    plan,
-                } if *fingerprint == w.fingerprint && w.replica == 0 => {
-                    Some((Cow::Borrowed(name.as_str()), Cow::Borrowed(&**plan)))
-                }
-                Built::Replicated(def) if def.fingerprint == w.fingerprint && w.replica > 0 => {
-                    let mut d = def.replica(w.replica)?;
-                    completion.complete(&mut d);
-                    Some((Cow::Owned(d.name), Cow::Owned(d.plan)))
-                }
-                _ => None,
-            }
-        };
+        let plan_for = |w: &Wanted| lookup(&table, w, completion);
         spawner::serve(sock, plan_for, |stdio| {
             options("", stack_root, completion.no_cgroup, stdio, true)
         })
@@ -78,6 +61,32 @@ enum Built {
     /// A replicated service: each replica is made from it when it starts
     /// (a replica's name, and so its notify directory, are its own).
     Replicated(Box<ServiceDef>),
+}
+
+/// The plan (and name) the spawner clones for `w`: borrowed from the table
+/// for a service, made for a replica; None when the table does not have
+/// that service in that form.
+fn lookup<'t>(
+    table: &'t [Option<Built>],
+    w: &Wanted,
+    completion: &Completion,
+) -> Option<(Cow<'t, str>, Cow<'t, Plan>)> {
+    let built = table.get(usize::try_from(w.entry).ok()?)?.as_ref()?;
+    match built {
+        Built::Service {
+            fingerprint,
+            name,
+            plan,
+        } if *fingerprint == w.fingerprint && w.replica == 0 => {
+            Some((Cow::Borrowed(name.as_str()), Cow::Borrowed(&**plan)))
+        }
+        Built::Replicated(def) if def.fingerprint == w.fingerprint && w.replica > 0 => {
+            let mut d = def.replica(w.replica)?;
+            completion.complete(&mut d);
+            Some((Cow::Owned(d.name), Cow::Owned(d.plan)))
+        }
+        _ => None,
+    }
 }
 
 /// Every service of the file, by position (None where the file does not
@@ -213,5 +222,78 @@ impl Supervisor {
         } else {
             name.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion() -> Completion {
+        Completion {
+            inherited: crate::host::Inherited::with(
+                Some(isola_runtime::plan::Rlimit {
+                    resource: nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft: 1024,
+                    hard: 4096,
+                }),
+                Some(200),
+            ),
+            no_cgroup: false,
+            socket: "/run/isola/s.sock".into(),
+        }
+    }
+
+    /// What the spawner clones is what the supervisor would: every service
+    /// and replica of a file, completed (notify directories are per
+    /// replica), looked up by the number and fingerprint the supervisor
+    /// sends; anything else is not known.
+    #[test]
+    fn the_spawner_builds_each_service_as_the_supervisor_does() {
+        let svc = |extra: &str| {
+            format!(
+                r#"{{"process": {{"args": ["/bin/sh"]}}, "root": {{"path": "/"}},
+                    "linux": {{"namespaces": [{{"type": "mount"}}]}}{extra}}}"#
+            )
+        };
+        let text = format!(
+            r#"{{"services": {{"a": {}, "web": {}, "db": {}}}}}"#,
+            svc(r#", "oom": "kill""#),
+            svc(r#", "replicas": 3, "notify": "systemd""#),
+            svc(r#", "dependsOn": ["web"]"#),
+        );
+        let base = Path::new("/");
+        let c = completion();
+        let stack = stack::parse(&text, base).expect("stack");
+        let table = build_all(&text, base, &c);
+        assert_eq!(table.len(), 3);
+        for mut def in stack.services {
+            c.complete(&mut def);
+            let w = Wanted {
+                entry: def.entry.expect("numbered"),
+                replica: def.replica_number().unwrap_or(0),
+                fingerprint: def.fingerprint,
+            };
+            let (name, plan) = lookup(&table, &w, &c).expect(&def.name);
+            assert_eq!(name, def.name);
+            assert_eq!(
+                format!("{plan:?}"),
+                format!("{:?}", def.plan),
+                "{}",
+                def.name
+            );
+            let stale = Wanted {
+                fingerprint: def.fingerprint ^ 1,
+                ..w
+            };
+            assert!(lookup(&table, &stale, &c).is_none(), "{}", def.name);
+        }
+        let beyond = Wanted {
+            entry: 3,
+            replica: 0,
+            fingerprint: 0,
+        };
+        assert!(lookup(&table, &beyond, &c).is_none());
+        assert!(build_all("{", base, &c).is_empty());
     }
 }

@@ -91,3 +91,42 @@ pub(super) fn drop_inherited() {
         libc::munmap(base as *mut libc::c_void, RESERVE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::Layout;
+
+    use super::*;
+
+    #[test]
+    fn blocks_come_from_one_shared_mapping_and_only_inside_the_closure() {
+        let layout = Layout::from_size_align(100, 64).unwrap();
+        assert!(alloc(layout).is_none(), "outside in_shared_arena");
+        let [a, b] = in_shared_arena(|| [alloc(layout), alloc(layout)]);
+        let (a, b) = (a.expect("a block"), b.expect("a block"));
+        assert!(owns(a) && owns(b));
+        assert!((a as usize).is_multiple_of(64) && (b as usize).is_multiple_of(64));
+        assert!(b as usize >= a as usize + 100, "blocks overlap");
+        let heap = Box::new(0u8);
+        assert!(!owns(std::ptr::from_ref(&*heap).cast_mut()));
+        // Shared, not copied: what a fork writes there shows here (a
+        // private mapping would have given the child its own copy).
+        // SAFETY: `a` is a live block of 100 bytes.
+        unsafe { a.write(1) };
+        // SAFETY: the child only writes to memory and exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: as above, in the child's view of the mapping.
+                unsafe { a.write(7) };
+                // SAFETY: ends the child without running the parent's
+                // destructors or test harness.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).expect("waitpid");
+            }
+        }
+        // SAFETY: `a` is live and was written.
+        assert_eq!(unsafe { a.read() }, 7);
+    }
+}
