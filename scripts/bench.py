@@ -489,7 +489,9 @@ def big_stack(work, setting):
     if n < BIG_TARGET:
         limit = (f"RLIMIT_NOFILE {nofile} holds {by_fds} services at {FDS_PER_SERVICE} fds each"
                  if by_fds <= by_pids else f"kernel.pid_max {pid_max} holds {by_pids} services")
-    out = {"n": n, "limit": limit, "forms": {}}
+    # Its own date: the slowest part of the bench, rerun on its own when the
+    # start path changes.
+    out = {"n": n, "limit": limit, "forms": {}, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for form in ("rootfs", "host-root"):
         svc = sleeper(setting)
         svc["stderr"] = "stdout"
@@ -638,6 +640,7 @@ def report(paths):
             n = g["n"]
             lines += ["", f"the largest stack this host holds, {n} services"
                       + (f" (capped by {g['limit']})" if g["limit"] else "")
+                      + (f", measured {g['date']}" if g.get("date") else "")
                       + "; sleepers with stderr to stdout (one pipe each); the floor starts the same namespaces "
                       "with busybox `unshare` (and for the rootfs form binds and pivot_roots into the same rootfs), "
                       "without isola's init, other mounts, seccomp or output capture:",

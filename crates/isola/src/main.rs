@@ -421,6 +421,10 @@ pub(crate) fn plan_of(svc: &spec::ServiceSpec, what: &str) -> Result<Plan, Exit>
     Ok(plan)
 }
 
+/// `isola check` names at most this many services of a stack (10,000
+/// names made one 70 KB line).
+const CHECK_NAMES_SHOWN: usize = 20;
+
 /// A service spec, or a stack file (an object with `services`).
 fn check(path: &str) -> Result<u8, Exit> {
     let is_stack = path != "-"
@@ -431,8 +435,21 @@ fn check(path: &str) -> Result<u8, Exit> {
     if is_stack {
         let stack = supervisor::load_stack(Path::new(path))
             .map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
-        let names: Vec<&str> = stack.services.iter().map(|d| d.name.as_str()).collect();
-        println!("{path}: ok (services in start order: {})", names.join(", "));
+        let n = stack.services.len();
+        let names: Vec<&str> = stack
+            .services
+            .iter()
+            .take(CHECK_NAMES_SHOWN)
+            .map(|d| d.name.as_str())
+            .collect();
+        let more = match n.checked_sub(CHECK_NAMES_SHOWN) {
+            Some(rest) if rest > 0 => format!(" and {rest} more"),
+            _ => String::new(),
+        };
+        println!(
+            "{path}: ok (services in start order: {}{more})",
+            names.join(", ")
+        );
     } else {
         load(path)?;
         println!("{path}: ok");

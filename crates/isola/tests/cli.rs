@@ -218,3 +218,22 @@ fn schema_prints_the_shipped_copies_and_refuses_an_unknown_kind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pod"), "{err}");
 }
+
+#[test]
+fn check_names_the_first_services_of_a_big_stack_and_counts_the_rest() {
+    let services: Vec<String> = (0..100)
+        .map(|i| format!(r#""s{i}": {{"process": {{"args": ["sleep", "1"]}}}}"#))
+        .collect();
+    let stack = format!(r#"{{"services": {{{}}}}}"#, services.join(", "));
+    let tmp = std::env::temp_dir().join(format!("isola-cli-big-{}.json", std::process::id()));
+    std::fs::write(&tmp, stack).unwrap();
+    let out = isola(&["check", tmp.to_str().unwrap()], "");
+    let _ = std::fs::remove_file(&tmp);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("services in start order: s0, s1,") && text.contains(", s19 and 80 more)"),
+        "{text}"
+    );
+    assert!(!text.contains("s20"), "{text}");
+}

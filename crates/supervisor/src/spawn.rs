@@ -43,6 +43,8 @@ pub(crate) fn fork_spawner(
             return i32::from(exit::FAILURE);
         }
         let table = build_all(text.as_str(), base_dir, completion);
+        // The parse's garbage, freed, goes back before the first clone.
+        isola_runtime::release_free_memory();
         let plan_for = |w: &Wanted| lookup(&table, w, completion);
         spawner::serve(sock, plan_for, |stdio| {
             options("", stack_root, completion.no_cgroup, stdio, true)

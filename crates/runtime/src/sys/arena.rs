@@ -136,62 +136,34 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     }
 }
 
-/// `madvise` advice: collapse a range into transparent huge pages now
-/// (Linux 6.1). The range must be eligible for huge pages: with THP in
-/// `madvise` mode (Debian's default) that takes MADV_HUGEPAGE first. On
-/// the 6.18 host here it refuses the brk heap (EINVAL, nothing collapsed);
-/// MADV_HUGEPAGE still backs what the heap grows by with huge pages.
-const MADV_COLLAPSE: libc::c_int = 25;
-
-/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`),
-/// then ask for huge pages on it. Called once a big stack is loaded,
-/// before the spawner is forked: every init, a copy of the spawner, maps
-/// this heap until its payload runs ([`drop_inherited_heap`]), and at each
-/// clone the kernel copies a page-table entry per 4 KiB page of it —
-/// 6,000 for the 25 MB of plans of a 10,000-service stack — while anything
-/// walking reverse maps (reclaim, DAMON) visits each such page once per
-/// process mapping it; a 2 MiB page is one entry and one walk. Measured at
-/// 10,000 host-root services, three alternating runs each: 15.4 s with
-/// the advice, 17.7 s without (noisy). Also marks where the heap starts,
-/// for [`drop_inherited_heap`].
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`)
+/// and mark where the heap starts, for [`drop_inherited_heap`]. `isola up`
+/// calls it before it forks its spawner, and the spawner once it has built
+/// its plans (the parse's garbage freed), before it serves: every init, a
+/// copy of the spawner, maps this heap until its payload runs, and at each
+/// clone the kernel copies a page-table entry for every page of it that is
+/// present.
 pub fn release_free_memory() {
+    use std::sync::atomic::Ordering::Relaxed;
     // SAFETY: malloc_trim only returns free chunks of the malloc heap to
     // the kernel; it takes the allocator's own lock and touches nothing
     // that is allocated.
     unsafe {
         libc::malloc_trim(0);
     }
+    if HEAP_START.load(Relaxed) != 0 {
+        return;
+    }
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        // Private anonymous memory only: the heap and malloc's own maps.
-        let path = f.nth(3).unwrap_or("");
-        if perms != "rw-p" || !(path.is_empty() || path == "[heap]") {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
-        };
-        if path == "[heap]" {
-            HEAP_START.store(a, std::sync::atomic::Ordering::Relaxed);
-        }
-        let (start, len) = (a as *mut libc::c_void, b - a);
-        for advice in [libc::MADV_HUGEPAGE, MADV_COLLAPSE] {
-            // SAFETY: advice on a range of our own mappings; neither
-            // changes its contents (MADV_COLLAPSE copies them into huge
-            // pages), and both fail harmlessly where they cannot.
-            unsafe {
-                libc::madvise(start, len, advice);
-            }
-        }
+    let start = maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .and_then(|l| l.split_once('-'))
+        .and_then(|(a, _)| usize::from_str_radix(a, 16).ok());
+    if let Some(a) = start {
+        HEAP_START.store(a, Relaxed);
     }
 }
 
