@@ -346,10 +346,12 @@ fn supervisor_fds(up: &Up) -> Vec<String> {
 }
 
 /// The size of process `pid`'s `[heap]` mapping (0 when it has none).
-fn heap_bytes(pid: &str) -> u64 {
+/// Bytes a process maps in the mappings whose line in /proc/PID/maps ends
+/// with `suffix`.
+fn mapped_bytes(pid: &str, suffix: &str) -> u64 {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     maps.lines()
-        .filter(|l| l.ends_with("[heap]"))
+        .filter(|l| l.ends_with(suffix))
         .filter_map(|l| {
             let (a, b) = l.split_whitespace().next()?.split_once('-')?;
             Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
@@ -357,17 +359,14 @@ fn heap_bytes(pid: &str) -> u64 {
         .sum()
 }
 
-/// Bytes of shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS, shown as
-/// `/dev/zero (deleted)`) mapped by a process.
+fn heap_bytes(pid: &str) -> u64 {
+    mapped_bytes(pid, "[heap]")
+}
+
+/// Shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS shows as
+/// `/dev/zero (deleted)`).
 fn shared_anon_bytes(pid: &str) -> u64 {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    maps.lines()
-        .filter(|l| l.ends_with("/dev/zero (deleted)"))
-        .filter_map(|l| {
-            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
-        })
-        .sum()
+    mapped_bytes(pid, "/dev/zero (deleted)")
 }
 
 #[test]

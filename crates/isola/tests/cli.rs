@@ -156,10 +156,7 @@ fn limit_flags_and_the_short_form_refuse_bad_input_in_one_line() {
     }
     let stack = r#"{"services": {"db": {"process": {"args": ["sleep", "1"]},
         "limits": {"memory": "64M"}, "linux": {"resources": {"memory": {"limit": 1000000}}}}}}"#;
-    let tmp = std::env::temp_dir().join(format!("isola-cli-limits-{}.json", std::process::id()));
-    std::fs::write(&tmp, stack).unwrap();
-    let out = isola(&["check", tmp.to_str().unwrap()], "");
-    let _ = std::fs::remove_file(&tmp);
+    let out = check_stack_file("limits", stack);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -225,10 +222,7 @@ fn check_names_the_first_services_of_a_big_stack_and_counts_the_rest() {
         .map(|i| format!(r#""s{i}": {{"process": {{"args": ["sleep", "1"]}}}}"#))
         .collect();
     let stack = format!(r#"{{"services": {{{}}}}}"#, services.join(", "));
-    let tmp = std::env::temp_dir().join(format!("isola-cli-big-{}.json", std::process::id()));
-    std::fs::write(&tmp, stack).unwrap();
-    let out = isola(&["check", tmp.to_str().unwrap()], "");
-    let _ = std::fs::remove_file(&tmp);
+    let out = check_stack_file("big", &stack);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
@@ -236,4 +230,14 @@ fn check_names_the_first_services_of_a_big_stack_and_counts_the_rest() {
         "{text}"
     );
     assert!(!text.contains("s20"), "{text}");
+}
+
+/// `isola check` of a stack written to a file (stacks are told from specs
+/// by reading the file, so not through stdin).
+fn check_stack_file(tag: &str, text: &str) -> std::process::Output {
+    let tmp = std::env::temp_dir().join(format!("isola-cli-{tag}-{}.json", std::process::id()));
+    std::fs::write(&tmp, text).unwrap();
+    let out = isola(&["check", tmp.to_str().unwrap()], "");
+    let _ = std::fs::remove_file(&tmp);
+    out
 }

@@ -46,25 +46,32 @@ fn arena_alloc(layout: std::alloc::Layout) -> *mut u8 {
         return start as *mut u8;
     }
     let len = ARENA_CHUNK.max(size.saturating_add(align).next_multiple_of(4096));
-    // SAFETY: a new private anonymous mapping at an address the kernel
-    // picks; it overlaps nothing of ours. Failure is MAP_FAILED, checked.
+    let Some(base) = map_anonymous(len, libc::MAP_PRIVATE | libc::MAP_NORESERVE) else {
+        return std::ptr::null_mut();
+    };
+    let start = base.next_multiple_of(align);
+    ARENA_NEXT.store(start + size, Relaxed);
+    ARENA_END.store(base + len, Relaxed);
+    start as *mut u8
+}
+
+/// A new read-write anonymous mapping of `len` bytes at an address the
+/// kernel picks (`flags`: MAP_PRIVATE or MAP_SHARED, maybe MAP_NORESERVE);
+/// None when the kernel refuses (errno says why).
+pub(super) fn map_anonymous(len: usize, flags: libc::c_int) -> Option<usize> {
+    // SAFETY: a new mapping at an address the kernel picks; it overlaps
+    // nothing of ours. Failure is MAP_FAILED, checked.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            flags | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     };
-    if base == libc::MAP_FAILED {
-        return std::ptr::null_mut();
-    }
-    let start = (base as usize).next_multiple_of(align);
-    ARENA_NEXT.store(start + size, Relaxed);
-    ARENA_END.store(base as usize + len, Relaxed);
-    start as *mut u8
+    (base != libc::MAP_FAILED).then_some(base as usize)
 }
 
 // SAFETY: outside the two arenas every call goes to the system allocator

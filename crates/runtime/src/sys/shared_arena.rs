@@ -28,21 +28,11 @@ static ON: AtomicBool = AtomicBool::new(false);
 /// `f` allocates as usual.
 pub fn in_shared_arena<T>(f: impl FnOnce() -> T) -> T {
     if BASE.load(Relaxed) == 0 {
-        // SAFETY: a new mapping at an address the kernel picks; it overlaps
-        // nothing of ours. Failure is MAP_FAILED, checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                RESERVE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base != libc::MAP_FAILED {
-            BASE.store(base as usize, Relaxed);
-            NEXT.store(base as usize, Relaxed);
+        if let Some(base) =
+            super::arena::map_anonymous(RESERVE, libc::MAP_SHARED | libc::MAP_NORESERVE)
+        {
+            BASE.store(base, Relaxed);
+            NEXT.store(base, Relaxed);
         }
     }
     ON.store(true, Relaxed);

@@ -28,23 +28,10 @@ impl SharedText {
     pub fn new(text: &str) -> Result<SharedText, Errno> {
         // mmap refuses a length of 0; an empty text still gets a page.
         let len = text.len().max(1);
-        // SAFETY: a new mapping at an address the kernel picks; it overlaps
-        // nothing of ours. Failure is MAP_FAILED, checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
+        let start = super::arena::map_anonymous(len, libc::MAP_SHARED).ok_or_else(Errno::last)?;
+        let base = start as *mut libc::c_void;
         let shared = SharedText {
-            start: base as usize,
+            start,
             len: text.len(),
         };
         // SAFETY: the mapping is `len` ≥ text.len() bytes, writable, fresh
