@@ -340,8 +340,6 @@ impl Supervisor {
         for def in &mut defs {
             completion.complete(def);
         }
-        // The parse's garbage goes back to the kernel.
-        isola_runtime::release_free_memory();
         let mut slots = Vec::with_capacity(defs.len());
         for def in &defs {
             let log = LogFile::open(&cfg.logs, &def.name)
