@@ -14,10 +14,11 @@ static TEXT_LEN: AtomicUsize = AtomicUsize::new(0);
 /// made read-only. At a fork the kernel copies a page-table entry for
 /// every page of private memory that was written — the heap, and glibc's
 /// own mappings of large allocations — but none for a shared mapping,
-/// whose pages the child faults in as it reads them. The spawner keeps
-/// the stack file this way: the text of 10,000 services (2 MB) costs each
-/// of its clones nothing, and each init faults in the page or two of its
-/// own service. Only one lives at a time (`isola up` makes one).
+/// whose pages the child faults in as it reads them. `isola up` hands the
+/// stack file to its spawner this way, forked before the parse: the text
+/// of 10,000 services (2 MB) costs none of the spawner's clones anything,
+/// and the inits, which never read it, unmap it. Only one lives at a time
+/// (`isola up` makes one).
 pub struct SharedText {
     start: usize,
     len: usize,
