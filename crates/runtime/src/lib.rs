@@ -27,7 +27,7 @@ pub mod starter;
 mod sync;
 mod sys;
 
-pub use sys::{in_shared_arena, release_free_memory, spawn_helper, Allocator, SharedText};
+pub use sys::{in_shared_arena, release_free_memory, spawn_helper, Allocator};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

@@ -10,12 +10,10 @@ mod arena;
 mod bpf;
 pub(crate) mod mount;
 mod shared_arena;
-mod shared_text;
 pub(crate) use arena::{drop_inherited_heap, use_fresh_arena};
 pub use arena::{release_free_memory, Allocator};
 pub(crate) use bpf::{attach_device_filter, load_device_filter};
 pub use shared_arena::in_shared_arena;
-pub use shared_text::SharedText;
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use isola_runtime::listen::Listen;
 use isola_runtime::sandbox::Starting;
-use isola_runtime::{exit, sandbox, Plan, SharedText};
+use isola_runtime::{exit, sandbox, Plan};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
@@ -23,13 +23,14 @@ use crate::supervisor::Supervisor;
 pub(crate) const SUCCESSOR_SUFFIX: &str = "..next";
 
 /// Fork the spawner now, before the stack file is parsed, while this
-/// process holds little: every init is a copy of the spawner. `text` is
-/// the file (shared memory), `base_dir` what its paths are relative to;
-/// the spawner builds each service from it as the supervisor does
-/// ([`stack::service_def`], then `completion`), all at once while the
-/// supervisor parses the same file, and before any init exists.
+/// process holds little but the file's `text`: every init is a copy of the
+/// spawner. The spawner builds each service from the text as the
+/// supervisor does ([`stack::service_def`], then `completion`; paths
+/// relative to `base_dir`), all at once while the supervisor parses the
+/// same text, and before any init exists; then it frees its copy of the
+/// text (the supervisor's stays).
 pub(crate) fn fork_spawner(
-    text: &SharedText,
+    text: &mut String,
     base_dir: &Path,
     stack_root: &Path,
     completion: &Completion,
@@ -42,8 +43,13 @@ pub(crate) fn fork_spawner(
         {
             return i32::from(exit::FAILURE);
         }
-        let table = build_all(text.as_str(), base_dir, completion);
-        // The parse's garbage, freed, goes back before the first clone.
+        // Ours to free: our copy of the supervisor's memory, whose frames
+        // this process never returns to.
+        let text = std::mem::take(text);
+        let table = build_all(&text, base_dir, completion);
+        drop(text);
+        // The text and the parse's garbage, freed, go back before the
+        // first clone.
         isola_runtime::release_free_memory();
         let plan_for = |w: &Wanted| lookup(&table, w, completion);
         spawner::serve(sock, plan_for, |stdio| {

@@ -5,10 +5,10 @@
 //! (their pidfds, pipes, log files, stat files, heap) made every further
 //! start slower, and every page it wrote after a fork a copy-on-write fault.
 //! The spawner is forked once, before the stack file is parsed, with only
-//! its socket and the file's text (in shared memory). It builds every
-//! service of the file itself, as the supervisor does, and keeps them in
-//! shared memory too ([`isola_runtime::in_shared_arena`]): a clone copies
-//! no page table of it, and no init is tied to the spawner's pages. It
+//! its socket and the file's text. It builds every service of the file
+//! itself, as the supervisor does, keeps them in shared memory
+//! ([`isola_runtime::in_shared_arena`]: a clone copies no page table of
+//! it, and no init is tied to the spawner's pages) and frees the text. It
 //! clones each init with CLONE_PARENT, so the init is the supervisor's
 //! child (reaped and signalled by it, killed by PDEATHSIG with it).
 //!

@@ -216,28 +216,19 @@ fn read_stack(path: &Path) -> Result<String, SpecError> {
         .map_err(|e| SpecError::new("", format!("{}: {e}", path.display())))
 }
 
-/// Fork the spawner, then parse the stack file: the spawner gets the file
-/// in shared memory and a heap that holds next to nothing (every init is a
-/// copy of it). A parse error stops the spawner with the supervisor. If no
-/// shared memory can be had, the supervisor clones every sandbox itself.
+/// Fork the spawner, then parse the stack file: the spawner is forked
+/// while our heap holds little but the file's text (every init is a copy
+/// of it), and builds its services from the same text meanwhile. A parse
+/// error stops the spawner with the supervisor.
 fn spawner_and_stack(
-    text: String,
+    mut text: String,
     base_dir: &Path,
     stack_root: &Path,
     completion: &host::Completion,
 ) -> Result<(Stack, Result<Spawner, Errno>), SpecError> {
-    match isola_runtime::SharedText::new(&text) {
-        Ok(shared) => {
-            drop(text);
-            isola_runtime::release_free_memory();
-            let spawner = crate::spawn::fork_spawner(&shared, base_dir, stack_root, completion);
-            Ok((stack::parse(shared.as_str(), base_dir)?, spawner))
-        }
-        Err(e) => {
-            isola_runtime::release_free_memory();
-            Ok((stack::parse(&text, base_dir)?, Err(e)))
-        }
-    }
+    isola_runtime::release_free_memory();
+    let spawner = crate::spawn::fork_spawner(&mut text, base_dir, stack_root, completion);
+    Ok((stack::parse(&text, base_dir)?, spawner))
 }
 
 /// `--no-cgroup` leaves no room for limits.

@@ -182,8 +182,8 @@ pub fn release_free_memory() {
 /// reverse-map walk (reclaim, the host's DAMON) a visit to each init for
 /// each of its pages. The first part of the heap stays: the thread's TLS
 /// and control block, which glibc put there before malloc started. The
-/// parent's [`super::SharedText`] (the spawner's stack file) and shared
-/// arena ([`super::in_shared_arena`]: the spawner's plans) go too. A
+/// parent's shared arena ([`super::in_shared_arena`]: the spawner's
+/// plans) goes too. A
 /// no-op outside a fresh init; the heap stays for a parent that never
 /// called [`release_free_memory`] (`isola run`, the OCI commands).
 pub(crate) fn drop_inherited_heap() {
@@ -191,7 +191,6 @@ pub(crate) fn drop_inherited_heap() {
     if !ARENA_ON.load(Relaxed) {
         return;
     }
-    super::shared_text::drop_inherited_text();
     super::shared_arena::drop_inherited();
     let start = HEAP_START.load(Relaxed);
     if start == 0 {
