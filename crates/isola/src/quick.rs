@@ -118,9 +118,9 @@ pub(crate) fn load(path: &str, flags: &LimitFlags, quick: &QuickFlags) -> Result
     }
     let limits = flags.limits().map_err(usage)?;
     if limits.is_empty() {
-        return crate::load(path);
+        return crate::cmd::common::load(path);
     }
-    let (text, base) = crate::read_spec(path)?;
+    let (text, base) = crate::cmd::common::read_spec(path)?;
     let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));
     let mut v: Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
     apply(&mut v, &limits).map_err(|e| bad(&e))?;
@@ -203,5 +203,5 @@ fn apply(v: &mut Value, limits: &Limits) -> Result<(), SpecError> {
 fn plan_of(v: Value, base: &Path, what: &str) -> Result<Plan, Exit> {
     let svc =
         spec::parse_value(v, base, "").map_err(|e| Exit(exit::USAGE, format!("{what}: {e}")))?;
-    crate::plan_of(&svc, what)
+    crate::cmd::common::plan_of(&svc, what)
 }

@@ -201,6 +201,27 @@ fn completions_and_man_pages_cover_every_command() {
 }
 
 #[test]
+fn help_names_the_oci_runtime_commands() {
+    // The OCI commands never reach the main parser (their argv is told
+    // apart first): the help names them in a section of its own.
+    for flag in ["--help", "-h"] {
+        let out = isola(&[flag], "");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{flag}: {text}");
+        let (_, section) = text
+            .split_once("OCI runtime")
+            .unwrap_or_else(|| panic!("{flag}: no OCI runtime section: {text}"));
+        let verbs = section.lines().nth(1).unwrap_or_default();
+        for verb in ["create", "start", "state", "kill", "delete", "exec"] {
+            assert!(
+                verbs.split(',').any(|v| v.trim() == verb),
+                "{flag}: the OCI section lacks {verb}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
 fn schema_prints_the_shipped_copies_and_refuses_an_unknown_kind() {
     for kind in ["service", "stack"] {
         let out = isola(&["schema", kind], "");

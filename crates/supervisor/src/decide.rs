@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{OomPolicy, Policy, RestartPolicy};
+use crate::spec::policy::{OomPolicy, Policy, RestartPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,7 +108,7 @@ pub fn after_exit(p: &Policy, exit: &LastExit, cx: &Context) -> Next {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Restart;
+    use crate::spec::policy::Restart;
 
     fn policy(r: RestartPolicy, oom: OomPolicy) -> Policy {
         Policy {

@@ -3,6 +3,6 @@
 
 /// Parse an sd_notify datagram the two ways the supervisor reads one.
 pub fn notify(text: &str) {
-    let _ = crate::notify::parse(text);
-    let _ = crate::handover::store_op(text);
+    let _ = crate::readiness::notify_socket::parse(text);
+    let _ = crate::readiness::store_op(text);
 }

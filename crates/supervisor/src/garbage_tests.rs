@@ -171,13 +171,13 @@ fn rich_stack() -> Value {
 #[test]
 fn mutated_stack_files_never_panic_and_are_refused_in_one_line() {
     let base = rich_stack();
-    assert!(crate::stack::parse(&base.to_string(), Path::new("/")).is_ok());
+    assert!(crate::spec::stack::parse(&base.to_string(), Path::new("/")).is_ok());
     let mut r = Rng::new();
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..cases() {
         let text = mutate(&base, &mut r);
         let text = String::from_utf8_lossy(&text);
-        match crate::stack::parse(&text, Path::new("/")) {
+        match crate::spec::stack::parse(&text, Path::new("/")) {
             Ok(_) => ok += 1,
             Err(e) => {
                 let line = e.to_string();
@@ -246,7 +246,7 @@ fn garbage_notify_datagrams_never_panic() {
             }
         }
         let text = String::from_utf8_lossy(&bytes);
-        let _ = crate::notify::parse(&text);
-        let _ = crate::handover::store_op(&text);
+        let _ = crate::readiness::notify_socket::parse(&text);
+        let _ = crate::readiness::store_op(&text);
     }
 }

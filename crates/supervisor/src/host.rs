@@ -12,8 +12,8 @@ use nix::fcntl::{open, Flock, FlockArg, OFlag};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::Mode;
 
-use crate::policy::{OomPolicy, Stderr};
-use crate::stack::ServiceDef;
+use crate::spec::policy::{OomPolicy, Stderr};
+use crate::spec::stack::ServiceDef;
 use crate::supervisor::{setup, UpError};
 
 /// Where the kernel caps RLIMIT_NOFILE for root.
@@ -90,7 +90,7 @@ pub(crate) struct Completion {
 impl Completion {
     pub(crate) fn complete(&self, def: &mut ServiceDef) {
         self.inherited.complete_plan(def, self.no_cgroup);
-        crate::notify::complete_plan(def, &self.socket);
+        crate::readiness::notify_socket::complete_plan(def, &self.socket);
     }
 }
 
@@ -131,7 +131,7 @@ fn protect_from_oom() -> Option<i32> {
 /// fds of a running service: the read ends of its stdout and stderr
 /// pipes. Its init is reaped on SIGCHLD (no pidfd), its sync socket is
 /// closed once the payload runs, its log is opened when written (through
-/// the cache of [`crate::output::LOGS_OPEN`]), and its cgroup's stat
+/// the cache of [`crate::outputs::LOGS_OPEN`]), and its cgroup's stat
 /// files are opened only into fds the stack leaves spare.
 pub(crate) const FDS_PER_RUNNING: u64 = 2;
 
@@ -181,7 +181,7 @@ fn held_fds(defs: &[ServiceDef]) -> u64 {
 pub(crate) fn check_capacity(defs: &[ServiceDef]) -> Result<usize, UpError> {
     let services = defs.len();
     let n = u64::try_from(services).unwrap_or(u64::MAX);
-    let logs = n.min(crate::output::LOGS_OPEN as u64);
+    let logs = n.min(crate::outputs::LOGS_OPEN as u64);
     let health: u64 = defs.iter().map(health_fds).sum();
     let held = held_fds(defs);
     let merged = defs

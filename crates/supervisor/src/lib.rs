@@ -1,33 +1,31 @@
-//! isola-supervisor: many sandboxes over time. [`policy`] reads the
-//! supervision fields of a service spec (restart, oom, stop, dependsOn).
+//! isola-supervisor: many sandboxes over time. [`spec`] reads the
+//! supervision fields of a service spec and the stack file; [`lifecycle`]
+//! is the pure state machine of every service; [`supervisor`] is the loop
+//! of `isola up` around it, built of parts that own their state
+//! ([`sandboxes`], [`reaper`], [`outputs`], [`control`]'s server,
+//! [`probes`], [`readiness`], [`held_sockets`]) and the `shell` where
+//! they meet.
 
 #![forbid(unsafe_code)]
 
 pub mod control;
 pub mod decide;
-mod exec;
 pub mod fuzzing;
 #[cfg(test)]
 mod garbage_tests;
-mod handover;
-pub mod health;
+mod held_sockets;
 mod host;
-mod launch;
 pub mod lifecycle;
 pub mod logs;
-mod notify;
-mod output;
-pub mod policy;
-mod probe;
-mod progress;
-mod reap;
-mod sdnotify;
-mod server;
-pub mod sockets;
-mod spawn;
+mod outputs;
+mod probes;
+mod readiness;
+mod reaper;
+mod sandboxes;
+mod shell;
 pub mod spawner;
-pub mod stack;
-mod status;
+pub mod spec;
 pub mod supervisor;
-mod token;
-mod update;
+
+/// The spec modules at their old paths (the CLI's).
+pub use spec::{health, policy, sockets, stack};

@@ -26,8 +26,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::decide::LastExit;
-use crate::policy::OomPolicy;
-use crate::stack::ServiceDef;
+use crate::spec::policy::OomPolicy;
+use crate::spec::stack::ServiceDef;
 
 mod health;
 mod phase;
@@ -74,6 +74,12 @@ pub struct Core {
     successors: Vec<usize>,
     rolls: Vec<rollout::Roll>,
     group_waits: Vec<rollout::GroupWait>,
+    /// Indices of forgotten services, reusable once the loop is done with
+    /// the wakeup that forgot them ([`Core::recycle`]): a stack reloaded
+    /// and overlapped a thousand times keeps tables as long as the most
+    /// services it had at once.
+    retired: Vec<usize>,
+    free: Vec<usize>,
 }
 
 impl Core {
@@ -103,6 +109,8 @@ impl Core {
             successors: Vec::new(),
             rolls: Vec::new(),
             group_waits: Vec::new(),
+            retired: Vec::new(),
+            free: Vec::new(),
         }
     }
 
@@ -458,7 +466,7 @@ impl Core {
             if s.def.fingerprint == def.fingerprint && !s.def.live_limits {
                 continue;
             }
-            let overlap = def.policy.restart.mode == crate::policy::RestartMode::Overlap;
+            let overlap = def.policy.restart.mode == crate::spec::policy::RestartMode::Overlap;
             match s.phase {
                 Phase::Queued => s.def = def,
                 Phase::Stopping { .. } => s.next_def = Some(Box::new(def)),
@@ -484,11 +492,42 @@ impl Core {
 
     /// A new service (reload, scale): named, with a slot in the loop.
     pub(super) fn add_service(&mut self, def: ServiceDef) -> usize {
-        let i = self.services.len();
-        self.names.insert(def.name.clone(), i);
-        self.services.push(Some(Service::new(def)));
+        let name = def.name.clone();
+        let i = self.place(Service::new(def));
+        self.names.insert(name, i);
+        i
+    }
+
+    /// Put a new service at a free index (else at the end); the loop gives
+    /// it what a service needs.
+    pub(super) fn place(&mut self, s: Service) -> usize {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.services[i] = Some(s);
+                i
+            }
+            None => {
+                self.services.push(Some(s));
+                self.services.len() - 1
+            }
+        };
         self.effects.push_back(Effect::Added(i));
         i
+    }
+
+    /// Service `i` is forgotten (its `Forget` effect queued).
+    pub(super) fn retire(&mut self, i: usize) {
+        self.services[i] = None;
+        self.retired.push(i);
+    }
+
+    /// The loop is done with this wakeup's events: indices forgotten in it
+    /// may be given to new services (no event of the wakeup can reach a
+    /// newcomer through an old index).
+    pub fn recycle(&mut self) {
+        // Lowest first: new services fill the table from its start.
+        self.free.append(&mut self.retired);
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// A client went away: nobody to answer there.

@@ -1,53 +1,47 @@
 //! `isola up`: the event loop around the lifecycle core.
 //!
-//! One epoll holds every fd the supervisor waits on ([`Token`]); each
-//! readiness becomes an input of [`Core`] (in [`crate::lifecycle`]), and
-//! the effects the core asks for are carried out here and nowhere else.
-//! Nothing polls and nothing blocks: an idle supervisor sleeps in
-//! epoll_wait with no timeout, a timerfd is armed for the nearest deadline,
-//! and a sandbox's teardown waits for its cgroup to empty by event.
-//!
-//! The rest of the loop lives beside this file: [`crate::launch`] (start
-//! slots, the spawner, teardown), [`crate::server`] (the control socket),
-//! [`crate::output`] (service output, logs, echo), [`crate::status`] and
-//! [`crate::host`] (limits, OOM score, socket, the stack's cgroup).
+//! The loop holds the reactor (one epoll set), the core and the parts:
+//! [`Sandboxes`], the [`Reaper`], [`Outputs`], the [`ControlServer`],
+//! [`Probes`], [`Readiness`] and the [`HeldSockets`]. Each part owns its
+//! fds and tables and registers its own fds; an event goes to the part
+//! its token names, with a context (the reactor, the time, an outbox).
+//! What parts tell — inputs for the core, lines to say — is emptied from
+//! the outbox after every call ([`Supervisor::settle`]), and the effects
+//! the core asks for are carried out by `shell::orchestrate`, the only
+//! code besides this file and `shell::requests` that touches several
+//! parts. Nothing polls and nothing blocks: an idle supervisor sleeps in
+//! epoll_wait with no timeout, and the timerfd is armed for the nearest
+//! deadline.
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use isola_runtime::{init, SpecError};
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::inotify::{InitFlags, Inotify};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::epoll::EpollEvent;
+use nix::sys::signal::{SigmaskHow, Signal};
 
-use crate::control::Run;
-use crate::handover::{self, Sockets};
-use crate::host::{self, StackGroup};
-use crate::launch::{Draining, Launched, Running};
-use crate::lifecycle::{Core, Effect};
-use crate::logs::{LogConfig, LogFile};
-use crate::notify::{self, NotifySocket};
-use crate::output::{Pipe, Sink};
-use crate::probe::Probes;
-use crate::reap::Child;
-use crate::sdnotify::SdNotify;
-use crate::server::Conn;
+use crate::control::server::ControlServer;
+use crate::held_sockets::HeldSockets;
+use crate::host::{self, Completion, StackGroup};
+use crate::lifecycle::Core;
+use crate::logs::LogConfig;
+use crate::outputs::{Outputs, Sink};
+use crate::probes::Probes;
+use crate::readiness::Readiness;
+use crate::reaper::Reaper;
+use crate::sandboxes::{self, Sandboxes};
+use crate::shell::context::{Input, Outbox};
+use crate::shell::progress::Progress;
+use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
+use crate::shell::under_systemd::SdNotify;
+use crate::shell::wakeups::{Signals, Timer};
 use crate::spawner::Spawner;
-use crate::stack::{self, Stack};
-pub(crate) use crate::token::Token;
+use crate::spec::stack::{self, ServiceDef, Stack};
 
 /// Sandboxes setting up at the same time. More does not start a stack
 /// faster on a few cores, and it bounds what a start burst holds at once.
 pub const MAX_STARTING: usize = 16;
-
-/// Runs of a service `status` remembers.
-const HISTORY_RUNS: usize = 32;
 
 /// epoll events handled per wakeup.
 const EPOLL_BATCH: usize = 64;
@@ -87,111 +81,6 @@ pub(crate) fn setup<E: std::fmt::Display>(
     move |e| UpError::Setup(format!("{what}: {e}"))
 }
 
-/// What the loop holds for one service besides its lifecycle: fds and
-/// presentation.
-pub(crate) struct Slot {
-    /// The service's name, kept here too: a removed service's last events
-    /// are carried out after the core has let it go.
-    pub(crate) name: String,
-    pub(crate) log: LogFile,
-    pub(crate) pipes: [Option<Pipe>; 2],
-    pub(crate) launched: Option<Launched>,
-    pub(crate) running: Option<Running>,
-    pub(crate) draining: Option<Draining>,
-    pub(crate) history: VecDeque<Run>,
-    /// The sd_notify socket of a `notify: "systemd"` service.
-    pub(crate) notify: Option<NotifySocket>,
-    /// Our end of a `notify: {"fd": N}` service's pipe, until it said ready.
-    pub(crate) ready_pipe: Option<std::os::fd::OwnedFd>,
-    /// fds the service stored (`FDSTORE=1`), with their names: passed to
-    /// its next start, dropped when it is stopped on purpose.
-    pub(crate) fd_store: Vec<(String, std::os::fd::OwnedFd)>,
-    /// The cgroup directory of its current (or last) sandbox.
-    pub(crate) cgroup_name: String,
-}
-
-impl Slot {
-    fn new(name: &str, log: LogFile) -> Slot {
-        Slot {
-            name: name.to_string(),
-            log,
-            pipes: [None, None],
-            launched: None,
-            running: None,
-            draining: None,
-            history: VecDeque::new(),
-            notify: None,
-            ready_pipe: None,
-            fd_store: Vec::new(),
-            cgroup_name: name.to_string(),
-        }
-    }
-
-    pub(crate) fn record_start(&mut self) {
-        if self.history.len() >= HISTORY_RUNS {
-            self.history.pop_front();
-        }
-        self.history.push_back(Run {
-            start_ms: now_ms(),
-            exit_ms: None,
-        });
-    }
-
-    pub(crate) fn record_exit(&mut self) {
-        if let Some(h) = self.history.back_mut() {
-            h.exit_ms = Some(now_ms());
-        }
-    }
-}
-
-pub struct Supervisor {
-    pub(crate) cfg: Config,
-    pub(crate) stack_root: PathBuf,
-    /// Our claim on the stack's cgroup (`None` with --no-cgroup).
-    pub(crate) group: Option<StackGroup>,
-    /// What every loaded plan gets from us (the spawner's copy too).
-    pub(crate) completion: host::Completion,
-    pub(crate) epoll: Epoll,
-    signals: SignalFd,
-    timer: TimerFd,
-    pub(crate) inotify: Inotify,
-    pub(crate) listener: std::os::unix::net::UnixListener,
-    pub(crate) core: Core,
-    /// Indexed like the core's services.
-    pub(crate) slots: Vec<Option<Slot>>,
-    /// Clones inits for us while it lives (see `spawner`).
-    pub(crate) spawner: Option<Spawner>,
-    pub(crate) conns: HashMap<u64, Conn>,
-    /// Held open to be let go when we run out of fds (see `server`).
-    pub(crate) reserve_fd: Option<std::fs::File>,
-    /// Refusing connections for want of fds (said once).
-    pub(crate) shedding: bool,
-    /// Services whose log file is open, oldest first (see `output`).
-    pub(crate) open_logs: VecDeque<usize>,
-    /// Our children by pid, and whose they are (see `reap`).
-    pub(crate) children: HashMap<i32, Child>,
-    /// Running services whose stat files are open, and how many may be:
-    /// the fds the stack leaves spare (see `status`).
-    pub(crate) stats_open: usize,
-    pub(crate) stats_cap: usize,
-    pub(crate) next_conn: u64,
-    /// Our stdout (service output) and stderr (events, notes).
-    pub(crate) sinks: [Sink; 2],
-    /// Health probes in flight.
-    pub(crate) probes: Probes,
-    /// The deadline the timerfd is armed for.
-    armed: Option<Instant>,
-    /// Sandboxes draining (no scan of every slot for their deadlines
-    /// when there is none).
-    pub(crate) drains: usize,
-    /// Listening sockets held for services (see `handover`).
-    pub(crate) sockets: Sockets,
-    /// Under systemd: READY=1, STATUS=, STOPPING=1 (see `sdnotify`).
-    sd_notify: Option<SdNotify>,
-    /// A big stack's start at a terminal (see `progress`).
-    progress: Option<crate::progress::Progress>,
-}
-
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -216,163 +105,204 @@ fn read_stack(path: &Path) -> Result<String, SpecError> {
         .map_err(|e| SpecError::new("", format!("{}: {e}", path.display())))
 }
 
+/// A parsed stack that fits: `--no-cgroup` leaves room for its limits,
+/// the host for its fds and tasks. With how many stat files may stay open.
+pub(crate) struct Checked {
+    pub(crate) stack: Stack,
+    pub(crate) stats_cap: usize,
+}
+
+/// When a stack is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loading {
+    /// `isola up`: the cgroup root is checked too.
+    Start,
+    /// SIGHUP.
+    Reload,
+}
+
+/// What `new` and a reload check of a parsed stack, alike.
+pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<Checked, UpError> {
+    if let Some(d) = stack.services.iter().find(|d| d.plan.has_resources()) {
+        if cfg.no_cgroup {
+            return Err(UpError::Spec(SpecError::new(
+                format!("services.{}.linux.resources", d.name),
+                "conflicts with --no-cgroup",
+            )));
+        }
+    }
+    if when == Loading::Start && !cfg.no_cgroup {
+        isola_runtime::cgroup::check_root(&cfg.cgroup_root)
+            .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
+        isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
+    }
+    let stats_cap = host::check_capacity(&stack.services)?;
+    Ok(Checked { stack, stats_cap })
+}
+
+/// Complete what the supervisor adds to every loaded service.
+pub(crate) fn complete_all(completion: &Completion, defs: &mut [ServiceDef]) {
+    for def in defs {
+        completion.complete(def);
+    }
+}
+
+pub struct Supervisor {
+    pub(crate) cfg: Config,
+    pub(crate) reactor: Reactor,
+    pub(crate) now: Instant,
+    pub(crate) outbox: Outbox,
+    pub(crate) core: Core,
+    signals: Signals,
+    timer: Timer,
+    pub(crate) sandboxes: Sandboxes,
+    pub(crate) reaper: Reaper,
+    pub(crate) outputs: Outputs,
+    pub(crate) control: ControlServer,
+    pub(crate) probes: Probes,
+    pub(crate) readiness: Readiness,
+    pub(crate) held: HeldSockets,
+    /// What every loaded plan gets from us (the spawner's copy too).
+    pub(crate) completion: Completion,
+    /// Under systemd: READY=1, STATUS=, STOPPING=1.
+    sd_notify: Option<SdNotify>,
+    /// A big stack's start at a terminal.
+    progress: Option<Progress>,
+}
+
+/// A part's context, built from the loop's fields (a macro, not a
+/// method: the part and the context borrow different fields).
+macro_rules! ctx {
+    ($s:expr) => {
+        &mut $crate::shell::context::Ctx {
+            reactor: &$s.reactor,
+            now: $s.now,
+            out: &mut $s.outbox,
+        }
+    };
+}
+pub(crate) use ctx;
+
+/// Block the signals we take (every init starts with them blocked):
+/// everything we handle arrives through the signalfd, SIGCHLD too.
+fn block_signals() -> Result<(), UpError> {
+    let mut mask = init::signal_set();
+    mask.add(Signal::SIGPIPE);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(setup("sigprocmask"))
+}
+
 /// Fork the spawner, then parse the stack file: the spawner is forked
 /// while our heap holds little but the file's text (every init is a copy
 /// of it), and builds its services from the same text meanwhile. A parse
 /// error stops the spawner with the supervisor.
 fn spawner_and_stack(
-    mut text: String,
-    base_dir: &Path,
-    stack_root: &Path,
-    completion: &host::Completion,
-) -> Result<(Stack, Result<Spawner, Errno>), SpecError> {
+    cfg: &Config,
+    completion: &Completion,
+) -> Result<(Stack, Result<Spawner, Errno>), UpError> {
+    let mut text = read_stack(&cfg.stack_path)?;
+    let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
+    let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
     isola_runtime::release_free_memory();
-    let spawner = crate::spawn::fork_spawner(&mut text, base_dir, stack_root, completion);
-    Ok((stack::parse(&text, base_dir)?, spawner))
+    let spawner =
+        sandboxes::spawner_plans::fork_spawner(&mut text, &base_dir, &stack_root, completion);
+    Ok((stack::parse(&text, &base_dir)?, spawner))
 }
 
-/// `--no-cgroup` leaves no room for limits.
-fn check_no_cgroup(cfg: &Config, stack: &Stack) -> Result<(), SpecError> {
-    match stack.services.iter().find(|d| d.plan.has_resources()) {
-        Some(d) if cfg.no_cgroup => Err(SpecError::new(
-            format!("services.{}.linux.resources", d.name),
-            "conflicts with --no-cgroup",
-        )),
-        _ => Ok(()),
+/// The stack's cgroup, claimed (`None` with --no-cgroup); what a dead
+/// supervisor left there is removed, and said.
+fn claim_group(cfg: &Config, stderr: &mut Sink) -> Result<Option<StackGroup>, UpError> {
+    if cfg.no_cgroup {
+        return Ok(None);
     }
+    // Only once the group is ours: what is left in it is a dead
+    // supervisor's (PDEATHSIG took its inits), never a live one's.
+    let root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+    let (group, stale) = StackGroup::claim(&root)?;
+    if !stale.is_empty() {
+        stderr.line(&format!(
+            "isola: removed stale cgroups of a previous run: {}",
+            stale.join(", ")
+        ));
+        stderr.try_flush();
+    }
+    Ok(Some(group))
 }
 
 impl Supervisor {
     /// Validate the stack, claim its cgroup and take the socket; nothing is
     /// started yet.
     pub fn new(cfg: Config) -> Result<Supervisor, UpError> {
-        let text = read_stack(&cfg.stack_path)?;
-        let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
-        let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-        // Our fd limit raised as far as it goes (the capacity check below
-        // counts on it), and the signals we take blocked (every init starts
-        // with them blocked): both before the spawner is forked.
-        let completion = host::Completion {
+        // Our fd limit raised as far as it goes (the capacity check counts
+        // on it), and the signals we take blocked: both before the
+        // spawner is forked.
+        let completion = Completion {
             inherited: host::Inherited::adjust(),
             no_cgroup: cfg.no_cgroup,
             socket: cfg.socket.clone(),
         };
-        // Everything we handle arrives through the signalfd, SIGCHLD too
-        // (every child is reaped on it: see `reap`).
-        let mut mask = init::signal_set();
-        mask.add(Signal::SIGPIPE);
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .map_err(setup("sigprocmask"))?;
-        let (stack, spawner) = spawner_and_stack(text, &base_dir, &stack_root, &completion)?;
-        check_no_cgroup(&cfg, &stack)?;
-        if !cfg.no_cgroup {
-            isola_runtime::cgroup::check_root(&cfg.cgroup_root)
-                .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
-            isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
-        }
-        // Does the stack fit?
-        let stats_cap = host::check_capacity(&stack.services)?;
+        block_signals()?;
+        let (stack, spawner) = spawner_and_stack(&cfg, &completion)?;
+        let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Start)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
-        let sockets =
-            handover::open_all(&stack.services, &mut Sockets::new()).map_err(UpError::Setup)?;
+        let held = HeldSockets::default()
+            .open_all(&stack.services)
+            .map_err(UpError::Setup)?;
         let listener = host::bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = host::RemoveOnDrop(Some(cfg.socket.clone()));
-        let mut sinks = [Sink::stdout(), Sink::stderr()];
+        let mut stderr = Sink::stderr();
         for w in &stack.warnings {
-            sinks[1].line(&format!("isola: warning: {w}"));
+            stderr.line(&format!("isola: warning: {w}"));
         }
-        let group = if cfg.no_cgroup {
-            None
-        } else {
-            // Only once the group is ours: what is left in it is a dead
-            // supervisor's (PDEATHSIG took its inits), never a live one's.
-            let (group, stale) = StackGroup::claim(&stack_root)?;
-            if !stale.is_empty() {
-                sinks[1].line(&format!(
-                    "isola: removed stale cgroups of a previous run: {}",
-                    stale.join(", ")
-                ));
-                sinks[1].try_flush();
-            }
-            Some(group)
-        };
-
-        let mut handled = SigSet::empty();
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGCHLD,
-        ] {
-            handled.add(s);
-        }
-        let signals =
-            SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-                .map_err(setup("signalfd"))?;
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-        )
-        .map_err(setup("timerfd"))?;
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
-            .map_err(setup("inotify"))?;
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(setup("epoll"))?;
-        let add = |fd: BorrowedFd<'_>, tok: Token| {
-            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, tok.encode()))
-        };
-        add(signals.as_fd(), Token::Signal).map_err(setup("epoll"))?;
-        add(timer.as_fd(), Token::Timer).map_err(setup("epoll"))?;
-        add(inotify.as_fd(), Token::Inotify).map_err(setup("epoll"))?;
-        add(listener.as_fd(), Token::Listen).map_err(setup("epoll"))?;
-
+        let group = claim_group(&cfg, &mut stderr)?;
+        let reactor = Reactor::new().map_err(setup("epoll"))?;
+        let mut outputs = Outputs::new(cfg.logs.clone(), cfg.echo, Sink::stdout(), stderr);
         let mut defs = stack.services;
-        for def in &mut defs {
-            completion.complete(def);
-        }
-        let mut slots = Vec::with_capacity(defs.len());
-        for def in &defs {
-            let log = LogFile::open(&cfg.logs, &def.name)
+        complete_all(&completion, &mut defs);
+        for (i, def) in defs.iter().enumerate() {
+            outputs
+                .add(i, &def.name)
                 .map_err(setup(format!("log file for {}", def.name)))?;
-            slots.push(Some(Slot::new(&def.name, log)));
+        }
+        let spawner_note = spawner
+            .as_ref()
+            .err()
+            .map(|e| format!("spawner: fork: {e}; starting sandboxes in-process"));
+        let sandbox_setup = sandboxes::Setup {
+            stack_root: cfg.cgroup_root.join(stack_name(&cfg.stack_path)),
+            no_cgroup: cfg.no_cgroup,
+            group,
+            spawner: spawner.ok(),
+            stats_cap,
+        };
+        let mut sandboxes = Sandboxes::new(&reactor, sandbox_setup).map_err(setup("inotify"))?;
+        for (i, def) in defs.iter().enumerate() {
+            sandboxes.add(i, &def.name);
         }
         let seed = now_ms() ^ u64::from(std::process::id());
         let mut sup = Supervisor {
-            cfg,
-            stack_root,
-            group,
-            completion,
-            epoll,
-            signals,
-            timer,
-            inotify,
-            listener,
+            signals: Signals::new(&reactor).map_err(setup("signalfd"))?,
+            timer: Timer::new(&reactor).map_err(setup("timerfd"))?,
+            control: ControlServer::new(listener, &reactor).map_err(setup("epoll"))?,
+            readiness: Readiness::new(cfg.socket.clone()),
+            progress: Progress::new(defs.len(), cfg.echo),
             core: Core::new(defs, MAX_STARTING, seed),
-            slots,
-            spawner: None,
-            conns: HashMap::new(),
-            open_logs: VecDeque::new(),
-            children: HashMap::new(),
-            stats_open: 0,
-            stats_cap,
-            reserve_fd: std::fs::File::open("/dev/null").ok(),
-            shedding: false,
-            next_conn: 0,
-            sinks,
+            cfg,
+            reactor,
+            now: Instant::now(),
+            outbox: Outbox::default(),
+            sandboxes,
+            reaper: Reaper::default(),
+            outputs,
             probes: Probes::default(),
-            armed: None,
-            drains: 0,
-            sockets,
+            held,
+            completion,
             sd_notify: SdNotify::from_env(),
-            progress: None,
         };
-        sup.progress = crate::progress::Progress::new(sup.core.len(), sup.cfg.echo);
-        match spawner {
-            Ok(sp) => sup.spawner = Some(sp),
-            Err(e) => sup.note(&format!(
-                "spawner: fork: {e}; starting sandboxes in-process"
-            )),
+        if let Some(msg) = spawner_note {
+            sup.outbox.note(msg);
         }
         socket_guard.0 = None;
         Ok(sup)
@@ -380,238 +310,206 @@ impl Supervisor {
 
     /// Start every service in dependency order, then serve until shut down.
     pub fn run(mut self) -> Result<(), UpError> {
-        self.core.start_all(Instant::now());
-        self.apply_effects();
+        self.now = Instant::now();
+        self.core.start_all(self.now);
+        self.settle();
         let mut events = vec![EpollEvent::empty(); EPOLL_BATCH];
         while !self.core.finished() {
             self.arm_timer();
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(n) => n,
+            let ready = match self.reactor.wait(&mut events) {
+                Ok(r) => r,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(UpError::Setup(format!("epoll_wait: {e}"))),
             };
-            for ev in &events[..n] {
-                match Token::decode(ev.data()) {
-                    Some(tok) => self.dispatch(tok, ev.events()),
-                    None => continue,
-                }
-                self.apply_effects();
+            for (token, how) in ready {
+                self.now = Instant::now();
+                self.dispatch(token, how);
+                self.settle();
             }
-            if let Some(sd) = self.sd_notify.as_mut() {
-                sd.update(&self.core);
-            }
-            if let Some(p) = self.progress.as_mut() {
-                if p.update(&self.core, &mut self.sinks[1], Instant::now()) {
-                    self.flush_sink(1);
-                }
-            }
+            // No event of this wakeup is left to reach a forgotten index.
+            self.core.recycle();
+            self.report_progress();
         }
         self.finish_shutdown();
         Ok(())
     }
 
-    fn dispatch(&mut self, tok: Token, flags: EpollFlags) {
-        match tok {
-            Token::Signal => self.on_signal(),
-            Token::Timer => self.on_timer(),
-            Token::Inotify => self.on_inotify(),
-            Token::Listen => self.on_accept(),
-            Token::Sink(k) => self.flush_sink(k),
-            Token::Conn(id) => self.on_conn(id, flags),
-            Token::Sync(i) => self.on_started(i),
-            Token::Pipe(i, k) => self.read_pipe(i, k, false),
-            Token::Probe(id) => self.on_probe(id),
-            Token::Notify(i) => self.on_notify(i),
-            Token::Ready(i) => self.on_ready(i),
-        }
-    }
-
-    /// Carry out what the core asked for, until it asks for nothing more
-    /// (an effect may feed the core an input, which may queue more).
-    pub(crate) fn apply_effects(&mut self) {
-        while let Some(effect) = self.core.next_effect() {
-            match effect {
-                Effect::Added(i) => self.add_slot(i),
-                Effect::Launch(i) => self.launch(i),
-                Effect::Signal(i, sig) => self.signal(i, sig),
-                Effect::KillGroup(i) => self.kill_group(i),
-                Effect::Event(i, msg) => self.event(i, &msg),
-                Effect::Note(msg) => self.note(&msg),
-                Effect::Answer(conn, state) => {
-                    self.send(conn, &crate::control::Response::state(state))
+    /// Hand an event to the part its token names.
+    fn dispatch(&mut self, token: Token, how: Ready) {
+        let key = token.key;
+        match token.part {
+            Part::Signals => self.on_signals(),
+            Part::Timer => self.on_timer(),
+            Part::Sandboxes => {
+                if let Some((i, report)) = self.sandboxes.on_event(ctx!(self), key) {
+                    self.on_report(i, report);
                 }
-                Effect::AnswerDown(conn) => self.send(conn, &crate::control::Response::ok()),
-                Effect::Forget(i) => self.forget_slot(i),
-                Effect::Probe(i, kind) => self.start_probe(i, kind),
-                Effect::HandedOver(old, new) => self.handed_over(old, new),
-                Effect::DropFdStore(i) => self.drop_fd_store(i),
             }
-        }
-    }
-
-    fn add_slot(&mut self, i: usize) {
-        let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
-            return;
-        };
-        match LogFile::open(&self.cfg.logs, &name) {
-            Ok(log) => {
-                if self.slots.len() <= i {
-                    self.slots.resize_with(i + 1, || None);
+            Part::Outputs => {
+                if let Some(lines) = self.outputs.on_event(ctx!(self), key) {
+                    self.send_lines(&lines);
                 }
-                self.slots[i] = Some(Slot::new(&name, log));
             }
-            Err(e) => self.note(&format!("reload: log file for {name}: {e}")),
-        }
-    }
-
-    fn forget_slot(&mut self, i: usize) {
-        let Some(slot) = self.slots.get_mut(i) else {
-            return;
-        };
-        if let Some(s) = slot.as_ref() {
-            // A sandbox dropped with its slot is reaped by its Drop: its
-            // pid leaves the table of children too.
-            let pid = s.running.as_ref().map(|r| r.sandbox.pid());
-            let pid = pid.or_else(|| s.launched.as_ref().map(Launched::pid));
-            if let Some(pid) = pid {
-                self.children.remove(&pid.as_raw());
+            Part::Control => {
+                for (conn, req) in self.control.on_event(ctx!(self), key, how) {
+                    self.handle(conn, req);
+                }
             }
-            if s.running.as_ref().is_some_and(|r| r.stats.is_some()) {
-                self.stats_open -= 1;
-            }
-        }
-        *slot = None;
-    }
-
-    /// Service `i`'s running sandbox, if it has one.
-    pub(crate) fn running(&self, i: usize) -> Option<&Running> {
-        self.slots.get(i)?.as_ref()?.running.as_ref()
-    }
-
-    pub(crate) fn slot(&mut self, i: usize) -> Option<&mut Slot> {
-        self.slots.get_mut(i).and_then(Option::as_mut)
-    }
-
-    /// A line about the supervisor itself, on stderr.
-    pub(crate) fn note(&mut self, msg: &str) {
-        self.sinks[1].line(&format!("isola: {msg}"));
-        self.flush_sink(1);
-    }
-
-    fn on_signal(&mut self) {
-        while let Ok(Some(info)) = self.signals.read_signal() {
-            let now = Instant::now();
-            match i32::try_from(info.ssi_signo).map(Signal::try_from) {
-                Ok(Ok(Signal::SIGHUP)) => self.reload(now),
-                Ok(Ok(Signal::SIGCHLD)) => self.reap_children(),
-                Ok(Ok(_)) => self.core.shutdown(None, now),
-                _ => {}
+            Part::Probes => self.probes.on_event(ctx!(self), key),
+            Part::Readiness => {
+                let senders = crate::shell::orchestrate::SenderCheck {
+                    core: &self.core,
+                    sandboxes: &self.sandboxes,
+                };
+                self.readiness.on_event(ctx!(self), key, &senders);
             }
         }
     }
 
+    /// Empty the outbox into the core and the sinks, and carry out what
+    /// the core asks for, until nothing is left: an effect may send
+    /// inputs, which may queue more effects.
+    pub(crate) fn settle(&mut self) {
+        loop {
+            while let Some(said) = self.outbox.next_said() {
+                self.say(said);
+            }
+            if let Some(input) = self.outbox.next_input() {
+                self.feed(input);
+                continue;
+            }
+            match self.core.next_effect() {
+                Some(effect) => self.apply(effect),
+                None => return,
+            }
+        }
+    }
+
+    /// One input to the core (the mirror of [`Supervisor::apply`]).
+    fn feed(&mut self, input: Input) {
+        let now = self.now;
+        let core = &mut self.core;
+        match input {
+            Input::Started(i, pid) => core.started(i, pid, now),
+            Input::StartFailed(i, e) => core.start_failed(i, e, now),
+            Input::Exited(i, exit) => core.exited(i, exit, now),
+            Input::OomKilled {
+                service,
+                new,
+                memory_max,
+            } => core.oom_killed(service, new, &memory_max, now),
+            Input::ProbeDone {
+                service,
+                kind,
+                verdict,
+            } => core.probe_done(service, kind, verdict.ok, verdict.message, now),
+            Input::Notified(i, notice) => core.notified(i, notice, now),
+            Input::ConnClosed(conn) => core.forget_conn(conn),
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for sig in self.signals.take() {
+            self.now = Instant::now();
+            match sig {
+                Signal::SIGHUP => self.reload(),
+                Signal::SIGCHLD => self.reap_children(),
+                _ => self.core.shutdown(None, self.now),
+            }
+        }
+    }
+
+    /// Probes past their timeout fail first (as the core hears before it
+    /// looks at its own deadlines), then the core's timers, then
+    /// teardowns.
     fn on_timer(&mut self) {
-        let _ = self.timer.wait();
-        // Fired: whatever comes next must be armed anew.
-        self.armed = None;
-        let now = Instant::now();
-        self.probe_tick(now);
-        self.core.tick(now);
-        self.drain_tick(now);
+        self.timer.fired();
+        self.probes.tick(ctx!(self));
+        while let Some(input) = self.outbox.next_input() {
+            self.feed(input);
+        }
+        self.core.tick(self.now);
+        self.sandboxes.tick(ctx!(self));
     }
 
-    /// The timerfd, armed for the nearest deadline of the core or of a
-    /// teardown, disarmed when there is none.
+    /// The timerfd, armed for the nearest deadline of the core, a probe, a
+    /// teardown or the progress line; disarmed when there is none.
     fn arm_timer(&mut self) {
         let next = [
             self.core.next_deadline(),
-            self.next_drain_deadline(),
+            self.sandboxes.next_deadline(),
             self.probes.next_deadline(),
-            self.progress
-                .as_ref()
-                .and_then(crate::progress::Progress::deadline),
+            self.progress.as_ref().and_then(Progress::deadline),
         ]
         .into_iter()
         .flatten()
         .min();
-        // The same deadline as armed: no syscall (a probe result wakes us
-        // a thousand times a second with a thousand services).
-        if next == self.armed {
-            return;
+        self.timer.arm(next);
+    }
+
+    fn report_progress(&mut self) {
+        if let Some(sd) = self.sd_notify.as_mut() {
+            sd.update(&self.core);
         }
-        self.armed = next;
-        match next {
-            Some(t) => {
-                let d = t
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(1));
-                let _ = self.timer.set(
-                    Expiration::OneShot(TimeSpec::from_duration(d)),
-                    TimerSetTimeFlags::empty(),
-                );
-            }
-            None => {
-                let _ = self.timer.unset();
+        if let Some(p) = self.progress.as_mut() {
+            if p.update(&self.core, self.outputs.stderr(), Instant::now()) {
+                self.outputs
+                    .flush(ctx!(self), crate::outputs::Stream::Stderr);
             }
         }
     }
 
     /// SIGHUP: re-read the stack; the core restarts changed services,
     /// starts new ones, stops removed ones and leaves the rest alone.
-    fn reload(&mut self, now: Instant) {
-        let stack = load_stack(&self.cfg.stack_path)
+    fn reload(&mut self) {
+        let checked = load_stack(&self.cfg.stack_path)
             .map_err(UpError::from)
-            .and_then(|s| {
-                check_no_cgroup(&self.cfg, &s)?;
-                let cap = host::check_capacity(&s.services)?;
-                Ok((s, cap))
-            });
-        let stack = stack.and_then(|(s, cap)| {
-            let sockets =
-                handover::open_all(&s.services, &mut self.sockets).map_err(UpError::Setup)?;
-            self.stats_cap = cap;
-            Ok((s, sockets))
+            .and_then(|s| check_stack(&self.cfg, s, Loading::Reload));
+        let opened = checked.and_then(|c| {
+            let held = self
+                .held
+                .open_all(&c.stack.services)
+                .map_err(UpError::Setup)?;
+            Ok((c, held))
         });
-        let (stack, sockets) = match stack {
-            Ok(s) => s,
+        let (checked, held) = match opened {
+            Ok(o) => o,
             Err(e) => {
-                self.note(&format!("reload failed, keeping the running stack: {e}"));
+                self.outbox
+                    .note(format!("reload failed, keeping the running stack: {e}"));
                 return;
             }
         };
         // Sockets no longer listed close here (the running payloads keep
         // their own copies until they stop).
-        self.sockets = sockets;
-        for w in &stack.warnings {
-            self.note(&format!("warning: {w}"));
+        self.held = held;
+        self.sandboxes.set_stats_cap(checked.stats_cap);
+        for w in &checked.stack.warnings {
+            self.outbox.note(format!("warning: {w}"));
         }
-        let mut defs = stack.services;
-        self.note("reloading the stack file");
+        self.outbox.note("reloading the stack file");
+        let mut defs = checked.stack.services;
+        complete_all(&self.completion, &mut defs);
+        // The spawner holds the file as it was at start, not this text:
+        // what a reload changes or adds is cloned here (services it leaves
+        // alone keep their definitions, and numbers).
         for def in &mut defs {
-            self.completion.complete(def);
-            // The spawner holds the file as it was at start, not this text:
-            // what a reload changes or adds is cloned here (services it
-            // leaves alone keep their definitions, and numbers).
             def.entry = None;
         }
-        self.core.reload(defs, now);
+        self.core.reload(defs, self.now);
     }
 
     fn finish_shutdown(&mut self) {
-        self.flush_all();
-        if let Some(group) = self.group.take() {
-            if let Err(e) = group.release() {
-                self.note(&format!("cgroup cleanup: {e}"));
-            }
+        self.control.flush_all();
+        if let Some(e) = self.sandboxes.finish() {
+            self.outbox.note(e);
         }
-        self.spawner = None;
-        for slot in self.slots.iter_mut().flatten() {
-            slot.notify = None;
-        }
-        let _ = std::fs::remove_dir(notify::host_dir(&self.cfg.socket, ""));
+        self.readiness.finish();
         let _ = std::fs::remove_file(&self.cfg.socket);
-        self.note("all services stopped");
-        self.sinks[0].flush_blocking();
-        self.sinks[1].flush_blocking();
+        self.outbox.note("all services stopped");
+        while let Some(said) = self.outbox.next_said() {
+            self.say(said);
+        }
+        self.outputs.finish();
     }
 }

@@ -145,6 +145,16 @@ enum Format {
     Json,
 }
 
+/// `isola --help`'s section on this command line: the main parser never
+/// sees these commands ([`wants`] takes their argv first), so they are
+/// listed here; a test holds the list to `OciCommand`.
+pub(crate) const HELP: &str = "\
+OCI runtime (runc's command line, as podman, CRI-O and containerd drive it):
+  create, start, state, kill, delete, exec, list, ps, pause, resume, update, features
+  Chosen by a runc global flag before the command (--root, --log, …), a command
+  only runc has, runc's exec or update flags, or start/exec naming an existing
+  container. Their help: isola --root DIR --help; man isola-oci; docs/oci.md.";
+
 /// Global flags runc takes before the command, with a value or without.
 const FLAGS_WITH_VALUE: &[&str] = &["--root", "--log", "--log-format", "--criu"];
 const FLAGS_ALONE: &[&str] = &["--systemd-cgroup", "--debug", "--rootless"];
@@ -380,5 +390,18 @@ mod tests {
         ] {
             assert!(!wants(&argv(ours)), "{ours}");
         }
+    }
+
+    #[test]
+    fn the_main_help_names_every_oci_command() {
+        let listed = HELP.lines().nth(1).unwrap_or_default();
+        let listed: Vec<&str> = listed.split(',').map(str::trim).collect();
+        let cmd = command();
+        let names: Vec<&str> = cmd
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .filter(|n| *n != "help")
+            .collect();
+        assert_eq!(listed, names, "oci::HELP's list");
     }
 }

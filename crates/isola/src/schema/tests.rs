@@ -27,7 +27,9 @@ fn isola_check(v: &Value) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
     let svc = isola_runtime::spec::parse_str(&text, base).map_err(|e| e.to_string())?;
-    crate::plan_of(&svc, "test").map(drop).map_err(|e| e.1)
+    crate::cmd::common::plan_of(&svc, "test")
+        .map(drop)
+        .map_err(|e| e.1)
 }
 
 #[test]

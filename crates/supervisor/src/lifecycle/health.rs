@@ -23,7 +23,7 @@ use super::{Core, Intent, Phase};
 /// later than its period says.
 const PROBE_GRID: Duration = Duration::from_millis(10);
 use crate::decide::Reason;
-use crate::health::{Health, ProbeKind};
+use crate::spec::health::{Health, ProbeKind};
 
 /// `t` rounded up to the next multiple of [`PROBE_GRID`] after `epoch`.
 fn on_grid(t: Instant, epoch: Instant) -> Instant {

@@ -9,8 +9,8 @@ use nix::sys::signal::Signal;
 
 use super::health::RunHealth;
 use crate::decide::{LastExit, Reason};
-use crate::health::ProbeKind;
-use crate::stack::ServiceDef;
+use crate::spec::health::ProbeKind;
+use crate::spec::stack::ServiceDef;
 
 /// A control connection, as the event loop numbers them.
 pub type ConnId = u64;

@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{ConnId, Core, Effect, Intent, Phase, Service, State};
-use crate::policy::RestartMode;
-use crate::stack::ServiceDef;
+use crate::spec::policy::RestartMode;
+use crate::spec::stack::ServiceDef;
 
 /// A rolling restart of a replicated service.
 #[derive(Debug)]
@@ -98,17 +98,17 @@ impl Core {
             }
             self.drop_successor(j, now);
         }
-        let j = self.services.len();
         let Some(s) = self.svc(i) else { return };
         let def = def.unwrap_or_else(|| s.def.clone());
         let timeout = Duration::from_millis(def.policy.restart.ready_timeout_ms);
         let mut next = Service::new(def);
         next.predecessor = Some(i);
         next.overlap_until = Some(now + timeout);
-        s.successor = Some(j);
-        self.services.push(Some(next));
+        let j = self.place(next);
+        if let Some(s) = self.svc(i) {
+            s.successor = Some(j);
+        }
         self.successors.push(j);
-        self.effects.push_back(Effect::Added(j));
         self.event(i, "overlap: starting a new sandbox beside this one".into());
         self.enter(j, Phase::Queued);
     }

@@ -21,7 +21,7 @@ fn defs(services: Value) -> Vec<ServiceDef> {
         map.insert(name, s);
     }
     let text = json!({ "services": map }).to_string();
-    crate::stack::parse(&text, Path::new("/"))
+    crate::spec::stack::parse(&text, Path::new("/"))
         .expect("test stack")
         .services
 }

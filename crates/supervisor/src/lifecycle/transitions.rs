@@ -9,7 +9,7 @@ use isola_runtime::init;
 
 use super::{ConnId, Core, Down, Effect, Intent, Phase, Service};
 use crate::decide::{self, LastExit, Next, Reason};
-use crate::health::Condition;
+use crate::spec::health::Condition;
 
 /// May a queued service start, as far as its dependencies go?
 #[derive(Debug, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl Core {
                 if !replaced {
                     self.names.remove(&name);
                 }
-                self.services[i] = None;
+                self.retire(i);
             }
             _ => {
                 self.event(i, "stopped".into());

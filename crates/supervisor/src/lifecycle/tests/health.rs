@@ -2,7 +2,7 @@
 //! watchdog, notify, and dependency conditions. Same fake clock as above.
 
 use super::*;
-use crate::health::ProbeKind;
+use crate::spec::health::ProbeKind;
 
 impl H {
     /// Advance to `ms` and tick; the probes that came due.

@@ -312,3 +312,65 @@ impl H {
         self.core.service(self.i(name)).unwrap().restarts
     }
 }
+
+fn exit(code: i32) -> Exit {
+    Exit {
+        code,
+        oom_kills: 0,
+        new_oom_kills: 0,
+    }
+}
+
+/// A thousand overlaps and a thousand reloads that replace a service keep
+/// the table as long as the most services there were at once: indices of
+/// forgotten services are reused once the loop says its wakeup is over.
+#[test]
+fn a_thousand_overlaps_and_reloads_leave_the_table_bounded() {
+    let mut h = H::running(json!({"web": overlap(), "db": {}}));
+    for k in 0..1000u64 {
+        let old = h.i("web");
+        let now = h.at(1000 + k * 10);
+        h.core.restart(old, CONN, now);
+        h.start_launched();
+        assert_ne!(h.i("web"), old, "handed over");
+        let now = h.now;
+        h.core.exited(old, exit(143), now);
+        assert!(h.effects().contains(&Effect::Forget(old)));
+        h.core.recycle();
+    }
+    assert_eq!(h.core.len(), 3, "two services and one successor at a time");
+    for k in 0..1000u64 {
+        // `db` gives way to `db2`, and back: one removed, one added.
+        let name = if k % 2 == 0 { "db2" } else { "db" };
+        let gone = h.core.find(if k % 2 == 0 { "db" } else { "db2" }).unwrap();
+        let now = h.at(20_000 + k * 10);
+        h.core
+            .reload(defs(json!({"web": overlap(), name: {}})), now);
+        let now = h.now;
+        h.core.exited(gone, exit(143), now);
+        h.start_launched();
+        h.core.recycle();
+    }
+    assert!(h.core.len() <= 4, "{}", h.core.len());
+    assert_eq!(h.core.services().count(), 2);
+}
+
+/// An index is not given to a newcomer in the wakeup that forgot it: an
+/// event of that wakeup still naming it must not reach the newcomer.
+#[test]
+fn a_forgotten_index_is_reused_only_after_the_wakeup() {
+    let mut h = H::running(json!({"web": overlap()}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    h.start_launched();
+    let now = h.now;
+    h.core.exited(old, exit(143), now);
+    h.effects();
+    // Same wakeup: a second overlap gets a fresh index.
+    let cur = h.i("web");
+    h.core.restart(cur, CONN, now);
+    let fresh = h.launched();
+    assert!(fresh.iter().all(|j| *j != old), "{fresh:?} reused {old}");
+    h.core.recycle();
+}

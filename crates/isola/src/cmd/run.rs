@@ -1,0 +1,144 @@
+//! `isola run SPEC` and `isola run -- CMD ARGS…`: one sandbox, attached;
+//! its payload's exit status becomes ours.
+
+use std::path::{Path, PathBuf};
+
+use isola_runtime::{cgroup, exit, init, sandbox, Plan, SpecError};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::quick;
+use crate::Exit;
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Sandbox name (cgroup directory, messages) [default: spec file stem + pid].
+    #[arg(long)]
+    name: Option<String>,
+    /// Parent cgroup of the sandbox's group.
+    #[arg(long, default_value = cgroup::DEFAULT_ROOT)]
+    cgroup_root: PathBuf,
+    /// Skip the cgroup (only for specs without linux.resources).
+    #[arg(long)]
+    no_cgroup: bool,
+    #[command(flatten)]
+    limits: quick::LimitFlags,
+    #[command(flatten)]
+    quick: quick::QuickFlags,
+    /// The service spec (JSON), or - for standard input.
+    spec: Option<String>,
+    /// A host command to run in the starter sandbox (after --).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `isola run`'s status for a payload the OOM killer took: SIGKILL's.
+const OOM_KILLED: u8 = 128 + 9;
+
+/// Characters of the spec's stem kept in a default sandbox name (a cgroup
+/// name may hold 64, and the pid follows).
+const NAME_STEM_MAX: usize = 48;
+
+pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
+    let RunArgs {
+        name,
+        cgroup_root,
+        no_cgroup,
+        limits,
+        quick,
+        spec,
+        command,
+    } = args;
+    let plan = match (&spec, command.is_empty()) {
+        (Some(s), true) => quick::load(s, &limits, &quick),
+        (None, false) => quick::command(&command, &limits, &quick, no_cgroup),
+        (Some(_), false) => Err(Exit(
+            exit::USAGE,
+            "run: give a SPEC or -- CMD ARGS…, not both".into(),
+        )),
+        (None, true) => Err(Exit(
+            exit::USAGE,
+            "run: give a SPEC (a file or -) or -- CMD ARGS…".into(),
+        )),
+    };
+    let label = spec
+        .clone()
+        .or_else(|| command.first().cloned())
+        .unwrap_or_default();
+    plan.and_then(|p| attached(p, &label, name, cgroup_root, no_cgroup))
+}
+
+fn usage(e: SpecError) -> Exit {
+    Exit(exit::USAGE, e.to_string())
+}
+
+/// A sandbox name from the spec's file name (cgroup-safe) and our pid.
+fn default_name(path: &str) -> String {
+    let stem = Path::new(path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| path != "-" && !s.is_empty())
+        .unwrap_or_else(|| "run".to_string());
+    let clean: String = cgroup::sanitize_name(&stem)
+        .chars()
+        .take(NAME_STEM_MAX)
+        .collect();
+    format!("{clean}-{}", std::process::id())
+}
+
+/// Start `plan`'s sandbox and wait for it, passing our signals on.
+/// `path`: the spec's (or the command's) name, for the default sandbox name.
+fn attached(
+    plan: Plan,
+    path: &str,
+    name: Option<String>,
+    cgroup_root: PathBuf,
+    no_cgroup: bool,
+) -> Result<u8, Exit> {
+    let name = name.unwrap_or_else(|| default_name(path));
+    cgroup::check_name(&name).map_err(usage)?;
+    if !no_cgroup {
+        cgroup::check_root(&cgroup_root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
+    }
+    // Block the forwarded signals (and SIGCHLD) before the init is cloned:
+    // it inherits the mask and takes them with sigwait; we read ours from a
+    // signalfd and pass them on.
+    let mask = init::signal_set();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| Exit(exit::SETUP, format!("sigprocmask: {e}")))?;
+    let mut fwd = SigSet::empty();
+    for s in init::FORWARDED {
+        fwd.add(*s);
+    }
+    let mut sfd = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| Exit(exit::SETUP, format!("signalfd: {e}")))?;
+
+    let opts = sandbox::Options {
+        pass_fds: &[],
+        listen: isola_runtime::listen::Listen::default(),
+        detach: None,
+        hook_state: None,
+        name: &name,
+        cgroup_root: &cgroup_root,
+        no_cgroup,
+        stdio: None,
+        sibling: false,
+    };
+    let mut sb = sandbox::start(&plan, &opts).map_err(|e| {
+        let code = u8::try_from(e.exit_code()).unwrap_or(exit::SETUP);
+        Exit(code, format!("{name}: {e}"))
+    })?;
+    let waited = sb.wait(Some(&mut sfd));
+    let outcome = sb
+        .finish()
+        .map_err(|e| Exit(exit::SETUP, format!("{name}: {e}")))?;
+    waited.map_err(|e| Exit(exit::SETUP, format!("{name}: {e}")))?;
+    if outcome.oom_kills > 0 {
+        eprintln!(
+            "isola: {name}: killed by the OOM killer (memory.max={})",
+            outcome.memory_max.as_deref().unwrap_or("max")
+        );
+        return Ok(OOM_KILLED);
+    }
+    Ok(u8::try_from(outcome.status.code()).unwrap_or(exit::SETUP))
+}

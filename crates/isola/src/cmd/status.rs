@@ -1,0 +1,28 @@
+//! `isola status` and `isola top`: the running supervisor's services, as a
+//! table (or JSON), once or full-screen.
+
+use crate::cmd::common::SocketArg;
+use crate::{client, Exit};
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TopArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+pub(crate) fn status(args: StatusArgs) -> Result<u8, Exit> {
+    client::status(&args.socket.path(), args.json)
+}
+
+pub(crate) fn top(args: TopArgs) -> Result<u8, Exit> {
+    crate::top::top(&args.socket.path())
+}

@@ -1,0 +1,103 @@
+//! `isola up` and `isola down`: a stack's supervisor started, in the
+//! foreground or (`-d`) the background, and ended.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isola_runtime::{cgroup, exit};
+use isola_supervisor::logs::LogConfig;
+use isola_supervisor::supervisor;
+
+use crate::cmd::common::SocketArg;
+use crate::{client, detach, Exit};
+
+#[derive(clap::Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Directory of the per-service log files [default: /var/log/isola/<stack>].
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Rotate a service's log when it would exceed this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    log_max_bytes: u64,
+    /// Log files kept per service, the live one included.
+    #[arg(long, default_value_t = 5)]
+    log_files: u32,
+    /// Parent cgroup: services run in <cgroup-root>/<stack>/<service>.
+    #[arg(long, default_value = cgroup::DEFAULT_ROOT)]
+    cgroup_root: PathBuf,
+    /// Run without cgroups (no service may set linux.resources).
+    #[arg(long)]
+    no_cgroup: bool,
+    /// Do not echo service output to standard output (log files only).
+    #[arg(long)]
+    quiet: bool,
+    /// Run in the background (output in <log-dir>/isola-up.log); return
+    /// once every service is up, or say which is not and exit 1.
+    #[arg(short, long)]
+    detach: bool,
+    /// With --detach: how long to wait for the stack to come up.
+    #[arg(long, default_value_t = 120)]
+    wait_seconds: u64,
+    /// The stack file: {"services": {"NAME": SPEC, ...}}.
+    stack: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DownArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
+    let UpArgs {
+        socket,
+        log_dir,
+        log_max_bytes,
+        log_files,
+        cgroup_root,
+        no_cgroup,
+        quiet,
+        detach,
+        wait_seconds,
+        stack,
+    } = args;
+    let dir =
+        log_dir.unwrap_or_else(|| Path::new("/var/log/isola").join(supervisor::stack_name(&stack)));
+    if detach {
+        let wait = Duration::from_secs(wait_seconds);
+        return detach::up_detached(&dir, &socket.path(), wait);
+    }
+    if std::env::var_os(detach::DETACHED_ENV).is_some() {
+        // The background supervisor of `up -d`: a session of its own.
+        let _ = nix::unistd::setsid();
+    }
+    let cfg = supervisor::Config {
+        stack_path: stack,
+        socket: socket.path(),
+        cgroup_root,
+        no_cgroup,
+        logs: LogConfig {
+            dir,
+            max_bytes: log_max_bytes,
+            files: log_files,
+        },
+        echo: !quiet,
+    };
+    supervise(cfg)
+}
+
+/// The supervisor in the foreground, until it ends.
+fn supervise(cfg: supervisor::Config) -> Result<u8, Exit> {
+    let path = cfg.stack_path.display().to_string();
+    let sup = supervisor::Supervisor::new(cfg)
+        .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
+    sup.run()
+        .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
+    Ok(exit::OK)
+}
+
+pub(crate) fn down(args: DownArgs) -> Result<u8, Exit> {
+    client::down(&args.socket.path())
+}

@@ -1,0 +1,217 @@
+//! The control server on the host: a real listener and real client
+//! sockets, driven through the real epoll set.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use super::*;
+use crate::shell::context::testing::Harness;
+use crate::shell::context::Said;
+
+struct Fixture {
+    h: Harness,
+    server: ControlServer,
+    path: PathBuf,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let path =
+            std::env::temp_dir().join(format!("isola-ctl-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let h = Harness::new();
+        let server = ControlServer::new(listener, &h.reactor).unwrap();
+        Fixture { h, server, path }
+    }
+
+    fn connect(&mut self) -> UnixStream {
+        let c = UnixStream::connect(&self.path).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        self.turn();
+        c
+    }
+
+    /// Handle what is ready now; the requests that came in.
+    fn turn(&mut self) -> Vec<(ConnId, Request)> {
+        self.turn_within(200)
+    }
+
+    fn turn_within(&mut self, ms: u16) -> Vec<(ConnId, Request)> {
+        let mut requests = Vec::new();
+        for (tok, ready) in self.h.ready(ms) {
+            assert_eq!(tok.part, Part::Control);
+            let mut ctx = self.h.ctx();
+            requests.extend(self.server.on_event(&mut ctx, tok.key, ready));
+        }
+        requests
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn reply(c: &UnixStream) -> serde_json::Value {
+    let mut line = String::new();
+    // One byte at a time: nothing past the line is taken from the socket.
+    let mut byte = [0u8; 1];
+    while !line.ends_with('\n') {
+        assert_eq!((&*c).read(&mut byte).expect("a reply in time"), 1);
+        line.push(char::from(byte[0]));
+    }
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Everything waiting for the client now.
+fn pending(c: &UnixStream) -> String {
+    c.set_nonblocking(true).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = (&*c).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    c.set_nonblocking(false).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn requests_come_out_and_a_malformed_line_is_answered_with_an_error() {
+    let mut f = Fixture::new("lines");
+    let mut c = f.connect();
+    c.write_all(b"{\"cmd\": \"status\"}\nnot json\n{\"cmd\": \"stop\", \"name\": \"web\"}\n")
+        .unwrap();
+    let reqs = f.turn();
+    assert!(
+        matches!(reqs.as_slice(), [(1, Request::Status), (1, Request::Stop { name })] if name == "web"),
+        "{reqs:?}"
+    );
+    let r = reply(&c);
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().starts_with("bad request: "),
+        "{r}"
+    );
+    // A partial line waits for its end.
+    c.write_all(b"{\"cmd\": \"do").unwrap();
+    assert!(f.turn().is_empty());
+    c.write_all(b"wn\"}\n").unwrap();
+    assert!(matches!(f.turn().as_slice(), [(1, Request::Down)]));
+}
+
+#[test]
+fn a_request_line_over_64_kib_drops_the_connection() {
+    let mut f = Fixture::new("cap");
+    let mut c = f.connect();
+    let big = vec![b'x'; MAX_REQUEST + 10];
+    c.write_all(&big).unwrap();
+    for _ in 0..50 {
+        if f.server.connections() == 0 {
+            break;
+        }
+        assert!(f.turn().is_empty());
+    }
+    assert_eq!(f.server.connections(), 0, "dropped");
+    assert_eq!(
+        f.h.said(),
+        vec![Said::Note(
+            "dropped control connection 1: a request line longer than 64 KiB".into()
+        )]
+    );
+    assert!(matches!(f.h.inputs().as_slice(), [Input::ConnClosed(1)]));
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+}
+
+#[test]
+fn broadcasts_reach_only_their_audience() {
+    let mut f = Fixture::new("bcast");
+    let web = f.connect();
+    let all = f.connect();
+    let events = f.connect();
+    let _idle = f.connect();
+    f.server.follow(1, Follow::Service("web".into()));
+    f.server.follow(2, Follow::All);
+    f.server.subscribe(3);
+    assert!(f.server.has(Audience::FollowersOf("web")));
+    assert!(!f.server.has(Audience::FollowersOf("db")));
+    fn line(s: &str) -> Message<'_> {
+        Message::Line { line: s.into() }
+    }
+    let mut ctx = f.h.ctx();
+    f.server
+        .broadcast(&mut ctx, Audience::FollowersOf("db"), &line("db only"));
+    f.server
+        .broadcast(&mut ctx, Audience::FollowersOf("web"), &line("for web"));
+    f.server
+        .broadcast(&mut ctx, Audience::FollowersOfAll, &line("web | for all"));
+    let ev = Message::Event {
+        time: "t".into(),
+        service: "web".into(),
+        event: "running".into(),
+    };
+    f.server.broadcast(&mut ctx, Audience::Subscribers, &ev);
+    assert_eq!(pending(&web), "{\"line\":\"for web\"}\n");
+    assert_eq!(pending(&all), "{\"line\":\"web | for all\"}\n");
+    let ev = pending(&events);
+    assert!(
+        ev.contains("\"event\":\"running\"") && ev.lines().count() == 1,
+        "{ev}"
+    );
+    assert_eq!(pending(&_idle), "");
+}
+
+#[test]
+fn a_follower_that_stops_reading_is_dropped_past_the_unread_limit() {
+    let mut f = Fixture::new("unread");
+    let _slow = f.connect();
+    let reader = f.connect();
+    f.server.follow(1, Follow::Service("web".into()));
+    f.server.follow(2, Follow::Service("web".into()));
+    let text = "x".repeat(1000);
+    let mut sent = 0;
+    // The reader reads as it goes; the slow client never does.
+    let drain = std::thread::spawn(move || {
+        let mut n = 0usize;
+        let mut buf = [0u8; 65536];
+        while let Ok(k) = (&reader).read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    });
+    while f.server.connections() == 2 {
+        let mut ctx = f.h.ctx();
+        let msg = Message::Line {
+            line: text.as_str().into(),
+        };
+        f.server
+            .broadcast(&mut ctx, Audience::FollowersOf("web"), &msg);
+        sent += 1;
+        assert!(sent < 20_000, "never dropped");
+        f.turn_within(0);
+    }
+    // Dropped past MAX_UNREAD (plus what the socket buffers took).
+    assert!(sent * 1000 > MAX_UNREAD, "{sent}");
+    let said = f.h.said();
+    assert!(
+        matches!(said.as_slice(), [Said::Note(n)] if n.starts_with("dropped control connection 1 (following the log of web): ")),
+        "{said:?}"
+    );
+    assert!(
+        f.server.has(Audience::FollowersOf("web")),
+        "the reader stays"
+    );
+    drop(f);
+    assert!(drain.join().unwrap() > MAX_UNREAD);
+}

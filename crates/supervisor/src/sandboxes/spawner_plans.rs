@@ -1,0 +1,216 @@
+//! What the spawner clones from: every service of the stack file, built
+//! by the spawner itself from the file's text right after it is forked
+//! (see [`crate::spawner`] for the process and its protocol), looked up by
+//! the position and fingerprint the supervisor sends.
+
+use std::borrow::Cow;
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use isola_runtime::listen::Listen;
+use isola_runtime::{exit, sandbox, Plan};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use crate::host::Completion;
+use crate::spawner::{self, Spawner, Wanted};
+use crate::spec::stack::{self, ServiceDef};
+
+/// Fork the spawner now, before the stack file is parsed, while this
+/// process holds little but the file's `text`: every init is a copy of the
+/// spawner. The spawner builds each service from the text as the
+/// supervisor does ([`stack::service_def`], then `completion`; paths
+/// relative to `base_dir`), all at once while the supervisor parses the
+/// same text, and before any init exists; then it frees its copy of the
+/// text (the supervisor's stays).
+pub(crate) fn fork_spawner(
+    text: &mut String,
+    base_dir: &Path,
+    stack_root: &Path,
+    completion: &Completion,
+) -> Result<Spawner, Errno> {
+    let supervisor = nix::unistd::getpid();
+    Spawner::fork(|sock| {
+        // In the child, which holds only `sock` and stdio.
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid() != supervisor
+        {
+            return i32::from(exit::FAILURE);
+        }
+        // Ours to free: our copy of the supervisor's memory, whose frames
+        // this process never returns to.
+        let text = std::mem::take(text);
+        let table = build_all(&text, base_dir, completion);
+        drop(text);
+        // The text and the parse's garbage, freed, go back before the
+        // first clone.
+        isola_runtime::release_free_memory();
+        let plan_for = |w: &Wanted| lookup(&table, w, completion);
+        spawner::serve(sock, plan_for, |stdio| {
+            options("", stack_root, completion.no_cgroup, stdio, true)
+        })
+    })
+}
+
+/// A service of the stack file as the spawner keeps it.
+enum Built {
+    /// Ready to clone, completed as the supervisor completes it.
+    Service {
+        fingerprint: u64,
+        name: String,
+        plan: Box<Plan>,
+    },
+    /// A replicated service: each replica is made from it when it starts
+    /// (a replica's name, and so its notify directory, are its own).
+    Replicated(Box<ServiceDef>),
+}
+
+/// The plan (and name) the spawner clones for `w`: borrowed from the table
+/// for a service, made for a replica; None when the table does not have
+/// that service in that form.
+fn lookup<'t>(
+    table: &'t [Option<Built>],
+    w: &Wanted,
+    completion: &Completion,
+) -> Option<(Cow<'t, str>, Cow<'t, Plan>)> {
+    let built = table.get(usize::try_from(w.entry).ok()?)?.as_ref()?;
+    match built {
+        Built::Service {
+            fingerprint,
+            name,
+            plan,
+        } if *fingerprint == w.fingerprint && w.replica == 0 => {
+            Some((Cow::Borrowed(name.as_str()), Cow::Borrowed(&**plan)))
+        }
+        Built::Replicated(def) if def.fingerprint == w.fingerprint && w.replica > 0 => {
+            let mut d = def.replica(w.replica)?;
+            completion.complete(&mut d);
+            Some((Cow::Owned(d.name), Cow::Owned(d.plan)))
+        }
+        _ => None,
+    }
+}
+
+/// Every service of the file, by position (None where the file does not
+/// build: the supervisor refuses such a file and never asks), kept in the
+/// shared arena. Each is built in the heap and then copied there, so no
+/// garbage of the parse lands in it.
+fn build_all(text: &str, base_dir: &Path, completion: &Completion) -> Vec<Option<Built>> {
+    let Ok(entries) = stack::entries(text) else {
+        return Vec::new();
+    };
+    let mut table = isola_runtime::in_shared_arena(|| Vec::with_capacity(entries.len()));
+    for (name, json) in entries {
+        let built = stack::service_def(name, json.get(), base_dir)
+            .ok()
+            .map(|(mut def, _)| {
+                if def.group.is_some() {
+                    isola_runtime::in_shared_arena(|| Built::Replicated(Box::new(def.clone())))
+                } else {
+                    completion.complete(&mut def);
+                    isola_runtime::in_shared_arena(|| Built::Service {
+                        fingerprint: def.fingerprint,
+                        name: def.name.clone(),
+                        plan: Box::new(def.plan.clone()),
+                    })
+                }
+            });
+        // Within the capacity reserved: no reallocation.
+        table.push(built);
+    }
+    table
+}
+
+/// Where and how a service is cloned. `sibling` when the spawner clones it.
+pub(super) fn options<'a>(
+    name: &'a str,
+    cgroup_root: &'a Path,
+    no_cgroup: bool,
+    stdio: [RawFd; 3],
+    sibling: bool,
+) -> sandbox::Options<'a> {
+    sandbox::Options {
+        name,
+        cgroup_root,
+        no_cgroup,
+        stdio: Some(stdio),
+        sibling,
+        pass_fds: &[],
+        listen: Listen::default(),
+        detach: None,
+        hook_state: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion() -> Completion {
+        Completion {
+            inherited: crate::host::Inherited::with(
+                Some(isola_runtime::plan::Rlimit {
+                    resource: nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft: 1024,
+                    hard: 4096,
+                }),
+                Some(200),
+            ),
+            no_cgroup: false,
+            socket: "/run/isola/s.sock".into(),
+        }
+    }
+
+    /// What the spawner clones is what the supervisor would: every service
+    /// and replica of a file, completed (notify directories are per
+    /// replica), looked up by the number and fingerprint the supervisor
+    /// sends; anything else is not known.
+    #[test]
+    fn the_spawner_builds_each_service_as_the_supervisor_does() {
+        let svc = |extra: &str| {
+            format!(
+                r#"{{"process": {{"args": ["/bin/sh"]}}, "root": {{"path": "/"}},
+                    "linux": {{"namespaces": [{{"type": "mount"}}]}}{extra}}}"#
+            )
+        };
+        let text = format!(
+            r#"{{"services": {{"a": {}, "web": {}, "db": {}}}}}"#,
+            svc(r#", "oom": "kill""#),
+            svc(r#", "replicas": 3, "notify": "systemd""#),
+            svc(r#", "dependsOn": ["web"]"#),
+        );
+        let base = Path::new("/");
+        let c = completion();
+        let stack = stack::parse(&text, base).expect("stack");
+        let table = build_all(&text, base, &c);
+        assert_eq!(table.len(), 3);
+        for mut def in stack.services {
+            c.complete(&mut def);
+            let w = Wanted {
+                entry: def.entry.expect("numbered"),
+                replica: def.replica_number().unwrap_or(0),
+                fingerprint: def.fingerprint,
+            };
+            let (name, plan) = lookup(&table, &w, &c).expect(&def.name);
+            assert_eq!(name, def.name);
+            assert_eq!(
+                format!("{plan:?}"),
+                format!("{:?}", def.plan),
+                "{}",
+                def.name
+            );
+            let stale = Wanted {
+                fingerprint: def.fingerprint ^ 1,
+                ..w
+            };
+            assert!(lookup(&table, &stale, &c).is_none(), "{}", def.name);
+        }
+        let beyond = Wanted {
+            entry: 3,
+            replica: 0,
+            fingerprint: 0,
+        };
+        assert!(lookup(&table, &beyond, &c).is_none());
+        assert!(build_all("{", base, &c).is_empty());
+    }
+}

@@ -1,0 +1,446 @@
+//! A stack file: `{"services": {"NAME": SERVICE, …}}`, where SERVICE is an
+//! `isola run` spec plus supervision fields. Everything is validated here,
+//! before any service starts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use std::hash::{Hash, Hasher};
+
+use isola_runtime::{cgroup, spec, Plan, SpecError};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::spec::policy::{self, Policy};
+
+#[derive(Debug, Clone)]
+pub struct ServiceDef {
+    pub name: String,
+    /// Hash of the service's JSON as written: a reload restarts a service
+    /// when it changed. (The parsed spec is not kept: the plan is all a
+    /// start needs, and a thousand specs would be most of the heap.)
+    pub fingerprint: u64,
+    pub plan: Plan,
+    pub policy: Policy,
+    /// A replica (`web.3`) names its service (`web`).
+    pub group: Option<String>,
+    /// `isola update` changed its limits since the stack file was read: a
+    /// reload restarts it with the file's own, and the spawner (which
+    /// knows the file's) does not start it.
+    pub live_limits: bool,
+    /// The service's position among the stack file's services as `isola
+    /// up` read them at start: the spawner built it from there, and starts
+    /// it by that number. None for what a reload read.
+    pub entry: Option<u32>,
+}
+
+impl ServiceDef {
+    /// Replica `k` of this replica's service.
+    pub fn replica(&self, k: u32) -> Option<ServiceDef> {
+        let group = self.group.as_ref()?;
+        let mut d = self.clone();
+        d.name = replica_name(group, k);
+        // Which one it is, for a payload that needs to know (like
+        // systemd's %i).
+        let env = std::ffi::CString::new(format!("{REPLICA_ENV}={k}")).ok()?;
+        isola_runtime::plan::set_env(&mut d.plan.env, env);
+        Some(d)
+    }
+
+    /// Which replica of its service this is (`web.3`: 3); none for a
+    /// service that has no replicas.
+    pub fn replica_number(&self) -> Option<u32> {
+        let group = self.group.as_deref()?;
+        self.name
+            .strip_prefix(group)?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
+    }
+
+    /// The service a person names: the replica's group, or the service.
+    pub fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The variable telling a replica its number.
+pub const REPLICA_ENV: &str = "ISOLA_REPLICA";
+
+/// `web.3`.
+pub fn replica_name(group: &str, k: u32) -> String {
+    format!("{group}.{k}")
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// In dependency order: every service after the ones it depends on.
+    pub services: Vec<ServiceDef>,
+    /// Not errors, but worth a line at load.
+    pub warnings: Vec<String>,
+}
+
+/// `services` as an ordered list, so duplicate names are seen (a JSON map
+/// would silently keep the last one). Each service stays text (a slice of
+/// the file) until its turn: turned into a plan one at a time, a stack of
+/// 10,000 never holds 10,000 JSON trees at once, whose garbage, between
+/// the plans that outlive it, was most of the supervisor's heap.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of services")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries<'a>, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, &'de RawValue>()? {
+                    v.push((k, val));
+                }
+                Ok(Entries(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StackFile<'a> {
+    /// For editors (`isola schema stack`); ignored.
+    #[serde(rename = "$schema")]
+    _schema: Option<String>,
+    #[serde(borrow)]
+    services: Entries<'a>,
+}
+
+/// The stack file's services, in the file's order, each still text.
+pub(crate) fn entries(text: &str) -> Result<Vec<(String, &RawValue)>, SpecError> {
+    let file: StackFile = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            SpecError::new(
+                "",
+                format!("malformed JSON at line {} column {}", e.line(), e.column()),
+            )
+        } else {
+            SpecError::new("", spec::strip_position(&e.to_string()))
+        }
+    })?;
+    Ok(file.services.0)
+}
+
+/// One service of the file (`name`: its key, `text`: its JSON) as the
+/// supervisor runs it — before any replica is made of it — and the
+/// warnings of its load. The spawner builds each service it starts with
+/// this too, from the same text: the same definition, fingerprint
+/// included.
+pub(crate) fn service_def(
+    name: String,
+    text: &str,
+    base_dir: &Path,
+) -> Result<(ServiceDef, Vec<String>), SpecError> {
+    let prefix = format!("services.{name}.");
+    let raw: Value = serde_json::from_str(text)
+        .map_err(|e| SpecError::new(format!("services.{name}"), e.to_string()))?;
+    cgroup::check_name(&name).map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
+    if name.contains("..") {
+        return Err(SpecError::new(
+            format!("services.{name}"),
+            "`..` is kept for isola's own cgroup names",
+        ));
+    }
+    let fingerprint = fingerprint(&raw);
+    let spec = spec::parse_value(raw, base_dir, &prefix)?;
+    let plan = Plan::from_spec(&spec)
+        .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
+    let policy = policy::parse(&spec.supervision, &prefix)?;
+    let mut warnings: Vec<String> = policy::overlap_warning(&policy, &prefix)
+        .into_iter()
+        .collect();
+    warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
+    let group = policy.replicas.map(|_| name.clone());
+    let def = ServiceDef {
+        name,
+        fingerprint,
+        plan,
+        policy,
+        group,
+        live_limits: false,
+        entry: None,
+    };
+    Ok((def, warnings))
+}
+
+pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
+    let mut seen = HashMap::new();
+    let mut defs = Vec::new();
+    let mut warnings = Vec::new();
+    for (k, (name, entry)) in entries(text)?.into_iter().enumerate() {
+        if seen.insert(name.clone(), ()).is_some() {
+            return Err(SpecError::new(
+                format!("services.{name}"),
+                "duplicate service name",
+            ));
+        }
+        let (mut def, w) = service_def(name, entry.get(), base_dir)?;
+        def.entry = u32::try_from(k).ok();
+        warnings.extend(w);
+        match def.policy.replicas {
+            None => defs.push(def),
+            Some(n) => defs.extend((1..=n).filter_map(|k| def.replica(k))),
+        }
+    }
+    if defs.is_empty() {
+        return Err(SpecError::new("services", "no services"));
+    }
+    let mut names = HashMap::new();
+    for d in &defs {
+        if names.insert(d.name.clone(), ()).is_some() {
+            return Err(SpecError::new(
+                format!("services.{}", d.name),
+                "a service and a replica of another have this name",
+            ));
+        }
+    }
+    expand_group_dependencies(&mut defs);
+    Ok(Stack {
+        services: order(defs)?,
+        warnings,
+    })
+}
+
+/// A dependency on a replicated service is one on each of its replicas.
+fn expand_group_dependencies(defs: &mut [ServiceDef]) {
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    for d in defs.iter() {
+        if let Some(g) = &d.group {
+            groups.entry(g.clone()).or_default().push(d.name.clone());
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    for d in defs.iter_mut() {
+        let deps = std::mem::take(&mut d.policy.depends_on);
+        for dep in deps {
+            match groups.get(&dep.name) {
+                Some(members) => d.policy.depends_on.extend(members.iter().map(|m| {
+                    crate::spec::health::Dependency {
+                        name: m.clone(),
+                        condition: dep.condition,
+                    }
+                })),
+                None => d.policy.depends_on.push(dep),
+            }
+        }
+    }
+}
+
+/// serde_json's map is ordered by key, so equal JSON gives equal text and
+/// key order or whitespace in the file does not count as a change.
+fn fingerprint(raw: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Topological order (Kahn), stable in the file's order; names unknown
+/// dependencies and cycles.
+fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
+    let index: HashMap<String, usize> = defs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.clone(), i))
+        .collect();
+    for d in &defs {
+        for dep in d.policy.depends_on.iter().map(|d| &d.name) {
+            if !index.contains_key(dep) {
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", d.name),
+                    format!("{dep}: no such service"),
+                ));
+            }
+            if dep == &d.name {
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", d.name),
+                    format!("{dep}: depends on itself"),
+                ));
+            }
+        }
+    }
+    let mut placed = vec![false; defs.len()];
+    let mut out_idx = Vec::new();
+    while out_idx.len() < defs.len() {
+        let next = (0..defs.len()).find(|&i| {
+            !placed[i]
+                && defs[i]
+                    .policy
+                    .depends_on
+                    .iter()
+                    .all(|d| placed[index[&d.name]])
+        });
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                out_idx.push(i);
+            }
+            None => {
+                let stuck: Vec<&str> = (0..defs.len())
+                    .filter(|&i| !placed[i])
+                    .map(|i| defs[i].name.as_str())
+                    .collect();
+                return Err(SpecError::new(
+                    format!("services.{}.dependsOn", stuck[0]),
+                    format!("dependency cycle among {}", stuck.join(", ")),
+                ));
+            }
+        }
+    }
+    let mut slots: BTreeMap<usize, ServiceDef> = defs.into_iter().enumerate().collect();
+    Ok(out_idx
+        .into_iter()
+        .filter_map(|i| slots.remove(&i))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(extra: &str) -> String {
+        format!(r#"{{"process": {{"args": ["true"]}}{extra}}}"#)
+    }
+
+    fn stack(services: &[(&str, String)]) -> String {
+        let body: Vec<String> = services
+            .iter()
+            .map(|(n, s)| format!("\"{n}\": {s}"))
+            .collect();
+        format!("{{\"services\": {{{}}}}}", body.join(", "))
+    }
+
+    fn parse_s(t: &str) -> Result<Stack, SpecError> {
+        parse(t, Path::new("/"))
+    }
+
+    #[test]
+    fn dependency_order() {
+        let t = stack(&[
+            ("web", svc(r#", "dependsOn": ["db", "cache"]"#)),
+            ("db", svc("")),
+            ("cache", svc(r#", "dependsOn": ["db"]"#)),
+        ]);
+        let s = parse_s(&t).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["db", "cache", "web"]);
+    }
+
+    #[test]
+    fn replicas_are_services_named_after_theirs_and_dependents_wait_for_all() {
+        let t = stack(&[
+            ("api", svc(r#", "dependsOn": {"web": "healthy"}"#)),
+            ("web", svc(r#", "replicas": 3"#)),
+        ]);
+        let s = parse_s(&t).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["web.1", "web.2", "web.3", "api"]);
+        assert_eq!(s.services[1].group.as_deref(), Some("web"));
+        let deps: Vec<&str> = s.services[3]
+            .policy
+            .depends_on
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(deps, ["web.1", "web.2", "web.3"]);
+        let t = stack(&[("web", svc(r#", "replicas": 2"#)), ("web.2", svc(""))]);
+        assert_eq!(
+            parse_s(&t).unwrap_err().to_string(),
+            "services.web.2: a service and a replica of another have this name"
+        );
+    }
+
+    #[test]
+    fn overlap_with_nothing_to_overlap_is_a_warning() {
+        let t = stack(&[("web", svc(r#", "restart": {"mode": "overlap"}"#))]);
+        let s = parse_s(&t).unwrap();
+        assert!(
+            s.warnings[0]
+                .starts_with("services.web.restart.mode: overlap: no sockets and no replicas"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn bad_stacks_name_service_field_and_value() {
+        let cases = [
+            (
+                stack(&[
+                    ("a", svc(r#", "dependsOn": ["b"]"#)),
+                    ("b", svc(r#", "dependsOn": ["a"]"#)),
+                ]),
+                "services.a.dependsOn: dependency cycle among a, b",
+            ),
+            (
+                stack(&[("a", svc(r#", "dependsOn": ["zz"]"#))]),
+                "services.a.dependsOn: zz: no such service",
+            ),
+            (
+                stack(&[("a", svc("")), ("a", svc(""))]),
+                "services.a: duplicate service name",
+            ),
+            (
+                stack(&[("a", svc(r#", "restart": {"policy": "sometimes"}"#))]),
+                "services.a.restart.policy: `sometimes`: unknown value",
+            ),
+            (
+                stack(&[("a", svc(r#", "prcess": {}"#))]),
+                "services.a.prcess: unknown field",
+            ),
+            (
+                stack(&[(
+                    "a",
+                    svc(r#", "linux": {"resources": {"memory": {"limit": 10}}}"#),
+                )]),
+                "services.a.linux.resources.memory.limit: 10:",
+            ),
+            (stack(&[("a/b", svc(""))]), "services.a/b:"),
+            (
+                "{\"services\": {}, \"x\": 1}".to_string(),
+                "unknown field `x`",
+            ),
+            ("{\"services\": {".to_string(), "malformed JSON at line 1"),
+            (
+                stack(&[("a", svc(r#", "fdStoreMax": 4"#))]),
+                "services.a.fdStoreMax: 4: needs \"notify\": \"systemd\"",
+            ),
+            (
+                stack(&[(
+                    "a",
+                    svc(
+                        r#", "notify": {"fd": 3}, "sockets": [{"name": "h", "listen": "tcp://127.0.0.1:80"}]"#,
+                    ),
+                )]),
+                "services.a.notify.fd: 3: sockets and the fd store take 3 to 3; use 4 or more",
+            ),
+            (
+                stack(&[("a", svc(r#", "replicas": 0"#))]),
+                "services.a.replicas: 0: must be 1 to 1000",
+            ),
+            (
+                stack(&[("a", svc(r#", "restart": {"mode": "hot"}"#))]),
+                "services.a.restart.mode: `hot`: unknown value",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_s(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text}\n got {e}\nwant {want}");
+        }
+    }
+}
