@@ -17,6 +17,7 @@ use crate::error::SpecError;
 mod stats;
 pub use stats::{StatFiles, Stats};
 
+pub(crate) mod devices;
 pub mod limits;
 use limits::CgroupFile;
 
@@ -222,10 +223,10 @@ impl Cgroup {
         self.dir.as_ref().map(|d| d.as_fd())
     }
 
-    /// Attach the device filter (see [`crate::devices`]): from now on a
+    /// Attach the device filter (see [`devices`]): from now on a
     /// process in this group opens or creates only the device nodes the
     /// program allows. Before any process is in the group.
-    pub fn attach_device_filter(&self, prog: &[crate::devices::Insn]) -> Result<(), CgroupError> {
+    pub(crate) fn attach_device_filter(&self, prog: &[devices::Insn]) -> Result<(), CgroupError> {
         let fail = |step: &'static str| {
             move |e: Errno| CgroupError::DeviceFilter {
                 path: self.path.clone(),
@@ -368,10 +369,8 @@ fn make_parents(
     Ok(())
 }
 
-/// Create `root` (a parent of sandbox groups, such as a stack's group) and
-/// its ancestors, with the base controllers delegated.
 /// A cgroup's directory, for `CLONE_INTO_CGROUP`.
-pub fn open_dir(path: &Path) -> Result<OwnedFd, CgroupError> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, CgroupError> {
     open(
         path,
         OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
@@ -380,6 +379,8 @@ pub fn open_dir(path: &Path) -> Result<OwnedFd, CgroupError> {
     .map_err(|e| io_err(path)(e.into()))
 }
 
+/// Create `root` (a parent of sandbox groups, such as a stack's group) and
+/// its ancestors, with the base controllers delegated.
 pub fn create_parents(root: &Path) -> Result<(), CgroupError> {
     check_unified()?;
     check_root(root)?;

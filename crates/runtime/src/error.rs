@@ -79,7 +79,7 @@ pub enum Error {
 }
 
 /// The errnos of a shortage of something the host has only so much of.
-pub const SHORTAGES: [nix::errno::Errno; 5] = [
+pub(crate) const SHORTAGES: [nix::errno::Errno; 5] = [
     nix::errno::Errno::EMFILE,
     nix::errno::Errno::ENFILE,
     nix::errno::Errno::EAGAIN,

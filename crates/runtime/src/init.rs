@@ -15,11 +15,11 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
-use crate::listen::Listen;
-use crate::mounts::{self, Layout};
-use crate::plan::Plan;
-use crate::sync::{self, Msg};
-use crate::{capabilities, exit, sys};
+use crate::fs::mounts::{self, Layout};
+use crate::ipc::listen::Listen;
+use crate::ipc::sync::{self, Msg};
+use crate::plan::{capabilities, Plan};
+use crate::{exit, sys};
 
 /// Signals `isola run` and the init pass on to the payload.
 pub const FORWARDED: &[Signal] = &[
@@ -45,6 +45,7 @@ pub fn signal_set() -> SigSet {
 
 pub(crate) type Step = (&'static str, String);
 
+pub mod hookrun;
 mod payload;
 use payload::spawn_payload;
 pub(crate) use payload::{exec_exit_code, resolve};
@@ -54,7 +55,7 @@ pub(crate) use payload::{exec_exit_code, resolve};
 /// ([`Plan::deferred_ns_flags`]).
 /// `pass` holds the fds (in the caller's numbering) that the payload gets
 /// at [`Plan::pass_fds`], `listen` the sockets it gets at 3, 4, ….
-pub fn run(
+pub(crate) fn run(
     plan: &Plan,
     sock: OwnedFd,
     unshare: u64,
@@ -163,7 +164,7 @@ pub fn run(
 }
 
 /// An init that outlives its caller and starts the payload only when told
-/// (OCI `create`, then `start`: see [`crate::gate`]). Raw fds of the
+/// (OCI `create`, then `start`: see [`crate::sandbox::gate`]). Raw fds of the
 /// caller's, which the init keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Detach {
@@ -273,7 +274,7 @@ fn prepare(
     } else {
         // No mount namespace, no pivot_root: the container's namespaces
         // are all there is.
-        crate::hookrun::run(
+        hookrun::run(
             "hooks.createContainer",
             &plan.container_hooks.create_container,
             &hook_state,
@@ -286,7 +287,7 @@ fn prepare(
     };
     let terminal = match console {
         Some(console) => {
-            let slave = crate::gate::console(console).map_err(|e| ("console", e))?;
+            let slave = crate::sandbox::gate::console(console).map_err(|e| ("console", e))?;
             for target in 0..=2 {
                 sys::dup2_raw(slave.as_raw_fd(), target).map_err(step("console", "stdio"))?;
             }
@@ -317,8 +318,8 @@ fn prepare(
         // whoever reaps its orphans (conmon, the containerd shim).
         nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
         sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
-        crate::gate::wait(&gate, &signals).map_err(Failure::Signaled)?;
-        crate::hookrun::run(
+        crate::sandbox::gate::wait(&gate, &signals).map_err(Failure::Signaled)?;
+        hookrun::run(
             "hooks.startContainer",
             &plan.container_hooks.start_container,
             &hook_state,
@@ -364,7 +365,7 @@ fn become_namespace_root(plan: &Plan) -> Result<(), Step> {
 /// Take on the payload's limits and credentials, in the OCI order: rlimits,
 /// bounding set, user (as `uid`:`gid`), capabilities, umask, `cwd`,
 /// no_new_privs and seccomp. The init does it before starting the payload;
-/// a process joining a running sandbox ([`crate::join`]) does the same.
+/// a process joining a running sandbox ([`crate::sandbox::join`]) does the same.
 pub(crate) fn become_payload(plan: &Plan, uid: u32, gid: u32, cwd: &Path) -> Result<(), Step> {
     for r in &plan.rlimits {
         let (res, soft, hard) = (r.resource, r.soft, r.hard);

@@ -1,5 +1,7 @@
 //! The host side of one sandbox: create its cgroup, clone its init into it,
-//! hand over id maps, wait, forward signals, tear everything down.
+//! hand over id maps, wait, forward signals, tear everything down. A
+//! sandbox created now and started later, with its console pty: [`gate`];
+//! a process joining a running sandbox: [`join`].
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -13,10 +15,13 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, SpecError};
-use crate::listen::Listen;
+use crate::ipc::listen::Listen;
+use crate::ipc::sync::{self, Msg};
 use crate::plan::Plan;
-use crate::sync::{self, Msg};
 use crate::{exit, init, sys};
+
+pub mod gate;
+pub mod join;
 
 #[derive(Debug, Clone)]
 pub struct Options<'a> {

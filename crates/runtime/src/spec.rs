@@ -2,8 +2,9 @@
 //! oci-spec, same names and units) where `ociVersion` and `root` are
 //! optional (and `process.user`, `process.cwd` default to root and `/`),
 //! plus the supervision fields the supervisor reads and `limits`, the short
-//! form of `linux.resources` ([`crate::shorthand`]). Any other
-//! field is a typo and is rejected with its JSON path.
+//! form of `linux.resources` ([`shorthand`]). Any other
+//! field is a typo and is rejected with its JSON path. [`starter`] is the
+//! spec `isola spec` writes.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +13,12 @@ use serde_json::{Map, Value};
 
 use crate::error::SpecError;
 
+pub mod shorthand;
+pub mod starter;
+
 /// Top-level fields that belong to the supervisor (`isola up`); `isola run`
 /// accepts and ignores them.
-pub const SUPERVISION_FIELDS: &[&str] = &[
+pub(crate) const SUPERVISION_FIELDS: &[&str] = &[
     "restart",
     "oom",
     "stop",
@@ -29,7 +33,7 @@ pub const SUPERVISION_FIELDS: &[&str] = &[
 ];
 
 /// The JSON Schema an editor validates the file with; isola ignores it.
-pub const SCHEMA_FIELD: &str = "$schema";
+pub(crate) const SCHEMA_FIELD: &str = "$schema";
 
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -90,7 +94,7 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
     if let Some(l) = obj.remove("limits") {
         // The short form, onto linux.resources (a wrong `linux` is left
         // for the typed parse below to name).
-        let limits = crate::shorthand::Limits::from_json(&l, &format!("{prefix}limits"))?;
+        let limits = shorthand::Limits::from_json(&l, &format!("{prefix}limits"))?;
         let linux = obj
             .entry("linux")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -98,7 +102,7 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
             let res = linux
                 .entry("resources")
                 .or_insert_with(|| Value::Object(Map::new()));
-            limits.apply(res, crate::shorthand::Merge::Exclusive(prefix))?;
+            limits.apply(res, shorthand::Merge::Exclusive(prefix))?;
         }
     }
     // Editors pick a file's JSON Schema by its `$schema` (`isola schema`).
@@ -211,7 +215,7 @@ mod tests {
 
     #[test]
     fn direct_and_general_parse_agree() {
-        let text = crate::starter::starter_spec().to_string();
+        let text = starter::starter_spec().to_string();
         let direct = parse_direct(&text, Path::new("/")).expect("starter spec parses directly");
         let general =
             parse_value(serde_json::from_str(&text).unwrap(), Path::new("/"), "").unwrap();

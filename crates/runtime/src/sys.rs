@@ -321,7 +321,7 @@ pub(crate) unsafe fn execve_prepared(
 }
 
 /// Own a descriptor the kernel just installed for us from an SCM_RIGHTS
-/// message (only [`crate::fdpass::receive`] calls this).
+/// message (only [`crate::ipc::fdpass::receive`] calls this).
 pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: SCM_RIGHTS descriptors are new entries in our fd table,
     // created by the recvmsg that returned them; nothing else owns them.

@@ -79,7 +79,7 @@ pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
     if res.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
         return Err(err("rdma", "not supported by isola yet".into()));
     }
-    // `devices` becomes the device filter program (crate::devices).
+    // `devices` becomes the device filter program (super::devices).
     if let Some(unified) = res.unified() {
         let mut keys: Vec<_> = unified.keys().collect();
         keys.sort();
@@ -158,7 +158,7 @@ fn cpu_files(cpu: &LinuxCpu, w: &mut Writes) -> Result<(), SpecError> {
 
 /// cgroup v1 shares (2..262144) → v2 weight (1..10000) by the logarithmic
 /// mapping runc 1.3 and crun 1.23 use: 2→1, 1024→100 (both defaults), 262144→10000.
-pub fn shares_to_weight(shares: u64) -> u64 {
+pub(crate) fn shares_to_weight(shares: u64) -> u64 {
     if shares <= 2 {
         return 1;
     }

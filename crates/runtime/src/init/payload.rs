@@ -14,7 +14,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use super::{step, Failure, PayloadFds};
-use crate::listen::{self, PidSlot};
+use crate::ipc::listen::{self, PidSlot};
 use crate::plan::Plan;
 use crate::{exit, sys};
 

@@ -18,17 +18,17 @@ const fn off_arg_hi(i: u8) -> u32 {
     20 + 8 * i as u32
 }
 
-pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+pub(crate) const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 /// x32 syscalls carry this bit in their number on x86_64.
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
-pub const RET_KILL_THREAD: u32 = 0;
-pub const RET_TRAP: u32 = 0x0003_0000;
-pub const RET_ERRNO: u32 = 0x0005_0000;
-pub const RET_TRACE: u32 = 0x7ff0_0000;
-pub const RET_LOG: u32 = 0x7ffc_0000;
-pub const RET_ALLOW: u32 = 0x7fff_0000;
+pub(crate) const RET_KILL_PROCESS: u32 = 0x8000_0000;
+pub(crate) const RET_KILL_THREAD: u32 = 0;
+pub(crate) const RET_TRAP: u32 = 0x0003_0000;
+pub(crate) const RET_ERRNO: u32 = 0x0005_0000;
+pub(crate) const RET_TRACE: u32 = 0x7ff0_0000;
+pub(crate) const RET_LOG: u32 = 0x7ffc_0000;
+pub(crate) const RET_ALLOW: u32 = 0x7fff_0000;
 
 // BPF opcodes (linux/bpf_common.h).
 const LD_W_ABS: u16 = 0x20;
@@ -40,7 +40,7 @@ const ALU_AND_K: u16 = 0x54;
 const RET_K: u16 = 0x06;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Eq,
     Ne,
     Lt,
@@ -52,15 +52,15 @@ pub enum Op {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cond {
-    pub arg: u8,
-    pub op: Op,
-    pub value: u64,
+pub(crate) struct Cond {
+    pub(crate) arg: u8,
+    pub(crate) op: Op,
+    pub(crate) value: u64,
 }
 
 /// When a syscall matches: always, or when any rule's conditions all hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Match {
+pub(crate) enum Match {
     Always,
     AnyOf(Vec<Vec<Cond>>),
 }
@@ -69,18 +69,18 @@ pub enum Match {
 /// `otherwise` for everything else. `rules` are x86_64's numbers; the other
 /// ABIs of an x86_64 kernel have their own.
 #[derive(Debug, Clone)]
-pub struct Filter {
-    pub rules: BTreeMap<u32, Match>,
-    pub on_match: u32,
-    pub otherwise: u32,
+pub(crate) struct Filter {
+    pub(crate) rules: BTreeMap<u32, Match>,
+    pub(crate) on_match: u32,
+    pub(crate) otherwise: u32,
     /// i386 calls (AUDIT_ARCH_I386): by these rules, or killed when `None`.
-    pub i386: Option<BTreeMap<u32, Match>>,
-    pub x32: X32,
+    pub(crate) i386: Option<BTreeMap<u32, Match>>,
+    pub(crate) x32: X32,
 }
 
 /// What x32 calls (x86_64's arch, numbers with `__X32_SYSCALL_BIT`) get.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum X32 {
+pub(crate) enum X32 {
     /// No rule matches them: `otherwise` (a profile that names no
     /// architectures).
     Otherwise,
@@ -91,7 +91,7 @@ pub enum X32 {
 }
 
 /// AUDIT_ARCH_I386 (linux/audit.h).
-pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+pub(crate) const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -113,7 +113,7 @@ enum Leaf {
 }
 
 impl Filter {
-    pub fn compile(&self) -> Vec<libc::sock_filter> {
+    pub(crate) fn compile(&self) -> Vec<libc::sock_filter> {
         // The blocks after the architecture check, each assuming the
         // syscall number in the accumulator and ending in returns.
         let native = self.tree_of(&self.rules);
@@ -344,7 +344,7 @@ fn cond(c: &Cond, b: &mut Vec<libc::sock_filter>, fails: &mut Vec<(usize, bool)>
 /// A classic-BPF interpreter for what [`Filter::compile`] emits, so tests
 /// can check programs against the filter's meaning.
 #[cfg(test)]
-pub fn run(p: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+pub(crate) fn run(p: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     let word = |off: u32| -> u32 {
         match off {
             OFF_NR => nr,

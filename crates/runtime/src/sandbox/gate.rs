@@ -103,7 +103,7 @@ pub(crate) fn console(console: OwnedFd) -> Result<OwnedFd, String> {
         Mode::empty(),
     )
     .map_err(|e| format!("open {name}: {e}"))?;
-    crate::fdpass::send(&console, name.as_bytes(), &[master.as_raw_fd()])
+    crate::ipc::fdpass::send(&console, name.as_bytes(), &[master.as_raw_fd()])
         .map_err(|e| format!("send the pty master over the console socket: {e}"))?;
     Ok(slave)
 }

@@ -44,13 +44,13 @@ impl HookRun {
 
 /// The hooks the init runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InContainer {
-    pub create_container: Vec<HookRun>,
-    pub start_container: Vec<HookRun>,
+pub(crate) struct InContainer {
+    pub(crate) create_container: Vec<HookRun>,
+    pub(crate) start_container: Vec<HookRun>,
 }
 
 impl InContainer {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.create_container.is_empty() && self.start_container.is_empty()
     }
 }

@@ -10,16 +10,16 @@ use oci_spec::runtime::LinuxCapabilities;
 use crate::error::SpecError;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CapSets {
-    pub bounding: CapsHashSet,
-    pub effective: CapsHashSet,
-    pub permitted: CapsHashSet,
-    pub inheritable: CapsHashSet,
-    pub ambient: CapsHashSet,
+pub(crate) struct CapSets {
+    pub(crate) bounding: CapsHashSet,
+    pub(crate) effective: CapsHashSet,
+    pub(crate) permitted: CapsHashSet,
+    pub(crate) inheritable: CapsHashSet,
+    pub(crate) ambient: CapsHashSet,
 }
 
 /// Docker's default set, used by `isola spec`.
-pub const DOCKER_DEFAULT: &[&str] = &[
+pub(crate) const DOCKER_DEFAULT: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
@@ -41,7 +41,7 @@ pub const DOCKER_DEFAULT: &[&str] = &[
 /// Ambient capabilities the kernel would refuse (not in both permitted and
 /// inheritable) are left out with a line in `warnings`, as runc and crun
 /// do: `crun spec` and `runc spec` write such a set.
-pub fn from_oci(
+pub(crate) fn from_oci(
     c: Option<&LinuxCapabilities>,
     warnings: &mut Vec<String>,
 ) -> Result<CapSets, SpecError> {
@@ -100,7 +100,7 @@ pub fn from_oci(
 
 /// Drop from the bounding set everything the spec does not keep. Needs
 /// CAP_SETPCAP, so it runs before the user switch.
-pub fn apply_bounding(sets: &CapSets) -> Result<(), String> {
+pub(crate) fn apply_bounding(sets: &CapSets) -> Result<(), String> {
     let supported = caps::runtime::thread_all_supported();
     for cap in supported {
         if !sets.bounding.contains(&cap) {
@@ -115,7 +115,7 @@ pub fn apply_bounding(sets: &CapSets) -> Result<(), String> {
 /// accepts (inheritable while permitted is still full; effective before
 /// permitted shrinks below it). Runs after the user switch, which kept the
 /// permitted set through PR_SET_KEEPCAPS.
-pub fn apply_process_sets(sets: &CapSets) -> Result<(), String> {
+pub(crate) fn apply_process_sets(sets: &CapSets) -> Result<(), String> {
     caps::set(None, CapSet::Inheritable, &sets.inheritable)
         .map_err(|e| format!("set inheritable: {e}"))?;
     caps::set(None, CapSet::Effective, &sets.effective)

@@ -41,7 +41,7 @@ const SPAWNER_DATAGRAM: usize = 4096;
 
 /// Most fds a credentialed datagram may bring (more are discarded by the
 /// kernel, which closes them).
-pub const MAX_PASSED_FDS: usize = 16;
+pub(crate) const MAX_PASSED_FDS: usize = 16;
 
 /// A datagram from a socket with SO_PASSCRED.
 #[derive(Debug)]

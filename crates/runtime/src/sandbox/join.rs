@@ -215,7 +215,7 @@ fn waiter(
         // SAFETY: our caller's owner of this fd lives on in its memory only;
         // this child leaves by exit_now.
         let console = unsafe { sys::adopt_inherited_fd(console) };
-        let slave = match crate::gate::console(console) {
+        let slave = match super::gate::console(console) {
             Ok(s) => s,
             Err(e) => return setup_failed("console", &e),
         };

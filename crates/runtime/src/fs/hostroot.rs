@@ -16,7 +16,7 @@ use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
-use crate::mounts::{self, MountSpec};
+use super::mounts::{self, MountSpec};
 use crate::sys;
 
 type Step = (&'static str, String);

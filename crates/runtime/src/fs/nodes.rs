@@ -1,5 +1,5 @@
 //! `linux.devices`: device nodes (and FIFOs) created in the sandbox's view.
-//! The device filter allows each of them ([`crate::devices::rules`]), as
+//! The device filter allows each of them ([`crate::cgroup::devices::rules`]), as
 //! runc does: a node a spec lists is meant to be used.
 //!
 //! mknod needs CAP_MKNOD in the initial user namespace: in a sandbox with
@@ -20,18 +20,18 @@ use crate::error::SpecError;
 const DEFAULT_MODE: u32 = 0o666;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceNode {
-    pub path: PathBuf,
-    pub kind: SFlag,
-    pub major: u64,
-    pub minor: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct DeviceNode {
+    pub(crate) path: PathBuf,
+    pub(crate) kind: SFlag,
+    pub(crate) major: u64,
+    pub(crate) minor: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 impl DeviceNode {
-    pub fn from_oci(i: usize, d: &LinuxDevice) -> Result<DeviceNode, SpecError> {
+    pub(crate) fn from_oci(i: usize, d: &LinuxDevice) -> Result<DeviceNode, SpecError> {
         let field = |f: &str| format!("linux.devices[{i}].{f}");
         let path = d.path().clone();
         if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {

@@ -27,7 +27,7 @@ const CTX_MINOR: i16 = 8;
 
 /// Device type a rule is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Char,
     Block,
 }
@@ -35,12 +35,12 @@ pub enum Kind {
 /// One rule: allow or deny `access` (mknod/read/write bits) on devices of
 /// `kind` (any when `None`) with this major and minor (any when `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceRule {
-    pub allow: bool,
-    pub kind: Option<Kind>,
-    pub major: Option<u32>,
-    pub minor: Option<u32>,
-    pub access: u8,
+pub(crate) struct DeviceRule {
+    pub(crate) allow: bool,
+    pub(crate) kind: Option<Kind>,
+    pub(crate) major: Option<u32>,
+    pub(crate) minor: Option<u32>,
+    pub(crate) access: u8,
 }
 
 const fn allow_char(major: u32, minor: Option<u32>) -> DeviceRule {
@@ -54,7 +54,7 @@ const fn allow_char(major: u32, minor: Option<u32>) -> DeviceRule {
 }
 
 /// What every sandbox may use whatever its spec says (runc's list).
-pub const DEFAULT_ALLOWED: [DeviceRule; 8] = [
+pub(crate) const DEFAULT_ALLOWED: [DeviceRule; 8] = [
     allow_char(1, Some(3)), // null
     allow_char(1, Some(5)), // zero
     allow_char(1, Some(7)), // full
@@ -89,7 +89,7 @@ fn parse_access(s: &str) -> Option<u8> {
 
 /// The effective rules for `linux.resources.devices` and the nodes of
 /// `linux.devices` (allowed as the spec lists them).
-pub fn rules(
+pub(crate) fn rules(
     spec: &[oci_spec::runtime::LinuxDeviceCgroup],
     nodes: &[oci_spec::runtime::LinuxDevice],
 ) -> Result<Vec<DeviceRule>, SpecError> {
@@ -154,12 +154,12 @@ pub fn rules(
 /// One eBPF instruction (`struct bpf_insn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
-pub struct Insn {
-    pub code: u8,
+pub(crate) struct Insn {
+    pub(crate) code: u8,
     /// dst_reg in the low nibble, src_reg in the high one.
-    pub regs: u8,
-    pub off: i16,
-    pub imm: i32,
+    pub(crate) regs: u8,
+    pub(crate) off: i16,
+    pub(crate) imm: i32,
 }
 
 // Opcodes (linux/bpf_common.h, linux/bpf.h).
@@ -190,7 +190,7 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 
 /// The program for `rules` (last matching rule wins; none matching: deny).
 /// Every instruction is reachable (the kernel's verifier insists).
-pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
+pub(crate) fn program(rules: &[DeviceRule]) -> Vec<Insn> {
     let mut p = vec![
         insn(LDX_W, R2, R1, CTX_ACCESS_TYPE, 0),
         insn(ALU32_AND_K, R2, 0, 0, 0xffff),

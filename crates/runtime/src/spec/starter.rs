@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::capabilities::DOCKER_DEFAULT;
+use crate::plan::capabilities::DOCKER_DEFAULT;
 
 /// Docker's default allow list (profiles/seccomp/default.json, unconditional
 /// part), minus what a sandbox must not do: mount, umount2, unshare, setns,

@@ -22,7 +22,7 @@ const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 const PID_ENTRY_LEN: usize = PID_PREFIX.len() + 11;
 
 /// The variables of the protocol, replaced if the spec's `env` sets them.
-pub const VARIABLES: [&str; 3] = ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"];
+pub(crate) const VARIABLES: [&str; 3] = ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"];
 
 /// Sockets for the payload: `fds` (the caller's numbers) land at
 /// `FIRST_FD..`, named by `names` (one per fd, `:`-separated).
@@ -42,10 +42,10 @@ impl Listen<'_> {
 /// `LISTEN_PID=` and room for the digits, filled in the payload's process
 /// itself. Cells: the environment array points into it while the child
 /// writes, with no `&mut` to alias.
-pub struct PidSlot([Cell<u8>; PID_ENTRY_LEN]);
+pub(crate) struct PidSlot([Cell<u8>; PID_ENTRY_LEN]);
 
 impl PidSlot {
-    pub fn new() -> PidSlot {
+    pub(crate) fn new() -> PidSlot {
         let slot = PidSlot(std::array::from_fn(|_| Cell::new(0)));
         for (c, b) in slot.0.iter().zip(PID_PREFIX) {
             c.set(*b);
@@ -54,13 +54,13 @@ impl PidSlot {
     }
 
     /// For the `envp` array.
-    pub fn as_ptr(&self) -> *const libc::c_char {
+    pub(crate) fn as_ptr(&self) -> *const libc::c_char {
         self.0.as_ptr().cast()
     }
 
     /// Write `pid` after the prefix, NUL-terminated. No allocation: it
     /// runs in a vfork child.
-    pub fn fill(&self, pid: u32) {
+    pub(crate) fn fill(&self, pid: u32) {
         let mut digits = [0u8; 10];
         let mut n = pid;
         let mut len = 0;
@@ -88,7 +88,7 @@ impl Default for PidSlot {
 
 /// `LISTEN_FDS=n` and `LISTEN_FDNAMES=…` (`None` on a NUL in a name, which
 /// the supervisor refuses long before).
-pub fn fixed_env(count: usize, names: &str) -> Option<[CString; 2]> {
+pub(crate) fn fixed_env(count: usize, names: &str) -> Option<[CString; 2]> {
     Some([
         CString::new(format!("LISTEN_FDS={count}")).ok()?,
         CString::new(format!("LISTEN_FDNAMES={names}")).ok()?,
@@ -96,7 +96,7 @@ pub fn fixed_env(count: usize, names: &str) -> Option<[CString; 2]> {
 }
 
 /// Is `entry` (`NAME=value`) one of the protocol's variables?
-pub fn is_protocol_variable(entry: &[u8]) -> bool {
+pub(crate) fn is_protocol_variable(entry: &[u8]) -> bool {
     VARIABLES
         .iter()
         .any(|v| entry.len() > v.len() && entry.starts_with(v.as_bytes()) && entry[v.len()] == b'=')

@@ -8,8 +8,11 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
+use super::hostroot;
+use super::nodes::DeviceNode;
 use crate::error::SpecError;
-use crate::{hostroot, sys};
+use crate::init::hookrun::{self, HookRun};
+use crate::sys;
 
 /// One entry of `mounts`, resolved.
 #[derive(Debug, Clone)]
@@ -152,18 +155,18 @@ impl MountSpec {
 }
 
 /// Everything `setup` needs from the plan.
-pub struct Layout<'a> {
-    pub root: Option<&'a Path>,
-    pub root_readonly: bool,
-    pub propagation: MsFlags,
-    pub mounts: &'a [MountSpec],
-    pub fresh_proc: bool,
-    pub masked: &'a [PathBuf],
-    pub readonly: &'a [PathBuf],
-    pub devices: &'a [crate::nodes::DeviceNode],
+pub(crate) struct Layout<'a> {
+    pub(crate) root: Option<&'a Path>,
+    pub(crate) root_readonly: bool,
+    pub(crate) propagation: MsFlags,
+    pub(crate) mounts: &'a [MountSpec],
+    pub(crate) fresh_proc: bool,
+    pub(crate) masked: &'a [PathBuf],
+    pub(crate) readonly: &'a [PathBuf],
+    pub(crate) devices: &'a [DeviceNode],
     /// `hooks.createContainer`, run before pivot_root with `hook_state`.
-    pub create_hooks: &'a [crate::hookrun::HookRun],
-    pub hook_state: &'a str,
+    pub(crate) create_hooks: &'a [HookRun],
+    pub(crate) hook_state: &'a str,
 }
 
 type Step = (&'static str, String);
@@ -176,7 +179,7 @@ fn fail<E: std::fmt::Display>(
 }
 
 /// Build the view. Runs in the init, inside the new mount namespace.
-pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
+pub(crate) fn setup(l: &Layout<'_>) -> Result<(), Step> {
     // Nothing we mount may propagate back to the host.
     mount(
         None::<&str>,
@@ -200,11 +203,11 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
         }
         None => PathBuf::from("/"),
     };
-    // Symlinks of a rootfs resolve inside it (crate::inroot); the host's
+    // Symlinks of a rootfs resolve inside it (inroot); the host's
     // own, in host-root mode, are the host's.
     let inside = |p: &Path| -> Result<PathBuf, Step> {
         match l.root {
-            Some(r) => crate::inroot::resolve(r, p).map_err(|e| ("mount", e)),
+            Some(r) => super::inroot::resolve(r, p).map_err(|e| ("mount", e)),
             None => Ok(prefix.join(p.strip_prefix("/").unwrap_or(p))),
         }
     };
@@ -278,7 +281,7 @@ pub fn setup(l: &Layout<'_>) -> Result<(), Step> {
                 .map_err(|e| ("readonlyPaths", format!("{}: {e}", dst.display())))?;
         }
     }
-    crate::hookrun::run("hooks.createContainer", l.create_hooks, l.hook_state)?;
+    hookrun::run("hooks.createContainer", l.create_hooks, l.hook_state)?;
     if let Some(r) = l.root {
         pivot(r)?;
         if l.root_readonly {

@@ -21,7 +21,7 @@ use oci_spec::runtime::{
 use crate::error::SpecError;
 
 mod abi;
-pub mod bpf;
+pub(crate) mod bpf;
 #[cfg(test)]
 mod oracle_tests;
 mod syscalls_i386;
@@ -34,10 +34,10 @@ const FIELD: &str = "linux.seccomp";
 const ARCH: &str = "x86_64";
 
 /// A compiled filter, in the kernel's own instruction type.
-pub type Program = Vec<libc::sock_filter>;
+pub(crate) type Program = Vec<libc::sock_filter>;
 
 /// The syscall number of `name` on x86_64.
-pub fn syscall_nr(name: &str) -> Option<u32> {
+pub(crate) fn syscall_nr(name: &str) -> Option<u32> {
     let t = syscalls_x86_64::SYSCALLS;
     t.binary_search_by(|(n, _)| n.cmp(&name))
         .ok()
@@ -45,7 +45,7 @@ pub fn syscall_nr(name: &str) -> Option<u32> {
 }
 
 /// Whether the running architecture has this syscall.
-pub fn known_syscall(name: &str) -> bool {
+pub(crate) fn known_syscall(name: &str) -> bool {
     syscall_nr(name).is_some()
 }
 
@@ -54,7 +54,10 @@ pub fn known_syscall(name: &str) -> bool {
 /// clients send one profile for every architecture, i386's calls among
 /// them, as libseccomp takes it); otherwise such a name is refused as a
 /// typo.
-pub fn compile(profile: &LinuxSeccomp, skip_unknown: bool) -> Result<Vec<Program>, SpecError> {
+pub(crate) fn compile(
+    profile: &LinuxSeccomp,
+    skip_unknown: bool,
+) -> Result<Vec<Program>, SpecError> {
     if !cfg!(target_arch = "x86_64") {
         return Err(SpecError::new(
             FIELD,
@@ -363,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_starter_profile_is_small() {
-        let spec = crate::starter::starter_spec();
+        let spec = crate::spec::starter::starter_spec();
         let p: LinuxSeccomp = serde_json::from_value(spec["linux"]["seccomp"].clone()).unwrap();
         let progs = compile(&p, false).unwrap();
         let total: usize = progs.iter().map(Vec::len).sum();
