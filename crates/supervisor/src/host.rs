@@ -80,15 +80,15 @@ impl Inherited {
 /// spawner, which builds a service's plan again from the stack file at
 /// each start, adds the same.
 #[derive(Clone)]
-pub(crate) struct Completion {
+pub(crate) struct PlanAdditions {
     pub(crate) inherited: Inherited,
     pub(crate) no_cgroup: bool,
     /// The control socket (`notify: "systemd"` services get its directory).
     pub(crate) socket: PathBuf,
 }
 
-impl Completion {
-    pub(crate) fn complete(&self, def: &mut ServiceDef) {
+impl PlanAdditions {
+    pub(crate) fn add_to(&self, def: &mut ServiceDef) {
         self.inherited.complete_plan(def, self.no_cgroup);
         crate::readiness::notify_socket::complete_plan(def, &self.socket);
     }
@@ -180,47 +180,88 @@ fn held_fds(defs: &[ServiceDef]) -> u64 {
 /// services may keep their stat files open in the fds left spare.
 pub(crate) fn check_capacity(defs: &[ServiceDef]) -> Result<usize, UpError> {
     let services = defs.len();
-    let n = u64::try_from(services).unwrap_or(u64::MAX);
-    let logs = n.min(crate::outputs::LOGS_OPEN as u64);
-    let health: u64 = defs.iter().map(health_fds).sum();
-    let held = held_fds(defs);
-    let merged = defs
-        .iter()
-        .filter(|d| d.policy.stderr == Stderr::Stdout)
-        .count();
-    let merged = u64::try_from(merged).unwrap_or(u64::MAX);
-    let pipes = n * FDS_PER_RUNNING - merged;
-    let fds = pipes + health + held + logs + SUPERVISOR_FDS;
-    let mut spare = 0;
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        spare = soft.saturating_sub(fds) / FDS_PER_STATS;
-        if fds > soft {
-            let mut parts = vec![format!("output pipes {pipes}")];
-            if health > 0 {
-                parts.push(format!("health checks {health}"));
-            }
-            if held > 0 {
-                parts.push(format!("held sockets and stored fds {held}"));
-            }
-            parts.push(format!("open logs {logs}"));
-            parts.push(format!("the supervisor {SUPERVISOR_FDS}"));
-            let separate = n - merged;
-            let merge = if separate > 0 && fds - separate <= soft {
-                format!(
-                    ", or give the services \"stderr\": \"stdout\" (one pipe each instead of two: {} in all)",
-                    fds - separate
-                )
-            } else {
-                String::new()
-            };
-            return Err(UpError::Setup(format!(
-                "{services} services need up to {fds} file descriptors ({}) but RLIMIT_NOFILE allows \
-                 {soft} (hard limit {hard}, and isola up could not raise it): raise it \
-                 (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit), split the stack{merge}",
-                parts.join(", ")
-            )));
+    let budget = FdBudget::of(defs);
+    let spare = budget.check(services)?;
+    check_tasks(services)?;
+    Ok(usize::try_from(spare.min(budget.services)).unwrap_or(services))
+}
+
+/// The fds a stack needs at most, by what needs them.
+struct FdBudget {
+    services: u64,
+    pipes: u64,
+    health: u64,
+    held: u64,
+    logs: u64,
+    /// Services with a stderr pipe of their own.
+    separate: u64,
+}
+
+impl FdBudget {
+    fn of(defs: &[ServiceDef]) -> FdBudget {
+        let n = u64::try_from(defs.len()).unwrap_or(u64::MAX);
+        let merged = defs
+            .iter()
+            .filter(|d| d.policy.stderr == Stderr::Stdout)
+            .count();
+        let merged = u64::try_from(merged).unwrap_or(u64::MAX);
+        FdBudget {
+            services: n,
+            pipes: n * FDS_PER_RUNNING - merged,
+            health: defs.iter().map(health_fds).sum(),
+            held: held_fds(defs),
+            logs: n.min(crate::outputs::LOGS_OPEN as u64),
+            separate: n - merged,
         }
     }
+
+    fn total(&self) -> u64 {
+        self.pipes + self.health + self.held + self.logs + SUPERVISOR_FDS
+    }
+
+    /// Within RLIMIT_NOFILE? How many services' stat files fit beside.
+    fn check(&self, services: usize) -> Result<u64, UpError> {
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return Ok(0);
+        };
+        let fds = self.total();
+        if fds <= soft {
+            return Ok(soft.saturating_sub(fds) / FDS_PER_STATS);
+        }
+        let merge = if self.separate > 0 && fds - self.separate <= soft {
+            format!(
+                ", or give the services \"stderr\": \"stdout\" (one pipe each instead of two: {} in all)",
+                fds - self.separate
+            )
+        } else {
+            String::new()
+        };
+        Err(UpError::Setup(format!(
+            "{services} services need up to {fds} file descriptors ({}) but RLIMIT_NOFILE allows \
+             {soft} (hard limit {hard}, and isola up could not raise it): raise it \
+             (`ulimit -n {fds}`, or LimitNOFILE={fds} in the systemd unit), split the stack{merge}",
+            self.parts()
+        )))
+    }
+
+    fn parts(&self) -> String {
+        let mut parts = vec![format!("output pipes {}", self.pipes)];
+        if self.health > 0 {
+            parts.push(format!("health checks {}", self.health));
+        }
+        if self.held > 0 {
+            parts.push(format!("held sockets and stored fds {}", self.held));
+        }
+        parts.push(format!("open logs {}", self.logs));
+        parts.push(format!("the supervisor {SUPERVISOR_FDS}"));
+        parts.join(", ")
+    }
+}
+
+/// Room for every service's init and payload under pid_max and
+/// threads-max, beside what runs already.
+fn check_tasks(services: usize) -> Result<(), UpError> {
+    let n = u64::try_from(services).unwrap_or(u64::MAX);
     let read = |p: &str| {
         std::fs::read_to_string(p)
             .ok()
@@ -250,7 +291,7 @@ pub(crate) fn check_capacity(defs: &[ServiceDef]) -> Result<usize, UpError> {
             }
         }
     }
-    Ok(usize::try_from(spare.min(n)).unwrap_or(services))
+    Ok(())
 }
 
 pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);

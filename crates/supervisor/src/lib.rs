@@ -9,7 +9,6 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
-pub mod decide;
 pub mod fuzzing;
 #[cfg(test)]
 mod garbage_tests;

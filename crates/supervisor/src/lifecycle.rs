@@ -25,19 +25,20 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::decide::LastExit;
+use crate::lifecycle::exit_policy::LastExit;
 use crate::spec::policy::OomPolicy;
 use crate::spec::stack::ServiceDef;
 
-mod health;
+pub mod exit_policy;
 mod phase;
 mod rollout;
+mod run_health;
 #[cfg(test)]
 mod tests;
 mod transitions;
 
-pub use health::{Notice, ProbeResult, ProbeState, RunHealth};
 pub use phase::{ConnId, Down, Effect, Exit, Intent, Phase, Service, StartError, State};
+pub use run_health::{Notice, ProbeResult, ProbeState, RunHealth};
 
 /// The whole stack's lifecycle.
 pub struct Core {
@@ -57,7 +58,7 @@ pub struct Core {
     /// they come up. A thousand services probed every second cost a heap
     /// operation per probe, not a scan of all of them per event.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// Where the probe grid starts (see `health::PROBE_GRID`).
+    /// Where the probe grid starts (see `run_health::PROBE_GRID`).
     epoch: Instant,
     max_launching: usize,
     shutting_down: bool,

@@ -23,7 +23,7 @@ use nix::sys::signal::{SigmaskHow, Signal};
 
 use crate::control::server::ControlServer;
 use crate::held_sockets::HeldSockets;
-use crate::host::{self, Completion, StackGroup};
+use crate::host::{self, PlanAdditions, StackGroup};
 use crate::lifecycle::Core;
 use crate::logs::LogConfig;
 use crate::outputs::{Outputs, Sink};
@@ -32,10 +32,9 @@ use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Input, Outbox};
-use crate::shell::progress::Progress;
 use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
-use crate::shell::under_systemd::SdNotify;
-use crate::shell::wakeups::{Signals, Timer};
+use crate::shell::reports::Reports;
+use crate::shell::wakeups::Wakeups;
 use crate::spawner::Spawner;
 use crate::spec::stack::{self, ServiceDef, Stack};
 
@@ -141,9 +140,9 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
 }
 
 /// Complete what the supervisor adds to every loaded service.
-pub(crate) fn complete_all(completion: &Completion, defs: &mut [ServiceDef]) {
+pub(crate) fn add_to_all(additions: &PlanAdditions, defs: &mut [ServiceDef]) {
     for def in defs {
-        completion.complete(def);
+        additions.add_to(def);
     }
 }
 
@@ -153,8 +152,7 @@ pub struct Supervisor {
     pub(crate) now: Instant,
     pub(crate) outbox: Outbox,
     pub(crate) core: Core,
-    signals: Signals,
-    timer: Timer,
+    wakeups: Wakeups,
     pub(crate) sandboxes: Sandboxes,
     pub(crate) reaper: Reaper,
     pub(crate) outputs: Outputs,
@@ -163,11 +161,9 @@ pub struct Supervisor {
     pub(crate) readiness: Readiness,
     pub(crate) held: HeldSockets,
     /// What every loaded plan gets from us (the spawner's copy too).
-    pub(crate) completion: Completion,
-    /// Under systemd: READY=1, STATUS=, STOPPING=1.
-    sd_notify: Option<SdNotify>,
-    /// A big stack's start at a terminal.
-    progress: Option<Progress>,
+    pub(crate) additions: PlanAdditions,
+    /// What `isola up` tells of the whole stack (systemd, a terminal).
+    reports: Reports,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -182,6 +178,18 @@ macro_rules! ctx {
     };
 }
 pub(crate) use ctx;
+
+/// What `new` checked, bound and claimed, for `assemble`.
+struct Prepared {
+    additions: PlanAdditions,
+    defs: Vec<ServiceDef>,
+    held: HeldSockets,
+    listener: std::os::unix::net::UnixListener,
+    stderr: Sink,
+    group: Option<StackGroup>,
+    spawner: Result<Spawner, Errno>,
+    stats_cap: usize,
+}
 
 /// Block the signals we take (every init starts with them blocked):
 /// everything we handle arrives through the signalfd, SIGCHLD too.
@@ -198,14 +206,14 @@ fn block_signals() -> Result<(), UpError> {
 /// error stops the spawner with the supervisor.
 fn spawner_and_stack(
     cfg: &Config,
-    completion: &Completion,
+    additions: &PlanAdditions,
 ) -> Result<(Stack, Result<Spawner, Errno>), UpError> {
     let mut text = read_stack(&cfg.stack_path)?;
     let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
     let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
     isola_runtime::release_free_memory();
     let spawner =
-        sandboxes::spawner_plans::fork_spawner(&mut text, &base_dir, &stack_root, completion);
+        sandboxes::spawner_plans::fork_spawner(&mut text, &base_dir, &stack_root, additions);
     Ok((stack::parse(&text, &base_dir)?, spawner))
 }
 
@@ -236,13 +244,13 @@ impl Supervisor {
         // Our fd limit raised as far as it goes (the capacity check counts
         // on it), and the signals we take blocked: both before the
         // spawner is forked.
-        let completion = Completion {
+        let additions = PlanAdditions {
             inherited: host::Inherited::adjust(),
             no_cgroup: cfg.no_cgroup,
             socket: cfg.socket.clone(),
         };
         block_signals()?;
-        let (stack, spawner) = spawner_and_stack(&cfg, &completion)?;
+        let (stack, spawner) = spawner_and_stack(&cfg, &additions)?;
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Start)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
@@ -257,55 +265,65 @@ impl Supervisor {
             stderr.line(&format!("isola: warning: {w}"));
         }
         let group = claim_group(&cfg, &mut stderr)?;
-        let reactor = Reactor::new().map_err(setup("epoll"))?;
-        let mut outputs = Outputs::new(cfg.logs.clone(), cfg.echo, Sink::stdout(), stderr);
         let mut defs = stack.services;
-        complete_all(&completion, &mut defs);
-        for (i, def) in defs.iter().enumerate() {
+        add_to_all(&additions, &mut defs);
+        let prepared = Prepared {
+            additions,
+            defs,
+            held,
+            listener,
+            stderr,
+            group,
+            spawner,
+            stats_cap,
+        };
+        let sup = Supervisor::assemble(cfg, prepared)?;
+        socket_guard.0 = None;
+        Ok(sup)
+    }
+
+    /// The loop and its parts, from what `new` checked and claimed.
+    fn assemble(cfg: Config, p: Prepared) -> Result<Supervisor, UpError> {
+        let reactor = Reactor::new().map_err(setup("epoll"))?;
+        let mut outputs = Outputs::new(cfg.logs.clone(), cfg.echo, Sink::stdout(), p.stderr);
+        for (i, def) in p.defs.iter().enumerate() {
             outputs
                 .add(i, &def.name)
                 .map_err(setup(format!("log file for {}", def.name)))?;
         }
-        let spawner_note = spawner
-            .as_ref()
-            .err()
-            .map(|e| format!("spawner: fork: {e}; starting sandboxes in-process"));
+        let mut outbox = Outbox::default();
+        if let Err(e) = &p.spawner {
+            outbox.note(format!("spawner: fork: {e}; starting sandboxes in-process"));
+        }
         let sandbox_setup = sandboxes::Setup {
             stack_root: cfg.cgroup_root.join(stack_name(&cfg.stack_path)),
             no_cgroup: cfg.no_cgroup,
-            group,
-            spawner: spawner.ok(),
-            stats_cap,
+            group: p.group,
+            spawner: p.spawner.ok(),
+            stats_cap: p.stats_cap,
         };
         let mut sandboxes = Sandboxes::new(&reactor, sandbox_setup).map_err(setup("inotify"))?;
-        for (i, def) in defs.iter().enumerate() {
+        for (i, def) in p.defs.iter().enumerate() {
             sandboxes.add(i, &def.name);
         }
         let seed = now_ms() ^ u64::from(std::process::id());
-        let mut sup = Supervisor {
-            signals: Signals::new(&reactor).map_err(setup("signalfd"))?,
-            timer: Timer::new(&reactor).map_err(setup("timerfd"))?,
-            control: ControlServer::new(listener, &reactor).map_err(setup("epoll"))?,
+        Ok(Supervisor {
+            wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
+            control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
             readiness: Readiness::new(cfg.socket.clone()),
-            progress: Progress::new(defs.len(), cfg.echo),
-            core: Core::new(defs, MAX_STARTING, seed),
+            reports: Reports::new(p.defs.len(), cfg.echo),
+            core: Core::new(p.defs, MAX_STARTING, seed),
             cfg,
             reactor,
             now: Instant::now(),
-            outbox: Outbox::default(),
+            outbox,
             sandboxes,
             reaper: Reaper::default(),
             outputs,
             probes: Probes::default(),
-            held,
-            completion,
-            sd_notify: SdNotify::from_env(),
-        };
-        if let Some(msg) = spawner_note {
-            sup.outbox.note(msg);
-        }
-        socket_guard.0 = None;
-        Ok(sup)
+            held: p.held,
+            additions: p.additions,
+        })
     }
 
     /// Start every service in dependency order, then serve until shut down.
@@ -409,7 +427,7 @@ impl Supervisor {
     }
 
     fn on_signals(&mut self) {
-        for sig in self.signals.take() {
+        for sig in self.wakeups.signals.take() {
             self.now = Instant::now();
             match sig {
                 Signal::SIGHUP => self.reload(),
@@ -423,7 +441,7 @@ impl Supervisor {
     /// looks at its own deadlines), then the core's timers, then
     /// teardowns.
     fn on_timer(&mut self) {
-        self.timer.fired();
+        self.wakeups.timer.fired();
         self.probes.tick(ctx!(self));
         while let Some(input) = self.outbox.next_input() {
             self.feed(input);
@@ -439,23 +457,18 @@ impl Supervisor {
             self.core.next_deadline(),
             self.sandboxes.next_deadline(),
             self.probes.next_deadline(),
-            self.progress.as_ref().and_then(Progress::deadline),
+            self.reports.deadline(),
         ]
         .into_iter()
         .flatten()
         .min();
-        self.timer.arm(next);
+        self.wakeups.timer.arm(next);
     }
 
     fn report_progress(&mut self) {
-        if let Some(sd) = self.sd_notify.as_mut() {
-            sd.update(&self.core);
-        }
-        if let Some(p) = self.progress.as_mut() {
-            if p.update(&self.core, self.outputs.stderr(), Instant::now()) {
-                self.outputs
-                    .flush(ctx!(self), crate::outputs::Stream::Stderr);
-            }
+        if self.reports.update(&self.core, self.outputs.stderr()) {
+            self.outputs
+                .flush(ctx!(self), crate::outputs::Stream::Stderr);
         }
     }
 
@@ -489,7 +502,7 @@ impl Supervisor {
         }
         self.outbox.note("reloading the stack file");
         let mut defs = checked.stack.services;
-        complete_all(&self.completion, &mut defs);
+        add_to_all(&self.additions, &mut defs);
         // The spawner holds the file as it was at start, not this text:
         // what a reload changes or adds is cloned here (services it leaves
         // alone keep their definitions, and numbers).

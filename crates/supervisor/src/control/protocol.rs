@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::Reason;
+use crate::lifecycle::exit_policy::Reason;
 use crate::lifecycle::State;
 
 pub const DEFAULT_SOCKET: &str = "/run/isola/isola.sock";

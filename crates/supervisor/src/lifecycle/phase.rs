@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::health::RunHealth;
-use crate::decide::{LastExit, Reason};
+use super::run_health::RunHealth;
+use crate::lifecycle::exit_policy::{LastExit, Reason};
 use crate::spec::health::ProbeKind;
 use crate::spec::stack::ServiceDef;
 

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::decide::Reason;
+use crate::lifecycle::exit_policy::Reason;
 
 /// A stack of `true` services with these supervision fields.
 fn defs(services: Value) -> Vec<ServiceDef> {
@@ -548,5 +548,5 @@ fn every_input_is_fast() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
-mod health;
 mod rollout;
+mod run_health;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use isola_runtime::init;
 
+use super::exit_policy::{self, LastExit, Next, Reason};
 use super::{ConnId, Core, Down, Effect, Intent, Phase, Service};
-use crate::decide::{self, LastExit, Next, Reason};
 use crate::spec::health::Condition;
 
 /// May a queued service start, as far as its dependencies go?
@@ -245,40 +245,7 @@ impl Core {
             self.enter(i, Phase::Down(Down::Stopped));
             return;
         }
-        let window = Duration::from_millis(s.def.policy.restart.limit.interval_ms);
-        while s
-            .starts
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > window)
-        {
-            s.starts.pop_front();
-        }
-        let cx = decide::Context {
-            run: ran,
-            recent_starts: s.starts.len(),
-            streak: s.streak,
-            unit,
-        };
-        let (phase, msg) = match decide::after_exit(&s.def.policy, &exit, &cx) {
-            Next::Exited => (Phase::Down(Down::Exited), what),
-            Next::Stopped => (
-                Phase::Down(Down::Stopped),
-                format!("{what}; stopped by its OOM policy"),
-            ),
-            Next::Failed => {
-                let l = &s.def.policy.restart.limit;
-                let msg = format!(
-                    "{what}; failed: more than {} starts within {} ms (isola start {} to retry)",
-                    l.burst, l.interval_ms, s.def.name
-                );
-                (Phase::Down(Down::Failed), msg)
-            }
-            Next::Restart { delay, streak } => {
-                s.streak = streak;
-                let msg = format!("{what}; restarting in {} ms", delay.as_millis());
-                (Phase::Backoff { until: now + delay }, msg)
-            }
-        };
+        let (phase, msg) = by_policy(s, &exit, what, ran, unit, now);
         self.event(i, msg);
         self.enter(i, phase);
     }
@@ -478,19 +445,65 @@ fn s_name(s: &Option<Service>) -> String {
 /// An exit in words, for events.
 fn describe(code: i32, exit: &LastExit) -> String {
     match exit.reason {
-        decide::Reason::Exited => format!("exited with code {code}"),
-        decide::Reason::Signaled => format!("killed by signal {}", code - 128),
-        decide::Reason::OomKill if exit.signal == Some(libc::SIGKILL) => {
+        exit_policy::Reason::Exited => format!("exited with code {code}"),
+        exit_policy::Reason::Signaled => format!("killed by signal {}", code - 128),
+        exit_policy::Reason::OomKill if exit.signal == Some(libc::SIGKILL) => {
             "killed by the OOM killer".to_string()
         }
-        decide::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
-        decide::Reason::Unhealthy | decide::Reason::Watchdog => {
+        exit_policy::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
+        exit_policy::Reason::Unhealthy | exit_policy::Reason::Watchdog => {
             let how = if code > 128 {
                 format!("signal {}", code - 128)
             } else {
                 format!("code {code}")
             };
             format!("stopped for its health ({how})")
+        }
+    }
+}
+
+/// An exit no one asked for, judged by the service's restart policy: the
+/// phase it goes to and what to say.
+fn by_policy(
+    s: &mut Service,
+    exit: &LastExit,
+    what: String,
+    ran: Duration,
+    unit: f64,
+    now: Instant,
+) -> (Phase, String) {
+    let window = Duration::from_millis(s.def.policy.restart.limit.interval_ms);
+    while s
+        .starts
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) > window)
+    {
+        s.starts.pop_front();
+    }
+    let cx = exit_policy::Context {
+        run: ran,
+        recent_starts: s.starts.len(),
+        streak: s.streak,
+        unit,
+    };
+    match exit_policy::after_exit(&s.def.policy, exit, &cx) {
+        Next::Exited => (Phase::Down(Down::Exited), what),
+        Next::Stopped => (
+            Phase::Down(Down::Stopped),
+            format!("{what}; stopped by its OOM policy"),
+        ),
+        Next::Failed => {
+            let l = &s.def.policy.restart.limit;
+            let msg = format!(
+                "{what}; failed: more than {} starts within {} ms (isola start {} to retry)",
+                l.burst, l.interval_ms, s.def.name
+            );
+            (Phase::Down(Down::Failed), msg)
+        }
+        Next::Restart { delay, streak } => {
+            s.streak = streak;
+            let msg = format!("{what}; restarting in {} ms", delay.as_millis());
+            (Phase::Backoff { until: now + delay }, msg)
         }
     }
 }

@@ -12,14 +12,14 @@ use isola_runtime::{exit, sandbox, Plan};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::host::Completion;
+use crate::host::PlanAdditions;
 use crate::spawner::{self, Spawner, Wanted};
 use crate::spec::stack::{self, ServiceDef};
 
 /// Fork the spawner now, before the stack file is parsed, while this
 /// process holds little but the file's `text`: every init is a copy of the
 /// spawner. The spawner builds each service from the text as the
-/// supervisor does ([`stack::service_def`], then `completion`; paths
+/// supervisor does ([`stack::service_def`], then `additions`; paths
 /// relative to `base_dir`), all at once while the supervisor parses the
 /// same text, and before any init exists; then it frees its copy of the
 /// text (the supervisor's stays).
@@ -27,7 +27,7 @@ pub(crate) fn fork_spawner(
     text: &mut String,
     base_dir: &Path,
     stack_root: &Path,
-    completion: &Completion,
+    additions: &PlanAdditions,
 ) -> Result<Spawner, Errno> {
     let supervisor = nix::unistd::getpid();
     Spawner::fork(|sock| {
@@ -40,14 +40,14 @@ pub(crate) fn fork_spawner(
         // Ours to free: our copy of the supervisor's memory, whose frames
         // this process never returns to.
         let text = std::mem::take(text);
-        let table = build_all(&text, base_dir, completion);
+        let table = build_all(&text, base_dir, additions);
         drop(text);
         // The text and the parse's garbage, freed, go back before the
         // first clone.
         isola_runtime::release_free_memory();
-        let plan_for = |w: &Wanted| lookup(&table, w, completion);
+        let plan_for = |w: &Wanted| lookup(&table, w, additions);
         spawner::serve(sock, plan_for, |stdio| {
-            options("", stack_root, completion.no_cgroup, stdio, true)
+            options("", stack_root, additions.no_cgroup, stdio, true)
         })
     })
 }
@@ -71,7 +71,7 @@ enum Built {
 fn lookup<'t>(
     table: &'t [Option<Built>],
     w: &Wanted,
-    completion: &Completion,
+    additions: &PlanAdditions,
 ) -> Option<(Cow<'t, str>, Cow<'t, Plan>)> {
     let built = table.get(usize::try_from(w.entry).ok()?)?.as_ref()?;
     match built {
@@ -84,7 +84,7 @@ fn lookup<'t>(
         }
         Built::Replicated(def) if def.fingerprint == w.fingerprint && w.replica > 0 => {
             let mut d = def.replica(w.replica)?;
-            completion.complete(&mut d);
+            additions.add_to(&mut d);
             Some((Cow::Owned(d.name), Cow::Owned(d.plan)))
         }
         _ => None,
@@ -95,7 +95,7 @@ fn lookup<'t>(
 /// build: the supervisor refuses such a file and never asks), kept in the
 /// shared arena. Each is built in the heap and then copied there, so no
 /// garbage of the parse lands in it.
-fn build_all(text: &str, base_dir: &Path, completion: &Completion) -> Vec<Option<Built>> {
+fn build_all(text: &str, base_dir: &Path, additions: &PlanAdditions) -> Vec<Option<Built>> {
     let Ok(entries) = stack::entries(text) else {
         return Vec::new();
     };
@@ -107,7 +107,7 @@ fn build_all(text: &str, base_dir: &Path, completion: &Completion) -> Vec<Option
                 if def.group.is_some() {
                     isola_runtime::in_shared_arena(|| Built::Replicated(Box::new(def.clone())))
                 } else {
-                    completion.complete(&mut def);
+                    additions.add_to(&mut def);
                     isola_runtime::in_shared_arena(|| Built::Service {
                         fingerprint: def.fingerprint,
                         name: def.name.clone(),
@@ -146,8 +146,8 @@ pub(super) fn options<'a>(
 mod tests {
     use super::*;
 
-    fn completion() -> Completion {
-        Completion {
+    fn additions() -> PlanAdditions {
+        PlanAdditions {
             inherited: crate::host::Inherited::with(
                 Some(isola_runtime::plan::Rlimit {
                     resource: nix::sys::resource::Resource::RLIMIT_NOFILE,
@@ -180,12 +180,12 @@ mod tests {
             svc(r#", "dependsOn": ["web"]"#),
         );
         let base = Path::new("/");
-        let c = completion();
+        let c = additions();
         let stack = stack::parse(&text, base).expect("stack");
         let table = build_all(&text, base, &c);
         assert_eq!(table.len(), 3);
         for mut def in stack.services {
-            c.complete(&mut def);
+            c.add_to(&mut def);
             let w = Wanted {
                 entry: def.entry.expect("numbered"),
                 replica: def.replica_number().unwrap_or(0),

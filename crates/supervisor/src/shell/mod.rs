@@ -3,13 +3,15 @@
 //! gets (reactor, time, outbox), the loop's own [`wakeups`] (signals, the
 //! timer), [`orchestrate`] (effects and the sequences over several parts),
 //! [`requests`] and [`status`] (control requests answered), and what
-//! `isola up` shows of the whole stack ([`progress`], [`under_systemd`]).
+//! `isola up` tells of the whole stack ([`reports`]: [`progress`],
+//! [`under_systemd`]).
 
 pub(crate) mod context;
 pub(crate) mod orchestrate;
-pub(crate) mod progress;
+mod progress;
 pub(crate) mod reactor;
+pub(crate) mod reports;
 mod requests;
 mod status;
-pub(crate) mod under_systemd;
+mod under_systemd;
 pub(crate) mod wakeups;

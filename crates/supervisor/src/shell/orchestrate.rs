@@ -4,25 +4,72 @@
 //! another; this file (with `requests`) is where they meet.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use isola_runtime::listen::Listen;
 use isola_runtime::{exit, ExitStatus};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 
-use super::context::{Input, Said, ServiceIx, Verdict};
+use super::context::{Ctx, Input, Said, ServiceIx, Verdict};
 use crate::control::server::Audience;
 use crate::control::{Message, Response};
 use crate::lifecycle::{Core, Effect, StartError};
-use crate::outputs::Lines;
+use crate::outputs::{Lines, Outputs, PipeEnds};
 use crate::probes::{exec, Target};
-use crate::readiness::{ReadySpec, Senders};
+use crate::readiness::{Readiness, ReadySpec, Senders};
 use crate::reaper::Child;
 use crate::sandboxes::{Launch, Report, Sandboxes};
 use crate::spec::health::{Check, Notify, ProbeKind};
 use crate::spec::policy::Stderr;
+use crate::spec::stack::ServiceDef;
 use crate::supervisor::{ctx, Supervisor};
+
+/// The sandbox's ends of its stdio and notify pipe (ours registered by
+/// their parts), closed here once it is cloned.
+struct Ends {
+    null: File,
+    pipes: PipeEnds,
+    ready: Option<OwnedFd>,
+}
+
+impl Ends {
+    fn stdio(&self) -> [RawFd; 3] {
+        let out = self.pipes.stdout.as_raw_fd();
+        let err = self.pipes.stderr.as_ref().map_or(out, AsRawFd::as_raw_fd);
+        [self.null.as_raw_fd(), out, err]
+    }
+}
+
+/// Open what a start of `def` (service `i`) needs: its output pipes
+/// (stderr into stdout's with `"stderr": "stdout"`), /dev/null for stdin,
+/// and for `notify: {"fd": N}` a notify pipe. On a failure nothing stays
+/// open; the reason and errno.
+fn open_ends(
+    outputs: &mut Outputs,
+    readiness: &mut Readiness,
+    ctx: &mut Ctx<'_>,
+    i: ServiceIx,
+    def: &ServiceDef,
+) -> Result<Ends, (String, Errno)> {
+    let merged = def.policy.stderr == Stderr::Stdout;
+    let pipes = outputs
+        .open_pipes(ctx, i, merged)
+        .map_err(|e| (format!("cannot create pipes: {e}"), e))?;
+    let null = File::open("/dev/null").map_err(|e| {
+        outputs.close_pipes(ctx, i);
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+        (format!("/dev/null: {e}"), errno)
+    })?;
+    let ready = match def.policy.health.notify {
+        Some(Notify::Fd(_)) => Some(readiness.open_pipe(ctx, i).map_err(|e| {
+            outputs.close_pipes(ctx, i);
+            (format!("cannot create pipes: {e}"), e)
+        })?),
+        _ => None,
+    };
+    Ok(Ends { null, pipes, ready })
+}
 
 /// Readiness asks about senders; the core and the sandboxes answer.
 pub(crate) struct SenderCheck<'a> {
@@ -162,40 +209,18 @@ impl Supervisor {
             predecessor: s.predecessor,
         };
         self.readiness.prepare(ctx!(self), i, &spec);
-        let merged = def.policy.stderr == Stderr::Stdout;
-        let ends = match self.outputs.open_pipes(ctx!(self), i, merged) {
+        let ends = match open_ends(&mut self.outputs, &mut self.readiness, ctx!(self), i, def) {
             Ok(e) => e,
-            Err(e) => return self.launch_failed(i, &format!("cannot create pipes: {e}"), e),
+            Err((why, errno)) => return self.launch_failed(i, &why, errno),
         };
-        let null = match File::open("/dev/null") {
-            Ok(f) => f,
-            Err(e) => {
-                self.outputs.close_pipes(ctx!(self), i);
-                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
-                return self.launch_failed(i, &format!("/dev/null: {e}"), errno);
-            }
-        };
-        // `notify: {"fd": N}`: the payload's end of a pipe at fd N.
-        let ready = match def.policy.health.notify {
-            Some(Notify::Fd(_)) => match self.readiness.open_pipe(ctx!(self), i) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    self.outputs.close_pipes(ctx!(self), i);
-                    return self.launch_failed(i, &format!("cannot create pipes: {e}"), e);
-                }
-            },
-            _ => None,
-        };
-        let pass: Vec<RawFd> = ready.iter().map(AsRawFd::as_raw_fd).collect();
+        let pass: Vec<RawFd> = ends.ready.iter().map(AsRawFd::as_raw_fd).collect();
         let (mut fds, names) = self.held.for_group(def.group_name());
         let mut names = names.to_string();
         self.readiness.stored_fds(i, &mut fds, &mut names);
-        let out = ends.stdout.as_raw_fd();
-        let err = ends.stderr.as_ref().map_or(out, AsRawFd::as_raw_fd);
         let launch = Launch {
             def,
             predecessor: s.predecessor,
-            stdio: [null.as_raw_fd(), out, err],
+            stdio: ends.stdio(),
             pass: &pass,
             listen: Listen {
                 fds: &fds,
@@ -204,7 +229,7 @@ impl Supervisor {
         };
         let started = self.sandboxes.launch(ctx!(self), i, launch);
         // Our copies of the sandbox's ends close here.
-        drop((ends, null, ready));
+        drop(ends);
         match started {
             Ok(pid) => self.reaper.watch(pid, Child::Init(i)),
             Err(e) => {

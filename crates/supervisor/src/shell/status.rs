@@ -113,12 +113,7 @@ fn row<'a>(
         restarts: s.restarts,
         uptime_ms,
         started_at_ms: sb.started_at_ms,
-        last_exit: s.last_exit.map(|e| ExitRow {
-            reason: e.reason,
-            code: e.code,
-            signal: e.signal,
-            message: s.last_exit_message.clone(),
-        }),
+        last_exit: last_exit(s),
         oom_kills: s.oom_kills,
         waiting_for: s
             .waiting_for
@@ -146,12 +141,24 @@ fn row<'a>(
         ready: running && s.health.ready,
         probe: probe_rows(s, now, wall),
         notify_status: s.health.notify_status.as_deref().map(Cow::Borrowed),
-        limits: s
-            .def
-            .plan
-            .cgroup_files
-            .iter()
-            .map(|f| (f.file.clone(), f.value.clone()))
-            .collect(),
+        limits: limits(s),
     }
+}
+
+fn last_exit(s: &Service) -> Option<ExitRow> {
+    s.last_exit.map(|e| ExitRow {
+        reason: e.reason,
+        code: e.code,
+        signal: e.signal,
+        message: s.last_exit_message.clone(),
+    })
+}
+
+/// The cgroup files isola set, `isola update`'s included.
+fn limits(s: &Service) -> BTreeMap<String, String> {
+    let files = &s.def.plan.cgroup_files;
+    files
+        .iter()
+        .map(|f| (f.file.clone(), f.value.clone()))
+        .collect()
 }

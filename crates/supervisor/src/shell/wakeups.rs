@@ -95,3 +95,18 @@ impl Timer {
         self.armed = set.ok().and(next);
     }
 }
+
+/// Both, as the loop holds them.
+pub(crate) struct Wakeups {
+    pub(crate) signals: Signals,
+    pub(crate) timer: Timer,
+}
+
+impl Wakeups {
+    pub(crate) fn new(reactor: &Reactor) -> Result<Wakeups, String> {
+        Ok(Wakeups {
+            signals: Signals::new(reactor).map_err(|e| format!("signalfd: {e}"))?,
+            timer: Timer::new(reactor).map_err(|e| format!("timerfd: {e}"))?,
+        })
+    }
+}

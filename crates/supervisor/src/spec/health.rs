@@ -299,67 +299,15 @@ pub fn parse_dependencies(v: &Value, path: &str) -> Result<Vec<Dependency>, Spec
 }
 
 fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecError> {
-    let p: ProbeJson = field(v, path)?;
+    let mut p: ProbeJson = field(v, path)?;
     let given = [p.exec.is_some(), p.tcp.is_some(), p.http.is_some()];
-    let check = match (p.exec, p.tcp, p.http) {
-        (Some(argv), None, None) => {
-            if argv.first().is_none_or(String::is_empty) {
-                return Err(SpecError::new(
-                    format!("{path}.exec"),
-                    "must name a command",
-                ));
-            }
-            if let Some(bad) = argv.iter().find(|a| a.contains('\0')) {
-                return Err(SpecError::new(
-                    format!("{path}.exec"),
-                    format!("{bad:?}: contains a NUL byte"),
-                ));
-            }
-            Check::Exec(argv)
-        }
+    let check = match (p.exec.take(), p.tcp.take(), p.http.take()) {
+        (Some(argv), None, None) => exec_check(argv, path)?,
         (None, Some(t), None) => Check::Tcp {
             host: host(t.host.as_deref(), &format!("{path}.tcp.host"))?,
             port: port(t.port, &format!("{path}.tcp.port"))?,
         },
-        (None, None, Some(h)) => {
-            let hp = format!("{path}.http");
-            if let Some(s) = h
-                .scheme
-                .as_deref()
-                .filter(|s| !s.eq_ignore_ascii_case("http"))
-            {
-                return Err(SpecError::new(
-                    format!("{hp}.scheme"),
-                    format!("{s}: only \"http\" is supported"),
-                ));
-            }
-            let path_s = h.path.unwrap_or_else(|| "/".into());
-            if !path_s.starts_with('/') || !printable(&path_s) {
-                return Err(SpecError::new(
-                    format!("{hp}.path"),
-                    format!(
-                        "{path_s:?}: must start with / and hold no spaces or control characters"
-                    ),
-                ));
-            }
-            let headers: Vec<(String, String)> =
-                h.headers.unwrap_or_default().into_iter().collect();
-            for (k, val) in &headers {
-                let ok_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-                if !ok_name || val.chars().any(char::is_control) || val.len() > MAX_HTTP_FIELD {
-                    return Err(SpecError::new(
-                        format!("{hp}.headers.{k}"),
-                        format!("{val:?}: not a valid header"),
-                    ));
-                }
-            }
-            Check::Http {
-                host: host(h.host.as_deref(), &format!("{hp}.host"))?,
-                port: port(h.port, &format!("{hp}.port"))?,
-                path: path_s,
-                headers,
-            }
-        }
+        (None, None, Some(h)) => http_check(h, &format!("{path}.http"))?,
         _ => {
             let n = given.iter().filter(|g| **g).count();
             return Err(SpecError::new(
@@ -372,30 +320,7 @@ fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecErro
             ));
         }
     };
-    let threshold = |v: Option<u32>, default: u32, name: &str| -> Result<u32, SpecError> {
-        match v.unwrap_or(default) {
-            0 => Err(SpecError::new(
-                format!("{path}.{name}"),
-                "0: must be at least 1",
-            )),
-            n => Ok(n),
-        }
-    };
-    let failure_threshold = threshold(
-        p.failure_threshold,
-        DEFAULT_FAILURE_THRESHOLD,
-        "failureThreshold",
-    )?;
-    let success_threshold = threshold(p.success_threshold, 1, "successThreshold")?;
-    if success_threshold != 1 && kind != ProbeKind::Readiness {
-        return Err(SpecError::new(
-            format!("{path}.successThreshold"),
-            format!(
-                "{success_threshold}: must be 1 for a {} probe",
-                kind.as_str()
-            ),
-        ));
-    }
+    let (failure_threshold, success_threshold) = thresholds(&p, kind, path)?;
     let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, SpecError> {
         match v.unwrap_or(default) {
             0 if name != "initialDelayMs" => Err(SpecError::new(
@@ -413,6 +338,85 @@ fn parse_probe(v: &Value, kind: ProbeKind, path: &str) -> Result<Probe, SpecErro
         failure_threshold,
         success_threshold,
     })
+}
+
+fn exec_check(argv: Vec<String>, path: &str) -> Result<Check, SpecError> {
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(SpecError::new(
+            format!("{path}.exec"),
+            "must name a command",
+        ));
+    }
+    if let Some(bad) = argv.iter().find(|a| a.contains('\0')) {
+        return Err(SpecError::new(
+            format!("{path}.exec"),
+            format!("{bad:?}: contains a NUL byte"),
+        ));
+    }
+    Ok(Check::Exec(argv))
+}
+
+/// An `http` probe; `hp` is its path in errors.
+fn http_check(h: HttpJson, hp: &str) -> Result<Check, SpecError> {
+    if let Some(s) = h
+        .scheme
+        .as_deref()
+        .filter(|s| !s.eq_ignore_ascii_case("http"))
+    {
+        return Err(SpecError::new(
+            format!("{hp}.scheme"),
+            format!("{s}: only \"http\" is supported"),
+        ));
+    }
+    let path_s = h.path.unwrap_or_else(|| "/".into());
+    if !path_s.starts_with('/') || !printable(&path_s) {
+        return Err(SpecError::new(
+            format!("{hp}.path"),
+            format!("{path_s:?}: must start with / and hold no spaces or control characters"),
+        ));
+    }
+    let headers: Vec<(String, String)> = h.headers.unwrap_or_default().into_iter().collect();
+    for (k, val) in &headers {
+        let ok_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !ok_name || val.chars().any(char::is_control) || val.len() > MAX_HTTP_FIELD {
+            return Err(SpecError::new(
+                format!("{hp}.headers.{k}"),
+                format!("{val:?}: not a valid header"),
+            ));
+        }
+    }
+    Ok(Check::Http {
+        host: host(h.host.as_deref(), &format!("{hp}.host"))?,
+        port: port(h.port, &format!("{hp}.port"))?,
+        path: path_s,
+        headers,
+    })
+}
+
+/// `failureThreshold` and `successThreshold` (above 1 for readiness only).
+fn thresholds(p: &ProbeJson, kind: ProbeKind, path: &str) -> Result<(u32, u32), SpecError> {
+    let threshold = |v: Option<u32>, default: u32, name: &str| -> Result<u32, SpecError> {
+        match v.unwrap_or(default) {
+            0 => Err(SpecError::new(
+                format!("{path}.{name}"),
+                "0: must be at least 1",
+            )),
+            n => Ok(n),
+        }
+    };
+    let failure = threshold(
+        p.failure_threshold,
+        DEFAULT_FAILURE_THRESHOLD,
+        "failureThreshold",
+    )?;
+    let success = threshold(p.success_threshold, 1, "successThreshold")?;
+    if success != 1 && kind != ProbeKind::Readiness {
+        return Err(SpecError::new(
+            format!("{path}.successThreshold"),
+            format!("{success}: must be 1 for a {} probe", kind.as_str()),
+        ));
+    }
+    Ok((failure, success))
 }
 
 fn printable(s: &str) -> bool {

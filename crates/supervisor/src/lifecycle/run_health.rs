@@ -22,7 +22,7 @@ use super::{Core, Intent, Phase};
 /// probe (each costs a context switch). A probe runs at most this much
 /// later than its period says.
 const PROBE_GRID: Duration = Duration::from_millis(10);
-use crate::decide::Reason;
+use crate::lifecycle::exit_policy::Reason;
 use crate::spec::health::{Health, ProbeKind};
 
 /// `t` rounded up to the next multiple of [`PROBE_GRID`] after `epoch`.
@@ -50,6 +50,22 @@ pub struct ProbeState {
     pub failures: u32,
     pub(super) successes: u32,
     pub last: Option<ProbeResult>,
+}
+
+impl ProbeState {
+    /// A result came in: the probe is no longer in flight, and its run of
+    /// successes or failures goes on or starts over.
+    fn record(&mut self, result: ProbeResult) {
+        self.in_flight = false;
+        if result.ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+        }
+        self.last = Some(result);
+    }
 }
 
 /// What a service's own notifications said (sd_notify or its notify fd).
@@ -244,20 +260,12 @@ impl Core {
         let next = on_grid(now + period, self.epoch);
         let Some(s) = self.svc(i) else { return };
         let p = &mut s.health.probes[kind.index()];
-        p.in_flight = false;
-        p.next_at = Some(next);
-        p.last = Some(ProbeResult {
+        p.record(ProbeResult {
             at: now,
             ok,
             message,
         });
-        if ok {
-            p.failures = 0;
-            p.successes = p.successes.saturating_add(1);
-        } else {
-            p.successes = 0;
-            p.failures = p.failures.saturating_add(1);
-        }
+        p.next_at = Some(next);
         let (failures, successes) = (p.failures, p.successes);
         match (kind, ok) {
             (ProbeKind::Startup, true) => {
