@@ -4,6 +4,7 @@
 //! `svc`, `history`) are in `isola_tests::up`.
 
 mod control;
+mod cycles;
 mod detach;
 mod events;
 mod logs;

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Two isola binaries A and B, same supervisor work, alternating runs
+(A B A B …): time to all running, status request latency and supervisor
+RSS at 100 and 1000 services, idle wakeups at 100. For a change to the
+supervisor: A is the commit it started from, B the change.
+
+  bench_ab.py host|vm A_BIN B_BIN [--rounds N] [--services 100,1000]
+
+Prints one JSON object per measurement and a table of medians with B/A.
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def one(work, setting, n, tag):
+    up = bench.Up(work, f"{tag}-{n}", {f"s{i}": bench.sleeper(setting) for i in range(n)}, setting)
+    row = {"running_s": up.wait_all(), "status_ms": up.status_ms(20 if n <= 100 else 10),
+           "rss_kb": up.rss_kb()}
+    if n == 100:
+        before = up.switches()
+        time.sleep(5)
+        row["idle_wakeups_per_s"] = (up.switches() - before) / 5
+    up.down()
+    return row
+
+
+def main():
+    setting, a, b = sys.argv[1:4]
+    rounds = int(bench.arg("--rounds", 3))
+    counts = [int(c) for c in bench.arg("--services", "100,1000").split(",")]
+    if setting == "host" and not os.environ.get("ISOLA_BENCH_NS"):
+        # As bench.py: a private mount namespace, nothing of the host's
+        # cgroups written (the host setting runs with --no-cgroup).
+        os.environ["ISOLA_BENCH_NS"] = "1"
+        inner = f"mount -t cgroup2 -o ro none /sys/fs/cgroup && exec {sys.executable} " + " ".join(map(bench.sh_quote, sys.argv))
+        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
+    work = tempfile.mkdtemp(prefix="isola-ab-")
+    bench.make_bundle(work, setting == "vm")
+    results = {"A": {}, "B": {}}
+    for r in range(rounds):
+        for tag, binary in (("A", a), ("B", b)):
+            bench.ISOLA = binary
+            for n in counts:
+                row = one(work, setting, n, f"{tag}{r}")
+                print(json.dumps({"bin": tag, "round": r, "services": n, **row}), flush=True)
+                for k, v in row.items():
+                    results[tag].setdefault((n, k), []).append(v)
+    print(f"\n{setting}: medians of {rounds} alternating rounds; A = {a}, B = {b}\n")
+    print("| services | measure | A | B | B/A |")
+    print("|---|---|---|---|---|")
+    for key in sorted(results["A"]):
+        va = statistics.median(results["A"][key])
+        vb = statistics.median(results["B"][key])
+        ratio = f"{vb / va:.2f}" if va else "-"
+        print(f"| {key[0]} | {key[1]} | {va:.2f} | {vb:.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
