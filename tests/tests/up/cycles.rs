@@ -46,7 +46,7 @@ fn settle(up: &Up, names: &[&str]) {
 fn cycle(up: &Up, web: &Value, k: usize) {
     let (code, _, err) = up.cli(&["restart", "web"]);
     assert_eq!(code, 0, "{err}");
-    let (gone, other) = if k % 2 == 0 {
+    let (gone, other) = if k.is_multiple_of(2) {
         ("db", "db2")
     } else {
         ("db2", "db")
