@@ -232,19 +232,24 @@ mod tests {
         assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_ok());
         drop(taken);
         // Now it fits: `a` is the same socket, `b` new, names in order.
-        let next = held.open_all(&web(&[a, b], "")).unwrap();
+        let mut next = held.open_all(&web(&[a, b], "")).unwrap();
         assert_eq!(next.for_group("web").0[0], fd);
         assert_eq!(next.for_group("web").1, "s0:s1");
-        // A reload without the socket closes it once the old set goes.
+        // A reload without the sockets closes them once the old set goes.
         drop(held);
-        let none = next_without_sockets();
-        assert_eq!(none.len(), 0);
-    }
-
-    fn next_without_sockets() -> HeldSockets {
-        HeldSockets::default()
+        let none = next
             .open_all(&stack(r#""web": {"process": {"args": ["true"]}}"#))
-            .unwrap()
+            .unwrap();
+        assert_eq!(none.len(), 0);
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", a)).is_ok(),
+            "kept"
+        );
+        drop(next);
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", a)).is_ok(),
+            "closed"
+        );
     }
 
     /// Replicas are one group: one set of sockets, the same fds for each

@@ -81,6 +81,9 @@ pub struct Core {
     /// services it had at once.
     retired: Vec<usize>,
     free: Vec<usize>,
+    /// Overlap successors whose service was removed before they took its
+    /// name: stopped at the next `pump`.
+    orphans: Vec<usize>,
 }
 
 impl Core {
@@ -112,6 +115,7 @@ impl Core {
             group_waits: Vec::new(),
             retired: Vec::new(),
             free: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -516,9 +520,28 @@ impl Core {
         i
     }
 
-    /// Service `i` is forgotten (its `Forget` effect queued).
+    /// Service `i` is forgotten (its `Forget` effect queued). Nothing may
+    /// keep pointing at its index, which a newcomer gets later: an overlap
+    /// partner lets go of it, and a successor that had not taken the name
+    /// yet has no service left to take it from.
     pub(super) fn retire(&mut self, i: usize) {
-        self.services[i] = None;
+        let Some(s) = self.services[i].take() else {
+            return;
+        };
+        self.successors.retain(|x| *x != i);
+        if let Some(p) = s.predecessor.and_then(|p| self.svc(p)) {
+            if p.successor == Some(i) {
+                p.successor = None;
+            }
+        }
+        if let Some(j) = s.successor {
+            self.successors.retain(|x| *x != j);
+            if let Some(next) = self.svc(j).filter(|n| n.predecessor == Some(i)) {
+                next.predecessor = None;
+                next.overlap_until = None;
+                self.orphans.push(j);
+            }
+        }
         self.retired.push(i);
     }
 

@@ -369,9 +369,16 @@ impl Supervisor {
                 }
             }
             Part::Control => {
-                for (conn, req) in self.control.on_event(ctx!(self), key, how) {
-                    self.handle(conn, req);
+                for (conn, line) in self.control.on_event(ctx!(self), key, how) {
+                    match line {
+                        Ok(req) => self.handle(conn, req),
+                        Err(why) => {
+                            let reply = crate::control::Response::err(why);
+                            self.control.send(ctx!(self), conn, &reply);
+                        }
+                    }
                 }
+                self.control.end_turn(ctx!(self));
             }
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Readiness => {
@@ -392,12 +399,19 @@ impl Supervisor {
             while let Some(said) = self.outbox.next_said() {
                 self.say(said);
             }
+            // The time of each input and effect is its own (a burst of
+            // exec probes, each a fork, must not start with its deadline
+            // already gone).
             if let Some(input) = self.outbox.next_input() {
+                self.now = Instant::now();
                 self.feed(input);
                 continue;
             }
             match self.core.next_effect() {
-                Some(effect) => self.apply(effect),
+                Some(effect) => {
+                    self.now = Instant::now();
+                    self.apply(effect);
+                }
                 None => return,
             }
         }
@@ -434,6 +448,8 @@ impl Supervisor {
                 Signal::SIGCHLD => self.reap_children(),
                 _ => self.core.shutdown(None, self.now),
             }
+            // What one signal told the core goes in before the next.
+            self.settle();
         }
     }
 

@@ -85,9 +85,15 @@ fn overlaps_and_reloads_leave_the_supervisor_the_same_size() {
     for k in 0..WARM_UP {
         cycle(&up, &web, k);
     }
+    std::thread::sleep(Duration::from_millis(200));
     let (rss0, fds0) = (status_line(up.pid(), "VmRSS:"), fds(up.pid()));
     for k in WARM_UP..CYCLES {
         cycle(&up, &web, k);
+    }
+    // The last client's hang-up may not have been handled yet.
+    let t = Instant::now();
+    while fds(up.pid()) != fds0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (rss1, fds1) = (status_line(up.pid(), "VmRSS:"), fds(up.pid()));
     eprintln!("supervisor after {WARM_UP} and {CYCLES} cycles: RSS {rss0} → {rss1} KiB, fds {fds0} → {fds1}");

@@ -126,8 +126,16 @@ enum Closed {
     Dropped(String),
 }
 
+/// A line a client sent: a request, or why it is not one (answered by
+/// the caller in line order).
+pub(crate) type Line = (ConnId, Result<Request, String>);
+
 pub(crate) struct ControlServer {
     listener: UnixListener,
+    /// Connections that ended while their last lines were being handled:
+    /// closed at the end of the turn ([`ControlServer::end_turn`]), after
+    /// those lines were answered.
+    ending: Vec<(ConnId, Closed)>,
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
     /// Held open to be let go when we run out of fds.
@@ -147,19 +155,16 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             conns: HashMap::new(),
+            ending: Vec::new(),
             next_conn: LISTENER + 1,
             reserve_fd: std::fs::File::open("/dev/null").ok(),
             shedding: false,
         })
     }
 
-    /// One of our fds has news: the requests it brought, in order.
-    pub(crate) fn on_event(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: u64,
-        ready: Readiness,
-    ) -> Vec<(ConnId, Request)> {
+    /// One of our fds has news: the lines it brought, in order. Call
+    /// [`ControlServer::end_turn`] once they are answered.
+    pub(crate) fn on_event(&mut self, ctx: &mut Ctx<'_>, key: u64, ready: Readiness) -> Vec<Line> {
         if key == LISTENER {
             self.accept(ctx);
             return Vec::new();
@@ -170,7 +175,7 @@ impl ControlServer {
         if !ready.readable() {
             return Vec::new();
         }
-        self.read_requests(ctx, key)
+        self.read_lines(key)
     }
 
     fn accept(&mut self, ctx: &mut Ctx<'_>) {
@@ -221,7 +226,7 @@ impl ControlServer {
         }
     }
 
-    fn read_requests(&mut self, ctx: &mut Ctx<'_>, id: ConnId) -> Vec<(ConnId, Request)> {
+    fn read_lines(&mut self, id: ConnId) -> Vec<Line> {
         let Some(c) = self.conns.get_mut(&id) else {
             return Vec::new();
         };
@@ -230,24 +235,28 @@ impl ControlServer {
         if c.inbuf.len() > MAX_REQUEST {
             closed = Some(Closed::Dropped("a request line longer than 64 KiB".into()));
         }
-        let mut requests = Vec::new();
-        for line in lines {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => requests.push((id, req)),
-                Err(e) => {
-                    let msg = format!("bad request: {}", short_error(&e));
-                    self.send(ctx, id, &Response::err(msg));
-                }
-            }
-        }
         if let Some(why) = closed {
+            self.ending.push((id, why));
+        }
+        lines
+            .into_iter()
+            .map(|line| {
+                let req = serde_json::from_slice::<Request>(&line)
+                    .map_err(|e| format!("bad request: {}", short_error(&e)));
+                (id, req)
+            })
+            .collect()
+    }
+
+    /// The lines of this turn are answered: connections that ended go.
+    pub(crate) fn end_turn(&mut self, ctx: &mut Ctx<'_>) {
+        for (id, why) in std::mem::take(&mut self.ending) {
             if let Closed::Dropped(why) = why {
                 ctx.out
                     .note(format!("dropped control connection {id}: {why}"));
             }
             self.drop_conn(ctx, id);
         }
-        requests
     }
 
     /// Queue one object for a connection and write what it takes now.

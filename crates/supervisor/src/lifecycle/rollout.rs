@@ -184,6 +184,15 @@ impl Core {
     /// that ended give up; rolling restarts move on; group waits are
     /// answered.
     pub(super) fn advance_rollouts(&mut self, now: Instant) {
+        for j in std::mem::take(&mut self.orphans) {
+            if self.service(j).is_some() {
+                self.event(
+                    j,
+                    "overlap: its service was removed; stopping the new sandbox".into(),
+                );
+                self.stop_with(j, Intent::Remove, now);
+            }
+        }
         // A shutdown stops successors like everything else.
         let successors = if self.shutting_down {
             Vec::new()

@@ -253,7 +253,11 @@ impl Core {
     /// After every input: launch what may launch, carry a shutdown on, and
     /// answer `isola down` once everything is down.
     pub(super) fn pump(&mut self, now: Instant) {
-        if !self.successors.is_empty() || !self.rolls.is_empty() || !self.group_waits.is_empty() {
+        if !self.successors.is_empty()
+            || !self.rolls.is_empty()
+            || !self.group_waits.is_empty()
+            || !self.orphans.is_empty()
+        {
             self.advance_rollouts(now);
         }
         if self.shutting_down {

@@ -102,6 +102,9 @@ impl Sandboxes {
         let Some(s) = self.services.get_mut(i) else {
             return;
         };
+        if !matches!(s.stage, Stage::Draining(_)) {
+            return;
+        }
         let Stage::Draining(d) = std::mem::replace(&mut s.stage, Stage::Idle) else {
             return;
         };

@@ -217,6 +217,9 @@ impl Sandboxes {
     /// The init of a starting sandbox reported (or died).
     fn on_report(&mut self, ctx: &mut Ctx<'_>, i: ServiceIx) -> Option<Report> {
         let s = self.services.get_mut(i)?;
+        if !matches!(s.stage, Stage::Starting(_)) {
+            return None;
+        }
         let Stage::Starting(starting) = std::mem::replace(&mut s.stage, Stage::Idle) else {
             return None;
         };
@@ -279,6 +282,9 @@ impl Sandboxes {
         let Some(s) = self.services.get_mut(i) else {
             return;
         };
+        if !matches!(s.stage, Stage::Running(_)) {
+            return;
+        }
         let Stage::Running(run) = std::mem::replace(&mut s.stage, Stage::Idle) else {
             return;
         };

@@ -173,10 +173,13 @@ impl Supervisor {
         let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
             return;
         };
-        self.sandboxes.add(i, &name);
-        if let Err(e) = self.outputs.add(i, &name) {
-            self.outbox
-                .note(format!("reload: log file for {name}: {e}"));
+        // Without a log file it has no sandbox entry either: `status`
+        // leaves it out and its launch fails, saying why.
+        match self.outputs.add(i, &name) {
+            Ok(()) => self.sandboxes.add(i, &name),
+            Err(e) => self
+                .outbox
+                .note(format!("reload: log file for {name}: {e}")),
         }
     }
 
@@ -185,6 +188,9 @@ impl Supervisor {
         if let Some(pid) = self.sandboxes.forget(ctx!(self), i) {
             self.reaper.forget(pid);
         }
+        // None should be in flight (its run ended first); a late result
+        // must not reach the next service at this index.
+        self.probes.cancel(ctx!(self), i);
         self.outputs.forget(ctx!(self), i);
         self.readiness.forget(ctx!(self), i);
     }

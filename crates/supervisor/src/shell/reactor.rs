@@ -138,11 +138,13 @@ impl Reactor {
         self.epoll.modify(fd, &mut ev)
     }
 
-    /// Stop waiting on `fd`, which its owner closes next. Nothing to
-    /// handle on failure: no registered fd is ever duplicated, so closing
-    /// it takes it out of the set in any case.
+    /// Stop waiting on `fd`, which its owner closes next. Every owner
+    /// calls this before closing: a forked child (an exec probe's waiter,
+    /// an in-process clone) may hold a copy of the open file, and then
+    /// closing ours alone would leave it in the set. It fails only for an
+    /// fd that is not in the set: nothing to undo.
     pub(crate) fn remove(&self, fd: BorrowedFd<'_>) {
-        let _closing_removes_it_anyway = self.epoll.delete(fd);
+        let _not_in_the_set = self.epoll.delete(fd);
     }
 
     /// Sleep until something happens (no timeout: the timerfd is the

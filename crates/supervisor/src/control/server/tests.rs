@@ -35,19 +35,21 @@ impl Fixture {
         c
     }
 
-    /// Handle what is ready now; the requests that came in.
-    fn turn(&mut self) -> Vec<(ConnId, Request)> {
+    /// Handle what is ready now; the lines that came in (answered as the
+    /// shell answers a bad one), then the turn ends.
+    fn turn(&mut self) -> Vec<Line> {
         self.turn_within(200)
     }
 
-    fn turn_within(&mut self, ms: u16) -> Vec<(ConnId, Request)> {
-        let mut requests = Vec::new();
+    fn turn_within(&mut self, ms: u16) -> Vec<Line> {
+        let mut lines = Vec::new();
         for (tok, ready) in self.h.ready(ms) {
             assert_eq!(tok.part, Part::Control);
             let mut ctx = self.h.ctx();
-            requests.extend(self.server.on_event(&mut ctx, tok.key, ready));
+            lines.extend(self.server.on_event(&mut ctx, tok.key, ready));
         }
-        requests
+        self.server.end_turn(&mut self.h.ctx());
+        lines
     }
 }
 
@@ -84,27 +86,47 @@ fn pending(c: &UnixStream) -> String {
 }
 
 #[test]
-fn requests_come_out_and_a_malformed_line_is_answered_with_an_error() {
+fn lines_come_out_in_order_and_a_partial_one_waits_for_its_end() {
     let mut f = Fixture::new("lines");
     let mut c = f.connect();
     c.write_all(b"{\"cmd\": \"status\"}\nnot json\n{\"cmd\": \"stop\", \"name\": \"web\"}\n")
         .unwrap();
-    let reqs = f.turn();
-    assert!(
-        matches!(reqs.as_slice(), [(1, Request::Status), (1, Request::Stop { name })] if name == "web"),
-        "{reqs:?}"
-    );
-    let r = reply(&c);
-    assert_eq!(r["ok"], false);
-    assert!(
-        r["error"].as_str().unwrap().starts_with("bad request: "),
-        "{r}"
-    );
+    let lines = f.turn();
+    match lines.as_slice() {
+        [(1, Ok(Request::Status)), (1, Err(bad)), (1, Ok(Request::Stop { name }))] => {
+            assert!(bad.starts_with("bad request: "), "{bad}");
+            assert_eq!(name, "web");
+        }
+        other => panic!("{other:?}"),
+    }
     // A partial line waits for its end.
     c.write_all(b"{\"cmd\": \"do").unwrap();
     assert!(f.turn().is_empty());
     c.write_all(b"wn\"}\n").unwrap();
-    assert!(matches!(f.turn().as_slice(), [(1, Request::Down)]));
+    assert!(matches!(f.turn().as_slice(), [(1, Ok(Request::Down))]));
+}
+
+/// A client that sends its request and shuts its side (`nc -N`) gets its
+/// answer: the connection closes only once the turn's lines are answered.
+#[test]
+fn a_request_followed_by_eof_is_answered_before_the_connection_closes() {
+    let mut f = Fixture::new("eof");
+    let mut c = f.connect();
+    c.write_all(b"{\"cmd\": \"status\"}\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut lines = Vec::new();
+    for (tok, ready) in f.h.ready(1000) {
+        lines.extend(f.server.on_event(&mut f.h.ctx(), tok.key, ready));
+    }
+    assert!(
+        matches!(lines.as_slice(), [(1, Ok(Request::Status))]),
+        "{lines:?}"
+    );
+    f.server.send(&mut f.h.ctx(), 1, &Response::ok());
+    f.server.end_turn(&mut f.h.ctx());
+    assert_eq!(f.server.connections(), 0);
+    assert!(matches!(f.h.inputs().as_slice(), [Input::ConnClosed(1)]));
+    assert_eq!(reply(&c)["ok"], true);
 }
 
 #[test]
@@ -174,35 +196,32 @@ fn a_follower_that_stops_reading_is_dropped_past_the_unread_limit() {
     let mut f = Fixture::new("unread");
     let _slow = f.connect();
     let reader = f.connect();
+    reader.set_nonblocking(true).unwrap();
     f.server.follow(1, Follow::Service("web".into()));
     f.server.follow(2, Follow::Service("web".into()));
     let text = "x".repeat(1000);
-    let mut sent = 0;
+    let (mut sent, mut read) = (0usize, 0usize);
+    let mut buf = vec![0u8; 1 << 16];
     // The reader reads as it goes; the slow client never does.
-    let drain = std::thread::spawn(move || {
-        let mut n = 0usize;
-        let mut buf = [0u8; 65536];
-        while let Ok(k) = (&reader).read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        n
-    });
     while f.server.connections() == 2 {
-        let mut ctx = f.h.ctx();
         let msg = Message::Line {
             line: text.as_str().into(),
         };
         f.server
-            .broadcast(&mut ctx, Audience::FollowersOf("web"), &msg);
+            .broadcast(&mut f.h.ctx(), Audience::FollowersOf("web"), &msg);
         sent += 1;
         assert!(sent < 20_000, "never dropped");
+        while let Ok(n) = (&reader).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
         f.turn_within(0);
     }
     // Dropped past MAX_UNREAD (plus what the socket buffers took).
     assert!(sent * 1000 > MAX_UNREAD, "{sent}");
+    assert!(read > MAX_UNREAD, "the reader got it all: {read}");
     let said = f.h.said();
     assert!(
         matches!(said.as_slice(), [Said::Note(n)] if n.starts_with("dropped control connection 1 (following the log of web): ")),
@@ -212,6 +231,4 @@ fn a_follower_that_stops_reading_is_dropped_past_the_unread_limit() {
         f.server.has(Audience::FollowersOf("web")),
         "the reader stays"
     );
-    drop(f);
-    assert!(drain.join().unwrap() > MAX_UNREAD);
 }

@@ -374,3 +374,54 @@ fn a_forgotten_index_is_reused_only_after_the_wakeup() {
     assert!(fresh.iter().all(|j| *j != old), "{fresh:?} reused {old}");
     h.core.recycle();
 }
+
+/// A service removed while its overlap successor sets up: the successor
+/// has nothing to take over and is stopped, and nothing points at the
+/// removed service's index when a newcomer gets it.
+#[test]
+fn a_successor_whose_service_is_removed_is_stopped_and_lets_go_of_the_index() {
+    let mut h = H::running(json!({"web": overlap(), "db": {}}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let succ = h.launched()[0];
+    // The reload removes `web` before its successor reported.
+    h.core.reload(defs(json!({"db": {}})), now);
+    h.core.exited(old, exit(143), now);
+    let fx = h.effects();
+    assert!(fx.contains(&Effect::Forget(old)), "{fx:?}");
+    let s = h.core.service(succ).expect("the successor is still there");
+    assert_eq!(s.predecessor, None);
+    assert!(
+        matches!(
+            s.phase,
+            Phase::Launching {
+                then: Some(Intent::Remove),
+                ..
+            }
+        ),
+        "{:?}",
+        s.phase
+    );
+    // It reports, is stopped and forgotten; it never took a name.
+    h.core.started(succ, 300, now);
+    let fx = h.effects();
+    assert!(
+        fx.contains(&Effect::Signal(succ, Signal::SIGTERM)),
+        "{fx:?}"
+    );
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::HandedOver(..))),
+        "{fx:?}"
+    );
+    h.core.exited(succ, exit(143), now);
+    assert!(h.effects().contains(&Effect::Forget(succ)));
+    h.core.recycle();
+    // A newcomer at the old index is left alone.
+    let now = h.at(5000);
+    h.core.reload(defs(json!({"db": {}, "web2": {}})), now);
+    let new = h.i("web2");
+    assert!([old, succ].contains(&new), "reused {new}");
+    assert_eq!(h.core.service(new).unwrap().predecessor, None);
+    assert_eq!(h.core.next_deadline(), None, "no stale overlap deadline");
+}
