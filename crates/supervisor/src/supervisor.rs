@@ -16,14 +16,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use isola_runtime::{init, SpecError};
+use isola_runtime::SpecError;
 use nix::errno::Errno;
 use nix::sys::epoll::EpollEvent;
-use nix::sys::signal::{SigmaskHow, Signal};
+use nix::sys::signal::Signal;
 
 use crate::control::server::ControlServer;
 use crate::held_sockets::HeldSockets;
-use crate::host::{self, PlanAdditions, StackGroup};
+use crate::host::{self, PlanAdditions};
 use crate::lifecycle::Core;
 use crate::logs::LogConfig;
 use crate::outputs::{Outputs, Sink};
@@ -32,11 +32,14 @@ use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Input, Outbox};
+use crate::shell::loading::{
+    add_to_all, block_signals, check_stack, claim_group, read_stack, spawner_and_stack, Checked,
+    Loading, Prepared,
+};
 use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
 use crate::shell::reports::Reports;
 use crate::shell::wakeups::Wakeups;
-use crate::spawner::Spawner;
-use crate::spec::stack::{self, ServiceDef, Stack};
+use crate::spec::stack::{self, Stack};
 
 /// Sandboxes setting up at the same time. More does not start a stack
 /// faster on a few cores, and it bounds what a start burst holds at once.
@@ -99,53 +102,6 @@ pub fn load_stack(path: &Path) -> Result<Stack, SpecError> {
     stack::parse(&read_stack(path)?, &isola_runtime::spec::base_dir(path))
 }
 
-fn read_stack(path: &Path) -> Result<String, SpecError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| SpecError::new("", format!("{}: {e}", path.display())))
-}
-
-/// A parsed stack that fits: `--no-cgroup` leaves room for its limits,
-/// the host for its fds and tasks. With how many stat files may stay open.
-pub(crate) struct Checked {
-    pub(crate) stack: Stack,
-    pub(crate) stats_cap: usize,
-}
-
-/// When a stack is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Loading {
-    /// `isola up`: the cgroup root is checked too.
-    Start,
-    /// SIGHUP.
-    Reload,
-}
-
-/// What `new` and a reload check of a parsed stack, alike.
-pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<Checked, UpError> {
-    if let Some(d) = stack.services.iter().find(|d| d.plan.has_resources()) {
-        if cfg.no_cgroup {
-            return Err(UpError::Spec(SpecError::new(
-                format!("services.{}.linux.resources", d.name),
-                "conflicts with --no-cgroup",
-            )));
-        }
-    }
-    if when == Loading::Start && !cfg.no_cgroup {
-        isola_runtime::cgroup::check_root(&cfg.cgroup_root)
-            .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
-        isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
-    }
-    let stats_cap = host::check_capacity(&stack.services)?;
-    Ok(Checked { stack, stats_cap })
-}
-
-/// Complete what the supervisor adds to every loaded service.
-pub(crate) fn add_to_all(additions: &PlanAdditions, defs: &mut [ServiceDef]) {
-    for def in defs {
-        additions.add_to(def);
-    }
-}
-
 pub struct Supervisor {
     pub(crate) cfg: Config,
     pub(crate) reactor: Reactor,
@@ -178,64 +134,6 @@ macro_rules! ctx {
     };
 }
 pub(crate) use ctx;
-
-/// What `new` checked, bound and claimed, for `assemble`.
-struct Prepared {
-    additions: PlanAdditions,
-    defs: Vec<ServiceDef>,
-    held: HeldSockets,
-    listener: std::os::unix::net::UnixListener,
-    stderr: Sink,
-    group: Option<StackGroup>,
-    spawner: Result<Spawner, Errno>,
-    stats_cap: usize,
-}
-
-/// Block the signals we take (every init starts with them blocked):
-/// everything we handle arrives through the signalfd, SIGCHLD too.
-fn block_signals() -> Result<(), UpError> {
-    let mut mask = init::signal_set();
-    mask.add(Signal::SIGPIPE);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(setup("sigprocmask"))
-}
-
-/// Fork the spawner, then parse the stack file: the spawner is forked
-/// while our heap holds little but the file's text (every init is a copy
-/// of it), and builds its services from the same text meanwhile. A parse
-/// error stops the spawner with the supervisor.
-fn spawner_and_stack(
-    cfg: &Config,
-    additions: &PlanAdditions,
-) -> Result<(Stack, Result<Spawner, Errno>), UpError> {
-    let mut text = read_stack(&cfg.stack_path)?;
-    let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
-    let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-    isola_runtime::release_free_memory();
-    let spawner =
-        sandboxes::spawner_plans::fork_spawner(&mut text, &base_dir, &stack_root, additions);
-    Ok((stack::parse(&text, &base_dir)?, spawner))
-}
-
-/// The stack's cgroup, claimed (`None` with --no-cgroup); what a dead
-/// supervisor left there is removed, and said.
-fn claim_group(cfg: &Config, stderr: &mut Sink) -> Result<Option<StackGroup>, UpError> {
-    if cfg.no_cgroup {
-        return Ok(None);
-    }
-    // Only once the group is ours: what is left in it is a dead
-    // supervisor's (PDEATHSIG took its inits), never a live one's.
-    let root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-    let (group, stale) = StackGroup::claim(&root)?;
-    if !stale.is_empty() {
-        stderr.line(&format!(
-            "isola: removed stale cgroups of a previous run: {}",
-            stale.join(", ")
-        ));
-        stderr.try_flush();
-    }
-    Ok(Some(group))
-}
 
 impl Supervisor {
     /// Validate the stack, claim its cgroup and take the socket; nothing is

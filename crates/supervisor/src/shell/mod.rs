@@ -7,6 +7,7 @@
 //! [`under_systemd`]).
 
 pub(crate) mod context;
+pub(crate) mod loading;
 pub(crate) mod orchestrate;
 mod progress;
 pub(crate) mod reactor;
