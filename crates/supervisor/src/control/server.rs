@@ -190,12 +190,21 @@ impl ControlServer {
             if !allowed(ctx, &stream) {
                 continue;
             }
-            let _ = stream.set_nonblocking(true);
             self.shedding = false;
             let id = self.next_conn;
             self.next_conn += 1;
-            if let Err(e) = ctx.reactor.add(stream.as_fd(), token(id), Interest::Read) {
-                ctx.out.note(format!("control connection {id}: epoll: {e}"));
+            // A blocking client socket would let one client stall the loop.
+            let registered = stream
+                .set_nonblocking(true)
+                .map_err(|e| format!("O_NONBLOCK: {e}"))
+                .and_then(|()| {
+                    ctx.reactor
+                        .add(stream.as_fd(), token(id), Interest::Read)
+                        .map_err(|e| format!("epoll: {e}"))
+                });
+            if let Err(e) = registered {
+                ctx.out
+                    .note(format!("refused control connection {id}: {e}"));
                 continue;
             }
             let conn = Conn {
