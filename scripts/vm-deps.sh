@@ -23,6 +23,10 @@ command -v runc >/dev/null || need+=(runc)
 command -v tar >/dev/null || need+=(tar)
 # `isola top` is tested as a person sees it, in a tmux pane.
 command -v tmux >/dev/null || need+=(tmux)
+# The metrics endpoint is scraped by a real Prometheus server and linted
+# by promtool (both in Debian's prometheus package).
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

@@ -187,6 +187,13 @@ pub(crate) fn status(path: &Path, as_json: bool) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
+pub(crate) fn metrics(path: &Path) -> Result<u8, Exit> {
+    let mut c = connect(path)?;
+    let resp = c.request(&Request::Metrics).map_err(fail)?;
+    print!("{}", resp.metrics.unwrap_or_default());
+    Ok(exit::OK)
+}
+
 /// The stack's status rows, for `top`: a closure over them, since they
 /// borrow the reply.
 pub(crate) fn with_status<T>(path: &Path, f: impl FnOnce(&[StatusRow]) -> T) -> Result<T, Exit> {

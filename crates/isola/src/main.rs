@@ -47,6 +47,8 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Show the services of the running supervisor.
     Status(cmd::status::StatusArgs),
+    /// Print the running supervisor's metrics in the Prometheus text format.
+    Metrics(cmd::status::MetricsArgs),
     /// The status table full-screen, refreshed every second (CPU % from
     /// deltas); q quits.
     Top(cmd::status::TopArgs),
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Spec(a) => cmd::spec::spec(a),
         Command::Up(a) => cmd::up::up(a),
         Command::Status(a) => cmd::status::status(a),
+        Command::Metrics(a) => cmd::status::metrics(a),
         Command::Top(a) => cmd::status::top(a),
         Command::Stop(a) => cmd::service::stop(a),
         Command::Start(a) => cmd::service::start(a),

@@ -16,6 +16,7 @@ mod held_sockets;
 mod host;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 mod outputs;
 mod probes;
 mod readiness;

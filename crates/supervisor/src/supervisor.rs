@@ -26,6 +26,7 @@ use crate::held_sockets::HeldSockets;
 use crate::host::{self, PlanAdditions};
 use crate::lifecycle::Core;
 use crate::logs::LogConfig;
+use crate::metrics::server::MetricsServer;
 use crate::outputs::{Outputs, Sink};
 use crate::probes::Probes;
 use crate::readiness::Readiness;
@@ -58,6 +59,8 @@ pub struct Config {
     pub logs: LogConfig,
     /// Print service output prefixed with the service name.
     pub echo: bool,
+    /// Serve `GET /metrics` here (`--metrics`).
+    pub metrics: Option<crate::metrics::MetricsAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,8 @@ pub struct Supervisor {
     pub(crate) additions: PlanAdditions,
     /// What `isola up` tells of the whole stack (systemd, a terminal).
     reports: Reports,
+    /// The metrics endpoint (`--metrics`).
+    pub(crate) metrics: Option<MetricsServer>,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -155,6 +160,12 @@ impl Supervisor {
         let held = HeldSockets::default()
             .open_all(&stack.services)
             .map_err(UpError::Setup)?;
+        let metrics = cfg
+            .metrics
+            .as_ref()
+            .map(crate::metrics::server::bind)
+            .transpose()
+            .map_err(UpError::Setup)?;
         let listener = host::bind_socket(&cfg.socket)?;
         // Until the supervisor is fully set up, a failure removes the socket.
         let mut socket_guard = host::RemoveOnDrop(Some(cfg.socket.clone()));
@@ -170,6 +181,7 @@ impl Supervisor {
             defs,
             held,
             listener,
+            metrics,
             stderr,
             group,
             spawner,
@@ -208,6 +220,11 @@ impl Supervisor {
         Ok(Supervisor {
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
+            metrics: p
+                .metrics
+                .map(|m| MetricsServer::new(m, &reactor))
+                .transpose()
+                .map_err(setup("epoll"))?,
             readiness: Readiness::new(cfg.socket.clone()),
             reports: Reports::new(p.defs.len(), cfg.echo),
             core: Core::new(p.defs, MAX_STARTING, seed),
@@ -279,6 +296,15 @@ impl Supervisor {
                 self.control.end_turn(ctx!(self));
             }
             Part::Probes => self.probes.on_event(ctx!(self), key),
+            Part::Metrics => {
+                let scrapes = match self.metrics.as_mut() {
+                    Some(m) => m.on_event(ctx!(self), key, how),
+                    None => Vec::new(),
+                };
+                for s in scrapes {
+                    self.scrape(s);
+                }
+            }
             Part::Readiness => {
                 let senders = crate::shell::orchestrate::SenderCheck {
                     core: &self.core,

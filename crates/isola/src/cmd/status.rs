@@ -1,5 +1,6 @@
-//! `isola status` and `isola top`: the running supervisor's services, as a
-//! table (or JSON), once or full-screen.
+//! `isola status`, `isola top` and `isola metrics`: the running
+//! supervisor's services, as a table (or JSON), full-screen, or as
+//! Prometheus metrics.
 
 use crate::cmd::common::SocketArg;
 use crate::{client, Exit};
@@ -14,6 +15,12 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct MetricsArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct TopArgs {
     #[command(flatten)]
     socket: SocketArg,
@@ -25,4 +32,10 @@ pub(crate) fn status(args: StatusArgs) -> Result<u8, Exit> {
 
 pub(crate) fn top(args: TopArgs) -> Result<u8, Exit> {
     crate::top::top(&args.socket.path())
+}
+
+/// The metrics in the Prometheus text format, through the control socket
+/// (for node_exporter's textfile collector).
+pub(crate) fn metrics(args: MetricsArgs) -> Result<u8, Exit> {
+    client::metrics(&args.socket.path())
 }

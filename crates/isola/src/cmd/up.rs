@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use isola_runtime::{cgroup, exit};
 use isola_supervisor::logs::LogConfig;
+use isola_supervisor::metrics::MetricsAddr;
 use isola_supervisor::supervisor;
 
 use crate::cmd::common::SocketArg;
@@ -40,6 +41,10 @@ pub(crate) struct UpArgs {
     /// With --detach: how long to wait for the stack to come up.
     #[arg(long, default_value_t = 120)]
     wait_seconds: u64,
+    /// Serve GET /metrics for Prometheus at tcp://HOST:PORT or unix:///PATH
+    /// (OpenMetrics when the scraper asks for it, else the text format).
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr)]
+    metrics: Option<MetricsAddr>,
     /// The stack file: {"services": {"NAME": SPEC, ...}}.
     stack: PathBuf,
 }
@@ -61,6 +66,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         quiet,
         detach,
         wait_seconds,
+        metrics,
         stack,
     } = args;
     let dir =
@@ -84,6 +90,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
             files: log_files,
         },
         echo: !quiet,
+        metrics,
     };
     supervise(cfg)
 }
@@ -96,6 +103,10 @@ fn supervise(cfg: supervisor::Config) -> Result<u8, Exit> {
     sup.run()
         .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
     Ok(exit::OK)
+}
+
+fn metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    MetricsAddr::parse(s)
 }
 
 pub(crate) fn down(args: DownArgs) -> Result<u8, Exit> {

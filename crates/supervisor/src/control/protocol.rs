@@ -7,6 +7,7 @@
 //!   {"cmd": "logs", "name": "web", "lines": 100, "follow": true}
 //!   {"cmd": "events"}
 //!   {"cmd": "down"}
+//!   {"cmd": "metrics"}
 //! Responses: `{"ok": true, …}` or `{"ok": false, "error": "…"}`, one per
 //! request; `logs` with `follow` then streams `{"line": "…"}` objects and
 //! `events` streams `{"time", "service", "event"}` objects.
@@ -81,6 +82,9 @@ pub enum Request {
         name: String,
         resources: serde_json::Value,
     },
+    /// The metrics, as `GET /metrics` serves them in the Prometheus text
+    /// format.
+    Metrics,
 }
 
 /// One answer to one request. Fields a command does not use are left out.
@@ -101,6 +105,9 @@ pub struct Response<'a> {
     /// `exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecTarget>,
+    /// `metrics`: the Prometheus text format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// A running service's sandbox, as `isola exec` joins it: the init's pid

@@ -205,6 +205,9 @@ pub struct Service {
     /// What the last exit's reason does not say: the probe and its error.
     pub last_exit_message: Option<String>,
     pub oom_kills: u64,
+    /// Failed results of each probe (by `ProbeKind::index`), over every
+    /// run (the metrics' counters).
+    pub probe_failures: [u64; 3],
     /// The shortage its last start ran into, while it waits to retry.
     pub waiting_for: Option<String>,
     /// The dependency condition it waits for (queued), or that can no
@@ -238,6 +241,7 @@ impl Service {
             last_exit: None,
             last_exit_message: None,
             oom_kills: 0,
+            probe_failures: [0; 3],
             waiting_for: None,
             blocked_on: None,
             health: RunHealth::default(),

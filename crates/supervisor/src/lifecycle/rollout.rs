@@ -163,9 +163,10 @@ impl Core {
         self.successors.retain(|x| *x != j);
         let Some(old) = self.svc(i) else { return };
         old.successor = None;
-        let (restarts, oom, waiters) = (
+        let (restarts, oom, probe_failures, waiters) = (
             old.restarts + 1,
             old.oom_kills,
+            old.probe_failures,
             std::mem::take(&mut old.waiters),
         );
         let name = old.def.name.clone();
@@ -174,6 +175,9 @@ impl Core {
         new.overlap_until = None;
         new.restarts = restarts;
         new.oom_kills = oom;
+        for (n, o) in new.probe_failures.iter_mut().zip(probe_failures) {
+            *n += o;
+        }
         new.waiters.extend(waiters);
         self.names.insert(name, j);
         self.effects.push_back(Effect::HandedOver(i, j));

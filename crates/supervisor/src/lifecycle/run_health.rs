@@ -259,6 +259,9 @@ impl Core {
         };
         let next = on_grid(now + period, self.epoch);
         let Some(s) = self.svc(i) else { return };
+        if !ok {
+            s.probe_failures[kind.index()] += 1;
+        }
         let p = &mut s.health.probes[kind.index()];
         p.record(ProbeResult {
             at: now,

@@ -322,6 +322,12 @@ impl Outputs {
         self.flush(ctx, Stream::Stderr);
     }
 
+    /// Lines of our stdout and stderr dropped because their readers were
+    /// slow, since we started.
+    pub(crate) fn lines_dropped(&self) -> u64 {
+        self.sinks.iter().map(Sink::dropped_total).sum()
+    }
+
     /// Our stderr, for a progress line drawn in place (flush after).
     pub(crate) fn stderr(&mut self) -> &mut Sink {
         &mut self.sinks[1]

@@ -49,6 +49,8 @@ pub(crate) struct Sink {
     buf: Vec<u8>,
     /// Lines dropped since the last report.
     dropped: u64,
+    /// Lines dropped since we started.
+    dropped_total: u64,
     /// Registered for EPOLLOUT (waiting to be writable).
     pub(super) waiting: bool,
 }
@@ -69,6 +71,7 @@ impl Sink {
             writer: Writer::Reopened(file),
             buf: Vec::new(),
             dropped: 0,
+            dropped_total: 0,
             waiting: false,
         }
     }
@@ -93,6 +96,7 @@ impl Sink {
             writer,
             buf: Vec::new(),
             dropped: 0,
+            dropped_total: 0,
             waiting: false,
         }
     }
@@ -101,11 +105,17 @@ impl Sink {
     pub(crate) fn line(&mut self, text: &str) {
         if self.buf.len() + text.len() + 1 > SINK_LIMIT {
             self.dropped += 1;
+            self.dropped_total += 1;
             return;
         }
         self.report_dropped();
         self.buf.extend_from_slice(text.as_bytes());
         self.buf.push(b'\n');
+    }
+
+    /// Lines dropped since we started.
+    pub(crate) fn dropped_total(&self) -> u64 {
+        self.dropped_total
     }
 
     /// Queue text without a newline (a progress line redrawn with `\r`);

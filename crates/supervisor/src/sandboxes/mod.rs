@@ -431,6 +431,13 @@ impl Sandboxes {
         }
     }
 
+    /// A file of service `i`'s running sandbox's cgroup, read now (the
+    /// metrics' less frequent values: PSI, io.stat, memory.events).
+    pub(crate) fn cgroup_file(&self, i: ServiceIx, file: &str) -> Option<String> {
+        let (_, cgroup) = self.running(i)?;
+        std::fs::read_to_string(cgroup?.join(file)).ok()
+    }
+
     /// A reload's capacity check: how many stat files may stay open now.
     pub(crate) fn set_stats_cap(&mut self, cap: usize) {
         self.setup.stats_cap = cap;

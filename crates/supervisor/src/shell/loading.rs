@@ -70,6 +70,7 @@ pub(crate) struct Prepared {
     pub(crate) defs: Vec<ServiceDef>,
     pub(crate) held: HeldSockets,
     pub(crate) listener: std::os::unix::net::UnixListener,
+    pub(crate) metrics: Option<crate::metrics::server::BoundMetrics>,
     pub(crate) stderr: Sink,
     pub(crate) group: Option<StackGroup>,
     pub(crate) spawner: Result<Spawner, Errno>,

@@ -25,9 +25,11 @@ pub(crate) enum Part {
     Probes,
     /// Notify sockets and pipes (`readiness`).
     Readiness,
+    /// The metrics endpoint and its scrapers (`metrics`).
+    Metrics,
 }
 
-const PARTS: [Part; 7] = [
+const PARTS: [Part; 8] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -35,6 +37,7 @@ const PARTS: [Part; 7] = [
     Part::Control,
     Part::Probes,
     Part::Readiness,
+    Part::Metrics,
 ];
 
 const PART_SHIFT: u32 = 56;

@@ -1,0 +1,429 @@
+//! What `GET /metrics` and `isola metrics` answer: one family each of
+//! `isola_…` metrics, labelled by service (and group and replica for
+//! replicas), from the core's counters (kept across a service's restarts)
+//! and its running sandbox's cgroup files (per run: their `_created` is
+//! when the run started), then the supervisor's own.
+
+use super::context::ServiceIx;
+use crate::lifecycle::{Core, Phase, Service};
+use crate::metrics::exposition::{Exposition, Format, Kind};
+use crate::metrics::server::Scrape;
+use crate::sandboxes::Sandboxes;
+use crate::spec::health::ProbeKind;
+use crate::supervisor::{ctx, Supervisor};
+
+/// One service's labels: `service`, and `group` and `replica` for a
+/// replica.
+struct Labelled<'a> {
+    i: ServiceIx,
+    s: &'a Service,
+    replica: String,
+}
+
+impl Labelled<'_> {
+    fn labels(&self) -> Vec<(&str, &str)> {
+        let mut l = vec![("service", self.s.def.name.as_str())];
+        if let Some(g) = &self.s.def.group {
+            l.push(("group", g.as_str()));
+            l.push(("replica", self.replica.as_str()));
+        }
+        l
+    }
+}
+
+/// A per-run value read from the sandbox's cgroup.
+type Reading = fn(&Sandboxes, ServiceIx) -> Option<f64>;
+/// A value the core keeps.
+type Counted = fn(&Service) -> f64;
+
+/// A family: its name, its help, and how a service's value is read.
+struct Def<R> {
+    name: &'static str,
+    help: &'static str,
+    read: R,
+}
+
+const fn def<R>(name: &'static str, help: &'static str, read: R) -> Def<R> {
+    Def { name, help, read }
+}
+
+impl Supervisor {
+    /// Answer a scrape of the metrics endpoint.
+    pub(crate) fn scrape(&mut self, s: Scrape) {
+        let body = self.render_metrics(s.format);
+        if let Some(m) = self.metrics.as_mut() {
+            m.answer(ctx!(self), s, &body);
+        }
+    }
+
+    /// The whole exposition, now.
+    pub(crate) fn render_metrics(&mut self, format: Format) -> String {
+        self.sandboxes.open_stats();
+        let dropped = self.outputs.lines_dropped();
+        render(format, &self.core, &self.sandboxes, dropped)
+    }
+}
+
+/// The exposition of a stack: the core's services, their sandboxes, and
+/// the supervisor's own numbers.
+fn render(format: Format, core: &Core, sandboxes: &Sandboxes, lines_dropped: u64) -> String {
+    let mut e = Exposition::new(format);
+    let services: Vec<Labelled<'_>> = core
+        .services()
+        // An overlap's new sandbox is the same service twice.
+        .filter(|(_, s)| s.predecessor.is_none())
+        .map(|(i, s)| Labelled {
+            i,
+            s,
+            replica: s
+                .def
+                .replica_number()
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        })
+        .collect();
+    lifecycle_families(&mut e, &services);
+    cgroup_families(&mut e, &services, sandboxes);
+    supervisor_families(&mut e, lines_dropped);
+    e.finish()
+}
+
+fn lifecycle_families(e: &mut Exposition, services: &[Labelled<'_>]) {
+    let gauges: [Def<Counted>; 2] = [
+        def(
+            "isola_service_up",
+            "1 while the service's payload runs.",
+            |s| f64::from(u8::from(matches!(s.phase, Phase::Running { .. }))),
+        ),
+        def(
+            "isola_service_ready",
+            "1 while it runs and its readiness gates say ready.",
+            |s| {
+                f64::from(u8::from(
+                    matches!(s.phase, Phase::Running { .. }) && s.health.ready,
+                ))
+            },
+        ),
+    ];
+    for d in gauges {
+        e.family(d.name, Kind::Gauge, d.help);
+        for l in services {
+            e.gauge(d.name, &l.labels(), (d.read)(l.s));
+        }
+    }
+    let counters: [Def<Counted>; 2] = [
+        def(
+            "isola_service_restarts",
+            "Restarts of the service since isola up started.",
+            |s| f64::from(s.restarts),
+        ),
+        def(
+            "isola_service_oom_kills",
+            "Processes of the service the kernel's OOM killer killed.",
+            |s| s.oom_kills as f64,
+        ),
+    ];
+    for d in counters {
+        e.family(d.name, Kind::Counter, d.help);
+        for l in services {
+            e.counter(d.name, &l.labels(), (d.read)(l.s), None);
+        }
+    }
+    let name = "isola_service_probe_failures";
+    e.family(
+        name,
+        Kind::Counter,
+        "Failed results of the service's health probes.",
+    );
+    for l in services {
+        for k in ProbeKind::ALL {
+            if l.s.def.policy.health.probe(k).is_none() {
+                continue;
+            }
+            let mut labels = l.labels();
+            labels.push(("probe", k.as_str()));
+            e.counter(name, &labels, l.s.probe_failures[k.index()] as f64, None);
+        }
+    }
+}
+
+/// When service `i`'s current run started, in epoch seconds.
+fn run_started(sb: &Sandboxes, i: ServiceIx) -> Option<f64> {
+    Some(sb.snapshot(i)?.started_at_ms? as f64 / 1000.0)
+}
+
+fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
+    let gauges: [Def<Reading>; 4] = [
+        def(
+            "isola_service_memory_bytes",
+            "memory.current of the running sandbox.",
+            |sb, i| Some(sb.snapshot(i)?.stats.memory_current? as f64),
+        ),
+        def(
+            "isola_service_memory_working_set_bytes",
+            "memory.current less inactive file pages (what cAdvisor calls the working set).",
+            |sb, i| {
+                let current = sb.snapshot(i)?.stats.memory_current? as f64;
+                let inactive = key(&sb.cgroup_file(i, "memory.stat")?, "inactive_file")?;
+                Some((current - inactive).max(0.0))
+            },
+        ),
+        def(
+            "isola_service_memory_limit_bytes",
+            "memory.max of the running sandbox (absent: no limit).",
+            |sb, i| sb.cgroup_file(i, "memory.max")?.trim().parse().ok(),
+        ),
+        def(
+            "isola_service_pids",
+            "Tasks in the running sandbox (pids.current).",
+            |sb, i| sb.cgroup_file(i, "pids.current")?.trim().parse().ok(),
+        ),
+    ];
+    for d in gauges {
+        e.family(d.name, Kind::Gauge, d.help);
+        for l in services {
+            if let Some(v) = (d.read)(sb, l.i) {
+                e.gauge(d.name, &l.labels(), v);
+            }
+        }
+    }
+    let counters: [Def<Reading>; 3] = [
+        def(
+            "isola_service_cpu_seconds",
+            "CPU time of the running sandbox (cpu.stat usage_usec).",
+            |sb, i| Some(sb.snapshot(i)?.stats.cpu_usec? as f64 / 1e6),
+        ),
+        def(
+            "isola_service_io_read_bytes",
+            "Bytes the running sandbox read from block devices (io.stat).",
+            |sb, i| io_bytes(&sb.cgroup_file(i, "io.stat")?, "rbytes="),
+        ),
+        def(
+            "isola_service_io_write_bytes",
+            "Bytes the running sandbox wrote to block devices (io.stat).",
+            |sb, i| io_bytes(&sb.cgroup_file(i, "io.stat")?, "wbytes="),
+        ),
+    ];
+    for d in counters {
+        e.family(d.name, Kind::Counter, d.help);
+        for l in services {
+            if let Some(v) = (d.read)(sb, l.i) {
+                e.counter(d.name, &l.labels(), v, run_started(sb, l.i));
+            }
+        }
+    }
+    memory_events(e, services, sb);
+    pressure(e, services, sb);
+}
+
+fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
+    let name = "isola_service_memory_events";
+    e.family(
+        name,
+        Kind::Counter,
+        "memory.events of the running sandbox, by event.",
+    );
+    for l in services {
+        let Some(text) = sb.cgroup_file(l.i, "memory.events") else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((event, v)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(v) = v.trim().parse::<u64>() else {
+                continue;
+            };
+            let mut labels = l.labels();
+            labels.push(("event", event));
+            e.counter(name, &labels, v as f64, run_started(sb, l.i));
+        }
+    }
+}
+
+/// PSI: `some` is time some task waited, `full` time all did.
+fn pressure(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
+    for resource in ["cpu", "memory", "io"] {
+        for (line, what) in [("some", "waiting"), ("full", "stalled")] {
+            let name = format!("isola_service_pressure_{resource}_{what}_seconds");
+            let help = format!(
+                "Time {} of the running sandbox's tasks waited for {resource} ({resource}.pressure {line} total).",
+                if line == "some" { "some" } else { "all" }
+            );
+            e.family(&name, Kind::Counter, &help);
+            for l in services {
+                let file = format!("{resource}.pressure");
+                let Some(us) = sb.cgroup_file(l.i, &file).and_then(|t| psi_total(&t, line)) else {
+                    continue;
+                };
+                e.counter(&name, &l.labels(), us / 1e6, run_started(sb, l.i));
+            }
+        }
+    }
+}
+
+fn supervisor_families(e: &mut Exposition, lines_dropped: u64) {
+    let name = "isola_log_lines_dropped";
+    e.family(
+        name,
+        Kind::Counter,
+        "Lines of the supervisor's stdout and stderr dropped for a slow reader.",
+    );
+    e.counter(name, &[], lines_dropped as f64, None);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    e.family(
+        "isola_supervisor_fds",
+        Kind::Gauge,
+        "Open file descriptors of the supervisor.",
+    );
+    e.gauge("isola_supervisor_fds", &[], fds as f64);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| key(&t.replace(':', ""), "VmRSS"))
+        .unwrap_or(0.0);
+    e.family(
+        "isola_supervisor_rss_bytes",
+        Kind::Gauge,
+        "Resident memory of the supervisor.",
+    );
+    e.gauge("isola_supervisor_rss_bytes", &[], rss * 1024.0);
+}
+
+/// `KEY VALUE` lines (memory.stat, /proc status): the value of `k`.
+fn key(text: &str, k: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let mut p = l.split_whitespace();
+        (p.next()? == k).then(|| p.next()?.parse().ok())?
+    })
+}
+
+/// io.stat: `MAJ:MIN rbytes=N wbytes=N …` per device, summed.
+fn io_bytes(text: &str, field: &str) -> Option<f64> {
+    let mut sum = 0u64;
+    for l in text.lines() {
+        for f in l.split_whitespace() {
+            if let Some(v) = f.strip_prefix(field).and_then(|v| v.parse::<u64>().ok()) {
+                sum += v;
+            }
+        }
+    }
+    Some(sum as f64)
+}
+
+/// A PSI file's `total=` (µs) on its `some` or `full` line.
+fn psi_total(text: &str, line: &str) -> Option<f64> {
+    let l = text.lines().find(|l| l.starts_with(line))?;
+    l.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_file_readers() {
+        let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=1500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=250\n";
+        assert_eq!(psi_total(psi, "some"), Some(1_500_000.0));
+        assert_eq!(psi_total(psi, "full"), Some(250.0));
+        let io = "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2\n8:0 rbytes=1 wbytes=0\n";
+        assert_eq!(io_bytes(io, "rbytes="), Some(4097.0));
+        assert_eq!(io_bytes(io, "wbytes="), Some(8192.0));
+        assert_eq!(
+            key("anon 10\ninactive_file 4096\n", "inactive_file"),
+            Some(4096.0)
+        );
+        assert_eq!(key("VmRSS 1234 kB\n", "VmRSS"), Some(1234.0));
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::lifecycle::{Effect, Exit};
+    use crate::shell::reactor::Reactor;
+
+    fn stack() -> Core {
+        let text = r#"{"services": {
+            "web": {"process": {"args": ["true"]}, "replicas": 2},
+            "db": {"process": {"args": ["true"]},
+                   "restart": {"policy": "always", "delayMs": 1, "maxDelayMs": 1},
+                   "probes": {"liveness": {"tcp": {"port": 5432}, "failureThreshold": 9}}}}}"#;
+        let defs = crate::spec::stack::parse(text, std::path::Path::new("/"))
+            .expect("stack")
+            .services;
+        Core::new(defs, 16, 1)
+    }
+
+    fn launch_all(core: &mut Core, now: Instant) {
+        let launched: Vec<usize> = std::iter::from_fn(|| core.next_effect())
+            .filter_map(|e| match e {
+                Effect::Launch(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        for i in launched {
+            core.started(i, 100, now);
+        }
+    }
+
+    /// The core's families, as a scraper reads them; the probe failures
+    /// and restarts of a service survive its restart.
+    #[test]
+    fn counters_survive_a_restart_and_replicas_are_labelled() {
+        let reactor = Reactor::new().unwrap();
+        let setup = crate::sandboxes::Setup {
+            stack_root: "/nonexistent".into(),
+            no_cgroup: true,
+            group: None,
+            spawner: None,
+            stats_cap: 0,
+        };
+        let sb = Sandboxes::new(&reactor, setup).unwrap();
+        let mut core = stack();
+        let t0 = Instant::now();
+        core.start_all(t0);
+        launch_all(&mut core, t0);
+        let db = core.find("db").unwrap();
+        let fail = |core: &mut Core, t| {
+            core.probe_done(db, ProbeKind::Liveness, false, "refused".into(), t)
+        };
+        fail(&mut core, t0);
+        fail(&mut core, t0);
+        let exit = Exit {
+            code: 1,
+            oom_kills: 0,
+            new_oom_kills: 0,
+        };
+        core.exited(db, exit, t0);
+        let t1 = t0 + Duration::from_millis(50);
+        core.tick(t1);
+        launch_all(&mut core, t1);
+        fail(&mut core, t1);
+        let text = render(Format::Text, &core, &sb, 7);
+        let want = [
+            "isola_service_up{service=\"web.1\",group=\"web\",replica=\"1\"} 1",
+            "isola_service_up{service=\"db\"} 1",
+            "isola_service_restarts_total{service=\"db\"} 1",
+            "isola_service_restarts_total{service=\"web.2\",group=\"web\",replica=\"2\"} 0",
+            "isola_service_probe_failures_total{service=\"db\",probe=\"liveness\"} 3",
+            "isola_log_lines_dropped_total 7",
+        ];
+        for w in want {
+            assert!(text.lines().any(|l| l == w), "no {w:?} in\n{text}");
+        }
+        // One family each: every HELP line names a different family.
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let mut names: Vec<&str> = helps.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), helps.len());
+        let om = render(Format::OpenMetrics, &core, &sb, 7);
+        assert!(om.contains("# TYPE isola_service_restarts counter\n"));
+        assert!(om.ends_with("# EOF\n"));
+    }
+}

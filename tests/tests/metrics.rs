@@ -1,0 +1,174 @@
+//! `isola up --metrics`: a real Prometheus server scrapes it, and
+//! promtool lints what it serves.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:`port`, HTTP/1.0: status line and body.
+fn get(port: u16, path: &str, accept: &str) -> Option<(String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// Prometheus's answer to `query`: the samples, as (labels, value).
+fn query(port: u16, q: &str) -> Vec<(Value, f64)> {
+    let path = format!(
+        "/api/v1/query?query={}",
+        q.replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace('=', "%3D")
+    );
+    let Some((_, body)) = get(port, &path, "*/*") else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| {
+            let value = r["value"][1].as_str()?.parse().ok()?;
+            Some((r["metric"].clone(), value))
+        })
+        .collect()
+}
+
+fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_service_and_sees_a_crash_loop_count_up() {
+    require_vm();
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let limited = json!({"linux": {"resources": {"memory": {"limit": 64 << 20}}}});
+    let up = Up::start(
+        "metrics",
+        json!({
+            "web": svc("exec sleep 1000", limited.clone()),
+            "db": svc("exec sleep 1001", json!({})),
+            "crash": svc("sleep 0.3; exit 3", json!({"restart": {"policy": "always", "delayMs": 200, "maxDelayMs": 200,
+                                                               "limit": {"burst": 1000, "intervalMs": 1000}}})),
+        }),
+        &["--metrics", &addr],
+    );
+    up.wait_state("web", "running");
+    up.wait_state("db", "running");
+    // The text format, as promtool lints it.
+    let (status, body) = get(port, "/metrics", "text/plain").expect("a scrape");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("isola_service_memory_limit_bytes{service=\"web\"} 67108864"),
+        "{body}"
+    );
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `isola metrics` prints the same families through the control socket.
+    let (code, text, err) = up.cli(&["metrics"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("# TYPE isola_service_restarts_total counter"),
+        "{text}"
+    );
+
+    let dir = Scratch::new("prometheus");
+    let prom_port = free_port();
+    let config = dir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: isola\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    );
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus (Debian's prometheus package)");
+    let memory = wait_until(
+        "Prometheus to have each service's memory",
+        Duration::from_secs(90),
+        || {
+            let r = query(prom_port, "isola_service_memory_bytes");
+            let named = |n: &str| r.iter().any(|(m, v)| m["service"] == n && *v > 0.0);
+            (named("web") && named("db")).then_some(r)
+        },
+    );
+    assert!(
+        memory.iter().all(|(m, _)| m["job"] == "isola"),
+        "{memory:?}"
+    );
+    let restarts = |port| {
+        query(port, "isola_service_restarts_total{service=\"crash\"}")
+            .first()
+            .map(|(_, v)| *v)
+    };
+    let first = wait_until("the crash loop's restarts", Duration::from_secs(30), || {
+        restarts(prom_port)
+    });
+    let later = wait_until("more restarts", Duration::from_secs(30), || {
+        restarts(prom_port).filter(|v| *v > first)
+    });
+    assert!(later > first);
+    // Prometheus asked for OpenMetrics: what it got ends with # EOF.
+    let (_, om) = get(
+        port,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0",
+    )
+    .unwrap();
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    let _ = prom.kill();
+    let _ = prom.wait();
+    up.down();
+    assert_clean();
+}
