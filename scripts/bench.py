@@ -172,7 +172,7 @@ def read_reply(s):
 
 
 class Up:
-    def __init__(self, work, name, services, setting):
+    def __init__(self, work, name, services, setting, extra=()):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.sock = os.path.join(self.dir, "s.sock")
@@ -182,6 +182,7 @@ class Up:
         args = [ISOLA, "up", "--quiet", "--socket", self.sock, "--log-dir", os.path.join(self.dir, "logs")]
         if setting == "host":
             args.append("--no-cgroup")
+        args += list(extra)
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(args + [path], stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "err"), "w"))
         while True:
@@ -242,9 +243,38 @@ class Up:
                 n += int(line.split()[1])
         return n
 
+    def cpu_s(self):
+        """The supervisor's user + system CPU so far, in seconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def scrape(self, port, times=20):
+        """GET /metrics `times` times: median wall ms, supervisor CPU ms
+        per scrape, body bytes."""
+        wall, size = [], 0
+        cpu0 = self.cpu_s()
+        for _ in range(times):
+            c = socket.create_connection(("127.0.0.1", port))
+            t0 = time.perf_counter()
+            c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            body = b""
+            while chunk := c.recv(1 << 16):
+                body += chunk
+            wall.append((time.perf_counter() - t0) * 1000)
+            size = len(body)
+            c.close()
+        return {"wall_ms": statistics.median(wall), "cpu_ms": (self.cpu_s() - cpu0) * 1000 / times, "bytes": size}
+
     def down(self):
         request(self.sock, {"cmd": "down"})
         self.proc.wait(timeout=600)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sleeper(setting):
@@ -405,7 +435,9 @@ def supervisor(work, setting, counts):
     out = {"rss_kb": {}, "scale_s": {}, "status_ms": {}}
     for n in counts:
         before = mem_available_kb()
-        up = Up(work, f"scale{n}", {f"s{i}": sleeper(setting) for i in range(n)}, setting)
+        port = free_port()
+        up = Up(work, f"scale{n}", {f"s{i}": sleeper(setting) for i in range(n)}, setting,
+                ["--metrics", f"tcp://127.0.0.1:{port}"])
         out["scale_s"][n] = up.wait_all()
         if n == max(counts) and setting == "vm":
             # MemAvailable is the host's too in the host setting: only the
@@ -421,6 +453,7 @@ def supervisor(work, setting, counts):
             cli.append((time.perf_counter() - t0) * 1000)
         out.setdefault("status_cli_ms", {})[n] = statistics.median(cli)
         out["rss_kb"][n] = up.rss_kb()
+        out.setdefault("scrape", {})[n] = up.scrape(port)
         if n == 100:
             before = up.switches()
             time.sleep(10)
@@ -679,6 +712,9 @@ def report(paths):
         if r.get("oci"):
             import bench_oci
             lines += bench_oci.report(r["oci"])
+        for n, sc in sorted(s.get("scrape", {}).items(), key=lambda kv: int(kv[0])):
+            lines += ["", f"metrics scrape at {n} services (`GET /metrics`, text format): {sc['wall_ms']:.2f} ms wall, "
+                          f"{sc['cpu_ms']:.2f} ms supervisor CPU, {sc['bytes'] / 1024:.0f} KiB"]
         if "idle_wakeups_per_s" in s:
             lines += ["", f"idle supervisor with 100 services: {s['idle_wakeups_per_s']:.2f} context switches per second over 10 s"]
         lines.append("")

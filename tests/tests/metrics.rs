@@ -169,6 +169,31 @@ fn prometheus_scrapes_every_service_and_sees_a_crash_loop_count_up() {
     assert!(om.ends_with("# EOF\n"), "{om}");
     let _ = prom.kill();
     let _ = prom.wait();
+    // The endpoint's address in use: a second stack stops before anything
+    // starts, in one line.
+    let other = Scratch::new("metrics-taken");
+    let stack = other.write(
+        "taken.json",
+        &json!({"services": {"x": svc("exec sleep 1002", json!({}))}}).to_string(),
+    );
+    let sock = other.path("s.sock").display().to_string();
+    let out = isola(
+        &[
+            "up",
+            "--socket",
+            &sock,
+            "--metrics",
+            &addr,
+            stack.to_str().unwrap(),
+        ],
+        "",
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("--metrics {addr}: ")), "{err}");
+    assert!(processes_matching("sleep 1002").is_empty());
+    assert!(!std::path::Path::new(&sock).exists());
     up.down();
     assert_clean();
 }

@@ -31,8 +31,6 @@ impl Labelled<'_> {
     }
 }
 
-/// A per-run value read from the sandbox's cgroup.
-type Reading = fn(&Sandboxes, ServiceIx) -> Option<f64>;
 /// A value the core keeps.
 type Counted = fn(&Service) -> f64;
 
@@ -83,7 +81,11 @@ fn render(format: Format, core: &Core, sandboxes: &Sandboxes, lines_dropped: u64
         })
         .collect();
     lifecycle_families(&mut e, &services);
-    cgroup_families(&mut e, &services, sandboxes);
+    let samples: Vec<Option<Sample>> = services
+        .iter()
+        .map(|l| Sample::read(sandboxes, l.i))
+        .collect();
+    cgroup_families(&mut e, &services, &samples);
     supervisor_families(&mut e, lines_dropped);
     e.finish()
 }
@@ -147,42 +149,82 @@ fn lifecycle_families(e: &mut Exposition, services: &[Labelled<'_>]) {
     }
 }
 
-/// When service `i`'s current run started, in epoch seconds.
-fn run_started(sb: &Sandboxes, i: ServiceIx) -> Option<f64> {
-    Some(sb.snapshot(i)?.started_at_ms? as f64 / 1000.0)
+/// What one running sandbox's cgroup says, each file read once per
+/// scrape (memory.current and cpu.stat from the files kept open).
+struct Sample {
+    /// When the run started, in epoch seconds: the per-run counters'
+    /// `_created`.
+    started: Option<f64>,
+    memory: Option<f64>,
+    cpu_usec: Option<f64>,
+    memory_stat: Option<String>,
+    memory_max: Option<String>,
+    pids: Option<String>,
+    io: Option<String>,
+    events: Option<String>,
+    /// cpu, memory, io.
+    pressure: [Option<String>; 3],
 }
 
-fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
+const PRESSURE: [&str; 3] = ["cpu", "memory", "io"];
+
+impl Sample {
+    /// Service `i`'s running sandbox, read now; `None` when it does not run.
+    fn read(sb: &Sandboxes, i: ServiceIx) -> Option<Sample> {
+        sb.running(i)?;
+        let snap = sb.snapshot(i)?;
+        let file = |name: &str| sb.cgroup_file(i, name);
+        Some(Sample {
+            started: snap.started_at_ms.map(|ms| ms as f64 / 1000.0),
+            memory: snap.stats.memory_current.map(|v| v as f64),
+            cpu_usec: snap.stats.cpu_usec.map(|v| v as f64),
+            memory_stat: file("memory.stat"),
+            memory_max: file("memory.max"),
+            pids: file("pids.current"),
+            io: file("io.stat"),
+            events: file("memory.events"),
+            pressure: PRESSURE.map(|r| file(&format!("{r}.pressure"))),
+        })
+    }
+}
+
+/// A value of a running sandbox.
+type Reading = fn(&Sample) -> Option<f64>;
+
+fn number(text: &Option<String>) -> Option<f64> {
+    text.as_deref()?.trim().parse().ok()
+}
+
+fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
     let gauges: [Def<Reading>; 4] = [
         def(
             "isola_service_memory_bytes",
             "memory.current of the running sandbox.",
-            |sb, i| Some(sb.snapshot(i)?.stats.memory_current? as f64),
+            |s| s.memory,
         ),
         def(
             "isola_service_memory_working_set_bytes",
             "memory.current less inactive file pages (what cAdvisor calls the working set).",
-            |sb, i| {
-                let current = sb.snapshot(i)?.stats.memory_current? as f64;
-                let inactive = key(&sb.cgroup_file(i, "memory.stat")?, "inactive_file")?;
-                Some((current - inactive).max(0.0))
+            |s| {
+                let inactive = key(s.memory_stat.as_deref()?, "inactive_file")?;
+                Some((s.memory? - inactive).max(0.0))
             },
         ),
         def(
             "isola_service_memory_limit_bytes",
             "memory.max of the running sandbox (absent: no limit).",
-            |sb, i| sb.cgroup_file(i, "memory.max")?.trim().parse().ok(),
+            |s| number(&s.memory_max),
         ),
         def(
             "isola_service_pids",
             "Tasks in the running sandbox (pids.current).",
-            |sb, i| sb.cgroup_file(i, "pids.current")?.trim().parse().ok(),
+            |s| number(&s.pids),
         ),
     ];
     for d in gauges {
         e.family(d.name, Kind::Gauge, d.help);
-        for l in services {
-            if let Some(v) = (d.read)(sb, l.i) {
+        for (l, s) in services.iter().zip(samples) {
+            if let Some(v) = s.as_ref().and_then(d.read) {
                 e.gauge(d.name, &l.labels(), v);
             }
         }
@@ -191,40 +233,42 @@ fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes
         def(
             "isola_service_cpu_seconds",
             "CPU time of the running sandbox (cpu.stat usage_usec).",
-            |sb, i| Some(sb.snapshot(i)?.stats.cpu_usec? as f64 / 1e6),
+            |s| Some(s.cpu_usec? / 1e6),
         ),
         def(
             "isola_service_io_read_bytes",
             "Bytes the running sandbox read from block devices (io.stat).",
-            |sb, i| io_bytes(&sb.cgroup_file(i, "io.stat")?, "rbytes="),
+            |s| io_bytes(s.io.as_deref()?, "rbytes="),
         ),
         def(
             "isola_service_io_write_bytes",
             "Bytes the running sandbox wrote to block devices (io.stat).",
-            |sb, i| io_bytes(&sb.cgroup_file(i, "io.stat")?, "wbytes="),
+            |s| io_bytes(s.io.as_deref()?, "wbytes="),
         ),
     ];
     for d in counters {
         e.family(d.name, Kind::Counter, d.help);
-        for l in services {
-            if let Some(v) = (d.read)(sb, l.i) {
-                e.counter(d.name, &l.labels(), v, run_started(sb, l.i));
+        for (l, s) in services.iter().zip(samples) {
+            if let Some(s) = s {
+                if let Some(v) = (d.read)(s) {
+                    e.counter(d.name, &l.labels(), v, s.started);
+                }
             }
         }
     }
-    memory_events(e, services, sb);
-    pressure(e, services, sb);
+    memory_events(e, services, samples);
+    pressure(e, services, samples);
 }
 
-fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
+fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
     let name = "isola_service_memory_events";
     e.family(
         name,
         Kind::Counter,
         "memory.events of the running sandbox, by event.",
     );
-    for l in services {
-        let Some(text) = sb.cgroup_file(l.i, "memory.events") else {
+    for (l, s) in services.iter().zip(samples) {
+        let Some((s, text)) = s.as_ref().and_then(|s| Some((s, s.events.as_deref()?))) else {
             continue;
         };
         for line in text.lines() {
@@ -236,27 +280,26 @@ fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) 
             };
             let mut labels = l.labels();
             labels.push(("event", event));
-            e.counter(name, &labels, v as f64, run_started(sb, l.i));
+            e.counter(name, &labels, v as f64, s.started);
         }
     }
 }
 
 /// PSI: `some` is time some task waited, `full` time all did.
-fn pressure(e: &mut Exposition, services: &[Labelled<'_>], sb: &Sandboxes) {
-    for resource in ["cpu", "memory", "io"] {
-        for (line, what) in [("some", "waiting"), ("full", "stalled")] {
+fn pressure(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
+    for (r, resource) in PRESSURE.into_iter().enumerate() {
+        for (line, what, who) in [("some", "waiting", "some"), ("full", "stalled", "all")] {
             let name = format!("isola_service_pressure_{resource}_{what}_seconds");
             let help = format!(
-                "Time {} of the running sandbox's tasks waited for {resource} ({resource}.pressure {line} total).",
-                if line == "some" { "some" } else { "all" }
+                "Time {who} of the running sandbox's tasks waited for {resource} ({resource}.pressure {line} total)."
             );
             e.family(&name, Kind::Counter, &help);
-            for l in services {
-                let file = format!("{resource}.pressure");
-                let Some(us) = sb.cgroup_file(l.i, &file).and_then(|t| psi_total(&t, line)) else {
+            for (l, s) in services.iter().zip(samples) {
+                let Some(s) = s else { continue };
+                let Some(us) = s.pressure[r].as_deref().and_then(|t| psi_total(t, line)) else {
                     continue;
                 };
-                e.counter(&name, &l.labels(), us / 1e6, run_started(sb, l.i));
+                e.counter(&name, &l.labels(), us / 1e6, s.started);
             }
         }
     }
