@@ -37,6 +37,7 @@ use crate::shell::loading::{
     add_to_all, block_signals, check_stack, claim_group, read_stack, spawner_and_stack, Checked,
     Loading, Prepared,
 };
+use crate::shell::metrics::{Metrics, SLICE};
 use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
 use crate::shell::reports::Reports;
 use crate::shell::wakeups::Wakeups;
@@ -123,8 +124,8 @@ pub struct Supervisor {
     pub(crate) additions: PlanAdditions,
     /// What `isola up` tells of the whole stack (systemd, a terminal).
     reports: Reports,
-    /// The metrics endpoint (`--metrics`).
-    pub(crate) metrics: Option<MetricsServer>,
+    /// The metrics endpoint (`--metrics`) and the scrapes being read.
+    pub(crate) metrics: Option<Metrics>,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -222,7 +223,7 @@ impl Supervisor {
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
             metrics: p
                 .metrics
-                .map(|m| MetricsServer::new(m, &reactor))
+                .map(|m| MetricsServer::new(m, &reactor).map(Metrics::new))
                 .transpose()
                 .map_err(setup("epoll"))?,
             readiness: Readiness::new(cfg.socket.clone()),
@@ -298,7 +299,7 @@ impl Supervisor {
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Metrics => {
                 let scrapes = match self.metrics.as_mut() {
-                    Some(m) => m.on_event(ctx!(self), key, how),
+                    Some(m) => m.server().on_event(ctx!(self), key, how),
                     None => Vec::new(),
                 };
                 for s in scrapes {
@@ -388,6 +389,9 @@ impl Supervisor {
         }
         self.core.tick(self.now);
         self.sandboxes.tick(ctx!(self));
+        if self.metrics.as_ref().is_some_and(Metrics::busy) {
+            self.work_scrapes(SLICE);
+        }
     }
 
     /// The timerfd, armed for the nearest deadline of the core, a probe, a
@@ -398,6 +402,11 @@ impl Supervisor {
             self.sandboxes.next_deadline(),
             self.probes.next_deadline(),
             self.reports.deadline(),
+            // A scrape being read: the next slice at the next turn.
+            self.metrics
+                .as_ref()
+                .filter(|m| m.busy())
+                .map(|_| Instant::now()),
         ]
         .into_iter()
         .flatten()

@@ -4,10 +4,13 @@
 //! and its running sandbox's cgroup files (per run: their `_created` is
 //! when the run started), then the supervisor's own.
 
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
 use super::context::ServiceIx;
 use crate::lifecycle::{Core, Phase, Service};
 use crate::metrics::exposition::{Exposition, Format, Kind};
-use crate::metrics::server::Scrape;
+use crate::metrics::server::{MetricsServer, Scrape};
 use crate::sandboxes::Sandboxes;
 use crate::spec::health::ProbeKind;
 use crate::supervisor::{ctx, Supervisor};
@@ -45,30 +48,133 @@ const fn def<R>(name: &'static str, help: &'static str, read: R) -> Def<R> {
     Def { name, help, read }
 }
 
-impl Supervisor {
-    /// Answer a scrape of the metrics endpoint.
-    pub(crate) fn scrape(&mut self, s: Scrape) {
-        let body = self.render_metrics(s.format);
-        if let Some(m) = self.metrics.as_mut() {
-            m.answer(ctx!(self), s, &body);
-        }
-    }
+/// Reading the cgroup files of thousands of sandboxes takes long: a
+/// scrape reads them a slice of time per turn of the loop, so no other
+/// client waits longer than that behind it, and is answered once all are
+/// read.
+pub(crate) const SLICE: Duration = Duration::from_millis(5);
 
-    /// The whole exposition, now.
-    pub(crate) fn render_metrics(&mut self, format: Format) -> String {
-        self.sandboxes.open_stats();
-        let dropped = self.outputs.lines_dropped();
-        render(format, &self.core, &self.sandboxes, dropped)
+/// The metrics endpoint and the scrapes being read.
+pub(crate) struct Metrics {
+    server: MetricsServer,
+    jobs: VecDeque<Job>,
+}
+
+/// A scrape whose samples are being read.
+struct Job {
+    scrape: Scrape,
+    /// The services to read, by index and name (an index reused while the
+    /// scrape runs is not mistaken for its old service).
+    todo: Vec<(ServiceIx, String)>,
+    next: usize,
+    samples: Samples,
+}
+
+/// Samples read, by service index, with the service's name.
+type Samples = HashMap<ServiceIx, (String, Sample)>;
+
+impl Job {
+    /// Read samples until `until` (at least one); true once all are read.
+    fn read(&mut self, sb: &Sandboxes, until: Instant) -> bool {
+        while let Some((i, name)) = self.todo.get(self.next) {
+            if let Some(sample) = Sample::read(sb, *i) {
+                self.samples.insert(*i, (name.clone(), sample));
+            }
+            self.next += 1;
+            if self.next < self.todo.len() && Instant::now() >= until {
+                return false;
+            }
+        }
+        true
     }
 }
 
-/// The exposition of a stack: the core's services, their sandboxes, and
+impl Metrics {
+    pub(crate) fn new(server: MetricsServer) -> Metrics {
+        Metrics {
+            server,
+            jobs: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn server(&mut self) -> &mut MetricsServer {
+        &mut self.server
+    }
+
+    /// A scrape is being read: the loop must turn again soon.
+    pub(crate) fn busy(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+}
+
+/// The services a scrape reports, by index and name.
+fn reported(core: &Core) -> Vec<(ServiceIx, String)> {
+    core.services()
+        // An overlap's new sandbox is the same service twice.
+        .filter(|(_, s)| s.predecessor.is_none())
+        .map(|(i, s)| (i, s.def.name.clone()))
+        .collect()
+}
+
+impl Supervisor {
+    /// A scrape of the metrics endpoint: read a first slice now.
+    pub(crate) fn scrape(&mut self, s: Scrape) {
+        let todo = reported(&self.core);
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        m.jobs.push_back(Job {
+            scrape: s,
+            todo,
+            next: 0,
+            samples: HashMap::new(),
+        });
+        self.work_scrapes(SLICE);
+    }
+
+    /// Read samples for `budget`; answer every scrape whose samples are
+    /// all read.
+    pub(crate) fn work_scrapes(&mut self, budget: Duration) {
+        self.sandboxes.open_stats();
+        let until = Instant::now() + budget;
+        loop {
+            let Some(m) = self.metrics.as_mut() else {
+                return;
+            };
+            let Some(job) = m.jobs.front_mut() else {
+                return;
+            };
+            if !job.read(&self.sandboxes, until) {
+                return;
+            }
+            let Some(job) = m.jobs.pop_front() else {
+                return;
+            };
+            let dropped = self.outputs.lines_dropped();
+            let body = render(job.scrape.format, &self.core, &job.samples, dropped);
+            if let Some(m) = self.metrics.as_mut() {
+                m.server.answer(ctx!(self), job.scrape, &body);
+            }
+        }
+    }
+
+    /// The whole exposition, now (`isola metrics`).
+    pub(crate) fn render_metrics(&mut self, format: Format) -> String {
+        self.sandboxes.open_stats();
+        let samples: Samples = reported(&self.core)
+            .into_iter()
+            .filter_map(|(i, name)| Some((i, (name, Sample::read(&self.sandboxes, i)?))))
+            .collect();
+        render(format, &self.core, &samples, self.outputs.lines_dropped())
+    }
+}
+
+/// The exposition of a stack: the core's services, their samples, and
 /// the supervisor's own numbers.
-fn render(format: Format, core: &Core, sandboxes: &Sandboxes, lines_dropped: u64) -> String {
+fn render(format: Format, core: &Core, samples: &Samples, lines_dropped: u64) -> String {
     let mut e = Exposition::new(format);
     let services: Vec<Labelled<'_>> = core
         .services()
-        // An overlap's new sandbox is the same service twice.
         .filter(|(_, s)| s.predecessor.is_none())
         .map(|(i, s)| Labelled {
             i,
@@ -81,11 +187,14 @@ fn render(format: Format, core: &Core, sandboxes: &Sandboxes, lines_dropped: u64
         })
         .collect();
     lifecycle_families(&mut e, &services);
-    let samples: Vec<Option<Sample>> = services
+    let read: Vec<Option<&Sample>> = services
         .iter()
-        .map(|l| Sample::read(sandboxes, l.i))
+        .map(|l| {
+            let (name, sample) = samples.get(&l.i)?;
+            (*name == l.s.def.name).then_some(sample)
+        })
         .collect();
-    cgroup_families(&mut e, &services, &samples);
+    cgroup_families(&mut e, &services, &read);
     supervisor_families(&mut e, lines_dropped);
     e.finish()
 }
@@ -195,7 +304,7 @@ fn number(text: &Option<String>) -> Option<f64> {
     text.as_deref()?.trim().parse().ok()
 }
 
-fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
+fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<&Sample>]) {
     let gauges: [Def<Reading>; 4] = [
         def(
             "isola_service_memory_bytes",
@@ -224,7 +333,7 @@ fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Opt
     for d in gauges {
         e.family(d.name, Kind::Gauge, d.help);
         for (l, s) in services.iter().zip(samples) {
-            if let Some(v) = s.as_ref().and_then(d.read) {
+            if let Some(v) = s.and_then(d.read) {
                 e.gauge(d.name, &l.labels(), v);
             }
         }
@@ -260,7 +369,7 @@ fn cgroup_families(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Opt
     pressure(e, services, samples);
 }
 
-fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
+fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<&Sample>]) {
     let name = "isola_service_memory_events";
     e.family(
         name,
@@ -268,7 +377,7 @@ fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Optio
         "memory.events of the running sandbox, by event.",
     );
     for (l, s) in services.iter().zip(samples) {
-        let Some((s, text)) = s.as_ref().and_then(|s| Some((s, s.events.as_deref()?))) else {
+        let Some((s, text)) = s.and_then(|s| Some((s, s.events.as_deref()?))) else {
             continue;
         };
         for line in text.lines() {
@@ -286,7 +395,7 @@ fn memory_events(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Optio
 }
 
 /// PSI: `some` is time some task waited, `full` time all did.
-fn pressure(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<Sample>]) {
+fn pressure(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<&Sample>]) {
     for (r, resource) in PRESSURE.into_iter().enumerate() {
         for (line, what, who) in [("some", "waiting", "some"), ("full", "stalled", "all")] {
             let name = format!("isola_service_pressure_{resource}_{what}_seconds");
@@ -390,6 +499,43 @@ mod golden {
     use crate::lifecycle::{Effect, Exit};
     use crate::shell::reactor::Reactor;
 
+    /// A scrape reads its services a slice at a time: with no time left,
+    /// one per turn, and it is done after the last.
+    #[test]
+    fn a_scrape_is_read_in_slices() {
+        let reactor = Reactor::new().unwrap();
+        let setup = crate::sandboxes::Setup {
+            stack_root: "/nonexistent".into(),
+            no_cgroup: true,
+            group: None,
+            spawner: None,
+            stats_cap: 0,
+        };
+        let sb = Sandboxes::new(&reactor, setup).unwrap();
+        let core = stack();
+        let mut job = Job {
+            scrape: Scrape {
+                conn: 1,
+                format: Format::Text,
+                head_only: false,
+            },
+            todo: reported(&core),
+            next: 0,
+            samples: HashMap::new(),
+        };
+        assert_eq!(job.todo.len(), 3);
+        let past = Instant::now();
+        assert!(!job.read(&sb, past));
+        assert_eq!(job.next, 1);
+        assert!(!job.read(&sb, past));
+        assert!(job.read(&sb, past), "the last one ends it");
+        let mut all = Job { next: 0, ..job };
+        assert!(
+            all.read(&sb, Instant::now() + Duration::from_secs(1)),
+            "time for all"
+        );
+    }
+
     fn stack() -> Core {
         let text = r#"{"services": {
             "web": {"process": {"args": ["true"]}, "replicas": 2},
@@ -418,15 +564,6 @@ mod golden {
     /// and restarts of a service survive its restart.
     #[test]
     fn counters_survive_a_restart_and_replicas_are_labelled() {
-        let reactor = Reactor::new().unwrap();
-        let setup = crate::sandboxes::Setup {
-            stack_root: "/nonexistent".into(),
-            no_cgroup: true,
-            group: None,
-            spawner: None,
-            stats_cap: 0,
-        };
-        let sb = Sandboxes::new(&reactor, setup).unwrap();
         let mut core = stack();
         let t0 = Instant::now();
         core.start_all(t0);
@@ -447,7 +584,7 @@ mod golden {
         core.tick(t1);
         launch_all(&mut core, t1);
         fail(&mut core, t1);
-        let text = render(Format::Text, &core, &sb, 7);
+        let text = render(Format::Text, &core, &HashMap::new(), 7);
         let want = [
             "isola_service_up{service=\"web.1\",group=\"web\",replica=\"1\"} 1",
             "isola_service_up{service=\"db\"} 1",
@@ -465,7 +602,7 @@ mod golden {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), helps.len());
-        let om = render(Format::OpenMetrics, &core, &sb, 7);
+        let om = render(Format::OpenMetrics, &core, &HashMap::new(), 7);
         assert!(om.contains("# TYPE isola_service_restarts counter\n"));
         assert!(om.ends_with("# EOF\n"));
     }

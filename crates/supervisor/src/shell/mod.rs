@@ -8,7 +8,7 @@
 
 pub(crate) mod context;
 pub(crate) mod loading;
-mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod orchestrate;
 mod progress;
 pub(crate) mod reactor;
