@@ -20,6 +20,7 @@ pub mod starter;
 /// accepts and ignores them.
 pub(crate) const SUPERVISION_FIELDS: &[&str] = &[
     "restart",
+    "resourceRules",
     "oom",
     "stop",
     "dependsOn",

@@ -40,6 +40,7 @@ use crate::shell::loading::{
 use crate::shell::metrics::{Metrics, SLICE};
 use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
 use crate::shell::reports::Reports;
+use crate::shell::rules::ResourceWatch;
 use crate::shell::wakeups::Wakeups;
 use crate::spec::stack::{self, Stack};
 
@@ -124,6 +125,8 @@ pub struct Supervisor {
     pub(crate) additions: PlanAdditions,
     /// What `isola up` tells of the whole stack (systemd, a terminal).
     reports: Reports,
+    /// The services whose `resourceRules` are checked.
+    pub(crate) rules: ResourceWatch,
     /// The metrics endpoint (`--metrics`) and the scrapes being read.
     pub(crate) metrics: Option<Metrics>,
 }
@@ -235,6 +238,7 @@ impl Supervisor {
             outbox,
             sandboxes,
             reaper: Reaper::default(),
+            rules: ResourceWatch::default(),
             outputs,
             probes: Probes::default(),
             held: p.held,
@@ -361,6 +365,7 @@ impl Supervisor {
                 verdict,
             } => core.probe_done(service, kind, verdict.ok, verdict.message, now),
             Input::Notified(i, notice) => core.notified(i, notice, now),
+            Input::ResourceExceeded(i, why) => core.resource_exceeded(i, why, now),
             Input::ConnClosed(conn) => core.forget_conn(conn),
         }
     }
@@ -389,6 +394,7 @@ impl Supervisor {
         }
         self.core.tick(self.now);
         self.sandboxes.tick(ctx!(self));
+        self.check_rules();
         if self.metrics.as_ref().is_some_and(Metrics::busy) {
             self.work_scrapes(SLICE);
         }
@@ -402,6 +408,7 @@ impl Supervisor {
             self.sandboxes.next_deadline(),
             self.probes.next_deadline(),
             self.reports.deadline(),
+            self.rules.deadline(),
             // A scrape being read: the next slice at the next turn.
             self.metrics
                 .as_ref()

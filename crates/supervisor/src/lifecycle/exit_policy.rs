@@ -15,6 +15,8 @@ pub enum Reason {
     Unhealthy,
     /// Killed for a missed (or triggered) watchdog.
     Watchdog,
+    /// Restarted by one of its `resourceRules`.
+    Resource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

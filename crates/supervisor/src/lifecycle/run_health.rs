@@ -396,11 +396,19 @@ impl Core {
         self.event(
             i,
             match reason {
-                Reason::Watchdog => why,
+                Reason::Watchdog | Reason::Resource => why,
                 _ => format!("unhealthy: {why}"),
             },
         );
         self.stop_with(i, Intent::Unhealthy, now);
+    }
+
+    /// One of service `i`'s `resourceRules` with `action: restart` held
+    /// (`why` names the rule and the value seen): a graceful stop, then its
+    /// restart policy, as for a crash, with the reason `resource`.
+    pub fn resource_exceeded(&mut self, i: usize, why: String, now: Instant) {
+        self.kill_unhealthy(i, Reason::Resource, why, now);
+        self.pump(now);
     }
 }
 

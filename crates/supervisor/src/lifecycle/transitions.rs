@@ -455,13 +455,20 @@ fn describe(code: i32, exit: &LastExit) -> String {
             "killed by the OOM killer".to_string()
         }
         exit_policy::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
-        exit_policy::Reason::Unhealthy | exit_policy::Reason::Watchdog => {
+        exit_policy::Reason::Unhealthy
+        | exit_policy::Reason::Watchdog
+        | exit_policy::Reason::Resource => {
             let how = if code > 128 {
                 format!("signal {}", code - 128)
             } else {
                 format!("code {code}")
             };
-            format!("stopped for its health ({how})")
+            let what = if exit.reason == exit_policy::Reason::Resource {
+                "its resource use"
+            } else {
+                "its health"
+            };
+            format!("stopped for {what} ({how})")
         }
     }
 }

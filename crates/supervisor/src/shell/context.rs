@@ -59,6 +59,8 @@ pub(crate) enum Input {
         verdict: Verdict,
     },
     Notified(ServiceIx, Notice),
+    /// A `resourceRules` rule with `action: restart` held (why).
+    ResourceExceeded(ServiceIx, String),
     /// A control client went away: nobody to answer there.
     ConnClosed(ConnId),
 }

@@ -14,6 +14,7 @@ mod progress;
 pub(crate) mod reactor;
 pub(crate) mod reports;
 mod requests;
+pub(crate) mod rules;
 mod status;
 mod under_systemd;
 pub(crate) mod wakeups;

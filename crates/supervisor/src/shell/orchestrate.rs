@@ -193,6 +193,7 @@ impl Supervisor {
         self.probes.cancel(ctx!(self), i);
         self.outputs.forget(ctx!(self), i);
         self.readiness.forget(ctx!(self), i);
+        self.rules.unwatch(i);
     }
 
     /// The core's `Launch`: pipes, the notify socket or pipe, held sockets
@@ -234,10 +235,15 @@ impl Supervisor {
             },
         };
         let started = self.sandboxes.launch(ctx!(self), i, launch);
+        let rules = def.policy.resource_rules.len();
         // Our copies of the sandbox's ends close here.
         drop(ends);
         match started {
-            Ok(pid) => self.reaper.watch(pid, Child::Init(i)),
+            Ok(pid) => {
+                self.reaper.watch(pid, Child::Init(i));
+                // A fresh run: its rules' windows start over.
+                self.rules.watch(i, rules, self.now);
+            }
             Err(e) => {
                 self.outputs.close_pipes(ctx!(self), i);
                 self.readiness.close_pipe(ctx!(self), i);

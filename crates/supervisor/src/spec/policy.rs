@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::field;
 use super::health::{self, Dependency, Health, Notify};
+use super::rules::{self, ResourceRule};
 use super::sockets::{self, SocketDef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -171,6 +172,8 @@ pub struct Policy {
     /// `replicas`: `None` for a plain service, else how many.
     pub replicas: Option<u32>,
     pub stderr: Stderr,
+    /// `resourceRules`: limits on what it uses for long.
+    pub resource_rules: Vec<ResourceRule>,
 }
 
 impl Policy {
@@ -193,6 +196,7 @@ impl Default for Policy {
             fd_store_max: 0,
             replicas: None,
             stderr: Stderr::Separate,
+            resource_rules: Vec::new(),
         }
     }
 }
@@ -258,6 +262,9 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     }
     if let Some(v) = sup.get("stderr") {
         p.stderr = field(v, &format!("{prefix}stderr"))?;
+    }
+    if let Some(v) = sup.get("resourceRules") {
+        p.resource_rules = rules::parse(v, &format!("{prefix}resourceRules"))?;
     }
     check_zero_downtime(&p, prefix)?;
     Ok(p)

@@ -1,0 +1,63 @@
+//! `resourceRules`: a service that holds too much memory, or spins a CPU,
+//! for longer than its rule allows is restarted with the reason
+//! `resource`; an `event` rule only tells.
+
+use std::time::Duration;
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::json;
+
+/// A payload that takes about 40 MB and keeps it.
+const HOG: &str = "a=$(head -c 40000000 /dev/zero | tr '\\0' x); exec sleep 1000";
+
+#[test]
+fn memory_and_cpu_rules_restart_and_an_event_rule_only_tells() {
+    require_vm();
+    let restart = |metric: &str, above: &str, ms: u64| {
+        json!({"resourceRules": [{"metric": metric, "above": above, "forMs": ms, "action": "restart"}],
+               "restart": {"policy": "always", "delayMs": 100, "maxDelayMs": 100}})
+    };
+    let up = Up::start(
+        "rules",
+        json!({
+            "hog": svc(HOG, restart("memory", "20M", 1000)),
+            "spin": svc("while :; do :; done", restart("cpu", "50%", 2000)),
+            "told": svc(HOG, json!({"resourceRules": [{"metric": "memory", "above": "20M", "forMs": 1000, "action": "event"}]})),
+            "calm": svc("exec sleep 1000", restart("memory", "20M", 1000)),
+        }),
+        &[],
+    );
+    for name in ["hog", "spin"] {
+        let s = up.wait_for(
+            name,
+            "a restart by its rule",
+            Duration::from_secs(60),
+            |s| s["restarts"].as_u64().unwrap_or(0) >= 1 && s["lastExit"]["reason"] == "resource",
+        );
+        let msg = s["lastExit"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            msg.contains("above") && msg.contains("(resourceRules[0])"),
+            "{name}: {msg}"
+        );
+    }
+    up.wait_log("told", "(resourceRules[0])");
+    let events = std::fs::read_to_string(up.logdir().join("told.log")).unwrap();
+    assert!(events.contains(" isola resource: memory "), "{events}");
+    assert_eq!(
+        up.service("told")["restarts"],
+        0,
+        "an event rule restarts nothing"
+    );
+    assert_eq!(up.service("calm")["restarts"], 0, "below its rule");
+    assert!(
+        up.stderr().contains("hog: resource: memory "),
+        "{}",
+        up.stderr()
+    );
+    up.down();
+    assert_clean();
+}
