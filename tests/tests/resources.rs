@@ -52,6 +52,21 @@ fn memory_and_cpu_rules_restart_and_an_event_rule_only_tells() {
         0,
         "an event rule restarts nothing"
     );
+    // The metric counts each time a rule acted: once for the event rule
+    // (it stays above: one crossing), never for a calm service.
+    let (code, metrics, err) = up.cli(&["metrics"]);
+    assert_eq!(code, 0, "{err}");
+    let actions = |svc: &str| {
+        format!("isola_service_resource_rule_actions_total{{service=\"{svc}\",rule=\"0\",metric=\"memory\"}}")
+    };
+    assert!(
+        metrics.contains(&format!("{} 1\n", actions("told"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 0\n", actions("calm"))),
+        "{metrics}"
+    );
     assert_eq!(up.service("calm")["restarts"], 0, "below its rule");
     assert!(
         up.stderr().contains("hog: resource: memory "),

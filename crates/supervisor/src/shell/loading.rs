@@ -14,6 +14,7 @@ use crate::host::{self, PlanAdditions, StackGroup};
 use crate::outputs::Sink;
 use crate::sandboxes;
 use crate::spawner::Spawner;
+use crate::spec::rules::RuleMetric;
 use crate::spec::stack::{self, ServiceDef, Stack};
 use crate::supervisor::{setup, stack_name, Config, UpError};
 
@@ -53,9 +54,35 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
             .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
         isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
     }
+    check_pressure(&stack)?;
     let stats_cap = host::check_capacity(&stack.services)?;
     Ok(Checked { stack, stats_cap })
 }
+
+/// A pressure rule needs the kernel's pressure stall information.
+fn check_pressure(stack: &Stack) -> Result<(), UpError> {
+    if std::path::Path::new(PSI).exists() {
+        return Ok(());
+    }
+    for d in &stack.services {
+        let pressure = d
+            .policy
+            .resource_rules
+            .iter()
+            .position(|r| !matches!(r.metric, RuleMetric::Memory | RuleMetric::Cpu));
+        if let Some(k) = pressure {
+            let metric = d.policy.resource_rules[k].metric.as_str();
+            return Err(UpError::Spec(SpecError::new(
+                format!("services.{}.resourceRules[{k}].metric", d.name),
+                format!("{metric}: this kernel has no pressure stall information ({PSI}: CONFIG_PSI, or psi=1 on its command line)"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where the kernel shows pressure stall information, when it has it.
+const PSI: &str = "/proc/pressure";
 
 /// Complete what the supervisor adds to every loaded service.
 pub(crate) fn add_to_all(additions: &PlanAdditions, defs: &mut [ServiceDef]) {

@@ -12,6 +12,7 @@ use crate::lifecycle::{Core, Phase, Service};
 use crate::metrics::exposition::{Exposition, Format, Kind};
 use crate::metrics::server::{MetricsServer, Scrape};
 use crate::sandboxes::Sandboxes;
+use crate::shell::rules::ResourceWatch;
 use crate::spec::health::ProbeKind;
 use crate::supervisor::{ctx, Supervisor};
 
@@ -151,7 +152,13 @@ impl Supervisor {
                 return;
             };
             let dropped = self.outputs.lines_dropped();
-            let body = render(job.scrape.format, &self.core, &job.samples, dropped);
+            let body = render(
+                job.scrape.format,
+                &self.core,
+                &job.samples,
+                &self.rules,
+                dropped,
+            );
             if let Some(m) = self.metrics.as_mut() {
                 m.server.answer(ctx!(self), job.scrape, &body);
             }
@@ -165,13 +172,20 @@ impl Supervisor {
             .into_iter()
             .filter_map(|(i, name)| Some((i, (name, Sample::read(&self.sandboxes, i)?))))
             .collect();
-        render(format, &self.core, &samples, self.outputs.lines_dropped())
+        let dropped = self.outputs.lines_dropped();
+        render(format, &self.core, &samples, &self.rules, dropped)
     }
 }
 
 /// The exposition of a stack: the core's services, their samples, and
 /// the supervisor's own numbers.
-fn render(format: Format, core: &Core, samples: &Samples, lines_dropped: u64) -> String {
+fn render(
+    format: Format,
+    core: &Core,
+    samples: &Samples,
+    rules: &ResourceWatch,
+    lines_dropped: u64,
+) -> String {
     let mut e = Exposition::new(format);
     let services: Vec<Labelled<'_>> = core
         .services()
@@ -195,6 +209,7 @@ fn render(format: Format, core: &Core, samples: &Samples, lines_dropped: u64) ->
         })
         .collect();
     cgroup_families(&mut e, &services, &read);
+    rule_family(&mut e, &services, rules);
     supervisor_families(&mut e, lines_dropped);
     e.finish()
 }
@@ -414,6 +429,28 @@ fn pressure(e: &mut Exposition, services: &[Labelled<'_>], samples: &[Option<&Sa
     }
 }
 
+/// How often each `resourceRules` rule acted (restarted, or told).
+fn rule_family(e: &mut Exposition, services: &[Labelled<'_>], rules: &ResourceWatch) {
+    let name = "isola_service_resource_rule_actions";
+    e.family(
+        name,
+        Kind::Counter,
+        "Times a resourceRules rule held for its forMs and acted, by rule.",
+    );
+    for l in services {
+        for (k, n) in rules.acted(l.i).iter().enumerate() {
+            let Some(rule) = l.s.def.policy.resource_rules.get(k) else {
+                continue;
+            };
+            let index = k.to_string();
+            let mut labels = l.labels();
+            labels.push(("rule", index.as_str()));
+            labels.push(("metric", rule.metric.as_str()));
+            e.counter(name, &labels, *n as f64, None);
+        }
+    }
+}
+
 fn supervisor_families(e: &mut Exposition, lines_dropped: u64) {
     let name = "isola_log_lines_dropped";
     e.family(
@@ -584,7 +621,13 @@ mod golden {
         core.tick(t1);
         launch_all(&mut core, t1);
         fail(&mut core, t1);
-        let text = render(Format::Text, &core, &HashMap::new(), 7);
+        let text = render(
+            Format::Text,
+            &core,
+            &HashMap::new(),
+            &ResourceWatch::default(),
+            7,
+        );
         let want = [
             "isola_service_up{service=\"web.1\",group=\"web\",replica=\"1\"} 1",
             "isola_service_up{service=\"db\"} 1",
@@ -602,7 +645,13 @@ mod golden {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), helps.len());
-        let om = render(Format::OpenMetrics, &core, &HashMap::new(), 7);
+        let om = render(
+            Format::OpenMetrics,
+            &core,
+            &HashMap::new(),
+            &ResourceWatch::default(),
+            7,
+        );
         assert!(om.contains("# TYPE isola_service_restarts counter\n"));
         assert!(om.ends_with("# EOF\n"));
     }

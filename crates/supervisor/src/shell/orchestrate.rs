@@ -193,7 +193,7 @@ impl Supervisor {
         self.probes.cancel(ctx!(self), i);
         self.outputs.forget(ctx!(self), i);
         self.readiness.forget(ctx!(self), i);
-        self.rules.unwatch(i);
+        self.rules.forget(i);
     }
 
     /// The core's `Launch`: pipes, the notify socket or pipe, held sockets

@@ -58,6 +58,9 @@ struct Watched {
 pub(crate) struct ResourceWatch {
     watched: BTreeMap<ServiceIx, Watched>,
     next: Option<Instant>,
+    /// How often each rule of a service acted, over all its runs (the
+    /// metrics' counter).
+    acted: BTreeMap<ServiceIx, Vec<u64>>,
 }
 
 impl ResourceWatch {
@@ -72,7 +75,19 @@ impl ResourceWatch {
             cpu: None,
         };
         self.watched.insert(i, w);
+        self.acted.entry(i).or_default().resize(rules, 0);
         self.next.get_or_insert(now + CHECK_EVERY);
+    }
+
+    /// Service `i` is gone: its counts go too.
+    pub(crate) fn forget(&mut self, i: ServiceIx) {
+        self.unwatch(i);
+        self.acted.remove(&i);
+    }
+
+    /// How often each of service `i`'s rules acted.
+    pub(crate) fn acted(&self, i: ServiceIx) -> &[u64] {
+        self.acted.get(&i).map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn unwatch(&mut self, i: ServiceIx) {
@@ -164,6 +179,9 @@ impl Supervisor {
                 };
                 if !window.observe(value, rule, now) {
                     continue;
+                }
+                if let Some(n) = self.rules.acted.get_mut(&i).and_then(|a| a.get_mut(k)) {
+                    *n += 1;
                 }
                 let why = format!(
                     "resource: {} {} above {} for {} ms (resourceRules[{k}])",
