@@ -210,7 +210,11 @@ impl Core {
                 self.event(j, "overlap: ready; stopping the old sandbox".into());
                 self.take_name(i, j);
                 self.stop_with(i, Intent::Remove, now);
-            } else if matches!(s.phase, Phase::Backoff { .. } | Phase::Down(_)) {
+            } else if matches!(s.phase, Phase::Down(_))
+                // Postponed for a shortage (its cgroup still held by an
+                // older sandbox of the service, say) it waits; failed, not.
+                || (matches!(s.phase, Phase::Backoff { .. }) && s.waiting_for.is_none())
+            {
                 self.successor_failed(j, "did not start", now);
             } else if s.overlap_until.is_some_and(|t| t <= now) {
                 let ms = s.def.policy.restart.ready_timeout_ms;

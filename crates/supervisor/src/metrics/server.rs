@@ -94,8 +94,14 @@ pub(crate) fn bind(addr: &MetricsAddr) -> Result<BoundMetrics, String> {
             Listener::Tcp(l)
         }
         MetricsAddr::Unix(p) => {
-            let stale = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
-            if stale {
+            let socket = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
+            if socket && UnixStream::connect(p).is_ok() {
+                return Err(format!(
+                    "--metrics unix://{}: another process listens there",
+                    p.display()
+                ));
+            }
+            if socket {
                 let _ = std::fs::remove_file(p);
             }
             let l = UnixListener::bind(p)
@@ -126,6 +132,8 @@ pub(crate) struct MetricsServer {
     listener: Listener,
     conns: HashMap<u64, HttpConn>,
     next_conn: u64,
+    /// Held open to be let go when we run out of fds.
+    reserve: Option<std::fs::File>,
 }
 
 fn token(key: u64) -> Token {
@@ -143,6 +151,7 @@ impl MetricsServer {
             listener: bound.0,
             conns: HashMap::new(),
             next_conn: LISTENER + 1,
+            reserve: std::fs::File::open("/dev/null").ok(),
         })
     }
 
@@ -163,7 +172,22 @@ impl MetricsServer {
         if !ready.readable() {
             return Vec::new();
         }
+        // Waiting for its answer, only a hang-up or an error is reported:
+        // the scraper went away.
+        if self
+            .conns
+            .get(&key)
+            .is_some_and(|c| matches!(c.phase, Phase::Waiting))
+        {
+            self.close(ctx, key);
+            return Vec::new();
+        }
         self.read_head(ctx, key).into_iter().collect()
+    }
+
+    /// Is scraper `conn` still connected (its scrape worth reading)?
+    pub(crate) fn is_open(&self, conn: u64) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     fn accept(&mut self, ctx: &mut Ctx<'_>) {
@@ -172,8 +196,14 @@ impl MetricsServer {
                 Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
                 Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
             };
-            let Ok(stream) = accepted else { return };
-            if self.conns.len() >= MAX_CONNS {
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return self.shed();
+                }
+                Err(_) => return,
+            };
+            if self.conns.len() >= MAX_CONNS && !self.evict_idle(ctx) {
                 continue;
             }
             let nonblocking = match &stream {
@@ -198,6 +228,37 @@ impl MetricsServer {
         }
     }
 
+    /// The table is full: the connection that has sat longest without a
+    /// whole request goes (idle clients never lock scrapers out). False
+    /// when all are being answered.
+    fn evict_idle(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Reading(_)))
+            .map(|(id, _)| *id)
+            .min();
+        match oldest {
+            Some(id) => {
+                self.close(ctx, id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Out of fds: the pending connection would keep the level-triggered
+    /// listener readable forever. Let the reserve fd go, take the client
+    /// and hang up on it, take the reserve back.
+    fn shed(&mut self) {
+        self.reserve = None;
+        let _taken_and_dropped = match &self.listener {
+            Listener::Tcp(l) => l.accept().map(drop),
+            Listener::Unix(l, _) => l.accept().map(drop),
+        };
+        self.reserve = std::fs::File::open("/dev/null").ok();
+    }
+
     /// Read the request head; once it is whole, a scrape for the caller
     /// or an answer from here.
     fn read_head(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Option<Scrape> {
@@ -218,6 +279,15 @@ impl MetricsServer {
         match request {
             Ok((format, head_only)) => {
                 c.phase = Phase::Waiting;
+                // Nothing more is read from it; a hang-up still shows.
+                if ctx
+                    .reactor
+                    .modify(c.stream.fd(), token(id), Interest::Hangup)
+                    .is_err()
+                {
+                    self.close(ctx, id);
+                    return None;
+                }
                 Some(Scrape {
                     conn: id,
                     format,
@@ -256,8 +326,13 @@ impl MetricsServer {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        let allow = if status.starts_with("405") {
+            "Allow: GET, HEAD\r\n"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
             body.len()
         )
         .into_bytes();

@@ -51,7 +51,7 @@ impl Sandboxes {
         i: ServiceIx,
         l: Launch<'_>,
     ) -> Result<Pid, StartError> {
-        let cg_name = self.cgroup_name(l.def, l.predecessor);
+        let cg_name = self.cgroup_name(l.def, l.predecessor)?;
         let s = self.services.get_mut(i).ok_or_else(gone)?;
         s.cgroup_name.clone_from(&cg_name);
         s.record_start();
@@ -141,15 +141,35 @@ impl Sandboxes {
     }
 
     /// A service's cgroup directory name: its own, but an overlap's
-    /// successor takes whichever of `NAME` and `NAME..next` the sandbox it
-    /// replaces does not hold (names with `..` are not service names).
-    fn cgroup_name(&self, def: &ServiceDef, predecessor: Option<ServiceIx>) -> String {
+    /// successor takes whichever of `NAME` and `NAME..next` no sandbox of
+    /// the service holds now (names with `..` are not service names). With
+    /// both held — the sandbox it replaces, and an older one still being
+    /// torn down — the start waits, as for any shortage.
+    fn cgroup_name(
+        &self,
+        def: &ServiceDef,
+        predecessor: Option<ServiceIx>,
+    ) -> Result<String, StartError> {
         let name = &def.name;
-        let theirs = predecessor.and_then(|p| Some(self.services.get(p)?.cgroup_name.as_str()));
-        if theirs == Some(name.as_str()) {
-            format!("{name}{SUCCESSOR_SUFFIX}")
-        } else {
-            name.clone()
+        if predecessor.is_none() {
+            return Ok(name.clone());
+        }
+        let held = |cg: &str| {
+            self.services
+                .iter()
+                .any(|(_, s)| s.cgroup_name == cg && !matches!(s.stage, Stage::Idle))
+        };
+        let next = format!("{name}{SUCCESSOR_SUFFIX}");
+        match (held(name), held(&next)) {
+            (false, _) => Ok(name.clone()),
+            (true, false) => Ok(next),
+            (true, true) => Err(StartError {
+                code: exit::code(exit::SETUP),
+                why: format!(
+                    "cgroups {name} and {next} are both held by sandboxes of the service still running or stopping"
+                ),
+                transient: true,
+            }),
         }
     }
 }

@@ -147,7 +147,6 @@ impl<T> ServiceMap<T> {
         self.slots.get_mut(i)?.as_mut()
     }
 
-    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ServiceIx, &T)> {
         self.slots
             .iter()

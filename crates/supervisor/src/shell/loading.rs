@@ -41,6 +41,16 @@ pub(crate) enum Loading {
 
 /// What `new` and a reload check of a parsed stack, alike.
 pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<Checked, UpError> {
+    let ruled = stack
+        .services
+        .iter()
+        .find(|d| !d.policy.resource_rules.is_empty());
+    if let (Some(d), true) = (ruled, cfg.no_cgroup) {
+        return Err(UpError::Spec(SpecError::new(
+            format!("services.{}.resourceRules", d.name),
+            "conflicts with --no-cgroup (rules read the sandbox's cgroup)",
+        )));
+    }
     if let Some(d) = stack.services.iter().find(|d| d.plan.has_resources()) {
         if cfg.no_cgroup {
             return Err(UpError::Spec(SpecError::new(

@@ -111,10 +111,16 @@ impl Metrics {
 /// The services a scrape reports, by index and name.
 fn reported(core: &Core) -> Vec<(ServiceIx, String)> {
     core.services()
-        // An overlap's new sandbox is the same service twice.
-        .filter(|(_, s)| s.predecessor.is_none())
+        .filter(|(i, s)| holds_its_name(core, *i, s))
         .map(|(i, s)| (i, s.def.name.clone()))
         .collect()
+}
+
+/// During an overlap a service has two sandboxes: the one that holds its
+/// name is reported (the new one before it took over, the old one after
+/// it handed over, are not: one label set, one value).
+fn holds_its_name(core: &Core, i: ServiceIx, s: &Service) -> bool {
+    core.find(&s.def.name) == Some(i)
 }
 
 impl Supervisor {
@@ -142,6 +148,9 @@ impl Supervisor {
             let Some(m) = self.metrics.as_mut() else {
                 return;
             };
+            // A scraper that went away: nothing more to read for it.
+            let server = &m.server;
+            m.jobs.retain(|j| server.is_open(j.scrape.conn));
             let Some(job) = m.jobs.front_mut() else {
                 return;
             };
@@ -189,7 +198,7 @@ fn render(
     let mut e = Exposition::new(format);
     let services: Vec<Labelled<'_>> = core
         .services()
-        .filter(|(_, s)| s.predecessor.is_none())
+        .filter(|(i, s)| holds_its_name(core, *i, s))
         .map(|(i, s)| Labelled {
             i,
             s,

@@ -107,7 +107,10 @@ impl Supervisor {
             Effect::AnswerDown(conn) => self.control.send(ctx!(self), conn, &Response::ok()),
             Effect::Forget(i) => self.forget(i),
             Effect::Probe(i, kind) => self.start_probe(i, kind),
-            Effect::HandedOver(old, new) => self.readiness.handed_over(ctx!(self), old, new),
+            Effect::HandedOver(old, new) => {
+                self.readiness.handed_over(ctx!(self), old, new);
+                self.rules.handed_over(old, new);
+            }
             Effect::DropFdStore(i) => self.readiness.drop_store(i),
         }
     }

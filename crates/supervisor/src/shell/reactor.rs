@@ -77,6 +77,9 @@ pub(crate) enum Interest {
     Read,
     Write,
     ReadWrite,
+    /// Neither: only the peer's hang-up (or shutdown of its side) and
+    /// errors are reported.
+    Hangup,
 }
 
 impl Interest {
@@ -85,6 +88,7 @@ impl Interest {
             Interest::Read => EpollFlags::EPOLLIN,
             Interest::Write => EpollFlags::EPOLLOUT,
             Interest::ReadWrite => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
+            Interest::Hangup => EpollFlags::EPOLLRDHUP,
         }
     }
 }
@@ -102,8 +106,12 @@ impl Readiness {
 
     /// Readable, or hung up, or in error: a read will tell which.
     pub(crate) fn readable(self) -> bool {
-        self.flags
-            .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+        self.flags.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        )
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::context::{Input, ServiceIx};
+use crate::lifecycle::Phase;
 use crate::sandboxes::Sandboxes;
 use crate::spec::rules::{ResourceRule, RuleAction, RuleMetric};
 use crate::supervisor::Supervisor;
@@ -85,6 +86,18 @@ impl ResourceWatch {
         self.acted.remove(&i);
     }
 
+    /// Overlap: service `new` took the name of `old`, and its rules'
+    /// counts with it.
+    pub(crate) fn handed_over(&mut self, old: ServiceIx, new: ServiceIx) {
+        if let Some(counts) = self.acted.remove(&old) {
+            let to = self.acted.entry(new).or_default();
+            to.resize(to.len().max(counts.len()), 0);
+            for (t, c) in to.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+    }
+
     /// How often each of service `i`'s rules acted.
     pub(crate) fn acted(&self, i: ServiceIx) -> &[u64] {
         self.acted.get(&i).map_or(&[], Vec::as_slice)
@@ -114,18 +127,15 @@ impl ResourceWatch {
 }
 
 /// A metric's value for a rule: bytes for memory, percent otherwise.
-fn reading(
-    sb: &Sandboxes,
-    i: ServiceIx,
-    m: RuleMetric,
-    w: &mut Watched,
-    now: Instant,
-) -> Option<f64> {
+fn reading(sb: &Sandboxes, i: ServiceIx, m: RuleMetric, w: &mut Watched) -> Option<f64> {
     let pressure = |file: &str| psi_some_avg10(&sb.cgroup_file(i, file)?);
     match m {
         RuleMetric::Memory => Some(sb.snapshot(i)?.stats.memory_current? as f64),
         RuleMetric::Cpu => {
             let usec = sb.snapshot(i)?.stats.cpu_usec? as f64;
+            // The time of this very read: the loop's `now` is older by
+            // whatever this turn did before.
+            let now = Instant::now();
             let last = w.cpu.replace((usec, now));
             let (before, at) = last?;
             let us = now.saturating_duration_since(at).as_secs_f64() * 1e6;
@@ -166,14 +176,20 @@ impl Supervisor {
             if self.sandboxes.running(i).is_none() {
                 continue;
             }
-            let Some(s) = self.core.service(i) else {
+            // Stopping (a stop, a reload, the old sandbox of an overlap):
+            // rules no longer apply.
+            let Some(s) = self
+                .core
+                .service(i)
+                .filter(|s| matches!(s.phase, Phase::Running { .. }))
+            else {
                 continue;
             };
             let Some(w) = self.rules.watched.get_mut(&i) else {
                 continue;
             };
             for (k, rule) in s.def.policy.resource_rules.iter().enumerate() {
-                let value = reading(&self.sandboxes, i, rule.metric, w, now);
+                let value = reading(&self.sandboxes, i, rule.metric, w);
                 let Some(window) = w.windows.get_mut(k) else {
                     continue;
                 };

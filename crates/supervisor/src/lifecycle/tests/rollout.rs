@@ -425,3 +425,36 @@ fn a_successor_whose_service_is_removed_is_stopped_and_lets_go_of_the_index() {
     assert_eq!(h.core.service(new).unwrap().predecessor, None);
     assert_eq!(h.core.next_deadline(), None, "no stale overlap deadline");
 }
+
+/// A successor whose start is postponed for a shortage (both cgroup names
+/// of the service still held) waits and starts later; it has not failed.
+#[test]
+fn a_postponed_successor_waits_instead_of_failing() {
+    let mut h = H::running(json!({"web": overlap()}));
+    let old = h.i("web");
+    let now = h.at(1000);
+    h.core.restart(old, CONN, now);
+    let succ = h.launched()[0];
+    let busy = StartError {
+        code: 125,
+        why: "cgroups web and web..next are both held".into(),
+        transient: true,
+    };
+    h.core.start_failed(succ, busy, now);
+    let fx = h.effects();
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Answer(CONN, State::Failed))),
+        "{fx:?}"
+    );
+    assert!(matches!(
+        h.core.service(succ).unwrap().phase,
+        Phase::Backoff { .. }
+    ));
+    // Its backoff over, it starts and takes over.
+    let later = h.at(1500);
+    h.core.tick(later);
+    assert!(h.launched().contains(&succ));
+    h.core.started(succ, 300, later);
+    assert_eq!(h.i("web"), succ);
+}

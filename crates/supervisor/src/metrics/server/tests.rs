@@ -124,3 +124,59 @@ fn a_partial_head_waits_and_a_silent_client_costs_only_its_connection() {
     slow.write_all(b"\r\n").unwrap();
     assert_eq!(f.turn().len(), 1);
 }
+
+/// A full table of clients that never finish a request does not lock a
+/// scraper out: the one idle longest makes room.
+#[test]
+fn idle_clients_never_lock_scrapers_out() {
+    let mut f = Fixture::new();
+    let idle: Vec<TcpStream> = (0..MAX_CONNS)
+        .map(|_| {
+            let c = TcpStream::connect(f.addr).unwrap();
+            f.turn();
+            c
+        })
+        .collect();
+    assert_eq!(f.server.connections(), MAX_CONNS);
+    let text = f.exchange(b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(
+        f.server.connections(),
+        MAX_CONNS - 1,
+        "one idle client went"
+    );
+    drop(idle);
+}
+
+/// A scraper that hangs up while its answer is being read is let go: its
+/// scrape is no longer worth reading.
+#[test]
+fn a_scraper_that_hangs_up_while_waiting_is_let_go() {
+    let mut f = Fixture::new();
+    let mut c = TcpStream::connect(f.addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut scrapes = Vec::new();
+    for _ in 0..5 {
+        for (tok, ready) in f.h.ready(200) {
+            scrapes.extend(f.server.on_event(&mut f.h.ctx(), tok.key, ready));
+        }
+        if !scrapes.is_empty() {
+            break;
+        }
+    }
+    let s = scrapes.pop().expect("a scrape");
+    assert!(f.server.is_open(s.conn));
+    drop(c);
+    for _ in 0..5 {
+        for (tok, ready) in f.h.ready(200) {
+            assert!(f.server.on_event(&mut f.h.ctx(), tok.key, ready).is_empty());
+        }
+        if !f.server.is_open(s.conn) {
+            break;
+        }
+    }
+    assert!(!f.server.is_open(s.conn));
+    // Waiting, nothing but the hang-up was reported (no busy loop on a
+    // readable socket).
+    assert!(f.h.ready(100).is_empty());
+}
