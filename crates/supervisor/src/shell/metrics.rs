@@ -136,13 +136,14 @@ impl Supervisor {
             next: 0,
             samples: HashMap::new(),
         });
+        // Once per scrape, not per slice: it walks every service.
+        self.sandboxes.open_stats();
         self.work_scrapes(SLICE);
     }
 
     /// Read samples for `budget`; answer every scrape whose samples are
     /// all read.
     pub(crate) fn work_scrapes(&mut self, budget: Duration) {
-        self.sandboxes.open_stats();
         let until = Instant::now() + budget;
         loop {
             let Some(m) = self.metrics.as_mut() else {

@@ -166,6 +166,11 @@ fn a_scraper_that_hangs_up_while_waiting_is_let_go() {
     }
     let s = scrapes.pop().expect("a scrape");
     assert!(f.server.is_open(s.conn));
+    // More bytes while its answer is being read wake nothing and cost
+    // nothing: only a hang-up is watched for now.
+    c.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+    assert!(f.h.ready(100).is_empty(), "woken by bytes nobody reads");
+    assert!(f.server.is_open(s.conn));
     drop(c);
     for _ in 0..5 {
         for (tok, ready) in f.h.ready(200) {
@@ -179,4 +184,28 @@ fn a_scraper_that_hangs_up_while_waiting_is_let_go() {
     // Waiting, nothing but the hang-up was reported (no busy loop on a
     // readable socket).
     assert!(f.h.ready(100).is_empty());
+}
+
+/// A unix endpoint a live supervisor serves is not taken over by a second
+/// one (its socket file stays); a stale file is replaced.
+#[test]
+fn a_live_unix_endpoint_is_not_taken_over() {
+    let path = std::env::temp_dir().join(format!("isola-metrics-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let addr = MetricsAddr::Unix(path.clone());
+    let first = bind(&addr).unwrap();
+    let e = bind(&addr).err().expect("refused");
+    assert!(e.ends_with("another process listens there"), "{e}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "still served"
+    );
+    drop(first);
+    // A stale socket file (its listener gone without removing it).
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let again = bind(&addr).unwrap();
+    drop(again);
+    assert!(!path.exists(), "removed with its listener");
 }
