@@ -27,6 +27,9 @@ command -v tmux >/dev/null || need+=(tmux)
 # by promtool (both in Debian's prometheus package).
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+# Log forwarding is tested against a real systemd-journald, run standalone.
+[ -x /lib/systemd/systemd-journald ] || need+=(systemd)
+command -v journalctl >/dev/null || need+=(systemd)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

@@ -42,7 +42,8 @@ pub(crate) fn schema(kind: Kind) -> Value {
                     "type": "object",
                     "minProperties": 1,
                     "additionalProperties": {"$ref": "#/$defs/service"}
-                }
+                },
+                "logging": {"$ref": "#/$defs/logging"}
             },
             "$defs": service["$defs"],
         }),

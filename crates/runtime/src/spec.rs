@@ -31,6 +31,7 @@ pub(crate) const SUPERVISION_FIELDS: &[&str] = &[
     "fdStoreMax",
     "replicas",
     "stderr",
+    "logging",
 ];
 
 /// The JSON Schema an editor validates the file with; isola ignores it.

@@ -1,10 +1,15 @@
 //! Per-service log files: timestamped lines, rotated by size
-//! (`NAME.log`, `NAME.log.1` … `NAME.log.{files-1}`).
+//! (`NAME.log`, `NAME.log.1` … `NAME.log.{files-1}`), as text or as one
+//! JSON object per line (`logging.format`); read back as text either way.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::logging::LogFormat;
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -20,6 +25,9 @@ pub struct LogConfig {
 /// services does not hold ten thousand fds for logs nobody writes.
 pub struct LogFile {
     path: PathBuf,
+    service: String,
+    format: LogFormat,
+    replica: Option<u32>,
     file: Option<File>,
     size: u64,
     max_bytes: u64,
@@ -35,6 +43,9 @@ impl LogFile {
         let size = file.metadata()?.len();
         Ok(LogFile {
             path,
+            service: service.to_string(),
+            format: LogFormat::Text,
+            replica: None,
             file: None,
             size,
             max_bytes: cfg.max_bytes.max(1),
@@ -42,11 +53,33 @@ impl LogFile {
         })
     }
 
-    /// Append one line: `<RFC 3339 UTC time> <stream> <text>`. Opens the
-    /// file if it is closed: true when it did (the caller's cache then
-    /// counts one more open log).
+    /// Lines from now on are written as `format` (a replica's say which
+    /// one it is).
+    pub fn set_format(&mut self, format: LogFormat, replica: Option<u32>) {
+        self.format = format;
+        self.replica = replica;
+    }
+
+    /// Append one line: `<RFC 3339 UTC time> <stream> <text>`, or its
+    /// JSON object. Opens the file if it is closed: true when it did (the
+    /// caller's cache then counts one more open log).
     pub fn write_line(&mut self, stream: &str, text: &str) -> io::Result<bool> {
-        let line = format!("{} {stream} {text}\n", timestamp(SystemTime::now()));
+        let time = timestamp(SystemTime::now());
+        let line = match self.format {
+            LogFormat::Text => format!("{time} {stream} {text}\n"),
+            LogFormat::Json => {
+                let j = JsonLine {
+                    time: &time,
+                    service: &self.service,
+                    stream,
+                    replica: self.replica,
+                    msg: text,
+                };
+                let mut l = serde_json::to_string(&j).map_err(io::Error::other)?;
+                l.push('\n');
+                l
+            }
+        };
         let len = u64::try_from(line.len()).unwrap_or(u64::MAX);
         if self.size > 0 && self.size.saturating_add(len) > self.max_bytes {
             self.rotate()?;
@@ -96,6 +129,36 @@ impl LogFile {
     }
 }
 
+/// A line of a JSON log file.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    service: &'a str,
+    stream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<u32>,
+    msg: &'a str,
+}
+
+/// A log line as text (`TIME STREAM TEXT`), whichever format it was
+/// written in (a stack may change `logging.format` between runs).
+fn as_text(line: &str) -> String {
+    if line.starts_with('{') {
+        if let Ok(j) = serde_json::from_str::<JsonLineOwned>(line) {
+            return format!("{} {} {}", j.time, j.stream, j.msg);
+        }
+    }
+    line.to_string()
+}
+
+/// [`JsonLine`] read back (its text may be escaped: not borrowed).
+#[derive(Deserialize)]
+struct JsonLineOwned {
+    time: String,
+    stream: String,
+    msg: String,
+}
+
 fn append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
@@ -125,11 +188,7 @@ pub fn tail_since(
         let Ok(text) = fs::read_to_string(&p) else {
             break;
         };
-        let mut chunk: Vec<String> = text
-            .lines()
-            .filter(|l| keep(l))
-            .map(str::to_string)
-            .collect();
+        let mut chunk: Vec<String> = text.lines().map(as_text).filter(|l| keep(l)).collect();
         chunk.append(&mut lines);
         lines = chunk;
         if lines.len() >= n {

@@ -27,7 +27,7 @@ use crate::host::{self, PlanAdditions};
 use crate::lifecycle::Core;
 use crate::logs::LogConfig;
 use crate::metrics::server::MetricsServer;
-use crate::outputs::{Outputs, Sink};
+use crate::outputs::{Forwarders, Outputs, OwnSinks, Sink, JOURNAL_SOCKET};
 use crate::probes::Probes;
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
@@ -199,11 +199,18 @@ impl Supervisor {
     /// The loop and its parts, from what `new` checked and claimed.
     fn assemble(cfg: Config, p: Prepared) -> Result<Supervisor, UpError> {
         let reactor = Reactor::new().map_err(setup("epoll"))?;
-        let mut outputs = Outputs::new(cfg.logs.clone(), cfg.echo, Sink::stdout(), p.stderr);
+        let own = OwnSinks {
+            stdout: Sink::stdout(),
+            stderr: p.stderr,
+            echo: cfg.echo,
+        };
+        let forward = Forwarders::new(&stack_name(&cfg.stack_path), JOURNAL_SOCKET.into());
+        let mut outputs = Outputs::new(cfg.logs.clone(), own, forward);
         for (i, def) in p.defs.iter().enumerate() {
             outputs
                 .add(i, &def.name)
                 .map_err(setup(format!("log file for {}", def.name)))?;
+            outputs.set_route(i, def.policy.logging.route(), def.replica_number());
         }
         let mut outbox = Outbox::default();
         if let Err(e) = &p.spawner {
@@ -465,7 +472,17 @@ impl Supervisor {
         for def in &mut defs {
             def.entry = None;
         }
+        let routes: Vec<_> = defs
+            .iter()
+            .map(|d| (d.name.clone(), d.policy.logging.route(), d.replica_number()))
+            .collect();
         self.core.reload(defs, self.now);
+        // `logging` applies at once, to services the reload left running.
+        for (name, route, replica) in routes {
+            if let Some(i) = self.core.find(&name) {
+                self.outputs.set_route(i, route, replica);
+            }
+        }
     }
 
     fn finish_shutdown(&mut self) {

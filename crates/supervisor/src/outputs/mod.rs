@@ -1,9 +1,10 @@
 //! Outputs: where service output and supervisor lines go. Owns each
 //! service's stdout/stderr pipes (read into its log file and echoed on our
 //! stdout), the log files (through a bounded cache of open ones), and our
-//! own stdout and stderr ([`Sink`]s that never block the loop). What a
-//! client following a log gets is the caller's to send: reads return the
-//! lines they read ([`Lines`]).
+//! own stdout and stderr ([`Sink`]s that never block the loop), and the
+//! copies of service lines for journald and syslog ([`Forwarders`], as
+//! each service's `logging` says). What a client following a log gets is
+//! the caller's to send: reads return the lines they read ([`Lines`]).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,9 +15,12 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use crate::logs::{LineBuffer, LogConfig, LogFile};
 use crate::shell::context::{Ctx, ServiceIx, ServiceMap};
 use crate::shell::reactor::{Interest, Part, Token};
+use crate::spec::logging::LogRoute;
 
+mod forward;
 mod sink;
 
+pub(crate) use forward::{Forwarders, JOURNAL_SOCKET};
 pub(crate) use sink::Sink;
 
 /// Log files kept open at once, the most recently opened ones: a service
@@ -62,23 +66,31 @@ impl Stream {
 enum Key {
     Pipe(ServiceIx, Stream),
     Sink(Stream),
+    /// A syslog receiver's connection, by its number.
+    Forward(usize),
 }
 
 impl Key {
+    /// The kind in the low two bits, the stream in the third, the number
+    /// above.
     fn token(self) -> Token {
-        let (k, sink, stream) = match self {
+        let (n, kind, stream) = match self {
             Key::Pipe(i, s) => (i as u64, 0, s),
             Key::Sink(s) => (0, 1, s),
+            Key::Forward(k) => (k as u64, 2, Stream::Stdout),
         };
-        Token::new(Part::Outputs, k << 2 | sink << 1 | stream.index() as u64)
+        Token::new(Part::Outputs, n << 3 | (stream.index() as u64) << 2 | kind)
     }
 
     fn decode(key: u64) -> Option<Key> {
-        let stream = Stream::BOTH[usize::from(key & 1 == 1)];
-        if key & 2 != 0 {
-            return Some(Key::Sink(stream));
+        let stream = Stream::BOTH[usize::from(key & 4 != 0)];
+        let n = usize::try_from(key >> 3).ok()?;
+        match key & 3 {
+            0 => Some(Key::Pipe(n, stream)),
+            1 => Some(Key::Sink(stream)),
+            2 => Some(Key::Forward(n)),
+            _ => None,
         }
-        Some(Key::Pipe(usize::try_from(key >> 2).ok()?, stream))
     }
 }
 
@@ -115,8 +127,14 @@ struct ServiceOutput {
     /// Kept here too: a removed service's last lines are written after
     /// the core has let it go.
     name: String,
+    replica: Option<u32>,
+    /// Its sandbox's init, once started.
+    pid: Option<i32>,
     log: LogFile,
     pipes: [Option<Pipe>; 2],
+    route: LogRoute,
+    /// The number of its syslog receiver among the forwarders'.
+    syslog: Option<usize>,
 }
 
 pub(crate) struct Outputs {
@@ -128,16 +146,26 @@ pub(crate) struct Outputs {
     logs: LogConfig,
     /// Service output echoed on our stdout.
     echo: bool,
+    forward: Forwarders,
+}
+
+/// Where our own lines go.
+pub(crate) struct OwnSinks {
+    pub(crate) stdout: Sink,
+    pub(crate) stderr: Sink,
+    /// Service output echoed on our stdout.
+    pub(crate) echo: bool,
 }
 
 impl Outputs {
-    pub(crate) fn new(logs: LogConfig, echo: bool, stdout: Sink, stderr: Sink) -> Outputs {
+    pub(crate) fn new(logs: LogConfig, own: OwnSinks, forward: Forwarders) -> Outputs {
         Outputs {
             services: ServiceMap::default(),
             open_logs: VecDeque::new(),
-            sinks: [stdout, stderr],
+            sinks: [own.stdout, own.stderr],
             logs,
-            echo,
+            echo: own.echo,
+            forward,
         }
     }
 
@@ -146,11 +174,37 @@ impl Outputs {
         let log = LogFile::open(&self.logs, name)?;
         let out = ServiceOutput {
             name: name.to_string(),
+            replica: None,
+            pid: None,
             log,
             pipes: [None, None],
+            route: LogRoute::default(),
+            syslog: None,
         };
         self.services.insert(i, out);
         Ok(())
+    }
+
+    /// Where service `i`'s lines go (at its add, and again at a reload:
+    /// a change of `logging` needs no restart). `replica`: which one it
+    /// is, for the JSON lines and journald.
+    pub(crate) fn set_route(&mut self, i: ServiceIx, route: LogRoute, replica: Option<u32>) {
+        let syslog = route.syslog.as_ref().map(|t| self.forward.syslog(t));
+        let Some(out) = self.services.get_mut(i) else {
+            return;
+        };
+        out.log.set_format(route.format, replica);
+        out.replica = replica;
+        out.route = route;
+        out.syslog = syslog;
+    }
+
+    /// Service `i`'s sandbox runs as `pid` (what journald and syslog are
+    /// told sent its lines).
+    pub(crate) fn started(&mut self, i: ServiceIx, pid: i32) {
+        if let Some(out) = self.services.get_mut(i) {
+            out.pid = Some(pid);
+        }
     }
 
     pub(crate) fn has(&self, i: ServiceIx) -> bool {
@@ -238,6 +292,11 @@ impl Outputs {
                 self.flush(ctx, stream);
                 None
             }
+            Key::Forward(k) => {
+                self.forward.on_event(ctx, k);
+                self.say_forward_notes(ctx);
+                None
+            }
         }
     }
 
@@ -272,6 +331,7 @@ impl Outputs {
             return None;
         }
         self.log_lines(i, stream.as_str(), &lines);
+        self.forward_lines(ctx, i, stream, &lines);
         let service = self.services.get(i)?.name.clone();
         if self.echo {
             for l in &lines {
@@ -306,6 +366,28 @@ impl Outputs {
         }
     }
 
+    /// Copies for journald and syslog, where service `i`'s route says.
+    fn forward_lines(&mut self, ctx: &mut Ctx<'_>, i: ServiceIx, stream: Stream, lines: &[String]) {
+        let Some(out) = self.services.get(i) else {
+            return;
+        };
+        let origin = forward::Origin {
+            service: &out.name,
+            replica: out.replica,
+            pid: out.pid,
+            stream,
+        };
+        self.forward
+            .send(ctx, &out.route, out.syslog, &origin, lines);
+        self.say_forward_notes(ctx);
+    }
+
+    fn say_forward_notes(&mut self, ctx: &mut Ctx<'_>) {
+        for n in self.forward.take_notes() {
+            self.note(ctx, &n);
+        }
+    }
+
     /// A supervisor event of service `i`: on stderr and in its log. Its
     /// name, for the clients to tell (`None`: no such service here).
     pub(crate) fn event(&mut self, ctx: &mut Ctx<'_>, i: ServiceIx, msg: &str) -> Option<String> {
@@ -322,10 +404,16 @@ impl Outputs {
         self.flush(ctx, Stream::Stderr);
     }
 
-    /// Lines of our stdout and stderr dropped because their readers were
-    /// slow, since we started.
-    pub(crate) fn lines_dropped(&self) -> u64 {
-        self.sinks.iter().map(Sink::dropped_total).sum()
+    /// Lines dropped since we started, by sink: our stdout and stderr
+    /// (a slow reader), journald and syslog (full, slow or absent).
+    pub(crate) fn lines_dropped(&self) -> [(&'static str, u64); 4] {
+        let [journald, syslog] = self.forward.dropped();
+        [
+            ("stdout", self.sinks[0].dropped_total()),
+            ("stderr", self.sinks[1].dropped_total()),
+            journald,
+            syslog,
+        ]
     }
 
     /// Our stderr, for a progress line drawn in place (flush after).

@@ -35,7 +35,13 @@ impl Fixture {
         };
         let (out_r, out_w) = pipe();
         let (err_r, err_w) = pipe();
-        let o = Outputs::new(logs, echo, Sink::to_file(out_w), Sink::to_file(err_w));
+        let own = OwnSinks {
+            stdout: Sink::to_file(out_w),
+            stderr: Sink::to_file(err_w),
+            echo,
+        };
+        let journal = dir.with_extension("journal");
+        let o = Outputs::new(logs, own, Forwarders::new("stack", journal));
         Fixture {
             h: Harness::new(),
             o,
@@ -69,6 +75,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("journal"));
     }
 }
 
@@ -200,4 +207,49 @@ fn only_the_most_recently_opened_logs_stay_open() {
     f.o.forget(&mut f.h.ctx(), n - 1);
     assert_eq!(f.o.open_log_count(), LOGS_OPEN - 1);
     assert_eq!(f.o.event(&mut f.h.ctx(), n - 1, "gone"), None);
+}
+
+#[test]
+fn json_lines_in_the_file_read_back_as_text_and_journald_gets_a_copy() {
+    use crate::spec::logging::{LogFormat, LogRoute};
+    use std::os::unix::net::UnixDatagram;
+    let mut f = Fixture::new("json", 1 << 20, false);
+    let journal = UnixDatagram::bind(f.dir.with_extension("journal")).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    f.o.add(0, "web.2").unwrap();
+    let route = LogRoute {
+        format: LogFormat::Json,
+        journald: true,
+        syslog: None,
+    };
+    f.o.set_route(0, route, Some(2));
+    f.o.started(0, 4321);
+    let ends = f.o.open_pipes(&mut f.h.ctx(), 0, false).unwrap();
+    nix::unistd::write(ends.stderr.as_ref().unwrap(), b"say \"hi\"\n").unwrap();
+    f.turn();
+    let log = f.log("web.2.log");
+    let v: serde_json::Value = serde_json::from_str(log.trim_end()).unwrap();
+    assert_eq!(v["service"], "web.2");
+    assert_eq!(v["stream"], "stderr");
+    assert_eq!(v["replica"], 2);
+    assert_eq!(v["msg"], "say \"hi\"");
+    let text = crate::logs::tail(&f.dir, "web.2", 10, 2);
+    assert_eq!(text.len(), 1);
+    assert!(text[0].ends_with(" stderr say \"hi\""), "{text:?}");
+    let mut buf = [0u8; 4096];
+    let n = journal.recv(&mut buf).unwrap();
+    let entry = String::from_utf8_lossy(&buf[..n]);
+    for field in [
+        "MESSAGE=say \"hi\"\n",
+        "PRIORITY=3\n",
+        "SYSLOG_IDENTIFIER=web.2\n",
+        "ISOLA_STACK=stack\n",
+        "ISOLA_SERVICE=web.2\n",
+        "ISOLA_STREAM=stderr\n",
+        "ISOLA_REPLICA=2\n",
+    ] {
+        assert!(entry.contains(field), "{field:?} not in {entry:?}");
+    }
+    let [_, _, (sink, dropped), _] = f.o.lines_dropped();
+    assert_eq!((sink, dropped), ("journald", 0));
 }

@@ -194,7 +194,7 @@ fn render(
     core: &Core,
     samples: &Samples,
     rules: &ResourceWatch,
-    lines_dropped: u64,
+    lines_dropped: Dropped,
 ) -> String {
     let mut e = Exposition::new(format);
     let services: Vec<Labelled<'_>> = core
@@ -461,14 +461,19 @@ fn rule_family(e: &mut Exposition, services: &[Labelled<'_>], rules: &ResourceWa
     }
 }
 
-fn supervisor_families(e: &mut Exposition, lines_dropped: u64) {
+/// Lines dropped, by sink.
+type Dropped = [(&'static str, u64); 4];
+
+fn supervisor_families(e: &mut Exposition, lines_dropped: Dropped) {
     let name = "isola_log_lines_dropped";
     e.family(
         name,
         Kind::Counter,
-        "Lines of the supervisor's stdout and stderr dropped for a slow reader.",
+        "Lines dropped by sink: the supervisor's stdout and stderr (a slow reader), journald and syslog (full, slow or absent).",
     );
-    e.counter(name, &[], lines_dropped as f64, None);
+    for (sink, n) in lines_dropped {
+        e.counter(name, &[("sink", sink)], n as f64, None);
+    }
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
     e.family(
         "isola_supervisor_fds",
@@ -636,7 +641,7 @@ mod golden {
             &core,
             &HashMap::new(),
             &ResourceWatch::default(),
-            7,
+            [("stdout", 7), ("stderr", 0), ("journald", 2), ("syslog", 0)],
         );
         let want = [
             "isola_service_up{service=\"web.1\",group=\"web\",replica=\"1\"} 1",
@@ -644,7 +649,8 @@ mod golden {
             "isola_service_restarts_total{service=\"db\"} 1",
             "isola_service_restarts_total{service=\"web.2\",group=\"web\",replica=\"2\"} 0",
             "isola_service_probe_failures_total{service=\"db\",probe=\"liveness\"} 3",
-            "isola_log_lines_dropped_total 7",
+            "isola_log_lines_dropped_total{sink=\"stdout\"} 7",
+            "isola_log_lines_dropped_total{sink=\"journald\"} 2",
         ];
         for w in want {
             assert!(text.lines().any(|l| l == w), "no {w:?} in\n{text}");
@@ -660,7 +666,7 @@ mod golden {
             &core,
             &HashMap::new(),
             &ResourceWatch::default(),
-            7,
+            [("stdout", 7), ("stderr", 0), ("journald", 2), ("syslog", 0)],
         );
         assert!(om.contains("# TYPE isola_service_restarts counter\n"));
         assert!(om.ends_with("# EOF\n"));

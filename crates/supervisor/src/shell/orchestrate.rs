@@ -173,13 +173,21 @@ impl Supervisor {
 
     /// A service added by a reload, a scale or an overlap.
     fn add_service(&mut self, i: ServiceIx) {
-        let Some(name) = self.core.service(i).map(|s| s.def.name.clone()) else {
+        let Some(def) = self.core.service(i).map(|s| &s.def) else {
             return;
         };
+        let (name, route, replica) = (
+            def.name.clone(),
+            def.policy.logging.route(),
+            def.replica_number(),
+        );
         // Without a log file it has no sandbox entry either: `status`
         // leaves it out and its launch fails, saying why.
         match self.outputs.add(i, &name) {
-            Ok(()) => self.sandboxes.add(i, &name),
+            Ok(()) => {
+                self.outputs.set_route(i, route, replica);
+                self.sandboxes.add(i, &name);
+            }
             Err(e) => self
                 .outbox
                 .note(format!("reload: log file for {name}: {e}")),
@@ -244,6 +252,7 @@ impl Supervisor {
         match started {
             Ok(pid) => {
                 self.reaper.watch(pid, Child::Init(i));
+                self.outputs.started(i, pid.as_raw());
                 // A fresh run: its rules' windows start over.
                 self.rules.watch(i, rules, self.now);
             }

@@ -2,12 +2,13 @@
 //! `isola up` reads, checks and keeps (no I/O but reading the file).
 //! [`policy`] gathers a service's fields, reading [`health`] (probes,
 //! notify, dependencies) and [`sockets`] (held sockets, replicas) beside
-//! it; [`stack`] reads the whole file.
+//! it, and [`logging`]; [`stack`] reads the whole file.
 
 use isola_runtime::SpecError;
 use serde_json::Value;
 
 pub mod health;
+pub mod logging;
 pub mod policy;
 pub mod rules;
 pub mod sockets;

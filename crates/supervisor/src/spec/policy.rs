@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::field;
 use super::health::{self, Dependency, Health, Notify};
+use super::logging::{self, Logging};
 use super::rules::{self, ResourceRule};
 use super::sockets::{self, SocketDef};
 
@@ -174,6 +175,8 @@ pub struct Policy {
     pub stderr: Stderr,
     /// `resourceRules`: limits on what it uses for long.
     pub resource_rules: Vec<ResourceRule>,
+    /// `logging`, over the stack's once the stack file is read.
+    pub logging: Logging,
 }
 
 impl Policy {
@@ -197,6 +200,7 @@ impl Default for Policy {
             replicas: None,
             stderr: Stderr::Separate,
             resource_rules: Vec::new(),
+            logging: Logging::default(),
         }
     }
 }
@@ -265,6 +269,9 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     }
     if let Some(v) = sup.get("resourceRules") {
         p.resource_rules = rules::parse(v, &format!("{prefix}resourceRules"))?;
+    }
+    if let Some(v) = sup.get("logging") {
+        p.logging = logging::parse(v, &format!("{prefix}logging"))?;
     }
     check_zero_downtime(&p, prefix)?;
     Ok(p)

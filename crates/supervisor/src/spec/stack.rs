@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::spec::logging::{self, Logging};
 use crate::spec::policy::{self, Policy};
 
 #[derive(Debug, Clone)]
@@ -118,11 +119,17 @@ struct StackFile<'a> {
     _schema: Option<String>,
     #[serde(borrow)]
     services: Entries<'a>,
+    /// Every service's `logging`, where its own says nothing.
+    logging: Option<Value>,
 }
 
 /// The stack file's services, in the file's order, each still text.
 pub(crate) fn entries(text: &str) -> Result<Vec<(String, &RawValue)>, SpecError> {
-    let file: StackFile = serde_json::from_str(text).map_err(|e| {
+    Ok(read_file(text)?.services.0)
+}
+
+fn read_file(text: &str) -> Result<StackFile<'_>, SpecError> {
+    serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             SpecError::new(
                 "",
@@ -131,8 +138,7 @@ pub(crate) fn entries(text: &str) -> Result<Vec<(String, &RawValue)>, SpecError>
         } else {
             SpecError::new("", spec::strip_position(&e.to_string()))
         }
-    })?;
-    Ok(file.services.0)
+    })
 }
 
 /// One service of the file (`name`: its key, `text`: its JSON) as the
@@ -181,7 +187,12 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
-    for (k, (name, entry)) in entries(text)?.into_iter().enumerate() {
+    let file = read_file(text)?;
+    let logging = match &file.logging {
+        Some(v) => logging::parse(v, "logging")?,
+        None => Logging::default(),
+    };
+    for (k, (name, entry)) in file.services.0.into_iter().enumerate() {
         if seen.insert(name.clone(), ()).is_some() {
             return Err(SpecError::new(
                 format!("services.{name}"),
@@ -190,6 +201,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         }
         let (mut def, w) = service_def(name, entry.get(), base_dir)?;
         def.entry = u32::try_from(k).ok();
+        def.policy.logging = def.policy.logging.over(&logging);
         warnings.extend(w);
         match def.policy.replicas {
             None => defs.push(def),
@@ -366,6 +378,28 @@ mod tests {
     }
 
     #[test]
+    fn the_stacks_logging_applies_where_a_service_says_nothing() {
+        use crate::spec::logging::{LogFormat, SyslogTarget};
+        let t = format!(
+            r#"{{"logging": {{"format": "json", "syslog": "tcp://127.0.0.1:601"}}, "services": {{"a": {}, "b": {}}}}}"#,
+            svc(""),
+            svc(r#", "logging": {"syslog": null, "journald": true}"#)
+        );
+        let s = parse_s(&t).unwrap();
+        let a = s.services[0].policy.logging.route();
+        let b = s.services[1].policy.logging.route();
+        assert_eq!(a.format, LogFormat::Json);
+        assert_eq!(
+            a.syslog,
+            Some(SyslogTarget::Tcp("127.0.0.1:601".parse().unwrap()))
+        );
+        assert!(!a.journald);
+        assert_eq!(b.format, LogFormat::Json);
+        assert_eq!(b.syslog, None);
+        assert!(b.journald);
+    }
+
+    #[test]
     fn overlap_with_nothing_to_overlap_is_a_warning() {
         let t = stack(&[("web", svc(r#", "restart": {"mode": "overlap"}"#))]);
         let s = parse_s(&t).unwrap();
@@ -436,6 +470,14 @@ mod tests {
             (
                 stack(&[("a", svc(r#", "restart": {"mode": "hot"}"#))]),
                 "services.a.restart.mode: `hot`: unknown value",
+            ),
+            (
+                stack(&[("a", svc(r#", "logging": {"format": "xml"}"#))]),
+                "services.a.logging.format: \"xml\": unknown value (text, json)",
+            ),
+            (
+                r#"{"logging": {"syslog": "udp://loghost"}, "services": {"a": {"process": {"args": ["true"]}}}}"#.to_string(),
+                "logging.syslog: `udp://loghost`: want udp://IP[:PORT]",
             ),
         ];
         for (text, want) in cases {
