@@ -197,3 +197,73 @@ fn prometheus_scrapes_every_service_and_sees_a_crash_loop_count_up() {
     up.down();
     assert_clean();
 }
+
+/// The value of `series` (`NAME{LABELS}`) in exposition `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_held_socket_tells_its_accept_queue_and_its_drops() {
+    require_vm();
+    let port = free_port();
+    // A payload that never accepts: connections wait in the held socket's
+    // queue (4 deep: backlog 3), the rest are dropped by the kernel.
+    let up = Up::start(
+        "queue",
+        json!({
+            "slow": svc("exec sleep 1000", json!({
+                "sockets": [{"name": "http", "listen": format!("tcp://127.0.0.1:{port}"), "backlog": 3}]
+            })),
+        }),
+        &[],
+    );
+    up.wait_state("slow", "running");
+    let queue = "isola_socket_accept_queue{service=\"slow\",socket=\"http\"}";
+    let drops = "isola_socket_listen_drops_total{service=\"slow\",socket=\"http\"}";
+    let (_, text, _) = up.cli(&["metrics"]);
+    assert_eq!(sample(&text, queue), Some(0.0), "{text}");
+    assert_eq!(sample(&text, drops), Some(0.0), "{text}");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let s = nonblocking_connect(port);
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, text, _) = up.cli(&["metrics"]);
+    assert_eq!(sample(&text, queue), Some(4.0), "{text}");
+    assert!(sample(&text, drops).unwrap_or(0.0) >= 4.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "isola_socket_backlog{service=\"slow\",socket=\"http\"}"
+        ),
+        Some(3.0)
+    );
+    assert!(
+        sample(&text, "isola_supervisor_loop_lag_seconds").is_some_and(|v| v > 0.0 && v < 1.0),
+        "{text}"
+    );
+    drop(clients);
+    up.down();
+    assert_clean();
+}
+
+/// A connect that does not wait for the handshake (the kernel may drop
+/// the SYN of a full queue).
+fn nonblocking_connect(port: u16) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .unwrap();
+    let _ = connect(s.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port));
+    s
+}

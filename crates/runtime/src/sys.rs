@@ -465,3 +465,45 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
 }
+
+/// `getsockopt(fd, level, name)` into `v` (up to its size: what the
+/// kernel does not fill keeps its value).
+fn getsockopt_into<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    v: &mut T,
+) -> Result<(), Errno> {
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `v` is a plain value of `len` bytes, borrowed for the call;
+    // the kernel writes at most `len` bytes into it, and the callers' `T`
+    // are integers or libc's repr(C) structs of integers, valid for any
+    // bits.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_mut(v).cast(),
+            &mut len,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// A TCP socket's `tcp_info` (for a listener, `tcpi_unacked` is its accept
+/// queue and `tcpi_sacked` its backlog).
+pub(crate) fn tcp_info(fd: BorrowedFd<'_>) -> Result<libc::tcp_info, Errno> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    getsockopt_into(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    Ok(info)
+}
+
+/// A socket's `SO_MEMINFO` counters (`SK_MEMINFO_*`, in the kernel's
+/// order; the ninth is its drops).
+pub(crate) fn socket_meminfo(fd: BorrowedFd<'_>) -> Result<[u32; 16], Errno> {
+    let mut m = [0u32; 16];
+    getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut m)?;
+    Ok(m)
+}

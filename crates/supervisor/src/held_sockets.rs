@@ -4,7 +4,7 @@
 //! and handed to every start at fds 3, 4, … (systemd's socket activation).
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
@@ -107,10 +107,38 @@ impl HeldSockets {
         }
     }
 
+    /// The accept queue of every TCP listener held, by service and
+    /// socket name (unix and UDP sockets have none to tell).
+    pub(crate) fn accept_queues(&self) -> Vec<SocketQueue<'_>> {
+        let mut out: Vec<SocketQueue<'_>> = self
+            .sets
+            .iter()
+            .flat_map(|(group, set)| {
+                set.held.iter().filter_map(move |h| {
+                    let queue = isola_runtime::listen::accept_queue(h.fd.as_fd()).ok()?;
+                    Some(SocketQueue {
+                        service: group,
+                        socket: &h.def.name,
+                        queue,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.service, a.socket).cmp(&(b.service, b.socket)));
+        out
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.sets.values().map(|s| s.held.len()).sum()
     }
+}
+
+/// A held listener's accept queue.
+pub(crate) struct SocketQueue<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) socket: &'a str,
+    pub(crate) queue: isola_runtime::listen::AcceptQueue,
 }
 
 /// A socket the supervisor holds.

@@ -37,6 +37,7 @@ use crate::shell::loading::{
     add_to_all, block_signals, check_stack, claim_group, read_stack, spawner_and_stack, Checked,
     Loading, Prepared,
 };
+use crate::shell::loop_lag::LoopLag;
 use crate::shell::metrics::{Metrics, SLICE};
 use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
 use crate::shell::reports::Reports;
@@ -129,6 +130,8 @@ pub struct Supervisor {
     pub(crate) rules: ResourceWatch,
     /// The metrics endpoint (`--metrics`) and the scrapes being read.
     pub(crate) metrics: Option<Metrics>,
+    /// How long the loop's turns take.
+    pub(crate) lag: LoopLag,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -246,6 +249,7 @@ impl Supervisor {
             sandboxes,
             reaper: Reaper::default(),
             rules: ResourceWatch::default(),
+            lag: LoopLag::new(Instant::now()),
             outputs,
             probes: Probes::default(),
             held: p.held,
@@ -266,11 +270,13 @@ impl Supervisor {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(UpError::Setup(format!("epoll_wait: {e}"))),
             };
+            let began = Instant::now();
             for (token, how) in ready {
                 self.now = Instant::now();
                 self.dispatch(token, how);
                 self.settle();
             }
+            self.lag.record(began, Instant::now());
             // No event of this wakeup is left to reach a forgotten index.
             self.core.recycle();
             self.report_progress();

@@ -12,7 +12,9 @@
 
 use std::cell::Cell;
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use nix::errno::Errno;
 
 /// The first fd of the passed sockets (`SD_LISTEN_FDS_START`).
 pub const FIRST_FD: RawFd = 3;
@@ -20,6 +22,37 @@ pub const FIRST_FD: RawFd = 3;
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for the prefix, a pid (at most 10 digits) and the NUL.
 const PID_ENTRY_LEN: usize = PID_PREFIX.len() + 11;
+
+/// A TCP listener's accept queue: connections the kernel completed that
+/// nobody accepted yet, and those it dropped for a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueue {
+    pub queued: u32,
+    /// Its backlog (what `listen` was given, capped by `somaxconn`).
+    pub backlog: u32,
+    /// Since the socket was made (the kernel's per-socket count: SYNs and
+    /// completed handshakes dropped because the queue was full).
+    pub drops: u32,
+}
+
+/// Where `SO_MEMINFO` puts a socket's drops (`SK_MEMINFO_DROPS`).
+const MEMINFO_DROPS: usize = 8;
+
+/// The accept queue of TCP listener `fd` (`TCP_INFO` and `SO_MEMINFO`);
+/// an error for anything else (a unix or UDP socket).
+pub fn accept_queue(fd: BorrowedFd<'_>) -> Result<AcceptQueue, Errno> {
+    let info = crate::sys::tcp_info(fd)?;
+    // TCP_LISTEN in the kernel's tcp_states.
+    if info.tcpi_state != 10 {
+        return Err(Errno::EINVAL);
+    }
+    let mem = crate::sys::socket_meminfo(fd)?;
+    Ok(AcceptQueue {
+        queued: info.tcpi_unacked,
+        backlog: info.tcpi_sacked,
+        drops: mem[MEMINFO_DROPS],
+    })
+}
 
 /// The variables of the protocol, replaced if the spec's `env` sets them.
 pub(crate) const VARIABLES: [&str; 3] = ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"];
@@ -105,6 +138,46 @@ pub(crate) fn is_protocol_variable(entry: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_listeners_accept_queue_and_its_drops() {
+        use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::{AsFd, AsRawFd};
+        let l = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        socket::bind(l.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        socket::listen(&l, Backlog::new(2).unwrap()).unwrap();
+        let addr: SockaddrIn = socket::getsockname(l.as_raw_fd()).unwrap();
+        let q = accept_queue(l.as_fd()).unwrap();
+        assert_eq!((q.queued, q.backlog, q.drops), (0, 2, 0));
+        // Nobody accepts: the queue takes backlog + 1, the kernel drops
+        // the SYNs of the rest.
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                let c = socket::socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK,
+                    None,
+                )
+                .unwrap();
+                let _ = socket::connect(c.as_raw_fd(), &addr);
+                c
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let q = accept_queue(l.as_fd()).unwrap();
+        assert_eq!(q.queued, 3, "{q:?}");
+        assert!(q.drops >= 3, "{q:?}");
+        drop(clients);
+        let u = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        assert!(accept_queue(u.as_fd()).is_err());
+    }
 
     fn text(s: &PidSlot) -> String {
         let bytes: Vec<u8> = s.0.iter().map(Cell::get).take_while(|b| *b != 0).collect();

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::context::ServiceIx;
+use crate::held_sockets::SocketQueue;
 use crate::lifecycle::{Core, Phase, Service};
 use crate::metrics::exposition::{Exposition, Format, Kind};
 use crate::metrics::server::{MetricsServer, Scrape};
@@ -161,13 +162,13 @@ impl Supervisor {
             let Some(job) = m.jobs.pop_front() else {
                 return;
             };
-            let dropped = self.outputs.lines_dropped();
+            let own = self.own();
             let body = render(
                 job.scrape.format,
                 &self.core,
                 &job.samples,
                 &self.rules,
-                dropped,
+                &own,
             );
             if let Some(m) = self.metrics.as_mut() {
                 m.server.answer(ctx!(self), job.scrape, &body);
@@ -182,9 +183,25 @@ impl Supervisor {
             .into_iter()
             .filter_map(|(i, name)| Some((i, (name, Sample::read(&self.sandboxes, i)?))))
             .collect();
-        let dropped = self.outputs.lines_dropped();
-        render(format, &self.core, &samples, &self.rules, dropped)
+        let own = self.own();
+        render(format, &self.core, &samples, &self.rules, &own)
     }
+
+    /// The supervisor's own numbers, now.
+    fn own(&self) -> Own<'_> {
+        Own {
+            lines_dropped: self.outputs.lines_dropped(),
+            sockets: self.held.accept_queues(),
+            loop_lag: self.lag.longest(Instant::now()),
+        }
+    }
+}
+
+/// What the supervisor tells of itself beside its services.
+struct Own<'a> {
+    lines_dropped: Dropped,
+    sockets: Vec<SocketQueue<'a>>,
+    loop_lag: Duration,
 }
 
 /// The exposition of a stack: the core's services, their samples, and
@@ -194,7 +211,7 @@ fn render(
     core: &Core,
     samples: &Samples,
     rules: &ResourceWatch,
-    lines_dropped: Dropped,
+    own: &Own<'_>,
 ) -> String {
     let mut e = Exposition::new(format);
     let services: Vec<Labelled<'_>> = core
@@ -220,7 +237,8 @@ fn render(
         .collect();
     cgroup_families(&mut e, &services, &read);
     rule_family(&mut e, &services, rules);
-    supervisor_families(&mut e, lines_dropped);
+    socket_families(&mut e, &own.sockets);
+    supervisor_families(&mut e, own);
     e.finish()
 }
 
@@ -464,7 +482,43 @@ fn rule_family(e: &mut Exposition, services: &[Labelled<'_>], rules: &ResourceWa
 /// Lines dropped, by sink.
 type Dropped = [(&'static str, u64); 4];
 
-fn supervisor_families(e: &mut Exposition, lines_dropped: Dropped) {
+fn socket_labels<'a>(s: &SocketQueue<'a>) -> [(&'static str, &'a str); 2] {
+    [("service", s.service), ("socket", s.socket)]
+}
+
+/// The accept queues of the held TCP listeners.
+fn socket_families(e: &mut Exposition, sockets: &[SocketQueue<'_>]) {
+    let gauges: [(&str, &str, fn(&SocketQueue<'_>) -> u32); 2] = [
+        (
+            "isola_socket_accept_queue",
+            "Connections a held TCP listener completed that no payload accepted yet.",
+            |s| s.queue.queued,
+        ),
+        (
+            "isola_socket_backlog",
+            "The accept queue's capacity (backlog, capped by somaxconn).",
+            |s| s.queue.backlog,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        e.family(name, Kind::Gauge, help);
+        for s in sockets {
+            e.gauge(name, &socket_labels(s), f64::from(read(s)));
+        }
+    }
+    let name = "isola_socket_listen_drops";
+    e.family(
+        name,
+        Kind::Counter,
+        "Connections a held TCP listener dropped for a full accept queue, since it was opened.",
+    );
+    for s in sockets {
+        e.counter(name, &socket_labels(s), f64::from(s.queue.drops), None);
+    }
+}
+
+fn supervisor_families(e: &mut Exposition, own: &Own<'_>) {
+    let lines_dropped = own.lines_dropped;
     let name = "isola_log_lines_dropped";
     e.family(
         name,
@@ -491,6 +545,16 @@ fn supervisor_families(e: &mut Exposition, lines_dropped: Dropped) {
         "Resident memory of the supervisor.",
     );
     e.gauge("isola_supervisor_rss_bytes", &[], rss * 1024.0);
+    e.family(
+        "isola_supervisor_loop_lag_seconds",
+        Kind::Gauge,
+        "The longest turn of the supervisor's loop in the last 10 to 20 s: how long an event could wait behind others.",
+    );
+    e.gauge(
+        "isola_supervisor_loop_lag_seconds",
+        &[],
+        own.loop_lag.as_secs_f64(),
+    );
 }
 
 /// `KEY VALUE` lines (memory.stat, /proc status): the value of `k`.
@@ -612,6 +676,22 @@ mod golden {
         }
     }
 
+    fn own() -> Own<'static> {
+        Own {
+            lines_dropped: [("stdout", 7), ("stderr", 0), ("journald", 2), ("syslog", 0)],
+            sockets: vec![SocketQueue {
+                service: "web",
+                socket: "http",
+                queue: isola_runtime::listen::AcceptQueue {
+                    queued: 3,
+                    backlog: 128,
+                    drops: 9,
+                },
+            }],
+            loop_lag: Duration::from_millis(12),
+        }
+    }
+
     /// The core's families, as a scraper reads them; the probe failures
     /// and restarts of a service survive its restart.
     #[test]
@@ -641,7 +721,7 @@ mod golden {
             &core,
             &HashMap::new(),
             &ResourceWatch::default(),
-            [("stdout", 7), ("stderr", 0), ("journald", 2), ("syslog", 0)],
+            &own(),
         );
         let want = [
             "isola_service_up{service=\"web.1\",group=\"web\",replica=\"1\"} 1",
@@ -651,6 +731,10 @@ mod golden {
             "isola_service_probe_failures_total{service=\"db\",probe=\"liveness\"} 3",
             "isola_log_lines_dropped_total{sink=\"stdout\"} 7",
             "isola_log_lines_dropped_total{sink=\"journald\"} 2",
+            "isola_socket_accept_queue{service=\"web\",socket=\"http\"} 3",
+            "isola_socket_backlog{service=\"web\",socket=\"http\"} 128",
+            "isola_socket_listen_drops_total{service=\"web\",socket=\"http\"} 9",
+            "isola_supervisor_loop_lag_seconds 0.012",
         ];
         for w in want {
             assert!(text.lines().any(|l| l == w), "no {w:?} in\n{text}");
@@ -666,7 +750,7 @@ mod golden {
             &core,
             &HashMap::new(),
             &ResourceWatch::default(),
-            [("stdout", 7), ("stderr", 0), ("journald", 2), ("syslog", 0)],
+            &own(),
         );
         assert!(om.contains("# TYPE isola_service_restarts counter\n"));
         assert!(om.ends_with("# EOF\n"));

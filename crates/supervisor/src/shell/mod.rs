@@ -8,6 +8,7 @@
 
 pub(crate) mod context;
 pub(crate) mod loading;
+pub(crate) mod loop_lag;
 pub(crate) mod metrics;
 pub(crate) mod orchestrate;
 mod progress;
