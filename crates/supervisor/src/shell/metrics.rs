@@ -488,22 +488,22 @@ fn socket_labels<'a>(s: &SocketQueue<'a>) -> [(&'static str, &'a str); 2] {
 
 /// The accept queues of the held TCP listeners.
 fn socket_families(e: &mut Exposition, sockets: &[SocketQueue<'_>]) {
-    let gauges: [(&str, &str, fn(&SocketQueue<'_>) -> u32); 2] = [
-        (
+    let gauges: [Def<fn(&SocketQueue<'_>) -> u32>; 2] = [
+        def(
             "isola_socket_accept_queue",
             "Connections a held TCP listener completed that no payload accepted yet.",
             |s| s.queue.queued,
         ),
-        (
+        def(
             "isola_socket_backlog",
             "The accept queue's capacity (backlog, capped by somaxconn).",
             |s| s.queue.backlog,
         ),
     ];
-    for (name, help, read) in gauges {
-        e.family(name, Kind::Gauge, help);
+    for g in gauges {
+        e.family(g.name, Kind::Gauge, g.help);
         for s in sockets {
-            e.gauge(name, &socket_labels(s), f64::from(read(s)));
+            e.gauge(g.name, &socket_labels(s), f64::from((g.read)(s)));
         }
     }
     let name = "isola_socket_listen_drops";
