@@ -482,13 +482,16 @@ fn rule_family(e: &mut Exposition, services: &[Labelled<'_>], rules: &ResourceWa
 /// Lines dropped, by sink.
 type Dropped = [(&'static str, u64); 4];
 
+/// A number of a listener's accept queue.
+type QueueRead = fn(&SocketQueue<'_>) -> u32;
+
 fn socket_labels<'a>(s: &SocketQueue<'a>) -> [(&'static str, &'a str); 2] {
     [("service", s.service), ("socket", s.socket)]
 }
 
 /// The accept queues of the held TCP listeners.
 fn socket_families(e: &mut Exposition, sockets: &[SocketQueue<'_>]) {
-    let gauges: [Def<fn(&SocketQueue<'_>) -> u32>; 2] = [
+    let gauges: [Def<QueueRead>; 2] = [
         def(
             "isola_socket_accept_queue",
             "Connections a held TCP listener completed that no payload accepted yet.",
