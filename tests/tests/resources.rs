@@ -76,3 +76,39 @@ fn memory_and_cpu_rules_restart_and_an_event_rule_only_tells() {
     up.down();
     assert_clean();
 }
+
+/// A pressure rule is told by the kernel (a PSI trigger), not read: four
+/// spinners on the VM's two CPUs keep some task of the service waiting
+/// for a CPU all the time.
+#[test]
+fn a_pressure_rule_acts_on_the_kernels_trigger() {
+    require_vm();
+    let spin4 = "for k in 1 2 3 4; do (while :; do :; done) & done; wait";
+    let rule = json!({
+        "resourceRules": [{"metric": "cpuPressure", "above": "40%", "forMs": 2000, "action": "restart"}],
+        "restart": {"policy": "always", "delayMs": 100, "maxDelayMs": 100}
+    });
+    let up = Up::start(
+        "pressure",
+        json!({
+            "crowd": svc(spin4, rule.clone()),
+            "calm": svc("exec sleep 1000", rule),
+        }),
+        &[],
+    );
+    let s = up.wait_for(
+        "crowd",
+        "a restart by its pressure rule",
+        Duration::from_secs(90),
+        |s| s["restarts"].as_u64().unwrap_or(0) >= 1 && s["lastExit"]["reason"] == "resource",
+    );
+    let msg = s["lastExit"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("resource: cpuPressure above 40% of each 1 s for 2000 ms"),
+        "not the trigger's: {msg}\n{}",
+        up.stderr()
+    );
+    assert_eq!(up.service("calm")["restarts"], 0);
+    up.down();
+    assert_clean();
+}

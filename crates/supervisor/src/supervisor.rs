@@ -314,6 +314,7 @@ impl Supervisor {
                 self.control.end_turn(ctx!(self));
             }
             Part::Probes => self.probes.on_event(ctx!(self), key),
+            Part::Rules => self.on_trigger(key, how),
             Part::Metrics => {
                 let scrapes = match self.metrics.as_mut() {
                     Some(m) => m.server().on_event(ctx!(self), key, how),

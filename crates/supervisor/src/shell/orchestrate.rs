@@ -246,15 +246,12 @@ impl Supervisor {
             },
         };
         let started = self.sandboxes.launch(ctx!(self), i, launch);
-        let rules = def.policy.resource_rules.len();
         // Our copies of the sandbox's ends close here.
         drop(ends);
         match started {
             Ok(pid) => {
                 self.reaper.watch(pid, Child::Init(i));
                 self.outputs.started(i, pid.as_raw());
-                // A fresh run: its rules' windows start over.
-                self.rules.watch(i, rules, self.now);
             }
             Err(e) => {
                 self.outputs.close_pipes(ctx!(self), i);
@@ -277,14 +274,30 @@ impl Supervisor {
     /// What an init's report means for the other parts.
     pub(crate) fn on_report(&mut self, i: ServiceIx, report: Report) {
         match report {
-            Report::Running => {}
+            Report::Running => self.watch_rules(i),
             Report::RanAndExited(status) => self.run_ended(i, status),
             Report::Failed { init } => {
                 // The report reaped it, if the reaper had not.
                 self.reaper.forget(init);
+                self.rules.run_ended(i);
                 self.drain_outputs(i);
                 self.readiness.close_pipe(ctx!(self), i);
             }
+        }
+    }
+
+    /// Service `i`'s payload runs: its rules' windows start over, pressure
+    /// rules with a trigger on its cgroup.
+    fn watch_rules(&mut self, i: ServiceIx) {
+        let Some(s) = self.core.service(i) else {
+            return;
+        };
+        let cgroup = self.sandboxes.running(i).and_then(|(_, c)| c);
+        let rules = &s.def.policy.resource_rules;
+        let failed = self.rules.watch(ctx!(self), i, rules, cgroup);
+        for (k, e) in failed {
+            let why = format!("resourceRules[{k}]: no PSI trigger ({e}): read once a second");
+            self.outbox.event(i, why);
         }
     }
 
@@ -307,6 +320,7 @@ impl Supervisor {
     /// and what it wrote is read.
     fn run_ended(&mut self, i: ServiceIx, status: ExitStatus) {
         self.probes.cancel(ctx!(self), i);
+        self.rules.run_ended(i);
         self.readiness.close_pipe(ctx!(self), i);
         self.sandboxes.end_run(ctx!(self), i, status);
         self.drain_outputs(i);

@@ -27,9 +27,11 @@ pub(crate) enum Part {
     Readiness,
     /// The metrics endpoint and its scrapers (`metrics`).
     Metrics,
+    /// PSI triggers of pressure rules (`rules`).
+    Rules,
 }
 
-const PARTS: [Part; 8] = [
+const PARTS: [Part; 9] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -38,6 +40,7 @@ const PARTS: [Part; 8] = [
     Part::Probes,
     Part::Readiness,
     Part::Metrics,
+    Part::Rules,
 ];
 
 const PART_SHIFT: u32 = 56;
@@ -80,6 +83,8 @@ pub(crate) enum Interest {
     /// Neither: only the peer's hang-up (or shutdown of its side) and
     /// errors are reported.
     Hangup,
+    /// Priority events (a PSI trigger fired).
+    Priority,
 }
 
 impl Interest {
@@ -89,6 +94,7 @@ impl Interest {
             Interest::Write => EpollFlags::EPOLLOUT,
             Interest::ReadWrite => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
             Interest::Hangup => EpollFlags::EPOLLRDHUP,
+            Interest::Priority => EpollFlags::EPOLLPRI,
         }
     }
 }
@@ -102,6 +108,11 @@ pub(crate) struct Readiness {
 impl Readiness {
     pub(crate) fn writable(self) -> bool {
         self.flags.contains(EpollFlags::EPOLLOUT)
+    }
+
+    /// In error (a PSI trigger whose cgroup went away).
+    pub(crate) fn failed(self) -> bool {
+        self.flags.contains(EpollFlags::EPOLLERR)
     }
 
     /// Readable, or hung up, or in error: a read will tell which.

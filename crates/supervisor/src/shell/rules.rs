@@ -1,18 +1,27 @@
-//! `resourceRules` at work: once a second, for the running services that
-//! have rules (and only while some do: no timer otherwise), each rule's
-//! metric is read from the sandbox's cgroup; one that stays above its
-//! threshold for `forMs` restarts the service (the core stops it as for a
-//! failed probe, with the reason `resource`) or is said as an event, once
-//! per crossing.
+//! `resourceRules` at work. Memory and CPU rules: once a second, for the
+//! running services that have them (and only while some do: no timer
+//! otherwise), the metric is read from the sandbox's cgroup. Pressure
+//! rules: a PSI trigger each ([`pressure`]), the kernel says when. A rule
+//! that stays above its threshold for `forMs` restarts the service (the
+//! core stops it as for a failed probe, with the reason `resource`) or is
+//! said as an event, once per crossing.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use nix::errno::Errno;
 use std::time::{Duration, Instant};
 
-use super::context::{Input, ServiceIx};
+use super::context::{Ctx, Input, ServiceIx};
+use super::reactor::{Interest, Part, Readiness, Token};
 use crate::lifecycle::Phase;
 use crate::sandboxes::Sandboxes;
 use crate::spec::rules::{ResourceRule, RuleAction, RuleMetric};
 use crate::supervisor::Supervisor;
+
+mod pressure;
+
+use pressure::Trigger;
 
 /// How often rules are checked.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -47,15 +56,29 @@ impl Window {
     }
 }
 
-/// A watched service's rule windows and its last CPU reading.
-#[derive(Debug, Default)]
+/// A watched service's rule windows, its pressure rules' triggers (by
+/// rule; `None`: read once a second) and its last CPU reading.
+#[derive(Default)]
 struct Watched {
     windows: Vec<Window>,
+    triggers: Vec<Option<Trigger>>,
     cpu: Option<(f64, Instant)>,
 }
 
+impl Watched {
+    /// Some rule is read once a second.
+    fn polled(&self) -> bool {
+        self.triggers.iter().any(Option::is_none)
+    }
+}
+
+/// The token of rule `k`'s trigger of service `i`.
+fn trigger_token(i: ServiceIx, k: usize) -> Token {
+    Token::new(Part::Rules, (i as u64) << 16 | (k as u64 & 0xffff))
+}
+
 /// The services whose rules are checked, by index.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ResourceWatch {
     watched: BTreeMap<ServiceIx, Watched>,
     next: Option<Instant>,
@@ -65,19 +88,70 @@ pub(crate) struct ResourceWatch {
 }
 
 impl ResourceWatch {
-    /// Service `i` starts a run with `rules` rules: fresh windows (none
-    /// watched without rules).
-    pub(crate) fn watch(&mut self, i: ServiceIx, rules: usize, now: Instant) {
-        if rules == 0 {
-            return self.unwatch(i);
+    /// Service `i` starts a run in `cgroup` with `rules`: fresh windows,
+    /// a trigger armed for each pressure rule (one that cannot be is read
+    /// once a second instead, and said: the errors, by rule); none watched
+    /// without rules.
+    pub(crate) fn watch(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        i: ServiceIx,
+        rules: &[ResourceRule],
+        cgroup: Option<&Path>,
+    ) -> Vec<(usize, Errno)> {
+        self.unwatch(i);
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let mut failed = Vec::new();
+        let mut triggers = Vec::with_capacity(rules.len());
+        for (k, r) in rules.iter().enumerate() {
+            let armed = match (pressure_file(r.metric), cgroup) {
+                (Some(file), Some(cg)) => arm(ctx, &cg.join(file), r.above, trigger_token(i, k))
+                    .map_err(|e| failed.push((k, e)))
+                    .ok(),
+                _ => None,
+            };
+            triggers.push(armed);
         }
         let w = Watched {
-            windows: vec![Window::default(); rules],
+            windows: vec![Window::default(); rules.len()],
+            triggers,
             cpu: None,
         };
+        if w.polled() {
+            self.next.get_or_insert(ctx.now + CHECK_EVERY);
+        }
         self.watched.insert(i, w);
-        self.acted.entry(i).or_default().resize(rules, 0);
-        self.next.get_or_insert(now + CHECK_EVERY);
+        self.acted.entry(i).or_default().resize(rules.len(), 0);
+        failed
+    }
+
+    /// Trigger `key` fired at `now` (or failed: it is dropped): the rule
+    /// that is to act now, as (service, rule).
+    fn fired(
+        &mut self,
+        key: u64,
+        how: Readiness,
+        rules: impl Fn(ServiceIx) -> Option<Vec<Duration>>,
+        now: Instant,
+    ) -> Option<(ServiceIx, usize)> {
+        let i = usize::try_from(key >> 16).ok()?;
+        let k = usize::try_from(key & 0xffff).ok()?;
+        let slot = self.watched.get_mut(&i)?.triggers.get_mut(k)?;
+        if how.failed() {
+            // Its cgroup is gone (the run ended first): closing it takes
+            // it out of the epoll set.
+            *slot = None;
+            return None;
+        }
+        let for_ = *rules(i)?.get(k)?;
+        slot.as_mut()?.fired(now, for_).then_some((i, k))
+    }
+
+    /// Service `i`'s run ended: its triggers close (their cgroup goes).
+    pub(crate) fn run_ended(&mut self, i: ServiceIx) {
+        self.unwatch(i);
     }
 
     /// Service `i` is gone: its counts go too.
@@ -105,7 +179,7 @@ impl ResourceWatch {
 
     pub(crate) fn unwatch(&mut self, i: ServiceIx) {
         self.watched.remove(&i);
-        if self.watched.is_empty() {
+        if !self.watched.values().any(Watched::polled) {
             self.next = None;
         }
     }
@@ -123,6 +197,31 @@ impl ResourceWatch {
             }
             _ => false,
         }
+    }
+}
+
+/// What a rule saw when it acted.
+enum Seen {
+    /// The value read at the last check (`412.0M`, `93.5%`).
+    Read(String),
+    /// A PSI trigger's events, a window apart.
+    Triggered,
+}
+
+/// A trigger on `file`, registered as `token`.
+fn arm(ctx: &mut Ctx<'_>, file: &Path, percent: f64, token: Token) -> Result<Trigger, Errno> {
+    let t = Trigger::arm(file, percent)?;
+    ctx.reactor.add(t.fd(), token, Interest::Priority)?;
+    Ok(t)
+}
+
+/// The cgroup file of a pressure metric.
+fn pressure_file(m: RuleMetric) -> Option<&'static str> {
+    match m {
+        RuleMetric::MemoryPressure => Some("memory.pressure"),
+        RuleMetric::CpuPressure => Some("cpu.pressure"),
+        RuleMetric::IoPressure => Some("io.pressure"),
+        RuleMetric::Memory | RuleMetric::Cpu => None,
     }
 }
 
@@ -188,29 +287,69 @@ impl Supervisor {
             let Some(w) = self.rules.watched.get_mut(&i) else {
                 continue;
             };
+            let mut acts = Vec::new();
             for (k, rule) in s.def.policy.resource_rules.iter().enumerate() {
+                if w.triggers.get(k).is_some_and(Option::is_some) {
+                    continue;
+                }
                 let value = reading(&self.sandboxes, i, rule.metric, w);
                 let Some(window) = w.windows.get_mut(k) else {
                     continue;
                 };
-                if !window.observe(value, rule, now) {
-                    continue;
-                }
-                if let Some(n) = self.rules.acted.get_mut(&i).and_then(|a| a.get_mut(k)) {
-                    *n += 1;
-                }
-                let why = format!(
-                    "resource: {} {} above {} for {} ms (resourceRules[{k}])",
-                    rule.metric.as_str(),
-                    shown(rule.metric, value.unwrap_or_default()),
-                    rule.above_text,
-                    rule.for_.as_millis()
-                );
-                match rule.action {
-                    RuleAction::Restart => self.outbox.input(Input::ResourceExceeded(i, why)),
-                    RuleAction::Event => self.outbox.event(i, why),
+                if window.observe(value, rule, now) {
+                    let seen = shown(rule.metric, value.unwrap_or_default());
+                    acts.push((k, Seen::Read(seen)));
                 }
             }
+            for (k, seen) in acts {
+                self.rule_acts(i, k, &seen);
+            }
+        }
+    }
+
+    /// A PSI trigger fired (`key`, from the reactor).
+    pub(crate) fn on_trigger(&mut self, key: u64, how: Readiness) {
+        let core = &self.core;
+        let for_of = |i: ServiceIx| {
+            let s = core
+                .service(i)
+                .filter(|s| matches!(s.phase, Phase::Running { .. }))?;
+            Some(s.def.policy.resource_rules.iter().map(|r| r.for_).collect())
+        };
+        if let Some((i, k)) = self.rules.fired(key, how, for_of, self.now) {
+            self.rule_acts(i, k, &Seen::Triggered);
+        }
+    }
+
+    /// Rule `k` of service `i` held for its `forMs`: count it, then
+    /// restart or tell.
+    fn rule_acts(&mut self, i: ServiceIx, k: usize, seen: &Seen) {
+        let Some(rule) = self
+            .core
+            .service(i)
+            .and_then(|s| s.def.policy.resource_rules.get(k))
+        else {
+            return;
+        };
+        if let Some(n) = self.rules.acted.get_mut(&i).and_then(|a| a.get_mut(k)) {
+            *n += 1;
+        }
+        let metric = rule.metric.as_str();
+        let above = &rule.above_text;
+        let what = match seen {
+            Seen::Read(v) => format!("{metric} {v} above {above}"),
+            Seen::Triggered => format!(
+                "{metric} above {above} of each {} s",
+                pressure::WINDOW.as_secs()
+            ),
+        };
+        let why = format!(
+            "resource: {what} for {} ms (resourceRules[{k}])",
+            rule.for_.as_millis()
+        );
+        match rule.action {
+            RuleAction::Restart => self.outbox.input(Input::ResourceExceeded(i, why)),
+            RuleAction::Event => self.outbox.event(i, why),
         }
     }
 }
@@ -257,19 +396,34 @@ mod tests {
     }
 
     #[test]
-    fn checks_run_only_while_a_service_has_rules() {
+    fn checks_run_only_while_a_service_has_rules_read_once_a_second() {
+        let mut h = crate::shell::context::testing::Harness::new();
         let mut rw = ResourceWatch::default();
-        let t0 = Instant::now();
+        let t0 = h.ctx().now;
         assert_eq!(rw.deadline(), None);
-        rw.watch(3, 0, t0);
+        rw.watch(&mut h.ctx(), 3, &[], None);
         assert_eq!(rw.deadline(), None, "no rules, no timer");
-        rw.watch(3, 2, t0);
+        rw.watch(&mut h.ctx(), 3, &[rule(1.0, 10), rule(2.0, 10)], None);
         assert_eq!(rw.deadline(), Some(t0 + CHECK_EVERY));
         assert!(!rw.due(t0));
         assert!(rw.due(t0 + CHECK_EVERY));
         assert_eq!(rw.deadline(), Some(t0 + CHECK_EVERY * 2));
-        rw.unwatch(3);
+        rw.run_ended(3);
         assert_eq!(rw.deadline(), None);
+    }
+
+    /// A pressure rule whose trigger cannot be armed is read once a
+    /// second, and the reason is given.
+    #[test]
+    fn a_pressure_rule_without_a_trigger_is_read_instead() {
+        let mut h = crate::shell::context::testing::Harness::new();
+        let mut rw = ResourceWatch::default();
+        let mut r = rule(20.0, 1000);
+        r.metric = RuleMetric::MemoryPressure;
+        let nowhere = Path::new("/nonexistent-cgroup");
+        let failed = rw.watch(&mut h.ctx(), 1, &[r], Some(nowhere));
+        assert_eq!(failed, vec![(0, Errno::ENOENT)]);
+        assert!(rw.deadline().is_some(), "read once a second instead");
     }
 
     #[test]
