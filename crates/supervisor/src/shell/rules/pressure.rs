@@ -37,9 +37,10 @@ impl Trigger {
             OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let window_us = WINDOW.as_micros() as f64;
+        let stall =
+            Duration::try_from_secs_f64(WINDOW.as_secs_f64() * percent / 100.0).unwrap_or(WINDOW);
         // The kernel wants 0 < stall <= window.
-        let stall_us = (percent / 100.0 * window_us).clamp(1.0, window_us) as u64;
+        let stall_us = stall.as_micros().clamp(1, WINDOW.as_micros());
         let spec = format!("some {stall_us} {}\0", WINDOW.as_micros());
         let n = nix::unistd::write(&fd, spec.as_bytes())?;
         if n != spec.len() {
