@@ -129,7 +129,7 @@ pub struct Supervisor {
     /// The services whose `resourceRules` are checked.
     pub(crate) rules: ResourceWatch,
     /// The metrics endpoint (`--metrics`) and the scrapes being read.
-    pub(crate) metrics: Option<Metrics>,
+    pub(crate) metrics: Metrics,
     /// How long the loop's turns take.
     pub(crate) lag: LoopLag,
 }
@@ -234,11 +234,12 @@ impl Supervisor {
         Ok(Supervisor {
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
-            metrics: p
-                .metrics
-                .map(|m| MetricsServer::new(m, &reactor).map(Metrics::new))
-                .transpose()
-                .map_err(setup("epoll"))?,
+            metrics: Metrics::new(
+                p.metrics
+                    .map(|m| MetricsServer::new(m, &reactor))
+                    .transpose()
+                    .map_err(setup("epoll"))?,
+            ),
             readiness: Readiness::new(cfg.socket.clone()),
             reports: Reports::new(p.defs.len(), cfg.echo),
             core: Core::new(p.defs, MAX_STARTING, seed),
@@ -316,8 +317,8 @@ impl Supervisor {
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Rules => self.on_trigger(key, how),
             Part::Metrics => {
-                let scrapes = match self.metrics.as_mut() {
-                    Some(m) => m.server().on_event(ctx!(self), key, how),
+                let scrapes = match self.metrics.server() {
+                    Some(server) => server.on_event(ctx!(self), key, how),
                     None => Vec::new(),
                 };
                 for s in scrapes {
@@ -409,7 +410,7 @@ impl Supervisor {
         self.core.tick(self.now);
         self.sandboxes.tick(ctx!(self));
         self.check_rules();
-        if self.metrics.as_ref().is_some_and(Metrics::busy) {
+        if self.metrics.busy() {
             self.work_scrapes(SLICE);
         }
     }
@@ -424,10 +425,7 @@ impl Supervisor {
             self.reports.deadline(),
             self.rules.deadline(),
             // A scrape being read: the next slice at the next turn.
-            self.metrics
-                .as_ref()
-                .filter(|m| m.busy())
-                .map(|_| Instant::now()),
+            self.metrics.busy().then(Instant::now),
         ]
         .into_iter()
         .flatten()

@@ -4,7 +4,9 @@
 //! Every connection has a bounded output buffer: a client that stops
 //! reading is dropped, with the reason on stderr, once more than
 //! [`MAX_UNREAD`] bytes wait for it — nothing else slows down, and the
-//! supervisor does not grow. Requests are bounded too ([`MAX_REQUEST`]).
+//! supervisor does not grow. One answer may be larger (`metrics` or
+//! `status` of ten thousand services): it is kept whole, and the client
+//! must read it down below the bound before it asks again. Requests are bounded too ([`MAX_REQUEST`]).
 //! A line that is not a request is answered with an error here; requests
 //! go to the caller.
 
@@ -56,6 +58,9 @@ struct Conn {
     stream: UnixStream,
     inbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Of `out`, the bytes of the last answer still unread: kept beyond
+    /// the bound.
+    answer: usize,
     follow: Option<Follow>,
     /// Subscribed to every service's supervisor events.
     events: bool,
@@ -211,6 +216,7 @@ impl ControlServer {
                 stream,
                 inbuf: Vec::new(),
                 out: Vec::new(),
+                answer: 0,
                 follow: None,
                 events: false,
             };
@@ -268,12 +274,36 @@ impl ControlServer {
         }
     }
 
-    /// Queue one object for a connection and write what it takes now.
+    /// Queue an answer for a connection and write what it takes now. An
+    /// answer of any size is kept, one at a time: a client that asks again
+    /// with more than the bound still unread is dropped.
     pub(crate) fn send(&mut self, ctx: &mut Ctx<'_>, id: ConnId, msg: &impl Serialize) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.queue(msg);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.out.len() > MAX_UNREAD {
+            return self.drop_unread(ctx, id);
         }
+        c.queue(msg);
+        c.answer = c.out.len();
         self.flush(ctx, id);
+    }
+
+    fn drop_unread(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let (what, unread) = (c.describe(), c.out.len());
+        ctx.out.note(format!(
+            "dropped control connection {id} ({what}): {unread} bytes unread, more than \
+             the {MAX_UNREAD} a client may leave"
+        ));
+        self.drop_conn(ctx, id);
+    }
+
+    /// Connection `id` is still there.
+    pub(crate) fn is_open(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id)
     }
 
     /// Is anyone in `to` listening? (Nothing is built for nobody.)
@@ -330,19 +360,15 @@ impl ControlServer {
                 Ok(0) => break,
                 Ok(n) => {
                     c.out.drain(..n);
+                    c.answer = c.answer.saturating_sub(n);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => return self.drop_conn(ctx, id),
             }
         }
-        if c.out.len() > MAX_UNREAD {
-            let (what, unread) = (c.describe(), c.out.len());
-            ctx.out.note(format!(
-                "dropped control connection {id} ({what}): {unread} bytes unread, more than \
-                 the {MAX_UNREAD} a client may leave"
-            ));
-            return self.drop_conn(ctx, id);
+        if c.out.len() > MAX_UNREAD + c.answer {
+            return self.drop_unread(ctx, id);
         }
         let interest = if c.out.is_empty() {
             Interest::Read

@@ -8,8 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::context::ServiceIx;
+use crate::control::Response;
 use crate::held_sockets::SocketQueue;
-use crate::lifecycle::{Core, Phase, Service};
+use crate::lifecycle::{ConnId, Core, Phase, Service};
 use crate::metrics::exposition::{Exposition, Format, Kind};
 use crate::metrics::server::{MetricsServer, Scrape};
 use crate::sandboxes::Sandboxes;
@@ -56,15 +57,25 @@ const fn def<R>(name: &'static str, help: &'static str, read: R) -> Def<R> {
 /// read.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 
-/// The metrics endpoint and the scrapes being read.
+/// The metrics endpoint (`--metrics`, if any) and the scrapes being read
+/// (its and `isola metrics`').
+#[derive(Default)]
 pub(crate) struct Metrics {
-    server: MetricsServer,
+    server: Option<MetricsServer>,
     jobs: VecDeque<Job>,
+}
+
+/// Who asked for a scrape.
+enum Asker {
+    /// A scraper of the endpoint.
+    Endpoint(Scrape),
+    /// `isola metrics` (the text format, on the control socket).
+    Control(ConnId),
 }
 
 /// A scrape whose samples are being read.
 struct Job {
-    scrape: Scrape,
+    asker: Asker,
     /// The services to read, by index and name (an index reused while the
     /// scrape runs is not mistaken for its old service).
     todo: Vec<(ServiceIx, String)>,
@@ -92,15 +103,15 @@ impl Job {
 }
 
 impl Metrics {
-    pub(crate) fn new(server: MetricsServer) -> Metrics {
+    pub(crate) fn new(server: Option<MetricsServer>) -> Metrics {
         Metrics {
             server,
             jobs: VecDeque::new(),
         }
     }
 
-    pub(crate) fn server(&mut self) -> &mut MetricsServer {
-        &mut self.server
+    pub(crate) fn server(&mut self) -> Option<&mut MetricsServer> {
+        self.server.as_mut()
     }
 
     /// A scrape is being read: the loop must turn again soon.
@@ -127,12 +138,18 @@ fn holds_its_name(core: &Core, i: ServiceIx, s: &Service) -> bool {
 impl Supervisor {
     /// A scrape of the metrics endpoint: read a first slice now.
     pub(crate) fn scrape(&mut self, s: Scrape) {
+        self.start_scrape(Asker::Endpoint(s));
+    }
+
+    /// `isola metrics`: read as a scrape is, answered once all is read.
+    pub(crate) fn scrape_for(&mut self, conn: ConnId) {
+        self.start_scrape(Asker::Control(conn));
+    }
+
+    fn start_scrape(&mut self, asker: Asker) {
         let todo = reported(&self.core);
-        let Some(m) = self.metrics.as_mut() else {
-            return;
-        };
-        m.jobs.push_back(Job {
-            scrape: s,
+        self.metrics.jobs.push_back(Job {
+            asker,
             todo,
             next: 0,
             samples: HashMap::new(),
@@ -147,12 +164,13 @@ impl Supervisor {
     pub(crate) fn work_scrapes(&mut self, budget: Duration) {
         let until = Instant::now() + budget;
         loop {
-            let Some(m) = self.metrics.as_mut() else {
-                return;
-            };
+            let m = &mut self.metrics;
             // A scraper that went away: nothing more to read for it.
-            let server = &m.server;
-            m.jobs.retain(|j| server.is_open(j.scrape.conn));
+            let (server, control) = (&m.server, &self.control);
+            m.jobs.retain(|j| match &j.asker {
+                Asker::Endpoint(s) => server.as_ref().is_some_and(|v| v.is_open(s.conn)),
+                Asker::Control(id) => control.is_open(*id),
+            });
             let Some(job) = m.jobs.front_mut() else {
                 return;
             };
@@ -162,29 +180,31 @@ impl Supervisor {
             let Some(job) = m.jobs.pop_front() else {
                 return;
             };
-            let own = self.own();
-            let body = render(
-                job.scrape.format,
-                &self.core,
-                &job.samples,
-                &self.rules,
-                &own,
-            );
-            if let Some(m) = self.metrics.as_mut() {
-                m.server.answer(ctx!(self), job.scrape, &body);
-            }
+            self.answer_scrape(job);
         }
     }
 
-    /// The whole exposition, now (`isola metrics`).
-    pub(crate) fn render_metrics(&mut self, format: Format) -> String {
-        self.sandboxes.open_stats();
-        let samples: Samples = reported(&self.core)
-            .into_iter()
-            .filter_map(|(i, name)| Some((i, (name, Sample::read(&self.sandboxes, i)?))))
-            .collect();
+    fn answer_scrape(&mut self, job: Job) {
+        let format = match &job.asker {
+            Asker::Endpoint(s) => s.format,
+            Asker::Control(_) => Format::Text,
+        };
         let own = self.own();
-        render(format, &self.core, &samples, &self.rules, &own)
+        let body = render(format, &self.core, &job.samples, &self.rules, &own);
+        match job.asker {
+            Asker::Endpoint(s) => {
+                if let Some(server) = self.metrics.server.as_mut() {
+                    server.answer(ctx!(self), s, &body);
+                }
+            }
+            Asker::Control(id) => {
+                let reply = Response {
+                    metrics: Some(body),
+                    ..Response::ok()
+                };
+                self.control.send(ctx!(self), id, &reply);
+            }
+        }
     }
 
     /// The supervisor's own numbers, now.
@@ -633,11 +653,7 @@ mod golden {
         let sb = Sandboxes::new(&reactor, setup).unwrap();
         let core = stack();
         let mut job = Job {
-            scrape: Scrape {
-                conn: 1,
-                format: Format::Text,
-                head_only: false,
-            },
+            asker: Asker::Control(1),
             todo: reported(&core),
             next: 0,
             samples: HashMap::new(),

@@ -12,7 +12,6 @@ use crate::control::server::Follow;
 use crate::control::{ExecTarget, Request, Response};
 use crate::lifecycle::{ConnId, Core, Phase};
 use crate::logs;
-use crate::metrics::exposition::Format;
 use crate::spec::sockets::MAX_REPLICAS;
 use crate::supervisor::{ctx, Supervisor};
 
@@ -61,10 +60,7 @@ impl Supervisor {
             Request::Exec { name } => self.exec_target(&name),
             Request::Scale { name, replicas } => self.scale(&name, replicas),
             Request::Update { name, resources } => self.update_limits(&name, &resources),
-            Request::Metrics => Response {
-                metrics: Some(self.render_metrics(Format::Text)),
-                ..Response::ok()
-            },
+            Request::Metrics => return self.scrape_for(id),
             Request::Logs {
                 name,
                 lines,

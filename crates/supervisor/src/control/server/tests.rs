@@ -232,3 +232,43 @@ fn a_follower_that_stops_reading_is_dropped_past_the_unread_limit() {
         "the reader stays"
     );
 }
+
+/// `metrics` of ten thousand services is larger than the bound: the
+/// answer is kept whole for a client that reads it; a client that asks
+/// again with more than the bound still unread is dropped.
+#[test]
+fn one_answer_may_be_larger_than_the_bound_but_only_one() {
+    let mut f = Fixture::new("large");
+    let c = f.connect();
+    let big = Response {
+        metrics: Some("m".repeat(MAX_UNREAD * 2)),
+        ..Response::ok()
+    };
+    f.server.send(&mut f.h.ctx(), 1, &big);
+    assert_eq!(f.server.connections(), 1, "kept: {:?}", f.h.said());
+    // The client reads it all, the loop writing as it makes room.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    c.set_nonblocking(true).unwrap();
+    while got < MAX_UNREAD * 2 {
+        while let Ok(n) = (&c).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        f.turn_within(10);
+    }
+    assert_eq!(f.server.connections(), 1);
+    // Now one that does not read, and asks twice.
+    let _lazy = f.connect();
+    f.server.send(&mut f.h.ctx(), 2, &big);
+    assert_eq!(f.server.connections(), 2);
+    f.server.send(&mut f.h.ctx(), 2, &big);
+    assert_eq!(f.server.connections(), 1, "dropped at the second");
+    let said = f.h.said();
+    assert!(
+        matches!(said.as_slice(), [Said::Note(n)] if n.starts_with("dropped control connection 2 (a client): ")),
+        "{said:?}"
+    );
+}
