@@ -213,7 +213,10 @@ fn a_mount_point_missing_on_the_read_only_host_is_one_clear_error() {
 fn hogs_stay_in_their_cgroups_and_the_neighbour_and_the_supervisor_carry_on() {
     require_vm();
     use isola_tests::up::{svc, Up};
-    let memory = "import time\nx = []\nwhile True:\n    x.append(bytearray(1 << 20))\n";
+    // 16 MiB at a time: the allocation that crosses memory.max cannot be
+    // met by reclaiming the interpreter's own pages (1 MiB steps could
+    // thrash on them for a minute under emulation before the OOM kill).
+    let memory = "import time\nx = []\nwhile True:\n    x.append(bytearray(16 << 20))\n";
     let mut mem_hog = svc(
         "",
         json!({

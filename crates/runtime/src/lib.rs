@@ -35,6 +35,7 @@ pub mod exit;
 mod fs;
 pub mod init;
 mod ipc;
+pub mod net;
 pub mod plan;
 pub mod sandbox;
 mod seccomp;

@@ -1,0 +1,330 @@
+//! A small blocking rtnetlink (NETLINK_ROUTE) client: the few link, address
+//! and route requests a stack network needs, built by hand as bytes.
+//!
+//! Why by hand: the messages are a fixed header and a handful of
+//! attributes, which is less code than a dependency, and it stays free of
+//! `unsafe` (nix owns the socket calls). Layouts are the kernel's UAPI
+//! (`linux/netlink.h`, `linux/rtnetlink.h`, `linux/if_link.h`,
+//! `linux/if_addr.h`): native byte order, attributes aligned to 4 bytes,
+//! addresses in network order.
+//!
+//! Every request carries `NLM_F_ACK` and a fresh sequence number; replies
+//! are read until the kernel's ACK or error for that number (a dump: until
+//! `NLMSG_DONE`), and anything else on the socket — stale replies of an
+//! earlier request, datagrams not from the kernel — is skipped.
+
+use std::io::IoSliceMut;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recvmsg, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+    SockType,
+};
+
+use super::valid_ifname;
+use message::{
+    broadcast, ifaddrmsg, ifinfomsg, ip_parts, link_of, rtmsg, status, Replies, Request, IFF_UP,
+    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL,
+    VETH_INFO_PEER,
+};
+
+mod message;
+#[cfg(test)]
+mod tests;
+
+/// The receive buffer. The kernel fills a dump's datagrams up to 32 KiB
+/// (less when the reader's buffer is smaller) and one link's reply is a
+/// few KiB; a datagram that still does not fit is an error (EMSGSIZE),
+/// never read cut short.
+const RECV_BUF: usize = 64 * 1024;
+
+/// How often a dump is redone when links changed while it ran
+/// (`NLM_F_DUMP_INTR`: the kernel says the listing may be inconsistent).
+const DUMP_TRIES: usize = 5;
+
+/// A NETLINK_ROUTE socket of the network namespace it was opened in.
+#[derive(Debug)]
+pub struct Rtnl {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    /// A socket in the calling thread's network namespace (a socket stays
+    /// in the namespace it was made in, wherever the thread goes later).
+    pub fn open() -> Result<Self, Errno> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        // Port 0: the kernel picks a free port id for us.
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        Ok(Self {
+            fd,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// The index of the link called `name`, `None` when there is none.
+    pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, Errno> {
+        check_name(name)?;
+        let mut req = Request::new(libc::RTM_GETLINK, NLM_F_ACK, &ifinfomsg(0, 0, 0));
+        req.attr_str(libc::IFLA_IFNAME, name);
+        let mut index = None;
+        let found = self.transact(req, &mut |kind, payload| {
+            if kind == libc::RTM_NEWLINK {
+                index = link_of(payload).map(|(i, _)| i);
+            }
+            Ok(())
+        });
+        match found {
+            // The kernel answered without saying which link: not a reply
+            // we understand.
+            Ok(_) => index.ok_or(Errno::EBADMSG).map(Some),
+            Err(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link whose name starts with `prefix`, as (index, name): how
+    /// leftovers of an earlier run are found (an RTM_GETLINK dump).
+    pub fn links_with_prefix(&mut self, prefix: &str) -> Result<Vec<(u32, String)>, Errno> {
+        for _ in 0..DUMP_TRIES {
+            let mut links = Vec::new();
+            let req = Request::new(libc::RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0));
+            let interrupted = self.transact(req, &mut |kind, payload| {
+                if kind == libc::RTM_NEWLINK {
+                    links.extend(link_of(payload).filter(|(_, n)| n.starts_with(prefix)));
+                }
+                Ok(())
+            })?;
+            if !interrupted {
+                return Ok(links);
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Creates the bridge `name` (down, no addresses); returns its index.
+    /// EEXIST when a link of that name exists.
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<u32, Errno> {
+        check_name(name)?;
+        let mut req = Request::new(
+            libc::RTM_NEWLINK,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &ifinfomsg(0, 0, 0),
+        );
+        req.attr_str(libc::IFLA_IFNAME, name);
+        if let Some(mtu) = mtu {
+            req.attr_u32(libc::IFLA_MTU, mtu);
+        }
+        let info = req.begin(libc::IFLA_LINKINFO);
+        req.attr_str(libc::IFLA_INFO_KIND, "bridge");
+        req.end(info);
+        self.transact(req, &mut ignore)?;
+        self.created(name)
+    }
+
+    /// A veth pair: `host` stays here; `peer` is created directly in the
+    /// network namespace of process `peer_pid` (IFLA_NET_NS_PID inside
+    /// VETH_INFO_PEER), named `peer_name` there. Returns the host end's
+    /// ifindex. Making the peer in place spares a move (RTM_SETLINK with
+    /// a namespace), during which the peer would exist here under a name
+    /// that may clash with one of ours.
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        peer_name: &str,
+        peer_pid: i32,
+        mtu: Option<u32>,
+    ) -> Result<u32, Errno> {
+        check_name(host)?;
+        check_name(peer_name)?;
+        let pid = u32::try_from(peer_pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or(Errno::EINVAL)?;
+        let mut req = Request::new(
+            libc::RTM_NEWLINK,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &ifinfomsg(0, 0, 0),
+        );
+        req.attr_str(libc::IFLA_IFNAME, host);
+        if let Some(mtu) = mtu {
+            req.attr_u32(libc::IFLA_MTU, mtu);
+        }
+        let info = req.begin(libc::IFLA_LINKINFO);
+        req.attr_str(libc::IFLA_INFO_KIND, "veth");
+        let data = req.begin(libc::IFLA_INFO_DATA);
+        let peer = req.begin(VETH_INFO_PEER);
+        req.raw(&ifinfomsg(0, 0, 0));
+        req.attr_str(libc::IFLA_IFNAME, peer_name);
+        if let Some(mtu) = mtu {
+            req.attr_u32(libc::IFLA_MTU, mtu);
+        }
+        req.attr_u32(libc::IFLA_NET_NS_PID, pid);
+        req.end(peer);
+        req.end(data);
+        req.end(info);
+        self.transact(req, &mut ignore)?;
+        self.created(host)
+    }
+
+    /// Enslaves link `index` to `master` (a bridge); master 0 releases it.
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), Errno> {
+        let mut req = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(ifi(index)?, 0, 0));
+        req.attr_u32(libc::IFLA_MASTER, master);
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// Sets link `index` administratively up (IFF_UP, nothing else).
+    pub fn set_up(&mut self, index: u32) -> Result<(), Errno> {
+        let req = Request::new(
+            libc::RTM_SETLINK,
+            NLM_F_ACK,
+            &ifinfomsg(ifi(index)?, IFF_UP, IFF_UP),
+        );
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// Adds `addr`/`prefix` to link `index` (IFA_LOCAL and IFA_ADDRESS the
+    /// same: no point-to-point peer; for IPv4 below /31 the subnet's
+    /// broadcast address too, as `ip addr add … brd +` does). EEXIST when
+    /// the link has it already, EINVAL for a prefix longer than the
+    /// address.
+    pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), Errno> {
+        let index = u32::try_from(ifi(index)?).map_err(|_| Errno::ENODEV)?;
+        let (family, bytes, bits) = ip_parts(addr);
+        if prefix > bits {
+            return Err(Errno::EINVAL);
+        }
+        let mut req = Request::new(
+            libc::RTM_NEWADDR,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &ifaddrmsg(family, prefix, index),
+        );
+        req.attr(libc::IFA_LOCAL, &bytes);
+        req.attr(libc::IFA_ADDRESS, &bytes);
+        if let IpAddr::V4(v4) = addr {
+            if let Some(brd) = broadcast(v4, prefix) {
+                req.attr(libc::IFA_BROADCAST, &brd.octets());
+            }
+        }
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// Adds the default route via `gateway` to the main table (protocol
+    /// boot, scope universe, as `ip route add default via …`); the kernel
+    /// finds the link from the gateway's on-link route, so the address
+    /// of that subnet must be in place first (ENETUNREACH otherwise).
+    /// EEXIST when there is a default route already.
+    pub fn add_default_route(&mut self, gateway: IpAddr) -> Result<(), Errno> {
+        let (family, bytes, _) = ip_parts(gateway);
+        let mut req = Request::new(
+            libc::RTM_NEWROUTE,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &rtmsg(family),
+        );
+        req.attr(libc::RTA_GATEWAY, &bytes);
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// Deletes link `index` (a veth takes its peer along, wherever it is).
+    pub fn delete_link(&mut self, index: u32) -> Result<(), Errno> {
+        let req = Request::new(libc::RTM_DELLINK, NLM_F_ACK, &ifinfomsg(ifi(index)?, 0, 0));
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// The index of a link just created: the kernel's ACK does not carry
+    /// it, so it is asked for by name.
+    fn created(&mut self, name: &str) -> Result<u32, Errno> {
+        self.link_index(name)?.ok_or(Errno::ENODEV)
+    }
+
+    /// Sends `req` and hands each reply with its sequence number (type,
+    /// payload) to `each`, until the kernel's last word: the ACK or error
+    /// of a request, NLMSG_DONE of a dump. Returns whether a dump was
+    /// interrupted by a change (NLM_F_DUMP_INTR).
+    fn transact(&mut self, req: Request, each: &mut Handler<'_>) -> Result<bool, Errno> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let msg = req.finish(seq)?;
+        while let Err(e) = send(self.fd.as_raw_fd(), &msg, MsgFlags::empty()) {
+            if e != Errno::EINTR {
+                return Err(e);
+            }
+        }
+        let mut interrupted = false;
+        loop {
+            let len = self.receive()?;
+            for reply in Replies(&self.buf[..len]) {
+                let reply = reply?;
+                if reply.seq != seq {
+                    continue;
+                }
+                interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
+                if reply.kind == NLMSG_ERROR || reply.kind == NLMSG_DONE {
+                    return status(reply.payload).map(|()| interrupted);
+                }
+                each(reply.kind, reply.payload)?;
+            }
+        }
+    }
+
+    /// The next datagram from the kernel into `buf`; returns its length.
+    fn receive(&mut self) -> Result<usize, Errno> {
+        loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf)];
+            let got = match recvmsg::<NetlinkAddr>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                None,
+                MsgFlags::empty(),
+            ) {
+                Err(Errno::EINTR) => continue,
+                r => r?,
+            };
+            if got.flags.contains(MsgFlags::MSG_TRUNC) {
+                return Err(Errno::EMSGSIZE);
+            }
+            // Another process may send to our port; only the kernel's
+            // (port 0) datagrams are replies.
+            if got.address.map(|a| a.pid()) == Some(0) {
+                return Ok(got.bytes);
+            }
+        }
+    }
+}
+
+/// What [`Rtnl::transact`] hands each reply to: its type and payload.
+type Handler<'h> = dyn FnMut(u16, &[u8]) -> Result<(), Errno> + 'h;
+
+/// A reply handler for requests whose only answer is the ACK.
+fn ignore(_kind: u16, _payload: &[u8]) -> Result<(), Errno> {
+    Ok(())
+}
+
+/// EINVAL for a name the kernel would refuse or rewrite (see
+/// [`valid_ifname`]), before anything is sent.
+fn check_name(name: &str) -> Result<(), Errno> {
+    if valid_ifname(name) {
+        Ok(())
+    } else {
+        Err(Errno::EINVAL)
+    }
+}
+
+/// An ifindex as `ifi_index` (a C int): 0 and values past `i32::MAX` name
+/// no link (ENODEV).
+fn ifi(index: u32) -> Result<i32, Errno> {
+    i32::try_from(index)
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or(Errno::ENODEV)
+}
