@@ -199,7 +199,7 @@ impl Rtnl {
     /// the link has it already, EINVAL for a prefix longer than the
     /// address.
     pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), Errno> {
-        let index = u32::try_from(ifi(index)?).map_err(|_| Errno::ENODEV)?;
+        ifi(index)?; // 0 or past i32::MAX: ENODEV, as for links
         let (family, bytes, bits) = ip_parts(addr);
         if prefix > bits {
             return Err(Errno::EINVAL);
