@@ -124,51 +124,14 @@ fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
 
 /// A bridge, a veth whose peer is made in another namespace (that of a
 /// process there) and enslaved to the bridge, addresses on both ends and
-/// a default route on the peer's side.
+/// default routes on the peer's side; deleting the veth takes the peer.
 #[test]
 fn bridge_veth_addresses_and_routes() {
     let host = Netns::new("host");
     let guest = Netns::new("guest");
     let sleeper = Sleeper::inside(&guest);
-    let (bridge, veth) = host.run(|rtnl| {
-        let bridge = rtnl.create_bridge("isbr0", Some(1400)).expect("bridge");
-        assert_eq!(rtnl.link_index("isbr0"), Ok(Some(bridge)));
-        let veth = rtnl
-            .create_veth("isv0", "eth0", sleeper.pid(), Some(1400))
-            .expect("veth");
-        rtnl.set_master(veth, bridge).expect("master");
-        rtnl.set_up(bridge).expect("bridge up");
-        rtnl.set_up(veth).expect("veth up");
-        rtnl.add_address(bridge, ip("10.89.0.1"), 24).expect("v4");
-        rtnl.add_address(bridge, ip("fd00:89::1"), 64).expect("v6");
-        let mut found = rtnl.links_with_prefix("is").expect("dump");
-        found.sort();
-        assert_eq!(
-            found,
-            [(bridge, "isbr0".to_owned()), (veth, "isv0".to_owned())]
-        );
-        assert_eq!(rtnl.link_index("eth0"), Ok(None), "the peer is elsewhere");
-        (bridge, veth)
-    });
-
-    let br = host.link("isbr0");
-    assert_eq!(br["ifindex"], bridge);
-    assert_eq!(br["mtu"], 1400);
-    assert_eq!(br["linkinfo"]["info_kind"], "bridge");
-    assert!(up(&br), "{br}");
-    let v = host.link("isv0");
-    assert_eq!(v["ifindex"], veth);
-    assert_eq!(v["master"], "isbr0");
-    assert_eq!(v["linkinfo"]["info_kind"], "veth");
-    assert!(up(&v), "{v}");
-    let addrs = host.json(&["addr", "show", "dev", "isbr0"]);
-    let addrs = &addrs[0]["addr_info"];
-    assert!(has(addrs, |a| a["local"] == "10.89.0.1"
-        && a["prefixlen"] == 24
-        && a["broadcast"] == "10.89.0.255"));
-    assert!(has(addrs, |a| a["local"] == "fd00:89::1"
-        && a["prefixlen"] == 64));
-
+    let (bridge, veth) = host.run(|rtnl| bridge_and_veth(rtnl, sleeper.pid()));
+    check_host_side(&host, bridge, veth);
     let peer = guest.link("eth0");
     assert_eq!(peer["mtu"], 1400);
     assert_eq!(peer["linkinfo"]["info_kind"], "veth");
@@ -183,19 +146,7 @@ fn bridge_veth_addresses_and_routes() {
         let again = rtnl.add_default_route(ip("10.89.0.1"));
         assert_eq!(again, Err(Errno::EEXIST));
     });
-    assert!(up(&guest.link("eth0")));
-    for (family, gateway) in [("-4", "10.89.0.1"), ("-6", "fd00:89::1")] {
-        let routes = guest.json(&[family, "-d", "route", "show", "default"]);
-        let route = &routes[0];
-        assert_eq!(route["gateway"], gateway, "{routes}");
-        assert_eq!(route["dev"], "eth0", "{routes}");
-        assert_eq!(route["protocol"], "boot", "{routes}");
-        assert_eq!(route["scope"], "global", "{routes}");
-        assert_eq!(route["type"], "unicast", "{routes}");
-    }
-    // The main table: `ip route show table main` lists it too.
-    let main = guest.json(&["route", "show", "table", "main", "default"]);
-    assert_eq!(main[0]["gateway"], "10.89.0.1");
+    check_guest_routes(&guest);
 
     host.run(|rtnl| {
         rtnl.delete_link(veth).expect("delete veth");
@@ -205,6 +156,67 @@ fn bridge_veth_addresses_and_routes() {
     });
     let links = guest.json(&["link", "show"]);
     assert!(!has(&links, |l| l["ifname"] == "eth0"), "{links}");
+}
+
+/// The host side of [`bridge_veth_addresses_and_routes`]: bridge `isbr0`
+/// (MTU 1400, up, 10.89.0.1/24 and fd00:89::1/64) with `isv0` in it, whose
+/// peer `eth0` goes to `peer_pid`'s namespace. Returns their indexes.
+fn bridge_and_veth(rtnl: &mut Rtnl, peer_pid: i32) -> (u32, u32) {
+    let bridge = rtnl.create_bridge("isbr0", Some(1400)).expect("bridge");
+    assert_eq!(rtnl.link_index("isbr0"), Ok(Some(bridge)));
+    let veth = rtnl
+        .create_veth("isv0", "eth0", peer_pid, Some(1400))
+        .expect("veth");
+    rtnl.set_master(veth, bridge).expect("master");
+    rtnl.set_up(bridge).expect("bridge up");
+    rtnl.set_up(veth).expect("veth up");
+    rtnl.add_address(bridge, ip("10.89.0.1"), 24).expect("v4");
+    rtnl.add_address(bridge, ip("fd00:89::1"), 64).expect("v6");
+    let mut found = rtnl.links_with_prefix("is").expect("dump");
+    found.sort();
+    assert_eq!(
+        found,
+        [(bridge, "isbr0".to_owned()), (veth, "isv0".to_owned())]
+    );
+    assert_eq!(rtnl.link_index("eth0"), Ok(None), "the peer is elsewhere");
+    (bridge, veth)
+}
+
+/// What `ip` sees of [`bridge_and_veth`]'s work.
+fn check_host_side(host: &Netns, bridge: u32, veth: u32) {
+    let br = host.link("isbr0");
+    assert_eq!(br["ifindex"], bridge);
+    assert_eq!(br["mtu"], 1400);
+    assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+    assert!(up(&br), "{br}");
+    let v = host.link("isv0");
+    assert_eq!(v["ifindex"], veth);
+    assert_eq!(v["master"], "isbr0");
+    assert_eq!(v["mtu"], 1400);
+    assert_eq!(v["linkinfo"]["info_kind"], "veth");
+    assert!(up(&v), "{v}");
+    let addrs = host.json(&["addr", "show", "dev", "isbr0"]);
+    let addrs = &addrs[0]["addr_info"];
+    assert!(has(addrs, |a| a["local"] == "10.89.0.1"
+        && a["prefixlen"] == 24
+        && a["broadcast"] == "10.89.0.255"));
+    assert!(has(addrs, |a| a["local"] == "fd00:89::1"
+        && a["prefixlen"] == 64));
+}
+
+/// The guest's default routes, v4 and v6: via the bridge's addresses, on
+/// eth0, in the main table, protocol boot, scope universe ("global").
+fn check_guest_routes(guest: &Netns) {
+    assert!(up(&guest.link("eth0")));
+    for (family, gateway) in [("-4", "10.89.0.1"), ("-6", "fd00:89::1")] {
+        let routes = guest.json(&[family, "-d", "route", "show", "table", "main", "default"]);
+        let route = &routes[0];
+        assert_eq!(route["gateway"], gateway, "{routes}");
+        assert_eq!(route["dev"], "eth0", "{routes}");
+        assert_eq!(route["protocol"], "boot", "{routes}");
+        assert_eq!(route["scope"], "global", "{routes}");
+        assert_eq!(route["type"], "unicast", "{routes}");
+    }
 }
 
 /// The kernel's refusals come back as its errno, and bad arguments are
