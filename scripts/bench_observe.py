@@ -130,13 +130,19 @@ def start_journald():
 def log_rate(up, name):
     """Lines per second between the payload's `start` and `done` lines, as
     the log file's timestamps say."""
-    path = os.path.join(up.dir, "logs", f"{name}.log")
+    logs = os.path.join(up.dir, "logs")
     t_end = time.perf_counter() + 600
+    text = ""
     while time.perf_counter() < t_end:
-        try:
-            text = open(path).read()
-        except OSError:
-            text = ""
+        # The live file and the rotated ones, oldest first.
+        files = sorted((f for f in os.listdir(logs) if f.startswith(f"{name}.log")),
+                       key=lambda f: -int(f.rsplit(".", 1)[1]) if f[-1].isdigit() else 0)
+        text = ""
+        for f in files:
+            try:
+                text += open(os.path.join(logs, f)).read()
+            except OSError:
+                pass
         if " done" in text:
             break
         time.sleep(0.2)

@@ -27,6 +27,8 @@ command -v tmux >/dev/null || need+=(tmux)
 # by promtool (both in Debian's prometheus package).
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+# Stack networks: isolation and NAT between networks are nftables rules.
+command -v nft >/dev/null || need+=(nftables)
 # Log forwarding is tested against a real systemd-journald, run standalone.
 [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v journalctl >/dev/null || need+=(systemd)

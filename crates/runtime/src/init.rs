@@ -18,6 +18,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::fs::mounts::{self, Layout};
 use crate::ipc::listen::Listen;
 use crate::ipc::sync::{self, Msg};
+use crate::net::attach::{self, AttachError, NetInterface};
 use crate::plan::{capabilities, Plan};
 use crate::{exit, sys};
 
@@ -62,6 +63,7 @@ pub(crate) fn run(
     pass: &[RawFd],
     listen: Listen,
     detach: Option<Detach>,
+    net: &[NetInterface],
 ) -> ! {
     // The host process's fds (cgroup directory, signalfd, other sandboxes'
     // pidfds in a supervisor) must not live on in the sandbox.
@@ -130,7 +132,7 @@ pub(crate) fn run(
         all: &targets,
         listen: (!listen.fds.is_empty()).then_some(listen),
     };
-    match prepare(plan, &sock, unshare, &payload_fds, gated) {
+    match prepare(plan, &sock, unshare, &payload_fds, gated, net) {
         Ok(Some(payload)) => {
             // Nothing more to report: the host learns of our exit by
             // SIGCHLD or its pidfd.
@@ -208,6 +210,29 @@ fn step<E: std::fmt::Display>(
     move |e| (name, format!("{what}: {e}"))
 }
 
+/// Join the namespaces the plan names, make the rest, and put the
+/// sandbox on its networks (from a netlink socket opened in the host's
+/// namespace before ours was made).
+fn enter_namespaces(plan: &Plan, unshare: u64, net: &[NetInterface]) -> Result<(), Failure> {
+    for (flag, path) in &plan.join {
+        let f = std::fs::File::open(path).map_err(step("setns", path.display()))?;
+        nix::sched::setns(f, *flag).map_err(step("setns", path.display()))?;
+    }
+    let network = |(what, e): AttachError| Failure::Setup(("network", format!("{what}: {e}")));
+    let mut host = attach::host_socket(net).map_err(network)?;
+    if unshare != 0 {
+        let bits = i32::try_from(unshare)
+            .map_err(|_| ("namespaces", format!("flags {unshare:#x}")))
+            .map_err(Failure::Setup)?;
+        let flags = nix::sched::CloneFlags::from_bits_retain(bits);
+        nix::sched::unshare(flags).map_err(step("namespaces", "unshare"))?;
+    }
+    if let Some(host) = host.as_mut() {
+        attach::attach(host, net).map_err(network)?;
+    }
+    Ok(())
+}
+
 /// Everything up to a running payload; returns its pid.
 fn prepare(
     plan: &Plan,
@@ -215,6 +240,7 @@ fn prepare(
     unshare: u64,
     fds: &PayloadFds,
     gated: Option<Gated>,
+    net: &[NetInterface],
 ) -> Result<Option<Pid>, Failure> {
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
@@ -232,17 +258,7 @@ fn prepare(
         }
     };
 
-    for (flag, path) in &plan.join {
-        let f = std::fs::File::open(path).map_err(step("setns", path.display()))?;
-        nix::sched::setns(f, *flag).map_err(step("setns", path.display()))?;
-    }
-    if unshare != 0 {
-        let bits = i32::try_from(unshare)
-            .map_err(|_| ("namespaces", format!("flags {unshare:#x}")))
-            .map_err(Failure::Setup)?;
-        let flags = nix::sched::CloneFlags::from_bits_retain(bits);
-        nix::sched::unshare(flags).map_err(step("namespaces", "unshare"))?;
-    }
+    enter_namespaces(plan, unshare, net)?;
     become_namespace_root(plan)?;
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())

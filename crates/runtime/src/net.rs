@@ -5,8 +5,10 @@
 //! it, so a caller reaches another namespace by opening one on a thread
 //! that `setns`'d there (or by putting a veth's peer there at creation).
 
+pub mod attach;
 pub mod rtnl;
 
+pub use attach::NetInterface;
 pub use rtnl::Rtnl;
 
 /// Whether the kernel takes `name` as an interface name as it is

@@ -46,6 +46,9 @@ pub struct Options<'a> {
     /// The container's state for in-container hooks, sent to the init with
     /// the init's host pid filled in (OCI `create`).
     pub hook_state: Option<&'a serde_json::Value>,
+    /// The stack networks it is on: the init makes their veth pairs (the
+    /// plan must make a network namespace).
+    pub net: &'a [crate::net::NetInterface],
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -382,6 +385,7 @@ fn clone_init(
                 opts.pass_fds,
                 opts.listen,
                 opts.detach,
+                opts.net,
             )
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),

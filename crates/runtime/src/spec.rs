@@ -32,6 +32,7 @@ pub(crate) const SUPERVISION_FIELDS: &[&str] = &[
     "replicas",
     "stderr",
     "logging",
+    "networks",
 ];
 
 /// The JSON Schema an editor validates the file with; isola ignores it.

@@ -91,6 +91,7 @@ impl PlanAdditions {
     pub(crate) fn add_to(&self, def: &mut ServiceDef) {
         self.inherited.complete_plan(def, self.no_cgroup);
         crate::readiness::notify_socket::complete_plan(def, &self.socket);
+        crate::networks::complete_plan(def, &self.socket);
     }
 }
 

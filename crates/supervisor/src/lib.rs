@@ -17,6 +17,7 @@ mod host;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+mod networks;
 mod outputs;
 mod probes;
 mod readiness;

@@ -27,12 +27,13 @@ use crate::host::{self, PlanAdditions};
 use crate::lifecycle::Core;
 use crate::logs::LogConfig;
 use crate::metrics::server::MetricsServer;
+use crate::networks::Networks;
 use crate::outputs::{Forwarders, Outputs, OwnSinks, Sink, JOURNAL_SOCKET};
 use crate::probes::Probes;
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
-use crate::shell::context::{Input, Outbox};
+use crate::shell::context::{Ctx, Input, Outbox};
 use crate::shell::loading::{
     add_to_all, block_signals, check_stack, claim_group, read_stack, spawner_and_stack, Checked,
     Loading, Prepared,
@@ -132,6 +133,8 @@ pub struct Supervisor {
     pub(crate) metrics: Metrics,
     /// How long the loop's turns take.
     pub(crate) lag: LoopLag,
+    /// The stack's networks, when it has some.
+    pub(crate) networks: Option<Networks>,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -181,6 +184,12 @@ impl Supervisor {
             stderr.line(&format!("isola: warning: {w}"));
         }
         let group = claim_group(&cfg, &mut stderr)?;
+        let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+        let networks =
+            crate::networks::prepare(&stack_root, &stack.networks).map_err(|e| match e {
+                Ok(spec) => UpError::Spec(SpecError::new("", spec)),
+                Err(host) => UpError::Setup(format!("networks: {host}")),
+            })?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
         let prepared = Prepared {
@@ -193,6 +202,7 @@ impl Supervisor {
             group,
             spawner,
             stats_cap,
+            networks,
         };
         let sup = Supervisor::assemble(cfg, prepared)?;
         socket_guard.0 = None;
@@ -231,6 +241,20 @@ impl Supervisor {
             sandboxes.add(i, &def.name);
         }
         let seed = now_ms() ^ u64::from(std::process::id());
+        let networks = match p.networks {
+            Some(n) => {
+                let mut ctx = Ctx {
+                    reactor: &reactor,
+                    now: Instant::now(),
+                    out: &mut outbox,
+                };
+                Some(
+                    Networks::start(&mut ctx, n, &p.defs, &cfg.socket)
+                        .map_err(setup("networks"))?,
+                )
+            }
+            None => None,
+        };
         Ok(Supervisor {
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
@@ -251,6 +275,7 @@ impl Supervisor {
             reaper: Reaper::default(),
             rules: ResourceWatch::default(),
             lag: LoopLag::new(Instant::now()),
+            networks,
             outputs,
             probes: Probes::default(),
             held: p.held,
@@ -316,6 +341,7 @@ impl Supervisor {
             }
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Rules => self.on_trigger(key, how),
+            Part::Names => self.on_name_query(key),
             Part::Metrics => {
                 let scrapes = match self.metrics.server() {
                     Some(server) => server.on_event(ctx!(self), key, how),
@@ -446,6 +472,20 @@ impl Supervisor {
         let checked = load_stack(&self.cfg.stack_path)
             .map_err(UpError::from)
             .and_then(|s| check_stack(&self.cfg, s, Loading::Reload));
+        let networks = self
+            .networks
+            .as_ref()
+            .map(Networks::defs)
+            .unwrap_or_default();
+        let checked = checked.and_then(|c| {
+            if c.stack.networks.as_slice() == networks {
+                Ok(c)
+            } else {
+                Err(UpError::Setup(
+                    "its networks changed (restart isola up to change them)".into(),
+                ))
+            }
+        });
         let opened = checked.and_then(|c| {
             let held = self
                 .held
@@ -488,6 +528,8 @@ impl Supervisor {
                 self.outputs.set_route(i, route, replica);
             }
         }
+        // Aliases may have changed on services the reload left running.
+        self.update_network_members();
     }
 
     fn finish_shutdown(&mut self) {
@@ -496,6 +538,9 @@ impl Supervisor {
             self.outbox.note(e);
         }
         self.readiness.finish();
+        if let Some(e) = self.networks.as_mut().and_then(Networks::finish) {
+            self.outbox.note(format!("networks: {e}"));
+        }
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.outbox.note("all services stopped");
         while let Some(said) = self.outbox.next_said() {

@@ -118,6 +118,7 @@ fn attached(
         listen: isola_runtime::listen::Listen::default(),
         detach: None,
         hook_state: None,
+        net: &[],
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

@@ -214,6 +214,9 @@ pub struct StatusRow<'a> {
     /// `isola update`'s included), by file name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, String>,
+    /// Its addresses on the stack's networks, by network (while it runs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, String>,
 }
 
 fn no_health() -> Cow<'static, str> {
@@ -462,6 +465,7 @@ mod tests {
             group: Some("web".into()),
             replacing: None,
             limits: BTreeMap::new(),
+            addresses: BTreeMap::new(),
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

@@ -31,6 +31,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) pass: &'a [RawFd],
     /// Held sockets and stored fds, at 3, 4, … with `LISTEN_FDS`.
     pub(crate) listen: Listen<'a>,
+    /// The stack networks it is on (its init makes the interfaces).
+    pub(crate) net: &'a [isola_runtime::net::NetInterface],
 }
 
 fn gone() -> StartError {
@@ -93,9 +95,10 @@ impl Sandboxes {
         // names their groups after them: one whose limits `isola update`
         // changed, one a reload read, and an overlap's successor in
         // `NAME..next` are cloned here.
+        // Nor does it know a start's network interfaces.
         let known = def
             .entry
-            .filter(|_| !def.live_limits && cg_name == def.name);
+            .filter(|_| !def.live_limits && cg_name == def.name && l.net.is_empty());
         if let (Some(sp), Some(entry)) = (self.setup.spawner.as_ref(), known) {
             let cgroup = (!self.setup.no_cgroup).then(|| self.setup.stack_root.join(cg_name));
             let start = spawner::Start {
@@ -137,6 +140,7 @@ impl Sandboxes {
         );
         opts.pass_fds = l.pass;
         opts.listen = l.listen;
+        opts.net = l.net;
         sandbox::spawn(&def.plan, &opts).map_err(|e| StartError::from(&e))
     }
 

@@ -139,6 +139,7 @@ pub(super) fn options<'a>(
         listen: Listen::default(),
         detach: None,
         hook_state: None,
+        net: &[],
     }
 }
 

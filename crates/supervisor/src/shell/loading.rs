@@ -112,6 +112,8 @@ pub(crate) struct Prepared {
     pub(crate) group: Option<StackGroup>,
     pub(crate) spawner: Result<Spawner, Errno>,
     pub(crate) stats_cap: usize,
+    /// The stack's networks, as decided before the loop.
+    pub(crate) networks: Option<crate::networks::Prepared>,
 }
 
 /// Block the signals we take (every init starts with them blocked):

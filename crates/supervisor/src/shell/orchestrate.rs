@@ -183,10 +183,14 @@ impl Supervisor {
         );
         // Without a log file it has no sandbox entry either: `status`
         // leaves it out and its launch fails, saying why.
+        let on_networks = !def.policy.networks.is_empty();
         match self.outputs.add(i, &name) {
             Ok(()) => {
                 self.outputs.set_route(i, route, replica);
                 self.sandboxes.add(i, &name);
+                if on_networks {
+                    self.update_network_members();
+                }
             }
             Err(e) => self
                 .outbox
@@ -220,6 +224,11 @@ impl Supervisor {
             return self.launch_failed(i, why, Errno::ENOENT);
         }
         let def = &s.def;
+        let net = match self.networks.as_mut().map(|n| n.interfaces(i, def)) {
+            Some(Ok(net)) => net,
+            Some(Err(why)) => return self.launch_failed(i, &why, Errno::EADDRNOTAVAIL),
+            None => Vec::new(),
+        };
         let spec = ReadySpec {
             name: &def.name,
             notify: def.policy.health.notify,
@@ -244,6 +253,7 @@ impl Supervisor {
                 fds: &fds,
                 names: &names,
             },
+            net: &net,
         };
         let started = self.sandboxes.launch(ctx!(self), i, launch);
         // Our copies of the sandbox's ends close here.
@@ -256,6 +266,7 @@ impl Supervisor {
             Err(e) => {
                 self.outputs.close_pipes(ctx!(self), i);
                 self.readiness.close_pipe(ctx!(self), i);
+                self.release_addresses(i);
                 self.outbox.input(Input::StartFailed(i, e));
             }
         }
@@ -280,6 +291,7 @@ impl Supervisor {
                 // The report reaped it, if the reaper had not.
                 self.reaper.forget(init);
                 self.rules.run_ended(i);
+                self.release_addresses(i);
                 self.drain_outputs(i);
                 self.readiness.close_pipe(ctx!(self), i);
             }
@@ -298,6 +310,38 @@ impl Supervisor {
         for (k, e) in failed {
             let why = format!("resourceRules[{k}]: no PSI trigger ({e}): read once a second");
             self.outbox.event(i, why);
+        }
+    }
+
+    /// The services on the stack's networks changed (a reload, a scale):
+    /// the nameserver learns their names, and their files are written.
+    pub(crate) fn update_network_members(&mut self) {
+        let Some(n) = self.networks.as_mut() else {
+            return;
+        };
+        let defs = self.core.services().map(|(_, s)| &s.def);
+        if let Err(e) = n.set_members(defs) {
+            self.outbox.note(format!("networks: {e}"));
+        }
+    }
+
+    /// Sandbox `i` is gone: its network addresses are free.
+    fn release_addresses(&mut self, i: ServiceIx) {
+        if let Some(n) = self.networks.as_mut() {
+            n.run_ended(i);
+        }
+    }
+
+    /// A query to the stack's nameserver: names resolve to the running
+    /// sandbox that holds each service's name.
+    pub(crate) fn on_name_query(&mut self, key: u64) {
+        let (core, sandboxes) = (&self.core, &self.sandboxes);
+        let holder = |name: &str| {
+            let i = core.find(name)?;
+            sandboxes.running(i).map(|_| i)
+        };
+        if let Some(n) = self.networks.as_mut() {
+            n.on_event(key, &holder);
         }
     }
 
@@ -321,6 +365,7 @@ impl Supervisor {
     fn run_ended(&mut self, i: ServiceIx, status: ExitStatus) {
         self.probes.cancel(ctx!(self), i);
         self.rules.run_ended(i);
+        self.release_addresses(i);
         self.readiness.close_pipe(ctx!(self), i);
         self.sandboxes.end_run(ctx!(self), i, status);
         self.drain_outputs(i);

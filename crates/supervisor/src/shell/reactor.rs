@@ -29,9 +29,11 @@ pub(crate) enum Part {
     Metrics,
     /// PSI triggers of pressure rules (`rules`).
     Rules,
+    /// The stack's nameserver (`networks`).
+    Names,
 }
 
-const PARTS: [Part; 9] = [
+const PARTS: [Part; 10] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -41,6 +43,7 @@ const PARTS: [Part; 9] = [
     Part::Readiness,
     Part::Metrics,
     Part::Rules,
+    Part::Names,
 ];
 
 const PART_SHIFT: u32 = 56;

@@ -270,6 +270,9 @@ impl Supervisor {
         if !self.rules.due(now) {
             return;
         }
+        // Memory and CPU from stat files kept open (within the spare fd
+        // budget), not opened for each check.
+        self.sandboxes.open_stats();
         let ids: Vec<ServiceIx> = self.rules.watched.keys().copied().collect();
         for i in ids {
             if self.sandboxes.running(i).is_none() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::control::{ExitRow, History, ProbeRow, Response, StatusRow};
 use crate::lifecycle::{ConnId, Core, Phase, Service, State};
+use crate::networks::Networks;
 use crate::sandboxes::{Sandboxes, Snapshot};
 use crate::spec::health::ProbeKind;
 use crate::spec::policy::RestartPolicy;
@@ -49,7 +50,7 @@ impl Supervisor {
     pub(crate) fn status_reply(&mut self, id: ConnId) {
         self.sandboxes.open_stats();
         let reply = Response {
-            services: Some(rows(&self.core, &self.sandboxes)),
+            services: Some(rows(&self.core, &self.sandboxes, self.networks.as_ref())),
             ..Response::ok()
         };
         // Serialized into the connection's buffer.
@@ -59,13 +60,25 @@ impl Supervisor {
 
 /// Every service's row. One clock read for all rows: under emulation
 /// (HPET) each read is an exit to the hypervisor.
-fn rows<'a>(core: &'a Core, sandboxes: &'a Sandboxes) -> Vec<StatusRow<'a>> {
+fn rows<'a>(
+    core: &'a Core,
+    sandboxes: &'a Sandboxes,
+    networks: Option<&Networks>,
+) -> Vec<StatusRow<'a>> {
     let now = Instant::now();
     let wall = now_ms();
     core.services()
         .filter_map(|(i, s)| {
             let sb = sandboxes.snapshot(i)?;
-            Some(row(core, i, s, sb, now, wall))
+            let mut r = row(core, i, s, sb, now, wall);
+            if let (Some(n), true) = (networks, r.pid.is_some()) {
+                r.addresses = n
+                    .addresses(i)
+                    .into_iter()
+                    .map(|(net, a)| (net, a.to_string()))
+                    .collect();
+            }
+            Some(r)
         })
         .collect()
 }
@@ -142,6 +155,7 @@ fn row<'a>(
         probe: probe_rows(s, now, wall),
         notify_status: s.health.notify_status.as_deref().map(Cow::Borrowed),
         limits: limits(s),
+        addresses: BTreeMap::new(),
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 pub mod health;
 pub mod logging;
+pub mod networks;
 pub mod policy;
 pub mod rules;
 pub mod sockets;

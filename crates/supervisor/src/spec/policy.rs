@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::field;
 use super::health::{self, Dependency, Health, Notify};
 use super::logging::{self, Logging};
+use super::networks::{self, Attachment};
 use super::rules::{self, ResourceRule};
 use super::sockets::{self, SocketDef};
 
@@ -177,6 +178,8 @@ pub struct Policy {
     pub resource_rules: Vec<ResourceRule>,
     /// `logging`, over the stack's once the stack file is read.
     pub logging: Logging,
+    /// `networks`: the stack networks it is on, in order (eth0, eth1, …).
+    pub networks: Vec<Attachment>,
 }
 
 impl Policy {
@@ -201,6 +204,7 @@ impl Default for Policy {
             stderr: Stderr::Separate,
             resource_rules: Vec::new(),
             logging: Logging::default(),
+            networks: Vec::new(),
         }
     }
 }
@@ -272,6 +276,9 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     }
     if let Some(v) = sup.get("logging") {
         p.logging = logging::parse(v, &format!("{prefix}logging"))?;
+    }
+    if let Some(v) = sup.get("networks") {
+        p.networks = networks::parse_service(v, &format!("{prefix}networks"))?;
     }
     check_zero_downtime(&p, prefix)?;
     Ok(p)

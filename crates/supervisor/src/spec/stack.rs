@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::spec::logging::{self, Logging};
+use crate::spec::networks::{self, Member, NetworkDef};
 use crate::spec::policy::{self, Policy};
 
 #[derive(Debug, Clone)]
@@ -82,6 +83,8 @@ pub struct Stack {
     pub services: Vec<ServiceDef>,
     /// Not errors, but worth a line at load.
     pub warnings: Vec<String>,
+    /// The stack's networks, by name.
+    pub networks: Vec<NetworkDef>,
 }
 
 /// `services` as an ordered list, so duplicate names are seen (a JSON map
@@ -121,6 +124,8 @@ struct StackFile<'a> {
     services: Entries<'a>,
     /// Every service's `logging`, where its own says nothing.
     logging: Option<Value>,
+    /// The stack's networks.
+    networks: Option<Value>,
 }
 
 /// The stack file's services, in the file's order, each still text.
@@ -221,10 +226,35 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         }
     }
     expand_group_dependencies(&mut defs);
+    let networks = match &file.networks {
+        Some(v) => networks::parse_stack(v)?,
+        None => Vec::new(),
+    };
+    check_networks(&networks, &defs)?;
     Ok(Stack {
         services: order(defs)?,
         warnings,
+        networks,
     })
+}
+
+/// The services' `networks` against the stack's.
+fn check_networks(nets: &[NetworkDef], defs: &[ServiceDef]) -> Result<(), SpecError> {
+    let members: Vec<Member<'_>> = defs
+        .iter()
+        .map(|d| Member {
+            name: &d.name,
+            group: d.group.as_deref(),
+            attachments: &d.policy.networks,
+            own_netns: d.plan.new_net_ns()
+                && !d
+                    .plan
+                    .join
+                    .iter()
+                    .any(|(f, _)| f.contains(nix::sched::CloneFlags::CLONE_NEWNET)),
+        })
+        .collect();
+    networks::check_members(nets, &members)
 }
 
 /// A dependency on a replicated service is one on each of its replicas.

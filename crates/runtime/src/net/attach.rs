@@ -1,0 +1,78 @@
+//! A sandbox on its stack networks: one veth pair per network, made by
+//! the sandbox's own init while it sets up (in parallel with other
+//! starts, not in the supervisor's loop). The init opens a netlink socket
+//! in the host's namespace before it makes its own, then creates each pair
+//! from there with the sandbox end put straight into the new namespace,
+//! puts the host end on the network's bridge, and configures the sandbox
+//! end from inside: address, link up, the default route.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use nix::errno::Errno;
+
+use super::Rtnl;
+
+/// One network a sandbox is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetInterface {
+    /// The host end's name (unique on the host while the sandbox runs).
+    pub host: String,
+    /// The sandbox end's name (`eth0`, `eth1`, … in the listed order).
+    pub name: String,
+    /// The network's bridge, by index in the host's namespace.
+    pub bridge: u32,
+    pub mtu: Option<u32>,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    /// The route out (the first network that has one gives the default).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// What failed, for the init's report.
+pub type AttachError = (String, Errno);
+
+/// Before the network namespace is made: a socket that stays in ours
+/// (`None` when the sandbox is on no network).
+pub fn host_socket(ifs: &[NetInterface]) -> Result<Option<Rtnl>, AttachError> {
+    if ifs.is_empty() {
+        return Ok(None);
+    }
+    Rtnl::open()
+        .map(Some)
+        .map_err(|e| ("netlink socket".to_string(), e))
+}
+
+/// In the new namespace: every pair made, its host end on its bridge and
+/// up, its sandbox end addressed and up, then the default route.
+pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> {
+    // The kernel reads a pid in the namespace of the one who asks: our
+    // own, seen from inside our PID namespace, is ours.
+    let me = nix::unistd::getpid().as_raw();
+    for i in ifs {
+        let at = |what: &'static str| move |e| (format!("{what} {}", i.host), e);
+        let idx = host
+            .create_veth(&i.host, &i.name, me, i.mtu)
+            .map_err(at("create veth"))?;
+        host.set_master(idx, i.bridge)
+            .map_err(at("attach to bridge"))?;
+        host.set_up(idx).map_err(at("bring up"))?;
+    }
+    let mut inner = Rtnl::open().map_err(|e| ("netlink socket inside".to_string(), e))?;
+    for i in ifs {
+        let at = |what: &'static str| move |e| (format!("{what} {}", i.name), e);
+        let idx = inner
+            .link_index(&i.name)
+            .map_err(at("find"))?
+            .ok_or_else(|| (format!("find {}", i.name), Errno::ENODEV))?;
+        inner
+            .add_address(idx, IpAddr::V4(i.address), i.prefix)
+            .map_err(at("address"))?;
+        inner.set_up(idx).map_err(at("bring up"))?;
+    }
+    if let Some(gw) = ifs.iter().find_map(|i| i.gateway) {
+        inner
+            .add_default_route(IpAddr::V4(gw))
+            .map_err(|e| (format!("default route via {gw}"), e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The stack's nameserver, inside the supervisor's loop: a UDP socket on
+//! each network's gateway address. A name of a service on that network
+//! (its name, a replica's, an alias) is answered here — with the
+//! addresses of the sandboxes that run it, TTL 0 (replicas come and go);
+//! NODATA for other types (no IPv6). A single-label name that is not one
+//! of the network's is not found: a service on another network stays
+//! unknown. Anything else goes to the host's resolver and back, without
+//! waiting: a slow upstream delays no one.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use crate::shell::context::Ctx;
+use crate::shell::reactor::{Interest, Part, Token};
+
+const TYPE_A: u16 = 1;
+const TYPE_ANY: u16 = 255;
+const CLASS_IN: u16 = 1;
+const RCODE_SERVFAIL: u8 = 2;
+const RCODE_NXDOMAIN: u8 = 3;
+/// Queries forwarded and not answered yet, at most (the oldest go).
+const PENDING_MAX: usize = 1024;
+/// How long a forwarded query waits for the upstream.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The upstream's key; networks count from 0.
+const UPSTREAM: u64 = 1 << 32;
+
+/// A question: the name (lowercase, no final dot), its type, and where
+/// the question section ends.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Question {
+    pub(crate) id: u16,
+    pub(crate) name: String,
+    pub(crate) qtype: u16,
+    end: usize,
+}
+
+/// A standard query with one question, else `None` (ignored).
+pub(crate) fn parse_query(msg: &[u8]) -> Option<Question> {
+    let id = u16::from_be_bytes([*msg.first()?, *msg.get(1)?]);
+    let flags = u16::from_be_bytes([*msg.get(2)?, *msg.get(3)?]);
+    let qdcount = u16::from_be_bytes([*msg.get(4)?, *msg.get(5)?]);
+    // A response, or not a standard query.
+    if flags & 0x8000 != 0 || flags & 0x7800 != 0 || qdcount != 1 {
+        return None;
+    }
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*msg.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // No compression in a question we accept.
+        if len > 63 {
+            return None;
+        }
+        let label = msg.get(at..at + len)?;
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+    let qclass = u16::from_be_bytes([*msg.get(at + 2)?, *msg.get(at + 3)?]);
+    if qclass != CLASS_IN {
+        return None;
+    }
+    Some(Question {
+        id,
+        name: labels.join("."),
+        qtype,
+        end: at + 4,
+    })
+}
+
+/// The answer to `q` (from `query`): A records of `addrs` for an A or ANY
+/// question, none otherwise; `rcode` for a name not found.
+pub(crate) fn answer(query: &[u8], q: &Question, addrs: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
+    let rd = query.get(2).map_or(0, |b| b & 0x01);
+    let with = if rcode == 0 && matches!(q.qtype, TYPE_A | TYPE_ANY) {
+        addrs
+    } else {
+        &[]
+    };
+    let mut out = Vec::with_capacity(q.end + 16 * with.len());
+    out.extend_from_slice(&q.id.to_be_bytes());
+    // QR, AA, RD as asked; RA, and the code.
+    out.push(0x84 | rd);
+    out.push(0x80 | rcode);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(with.len()).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..q.end).unwrap_or_default());
+    for a in with {
+        // The name: a pointer to the question's.
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&CLASS_IN.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&4u16.to_be_bytes());
+        out.extend_from_slice(&a.octets());
+    }
+    out
+}
+
+/// What the stack knows of a name on a network.
+pub(crate) enum Lookup {
+    /// One of the network's: these sandboxes run it (maybe none now).
+    Ours(Vec<Ipv4Addr>),
+    /// Not one of the network's.
+    Unknown,
+}
+
+/// A query sent on to the upstream.
+struct Pending {
+    net: usize,
+    client: SocketAddr,
+    id: u16,
+    sent: Instant,
+}
+
+pub(crate) struct NameServer {
+    /// By network, bound to its gateway's port 53.
+    sockets: Vec<UdpSocket>,
+    upstream: Option<UdpSocket>,
+    pending: HashMap<u16, Pending>,
+    next_id: u16,
+}
+
+fn token(key: u64) -> Token {
+    Token::new(Part::Names, key)
+}
+
+impl NameServer {
+    /// Sockets on `gateways` (one per network), registered; the upstream
+    /// is the host's first nameserver (none: other names fail).
+    pub(crate) fn bind(ctx: &mut Ctx<'_>, gateways: &[Ipv4Addr]) -> Result<NameServer, String> {
+        let mut sockets = Vec::new();
+        for (k, gw) in gateways.iter().enumerate() {
+            let s =
+                UdpSocket::bind((*gw, 53)).map_err(|e| format!("nameserver on {gw}:53: {e}"))?;
+            s.set_nonblocking(true)
+                .map_err(|e| format!("nameserver: {e}"))?;
+            ctx.reactor
+                .add(s.as_fd(), token(k as u64), Interest::Read)
+                .map_err(|e| format!("nameserver: epoll: {e}"))?;
+            sockets.push(s);
+        }
+        let upstream = host_nameserver().and_then(|addr| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            s.connect(addr).ok()?;
+            s.set_nonblocking(true).ok()?;
+            ctx.reactor
+                .add(s.as_fd(), token(UPSTREAM), Interest::Read)
+                .ok()?;
+            Some(s)
+        });
+        Ok(NameServer {
+            sockets,
+            upstream,
+            pending: HashMap::new(),
+            next_id: 1,
+        })
+    }
+
+    /// A socket of ours is readable: answer what came (`lookup`: the
+    /// stack's names on a network).
+    pub(crate) fn on_event(&mut self, key: u64, lookup: &dyn Fn(usize, &str) -> Lookup) {
+        if key == UPSTREAM {
+            return self.relay_answers();
+        }
+        let Ok(net) = usize::try_from(key) else {
+            return;
+        };
+        let mut buf = [0u8; 1500];
+        // A few per wakeup; the rest is reported again (level-triggered).
+        for _ in 0..64 {
+            let Some(Ok((n, client))) = self.sockets.get(net).map(|s| s.recv_from(&mut buf)) else {
+                return;
+            };
+            let query = &buf[..n];
+            let Some(q) = parse_query(query) else {
+                continue;
+            };
+            let reply = match lookup(net, &q.name) {
+                Lookup::Ours(addrs) => answer(query, &q, &addrs, 0),
+                Lookup::Unknown if !q.name.contains('.') => answer(query, &q, &[], RCODE_NXDOMAIN),
+                Lookup::Unknown => match self.forward(net, client, query, &q) {
+                    Some(()) => continue,
+                    None => answer(query, &q, &[], RCODE_SERVFAIL),
+                },
+            };
+            if let Some(sock) = self.sockets.get(net) {
+                let _ = sock.send_to(&reply, client);
+            }
+        }
+    }
+
+    /// Send `query` on under an id of ours; `None` when there is no
+    /// upstream to ask.
+    fn forward(
+        &mut self,
+        net: usize,
+        client: SocketAddr,
+        query: &[u8],
+        q: &Question,
+    ) -> Option<()> {
+        let up = self.upstream.as_ref()?;
+        let now = Instant::now();
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.sent) < FORWARD_TIMEOUT);
+        if self.pending.len() >= PENDING_MAX {
+            let oldest = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.sent)
+                .map(|(k, _)| *k);
+            oldest.map(|k| self.pending.remove(&k));
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut msg = query.to_vec();
+        msg[..2].copy_from_slice(&id.to_be_bytes());
+        up.send(&msg).ok()?;
+        self.pending.insert(
+            id,
+            Pending {
+                net,
+                client,
+                id: q.id,
+                sent: now,
+            },
+        );
+        Some(())
+    }
+
+    /// The upstream answered: back to whoever asked, under their id.
+    fn relay_answers(&mut self) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..64 {
+            let Some(up) = self.upstream.as_ref() else {
+                return;
+            };
+            let Ok(n) = up.recv(&mut buf) else { return };
+            if n < 12 {
+                continue;
+            }
+            let ours = u16::from_be_bytes([buf[0], buf[1]]);
+            let Some(p) = self.pending.remove(&ours) else {
+                continue;
+            };
+            buf[..2].copy_from_slice(&p.id.to_be_bytes());
+            if let Some(sock) = self.sockets.get(p.net) {
+                let _ = sock.send_to(&buf[..n], p.client);
+            }
+        }
+    }
+}
+
+/// The host's first IPv4 nameserver (`/etc/resolv.conf`), port 53.
+fn host_nameserver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next()? == "nameserver").then_some(())?;
+        let ip: Ipv4Addr = w.next()?.parse().ok()?;
+        Some(SocketAddr::from((ip, 53)))
+    })
+}
+
+#[cfg(test)]
+mod tests;

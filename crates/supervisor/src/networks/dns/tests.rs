@@ -1,0 +1,65 @@
+use super::*;
+
+/// A query as a resolver sends it: id, RD, one question.
+fn query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    q
+}
+
+#[test]
+fn a_question_is_read_and_answered_with_a_records_ttl_0() {
+    let msg = query("Web.2", TYPE_A);
+    let q = parse_query(&msg).unwrap();
+    assert_eq!((q.id, q.name.as_str(), q.qtype), (0x1234, "web.2", TYPE_A));
+    let addrs = [Ipv4Addr::new(10, 89, 1, 2), Ipv4Addr::new(10, 89, 1, 3)];
+    let r = answer(&msg, &q, &addrs, 0);
+    assert_eq!(
+        &r[..4],
+        &[0x12, 0x34, 0x85, 0x80],
+        "id, QR AA RD, RA NOERROR"
+    );
+    assert_eq!(
+        &r[4..12],
+        &[0, 1, 0, 2, 0, 0, 0, 0],
+        "1 question, 2 answers"
+    );
+    assert_eq!(&r[12..msg.len()], &msg[12..], "the question, as asked");
+    let first = &r[msg.len()..msg.len() + 16];
+    assert_eq!(
+        first,
+        &[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 10, 89, 1, 2]
+    );
+}
+
+#[test]
+fn aaaa_of_a_known_name_is_nodata_and_an_unknown_one_nxdomain() {
+    let msg = query("db", 28);
+    let q = parse_query(&msg).unwrap();
+    let r = answer(&msg, &q, &[Ipv4Addr::new(10, 0, 0, 2)], 0);
+    assert_eq!(&r[2..8], &[0x85, 0x80, 0, 1, 0, 0], "NOERROR, no answer");
+    let r = answer(&msg, &q, &[], RCODE_NXDOMAIN);
+    assert_eq!(r[3] & 0x0f, RCODE_NXDOMAIN);
+}
+
+#[test]
+fn what_is_not_a_plain_query_is_ignored() {
+    let mut resp = query("db", TYPE_A);
+    resp[2] |= 0x80;
+    assert_eq!(parse_query(&resp), None, "a response");
+    let mut two = query("db", TYPE_A);
+    two[5] = 2;
+    assert_eq!(parse_query(&two), None, "two questions");
+    let q = query("db", TYPE_A);
+    assert_eq!(parse_query(&q[..q.len() - 1]), None, "cut short");
+    let mut chaos = query("db", TYPE_A);
+    let n = chaos.len();
+    chaos[n - 1] = 3;
+    assert_eq!(parse_query(&chaos), None, "class CH");
+}

@@ -1,0 +1,235 @@
+//! The host's side of the stack's networks: a bridge per network (its
+//! gateway address on it), the nftables table that keeps networks apart
+//! and gives non-internal ones NAT out, IPv4 forwarding. Every name
+//! carries the stack's tag, so what a killed supervisor left is found and
+//! removed by the next `isola up` of the stack, and nothing else is.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use isola_runtime::net::Rtnl;
+
+use crate::spec::networks::{NetworkDef, Subnet};
+
+/// A network's bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct Bridge {
+    pub(crate) name: String,
+    pub(crate) index: u32,
+}
+
+/// Five hex digits of the stack's cgroup path: its links are `ib<tag>…`
+/// (bridges) and `iv<tag>…` (the host ends of its sandboxes' pairs).
+pub(crate) fn tag(stack_root: &Path) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    stack_root.hash(&mut h);
+    format!("{:05x}", h.finish() & 0xf_ffff)
+}
+
+pub(crate) fn bridge_name(tag: &str, k: usize) -> String {
+    format!("ib{tag}{k:x}")
+}
+
+pub(crate) fn veth_name(tag: &str, seq: u32) -> String {
+    format!("iv{tag}{seq:x}")
+}
+
+fn table(tag: &str) -> String {
+    format!("isola_{tag}")
+}
+
+/// Remove what a stack of this tag left: its links (a bridge's going
+/// takes nothing else; a pair's host end takes its peer) and its table.
+pub(crate) fn clean(tag: &str) -> Result<(), String> {
+    let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
+    for prefix in [format!("ib{tag}"), format!("iv{tag}")] {
+        let links = nl
+            .links_with_prefix(&prefix)
+            .map_err(|e| format!("netlink: list links: {e}"))?;
+        for (index, name) in links {
+            nl.delete_link(index)
+                .map_err(|e| format!("netlink: delete {name}: {e}"))?;
+        }
+    }
+    // Absent is fine: nothing was left.
+    let _ = nft(&format!("delete table inet {}\n", table(tag)));
+    Ok(())
+}
+
+/// A bridge for each network, with its gateway address, up.
+pub(crate) fn make_bridges(
+    tag: &str,
+    nets: &[NetworkDef],
+    subnets: &[Subnet],
+) -> Result<Vec<Bridge>, String> {
+    let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
+    let mut out = Vec::new();
+    for (k, (n, s)) in nets.iter().zip(subnets).enumerate() {
+        let name = bridge_name(tag, k);
+        let at = |what: &str, e| format!("network {}: {what} {name}: {e}", n.name);
+        let index = nl
+            .create_bridge(&name, n.mtu)
+            .map_err(|e| at("create bridge", e))?;
+        out.push(Bridge {
+            name: name.clone(),
+            index,
+        });
+        nl.add_address(index, IpAddr::V4(s.gateway()), s.prefix)
+            .map_err(|e| at("address of", e))?;
+        nl.set_up(index).map_err(|e| at("bring up", e))?;
+    }
+    Ok(out)
+}
+
+/// The stack's rules: nothing crosses from one network to another; an
+/// internal network sends nothing out of itself (the host answers it
+/// names only); the others leave through NAT.
+pub(crate) fn ruleset(
+    tag: &str,
+    nets: &[NetworkDef],
+    subnets: &[Subnet],
+    bridges: &[Bridge],
+) -> String {
+    let mut forward = String::new();
+    let mut input = String::new();
+    let mut nat = String::new();
+    for (k, b) in bridges.iter().enumerate() {
+        for (j, o) in bridges.iter().enumerate() {
+            if j != k {
+                forward += &format!("    iifname \"{}\" oifname \"{}\" drop\n", b.name, o.name);
+            }
+        }
+        let (Some(n), Some(s)) = (nets.get(k), subnets.get(k)) else {
+            continue;
+        };
+        if n.internal {
+            forward += &format!("    iifname \"{0}\" oifname != \"{0}\" drop\n", b.name);
+            forward += &format!("    oifname \"{0}\" iifname != \"{0}\" drop\n", b.name);
+            input += &format!(
+                "    iifname \"{}\" meta l4proto {{ tcp, udp }} th dport 53 accept\n",
+                b.name
+            );
+            input += &format!("    iifname \"{}\" drop\n", b.name);
+        } else {
+            nat += &format!("    ip saddr {s} oifname != \"{}\" masquerade\n", b.name);
+        }
+    }
+    format!(
+        "table inet {t} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n  chain input {{\n    type filter hook input priority filter; policy accept;\n{input}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{nat}  }}\n}}\n",
+        t = table(tag)
+    )
+}
+
+/// Load rules through `nft -f -` (once per network set, never per start).
+pub(crate) fn nft(rules: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft (Debian's nftables): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(format!("nft: {}", err.lines().next().unwrap_or("failed")))
+}
+
+/// Packets from a non-internal network may leave through the host.
+pub(crate) fn enable_forwarding() -> Result<(), String> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| format!("net.ipv4.ip_forward: {e}"))
+}
+
+/// Remove the stack's bridges and table (at exit).
+pub(crate) fn remove(tag: &str, bridges: &[Bridge]) -> Result<(), String> {
+    let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
+    for b in bridges {
+        if let Err(e) = nl.delete_link(b.index) {
+            return Err(format!("delete {}: {e}", b.name));
+        }
+    }
+    nft(&format!("delete table inet {}\n", table(tag)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernels_and_carry_the_tag() {
+        let t = tag(Path::new("/sys/fs/cgroup/isola/web"));
+        assert_eq!(t.len(), 5);
+        assert!(isola_runtime::net::valid_ifname(&bridge_name(&t, 4095)));
+        assert!(isola_runtime::net::valid_ifname(&veth_name(&t, u32::MAX)));
+        assert!(veth_name(&t, 7).starts_with(&format!("iv{t}")));
+    }
+
+    #[test]
+    fn rules_keep_networks_apart_and_internal_ones_in() {
+        let net = |name: &str, internal| NetworkDef {
+            name: name.into(),
+            subnet: None,
+            internal,
+            mtu: None,
+        };
+        let nets = [net("back", true), net("front", false)];
+        let subnets = [
+            Subnet::parse("10.89.1.0/24").unwrap(),
+            Subnet::parse("10.89.2.0/24").unwrap(),
+        ];
+        let bridges = [
+            Bridge {
+                name: "ibabc0".into(),
+                index: 5,
+            },
+            Bridge {
+                name: "ibabc1".into(),
+                index: 6,
+            },
+        ];
+        let r = ruleset("abc", &nets, &subnets, &bridges);
+        for want in [
+            "table inet isola_abc {",
+            "iifname \"ibabc0\" oifname \"ibabc1\" drop",
+            "iifname \"ibabc1\" oifname \"ibabc0\" drop",
+            "iifname \"ibabc0\" oifname != \"ibabc0\" drop",
+            "iifname \"ibabc0\" meta l4proto { tcp, udp } th dport 53 accept",
+            "ip saddr 10.89.2.0/24 oifname != \"ibabc1\" masquerade",
+        ] {
+            assert!(r.contains(want), "{want} not in\n{r}");
+        }
+        assert!(
+            !r.contains("10.89.1.0/24"),
+            "no NAT for an internal one:\n{r}"
+        );
+        // nft itself checks the syntax, touching nothing.
+        if Command::new("nft").arg("--version").output().is_ok() {
+            let out = Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    c.stdin.take().unwrap().write_all(r.as_bytes())?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

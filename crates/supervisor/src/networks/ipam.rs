@@ -1,0 +1,221 @@
+//! Addresses on the stack's networks: a subnet for each network (given,
+//! or the first free /24 of 10.89.0.0/16 that overlaps nothing of the
+//! host's), and an address for each service on it — the one the stack
+//! fixes, else the next free one, kept by name across restarts. A
+//! sandbox that starts while its service's address is still held by the
+//! sandbox it replaces (an overlap) gets a second one until then.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use crate::shell::context::ServiceIx;
+use crate::spec::networks::{NetworkDef, Subnet};
+
+/// Where isola picks subnets, as podman does from 10.89.0.0/16.
+const POOL: Subnet = Subnet {
+    net: Ipv4Addr::new(10, 89, 0, 0),
+    prefix: 16,
+};
+
+/// What the host already routes or has: a subnet that overlaps any of
+/// these is refused (given) or skipped (picked).
+pub(crate) fn host_subnets() -> Vec<Subnet> {
+    let mut out = Vec::new();
+    // /proc/net/route: Iface Destination Gateway Flags … Mask, in hex,
+    // in the kernel's byte order.
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(dst), Some(mask)) = (f.get(1), f.get(7)) else {
+                continue;
+            };
+            let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+            let (Some(d), Some(m)) = (hex(dst), hex(mask)) else {
+                continue;
+            };
+            // The default route overlaps everything; it is no claim.
+            if m == 0 {
+                continue;
+            }
+            let prefix = u8::try_from(m.count_ones()).unwrap_or(32);
+            out.push(Subnet {
+                // Printed as the integer the address's bytes make in memory.
+                net: Ipv4Addr::from(d.to_ne_bytes()),
+                prefix,
+            });
+        }
+    }
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) else {
+                continue;
+            };
+            out.push(Subnet {
+                net: sin.ip(),
+                prefix: 32,
+            });
+        }
+    }
+    out
+}
+
+/// The subnet of each network, by its position in `nets`: the given one
+/// if it overlaps nothing of `taken`, else the first free /24 of the
+/// pool. Errors name the field.
+pub(crate) fn subnets(nets: &[NetworkDef], taken: &[Subnet]) -> Result<Vec<Subnet>, String> {
+    // The given ones first: a picked one must not take what one asks for.
+    let mut used: Vec<Subnet> = taken.to_vec();
+    used.extend(nets.iter().filter_map(|n| n.subnet));
+    let mut out = Vec::with_capacity(nets.len());
+    for n in nets {
+        let s = match n.subnet {
+            Some(s) => {
+                if let Some(h) = taken.iter().find(|h| h.overlaps(s)) {
+                    return Err(format!(
+                        "networks.{}.subnet: {s}: overlaps the host's {h}",
+                        n.name
+                    ));
+                }
+                s
+            }
+            None => pick(&used)
+                .ok_or_else(|| format!("networks.{}: no free /24 left in {POOL}", n.name))?,
+        };
+        used.push(s);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn pick(used: &[Subnet]) -> Option<Subnet> {
+    (0..=255u8).find_map(|k| {
+        let s = Subnet {
+            net: Ipv4Addr::new(10, 89, k, 0),
+            prefix: 24,
+        };
+        (!used.iter().any(|u| u.overlaps(s))).then_some(s)
+    })
+}
+
+/// Addresses on one network.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) subnet: Subnet,
+    /// A service's own address, by its name (kept while it is in the
+    /// stack).
+    by_name: BTreeMap<String, Ipv4Addr>,
+    /// Which sandbox uses an address now.
+    in_use: HashMap<Ipv4Addr, ServiceIx>,
+}
+
+impl Pool {
+    pub(crate) fn new(subnet: Subnet) -> Pool {
+        Pool {
+            subnet,
+            by_name: BTreeMap::new(),
+            in_use: HashMap::new(),
+        }
+    }
+
+    /// `name`'s own address: `fixed`, or the one it had, or the next free.
+    pub(crate) fn own(&mut self, name: &str, fixed: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        if let Some(a) = fixed {
+            self.by_name.insert(name.to_string(), a);
+            return Some(a);
+        }
+        if let Some(a) = self.by_name.get(name) {
+            return Some(*a);
+        }
+        let a = self.free()?;
+        self.by_name.insert(name.to_string(), a);
+        Some(a)
+    }
+
+    /// An address no service owns and no sandbox uses.
+    fn free(&self) -> Option<Ipv4Addr> {
+        (0..)
+            .map_while(|k| self.subnet.host(k))
+            .find(|a| !self.in_use.contains_key(a) && !self.by_name.values().any(|b| b == a))
+    }
+
+    /// The address sandbox `i` of service `name` starts with: the
+    /// service's own, unless another sandbox still uses it.
+    pub(crate) fn take(
+        &mut self,
+        i: ServiceIx,
+        name: &str,
+        fixed: Option<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        let own = self.own(name, fixed)?;
+        let a = match self.in_use.get(&own) {
+            Some(j) if *j != i => self.free()?,
+            _ => own,
+        };
+        self.in_use.insert(a, i);
+        Some(a)
+    }
+
+    /// Sandbox `i` is gone: what it used is free again.
+    pub(crate) fn release(&mut self, i: ServiceIx) {
+        self.in_use.retain(|_, j| *j != i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picked_subnets_skip_the_hosts_and_each_others() {
+        let net = |name: &str, subnet: Option<&str>| NetworkDef {
+            name: name.into(),
+            subnet: subnet.and_then(Subnet::parse),
+            internal: false,
+            mtu: None,
+        };
+        let host = [Subnet::parse("10.89.0.0/24").unwrap()];
+        let got = subnets(
+            &[
+                net("a", None),
+                net("b", Some("10.89.1.0/24")),
+                net("c", None),
+            ],
+            &host,
+        )
+        .unwrap();
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.89.2.0/24", "10.89.1.0/24", "10.89.3.0/24"]);
+        let e = subnets(&[net("b", Some("10.88.0.0/14"))], &host).unwrap_err();
+        assert_eq!(
+            e,
+            "networks.b.subnet: 10.88.0.0/14: overlaps the host's 10.89.0.0/24"
+        );
+    }
+
+    #[test]
+    fn addresses_are_kept_by_name_and_an_overlap_gets_a_second() {
+        let mut p = Pool::new(Subnet::parse("10.9.0.0/24").unwrap());
+        let db = p.take(0, "db", None).unwrap();
+        let web = p.take(1, "web", Some(Ipv4Addr::new(10, 9, 0, 9))).unwrap();
+        assert_eq!(
+            (db, web),
+            (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 9))
+        );
+        // A restart: the same sandbox index or a later one, the same address.
+        p.release(0);
+        assert_eq!(p.take(0, "db", None), Some(db));
+        // An overlap's successor while the old one runs: another address.
+        let next = p.take(5, "db", None).unwrap();
+        assert_eq!(next, Ipv4Addr::new(10, 9, 0, 3));
+        p.release(0);
+        p.release(5);
+        assert_eq!(p.take(6, "db", None), Some(db), "its own again");
+        assert_eq!(p.take(7, "cache", None), Some(Ipv4Addr::new(10, 9, 0, 3)));
+    }
+
+    #[test]
+    fn host_subnets_have_loopback() {
+        let h = host_subnets();
+        assert!(h.iter().any(|s| s.contains(Ipv4Addr::LOCALHOST)), "{h:?}");
+    }
+}

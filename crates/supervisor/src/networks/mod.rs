@@ -1,0 +1,299 @@
+//! Networks: the stack's private networks and what it takes for services
+//! to find each other on them. Owns the bridges and the nftables table
+//! (`host`), the subnets and addresses (`ipam`), the nameserver (`dns`)
+//! and each service's `resolv.conf` and `hosts`. A start asks for its
+//! interfaces ([`Networks::interfaces`]); the sandbox's own init makes
+//! them. Nothing here exists for a stack without `networks`.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use isola_runtime::mounts::MountSpec;
+use isola_runtime::net::NetInterface;
+
+use crate::shell::context::{Ctx, ServiceIx};
+use crate::spec::networks::{NetworkDef, Subnet};
+use crate::spec::stack::ServiceDef;
+
+mod dns;
+mod host;
+mod ipam;
+
+use dns::{Lookup, NameServer};
+use host::Bridge;
+use ipam::Pool;
+
+/// What `isola up` decided before its loop: the stack's tag and each
+/// network's subnet (the host's leftovers of the stack removed first).
+pub(crate) struct Prepared {
+    tag: String,
+    nets: Vec<NetworkDef>,
+    subnets: Vec<Subnet>,
+}
+
+/// Clean what a killed supervisor of this stack left, then give each
+/// network its subnet (`None`: the stack has none). A subnet that
+/// overlaps the host's is the stack file's error (`Err(Ok)`); anything
+/// else is the host's (`Err(Err)`).
+pub(crate) fn prepare(
+    stack_root: &Path,
+    nets: &[NetworkDef],
+) -> Result<Option<Prepared>, Result<String, String>> {
+    if nets.is_empty() {
+        return Ok(None);
+    }
+    let tag = host::tag(stack_root);
+    host::clean(&tag).map_err(Err)?;
+    let subnets = ipam::subnets(nets, &ipam::host_subnets()).map_err(Ok)?;
+    Ok(Some(Prepared {
+        tag,
+        nets: nets.to_vec(),
+        subnets,
+    }))
+}
+
+/// Where a service's `resolv.conf` and `hosts` are kept (by the name its
+/// replicas share: a replica's plan is its first sibling's copy).
+fn files_dir(control_socket: &Path, group: &str) -> PathBuf {
+    let mut d = control_socket.as_os_str().to_owned();
+    d.push(".net");
+    PathBuf::from(d).join(group)
+}
+
+/// A service on networks gets our `resolv.conf` and `hosts` (bound over
+/// the rootfs's, or the host's in host-root mode).
+pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
+    if def.policy.networks.is_empty() {
+        return;
+    }
+    let dir = files_dir(control_socket, def.group_name());
+    for file in ["resolv.conf", "hosts"] {
+        def.plan.mounts.push(MountSpec {
+            destination: PathBuf::from("/etc").join(file),
+            fstype: "bind".into(),
+            source: Some(dir.join(file)),
+            bind: true,
+            recursive: false,
+            flags: nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC
+                | nix::mount::MsFlags::MS_RDONLY,
+            propagation: Vec::new(),
+            data: String::new(),
+        });
+    }
+}
+
+pub(crate) struct Networks {
+    tag: String,
+    nets: Vec<NetworkDef>,
+    bridges: Vec<Bridge>,
+    pools: Vec<Pool>,
+    names: NameServer,
+    /// Per network: a name asked for → the services it stands for (a
+    /// group's name: each replica).
+    known: Vec<HashMap<String, Vec<String>>>,
+    /// The addresses each running sandbox has, by network.
+    addrs: HashMap<ServiceIx, Vec<(usize, Ipv4Addr)>>,
+    /// Numbers the host ends of pairs.
+    seq: u32,
+    files: PathBuf,
+}
+
+impl Networks {
+    /// Bridges, rules, the nameserver, and the files of `defs`.
+    pub(crate) fn start(
+        ctx: &mut Ctx<'_>,
+        p: Prepared,
+        defs: &[ServiceDef],
+        control_socket: &Path,
+    ) -> Result<Networks, String> {
+        let bridges = host::make_bridges(&p.tag, &p.nets, &p.subnets)?;
+        let made = Made {
+            tag: &p.tag,
+            bridges: &bridges,
+        };
+        host::nft(&host::ruleset(&p.tag, &p.nets, &p.subnets, &bridges))
+            .map_err(|e| made.undo(e))?;
+        if p.nets.iter().any(|n| !n.internal) {
+            host::enable_forwarding().map_err(|e| made.undo(e))?;
+        }
+        let gateways: Vec<Ipv4Addr> = p.subnets.iter().map(|s| s.gateway()).collect();
+        let names = NameServer::bind(ctx, &gateways).map_err(|e| made.undo(e))?;
+        let mut n = Networks {
+            pools: p.subnets.iter().map(|s| Pool::new(*s)).collect(),
+            known: vec![HashMap::new(); p.nets.len()],
+            tag: p.tag,
+            nets: p.nets,
+            bridges,
+            names,
+            addrs: HashMap::new(),
+            seq: 0,
+            files: files_dir(control_socket, ""),
+        };
+        n.set_members(defs)?;
+        Ok(n)
+    }
+
+    /// The networks as the stack file defined them (a reload that changes
+    /// them is refused).
+    pub(crate) fn defs(&self) -> &[NetworkDef] {
+        &self.nets
+    }
+
+    /// The services on the networks now (at start, and at each reload):
+    /// their names and aliases, their files.
+    pub(crate) fn set_members<'a>(
+        &mut self,
+        defs: impl IntoIterator<Item = &'a ServiceDef>,
+    ) -> Result<(), String> {
+        for k in &mut self.known {
+            k.clear();
+        }
+        for d in defs {
+            let group = d.group_name();
+            for a in &d.policy.networks {
+                let Some(k) = self.nets.iter().position(|n| n.name == a.network) else {
+                    continue;
+                };
+                let own = [group, d.name.as_str()];
+                let names = own.into_iter().chain(a.aliases.iter().map(String::as_str));
+                for name in names {
+                    let entry = self.known[k].entry(name.to_ascii_lowercase()).or_default();
+                    if !entry.contains(&d.name) {
+                        entry.push(d.name.clone());
+                    }
+                }
+            }
+            if let Some(first) = d.policy.networks.first() {
+                self.write_files(group, &first.network)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_files(&self, group: &str, first: &str) -> Result<(), String> {
+        let Some(k) = self.nets.iter().position(|n| n.name == first) else {
+            return Ok(());
+        };
+        let dir = self.files.join(group);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let gw = self.pools[k].subnet.gateway();
+        let files = [
+            (
+                "resolv.conf",
+                format!(
+                    "# isola: the names of stack {}\nnameserver {gw}\n",
+                    self.tag
+                ),
+            ),
+            (
+                "hosts",
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string(),
+            ),
+        ];
+        for (name, text) in files {
+            let p = dir.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces sandbox `i` of `def` starts with (none when it is on
+    /// no network): an address on each, the host ends freshly named.
+    pub(crate) fn interfaces(
+        &mut self,
+        i: ServiceIx,
+        def: &ServiceDef,
+    ) -> Result<Vec<NetInterface>, String> {
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        for (eth, a) in def.policy.networks.iter().enumerate() {
+            let Some(k) = self.nets.iter().position(|n| n.name == a.network) else {
+                continue;
+            };
+            let pool = &mut self.pools[k];
+            let Some(address) = pool.take(i, &def.name, a.ipv4) else {
+                return Err(format!(
+                    "network {}: no address left in {}",
+                    a.network, pool.subnet
+                ));
+            };
+            taken.push((k, address));
+            self.seq = self.seq.wrapping_add(1);
+            let net = &self.nets[k];
+            out.push(NetInterface {
+                host: host::veth_name(&self.tag, self.seq),
+                name: format!("eth{eth}"),
+                bridge: self.bridges[k].index,
+                mtu: net.mtu,
+                address,
+                prefix: pool.subnet.prefix,
+                gateway: (!net.internal).then(|| pool.subnet.gateway()),
+            });
+        }
+        self.addrs.insert(i, taken);
+        Ok(out)
+    }
+
+    /// Sandbox `i` is gone: its addresses are free (its pairs went with
+    /// its namespace).
+    pub(crate) fn run_ended(&mut self, i: ServiceIx) {
+        self.addrs.remove(&i);
+        for p in &mut self.pools {
+            p.release(i);
+        }
+    }
+
+    /// Sandbox `i`'s addresses, by network name (`status`).
+    pub(crate) fn addresses(&self, i: ServiceIx) -> Vec<(String, Ipv4Addr)> {
+        self.addrs
+            .get(&i)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|(k, a)| Some((self.nets.get(*k)?.name.clone(), *a)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A query to the nameserver (or the upstream's answer). `holder`: the
+    /// running sandbox that holds a service's name now.
+    pub(crate) fn on_event(&mut self, key: u64, holder: &dyn Fn(&str) -> Option<ServiceIx>) {
+        let (known, addrs) = (&self.known, &self.addrs);
+        let lookup = |net: usize, name: &str| {
+            let Some(services) = known.get(net).and_then(|m| m.get(name)) else {
+                return Lookup::Unknown;
+            };
+            let found = services
+                .iter()
+                .filter_map(|s| holder(s))
+                .filter_map(|i| addrs.get(&i))
+                .flat_map(|v| v.iter().filter(|(k, _)| *k == net).map(|(_, a)| *a))
+                .collect();
+            Lookup::Ours(found)
+        };
+        self.names.on_event(key, &lookup);
+    }
+
+    /// At exit: the bridges and rules go (the pairs went with their
+    /// sandboxes).
+    pub(crate) fn finish(&mut self) -> Option<String> {
+        let _ = std::fs::remove_dir_all(&self.files);
+        host::remove(&self.tag, &self.bridges).err()
+    }
+}
+
+/// What `start` made so far, removed again when a later step fails.
+struct Made<'a> {
+    tag: &'a str,
+    bridges: &'a [Bridge],
+}
+
+impl Made<'_> {
+    fn undo(&self, why: String) -> String {
+        let _ = host::remove(self.tag, self.bridges);
+        why
+    }
+}
