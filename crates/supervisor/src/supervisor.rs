@@ -185,11 +185,19 @@ impl Supervisor {
         }
         let group = claim_group(&cfg, &mut stderr)?;
         let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-        let networks =
-            crate::networks::prepare(&stack_root, &stack.networks).map_err(|e| match e {
-                Ok(spec) => UpError::Spec(SpecError::new("", spec)),
-                Err(host) => UpError::Setup(format!("networks: {host}")),
-            })?;
+        let networks = match crate::networks::prepare(&stack_root, &stack.networks) {
+            Ok(n) => n,
+            Err(e) => {
+                // Nothing left behind: the group we just made goes too.
+                if let Some(g) = group {
+                    let _ = g.release();
+                }
+                return Err(match e {
+                    Ok(spec) => UpError::Spec(SpecError::new("", spec)),
+                    Err(host) => UpError::Setup(format!("networks: {host}")),
+                });
+            }
+        };
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
         let prepared = Prepared {
@@ -229,6 +237,25 @@ impl Supervisor {
         if let Err(e) = &p.spawner {
             outbox.note(format!("spawner: fork: {e}; starting sandboxes in-process"));
         }
+        let networks = match p.networks {
+            Some(n) => {
+                let mut ctx = Ctx {
+                    reactor: &reactor,
+                    now: Instant::now(),
+                    out: &mut outbox,
+                };
+                match Networks::start(&mut ctx, n, &p.defs, &cfg.socket) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        if let Some(g) = p.group {
+                            let _ = g.release();
+                        }
+                        return Err(UpError::Setup(format!("networks: {e}")));
+                    }
+                }
+            }
+            None => None,
+        };
         let sandbox_setup = sandboxes::Setup {
             stack_root: cfg.cgroup_root.join(stack_name(&cfg.stack_path)),
             no_cgroup: cfg.no_cgroup,
@@ -241,20 +268,7 @@ impl Supervisor {
             sandboxes.add(i, &def.name);
         }
         let seed = now_ms() ^ u64::from(std::process::id());
-        let networks = match p.networks {
-            Some(n) => {
-                let mut ctx = Ctx {
-                    reactor: &reactor,
-                    now: Instant::now(),
-                    out: &mut outbox,
-                };
-                Some(
-                    Networks::start(&mut ctx, n, &p.defs, &cfg.socket)
-                        .map_err(setup("networks"))?,
-                )
-            }
-            None => None,
-        };
+
         Ok(Supervisor {
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,

@@ -28,6 +28,14 @@ pub struct NetInterface {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// The sandbox end's MAC, made from its address (locally administered,
+/// `02:1a:` then the address): a restart at the same address has the
+/// same MAC, and the neighbours' ARP caches stay right.
+pub fn mac_of(a: Ipv4Addr) -> [u8; 6] {
+    let [b, c, d, e] = a.octets();
+    [0x02, 0x1a, b, c, d, e]
+}
+
 /// What failed, for the init's report.
 pub type AttachError = (String, Errno);
 
@@ -51,7 +59,7 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
     for i in ifs {
         let at = |what: &'static str| move |e| (format!("{what} {}", i.host), e);
         let idx = host
-            .create_veth(&i.host, &i.name, me, i.mtu)
+            .create_veth(&i.host, &i.name, me, i.mtu, Some(mac_of(i.address)))
             .map_err(at("create veth"))?;
         host.set_master(idx, i.bridge)
             .map_err(at("attach to bridge"))?;

@@ -133,7 +133,9 @@ impl Rtnl {
 
     /// A veth pair: `host` stays here; `peer` is created directly in the
     /// network namespace of process `peer_pid` (IFLA_NET_NS_PID inside
-    /// VETH_INFO_PEER), named `peer_name` there. Returns the host end's
+    /// VETH_INFO_PEER), named `peer_name` there, with `peer_mac` when given
+    /// (a MAC made from the address keeps neighbours' ARP caches right
+    /// across a restart at the same address). Returns the host end's
     /// ifindex. Making the peer in place spares a move (RTM_SETLINK with
     /// a namespace), during which the peer would exist here under a name
     /// that may clash with one of ours.
@@ -143,6 +145,7 @@ impl Rtnl {
         peer_name: &str,
         peer_pid: i32,
         mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
     ) -> Result<u32, Errno> {
         check_name(host)?;
         check_name(peer_name)?;
@@ -167,6 +170,9 @@ impl Rtnl {
         req.attr_str(libc::IFLA_IFNAME, peer_name);
         if let Some(mtu) = mtu {
             req.attr_u32(libc::IFLA_MTU, mtu);
+        }
+        if let Some(mac) = peer_mac {
+            req.attr(libc::IFLA_ADDRESS, &mac);
         }
         req.attr_u32(libc::IFLA_NET_NS_PID, pid);
         req.end(peer);

@@ -166,8 +166,8 @@ impl NameServer {
     }
 
     /// A socket of ours is readable: answer what came (`lookup`: the
-    /// stack's names on a network).
-    pub(crate) fn on_event(&mut self, key: u64, lookup: &dyn Fn(usize, &str) -> Lookup) {
+    /// stack's names for one who asks on a network from an address).
+    pub(crate) fn on_event(&mut self, key: u64, lookup: &dyn Fn(usize, Ipv4Addr, &str) -> Lookup) {
         if key == UPSTREAM {
             return self.relay_answers();
         }
@@ -184,7 +184,11 @@ impl NameServer {
             let Some(q) = parse_query(query) else {
                 continue;
             };
-            let reply = match lookup(net, &q.name) {
+            let from = match client {
+                SocketAddr::V4(a) => *a.ip(),
+                SocketAddr::V6(_) => continue,
+            };
+            let reply = match lookup(net, from, &q.name) {
                 Lookup::Ours(addrs) => answer(query, &q, &addrs, 0),
                 Lookup::Unknown if !q.name.contains('.') => answer(query, &q, &[], RCODE_NXDOMAIN),
                 Lookup::Unknown => match self.forward(net, client, query, &q) {

@@ -262,17 +262,33 @@ impl Networks {
     /// running sandbox that holds a service's name now.
     pub(crate) fn on_event(&mut self, key: u64, holder: &dyn Fn(&str) -> Option<ServiceIx>) {
         let (known, addrs) = (&self.known, &self.addrs);
-        let lookup = |net: usize, name: &str| {
-            let Some(services) = known.get(net).and_then(|m| m.get(name)) else {
-                return Lookup::Unknown;
-            };
-            let found = services
-                .iter()
-                .filter_map(|s| holder(s))
-                .filter_map(|i| addrs.get(&i))
-                .flat_map(|v| v.iter().filter(|(k, _)| *k == net).map(|(_, a)| *a))
-                .collect();
-            Lookup::Ours(found)
+        // The asker's networks (it asks its first network's gateway): a
+        // name resolves on each it shares with the one named.
+        let lookup = |net: usize, from: Ipv4Addr, name: &str| {
+            let nets: Vec<usize> = addrs
+                .values()
+                .find(|v| v.contains(&(net, from)))
+                .map_or_else(|| vec![net], |v| v.iter().map(|(k, _)| *k).collect());
+            let mut ours = false;
+            let mut found = Vec::new();
+            for k in nets {
+                let Some(services) = known.get(k).and_then(|m| m.get(name)) else {
+                    continue;
+                };
+                ours = true;
+                found.extend(
+                    services
+                        .iter()
+                        .filter_map(|s| holder(s))
+                        .filter_map(|i| addrs.get(&i))
+                        .flat_map(|v| v.iter().filter(|(j, _)| *j == k).map(|(_, a)| *a)),
+                );
+            }
+            if ours {
+                Lookup::Ours(found)
+            } else {
+                Lookup::Unknown
+            }
         };
         self.names.on_event(key, &lookup);
     }

@@ -165,7 +165,13 @@ fn bridge_and_veth(rtnl: &mut Rtnl, peer_pid: i32) -> (u32, u32) {
     let bridge = rtnl.create_bridge("isbr0", Some(1400)).expect("bridge");
     assert_eq!(rtnl.link_index("isbr0"), Ok(Some(bridge)));
     let veth = rtnl
-        .create_veth("isv0", "eth0", peer_pid, Some(1400))
+        .create_veth(
+            "isv0",
+            "eth0",
+            peer_pid,
+            Some(1400),
+            Some([2, 0x1a, 10, 0, 0, 2]),
+        )
         .expect("veth");
     rtnl.set_master(veth, bridge).expect("master");
     rtnl.set_up(bridge).expect("bridge up");
@@ -207,7 +213,9 @@ fn check_host_side(host: &Netns, bridge: u32, veth: u32) {
 /// The guest's default routes, v4 and v6: via the bridge's addresses, on
 /// eth0, in the main table, protocol boot, scope universe ("global").
 fn check_guest_routes(guest: &Netns) {
-    assert!(up(&guest.link("eth0")));
+    let eth0 = guest.link("eth0");
+    assert!(up(&eth0));
+    assert_eq!(eth0["address"], "02:1a:0a:00:00:02", "the MAC asked for");
     for (family, gateway) in [("-4", "10.89.0.1"), ("-6", "fd00:89::1")] {
         let routes = guest.json(&[family, "-d", "route", "show", "table", "main", "default"]);
         let route = &routes[0];
@@ -248,11 +256,11 @@ fn errors_are_errnos() {
         );
         assert_eq!(rtnl.create_bridge("a/b", None), Err(Errno::EINVAL));
         assert_eq!(
-            rtnl.create_veth("isv1", "eth0", 0, None),
+            rtnl.create_veth("isv1", "eth0", 0, None, None),
             Err(Errno::EINVAL)
         );
         assert_eq!(
-            rtnl.create_veth("isv1", "eth0", i32::MAX, None),
+            rtnl.create_veth("isv1", "eth0", i32::MAX, None, None),
             Err(Errno::ESRCH)
         );
         assert_eq!(rtnl.link_index("isv1"), Ok(None));

@@ -1,0 +1,301 @@
+//! Stack networks: services each in their own network namespace reach
+//! each other by name on the networks they share, and only there; an
+//! internal network reaches nothing outside, a non-internal one does
+//! (NAT); addresses survive restarts; nothing of isola's is left on the
+//! host after `down`, nor after a SIGKILL of the supervisor and the next
+//! `up`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+/// A service on `networks`, in its own network namespace.
+fn on(networks: Value, script: &str, extra: Value) -> Value {
+    let mut s = svc(script, extra);
+    s["networks"] = networks;
+    s["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "network"}]);
+    s
+}
+
+/// Python for a TCP server answering each connection with `word`.
+fn server_code(port: u16, word: &str) -> String {
+    format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind((\"0.0.0.0\", {port}))\ns.listen()\nwhile True:\n    c = s.accept()[0]\n    c.sendall(b\"{word}\\n\")\n    c.close()\n"
+    )
+}
+
+/// A payload script running [`server_code`].
+fn server(port: u16, word: &str) -> String {
+    format!("exec python3 -c '{}'", server_code(port, word))
+}
+
+/// Python run inside service `name` (`isola exec`): its stdout, or the
+/// error it printed.
+fn py(up: &Up, name: &str, code: &str) -> (i32, String) {
+    let (rc, out, err) = up.cli(&["exec", name, "--", "python3", "-c", code]);
+    (rc, format!("{out}{err}"))
+}
+
+/// What `host:port` answers from inside `name`, or the error.
+fn ask(up: &Up, name: &str, host: &str, port: u16) -> String {
+    let code = format!(
+        "import socket\ntry:\n    print(socket.create_connection(('{host}', {port}), timeout=3).recv(64).decode().strip())\nexcept Exception as e:\n    print('error', type(e).__name__)\n"
+    );
+    py(up, name, &code).1.trim().to_string()
+}
+
+/// The addresses `name` resolves to inside `svc`, sorted, or the error.
+fn resolve(up: &Up, svc: &str, name: &str) -> String {
+    let code = format!(
+        "import socket\ntry:\n    print(' '.join(sorted({{a[4][0] for a in socket.getaddrinfo('{name}', 80, socket.AF_INET)}})))\nexcept Exception as e:\n    print('error', type(e).__name__)\n"
+    );
+    py(up, svc, &code).1.trim().to_string()
+}
+
+fn address(up: &Up, svc: &str, net: &str) -> String {
+    up.service(svc)["addresses"][net]
+        .as_str()
+        .unwrap_or_else(|| panic!("{svc} has no address on {net}: {}", up.service(svc)))
+        .to_string()
+}
+
+/// A network namespace "outside" the host, reached over a veth pair:
+/// 198.18.0.2 serves `outside` on port 8000.
+struct Outside(Child);
+
+impl Outside {
+    fn start() -> Outside {
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?}");
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", "isola-outside"])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", "isola-outside"]);
+        ip(&[
+            "link",
+            "add",
+            "isola-out0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            "isola-outside",
+        ]);
+        ip(&["addr", "add", "198.18.0.1/24", "dev", "isola-out0"]);
+        ip(&["link", "set", "isola-out0", "up"]);
+        ip(&[
+            "-n",
+            "isola-outside",
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", "isola-outside", "link", "set", "eth0", "up"]);
+        ip(&["-n", "isola-outside", "link", "set", "lo", "up"]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", "isola-outside", "python3", "-c"])
+            .arg(server_code(8000, "outside"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Outside(child)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", "isola-out0"])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", "isola-outside"])
+            .status();
+    }
+}
+
+/// isola's links (`ib…` bridges, `iv…` pair ends) and nftables tables on
+/// the host.
+fn leftovers() -> Vec<String> {
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let mut out: Vec<String> = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .filter(|n| n.starts_with("ib") || n.starts_with("iv"))
+        .collect();
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    out.extend(
+        String::from_utf8_lossy(&tables.stdout)
+            .lines()
+            .filter(|l| l.contains("isola_"))
+            .map(str::to_string),
+    );
+    out
+}
+
+fn stack() -> Value {
+    json!({
+        "networks": {"back": {"internal": true}, "front": {}, "side": {}},
+        "services": {
+            "lone": on(json!(["side"]), &server(7000, "lone"), json!({})),
+            "db": on(json!(["back"]), &server(5432, "db"), json!({})),
+            "web": on(json!(["front", {"name": "back", "aliases": ["api"]}]), &server(8080, "web"), json!({})),
+            "edge": on(json!(["front"]), "exec sleep 1000", json!({})),
+            "rep": on(json!(["front"]), "exec sleep 1000", json!({"replicas": 2})),
+        }
+    })
+}
+
+fn up_file(name: &str, file: &Value) -> Up {
+    let up = Up {
+        name: name.to_string(),
+        dir: Scratch::new(&format!("up-{name}")),
+        child: None,
+    };
+    std::fs::write(up.stack_path(), file.to_string()).unwrap();
+    up.spawn(&[])
+}
+
+#[test]
+fn services_reach_each_other_by_name_only_on_the_networks_they_share() {
+    require_vm();
+    let outside = Outside::start();
+    let up = up_file("nets", &stack());
+    for s in ["db", "web", "edge", "lone", "rep.1", "rep.2"] {
+        up.wait_state(s, "running");
+    }
+    // By name and by alias, on the network they share.
+    assert_eq!(ask(&up, "web", "db", 5432), "db");
+    assert_eq!(resolve(&up, "db", "api"), address(&up, "web", "back"));
+    assert_eq!(ask(&up, "edge", "web", 8080), "web");
+    // edge shares no network with db: not found, and not reachable.
+    assert_eq!(resolve(&up, "edge", "db"), "error gaierror");
+    let db_addr = address(&up, "db", "back");
+    assert!(
+        ask(&up, "edge", &db_addr, 5432).starts_with("error"),
+        "edge reached db"
+    );
+    // Nor between two networks that both reach out.
+    let lone = address(&up, "lone", "side");
+    assert_eq!(ask(&up, "lone", &lone, 7000), "lone");
+    assert!(
+        ask(&up, "edge", &lone, 7000).starts_with("error"),
+        "edge reached side"
+    );
+    // A replicated service's name is every replica; a replica's, one.
+    let reps = [
+        address(&up, "rep.1", "front"),
+        address(&up, "rep.2", "front"),
+    ];
+    let mut want = reps.to_vec();
+    want.sort();
+    assert_eq!(resolve(&up, "edge", "rep"), want.join(" "));
+    assert_eq!(resolve(&up, "edge", "rep.2"), reps[1]);
+    // Out: through NAT from front; nothing from the internal network.
+    assert_eq!(ask(&up, "edge", "198.18.0.2", 8000), "outside");
+    assert!(
+        ask(&up, "db", "198.18.0.2", 8000).starts_with("error"),
+        "internal got out"
+    );
+    // db keeps its address across a restart, and web finds it again.
+    let (rc, _, err) = up.cli(&["restart", "db"]);
+    assert_eq!(rc, 0, "{err}");
+    up.wait_state("db", "running");
+    assert_eq!(address(&up, "db", "back"), db_addr);
+    let t = Instant::now();
+    while ask(&up, "web", "db", 5432) != "db" {
+        assert!(t.elapsed() < Duration::from_secs(20), "web lost db");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    drop(outside);
+    assert_clean();
+}
+
+#[test]
+fn a_killed_supervisor_leaves_nothing_the_next_up_does_not_clear() {
+    require_vm();
+    let file = stack();
+    let mut up = up_file("netkill", &file);
+    up.wait_state("web", "running");
+    assert!(!leftovers().is_empty(), "no bridge made");
+    let mut child = up.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The inits die with it (PDEATHSIG); the bridges and rules stay.
+    let t = Instant::now();
+    while !processes_matching("isola-test-payload").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "services outlived the supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!leftovers().is_empty());
+    let up = up.spawn(&[]);
+    up.wait_state("web", "running");
+    assert_eq!(ask(&up, "web", "db", 5432), "db");
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    assert_clean();
+}
+
+#[test]
+fn bad_networks_are_refused_naming_the_field_and_nothing_is_made() {
+    require_vm();
+    let dir = Scratch::new("bad-nets");
+    let cases = [
+        (
+            json!({"networks": {"a": {}}, "services": {"x": on(json!(["b"]), "true", json!({}))}}),
+            "services.x.networks[0]: b: no such network",
+        ),
+        (
+            json!({"networks": {"a": {}}, "services": {"x": svc("true", json!({"networks": ["a"]}))}}),
+            "services.x.networks: needs its own network namespace",
+        ),
+        (
+            json!({"networks": {"a": {"subnet": "10.89.0.0/33"}}, "services": {"x": on(json!(["a"]), "true", json!({}))}}),
+            "networks.a.subnet: `10.89.0.0/33`",
+        ),
+        (
+            json!({"networks": {"a": {"subnet": "127.0.0.0/8"}}, "services": {"x": on(json!(["a"]), "true", json!({}))}}),
+            "networks.a.subnet: 127.0.0.0/8: overlaps the host's",
+        ),
+    ];
+    for (k, (file, want)) in cases.iter().enumerate() {
+        let path = dir.write(&format!("bad{k}.json"), &file.to_string());
+        let sock = dir.path(&format!("s{k}.sock")).display().to_string();
+        let out = isola(
+            &["up", "--socket", &sock, path.to_str().unwrap()],
+            "",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(want), "{want} not in {err}");
+        assert_eq!(leftovers(), Vec::<String>::new(), "{file}");
+    }
+    assert_clean();
+}
