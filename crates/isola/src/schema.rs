@@ -43,7 +43,12 @@ pub(crate) fn schema(kind: Kind) -> Value {
                     "minProperties": 1,
                     "additionalProperties": {"$ref": "#/$defs/service"}
                 },
-                "logging": {"$ref": "#/$defs/logging"}
+                "logging": {"$ref": "#/$defs/logging"},
+                "networks": {
+                    "description": "the stack's private networks, by name",
+                    "type": "object",
+                    "additionalProperties": {"$ref": "#/$defs/network"}
+                }
             },
             "$defs": service["$defs"],
         }),
