@@ -212,6 +212,9 @@ fn services_reach_each_other_by_name_only_on_the_networks_they_share() {
     want.sort();
     assert_eq!(resolve(&up, "edge", "rep"), want.join(" "));
     assert_eq!(resolve(&up, "edge", "rep.2"), reps[1]);
+    // The same over TCP (what a resolver asks when a UDP answer was cut).
+    let tcp = "import socket, struct\nns = open('/etc/resolv.conf').read().split('nameserver ')[1].split()[0]\nq = b'\\x00\\x07\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x03rep\\x00\\x00\\x01\\x00\\x01'\ns = socket.create_connection((ns, 53), timeout=3)\ns.sendall(struct.pack('>H', len(q)) + q)\nn = struct.unpack('>H', s.recv(2))[0]\nr = b''\nwhile len(r) < n:\n    r += s.recv(n - len(r))\nprint(struct.unpack('>H', r[6:8])[0])\n";
+    assert_eq!(py(&up, "edge", tcp).1.trim(), "2", "two records over TCP");
     // Out: through NAT from front; nothing from the internal network.
     assert_eq!(ask(&up, "edge", "198.18.0.2", 8000), "outside");
     assert!(

@@ -5,7 +5,9 @@
 //! NODATA for other types (no IPv6). A single-label name that is not one
 //! of the network's is not found: a service on another network stays
 //! unknown. Anything else goes to the host's resolver and back, without
-//! waiting: a slow upstream delays no one.
+//! waiting: a slow upstream delays no one. Over UDP an answer longer than
+//! 512 bytes (a big replica group) is cut (TC) and the resolver asks
+//! again over TCP ([`tcp`]), on the same address.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -24,8 +26,14 @@ const RCODE_NXDOMAIN: u8 = 3;
 const PENDING_MAX: usize = 1024;
 /// How long a forwarded query waits for the upstream.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// The upstream's key; networks count from 0.
+/// The upstream's key; networks' UDP sockets count from 0.
 const UPSTREAM: u64 = 1 << 32;
+/// The longest answer over UDP without EDNS (RFC 1035).
+const UDP_MAX: usize = 512;
+
+mod tcp;
+
+use tcp::TcpSide;
 
 /// A question: the name (lowercase, no final dot), its type, and where
 /// the question section ends.
@@ -76,18 +84,29 @@ pub(crate) fn parse_query(msg: &[u8]) -> Option<Question> {
 }
 
 /// The answer to `q` (from `query`): A records of `addrs` for an A or ANY
-/// question, none otherwise; `rcode` for a name not found.
-pub(crate) fn answer(query: &[u8], q: &Question, addrs: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
+/// question, none otherwise; `rcode` for a name not found. Longer than
+/// `limit`: no records, and TC set (ask again over TCP).
+pub(crate) fn answer(
+    query: &[u8],
+    q: &Question,
+    addrs: &[Ipv4Addr],
+    rcode: u8,
+    limit: usize,
+) -> Vec<u8> {
     let rd = query.get(2).map_or(0, |b| b & 0x01);
-    let with = if rcode == 0 && matches!(q.qtype, TYPE_A | TYPE_ANY) {
+    let mut with = if rcode == 0 && matches!(q.qtype, TYPE_A | TYPE_ANY) {
         addrs
     } else {
         &[]
     };
+    let cut = q.end + 16 * with.len() > limit;
+    if cut {
+        with = &[];
+    }
     let mut out = Vec::with_capacity(q.end + 16 * with.len());
     out.extend_from_slice(&q.id.to_be_bytes());
-    // QR, AA, RD as asked; RA, and the code.
-    out.push(0x84 | rd);
+    // QR, AA, TC when cut, RD as asked; RA, and the code.
+    out.push(0x84 | if cut { 0x02 } else { 0 } | rd);
     out.push(0x80 | rcode);
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&u16::try_from(with.len()).unwrap_or(0).to_be_bytes());
@@ -105,6 +124,9 @@ pub(crate) fn answer(query: &[u8], q: &Question, addrs: &[Ipv4Addr], rcode: u8) 
     out
 }
 
+/// The stack's names: (network asked on, who asks, name) → what it knows.
+pub(crate) type Resolve<'a> = dyn Fn(usize, Ipv4Addr, &str) -> Lookup + 'a;
+
 /// What the stack knows of a name on a network.
 pub(crate) enum Lookup {
     /// One of the network's: these sandboxes run it (maybe none now).
@@ -113,10 +135,17 @@ pub(crate) enum Lookup {
     Unknown,
 }
 
+/// Who asked: a datagram's sender, or one of our TCP connections.
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    Udp(SocketAddr),
+    Tcp(u64),
+}
+
 /// A query sent on to the upstream.
 struct Pending {
     net: usize,
-    client: SocketAddr,
+    asker: Asker,
     id: u16,
     sent: Instant,
 }
@@ -127,6 +156,7 @@ pub(crate) struct NameServer {
     upstream: Option<UdpSocket>,
     pending: HashMap<u16, Pending>,
     next_id: u16,
+    tcp: TcpSide,
 }
 
 fn token(key: u64) -> Token {
@@ -162,14 +192,23 @@ impl NameServer {
             upstream,
             pending: HashMap::new(),
             next_id: 1,
+            tcp: TcpSide::bind(ctx, gateways)?,
         })
     }
 
     /// A socket of ours is readable: answer what came (`lookup`: the
     /// stack's names for one who asks on a network from an address).
-    pub(crate) fn on_event(&mut self, key: u64, lookup: &dyn Fn(usize, Ipv4Addr, &str) -> Lookup) {
+    pub(crate) fn on_event(&mut self, ctx: &mut Ctx<'_>, key: u64, lookup: &Resolve<'_>) {
         if key == UPSTREAM {
-            return self.relay_answers();
+            return self.relay_answers(ctx);
+        }
+        if let Some(queries) = self.tcp.on_event(ctx, key) {
+            for (conn, net, from, query) in queries {
+                if let Some(reply) = self.reply(net, from, Asker::Tcp(conn), &query, lookup) {
+                    self.tcp.send(ctx, conn, &reply);
+                }
+            }
+            return;
         }
         let Ok(net) = usize::try_from(key) else {
             return;
@@ -180,37 +219,48 @@ impl NameServer {
             let Some(Ok((n, client))) = self.sockets.get(net).map(|s| s.recv_from(&mut buf)) else {
                 return;
             };
-            let query = &buf[..n];
-            let Some(q) = parse_query(query) else {
+            let SocketAddr::V4(from) = client else {
                 continue;
             };
-            let from = match client {
-                SocketAddr::V4(a) => *a.ip(),
-                SocketAddr::V6(_) => continue,
-            };
-            let reply = match lookup(net, from, &q.name) {
-                Lookup::Ours(addrs) => answer(query, &q, &addrs, 0),
-                Lookup::Unknown if !q.name.contains('.') => answer(query, &q, &[], RCODE_NXDOMAIN),
-                Lookup::Unknown => match self.forward(net, client, query, &q) {
-                    Some(()) => continue,
-                    None => answer(query, &q, &[], RCODE_SERVFAIL),
-                },
-            };
-            if let Some(sock) = self.sockets.get(net) {
-                let _ = sock.send_to(&reply, client);
+            let query = buf[..n].to_vec();
+            if let Some(reply) = self.reply(net, *from.ip(), Asker::Udp(client), &query, lookup) {
+                if let Some(sock) = self.sockets.get(net) {
+                    let _ = sock.send_to(&reply, client);
+                }
             }
         }
     }
 
-    /// Send `query` on under an id of ours; `None` when there is no
-    /// upstream to ask.
-    fn forward(
+    /// The answer to `query`, or `None` when there is none to give now
+    /// (not a query; sent on to the upstream).
+    fn reply(
         &mut self,
         net: usize,
-        client: SocketAddr,
+        from: Ipv4Addr,
+        asker: Asker,
         query: &[u8],
-        q: &Question,
-    ) -> Option<()> {
+        lookup: &Resolve<'_>,
+    ) -> Option<Vec<u8>> {
+        let q = parse_query(query)?;
+        let limit = match asker {
+            Asker::Udp(_) => UDP_MAX,
+            Asker::Tcp(_) => usize::from(u16::MAX),
+        };
+        Some(match lookup(net, from, &q.name) {
+            Lookup::Ours(addrs) => answer(query, &q, &addrs, 0, limit),
+            Lookup::Unknown if !q.name.contains('.') => {
+                answer(query, &q, &[], RCODE_NXDOMAIN, limit)
+            }
+            Lookup::Unknown => match self.forward(net, asker, query, &q) {
+                Some(()) => return None,
+                None => answer(query, &q, &[], RCODE_SERVFAIL, limit),
+            },
+        })
+    }
+
+    /// Send `query` on under an id of ours; `None` when there is no
+    /// upstream to ask.
+    fn forward(&mut self, net: usize, asker: Asker, query: &[u8], q: &Question) -> Option<()> {
         let up = self.upstream.as_ref()?;
         let now = Instant::now();
         self.pending
@@ -232,7 +282,7 @@ impl NameServer {
             id,
             Pending {
                 net,
-                client,
+                asker,
                 id: q.id,
                 sent: now,
             },
@@ -241,7 +291,7 @@ impl NameServer {
     }
 
     /// The upstream answered: back to whoever asked, under their id.
-    fn relay_answers(&mut self) {
+    fn relay_answers(&mut self, ctx: &mut Ctx<'_>) {
         let mut buf = [0u8; 4096];
         for _ in 0..64 {
             let Some(up) = self.upstream.as_ref() else {
@@ -256,8 +306,13 @@ impl NameServer {
                 continue;
             };
             buf[..2].copy_from_slice(&p.id.to_be_bytes());
-            if let Some(sock) = self.sockets.get(p.net) {
-                let _ = sock.send_to(&buf[..n], p.client);
+            match p.asker {
+                Asker::Udp(client) => {
+                    if let Some(sock) = self.sockets.get(p.net) {
+                        let _ = sock.send_to(&buf[..n], client);
+                    }
+                }
+                Asker::Tcp(conn) => self.tcp.send(ctx, conn, &buf[..n]),
             }
         }
     }

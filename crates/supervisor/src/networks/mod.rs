@@ -260,7 +260,12 @@ impl Networks {
 
     /// A query to the nameserver (or the upstream's answer). `holder`: the
     /// running sandbox that holds a service's name now.
-    pub(crate) fn on_event(&mut self, key: u64, holder: &dyn Fn(&str) -> Option<ServiceIx>) {
+    pub(crate) fn on_event(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: u64,
+        holder: &dyn Fn(&str) -> Option<ServiceIx>,
+    ) {
         let (known, addrs) = (&self.known, &self.addrs);
         // The asker's networks (it asks its first network's gateway): a
         // name resolves on each it shares with the one named.
@@ -290,7 +295,7 @@ impl Networks {
                 Lookup::Unknown
             }
         };
-        self.names.on_event(key, &lookup);
+        self.names.on_event(ctx, key, &lookup);
     }
 
     /// At exit: the bridges and rules go (the pairs went with their

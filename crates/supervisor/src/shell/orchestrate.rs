@@ -340,8 +340,9 @@ impl Supervisor {
             let i = core.find(name)?;
             sandboxes.running(i).map(|_| i)
         };
+        let ctx = ctx!(self);
         if let Some(n) = self.networks.as_mut() {
-            n.on_event(key, &holder);
+            n.on_event(ctx, key, &holder);
         }
     }
 

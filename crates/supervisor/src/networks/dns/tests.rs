@@ -19,7 +19,7 @@ fn a_question_is_read_and_answered_with_a_records_ttl_0() {
     let q = parse_query(&msg).unwrap();
     assert_eq!((q.id, q.name.as_str(), q.qtype), (0x1234, "web.2", TYPE_A));
     let addrs = [Ipv4Addr::new(10, 89, 1, 2), Ipv4Addr::new(10, 89, 1, 3)];
-    let r = answer(&msg, &q, &addrs, 0);
+    let r = answer(&msg, &q, &addrs, 0, UDP_MAX);
     assert_eq!(
         &r[..4],
         &[0x12, 0x34, 0x85, 0x80],
@@ -42,9 +42,9 @@ fn a_question_is_read_and_answered_with_a_records_ttl_0() {
 fn aaaa_of_a_known_name_is_nodata_and_an_unknown_one_nxdomain() {
     let msg = query("db", 28);
     let q = parse_query(&msg).unwrap();
-    let r = answer(&msg, &q, &[Ipv4Addr::new(10, 0, 0, 2)], 0);
+    let r = answer(&msg, &q, &[Ipv4Addr::new(10, 0, 0, 2)], 0, UDP_MAX);
     assert_eq!(&r[2..8], &[0x85, 0x80, 0, 1, 0, 0], "NOERROR, no answer");
-    let r = answer(&msg, &q, &[], RCODE_NXDOMAIN);
+    let r = answer(&msg, &q, &[], RCODE_NXDOMAIN, UDP_MAX);
     assert_eq!(r[3] & 0x0f, RCODE_NXDOMAIN);
 }
 
@@ -62,4 +62,17 @@ fn what_is_not_a_plain_query_is_ignored() {
     let n = chaos.len();
     chaos[n - 1] = 3;
     assert_eq!(parse_query(&chaos), None, "class CH");
+}
+
+#[test]
+fn an_answer_too_long_for_udp_is_cut_for_tcp() {
+    let msg = query("web", TYPE_A);
+    let q = parse_query(&msg).unwrap();
+    let many: Vec<Ipv4Addr> = (0..40).map(|k| Ipv4Addr::new(10, 89, 1, k)).collect();
+    let r = answer(&msg, &q, &many, 0, UDP_MAX);
+    assert_eq!(r[2] & 0x02, 0x02, "TC");
+    assert_eq!(&r[6..8], &[0, 0], "no records");
+    let r = answer(&msg, &q, &many, 0, usize::from(u16::MAX));
+    assert_eq!(r[2] & 0x02, 0);
+    assert_eq!(&r[6..8], &[0, 40]);
 }
