@@ -597,6 +597,9 @@ def main():
     scrape_counts = [int(c) for c in arg("--scrape", "1000,10000" if setting == "host" else "1000").split(",")]
     res["observe"] = bench_observe.run(work, Up, request, setting, sleeper, free_port, scrape_counts)
     if setting == "vm":
+        import bench_networks
+        res["networks"] = bench_networks.run(work, ISOLA)
+    if setting == "vm":
         import bench_oci
         with open(os.path.join(work, "config.json")) as f:
             res["oci"] = bench_oci.run(work, ISOLA, json.load(f))
@@ -635,6 +638,8 @@ def report(paths):
     lines = report_settings(paths)
     import bench_observe
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
+    import bench_networks
+    lines += bench_networks.report(loaded.get("vm", {}))
     print("\n".join(lines))
 
 

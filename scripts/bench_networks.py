@@ -1,0 +1,190 @@
+"""Stack networks in `make bench` (VM: bridges, veth pairs and nftables
+need root and the modules): what a network costs a start, beside a bare
+network namespace and beside a shell loop doing the same plumbing with
+`ip`; service-to-service round trips beside the host's loopback; name
+lookups from inside a service.
+
+Imported by bench.py; runnable alone in the VM:
+`python3 scripts/bench_networks.py [--n 200]`.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+START_N = 200
+RTT_N = 2000
+LOOKUPS = 1000
+
+SERVER = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', {port})); s.listen()\n"
+    "while True:\n"
+    "    c = s.accept()[0]\n"
+    "    while True:\n"
+    "        d = c.recv(64)\n"
+    "        if not d: break\n"
+    "        c.sendall(d)\n"
+)
+
+CLIENT = (
+    "import socket, time, statistics\n"
+    "c = socket.create_connection(('{host}', {port}))\n"
+    "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+    "lat = []\n"
+    "for _ in range({n}):\n"
+    "    t = time.perf_counter(); c.sendall(b'x' * 32); c.recv(64); lat.append(time.perf_counter() - t)\n"
+    "lat.sort()\n"
+    "print(lat[len(lat) // 2] * 1e6, lat[len(lat) * 99 // 100] * 1e6)\n"
+)
+
+LOOKUP = (
+    "import socket, time\n"
+    "lat = []\n"
+    "for _ in range({n}):\n"
+    "    t = time.perf_counter(); socket.getaddrinfo('{name}', 80, socket.AF_INET); lat.append(time.perf_counter() - t)\n"
+    "lat.sort()\n"
+    "print(lat[len(lat) // 2] * 1e6, lat[len(lat) * 99 // 100] * 1e6)\n"
+)
+
+
+def service(script, networks=None, netns=True):
+    ns = [{"type": "pid"}, {"type": "mount"}] + ([{"type": "network"}] if netns else [])
+    s = {"process": {"args": ["/bin/sh", "-c", script]}, "linux": {"namespaces": ns}, "stderr": "stdout"}
+    if networks:
+        s["networks"] = networks
+    return s
+
+
+def start_cost(work, isola, n):
+    """Seconds until `n` sleepers run: on one network, each with a bare
+    network namespace, and a shell loop making a namespace, a veth pair
+    and a bridge port per sandbox with `ip`."""
+    out = {"n": n}
+    for name, nets in (("bare", None), ("network", {"net": {}})):
+        svcs = {f"s{i}": service("exec sleep 100000", ["net"] if nets else None) for i in range(n)}
+        d = os.path.join(work, f"net-{name}")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"net{name}.json")
+        doc = {"services": svcs}
+        if nets:
+            doc["networks"] = nets
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        sock = os.path.join(d, "s.sock")
+        t0 = time.perf_counter()
+        p = subprocess.Popen([isola, "up", "-d", "--wait-seconds", "900", "--socket", sock,
+                              "--log-dir", os.path.join(d, "logs"), path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = p.communicate(timeout=1000)
+        out[name] = time.perf_counter() - t0 if p.returncode == 0 else None
+        if p.returncode != 0:
+            out[f"{name}_error"] = err.decode()[-300:]
+        subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = f"""
+set -e
+ip link add isbench type bridge; ip link set isbench up; ip addr add 10.88.0.1/16 dev isbench
+for i in $(seq 1 {n}); do
+  ip netns add isb$i
+  ip link add isv$i type veth peer name eth0 netns isb$i
+  ip link set isv$i master isbench up
+  ip -n isb$i addr add 10.88.$((i / 250)).$((i % 250 + 2))/16 dev eth0
+  ip -n isb$i link set eth0 up; ip -n isb$i link set lo up
+  ip -n isb$i route add default via 10.88.0.1
+done
+"""
+    t0 = time.perf_counter()
+    r = subprocess.run(["sh", "-c", script], capture_output=True)
+    out["ip_loop"] = time.perf_counter() - t0 if r.returncode == 0 else None
+    subprocess.run(["sh", "-c", f"for i in $(seq 1 {n}); do ip netns del isb$i; done; ip link del isbench"],
+                   capture_output=True)
+    return out
+
+
+def exec_py(isola, sock, name, code):
+    r = subprocess.run([isola, "exec", "--socket", sock, name, "--", "python3", "-c", code],
+                       capture_output=True, text=True, timeout=600)
+    return r.stdout.strip()
+
+
+def rtt_and_lookups(work, isola):
+    """TCP round trips between two services on a network, beside two
+    processes on the host's loopback; lookups of a service's name from
+    inside another."""
+    d = os.path.join(work, "net-rtt")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "rtt.json")
+    doc = {"networks": {"net": {}}, "services": {
+        "server": service(f"exec python3 -c \"{SERVER.format(port=9000)}\"", ["net"]),
+        "client": service("exec sleep 100000", ["net"]),
+    }}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    sock = os.path.join(d, "s.sock")
+    subprocess.run([isola, "up", "-d", "--socket", sock, "--log-dir", os.path.join(d, "logs"), path],
+                   check=True, stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    out = {}
+    p50, p99 = map(float, exec_py(isola, sock, "client", CLIENT.format(host="server", port=9000, n=RTT_N)).split())
+    out["network_us"] = {"p50": p50, "p99": p99}
+    cpu0 = supervisor_cpu(sock)
+    p50, p99 = map(float, exec_py(isola, sock, "client", LOOKUP.format(name="server", n=LOOKUPS)).split())
+    out["lookup_us"] = {"p50": p50, "p99": p99, "supervisor_cpu_ms_per_1000": (supervisor_cpu(sock) - cpu0) * 1000 * 1000 / LOOKUPS}
+    subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL)
+    srv = subprocess.Popen(["python3", "-c", SERVER.format(port=9001)])
+    time.sleep(1)
+    r = subprocess.run(["python3", "-c", CLIENT.format(host="127.0.0.1", port=9001, n=RTT_N)],
+                       capture_output=True, text=True)
+    srv.kill()
+    p50, p99 = map(float, r.stdout.split())
+    out["loopback_us"] = {"p50": p50, "p99": p99}
+    return out
+
+
+def supervisor_cpu(sock):
+    """CPU seconds of the supervisor that listens on `sock`."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if b"up" in cmd and sock.encode() in cmd:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return 0.0
+
+
+def run(work, isola, n=START_N):
+    return {"start": start_cost(work, isola, n), "traffic": rtt_and_lookups(work, isola)}
+
+
+def report(v):
+    r = v.get("networks")
+    if not r:
+        return []
+    s, t = r["start"], r["traffic"]
+    lines = ["", "### Stack networks (VM)", ""]
+    if s.get("bare") and s.get("network"):
+        ip = f", a shell loop with `ip` (netns, veth, bridge port, address, route) {s['ip_loop']:.1f} s" if s.get("ip_loop") else ""
+        lines.append(f"{s['n']} services until all run: with a bare network namespace {s['bare']:.1f} s, on one network "
+                     f"{s['network']:.1f} s ({s['network'] / s['bare']:.2f}×){ip}.")
+    lines.append(f"TCP round trip between two services on a network: p50 {t['network_us']['p50']:.0f} µs, p99 "
+                 f"{t['network_us']['p99']:.0f} µs, beside the host's loopback p50 {t['loopback_us']['p50']:.0f} µs "
+                 f"({t['network_us']['p50'] / t['loopback_us']['p50']:.2f}×).")
+    lines.append(f"Name lookups from inside a service: p50 {t['lookup_us']['p50']:.0f} µs, p99 {t['lookup_us']['p99']:.0f} µs; "
+                 f"supervisor CPU {t['lookup_us']['supervisor_cpu_ms_per_1000']:.1f} ms per 1,000 lookups.")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+    n = int(sys.argv[sys.argv.index("--n") + 1]) if "--n" in sys.argv else START_N
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    isola = os.environ.get("ISOLA_BIN", os.path.join(root, "target/x86_64-unknown-linux-gnu/release/isola"))
+    work = tempfile.mkdtemp(prefix="isola-netbench-")
+    print("BENCH-JSON: " + json.dumps({"networks": run(work, isola, n)}), flush=True)
