@@ -248,3 +248,20 @@ pub fn history(s: &Value) -> Vec<(u64, Option<u64>)> {
         .map(|h| (h["startMs"].as_u64().unwrap(), h["exitMs"].as_u64()))
         .collect()
 }
+
+/// One `status` request on a raw connection, timed to the last byte.
+pub fn status_latency(sock: &str) -> Duration {
+    use std::io::{BufRead, BufReader, Write};
+    let t = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
+    // A stalled supervisor fails the test here, not at the binary's timeout.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"{\"cmd\":\"status\"}\n").expect("send");
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .expect("no status reply within 10 s: the supervisor is stalled");
+    assert!(line.starts_with("{\"ok\":true"), "{line}");
+    t.elapsed()
+}

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, UdpSocket};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -217,21 +217,6 @@ fn journald_and_syslog_receivers_get_each_line_with_its_fields() {
     }
     up.down();
     assert_clean();
-}
-
-/// One `status` request, timed to the answer.
-fn status_latency(sock: &str) -> Duration {
-    use std::io::Write;
-    let t = Instant::now();
-    let mut s = UnixStream::connect(sock).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .expect("no status reply within 10 s: the supervisor is stalled");
-    assert!(line.starts_with("{\"ok\":true"), "{line}");
-    t.elapsed()
 }
 
 #[test]

@@ -11,22 +11,6 @@ use isola_tests::up::*;
 use isola_tests::*;
 use serde_json::{json, Value};
 
-/// One `status` request on a raw connection, timed to the last byte.
-fn status_latency(sock: &str) -> Duration {
-    let t = Instant::now();
-    let mut s = UnixStream::connect(sock).expect("connect");
-    // A stalled supervisor fails the test here, not at the binary's timeout.
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"{\"cmd\":\"status\"}\n").expect("send");
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .expect("no status reply within 10 s: the supervisor is stalled");
-    assert!(line.starts_with("{\"ok\":true"), "{line}");
-    t.elapsed()
-}
-
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: nix::unistd::Pid) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -91,22 +91,39 @@ fn a_full_journal_never_blocks_the_sender() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Forwarders with one syslog receiver, and how to send to it.
+struct ToSyslog {
+    h: Harness,
+    f: Forwarders,
+    k: usize,
+    r: LogRoute,
+}
+
+impl ToSyslog {
+    fn new(target: SyslogTarget) -> ToSyslog {
+        let mut f = Forwarders::new("st", temp("unused"));
+        let k = f.syslog(&target);
+        assert_eq!(f.syslog(&target), k, "one sink per receiver");
+        ToSyslog {
+            h: Harness::new(),
+            f,
+            k,
+            r: route(false, Some(target)),
+        }
+    }
+
+    fn send(&mut self, stream: Stream, lines: &[String]) {
+        let mut ctx = self.h.ctx();
+        self.f
+            .send(&mut ctx, &self.r, Some(self.k), &origin(stream), lines);
+    }
+}
+
 #[test]
 fn syslog_over_udp_is_rfc5424() {
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let target = SyslogTarget::Udp(rx.local_addr().unwrap());
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", temp("unused"));
-    let k = f.syslog(&target);
-    assert_eq!(f.syslog(&target), k, "one sink per receiver");
-    let r = route(false, Some(target));
-    f.send(
-        &mut h.ctx(),
-        &r,
-        Some(k),
-        &origin(Stream::Stderr),
-        &["boom".into()],
-    );
+    let mut t = ToSyslog::new(SyslogTarget::Udp(rx.local_addr().unwrap()));
+    t.send(Stream::Stderr, &["boom".into()]);
     let mut buf = [0u8; 2048];
     let n = rx.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -120,25 +137,15 @@ fn syslog_over_udp_is_rfc5424() {
         "{msg}"
     );
     assert!(parts[6].ends_with("\"] boom"), "{msg}");
-    assert_eq!(f.dropped()[1], ("syslog", 0));
+    assert_eq!(t.f.dropped()[1], ("syslog", 0));
 }
 
 #[test]
 fn syslog_over_unix_datagrams() {
     let path = temp("devlog");
     let rx = UnixDatagram::bind(&path).unwrap();
-    let target = SyslogTarget::Unix(path.clone());
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", temp("unused"));
-    let k = f.syslog(&target);
-    let r = route(false, Some(target));
-    f.send(
-        &mut h.ctx(),
-        &r,
-        Some(k),
-        &origin(Stream::Stdout),
-        &["hello".into()],
-    );
+    let mut t = ToSyslog::new(SyslogTarget::Unix(path.clone()));
+    t.send(Stream::Stdout, &["hello".into()]);
     let mut buf = [0u8; 2048];
     let n = rx.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]);
@@ -149,16 +156,18 @@ fn syslog_over_unix_datagrams() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Turn the harness until nothing is ready.
-fn settle(h: &mut Harness, f: &mut Forwarders) {
-    loop {
-        let ready = h.ready(100);
-        if ready.is_empty() {
-            return;
-        }
-        for (tok, _) in ready {
-            if let Some(super::super::Key::Forward(k)) = super::super::Key::decode(tok.key) {
-                f.on_event(&mut h.ctx(), k);
+impl ToSyslog {
+    /// Turn the harness until nothing is ready.
+    fn settle(&mut self) {
+        loop {
+            let ready = self.h.ready(100);
+            if ready.is_empty() {
+                return;
+            }
+            for (tok, _) in ready {
+                if let Some(super::super::Key::Forward(k)) = super::super::Key::decode(tok.key) {
+                    self.f.on_event(&mut self.h.ctx(), k);
+                }
             }
         }
     }
@@ -167,19 +176,9 @@ fn settle(h: &mut Harness, f: &mut Forwarders) {
 #[test]
 fn syslog_over_tcp_is_octet_counted_and_a_slow_receiver_costs_drops_not_waits() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = SyslogTarget::Tcp(listener.local_addr().unwrap());
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", temp("unused"));
-    let k = f.syslog(&target);
-    let r = route(false, Some(target));
-    f.send(
-        &mut h.ctx(),
-        &r,
-        Some(k),
-        &origin(Stream::Stdout),
-        &["a b".into()],
-    );
-    settle(&mut h, &mut f);
+    let mut t = ToSyslog::new(SyslogTarget::Tcp(listener.local_addr().unwrap()));
+    t.send(Stream::Stdout, &["a b".into()]);
+    t.settle();
     let (mut conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
         .unwrap();
@@ -194,15 +193,15 @@ fn syslog_over_tcp_is_octet_counted_and_a_slow_receiver_costs_drops_not_waits() 
     );
     // The receiver stops reading: the kernel's buffers fill, then our
     // queue, then lines are dropped — and no send waits.
-    let t = std::time::Instant::now();
+    let start = std::time::Instant::now();
     let many = lines(40_000, &"q".repeat(500));
     for chunk in many.chunks(1000) {
-        f.send(&mut h.ctx(), &r, Some(k), &origin(Stream::Stdout), chunk);
+        t.send(Stream::Stdout, chunk);
     }
-    assert!(t.elapsed() < std::time::Duration::from_secs(10));
-    let (_, dropped) = f.dropped()[1];
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let (_, dropped) = t.f.dropped()[1];
     assert!(dropped > 0 && dropped < 40_000, "{dropped}");
-    let notes = f.take_notes();
+    let notes = t.f.take_notes();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].contains(": slow: "), "{notes:?}");
 }
@@ -212,31 +211,15 @@ fn a_tcp_receiver_that_is_not_there_is_tried_again_a_second_later() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let target = SyslogTarget::Tcp(addr);
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", temp("unused"));
-    let k = f.syslog(&target);
-    let r = route(false, Some(target));
-    f.send(
-        &mut h.ctx(),
-        &r,
-        Some(k),
-        &origin(Stream::Stdout),
-        &["one".into()],
-    );
-    settle(&mut h, &mut f);
+    let mut t = ToSyslog::new(SyslogTarget::Tcp(addr));
+    t.send(Stream::Stdout, &["one".into()]);
+    t.settle();
     // Refused: the queued line is lost and counted; the next ones, sent
     // within the second, are dropped without a connect.
-    f.send(
-        &mut h.ctx(),
-        &r,
-        Some(k),
-        &origin(Stream::Stdout),
-        &lines(5, "x"),
-    );
-    assert_eq!(f.dropped()[1], ("syslog", 6));
-    assert!(h.ready(0).is_empty(), "nothing registered while down");
-    let notes = f.take_notes();
+    t.send(Stream::Stdout, &lines(5, "x"));
+    assert_eq!(t.f.dropped()[1], ("syslog", 6));
+    assert!(t.h.ready(0).is_empty(), "nothing registered while down");
+    let notes = t.f.take_notes();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
         notes[0].starts_with(&format!("logging: syslog tcp://{addr}: ")),
