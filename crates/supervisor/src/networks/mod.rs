@@ -178,7 +178,6 @@ impl Networks {
             return Ok(());
         };
         let dir = self.files.join(group);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let gw = self.pools[k].subnet.gateway();
         let files = [
             (
@@ -193,8 +192,14 @@ impl Networks {
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string(),
             ),
         ];
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for (name, text) in files {
             let p = dir.join(name);
+            // Written for an earlier replica, run or reload: left as it is
+            // when it says the same.
+            if std::fs::read_to_string(&p).is_ok_and(|t| t == text) {
+                continue;
+            }
             std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         Ok(())

@@ -183,14 +183,10 @@ impl Supervisor {
         );
         // Without a log file it has no sandbox entry either: `status`
         // leaves it out and its launch fails, saying why.
-        let on_networks = !def.policy.networks.is_empty();
         match self.outputs.add(i, &name) {
             Ok(()) => {
                 self.outputs.set_route(i, route, replica);
                 self.sandboxes.add(i, &name);
-                if on_networks {
-                    self.update_network_members();
-                }
             }
             Err(e) => self
                 .outbox
@@ -313,8 +309,9 @@ impl Supervisor {
         }
     }
 
-    /// The services on the stack's networks changed (a reload, a scale):
-    /// the nameserver learns their names, and their files are written.
+    /// The services on the stack's networks changed (a reload, a scale;
+    /// once for all it added, not per service): the nameserver learns
+    /// their names, and new ones get their files.
     pub(crate) fn update_network_members(&mut self) {
         let Some(n) = self.networks.as_mut() else {
             return;

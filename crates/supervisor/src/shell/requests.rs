@@ -96,7 +96,10 @@ impl Supervisor {
             ));
         }
         match self.core.scale(name, replicas, self.now) {
-            Ok(_) => Response::ok(),
+            Ok(_) => {
+                self.update_network_members();
+                Response::ok()
+            }
             Err(e) => Response::err(format!("scale: {e}")),
         }
     }
