@@ -4,6 +4,7 @@
 //! lines again). The log files stay the source of truth.
 
 use std::fmt::Display;
+use std::time::{Duration, Instant};
 
 use crate::shell::context::Ctx;
 use crate::spec::logging::{LogRoute, SyslogTarget};
@@ -38,21 +39,45 @@ impl Origin<'_> {
     }
 }
 
-/// Lines a sink could not take, and whether that was said.
+/// Lines a sink could not take, and whether that was said. A sink that
+/// keeps failing and recovering (a journal just keeping up) is said to
+/// fail at most once per [`NOTE_EVERY`] (and to recover after each),
+/// not at every turn.
 #[derive(Default)]
 struct Drops {
     total: u64,
-    /// Since the sink last took a line.
+    /// Since the sink was last said to fail or recover.
     since: u64,
     failing: bool,
+    /// Its failure was said (its recovery will be).
+    said: bool,
+    last_note: Option<Instant>,
 }
 
+/// At most one note per sink this often.
+const NOTE_EVERY: Duration = Duration::from_secs(10);
+
 impl Drops {
+    fn may_say(&mut self) -> bool {
+        let now = Instant::now();
+        let ok = self
+            .last_note
+            .is_none_or(|t| now.saturating_duration_since(t) >= NOTE_EVERY);
+        if ok {
+            self.last_note = Some(now);
+        }
+        ok
+    }
+
     fn dropped(&mut self, n: u64, sink: &dyn Display, why: &dyn Display, notes: &mut Vec<String>) {
         self.total += n;
         self.since += n;
-        if !self.failing {
-            self.failing = true;
+        if self.failing {
+            return;
+        }
+        self.failing = true;
+        if !self.said && self.may_say() {
+            self.said = true;
             notes.push(format!(
                 "logging: {sink}: {why}: lines for it are dropped (and counted) until it takes them again"
             ));
@@ -60,8 +85,13 @@ impl Drops {
     }
 
     fn delivered(&mut self, sink: &dyn Display, notes: &mut Vec<String>) {
-        if self.failing {
-            self.failing = false;
+        if !self.failing {
+            return;
+        }
+        self.failing = false;
+        // Said whenever its failure was: two notes per NOTE_EVERY at most.
+        if self.said {
+            self.said = false;
             notes.push(format!(
                 "logging: {sink}: taking lines again ({} dropped)",
                 self.since

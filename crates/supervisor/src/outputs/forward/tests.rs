@@ -226,3 +226,39 @@ fn a_tcp_receiver_that_is_not_there_is_tried_again_a_second_later() {
         "{notes:?}"
     );
 }
+
+/// A journal that keeps filling and draining is named once per ten
+/// seconds, not at each turn.
+#[test]
+fn a_sink_that_flaps_is_named_once_per_period() {
+    let path = temp("flaps");
+    let journal = UnixDatagram::bind(&path).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let mut h = Harness::new();
+    let mut f = Forwarders::new("st", path.clone());
+    let r = route(true, None);
+    let mut buf = vec![0u8; 1 << 16];
+    for _ in 0..5 {
+        // Fill it, then drain it.
+        f.send(
+            &mut h.ctx(),
+            &r,
+            None,
+            &origin(Stream::Stdout),
+            &lines(2000, "z"),
+        );
+        while journal.recv(&mut buf).is_ok() {}
+        f.send(
+            &mut h.ctx(),
+            &r,
+            None,
+            &origin(Stream::Stdout),
+            &lines(1, "y"),
+        );
+    }
+    let notes = f.take_notes();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[1].contains("taking lines again"), "{notes:?}");
+    assert!(f.dropped()[0].1 > 0);
+    let _ = std::fs::remove_file(&path);
+}
