@@ -192,6 +192,11 @@ fn services_reach_each_other_by_name_only_on_the_networks_they_share() {
     // edge shares no network with db: not found, and not reachable.
     assert_eq!(resolve(&up, "edge", "db"), "error gaierror");
     let db_addr = address(&up, "db", "back");
+    let (_, table, _) = up.cli(&["status"]);
+    assert!(
+        table.contains("ADDRESS") && table.contains(&db_addr),
+        "{table}"
+    );
     assert!(
         ask(&up, "edge", &db_addr, 5432).starts_with("error"),
         "edge reached db"

@@ -32,39 +32,74 @@ pub(crate) fn cpu_average(s: &StatusRow) -> Option<f64> {
 }
 
 /// Header and one line per service, columns as wide as their widest cell.
+/// On a stack with networks, the services' addresses follow the pid.
 pub(crate) fn table(
     rows: &[StatusRow],
     cpu: &dyn Fn(&StatusRow) -> Option<f64>,
     color: bool,
 ) -> Vec<String> {
-    let cells: Vec<[String; 9]> = rows.iter().map(|s| cells(s, cpu)).collect();
-    let mut width = HEADER.map(str::len);
+    let with_addresses = rows.iter().any(|r| !r.addresses.is_empty());
+    let mut header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+    if with_addresses {
+        header.insert(ADDRESS_AT, "ADDRESS".to_string());
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|s| {
+            let mut c: Vec<String> = cells(s, cpu).into();
+            if with_addresses {
+                c.insert(ADDRESS_AT, addresses(s));
+            }
+            c
+        })
+        .collect();
+    let mut width: Vec<usize> = header.iter().map(String::len).collect();
     for c in &cells {
         for (w, cell) in width.iter_mut().zip(c.iter()) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |c: &[String; 9], state: Option<State>| {
+    // Numbers right, words left; the last column unpadded.
+    let numbers = if with_addresses { 5..=8 } else { 3..=7 };
+    let last = header.len() - 1;
+    let line = |c: &[String], state: Option<State>| {
         let mut out = String::new();
         for (k, cell) in c.iter().enumerate() {
             let pad = width[k].saturating_sub(cell.chars().count());
-            // Numbers right, words left; the last column unpadded.
             let text = match (k, state) {
                 (1, Some(st)) if color => paint(st, cell),
                 _ => cell.clone(),
             };
-            match k {
-                8 => out += &text,
-                3..=7 => out += &format!("{}{text}  ", " ".repeat(pad)),
-                _ => out += &format!("{text}{}  ", " ".repeat(pad)),
+            if k == last {
+                out += &text;
+            } else if numbers.contains(&k) || k == 3 {
+                out += &format!("{}{text}  ", " ".repeat(pad));
+            } else {
+                out += &format!("{text}{}  ", " ".repeat(pad));
             }
         }
         out.trim_end().to_string()
     };
-    let header = HEADER.map(str::to_string);
     std::iter::once(line(&header, None))
         .chain(cells.iter().zip(rows).map(|(c, s)| line(c, Some(s.state))))
         .collect()
+}
+
+/// Where the address column goes: after PID.
+const ADDRESS_AT: usize = 4;
+
+/// `10.89.1.2` on one network; `back=10.89.0.3,front=10.89.1.2` on more.
+fn addresses(s: &StatusRow) -> String {
+    match s.addresses.len() {
+        0 => "-".to_string(),
+        1 => s.addresses.values().cloned().collect(),
+        _ => s
+            .addresses
+            .iter()
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 fn paint(st: State, text: &str) -> String {
