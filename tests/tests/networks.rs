@@ -201,6 +201,13 @@ fn services_reach_each_other_by_name_only_on_the_networks_they_share() {
         ask(&up, "edge", &db_addr, 5432).starts_with("error"),
         "edge reached db"
     );
+    // Nor by asking the nameserver of a network it is not on.
+    let gw = format!("{}.1", db_addr.rsplit_once('.').unwrap().0);
+    let sneak = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x02db\\x00\\x00\\x01\\x00\\x01', ('{gw}', 53))\ntry:\n    print('answers', s.recv(512)[7])\nexcept Exception:\n    print('none')\n"
+    );
+    let got = py(&up, "edge", &sneak).1;
+    assert!(got.trim() == "none" || got.trim() == "answers 0", "{got}");
     // Nor between two networks that both reach out.
     let lone = address(&up, "lone", "side");
     assert_eq!(ask(&up, "lone", &lone, 7000), "lone");

@@ -38,12 +38,20 @@ fn control_socket_is_private_and_refuses_other_users() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied: uid 1000"), "{err}");
-    assert!(
-        up.stderr()
-            .contains("refused a control connection from uid 1000"),
-        "{}",
-        up.stderr()
-    );
+    // Said on the supervisor's stderr, maybe a moment after the client
+    // saw its connection closed.
+    let t = std::time::Instant::now();
+    while !up
+        .stderr()
+        .contains("refused a control connection from uid 1000")
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            up.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     up.down();
     assert_clean();
 }

@@ -22,6 +22,7 @@ const TYPE_ANY: u16 = 255;
 const CLASS_IN: u16 = 1;
 const RCODE_SERVFAIL: u8 = 2;
 const RCODE_NXDOMAIN: u8 = 3;
+const RCODE_REFUSED: u8 = 5;
 /// Queries forwarded and not answered yet, at most (the oldest go).
 const PENDING_MAX: usize = 1024;
 /// How long a forwarded query waits for the upstream.
@@ -133,6 +134,9 @@ pub(crate) enum Lookup {
     Ours(Vec<Ipv4Addr>),
     /// Not one of the network's.
     Unknown,
+    /// Not answered: the asker is none of ours, or on internal networks
+    /// only (its questions do not leave either).
+    Refused,
 }
 
 /// Who asked: a datagram's sender, or one of our TCP connections.
@@ -147,6 +151,8 @@ struct Pending {
     net: usize,
     asker: Asker,
     id: u16,
+    /// The question as sent: an answer must repeat it.
+    question: Vec<u8>,
     sent: Instant,
 }
 
@@ -155,7 +161,9 @@ pub(crate) struct NameServer {
     sockets: Vec<UdpSocket>,
     upstream: Option<UdpSocket>,
     pending: HashMap<u16, Pending>,
-    next_id: u16,
+    /// xorshift state for the ids of forwarded queries (a sandbox must not
+    /// guess them and forge the upstream's answer).
+    rng: u32,
     tcp: TcpSide,
 }
 
@@ -166,13 +174,14 @@ fn token(key: u64) -> Token {
 impl NameServer {
     /// Sockets on `gateways` (one per network), registered; the upstream
     /// is the host's first nameserver (none: other names fail).
-    pub(crate) fn bind(ctx: &mut Ctx<'_>, gateways: &[Ipv4Addr]) -> Result<NameServer, String> {
+    pub(crate) fn bind(ctx: &mut Ctx<'_>, at: &[(Ipv4Addr, &str)]) -> Result<NameServer, String> {
         let mut sockets = Vec::new();
-        for (k, gw) in gateways.iter().enumerate() {
+        for (k, (gw, bridge)) in at.iter().enumerate() {
             let s =
                 UdpSocket::bind((*gw, 53)).map_err(|e| format!("nameserver on {gw}:53: {e}"))?;
             s.set_nonblocking(true)
                 .map_err(|e| format!("nameserver: {e}"))?;
+            on_device(&s, bridge)?;
             ctx.reactor
                 .add(s.as_fd(), token(k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;
@@ -191,8 +200,8 @@ impl NameServer {
             sockets,
             upstream,
             pending: HashMap::new(),
-            next_id: 1,
-            tcp: TcpSide::bind(ctx, gateways)?,
+            rng: seed(),
+            tcp: TcpSide::bind(ctx, at)?,
         })
     }
 
@@ -248,6 +257,7 @@ impl NameServer {
         };
         Some(match lookup(net, from, &q.name) {
             Lookup::Ours(addrs) => answer(query, &q, &addrs, 0, limit),
+            Lookup::Refused => answer(query, &q, &[], RCODE_REFUSED, limit),
             Lookup::Unknown if !q.name.contains('.') => {
                 answer(query, &q, &[], RCODE_NXDOMAIN, limit)
             }
@@ -273,8 +283,15 @@ impl NameServer {
                 .map(|(k, _)| *k);
             oldest.map(|k| self.pending.remove(&k));
         }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = loop {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 17;
+            self.rng ^= self.rng << 5;
+            let id = u16::try_from(self.rng >> 16).unwrap_or(0);
+            if !self.pending.contains_key(&id) {
+                break id;
+            }
+        };
         let mut msg = query.to_vec();
         msg[..2].copy_from_slice(&id.to_be_bytes());
         up.send(&msg).ok()?;
@@ -284,6 +301,7 @@ impl NameServer {
                 net,
                 asker,
                 id: q.id,
+                question: query.get(12..q.end).unwrap_or_default().to_vec(),
                 sent: now,
             },
         );
@@ -302,6 +320,13 @@ impl NameServer {
                 continue;
             }
             let ours = u16::from_be_bytes([buf[0], buf[1]]);
+            // Not an answer to what we asked: dropped, and what we asked
+            // still waits for its own.
+            let asked =
+                |p: &Pending| buf.get(12..12 + p.question.len()) == Some(p.question.as_slice());
+            if !self.pending.get(&ours).is_some_and(asked) {
+                continue;
+            }
             let Some(p) = self.pending.remove(&ours) else {
                 continue;
             };
@@ -316,6 +341,25 @@ impl NameServer {
             }
         }
     }
+}
+
+/// Only what comes in on `bridge` reaches the socket: the kernel would
+/// hand it a packet for its address from any network otherwise.
+pub(super) fn on_device(s: &impl AsFd, bridge: &str) -> Result<(), String> {
+    nix::sys::socket::setsockopt(
+        s,
+        nix::sys::socket::sockopt::BindToDevice,
+        &std::ffi::OsString::from(bridge),
+    )
+    .map_err(|e| format!("nameserver: SO_BINDTODEVICE {bridge}: {e}"))
+}
+
+/// A seed for the ids of forwarded queries (never 0: xorshift stays 0).
+fn seed() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1
 }
 
 /// The host's first IPv4 nameserver (`/etc/resolv.conf`), port 53.

@@ -4,7 +4,6 @@
 //! carries the stack's tag, so what a killed supervisor left is found and
 //! removed by the next `isola up` of the stack, and nothing else is.
 
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,9 +23,13 @@ pub(crate) struct Bridge {
 /// Five hex digits of the stack's cgroup path: its links are `ib<tag>…`
 /// (bridges) and `iv<tag>…` (the host ends of its sandboxes' pairs).
 pub(crate) fn tag(stack_root: &Path) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    stack_root.hash(&mut h);
-    format!("{:05x}", h.finish() & 0xf_ffff)
+    // FNV-1a: the same tag from every build of isola (an upgraded binary
+    // finds what the old one left).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stack_root.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:05x}", (h ^ (h >> 20) ^ (h >> 40)) & 0xf_ffff)
 }
 
 pub(crate) fn bridge_name(tag: &str, k: usize) -> String {
@@ -59,34 +62,51 @@ pub(crate) fn clean(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A bridge for each network, with its gateway address, up.
+/// A bridge for each network, with its gateway address, up; on a
+/// failure, none.
 pub(crate) fn make_bridges(
     tag: &str,
     nets: &[NetworkDef],
     subnets: &[Subnet],
 ) -> Result<Vec<Bridge>, String> {
     let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    let mut out = Vec::new();
+    let mut out: Vec<Bridge> = Vec::new();
     for (k, (n, s)) in nets.iter().zip(subnets).enumerate() {
         let name = bridge_name(tag, k);
-        let at = |what: &str, e| format!("network {}: {what} {name}: {e}", n.name);
-        let index = nl
-            .create_bridge(&name, n.mtu)
-            .map_err(|e| at("create bridge", e))?;
-        out.push(Bridge {
-            name: name.clone(),
-            index,
-        });
-        nl.add_address(index, IpAddr::V4(s.gateway()), s.prefix)
-            .map_err(|e| at("address of", e))?;
-        nl.set_up(index).map_err(|e| at("bring up", e))?;
+        match make_bridge(&mut nl, &name, n, *s) {
+            Ok(index) => out.push(Bridge { name, index }),
+            Err(e) => {
+                for b in &out {
+                    let _ = nl.delete_link(b.index);
+                }
+                return Err(format!("network {}: {e}", n.name));
+            }
+        }
     }
     Ok(out)
 }
 
-/// The stack's rules: nothing crosses from one network to another; an
-/// internal network sends nothing out of itself (the host answers it
-/// names only); the others leave through NAT.
+fn make_bridge(nl: &mut Rtnl, name: &str, n: &NetworkDef, s: Subnet) -> Result<u32, String> {
+    let index = nl
+        .create_bridge(name, n.mtu)
+        .map_err(|e| format!("create bridge {name}: {e}"))?;
+    let configured = nl
+        .add_address(index, IpAddr::V4(s.gateway()), s.prefix)
+        .map_err(|e| format!("address of {name}: {e}"))
+        .and_then(|()| {
+            nl.set_up(index)
+                .map_err(|e| format!("bring up {name}: {e}"))
+        });
+    if configured.is_err() {
+        let _ = nl.delete_link(index);
+    }
+    configured.map(|()| index)
+}
+
+/// The stack's rules: nothing crosses from one network to another, nor
+/// comes in from outside but answers; a sandbox sends from its own subnet
+/// only; an internal network sends nothing out of itself (the host answers
+/// it names only); the others leave through NAT.
 pub(crate) fn ruleset(
     tag: &str,
     nets: &[NetworkDef],
@@ -105,16 +125,23 @@ pub(crate) fn ruleset(
         let (Some(n), Some(s)) = (nets.get(k), subnets.get(k)) else {
             continue;
         };
+        let b = &b.name;
+        forward += &format!("    iifname \"{b}\" ip saddr != {s} drop\n");
+        input += &format!("    iifname \"{b}\" ip saddr != {s} drop\n");
         if n.internal {
-            forward += &format!("    iifname \"{0}\" oifname != \"{0}\" drop\n", b.name);
-            forward += &format!("    oifname \"{0}\" iifname != \"{0}\" drop\n", b.name);
-            input += &format!(
-                "    iifname \"{}\" meta l4proto {{ tcp, udp }} th dport 53 accept\n",
-                b.name
-            );
-            input += &format!("    iifname \"{}\" drop\n", b.name);
+            forward += &format!("    iifname \"{b}\" oifname != \"{b}\" drop\n");
+            forward += &format!("    oifname \"{b}\" iifname != \"{b}\" drop\n");
+            let gw = s.gateway();
+            input += &format!("    iifname \"{b}\" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n");
+            input += &format!("    iifname \"{b}\" drop\n");
         } else {
-            nat += &format!("    ip saddr {s} oifname != \"{}\" masquerade\n", b.name);
+            // Out, and the answers back in; nothing else comes in
+            // (another stack's network, a host routing to this subnet).
+            forward += &format!(
+                "    oifname \"{b}\" iifname != \"{b}\" ct state established,related accept\n"
+            );
+            forward += &format!("    oifname \"{b}\" iifname != \"{b}\" drop\n");
+            nat += &format!("    ip saddr {s} oifname != \"{b}\" masquerade\n");
         }
     }
     format!(
@@ -151,15 +178,25 @@ pub(crate) fn enable_forwarding() -> Result<(), String> {
         .map_err(|e| format!("net.ipv4.ip_forward: {e}"))
 }
 
-/// Remove the stack's bridges and table (at exit).
+/// Remove the stack's bridges and table (at exit); every step is tried,
+/// the first error is said.
 pub(crate) fn remove(tag: &str, bridges: &[Bridge]) -> Result<(), String> {
-    let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    for b in bridges {
-        if let Err(e) = nl.delete_link(b.index) {
-            return Err(format!("delete {}: {e}", b.name));
+    let mut failed = None;
+    match Rtnl::open() {
+        Ok(mut nl) => {
+            for b in bridges {
+                if let Err(e) = nl.delete_link(b.index) {
+                    failed.get_or_insert(format!("delete {}: {e}", b.name));
+                }
+            }
         }
+        Err(e) => failed = Some(format!("netlink: {e}")),
     }
-    nft(&format!("delete table inet {}\n", table(tag)))
+    let dropped = nft(&format!("delete table inet {}\n", table(tag)));
+    match failed {
+        Some(e) => Err(e),
+        None => dropped,
+    }
 }
 
 #[cfg(test)]
@@ -204,13 +241,16 @@ mod tests {
             "iifname \"ibabc0\" oifname \"ibabc1\" drop",
             "iifname \"ibabc1\" oifname \"ibabc0\" drop",
             "iifname \"ibabc0\" oifname != \"ibabc0\" drop",
-            "iifname \"ibabc0\" meta l4proto { tcp, udp } th dport 53 accept",
+            "iifname \"ibabc0\" ip daddr 10.89.1.1 meta l4proto { tcp, udp } th dport 53 accept",
+            "oifname \"ibabc1\" iifname != \"ibabc1\" ct state established,related accept",
+            "oifname \"ibabc1\" iifname != \"ibabc1\" drop",
+            "iifname \"ibabc1\" ip saddr != 10.89.2.0/24 drop",
             "ip saddr 10.89.2.0/24 oifname != \"ibabc1\" masquerade",
         ] {
             assert!(r.contains(want), "{want} not in\n{r}");
         }
         assert!(
-            !r.contains("10.89.1.0/24"),
+            !r.contains("ip saddr 10.89.1.0/24 oifname"),
             "no NAT for an internal one:\n{r}"
         );
         // nft itself checks the syntax, touching nothing.

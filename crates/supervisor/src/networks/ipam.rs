@@ -155,6 +155,13 @@ impl Pool {
         Some(a)
     }
 
+    /// Only these services are on the network now: the addresses of the
+    /// others go back to the pool (a sandbox still using one keeps it
+    /// until it is gone).
+    pub(crate) fn keep_only(&mut self, names: &std::collections::HashSet<&str>) {
+        self.by_name.retain(|n, _| names.contains(n.as_str()));
+    }
+
     /// Sandbox `i` is gone: what it used is free again.
     pub(crate) fn release(&mut self, i: ServiceIx) {
         self.in_use.retain(|_, j| *j != i);
@@ -211,6 +218,18 @@ mod tests {
         p.release(5);
         assert_eq!(p.take(6, "db", None), Some(db), "its own again");
         assert_eq!(p.take(7, "cache", None), Some(Ipv4Addr::new(10, 9, 0, 3)));
+        // web left the stack (its sandbox too): its address is free.
+        p.keep_only(&["db", "cache"].into_iter().collect());
+        p.release(1);
+        assert_eq!(p.take(8, "queue", None), Some(Ipv4Addr::new(10, 9, 0, 4)));
+        assert_eq!(p.take(9, "mail", None), Some(Ipv4Addr::new(10, 9, 0, 5)));
+        p.keep_only(&["db"].into_iter().collect());
+        p.release(7);
+        assert_eq!(
+            p.take(10, "new", None),
+            Some(Ipv4Addr::new(10, 9, 0, 3)),
+            "cache's, freed"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! interfaces ([`Networks::interfaces`]); the sandbox's own init makes
 //! them. Nothing here exists for a stack without `networks`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -119,8 +119,13 @@ impl Networks {
         if p.nets.iter().any(|n| !n.internal) {
             host::enable_forwarding().map_err(|e| made.undo(e))?;
         }
-        let gateways: Vec<Ipv4Addr> = p.subnets.iter().map(|s| s.gateway()).collect();
-        let names = NameServer::bind(ctx, &gateways).map_err(|e| made.undo(e))?;
+        let at: Vec<(Ipv4Addr, &str)> = p
+            .subnets
+            .iter()
+            .zip(&bridges)
+            .map(|(s, b)| (s.gateway(), b.name.as_str()))
+            .collect();
+        let names = NameServer::bind(ctx, &at).map_err(|e| made.undo(e))?;
         let mut n = Networks {
             pools: p.subnets.iter().map(|s| Pool::new(*s)).collect(),
             known: vec![HashMap::new(); p.nets.len()],
@@ -132,7 +137,10 @@ impl Networks {
             seq: 0,
             files: files_dir(control_socket, ""),
         };
-        n.set_members(defs)?;
+        if let Err(e) = n.set_members(defs) {
+            let _ = host::remove(&n.tag, &n.bridges);
+            return Err(e);
+        }
         Ok(n)
     }
 
@@ -151,12 +159,14 @@ impl Networks {
         for k in &mut self.known {
             k.clear();
         }
+        let mut on: Vec<HashSet<&str>> = vec![HashSet::new(); self.nets.len()];
         for d in defs {
             let group = d.group_name();
             for a in &d.policy.networks {
                 let Some(k) = self.nets.iter().position(|n| n.name == a.network) else {
                     continue;
                 };
+                on[k].insert(&d.name);
                 let own = [group, d.name.as_str()];
                 let names = own.into_iter().chain(a.aliases.iter().map(String::as_str));
                 for name in names {
@@ -169,6 +179,9 @@ impl Networks {
             if let Some(first) = d.policy.networks.first() {
                 self.write_files(group, &first.network)?;
             }
+        }
+        for (pool, names) in self.pools.iter_mut().zip(&on) {
+            pool.keep_only(names);
         }
         Ok(())
     }
@@ -272,16 +285,21 @@ impl Networks {
         holder: &dyn Fn(&str) -> Option<ServiceIx>,
     ) {
         let (known, addrs) = (&self.known, &self.addrs);
+        let internal: Vec<bool> = self.nets.iter().map(|n| n.internal).collect();
         // The asker's networks (it asks its first network's gateway): a
-        // name resolves on each it shares with the one named.
+        // name resolves on each it shares with the one named. One that is
+        // none of ours is refused.
         let lookup = |net: usize, from: Ipv4Addr, name: &str| {
-            let nets: Vec<usize> = addrs
+            let Some(nets) = addrs
                 .values()
                 .find(|v| v.contains(&(net, from)))
-                .map_or_else(|| vec![net], |v| v.iter().map(|(k, _)| *k).collect());
+                .map(|v| v.iter().map(|(k, _)| *k).collect::<Vec<usize>>())
+            else {
+                return Lookup::Refused;
+            };
             let mut ours = false;
             let mut found = Vec::new();
-            for k in nets {
+            for &k in &nets {
                 let Some(services) = known.get(k).and_then(|m| m.get(name)) else {
                     continue;
                 };
@@ -296,6 +314,9 @@ impl Networks {
             }
             if ours {
                 Lookup::Ours(found)
+            } else if nets.iter().all(|k| internal.get(*k) == Some(&true)) {
+                // Nothing leaves an internal network, questions included.
+                Lookup::Refused
             } else {
                 Lookup::Unknown
             }

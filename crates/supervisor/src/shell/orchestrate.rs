@@ -275,6 +275,8 @@ impl Supervisor {
             why: why.to_string(),
             transient: isola_runtime::error::is_shortage(errno),
         };
+        // Addresses it may have taken on its first networks.
+        self.release_addresses(i);
         self.outbox.input(Input::StartFailed(i, e));
     }
 

@@ -263,13 +263,16 @@ pub struct Member<'a> {
     pub attachments: &'a [Attachment],
     /// It makes its own network namespace (not joined by path).
     pub own_netns: bool,
+    /// It has a user namespace (its init could not reach the host's
+    /// bridges).
+    pub user_ns: bool,
 }
 
 /// What the stack's services say about its networks, checked together:
 /// every network named exists, members have their own network namespace,
 /// no two services claim one alias or address on a network.
 pub fn check_members(nets: &[NetworkDef], members: &[Member<'_>]) -> Result<(), SpecError> {
-    let mut names: HashMap<(&str, &str), &str> = HashMap::new();
+    let mut names: HashMap<(&str, String), &str> = HashMap::new();
     let mut fixed: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
     for m in members {
         let svc = m.group.unwrap_or(m.name);
@@ -278,6 +281,12 @@ pub fn check_members(nets: &[NetworkDef], members: &[Member<'_>]) -> Result<(), 
             return Err(SpecError::new(
                 format!("services.{svc}.networks"),
                 "needs its own network namespace (linux.namespaces: {\"type\": \"network\"}, no path)",
+            ));
+        }
+        if !m.attachments.is_empty() && m.user_ns {
+            return Err(SpecError::new(
+                format!("services.{svc}.networks"),
+                "not with a user namespace yet (its init makes the interfaces, from the host's side)",
             ));
         }
         for (k, a) in m.attachments.iter().enumerate() {
@@ -289,8 +298,9 @@ pub fn check_members(nets: &[NetworkDef], members: &[Member<'_>]) -> Result<(), 
             };
             check_fixed(net, a, m, &at(k), &mut fixed)?;
             let own = [svc].into_iter().chain(m.group.map(|_| m.name));
+            // Names are looked up without case, as DNS does.
             for n in own.chain(a.aliases.iter().map(String::as_str)) {
-                match names.insert((net.name.as_str(), n), svc) {
+                match names.insert((net.name.as_str(), n.to_ascii_lowercase()), svc) {
                     Some(other) if other != svc => {
                         return Err(SpecError::new(
                             at(k),

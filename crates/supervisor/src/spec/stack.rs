@@ -252,6 +252,7 @@ fn check_networks(nets: &[NetworkDef], defs: &[ServiceDef]) -> Result<(), SpecEr
                     .join
                     .iter()
                     .any(|(f, _)| f.contains(nix::sched::CloneFlags::CLONE_NEWNET)),
+            user_ns: d.plan.new_user_ns(),
         })
         .collect();
     networks::check_members(nets, &members)

@@ -42,16 +42,20 @@ pub(super) struct TcpSide {
     listeners: Vec<TcpListener>,
     conns: HashMap<u64, Conn>,
     next: u64,
+    /// Let go for a moment when we run out of fds, to take a pending
+    /// connection and shut it (the listener would stay ready forever).
+    reserve: Option<std::fs::File>,
 }
 
 impl TcpSide {
-    pub(super) fn bind(ctx: &mut Ctx<'_>, gateways: &[Ipv4Addr]) -> Result<TcpSide, String> {
+    pub(super) fn bind(ctx: &mut Ctx<'_>, at: &[(Ipv4Addr, &str)]) -> Result<TcpSide, String> {
         let mut listeners = Vec::new();
-        for (k, gw) in gateways.iter().enumerate() {
+        for (k, (gw, bridge)) in at.iter().enumerate() {
             let l = TcpListener::bind((*gw, 53))
                 .map_err(|e| format!("nameserver on {gw}:53 (tcp): {e}"))?;
             l.set_nonblocking(true)
                 .map_err(|e| format!("nameserver: {e}"))?;
+            super::on_device(&l, bridge)?;
             ctx.reactor
                 .add(l.as_fd(), token(LISTENERS | k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;
@@ -61,6 +65,7 @@ impl TcpSide {
             listeners,
             conns: HashMap::new(),
             next: 0,
+            reserve: std::fs::File::open("/dev/null").ok(),
         })
     }
 
@@ -90,7 +95,17 @@ impl TcpSide {
         let Some(l) = self.listeners.get(net) else {
             return;
         };
-        while let Ok((stream, peer)) = l.accept() {
+        loop {
+            let (stream, peer) = match l.accept() {
+                Ok(c) => c,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.reserve = None;
+                    let _ = l.accept();
+                    self.reserve = std::fs::File::open("/dev/null").ok();
+                    return;
+                }
+                Err(_) => return,
+            };
             let SocketAddr::V4(peer) = peer else { continue };
             if self.conns.len() >= CONNS_MAX || stream.set_nonblocking(true).is_err() {
                 continue;

@@ -107,6 +107,11 @@ impl Syslog {
             Conn::Datagram(fd) => match send(fd, msg.as_bytes()) {
                 Ok(_) => self.drops.delivered(&self.sink(), notes),
                 Err(Errno::EAGAIN) => self.drops.dropped(1, &self.sink(), &"full", notes),
+                // One line too long for a datagram: that line only.
+                Err(Errno::EMSGSIZE) => {
+                    self.drops
+                        .dropped(1, &self.sink(), &"a line too long", notes)
+                }
                 Err(e) => {
                     // Refused (a receiver that went away, or made its
                     // socket anew): connect again, a second from now.

@@ -59,6 +59,7 @@ fn member<'a>(name: &'a str, a: &'a [Attachment], own: bool) -> Member<'a> {
         group: None,
         attachments: a,
         own_netns: own,
+        user_ns: false,
     }
 }
 
