@@ -35,8 +35,8 @@ use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Ctx, Input, Outbox};
 use crate::shell::loading::{
-    add_to_all, block_signals, check_stack, claim_group, read_stack, spawner_and_stack, Checked,
-    Loading, Prepared,
+    add_to_all, block_signals, check_stack, claim_group, networks_for, read_stack,
+    spawner_and_stack, Checked, Loading, Prepared,
 };
 use crate::shell::loop_lag::LoopLag;
 use crate::shell::metrics::{Metrics, SLICE};
@@ -183,21 +183,8 @@ impl Supervisor {
         for w in &stack.warnings {
             stderr.line(&format!("isola: warning: {w}"));
         }
-        let group = claim_group(&cfg, &mut stderr)?;
-        let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-        let networks = match crate::networks::prepare(&stack_root, &stack.networks) {
-            Ok(n) => n,
-            Err(e) => {
-                // Nothing left behind: the group we just made goes too.
-                if let Some(g) = group {
-                    let _ = g.release();
-                }
-                return Err(match e {
-                    Ok(spec) => UpError::Spec(SpecError::new("", spec)),
-                    Err(host) => UpError::Setup(format!("networks: {host}")),
-                });
-            }
-        };
+        let mut group = claim_group(&cfg, &mut stderr)?;
+        let networks = networks_for(&cfg, &stack.networks, &mut group)?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
         let prepared = Prepared {
@@ -237,24 +224,20 @@ impl Supervisor {
         if let Err(e) = &p.spawner {
             outbox.note(format!("spawner: fork: {e}; starting sandboxes in-process"));
         }
-        let networks = match p.networks {
-            Some(n) => {
-                let mut ctx = Ctx {
-                    reactor: &reactor,
-                    now: Instant::now(),
-                    out: &mut outbox,
-                };
-                match Networks::start(&mut ctx, n, &p.defs, &cfg.socket) {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        if let Some(g) = p.group {
-                            let _ = g.release();
-                        }
-                        return Err(UpError::Setup(format!("networks: {e}")));
-                    }
+        let mut ctx = Ctx {
+            reactor: &reactor,
+            now: Instant::now(),
+            out: &mut outbox,
+        };
+        let networks = match Networks::start_if(&mut ctx, p.networks, &p.defs, &cfg.socket) {
+            Ok(n) => n,
+            Err(e) => {
+                // Nothing left behind: the stack's cgroup goes too.
+                if let Some(g) = p.group {
+                    let _ = g.release();
                 }
+                return Err(UpError::Setup(format!("networks: {e}")));
             }
-            None => None,
         };
         let sandbox_setup = sandboxes::Setup {
             stack_root: cfg.cgroup_root.join(stack_name(&cfg.stack_path)),
@@ -478,72 +461,6 @@ impl Supervisor {
             self.outputs
                 .flush(ctx!(self), crate::outputs::Stream::Stderr);
         }
-    }
-
-    /// SIGHUP: re-read the stack; the core restarts changed services,
-    /// starts new ones, stops removed ones and leaves the rest alone.
-    fn reload(&mut self) {
-        let checked = load_stack(&self.cfg.stack_path)
-            .map_err(UpError::from)
-            .and_then(|s| check_stack(&self.cfg, s, Loading::Reload));
-        let networks = self
-            .networks
-            .as_ref()
-            .map(Networks::defs)
-            .unwrap_or_default();
-        let checked = checked.and_then(|c| {
-            if c.stack.networks.as_slice() == networks {
-                Ok(c)
-            } else {
-                Err(UpError::Setup(
-                    "its networks changed (restart isola up to change them)".into(),
-                ))
-            }
-        });
-        let opened = checked.and_then(|c| {
-            let held = self
-                .held
-                .open_all(&c.stack.services)
-                .map_err(UpError::Setup)?;
-            Ok((c, held))
-        });
-        let (checked, held) = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                self.outbox
-                    .note(format!("reload failed, keeping the running stack: {e}"));
-                return;
-            }
-        };
-        // Sockets no longer listed close here (the running payloads keep
-        // their own copies until they stop).
-        self.held = held;
-        self.sandboxes.set_stats_cap(checked.stats_cap);
-        for w in &checked.stack.warnings {
-            self.outbox.note(format!("warning: {w}"));
-        }
-        self.outbox.note("reloading the stack file");
-        let mut defs = checked.stack.services;
-        add_to_all(&self.additions, &mut defs);
-        // The spawner holds the file as it was at start, not this text:
-        // what a reload changes or adds is cloned here (services it leaves
-        // alone keep their definitions, and numbers).
-        for def in &mut defs {
-            def.entry = None;
-        }
-        let routes: Vec<_> = defs
-            .iter()
-            .map(|d| (d.name.clone(), d.policy.logging.route(), d.replica_number()))
-            .collect();
-        self.core.reload(defs, self.now);
-        // `logging` applies at once, to services the reload left running.
-        for (name, route, replica) in routes {
-            if let Some(i) = self.core.find(&name) {
-                self.outputs.set_route(i, route, replica);
-            }
-        }
-        // Aliases may have changed on services the reload left running.
-        self.update_network_members();
     }
 
     fn finish_shutdown(&mut self) {

@@ -102,6 +102,17 @@ pub(crate) struct Networks {
 }
 
 impl Networks {
+    /// [`Networks::start`] for a stack that has networks.
+    pub(crate) fn start_if(
+        ctx: &mut Ctx<'_>,
+        p: Option<Prepared>,
+        defs: &[ServiceDef],
+        control_socket: &Path,
+    ) -> Result<Option<Networks>, String> {
+        p.map(|p| Networks::start(ctx, p, defs, control_socket))
+            .transpose()
+    }
+
     /// Bridges, rules, the nameserver, and the files of `defs`.
     pub(crate) fn start(
         ctx: &mut Ctx<'_>,

@@ -161,3 +161,23 @@ pub(crate) fn claim_group(cfg: &Config, stderr: &mut Sink) -> Result<Option<Stac
     }
     Ok(Some(group))
 }
+
+/// The stack's networks decided — once its group is ours, so that what a
+/// killed supervisor of the stack left is cleared and nothing a live one
+/// holds. On an error nothing is left behind: the group goes too.
+pub(crate) fn networks_for(
+    cfg: &Config,
+    nets: &[crate::spec::networks::NetworkDef],
+    group: &mut Option<StackGroup>,
+) -> Result<Option<crate::networks::Prepared>, UpError> {
+    let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+    crate::networks::prepare(&stack_root, nets).map_err(|e| {
+        if let Some(g) = group.take() {
+            let _ = g.release();
+        }
+        match e {
+            Ok(spec) => UpError::Spec(SpecError::new("", spec)),
+            Err(host) => UpError::Setup(format!("networks: {host}")),
+        }
+    })
+}

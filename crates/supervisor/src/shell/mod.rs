@@ -13,6 +13,7 @@ pub(crate) mod metrics;
 pub(crate) mod orchestrate;
 mod progress;
 pub(crate) mod reactor;
+mod reload;
 pub(crate) mod reports;
 mod requests;
 pub(crate) mod rules;
