@@ -65,8 +65,49 @@ pub(crate) fn run(
     detach: Option<Detach>,
     net: &[NetInterface],
 ) -> ! {
-    // The host process's fds (cgroup directory, signalfd, other sandboxes'
-    // pidfds in a supervisor) must not live on in the sandbox.
+    let (sock, held, mut targets) = keep_only_ours(plan, sock, pass, listen, detach);
+    let gated = detach.map(|d| {
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's owners of these fds live on in its memory,
+        // never dropped here: this clone leaves by exec or exit_now.
+        let adopt = |fd| unsafe { sys::adopt_inherited_fd(fd) };
+        Gated {
+            gate: adopt(held[1]),
+            console: d.console.map(|_| adopt(held[2])),
+        }
+    });
+    // Our parent may not block all of these; a forwarded SIGUSR1 must not
+    // kill the init with its default action. Detached, every signal is the
+    // payload's (`kill ID SIGNAL` names any).
+    let set = if gated.is_some() {
+        SigSet::all()
+    } else {
+        signal_set()
+    };
+    if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        sys::exit_now(exit::code(exit::SETUP));
+    }
+    targets.sort_unstable();
+    let payload_fds = PayloadFds {
+        all: &targets,
+        listen: (!listen.fds.is_empty()).then_some(listen),
+    };
+    let outcome = prepare(plan, &sock, unshare, &payload_fds, gated, net);
+    leave(plan, sock, outcome, &set)
+}
+
+/// Close every fd the host process had (cgroup directory, signalfd,
+/// other sandboxes' pidfds in a supervisor) but the sync socket, the
+/// detached init's and the payload's, and place the payload's at their
+/// numbers. The sync socket (moved if it sat on a target), the numbers of
+/// the fds we keep, and the payload's targets.
+fn keep_only_ours(
+    plan: &Plan,
+    sock: OwnedFd,
+    pass: &[RawFd],
+    listen: Listen,
+    detach: Option<Detach>,
+) -> (OwnedFd, Vec<RawFd>, Vec<RawFd>) {
     let mut held = vec![sock.as_raw_fd()];
     if let Some(d) = detach {
         held.push(d.gate);
@@ -76,7 +117,7 @@ pub(crate) fn run(
     keep.extend_from_slice(pass);
     keep.extend_from_slice(listen.fds);
     let sources: Vec<RawFd> = listen.fds.iter().chain(pass).copied().collect();
-    let mut targets: Vec<RawFd> = listen
+    let targets: Vec<RawFd> = listen
         .targets()
         .chain(plan.pass_fds.iter().copied())
         .collect();
@@ -106,38 +147,18 @@ pub(crate) fn run(
             sys::adopt_inherited_fd(held[0])
         }
     };
-    let gated = detach.map(|d| {
-        #[allow(unsafe_code)]
-        // SAFETY: the caller's owners of these fds live on in its memory,
-        // never dropped here: this clone leaves by exec or exit_now.
-        let adopt = |fd| unsafe { sys::adopt_inherited_fd(fd) };
-        Gated {
-            gate: adopt(held[1]),
-            console: d.console.map(|_| adopt(held[2])),
-        }
-    });
-    // Our parent may not block all of these; a forwarded SIGUSR1 must not
-    // kill the init with its default action. Detached, every signal is the
-    // payload's (`kill ID SIGNAL` names any).
-    let set = if gated.is_some() {
-        SigSet::all()
-    } else {
-        signal_set()
-    };
-    if nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
-        sys::exit_now(exit::code(exit::SETUP));
-    }
-    targets.sort_unstable();
-    let payload_fds = PayloadFds {
-        all: &targets,
-        listen: (!listen.fds.is_empty()).then_some(listen),
-    };
-    match prepare(plan, &sock, unshare, &payload_fds, gated, net) {
+    (sock, held, targets)
+}
+
+/// After `prepare`: supervise the payload, or report why there is none
+/// and exit.
+fn leave(plan: &Plan, sock: OwnedFd, outcome: Result<Option<Pid>, Failure>, set: &SigSet) -> ! {
+    match outcome {
         Ok(Some(payload)) => {
             // Nothing more to report: the host learns of our exit by
             // SIGCHLD or its pidfd.
             drop(sock);
-            supervise(plan, payload, &set)
+            supervise(plan, payload, set)
         }
         // Parent vanished before saying go: nothing to report to.
         Ok(None) => sys::exit_now(exit::code(exit::SETUP)),
@@ -245,21 +266,63 @@ fn prepare(
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
+    let Some(hook_state) = wait_for_go(plan, sock)? else {
+        return Ok(None);
+    };
+    enter_namespaces(plan, unshare, net)?;
+    become_namespace_root(plan)?;
+    set_up_inside(plan, &hook_state)?;
+    let detached = gated.is_some();
+    let (gate, terminal) = take_console(gated)?;
+    // Made while seccomp cannot refuse it yet; read at the gate.
+    let gate_signals = match &gate {
+        Some(_) => Some(
+            nix::sys::signalfd::SignalFd::with_flags(
+                &SigSet::all(),
+                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
+                    | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+            )
+            .map_err(step("signals", "signalfd"))?,
+        ),
+        None => None,
+    };
+    become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
+    if let (Some(gate), Some(signals)) = (gate, gate_signals) {
+        wait_at_gate(plan, sock, &gate, &signals, &hook_state)?;
+    }
+    let pid = spawn_payload(plan, fds, terminal)?;
+    // Passed fds are the payload's alone (a pipe's writer must not be
+    // held open by us).
+    for fd in fds.all {
+        let _ = nix::unistd::close(*fd);
+    }
+    let reported = sync::write(sock, &Msg::Started);
+    // Detached, nobody listens any more: a failed write is no failure.
+    if !detached {
+        reported.map_err(step("sync", "report start"))?;
+    }
+    Ok(Some(pid))
+}
+
+/// The parent's `G` (and the container's state, for in-container hooks);
+/// `None` when the parent vanished first.
+fn wait_for_go(plan: &Plan, sock: &OwnedFd) -> Result<Option<String>, Failure> {
     match sync::read(sock).map_err(step("sync", "wait for parent"))? {
         Some(Msg::Go) => {}
         _ => return Ok(None),
     }
-    let hook_state = if plan.container_hooks.is_empty() {
-        String::new()
-    } else {
-        match sync::read(sock).map_err(step("sync", "wait for the state"))? {
-            Some(Msg::State { json }) => json,
-            _ => return Ok(None),
-        }
-    };
+    if plan.container_hooks.is_empty() {
+        return Ok(Some(String::new()));
+    }
+    match sync::read(sock).map_err(step("sync", "wait for the state"))? {
+        Some(Msg::State { json }) => Ok(Some(json)),
+        _ => Ok(None),
+    }
+}
 
-    enter_namespaces(plan, unshare, net)?;
-    become_namespace_root(plan)?;
+/// Inside the namespaces: OOM score, sysctls, `lo`, hostname, mounts (or
+/// the createContainer hooks without a mount namespace).
+fn set_up_inside(plan: &Plan, hook_state: &str) -> Result<(), Failure> {
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(step("oomScoreAdj", adj))?;
@@ -285,7 +348,7 @@ fn prepare(
             readonly: &plan.readonly,
             devices: &plan.devices,
             create_hooks: &plan.container_hooks.create_container,
-            hook_state: &hook_state,
+            hook_state,
         })?;
     } else {
         // No mount namespace, no pivot_root: the container's namespaces
@@ -293,66 +356,53 @@ fn prepare(
         hookrun::run(
             "hooks.createContainer",
             &plan.container_hooks.create_container,
-            &hook_state,
+            hook_state,
         )?;
     }
-    let detached = gated.is_some();
+    Ok(())
+}
+
+/// Detached: the gate, and the console as stdio when there is one (true
+/// then: the payload gets a terminal).
+fn take_console(gated: Option<Gated>) -> Result<(Option<OwnedFd>, bool), Failure> {
     let (gate, console) = match gated {
         Some(g) => (Some(g.gate), g.console),
         None => (None, None),
     };
-    let terminal = match console {
-        Some(console) => {
-            let slave = crate::sandbox::gate::console(console).map_err(|e| ("console", e))?;
-            for target in 0..=2 {
-                sys::dup2_raw(slave.as_raw_fd(), target).map_err(step("console", "stdio"))?;
-            }
-            true
-        }
-        None => false,
+    let Some(console) = console else {
+        return Ok((gate, false));
     };
-    // Made while seccomp cannot refuse it yet; read at the gate.
-    let gate_signals = match &gate {
-        Some(_) => Some(
-            nix::sys::signalfd::SignalFd::with_flags(
-                &SigSet::all(),
-                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
-                    | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-            )
-            .map_err(step("signals", "signalfd"))?,
-        ),
-        None => None,
-    };
-    become_payload(plan, plan.uid, plan.gid, &plan.cwd)?;
-    if let (Some(gate), Some(signals)) = (gate, gate_signals) {
-        // A command that is not there fails `create`, not `start`.
-        let path = resolve(&plan.args[0], &plan.search_path)
-            .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
-        nix::unistd::access(path.as_c_str(), nix::unistd::AccessFlags::X_OK)
-            .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
-        // The caller (`isola create`) exits now; we live on, reaped by
-        // whoever reaps its orphans (conmon, the containerd shim).
-        nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
-        sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
-        crate::sandbox::gate::wait(&gate, &signals).map_err(Failure::Signaled)?;
-        hookrun::run(
-            "hooks.startContainer",
-            &plan.container_hooks.start_container,
-            &hook_state,
-        )?;
+    let slave = crate::sandbox::gate::console(console).map_err(|e| ("console", e))?;
+    for target in 0..=2 {
+        sys::dup2_raw(slave.as_raw_fd(), target).map_err(step("console", "stdio"))?;
     }
-    let pid = spawn_payload(plan, fds, terminal)?;
-    // Passed fds are the payload's alone (a pipe's writer must not be
-    // held open by us).
-    for fd in fds.all {
-        let _ = nix::unistd::close(*fd);
-    }
-    let reported = sync::write(sock, &Msg::Started);
-    // Detached, nobody listens any more: a failed write is no failure.
-    if !detached {
-        reported.map_err(step("sync", "report start"))?;
-    }
-    Ok(Some(pid))
+    Ok((gate, true))
+}
+
+/// OCI `create`: report created and wait at the gate for `start`.
+fn wait_at_gate(
+    plan: &Plan,
+    sock: &OwnedFd,
+    gate: &OwnedFd,
+    signals: &nix::sys::signalfd::SignalFd,
+    hook_state: &str,
+) -> Result<(), Failure> {
+    // A command that is not there fails `create`, not `start`.
+    let path = resolve(&plan.args[0], &plan.search_path)
+        .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+    nix::unistd::access(path.as_c_str(), nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
+    // The caller (`isola create`) exits now; we live on, reaped by
+    // whoever reaps its orphans (conmon, the containerd shim).
+    nix::sys::prctl::set_pdeathsig(None).map_err(step("prctl", "PR_SET_PDEATHSIG"))?;
+    sync::write(sock, &Msg::Created).map_err(step("sync", "report created"))?;
+    crate::sandbox::gate::wait(gate, signals).map_err(Failure::Signaled)?;
+    hookrun::run(
+        "hooks.startContainer",
+        &plan.container_hooks.start_container,
+        hook_state,
+    )?;
+    Ok(())
 }
 
 /// In a new user namespace we still carry the host's ids, which mean

@@ -244,30 +244,7 @@ impl Starting {
 /// Create the cgroup, clone the init into it and let it set up; returns
 /// without waiting for the payload.
 pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
-    cgroup::check_name(opts.name)?;
-    if opts.pass_fds.len() != plan.pass_fds.len() {
-        return Err(Error::sys(
-            format!(
-                "{} fds for the payload, {} given",
-                plan.pass_fds.len(),
-                opts.pass_fds.len()
-            ),
-            Errno::EINVAL,
-        ));
-    }
-    if let Some(fd) = opts.listen.targets().find(|t| plan.pass_fds.contains(t)) {
-        return Err(Error::sys(
-            format!("fd {fd} is both a listening socket and a passed fd"),
-            Errno::EINVAL,
-        ));
-    }
-    if opts.no_cgroup && plan.has_resources() {
-        return Err(SpecError::new(
-            "--no-cgroup",
-            "conflicts with linux.resources: limits and device rules need a cgroup",
-        )
-        .into());
-    }
+    check_options(plan, opts)?;
     let cg = if opts.no_cgroup {
         None
     } else {
@@ -310,6 +287,42 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         }
         cg.release_dir();
     }
+    let_go(plan, opts, pid, &ours)?;
+    Ok(Starting { sb, sync: ours })
+}
+
+/// What the options must agree on with the plan before anything exists.
+fn check_options(plan: &Plan, opts: &Options) -> Result<(), Error> {
+    cgroup::check_name(opts.name)?;
+    if opts.pass_fds.len() != plan.pass_fds.len() {
+        return Err(Error::sys(
+            format!(
+                "{} fds for the payload, {} given",
+                plan.pass_fds.len(),
+                opts.pass_fds.len()
+            ),
+            Errno::EINVAL,
+        ));
+    }
+    if let Some(fd) = opts.listen.targets().find(|t| plan.pass_fds.contains(t)) {
+        return Err(Error::sys(
+            format!("fd {fd} is both a listening socket and a passed fd"),
+            Errno::EINVAL,
+        ));
+    }
+    if opts.no_cgroup && plan.has_resources() {
+        return Err(SpecError::new(
+            "--no-cgroup",
+            "conflicts with linux.resources: limits and device rules need a cgroup",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The child waits: its id maps written (a new user namespace), then `G`,
+/// then the container's state for in-container hooks.
+fn let_go(plan: &Plan, opts: &Options, pid: Pid, ours: &OwnedFd) -> Result<(), Error> {
     for (file, map) in [("uid_map", &plan.uid_map), ("gid_map", &plan.gid_map)] {
         if let Some(m) = map {
             let p = format!("/proc/{}/{file}", pid.as_raw());
@@ -319,7 +332,7 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
             })?;
         }
     }
-    sync::write(&ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
+    sync::write(ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
     if !plan.container_hooks.is_empty() {
         let mut state = opts
             .hook_state
@@ -327,9 +340,9 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
             .unwrap_or_else(|| serde_json::json!({}));
         state["pid"] = serde_json::Value::from(pid.as_raw());
         let json = state.to_string();
-        sync::write(&ours, &Msg::State { json }).map_err(|e| Error::sys("sync", e))?;
+        sync::write(ours, &Msg::State { json }).map_err(|e| Error::sys("sync", e))?;
     }
-    Ok(Starting { sb, sync: ours })
+    Ok(())
 }
 
 /// clone3 into the cgroup; where the kernel refuses CLONE_INTO_CGROUP, clone

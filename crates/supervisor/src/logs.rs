@@ -143,12 +143,11 @@ struct JsonLine<'a> {
 /// A log line as text (`TIME STREAM TEXT`), whichever format it was
 /// written in (a stack may change `logging.format` between runs).
 fn as_text(line: &str) -> String {
-    if line.starts_with('{') {
-        if let Ok(j) = serde_json::from_str::<JsonLineOwned>(line) {
-            return format!("{} {} {}", j.time, j.stream, j.msg);
-        }
+    // A text line starts with its time: not JSON, refused at once.
+    match serde_json::from_str::<JsonLineOwned>(line) {
+        Ok(j) => format!("{} {} {}", j.time, j.stream, j.msg),
+        Err(_) => line.to_string(),
     }
-    line.to_string()
 }
 
 /// [`JsonLine`] read back (its text may be escaped: not borrowed).

@@ -37,58 +37,69 @@ fn lines(n: usize, text: &str) -> Vec<String> {
     (0..n).map(|k| format!("{text} {k}")).collect()
 }
 
+/// Forwarders whose journal is a socket of ours at `path` (bound by the
+/// test when it wants one there), removed at the end.
+struct ToJournal {
+    h: Harness,
+    f: Forwarders,
+    path: PathBuf,
+}
+
+impl ToJournal {
+    fn new(tag: &str) -> ToJournal {
+        let path = temp(tag);
+        ToJournal {
+            h: Harness::new(),
+            f: Forwarders::new("st", path.clone()),
+            path,
+        }
+    }
+
+    fn send(&mut self, stream: Stream, lines: &[String]) {
+        let r = route(true, None);
+        let mut ctx = self.h.ctx();
+        self.f.send(&mut ctx, &r, None, &origin(stream), lines);
+    }
+}
+
+impl Drop for ToJournal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[test]
 fn an_absent_journal_drops_counts_and_says_so_once_then_that_it_is_back() {
-    let path = temp("journal");
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", path.clone());
-    let r = route(true, None);
-    f.send(
-        &mut h.ctx(),
-        &r,
-        None,
-        &origin(Stream::Stdout),
-        &lines(3, "x"),
-    );
-    let notes = f.take_notes();
+    let mut j = ToJournal::new("journal");
+    j.send(Stream::Stdout, &lines(3, "x"));
+    let notes = j.f.take_notes();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].starts_with("logging: journald: "), "{notes:?}");
     assert!(notes[0].contains("not listening"), "{notes:?}");
-    assert_eq!(f.dropped()[0], ("journald", 3));
-    let journal = UnixDatagram::bind(&path).unwrap();
-    f.send(
-        &mut h.ctx(),
-        &r,
-        None,
-        &origin(Stream::Stdout),
-        &lines(1, "y"),
-    );
+    assert_eq!(j.f.dropped()[0], ("journald", 3));
+    let journal = UnixDatagram::bind(&j.path).unwrap();
+    j.send(Stream::Stdout, &lines(1, "y"));
     assert_eq!(
-        f.take_notes(),
+        j.f.take_notes(),
         vec!["logging: journald: taking lines again (3 dropped)".to_string()]
     );
     let mut buf = [0u8; 1024];
     let n = journal.recv(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"MESSAGE=y 0\nPRIORITY=6\n"));
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
 fn a_full_journal_never_blocks_the_sender() {
-    let path = temp("full");
-    let journal = UnixDatagram::bind(&path).unwrap();
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", path.clone());
-    let r = route(true, None);
+    let mut j = ToJournal::new("full");
+    let journal = UnixDatagram::bind(&j.path).unwrap();
     let t = std::time::Instant::now();
     let many = lines(20_000, &"z".repeat(200));
-    f.send(&mut h.ctx(), &r, None, &origin(Stream::Stderr), &many);
+    j.send(Stream::Stderr, &many);
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
-    let (_, dropped) = f.dropped()[0];
+    let (_, dropped) = j.f.dropped()[0];
     assert!(dropped > 0 && dropped < 20_000, "{dropped}");
-    assert_eq!(f.take_notes().len(), 1);
+    assert_eq!(j.f.take_notes().len(), 1);
     drop(journal);
-    let _ = std::fs::remove_file(&path);
 }
 
 /// Forwarders with one syslog receiver, and how to send to it.
@@ -231,34 +242,18 @@ fn a_tcp_receiver_that_is_not_there_is_tried_again_a_second_later() {
 /// seconds, not at each turn.
 #[test]
 fn a_sink_that_flaps_is_named_once_per_period() {
-    let path = temp("flaps");
-    let journal = UnixDatagram::bind(&path).unwrap();
+    let mut j = ToJournal::new("flaps");
+    let journal = UnixDatagram::bind(&j.path).unwrap();
     journal.set_nonblocking(true).unwrap();
-    let mut h = Harness::new();
-    let mut f = Forwarders::new("st", path.clone());
-    let r = route(true, None);
     let mut buf = vec![0u8; 1 << 16];
     for _ in 0..5 {
         // Fill it, then drain it.
-        f.send(
-            &mut h.ctx(),
-            &r,
-            None,
-            &origin(Stream::Stdout),
-            &lines(2000, "z"),
-        );
+        j.send(Stream::Stdout, &lines(2000, "z"));
         while journal.recv(&mut buf).is_ok() {}
-        f.send(
-            &mut h.ctx(),
-            &r,
-            None,
-            &origin(Stream::Stdout),
-            &lines(1, "y"),
-        );
+        j.send(Stream::Stdout, &lines(1, "y"));
     }
-    let notes = f.take_notes();
+    let notes = j.f.take_notes();
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes[1].contains("taking lines again"), "{notes:?}");
-    assert!(f.dropped()[0].1 > 0);
-    let _ = std::fs::remove_file(&path);
+    assert!(j.f.dropped()[0].1 > 0);
 }
