@@ -29,6 +29,8 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 # Stack networks: isolation and NAT between networks are nftables rules.
 command -v nft >/dev/null || need+=(nftables)
+# The CNI driver of stack networks runs the reference plugins.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 # Log forwarding is tested against a real systemd-journald, run standalone.
 [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v journalctl >/dev/null || need+=(systemd)

@@ -314,3 +314,72 @@ fn bad_networks_are_refused_naming_the_field_and_nothing_is_made() {
     }
     assert_clean();
 }
+
+/// The bridges (`ib…`) of isola on the host.
+fn bridges() -> usize {
+    leftovers().iter().filter(|l| l.starts_with("ib")).count()
+}
+
+#[test]
+fn a_reload_remakes_changed_networks_and_restarts_only_their_members() {
+    require_vm();
+    let x = on(json!(["a"]), &server(9000, "x"), json!({}));
+    let y = on(json!(["a"]), "exec sleep 1000", json!({}));
+    let z = on(json!(["b"]), "exec sleep 1001", json!({}));
+    let first = json!({
+        "networks": {"a": {"subnet": "10.89.50.0/24"}, "b": {}},
+        "services": {"x": x, "y": y, "z": z},
+    });
+    let up = up_file("netreload", &first);
+    let pid = |s: &str| up.wait_state(s, "running")["pid"].clone();
+    let (px, pz) = (pid("x"), pid("z"));
+    pid("y");
+    let z_addr = address(&up, "z", "b");
+    assert!(address(&up, "x", "a").starts_with("10.89.50."));
+    assert_eq!(bridges(), 2);
+    // a's subnet changes and c comes, with w on it; b stays as it is.
+    let mut second = first.clone();
+    second["networks"]["a"]["subnet"] = json!("10.89.51.0/24");
+    second["networks"]["c"] = json!({"internal": true});
+    second["services"]["w"] = on(json!(["c"]), &server(9001, "w"), json!({}));
+    std::fs::write(up.stack_path(), second.to_string()).unwrap();
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let moved = |s: &Value| {
+        s["state"] == "running"
+            && s["addresses"]["a"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.89.51."))
+    };
+    let sx = up.wait_for("x", "x on the new subnet", Duration::from_secs(30), moved);
+    assert_ne!(sx["pid"], px, "x kept its sandbox");
+    up.wait_for("y", "y on the new subnet", Duration::from_secs(30), moved);
+    up.wait_state("w", "running");
+    assert_eq!(up.service("z")["pid"], pz, "z was restarted");
+    assert_eq!(address(&up, "z", "b"), z_addr);
+    assert_eq!(bridges(), 3);
+    let t = Instant::now();
+    while ask(&up, "y", "x", 9000) != "x" {
+        assert!(t.elapsed() < Duration::from_secs(20), "y cannot reach x");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ask(&up, "w", "w", 9001), "w");
+    assert_eq!(resolve(&up, "w", "x"), "error gaierror");
+    // c goes with w.
+    std::fs::write(up.stack_path(), {
+        let mut third = second.clone();
+        third["networks"].as_object_mut().unwrap().remove("c");
+        third["services"].as_object_mut().unwrap().remove("w");
+        third.to_string()
+    })
+    .unwrap();
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = Instant::now();
+    while bridges() != 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "c's bridge stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(up.service("z")["pid"], pz, "z was restarted");
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    assert_clean();
+}

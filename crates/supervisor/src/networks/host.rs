@@ -86,7 +86,12 @@ pub(crate) fn make_bridges(
     Ok(out)
 }
 
-fn make_bridge(nl: &mut Rtnl, name: &str, n: &NetworkDef, s: Subnet) -> Result<u32, String> {
+pub(crate) fn make_bridge(
+    nl: &mut Rtnl,
+    name: &str,
+    n: &NetworkDef,
+    s: Subnet,
+) -> Result<u32, String> {
     let index = nl
         .create_bridge(name, n.mtu)
         .map_err(|e| format!("create bridge {name}: {e}"))?;
@@ -170,6 +175,13 @@ pub(crate) fn nft(rules: &str) -> Result<(), String> {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     Err(format!("nft: {}", err.lines().next().unwrap_or("failed")))
+}
+
+/// The stack's rules replaced by `rules` in one transaction (the table
+/// declared first, so that deleting it cannot fail).
+pub(crate) fn replace_rules(tag: &str, rules: &str) -> Result<(), String> {
+    let t = table(tag);
+    nft(&format!("table inet {t}\ndelete table inet {t}\n{rules}"))
 }
 
 /// Packets from a non-internal network may leave through the host.

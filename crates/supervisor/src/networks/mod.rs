@@ -19,6 +19,9 @@ use crate::spec::stack::ServiceDef;
 mod dns;
 mod host;
 mod ipam;
+mod redefine;
+
+pub(crate) use redefine::{apply as apply_change, plan as plan_change, NetChange};
 
 use dns::{Lookup, NameServer};
 use host::Bridge;
@@ -90,7 +93,8 @@ pub(crate) struct Networks {
     nets: Vec<NetworkDef>,
     bridges: Vec<Bridge>,
     pools: Vec<Pool>,
-    names: NameServer,
+    /// `None` only while a reload rebinds it.
+    names: Option<NameServer>,
     /// Per network: a name asked for → the services it stands for (a
     /// group's name: each replica).
     known: Vec<HashMap<String, Vec<String>>>,
@@ -98,6 +102,8 @@ pub(crate) struct Networks {
     addrs: HashMap<ServiceIx, Vec<(usize, Ipv4Addr)>>,
     /// Numbers the host ends of pairs.
     seq: u32,
+    /// Numbers the bridges a reload adds.
+    bridge_seq: usize,
     files: PathBuf,
 }
 
@@ -130,35 +136,35 @@ impl Networks {
         if p.nets.iter().any(|n| !n.internal) {
             host::enable_forwarding().map_err(|e| made.undo(e))?;
         }
-        let at: Vec<(Ipv4Addr, &str)> = p
-            .subnets
-            .iter()
-            .zip(&bridges)
-            .map(|(s, b)| (s.gateway(), b.name.as_str()))
-            .collect();
-        let names = NameServer::bind(ctx, &at).map_err(|e| made.undo(e))?;
         let mut n = Networks {
             pools: p.subnets.iter().map(|s| Pool::new(*s)).collect(),
             known: vec![HashMap::new(); p.nets.len()],
             tag: p.tag,
+            bridge_seq: p.nets.len(),
             nets: p.nets,
             bridges,
-            names,
+            names: None,
             addrs: HashMap::new(),
             seq: 0,
             files: files_dir(control_socket, ""),
         };
-        if let Err(e) = n.set_members(defs) {
+        if let Err(e) = n.bind_names(ctx).and_then(|()| n.set_members(defs)) {
             let _ = host::remove(&n.tag, &n.bridges);
             return Err(e);
         }
         Ok(n)
     }
 
-    /// The networks as the stack file defined them (a reload that changes
-    /// them is refused).
-    pub(crate) fn defs(&self) -> &[NetworkDef] {
-        &self.nets
+    /// The nameserver on every network's gateway.
+    fn bind_names(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        let at: Vec<(Ipv4Addr, &str)> = self
+            .pools
+            .iter()
+            .zip(&self.bridges)
+            .map(|(p, b)| (p.subnet.gateway(), b.name.as_str()))
+            .collect();
+        self.names = Some(NameServer::bind(ctx, &at)?);
+        Ok(())
     }
 
     /// The services on the networks now (at start, and at each reload):
@@ -332,7 +338,9 @@ impl Networks {
                 Lookup::Unknown
             }
         };
-        self.names.on_event(ctx, key, &lookup);
+        if let Some(names) = self.names.as_mut() {
+            names.on_event(ctx, key, &lookup);
+        }
     }
 
     /// At exit: the bridges and rules go (the pairs went with their

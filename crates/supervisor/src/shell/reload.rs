@@ -1,17 +1,19 @@
 //! SIGHUP: the stack file read again. The core restarts changed services,
 //! starts new ones, stops removed ones and leaves the rest alone; held
 //! sockets still listed are kept; `logging` and network names apply at
-//! once. A file that does not load, does not fit, or changes the stack's
-//! networks changes nothing.
+//! once; networks that change are made again (their members restart). A
+//! file that does not load or does not fit changes nothing.
 
 use crate::held_sockets::HeldSockets;
-use crate::networks::Networks;
+use crate::networks::{self, NetChange};
 use crate::shell::loading::{add_to_all, check_stack, Checked, Loading};
-use crate::supervisor::{load_stack, Supervisor, UpError};
+use crate::supervisor::ctx;
+use crate::supervisor::{load_stack, stack_name, Supervisor, UpError};
+use isola_runtime::SpecError;
 
 impl Supervisor {
     pub(crate) fn reload(&mut self) {
-        let (checked, held) = match self.load_again() {
+        let (checked, held, nets) = match self.load_again() {
             Ok(o) => o,
             Err(e) => {
                 self.outbox
@@ -35,6 +37,13 @@ impl Supervisor {
         for def in &mut defs {
             def.entry = None;
         }
+        // Before the members restart: they start on the new bridges.
+        let ctx = ctx!(self);
+        if let Err(e) =
+            networks::apply_change(ctx, &mut self.networks, nets, &defs, &self.cfg.socket)
+        {
+            self.outbox.note(format!("networks: {e}"));
+        }
         let routes: Vec<_> = defs
             .iter()
             .map(|d| (d.name.clone(), d.policy.logging.route(), d.replica_number()))
@@ -50,26 +59,21 @@ impl Supervisor {
         self.update_network_members();
     }
 
-    /// The file read and checked as at start, its networks unchanged, and
-    /// its held sockets opened (nothing of the running set moved if not).
-    fn load_again(&mut self) -> Result<(Checked, HeldSockets), UpError> {
+    /// The file read and checked as at start, what it changes of the
+    /// networks decided, and its held sockets opened (nothing of the
+    /// running set moved if not).
+    fn load_again(&mut self) -> Result<(Checked, HeldSockets, NetChange), UpError> {
         let checked = load_stack(&self.cfg.stack_path)
             .map_err(UpError::from)
             .and_then(|s| check_stack(&self.cfg, s, Loading::Reload))?;
-        let networks = self
-            .networks
-            .as_ref()
-            .map(Networks::defs)
-            .unwrap_or_default();
-        if checked.stack.networks.as_slice() != networks {
-            return Err(UpError::Setup(
-                "its networks changed (restart isola up to change them)".into(),
-            ));
-        }
+        let stack_root = self.cfg.cgroup_root.join(stack_name(&self.cfg.stack_path));
+        let nets =
+            networks::plan_change(self.networks.as_ref(), &stack_root, &checked.stack.networks)
+                .map_err(|e| UpError::Spec(SpecError::new("networks", e)))?;
         let held = self
             .held
             .open_all(&checked.stack.services)
             .map_err(UpError::Setup)?;
-        Ok((checked, held))
+        Ok((checked, held, nets))
     }
 }

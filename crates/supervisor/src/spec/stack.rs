@@ -231,6 +231,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         None => Vec::new(),
     };
     check_networks(&networks, &defs)?;
+    fold_network_defs(&networks, &mut defs);
     Ok(Stack {
         services: order(defs)?,
         warnings,
@@ -256,6 +257,22 @@ fn check_networks(nets: &[NetworkDef], defs: &[ServiceDef]) -> Result<(), SpecEr
         })
         .collect();
     networks::check_members(nets, &members)
+}
+
+/// A member's definition includes its networks': a reload that changes a
+/// network restarts the services on it (and only those).
+fn fold_network_defs(nets: &[NetworkDef], defs: &mut [ServiceDef]) {
+    for d in defs.iter_mut() {
+        if d.policy.networks.is_empty() {
+            continue;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        d.fingerprint.hash(&mut h);
+        for a in &d.policy.networks {
+            format!("{:?}", nets.iter().find(|n| n.name == a.network)).hash(&mut h);
+        }
+        d.fingerprint = h.finish();
+    }
 }
 
 /// A dependency on a replicated service is one on each of its replicas.

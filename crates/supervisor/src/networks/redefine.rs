@@ -1,0 +1,178 @@
+//! A reload that changes the stack's networks. The services on a network
+//! whose definition changed restart (their definitions include it, see
+//! `spec::stack`); here the host follows: a network that goes loses its
+//! bridge, a new or changed one gets a fresh bridge and subnet, one left
+//! alone keeps its bridge, subnet and every address on it. The rules are
+//! replaced in one transaction and the nameserver listens on the new
+//! gateways.
+
+use std::path::Path;
+
+use isola_runtime::net::Rtnl;
+
+use super::{host, ipam, Networks, Prepared};
+use crate::shell::context::Ctx;
+use crate::spec::networks::{NetworkDef, Subnet};
+use crate::spec::stack::ServiceDef;
+
+/// What a reload does to the networks, decided (and checked against the
+/// host) before anything of the running stack moves.
+pub(crate) enum NetChange {
+    Same,
+    /// The stack had none: made as at `isola up`.
+    Start(Prepared),
+    /// The stack has none any more.
+    Stop,
+    Redefine(Redefinition),
+}
+
+pub(crate) struct Redefinition {
+    nets: Vec<NetworkDef>,
+    subnets: Vec<Subnet>,
+    /// By new position: the old position of a network left alone.
+    kept: Vec<Option<usize>>,
+}
+
+/// Decide what `nets` (the file read again) changes. A subnet it asks for
+/// that the host (or a network that stays) has is its error.
+pub(crate) fn plan(
+    now: Option<&Networks>,
+    stack_root: &Path,
+    nets: &[NetworkDef],
+) -> Result<NetChange, String> {
+    let Some(now) = now else {
+        return match super::prepare(stack_root, nets) {
+            Ok(None) => Ok(NetChange::Same),
+            Ok(Some(p)) => Ok(NetChange::Start(p)),
+            Err(Ok(e) | Err(e)) => Err(e),
+        };
+    };
+    if nets.is_empty() {
+        return Ok(NetChange::Stop);
+    }
+    if nets == now.nets.as_slice() {
+        return Ok(NetChange::Same);
+    }
+    let kept: Vec<Option<usize>> = nets
+        .iter()
+        .map(|n| now.nets.iter().position(|o| o == n))
+        .collect();
+    // Ours are the host's too: those of networks that go or change are
+    // free again, those that stay are taken.
+    let ours: Vec<Subnet> = now.pools.iter().map(|p| p.subnet).collect();
+    let mut taken: Vec<Subnet> = ipam::host_subnets()
+        .into_iter()
+        .filter(|h| {
+            !ours
+                .iter()
+                .any(|o| o.prefix <= h.prefix && o.contains(h.net))
+        })
+        .collect();
+    taken.extend(kept.iter().flatten().map(|k| ours[*k]));
+    let fresh: Vec<NetworkDef> = nets
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| k.is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut picked = ipam::subnets(&fresh, &taken)?.into_iter();
+    let subnets = kept
+        .iter()
+        .map(|k| match k {
+            Some(k) => Some(ours[*k]),
+            None => picked.next(),
+        })
+        .collect::<Option<Vec<Subnet>>>()
+        .ok_or("networks: a subnet was not picked")?;
+    Ok(NetChange::Redefine(Redefinition {
+        nets: nets.to_vec(),
+        subnets,
+        kept,
+    }))
+}
+
+/// Make the change. An error is said; what it could not make leaves that
+/// network's services failing to start (and backing off) until the next
+/// reload or `isola up`.
+pub(crate) fn apply(
+    ctx: &mut Ctx<'_>,
+    networks: &mut Option<Networks>,
+    change: NetChange,
+    defs: &[ServiceDef],
+    control_socket: &Path,
+) -> Result<(), String> {
+    match change {
+        NetChange::Same => Ok(()),
+        NetChange::Start(p) => {
+            *networks = Some(Networks::start(ctx, p, defs, control_socket)?);
+            Ok(())
+        }
+        NetChange::Stop => match networks.take().and_then(|mut n| n.finish()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        },
+        NetChange::Redefine(r) => match networks.as_mut() {
+            Some(n) => n.redefine(ctx, r),
+            None => Ok(()),
+        },
+    }
+}
+
+impl Networks {
+    fn redefine(&mut self, ctx: &mut Ctx<'_>, r: Redefinition) -> Result<(), String> {
+        // Its sockets hold the gateways, some of which go.
+        self.names = None;
+        let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
+        for (k, b) in self.bridges.iter().enumerate() {
+            if !r.kept.contains(&Some(k)) {
+                let _ = nl.delete_link(b.index);
+            }
+        }
+        let mut bridges = Vec::with_capacity(r.nets.len());
+        let mut pools = Vec::with_capacity(r.nets.len());
+        let mut failed = None;
+        for ((n, s), kept) in r.nets.iter().zip(&r.subnets).zip(&r.kept) {
+            match kept {
+                Some(k) => {
+                    bridges.push(self.bridges[*k].clone());
+                    pools.push(std::mem::replace(&mut self.pools[*k], ipam::Pool::new(*s)));
+                }
+                None => {
+                    self.bridge_seq += 1;
+                    let name = host::bridge_name(&self.tag, self.bridge_seq);
+                    let index = host::make_bridge(&mut nl, &name, n, *s).unwrap_or_else(|e| {
+                        failed.get_or_insert(format!("network {}: {e}", n.name));
+                        0
+                    });
+                    bridges.push(host::Bridge { name, index });
+                    pools.push(ipam::Pool::new(*s));
+                }
+            }
+        }
+        for v in self.addrs.values_mut() {
+            v.retain_mut(|(k, _)| match r.kept.iter().position(|o| *o == Some(*k)) {
+                Some(j) => {
+                    *k = j;
+                    true
+                }
+                None => false,
+            });
+        }
+        self.known = vec![Default::default(); r.nets.len()];
+        (self.nets, self.bridges, self.pools) = (r.nets, bridges, pools);
+        let rules = host::ruleset(&self.tag, &self.nets, &r.subnets, &self.bridges);
+        let steps = [
+            host::replace_rules(&self.tag, &rules),
+            if self.nets.iter().any(|n| !n.internal) {
+                host::enable_forwarding()
+            } else {
+                Ok(())
+            },
+            self.bind_names(ctx),
+        ];
+        match failed.or(steps.into_iter().find_map(Result::err)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
