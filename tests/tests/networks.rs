@@ -383,3 +383,6 @@ fn a_reload_remakes_changed_networks_and_restarts_only_their_members() {
     assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
     assert_clean();
 }
+
+#[path = "networks/cni.rs"]
+mod cni;

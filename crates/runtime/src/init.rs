@@ -18,7 +18,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::fs::mounts::{self, Layout};
 use crate::ipc::listen::Listen;
 use crate::ipc::sync::{self, Msg};
-use crate::net::attach::{self, AttachError, NetInterface};
+use crate::net::attach::{self, AttachError, NetInterface, Networking};
 use crate::plan::{capabilities, Plan};
 use crate::{exit, sys};
 
@@ -63,7 +63,7 @@ pub(crate) fn run(
     pass: &[RawFd],
     listen: Listen,
     detach: Option<Detach>,
-    net: &[NetInterface],
+    net: Networking,
 ) -> ! {
     let (sock, held, mut targets) = keep_only_ours(plan, sock, pass, listen, detach);
     let gated = detach.map(|d| {
@@ -261,7 +261,7 @@ fn prepare(
     unshare: u64,
     fds: &PayloadFds,
     gated: Option<Gated>,
-    net: &[NetInterface],
+    net: Networking,
 ) -> Result<Option<Pid>, Failure> {
     // If isola dies, so does the sandbox (the rest of the PID namespace dies
     // with its init).
@@ -269,7 +269,10 @@ fn prepare(
     let Some(hook_state) = wait_for_go(plan, sock)? else {
         return Ok(None);
     };
-    enter_namespaces(plan, unshare, net)?;
+    enter_namespaces(plan, unshare, net.interfaces)?;
+    if net.hold && !hold_for_networks(sock)? {
+        return Ok(None);
+    }
     become_namespace_root(plan)?;
     set_up_inside(plan, &hook_state)?;
     let detached = gated.is_some();
@@ -302,6 +305,16 @@ fn prepare(
         reported.map_err(step("sync", "report start"))?;
     }
     Ok(Some(pid))
+}
+
+/// Tell the parent our network namespace exists and wait for its `G`
+/// (it ran the CNI plugins meanwhile); false when it vanished first.
+fn hold_for_networks(sock: &OwnedFd) -> Result<bool, Failure> {
+    sync::write(sock, &Msg::NetReady).map_err(step("sync", "report the network namespace"))?;
+    match sync::read(sock).map_err(step("sync", "wait for networks"))? {
+        Some(Msg::Go) => Ok(true),
+        _ => Ok(false),
+    }
 }
 
 /// The parent's `G` (and the container's state, for in-container hooks);

@@ -48,7 +48,7 @@ pub struct Options<'a> {
     pub hook_state: Option<&'a serde_json::Value>,
     /// The stack networks it is on: the init makes their veth pairs (the
     /// plan must make a network namespace).
-    pub net: &'a [crate::net::NetInterface],
+    pub net: crate::net::Networking<'a>,
 }
 
 /// What a spawner hands to its parent for a sandbox it started
@@ -195,6 +195,21 @@ impl Starting {
             }
             other => Err(Starting { sb, sync }.failure(other)),
         }
+    }
+
+    /// The init's next report, one of two with [`Networking::hold`]
+    /// (`crate::net::Networking`); blocks until there is one.
+    pub fn progress(self) -> Result<Progress, Error> {
+        match sync::read(&self.sync) {
+            Ok(Some(Msg::NetReady)) => Ok(Progress::NetworkHeld(self)),
+            Ok(Some(Msg::Started)) => Ok(Progress::Started(self.sb)),
+            other => Err(self.failure(other)),
+        }
+    }
+
+    /// Let an init held for its networks go on.
+    pub fn go_on(&self) -> Result<(), Errno> {
+        sync::write(&self.sync, &Msg::Go)
     }
 
     /// The init's report; blocks until there is one.
@@ -403,6 +418,14 @@ fn clone_init(
         }
         sys::Forked::Parent { pid, pidfd } => Ok((pid, pidfd, placed)),
     }
+}
+
+/// How far a start got (see [`Starting::progress`]).
+pub enum Progress {
+    /// Its network namespace exists and the init waits: put it on its
+    /// networks, then [`Starting::go_on`].
+    NetworkHeld(Starting),
+    Started(Sandbox),
 }
 
 impl Sandbox {

@@ -22,6 +22,8 @@ pub(crate) enum Child {
     Init(ServiceIx),
     /// The waiter of an exec probe.
     Probe(ProbeId),
+    /// A CNI plugin at work for a sandbox.
+    Plugin(crate::networks::CniOp),
 }
 
 /// A child's exit, for its owner.

@@ -432,6 +432,9 @@ impl Supervisor {
         }
         self.core.tick(self.now);
         self.sandboxes.tick(ctx!(self));
+        if let Some(n) = self.networks.as_mut() {
+            n.on_time(Instant::now());
+        }
         self.check_rules();
         if self.metrics.busy() {
             self.work_scrapes(SLICE);
@@ -447,6 +450,7 @@ impl Supervisor {
             self.probes.next_deadline(),
             self.reports.deadline(),
             self.rules.deadline(),
+            self.networks.as_ref().and_then(Networks::deadline),
             // A scrape being read: the next slice at the next turn.
             self.metrics.busy().then(Instant::now),
         ]

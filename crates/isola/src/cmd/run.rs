@@ -118,7 +118,7 @@ fn attached(
         listen: isola_runtime::listen::Listen::default(),
         detach: None,
         hook_state: None,
-        net: &[],
+        net: isola_runtime::net::Networking::default(),
         name: &name,
         cgroup_root: &cgroup_root,
         no_cgroup,

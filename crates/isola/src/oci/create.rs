@@ -142,7 +142,7 @@ fn made_container(
             console: console.as_ref().map(AsRawFd::as_raw_fd),
         }),
         hook_state: Some(&hook_state),
-        net: &[],
+        net: isola_runtime::net::Networking::default(),
     };
     let starting = sandbox::spawn(&b.plan, &opts).map_err(|e| {
         Failed(

@@ -23,6 +23,8 @@ pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Msg {
     Go,
+    /// The init's network namespace exists; it waits for `Go`.
+    NetReady,
     Created,
     Started,
     SetupFailed {
@@ -44,6 +46,7 @@ pub(crate) fn write(fd: &OwnedFd, m: &Msg) -> Result<(), Errno> {
     let bytes = match m {
         Msg::Go => b"G".to_vec(),
         Msg::Created => b"C".to_vec(),
+        Msg::NetReady => b"N".to_vec(),
         Msg::Started => b"S".to_vec(),
         Msg::SetupFailed { step, message } => format!("E{step}\0{message}").into_bytes(),
         Msg::ExecFailed { errno, command } => format!("X{errno}\0{command}").into_bytes(),
@@ -73,6 +76,7 @@ pub(crate) fn read(fd: &OwnedFd) -> Result<Option<Msg>, Errno> {
     let (a, b) = text.split_once('\0').unwrap_or((text.as_str(), ""));
     Ok(Some(match buf[0] {
         b'G' => Msg::Go,
+        b'N' => Msg::NetReady,
         b'C' => Msg::Created,
         b'S' => Msg::Started,
         b'E' => Msg::SetupFailed {

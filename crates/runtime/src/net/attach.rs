@@ -28,6 +28,17 @@ pub struct NetInterface {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// The networks a sandbox is on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Networking<'a> {
+    /// Made by the init itself, on bridges of the caller's.
+    pub interfaces: &'a [NetInterface],
+    /// Once its network namespace exists, the init says so and waits for
+    /// go: the caller puts it on networks others make (CNI plugins, which
+    /// enter the namespace by the init's pid).
+    pub hold: bool,
+}
+
 /// The sandbox end's MAC, made from its address (locally administered,
 /// `02:1a:` then the address): a restart at the same address has the
 /// same MAC, and the neighbours' ARP caches stay right.

@@ -10,9 +10,11 @@
 //! again over TCP ([`tcp`]), on the same address.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{SockType, SockaddrIn};
 
 use crate::shell::context::Ctx;
 use crate::shell::reactor::{Interest, Part, Token};
@@ -174,14 +176,10 @@ fn token(key: u64) -> Token {
 impl NameServer {
     /// Sockets on `gateways` (one per network), registered; the upstream
     /// is the host's first nameserver (none: other names fail).
-    pub(crate) fn bind(ctx: &mut Ctx<'_>, at: &[(Ipv4Addr, &str)]) -> Result<NameServer, String> {
+    pub(crate) fn bind(ctx: &mut Ctx<'_>, at: &[Gateway<'_>]) -> Result<NameServer, String> {
         let mut sockets = Vec::new();
-        for (k, (gw, bridge)) in at.iter().enumerate() {
-            let s =
-                UdpSocket::bind((*gw, 53)).map_err(|e| format!("nameserver on {gw}:53: {e}"))?;
-            s.set_nonblocking(true)
-                .map_err(|e| format!("nameserver: {e}"))?;
-            on_device(&s, bridge)?;
+        for (k, gw) in at.iter().enumerate() {
+            let s = UdpSocket::from(socket_at(gw, SockType::Datagram)?);
             ctx.reactor
                 .add(s.as_fd(), token(k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;
@@ -343,15 +341,36 @@ impl NameServer {
     }
 }
 
-/// Only what comes in on `bridge` reaches the socket: the kernel would
-/// hand it a packet for its address from any network otherwise.
-pub(super) fn on_device(s: &impl AsFd, bridge: &str) -> Result<(), String> {
-    nix::sys::socket::setsockopt(
-        s,
-        nix::sys::socket::sockopt::BindToDevice,
-        &std::ffi::OsString::from(bridge),
+/// Where the nameserver listens on one network.
+pub(crate) struct Gateway<'a> {
+    pub(crate) addr: Ipv4Addr,
+    /// isola's bridge: only what comes in on it reaches the socket (the
+    /// kernel would hand it a packet for its address from any network
+    /// otherwise). `None` on a CNI network, whose bridge the plugins make
+    /// at its first start: bound before the address exists.
+    pub(crate) device: Option<&'a str>,
+}
+
+/// A nonblocking socket bound to port 53 of `gw`.
+pub(super) fn socket_at(gw: &Gateway<'_>, kind: SockType) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    let what = |e: nix::errno::Errno| format!("nameserver on {}:53: {e}", gw.addr);
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let s = socket(AddressFamily::Inet, kind, flags, None).map_err(what)?;
+    if kind == SockType::Stream {
+        setsockopt(&s, sockopt::ReuseAddr, &true).map_err(what)?;
+    }
+    match gw.device {
+        Some(dev) => setsockopt(&s, sockopt::BindToDevice, &std::ffi::OsString::from(dev)),
+        None => setsockopt(&s, sockopt::IpFreebind, &true),
+    }
+    .map_err(what)?;
+    bind(
+        s.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(gw.addr, 53)),
     )
-    .map_err(|e| format!("nameserver: SO_BINDTODEVICE {bridge}: {e}"))
+    .map_err(what)?;
+    Ok(s)
 }
 
 /// A seed for the ids of forwarded queries (never 0: xorshift stays 0).

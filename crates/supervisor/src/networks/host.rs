@@ -62,21 +62,25 @@ pub(crate) fn clean(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A bridge for each network, with its gateway address, up; on a
-/// failure, none.
+/// A bridge for each of isola's networks (none for a CNI network), with
+/// its gateway address, up; on a failure, none.
 pub(crate) fn make_bridges(
     tag: &str,
     nets: &[NetworkDef],
     subnets: &[Subnet],
-) -> Result<Vec<Bridge>, String> {
+) -> Result<Vec<Option<Bridge>>, String> {
     let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    let mut out: Vec<Bridge> = Vec::new();
+    let mut out: Vec<Option<Bridge>> = Vec::new();
     for (k, (n, s)) in nets.iter().zip(subnets).enumerate() {
+        if n.cni().is_some() {
+            out.push(None);
+            continue;
+        }
         let name = bridge_name(tag, k);
         match make_bridge(&mut nl, &name, n, *s) {
-            Ok(index) => out.push(Bridge { name, index }),
+            Ok(index) => out.push(Some(Bridge { name, index })),
             Err(e) => {
-                for b in &out {
+                for b in out.iter().flatten() {
                     let _ = nl.delete_link(b.index);
                 }
                 return Err(format!("network {}: {e}", n.name));
@@ -116,13 +120,16 @@ pub(crate) fn ruleset(
     tag: &str,
     nets: &[NetworkDef],
     subnets: &[Subnet],
-    bridges: &[Bridge],
+    bridges: &[Option<Bridge>],
 ) -> String {
     let mut forward = String::new();
     let mut input = String::new();
     let mut nat = String::new();
     for (k, b) in bridges.iter().enumerate() {
+        // A CNI network's rules are its plugins'.
+        let Some(b) = b else { continue };
         for (j, o) in bridges.iter().enumerate() {
+            let Some(o) = o else { continue };
             if j != k {
                 forward += &format!("    iifname \"{}\" oifname \"{}\" drop\n", b.name, o.name);
             }
@@ -192,11 +199,11 @@ pub(crate) fn enable_forwarding() -> Result<(), String> {
 
 /// Remove the stack's bridges and table (at exit); every step is tried,
 /// the first error is said.
-pub(crate) fn remove(tag: &str, bridges: &[Bridge]) -> Result<(), String> {
+pub(crate) fn remove(tag: &str, bridges: &[Option<Bridge>]) -> Result<(), String> {
     let mut failed = None;
     match Rtnl::open() {
         Ok(mut nl) => {
-            for b in bridges {
+            for b in bridges.iter().flatten() {
                 if let Err(e) = nl.delete_link(b.index) {
                     failed.get_or_insert(format!("delete {}: {e}", b.name));
                 }
@@ -231,6 +238,7 @@ mod tests {
             subnet: None,
             internal,
             mtu: None,
+            driver: crate::spec::networks::Driver::Bridge,
         };
         let nets = [net("back", true), net("front", false)];
         let subnets = [
@@ -238,14 +246,14 @@ mod tests {
             Subnet::parse("10.89.2.0/24").unwrap(),
         ];
         let bridges = [
-            Bridge {
+            Some(Bridge {
                 name: "ibabc0".into(),
                 index: 5,
-            },
-            Bridge {
+            }),
+            Some(Bridge {
                 name: "ibabc1".into(),
                 index: 6,
-            },
+            }),
         ];
         let r = ruleset("abc", &nets, &subnets, &bridges);
         for want in [

@@ -68,6 +68,13 @@ pub(crate) fn subnets(nets: &[NetworkDef], taken: &[Subnet]) -> Result<Vec<Subne
     used.extend(nets.iter().filter_map(|n| n.subnet));
     let mut out = Vec::with_capacity(nets.len());
     for n in nets {
+        // A CNI network's is its IPAM's (the host may have its bridge
+        // from an earlier run).
+        if let Some(c) = n.cni() {
+            used.push(c.subnet);
+            out.push(c.subnet);
+            continue;
+        }
         let s = match n.subnet {
             Some(s) => {
                 if let Some(h) = taken.iter().find(|h| h.overlaps(s)) {
@@ -179,6 +186,7 @@ mod tests {
             subnet: subnet.and_then(Subnet::parse),
             internal: false,
             mtu: None,
+            driver: crate::spec::networks::Driver::Bridge,
         };
         let host = [Subnet::parse("10.89.0.0/24").unwrap()];
         let got = subnets(

@@ -16,6 +16,7 @@ use crate::shell::context::{Ctx, ServiceIx};
 use crate::spec::networks::{NetworkDef, Subnet};
 use crate::spec::stack::ServiceDef;
 
+mod cni;
 mod dns;
 mod host;
 mod ipam;
@@ -23,7 +24,9 @@ mod redefine;
 
 pub(crate) use redefine::{apply as apply_change, plan as plan_change, NetChange};
 
-use dns::{Lookup, NameServer};
+use cni::CniRuns;
+pub(crate) use cni::{Exited as CniExited, OpId as CniOp};
+use dns::{Gateway, Lookup, NameServer};
 use host::Bridge;
 use ipam::Pool;
 
@@ -91,7 +94,8 @@ pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
 pub(crate) struct Networks {
     tag: String,
     nets: Vec<NetworkDef>,
-    bridges: Vec<Bridge>,
+    /// isola's, by network (`None`: a CNI network, its plugins' bridge).
+    bridges: Vec<Option<Bridge>>,
     pools: Vec<Pool>,
     /// `None` only while a reload rebinds it.
     names: Option<NameServer>,
@@ -105,6 +109,16 @@ pub(crate) struct Networks {
     /// Numbers the bridges a reload adds.
     bridge_seq: usize,
     files: PathBuf,
+    /// The plugins of CNI networks at work.
+    cni: CniRuns,
+}
+
+/// The interfaces a start gets on its networks.
+pub(crate) struct Attach {
+    /// Made by its init, on isola's bridges.
+    pub(crate) interfaces: Vec<NetInterface>,
+    /// On a CNI network too: its init holds until the plugins ran.
+    pub(crate) cni: bool,
 }
 
 impl Networks {
@@ -147,6 +161,7 @@ impl Networks {
             addrs: HashMap::new(),
             seq: 0,
             files: files_dir(control_socket, ""),
+            cni: CniRuns::new(cni_cache(control_socket)),
         };
         if let Err(e) = n.bind_names(ctx).and_then(|()| n.set_members(defs)) {
             let _ = host::remove(&n.tag, &n.bridges);
@@ -157,11 +172,15 @@ impl Networks {
 
     /// The nameserver on every network's gateway.
     fn bind_names(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
-        let at: Vec<(Ipv4Addr, &str)> = self
-            .pools
+        let at: Vec<Gateway<'_>> = self
+            .nets
             .iter()
+            .zip(&self.pools)
             .zip(&self.bridges)
-            .map(|(p, b)| (p.subnet.gateway(), b.name.as_str()))
+            .map(|((n, p), b)| Gateway {
+                addr: n.cni().map_or(p.subnet.gateway(), |c| c.gateway),
+                device: b.as_ref().map(|b| b.name.as_str()),
+            })
             .collect();
         self.names = Some(NameServer::bind(ctx, &at)?);
         Ok(())
@@ -208,7 +227,7 @@ impl Networks {
             return Ok(());
         };
         let dir = self.files.join(group);
-        let gw = self.pools[k].subnet.gateway();
+        let gw = (self.nets[k].cni()).map_or(self.pools[k].subnet.gateway(), |c| c.gateway);
         let files = [
             (
                 "resolv.conf",
@@ -236,16 +255,18 @@ impl Networks {
     }
 
     /// The interfaces sandbox `i` of `def` starts with (none when it is on
-    /// no network): an address on each, the host ends freshly named.
-    pub(crate) fn interfaces(
-        &mut self,
-        i: ServiceIx,
-        def: &ServiceDef,
-    ) -> Result<Vec<NetInterface>, String> {
+    /// no network): an address on each of isola's, the host ends freshly
+    /// named.
+    pub(crate) fn interfaces(&mut self, i: ServiceIx, def: &ServiceDef) -> Result<Attach, String> {
         let mut out = Vec::new();
         let mut taken = Vec::new();
+        let mut cni = false;
         for (eth, a) in def.policy.networks.iter().enumerate() {
             let Some(k) = self.nets.iter().position(|n| n.name == a.network) else {
+                continue;
+            };
+            let Some(bridge) = self.bridges[k].as_ref() else {
+                cni = true;
                 continue;
             };
             let pool = &mut self.pools[k];
@@ -261,7 +282,7 @@ impl Networks {
             out.push(NetInterface {
                 host: host::veth_name(&self.tag, self.seq),
                 name: format!("eth{eth}"),
-                bridge: self.bridges[k].index,
+                bridge: bridge.index,
                 mtu: net.mtu,
                 address,
                 prefix: pool.subnet.prefix,
@@ -269,16 +290,65 @@ impl Networks {
             });
         }
         self.addrs.insert(i, taken);
-        Ok(out)
+        Ok(Attach {
+            interfaces: out,
+            cni,
+        })
+    }
+
+    /// Sandbox `i` (init `init`) of `def` holds in its network namespace:
+    /// the plugins of its CNI networks start (the reaper watches them).
+    pub(crate) fn cni_add(
+        &mut self,
+        i: ServiceIx,
+        init: nix::unistd::Pid,
+        def: &ServiceDef,
+    ) -> Result<Vec<(nix::unistd::Pid, CniOp)>, String> {
+        let nets: Vec<_> = def
+            .policy
+            .networks
+            .iter()
+            .enumerate()
+            .filter_map(|(eth, a)| {
+                let k = self.nets.iter().position(|n| n.name == a.network)?;
+                Some((k, self.nets[k].cni()?, format!("eth{eth}")))
+            })
+            .collect();
+        self.cni.add(i, init, &nets)
+    }
+
+    /// A CNI plugin exited; when a sandbox's are all done, its addresses
+    /// on them are known.
+    pub(crate) fn cni_exited(&mut self, op: CniOp, status: isola_runtime::ExitStatus) -> CniExited {
+        let out = self.cni.exited(op, status);
+        if let Some((i, Ok(addrs))) = &out.done {
+            self.addrs
+                .entry(*i)
+                .or_default()
+                .extend(addrs.iter().copied());
+        }
+        out
+    }
+
+    /// The nearest deadline of a CNI plugin.
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+        self.cni.deadline()
+    }
+
+    /// Plugins past their deadline are killed.
+    pub(crate) fn on_time(&mut self, now: std::time::Instant) {
+        self.cni.expire(now);
     }
 
     /// Sandbox `i` is gone: its addresses are free (its pairs went with
-    /// its namespace).
-    pub(crate) fn run_ended(&mut self, i: ServiceIx) {
+    /// its namespace); on CNI networks, the plugins' DEL starts (the
+    /// reaper watches them).
+    pub(crate) fn run_ended(&mut self, i: ServiceIx) -> Vec<(nix::unistd::Pid, CniOp)> {
         self.addrs.remove(&i);
         for p in &mut self.pools {
             p.release(i);
         }
+        self.cni.remove(i)
     }
 
     /// Sandbox `i`'s addresses, by network name (`status`).
@@ -346,15 +416,23 @@ impl Networks {
     /// At exit: the bridges and rules go (the pairs went with their
     /// sandboxes).
     pub(crate) fn finish(&mut self) -> Option<String> {
+        self.cni.finish();
         let _ = std::fs::remove_dir_all(&self.files);
         host::remove(&self.tag, &self.bridges).err()
     }
 }
 
+/// Where the results of CNI ADDs are kept for their DEL.
+fn cni_cache(control_socket: &Path) -> PathBuf {
+    let mut d = control_socket.as_os_str().to_owned();
+    d.push(".cni");
+    PathBuf::from(d)
+}
+
 /// What `start` made so far, removed again when a later step fails.
 struct Made<'a> {
     tag: &'a str,
-    bridges: &'a [Bridge],
+    bridges: &'a [Option<Bridge>],
 }
 
 impl Made<'_> {

@@ -124,6 +124,7 @@ impl Networks {
         self.names = None;
         let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
         for (k, b) in self.bridges.iter().enumerate() {
+            let Some(b) = b else { continue };
             if !r.kept.contains(&Some(k)) {
                 let _ = nl.delete_link(b.index);
             }
@@ -137,6 +138,10 @@ impl Networks {
                     bridges.push(self.bridges[*k].clone());
                     pools.push(std::mem::replace(&mut self.pools[*k], ipam::Pool::new(*s)));
                 }
+                None if n.cni().is_some() => {
+                    bridges.push(None);
+                    pools.push(ipam::Pool::new(*s));
+                }
                 None => {
                     self.bridge_seq += 1;
                     let name = host::bridge_name(&self.tag, self.bridge_seq);
@@ -144,7 +149,7 @@ impl Networks {
                         failed.get_or_insert(format!("network {}: {e}", n.name));
                         0
                     });
-                    bridges.push(host::Bridge { name, index });
+                    bridges.push(Some(host::Bridge { name, index }));
                     pools.push(ipam::Pool::new(*s));
                 }
             }

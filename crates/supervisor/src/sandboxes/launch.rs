@@ -32,7 +32,7 @@ pub(crate) struct Launch<'a> {
     /// Held sockets and stored fds, at 3, 4, … with `LISTEN_FDS`.
     pub(crate) listen: Listen<'a>,
     /// The stack networks it is on (its init makes the interfaces).
-    pub(crate) net: &'a [isola_runtime::net::NetInterface],
+    pub(crate) net: isola_runtime::net::Networking<'a>,
 }
 
 fn gone() -> StartError {
@@ -96,9 +96,9 @@ impl Sandboxes {
         // changed, one a reload read, and an overlap's successor in
         // `NAME..next` are cloned here.
         // Nor does it know a start's network interfaces.
-        let known = def
-            .entry
-            .filter(|_| !def.live_limits && cg_name == def.name && l.net.is_empty());
+        let known = def.entry.filter(|_| {
+            !def.live_limits && cg_name == def.name && l.net.interfaces.is_empty() && !l.net.hold
+        });
         if let (Some(sp), Some(entry)) = (self.setup.spawner.as_ref(), known) {
             let cgroup = (!self.setup.no_cgroup).then(|| self.setup.stack_root.join(cg_name));
             let start = spawner::Start {

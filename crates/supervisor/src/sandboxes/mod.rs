@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use isola_runtime::cgroup::{Cgroup, StatFiles, Stats};
-use isola_runtime::sandbox::Starting;
+use isola_runtime::sandbox::{Progress, Starting};
 use isola_runtime::{ExitStatus, Sandbox};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
@@ -29,6 +29,7 @@ use crate::shell::reactor::{Interest, Part, Reactor, Token};
 use crate::spawner::Spawner;
 
 mod drain;
+mod held;
 mod launch;
 mod limits;
 mod membership;
@@ -125,6 +126,9 @@ pub(crate) struct Setup {
 pub(crate) enum Report {
     /// The payload runs (the core is told).
     Running,
+    /// The init made its network namespace and waits to be put on its
+    /// CNI networks ([`Sandboxes::go_on`]).
+    NetworkHeld { init: Pid },
     /// The payload runs, but its init was reaped already: the run is over.
     RanAndExited(ExitStatus),
     /// The start failed (the core is told); the init `init` is gone.
@@ -225,8 +229,17 @@ impl Sandboxes {
         };
         ctx.reactor.remove(starting.sync_fd());
         let init = starting.pid();
-        match starting.complete() {
-            Ok(mut sb) => {
+        match starting.progress() {
+            Ok(Progress::NetworkHeld(st)) => {
+                if let Err(e) = ctx.reactor.add(st.sync_fd(), sync_token(i), Interest::Read) {
+                    // Dropping it kills and removes the sandbox.
+                    drop(st);
+                    return Some(self.start_failed(ctx, i, init, format!("epoll: {e}")));
+                }
+                s.stage = Stage::Starting(st);
+                Some(Report::NetworkHeld { init })
+            }
+            Ok(Progress::Started(mut sb)) => {
                 // From now on the init is reaped on SIGCHLD (by the
                 // reaper): its pidfd and sync socket are closed, and a
                 // running service holds only its output pipes.

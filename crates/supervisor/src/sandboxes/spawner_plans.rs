@@ -139,7 +139,7 @@ pub(super) fn options<'a>(
         listen: Listen::default(),
         detach: None,
         hook_state: None,
-        net: &[],
+        net: isola_runtime::net::Networking::default(),
     }
 }
 

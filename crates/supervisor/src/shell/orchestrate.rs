@@ -7,6 +7,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use isola_runtime::listen::Listen;
+use isola_runtime::net::Networking;
 use isola_runtime::{exit, ExitStatus};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -15,6 +16,7 @@ use super::context::{Ctx, Input, Said, ServiceIx, Verdict};
 use crate::control::server::Audience;
 use crate::control::{Message, Response};
 use crate::lifecycle::{Core, Effect, StartError};
+use crate::networks::Attach;
 use crate::outputs::{Lines, Outputs, PipeEnds};
 use crate::probes::{exec, Target};
 use crate::readiness::{Readiness, ReadySpec, Senders};
@@ -223,7 +225,10 @@ impl Supervisor {
         let net = match self.networks.as_mut().map(|n| n.interfaces(i, def)) {
             Some(Ok(net)) => net,
             Some(Err(why)) => return self.launch_failed(i, &why, Errno::EADDRNOTAVAIL),
-            None => Vec::new(),
+            None => Attach {
+                interfaces: Vec::new(),
+                cni: false,
+            },
         };
         let spec = ReadySpec {
             name: &def.name,
@@ -249,7 +254,10 @@ impl Supervisor {
                 fds: &fds,
                 names: &names,
             },
-            net: &net,
+            net: Networking {
+                interfaces: &net.interfaces,
+                hold: net.cni,
+            },
         };
         let started = self.sandboxes.launch(ctx!(self), i, launch);
         // Our copies of the sandbox's ends close here.
@@ -284,6 +292,7 @@ impl Supervisor {
     pub(crate) fn on_report(&mut self, i: ServiceIx, report: Report) {
         match report {
             Report::Running => self.watch_rules(i),
+            Report::NetworkHeld { init } => self.on_network_held(i, init),
             Report::RanAndExited(status) => self.run_ended(i, status),
             Report::Failed { init } => {
                 // The report reaped it, if the reaper had not.
@@ -327,7 +336,8 @@ impl Supervisor {
     /// Sandbox `i` is gone: its network addresses are free.
     fn release_addresses(&mut self, i: ServiceIx) {
         if let Some(n) = self.networks.as_mut() {
-            n.run_ended(i);
+            let plugins = n.run_ended(i);
+            self.watch_plugins(plugins);
         }
     }
 
@@ -355,6 +365,7 @@ impl Supervisor {
                     }
                 }
                 Child::Probe(id) => self.probes.exited(ctx!(self), id, r.status.code()),
+                Child::Plugin(op) => self.plugin_exited(op, r.status),
             }
         }
     }

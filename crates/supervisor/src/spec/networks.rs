@@ -7,9 +7,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use isola_runtime::SpecError;
 use serde_json::Value;
+
+pub mod cni;
+pub use cni::Cni;
 
 /// An IPv4 subnet: `10.89.7.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +89,25 @@ pub struct NetworkDef {
     /// No traffic leaves it: no route out, no NAT.
     pub internal: bool,
     pub mtu: Option<u32>,
+    pub driver: Driver,
+}
+
+/// Who makes a network's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    /// isola: a bridge, and veth pairs its sandboxes' inits make.
+    Bridge,
+    /// The CNI plugins of a configuration list, run by the supervisor.
+    Cni(Box<Cni>),
+}
+
+impl NetworkDef {
+    pub fn cni(&self) -> Option<&Cni> {
+        match &self.driver {
+            Driver::Cni(c) => Some(c),
+            Driver::Bridge => None,
+        }
+    }
 }
 
 /// A service's place on a network.
@@ -98,7 +121,7 @@ pub struct Attachment {
 }
 
 /// The top-level `networks`, in name order.
-pub fn parse_stack(v: &Value) -> Result<Vec<NetworkDef>, SpecError> {
+pub fn parse_stack(v: &Value, base_dir: &Path) -> Result<Vec<NetworkDef>, SpecError> {
     let Value::Object(m) = v else {
         return Err(SpecError::new(
             "networks",
@@ -109,7 +132,7 @@ pub fn parse_stack(v: &Value) -> Result<Vec<NetworkDef>, SpecError> {
     for (name, def) in m {
         let at = format!("networks.{name}");
         check_dns_name(name).map_err(|why| SpecError::new(&at, why))?;
-        out.push(parse_network(name, def, &at)?);
+        out.push(parse_network(name, def, &at, base_dir)?);
     }
     let sorted: BTreeMap<_, _> = out.into_iter().map(|n| (n.name.clone(), n)).collect();
     let out: Vec<NetworkDef> = sorted.into_values().collect();
@@ -128,7 +151,12 @@ pub fn parse_stack(v: &Value) -> Result<Vec<NetworkDef>, SpecError> {
     Ok(out)
 }
 
-fn parse_network(name: &str, v: &Value, at: &str) -> Result<NetworkDef, SpecError> {
+fn parse_network(
+    name: &str,
+    v: &Value,
+    at: &str,
+    base_dir: &Path,
+) -> Result<NetworkDef, SpecError> {
     let Value::Object(m) = v else {
         return Err(SpecError::new(at, format!("{v}: want an object")));
     };
@@ -137,7 +165,9 @@ fn parse_network(name: &str, v: &Value, at: &str) -> Result<NetworkDef, SpecErro
         subnet: None,
         internal: false,
         mtu: None,
+        driver: Driver::Bridge,
     };
+    let mut driver = "bridge";
     for (k, v) in m {
         let f = format!("{at}.{k}");
         match (k.as_str(), v) {
@@ -161,25 +191,49 @@ fn parse_network(name: &str, v: &Value, at: &str) -> Result<NetworkDef, SpecErro
                         .ok_or_else(|| SpecError::new(&f, format!("{n}: must be 576 to 65535")))?,
                 );
             }
-            ("driver", Value::String(d)) if d == "bridge" => {}
+            ("driver", Value::String(d)) if d == "bridge" || d == "cni" => driver = d,
             ("driver", v) => {
                 return Err(SpecError::new(
                     f,
-                    format!("{v}: only \"bridge\" is supported yet"),
+                    format!("{v}: want \"bridge\" or \"cni\""),
                 ))
             }
+            ("cni", v) => def.driver = Driver::Cni(Box::new(cni::parse(v, &f, base_dir)?)),
             ("subnet" | "internal" | "ipv6" | "mtu", v) => {
                 return Err(SpecError::new(f, format!("{v}: wrong type")))
             }
             _ => {
                 return Err(SpecError::new(
                     f,
-                    "unknown field (subnet, internal, ipv6, mtu, driver)",
+                    "unknown field (subnet, internal, ipv6, mtu, driver, cni)",
                 ))
             }
         }
     }
+    check_driver(driver, &def, at)?;
     Ok(def)
+}
+
+/// `cni` goes with `"driver": "cni"`, which takes its subnet, MTU and
+/// reach from the configuration list.
+fn check_driver(driver: &str, def: &NetworkDef, at: &str) -> Result<(), SpecError> {
+    match (driver, &def.driver) {
+        ("cni", Driver::Bridge) => Err(SpecError::new(
+            format!("{at}.cni"),
+            "missing: \"driver\": \"cni\" needs {\"conflist\": PATH}",
+        )),
+        ("bridge", Driver::Cni(_)) => Err(SpecError::new(
+            format!("{at}.cni"),
+            "only with \"driver\": \"cni\"",
+        )),
+        ("cni", _) if def.subnet.is_some() || def.internal || def.mtu.is_some() => {
+            Err(SpecError::new(
+                at,
+                "subnet, internal and mtu of a cni network are its configuration list's",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A service's `networks`: names, or `{name, aliases?, ipv4?}`.
@@ -328,6 +382,12 @@ fn check_fixed<'a>(
         return Err(SpecError::new(
             at,
             format!("{ip}: a replicated service cannot have one fixed address"),
+        ));
+    }
+    if net.cni().is_some() {
+        return Err(SpecError::new(
+            at,
+            format!("{ip}: addresses on a cni network are its IPAM's"),
         ));
     }
     let Some(sub) = net.subnet else {

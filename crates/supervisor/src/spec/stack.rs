@@ -227,7 +227,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     }
     expand_group_dependencies(&mut defs);
     let networks = match &file.networks {
-        Some(v) => networks::parse_stack(v)?,
+        Some(v) => networks::parse_stack(v, base_dir)?,
         None => Vec::new(),
     };
     check_networks(&networks, &defs)?;

@@ -9,7 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::token;
+use nix::sys::socket::SockType;
+
+use super::{token, Gateway};
 use crate::shell::context::Ctx;
 use crate::shell::reactor::Interest;
 
@@ -48,14 +50,13 @@ pub(super) struct TcpSide {
 }
 
 impl TcpSide {
-    pub(super) fn bind(ctx: &mut Ctx<'_>, at: &[(Ipv4Addr, &str)]) -> Result<TcpSide, String> {
+    pub(super) fn bind(ctx: &mut Ctx<'_>, at: &[Gateway<'_>]) -> Result<TcpSide, String> {
         let mut listeners = Vec::new();
-        for (k, (gw, bridge)) in at.iter().enumerate() {
-            let l = TcpListener::bind((*gw, 53))
-                .map_err(|e| format!("nameserver on {gw}:53 (tcp): {e}"))?;
-            l.set_nonblocking(true)
-                .map_err(|e| format!("nameserver: {e}"))?;
-            super::on_device(&l, bridge)?;
+        for (k, gw) in at.iter().enumerate() {
+            let fd = super::socket_at(gw, SockType::Stream)?;
+            nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::MAXCONN)
+                .map_err(|e| format!("nameserver on {}:53 (tcp): {e}", gw.addr))?;
+            let l = TcpListener::from(fd);
             ctx.reactor
                 .add(l.as_fd(), token(LISTENERS | k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;

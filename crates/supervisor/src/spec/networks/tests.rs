@@ -25,7 +25,9 @@ fn subnets() {
 }
 
 fn err(v: Value) -> String {
-    parse_stack(&v).unwrap_err().to_string()
+    parse_stack(&v, std::path::Path::new("/"))
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -48,7 +50,7 @@ fn bad_networks_are_named() {
     );
     assert_eq!(
         err(json!({"a": {"gateway": "x"}})),
-        "networks.a.gateway: unknown field (subnet, internal, ipv6, mtu, driver)"
+        "networks.a.gateway: unknown field (subnet, internal, ipv6, mtu, driver, cni)"
     );
     assert!(err(json!({"a b": {}})).starts_with("networks.a b: `a b`: not a name DNS can carry"));
 }
@@ -65,7 +67,11 @@ fn member<'a>(name: &'a str, a: &'a [Attachment], own: bool) -> Member<'a> {
 
 #[test]
 fn members_are_checked_together() {
-    let nets = parse_stack(&json!({"back": {"subnet": "10.9.0.0/24"}, "front": {}})).unwrap();
+    let nets = parse_stack(
+        &json!({"back": {"subnet": "10.9.0.0/24"}, "front": {}}),
+        std::path::Path::new("/"),
+    )
+    .unwrap();
     let att = |v: Value| parse_service(&v, "services.x.networks").unwrap();
     let web = att(json!(["front", {"name": "back", "aliases": ["api"]}]));
     let db = att(json!([{"name": "back", "ipv4": "10.9.0.5"}]));

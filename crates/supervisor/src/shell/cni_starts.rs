@@ -1,0 +1,53 @@
+//! A start on a CNI network: its init holds in its new network namespace
+//! while the plugins run (children of ours, reaped like any other), then
+//! goes on — or the start fails with the plugin's word and backs off as
+//! any failed start does.
+
+use isola_runtime::ExitStatus;
+use nix::unistd::Pid;
+
+use super::context::ServiceIx;
+use crate::networks::CniOp;
+use crate::reaper::Child;
+use crate::supervisor::{ctx, Supervisor};
+
+impl Supervisor {
+    /// Service `i`'s init `init` holds: its CNI plugins start.
+    pub(crate) fn on_network_held(&mut self, i: ServiceIx, init: Pid) {
+        let (Some(s), Some(n)) = (self.core.service(i), self.networks.as_mut()) else {
+            return;
+        };
+        match n.cni_add(i, init, &s.def) {
+            Ok(plugins) => self.watch_plugins(plugins),
+            Err(why) => self.network_failed(i, why),
+        }
+    }
+
+    /// A plugin exited: the next one of its chain starts, or the start it
+    /// worked for goes on or fails.
+    pub(crate) fn plugin_exited(&mut self, op: CniOp, status: ExitStatus) {
+        let Some(n) = self.networks.as_mut() else {
+            return;
+        };
+        let out = n.cni_exited(op, status);
+        self.watch_plugins(out.spawned);
+        match out.done {
+            Some((i, Ok(_))) => self.sandboxes.go_on(i),
+            Some((i, Err(why))) => self.network_failed(i, why),
+            None => {}
+        }
+    }
+
+    pub(crate) fn watch_plugins(&mut self, plugins: Vec<(Pid, CniOp)>) {
+        for (pid, op) in plugins {
+            self.reaper.watch(pid, Child::Plugin(op));
+        }
+    }
+
+    fn network_failed(&mut self, i: ServiceIx, why: String) {
+        let report = self.sandboxes.abort_start(ctx!(self), i, why);
+        if let Some(r) = report {
+            self.on_report(i, r);
+        }
+    }
+}
