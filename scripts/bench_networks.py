@@ -1,7 +1,7 @@
 """Stack networks in `make bench` (VM: bridges, veth pairs and nftables
 need root and the modules): what a network costs a start, beside a bare
-network namespace and beside a shell loop doing the same plumbing with
-`ip`; service-to-service round trips beside the host's loopback; name
+network namespace, beside the CNI driver (the reference plugins per
+start) and beside a shell loop doing the same plumbing with `ip`; service-to-service round trips beside the host's loopback; name
 lookups from inside a service.
 
 Imported by bench.py; runnable alone in the VM:
@@ -63,7 +63,14 @@ def start_cost(work, isola, n):
     network namespace, and a shell loop making a namespace, a veth pair
     and a bridge port per sandbox with `ip`."""
     out = {"n": n}
-    for name, nets in (("bare", None), ("network", {"net": {}})):
+    conflist = os.path.join(work, "bench.conflist")
+    with open(conflist, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "isolabench", "plugins": [{
+            "type": "bridge", "bridge": "isolabench0", "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "dataDir": os.path.join(work, "ipam"),
+                     "ranges": [[{"subnet": "10.87.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}, f)
+    cni = {"net": {"driver": "cni", "cni": {"conflist": conflist}}}
+    for name, nets in (("bare", None), ("network", {"net": {}}), ("cni", cni)):
         svcs = {f"s{i}": service("exec sleep 100000", ["net"] if nets else None) for i in range(n)}
         d = os.path.join(work, f"net-{name}")
         os.makedirs(d, exist_ok=True)
@@ -98,8 +105,8 @@ done
     t0 = time.perf_counter()
     r = subprocess.run(["sh", "-c", script], capture_output=True)
     out["ip_loop"] = time.perf_counter() - t0 if r.returncode == 0 else None
-    subprocess.run(["sh", "-c", f"for i in $(seq 1 {n}); do ip netns del isb$i; done; ip link del isbench"],
-                   capture_output=True)
+    subprocess.run(["sh", "-c", f"for i in $(seq 1 {n}); do ip netns del isb$i; done; ip link del isbench; "
+                    "ip link del isolabench0"], capture_output=True)
     return out
 
 
@@ -172,6 +179,9 @@ def report(v):
         ip = f", a shell loop with `ip` (netns, veth, bridge port, address, route) {s['ip_loop']:.1f} s" if s.get("ip_loop") else ""
         lines.append(f"{s['n']} services until all run: with a bare network namespace {s['bare']:.1f} s, on one network "
                      f"{s['network']:.1f} s ({s['network'] / s['bare']:.2f}×){ip}.")
+    if s.get("cni") and s.get("network"):
+        lines.append(f"The same on a CNI network (Debian's bridge + host-local plugins, run per start): {s['cni']:.1f} s "
+                     f"({s['cni'] / s['network']:.2f}× isola's own network, {s['cni'] / s['bare']:.2f}× bare).")
     lines.append(f"TCP round trip between two services on a network: p50 {t['network_us']['p50']:.0f} µs, p99 "
                  f"{t['network_us']['p99']:.0f} µs, beside the host's loopback p50 {t['loopback_us']['p50']:.0f} µs "
                  f"({t['network_us']['p50'] / t['loopback_us']['p50']:.2f}×).")

@@ -386,3 +386,49 @@ fn a_reload_remakes_changed_networks_and_restarts_only_their_members() {
 
 #[path = "networks/cni.rs"]
 mod cni;
+
+/// isola's bridges on the host (not the pairs that join them).
+fn bridge_names() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .filter(|n| n.starts_with("ib"))
+        .collect()
+}
+
+#[test]
+fn a_network_larger_than_a_bridge_spans_joined_bridges() {
+    require_vm();
+    // Two sandboxes a bridge (1,000 without the variable): five services
+    // fill three, and still reach each other by name.
+    let services: serde_json::Map<String, Value> = (1..=5)
+        .map(|k| {
+            (
+                format!("s{k}"),
+                on(json!(["big"]), &server(9200, &format!("s{k}")), json!({})),
+            )
+        })
+        .collect();
+    let file = json!({"networks": {"big": {}}, "services": services});
+    let up = Up {
+        name: "netbig".into(),
+        dir: Scratch::new("up-netbig"),
+        child: None,
+    };
+    std::fs::write(up.stack_path(), file.to_string()).unwrap();
+    let up = up.spawn_under(&[], &["env", "ISOLA_BRIDGE_PORTS=2"]);
+    for k in 1..=5 {
+        up.wait_state(&format!("s{k}"), "running");
+    }
+    assert_eq!(bridge_names().len(), 3, "{:?}", bridge_names());
+    for (from, to) in [("s1", "s5"), ("s5", "s1"), ("s3", "s4")] {
+        assert_eq!(ask(&up, from, to, 9200), to, "{from} → {to}");
+    }
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    assert_clean();
+}

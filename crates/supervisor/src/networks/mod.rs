@@ -21,6 +21,7 @@ mod dns;
 mod host;
 mod ipam;
 mod redefine;
+mod segments;
 
 pub(crate) use redefine::{apply as apply_change, plan as plan_change, NetChange};
 
@@ -29,6 +30,7 @@ pub(crate) use cni::{Exited as CniExited, OpId as CniOp};
 use dns::{Gateway, Lookup, NameServer};
 use host::Bridge;
 use ipam::Pool;
+use segments::Segments;
 
 /// What `isola up` decided before its loop: the stack's tag and each
 /// network's subnet (the host's leftovers of the stack removed first).
@@ -96,6 +98,10 @@ pub(crate) struct Networks {
     nets: Vec<NetworkDef>,
     /// isola's, by network (`None`: a CNI network, its plugins' bridge).
     bridges: Vec<Option<Bridge>>,
+    /// By network: the bridges beyond its own, and who is on each.
+    segments: Vec<Segments>,
+    /// Which bridge of each network a running sandbox's pair is on.
+    ports: HashMap<ServiceIx, Vec<(usize, usize)>>,
     pools: Vec<Pool>,
     /// `None` only while a reload rebinds it.
     names: Option<NameServer>,
@@ -153,6 +159,8 @@ impl Networks {
         let mut n = Networks {
             pools: p.subnets.iter().map(|s| Pool::new(*s)).collect(),
             known: vec![HashMap::new(); p.nets.len()],
+            segments: p.nets.iter().map(|_| Segments::new()).collect(),
+            ports: HashMap::new(),
             tag: p.tag,
             bridge_seq: p.nets.len(),
             nets: p.nets,
@@ -277,12 +285,14 @@ impl Networks {
                 ));
             };
             taken.push((k, address));
-            self.seq = self.seq.wrapping_add(1);
             let net = &self.nets[k];
+            let port = self.segments[k].take(bridge, net.mtu)?;
+            self.ports.entry(i).or_default().push((k, port.segment));
+            self.seq = self.seq.wrapping_add(1);
             out.push(NetInterface {
                 host: host::veth_name(&self.tag, self.seq),
                 name: format!("eth{eth}"),
-                bridge: bridge.index,
+                bridge: port.bridge,
                 mtu: net.mtu,
                 address,
                 prefix: pool.subnet.prefix,
@@ -347,6 +357,11 @@ impl Networks {
         self.addrs.remove(&i);
         for p in &mut self.pools {
             p.release(i);
+        }
+        for (k, segment) in self.ports.remove(&i).unwrap_or_default() {
+            if let Some(s) = self.segments.get_mut(k) {
+                s.release(segment);
+            }
         }
         self.cni.remove(i)
     }
@@ -417,6 +432,11 @@ impl Networks {
     /// sandboxes).
     pub(crate) fn finish(&mut self) -> Option<String> {
         self.cni.finish();
+        if let Ok(mut nl) = isola_runtime::net::Rtnl::open() {
+            for s in &mut self.segments {
+                s.remove(&mut nl);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.files);
         host::remove(&self.tag, &self.bridges).err()
     }

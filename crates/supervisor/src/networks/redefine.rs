@@ -10,7 +10,7 @@ use std::path::Path;
 
 use isola_runtime::net::Rtnl;
 
-use super::{host, ipam, Networks, Prepared};
+use super::{host, ipam, Networks, Prepared, Segments};
 use crate::shell::context::Ctx;
 use crate::spec::networks::{NetworkDef, Subnet};
 use crate::spec::stack::ServiceDef;
@@ -126,21 +126,25 @@ impl Networks {
         for (k, b) in self.bridges.iter().enumerate() {
             let Some(b) = b else { continue };
             if !r.kept.contains(&Some(k)) {
+                self.segments[k].remove(&mut nl);
                 let _ = nl.delete_link(b.index);
             }
         }
         let mut bridges = Vec::with_capacity(r.nets.len());
         let mut pools = Vec::with_capacity(r.nets.len());
+        let mut segments = Vec::with_capacity(r.nets.len());
         let mut failed = None;
         for ((n, s), kept) in r.nets.iter().zip(&r.subnets).zip(&r.kept) {
             match kept {
                 Some(k) => {
                     bridges.push(self.bridges[*k].clone());
                     pools.push(std::mem::replace(&mut self.pools[*k], ipam::Pool::new(*s)));
+                    segments.push(std::mem::replace(&mut self.segments[*k], Segments::new()));
                 }
                 None if n.cni().is_some() => {
                     bridges.push(None);
                     pools.push(ipam::Pool::new(*s));
+                    segments.push(Segments::new());
                 }
                 None => {
                     self.bridge_seq += 1;
@@ -151,20 +155,19 @@ impl Networks {
                     });
                     bridges.push(Some(host::Bridge { name, index }));
                     pools.push(ipam::Pool::new(*s));
+                    segments.push(Segments::new());
                 }
             }
         }
         for v in self.addrs.values_mut() {
-            v.retain_mut(|(k, _)| match r.kept.iter().position(|o| *o == Some(*k)) {
-                Some(j) => {
-                    *k = j;
-                    true
-                }
-                None => false,
-            });
+            renumber(v, &r.kept);
         }
         self.known = vec![Default::default(); r.nets.len()];
+        for v in self.ports.values_mut() {
+            renumber(v, &r.kept);
+        }
         (self.nets, self.bridges, self.pools) = (r.nets, bridges, pools);
+        self.segments = segments;
         let rules = host::ruleset(&self.tag, &self.nets, &r.subnets, &self.bridges);
         let steps = [
             host::replace_rules(&self.tag, &rules),
@@ -180,4 +183,16 @@ impl Networks {
             None => Ok(()),
         }
     }
+}
+
+/// Entries by network position, moved to the new positions of networks
+/// kept; those of networks that went or changed dropped.
+fn renumber<T>(v: &mut Vec<(usize, T)>, kept: &[Option<usize>]) {
+    v.retain_mut(|(k, _)| match kept.iter().position(|o| *o == Some(*k)) {
+        Some(j) => {
+            *k = j;
+            true
+        }
+        None => false,
+    });
 }
