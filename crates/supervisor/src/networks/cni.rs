@@ -57,6 +57,8 @@ struct Attachment {
 /// A plugin running.
 struct Op {
     service: ServiceIx,
+    /// The start it works for (a later start of the service has another).
+    container: String,
     verb: Verb,
     /// Its attachment, by position in the start's (ADD) or on its own
     /// (DEL).
@@ -188,7 +190,12 @@ impl CniRuns {
 
     fn add_exited(&mut self, op: Op, answer: Result<Value, String>) -> Exited {
         let mut out = Exited::default();
-        let Some(start) = self.starts.get_mut(&op.service) else {
+        // A start that went meanwhile (its DELs ran) is no one's now.
+        let Some(start) = self.starts.get_mut(&op.service).filter(|s| {
+            s.attachments
+                .get(op.at)
+                .is_some_and(|a| a.container == op.container)
+        }) else {
             return out;
         };
         let a = &mut start.attachments[op.at];
@@ -276,6 +283,7 @@ impl CniRuns {
             id,
             Op {
                 service,
+                container: a.container.clone(),
                 verb,
                 at,
                 plugin,
