@@ -27,6 +27,13 @@ fn server_code(port: u16, word: &str) -> String {
     )
 }
 
+/// Python for a TCP server on IPv6 and IPv4 answering with `word`.
+fn server6_code(port: u16, word: &str) -> String {
+    format!(
+        "import socket\ns = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\ns.bind((\"::\", {port}))\ns.listen()\nwhile True:\n    c = s.accept()[0]\n    c.sendall(b\"{word}\\n\")\n    c.close()\n"
+    )
+}
+
 /// A payload script running [`server_code`].
 fn server(port: u16, word: &str) -> String {
     format!("exec python3 -c '{}'", server_code(port, word))
@@ -63,8 +70,9 @@ fn address(up: &Up, svc: &str, net: &str) -> String {
 }
 
 /// A network namespace "outside" the host, reached over a veth pair:
-/// 198.18.0.2 serves `outside` on port 8000.
-struct Outside(Child);
+/// 198.18.0.2 serves `outside` on port 8000, and [fd00:198::2] `outside6`
+/// on port 8006.
+struct Outside(Child, Child);
 
 impl Outside {
     fn start() -> Outside {
@@ -105,20 +113,46 @@ impl Outside {
         ]);
         ip(&["-n", "isola-outside", "link", "set", "eth0", "up"]);
         ip(&["-n", "isola-outside", "link", "set", "lo", "up"]);
+        ip(&[
+            "addr",
+            "add",
+            "fd00:198::1/64",
+            "dev",
+            "isola-out0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            "isola-outside",
+            "addr",
+            "add",
+            "fd00:198::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        let v6 = Command::new("ip")
+            .args(["netns", "exec", "isola-outside", "python3", "-c"])
+            .arg(server6_code(8006, "outside6"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", "isola-outside", "python3", "-c"])
             .arg(server_code(8000, "outside"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Outside(child)
+        Outside(child, v6)
     }
 }
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        for c in [&mut self.0, &mut self.1] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = Command::new("ip")
             .args(["link", "del", "isola-out0"])
             .status();
@@ -430,5 +464,58 @@ fn a_network_larger_than_a_bridge_spans_joined_bridges() {
     }
     up.down();
     assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    assert_clean();
+}
+
+/// What `[host]:port` (a name or an IPv6 address) answers over IPv6 from
+/// inside `name`, or the error.
+fn ask6(up: &Up, name: &str, host: &str, port: u16) -> String {
+    let code = format!(
+        "import socket\ntry:\n    a = socket.getaddrinfo('{host}', {port}, socket.AF_INET6, socket.SOCK_STREAM)[0][4]\n    s = socket.socket(socket.AF_INET6)\n    s.settimeout(3)\n    s.connect(a)\n    print(s.recv(64).decode().strip())\nexcept Exception as e:\n    print('error', type(e).__name__)\n"
+    );
+    py(up, name, &code).1.trim().to_string()
+}
+
+#[test]
+fn an_ipv6_network_names_and_carries_ipv6_and_an_internal_one_keeps_it_in() {
+    require_vm();
+    let outside = Outside::start();
+    let file = json!({
+        "networks": {"six": {"ipv6": true}, "sixin": {"ipv6": true, "internal": true}, "four": {}},
+        "services": {
+            "db": on(json!(["six", "sixin"]), &format!("exec python3 -c '{}'", server6_code(5433, "db")), json!({})),
+            "web": on(json!(["six"]), "exec sleep 1000", json!({})),
+            "inner": on(json!(["sixin"]), "exec sleep 1000", json!({})),
+            "old": on(json!(["four"]), "exec sleep 1000", json!({})),
+        }
+    });
+    let up = up_file("net6", &file);
+    for s in ["db", "web", "inner", "old"] {
+        up.wait_state(s, "running");
+    }
+    // By name over IPv6, on either network they share; the address
+    // carries the IPv4 one in its last 32 bits.
+    let code = "import socket\nprint(socket.getaddrinfo('db', 1, socket.AF_INET6)[0][4][0])\n";
+    let db6 = py(&up, "web", code).1.trim().to_string();
+    assert!(db6.starts_with("fd89:"), "{db6}");
+    let v4: std::net::Ipv4Addr = address(&up, "db", "six").parse().unwrap();
+    let want: std::net::Ipv6Addr = db6.parse().unwrap();
+    assert_eq!(&want.octets()[12..], &v4.octets(), "{db6} for {v4}");
+    assert_eq!(up.service("db")["addresses6"]["six"], db6.as_str());
+    assert_eq!(ask6(&up, "web", "db", 5433), "db");
+    assert_eq!(ask6(&up, "inner", "db", 5433), "db");
+    // Out over IPv6 (NAT66) from the network that may; not from the
+    // internal one.
+    assert_eq!(ask6(&up, "web", "fd00:198::2", 8006), "outside6");
+    assert!(
+        ask6(&up, "inner", "fd00:198::2", 8006).starts_with("error"),
+        "internal got out"
+    );
+    // A network without IPv6 has none: no AAAA, and IPv4 still.
+    assert_eq!(ask6(&up, "old", "old", 1), "error gaierror");
+    assert_eq!(ask(&up, "web", "db", 5433), "db");
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    drop(outside);
     assert_clean();
 }

@@ -8,7 +8,7 @@
 pub mod attach;
 pub mod rtnl;
 
-pub use attach::{NetInterface, Networking};
+pub use attach::{NetInterface, Networking, V6};
 pub use rtnl::Rtnl;
 
 /// Whether the kernel takes `name` as an interface name as it is

@@ -6,7 +6,7 @@
 //! puts the host end on the network's bridge, and configures the sandbox
 //! end from inside: address, link up, the default route.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nix::errno::Errno;
 
@@ -26,6 +26,15 @@ pub struct NetInterface {
     pub prefix: u8,
     /// The route out (the first network that has one gives the default).
     pub gateway: Option<Ipv4Addr>,
+    /// On an IPv6 network: its address (a /64) and the route out.
+    pub v6: Option<V6>,
+}
+
+/// A sandbox's IPv6 side on one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6 {
+    pub address: Ipv6Addr,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// The networks a sandbox is on.
@@ -86,11 +95,21 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
         inner
             .add_address(idx, IpAddr::V4(i.address), i.prefix)
             .map_err(at("address"))?;
+        if let Some(v6) = i.v6 {
+            inner
+                .add_address(idx, IpAddr::V6(v6.address), 64)
+                .map_err(at("IPv6 address"))?;
+        }
         inner.set_up(idx).map_err(at("bring up"))?;
     }
     if let Some(gw) = ifs.iter().find_map(|i| i.gateway) {
         inner
             .add_default_route(IpAddr::V4(gw))
+            .map_err(|e| (format!("default route via {gw}"), e))?;
+    }
+    if let Some(gw) = ifs.iter().find_map(|i| i.v6?.gateway) {
+        inner
+            .add_default_route(IpAddr::V6(gw))
             .map_err(|e| (format!("default route via {gw}"), e))?;
     }
     Ok(())

@@ -38,6 +38,9 @@ mod tests;
 /// (less when the reader's buffer is smaller) and one link's reply is a
 /// few KiB; a datagram that still does not fit is an error (EMSGSIZE),
 /// never read cut short.
+/// `ifa_flags`: no duplicate address detection (`linux/if_addr.h`).
+const IFA_F_NODAD: u8 = 0x02;
+
 const RECV_BUF: usize = 64 * 1024;
 
 /// How often a dump is redone when links changed while it ran
@@ -210,10 +213,17 @@ impl Rtnl {
         if prefix > bits {
             return Err(Errno::EINVAL);
         }
+        let mut msg = ifaddrmsg(family, prefix, index);
+        if addr.is_ipv6() {
+            // No duplicate address detection: our addresses are unique by
+            // construction, and DAD would keep one tentative (unusable)
+            // for a second after the link comes up.
+            msg[2] = IFA_F_NODAD;
+        }
         let mut req = Request::new(
             libc::RTM_NEWADDR,
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &ifaddrmsg(family, prefix, index),
+            &msg,
         );
         req.attr(libc::IFA_LOCAL, &bytes);
         req.attr(libc::IFA_ADDRESS, &bytes);

@@ -217,6 +217,9 @@ pub struct StatusRow<'a> {
     /// Its addresses on the stack's networks, by network (while it runs).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub addresses: BTreeMap<String, String>,
+    /// Its IPv6 addresses, on the networks that have IPv6.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses6: BTreeMap<String, String>,
 }
 
 fn no_health() -> Cow<'static, str> {
@@ -466,6 +469,7 @@ mod tests {
             replacing: None,
             limits: BTreeMap::new(),
             addresses: BTreeMap::new(),
+            addresses6: BTreeMap::new(),
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

@@ -10,7 +10,7 @@
 //! again over TCP ([`tcp`]), on the same address.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::shell::context::Ctx;
 use crate::shell::reactor::{Interest, Part, Token};
 
 const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const TYPE_ANY: u16 = 255;
 const CLASS_IN: u16 = 1;
 const RCODE_SERVFAIL: u8 = 2;
@@ -86,27 +87,33 @@ pub(crate) fn parse_query(msg: &[u8]) -> Option<Question> {
     })
 }
 
-/// The answer to `q` (from `query`): A records of `addrs` for an A or ANY
-/// question, none otherwise; `rcode` for a name not found. Longer than
-/// `limit`: no records, and TC set (ask again over TCP).
+/// The answer to `q` (from `query`): A records of the IPv4 `addrs` for an
+/// A question, AAAA records of the IPv6 ones for AAAA, both for ANY (none
+/// of a kind: NODATA); `rcode` for a name not found. Longer than `limit`:
+/// no records, and TC set (ask again over TCP).
 pub(crate) fn answer(
     query: &[u8],
     q: &Question,
-    addrs: &[Ipv4Addr],
+    addrs: &[IpAddr],
     rcode: u8,
     limit: usize,
 ) -> Vec<u8> {
     let rd = query.get(2).map_or(0, |b| b & 0x01);
-    let mut with = if rcode == 0 && matches!(q.qtype, TYPE_A | TYPE_ANY) {
-        addrs
-    } else {
-        &[]
+    let wanted = |a: &&IpAddr| match a {
+        IpAddr::V4(_) => matches!(q.qtype, TYPE_A | TYPE_ANY),
+        IpAddr::V6(_) => matches!(q.qtype, TYPE_AAAA | TYPE_ANY),
     };
-    let cut = q.end + 16 * with.len() > limit;
+    let mut with: Vec<&IpAddr> = if rcode == 0 {
+        addrs.iter().filter(wanted).collect()
+    } else {
+        Vec::new()
+    };
+    let size = |a: &&IpAddr| if a.is_ipv4() { 16 } else { 28 };
+    let cut = q.end + with.iter().map(size).sum::<usize>() > limit;
     if cut {
-        with = &[];
+        with.clear();
     }
-    let mut out = Vec::with_capacity(q.end + 16 * with.len());
+    let mut out = Vec::with_capacity(q.end + with.iter().map(size).sum::<usize>());
     out.extend_from_slice(&q.id.to_be_bytes());
     // QR, AA, TC when cut, RD as asked; RA, and the code.
     out.push(0x84 | if cut { 0x02 } else { 0 } | rd);
@@ -116,13 +123,17 @@ pub(crate) fn answer(
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(query.get(12..q.end).unwrap_or_default());
     for a in with {
+        let (kind, data) = match a {
+            IpAddr::V4(v4) => (TYPE_A, v4.octets().to_vec()),
+            IpAddr::V6(v6) => (TYPE_AAAA, v6.octets().to_vec()),
+        };
         // The name: a pointer to the question's.
         out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&kind.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&a.octets());
+        out.extend_from_slice(&u16::try_from(data.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&data);
     }
     out
 }
@@ -132,8 +143,9 @@ pub(crate) type Resolve<'a> = dyn Fn(usize, Ipv4Addr, &str) -> Lookup + 'a;
 
 /// What the stack knows of a name on a network.
 pub(crate) enum Lookup {
-    /// One of the network's: these sandboxes run it (maybe none now).
-    Ours(Vec<Ipv4Addr>),
+    /// One of the network's: these sandboxes run it (maybe none now), at
+    /// these addresses (IPv6 too on an IPv6 network).
+    Ours(Vec<IpAddr>),
     /// Not one of the network's.
     Unknown,
     /// Not answered: the asker is none of ours, or on internal networks

@@ -5,12 +5,13 @@
 //! removed by the next `isola up` of the stack, and nothing else is.
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use isola_runtime::net::Rtnl;
 
+use super::ipam::{prefix6, v6_of};
 use crate::spec::networks::{NetworkDef, Subnet};
 
 /// A network's bridge.
@@ -77,7 +78,7 @@ pub(crate) fn make_bridges(
             continue;
         }
         let name = bridge_name(tag, k);
-        match make_bridge(&mut nl, &name, n, *s) {
+        match make_bridge(&mut nl, &name, n, *s, gateway6(tag, n, *s)) {
             Ok(index) => out.push(Some(Bridge { name, index })),
             Err(e) => {
                 for b in out.iter().flatten() {
@@ -95,12 +96,17 @@ pub(crate) fn make_bridge(
     name: &str,
     n: &NetworkDef,
     s: Subnet,
+    gw6: Option<Ipv6Addr>,
 ) -> Result<u32, String> {
     let index = nl
         .create_bridge(name, n.mtu)
         .map_err(|e| format!("create bridge {name}: {e}"))?;
     let configured = nl
         .add_address(index, IpAddr::V4(s.gateway()), s.prefix)
+        .and_then(|()| match gw6 {
+            Some(gw) => nl.add_address(index, IpAddr::V6(gw), 64),
+            None => Ok(()),
+        })
         .map_err(|e| format!("address of {name}: {e}"))
         .and_then(|()| {
             nl.set_up(index)
@@ -110,6 +116,11 @@ pub(crate) fn make_bridge(
         let _ = nl.delete_link(index);
     }
     configured.map(|()| index)
+}
+
+/// The gateway's IPv6 address on an IPv6 network.
+pub(crate) fn gateway6(tag: &str, n: &NetworkDef, s: Subnet) -> Option<Ipv6Addr> {
+    n.ipv6.then(|| v6_of(prefix6(tag, s), s.gateway()))
 }
 
 /// The stack's rules: nothing crosses from one network to another, nor
@@ -140,11 +151,20 @@ pub(crate) fn ruleset(
         let b = &b.name;
         forward += &format!("    iifname \"{b}\" ip saddr != {s} drop\n");
         input += &format!("    iifname \"{b}\" ip saddr != {s} drop\n");
+        let p6 = n.ipv6.then(|| prefix6(tag, *s));
+        if let Some(p) = p6 {
+            forward += &format!("    iifname \"{b}\" ip6 saddr != {p}/64 drop\n");
+            input += &format!("    iifname \"{b}\" ip6 saddr != {{ {p}/64, fe80::/10 }} drop\n");
+        }
         if n.internal {
             forward += &format!("    iifname \"{b}\" oifname != \"{b}\" drop\n");
             forward += &format!("    oifname \"{b}\" iifname != \"{b}\" drop\n");
             let gw = s.gateway();
             input += &format!("    iifname \"{b}\" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n");
+            if p6.is_some() {
+                // Neighbour discovery, or the gateway is never found.
+                input += &format!("    iifname \"{b}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept\n");
+            }
             input += &format!("    iifname \"{b}\" drop\n");
         } else {
             // Out, and the answers back in; nothing else comes in
@@ -154,6 +174,9 @@ pub(crate) fn ruleset(
             );
             forward += &format!("    oifname \"{b}\" iifname != \"{b}\" drop\n");
             nat += &format!("    ip saddr {s} oifname != \"{b}\" masquerade\n");
+            if let Some(p) = p6 {
+                nat += &format!("    ip6 saddr {p}/64 oifname != \"{b}\" masquerade\n");
+            }
         }
     }
     format!(
@@ -191,10 +214,20 @@ pub(crate) fn replace_rules(tag: &str, rules: &str) -> Result<(), String> {
     nft(&format!("table inet {t}\ndelete table inet {t}\n{rules}"))
 }
 
-/// Packets from a non-internal network may leave through the host.
-pub(crate) fn enable_forwarding() -> Result<(), String> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| format!("net.ipv4.ip_forward: {e}"))
+/// Packets from a non-internal network may leave through the host (and
+/// over IPv6 when one of them has it — as Docker does, this turns off
+/// router advertisements the host itself would accept).
+pub(crate) fn enable_forwarding(nets: &[NetworkDef]) -> Result<(), String> {
+    let out = nets.iter().filter(|n| !n.internal && n.cni().is_none());
+    let (v4, v6) = out.fold((false, false), |(_, b), n| (true, b || n.ipv6));
+    let set = |path: &str| std::fs::write(path, "1").map_err(|e| format!("{path}: {e}"));
+    if v4 {
+        set("/proc/sys/net/ipv4/ip_forward")?;
+    }
+    if v6 {
+        set("/proc/sys/net/ipv6/conf/all/forwarding")?;
+    }
+    Ok(())
 }
 
 /// Remove the stack's bridges and table (at exit); every step is tried,
@@ -238,6 +271,7 @@ mod tests {
             subnet: None,
             internal,
             mtu: None,
+            ipv6: false,
             driver: crate::spec::networks::Driver::Bridge,
         };
         let nets = [net("back", true), net("front", false)];

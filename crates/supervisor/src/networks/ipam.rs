@@ -6,7 +6,7 @@
 //! sandbox it replaces (an overlap) gets a second one until then.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::shell::context::ServiceIx;
 use crate::spec::networks::{NetworkDef, Subnet};
@@ -104,6 +104,25 @@ fn pick(used: &[Subnet]) -> Option<Subnet> {
     })
 }
 
+/// A network's IPv6 /64: a unique local prefix (`fd89:` then the stack's
+/// tag, then the IPv4 subnet's middle octets), the same at every `isola
+/// up` of the stack, as the IPv4 subnet is.
+pub(crate) fn prefix6(tag: &str, s: Subnet) -> Ipv6Addr {
+    let t = u32::from_str_radix(tag, 16).unwrap_or(0) & 0xf_ffff;
+    let [_, b, c, _] = s.net.octets();
+    let hi = u16::try_from(t >> 4).unwrap_or(0);
+    let lo = u16::try_from((t & 0xf) << 12).unwrap_or(0);
+    Ipv6Addr::new(0xfd89, hi, lo, u16::from_be_bytes([b, c]), 0, 0, 0, 0)
+}
+
+/// The IPv6 address of whoever has `a` on a network with `prefix`: the
+/// IPv4 address in the last 32 bits, so it is as stable as that one.
+pub(crate) fn v6_of(prefix: Ipv6Addr, a: Ipv4Addr) -> Ipv6Addr {
+    let mut o = prefix.octets();
+    o[12..].copy_from_slice(&a.octets());
+    Ipv6Addr::from(o)
+}
+
 /// Addresses on one network.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -186,6 +205,7 @@ mod tests {
             subnet: subnet.and_then(Subnet::parse),
             internal: false,
             mtu: None,
+            ipv6: false,
             driver: crate::spec::networks::Driver::Bridge,
         };
         let host = [Subnet::parse("10.89.0.0/24").unwrap()];

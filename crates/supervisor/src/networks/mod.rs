@@ -6,11 +6,11 @@
 //! them. Nothing here exists for a stack without `networks`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use isola_runtime::mounts::MountSpec;
-use isola_runtime::net::NetInterface;
+use isola_runtime::net::{NetInterface, V6};
 
 use crate::shell::context::{Ctx, ServiceIx};
 use crate::spec::networks::{NetworkDef, Subnet};
@@ -153,9 +153,7 @@ impl Networks {
         };
         host::nft(&host::ruleset(&p.tag, &p.nets, &p.subnets, &bridges))
             .map_err(|e| made.undo(e))?;
-        if p.nets.iter().any(|n| !n.internal) {
-            host::enable_forwarding().map_err(|e| made.undo(e))?;
-        }
+        host::enable_forwarding(&p.nets).map_err(|e| made.undo(e))?;
         let mut n = Networks {
             pools: p.subnets.iter().map(|s| Pool::new(*s)).collect(),
             known: vec![HashMap::new(); p.nets.len()],
@@ -297,6 +295,13 @@ impl Networks {
                 address,
                 prefix: pool.subnet.prefix,
                 gateway: (!net.internal).then(|| pool.subnet.gateway()),
+                v6: net.ipv6.then(|| {
+                    let p = ipam::prefix6(&self.tag, pool.subnet);
+                    V6 {
+                        address: ipam::v6_of(p, address),
+                        gateway: (!net.internal).then(|| ipam::v6_of(p, pool.subnet.gateway())),
+                    }
+                }),
             });
         }
         self.addrs.insert(i, taken);
@@ -378,6 +383,20 @@ impl Networks {
             .unwrap_or_default()
     }
 
+    /// Sandbox `i`'s IPv6 addresses, on the networks that have IPv6.
+    pub(crate) fn addresses6(&self, i: ServiceIx) -> Vec<(String, Ipv6Addr)> {
+        let Some(v) = self.addrs.get(&i) else {
+            return Vec::new();
+        };
+        v.iter()
+            .filter_map(|(k, a)| {
+                let (n, p) = (self.nets.get(*k)?, self.pools.get(*k)?);
+                let prefix = n.ipv6.then(|| ipam::prefix6(&self.tag, p.subnet))?;
+                Some((n.name.clone(), ipam::v6_of(prefix, *a)))
+            })
+            .collect()
+    }
+
     /// A query to the nameserver (or the upstream's answer). `holder`: the
     /// running sandbox that holds a service's name now.
     pub(crate) fn on_event(
@@ -388,6 +407,9 @@ impl Networks {
     ) {
         let (known, addrs) = (&self.known, &self.addrs);
         let internal: Vec<bool> = self.nets.iter().map(|n| n.internal).collect();
+        let v6: Vec<Option<Ipv6Addr>> = (self.nets.iter().zip(&self.pools))
+            .map(|(n, p)| n.ipv6.then(|| ipam::prefix6(&self.tag, p.subnet)))
+            .collect();
         // The asker's networks (it asks its first network's gateway): a
         // name resolves on each it shares with the one named. One that is
         // none of ours is refused.
@@ -406,13 +428,17 @@ impl Networks {
                     continue;
                 };
                 ours = true;
-                found.extend(
-                    services
-                        .iter()
-                        .filter_map(|s| holder(s))
-                        .filter_map(|i| addrs.get(&i))
-                        .flat_map(|v| v.iter().filter(|(j, _)| *j == k).map(|(_, a)| *a)),
-                );
+                let on_k = services
+                    .iter()
+                    .filter_map(|s| holder(s))
+                    .filter_map(|i| addrs.get(&i))
+                    .flat_map(|v| v.iter().filter(|(j, _)| *j == k).map(|(_, a)| *a));
+                for a in on_k {
+                    found.push(IpAddr::V4(a));
+                    if let Some(p) = v6.get(k).copied().flatten() {
+                        found.push(IpAddr::V6(ipam::v6_of(p, a)));
+                    }
+                }
             }
             if ours {
                 Lookup::Ours(found)

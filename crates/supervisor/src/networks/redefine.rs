@@ -149,10 +149,12 @@ impl Networks {
                 None => {
                     self.bridge_seq += 1;
                     let name = host::bridge_name(&self.tag, self.bridge_seq);
-                    let index = host::make_bridge(&mut nl, &name, n, *s).unwrap_or_else(|e| {
-                        failed.get_or_insert(format!("network {}: {e}", n.name));
-                        0
-                    });
+                    let index =
+                        host::make_bridge(&mut nl, &name, n, *s, host::gateway6(&self.tag, n, *s))
+                            .unwrap_or_else(|e| {
+                                failed.get_or_insert(format!("network {}: {e}", n.name));
+                                0
+                            });
                     bridges.push(Some(host::Bridge { name, index }));
                     pools.push(ipam::Pool::new(*s));
                     segments.push(Segments::new());
@@ -171,11 +173,7 @@ impl Networks {
         let rules = host::ruleset(&self.tag, &self.nets, &r.subnets, &self.bridges);
         let steps = [
             host::replace_rules(&self.tag, &rules),
-            if self.nets.iter().any(|n| !n.internal) {
-                host::enable_forwarding()
-            } else {
-                Ok(())
-            },
+            host::enable_forwarding(&self.nets),
             self.bind_names(ctx),
         ];
         match failed.or(steps.into_iter().find_map(Result::err)) {

@@ -77,6 +77,11 @@ fn rows<'a>(
                     .into_iter()
                     .map(|(net, a)| (net, a.to_string()))
                     .collect();
+                r.addresses6 = n
+                    .addresses6(i)
+                    .into_iter()
+                    .map(|(net, a)| (net, a.to_string()))
+                    .collect();
             }
             Some(r)
         })
@@ -156,6 +161,7 @@ fn row<'a>(
         notify_status: s.health.notify_status.as_deref().map(Cow::Borrowed),
         limits: limits(s),
         addresses: BTreeMap::new(),
+        addresses6: BTreeMap::new(),
     }
 }
 

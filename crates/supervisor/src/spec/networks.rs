@@ -89,6 +89,8 @@ pub struct NetworkDef {
     /// No traffic leaves it: no route out, no NAT.
     pub internal: bool,
     pub mtu: Option<u32>,
+    /// An IPv6 /64 beside the IPv4 subnet (a unique local prefix).
+    pub ipv6: bool,
     pub driver: Driver,
 }
 
@@ -165,6 +167,7 @@ fn parse_network(
         subnet: None,
         internal: false,
         mtu: None,
+        ipv6: false,
         driver: Driver::Bridge,
     };
     let mut driver = "bridge";
@@ -177,13 +180,7 @@ fn parse_network(
                 })?);
             }
             ("internal", Value::Bool(b)) => def.internal = *b,
-            ("ipv6", Value::Bool(false)) => {}
-            ("ipv6", Value::Bool(true)) => {
-                return Err(SpecError::new(
-                    f,
-                    "true: IPv6 networks are not supported yet",
-                ))
-            }
+            ("ipv6", Value::Bool(b)) => def.ipv6 = *b,
             ("mtu", Value::Number(n)) => {
                 let mtu = n.as_u64().filter(|m| (576..=65535).contains(m));
                 def.mtu = Some(
@@ -226,10 +223,10 @@ fn check_driver(driver: &str, def: &NetworkDef, at: &str) -> Result<(), SpecErro
             format!("{at}.cni"),
             "only with \"driver\": \"cni\"",
         )),
-        ("cni", _) if def.subnet.is_some() || def.internal || def.mtu.is_some() => {
+        ("cni", _) if def.subnet.is_some() || def.internal || def.mtu.is_some() || def.ipv6 => {
             Err(SpecError::new(
                 at,
-                "subnet, internal and mtu of a cni network are its configuration list's",
+                "subnet, internal, mtu and ipv6 of a cni network are its configuration list's",
             ))
         }
         _ => Ok(()),

@@ -18,7 +18,11 @@ fn a_question_is_read_and_answered_with_a_records_ttl_0() {
     let msg = query("Web.2", TYPE_A);
     let q = parse_query(&msg).unwrap();
     assert_eq!((q.id, q.name.as_str(), q.qtype), (0x1234, "web.2", TYPE_A));
-    let addrs = [Ipv4Addr::new(10, 89, 1, 2), Ipv4Addr::new(10, 89, 1, 3)];
+    let addrs = [
+        IpAddr::V4(Ipv4Addr::new(10, 89, 1, 2)),
+        IpAddr::V6("fd89::a59:102".parse().unwrap()),
+        IpAddr::V4(Ipv4Addr::new(10, 89, 1, 3)),
+    ];
     let r = answer(&msg, &q, &addrs, 0, UDP_MAX);
     assert_eq!(
         &r[..4],
@@ -40,10 +44,25 @@ fn a_question_is_read_and_answered_with_a_records_ttl_0() {
 
 #[test]
 fn aaaa_of_a_known_name_is_nodata_and_an_unknown_one_nxdomain() {
-    let msg = query("db", 28);
+    let msg = query("db", TYPE_AAAA);
     let q = parse_query(&msg).unwrap();
-    let r = answer(&msg, &q, &[Ipv4Addr::new(10, 0, 0, 2)], 0, UDP_MAX);
+    let r = answer(
+        &msg,
+        &q,
+        &[IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))],
+        0,
+        UDP_MAX,
+    );
     assert_eq!(&r[2..8], &[0x85, 0x80, 0, 1, 0, 0], "NOERROR, no answer");
+    // On an IPv6 network: its AAAA record, and no A one.
+    let v6: std::net::Ipv6Addr = "fd89:1:2:5907::a59:702".parse().unwrap();
+    let both = [IpAddr::V4(Ipv4Addr::new(10, 89, 7, 2)), IpAddr::V6(v6)];
+    let r = answer(&msg, &q, &both, 0, UDP_MAX);
+    assert_eq!(&r[6..8], &[0, 1], "one answer");
+    let rec = &r[msg.len()..];
+    assert_eq!(&rec[2..4], &TYPE_AAAA.to_be_bytes());
+    assert_eq!(&rec[10..12], &16u16.to_be_bytes());
+    assert_eq!(&rec[12..28], &v6.octets());
     let r = answer(&msg, &q, &[], RCODE_NXDOMAIN, UDP_MAX);
     assert_eq!(r[3] & 0x0f, RCODE_NXDOMAIN);
 }
@@ -68,7 +87,9 @@ fn what_is_not_a_plain_query_is_ignored() {
 fn an_answer_too_long_for_udp_is_cut_for_tcp() {
     let msg = query("web", TYPE_A);
     let q = parse_query(&msg).unwrap();
-    let many: Vec<Ipv4Addr> = (0..40).map(|k| Ipv4Addr::new(10, 89, 1, k)).collect();
+    let many: Vec<IpAddr> = (0..40)
+        .map(|k| IpAddr::V4(Ipv4Addr::new(10, 89, 1, k)))
+        .collect();
     let r = answer(&msg, &q, &many, 0, UDP_MAX);
     assert_eq!(r[2] & 0x02, 0x02, "TC");
     assert_eq!(&r[6..8], &[0, 0], "no records");

@@ -41,8 +41,8 @@ fn bad_networks_are_named() {
         "networks.b.subnet: 10.1.2.0/24: overlaps 10.1.0.0/16 of network a"
     );
     assert_eq!(
-        err(json!({"a": {"ipv6": true}})),
-        "networks.a.ipv6: true: IPv6 networks are not supported yet"
+        err(json!({"a": {"ipv6": 1}})),
+        "networks.a.ipv6: 1: wrong type"
     );
     assert_eq!(
         err(json!({"a": {"mtu": 100}})),
