@@ -468,7 +468,9 @@ impl Core {
                 continue;
             };
             let Some(s) = self.svc(i) else { continue };
-            if s.def.fingerprint == def.fingerprint && !s.def.live_limits {
+            let same = s.def.fingerprint == def.fingerprint
+                && s.def.networks_fingerprint == def.networks_fingerprint;
+            if same && !s.def.live_limits {
                 continue;
             }
             let overlap = def.policy.restart.mode == crate::spec::policy::RestartMode::Overlap;

@@ -16,8 +16,10 @@
 //! supervisor → spawner: fingerprint (u64 LE), the service's position in
 //! the file (u32 LE), replica number (u32 LE, 0 for none), the number of
 //! listening sockets (u32 LE) and their names (`:`-separated, the rest of
-//! the message), with stdin, stdout, stderr, the sockets and the fds for
-//! the payload (the plan's `pass_fds`) as SCM_RIGHTS.
+//! the message, up to a NUL), then its stack networks as JSON (`{"i":
+//! interfaces, "h": hold}`, see [`isola_runtime::net::Networking`]), with
+//! stdin, stdout, stderr, the sockets and the fds for the payload (the
+//! plan's `pass_fds`) as SCM_RIGHTS.
 //! spawner → supervisor: `O` pid (i32 LE) with the pidfd and the init's
 //! sync socket as SCM_RIGHTS; `E` exit code (i32 LE), transient (one byte:
 //! 1 for a shortage worth retrying) + message; `U` when it does not know
@@ -34,6 +36,7 @@ use nix::unistd::Pid;
 
 use isola_runtime::fdpass;
 use isola_runtime::listen::Listen;
+use isola_runtime::net::{NetInterface, Networking};
 use isola_runtime::sandbox::{self, Parts, Starting};
 use isola_runtime::{Error, Plan};
 
@@ -52,6 +55,14 @@ pub struct Start<'a> {
     pub stdio: [RawFd; 3],
     pub pass: &'a [RawFd],
     pub listen: Listen<'a>,
+    pub net: Networking<'a>,
+}
+
+/// A start's networks as the request carries them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NetRequest<'a> {
+    i: std::borrow::Cow<'a, [NetInterface]>,
+    h: bool,
 }
 
 /// The supervisor's handle on its spawner.
@@ -102,6 +113,7 @@ impl Spawner {
             stdio,
             pass,
             listen,
+            net,
         } = *start;
         let count = u32::try_from(listen.fds.len()).map_err(|_| Errno::E2BIG)?;
         let mut req = Vec::with_capacity(HEADER + listen.names.len());
@@ -110,6 +122,14 @@ impl Spawner {
         req.extend_from_slice(&replica.to_le_bytes());
         req.extend_from_slice(&count.to_le_bytes());
         req.extend_from_slice(listen.names.as_bytes());
+        if !net.interfaces.is_empty() || net.hold {
+            req.push(0);
+            let n = NetRequest {
+                i: std::borrow::Cow::Borrowed(net.interfaces),
+                h: net.hold,
+            };
+            serde_json::to_writer(&mut req, &n).map_err(|_| Errno::EINVAL)?;
+        }
         let fds: Vec<RawFd> = stdio
             .iter()
             .chain(listen.fds)
@@ -197,6 +217,10 @@ pub fn serve<'a, 't>(
                     fds: sockets,
                     names: req.socket_names,
                 };
+                opts.net = Networking {
+                    interfaces: &req.net.i,
+                    hold: req.net.h,
+                };
                 match sandbox::spawn(&plan, &opts).and_then(Starting::into_parts) {
                     Ok(parts) => reply_started(&sock, &parts),
                     Err(e) => reply_failed(&sock, &e),
@@ -215,6 +239,7 @@ struct Request<'m> {
     wanted: Wanted,
     count: usize,
     socket_names: &'m str,
+    net: NetRequest<'static>,
 }
 
 impl<'m> Request<'m> {
@@ -229,7 +254,18 @@ impl<'m> Request<'m> {
         let entry = u32_at(8)?;
         let replica = u32_at(12)?;
         let count = usize::try_from(u32_at(16)?).ok()?;
-        let socket_names = std::str::from_utf8(msg.get(HEADER..)?).ok()?;
+        let rest = msg.get(HEADER..)?;
+        let (names, net) = match rest.iter().position(|b| *b == 0) {
+            Some(k) => (&rest[..k], serde_json::from_slice(&rest[k + 1..]).ok()?),
+            None => (
+                rest,
+                NetRequest {
+                    i: std::borrow::Cow::Owned(Vec::new()),
+                    h: false,
+                },
+            ),
+        };
+        let socket_names = std::str::from_utf8(names).ok()?;
         Some(Request {
             wanted: Wanted {
                 entry,
@@ -238,6 +274,7 @@ impl<'m> Request<'m> {
             },
             count,
             socket_names,
+            net,
         })
     }
 }

@@ -129,7 +129,7 @@ fn a_bad_cni_network_is_refused_naming_the_field() {
         (json!({"driver": "cni"}), "networks.c.cni: missing"),
         (
             json!({"driver": "cni", "subnet": "10.89.9.0/24", "cni": {"conflist": conflist(&dir)}}),
-            "networks.c: subnet, internal and mtu",
+            "networks.c: subnet, internal, mtu and ipv6",
         ),
     ];
     for (k, (net, want)) in cases.iter().enumerate() {

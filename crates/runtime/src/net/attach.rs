@@ -10,10 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nix::errno::Errno;
 
+use super::rtnl::Veth;
 use super::Rtnl;
 
 /// One network a sandbox is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetInterface {
     /// The host end's name (unique on the host while the sandbox runs).
     pub host: String,
@@ -31,7 +32,7 @@ pub struct NetInterface {
 }
 
 /// A sandbox's IPv6 side on one network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct V6 {
     pub address: Ipv6Addr,
     pub gateway: Option<Ipv6Addr>,
@@ -77,13 +78,16 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
     // own, seen from inside our PID namespace, is ours.
     let me = nix::unistd::getpid().as_raw();
     for i in ifs {
-        let at = |what: &'static str| move |e| (format!("{what} {}", i.host), e);
-        let idx = host
-            .create_veth(&i.host, &i.name, me, i.mtu, Some(mac_of(i.address)))
-            .map_err(at("create veth"))?;
-        host.set_master(idx, i.bridge)
-            .map_err(at("attach to bridge"))?;
-        host.set_up(idx).map_err(at("bring up"))?;
+        let veth = Veth {
+            host: &i.host,
+            master: i.bridge,
+            peer: &i.name,
+            peer_pid: me,
+            mtu: i.mtu,
+            peer_mac: Some(mac_of(i.address)),
+        };
+        host.add_veth(&veth)
+            .map_err(|e| (format!("create veth {}", i.host), e))?;
     }
     let mut inner = Rtnl::open().map_err(|e| ("netlink socket inside".to_string(), e))?;
     for i in ifs {

@@ -95,10 +95,9 @@ impl Sandboxes {
         // names their groups after them: one whose limits `isola update`
         // changed, one a reload read, and an overlap's successor in
         // `NAME..next` are cloned here.
-        // Nor does it know a start's network interfaces.
-        let known = def.entry.filter(|_| {
-            !def.live_limits && cg_name == def.name && l.net.interfaces.is_empty() && !l.net.hold
-        });
+        let known = def
+            .entry
+            .filter(|_| !def.live_limits && cg_name == def.name);
         if let (Some(sp), Some(entry)) = (self.setup.spawner.as_ref(), known) {
             let cgroup = (!self.setup.no_cgroup).then(|| self.setup.stack_root.join(cg_name));
             let start = spawner::Start {
@@ -108,6 +107,7 @@ impl Sandboxes {
                 stdio: l.stdio,
                 pass: l.pass,
                 listen: l.listen,
+                net: l.net,
             };
             match sp.request(&start, &def.name, cgroup) {
                 Ok(Answer::Started(st)) => return Ok(st),

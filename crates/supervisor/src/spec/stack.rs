@@ -25,6 +25,10 @@ pub struct ServiceDef {
     /// when it changed. (The parsed spec is not kept: the plan is all a
     /// start needs, and a thousand specs would be most of the heap.)
     pub fingerprint: u64,
+    /// Hash of the definitions of the networks it is on (0: none): a
+    /// reload that changes one restarts it too. Apart from `fingerprint`,
+    /// which the spawner (knowing no networks) checks.
+    pub networks_fingerprint: u64,
     pub plan: Plan,
     pub policy: Policy,
     /// A replica (`web.3`) names its service (`web`).
@@ -179,6 +183,7 @@ pub(crate) fn service_def(
     let def = ServiceDef {
         name,
         fingerprint,
+        networks_fingerprint: 0,
         plan,
         policy,
         group,
@@ -267,11 +272,10 @@ fn fold_network_defs(nets: &[NetworkDef], defs: &mut [ServiceDef]) {
             continue;
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        d.fingerprint.hash(&mut h);
         for a in &d.policy.networks {
             format!("{:?}", nets.iter().find(|n| n.name == a.network)).hash(&mut h);
         }
-        d.fingerprint = h.finish();
+        d.networks_fingerprint = h.finish();
     }
 }
 

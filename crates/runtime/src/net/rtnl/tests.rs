@@ -16,7 +16,7 @@ use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 
 use super::message::{attrs, link_of, status, Replies, Request};
-use super::Rtnl;
+use super::{Rtnl, Veth};
 use crate::net::valid_ifname;
 
 #[test]
@@ -156,6 +156,36 @@ fn bridge_veth_addresses_and_routes() {
     });
     let links = guest.json(&["link", "show"]);
     assert!(!has(&links, |l| l["ifname"] == "eth0"), "{links}");
+}
+
+/// One request makes a sandbox's pair: the host end on its bridge and up,
+/// the peer in the other namespace with its MAC.
+#[test]
+fn a_veth_in_one_request_is_on_its_bridge_and_up_at_both_ends() {
+    let host = Netns::new("host1");
+    let guest = Netns::new("guest1");
+    let sleeper = Sleeper::inside(&guest);
+    let bridge = host.run(|rtnl| {
+        let bridge = rtnl.create_bridge("isbr1", None).expect("bridge");
+        let v = Veth {
+            host: "isv1",
+            master: bridge,
+            peer: "eth0",
+            peer_pid: sleeper.pid(),
+            mtu: Some(1400),
+            peer_mac: Some([2, 0x1a, 10, 0, 0, 2]),
+        };
+        rtnl.add_veth(&v).expect("veth");
+        assert_eq!(rtnl.add_veth(&v), Err(Errno::EEXIST));
+        bridge
+    });
+    let v = host.link("isv1");
+    assert_eq!(v["master"], "isbr1", "{v}");
+    assert!(up(&v), "{v}");
+    assert_eq!(host.link("isbr1")["ifindex"], bridge);
+    let peer = guest.link("eth0");
+    assert_eq!(peer["mtu"], 1400);
+    assert_eq!(peer["address"], "02:1a:0a:00:00:02");
 }
 
 /// The host side of [`bridge_veth_addresses_and_routes`]: bridge `isbr0`
