@@ -5,7 +5,8 @@ start) and beside a shell loop doing the same plumbing with `ip`; service-to-ser
 lookups from inside a service.
 
 Imported by bench.py; runnable alone in the VM:
-`python3 scripts/bench_networks.py [--n 200]`.
+`python3 scripts/bench_networks.py [--n 200]`, and on the host (as root)
+for the large row: `python3 scripts/bench_networks.py host --n 10000`.
 """
 
 import json
@@ -110,6 +111,59 @@ done
     return out
 
 
+def host_scale(work, isola, n):
+    """On the host (`--no-cgroup`; no cgroup v2 here) inside a network
+    namespace of the bench's own, so that no bridge or rule touches the
+    host's: `n` services with a network namespace each, bare and on one
+    network (a /16: past 1,000 sandboxes it spans joined bridges); a shell
+    loop with `ip` for min(n, 1000) sandboxes, per start."""
+    out = {"n": n}
+    svc = {"process": {"args": ["/bin/busybox", "sleep", "100000"]}, "stderr": "stdout",
+           "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}}
+    for name, nets in (("bare", None), ("network", {"big": {"subnet": "10.90.0.0/16"}})):
+        svcs = {}
+        for i in range(n):
+            s = json.loads(json.dumps(svc))
+            if nets:
+                s["networks"] = ["big"]
+            svcs[f"s{i}"] = s
+        d = os.path.join(work, f"hostnet-{name}")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "stack.json")
+        doc = {"services": svcs}
+        if nets:
+            doc["networks"] = nets
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        sock = os.path.join(d, "s.sock")
+        t0 = time.perf_counter()
+        r = subprocess.run(["unshare", "-n", isola, "up", "-d", "--no-cgroup", "--wait-seconds", "1800",
+                            "--socket", sock, "--log-dir", os.path.join(d, "logs"), path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        out[name] = time.perf_counter() - t0 if r.returncode == 0 else None
+        if r.returncode != 0:
+            out[f"{name}_error"] = r.stderr.decode()[-300:]
+        subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    k = min(n, 1000)
+    script = f"""
+set -e
+ip link add isbench type bridge; ip link set isbench up; ip addr add 10.88.0.1/16 dev isbench
+for i in $(seq 1 {k}); do
+  ip netns add isb$i
+  ip link add isv$i type veth peer name eth0 netns isb$i
+  ip link set isv$i master isbench up
+  ip -n isb$i addr add 10.88.$((i / 250)).$((i % 250 + 2))/16 dev eth0
+  ip -n isb$i link set eth0 up; ip -n isb$i link set lo up
+  ip -n isb$i route add default via 10.88.0.1
+done
+for i in $(seq 1 {k}); do ip netns del isb$i; done
+"""
+    t0 = time.perf_counter()
+    r = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True)
+    out["ip_loop_per_start_ms"] = (time.perf_counter() - t0) * 1000 / k if r.returncode == 0 else None
+    return out
+
+
 def exec_py(isola, sock, name, code):
     r = subprocess.run([isola, "exec", "--socket", sock, name, "--", "python3", "-c", code],
                        capture_output=True, text=True, timeout=600)
@@ -190,6 +244,17 @@ def report(v):
     return lines
 
 
+def report_host(v):
+    h = v.get("networks_host")
+    if not h or not h.get("bare") or not h.get("network"):
+        return []
+    per = (h["network"] - h["bare"]) * 1000 / h["n"]
+    loop = f"; a shell loop with `ip` takes {h['ip_loop_per_start_ms']:.0f} ms per sandbox" if h.get("ip_loop_per_start_ms") else ""
+    return ["", "### Stack networks at scale (host, `--no-cgroup`, in a network namespace of the bench's)", "",
+            f"{h['n']} services until all run: with a bare network namespace {h['bare']:.1f} s, on one network "
+            f"{h['network']:.1f} s ({h['network'] / h['bare']:.2f}×, {per:.1f} ms more per start){loop}."]
+
+
 if __name__ == "__main__":
     import sys
     import tempfile
@@ -197,4 +262,7 @@ if __name__ == "__main__":
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     isola = os.environ.get("ISOLA_BIN", os.path.join(root, "target/x86_64-unknown-linux-gnu/release/isola"))
     work = tempfile.mkdtemp(prefix="isola-netbench-")
-    print("BENCH-JSON: " + json.dumps({"networks": run(work, isola, n)}), flush=True)
+    if "host" in sys.argv:
+        print("BENCH-JSON: " + json.dumps({"networks_host": host_scale(work, isola, n)}), flush=True)
+    else:
+        print("BENCH-JSON: " + json.dumps({"networks": run(work, isola, n)}), flush=True)

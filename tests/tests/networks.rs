@@ -519,3 +519,76 @@ fn an_ipv6_network_names_and_carries_ipv6_and_an_internal_one_keeps_it_in() {
     drop(outside);
     assert_clean();
 }
+
+/// The kernel's neighbour table (one for every namespace) made small for
+/// a test, and put back as it was after.
+struct NeighbourLimit(Vec<(String, String)>);
+
+impl NeighbourLimit {
+    fn set(values: &[(&str, &str)]) -> NeighbourLimit {
+        let path = |k: &str| format!("/proc/sys/net/ipv4/neigh/default/{k}");
+        let old = values
+            .iter()
+            .map(|(k, _)| (path(k), std::fs::read_to_string(path(k)).unwrap()))
+            .collect();
+        for (k, v) in values {
+            std::fs::write(path(k), v).unwrap();
+        }
+        NeighbourLimit(old)
+    }
+}
+
+impl Drop for NeighbourLimit {
+    fn drop(&mut self) {
+        for (p, v) in &self.0 {
+            let _ = std::fs::write(p, v.trim());
+        }
+    }
+}
+
+#[test]
+fn more_sandboxes_than_the_neighbour_table_holds_all_find_their_gateway() {
+    require_vm();
+    // Room for 4 entries the garbage collector owns, for 10 sandboxes
+    // asking the gateway's nameserver 5 times a second: each would need
+    // one on its side and one on the host's.
+    let _limit = NeighbourLimit::set(&[
+        ("gc_thresh1", "1"),
+        ("gc_thresh2", "2"),
+        ("gc_thresh3", "4"),
+    ]);
+    let code = "import socket, time\nwhile True:\n    try:\n        socket.getaddrinfo(\"q0\", 80, socket.AF_INET)\n        print(\"ok\", flush=True)\n    except Exception:\n        print(\"fail\", flush=True)\n    time.sleep(0.2)\n";
+    let services: serde_json::Map<String, Value> = (0..10)
+        .map(|k| {
+            (
+                format!("q{k}"),
+                on(
+                    json!(["n"]),
+                    &format!("exec python3 -c '{code}'"),
+                    json!({}),
+                ),
+            )
+        })
+        .collect();
+    let up = up_file(
+        "netneigh",
+        &json!({"networks": {"n": {"internal": true}}, "services": services}),
+    );
+    for k in 0..10 {
+        let name = format!("q{k}");
+        up.wait_state(&name, "running");
+        let t = Instant::now();
+        let words = loop {
+            let w = up.stdout_words(&name);
+            if w.len() >= 10 {
+                break w;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "{name}: {w:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(words.iter().all(|w| w == "ok"), "{name}: {words:?}");
+    }
+    up.down();
+    assert_eq!(leftovers(), Vec::<String>::new(), "left on the host");
+    assert_clean();
+}

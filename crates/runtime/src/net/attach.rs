@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nix::errno::Errno;
 
-use super::rtnl::Veth;
+use super::rtnl::{LinkRef, Veth};
 use super::Rtnl;
 
 /// One network a sandbox is on.
@@ -20,13 +20,19 @@ pub struct NetInterface {
     pub host: String,
     /// The sandbox end's name (`eth0`, `eth1`, … in the listed order).
     pub name: String,
-    /// The network's bridge, by index in the host's namespace.
+    /// The bridge its pair goes on, by index in the host's namespace.
     pub bridge: u32,
+    /// The network's own bridge (the one with the gateway: where the
+    /// host's neighbour entry for this address goes).
+    pub gateway_bridge: u32,
     pub mtu: Option<u32>,
     pub address: Ipv4Addr,
     pub prefix: u8,
     /// The route out (the first network that has one gives the default).
     pub gateway: Option<Ipv4Addr>,
+    /// The network's own bridge's address (its gateway and nameserver,
+    /// internal networks included).
+    pub bridge_address: Ipv4Addr,
     /// On an IPv6 network: its address (a /64) and the route out.
     pub v6: Option<V6>,
 }
@@ -88,6 +94,15 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
         };
         host.add_veth(&veth)
             .map_err(|e| (format!("create veth {}", i.host), e))?;
+        // Its address's MAC is a function of the address: whoever has the
+        // address next has the same, and the entry never goes stale.
+        let mac = mac_of(i.address);
+        host.add_neighbour(i.gateway_bridge, IpAddr::V4(i.address), mac)
+            .map_err(|e| (format!("neighbour {}", i.address), e))?;
+        if let Some(v6) = i.v6 {
+            host.add_neighbour(i.gateway_bridge, IpAddr::V6(v6.address), mac)
+                .map_err(|e| (format!("neighbour {}", v6.address), e))?;
+        }
     }
     let mut inner = Rtnl::open().map_err(|e| ("netlink socket inside".to_string(), e))?;
     for i in ifs {
@@ -96,6 +111,14 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
             .link_index(&i.name)
             .map_err(at("find"))?
             .ok_or_else(|| (format!("find {}", i.name), Errno::ENODEV))?;
+        // No IPv6 link-local address: the sandbox's end sends no
+        // duplicate-address, router or listener messages for the bridge to
+        // flood to the whole network (an IPv6 network's address is set,
+        // and needs none). Netlink, not /proc/sys: a lookup there is
+        // linear in the number of network namespaces on the host.
+        inner
+            .no_link_local(LinkRef::Index(idx))
+            .map_err(at("IPv6 mode"))?;
         inner
             .add_address(idx, IpAddr::V4(i.address), i.prefix)
             .map_err(at("address"))?;
@@ -105,6 +128,19 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
                 .map_err(at("IPv6 address"))?;
         }
         inner.set_up(idx).map_err(at("bring up"))?;
+        // The gateway as a permanent neighbour (its MAC is made from its
+        // address too): across 10,000 sandboxes, one dynamic entry each
+        // would fill the kernel's one neighbour table (`gc_thresh3`
+        // counts every namespace's) and some would find no gateway.
+        let gw_mac = mac_of(i.bridge_address);
+        inner
+            .add_neighbour(idx, IpAddr::V4(i.bridge_address), gw_mac)
+            .map_err(at("gateway neighbour"))?;
+        if let Some(gw6) = i.v6.and_then(|v| v.gateway) {
+            inner
+                .add_neighbour(idx, IpAddr::V6(gw6), gw_mac)
+                .map_err(at("gateway neighbour"))?;
+        }
     }
     if let Some(gw) = ifs.iter().find_map(|i| i.gateway) {
         inner

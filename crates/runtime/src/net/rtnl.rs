@@ -25,9 +25,9 @@ use nix::sys::socket::{
 
 use super::valid_ifname;
 use message::{
-    broadcast, ifaddrmsg, ifinfomsg, ip_parts, link_of, rtmsg, status, Replies, Request, IFF_UP,
-    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL,
-    VETH_INFO_PEER,
+    broadcast, ifaddrmsg, ifinfomsg, ip_parts, link_of, ndmsg, rtmsg, status, Replies, Request,
+    AF_INET6, IFF_UP, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, VETH_INFO_PEER,
 };
 
 mod message;
@@ -38,6 +38,13 @@ mod tests;
 /// (less when the reader's buffer is smaller) and one link's reply is a
 /// few KiB; a datagram that still does not fit is an error (EMSGSIZE),
 /// never read cut short.
+/// A link, by index or by name.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkRef<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
 /// A sandbox's veth pair, for [`Rtnl::add_veth`].
 #[derive(Debug, Clone, Copy)]
 pub struct Veth<'a> {
@@ -51,6 +58,12 @@ pub struct Veth<'a> {
     pub mtu: Option<u32>,
     pub peer_mac: Option<[u8; 6]>,
 }
+
+/// `linux/if_link.h`: per address family settings of a link, IPv6's
+/// address generation mode, and its "none" (no link-local address).
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 
 /// `ifa_flags`: no duplicate address detection (`linux/if_addr.h`).
 const IFA_F_NODAD: u8 = 0x02;
@@ -199,11 +212,18 @@ impl Rtnl {
         self.created(host)
     }
 
-    /// A sandbox's pair in one request ([`Veth`]): the host end on its
-    /// bridge and up, the peer made straight in the sandbox's namespace
-    /// (down: it is brought up from there) — what `create_veth`,
-    /// `set_master` and `set_up` do in four requests, with the lookup of
-    /// the new link's index. One request
+    /// A sandbox's pair ([`Veth`]): made with the host end on its bridge
+    /// and the peer straight in the sandbox's namespace (down: it is
+    /// brought up from there); then the host end, found by name, gets no
+    /// IPv6 link-local address and comes up. Three requests, against
+    /// five for `create_veth` (with its index lookup), `set_master` and
+    /// `set_up` — each holds the kernel's RTNL lock, which every start on
+    /// a network shares.
+    ///
+    /// A bridge port needs no IPv6 of its own, and one that has it sends
+    /// duplicate-address, router and listener messages as it comes up,
+    /// which the bridge floods to every port: at 10,000 sandboxes on a
+    /// network that flood was most of a start. One request
     /// holds the kernel's RTNL lock once, not four times, which every
     /// start on a network shares.
     pub fn add_veth(&mut self, v: &Veth<'_>) -> Result<(), Errno> {
@@ -216,7 +236,7 @@ impl Rtnl {
         let mut req = Request::new(
             libc::RTM_NEWLINK,
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &ifinfomsg(0, IFF_UP, IFF_UP),
+            &ifinfomsg(0, 0, 0),
         );
         req.attr_str(libc::IFLA_IFNAME, v.host);
         req.attr_u32(libc::IFLA_MASTER, v.master);
@@ -241,6 +261,57 @@ impl Rtnl {
         req.end(peer);
         req.end(data);
         req.end(info);
+        self.transact(req, &mut ignore)?;
+        // By name: the kernel applies flags before the address family's
+        // settings in one request, so the mode is set first, alone.
+        self.no_link_local(LinkRef::Name(v.host))?;
+        let mut up = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(0, IFF_UP, IFF_UP));
+        up.attr_str(libc::IFLA_IFNAME, v.host);
+        self.transact(up, &mut ignore).map(drop)
+    }
+
+    /// No IPv6 link-local address on a link that is still down (`ip link
+    /// set … addrgenmode none`): coming up, it sends no duplicate-address,
+    /// router or listener messages. Addresses set on it still work.
+    pub fn no_link_local(&mut self, link: LinkRef<'_>) -> Result<(), Errno> {
+        let index = match link {
+            LinkRef::Index(i) => ifi(i)?,
+            LinkRef::Name(_) => 0,
+        };
+        let mut req = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        if let LinkRef::Name(name) = link {
+            check_name(name)?;
+            req.attr_str(libc::IFLA_IFNAME, name);
+        }
+        let spec = req.begin(IFLA_AF_SPEC);
+        let inet6 = req.begin(u16::from(AF_INET6));
+        req.attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
+        req.end(inet6);
+        req.end(spec);
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// A permanent neighbour entry: `addr` is at `mac` on link `index`
+    /// (replacing what the link had for it). Permanent entries are not
+    /// the garbage collector's and do not count against `gc_thresh3`, so
+    /// a gateway with 10,000 neighbours keeps finding each.
+    pub fn add_neighbour(&mut self, index: u32, addr: IpAddr, mac: [u8; 6]) -> Result<(), Errno> {
+        let (family, bytes, _) = ip_parts(addr);
+        let mut req = Request::new(
+            libc::RTM_NEWNEIGH,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            &ndmsg(family, index),
+        );
+        req.attr(libc::NDA_DST, &bytes);
+        req.attr(libc::NDA_LLADDR, &mac);
+        self.transact(req, &mut ignore).map(drop)
+    }
+
+    /// Gives link `index` the hardware address `mac` (a bridge keeps one
+    /// set so, instead of taking its lowest port's as ports come and go).
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Errno> {
+        let mut req = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(ifi(index)?, 0, 0));
+        req.attr(libc::IFLA_ADDRESS, &mac);
         self.transact(req, &mut ignore).map(drop)
     }
 

@@ -101,8 +101,11 @@ pub(crate) fn make_bridge(
     let index = nl
         .create_bridge(name, n.mtu)
         .map_err(|e| format!("create bridge {name}: {e}"))?;
+    // The gateway's MAC is made from its address, as a sandbox's is: the
+    // sandboxes hold it as a permanent neighbour entry.
     let configured = nl
-        .add_address(index, IpAddr::V4(s.gateway()), s.prefix)
+        .set_mac(index, isola_runtime::net::attach::mac_of(s.gateway()))
+        .and_then(|()| nl.add_address(index, IpAddr::V4(s.gateway()), s.prefix))
         .and_then(|()| match gw6 {
             Some(gw) => nl.add_address(index, IpAddr::V6(gw), 64),
             None => Ok(()),

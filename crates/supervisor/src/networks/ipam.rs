@@ -5,7 +5,7 @@
 //! sandbox that starts while its service's address is still held by the
 //! sandbox it replaces (an overlap) gets a second one until then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::shell::context::ServiceIx;
@@ -130,8 +130,14 @@ pub(crate) struct Pool {
     /// A service's own address, by its name (kept while it is in the
     /// stack).
     by_name: BTreeMap<String, Ipv4Addr>,
-    /// Which sandbox uses an address now.
+    /// `by_name`'s addresses, to be looked up.
+    owned: HashSet<Ipv4Addr>,
+    /// Which sandbox uses an address now, and the other way round.
     in_use: HashMap<Ipv4Addr, ServiceIx>,
+    by_sandbox: HashMap<ServiceIx, Vec<Ipv4Addr>>,
+    /// Where the search for a free address starts: past the last found,
+    /// so that 10,000 services do not each search from the first.
+    next: u32,
 }
 
 impl Pool {
@@ -139,29 +145,44 @@ impl Pool {
         Pool {
             subnet,
             by_name: BTreeMap::new(),
+            owned: HashSet::new(),
             in_use: HashMap::new(),
+            by_sandbox: HashMap::new(),
+            next: 0,
         }
     }
 
     /// `name`'s own address: `fixed`, or the one it had, or the next free.
     pub(crate) fn own(&mut self, name: &str, fixed: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         if let Some(a) = fixed {
-            self.by_name.insert(name.to_string(), a);
+            self.set_own(name, a);
             return Some(a);
         }
         if let Some(a) = self.by_name.get(name) {
             return Some(*a);
         }
         let a = self.free()?;
-        self.by_name.insert(name.to_string(), a);
+        self.set_own(name, a);
         Some(a)
     }
 
-    /// An address no service owns and no sandbox uses.
-    fn free(&self) -> Option<Ipv4Addr> {
-        (0..)
-            .map_while(|k| self.subnet.host(k))
-            .find(|a| !self.in_use.contains_key(a) && !self.by_name.values().any(|b| b == a))
+    fn set_own(&mut self, name: &str, a: Ipv4Addr) {
+        if let Some(old) = self.by_name.insert(name.to_string(), a) {
+            self.owned.remove(&old);
+        }
+        self.owned.insert(a);
+    }
+
+    /// An address no service owns and no sandbox uses: the first from
+    /// where the last search stopped, then from the start.
+    fn free(&mut self) -> Option<Ipv4Addr> {
+        let taken = |a: &Ipv4Addr| self.in_use.contains_key(a) || self.owned.contains(a);
+        let from = |k0: u32| (k0..).map_while(|k| self.subnet.host(k).map(|a| (k, a)));
+        let (k, a) = from(self.next)
+            .chain(from(0).take_while(|(k, _)| *k < self.next))
+            .find(|(_, a)| !taken(a))?;
+        self.next = k + 1;
+        Some(a)
     }
 
     /// The address sandbox `i` of service `name` starts with: the
@@ -178,6 +199,7 @@ impl Pool {
             _ => own,
         };
         self.in_use.insert(a, i);
+        self.by_sandbox.entry(i).or_default().push(a);
         Some(a)
     }
 
@@ -185,12 +207,23 @@ impl Pool {
     /// others go back to the pool (a sandbox still using one keeps it
     /// until it is gone).
     pub(crate) fn keep_only(&mut self, names: &std::collections::HashSet<&str>) {
-        self.by_name.retain(|n, _| names.contains(n.as_str()));
+        let owned = &mut self.owned;
+        self.by_name.retain(|n, a| {
+            let keep = names.contains(n.as_str());
+            if !keep {
+                owned.remove(a);
+            }
+            keep
+        });
     }
 
     /// Sandbox `i` is gone: what it used is free again.
     pub(crate) fn release(&mut self, i: ServiceIx) {
-        self.in_use.retain(|_, j| *j != i);
+        for a in self.by_sandbox.remove(&i).unwrap_or_default() {
+            if self.in_use.get(&a) == Some(&i) {
+                self.in_use.remove(&a);
+            }
+        }
     }
 }
 
@@ -245,19 +278,24 @@ mod tests {
         p.release(0);
         p.release(5);
         assert_eq!(p.take(6, "db", None), Some(db), "its own again");
-        assert_eq!(p.take(7, "cache", None), Some(Ipv4Addr::new(10, 9, 0, 3)));
+        // Next fit: the address just given back is not handed out at once
+        // (neighbours' caches may still have it), the one after is.
+        assert_eq!(p.take(7, "cache", None), Some(Ipv4Addr::new(10, 9, 0, 4)));
         // web left the stack (its sandbox too): its address is free.
         p.keep_only(&["db", "cache"].into_iter().collect());
         p.release(1);
-        assert_eq!(p.take(8, "queue", None), Some(Ipv4Addr::new(10, 9, 0, 4)));
-        assert_eq!(p.take(9, "mail", None), Some(Ipv4Addr::new(10, 9, 0, 5)));
-        p.keep_only(&["db"].into_iter().collect());
+        assert_eq!(p.take(8, "queue", None), Some(Ipv4Addr::new(10, 9, 0, 5)));
+        p.keep_only(&["db", "queue"].into_iter().collect());
         p.release(7);
-        assert_eq!(
-            p.take(10, "new", None),
-            Some(Ipv4Addr::new(10, 9, 0, 3)),
-            "cache's, freed"
-        );
+        // To the end of the subnet (web's .9 free again on the way), then
+        // from its start: .3 (free) and cache's .4 come back.
+        for k in 6..=254u8 {
+            let got = p.take(100 + usize::from(k), &format!("s{k}"), None);
+            assert_eq!(got, Some(Ipv4Addr::new(10, 9, 0, k)));
+        }
+        assert_eq!(p.take(400, "a", None), Some(Ipv4Addr::new(10, 9, 0, 3)));
+        assert_eq!(p.take(401, "b", None), Some(Ipv4Addr::new(10, 9, 0, 4)));
+        assert_eq!(p.take(402, "c", None), None, "full");
     }
 
     #[test]

@@ -61,21 +61,22 @@ pub(crate) fn prepare(
     }))
 }
 
-/// Where a service's `resolv.conf` and `hosts` are kept (by the name its
-/// replicas share: a replica's plan is its first sibling's copy).
-fn files_dir(control_socket: &Path, group: &str) -> PathBuf {
+/// Where the `resolv.conf` and `hosts` of the services whose first
+/// network is `first` are kept: one pair per network (what they say is
+/// that network's gateway), not one per service.
+fn files_dir(control_socket: &Path, first: &str) -> PathBuf {
     let mut d = control_socket.as_os_str().to_owned();
     d.push(".net");
-    PathBuf::from(d).join(group)
+    PathBuf::from(d).join(first)
 }
 
 /// A service on networks gets our `resolv.conf` and `hosts` (bound over
 /// the rootfs's, or the host's in host-root mode).
 pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
-    if def.policy.networks.is_empty() {
+    let Some(first) = def.policy.networks.first() else {
         return;
-    }
-    let dir = files_dir(control_socket, def.group_name());
+    };
+    let dir = files_dir(control_socket, &first.network);
     for file in ["resolv.conf", "hosts"] {
         def.plan.mounts.push(MountSpec {
             destination: PathBuf::from("/etc").join(file),
@@ -202,6 +203,7 @@ impl Networks {
             k.clear();
         }
         let mut on: Vec<HashSet<&str>> = vec![HashSet::new(); self.nets.len()];
+        let mut firsts: HashSet<&str> = HashSet::new();
         for d in defs {
             let group = d.group_name();
             for a in &d.policy.networks {
@@ -210,17 +212,24 @@ impl Networks {
                 };
                 on[k].insert(&d.name);
                 let own = [group, d.name.as_str()];
-                let names = own.into_iter().chain(a.aliases.iter().map(String::as_str));
+                let mut names: Vec<String> = (own.into_iter())
+                    .chain(a.aliases.iter().map(String::as_str))
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                // Each once (a service's name is its group's; an alias may
+                // repeat it): no search of a group's 10,000 entries.
+                names.sort_unstable();
+                names.dedup();
                 for name in names {
-                    let entry = self.known[k].entry(name.to_ascii_lowercase()).or_default();
-                    if !entry.contains(&d.name) {
-                        entry.push(d.name.clone());
-                    }
+                    self.known[k].entry(name).or_default().push(d.name.clone());
                 }
             }
             if let Some(first) = d.policy.networks.first() {
-                self.write_files(group, &first.network)?;
+                firsts.insert(&first.network);
             }
+        }
+        for first in firsts {
+            self.write_files(first)?;
         }
         for (pool, names) in self.pools.iter_mut().zip(&on) {
             pool.keep_only(names);
@@ -228,11 +237,11 @@ impl Networks {
         Ok(())
     }
 
-    fn write_files(&self, group: &str, first: &str) -> Result<(), String> {
+    fn write_files(&self, first: &str) -> Result<(), String> {
         let Some(k) = self.nets.iter().position(|n| n.name == first) else {
             return Ok(());
         };
-        let dir = self.files.join(group);
+        let dir = self.files.join(first);
         let gw = (self.nets[k].cni()).map_or(self.pools[k].subnet.gateway(), |c| c.gateway);
         let files = [
             (
@@ -291,10 +300,12 @@ impl Networks {
                 host: host::veth_name(&self.tag, self.seq),
                 name: format!("eth{eth}"),
                 bridge: port.bridge,
+                gateway_bridge: bridge.index,
                 mtu: net.mtu,
                 address,
                 prefix: pool.subnet.prefix,
                 gateway: (!net.internal).then(|| pool.subnet.gateway()),
+                bridge_address: pool.subnet.gateway(),
                 v6: net.ipv6.then(|| {
                     let p = ipam::prefix6(&self.tag, pool.subnet);
                     V6 {

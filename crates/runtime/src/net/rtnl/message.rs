@@ -15,6 +15,7 @@ const NLM_F_REQUEST: u16 = c_u16(libc::NLM_F_REQUEST);
 pub(super) const NLM_F_ACK: u16 = c_u16(libc::NLM_F_ACK);
 pub(super) const NLM_F_CREATE: u16 = c_u16(libc::NLM_F_CREATE);
 pub(super) const NLM_F_EXCL: u16 = c_u16(libc::NLM_F_EXCL);
+pub(super) const NLM_F_REPLACE: u16 = c_u16(libc::NLM_F_REPLACE);
 pub(super) const NLM_F_DUMP: u16 = c_u16(libc::NLM_F_DUMP);
 pub(super) const NLM_F_DUMP_INTR: u16 = c_u16(libc::NLM_F_DUMP_INTR);
 pub(super) const NLMSG_ERROR: u16 = c_u16(libc::NLMSG_ERROR);
@@ -199,6 +200,15 @@ pub(super) fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; IFINFOMSG_L
     m[4..8].copy_from_slice(&index.to_ne_bytes());
     m[8..12].copy_from_slice(&flags.to_ne_bytes());
     m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+/// `struct ndmsg` of a permanent neighbour entry on link `index`.
+pub(super) fn ndmsg(family: u8, index: u32) -> [u8; 12] {
+    let mut m = [0; 12];
+    m[0] = family;
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..10].copy_from_slice(&c_u16(libc::NUD_PERMANENT.into()).to_ne_bytes());
     m
 }
 

@@ -182,6 +182,13 @@ fn a_veth_in_one_request_is_on_its_bridge_and_up_at_both_ends() {
     let v = host.link("isv1");
     assert_eq!(v["master"], "isbr1", "{v}");
     assert!(up(&v), "{v}");
+    // No IPv6 link-local address: a bridge port that had one would send
+    // messages the bridge floods to every port.
+    let addrs = host.json(&["addr", "show", "dev", "isv1"]);
+    assert!(
+        !has(&addrs[0]["addr_info"], |a| a["family"] == "inet6"),
+        "{addrs}"
+    );
     assert_eq!(host.link("isbr1")["ifindex"], bridge);
     let peer = guest.link("eth0");
     assert_eq!(peer["mtu"], 1400);
