@@ -596,9 +596,12 @@ def main():
     import bench_observe
     scrape_counts = [int(c) for c in arg("--scrape", "1000,10000" if setting == "host" else "1000").split(",")]
     res["observe"] = bench_observe.run(work, Up, request, setting, sleeper, free_port, scrape_counts)
+    import bench_networks
     if setting == "vm":
-        import bench_networks
         res["networks"] = bench_networks.run(work, ISOLA)
+    else:
+        # 10,000 on one network, in a network namespace of the bench's own.
+        res["networks_host"] = bench_networks.host_scale(work, ISOLA, int(arg("--net-n", BIG_TARGET)))
     if setting == "vm":
         import bench_oci
         with open(os.path.join(work, "config.json")) as f:
@@ -640,6 +643,7 @@ def report(paths):
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
     import bench_networks
     lines += bench_networks.report(loaded.get("vm", {}))
+    lines += bench_networks.report_host(loaded.get("host", {}))
     print("\n".join(lines))
 
 
