@@ -404,6 +404,7 @@ impl Supervisor {
             } => core.probe_done(service, kind, verdict.ok, verdict.message, now),
             Input::Notified(i, notice) => core.notified(i, notice, now),
             Input::ResourceExceeded(i, why) => core.resource_exceeded(i, why, now),
+            Input::NetworkFailed(i, why) => core.network_failed(i, why, now),
             Input::ConnClosed(conn) => core.forget_conn(conn),
         }
     }

@@ -17,6 +17,8 @@ pub enum Reason {
     Watchdog,
     /// Restarted by one of its `resourceRules`.
     Resource,
+    /// Restarted because its network broke (a CNI CHECK failed).
+    Network,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

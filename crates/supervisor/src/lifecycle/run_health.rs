@@ -396,7 +396,7 @@ impl Core {
         self.event(
             i,
             match reason {
-                Reason::Watchdog | Reason::Resource => why,
+                Reason::Watchdog | Reason::Resource | Reason::Network => why,
                 _ => format!("unhealthy: {why}"),
             },
         );
@@ -408,6 +408,13 @@ impl Core {
     /// restart policy, as for a crash, with the reason `resource`.
     pub fn resource_exceeded(&mut self, i: usize, why: String, now: Instant) {
         self.kill_unhealthy(i, Reason::Resource, why, now);
+        self.pump(now);
+    }
+
+    /// Service `i`'s network broke (`why`): stopped and restarted as
+    /// for a failed liveness probe.
+    pub fn network_failed(&mut self, i: usize, why: String, now: Instant) {
+        self.kill_unhealthy(i, Reason::Network, why, now);
         self.pump(now);
     }
 }

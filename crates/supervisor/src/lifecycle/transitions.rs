@@ -457,16 +457,17 @@ fn describe(code: i32, exit: &LastExit) -> String {
         exit_policy::Reason::OomKill => format!("ended by signal {} after an OOM kill", code - 128),
         exit_policy::Reason::Unhealthy
         | exit_policy::Reason::Watchdog
-        | exit_policy::Reason::Resource => {
+        | exit_policy::Reason::Resource
+        | exit_policy::Reason::Network => {
             let how = if code > 128 {
                 format!("signal {}", code - 128)
             } else {
                 format!("code {code}")
             };
-            let what = if exit.reason == exit_policy::Reason::Resource {
-                "its resource use"
-            } else {
-                "its health"
+            let what = match exit.reason {
+                exit_policy::Reason::Resource => "its resource use",
+                exit_policy::Reason::Network => "its network",
+                _ => "its health",
             };
             format!("stopped for {what} ({how})")
         }

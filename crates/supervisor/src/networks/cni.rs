@@ -34,6 +34,7 @@ pub(crate) type OpId = u64;
 enum Verb {
     Add,
     Del,
+    Check,
 }
 
 /// One sandbox on one CNI network.
@@ -88,6 +89,8 @@ pub(crate) struct Exited {
     pub(crate) spawned: Vec<(Pid, OpId)>,
     /// A sandbox's ADDs all ended: its addresses, by network, or why not.
     pub(crate) done: Option<(ServiceIx, Result<Addresses, String>)>,
+    /// A CHECK of a running sandbox's network failed: why.
+    pub(crate) broken: Option<(ServiceIx, String)>,
 }
 
 pub(crate) struct CniRuns {
@@ -185,7 +188,54 @@ impl CniRuns {
         match op.verb {
             Verb::Del => self.del_exited(id, op, answer),
             Verb::Add => self.add_exited(op, answer),
+            Verb::Check => self.check_exited(op, answer),
         }
+    }
+
+    /// Every sandbox whose ADDs are done: CHECK each of its networks as
+    /// ADD made them (a reload asks; a failure restarts the service).
+    pub(crate) fn check_all(&mut self) -> Vec<(Pid, OpId)> {
+        let ready: Vec<(ServiceIx, usize, Attachment)> = (self.starts.iter())
+            .filter(|(_, s)| s.pending == 0 && s.failed.is_none())
+            .flat_map(|(i, s)| {
+                let each = s.attachments.iter().enumerate();
+                each.map(move |(at, a)| (*i, at, a.clone()))
+            })
+            .collect();
+        let mut spawned = Vec::new();
+        for (i, at, a) in ready {
+            if let Ok(op) = self.spawn(i, Verb::Check, at, 0, &a, &a.netns) {
+                spawned.push(op);
+            }
+        }
+        spawned
+    }
+
+    fn check_exited(&mut self, op: Op, answer: Result<Value, String>) -> Exited {
+        let mut out = Exited::default();
+        let Some(a) = self.starts.get(&op.service).and_then(|s| {
+            s.attachments
+                .get(op.at)
+                .filter(|a| a.container == op.container)
+                .cloned()
+        }) else {
+            return out;
+        };
+        match answer {
+            Ok(_) if op.plugin + 1 < a.plugins.len() => {
+                let next = self.spawn(op.service, Verb::Check, op.at, op.plugin + 1, &a, &a.netns);
+                match next {
+                    Ok(spawned) => out.spawned.push(spawned),
+                    Err(e) => out.broken = Some((op.service, e)),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let why = format!("network {} ({}): CNI CHECK: {e}", a.name, a.ifname);
+                out.broken = Some((op.service, why));
+            }
+        }
+        out
     }
 
     fn add_exited(&mut self, op: Op, answer: Result<Value, String>) -> Exited {
@@ -400,7 +450,14 @@ fn start_plugin(
     let dup = out.try_clone().map_err(|e| format!("memfd: {e}"))?;
     let child = Command::new(&path)
         .env_clear()
-        .env("CNI_COMMAND", if verb == Verb::Add { "ADD" } else { "DEL" })
+        .env(
+            "CNI_COMMAND",
+            match verb {
+                Verb::Add => "ADD",
+                Verb::Del => "DEL",
+                Verb::Check => "CHECK",
+            },
+        )
         .env("CNI_CONTAINERID", &a.container)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", &a.ifname)

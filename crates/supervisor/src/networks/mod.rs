@@ -356,6 +356,11 @@ impl Networks {
         out
     }
 
+    /// A reload: every running sandbox's CNI networks checked (CHECK).
+    pub(crate) fn cni_check(&mut self) -> Vec<(nix::unistd::Pid, CniOp)> {
+        self.cni.check_all()
+    }
+
     /// The nearest deadline of a CNI plugin.
     pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
         self.cni.deadline()

@@ -6,7 +6,7 @@
 use isola_runtime::ExitStatus;
 use nix::unistd::Pid;
 
-use super::context::ServiceIx;
+use super::context::{Input, ServiceIx};
 use crate::networks::CniOp;
 use crate::reaper::Child;
 use crate::supervisor::{ctx, Supervisor};
@@ -35,6 +35,17 @@ impl Supervisor {
             Some((i, Ok(_))) => self.sandboxes.go_on(i),
             Some((i, Err(why))) => self.network_failed(i, why),
             None => {}
+        }
+        if let Some((i, why)) = out.broken {
+            self.outbox.input(Input::NetworkFailed(i, why));
+        }
+    }
+
+    /// A reload: the CNI networks of every running sandbox are checked.
+    pub(crate) fn check_cni_networks(&mut self) {
+        if let Some(n) = self.networks.as_mut() {
+            let plugins = n.cni_check();
+            self.watch_plugins(plugins);
         }
     }
 

@@ -61,6 +61,8 @@ pub(crate) enum Input {
     Notified(ServiceIx, Notice),
     /// A `resourceRules` rule with `action: restart` held (why).
     ResourceExceeded(ServiceIx, String),
+    /// A CNI CHECK of a running sandbox failed (why).
+    NetworkFailed(ServiceIx, String),
     /// A control client went away: nobody to answer there.
     ConnClosed(ConnId),
 }

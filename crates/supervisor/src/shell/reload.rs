@@ -55,8 +55,10 @@ impl Supervisor {
                 self.outputs.set_route(i, route, replica);
             }
         }
-        // Aliases may have changed on services the reload left running.
+        // Aliases may have changed on services the reload left running;
+        // their CNI networks are checked (a broken one restarts them).
         self.update_network_members();
+        self.check_cni_networks();
     }
 
     /// The file read and checked as at start, what it changes of the
