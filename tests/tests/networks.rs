@@ -497,7 +497,7 @@ fn an_ipv6_network_names_and_carries_ipv6_and_an_internal_one_keeps_it_in() {
     // carries the IPv4 one in its last 32 bits.
     let code = "import socket\nprint(socket.getaddrinfo('db', 1, socket.AF_INET6)[0][4][0])\n";
     let db6 = py(&up, "web", code).1.trim().to_string();
-    assert!(db6.starts_with("fd89:"), "{db6}");
+    assert!(db6.starts_with("fd9"), "{db6}");
     let v4: std::net::Ipv4Addr = address(&up, "db", "six").parse().unwrap();
     let want: std::net::Ipv6Addr = db6.parse().unwrap();
     assert_eq!(&want.octets()[12..], &v4.octets(), "{db6} for {v4}");

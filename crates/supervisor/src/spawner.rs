@@ -130,6 +130,11 @@ impl Spawner {
             };
             serde_json::to_writer(&mut req, &n).map_err(|_| Errno::EINVAL)?;
         }
+        // More than the spawner reads at once (many networks, long socket
+        // names): cloned here instead.
+        if req.len() > fdpass::SPAWNER_DATAGRAM {
+            return Ok(Answer::Unknown);
+        }
         let fds: Vec<RawFd> = stdio
             .iter()
             .chain(listen.fds)

@@ -37,7 +37,7 @@ pub fn receive(sock: &OwnedFd) -> Result<(Vec<u8>, Vec<OwnedFd>), Errno> {
 }
 
 /// The longest spawner message.
-const SPAWNER_DATAGRAM: usize = 4096;
+pub const SPAWNER_DATAGRAM: usize = 4096;
 
 /// Most fds a credentialed datagram may bring (more are discarded by the
 /// kernel, which closes them).

@@ -84,63 +84,11 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
     // own, seen from inside our PID namespace, is ours.
     let me = nix::unistd::getpid().as_raw();
     for i in ifs {
-        let veth = Veth {
-            host: &i.host,
-            master: i.bridge,
-            peer: &i.name,
-            peer_pid: me,
-            mtu: i.mtu,
-            peer_mac: Some(mac_of(i.address)),
-        };
-        host.add_veth(&veth)
-            .map_err(|e| (format!("create veth {}", i.host), e))?;
-        // Its address's MAC is a function of the address: whoever has the
-        // address next has the same, and the entry never goes stale.
-        let mac = mac_of(i.address);
-        host.add_neighbour(i.gateway_bridge, IpAddr::V4(i.address), mac)
-            .map_err(|e| (format!("neighbour {}", i.address), e))?;
-        if let Some(v6) = i.v6 {
-            host.add_neighbour(i.gateway_bridge, IpAddr::V6(v6.address), mac)
-                .map_err(|e| (format!("neighbour {}", v6.address), e))?;
-        }
+        make_pair(host, i, me)?;
     }
     let mut inner = Rtnl::open().map_err(|e| ("netlink socket inside".to_string(), e))?;
     for i in ifs {
-        let at = |what: &'static str| move |e| (format!("{what} {}", i.name), e);
-        let idx = inner
-            .link_index(&i.name)
-            .map_err(at("find"))?
-            .ok_or_else(|| (format!("find {}", i.name), Errno::ENODEV))?;
-        // No IPv6 link-local address: the sandbox's end sends no
-        // duplicate-address, router or listener messages for the bridge to
-        // flood to the whole network (an IPv6 network's address is set,
-        // and needs none). Netlink, not /proc/sys: a lookup there is
-        // linear in the number of network namespaces on the host.
-        inner
-            .no_link_local(LinkRef::Index(idx))
-            .map_err(at("IPv6 mode"))?;
-        inner
-            .add_address(idx, IpAddr::V4(i.address), i.prefix)
-            .map_err(at("address"))?;
-        if let Some(v6) = i.v6 {
-            inner
-                .add_address(idx, IpAddr::V6(v6.address), 64)
-                .map_err(at("IPv6 address"))?;
-        }
-        inner.set_up(idx).map_err(at("bring up"))?;
-        // The gateway as a permanent neighbour (its MAC is made from its
-        // address too): across 10,000 sandboxes, one dynamic entry each
-        // would fill the kernel's one neighbour table (`gc_thresh3`
-        // counts every namespace's) and some would find no gateway.
-        let gw_mac = mac_of(i.bridge_address);
-        inner
-            .add_neighbour(idx, IpAddr::V4(i.bridge_address), gw_mac)
-            .map_err(at("gateway neighbour"))?;
-        if let Some(gw6) = i.v6.and_then(|v| v.gateway) {
-            inner
-                .add_neighbour(idx, IpAddr::V6(gw6), gw_mac)
-                .map_err(at("gateway neighbour"))?;
-        }
+        configure_inside(&mut inner, i)?;
     }
     if let Some(gw) = ifs.iter().find_map(|i| i.gateway) {
         inner
@@ -151,6 +99,71 @@ pub fn attach(host: &mut Rtnl, ifs: &[NetInterface]) -> Result<(), AttachError> 
         inner
             .add_default_route(IpAddr::V6(gw))
             .map_err(|e| (format!("default route via {gw}"), e))?;
+    }
+    Ok(())
+}
+
+/// From the host's side: `i`'s pair, its peer put into process `me`'s
+/// namespace, and the host's permanent neighbour entry for its address.
+fn make_pair(host: &mut Rtnl, i: &NetInterface, me: i32) -> Result<(), AttachError> {
+    let mac = mac_of(i.address);
+    let veth = Veth {
+        host: &i.host,
+        master: i.bridge,
+        peer: &i.name,
+        peer_pid: me,
+        mtu: i.mtu,
+        peer_mac: Some(mac),
+    };
+    host.add_veth(&veth)
+        .map_err(|e| (format!("create veth {}", i.host), e))?;
+    // Its MAC is a function of its address: whoever has the address next
+    // has the same, and the entry never goes stale.
+    host.add_neighbour(i.gateway_bridge, IpAddr::V4(i.address), mac)
+        .map_err(|e| (format!("neighbour {}", i.address), e))?;
+    if let Some(v6) = i.v6 {
+        host.add_neighbour(i.gateway_bridge, IpAddr::V6(v6.address), mac)
+            .map_err(|e| (format!("neighbour {}", v6.address), e))?;
+    }
+    Ok(())
+}
+
+/// From inside: `i`'s end without an IPv6 link-local address, with its
+/// addresses, up, and the gateway as a permanent neighbour.
+fn configure_inside(inner: &mut Rtnl, i: &NetInterface) -> Result<(), AttachError> {
+    let at = |what: &'static str| move |e| (format!("{what} {}", i.name), e);
+    let idx = inner
+        .link_index(&i.name)
+        .map_err(at("find"))?
+        .ok_or_else(|| (format!("find {}", i.name), Errno::ENODEV))?;
+    // No link-local address: the end sends no duplicate-address, router or
+    // listener messages for the bridge to flood to the whole network (an
+    // IPv6 network's address is set, and needs none). Netlink, not
+    // /proc/sys: a lookup there is linear in the host's namespaces.
+    inner
+        .no_link_local(LinkRef::Index(idx))
+        .map_err(at("IPv6 mode"))?;
+    inner
+        .add_address(idx, IpAddr::V4(i.address), i.prefix)
+        .map_err(at("address"))?;
+    if let Some(v6) = i.v6 {
+        inner
+            .add_address(idx, IpAddr::V6(v6.address), 64)
+            .map_err(at("IPv6 address"))?;
+    }
+    inner.set_up(idx).map_err(at("bring up"))?;
+    // The gateway as a permanent neighbour (its MAC is made from its
+    // address too): across 10,000 sandboxes one dynamic entry each would
+    // fill the kernel's one neighbour table (`gc_thresh3` counts every
+    // namespace's), and some would find no gateway.
+    let gw_mac = mac_of(i.bridge_address);
+    inner
+        .add_neighbour(idx, IpAddr::V4(i.bridge_address), gw_mac)
+        .map_err(at("gateway neighbour"))?;
+    if let Some(gw6) = i.v6.and_then(|v| v.gateway) {
+        inner
+            .add_neighbour(idx, IpAddr::V6(gw6), gw_mac)
+            .map_err(at("gateway neighbour"))?;
     }
     Ok(())
 }

@@ -288,7 +288,12 @@ impl Rtnl {
         req.attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
         req.end(inet6);
         req.end(spec);
-        self.transact(req, &mut ignore).map(drop)
+        match self.transact(req, &mut ignore) {
+            // No IPv6 on the link (booted with ipv6.disable=1, or an MTU
+            // below IPv6's 1280): nothing to quiet.
+            Err(Errno::EAFNOSUPPORT) => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// A permanent neighbour entry: `addr` is at `mac` on link `index`

@@ -172,7 +172,7 @@ struct Pending {
 
 pub(crate) struct NameServer {
     /// By network, bound to its gateway's port 53.
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<Option<UdpSocket>>,
     upstream: Option<UdpSocket>,
     pending: HashMap<u16, Pending>,
     /// xorshift state for the ids of forwarded queries (a sandbox must not
@@ -188,14 +188,21 @@ fn token(key: u64) -> Token {
 impl NameServer {
     /// Sockets on `gateways` (one per network), registered; the upstream
     /// is the host's first nameserver (none: other names fail).
-    pub(crate) fn bind(ctx: &mut Ctx<'_>, at: &[Gateway<'_>]) -> Result<NameServer, String> {
+    pub(crate) fn bind(
+        ctx: &mut Ctx<'_>,
+        at: &[Option<Gateway<'_>>],
+    ) -> Result<NameServer, String> {
         let mut sockets = Vec::new();
         for (k, gw) in at.iter().enumerate() {
+            let Some(gw) = gw else {
+                sockets.push(None);
+                continue;
+            };
             let s = UdpSocket::from(socket_at(gw, SockType::Datagram)?);
             ctx.reactor
                 .add(s.as_fd(), token(k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;
-            sockets.push(s);
+            sockets.push(Some(s));
         }
         let upstream = host_nameserver().and_then(|addr| {
             let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
@@ -235,7 +242,12 @@ impl NameServer {
         let mut buf = [0u8; 1500];
         // A few per wakeup; the rest is reported again (level-triggered).
         for _ in 0..64 {
-            let Some(Ok((n, client))) = self.sockets.get(net).map(|s| s.recv_from(&mut buf)) else {
+            let Some(Ok((n, client))) = self
+                .sockets
+                .get(net)
+                .and_then(Option::as_ref)
+                .map(|s| s.recv_from(&mut buf))
+            else {
                 return;
             };
             let SocketAddr::V4(from) = client else {
@@ -243,7 +255,7 @@ impl NameServer {
             };
             let query = buf[..n].to_vec();
             if let Some(reply) = self.reply(net, *from.ip(), Asker::Udp(client), &query, lookup) {
-                if let Some(sock) = self.sockets.get(net) {
+                if let Some(sock) = self.sockets.get(net).and_then(Option::as_ref) {
                     let _ = sock.send_to(&reply, client);
                 }
             }
@@ -343,7 +355,7 @@ impl NameServer {
             buf[..2].copy_from_slice(&p.id.to_be_bytes());
             match p.asker {
                 Asker::Udp(client) => {
-                    if let Some(sock) = self.sockets.get(p.net) {
+                    if let Some(sock) = self.sockets.get(p.net).and_then(Option::as_ref) {
                         let _ = sock.send_to(&buf[..n], client);
                     }
                 }

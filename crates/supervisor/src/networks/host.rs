@@ -158,6 +158,11 @@ pub(crate) fn ruleset(
         if let Some(p) = p6 {
             forward += &format!("    iifname \"{b}\" ip6 saddr != {p}/64 drop\n");
             input += &format!("    iifname \"{b}\" ip6 saddr != {{ {p}/64, fe80::/10 }} drop\n");
+        } else {
+            // No IPv6 here: none forwarded or taken from it (another
+            // network's may have turned forwarding on).
+            forward += &format!("    iifname \"{b}\" meta nfproto ipv6 drop\n");
+            input += &format!("    iifname \"{b}\" meta nfproto ipv6 drop\n");
         }
         if n.internal {
             forward += &format!("    iifname \"{b}\" oifname != \"{b}\" drop\n");

@@ -5,7 +5,7 @@
 //! sandbox that starts while its service's address is still held by the
 //! sandbox it replaces (an overlap) gets a second one until then.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::shell::context::ServiceIx;
@@ -66,12 +66,16 @@ pub(crate) fn subnets(nets: &[NetworkDef], taken: &[Subnet]) -> Result<Vec<Subne
     // The given ones first: a picked one must not take what one asks for.
     let mut used: Vec<Subnet> = taken.to_vec();
     used.extend(nets.iter().filter_map(|n| n.subnet));
+    // A CNI network's subnet is its IPAM's: no other takes it.
+    let cni: Vec<(&str, Subnet)> = (nets.iter())
+        .filter_map(|n| Some((n.name.as_str(), n.cni()?.subnet)))
+        .collect();
+    used.extend(cni.iter().map(|(_, s)| *s));
     let mut out = Vec::with_capacity(nets.len());
     for n in nets {
         // A CNI network's is its IPAM's (the host may have its bridge
         // from an earlier run).
         if let Some(c) = n.cni() {
-            used.push(c.subnet);
             out.push(c.subnet);
             continue;
         }
@@ -80,6 +84,12 @@ pub(crate) fn subnets(nets: &[NetworkDef], taken: &[Subnet]) -> Result<Vec<Subne
                 if let Some(h) = taken.iter().find(|h| h.overlaps(s)) {
                     return Err(format!(
                         "networks.{}.subnet: {s}: overlaps the host's {h}",
+                        n.name
+                    ));
+                }
+                if let Some((c, cs)) = cni.iter().find(|(_, c)| c.overlaps(s)) {
+                    return Err(format!(
+                        "networks.{}.subnet: {s}: overlaps {cs} of network {c}",
                         n.name
                     ));
                 }
@@ -104,15 +114,25 @@ fn pick(used: &[Subnet]) -> Option<Subnet> {
     })
 }
 
-/// A network's IPv6 /64: a unique local prefix (`fd89:` then the stack's
-/// tag, then the IPv4 subnet's middle octets), the same at every `isola
-/// up` of the stack, as the IPv4 subnet is.
+/// A network's IPv6 /64: a unique local prefix — `fd9`, the stack's tag
+/// (20 bits), then the IPv4 subnet's whole network address (32 bits) —
+/// the same at every `isola up` of the stack, as the IPv4 subnet is, and
+/// as distinct as the stack's IPv4 subnets are.
 pub(crate) fn prefix6(tag: &str, s: Subnet) -> Ipv6Addr {
     let t = u32::from_str_radix(tag, 16).unwrap_or(0) & 0xf_ffff;
-    let [_, b, c, _] = s.net.octets();
-    let hi = u16::try_from(t >> 4).unwrap_or(0);
-    let lo = u16::try_from((t & 0xf) << 12).unwrap_or(0);
-    Ipv6Addr::new(0xfd89, hi, lo, u16::from_be_bytes([b, c]), 0, 0, 0, 0)
+    let [a, b, c, d] = s.network().octets();
+    let first = 0xfd90 | u16::try_from(t >> 16).unwrap_or(0);
+    let second = u16::try_from(t & 0xffff).unwrap_or(0);
+    Ipv6Addr::new(
+        first,
+        second,
+        u16::from_be_bytes([a, b]),
+        u16::from_be_bytes([c, d]),
+        0,
+        0,
+        0,
+        0,
+    )
 }
 
 /// The IPv6 address of whoever has `a` on a network with `prefix`: the
@@ -123,6 +143,16 @@ pub(crate) fn v6_of(prefix: Ipv6Addr, a: Ipv4Addr) -> Ipv6Addr {
     Ipv6Addr::from(o)
 }
 
+/// One name less owns `a`.
+fn disown(owned: &mut HashMap<Ipv4Addr, usize>, a: Ipv4Addr) {
+    if let Some(n) = owned.get_mut(&a) {
+        *n -= 1;
+        if *n == 0 {
+            owned.remove(&a);
+        }
+    }
+}
+
 /// Addresses on one network.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -130,8 +160,9 @@ pub(crate) struct Pool {
     /// A service's own address, by its name (kept while it is in the
     /// stack).
     by_name: BTreeMap<String, Ipv4Addr>,
-    /// `by_name`'s addresses, to be looked up.
-    owned: HashSet<Ipv4Addr>,
+    /// `by_name`'s addresses, to be looked up (how many names own each:
+    /// a reload may fix one service's on another's for a while).
+    owned: HashMap<Ipv4Addr, usize>,
     /// Which sandbox uses an address now, and the other way round.
     in_use: HashMap<Ipv4Addr, ServiceIx>,
     by_sandbox: HashMap<ServiceIx, Vec<Ipv4Addr>>,
@@ -145,7 +176,7 @@ impl Pool {
         Pool {
             subnet,
             by_name: BTreeMap::new(),
-            owned: HashSet::new(),
+            owned: HashMap::new(),
             in_use: HashMap::new(),
             by_sandbox: HashMap::new(),
             next: 0,
@@ -168,15 +199,15 @@ impl Pool {
 
     fn set_own(&mut self, name: &str, a: Ipv4Addr) {
         if let Some(old) = self.by_name.insert(name.to_string(), a) {
-            self.owned.remove(&old);
+            disown(&mut self.owned, old);
         }
-        self.owned.insert(a);
+        *self.owned.entry(a).or_default() += 1;
     }
 
     /// An address no service owns and no sandbox uses: the first from
     /// where the last search stopped, then from the start.
     fn free(&mut self) -> Option<Ipv4Addr> {
-        let taken = |a: &Ipv4Addr| self.in_use.contains_key(a) || self.owned.contains(a);
+        let taken = |a: &Ipv4Addr| self.in_use.contains_key(a) || self.owned.contains_key(a);
         let from = |k0: u32| (k0..).map_while(|k| self.subnet.host(k).map(|a| (k, a)));
         let (k, a) = from(self.next)
             .chain(from(0).take_while(|(k, _)| *k < self.next))
@@ -211,7 +242,7 @@ impl Pool {
         self.by_name.retain(|n, a| {
             let keep = names.contains(n.as_str());
             if !keep {
-                owned.remove(a);
+                disown(owned, *a);
             }
             keep
         });
@@ -296,6 +327,16 @@ mod tests {
         assert_eq!(p.take(400, "a", None), Some(Ipv4Addr::new(10, 9, 0, 3)));
         assert_eq!(p.take(401, "b", None), Some(Ipv4Addr::new(10, 9, 0, 4)));
         assert_eq!(p.take(402, "c", None), None, "full");
+    }
+
+    #[test]
+    fn ipv6_prefixes_are_as_distinct_as_the_subnets() {
+        let p = |s: &str| prefix6("7c53d", Subnet::parse(s).unwrap());
+        assert_eq!(p("10.89.7.0/24").to_string(), "fd97:c53d:a59:700::");
+        assert_ne!(p("10.1.2.0/25"), p("10.1.2.128/25"));
+        assert_ne!(p("10.1.2.0/24"), p("11.1.2.0/24"));
+        let a = v6_of(p("10.89.7.0/24"), Ipv4Addr::new(10, 89, 7, 2));
+        assert_eq!(a.to_string(), "fd97:c53d:a59:700::a59:702");
     }
 
     #[test]

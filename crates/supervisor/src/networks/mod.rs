@@ -6,7 +6,7 @@
 //! them. Nothing here exists for a stack without `networks`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use isola_runtime::mounts::MountSpec;
@@ -20,6 +20,7 @@ mod cni;
 mod dns;
 mod host;
 mod ipam;
+mod lookup;
 mod redefine;
 mod segments;
 
@@ -27,7 +28,7 @@ pub(crate) use redefine::{apply as apply_change, plan as plan_change, NetChange}
 
 use cni::CniRuns;
 pub(crate) use cni::{Exited as CniExited, OpId as CniOp};
-use dns::{Gateway, Lookup, NameServer};
+use dns::{Gateway, NameServer};
 use host::Bridge;
 use ipam::Pool;
 use segments::Segments;
@@ -179,14 +180,22 @@ impl Networks {
 
     /// The nameserver on every network's gateway.
     fn bind_names(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
-        let at: Vec<Gateway<'_>> = self
+        // Not on a bridge a reload could not make.
+        let at: Vec<Option<Gateway<'_>>> = self
             .nets
             .iter()
             .zip(&self.pools)
             .zip(&self.bridges)
-            .map(|((n, p), b)| Gateway {
-                addr: n.cni().map_or(p.subnet.gateway(), |c| c.gateway),
-                device: b.as_ref().map(|b| b.name.as_str()),
+            .map(|((n, p), b)| match (n.cni(), b) {
+                (Some(c), _) => Some(Gateway {
+                    addr: c.gateway,
+                    device: None,
+                }),
+                (None, Some(b)) => Some(Gateway {
+                    addr: p.subnet.gateway(),
+                    device: Some(b.name.as_str()),
+                }),
+                (None, None) => None,
             })
             .collect();
         self.names = Some(NameServer::bind(ctx, &at)?);
@@ -281,6 +290,12 @@ impl Networks {
                 continue;
             };
             let Some(bridge) = self.bridges[k].as_ref() else {
+                if self.nets[k].cni().is_none() {
+                    return Err(format!(
+                        "network {}: its bridge could not be made (see the reload's note; reload to try again)",
+                        a.network
+                    ));
+                }
                 cni = true;
                 continue;
             };
@@ -329,31 +344,41 @@ impl Networks {
         i: ServiceIx,
         init: nix::unistd::Pid,
         def: &ServiceDef,
-    ) -> Result<Vec<(nix::unistd::Pid, CniOp)>, String> {
+    ) -> CniExited {
         let nets: Vec<_> = def
             .policy
             .networks
             .iter()
             .enumerate()
             .filter_map(|(eth, a)| {
-                let k = self.nets.iter().position(|n| n.name == a.network)?;
-                Some((k, self.nets[k].cni()?, format!("eth{eth}")))
+                let n = self.nets.iter().find(|n| n.name == a.network)?;
+                Some((n.name.as_str(), n.cni()?, format!("eth{eth}")))
             })
             .collect();
-        self.cni.add(i, init, &nets)
+        let out = self.cni.add(i, init, &nets);
+        self.record_cni(&out);
+        out
     }
 
     /// A CNI plugin exited; when a sandbox's are all done, its addresses
     /// on them are known.
     pub(crate) fn cni_exited(&mut self, op: CniOp, status: isola_runtime::ExitStatus) -> CniExited {
         let out = self.cni.exited(op, status);
-        if let Some((i, Ok(addrs))) = &out.done {
-            self.addrs
-                .entry(*i)
-                .or_default()
-                .extend(addrs.iter().copied());
-        }
+        self.record_cni(&out);
         out
+    }
+
+    /// The addresses a sandbox's ADDs gave it, by the networks' positions
+    /// now.
+    fn record_cni(&mut self, out: &CniExited) {
+        let Some((i, Ok(addrs))) = &out.done else {
+            return;
+        };
+        let nets = &self.nets;
+        let on = addrs
+            .iter()
+            .filter_map(|(name, a)| Some((nets.iter().position(|n| &n.name == name)?, *a)));
+        self.addrs.entry(*i).or_default().extend(on);
     }
 
     /// A reload: every running sandbox's CNI networks checked (CHECK).
@@ -387,91 +412,21 @@ impl Networks {
         self.cni.remove(i)
     }
 
-    /// Sandbox `i`'s addresses, by network name (`status`).
-    pub(crate) fn addresses(&self, i: ServiceIx) -> Vec<(String, Ipv4Addr)> {
-        self.addrs
-            .get(&i)
-            .map(|v| {
-                v.iter()
-                    .filter_map(|(k, a)| Some((self.nets.get(*k)?.name.clone(), *a)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Sandbox `i`'s IPv6 addresses, on the networks that have IPv6.
-    pub(crate) fn addresses6(&self, i: ServiceIx) -> Vec<(String, Ipv6Addr)> {
-        let Some(v) = self.addrs.get(&i) else {
-            return Vec::new();
-        };
-        v.iter()
-            .filter_map(|(k, a)| {
-                let (n, p) = (self.nets.get(*k)?, self.pools.get(*k)?);
-                let prefix = n.ipv6.then(|| ipam::prefix6(&self.tag, p.subnet))?;
-                Some((n.name.clone(), ipam::v6_of(prefix, *a)))
-            })
-            .collect()
-    }
-
-    /// A query to the nameserver (or the upstream's answer). `holder`: the
-    /// running sandbox that holds a service's name now.
-    pub(crate) fn on_event(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: u64,
-        holder: &dyn Fn(&str) -> Option<ServiceIx>,
-    ) {
-        let (known, addrs) = (&self.known, &self.addrs);
-        let internal: Vec<bool> = self.nets.iter().map(|n| n.internal).collect();
-        let v6: Vec<Option<Ipv6Addr>> = (self.nets.iter().zip(&self.pools))
-            .map(|(n, p)| n.ipv6.then(|| ipam::prefix6(&self.tag, p.subnet)))
-            .collect();
-        // The asker's networks (it asks its first network's gateway): a
-        // name resolves on each it shares with the one named. One that is
-        // none of ours is refused.
-        let lookup = |net: usize, from: Ipv4Addr, name: &str| {
-            let Some(nets) = addrs
-                .values()
-                .find(|v| v.contains(&(net, from)))
-                .map(|v| v.iter().map(|(k, _)| *k).collect::<Vec<usize>>())
-            else {
-                return Lookup::Refused;
-            };
-            let mut ours = false;
-            let mut found = Vec::new();
-            for &k in &nets {
-                let Some(services) = known.get(k).and_then(|m| m.get(name)) else {
-                    continue;
-                };
-                ours = true;
-                let on_k = services
-                    .iter()
-                    .filter_map(|s| holder(s))
-                    .filter_map(|i| addrs.get(&i))
-                    .flat_map(|v| v.iter().filter(|(j, _)| *j == k).map(|(_, a)| *a));
-                for a in on_k {
-                    found.push(IpAddr::V4(a));
-                    if let Some(p) = v6.get(k).copied().flatten() {
-                        found.push(IpAddr::V6(ipam::v6_of(p, a)));
-                    }
-                }
-            }
-            if ours {
-                Lookup::Ours(found)
-            } else if nets.iter().all(|k| internal.get(*k) == Some(&true)) {
-                // Nothing leaves an internal network, questions included.
-                Lookup::Refused
-            } else {
-                Lookup::Unknown
-            }
-        };
-        if let Some(names) = self.names.as_mut() {
-            names.on_event(ctx, key, &lookup);
-        }
-    }
-
     /// At exit: the bridges and rules go (the pairs went with their
     /// sandboxes).
+    /// A reload dropped every network: the CNI DELs start (the reaper
+    /// collects them), then the rest goes as at exit.
+    pub(crate) fn stop(&mut self) -> (Vec<(nix::unistd::Pid, CniOp)>, Option<String>) {
+        let plugins = self.cni.remove_all();
+        let _ = std::fs::remove_dir_all(&self.files);
+        if let Ok(mut nl) = isola_runtime::net::Rtnl::open() {
+            for s in &mut self.segments {
+                s.remove(&mut nl);
+            }
+        }
+        (plugins, host::remove(&self.tag, &self.bridges).err())
+    }
+
     pub(crate) fn finish(&mut self) -> Option<String> {
         self.cni.finish();
         if let Ok(mut nl) = isola_runtime::net::Rtnl::open() {

@@ -10,7 +10,9 @@ use std::path::Path;
 
 use isola_runtime::net::Rtnl;
 
-use super::{host, ipam, Networks, Prepared, Segments};
+use nix::unistd::Pid;
+
+use super::{host, ipam, CniOp, Networks, Prepared, Segments};
 use crate::shell::context::Ctx;
 use crate::spec::networks::{NetworkDef, Subnet};
 use crate::spec::stack::ServiceDef;
@@ -50,12 +52,15 @@ pub(crate) fn plan(
     if nets.is_empty() {
         return Ok(NetChange::Stop);
     }
-    if nets == now.nets.as_slice() {
+    // A network whose bridge an earlier reload could not make is made
+    // again, though its definition is the same.
+    let unmade = |k: usize| now.bridges[k].is_none() && now.nets[k].cni().is_none();
+    if nets == now.nets.as_slice() && !(0..now.nets.len()).any(unmade) {
         return Ok(NetChange::Same);
     }
     let kept: Vec<Option<usize>> = nets
         .iter()
-        .map(|n| now.nets.iter().position(|o| o == n))
+        .map(|n| now.nets.iter().position(|o| o == n).filter(|k| !unmade(*k)))
         .collect();
     // Ours are the host's too: those of networks that go or change are
     // free again, those that stay are taken.
@@ -100,28 +105,29 @@ pub(crate) fn apply(
     change: NetChange,
     defs: &[ServiceDef],
     control_socket: &Path,
-) -> Result<(), String> {
+) -> Result<Vec<(Pid, CniOp)>, String> {
     match change {
-        NetChange::Same => Ok(()),
+        NetChange::Same => Ok(Vec::new()),
         NetChange::Start(p) => {
             *networks = Some(Networks::start(ctx, p, defs, control_socket)?);
-            Ok(())
+            Ok(Vec::new())
         }
-        NetChange::Stop => match networks.take().and_then(|mut n| n.finish()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        },
+        NetChange::Stop => {
+            let Some(mut n) = networks.take() else {
+                return Ok(Vec::new());
+            };
+            let (plugins, failed) = n.stop();
+            failed.map_or(Ok(plugins), Err)
+        }
         NetChange::Redefine(r) => match networks.as_mut() {
-            Some(n) => n.redefine(ctx, r),
-            None => Ok(()),
+            Some(n) => n.redefine(ctx, r).map(|()| Vec::new()),
+            None => Ok(Vec::new()),
         },
     }
 }
 
 impl Networks {
     fn redefine(&mut self, ctx: &mut Ctx<'_>, r: Redefinition) -> Result<(), String> {
-        // Its sockets hold the gateways, some of which go.
-        self.names = None;
         let mut nl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
         for (k, b) in self.bridges.iter().enumerate() {
             let Some(b) = b else { continue };
@@ -130,47 +136,20 @@ impl Networks {
                 let _ = nl.delete_link(b.index);
             }
         }
-        let mut bridges = Vec::with_capacity(r.nets.len());
-        let mut pools = Vec::with_capacity(r.nets.len());
-        let mut segments = Vec::with_capacity(r.nets.len());
-        let mut failed = None;
-        for ((n, s), kept) in r.nets.iter().zip(&r.subnets).zip(&r.kept) {
-            match kept {
-                Some(k) => {
-                    bridges.push(self.bridges[*k].clone());
-                    pools.push(std::mem::replace(&mut self.pools[*k], ipam::Pool::new(*s)));
-                    segments.push(std::mem::replace(&mut self.segments[*k], Segments::new()));
-                }
-                None if n.cni().is_some() => {
-                    bridges.push(None);
-                    pools.push(ipam::Pool::new(*s));
-                    segments.push(Segments::new());
-                }
-                None => {
-                    self.bridge_seq += 1;
-                    let name = host::bridge_name(&self.tag, self.bridge_seq);
-                    let index =
-                        host::make_bridge(&mut nl, &name, n, *s, host::gateway6(&self.tag, n, *s))
-                            .unwrap_or_else(|e| {
-                                failed.get_or_insert(format!("network {}: {e}", n.name));
-                                0
-                            });
-                    bridges.push(Some(host::Bridge { name, index }));
-                    pools.push(ipam::Pool::new(*s));
-                    segments.push(Segments::new());
-                }
-            }
-        }
+        let (parts, failed) = self.new_parts(&mut nl, &r);
         for v in self.addrs.values_mut() {
             renumber(v, &r.kept);
         }
-        self.known = vec![Default::default(); r.nets.len()];
         for v in self.ports.values_mut() {
             renumber(v, &r.kept);
         }
-        (self.nets, self.bridges, self.pools) = (r.nets, bridges, pools);
-        self.segments = segments;
+        self.known = vec![Default::default(); r.nets.len()];
+        self.nets = r.nets;
+        (self.bridges, self.pools, self.segments) = parts;
         let rules = host::ruleset(&self.tag, &self.nets, &r.subnets, &self.bridges);
+        // Its sockets hold the gateways, some of which went: bound again
+        // (on every gateway there is now).
+        self.names = None;
         let steps = [
             host::replace_rules(&self.tag, &rules),
             host::enable_forwarding(&self.nets),
@@ -181,7 +160,46 @@ impl Networks {
             None => Ok(()),
         }
     }
+
+    /// Each network's bridge, pool and segments as the redefinition has
+    /// them: kept ones moved over, new ones made. A bridge that cannot be
+    /// made is none (its network's starts fail saying so, and the next
+    /// reload tries again); the first such failure is said.
+    fn new_parts(&mut self, nl: &mut Rtnl, r: &Redefinition) -> (Parts, Option<String>) {
+        let (mut bridges, mut pools, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+        let mut failed = None;
+        for ((n, s), kept) in r.nets.iter().zip(&r.subnets).zip(&r.kept) {
+            let (bridge, pool, segment) = match kept {
+                Some(k) => (
+                    self.bridges[*k].clone(),
+                    std::mem::replace(&mut self.pools[*k], ipam::Pool::new(*s)),
+                    std::mem::replace(&mut self.segments[*k], Segments::new()),
+                ),
+                None if n.cni().is_some() => (None, ipam::Pool::new(*s), Segments::new()),
+                None => {
+                    self.bridge_seq += 1;
+                    let name = host::bridge_name(&self.tag, self.bridge_seq);
+                    let gw6 = host::gateway6(&self.tag, n, *s);
+                    let made = match host::make_bridge(nl, &name, n, *s, gw6) {
+                        Ok(index) => Some(host::Bridge { name, index }),
+                        Err(e) => {
+                            failed.get_or_insert(format!("network {}: {e}", n.name));
+                            None
+                        }
+                    };
+                    (made, ipam::Pool::new(*s), Segments::new())
+                }
+            };
+            bridges.push(bridge);
+            pools.push(pool);
+            segments.push(segment);
+        }
+        ((bridges, pools, segments), failed)
+    }
 }
+
+/// Per network: its bridge, its addresses, its further bridges.
+type Parts = (Vec<Option<host::Bridge>>, Vec<ipam::Pool>, Vec<Segments>);
 
 /// Entries by network position, moved to the new positions of networks
 /// kept; those of networks that went or changed dropped.

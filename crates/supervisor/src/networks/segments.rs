@@ -65,6 +65,8 @@ impl Segments {
         let bridge = b.index;
         self.extra.push((b, pair));
         self.ports.push(1);
+        // The joining pair takes one of the first bridge's ports.
+        self.ports[0] += 1;
         Ok(Port { segment: j, bridge })
     }
 

@@ -7,20 +7,19 @@ use isola_runtime::ExitStatus;
 use nix::unistd::Pid;
 
 use super::context::{Input, ServiceIx};
-use crate::networks::CniOp;
+use crate::networks::{CniExited, CniOp};
 use crate::reaper::Child;
 use crate::supervisor::{ctx, Supervisor};
 
 impl Supervisor {
-    /// Service `i`'s init `init` holds: its CNI plugins start.
+    /// Service `i`'s init `init` holds: its CNI plugins start. With no
+    /// networks any more (a reload took them meanwhile), it goes on.
     pub(crate) fn on_network_held(&mut self, i: ServiceIx, init: Pid) {
         let (Some(s), Some(n)) = (self.core.service(i), self.networks.as_mut()) else {
-            return;
+            return self.sandboxes.go_on(i);
         };
-        match n.cni_add(i, init, &s.def) {
-            Ok(plugins) => self.watch_plugins(plugins),
-            Err(why) => self.network_failed(i, why),
-        }
+        let out = n.cni_add(i, init, &s.def);
+        self.follow(out);
     }
 
     /// A plugin exited: the next one of its chain starts, or the start it
@@ -30,6 +29,12 @@ impl Supervisor {
             return;
         };
         let out = n.cni_exited(op, status);
+        self.follow(out);
+    }
+
+    /// What the CNI runs said: plugins to watch, a held start to let go on
+    /// or fail, a broken network to restart its service for.
+    fn follow(&mut self, out: CniExited) {
         self.watch_plugins(out.spawned);
         match out.done {
             Some((i, Ok(_))) => self.sandboxes.go_on(i),

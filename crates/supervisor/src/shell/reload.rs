@@ -39,10 +39,9 @@ impl Supervisor {
         }
         // Before the members restart: they start on the new bridges.
         let ctx = ctx!(self);
-        if let Err(e) =
-            networks::apply_change(ctx, &mut self.networks, nets, &defs, &self.cfg.socket)
-        {
-            self.outbox.note(format!("networks: {e}"));
+        match networks::apply_change(ctx, &mut self.networks, nets, &defs, &self.cfg.socket) {
+            Ok(plugins) => self.watch_plugins(plugins),
+            Err(e) => self.outbox.note(format!("networks: {e}")),
         }
         let routes: Vec<_> = defs
             .iter()

@@ -208,6 +208,12 @@ fn parse_network(
         }
     }
     check_driver(driver, &def, at)?;
+    if def.ipv6 && def.mtu.is_some_and(|m| m < 1280) {
+        return Err(SpecError::new(
+            format!("{at}.mtu"),
+            format!("{}: IPv6 needs 1280 or more", def.mtu.unwrap_or(0)),
+        ));
+    }
     Ok(def)
 }
 

@@ -41,7 +41,7 @@ struct Conn {
 pub(super) type TcpQuery = (u64, usize, Ipv4Addr, Vec<u8>);
 
 pub(super) struct TcpSide {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Option<TcpListener>>,
     conns: HashMap<u64, Conn>,
     next: u64,
     /// Let go for a moment when we run out of fds, to take a pending
@@ -50,9 +50,13 @@ pub(super) struct TcpSide {
 }
 
 impl TcpSide {
-    pub(super) fn bind(ctx: &mut Ctx<'_>, at: &[Gateway<'_>]) -> Result<TcpSide, String> {
+    pub(super) fn bind(ctx: &mut Ctx<'_>, at: &[Option<Gateway<'_>>]) -> Result<TcpSide, String> {
         let mut listeners = Vec::new();
         for (k, gw) in at.iter().enumerate() {
+            let Some(gw) = gw else {
+                listeners.push(None);
+                continue;
+            };
             let fd = super::socket_at(gw, SockType::Stream)?;
             nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::MAXCONN)
                 .map_err(|e| format!("nameserver on {}:53 (tcp): {e}", gw.addr))?;
@@ -60,7 +64,7 @@ impl TcpSide {
             ctx.reactor
                 .add(l.as_fd(), token(LISTENERS | k as u64), Interest::Read)
                 .map_err(|e| format!("nameserver: epoll: {e}"))?;
-            listeners.push(l);
+            listeners.push(Some(l));
         }
         Ok(TcpSide {
             listeners,
@@ -93,7 +97,7 @@ impl TcpSide {
         for id in idle {
             self.close(ctx, id);
         }
-        let Some(l) = self.listeners.get(net) else {
+        let Some(l) = self.listeners.get(net).and_then(Option::as_ref) else {
             return;
         };
         loop {

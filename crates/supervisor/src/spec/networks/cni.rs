@@ -29,6 +29,9 @@ pub struct Cni {
     /// What the IPAM hands out; its gateway answers names.
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
+    /// Its plugins take CHECK: version 0.4.0 or later, and the list does
+    /// not say `disableCheck`.
+    pub check: bool,
 }
 
 /// The plugin binary named `kind`, from [`CNI_PATH`].
@@ -77,6 +80,7 @@ pub fn parse(v: &Value, at: &str, base_dir: &Path) -> Result<Cni, SpecError> {
         .ok_or_else(|| {
             bad("no IPAM subnet (isola answers names on its gateway: use host-local or static with a subnet)".into())
         })?;
+    let check = allows_check(&version) && list.get("disableCheck") != Some(&Value::Bool(true));
     Ok(Cni {
         conflist: path,
         name,
@@ -84,7 +88,15 @@ pub fn parse(v: &Value, at: &str, base_dir: &Path) -> Result<Cni, SpecError> {
         plugins,
         subnet,
         gateway,
+        check,
     })
+}
+
+/// CHECK came with CNI 0.4.0.
+fn allows_check(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (0, 4)
 }
 
 /// host-local's `ranges[0][0]` (or the older `subnet`): the subnet and its
@@ -100,4 +112,14 @@ fn ipam_range(ipam: &Value) -> Option<(Subnet, Ipv4Addr)> {
         None => subnet.gateway(),
     };
     Some((subnet, gateway))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn check_came_with_0_4_0() {
+        for (v, want) in [("0.3.1", false), ("0.4.0", true), ("1.0.0", true), ("x", false)] {
+            assert_eq!(super::allows_check(v), want, "{v}");
+        }
+    }
 }
