@@ -118,7 +118,12 @@ fn ipam_range(ipam: &Value) -> Option<(Subnet, Ipv4Addr)> {
 mod tests {
     #[test]
     fn check_came_with_0_4_0() {
-        for (v, want) in [("0.3.1", false), ("0.4.0", true), ("1.0.0", true), ("x", false)] {
+        for (v, want) in [
+            ("0.3.1", false),
+            ("0.4.0", true),
+            ("1.0.0", true),
+            ("x", false),
+        ] {
             assert_eq!(super::allows_check(v), want, "{v}");
         }
     }
