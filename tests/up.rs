@@ -134,7 +134,12 @@ impl Up {
 
     pub fn status(&self) -> Vec<Value> {
         let (code, out, err) = self.cli(&["status", "--json"]);
-        assert_eq!(code, 0, "status: {err}");
+        assert_eq!(
+            code,
+            0,
+            "status: {err}\nthe supervisor said:\n{}",
+            self.stderr()
+        );
         serde_json::from_str(&out).expect("status JSON")
     }
 

@@ -54,8 +54,13 @@ pub(crate) fn clean(tag: &str) -> Result<(), String> {
             .links_with_prefix(&prefix)
             .map_err(|e| format!("netlink: list links: {e}"))?;
         for (index, name) in links {
-            nl.delete_link(index)
-                .map_err(|e| format!("netlink: delete {name}: {e}"))?;
+            match nl.delete_link(index) {
+                // Gone meanwhile: a pair of a sandbox that died with the
+                // killed supervisor goes with its namespace, which the
+                // kernel tears down in its own time.
+                Ok(()) | Err(nix::errno::Errno::ENODEV) => {}
+                Err(e) => return Err(format!("netlink: delete {name}: {e}")),
+            }
         }
     }
     // Absent is fine: nothing was left.
