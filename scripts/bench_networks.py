@@ -41,6 +41,28 @@ CLIENT = (
     "print(lat[len(lat) // 2] * 1e6, lat[len(lat) * 99 // 100] * 1e6)\n"
 )
 
+SINK = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', {port})); s.listen()\n"
+    "while True:\n"
+    "    c = s.accept()[0]\n"
+    "    while c.recv(1 << 20): pass\n"
+    "    c.close()\n"
+)
+
+# MB/s sending 256 MiB in 1 MiB writes (after 16 MiB of warm-up).
+SEND = (
+    "import socket, time\n"
+    "c = socket.create_connection(('{host}', {port}))\n"
+    "b = b'x' * (1 << 20)\n"
+    "for _ in range(16): c.sendall(b)\n"
+    "t = time.perf_counter()\n"
+    "for _ in range(256): c.sendall(b)\n"
+    "c.shutdown(socket.SHUT_WR); c.recv(1)\n"
+    "print(256 / (time.perf_counter() - t))\n"
+)
+
 LOOKUP = (
     "import socket, time\n"
     "lat = []\n"
@@ -179,6 +201,7 @@ def rtt_and_lookups(work, isola):
     path = os.path.join(d, "rtt.json")
     doc = {"networks": {"net": {}}, "services": {
         "server": service(f"exec python3 -c \"{SERVER.format(port=9000)}\"", ["net"]),
+        "sink": service(f"exec python3 -c \"{SINK.format(port=9002)}\"", ["net"]),
         "client": service("exec sleep 100000", ["net"]),
     }}
     with open(path, "w") as f:
@@ -190,6 +213,7 @@ def rtt_and_lookups(work, isola):
     out = {}
     p50, p99 = map(float, exec_py(isola, sock, "client", CLIENT.format(host="server", port=9000, n=RTT_N)).split())
     out["network_us"] = {"p50": p50, "p99": p99}
+    out["network_mb_s"] = float(exec_py(isola, sock, "client", SEND.format(host="sink", port=9002)))
     cpu0 = supervisor_cpu(sock)
     p50, p99 = map(float, exec_py(isola, sock, "client", LOOKUP.format(name="server", n=LOOKUPS)).split())
     out["lookup_us"] = {"p50": p50, "p99": p99, "supervisor_cpu_ms_per_1000": (supervisor_cpu(sock) - cpu0) * 1000 * 1000 / LOOKUPS}
@@ -201,6 +225,11 @@ def rtt_and_lookups(work, isola):
     srv.kill()
     p50, p99 = map(float, r.stdout.split())
     out["loopback_us"] = {"p50": p50, "p99": p99}
+    sink = subprocess.Popen(["python3", "-c", SINK.format(port=9003)])
+    time.sleep(1)
+    r = subprocess.run(["python3", "-c", SEND.format(host="127.0.0.1", port=9003)], capture_output=True, text=True)
+    sink.kill()
+    out["loopback_mb_s"] = float(r.stdout)
     return out
 
 
@@ -239,6 +268,9 @@ def report(v):
     lines.append(f"TCP round trip between two services on a network: p50 {t['network_us']['p50']:.0f} µs, p99 "
                  f"{t['network_us']['p99']:.0f} µs, beside the host's loopback p50 {t['loopback_us']['p50']:.0f} µs "
                  f"({t['network_us']['p50'] / t['loopback_us']['p50']:.2f}×).")
+    if t.get("network_mb_s") and t.get("loopback_mb_s"):
+        lines.append(f"TCP throughput between two services on a network: {t['network_mb_s']:.0f} MB/s, beside "
+                     f"{t['loopback_mb_s']:.0f} MB/s over the host's loopback ({100 * t['network_mb_s'] / t['loopback_mb_s']:.0f} %).")
     lines.append(f"Name lookups from inside a service: p50 {t['lookup_us']['p50']:.0f} µs, p99 {t['lookup_us']['p99']:.0f} µs; "
                  f"supervisor CPU {t['lookup_us']['supervisor_cpu_ms_per_1000']:.1f} ms per 1,000 lookups.")
     return lines
