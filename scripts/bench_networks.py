@@ -81,6 +81,23 @@ def service(script, networks=None, netns=True):
     return s
 
 
+def ip_loop(n):
+    """A shell loop doing with `ip` what a start on a network does: a
+    namespace, a veth pair on a bridge, an address, a default route."""
+    return f"""
+set -e
+ip link add isbench type bridge; ip link set isbench up; ip addr add 10.88.0.1/16 dev isbench
+for i in $(seq 1 {n}); do
+  ip netns add isb$i
+  ip link add isv$i type veth peer name eth0 netns isb$i
+  ip link set isv$i master isbench up
+  ip -n isb$i addr add 10.88.$((i / 250)).$((i % 250 + 2))/16 dev eth0
+  ip -n isb$i link set eth0 up; ip -n isb$i link set lo up
+  ip -n isb$i route add default via 10.88.0.1
+done
+"""
+
+
 def start_cost(work, isola, n):
     """Seconds until `n` sleepers run: on one network, each with a bare
     network namespace, and a shell loop making a namespace, a veth pair
@@ -113,18 +130,7 @@ def start_cost(work, isola, n):
         if p.returncode != 0:
             out[f"{name}_error"] = err.decode()[-300:]
         subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    script = f"""
-set -e
-ip link add isbench type bridge; ip link set isbench up; ip addr add 10.88.0.1/16 dev isbench
-for i in $(seq 1 {n}); do
-  ip netns add isb$i
-  ip link add isv$i type veth peer name eth0 netns isb$i
-  ip link set isv$i master isbench up
-  ip -n isb$i addr add 10.88.$((i / 250)).$((i % 250 + 2))/16 dev eth0
-  ip -n isb$i link set eth0 up; ip -n isb$i link set lo up
-  ip -n isb$i route add default via 10.88.0.1
-done
-"""
+    script = ip_loop(n)
     t0 = time.perf_counter()
     r = subprocess.run(["sh", "-c", script], capture_output=True)
     out["ip_loop"] = time.perf_counter() - t0 if r.returncode == 0 else None
@@ -167,19 +173,7 @@ def host_scale(work, isola, n):
             out[f"{name}_error"] = r.stderr.decode()[-300:]
         subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     k = min(n, 1000)
-    script = f"""
-set -e
-ip link add isbench type bridge; ip link set isbench up; ip addr add 10.88.0.1/16 dev isbench
-for i in $(seq 1 {k}); do
-  ip netns add isb$i
-  ip link add isv$i type veth peer name eth0 netns isb$i
-  ip link set isv$i master isbench up
-  ip -n isb$i addr add 10.88.$((i / 250)).$((i % 250 + 2))/16 dev eth0
-  ip -n isb$i link set eth0 up; ip -n isb$i link set lo up
-  ip -n isb$i route add default via 10.88.0.1
-done
-for i in $(seq 1 {k}); do ip netns del isb$i; done
-"""
+    script = ip_loop(k) + f"for i in $(seq 1 {k}); do ip netns del isb$i; done\n"
     t0 = time.perf_counter()
     r = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True)
     out["ip_loop_per_start_ms"] = (time.perf_counter() - t0) * 1000 / k if r.returncode == 0 else None

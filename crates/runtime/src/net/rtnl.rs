@@ -31,6 +31,7 @@ use message::{
 };
 
 mod message;
+
 #[cfg(test)]
 mod tests;
 
@@ -177,37 +178,15 @@ impl Rtnl {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<u32, Errno> {
-        check_name(host)?;
-        check_name(peer_name)?;
-        let pid = u32::try_from(peer_pid)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or(Errno::EINVAL)?;
-        let mut req = Request::new(
-            libc::RTM_NEWLINK,
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &ifinfomsg(0, 0, 0),
-        );
-        req.attr_str(libc::IFLA_IFNAME, host);
-        if let Some(mtu) = mtu {
-            req.attr_u32(libc::IFLA_MTU, mtu);
-        }
-        let info = req.begin(libc::IFLA_LINKINFO);
-        req.attr_str(libc::IFLA_INFO_KIND, "veth");
-        let data = req.begin(libc::IFLA_INFO_DATA);
-        let peer = req.begin(VETH_INFO_PEER);
-        req.raw(&ifinfomsg(0, 0, 0));
-        req.attr_str(libc::IFLA_IFNAME, peer_name);
-        if let Some(mtu) = mtu {
-            req.attr_u32(libc::IFLA_MTU, mtu);
-        }
-        if let Some(mac) = peer_mac {
-            req.attr(libc::IFLA_ADDRESS, &mac);
-        }
-        req.attr_u32(libc::IFLA_NET_NS_PID, pid);
-        req.end(peer);
-        req.end(data);
-        req.end(info);
+        let v = Veth {
+            host,
+            master: 0,
+            peer: peer_name,
+            peer_pid,
+            mtu,
+            peer_mac,
+        };
+        let req = veth_request(&v, None)?;
         self.transact(req, &mut ignore)?;
         self.created(host)
     }
@@ -223,44 +202,9 @@ impl Rtnl {
     /// A bridge port needs no IPv6 of its own, and one that has it sends
     /// duplicate-address, router and listener messages as it comes up,
     /// which the bridge floods to every port: at 10,000 sandboxes on a
-    /// network that flood was most of a start. One request
-    /// holds the kernel's RTNL lock once, not four times, which every
-    /// start on a network shares.
+    /// network that flood was most of a start.
     pub fn add_veth(&mut self, v: &Veth<'_>) -> Result<(), Errno> {
-        check_name(v.host)?;
-        check_name(v.peer)?;
-        let pid = u32::try_from(v.peer_pid)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or(Errno::EINVAL)?;
-        let mut req = Request::new(
-            libc::RTM_NEWLINK,
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &ifinfomsg(0, 0, 0),
-        );
-        req.attr_str(libc::IFLA_IFNAME, v.host);
-        req.attr_u32(libc::IFLA_MASTER, v.master);
-        if let Some(mtu) = v.mtu {
-            req.attr_u32(libc::IFLA_MTU, mtu);
-        }
-        let info = req.begin(libc::IFLA_LINKINFO);
-        req.attr_str(libc::IFLA_INFO_KIND, "veth");
-        let data = req.begin(libc::IFLA_INFO_DATA);
-        let peer = req.begin(VETH_INFO_PEER);
-        // Not up: the kernel configures the peer before the pair is joined,
-        // and a veth without its peer cannot open (ENOTCONN).
-        req.raw(&ifinfomsg(0, 0, 0));
-        req.attr_str(libc::IFLA_IFNAME, v.peer);
-        if let Some(mtu) = v.mtu {
-            req.attr_u32(libc::IFLA_MTU, mtu);
-        }
-        if let Some(mac) = v.peer_mac {
-            req.attr(libc::IFLA_ADDRESS, &mac);
-        }
-        req.attr_u32(libc::IFLA_NET_NS_PID, pid);
-        req.end(peer);
-        req.end(data);
-        req.end(info);
+        let req = veth_request(v, Some(v.master))?;
         self.transact(req, &mut ignore)?;
         // By name: the kernel applies flags before the address family's
         // settings in one request, so the mode is set first, alone.
@@ -478,4 +422,46 @@ fn ifi(index: u32) -> Result<i32, Errno> {
         .ok()
         .filter(|i| *i > 0)
         .ok_or(Errno::ENODEV)
+}
+
+/// RTM_NEWLINK of a veth pair: `v.host` here (on `master` when given),
+/// `v.peer` made in the namespace of process `v.peer_pid`, both down (the
+/// kernel configures the peer before the pair is joined, and a veth
+/// without its peer cannot open: ENOTCONN).
+fn veth_request(v: &Veth<'_>, master: Option<u32>) -> Result<Request, Errno> {
+    check_name(v.host)?;
+    check_name(v.peer)?;
+    let pid = u32::try_from(v.peer_pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or(Errno::EINVAL)?;
+    let mut req = Request::new(
+        libc::RTM_NEWLINK,
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        &ifinfomsg(0, 0, 0),
+    );
+    req.attr_str(libc::IFLA_IFNAME, v.host);
+    if let Some(m) = master {
+        req.attr_u32(libc::IFLA_MASTER, m);
+    }
+    if let Some(mtu) = v.mtu {
+        req.attr_u32(libc::IFLA_MTU, mtu);
+    }
+    let info = req.begin(libc::IFLA_LINKINFO);
+    req.attr_str(libc::IFLA_INFO_KIND, "veth");
+    let data = req.begin(libc::IFLA_INFO_DATA);
+    let peer = req.begin(VETH_INFO_PEER);
+    req.raw(&ifinfomsg(0, 0, 0));
+    req.attr_str(libc::IFLA_IFNAME, v.peer);
+    if let Some(mtu) = v.mtu {
+        req.attr_u32(libc::IFLA_MTU, mtu);
+    }
+    if let Some(mac) = v.peer_mac {
+        req.attr(libc::IFLA_ADDRESS, &mac);
+    }
+    req.attr_u32(libc::IFLA_NET_NS_PID, pid);
+    req.end(peer);
+    req.end(data);
+    req.end(info);
+    Ok(req)
 }
