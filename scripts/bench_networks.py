@@ -98,6 +98,26 @@ done
 """
 
 
+def timed_up(out, name, d, svcs, nets, up, flags):
+    """`out[name]`: seconds until `up … up -d FLAGS` has every service of
+    the stack (`svcs` on `nets`) running; then it goes down."""
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "stack.json")
+    doc = {"services": svcs}
+    if nets:
+        doc["networks"] = nets
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    sock = os.path.join(d, "s.sock")
+    t0 = time.perf_counter()
+    r = subprocess.run(up + ["up", "-d"] + flags + ["--socket", sock, "--log-dir", os.path.join(d, "logs"), path],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=2000)
+    out[name] = time.perf_counter() - t0 if r.returncode == 0 else None
+    if r.returncode != 0:
+        out[f"{name}_error"] = r.stderr.decode()[-300:]
+    subprocess.run([up[-1], "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start_cost(work, isola, n):
     """Seconds until `n` sleepers run: on one network, each with a bare
     network namespace, and a shell loop making a namespace, a veth pair
@@ -112,24 +132,7 @@ def start_cost(work, isola, n):
     cni = {"net": {"driver": "cni", "cni": {"conflist": conflist}}}
     for name, nets in (("bare", None), ("network", {"net": {}}), ("cni", cni)):
         svcs = {f"s{i}": service("exec sleep 100000", ["net"] if nets else None) for i in range(n)}
-        d = os.path.join(work, f"net-{name}")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, f"net{name}.json")
-        doc = {"services": svcs}
-        if nets:
-            doc["networks"] = nets
-        with open(path, "w") as f:
-            json.dump(doc, f)
-        sock = os.path.join(d, "s.sock")
-        t0 = time.perf_counter()
-        p = subprocess.Popen([isola, "up", "-d", "--wait-seconds", "900", "--socket", sock,
-                              "--log-dir", os.path.join(d, "logs"), path],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, err = p.communicate(timeout=1000)
-        out[name] = time.perf_counter() - t0 if p.returncode == 0 else None
-        if p.returncode != 0:
-            out[f"{name}_error"] = err.decode()[-300:]
-        subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        timed_up(out, name, os.path.join(work, f"net-{name}"), svcs, nets, [isola], ["--wait-seconds", "900"])
     script = ip_loop(n)
     t0 = time.perf_counter()
     r = subprocess.run(["sh", "-c", script], capture_output=True)
@@ -149,29 +152,9 @@ def host_scale(work, isola, n):
     svc = {"process": {"args": ["/bin/busybox", "sleep", "100000"]}, "stderr": "stdout",
            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}}
     for name, nets in (("bare", None), ("network", {"big": {"subnet": "10.90.0.0/16"}})):
-        svcs = {}
-        for i in range(n):
-            s = json.loads(json.dumps(svc))
-            if nets:
-                s["networks"] = ["big"]
-            svcs[f"s{i}"] = s
-        d = os.path.join(work, f"hostnet-{name}")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, "stack.json")
-        doc = {"services": svcs}
-        if nets:
-            doc["networks"] = nets
-        with open(path, "w") as f:
-            json.dump(doc, f)
-        sock = os.path.join(d, "s.sock")
-        t0 = time.perf_counter()
-        r = subprocess.run(["unshare", "-n", isola, "up", "-d", "--no-cgroup", "--wait-seconds", "1800",
-                            "--socket", sock, "--log-dir", os.path.join(d, "logs"), path],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        out[name] = time.perf_counter() - t0 if r.returncode == 0 else None
-        if r.returncode != 0:
-            out[f"{name}_error"] = r.stderr.decode()[-300:]
-        subprocess.run([isola, "down", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        svcs = {f"s{i}": dict(svc, networks=["big"]) if nets else svc for i in range(n)}
+        timed_up(out, name, os.path.join(work, f"hostnet-{name}"), svcs, nets, ["unshare", "-n", isola],
+                 ["--no-cgroup", "--wait-seconds", "1800"])
     k = min(n, 1000)
     script = ip_loop(k) + f"for i in $(seq 1 {k}); do ip netns del isb$i; done\n"
     t0 = time.perf_counter()

@@ -332,21 +332,30 @@ fn bad_networks_are_refused_naming_the_field_and_nothing_is_made() {
             json!({"networks": {"a": {"subnet": "127.0.0.0/8"}}, "services": {"x": on(json!(["a"]), "true", json!({}))}}),
             "networks.a.subnet: 127.0.0.0/8: overlaps the host's",
         ),
+        (
+            json!({"networks": {"a": {"ipv6": true, "mtu": 1000}}, "services": {"x": on(json!(["a"]), "true", json!({}))}}),
+            "networks.a.mtu: 1000: IPv6 needs 1280 or more",
+        ),
     ];
     for (k, (file, want)) in cases.iter().enumerate() {
-        let path = dir.write(&format!("bad{k}.json"), &file.to_string());
-        let sock = dir.path(&format!("s{k}.sock")).display().to_string();
-        let out = isola(
-            &["up", "--socket", &sock, path.to_str().unwrap()],
-            "",
-            Duration::from_secs(30),
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
-        assert!(err.contains(want), "{want} not in {err}");
-        assert_eq!(leftovers(), Vec::<String>::new(), "{file}");
+        refused(&dir, k, file, want);
     }
     assert_clean();
+}
+
+/// `isola up` of stack `file` exits 2 saying `want`, and leaves nothing.
+fn refused(dir: &Scratch, k: usize, file: &Value, want: &str) {
+    let path = dir.write(&format!("bad{k}.json"), &file.to_string());
+    let sock = dir.path(&format!("s{k}.sock")).display().to_string();
+    let out = isola(
+        &["up", "--socket", &sock, path.to_str().unwrap()],
+        "",
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+    assert!(err.contains(want), "{want} not in {err}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "{file}");
 }
 
 /// The bridges (`ib…`) of isola on the host.

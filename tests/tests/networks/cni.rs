@@ -135,18 +135,8 @@ fn a_bad_cni_network_is_refused_naming_the_field() {
     for (k, (net, want)) in cases.iter().enumerate() {
         let file =
             json!({"networks": {"c": net}, "services": {"x": on(json!(["c"]), "true", json!({}))}});
-        let path = dir.write(&format!("bad{k}.json"), &file.to_string());
-        let sock = dir.path(&format!("s{k}.sock")).display().to_string();
-        let out = isola(
-            &["up", "--socket", &sock, path.to_str().unwrap()],
-            "",
-            Duration::from_secs(30),
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
-        assert!(err.contains(want), "{want} not in {err}");
+        refused(&dir, k, &file, want);
     }
-    assert_eq!(leftovers(), Vec::<String>::new());
     assert_clean();
 }
 
