@@ -66,8 +66,9 @@ if [ ! -f "$cache/stamp" ] || [ "$(cat "$cache/stamp")" != "$stamp" ] \
     cp /bin/busybox "$ird/bin/busybox"
     for a in sh mount insmod mkdir switch_root cat echo poweroff; do ln -s busybox "$ird/bin/$a"; done
     : > "$ird/mods/order"
-    # Stack networks need veth pairs, bridges and nftables with NAT.
-    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq; do
+    # Stack networks need veth pairs, bridges and nftables with NAT;
+    # autoscaling reads unix listeners' queues over sock_diag.
+    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq unix_diag; do
         modprobe -S "$kver" --show-depends "$m" | while read -r verb path _; do
             [ "$verb" = insmod ] || continue
             base=$(basename "$path")

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use isola_runtime::exit;
-use isola_supervisor::control::{Client, ClientError, Message, Request, StatusRow};
+use isola_supervisor::control::{Client, ClientError, Message, Request, ScaleTo, StatusRow};
 
 use crate::Exit;
 
@@ -30,13 +30,16 @@ pub(crate) fn lifecycle(path: &Path, req: Request) -> Result<u8, Exit> {
     Ok(exit::OK)
 }
 
-pub(crate) fn scale(path: &Path, name: &str, replicas: u32) -> Result<u8, Exit> {
+pub(crate) fn scale(path: &Path, name: &str, replicas: ScaleTo) -> Result<u8, Exit> {
     let req = Request::Scale {
         name: name.to_string(),
         replicas,
     };
     connect(path)?.request(&req).map_err(fail)?;
-    println!("{name}: {replicas} replicas");
+    match replicas {
+        ScaleTo::Count(n) => println!("{name}: {n} replicas"),
+        ScaleTo::Auto(_) => println!("{name}: autoscaled"),
+    }
     Ok(exit::OK)
 }
 

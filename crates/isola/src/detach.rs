@@ -109,6 +109,8 @@ fn is_up(r: &StatusRow) -> bool {
     match r.state {
         State::Running => r.ready,
         State::Exited => r.last_exit.as_ref().is_some_and(|e| e.code == Some(0)),
+        // Nothing to wait for: it starts when a connection comes.
+        State::ScaledToZero => true,
         _ => false,
     }
 }

@@ -107,7 +107,7 @@ fn paint(st: State, text: &str) -> String {
         State::Running => "32",
         State::Starting | State::Backoff | State::Stopping => "33",
         State::Failed => "31",
-        State::Stopped | State::Exited => "2",
+        State::Stopped | State::Exited | State::ScaledToZero => "2",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }

@@ -4,4 +4,5 @@
 
 pub mod fdpass;
 pub mod listen;
+pub mod sock_diag;
 pub(crate) mod sync;

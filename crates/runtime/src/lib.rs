@@ -22,7 +22,7 @@
 //!   device filter (`cgroup/devices`);
 //! - `seccomp`: `linux.seccomp` compiled to BPF;
 //! - `ipc`: fds between processes (`fdpass`), socket activation
-//!   (`listen`), the parent↔init protocol (`sync`);
+//!   (`listen`), unix listeners' queues (`sock_diag`), the parent↔init protocol (`sync`);
 //! - `sys`: the only `unsafe` code, the syscalls nix lacks.
 //!
 //! Modules of a layer that other crates use are re-exported here under
@@ -44,7 +44,7 @@ mod sys;
 
 pub use fs::mounts;
 pub use init::hookrun;
-pub use ipc::{fdpass, listen};
+pub use ipc::{fdpass, listen, sock_diag};
 pub use sandbox::{gate, join};
 pub use spec::{shorthand, starter};
 

@@ -30,6 +30,7 @@ pub(crate) const SUPERVISION_FIELDS: &[&str] = &[
     "sockets",
     "fdStoreMax",
     "replicas",
+    "autoscale",
     "stderr",
     "logging",
     "networks",

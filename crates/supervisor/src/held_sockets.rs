@@ -4,7 +4,7 @@
 //! and handed to every start at fds 3, 4, … (systemd's socket activation).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
@@ -13,6 +13,9 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr,
 };
 
+use isola_runtime::sock_diag::UnixDiag;
+
+use crate::shell::reactor::{Interest, Part, Reactor, Token};
 use crate::spec::sockets::{Address, SocketDef};
 use crate::spec::stack::ServiceDef;
 
@@ -22,12 +25,29 @@ struct SocketSet {
     held: Vec<Held>,
     /// Their names, `:`-separated (`LISTEN_FDNAMES`).
     names: String,
+    /// Its listeners in the epoll set, for the autoscaler (see `watch`).
+    watch: Watch,
+    /// Its events' key.
+    key: u64,
+}
+
+/// Whether a set's listeners wake the loop when a connection comes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    #[default]
+    Off,
+    /// In the set, one-shot: the next connection wakes the loop once.
+    Armed,
+    /// Woke it; armed again at the next readings.
+    Fired,
 }
 
 /// Held sockets by service (a replica's group) name.
 #[derive(Debug, Default)]
 pub(crate) struct HeldSockets {
     sets: HashMap<String, SocketSet>,
+    /// Asks unix listeners' queues (opened when first needed).
+    diag: Option<UnixDiag>,
 }
 
 impl HeldSockets {
@@ -45,7 +65,10 @@ impl HeldSockets {
             if d.policy.sockets.is_empty() || out.sets.contains_key(group) {
                 continue;
             }
-            let mut set = SocketSet::default();
+            let mut set = SocketSet {
+                key: out.sets.len() as u64,
+                ..SocketSet::default()
+            };
             for (k, s) in d.policy.sockets.iter().enumerate() {
                 let held = match fresh.remove(&(group.to_string(), k)) {
                     Some(h) => h,
@@ -128,9 +151,98 @@ impl HeldSockets {
         out
     }
 
+    /// Wake the loop (`Part::Sockets`) when a connection comes to one of
+    /// `group`'s listeners (`on`), or no more. One-shot: at most once
+    /// between two [`HeldSockets::rearm`]s, however busy the service —
+    /// while nothing runs, the first connection is what counts.
+    pub(crate) fn watch(&mut self, reactor: &Reactor, group: &str, on: bool) {
+        let Some(set) = self.sets.get_mut(group) else {
+            return;
+        };
+        match (set.watch, on) {
+            (Watch::Off, true) => {
+                let token = Token::new(Part::Sockets, set.key);
+                let added = set
+                    .listeners()
+                    .all(|fd| reactor.add(fd, token, Interest::ReadOnce).is_ok());
+                // A listener not in the set: its arrivals are seen at
+                // the next readings, from its queue.
+                set.watch = if added { Watch::Armed } else { Watch::Off };
+            }
+            (Watch::Armed | Watch::Fired, false) => {
+                set.listeners().for_each(|fd| reactor.remove(fd));
+                set.watch = Watch::Off;
+            }
+            _ => {}
+        }
+    }
+
+    /// Out of the epoll set, every one (before `self` is replaced by a
+    /// reload's set, which closes what it does not keep).
+    pub(crate) fn unwatch_all(&mut self, reactor: &Reactor) {
+        let groups: Vec<String> = self.sets.keys().cloned().collect();
+        for g in groups {
+            self.watch(reactor, &g, false);
+        }
+    }
+
+    /// A watched listener woke the loop: whose it is.
+    pub(crate) fn on_event(&mut self, key: u64) -> Option<&str> {
+        let (group, set) = self.sets.iter_mut().find(|(_, s)| s.key == key)?;
+        set.watch = Watch::Fired;
+        Some(group)
+    }
+
+    /// Arm again the listeners that fired.
+    pub(crate) fn rearm(&mut self, reactor: &Reactor) {
+        for set in self.sets.values_mut().filter(|s| s.watch == Watch::Fired) {
+            let token = Token::new(Part::Sockets, set.key);
+            for fd in set.listeners() {
+                let _gone = reactor.modify(fd, token, Interest::ReadOnce);
+            }
+            set.watch = Watch::Armed;
+        }
+    }
+
+    /// Connections waiting in the accept queues of `group`'s listeners
+    /// (tcp: `TCP_INFO`; unix: sock_diag). A queue that cannot be read
+    /// counts as empty.
+    pub(crate) fn queued(&mut self, group: &str) -> u32 {
+        let Some(set) = self.sets.get(group) else {
+            return 0;
+        };
+        let mut total = 0u32;
+        for h in &set.held {
+            let q = match h.def.address {
+                Address::Tcp(_) => isola_runtime::listen::accept_queue(h.fd.as_fd()).ok(),
+                Address::Unix(_) => {
+                    if self.diag.is_none() {
+                        self.diag = UnixDiag::open().ok();
+                    }
+                    self.diag
+                        .as_mut()
+                        .and_then(|d| d.accept_queue(h.fd.as_fd()).ok())
+                }
+                Address::Udp(_) => None,
+            };
+            total = total.saturating_add(q.map_or(0, |q| q.queued));
+        }
+        total
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.sets.values().map(|s| s.held.len()).sum()
+    }
+}
+
+impl SocketSet {
+    /// Its stream listeners (UDP sockets have no connections).
+    fn listeners(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.held
+            .iter()
+            .filter(|h| !matches!(h.def.address, Address::Udp(_)))
+            .map(|h| h.fd.as_fd())
     }
 }
 
@@ -217,113 +329,4 @@ fn open(def: &SocketDef) -> Result<Held, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    fn stack(services: &str) -> Vec<ServiceDef> {
-        let text = format!(r#"{{"services": {{{services}}}}}"#);
-        crate::spec::stack::parse(&text, std::path::Path::new("/"))
-            .unwrap()
-            .services
-    }
-
-    fn web(ports: &[u16], extra: &str) -> Vec<ServiceDef> {
-        let sockets: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(k, p)| format!(r#"{{"name": "s{k}", "listen": "tcp://127.0.0.1:{p}"}}"#))
-            .collect();
-        stack(&format!(
-            r#""web": {{"process": {{"args": ["true"]}}, "sockets": [{}]{extra}}}"#,
-            sockets.join(", ")
-        ))
-    }
-
-    #[test]
-    fn a_reload_keeps_held_sockets_and_a_failed_one_closes_none() {
-        let (a, b) = (free_port(), free_port());
-        let mut held = HeldSockets::default().open_all(&web(&[a], "")).unwrap();
-        let fd = held.for_group("web").0[0];
-        // A port someone else holds: the reload fails, `a` stays ours.
-        let taken = std::net::TcpListener::bind(("127.0.0.1", b)).unwrap();
-        let e = held.open_all(&web(&[a, b], "")).unwrap_err();
-        assert!(
-            e.starts_with("services.web.sockets[1]: tcp://127.0.0.1:"),
-            "{e}"
-        );
-        assert_eq!(held.for_group("web").0, vec![fd]);
-        assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_ok());
-        drop(taken);
-        // Now it fits: `a` is the same socket, `b` new, names in order.
-        let mut next = held.open_all(&web(&[a, b], "")).unwrap();
-        assert_eq!(next.for_group("web").0[0], fd);
-        assert_eq!(next.for_group("web").1, "s0:s1");
-        // A reload without the sockets closes them once the old set goes.
-        drop(held);
-        let none = next
-            .open_all(&stack(r#""web": {"process": {"args": ["true"]}}"#))
-            .unwrap();
-        assert_eq!(none.len(), 0);
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", a)).is_ok(),
-            "kept"
-        );
-        drop(next);
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", a)).is_ok(),
-            "closed"
-        );
-    }
-
-    /// Replicas are one group: one set of sockets, the same fds for each
-    /// (and for an overlap's successor, which has the same group).
-    #[test]
-    fn replicas_share_one_socket_set() {
-        let p = free_port();
-        let defs = web(&[p], r#", "replicas": 3"#);
-        assert_eq!(defs.len(), 3);
-        let held = HeldSockets::default().open_all(&defs).unwrap();
-        assert_eq!(held.len(), 1);
-        let fds: Vec<_> = defs
-            .iter()
-            .map(|d| held.for_group(d.group_name()).0)
-            .collect();
-        assert!(fds.iter().all(|f| f == &fds[0] && f.len() == 1), "{fds:?}");
-        assert_eq!(held.for_group("db"), (Vec::new(), ""));
-    }
-
-    #[test]
-    fn a_bound_port_is_refused_and_a_unix_file_goes_with_its_socket() {
-        let def = |listen: &str| SocketDef {
-            name: "x".into(),
-            listen: listen.into(),
-            address: crate::spec::sockets::parse_address(listen).unwrap(),
-            backlog: 8,
-            mode: 0o600,
-        };
-        // A port someone else holds is refused; once free, it is ours.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        let e = open(&def(&format!("tcp://127.0.0.1:{port}"))).unwrap_err();
-        assert!(e.contains("bind: Address already in use"), "{e}");
-        drop(probe);
-        let held = open(&def(&format!("tcp://127.0.0.1:{port}"))).unwrap();
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        drop(held);
-
-        let dir = std::env::temp_dir().join(format!("isola-sock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let held = open(&def(&format!("unix://{}", path.display()))).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        drop(held);
-        assert!(!path.exists());
-        let _ = std::fs::remove_dir(&dir);
-    }
-}
+mod tests;

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod control;
 pub mod fuzzing;
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::spec::policy::OomPolicy;
 use crate::spec::stack::ServiceDef;
 
 pub mod exit_policy;
+mod groups;
 mod phase;
 mod rollout;
 mod run_health;
@@ -84,6 +85,8 @@ pub struct Core {
     /// Overlap successors whose service was removed before they took its
     /// name: stopped at the next `pump`.
     orphans: Vec<usize>,
+    /// Autoscaled services as written, by name (see `groups`).
+    templates: HashMap<String, ServiceDef>,
 }
 
 impl Core {
@@ -116,6 +119,7 @@ impl Core {
             retired: Vec::new(),
             free: Vec::new(),
             orphans: Vec::new(),
+            templates: HashMap::new(),
         }
     }
 
@@ -452,7 +456,8 @@ impl Core {
         s.def.live_limits = true;
     }
 
-    pub fn reload(&mut self, defs: Vec<ServiceDef>, now: Instant) {
+    pub fn reload(&mut self, mut defs: Vec<ServiceDef>, now: Instant) {
+        self.keep_scaled(&mut defs);
         for i in 0..self.services.len() {
             let gone = self
                 .service(i)

@@ -21,6 +21,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::EpollEvent;
 use nix::sys::signal::Signal;
 
+use crate::autoscale::Autoscaler;
 use crate::control::server::ControlServer;
 use crate::held_sockets::HeldSockets;
 use crate::host::{self, PlanAdditions};
@@ -135,6 +136,8 @@ pub struct Supervisor {
     pub(crate) lag: LoopLag,
     /// The stack's networks, when it has some.
     pub(crate) networks: Option<Networks>,
+    /// The autoscaled services' controllers.
+    pub(crate) autoscaler: Autoscaler,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -168,7 +171,7 @@ impl Supervisor {
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
         let held = HeldSockets::default()
-            .open_all(&stack.services)
+            .open_all(&stack.with_autoscaled())
             .map_err(UpError::Setup)?;
         let metrics = cfg
             .metrics
@@ -187,9 +190,12 @@ impl Supervisor {
         let networks = networks_for(&cfg, &stack.networks, &mut group)?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
+        let mut autoscaled = stack.autoscaled;
+        add_to_all(&additions, &mut autoscaled);
         let prepared = Prepared {
             additions,
             defs,
+            autoscaled,
             held,
             listener,
             metrics,
@@ -251,8 +257,13 @@ impl Supervisor {
             sandboxes.add(i, &def.name);
         }
         let seed = now_ms() ^ u64::from(std::process::id());
+        let mut core = Core::new(p.defs, MAX_STARTING, seed);
+        let mut autoscaler = Autoscaler::default();
+        autoscaler.define(&p.autoscaled, Instant::now());
+        core.set_autoscaled(p.autoscaled);
 
-        Ok(Supervisor {
+        let mut sup = Supervisor {
+            reports: Reports::new(core.len(), cfg.echo),
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
             metrics: Metrics::new(
@@ -262,8 +273,7 @@ impl Supervisor {
                     .map_err(setup("epoll"))?,
             ),
             readiness: Readiness::new(cfg.socket.clone()),
-            reports: Reports::new(p.defs.len(), cfg.echo),
-            core: Core::new(p.defs, MAX_STARTING, seed),
+            core,
             cfg,
             reactor,
             now: Instant::now(),
@@ -277,7 +287,10 @@ impl Supervisor {
             probes: Probes::default(),
             held: p.held,
             additions: p.additions,
-        })
+            autoscaler,
+        };
+        sup.watch_arrivals();
+        Ok(sup)
     }
 
     /// Start every service in dependency order, then serve until shut down.
@@ -339,6 +352,7 @@ impl Supervisor {
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Rules => self.on_trigger(key, how),
             Part::Names => self.on_name_query(key),
+            Part::Sockets => self.on_arrival(key),
             Part::Metrics => {
                 let scrapes = match self.metrics.server() {
                     Some(server) => server.on_event(ctx!(self), key, how),
@@ -437,6 +451,7 @@ impl Supervisor {
             n.on_time(Instant::now());
         }
         self.check_rules();
+        self.autoscale_turn();
         if self.metrics.busy() {
             self.work_scrapes(SLICE);
         }
@@ -452,6 +467,7 @@ impl Supervisor {
             self.reports.deadline(),
             self.rules.deadline(),
             self.networks.as_ref().and_then(Networks::deadline),
+            self.autoscaler.deadline(),
             // A scrape being read: the next slice at the next turn.
             self.metrics.busy().then(Instant::now),
         ]

@@ -1,7 +1,7 @@
 //! The commands that act on one service of the running supervisor: `stop`,
 //! `start`, `restart`, `scale` and `update`.
 
-use isola_supervisor::control::Request;
+use isola_supervisor::control::{Auto, Request, ScaleTo};
 
 use crate::cmd::common::SocketArg;
 use crate::{client, quick, Exit};
@@ -19,7 +19,20 @@ pub(crate) struct ScaleArgs {
     #[command(flatten)]
     socket: SocketArg,
     name: String,
-    replicas: u32,
+    /// How many replicas, or `auto` (an autoscaled service decides again).
+    #[arg(value_parser = parse_scale)]
+    replicas: ScaleTo,
+}
+
+/// `3` or `auto`.
+fn parse_scale(s: &str) -> Result<ScaleTo, String> {
+    match s {
+        "auto" => Ok(ScaleTo::Auto(Auto::Auto)),
+        n => n
+            .parse()
+            .map(ScaleTo::Count)
+            .map_err(|_| format!("{n}: a number of replicas or auto")),
+    }
 }
 
 #[derive(clap::Args)]

@@ -71,10 +71,11 @@ pub enum Request {
     Exec {
         name: String,
     },
-    /// Change how many replicas a replicated service runs.
+    /// Change how many replicas a replicated service runs; for an
+    /// autoscaled one, fix the count (`"auto"`: let it decide again).
     Scale {
         name: String,
-        replicas: u32,
+        replicas: ScaleTo,
     },
     /// Change a service's limits live (a `linux.resources` object), kept
     /// until the next reload of the stack file.
@@ -164,6 +165,37 @@ pub enum Message<'a> {
     },
 }
 
+/// What `scale` asks for: a count, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScaleTo {
+    Count(u32),
+    Auto(Auto),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auto {
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+/// An autoscaled service's count, on each of its replicas' rows (and on
+/// the service's own row while none runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleRow {
+    /// Replicas wanted now (the last decision, or the pin).
+    pub desired: u32,
+    /// Replicas running.
+    pub running: u32,
+    pub min: u32,
+    pub max: u32,
+    /// `isola scale NAME N` fixed the count until `isola scale NAME auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<u32>,
+}
+
 /// One service in the `status` reply (the README documents the fields).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -220,6 +252,9 @@ pub struct StatusRow<'a> {
     /// Its IPv6 addresses, on the networks that have IPv6.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub addresses6: BTreeMap<String, String>,
+    /// The count of an autoscaled service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleRow>,
 }
 
 fn no_health() -> Cow<'static, str> {
@@ -470,6 +505,7 @@ mod tests {
             limits: BTreeMap::new(),
             addresses: BTreeMap::new(),
             addresses6: BTreeMap::new(),
+            autoscale: None,
         };
         let text = serde_json::to_string(&row).unwrap();
         assert!(text.contains(r#""lastExit":{"reason":"oom-kill","code":null,"signal":9}"#));

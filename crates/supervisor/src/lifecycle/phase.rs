@@ -26,6 +26,9 @@ pub enum State {
     Stopped,
     Exited,
     Failed,
+    /// An autoscaled service with no replica (only on its own row).
+    #[serde(rename = "scaled to zero")]
+    ScaledToZero,
 }
 
 impl State {
@@ -38,6 +41,7 @@ impl State {
             State::Stopped => "stopped",
             State::Exited => "exited",
             State::Failed => "failed",
+            State::ScaledToZero => "scaled to zero",
         }
     }
 }

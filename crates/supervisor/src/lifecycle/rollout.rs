@@ -9,7 +9,7 @@
 //!   and forgotten instead; the old sandbox never stopped serving.
 //! - Replicas (`replicas: N`) are services `web.1` … `web.N` of group
 //!   `web`. A restart of the group rolls: one replica at a time, the next
-//!   once the last is back and ready. `scale` adds or removes replicas.
+//!   once the last is back and ready (`scale`: in `groups`).
 //! - Requests naming a group (start, stop) are answered once every
 //!   replica has settled.
 //!
@@ -26,7 +26,7 @@ use crate::spec::stack::ServiceDef;
 /// A rolling restart of a replicated service.
 #[derive(Debug)]
 pub(super) struct Roll {
-    group: String,
+    pub(super) group: String,
     /// Replicas still to restart, by name.
     pending: VecDeque<String>,
     /// The replica restarting now, and the `restarts` it will have once
@@ -56,7 +56,7 @@ impl Core {
     }
 
     /// Running, and ready if it says when it is.
-    fn serving(s: &Service) -> bool {
+    pub(super) fn serving(s: &Service) -> bool {
         matches!(s.phase, Phase::Running { .. })
             && (s.health.ready || !s.def.policy.health.gates_readiness())
     }
@@ -377,49 +377,9 @@ impl Core {
         }
     }
 
-    /// `isola scale GROUP N`: add replicas (the lowest free numbers) or
-    /// stop and remove the highest. Until the next reload, which goes by
-    /// the stack file.
-    pub fn scale(&mut self, group: &str, n: u32, now: Instant) -> Result<String, String> {
-        let members = self.group_members(group);
-        let Some(template) = members.first().and_then(|i| self.service(*i)) else {
-            return Err(format!(
-                "{group}: not a replicated service (give it \"replicas\" in the stack file)"
-            ));
-        };
-        let template = template.def.clone();
-        let have = members.len();
-        let want = n as usize;
-        let mut numbered: Vec<(u32, usize)> = members
-            .iter()
-            .filter_map(|i| Some((replica_number(&self.service(*i)?.def.name)?, *i)))
-            .collect();
-        numbered.sort_unstable();
-        if want > have {
-            let mut k = 1;
-            for _ in have..want {
-                while numbered.iter().any(|(x, _)| *x == k) {
-                    k += 1;
-                }
-                if let Some(def) = template.replica(k) {
-                    let i = self.add_service(def);
-                    self.enter(i, Phase::Queued);
-                    numbered.push((k, i));
-                }
-            }
-        } else {
-            for (_, i) in numbered.iter().rev().take(have - want) {
-                self.stop_with(*i, Intent::Remove, now);
-            }
-        }
-        self.event_group(group, &format!("scaled from {have} to {want} replicas"));
-        self.pump(now);
-        Ok(format!("{group}: {have} → {want} replicas"))
-    }
-
     /// An event under the group's first replica's name (each replica's
     /// own events say the rest).
-    fn event_group(&mut self, group: &str, msg: &str) {
+    pub(super) fn event_group(&mut self, group: &str, msg: &str) {
         if let Some(i) = self.group_members(group).first().copied() {
             self.event(i, format!("{group}: {msg}"));
         }
@@ -427,6 +387,6 @@ impl Core {
 }
 
 /// 3 for `web.3`.
-fn replica_number(name: &str) -> Option<u32> {
+pub(super) fn replica_number(name: &str) -> Option<u32> {
     name.rsplit_once('.')?.1.parse().ok()
 }

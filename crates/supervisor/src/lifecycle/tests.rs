@@ -548,5 +548,6 @@ fn every_input_is_fast() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
+mod groups;
 mod rollout;
 mod run_health;

@@ -44,6 +44,7 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
     let ruled = stack
         .services
         .iter()
+        .chain(&stack.autoscaled)
         .find(|d| !d.policy.resource_rules.is_empty());
     if let (Some(d), true) = (ruled, cfg.no_cgroup) {
         return Err(UpError::Spec(SpecError::new(
@@ -51,7 +52,12 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
             "conflicts with --no-cgroup (rules read the sandbox's cgroup)",
         )));
     }
-    if let Some(d) = stack.services.iter().find(|d| d.plan.has_resources()) {
+    if let Some(d) = stack
+        .services
+        .iter()
+        .chain(&stack.autoscaled)
+        .find(|d| d.plan.has_resources())
+    {
         if cfg.no_cgroup {
             return Err(UpError::Spec(SpecError::new(
                 format!("services.{}.linux.resources", d.name),
@@ -105,6 +111,8 @@ pub(crate) fn add_to_all(additions: &PlanAdditions, defs: &mut [ServiceDef]) {
 pub(crate) struct Prepared {
     pub(crate) additions: PlanAdditions,
     pub(crate) defs: Vec<ServiceDef>,
+    /// The autoscaled services as written (replicas are made from them).
+    pub(crate) autoscaled: Vec<ServiceDef>,
     pub(crate) held: HeldSockets,
     pub(crate) listener: std::os::unix::net::UnixListener,
     pub(crate) metrics: Option<crate::metrics::server::BoundMetrics>,

@@ -18,8 +18,8 @@ use crate::shell::rules::ResourceWatch;
 use crate::supervisor::{ctx, Supervisor};
 
 use families::{
-    cgroup_families, lifecycle_families, rule_family, socket_families, supervisor_families,
-    Dropped, Sample,
+    autoscale_families, cgroup_families, lifecycle_families, rule_family, socket_families,
+    supervisor_families, Dropped, Sample,
 };
 
 /// One service's labels: `service`, and `group` and `replica` for a
@@ -217,6 +217,17 @@ impl Supervisor {
             lines_dropped: self.outputs.lines_dropped(),
             sockets: self.held.accept_queues(),
             loop_lag: self.lag.longest(Instant::now()),
+            autoscaled: self
+                .autoscaler
+                .decisions()
+                .into_iter()
+                .map(|(service, ups, downs)| Scaled {
+                    service,
+                    desired: self.core.census(service).wanted,
+                    ups,
+                    downs,
+                })
+                .collect(),
         }
     }
 }
@@ -226,6 +237,15 @@ struct Own<'a> {
     lines_dropped: Dropped,
     sockets: Vec<SocketQueue<'a>>,
     loop_lag: Duration,
+    autoscaled: Vec<Scaled<'a>>,
+}
+
+/// An autoscaled service's count and its decisions so far.
+struct Scaled<'a> {
+    service: &'a str,
+    desired: u32,
+    ups: u64,
+    downs: u64,
 }
 
 /// The exposition of a stack: the core's services, their samples, and
@@ -262,6 +282,7 @@ fn render(
     cgroup_families(&mut e, &services, &read);
     rule_family(&mut e, &services, rules);
     socket_families(&mut e, &own.sockets);
+    autoscale_families(&mut e, &own.autoscaled);
     supervisor_families(&mut e, own);
     e.finish()
 }

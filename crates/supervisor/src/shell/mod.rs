@@ -6,6 +6,7 @@
 //! `isola up` tells of the whole stack ([`reports`]: [`progress`],
 //! [`under_systemd`]).
 
+mod autoscaling;
 mod cni_starts;
 pub(crate) mod context;
 pub(crate) mod loading;

@@ -22,7 +22,8 @@ impl Supervisor {
             }
         };
         // Sockets no longer listed close here (the running payloads keep
-        // their own copies until they stop).
+        // their own copies until they stop); none is left in the epoll set.
+        self.held.unwatch_all(&self.reactor);
         self.held = held;
         self.sandboxes.set_stats_cap(checked.stats_cap);
         for w in &checked.stack.warnings {
@@ -47,7 +48,15 @@ impl Supervisor {
             .iter()
             .map(|d| (d.name.clone(), d.policy.logging.route(), d.replica_number()))
             .collect();
+        let mut autoscaled = checked.stack.autoscaled;
+        add_to_all(&self.additions, &mut autoscaled);
+        for def in &mut autoscaled {
+            def.entry = None;
+        }
+        self.autoscaler.define(&autoscaled, self.now);
+        self.core.set_autoscaled(autoscaled);
         self.core.reload(defs, self.now);
+        self.watch_arrivals();
         // `logging` applies at once, to services the reload left running.
         for (name, route, replica) in routes {
             if let Some(i) = self.core.find(&name) {
@@ -73,7 +82,7 @@ impl Supervisor {
                 .map_err(|e| UpError::Spec(SpecError::new("networks", e)))?;
         let held = self
             .held
-            .open_all(&checked.stack.services)
+            .open_all(&checked.stack.with_autoscaled())
             .map_err(UpError::Setup)?;
         Ok((checked, held, nets))
     }

@@ -9,7 +9,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::context::ServiceIx;
 use crate::control::server::Follow;
-use crate::control::{ExecTarget, Request, Response};
+use crate::control::{ExecTarget, Request, Response, ScaleTo};
 use crate::lifecycle::{ConnId, Core, Phase};
 use crate::logs;
 use crate::spec::sockets::MAX_REPLICAS;
@@ -86,7 +86,17 @@ impl Supervisor {
         }
     }
 
-    fn scale(&mut self, name: &str, replicas: u32) -> Response<'static> {
+    fn scale(&mut self, name: &str, to: ScaleTo) -> Response<'static> {
+        match self.pin_scale(name, to) {
+            Some(Ok(())) => return Response::ok(),
+            Some(Err(e)) => return Response::err(format!("scale: {e}")),
+            None => {}
+        }
+        let ScaleTo::Count(replicas) = to else {
+            return Response::err(format!(
+                "scale: {name}: auto: not an autoscaled service (give it \"autoscale\" in the stack file)"
+            ));
+        };
         if replicas == 0 || replicas > MAX_REPLICAS {
             return Response::err(format!("scale: {replicas}: must be 1 to {MAX_REPLICAS}"));
         }

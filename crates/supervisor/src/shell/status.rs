@@ -50,7 +50,11 @@ impl Supervisor {
     pub(crate) fn status_reply(&mut self, id: ConnId) {
         self.sandboxes.open_stats();
         let reply = Response {
-            services: Some(rows(&self.core, &self.sandboxes, self.networks.as_ref())),
+            services: Some(self.autoscale_rows(rows(
+                &self.core,
+                &self.sandboxes,
+                self.networks.as_ref(),
+            ))),
             ..Response::ok()
         };
         // Serialized into the connection's buffer.
@@ -162,6 +166,7 @@ fn row<'a>(
         limits: limits(s),
         addresses: BTreeMap::new(),
         addresses6: BTreeMap::new(),
+        autoscale: None,
     }
 }
 

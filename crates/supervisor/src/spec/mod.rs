@@ -7,6 +7,7 @@
 use isola_runtime::SpecError;
 use serde_json::Value;
 
+pub mod autoscale;
 pub mod health;
 pub mod logging;
 pub mod networks;

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::autoscale::{self, Autoscale};
 use super::field;
 use super::health::{self, Dependency, Health, Notify};
 use super::logging::{self, Logging};
@@ -173,6 +174,8 @@ pub struct Policy {
     pub fd_store_max: u32,
     /// `replicas`: `None` for a plain service, else how many.
     pub replicas: Option<u32>,
+    /// `autoscale`: how many replicas run is decided as it goes.
+    pub autoscale: Option<Autoscale>,
     pub stderr: Stderr,
     /// `resourceRules`: limits on what it uses for long.
     pub resource_rules: Vec<ResourceRule>,
@@ -183,6 +186,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Runs as replicas `NAME.1`…: fixed or autoscaled.
+    pub fn replicated(&self) -> bool {
+        self.replicas.is_some() || self.autoscale.is_some()
+    }
+
     /// fds the payload gets at 3… before any `notify.fd`: the sockets,
     /// then the fd store.
     pub fn passed_fds(&self) -> usize {
@@ -201,6 +209,7 @@ impl Default for Policy {
             sockets: Vec::new(),
             fd_store_max: 0,
             replicas: None,
+            autoscale: None,
             stderr: Stderr::Separate,
             resource_rules: Vec::new(),
             logging: Logging::default(),
@@ -268,6 +277,15 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     if sup.contains_key("replicas") {
         p.replicas = Some(sockets::parse_replicas(sup, prefix)?);
     }
+    if let Some(v) = sup.get("autoscale") {
+        let path = format!("{prefix}autoscale");
+        p.autoscale = Some(autoscale::parse(
+            v,
+            &path,
+            &p.sockets,
+            p.replicas.is_some(),
+        )?);
+    }
     if let Some(v) = sup.get("stderr") {
         p.stderr = field(v, &format!("{prefix}stderr"))?;
     }
@@ -313,7 +331,7 @@ fn check_zero_downtime(p: &Policy, prefix: &str) -> Result<(), SpecError> {
 /// A restart mode that has nothing to overlap: the new sandbox could not
 /// serve while the old one still does.
 pub fn overlap_warning(p: &Policy, prefix: &str) -> Option<String> {
-    (p.restart.mode == RestartMode::Overlap && p.sockets.is_empty() && p.replicas.is_none()).then(|| {
+    (p.restart.mode == RestartMode::Overlap && p.sockets.is_empty() && !p.replicated()).then(|| {
         format!("{prefix}restart.mode: overlap: no sockets and no replicas, nothing to overlap (the new sandbox must bind its own port with SO_REUSEPORT)")
     })
 }

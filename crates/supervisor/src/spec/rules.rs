@@ -21,7 +21,7 @@ use super::field;
 /// The longest `forMs`: a day.
 const MAX_FOR_MS: u64 = 24 * 3600 * 1000;
 /// The most CPU a rule may name: 1024 CPUs' worth.
-const MAX_CPU_PERCENT: f64 = 102_400.0;
+pub(crate) const MAX_CPU_PERCENT: f64 = 102_400.0;
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -119,7 +119,7 @@ fn rule(v: &Value, path: &str) -> Result<ResourceRule, SpecError> {
 }
 
 /// `90%`: above 0, at most `max`.
-fn percent(text: &str, max: f64, path: &str) -> Result<f64, SpecError> {
+pub(crate) fn percent(text: &str, max: f64, path: &str) -> Result<f64, SpecError> {
     let value = text
         .trim()
         .strip_suffix('%')

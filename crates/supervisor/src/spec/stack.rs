@@ -89,6 +89,21 @@ pub struct Stack {
     pub warnings: Vec<String>,
     /// The stack's networks, by name.
     pub networks: Vec<NetworkDef>,
+    /// The autoscaled services as written (a replica is `replica(k)` of
+    /// one): `services` has their `min` first replicas, maybe none.
+    pub autoscaled: Vec<ServiceDef>,
+}
+
+impl Stack {
+    /// Its services and the autoscaled ones as written: what has sockets
+    /// to hold, whether a replica runs or not.
+    pub fn with_autoscaled(&self) -> Vec<ServiceDef> {
+        self.services
+            .iter()
+            .chain(&self.autoscaled)
+            .cloned()
+            .collect()
+    }
 }
 
 /// `services` as an ordered list, so duplicate names are seen (a JSON map
@@ -179,7 +194,7 @@ pub(crate) fn service_def(
         .into_iter()
         .collect();
     warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
-    let group = policy.replicas.map(|_| name.clone());
+    let group = policy.replicated().then(|| name.clone());
     let def = ServiceDef {
         name,
         fingerprint,
@@ -197,6 +212,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
+    let mut autoscaled = Vec::new();
     let file = read_file(text)?;
     let logging = match &file.logging {
         Some(v) => logging::parse(v, "logging")?,
@@ -213,12 +229,17 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         def.entry = u32::try_from(k).ok();
         def.policy.logging = def.policy.logging.over(&logging);
         warnings.extend(w);
-        match def.policy.replicas {
-            None => defs.push(def),
-            Some(n) => defs.extend((1..=n).filter_map(|k| def.replica(k))),
+        match (def.policy.replicas, &def.policy.autoscale) {
+            (Some(n), _) => defs.extend((1..=n).filter_map(|k| def.replica(k))),
+            (None, Some(a)) => {
+                defs.extend((1..=a.min).filter_map(|k| def.replica(k)));
+                autoscaled.push(def);
+            }
+            (None, None) => defs.push(def),
         }
     }
-    if defs.is_empty() {
+    check_scaled_to_zero(&autoscaled, &defs)?;
+    if defs.is_empty() && autoscaled.is_empty() {
         return Err(SpecError::new("services", "no services"));
     }
     let mut names = HashMap::new();
@@ -241,7 +262,29 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         services: order(defs)?,
         warnings,
         networks,
+        autoscaled,
     })
+}
+
+/// Nothing may wait for a service that may have no replica at all.
+fn check_scaled_to_zero(autoscaled: &[ServiceDef], defs: &[ServiceDef]) -> Result<(), SpecError> {
+    let at_zero = |name: &str| {
+        autoscaled
+            .iter()
+            .any(|a| a.name == name && a.policy.autoscale.as_ref().is_some_and(|s| s.min == 0))
+    };
+    for d in defs {
+        if let Some(dep) = d.policy.depends_on.iter().find(|dep| at_zero(&dep.name)) {
+            return Err(SpecError::new(
+                format!("services.{}.dependsOn", d.group_name()),
+                format!(
+                    "{}: autoscales from 0 replicas, nothing to wait for (give it autoscale.min 1)",
+                    dep.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The services' `networks` against the stack's.
@@ -310,7 +353,16 @@ fn expand_group_dependencies(defs: &mut [ServiceDef]) {
 /// key order or whitespace in the file does not count as a change.
 fn fingerprint(raw: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    raw.to_string().hash(&mut h);
+    match raw.as_object().filter(|o| o.contains_key("autoscale")) {
+        // How many replicas run is not what a replica is: new bounds
+        // restart none of them.
+        Some(o) => {
+            let mut o = o.clone();
+            o.remove("autoscale");
+            Value::Object(o).to_string().hash(&mut h);
+        }
+        None => raw.to_string().hash(&mut h),
+    }
     h.finish()
 }
 

@@ -2,7 +2,7 @@
 //! sandboxes' cgroup files, the rules, the held listeners and the
 //! supervisor's own numbers.
 
-use super::{def, Counted, Def, Labelled, Own};
+use super::{def, Counted, Def, Labelled, Own, Scaled};
 use crate::held_sockets::SocketQueue;
 use crate::lifecycle::Phase;
 use crate::metrics::exposition::{Exposition, Kind};
@@ -294,6 +294,31 @@ pub(super) fn socket_families(e: &mut Exposition, sockets: &[SocketQueue<'_>]) {
     );
     for s in sockets {
         e.counter(name, &socket_labels(s), f64::from(s.queue.drops), None);
+    }
+}
+
+/// The autoscaled services' counts and decisions.
+pub(super) fn autoscale_families(e: &mut Exposition, scaled: &[Scaled<'_>]) {
+    let name = "isola_autoscale_replicas";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Replicas an autoscaled service wants now (its last decision, or a pin).",
+    );
+    for s in scaled {
+        e.gauge(name, &[("service", s.service)], f64::from(s.desired));
+    }
+    let name = "isola_autoscale_decisions";
+    e.family(
+        name,
+        Kind::Counter,
+        "Scale decisions of an autoscaled service since isola up started, by direction.",
+    );
+    for s in scaled {
+        for (direction, n) in [("up", s.ups), ("down", s.downs)] {
+            let labels = [("service", s.service), ("direction", direction)];
+            e.counter(name, &labels, n as f64, None);
+        }
     }
 }
 

@@ -90,6 +90,12 @@ fn own() -> Own<'static> {
             },
         }],
         loop_lag: Duration::from_millis(12),
+        autoscaled: vec![Scaled {
+            service: "api",
+            desired: 3,
+            ups: 4,
+            downs: 1,
+        }],
     }
 }
 
@@ -135,6 +141,9 @@ fn counters_survive_a_restart_and_replicas_are_labelled() {
         "isola_socket_backlog{service=\"web\",socket=\"http\"} 128",
         "isola_socket_listen_drops_total{service=\"web\",socket=\"http\"} 9",
         "isola_supervisor_loop_lag_seconds 0.012",
+        "isola_autoscale_replicas{service=\"api\"} 3",
+        "isola_autoscale_decisions_total{service=\"api\",direction=\"up\"} 4",
+        "isola_autoscale_decisions_total{service=\"api\",direction=\"down\"} 1",
     ];
     for w in want {
         assert!(text.lines().any(|l| l == w), "no {w:?} in\n{text}");

@@ -1,0 +1,57 @@
+//! The replicas' average CPU between two readings. Per replica, not the
+//! group's sum: replicas come and go between readings (a new one has no
+//! past, a removed one's time vanishes), and only a replica seen at both
+//! readings has a rate.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Debug, Default)]
+pub(crate) struct CpuMeter {
+    /// Each replica's CPU time (µs) at the last reading, by service index.
+    last: HashMap<usize, u64>,
+    at: Option<Instant>,
+}
+
+impl CpuMeter {
+    /// Read the replicas' CPU time now; the average of their rates since
+    /// the last reading, in percent of one CPU (none at the first reading
+    /// or when no replica was seen at both).
+    pub(crate) fn average(&mut self, usec: &[(usize, u64)], now: Instant) -> Option<f64> {
+        let elapsed = self
+            .at
+            .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e6);
+        let rates: Vec<f64> = usec
+            .iter()
+            .filter_map(|(i, u)| {
+                let before = *self.last.get(i)?;
+                let e = elapsed.filter(|e| *e > 0.0)?;
+                Some(u.saturating_sub(before) as f64 / e * 100.0)
+            })
+            .collect();
+        self.last = usec.iter().copied().collect();
+        self.at = Some(now);
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_replicas_seen_at_both_readings_count() {
+        let t0 = Instant::now();
+        let mut m = CpuMeter::default();
+        assert_eq!(m.average(&[(1, 1_000)], t0), None);
+        let t1 = t0 + Duration::from_secs(1);
+        // Replica 1 used half a CPU; replica 2 is new: not counted.
+        assert_eq!(m.average(&[(1, 501_000), (2, 9_999_999)], t1), Some(50.0));
+        let t2 = t1 + Duration::from_secs(1);
+        // 1 at 100%, 2 at 0%: 50% on average; a replica gone counts not.
+        assert_eq!(m.average(&[(1, 1_501_000), (2, 9_999_999)], t2), Some(50.0));
+        let t3 = t2 + Duration::from_secs(1);
+        assert_eq!(m.average(&[(3, 5)], t3), None);
+    }
+}

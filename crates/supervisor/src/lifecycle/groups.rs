@@ -1,0 +1,176 @@
+//! How many replicas a replicated service runs (pure, like the rest of
+//! the core): `isola scale`, the autoscaler's decisions, and what it is
+//! told of a group (`census`).
+//!
+//! An autoscaled service may have no replica at all: its definition as
+//! written (`templates`) is kept apart from its replicas, so a group at
+//! zero still exists, scales up, and is reloaded. A reload keeps the
+//! count the group has (the stack file says the bounds, not the count).
+
+use std::time::Instant;
+
+use super::rollout::replica_number;
+use super::{Core, Down, Intent, Phase, ServiceDef};
+use crate::autoscale::controller::Census;
+
+impl Core {
+    /// The autoscaled services' definitions, from the stack file (at
+    /// start and at each reload, before `reload`).
+    pub fn set_autoscaled(&mut self, defs: Vec<ServiceDef>) {
+        self.templates = defs.into_iter().map(|d| (d.name.clone(), d)).collect();
+    }
+
+    /// Is `name` an autoscaled service?
+    pub fn autoscaled(&self, name: &str) -> Option<&ServiceDef> {
+        self.templates.get(name)
+    }
+
+    /// The autoscaled services.
+    pub fn autoscaled_groups(&self) -> impl Iterator<Item = &str> {
+        self.templates.keys().map(String::as_str)
+    }
+
+    /// The replicas of `group` that are wanted: every member but those
+    /// being removed.
+    fn wanted(&self, group: &str) -> Vec<usize> {
+        self.group_members(group)
+            .into_iter()
+            .filter(|i| {
+                !self.service(*i).is_some_and(|s| {
+                    matches!(
+                        s.phase,
+                        Phase::Stopping {
+                            intent: Intent::Remove,
+                            ..
+                        }
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// What the autoscaler is told of `group`.
+    pub fn census(&self, group: &str) -> Census {
+        let mut c = Census {
+            settling: self.rolls.iter().any(|r| r.group == group),
+            ..Census::default()
+        };
+        for s in self
+            .wanted(group)
+            .into_iter()
+            .filter_map(|i| self.service(i))
+        {
+            c.wanted += 1;
+            c.settling |= match s.phase {
+                Phase::Queued | Phase::Launching { .. } => true,
+                Phase::Running { .. } => !Self::serving(s),
+                _ => false,
+            };
+            c.stopped |= s.phase == Phase::Down(Down::Stopped);
+        }
+        c
+    }
+
+    /// `isola scale GROUP N`: add replicas (the lowest free numbers) or
+    /// stop and remove the highest. A fixed count holds until the next
+    /// reload, which goes by the stack file.
+    pub fn scale(&mut self, group: &str, n: u32, now: Instant) -> Result<String, String> {
+        let have = self.resize(group, n, None, now)?;
+        Ok(format!("{group}: {have} → {n} replicas"))
+    }
+
+    /// The autoscaler's decision: `to` replicas, because `why`.
+    pub fn autoscale(&mut self, group: &str, to: u32, why: &str, now: Instant) {
+        let _not_a_group_any_more = self.resize(group, to, Some(why), now);
+    }
+
+    /// `n` replicas of `group`; how many it had.
+    fn resize(
+        &mut self,
+        group: &str,
+        n: u32,
+        why: Option<&str>,
+        now: Instant,
+    ) -> Result<u32, String> {
+        let members = self.wanted(group);
+        let template = members
+            .first()
+            .and_then(|i| self.service(*i))
+            .map(|s| &s.def)
+            .or_else(|| self.templates.get(group))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "{group}: not a replicated service (give it \"replicas\" in the stack file)"
+                )
+            })?;
+        let have = members.len();
+        let want = n as usize;
+        let msg = match why {
+            Some(why) => format!("scale {have} → {want}: {why}"),
+            None => format!("scaled from {have} to {want} replicas"),
+        };
+        // Said before what it does (under a replica's name: the first
+        // one, or the first new one when there was none).
+        if have > 0 {
+            self.event_group(group, &msg);
+        }
+        let mut numbered: Vec<(u32, usize)> = members
+            .iter()
+            .filter_map(|i| Some((replica_number(&self.service(*i)?.def.name)?, *i)))
+            .collect();
+        numbered.sort_unstable();
+        if want > have {
+            let mut k = 1;
+            for _ in have..want {
+                while numbered.iter().any(|(x, _)| *x == k) || self.taken(group, k) {
+                    k += 1;
+                }
+                if let Some(def) = template.replica(k) {
+                    let i = self.add_service(def);
+                    self.enter(i, Phase::Queued);
+                    numbered.push((k, i));
+                }
+            }
+        } else {
+            for (_, i) in numbered.iter().rev().take(have - want) {
+                self.stop_with(*i, Intent::Remove, now);
+            }
+        }
+        if have == 0 {
+            self.event_group(group, &msg);
+        }
+        self.pump(now);
+        u32::try_from(have).map_err(|_| "too many replicas".into())
+    }
+
+    /// A replica name still held by one being removed (its sandbox is
+    /// still going): a new one takes the next number.
+    fn taken(&self, group: &str, k: u32) -> bool {
+        self.find(&crate::spec::stack::replica_name(group, k))
+            .is_some()
+    }
+
+    /// A reload's definitions, with the replicas the autoscaled groups
+    /// have now (at most their new `max`): the stack file lists only the
+    /// first `min`.
+    pub(super) fn keep_scaled(&self, defs: &mut Vec<ServiceDef>) {
+        for (group, t) in &self.templates {
+            let max = t.policy.autoscale.as_ref().map_or(0, |a| a.max) as usize;
+            let mut numbers: Vec<u32> = self
+                .wanted(group)
+                .into_iter()
+                .filter_map(|i| replica_number(&self.service(i)?.def.name))
+                .collect();
+            numbers.sort_unstable();
+            for k in numbers.into_iter().take(max) {
+                if !defs
+                    .iter()
+                    .any(|d| d.replica_number() == Some(k) && d.group_name() == group)
+                {
+                    defs.extend(t.replica(k));
+                }
+            }
+        }
+    }
+}

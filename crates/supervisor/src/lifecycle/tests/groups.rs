@@ -1,0 +1,153 @@
+//! Autoscaled groups in the core: a group with no replica, the count a
+//! reload keeps, what the autoscaler is told. Same fake clock as above.
+
+use super::*;
+
+/// A core with these services, the autoscaled ones kept as written.
+fn autoscaled(services: Value) -> H {
+    let mut map = serde_json::Map::new();
+    for (name, extra) in services.as_object().cloned().unwrap_or_default() {
+        let mut s = json!({"process": {"args": ["true"]},
+            "sockets": [{"name": "http", "listen": "tcp://127.0.0.1:18998"}]});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            s[k] = v;
+        }
+        map.insert(name, s);
+    }
+    let text = json!({ "services": map }).to_string();
+    let stack = crate::spec::stack::parse(&text, Path::new("/")).expect("test stack");
+    let t0 = Instant::now();
+    let mut core = Core::new(stack.services, 16, 7);
+    core.set_autoscaled(stack.autoscaled);
+    let mut h = H { core, t0, now: t0 };
+    h.start_all();
+    h.start_launched_all();
+    h
+}
+
+impl H {
+    fn start_launched_all(&mut self) -> Vec<usize> {
+        let launched = self.launched();
+        for i in &launched {
+            let now = self.now;
+            self.core.started(*i, 100, now);
+        }
+        launched
+    }
+
+    fn gone(&mut self, name: &str) {
+        self.exited(name, 143);
+    }
+}
+
+#[test]
+fn a_group_at_zero_scales_up_and_back_down() {
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 0, "max": 3}}}));
+    assert!(h.core.find("web.1").is_none());
+    assert_eq!(h.core.census("web").wanted, 0);
+    let now = h.at(100);
+    h.core
+        .autoscale("web", 1, "a connection while scaled to zero", now);
+    let fx = h.effects();
+    assert!(fx.iter().any(|e| matches!(e, Effect::Launch(_))), "{fx:?}");
+    assert!(fx.iter().any(|e| matches!(e, Effect::Event(_, m) if m == "web: scale 0 → 1: a connection while scaled to zero")), "{fx:?}");
+    // Starting: the autoscaler waits for it.
+    let c = h.core.census("web");
+    assert_eq!((c.wanted, c.settling), (1, true));
+    h.started("web.1");
+    assert!(!h.core.census("web").settling);
+    // Back to zero: wanted at once, while its sandbox stops.
+    let now = h.at(200);
+    h.core.autoscale("web", 0, "no connection for 60 s", now);
+    assert_eq!(h.core.census("web").wanted, 0);
+    assert_eq!(h.state("web.1"), State::Stopping);
+    // A connection before it is gone: the new one takes the next number.
+    h.core
+        .autoscale("web", 1, "a connection while scaled to zero", now);
+    assert!(h.core.find("web.2").is_some());
+    h.gone("web.1");
+    assert!(h.core.find("web.1").is_none(), "removed, not restarted");
+}
+
+#[test]
+fn a_reload_keeps_the_count_within_the_new_bounds() {
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 4}}}));
+    let now = h.at(100);
+    h.core
+        .autoscale("web", 3, "accept queue 9 > 4 for 500 ms", now);
+    h.start_launched_all();
+    h.effects();
+    // The same file: nothing moves.
+    let mut again = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 4}}}));
+    let (defs, templates) = h_defs(&mut again);
+    h.core.set_autoscaled(templates);
+    let now = h.at(200);
+    h.core.reload(defs, now);
+    let fx = h.effects();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Signal(..))),
+        "{fx:?}"
+    );
+    assert_eq!(h.core.census("web").wanted, 3);
+    // max 2: the highest goes.
+    let mut lower = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 2}}}));
+    let (defs, templates) = h_defs(&mut lower);
+    h.core.set_autoscaled(templates);
+    h.core.reload(defs, now);
+    assert_eq!(h.state("web.3"), State::Stopping);
+    assert_eq!(h.state("web.2"), State::Running);
+}
+
+/// What a reload hands the core: the services of `other`'s file and its
+/// autoscaled definitions.
+fn h_defs(other: &mut H) -> (Vec<ServiceDef>, Vec<ServiceDef>) {
+    let names: Vec<String> = other
+        .core
+        .services()
+        .map(|(_, s)| s.def.name.clone())
+        .collect();
+    let defs = names
+        .iter()
+        .filter_map(|n| other.core.service(other.i(n)).map(|s| s.def.clone()))
+        .collect();
+    let templates = other
+        .core
+        .autoscaled_groups()
+        .filter_map(|g| other.core.autoscaled(g).cloned())
+        .collect();
+    (defs, templates)
+}
+
+#[test]
+fn a_replica_that_crashes_while_another_starts_is_counted_once() {
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 4},
+        "restart": {"policy": "always", "delayMs": 1000}}}));
+    let now = h.at(100);
+    h.core
+        .autoscale("web", 2, "accept queue 9 > 4 for 500 ms", now);
+    h.effects();
+    h.exited("web.1", 1);
+    let c = h.core.census("web");
+    assert_eq!(h.state("web.1"), State::Backoff);
+    assert_eq!((c.wanted, c.settling), (2, true));
+    h.started("web.2");
+    let c = h.core.census("web");
+    assert_eq!(
+        (c.wanted, c.settling),
+        (2, false),
+        "backoff is not settling"
+    );
+}
+
+#[test]
+fn a_rolling_restart_or_a_persons_stop_is_seen_in_the_census() {
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 2, "max": 4}}}));
+    let now = h.at(100);
+    h.core.restart_group("web", 9, now);
+    assert!(h.core.census("web").settling);
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 2, "max": 4}}}));
+    h.core.group_request("web", true, 9, now);
+    h.gone("web.1");
+    h.gone("web.2");
+    assert!(h.core.census("web").stopped);
+}

@@ -1,0 +1,165 @@
+//! The autoscaler at work in the loop: every `READINGS_EVERY` the queues
+//! of the autoscaled services' held sockets (and, once a second for those
+//! that scale on it, their replicas' CPU) go to their controllers, and a
+//! decision goes to the core as a scale. A connection to a service with
+//! no replica is not left for the next readings: the held listener wakes
+//! the loop (`Part::Sockets`) and the first replica starts at once, the
+//! connection waiting in the backlog until it accepts.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::autoscale::Bounds;
+use crate::control::{AutoscaleRow, History, ScaleTo, StatusRow};
+use crate::lifecycle::{Phase, State};
+use crate::spec::sockets::MAX_REPLICAS;
+use crate::supervisor::Supervisor;
+
+impl Supervisor {
+    /// A watched listener woke the loop: a connection came.
+    pub(crate) fn on_arrival(&mut self, key: u64) {
+        let Some(group) = self.held.on_event(key).map(str::to_string) else {
+            return;
+        };
+        self.autoscaler.arrived(&group);
+        if self.core.census(&group).wanted == 0 {
+            self.autoscale_one(&group);
+            // Nothing more to learn from it until the next readings.
+        }
+    }
+
+    /// The readings, when due: a decision for every autoscaled service.
+    pub(crate) fn autoscale_turn(&mut self) {
+        if !self.autoscaler.due(self.now) {
+            return;
+        }
+        for group in self.autoscaler.groups() {
+            self.autoscale_one(&group);
+        }
+        self.held.rearm(&self.reactor);
+    }
+
+    fn autoscale_one(&mut self, group: &str) {
+        let now = self.now;
+        if self.autoscaler.cpu_due(group, now) {
+            let usec: Vec<(usize, u64)> = self
+                .core
+                .group_members(group)
+                .into_iter()
+                .filter_map(|i| Some((i, self.sandboxes.snapshot(i)?.stats.cpu_usec?)))
+                .collect();
+            self.autoscaler.cpu_read(group, &usec, now);
+        }
+        let census = self.core.census(group);
+        let queued = self.held.queued(group);
+        if let Some(s) = self.autoscaler.decide(group, census, queued, now) {
+            self.core.autoscale(group, s.to, &s.why, now);
+            self.update_network_members();
+        }
+    }
+
+    /// Which held sockets wake the loop on a connection: those of the
+    /// services that may scale to zero (at start, after a reload or a
+    /// pin).
+    pub(crate) fn watch_arrivals(&mut self) {
+        for group in self.autoscaler.groups() {
+            let on = self.autoscaler.watches_arrivals(&group);
+            self.held.watch(&self.reactor, &group, on);
+        }
+    }
+
+    /// `isola scale NAME N|auto` on an autoscaled service: `None` for
+    /// one that is not.
+    pub(crate) fn pin_scale(&mut self, name: &str, to: ScaleTo) -> Option<Result<(), String>> {
+        self.core.autoscaled(name)?;
+        let n = match to {
+            ScaleTo::Count(n) if n > MAX_REPLICAS => {
+                return Some(Err(format!("{n}: must be 0 to {MAX_REPLICAS}")))
+            }
+            ScaleTo::Count(n) => Some(n),
+            ScaleTo::Auto(_) => None,
+        };
+        self.autoscaler.pin(name, n, self.now);
+        if let Some(n) = n {
+            self.core
+                .autoscale(name, n, "pinned by isola scale", self.now);
+            self.update_network_members();
+        }
+        self.watch_arrivals();
+        Some(Ok(()))
+    }
+
+    /// `status` rows with the autoscaled services' counts, and a row for
+    /// each one that has no replica.
+    pub(crate) fn autoscale_rows<'a>(&self, mut rows: Vec<StatusRow<'a>>) -> Vec<StatusRow<'a>> {
+        let mut counts: HashMap<String, AutoscaleRow> = HashMap::new();
+        for group in self.autoscaler.groups() {
+            let Some(b) = self.autoscaler.bounds(&group) else {
+                continue;
+            };
+            let census = self.core.census(&group);
+            let running = self
+                .core
+                .group_members(&group)
+                .into_iter()
+                .filter(|i| {
+                    self.core
+                        .service(*i)
+                        .is_some_and(|s| matches!(s.phase, Phase::Running { .. }))
+                })
+                .count();
+            let row = count_row(census.wanted, running, b);
+            if census.wanted == 0 && running == 0 {
+                rows.push(zero_row(group.clone(), row));
+            }
+            counts.insert(group, row);
+        }
+        for r in rows.iter_mut() {
+            if let Some(c) = r.group.as_deref().and_then(|g| counts.get(g)) {
+                r.autoscale = Some(*c);
+            }
+        }
+        rows
+    }
+}
+
+fn count_row(desired: u32, running: usize, b: Bounds) -> AutoscaleRow {
+    AutoscaleRow {
+        desired,
+        running: u32::try_from(running).unwrap_or(u32::MAX),
+        min: b.min,
+        max: b.max,
+        pinned: b.pinned,
+    }
+}
+
+/// The row of an autoscaled service while none of its replicas runs.
+fn zero_row<'a>(name: String, count: AutoscaleRow) -> StatusRow<'a> {
+    StatusRow {
+        group: Some(Cow::Owned(name.clone())),
+        name: Cow::Owned(name),
+        state: State::ScaledToZero,
+        pid: None,
+        restarts: 0,
+        uptime_ms: None,
+        started_at_ms: None,
+        last_exit: None,
+        oom_kills: 0,
+        waiting_for: None,
+        memory_current: None,
+        memory_peak: None,
+        cpu_usec: None,
+        history: History::Owned(Vec::new()),
+        depends_on: Cow::Owned(Vec::new()),
+        restart_policy: Cow::Borrowed("-"),
+        health: Cow::Borrowed("-"),
+        ready: false,
+        probe: BTreeMap::new(),
+        notify_status: None,
+        replacing: None,
+        limits: BTreeMap::new(),
+        addresses: BTreeMap::new(),
+        addresses6: BTreeMap::new(),
+        autoscale: Some(count),
+    }
+}
