@@ -262,3 +262,60 @@ fn check_stack_file(tag: &str, text: &str) -> std::process::Output {
     let _ = std::fs::remove_file(&tmp);
     out
 }
+
+/// `autoscale` that cannot work: `isola check` (which reads a stack as
+/// `isola up` does) refuses it in one line naming the field, exit 2.
+#[test]
+fn bad_autoscale_fields_are_refused_naming_the_field() {
+    let sockets = r#""sockets": [{"name": "http", "listen": "tcp://127.0.0.1:18081"}]"#;
+    let w = "services.web.autoscale";
+    for (fields, want) in [
+        (
+            format!(r#"{sockets}, "autoscale": {{"min": 5, "max": 2}}"#),
+            format!("{w}.min: 5: above max 2"),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 1001}}"#),
+            format!("{w}.max: 1001"),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 4, "backlog": 0}}"#),
+            format!("{w}.backlog: 0"),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 4, "cpu": "fast"}}"#),
+            format!("{w}.cpu: \"fast\""),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 4, "upAfterMs": 0}}"#),
+            format!("{w}.upAfterMs: 0"),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 4, "downAfterMs": 0}}"#),
+            format!("{w}.downAfterMs: 0"),
+        ),
+        (
+            format!(r#"{sockets}, "autoscale": {{"max": 4, "idleMs": 0}}"#),
+            format!("{w}.idleMs: 0"),
+        ),
+        (
+            r#""autoscale": {"max": 4}"#.to_string(),
+            format!("{w}: needs \"sockets\""),
+        ),
+        (
+            format!(r#"{sockets}, "replicas": 2, "autoscale": {{"max": 4}}"#),
+            format!("{w}: and \"replicas\""),
+        ),
+    ] {
+        let stack =
+            format!(r#"{{"services": {{"web": {{"process": {{"args": ["true"]}}, {fields}}}}}}}"#);
+        let out = check_stack_file("autoscale", &stack);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{fields}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&want), "{fields}: want {want:?} in {err}");
+    }
+    let out = isola(&["scale", "--socket", "/nonexistent", "web", "lots"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lots: a number of replicas or auto"));
+}

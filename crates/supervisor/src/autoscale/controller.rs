@@ -4,9 +4,9 @@
 //! - Up by one when the held sockets' accept queue stayed above `backlog`
 //!   for `upAfterMs`; by the ratio (`ceil(n·cpu/target)`, like Kubernetes'
 //!   HPA) when the replicas' average CPU stayed above `cpu` as long.
-//! - Down by one when for `downAfterMs` nothing waited and the CPU would
-//!   stay below its target with one replica fewer (the hysteresis: a
-//!   count that is just right does not flap).
+//! - Down by one when for `downAfterMs` at most half of `backlog` waited
+//!   and the CPU would stay below its target with one replica fewer (the
+//!   hysteresis: a count that is just right does not flap).
 //! - Nothing while a replica is starting or not ready yet: a scale-up is
 //!   judged once it serves, and a crashed replica restarting is still
 //!   counted (its restart policy brings it back, not a new replica).
@@ -208,7 +208,10 @@ impl Controller {
             (None, Some(_)) => false,
             (_, None) => true,
         };
-        if r.queued > 0 || !cpu_low || n <= self.def.min.max(1) {
+        // Low: at most half the backlog waits (a steady trickle of
+        // connections is never an empty queue at every reading).
+        let queue_low = r.queued.saturating_mul(2) <= self.def.backlog;
+        if !queue_low || !cpu_low || n <= self.def.min.max(1) {
             self.low_since = None;
             return None;
         }
@@ -217,9 +220,14 @@ impl Controller {
         if held < self.def.down_after {
             return None;
         }
+        let half = self.def.backlog / 2;
         let why = match r.cpu {
-            Some(c) => format!("idle queue and cpu {c:.0}% for {}", ms(held)),
-            None => format!("idle queue for {}", ms(held)),
+            Some(c) => format!(
+                "accept queue {} ≤ {half} and cpu {c:.0}% for {}",
+                r.queued,
+                ms(held)
+            ),
+            None => format!("accept queue {} ≤ {half} for {}", r.queued, ms(held)),
         };
         self.scale(n, n - 1, why)
     }

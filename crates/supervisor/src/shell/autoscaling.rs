@@ -98,18 +98,18 @@ impl Supervisor {
                 continue;
             };
             let census = self.core.census(&group);
-            let running = self
-                .core
-                .group_members(&group)
-                .into_iter()
+            let members = self.core.group_members(&group);
+            let running = members
+                .iter()
                 .filter(|i| {
                     self.core
-                        .service(*i)
+                        .service(**i)
                         .is_some_and(|s| matches!(s.phase, Phase::Running { .. }))
                 })
                 .count();
             let row = count_row(census.wanted, running, b);
-            if census.wanted == 0 && running == 0 {
+            // Once the last replica is gone (not while it stops).
+            if members.is_empty() {
                 rows.push(zero_row(group.clone(), row));
             }
             counts.insert(group, row);

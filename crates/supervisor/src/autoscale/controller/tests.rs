@@ -95,14 +95,15 @@ fn down_by_one_after_down_after_never_below_min() {
     let mut c = Controller::new(def(), t0);
     let (at, s) = run(&mut c, census(3), queue(0), t0, 10_000).unwrap();
     assert_eq!((at, s.from, s.to), (3000, 3, 2));
-    assert_eq!(s.why, "idle queue for 3000 ms");
+    assert_eq!(s.why, "accept queue 0 ≤ 2 for 3000 ms");
     // The next step waits a whole window again.
     let t1 = t0 + Duration::from_millis(3000);
     let (at, s) = run(&mut c, census(2), queue(0), t1, 10_000).unwrap();
     assert_eq!((at, s.to), (3000, 1));
     assert_eq!(run(&mut c, census(1), queue(0), t1, 60_000), None);
-    // A connection waiting keeps them.
-    assert_eq!(run(&mut c, census(3), queue(1), t1, 10_000), None);
+    // Two waiting (half the backlog) is low still; three keep them.
+    assert_eq!(run(&mut c, census(3), queue(2), t1, 3000).unwrap().1.to, 2);
+    assert_eq!(run(&mut c, census(3), queue(3), t1, 10_000), None);
 }
 
 #[test]
