@@ -491,6 +491,8 @@ def supervisor(work, setting, counts):
         out["health"] = bench_health.run(work, Up, request)
         import bench_zero
         out["zero"] = bench_zero.run(work, Up, request)
+        import bench_autoscale
+        out["autoscale"] = bench_autoscale.run(work, Up, request)
     return out
 
 
@@ -733,6 +735,9 @@ def report_settings(paths):
         if s.get("zero"):
             import bench_zero
             lines += bench_zero.report(s["zero"])
+        if s.get("autoscale"):
+            import bench_autoscale
+            lines += bench_autoscale.report(s["autoscale"])
         if r.get("oci"):
             import bench_oci
             lines += bench_oci.report(r["oci"])

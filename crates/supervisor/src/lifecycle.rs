@@ -38,6 +38,7 @@ mod run_health;
 mod tests;
 mod transitions;
 
+pub use groups::GroupNow;
 pub use phase::{ConnId, Down, Effect, Exit, Intent, Phase, Service, StartError, State};
 pub use run_health::{Notice, ProbeResult, ProbeState, RunHealth};
 

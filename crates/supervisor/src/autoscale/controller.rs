@@ -8,8 +8,9 @@
 //!   and the CPU would stay below its target with one replica fewer (the
 //!   hysteresis: a count that is just right does not flap).
 //! - Nothing while a replica is starting or not ready yet: a scale-up is
-//!   judged once it serves, and a crashed replica restarting is still
-//!   counted (its restart policy brings it back, not a new replica).
+//!   judged once it serves (a queue that stayed high all along adds the
+//!   next one then), and a crashed replica restarting is still counted
+//!   (its restart policy brings it back, not a new replica).
 //! - `min: 0`: a connection while none runs starts one at once; none for
 //!   `idleMs` and an empty queue: back to none.
 //! - `isola scale NAME N` pins the count (nothing decided) until `isola
@@ -29,6 +30,8 @@ pub struct Census {
     pub settling: bool,
     /// A person stopped replicas (`isola stop`): theirs to start again.
     pub stopped: bool,
+    /// Replicas running (for `status`; the decisions go by `wanted`).
+    pub running: u32,
 }
 
 /// What the held sockets and the cgroups tell.
@@ -60,8 +63,15 @@ pub struct Controller {
     high_since: Option<(Instant, Signal)>,
     /// Since when it could do with one fewer.
     low_since: Option<Instant>,
+    /// Since when every replica serves (none while one starts).
+    serving_since: Option<Instant>,
     last_arrival: Instant,
 }
+
+/// How long every replica must have served before a queue still above
+/// adds another: a replica that just said READY may not have accepted
+/// what waited for it yet.
+const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -76,6 +86,7 @@ impl Controller {
             pinned: None,
             high_since: None,
             low_since: None,
+            serving_since: None,
             last_arrival: now,
         }
     }
@@ -136,14 +147,19 @@ impl Controller {
             return self.scale(n, self.def.max, format!("above max {}", self.def.max));
         }
         if n == 0 || c.settling {
-            self.high_since = None;
+            // A queue that stays high while a new replica starts still
+            // counts once it serves: a surge adds a replica per start,
+            // not per start and upAfterMs.
             self.low_since = None;
+            self.serving_since = None;
             return None;
         }
+        let serving_since = *self.serving_since.get_or_insert(now);
         if let Some(s) = self.idle(n, r, now) {
             return Some(s);
         }
-        self.up(n, r, now).or_else(|| self.down(n, r, now))
+        self.up(n, r, serving_since, now)
+            .or_else(|| self.down(n, r, now))
     }
 
     /// `min: 0` and nothing arrived for `idleMs`: none need run.
@@ -156,7 +172,9 @@ impl Controller {
         self.scale(n, 0, format!("no connection for {}", ms(quiet)))
     }
 
-    fn up(&mut self, n: u32, r: Readings, now: Instant) -> Option<Scale> {
+    /// `serving_since`: the queue a new replica found is only judged once
+    /// it had a moment to take it (`SETTLE`).
+    fn up(&mut self, n: u32, r: Readings, serving_since: Instant, now: Instant) -> Option<Scale> {
         let signal = if r.queued > self.def.backlog {
             Signal::Queue
         } else if r.cpu.zip(self.def.cpu).is_some_and(|(c, t)| c > t) {
@@ -174,7 +192,8 @@ impl Controller {
             }
         };
         let held = now.saturating_duration_since(since);
-        if held < self.def.up_after || n >= self.def.max {
+        let settled = now.saturating_duration_since(serving_since) >= SETTLE.min(self.def.up_after);
+        if held < self.def.up_after || !settled || n >= self.def.max {
             return None;
         }
         let (to, why) = match signal {
@@ -233,8 +252,10 @@ impl Controller {
     }
 
     fn scale(&mut self, from: u32, to: u32, why: String) -> Option<Scale> {
-        self.high_since = None;
         self.low_since = None;
+        if to < from {
+            self.high_since = None;
+        }
         (from != to).then_some(Scale { from, to, why })
     }
 }

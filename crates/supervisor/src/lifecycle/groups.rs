@@ -7,11 +7,20 @@
 //! zero still exists, scales up, and is reloaded. A reload keeps the
 //! count the group has (the stack file says the bounds, not the count).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::rollout::replica_number;
 use super::{Core, Down, Intent, Phase, ServiceDef};
 use crate::autoscale::controller::Census;
+
+/// An autoscaled group now: its census, and every replica (those being
+/// removed too).
+#[derive(Debug, Default)]
+pub struct GroupNow {
+    pub census: Census,
+    pub members: Vec<usize>,
+}
 
 impl Core {
     /// The autoscaled services' definitions, from the stack file (at
@@ -49,17 +58,47 @@ impl Core {
             .collect()
     }
 
-    /// What the autoscaler is told of `group`.
+    /// What the autoscaler is told of `group` (the loop takes every
+    /// group's at once: `groups_now`).
+    #[cfg(test)]
     pub fn census(&self, group: &str) -> Census {
-        let mut c = Census {
-            settling: self.rolls.iter().any(|r| r.group == group),
-            ..Census::default()
-        };
-        for s in self
-            .wanted(group)
-            .into_iter()
-            .filter_map(|i| self.service(i))
-        {
+        self.groups_now()
+            .remove(group)
+            .map(|g| g.census)
+            .unwrap_or_default()
+    }
+
+    /// Every autoscaled group's census and replicas, in one pass over the
+    /// services (a reading of a thousand groups is not a thousand passes).
+    pub fn groups_now(&self) -> HashMap<&str, GroupNow> {
+        let mut out: HashMap<&str, GroupNow> = self
+            .templates
+            .keys()
+            .map(|g| (g.as_str(), GroupNow::default()))
+            .collect();
+        for r in &self.rolls {
+            if let Some(g) = out.get_mut(r.group.as_str()) {
+                g.census.settling = true;
+            }
+        }
+        for (i, s) in self.services() {
+            let Some(g) = s.def.group.as_deref().and_then(|g| out.get_mut(g)) else {
+                continue;
+            };
+            if s.predecessor.is_some() {
+                continue;
+            }
+            g.members.push(i);
+            if matches!(
+                s.phase,
+                Phase::Stopping {
+                    intent: Intent::Remove,
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let c = &mut g.census;
             c.wanted += 1;
             c.settling |= match s.phase {
                 Phase::Queued | Phase::Launching { .. } => true,
@@ -67,8 +106,9 @@ impl Core {
                 _ => false,
             };
             c.stopped |= s.phase == Phase::Down(Down::Stopped);
+            c.running += u32::from(matches!(s.phase, Phase::Running { .. }));
         }
-        c
+        out
     }
 
     /// `isola scale GROUP N`: add replicas (the lowest free numbers) or

@@ -9,9 +9,10 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
+use crate::autoscale::controller::Census;
 use crate::autoscale::Bounds;
 use crate::control::{AutoscaleRow, History, ScaleTo, StatusRow};
-use crate::lifecycle::{Phase, State};
+use crate::lifecycle::{GroupNow, State};
 use crate::spec::sockets::MAX_REPLICAS;
 use crate::supervisor::Supervisor;
 
@@ -22,9 +23,11 @@ impl Supervisor {
             return;
         };
         self.autoscaler.arrived(&group);
-        if self.core.census(&group).wanted == 0 {
-            self.autoscale_one(&group);
-            // Nothing more to learn from it until the next readings.
+        // With no replica, not a moment to lose: decided now, not at the
+        // next readings.
+        let now = self.core.groups_now().remove(group.as_str());
+        if let Some(g) = now.filter(|g| g.census.wanted == 0) {
+            self.autoscale_one(&group, g);
         }
     }
 
@@ -33,26 +36,30 @@ impl Supervisor {
         if !self.autoscaler.due(self.now) {
             return;
         }
-        for group in self.autoscaler.groups() {
-            self.autoscale_one(&group);
+        let groups: Vec<(String, GroupNow)> = self
+            .core
+            .groups_now()
+            .into_iter()
+            .map(|(name, g)| (name.to_string(), g))
+            .collect();
+        for (group, g) in groups {
+            self.autoscale_one(&group, g);
         }
         self.held.rearm(&self.reactor);
     }
 
-    fn autoscale_one(&mut self, group: &str) {
+    fn autoscale_one(&mut self, group: &str, g: GroupNow) {
         let now = self.now;
         if self.autoscaler.cpu_due(group, now) {
-            let usec: Vec<(usize, u64)> = self
-                .core
-                .group_members(group)
-                .into_iter()
-                .filter_map(|i| Some((i, self.sandboxes.snapshot(i)?.stats.cpu_usec?)))
+            let usec: Vec<(usize, u64)> = g
+                .members
+                .iter()
+                .filter_map(|i| Some((*i, self.sandboxes.snapshot(*i)?.stats.cpu_usec?)))
                 .collect();
             self.autoscaler.cpu_read(group, &usec, now);
         }
-        let census = self.core.census(group);
         let queued = self.held.queued(group);
-        if let Some(s) = self.autoscaler.decide(group, census, queued, now) {
+        if let Some(s) = self.autoscaler.decide(group, g.census, queued, now) {
             self.core.autoscale(group, s.to, &s.why, now);
             self.update_network_members();
         }
@@ -93,26 +100,16 @@ impl Supervisor {
     /// each one that has no replica.
     pub(crate) fn autoscale_rows<'a>(&self, mut rows: Vec<StatusRow<'a>>) -> Vec<StatusRow<'a>> {
         let mut counts: HashMap<String, AutoscaleRow> = HashMap::new();
-        for group in self.autoscaler.groups() {
-            let Some(b) = self.autoscaler.bounds(&group) else {
+        for (group, g) in self.core.groups_now() {
+            let Some(b) = self.autoscaler.bounds(group) else {
                 continue;
             };
-            let census = self.core.census(&group);
-            let members = self.core.group_members(&group);
-            let running = members
-                .iter()
-                .filter(|i| {
-                    self.core
-                        .service(**i)
-                        .is_some_and(|s| matches!(s.phase, Phase::Running { .. }))
-                })
-                .count();
-            let row = count_row(census.wanted, running, b);
+            let row = count_row(g.census, b);
             // Once the last replica is gone (not while it stops).
-            if members.is_empty() {
-                rows.push(zero_row(group.clone(), row));
+            if g.members.is_empty() {
+                rows.push(zero_row(group.to_string(), row));
             }
-            counts.insert(group, row);
+            counts.insert(group.to_string(), row);
         }
         for r in rows.iter_mut() {
             if let Some(c) = r.group.as_deref().and_then(|g| counts.get(g)) {
@@ -123,10 +120,10 @@ impl Supervisor {
     }
 }
 
-fn count_row(desired: u32, running: usize, b: Bounds) -> AutoscaleRow {
+fn count_row(c: Census, b: Bounds) -> AutoscaleRow {
     AutoscaleRow {
-        desired,
-        running: u32::try_from(running).unwrap_or(u32::MAX),
+        desired: c.wanted,
+        running: c.running,
         min: b.min,
         max: b.max,
         pinned: b.pinned,

@@ -213,6 +213,7 @@ impl Supervisor {
 
     /// The supervisor's own numbers, now.
     fn own(&self) -> Own<'_> {
+        let groups = self.core.groups_now();
         Own {
             lines_dropped: self.outputs.lines_dropped(),
             sockets: self.held.accept_queues(),
@@ -223,7 +224,7 @@ impl Supervisor {
                 .into_iter()
                 .map(|(service, ups, downs)| Scaled {
                     service,
-                    desired: self.core.census(service).wanted,
+                    desired: groups.get(service).map_or(0, |g| g.census.wanted),
                     ups,
                     downs,
                 })

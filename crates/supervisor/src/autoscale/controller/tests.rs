@@ -90,6 +90,36 @@ fn nothing_is_decided_while_a_replica_starts_nor_above_max() {
 }
 
 #[test]
+fn a_queue_high_all_along_adds_the_next_replica_once_the_last_serves() {
+    let t0 = Instant::now();
+    let mut c = Controller::new(def(), t0);
+    let (at, _) = run(&mut c, census(1), queue(20), t0, 5000).unwrap();
+    assert_eq!(at, 500);
+    let t1 = t0 + Duration::from_millis(500);
+    let starting = Census {
+        wanted: 2,
+        settling: true,
+        ..Census::default()
+    };
+    assert_eq!(run(&mut c, starting, queue(20), t1, 300), None);
+    // It serves and the queue is still above: the next one once it had
+    // 200 ms to take what waited.
+    let t2 = t1 + Duration::from_millis(400);
+    assert_eq!(c.decide(census(2), queue(20), t2), None);
+    let t2 = t2 + Duration::from_millis(200);
+    assert_eq!(c.decide(census(2), queue(20), t2).unwrap().to, 3);
+    // A dip while it starts ends the window as any dip does.
+    assert_eq!(
+        c.decide(census(3), queue(0), t2 + Duration::from_millis(100)),
+        None
+    );
+    assert_eq!(
+        c.decide(census(3), queue(20), t2 + Duration::from_millis(200)),
+        None
+    );
+}
+
+#[test]
 fn down_by_one_after_down_after_never_below_min() {
     let t0 = Instant::now();
     let mut c = Controller::new(def(), t0);
