@@ -265,6 +265,8 @@ fn from_zero_the_first_connection_waits_for_a_replica_and_idle_goes_back_to_zero
     assert!(processes_matching("isola-test-payload").is_empty());
     let (_, table, _) = up.cli(&["status"]);
     assert!(table.contains("scaled to zero"), "{table}");
+    let (code, out, _) = up.cli(&["stop", "web"]);
+    assert_eq!((code, out.trim()), (0, "web: scaled to zero"));
     // The first request: accepted by the kernel into the held socket's
     // backlog, answered once replica 1 runs.
     let t = Instant::now();
@@ -395,5 +397,30 @@ fn a_bad_autoscale_starts_nothing() {
         TcpStream::connect(("127.0.0.1", 18384)).is_err(),
         "nothing bound"
     );
+    assert_clean();
+}
+
+#[test]
+fn replicas_busy_above_the_cpu_target_add_one() {
+    require_vm();
+    let port = 18385;
+    let mut s = svc("while :; do :; done", json!({}));
+    s["sockets"] = json!([{"name": "http", "listen": format!("tcp://127.0.0.1:{port}")}]);
+    s["autoscale"] =
+        json!({"min": 1, "max": 2, "cpu": "30%", "upAfterMs": 500, "downAfterMs": 600000});
+    let up = Up::start("autoscale-cpu", json!({"web": s}), &[]);
+    let t = Instant::now();
+    while !up
+        .status()
+        .iter()
+        .any(|r| r["name"] == "web.2" && r["state"] == "running")
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", up.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = up.stderr();
+    assert!(log.contains("web: scale 1 → 2: cpu "), "{log}");
+    assert_eq!(replicas(&up).0.len(), 2, "at max");
+    up.down();
     assert_clean();
 }

@@ -79,6 +79,12 @@ impl Supervisor {
             None if !self.core.group_members(name).is_empty() => {
                 (act.group)(&mut self.core, name, id, self.now)
             }
+            // No replica to act on: a connection starts one (or `isola
+            // scale NAME N`).
+            None if self.core.autoscaled(name).is_some() => {
+                let reply = Response::state(crate::lifecycle::State::ScaledToZero);
+                self.control.send(ctx!(self), id, &reply);
+            }
             None => {
                 let reply = no_such_service(act.verb, name);
                 self.control.send(ctx!(self), id, &reply);
