@@ -40,10 +40,25 @@ pub(crate) fn run(args: CheckArgs) -> Result<u8, Exit> {
             Some(rest) if rest > 0 => format!(" and {rest} more"),
             _ => String::new(),
         };
-        println!(
-            "{path}: ok (services in start order: {}{more})",
-            names.join(", ")
-        );
+        let scaled: Vec<String> = stack
+            .autoscaled
+            .iter()
+            .filter_map(|d| {
+                let a = d.policy.autoscale.as_ref()?;
+                Some(format!("{} {}–{}", d.name, a.min, a.max))
+            })
+            .collect();
+        let mut told = Vec::new();
+        if !names.is_empty() {
+            told.push(format!(
+                "services in start order: {}{more}",
+                names.join(", ")
+            ));
+        }
+        if !scaled.is_empty() {
+            told.push(format!("autoscaled: {}", scaled.join(", ")));
+        }
+        println!("{path}: ok ({})", told.join("; "));
     } else {
         common::load(path)?;
         println!("{path}: ok");
