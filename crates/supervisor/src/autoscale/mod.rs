@@ -15,7 +15,7 @@ pub mod controller;
 mod cpu;
 
 use controller::{Census, Controller, Readings, Scale};
-pub(crate) use cpu::CpuMeter;
+pub(crate) use cpu::{CpuMeter, Run};
 
 /// How often the queues are read while some service autoscales: a tenth
 /// of the shortest sensible `upAfterMs`, two syscalls per socket.
@@ -126,9 +126,9 @@ impl Autoscaler {
             .is_some_and(|g| g.ctl.def().cpu.is_some() && g.cpu_due <= now)
     }
 
-    /// The replicas' CPU time now (`usec` by service index): their
-    /// average since the last reading becomes the CPU reading.
-    pub(crate) fn cpu_read(&mut self, group: &str, usec: &[(usize, u64)], now: Instant) {
+    /// The replicas' CPU time now (`usec` by run): their average since
+    /// the last reading becomes the CPU reading.
+    pub(crate) fn cpu_read(&mut self, group: &str, usec: &[(Run, u64)], now: Instant) {
         if let Some(g) = self.groups.get_mut(group) {
             g.cpu_now = g.cpu.average(usec, now);
             g.cpu_due = now + CPU_EVERY;

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::autoscale::controller::Census;
-use crate::autoscale::Bounds;
+use crate::autoscale::{Bounds, Run};
 use crate::control::{AutoscaleRow, History, ScaleTo, StatusRow};
 use crate::lifecycle::{GroupNow, State};
 use crate::spec::sockets::MAX_REPLICAS;
@@ -22,6 +22,9 @@ impl Supervisor {
         let Some(group) = self.held.on_event(key).map(str::to_string) else {
             return;
         };
+        if self.core.shutting_down() {
+            return;
+        }
         self.autoscaler.arrived(&group);
         // With no replica, not a moment to lose: decided now, not at the
         // next readings.
@@ -33,7 +36,8 @@ impl Supervisor {
 
     /// The readings, when due: a decision for every autoscaled service.
     pub(crate) fn autoscale_turn(&mut self) {
-        if !self.autoscaler.due(self.now) {
+        // Going down: nothing more to scale.
+        if !self.autoscaler.due(self.now) || self.core.shutting_down() {
             return;
         }
         let groups: Vec<(String, GroupNow)> = self
@@ -51,10 +55,17 @@ impl Supervisor {
     fn autoscale_one(&mut self, group: &str, g: GroupNow) {
         let now = self.now;
         if self.autoscaler.cpu_due(group, now) {
-            let usec: Vec<(usize, u64)> = g
+            let usec: Vec<(Run, u64)> = g
                 .members
                 .iter()
-                .filter_map(|i| Some((*i, self.sandboxes.snapshot(*i)?.stats.cpu_usec?)))
+                .filter_map(|i| {
+                    let sb = self.sandboxes.snapshot(*i)?;
+                    let run = Run {
+                        service: *i,
+                        started_at_ms: sb.started_at_ms?,
+                    };
+                    Some((run, sb.stats.cpu_usec?))
+                })
                 .collect();
             self.autoscaler.cpu_read(group, &usec, now);
         }

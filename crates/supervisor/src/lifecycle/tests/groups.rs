@@ -21,20 +21,11 @@ fn autoscaled(services: Value) -> H {
     core.set_autoscaled(stack.autoscaled);
     let mut h = H { core, t0, now: t0 };
     h.start_all();
-    h.start_launched_all();
+    h.start_launched();
     h
 }
 
 impl H {
-    fn start_launched_all(&mut self) -> Vec<usize> {
-        let launched = self.launched();
-        for i in &launched {
-            let now = self.now;
-            self.core.started(*i, 100, now);
-        }
-        launched
-    }
-
     fn gone(&mut self, name: &str) {
         self.exited(name, 143);
     }
@@ -75,7 +66,7 @@ fn a_reload_keeps_the_count_within_the_new_bounds() {
     let now = h.at(100);
     h.core
         .autoscale("web", 3, "accept queue 9 > 4 for 500 ms", now);
-    h.start_launched_all();
+    h.start_launched();
     h.effects();
     // The same file: nothing moves.
     let mut again = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 4}}}));

@@ -12,7 +12,7 @@ fn overlap() -> Value {
 
 impl H {
     /// Report every launched init as started.
-    fn start_launched(&mut self) -> Vec<usize> {
+    pub(super) fn start_launched(&mut self) -> Vec<usize> {
         let launched = self.launched();
         for i in &launched {
             let now = self.now;
