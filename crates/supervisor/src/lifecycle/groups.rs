@@ -132,6 +132,9 @@ impl Core {
         why: Option<&str>,
         now: Instant,
     ) -> Result<u32, String> {
+        if self.shutting_down {
+            return Err(format!("{group}: the stack is going down"));
+        }
         let members = self.wanted(group);
         let template = members
             .first()
