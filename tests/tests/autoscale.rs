@@ -424,3 +424,67 @@ fn replicas_busy_above_the_cpu_target_add_one() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn a_trickle_of_requests_keeps_a_replica_from_zero() {
+    require_vm();
+    let port = 18386;
+    let scale = json!({"min": 0, "max": 2, "idleMs": 1500});
+    let up = Up::start(
+        "autoscale-trickle",
+        json!({"web": service(port, &[], scale)}),
+        &[],
+    );
+    wait_zero(&up);
+    // A request every 500 ms for 6 s: each is taken at once by the
+    // replica (its wakeup may come before ours); never idle for 1.5 s.
+    for _ in 0..12 {
+        assert_eq!(ask(port).as_deref(), Ok("1"), "{}", up.stderr());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!up.stderr().contains("→ 0"), "{}", up.stderr());
+    wait_zero(&up);
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn a_reload_keeps_a_pin_and_moves_the_watch_to_new_sockets() {
+    require_vm();
+    let (a, b) = (18387, 18388);
+    let scale = json!({"min": 1, "max": 2, "idleMs": 1000});
+    let up = Up::start(
+        "autoscale-reload",
+        json!({"web": service(a, &[], scale.clone())}),
+        &[],
+    );
+    up.wait_state("web.1", "running");
+    // Pinned at 0 though min is 1: a reload of the same file keeps it.
+    let (code, _, err) = up.cli(&["scale", "web", "0"]);
+    assert_eq!(code, 0, "{err}");
+    wait_zero(&up);
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = Instant::now();
+    while !up.stderr().contains("reloading the stack file") {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(wait_zero(&up)["autoscale"]["pinned"], 0);
+    // Back to auto, min 0, on another port: the new socket wakes it, the
+    // old one is closed.
+    let (code, _, _) = up.cli(&["scale", "web", "auto"]);
+    assert_eq!(code, 0);
+    let zero = json!({"min": 0, "max": 2, "idleMs": 1000});
+    up.write_stack(&json!({"web": service(b, &[], zero)}));
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", a)).is_ok() {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", up.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_zero(&up);
+    assert_eq!(ask(b).as_deref(), Ok("1"), "{}", up.stderr());
+    up.down();
+    assert_clean();
+}

@@ -315,6 +315,32 @@ fn bad_autoscale_fields_are_refused_naming_the_field() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(&want), "{fields}: want {want:?} in {err}");
     }
+    // The CPU target reads the replicas' cgroups: not with --no-cgroup.
+    let stack = format!(
+        r#"{{"services": {{"web": {{"process": {{"args": ["true"]}}, {sockets}, "autoscale": {{"max": 2, "cpu": "50%"}}}}}}}}"#
+    );
+    let tmp = std::env::temp_dir().join(format!("isola-cli-ascpu-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (file, sock) = (tmp.join("s.json"), tmp.join("s.sock"));
+    std::fs::write(&file, stack).unwrap();
+    let out = isola(
+        &[
+            "up",
+            "--no-cgroup",
+            "--socket",
+            sock.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("services.web.autoscale.cpu: conflicts with --no-cgroup"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "nothing left behind");
+    std::fs::remove_dir_all(&tmp).unwrap();
     let out = isola(&["scale", "--socket", "/nonexistent", "web", "lots"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lots: a number of replicas or auto"));

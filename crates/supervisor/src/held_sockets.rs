@@ -13,9 +13,9 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr,
 };
 
+use isola_runtime::listen::signal_arrivals;
 use isola_runtime::sock_diag::UnixDiag;
 
-use crate::shell::reactor::{Interest, Part, Reactor, Token};
 use crate::spec::sockets::{Address, SocketDef};
 use crate::spec::stack::ServiceDef;
 
@@ -25,21 +25,47 @@ struct SocketSet {
     held: Vec<Held>,
     /// Their names, `:`-separated (`LISTEN_FDNAMES`).
     names: String,
-    /// Its listeners in the epoll set, for the autoscaler (see `watch`).
+    /// Its listeners' arrivals told, for the autoscaler (see `watch`).
     watch: Watch,
-    /// Its events' key.
-    key: u64,
 }
 
-/// Whether a set's listeners wake the loop when a connection comes.
+/// Whether a set's listeners tell the loop when a connection comes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Watch {
     #[default]
     Off,
-    /// In the set, one-shot: the next connection wakes the loop once.
+    /// `SIGIO` at the next connection.
     Armed,
-    /// Woke it; armed again at the next readings.
+    /// Told once; armed again at the next readings (a busy service sends
+    /// one signal per reading, not one per connection).
     Fired,
+}
+
+/// The sock_diag socket unix listeners' queues are read with.
+#[derive(Debug, Default)]
+enum Diag {
+    #[default]
+    Unopened,
+    Ready(UnixDiag),
+    /// It failed once: not asked again (a kernel without `unix_diag`
+    /// would run modprobe at every request, in the loop).
+    Broken,
+}
+
+impl Diag {
+    fn accept_queue(&mut self, fd: BorrowedFd<'_>) -> Result<u32, nix::errno::Errno> {
+        if matches!(self, Diag::Unopened) {
+            *self = UnixDiag::open().map_or(Diag::Broken, Diag::Ready);
+        }
+        let Diag::Ready(d) = self else {
+            return Err(nix::errno::Errno::ENOENT);
+        };
+        let q = d.accept_queue(fd);
+        if q.is_err() {
+            *self = Diag::Broken;
+        }
+        q.map(|q| q.queued)
+    }
 }
 
 /// Held sockets by service (a replica's group) name.
@@ -47,7 +73,7 @@ enum Watch {
 pub(crate) struct HeldSockets {
     sets: HashMap<String, SocketSet>,
     /// Asks unix listeners' queues (opened when first needed).
-    diag: Option<UnixDiag>,
+    diag: Diag,
 }
 
 impl HeldSockets {
@@ -65,10 +91,7 @@ impl HeldSockets {
             if d.policy.sockets.is_empty() || out.sets.contains_key(group) {
                 continue;
             }
-            let mut set = SocketSet {
-                key: out.sets.len() as u64,
-                ..SocketSet::default()
-            };
+            let mut set = SocketSet::default();
             for (k, s) in d.policy.sockets.iter().enumerate() {
                 let held = match fresh.remove(&(group.to_string(), k)) {
                     Some(h) => h,
@@ -151,55 +174,55 @@ impl HeldSockets {
         out
     }
 
-    /// Wake the loop (`Part::Sockets`) when a connection comes to one of
-    /// `group`'s listeners (`on`), or no more. One-shot: at most once
-    /// between two [`HeldSockets::rearm`]s, however busy the service —
-    /// while nothing runs, the first connection is what counts.
-    pub(crate) fn watch(&mut self, reactor: &Reactor, group: &str, on: bool) {
+    /// Tell the loop (`SIGIO`, the fd in its info: see
+    /// `listen::signal_arrivals`) when a connection comes to one of
+    /// `group`'s listeners (`on`), or no more. Unlike a readiness wakeup,
+    /// it is sent for a connection a replica accepts before the loop looks.
+    pub(crate) fn watch(&mut self, group: &str, on: bool) {
         let Some(set) = self.sets.get_mut(group) else {
             return;
         };
-        match (set.watch, on) {
-            (Watch::Off, true) => {
-                let token = Token::new(Part::Sockets, set.key);
-                let added = set
-                    .listeners()
-                    .all(|fd| reactor.add(fd, token, Interest::ReadOnce).is_ok());
-                // A listener not in the set: its arrivals are seen at
-                // the next readings, from its queue.
-                set.watch = if added { Watch::Armed } else { Watch::Off };
-            }
-            (Watch::Armed | Watch::Fired, false) => {
-                set.listeners().for_each(|fd| reactor.remove(fd));
-                set.watch = Watch::Off;
-            }
-            _ => {}
-        }
+        // A listener that cannot be set: its arrivals are seen at the
+        // next readings, from its queue.
+        set.listeners().for_each(|fd| {
+            let _unset = signal_arrivals(fd, on);
+        });
+        set.watch = if on { Watch::Armed } else { Watch::Off };
     }
 
-    /// Out of the epoll set, every one (before `self` is replaced by a
-    /// reload's set, which closes what it does not keep).
-    pub(crate) fn unwatch_all(&mut self, reactor: &Reactor) {
+    /// No more signals from any (before `self` is replaced by a reload's
+    /// set: a socket it closes may stay open in the payloads, and must not
+    /// signal with an fd number that is no longer its own).
+    pub(crate) fn unwatch_all(&mut self) {
         let groups: Vec<String> = self.sets.keys().cloned().collect();
         for g in groups {
-            self.watch(reactor, &g, false);
+            self.watch(&g, false);
         }
     }
 
-    /// A watched listener woke the loop: whose it is.
-    pub(crate) fn on_event(&mut self, key: u64) -> Option<&str> {
-        let (group, set) = self.sets.iter_mut().find(|(_, s)| s.key == key)?;
-        set.watch = Watch::Fired;
+    /// `SIGIO` came for listener `fd`: whose it is. Its set is quiet until
+    /// the next readings.
+    pub(crate) fn on_signal(&mut self, fd: RawFd) -> Option<&str> {
+        let (group, set) = self
+            .sets
+            .iter_mut()
+            .find(|(_, s)| s.watch != Watch::Off && s.listeners().any(|l| l.as_raw_fd() == fd))?;
+        if set.watch == Watch::Armed {
+            set.listeners().for_each(|fd| {
+                let _unset = signal_arrivals(fd, false);
+            });
+            set.watch = Watch::Fired;
+        }
         Some(group)
     }
 
-    /// Arm again the listeners that fired.
-    pub(crate) fn rearm(&mut self, reactor: &Reactor) {
-        for set in self.sets.values_mut().filter(|s| s.watch == Watch::Fired) {
-            let token = Token::new(Part::Sockets, set.key);
-            for fd in set.listeners() {
-                let _gone = reactor.modify(fd, token, Interest::ReadOnce);
-            }
+    /// At the readings: every watched listener armed again (a payload may
+    /// have cleared `O_ASYNC` on the file it shares with us).
+    pub(crate) fn rearm(&mut self) {
+        for set in self.sets.values_mut().filter(|s| s.watch != Watch::Off) {
+            set.listeners().for_each(|fd| {
+                let _unset = signal_arrivals(fd, true);
+            });
             set.watch = Watch::Armed;
         }
     }
@@ -214,20 +237,42 @@ impl HeldSockets {
         let mut total = 0u32;
         for h in &set.held {
             let q = match h.def.address {
-                Address::Tcp(_) => isola_runtime::listen::accept_queue(h.fd.as_fd()).ok(),
-                Address::Unix(_) => {
-                    if self.diag.is_none() {
-                        self.diag = UnixDiag::open().ok();
-                    }
-                    self.diag
-                        .as_mut()
-                        .and_then(|d| d.accept_queue(h.fd.as_fd()).ok())
-                }
+                Address::Tcp(_) => isola_runtime::listen::accept_queue(h.fd.as_fd())
+                    .map(|q| q.queued)
+                    .ok(),
+                Address::Unix(_) => self.diag.accept_queue(h.fd.as_fd()).ok(),
                 Address::Udp(_) => None,
             };
-            total = total.saturating_add(q.map_or(0, |q| q.queued));
+            total = total.saturating_add(q.unwrap_or(0));
         }
         total
+    }
+
+    /// Can the queues of `groups`' unix listeners be read? Asked once at
+    /// load, so a kernel without sock_diag for unix sockets is told then,
+    /// not found out by a service that never scales.
+    pub(crate) fn check_unix_queues<'a>(
+        &mut self,
+        groups: impl Iterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        for g in groups {
+            let Some(set) = self.sets.get(g) else {
+                continue;
+            };
+            for (k, h) in set.held.iter().enumerate() {
+                if !matches!(h.def.address, Address::Unix(_)) {
+                    continue;
+                }
+                if let Err(e) = self.diag.accept_queue(h.fd.as_fd()) {
+                    return Err(format!(
+                        "services.{g}.sockets[{k}]: {}: its accept queue cannot be read (sock_diag: {}; the kernel's unix_diag module is needed to autoscale on a unix socket)",
+                        h.def.listen,
+                        e.desc()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     #[cfg(test)]

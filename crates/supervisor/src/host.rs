@@ -163,7 +163,7 @@ fn health_fds(def: &ServiceDef) -> u64 {
 
 /// Sockets the supervisor holds (once per service, however many replicas
 /// share them) and fd stores at their limit.
-fn held_fds(defs: &[ServiceDef]) -> u64 {
+fn held_fds<'a>(defs: impl Iterator<Item = &'a ServiceDef>) -> u64 {
     let mut groups = std::collections::HashSet::new();
     let mut n = 0u64;
     for d in defs {
@@ -179,9 +179,24 @@ fn held_fds(defs: &[ServiceDef]) -> u64 {
 /// starts, in one line with the numbers and the fix — rather than let
 /// thousands of services fail one by one. Returns how many running
 /// services may keep their stat files open in the fds left spare.
-pub(crate) fn check_capacity(defs: &[ServiceDef]) -> Result<usize, UpError> {
-    let services = defs.len();
-    let budget = FdBudget::of(defs);
+///
+/// An autoscaled service counts at its `max`: the stack must run whole at
+/// its largest.
+pub(crate) fn check_capacity(
+    defs: &[ServiceDef],
+    autoscaled: &[ServiceDef],
+) -> Result<usize, UpError> {
+    // The replicas the file has, and the rest of each autoscaled
+    // service's `max` (its definition as written stands for them).
+    let more = autoscaled.iter().flat_map(|a| {
+        let max = a.policy.autoscale.as_ref().map_or(0, |s| s.max);
+        let min = a.policy.autoscale.as_ref().map_or(0, |s| s.min);
+        // At zero the sockets are held still: counted once at least.
+        std::iter::repeat_n(a, (max - min).max(1) as usize)
+    });
+    let all: Vec<&ServiceDef> = defs.iter().chain(more).collect();
+    let services = all.len();
+    let budget = FdBudget::of(&all);
     let spare = budget.check(services)?;
     check_tasks(services)?;
     Ok(usize::try_from(spare.min(budget.services)).unwrap_or(services))
@@ -199,7 +214,7 @@ struct FdBudget {
 }
 
 impl FdBudget {
-    fn of(defs: &[ServiceDef]) -> FdBudget {
+    fn of(defs: &[&ServiceDef]) -> FdBudget {
         let n = u64::try_from(defs.len()).unwrap_or(u64::MAX);
         let merged = defs
             .iter()
@@ -209,8 +224,8 @@ impl FdBudget {
         FdBudget {
             services: n,
             pipes: n * FDS_PER_RUNNING - merged,
-            health: defs.iter().map(health_fds).sum(),
-            held: held_fds(defs),
+            health: defs.iter().map(|d| health_fds(d)).sum(),
+            held: held_fds(defs.iter().copied()),
             logs: n.min(crate::outputs::LOGS_OPEN as u64),
             separate: n - merged,
         }

@@ -88,6 +88,9 @@ pub struct Core {
     orphans: Vec<usize>,
     /// Autoscaled services as written, by name (see `groups`).
     templates: HashMap<String, ServiceDef>,
+    /// What the loop adds to a replica made from one of them (its notify
+    /// socket and files are its own, by its name).
+    complete: Box<dyn Fn(&mut ServiceDef)>,
 }
 
 impl Core {
@@ -121,6 +124,7 @@ impl Core {
             free: Vec::new(),
             orphans: Vec::new(),
             templates: HashMap::new(),
+            complete: Box::new(|_| {}),
         }
     }
 

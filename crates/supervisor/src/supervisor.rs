@@ -36,7 +36,7 @@ use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Ctx, Input, Outbox};
 use crate::shell::loading::{
-    add_to_all, block_signals, check_stack, claim_group, networks_for, read_stack,
+    add_to_all, block_signals, check_stack, claim_group, hold_sockets, networks_for, read_stack,
     spawner_and_stack, Checked, Loading, Prepared,
 };
 use crate::shell::loop_lag::LoopLag;
@@ -170,9 +170,7 @@ impl Supervisor {
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Start)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
-        let held = HeldSockets::default()
-            .open_all(&stack.with_autoscaled())
-            .map_err(UpError::Setup)?;
+        let held = hold_sockets(&mut HeldSockets::default(), &stack)?;
         let metrics = cfg
             .metrics
             .as_ref()
@@ -190,8 +188,7 @@ impl Supervisor {
         let networks = networks_for(&cfg, &stack.networks, &mut group)?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
-        let mut autoscaled = stack.autoscaled;
-        add_to_all(&additions, &mut autoscaled);
+        let autoscaled = stack.autoscaled;
         let prepared = Prepared {
             additions,
             defs,
@@ -260,7 +257,8 @@ impl Supervisor {
         let mut core = Core::new(p.defs, MAX_STARTING, seed);
         let mut autoscaler = Autoscaler::default();
         autoscaler.define(&p.autoscaled, Instant::now());
-        core.set_autoscaled(p.autoscaled);
+        let additions = p.additions.clone();
+        core.set_autoscaled(p.autoscaled, move |d| additions.add_to(d));
 
         let mut sup = Supervisor {
             reports: Reports::new(core.len(), cfg.echo),
@@ -352,7 +350,6 @@ impl Supervisor {
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Rules => self.on_trigger(key, how),
             Part::Names => self.on_name_query(key),
-            Part::Sockets => self.on_arrival(key),
             Part::Metrics => {
                 let scrapes = match self.metrics.server() {
                     Some(server) => server.on_event(ctx!(self), key, how),
@@ -424,11 +421,12 @@ impl Supervisor {
     }
 
     fn on_signals(&mut self) {
-        for sig in self.wakeups.signals.take() {
+        for caught in self.wakeups.signals.take() {
             self.now = Instant::now();
-            match sig {
+            match caught.signal {
                 Signal::SIGHUP => self.reload(),
                 Signal::SIGCHLD => self.reap_children(),
+                Signal::SIGIO => self.on_arrival(caught.fd),
                 _ => self.core.shutdown(None, self.now),
             }
             // What one signal told the core goes in before the next.

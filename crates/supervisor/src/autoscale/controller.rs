@@ -58,9 +58,10 @@ pub struct Controller {
     def: Autoscale,
     /// `isola scale NAME N`: the count a person fixed.
     pinned: Option<u32>,
-    /// Since when the service has been short of replicas, and by which
-    /// signal.
-    high_since: Option<(Instant, Signal)>,
+    /// Since when the queue has been above `backlog`, and the CPU above
+    /// its target: two windows, either may add replicas.
+    queue_since: Option<Instant>,
+    cpu_since: Option<Instant>,
     /// Since when it could do with one fewer.
     low_since: Option<Instant>,
     /// Since when every replica serves (none while one starts).
@@ -73,18 +74,13 @@ pub struct Controller {
 /// what waited for it yet.
 const SETTLE: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
-    Queue,
-    Cpu,
-}
-
 impl Controller {
     pub fn new(def: Autoscale, now: Instant) -> Controller {
         Controller {
             def,
             pinned: None,
-            high_since: None,
+            queue_since: None,
+            cpu_since: None,
             low_since: None,
             serving_since: None,
             last_arrival: now,
@@ -95,13 +91,20 @@ impl Controller {
         &self.def
     }
 
-    /// A reload's definition; the windows start again.
-    pub fn redefine(&mut self, def: Autoscale) {
+    /// A reload's definition; the windows and the idle time start again
+    /// (arrivals were not watched under a `min` above 0).
+    pub fn redefine(&mut self, def: Autoscale, now: Instant) {
         if def != self.def {
             self.def = def;
-            self.high_since = None;
-            self.low_since = None;
+            self.forget_windows();
+            self.last_arrival = now;
         }
+    }
+
+    fn forget_windows(&mut self) {
+        self.queue_since = None;
+        self.cpu_since = None;
+        self.low_since = None;
     }
 
     pub fn pinned(&self) -> Option<u32> {
@@ -111,8 +114,7 @@ impl Controller {
     /// `isola scale NAME N` (`Some`) or `isola scale NAME auto` (`None`).
     pub fn pin(&mut self, n: Option<u32>, now: Instant) {
         self.pinned = n;
-        self.high_since = None;
-        self.low_since = None;
+        self.forget_windows();
         self.last_arrival = now;
     }
 
@@ -128,8 +130,7 @@ impl Controller {
             self.last_arrival = now;
         }
         if self.pinned.is_some() || c.stopped {
-            self.high_since = None;
-            self.low_since = None;
+            self.forget_windows();
             return None;
         }
         let n = c.wanted;
@@ -175,49 +176,47 @@ impl Controller {
     /// `serving_since`: the queue a new replica found is only judged once
     /// it had a moment to take it (`SETTLE`).
     fn up(&mut self, n: u32, r: Readings, serving_since: Instant, now: Instant) -> Option<Scale> {
-        let signal = if r.queued > self.def.backlog {
-            Signal::Queue
-        } else if r.cpu.zip(self.def.cpu).is_some_and(|(c, t)| c > t) {
-            Signal::Cpu
-        } else {
-            self.high_since = None;
-            return None;
-        };
-        self.low_since = None;
-        let since = match self.high_since {
-            Some((t, s)) if s == signal => t,
-            _ => {
-                self.high_since = Some((now, signal));
-                now
+        let queue_high = r.queued > self.def.backlog;
+        let cpu_high = r.cpu.zip(self.def.cpu).filter(|(c, t)| c > t);
+        let held = |since: &mut Option<Instant>, high: bool| {
+            if !high {
+                *since = None;
+                return None;
             }
+            let held = now.saturating_duration_since(*since.get_or_insert(now));
+            Some(held)
         };
-        let held = now.saturating_duration_since(since);
+        let queue_held = held(&mut self.queue_since, queue_high);
+        let cpu_held = held(&mut self.cpu_since, cpu_high.is_some());
+        if queue_high || cpu_high.is_some() {
+            self.low_since = None;
+        }
         let settled = now.saturating_duration_since(serving_since) >= SETTLE.min(self.def.up_after);
-        if held < self.def.up_after || !settled || n >= self.def.max {
+        if !settled || n >= self.def.max {
             return None;
         }
-        let (to, why) = match signal {
-            Signal::Queue => (
-                n + 1,
-                format!(
-                    "accept queue {} > {} for {}",
-                    r.queued,
-                    self.def.backlog,
-                    ms(held)
-                ),
-            ),
-            Signal::Cpu => {
-                let (cpu, target) = r.cpu.zip(self.def.cpu)?;
-                // ceil(n·cpu/target): the fewest replicas at which the
-                // same work would be at the target; one more at least.
-                let work = f64::from(n) * cpu;
-                let to = (n + 1..self.def.max)
-                    .find(|k| f64::from(*k) * target >= work)
-                    .unwrap_or(self.def.max);
-                (to, format!("cpu {cpu:.0}% > {target:.0}% for {}", ms(held)))
-            }
-        };
-        self.scale(n, to.min(self.def.max), why)
+        let due = |h: Option<Duration>| h.filter(|h| *h >= self.def.up_after);
+        if let (Some((cpu, target)), Some(held)) = (cpu_high, due(cpu_held)) {
+            // ceil(n·cpu/target): the fewest replicas at which the same
+            // work would be at the target; one more at least.
+            let work = f64::from(n) * cpu;
+            let to = (n + 1..self.def.max)
+                .find(|k| f64::from(*k) * target >= work)
+                .unwrap_or(self.def.max);
+            // The CPU of the count that was: judged again on readings of
+            // the new count only.
+            self.cpu_since = None;
+            let why = format!("cpu {cpu:.0}% > {target:.0}% for {}", ms(held));
+            return self.scale(n, to, why);
+        }
+        let held = due(queue_held)?;
+        let why = format!(
+            "accept queue {} > {} for {}",
+            r.queued,
+            self.def.backlog,
+            ms(held)
+        );
+        self.scale(n, n + 1, why)
     }
 
     fn down(&mut self, n: u32, r: Readings, now: Instant) -> Option<Scale> {
@@ -251,10 +250,13 @@ impl Controller {
         self.scale(n, n - 1, why)
     }
 
+    /// A change of the count. After one up the queue's window goes on (a
+    /// surge adds a replica per start); after one down every window starts
+    /// again.
     fn scale(&mut self, from: u32, to: u32, why: String) -> Option<Scale> {
         self.low_since = None;
         if to < from {
-            self.high_since = None;
+            self.forget_windows();
         }
         (from != to).then_some(Scale { from, to, why })
     }

@@ -20,7 +20,8 @@ pub(crate) use cpu::{CpuMeter, Run};
 /// How often the queues are read while some service autoscales: a tenth
 /// of the shortest sensible `upAfterMs`, two syscalls per socket.
 pub(crate) const READINGS_EVERY: Duration = Duration::from_millis(100);
-/// How often the replicas' CPU is read (a cgroup file per replica).
+/// How often the replicas' CPU is read for the `cpu` target (a cgroup
+/// file per replica).
 const CPU_EVERY: Duration = Duration::from_secs(1);
 
 /// One autoscaled service.
@@ -66,7 +67,7 @@ impl Autoscaler {
                 continue;
             };
             match self.groups.get_mut(&d.name) {
-                Some(g) => g.ctl.redefine(a),
+                Some(g) => g.ctl.redefine(a, now),
                 None => {
                     self.groups.insert(
                         d.name.clone(),
@@ -153,6 +154,11 @@ impl Autoscaler {
         let s = g.ctl.decide(census, readings, now)?;
         if s.to > s.from {
             g.ups += 1;
+            // The CPU of the count that was says nothing of the new one:
+            // read afresh (two readings) before it counts again.
+            g.cpu = CpuMeter::default();
+            g.cpu_now = None;
+            g.cpu_due = now;
         } else {
             g.downs += 1;
         }
@@ -169,6 +175,14 @@ impl Autoscaler {
             }
             None => false,
         }
+    }
+
+    /// The services whose count a person pinned, and the count.
+    pub(crate) fn pins(&self) -> Vec<(String, u32)> {
+        self.groups
+            .iter()
+            .filter_map(|(name, g)| Some((name.clone(), g.ctl.pinned()?)))
+            .collect()
     }
 
     pub(crate) fn bounds(&self, group: &str) -> Option<Bounds> {
@@ -189,5 +203,62 @@ impl Autoscaler {
             .collect();
         out.sort_unstable();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::autoscale::Autoscale;
+
+    fn def(name: &str, a: Autoscale) -> ServiceDef {
+        let text = serde_json::json!({"services": {name: {
+            "process": {"args": ["true"]},
+            "sockets": [{"name": "h", "listen": "tcp://127.0.0.1:18997"}],
+            "autoscale": {"max": 8}}}})
+        .to_string();
+        let mut s = crate::spec::stack::parse(&text, std::path::Path::new("/")).unwrap();
+        let mut d = s.autoscaled.remove(0);
+        d.policy.autoscale = Some(a);
+        d
+    }
+
+    fn bounds(min: u32, cpu: Option<f64>) -> Autoscale {
+        Autoscale {
+            min,
+            max: 8,
+            backlog: 4,
+            cpu,
+            up_after: Duration::from_millis(100),
+            down_after: Duration::from_secs(60),
+            idle: Duration::from_millis(500),
+        }
+    }
+
+    fn busy(n: usize) -> Census {
+        Census {
+            wanted: u32::try_from(n).unwrap(),
+            ..Census::default()
+        }
+    }
+
+    #[test]
+    fn after_a_cpu_scale_up_the_cpu_is_read_afresh() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::default();
+        a.define(&[def("web", bounds(1, Some(50.0)))], t0);
+        let run = |k: u64| Run {
+            service: 1,
+            started_at_ms: k,
+        };
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        a.cpu_read("web", &[(run(0), 0)], at(0));
+        a.cpu_read("web", &[(run(0), 1_000_000)], at(1000));
+        assert_eq!(a.decide("web", busy(1), 0, at(1000)), None);
+        let s = a.decide("web", busy(1), 0, at(1200)).expect("100% > 50%");
+        assert_eq!(s.to, 2);
+        // Nothing to go by until two fresh readings.
+        assert!(a.cpu_due("web", at(1200)));
+        assert_eq!(a.decide("web", busy(2), 0, at(2000)), None);
     }
 }

@@ -8,7 +8,7 @@
 //! count the group has (the stack file says the bounds, not the count).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::rollout::replica_number;
 use super::{Core, Down, Intent, Phase, ServiceDef};
@@ -23,10 +23,23 @@ pub struct GroupNow {
 }
 
 impl Core {
-    /// The autoscaled services' definitions, from the stack file (at
-    /// start and at each reload, before `reload`).
-    pub fn set_autoscaled(&mut self, defs: Vec<ServiceDef>) {
+    /// The autoscaled services' definitions, from the stack file as read
+    /// (at start and at each reload, before `reload`), and what completes
+    /// a replica made from one.
+    pub fn set_autoscaled(
+        &mut self,
+        defs: Vec<ServiceDef>,
+        complete: impl Fn(&mut ServiceDef) + 'static,
+    ) {
         self.templates = defs.into_iter().map(|d| (d.name.clone(), d)).collect();
+        self.complete = Box::new(complete);
+    }
+
+    /// Replica `k` of `t` (a group's definition), completed.
+    fn made_replica(&self, t: &ServiceDef, k: u32) -> Option<ServiceDef> {
+        let mut d = t.replica(k)?;
+        (self.complete)(&mut d);
+        Some(d)
     }
 
     /// Is `name` an autoscaled service?
@@ -44,25 +57,15 @@ impl Core {
     fn wanted(&self, group: &str) -> Vec<usize> {
         self.group_members(group)
             .into_iter()
-            .filter(|i| {
-                !self.service(*i).is_some_and(|s| {
-                    matches!(
-                        s.phase,
-                        Phase::Stopping {
-                            intent: Intent::Remove,
-                            ..
-                        }
-                    )
-                })
-            })
+            .filter(|i| !self.service(*i).is_some_and(|s| removed(s.phase)))
             .collect()
     }
 
     /// What the autoscaler is told of `group` (the loop takes every
     /// group's at once: `groups_now`).
     #[cfg(test)]
-    pub fn census(&self, group: &str) -> Census {
-        self.groups_now()
+    pub fn census(&self, group: &str, now: Instant) -> Census {
+        self.groups_now(now)
             .remove(group)
             .map(|g| g.census)
             .unwrap_or_default()
@@ -70,7 +73,7 @@ impl Core {
 
     /// Every autoscaled group's census and replicas, in one pass over the
     /// services (a reading of a thousand groups is not a thousand passes).
-    pub fn groups_now(&self) -> HashMap<&str, GroupNow> {
+    pub fn groups_now(&self, now: Instant) -> HashMap<&str, GroupNow> {
         let mut out: HashMap<&str, GroupNow> = self
             .templates
             .keys()
@@ -89,20 +92,19 @@ impl Core {
                 continue;
             }
             g.members.push(i);
-            if matches!(
-                s.phase,
-                Phase::Stopping {
-                    intent: Intent::Remove,
-                    ..
-                }
-            ) {
+            if removed(s.phase) {
                 continue;
             }
+            // Starting, or not ready yet — for `readyTimeoutMs` at most: a
+            // replica that never gets ready does not hold every decision.
+            let limit = Duration::from_millis(s.def.policy.restart.ready_timeout_ms);
+            let young = |since: Instant| now.saturating_duration_since(since) < limit;
             let c = &mut g.census;
             c.wanted += 1;
             c.settling |= match s.phase {
-                Phase::Queued | Phase::Launching { .. } => true,
-                Phase::Running { .. } => !Self::serving(s),
+                Phase::Queued => true,
+                Phase::Launching { since, .. } => young(since),
+                Phase::Running { since } => !Self::serving(s) && young(since),
                 _ => false,
             };
             c.stopped |= s.phase == Phase::Down(Down::Stopped);
@@ -119,9 +121,16 @@ impl Core {
         Ok(format!("{group}: {have} → {n} replicas"))
     }
 
-    /// The autoscaler's decision: `to` replicas, because `why`.
-    pub fn autoscale(&mut self, group: &str, to: u32, why: &str, now: Instant) {
-        let _not_a_group_any_more = self.resize(group, to, Some(why), now);
+    /// The autoscaler's decision (or a pin): `to` replicas, because
+    /// `why`. Refused while the stack goes down.
+    pub fn autoscale(
+        &mut self,
+        group: &str,
+        to: u32,
+        why: &str,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.resize(group, to, Some(why), now).map(|_| ())
     }
 
     /// `n` replicas of `group`; how many it had.
@@ -136,17 +145,21 @@ impl Core {
             return Err(format!("{group}: the stack is going down"));
         }
         let members = self.wanted(group);
-        let template = members
-            .first()
-            .and_then(|i| self.service(*i))
-            .map(|s| &s.def)
-            .or_else(|| self.templates.get(group))
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "{group}: not a replicated service (give it \"replicas\" in the stack file)"
-                )
-            })?;
+        // An autoscaled group's definition as written, completed per
+        // replica; else (replicas: N) the first replica's.
+        let (template, made) = match self.templates.get(group) {
+            Some(t) => (Some(t), true),
+            None => (
+                members
+                    .first()
+                    .and_then(|i| self.service(*i))
+                    .map(|s| &s.def),
+                false,
+            ),
+        };
+        let template = template.cloned().ok_or_else(|| {
+            format!("{group}: not a replicated service (give it \"replicas\" in the stack file)")
+        })?;
         let have = members.len();
         let want = n as usize;
         let msg = match why {
@@ -169,7 +182,11 @@ impl Core {
                 while numbered.iter().any(|(x, _)| *x == k) || self.taken(group, k) {
                     k += 1;
                 }
-                if let Some(def) = template.replica(k) {
+                let def = match made {
+                    true => self.made_replica(&template, k),
+                    false => template.replica(k),
+                };
+                if let Some(def) = def {
                     let i = self.add_service(def);
                     self.enter(i, Phase::Queued);
                     numbered.push((k, i));
@@ -211,9 +228,24 @@ impl Core {
                     .iter()
                     .any(|d| d.replica_number() == Some(k) && d.group_name() == group)
                 {
-                    defs.extend(t.replica(k));
+                    defs.extend(self.made_replica(t, k));
                 }
             }
         }
     }
+}
+
+/// On its way out of the group: stopping to be removed, or asked to be
+/// while its init still sets up.
+fn removed(p: Phase) -> bool {
+    matches!(
+        p,
+        Phase::Stopping {
+            intent: Intent::Remove,
+            ..
+        } | Phase::Launching {
+            then: Some(Intent::Remove),
+            ..
+        }
+    )
 }

@@ -1,13 +1,15 @@
 //! The autoscaler at work in the loop: every `READINGS_EVERY` the queues
 //! of the autoscaled services' held sockets (and, once a second for those
 //! that scale on it, their replicas' CPU) go to their controllers, and a
-//! decision goes to the core as a scale. A connection to a service with
-//! no replica is not left for the next readings: the held listener wakes
-//! the loop (`Part::Sockets`) and the first replica starts at once, the
-//! connection waiting in the backlog until it accepts.
+//! decision goes to the core as a scale. A connection to a service that
+//! may scale to zero is told by `SIGIO` (its held listener's, through the
+//! loop's signalfd): with no replica it starts one at once, the
+//! connection waiting in the backlog until it accepts; with some it keeps
+//! the service from being idle.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::RawFd;
 
 use crate::autoscale::controller::Census;
 use crate::autoscale::{Bounds, Run};
@@ -17,9 +19,9 @@ use crate::spec::sockets::MAX_REPLICAS;
 use crate::supervisor::Supervisor;
 
 impl Supervisor {
-    /// A watched listener woke the loop: a connection came.
-    pub(crate) fn on_arrival(&mut self, key: u64) {
-        let Some(group) = self.held.on_event(key).map(str::to_string) else {
+    /// `SIGIO` for held listener `fd`: a connection came.
+    pub(crate) fn on_arrival(&mut self, fd: RawFd) {
+        let Some(group) = self.held.on_signal(fd).map(str::to_string) else {
             return;
         };
         if self.core.shutting_down() {
@@ -28,7 +30,7 @@ impl Supervisor {
         self.autoscaler.arrived(&group);
         // With no replica, not a moment to lose: decided now, not at the
         // next readings.
-        let now = self.core.groups_now().remove(group.as_str());
+        let now = self.core.groups_now(self.now).remove(group.as_str());
         if let Some(g) = now.filter(|g| g.census.wanted == 0) {
             self.autoscale_one(&group, g);
         }
@@ -42,38 +44,44 @@ impl Supervisor {
         }
         let groups: Vec<(String, GroupNow)> = self
             .core
-            .groups_now()
+            .groups_now(self.now)
             .into_iter()
             .map(|(name, g)| (name.to_string(), g))
             .collect();
         for (group, g) in groups {
             self.autoscale_one(&group, g);
         }
-        self.held.rearm(&self.reactor);
+        self.held.rearm();
     }
 
     fn autoscale_one(&mut self, group: &str, g: GroupNow) {
         let now = self.now;
         if self.autoscaler.cpu_due(group, now) {
-            let usec: Vec<(Run, u64)> = g
-                .members
-                .iter()
-                .filter_map(|i| {
-                    let sb = self.sandboxes.snapshot(*i)?;
-                    let run = Run {
-                        service: *i,
-                        started_at_ms: sb.started_at_ms?,
-                    };
-                    Some((run, sb.stats.cpu_usec?))
-                })
-                .collect();
+            let usec = self.replica_cpu(&g.members);
             self.autoscaler.cpu_read(group, &usec, now);
         }
         let queued = self.held.queued(group);
         if let Some(s) = self.autoscaler.decide(group, g.census, queued, now) {
-            self.core.autoscale(group, s.to, &s.why, now);
+            // Refused only while the stack goes down, which this turn
+            // does not see start.
+            let _going_down = self.core.autoscale(group, s.to, &s.why, now);
             self.update_network_members();
         }
+    }
+
+    /// Each running replica's CPU time, by run (none without a cgroup).
+    fn replica_cpu(&self, members: &[usize]) -> Vec<(Run, u64)> {
+        members
+            .iter()
+            .filter_map(|i| {
+                let sb = self.sandboxes.snapshot(*i)?;
+                let run = Run {
+                    service: *i,
+                    started_at_ms: sb.started_at_ms?,
+                };
+                Some((run, sb.stats.cpu_usec?))
+            })
+            .collect()
     }
 
     /// Which held sockets wake the loop on a connection: those of the
@@ -82,7 +90,7 @@ impl Supervisor {
     pub(crate) fn watch_arrivals(&mut self) {
         for group in self.autoscaler.groups() {
             let on = self.autoscaler.watches_arrivals(&group);
-            self.held.watch(&self.reactor, &group, on);
+            self.held.watch(&group, on);
         }
     }
 
@@ -97,21 +105,41 @@ impl Supervisor {
             ScaleTo::Count(n) => Some(n),
             ScaleTo::Auto(_) => None,
         };
-        self.autoscaler.pin(name, n, self.now);
         if let Some(n) = n {
-            self.core
-                .autoscale(name, n, "pinned by isola scale", self.now);
+            if let Err(e) = self
+                .core
+                .autoscale(name, n, "pinned by isola scale", self.now)
+            {
+                return Some(Err(e));
+            }
             self.update_network_members();
         }
+        self.autoscaler.pin(name, n, self.now);
         self.watch_arrivals();
         Some(Ok(()))
+    }
+
+    /// After a reload, which counts by the file: the pinned counts again.
+    pub(crate) fn keep_pins(&mut self) {
+        let now = self.now;
+        for (group, n) in self.autoscaler.pins() {
+            let wanted = self
+                .core
+                .groups_now(now)
+                .get(group.as_str())
+                .map(|g| g.census.wanted);
+            if wanted.is_some_and(|w| w != n) {
+                let _going_down = self.core.autoscale(&group, n, "pinned by isola scale", now);
+            }
+        }
+        self.update_network_members();
     }
 
     /// `status` rows with the autoscaled services' counts, and a row for
     /// each one that has no replica.
     pub(crate) fn autoscale_rows<'a>(&self, mut rows: Vec<StatusRow<'a>>) -> Vec<StatusRow<'a>> {
         let mut counts: HashMap<String, AutoscaleRow> = HashMap::new();
-        for (group, g) in self.core.groups_now() {
+        for (group, g) in self.core.groups_now(self.now) {
             let Some(b) = self.autoscaler.bounds(group) else {
                 continue;
             };

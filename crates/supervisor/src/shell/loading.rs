@@ -41,29 +41,8 @@ pub(crate) enum Loading {
 
 /// What `new` and a reload check of a parsed stack, alike.
 pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<Checked, UpError> {
-    let ruled = stack
-        .services
-        .iter()
-        .chain(&stack.autoscaled)
-        .find(|d| !d.policy.resource_rules.is_empty());
-    if let (Some(d), true) = (ruled, cfg.no_cgroup) {
-        return Err(UpError::Spec(SpecError::new(
-            format!("services.{}.resourceRules", d.name),
-            "conflicts with --no-cgroup (rules read the sandbox's cgroup)",
-        )));
-    }
-    if let Some(d) = stack
-        .services
-        .iter()
-        .chain(&stack.autoscaled)
-        .find(|d| d.plan.has_resources())
-    {
-        if cfg.no_cgroup {
-            return Err(UpError::Spec(SpecError::new(
-                format!("services.{}.linux.resources", d.name),
-                "conflicts with --no-cgroup",
-            )));
-        }
+    if cfg.no_cgroup {
+        check_no_cgroup(&stack)?;
     }
     if when == Loading::Start && !cfg.no_cgroup {
         isola_runtime::cgroup::check_root(&cfg.cgroup_root)
@@ -71,8 +50,47 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
         isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
     }
     check_pressure(&stack)?;
-    let stats_cap = host::check_capacity(&stack.services)?;
+    let stats_cap = host::check_capacity(&stack.services, &stack.autoscaled)?;
     Ok(Checked { stack, stats_cap })
+}
+
+/// What reads or writes a sandbox's cgroup cannot be had with
+/// `--no-cgroup`: the first such field, named.
+fn check_no_cgroup(stack: &Stack) -> Result<(), UpError> {
+    let refuse = |field: String, why: &str| Err(UpError::Spec(SpecError::new(field, why)));
+    for d in stack.services.iter().chain(&stack.autoscaled) {
+        if !d.policy.resource_rules.is_empty() {
+            return refuse(
+                format!("services.{}.resourceRules", d.name),
+                "conflicts with --no-cgroup (rules read the sandbox's cgroup)",
+            );
+        }
+        if d.plan.has_resources() {
+            return refuse(
+                format!("services.{}.linux.resources", d.name),
+                "conflicts with --no-cgroup",
+            );
+        }
+        if d.policy.autoscale.as_ref().is_some_and(|a| a.cpu.is_some()) {
+            return refuse(
+                format!("services.{}.autoscale.cpu", d.group_name()),
+                "conflicts with --no-cgroup (the replicas' CPU is read from their cgroups)",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The stack's held sockets, `from`'s kept where the address is the same
+/// (nothing of `from` moves on an error), and the queues of the unix
+/// ones the autoscaler reads readable.
+pub(crate) fn hold_sockets(from: &mut HeldSockets, stack: &Stack) -> Result<HeldSockets, UpError> {
+    let mut held = from
+        .open_all(&stack.with_autoscaled())
+        .map_err(UpError::Setup)?;
+    held.check_unix_queues(stack.autoscaled.iter().map(|d| d.name.as_str()))
+        .map_err(UpError::Setup)?;
+    Ok(held)
 }
 
 /// A pressure rule needs the kernel's pressure stall information.
@@ -129,6 +147,8 @@ pub(crate) struct Prepared {
 pub(crate) fn block_signals() -> Result<(), UpError> {
     let mut mask = init::signal_set();
     mask.add(Signal::SIGPIPE);
+    // Held listeners' arrivals, read from the signalfd (`autoscale`).
+    mask.add(Signal::SIGIO);
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(setup("sigprocmask"))
 }

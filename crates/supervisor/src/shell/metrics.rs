@@ -213,7 +213,7 @@ impl Supervisor {
 
     /// The supervisor's own numbers, now.
     fn own(&self) -> Own<'_> {
-        let groups = self.core.groups_now();
+        let groups = self.core.groups_now(Instant::now());
         Own {
             lines_dropped: self.outputs.lines_dropped(),
             sockets: self.held.accept_queues(),

@@ -31,12 +31,9 @@ pub(crate) enum Part {
     Rules,
     /// The stack's nameserver (`networks`).
     Names,
-    /// Held listeners watched for arrivals (`held_sockets`, for the
-    /// autoscaler).
-    Sockets,
 }
 
-const PARTS: [Part; 11] = [
+const PARTS: [Part; 10] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -47,7 +44,6 @@ const PARTS: [Part; 11] = [
     Part::Metrics,
     Part::Rules,
     Part::Names,
-    Part::Sockets,
 ];
 
 const PART_SHIFT: u32 = 56;
@@ -92,8 +88,6 @@ pub(crate) enum Interest {
     Hangup,
     /// Priority events (a PSI trigger fired).
     Priority,
-    /// Readable, once: out of the running until modified again.
-    ReadOnce,
 }
 
 impl Interest {
@@ -104,7 +98,6 @@ impl Interest {
             Interest::ReadWrite => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
             Interest::Hangup => EpollFlags::EPOLLRDHUP,
             Interest::Priority => EpollFlags::EPOLLPRI,
-            Interest::ReadOnce => EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::held_sockets::HeldSockets;
 use crate::networks::{self, NetChange};
-use crate::shell::loading::{add_to_all, check_stack, Checked, Loading};
+use crate::shell::loading::{add_to_all, check_stack, hold_sockets, Checked, Loading};
 use crate::supervisor::ctx;
 use crate::supervisor::{load_stack, stack_name, Supervisor, UpError};
 use isola_runtime::SpecError;
@@ -23,7 +23,7 @@ impl Supervisor {
         };
         // Sockets no longer listed close here (the running payloads keep
         // their own copies until they stop); none is left in the epoll set.
-        self.held.unwatch_all(&self.reactor);
+        self.held.unwatch_all();
         self.held = held;
         self.sandboxes.set_stats_cap(checked.stats_cap);
         for w in &checked.stack.warnings {
@@ -48,14 +48,17 @@ impl Supervisor {
             .iter()
             .map(|d| (d.name.clone(), d.policy.logging.route(), d.replica_number()))
             .collect();
+        // As written: the core completes each replica it makes of them.
         let mut autoscaled = checked.stack.autoscaled;
-        add_to_all(&self.additions, &mut autoscaled);
         for def in &mut autoscaled {
             def.entry = None;
         }
         self.autoscaler.define(&autoscaled, self.now);
-        self.core.set_autoscaled(autoscaled);
+        let additions = self.additions.clone();
+        self.core
+            .set_autoscaled(autoscaled, move |d| additions.add_to(d));
         self.core.reload(defs, self.now);
+        self.keep_pins();
         self.watch_arrivals();
         // `logging` applies at once, to services the reload left running.
         for (name, route, replica) in routes {
@@ -80,10 +83,7 @@ impl Supervisor {
         let nets =
             networks::plan_change(self.networks.as_ref(), &stack_root, &checked.stack.networks)
                 .map_err(|e| UpError::Spec(SpecError::new("networks", e)))?;
-        let held = self
-            .held
-            .open_all(&checked.stack.with_autoscaled())
-            .map_err(UpError::Setup)?;
+        let held = hold_sockets(&mut self.held, &checked.stack)?;
         Ok((checked, held, nets))
     }
 }

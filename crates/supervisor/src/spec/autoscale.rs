@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::field;
 use super::rules::{percent, MAX_CPU_PERCENT};
 use super::sockets::{Address, SocketDef, MAX_REPLICAS};
+use super::stack::ServiceDef;
 
 /// The longest of the durations: a day.
 const MAX_MS: u64 = 24 * 3600 * 1000;
@@ -91,6 +92,25 @@ pub fn parse(
     {
         return err("", "needs \"sockets\" with a tcp or unix listener: their accept queue is what it scales on".into());
     }
+    check_numbers(&a, path)?;
+    let cpu = match &a.cpu {
+        Some(c) => Some(percent(c, MAX_CPU_PERCENT, &format!("{path}.cpu"))?),
+        None => None,
+    };
+    Ok(Autoscale {
+        min: a.min,
+        max: a.max,
+        backlog: a.backlog,
+        cpu,
+        up_after: Duration::from_millis(a.up_after_ms),
+        down_after: Duration::from_millis(a.down_after_ms),
+        idle: Duration::from_millis(a.idle_ms),
+    })
+}
+
+/// The counts and durations in range.
+fn check_numbers(a: &AutoscaleJson, path: &str) -> Result<(), SpecError> {
+    let err = |f: &str, msg: String| Err(SpecError::new(format!("{path}{f}"), msg));
     if a.max == 0 || a.max > MAX_REPLICAS {
         return err(".max", format!("{}: must be 1 to {MAX_REPLICAS}", a.max));
     }
@@ -112,19 +132,56 @@ pub fn parse(
             return err(f, format!("{ms}: must be 1 to {MAX_MS} (a day)"));
         }
     }
-    let cpu = match &a.cpu {
-        Some(c) => Some(percent(c, MAX_CPU_PERCENT, &format!("{path}.cpu"))?),
-        None => None,
+    Ok(())
+}
+
+/// Nothing may wait for a service that may have no replica at all.
+pub(crate) fn check_waiting_on_zero(
+    autoscaled: &[ServiceDef],
+    defs: &[ServiceDef],
+) -> Result<(), SpecError> {
+    let at_zero = |name: &str| {
+        autoscaled
+            .iter()
+            .any(|a| a.name == name && a.policy.autoscale.as_ref().is_some_and(|s| s.min == 0))
     };
-    Ok(Autoscale {
-        min: a.min,
-        max: a.max,
-        backlog: a.backlog,
-        cpu,
-        up_after: Duration::from_millis(a.up_after_ms),
-        down_after: Duration::from_millis(a.down_after_ms),
-        idle: Duration::from_millis(a.idle_ms),
-    })
+    for d in defs.iter().chain(autoscaled) {
+        if let Some(dep) = d.policy.depends_on.iter().find(|dep| at_zero(&dep.name)) {
+            return Err(SpecError::new(
+                format!("services.{}.dependsOn", d.group_name()),
+                format!(
+                    "{}: autoscales from 0 replicas, nothing to wait for (give it autoscale.min 1)",
+                    dep.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What an autoscaled service waits for exists (the file's services are
+/// checked when they are ordered; these are not ordered).
+pub(crate) fn check_dependencies(
+    autoscaled: &[ServiceDef],
+    defs: &[ServiceDef],
+) -> Result<(), SpecError> {
+    for a in autoscaled {
+        for dep in &a.policy.depends_on {
+            let own = dep.name == a.name || dep.name.starts_with(&format!("{}.", a.name));
+            let why = if own {
+                "depends on itself"
+            } else if !defs.iter().any(|d| d.name == dep.name) {
+                "no such service"
+            } else {
+                continue;
+            };
+            return Err(SpecError::new(
+                format!("services.{}.dependsOn", a.name),
+                format!("{}: {why}", dep.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -251,5 +308,44 @@ mod tests {
         let s = stack(json!({"web": web(json!({"min": 1, "max": 5})), "api": api})).unwrap();
         let api = s.services.iter().find(|d| d.name == "api").unwrap();
         assert_eq!(api.policy.depends_on[0].name, "web.1");
+    }
+
+    #[test]
+    fn the_definition_as_written_is_checked_and_completed_as_its_replicas() {
+        let mut w = web(json!({"min": 0, "max": 5}));
+        w["dependsOn"] = json!(["nope"]);
+        let e = stack(json!({"web": w})).unwrap_err();
+        assert_eq!(e, "services.web.dependsOn: nope: no such service");
+        let mut w = web(json!({"min": 0, "max": 5}));
+        w["linux"] = json!({"namespaces": [{"type": "network"}]});
+        w["networks"] = json!(["nope"]);
+        let e = stack(json!({"web": w})).unwrap_err();
+        assert_eq!(e, "services.web.networks[0]: nope: no such network");
+        // On a network: the same networks fingerprint as a replica from
+        // the file (a reload compares them).
+        let mut w = web(json!({"min": 1, "max": 5}));
+        w["linux"] = json!({"namespaces": [{"type": "network"}]});
+        w["networks"] = json!(["back"]);
+        let text = json!({"networks": {"back": {}}, "services": {"web": w}}).to_string();
+        let s = crate::spec::stack::parse(&text, std::path::Path::new("/")).unwrap();
+        let replica = s.autoscaled[0].replica(1).unwrap();
+        assert_ne!(replica.networks_fingerprint, 0);
+        assert_eq!(
+            replica.networks_fingerprint,
+            s.services[0].networks_fingerprint
+        );
+        // A replicated dependency is one on each replica, for replicas
+        // made later too.
+        let mut w = web(json!({"min": 0, "max": 5}));
+        w["dependsOn"] = json!(["db"]);
+        let db = json!({"process": {"args": ["true"]}, "replicas": 2});
+        let s = stack(json!({"web": w, "db": db})).unwrap();
+        let deps: Vec<&str> = s.autoscaled[0]
+            .policy
+            .depends_on
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(deps, ["db.1", "db.2"]);
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::spec::autoscale;
 use crate::spec::logging::{self, Logging};
 use crate::spec::networks::{self, Member, NetworkDef};
 use crate::spec::policy::{self, Policy};
@@ -238,7 +239,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
             (None, None) => defs.push(def),
         }
     }
-    check_scaled_to_zero(&autoscaled, &defs)?;
+    autoscale::check_waiting_on_zero(&autoscaled, &defs)?;
     if defs.is_empty() && autoscaled.is_empty() {
         return Err(SpecError::new("services", "no services"));
     }
@@ -251,13 +252,17 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
             ));
         }
     }
-    expand_group_dependencies(&mut defs);
+    // The autoscaled services as written go through what their replicas
+    // do: a replica made from one later is as checked as one from the file.
+    expand_group_dependencies(&mut defs, &mut autoscaled);
+    autoscale::check_dependencies(&autoscaled, &defs)?;
     let networks = match &file.networks {
         Some(v) => networks::parse_stack(v, base_dir)?,
         None => Vec::new(),
     };
-    check_networks(&networks, &defs)?;
+    check_networks(&networks, defs.iter().chain(&autoscaled))?;
     fold_network_defs(&networks, &mut defs);
+    fold_network_defs(&networks, &mut autoscaled);
     Ok(Stack {
         services: order(defs)?,
         warnings,
@@ -266,31 +271,12 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     })
 }
 
-/// Nothing may wait for a service that may have no replica at all.
-fn check_scaled_to_zero(autoscaled: &[ServiceDef], defs: &[ServiceDef]) -> Result<(), SpecError> {
-    let at_zero = |name: &str| {
-        autoscaled
-            .iter()
-            .any(|a| a.name == name && a.policy.autoscale.as_ref().is_some_and(|s| s.min == 0))
-    };
-    for d in defs {
-        if let Some(dep) = d.policy.depends_on.iter().find(|dep| at_zero(&dep.name)) {
-            return Err(SpecError::new(
-                format!("services.{}.dependsOn", d.group_name()),
-                format!(
-                    "{}: autoscales from 0 replicas, nothing to wait for (give it autoscale.min 1)",
-                    dep.name
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The services' `networks` against the stack's.
-fn check_networks(nets: &[NetworkDef], defs: &[ServiceDef]) -> Result<(), SpecError> {
+fn check_networks<'a>(
+    nets: &[NetworkDef],
+    defs: impl Iterator<Item = &'a ServiceDef>,
+) -> Result<(), SpecError> {
     let members: Vec<Member<'_>> = defs
-        .iter()
         .map(|d| Member {
             name: &d.name,
             group: d.group.as_deref(),
@@ -323,7 +309,8 @@ fn fold_network_defs(nets: &[NetworkDef], defs: &mut [ServiceDef]) {
 }
 
 /// A dependency on a replicated service is one on each of its replicas.
-fn expand_group_dependencies(defs: &mut [ServiceDef]) {
+/// (`autoscaled`: the services as written, whose replicas may come later.)
+fn expand_group_dependencies(defs: &mut [ServiceDef], autoscaled: &mut [ServiceDef]) {
     let mut groups: HashMap<String, Vec<String>> = HashMap::new();
     for d in defs.iter() {
         if let Some(g) = &d.group {
@@ -333,7 +320,7 @@ fn expand_group_dependencies(defs: &mut [ServiceDef]) {
     if groups.is_empty() {
         return;
     }
-    for d in defs.iter_mut() {
+    for d in defs.iter_mut().chain(autoscaled.iter_mut()) {
         let deps = std::mem::take(&mut d.policy.depends_on);
         for dep in deps {
             match groups.get(&dep.name) {

@@ -203,3 +203,55 @@ fn a_pin_or_a_persons_stop_holds_every_decision() {
     };
     assert_eq!(run(&mut c, stopped, queue(50), t0, 5000), None);
 }
+
+#[test]
+fn either_signal_holding_long_enough_adds_replicas() {
+    let t0 = Instant::now();
+    let mut d = def();
+    d.cpu = Some(50.0);
+    let mut c = Controller::new(d, t0);
+    // CPU above all along, the queue crossing backlog every other reading.
+    let reading = |k: u64| Readings {
+        queued: if k.is_multiple_of(2) { 9 } else { 0 },
+        cpu: Some(80.0),
+        arrived: false,
+    };
+    let first = (0..=10).find_map(|k| {
+        let at = t0 + Duration::from_millis(k * 100);
+        c.decide(census(1), reading(k), at).map(|s| (k * 100, s))
+    });
+    let (at, s) = first.expect("the CPU window held");
+    assert_eq!((at, s.to), (500, 2));
+    assert!(s.why.starts_with("cpu 80% > 50%"), "{}", s.why);
+}
+
+#[test]
+fn a_cpu_scale_up_is_judged_again_on_the_new_count() {
+    let t0 = Instant::now();
+    let mut d = def();
+    d.cpu = Some(70.0);
+    d.max = 8;
+    let mut c = Controller::new(d, t0);
+    let cpu = Readings {
+        cpu: Some(150.0),
+        ..Readings::default()
+    };
+    assert_eq!(run(&mut c, census(2), cpu, t0, 600).unwrap().1.to, 5);
+    // The same figure right after, the new replicas serving: not again.
+    let t1 = t0 + Duration::from_millis(800);
+    assert_eq!(c.decide(census(5), cpu, t1), None);
+}
+
+#[test]
+fn a_reload_that_lowers_min_to_zero_counts_idle_from_then() {
+    let t0 = Instant::now();
+    let mut c = Controller::new(def(), t0);
+    let t1 = t0 + Duration::from_secs(3600);
+    let mut d = def();
+    d.min = 0;
+    c.redefine(d, t1);
+    // Quiet for an hour under min 1, but idle counts from the reload.
+    assert_eq!(c.decide(census(1), queue(0), t1), None);
+    let (at, s) = run(&mut c, census(1), queue(0), t1, 20_000).unwrap();
+    assert_eq!((at, s.to), (10_000, 0));
+}
