@@ -231,6 +231,12 @@ fn what_the_schema_refuses_isola_check_refuses_naming_the_field() {
         ("/watchdogMs", Some(json!(0)), "watchdogMs"),
         ("/sockets/0/listen", None, "missing field `listen`"),
         ("/replicas", Some(json!(0)), "replicas"),
+        ("/autoscale", Some(json!({"max": 0})), "autoscale"),
+        (
+            "/autoscale",
+            Some(json!({"max": 2, "step": 1})),
+            "autoscale",
+        ),
         ("/stderr", Some(json!("null")), "null"),
         ("/limits/memory", Some(json!(-1)), "memory"),
         ("/limits/cpus", Some(json!(0)), "cpus"),

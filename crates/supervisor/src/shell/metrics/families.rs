@@ -303,7 +303,7 @@ pub(super) fn autoscale_families(e: &mut Exposition, scaled: &[Scaled<'_>]) {
     e.family(
         name,
         Kind::Gauge,
-        "Replicas an autoscaled service wants now (its last decision, or a pin).",
+        "Replicas an autoscaled service wants now: running or starting, not those being removed.",
     );
     for s in scaled {
         e.gauge(name, &[("service", s.service)], f64::from(s.desired));
