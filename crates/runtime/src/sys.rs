@@ -507,33 +507,3 @@ pub(crate) fn socket_meminfo(fd: BorrowedFd<'_>) -> Result<[u32; 16], Errno> {
     getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut m)?;
     Ok(m)
 }
-
-/// Signal `sig` to thread `tid` when `fd` (with `O_ASYNC`) has I/O, the
-/// fd in the signal's info (`F_SETOWN_EX` with `F_OWNER_TID`, `F_SETSIG`;
-/// nix and libc have neither). A thread, not the process: the signal must
-/// reach the one thread that blocks it and reads it from a signalfd, never
-/// another whose default action for `SIGIO` is to terminate.
-pub(crate) fn set_io_signal(fd: BorrowedFd<'_>, tid: Pid, sig: i32) -> Result<(), Errno> {
-    let owner = OwnerEx {
-        kind: F_OWNER_TID,
-        pid: tid.as_raw(),
-    };
-    // SAFETY: fcntl on a borrowed, open fd; the kernel reads the
-    // `f_owner_ex` struct (two ints, repr(C)) that lives across the call.
-    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, std::ptr::from_ref(&owner)) })?;
-    // SAFETY: fcntl with an integer argument on a borrowed, open fd.
-    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) }).map(drop)
-}
-
-/// `struct f_owner_ex` (`linux/fcntl.h`).
-#[repr(C)]
-struct OwnerEx {
-    kind: i32,
-    pid: i32,
-}
-
-/// `asm-generic/fcntl.h`, the same on every architecture; libc lacks them
-/// for glibc.
-const F_SETSIG: i32 = 10;
-const F_SETOWN_EX: i32 = 15;
-const F_OWNER_TID: i32 = 0;

@@ -13,8 +13,9 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr,
 };
 
-use isola_runtime::listen::signal_arrivals;
 use isola_runtime::sock_diag::UnixDiag;
+
+use crate::shell::reactor::{Interest, Part, Reactor, Token};
 
 use crate::spec::sockets::{Address, SocketDef};
 use crate::spec::stack::ServiceDef;
@@ -25,19 +26,20 @@ struct SocketSet {
     held: Vec<Held>,
     /// Their names, `:`-separated (`LISTEN_FDNAMES`).
     names: String,
-    /// Its listeners' arrivals told, for the autoscaler (see `watch`).
+    /// Its listeners in the epoll set, for the autoscaler (see `watch`).
     watch: Watch,
+    /// Its events' key.
+    key: u64,
 }
 
-/// Whether a set's listeners tell the loop when a connection comes.
+/// Whether a set's listeners wake the loop when a connection comes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Watch {
     #[default]
     Off,
-    /// `SIGIO` at the next connection.
+    /// In the epoll set, one-shot: the next connection wakes the loop once.
     Armed,
-    /// Told once; armed again at the next readings (a busy service sends
-    /// one signal per reading, not one per connection).
+    /// Woke it; armed again at the next readings.
     Fired,
 }
 
@@ -47,8 +49,8 @@ enum Diag {
     #[default]
     Unopened,
     Ready(UnixDiag),
-    /// It failed once: not asked again (a kernel without `unix_diag`
-    /// would run modprobe at every request, in the loop).
+    /// It could not be opened: not tried again (the stack was checked
+    /// for `unix_diag` at load, `sock_diag::available`).
     Broken,
 }
 
@@ -60,11 +62,7 @@ impl Diag {
         let Diag::Ready(d) = self else {
             return Err(nix::errno::Errno::ENOENT);
         };
-        let q = d.accept_queue(fd);
-        if q.is_err() {
-            *self = Diag::Broken;
-        }
-        q.map(|q| q.queued)
+        d.accept_queue(fd).map(|q| q.queued)
     }
 }
 
@@ -74,6 +72,9 @@ pub(crate) struct HeldSockets {
     sets: HashMap<String, SocketSet>,
     /// Asks unix listeners' queues (opened when first needed).
     diag: Diag,
+    /// The next set's events' key: never one an earlier set had (an event
+    /// of a replaced set still in the loop's batch finds no set).
+    next_key: u64,
 }
 
 impl HeldSockets {
@@ -85,13 +86,20 @@ impl HeldSockets {
     /// `self` is replaced by it.
     pub(crate) fn open_all(&mut self, defs: &[ServiceDef]) -> Result<HeldSockets, String> {
         let mut fresh = self.open_new(defs)?;
-        let mut out = HeldSockets::default();
+        let mut out = HeldSockets {
+            next_key: self.next_key,
+            ..HeldSockets::default()
+        };
         for d in defs {
             let group = d.group_name();
             if d.policy.sockets.is_empty() || out.sets.contains_key(group) {
                 continue;
             }
-            let mut set = SocketSet::default();
+            let mut set = SocketSet {
+                key: out.next_key,
+                ..SocketSet::default()
+            };
+            out.next_key += 1;
             for (k, s) in d.policy.sockets.iter().enumerate() {
                 let held = match fresh.remove(&(group.to_string(), k)) {
                     Some(h) => h,
@@ -174,56 +182,80 @@ impl HeldSockets {
         out
     }
 
-    /// Tell the loop (`SIGIO`, the fd in its info: see
-    /// `listen::signal_arrivals`) when a connection comes to one of
-    /// `group`'s listeners (`on`), or no more. Unlike a readiness wakeup,
-    /// it is sent for a connection a replica accepts before the loop looks.
-    pub(crate) fn watch(&mut self, group: &str, on: bool) {
+    /// Wake the loop (`Part::Sockets`) when a connection comes to one of
+    /// `group`'s listeners (`on`), or no more. One-shot: at most once
+    /// between two [`HeldSockets::rearm`]s, however busy the service.
+    /// A readiness wakeup: a connection a replica accepts before the loop
+    /// looks is not reported (the queue is empty again by then). Reliable
+    /// while no replica runs — nobody else accepts — which is when it
+    /// counts most; while replicas run, the queue readings and these
+    /// wakeups are what tells the service is not idle. (A signal per
+    /// connection, `O_ASYNC`, would see every one, but its owner and signal
+    /// belong to the open file the payloads share: a payload could turn it
+    /// into any signal sent to the supervisor.)
+    pub(crate) fn watch(&mut self, reactor: &Reactor, group: &str, on: bool) {
         let Some(set) = self.sets.get_mut(group) else {
             return;
         };
-        // A listener that cannot be set: its arrivals are seen at the
-        // next readings, from its queue.
-        set.listeners().for_each(|fd| {
-            let _unset = signal_arrivals(fd, on);
-        });
-        set.watch = if on { Watch::Armed } else { Watch::Off };
-    }
-
-    /// No more signals from any (before `self` is replaced by a reload's
-    /// set: a socket it closes may stay open in the payloads, and must not
-    /// signal with an fd number that is no longer its own).
-    pub(crate) fn unwatch_all(&mut self) {
-        let groups: Vec<String> = self.sets.keys().cloned().collect();
-        for g in groups {
-            self.watch(&g, false);
+        match (set.watch, on) {
+            (Watch::Off, true) => {
+                let token = Token::new(Part::Sockets, set.key);
+                let mut added = Vec::new();
+                for fd in set.listeners() {
+                    if reactor.add(fd, token, Interest::ReadOnce).is_err() {
+                        // All or none: its arrivals are seen at the next
+                        // readings, from its queue.
+                        added.into_iter().for_each(|fd| reactor.remove(fd));
+                        return;
+                    }
+                    added.push(fd);
+                }
+                set.watch = Watch::Armed;
+            }
+            (Watch::Armed | Watch::Fired, false) => {
+                set.listeners().for_each(|fd| reactor.remove(fd));
+                set.watch = Watch::Off;
+            }
+            _ => {}
         }
     }
 
-    /// `SIGIO` came for listener `fd`: whose it is. Its set is quiet until
-    /// the next readings.
-    pub(crate) fn on_signal(&mut self, fd: RawFd) -> Option<&str> {
+    /// Out of the epoll set, every one (before `self` is replaced by a
+    /// reload's set, which closes what it does not keep: a socket a
+    /// payload still holds would stay in the set otherwise).
+    pub(crate) fn unwatch_all(&mut self, reactor: &Reactor) {
+        let groups: Vec<String> = self.sets.keys().cloned().collect();
+        for g in groups {
+            self.watch(reactor, &g, false);
+        }
+    }
+
+    /// A watched listener woke the loop: whose it is (none for a set not
+    /// watched: an event of a replaced set still in the loop's batch).
+    pub(crate) fn on_event(&mut self, key: u64) -> Option<&str> {
         let (group, set) = self
             .sets
             .iter_mut()
-            .find(|(_, s)| s.watch != Watch::Off && s.listeners().any(|l| l.as_raw_fd() == fd))?;
-        if set.watch == Watch::Armed {
-            set.listeners().for_each(|fd| {
-                let _unset = signal_arrivals(fd, false);
-            });
-            set.watch = Watch::Fired;
-        }
+            .find(|(_, s)| s.key == key && s.watch != Watch::Off)?;
+        set.watch = Watch::Fired;
         Some(group)
     }
 
-    /// At the readings: every watched listener armed again (a payload may
-    /// have cleared `O_ASYNC` on the file it shares with us).
-    pub(crate) fn rearm(&mut self) {
-        for set in self.sets.values_mut().filter(|s| s.watch != Watch::Off) {
-            set.listeners().for_each(|fd| {
-                let _unset = signal_arrivals(fd, true);
-            });
-            set.watch = Watch::Armed;
+    /// Arm again the listeners that fired.
+    pub(crate) fn rearm(&mut self, reactor: &Reactor) {
+        for set in self.sets.values_mut().filter(|s| s.watch == Watch::Fired) {
+            let token = Token::new(Part::Sockets, set.key);
+            let armed = set
+                .listeners()
+                .all(|fd| reactor.modify(fd, token, Interest::ReadOnce).is_ok());
+            if armed {
+                set.watch = Watch::Armed;
+            } else {
+                // Not in the set after all: out of it whole, so a later
+                // `watch` adds it again.
+                set.listeners().for_each(|fd| reactor.remove(fd));
+                set.watch = Watch::Off;
+            }
         }
     }
 
@@ -246,33 +278,6 @@ impl HeldSockets {
             total = total.saturating_add(q.unwrap_or(0));
         }
         total
-    }
-
-    /// Can the queues of `groups`' unix listeners be read? Asked once at
-    /// load, so a kernel without sock_diag for unix sockets is told then,
-    /// not found out by a service that never scales.
-    pub(crate) fn check_unix_queues<'a>(
-        &mut self,
-        groups: impl Iterator<Item = &'a str>,
-    ) -> Result<(), String> {
-        for g in groups {
-            let Some(set) = self.sets.get(g) else {
-                continue;
-            };
-            for (k, h) in set.held.iter().enumerate() {
-                if !matches!(h.def.address, Address::Unix(_)) {
-                    continue;
-                }
-                if let Err(e) = self.diag.accept_queue(h.fd.as_fd()) {
-                    return Err(format!(
-                        "services.{g}.sockets[{k}]: {}: its accept queue cannot be read (sock_diag: {}; the kernel's unix_diag module is needed to autoscale on a unix socket)",
-                        h.def.listen,
-                        e.desc()
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
     #[cfg(test)]

@@ -91,6 +91,9 @@ pub struct Core {
     /// What the loop adds to a replica made from one of them (its notify
     /// socket and files are its own, by its name).
     complete: Box<dyn Fn(&mut ServiceDef)>,
+    /// Their counts a person fixed (`isola scale NAME N`): a reload keeps
+    /// exactly the replicas they have.
+    pinned: HashMap<String, u32>,
 }
 
 impl Core {
@@ -125,6 +128,7 @@ impl Core {
             orphans: Vec::new(),
             templates: HashMap::new(),
             complete: Box::new(|_| {}),
+            pinned: HashMap::new(),
         }
     }
 

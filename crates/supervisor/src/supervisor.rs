@@ -350,6 +350,7 @@ impl Supervisor {
             Part::Probes => self.probes.on_event(ctx!(self), key),
             Part::Rules => self.on_trigger(key, how),
             Part::Names => self.on_name_query(key),
+            Part::Sockets => self.on_arrival(key),
             Part::Metrics => {
                 let scrapes = match self.metrics.server() {
                     Some(server) => server.on_event(ctx!(self), key, how),
@@ -421,12 +422,11 @@ impl Supervisor {
     }
 
     fn on_signals(&mut self) {
-        for caught in self.wakeups.signals.take() {
+        for sig in self.wakeups.signals.take() {
             self.now = Instant::now();
-            match caught.signal {
+            match sig {
                 Signal::SIGHUP => self.reload(),
                 Signal::SIGCHLD => self.reap_children(),
-                Signal::SIGIO => self.on_arrival(caught.fd),
                 _ => self.core.shutdown(None, self.now),
             }
             // What one signal told the core goes in before the next.

@@ -54,31 +54,6 @@ pub fn accept_queue(fd: BorrowedFd<'_>) -> Result<AcceptQueue, Errno> {
     })
 }
 
-/// Tell the calling thread of every connection that comes to listener `fd`
-/// with `SIGIO`, the fd in the signal's info (`on`), or no more. The thread
-/// must block `SIGIO` (and read it from a signalfd). Unlike a
-/// readiness wakeup (epoll), the signal is sent when the connection is
-/// queued, whoever accepts it first: the holder of a socket its payloads
-/// also accept on sees every arrival.
-///
-/// The owner and `O_ASYNC` belong to the open file, which the payloads
-/// share: one that clears `O_ASYNC` with `F_SETFL` stops the signals until
-/// this is asked again.
-pub fn signal_arrivals(fd: BorrowedFd<'_>, on: bool) -> Result<(), Errno> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    if flags.contains(OFlag::O_ASYNC) == on {
-        // One call when nothing changed: asked again at every reading.
-        return Ok(());
-    }
-    if on {
-        crate::sys::set_io_signal(fd, nix::unistd::gettid(), libc::SIGIO)?;
-    }
-    let mut next = flags;
-    next.set(OFlag::O_ASYNC, on);
-    fcntl(fd, FcntlArg::F_SETFL(next)).map(drop)
-}
-
 /// The variables of the protocol, replaced if the spec's `env` sets them.
 pub(crate) const VARIABLES: [&str; 3] = ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"];
 
@@ -202,32 +177,6 @@ mod tests {
         drop(clients);
         let u = std::os::unix::net::UnixDatagram::unbound().unwrap();
         assert!(accept_queue(u.as_fd()).is_err());
-    }
-
-    #[test]
-    fn every_arrival_is_signalled_though_another_accepts_it_first() {
-        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-        use nix::sys::signalfd::{SfdFlags, SignalFd};
-        use std::os::fd::{AsFd, AsRawFd};
-        // Blocked in this thread only, and read through a signalfd.
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGIO);
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
-        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK).unwrap();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        signal_arrivals(l.as_fd(), true).unwrap();
-        let c = std::net::TcpStream::connect(addr).unwrap();
-        // Taken at once, as a payload would: the signal came still.
-        let _taken = l.accept().unwrap();
-        let info = sfd.read_signal().unwrap().expect("SIGIO");
-        assert_eq!(info.ssi_signo, libc::SIGIO as u32);
-        assert_eq!(info.ssi_fd, l.as_raw_fd());
-        drop(c);
-        signal_arrivals(l.as_fd(), false).unwrap();
-        let _c2 = std::net::TcpStream::connect(addr).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(sfd.read_signal().unwrap().is_none(), "off");
     }
 
     fn text(s: &PidSlot) -> String {

@@ -73,6 +73,21 @@ impl UnixDiag {
     }
 }
 
+/// Does this kernel answer for unix sockets (its `unix_diag`)? Asked of a
+/// throwaway listener of our own (abstract, never in the filesystem), so
+/// it can be known before any socket of a service is touched.
+pub fn available() -> Result<(), Errno> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = format!("isola-diag-probe-{}", std::process::id());
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(io)?;
+    let probe = UnixListener::bind_addr(&addr).map_err(io)?;
+    UnixDiag::open()?
+        .accept_queue(std::os::fd::AsFd::as_fd(&probe))
+        .map(drop)
+}
+
 /// The inode the kernel knows the socket by (`ss`'s `Inode`).
 fn socket_inode(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
     let st = nix::sys::stat::fstat(fd)?;
@@ -167,6 +182,11 @@ mod tests {
         // Not a unix listener: the kernel knows no such socket.
         let s = UnixStream::pair().unwrap().0;
         assert!(diag.accept_queue(s.as_fd()).is_err());
+    }
+
+    #[test]
+    fn this_kernel_answers_for_unix_sockets() {
+        assert_eq!(available(), Ok(()));
     }
 
     #[test]

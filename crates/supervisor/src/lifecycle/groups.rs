@@ -35,6 +35,15 @@ impl Core {
         self.complete = Box::new(complete);
     }
 
+    /// `isola scale NAME N` fixed `group`'s count (`Some`), or the
+    /// autoscaler decides again (`None`).
+    pub fn pin(&mut self, group: &str, n: Option<u32>) {
+        match n {
+            Some(n) => self.pinned.insert(group.to_string(), n),
+            None => self.pinned.remove(group),
+        };
+    }
+
     /// Replica `k` of `t` (a group's definition), completed.
     fn made_replica(&self, t: &ServiceDef, k: u32) -> Option<ServiceDef> {
         let mut d = t.replica(k)?;
@@ -97,8 +106,11 @@ impl Core {
             }
             // Starting, or not ready yet — for `readyTimeoutMs` at most: a
             // replica that never gets ready does not hold every decision.
+            // (Queued, waiting for a slot or a dependency, has no time.)
             let limit = Duration::from_millis(s.def.policy.restart.ready_timeout_ms);
-            let young = |since: Instant| now.saturating_duration_since(since) < limit;
+            // 0: no limit.
+            let young =
+                |since: Instant| limit.is_zero() || now.saturating_duration_since(since) < limit;
             let c = &mut g.census;
             c.wanted += 1;
             c.settling |= match s.phase {
@@ -223,7 +235,15 @@ impl Core {
                 .filter_map(|i| replica_number(&self.service(i)?.def.name))
                 .collect();
             numbers.sort_unstable();
-            for k in numbers.into_iter().take(max) {
+            let pinned = self.pinned.contains_key(group);
+            if pinned {
+                // Exactly the replicas it has, whatever `min` and `max`
+                // say: no start and stop for a count that stays.
+                defs.retain(|d| d.group_name() != group);
+            } else {
+                numbers.truncate(max);
+            }
+            for k in numbers {
                 if !defs
                     .iter()
                     .any(|d| d.replica_number() == Some(k) && d.group_name() == group)

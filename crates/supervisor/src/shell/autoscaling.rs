@@ -1,15 +1,13 @@
 //! The autoscaler at work in the loop: every `READINGS_EVERY` the queues
 //! of the autoscaled services' held sockets (and, once a second for those
 //! that scale on it, their replicas' CPU) go to their controllers, and a
-//! decision goes to the core as a scale. A connection to a service that
-//! may scale to zero is told by `SIGIO` (its held listener's, through the
-//! loop's signalfd): with no replica it starts one at once, the
-//! connection waiting in the backlog until it accepts; with some it keeps
-//! the service from being idle.
+//! decision goes to the core as a scale. The held listeners of a service
+//! that may scale to zero wake the loop (`Part::Sockets`): with no replica
+//! a connection starts one at once, waiting in the backlog until it
+//! accepts; with some it keeps the service from being idle.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::RawFd;
 
 use crate::autoscale::controller::Census;
 use crate::autoscale::{Bounds, Run};
@@ -19,9 +17,9 @@ use crate::spec::sockets::MAX_REPLICAS;
 use crate::supervisor::Supervisor;
 
 impl Supervisor {
-    /// `SIGIO` for held listener `fd`: a connection came.
-    pub(crate) fn on_arrival(&mut self, fd: RawFd) {
-        let Some(group) = self.held.on_signal(fd).map(str::to_string) else {
+    /// A watched listener woke the loop: a connection came.
+    pub(crate) fn on_arrival(&mut self, key: u64) {
+        let Some(group) = self.held.on_event(key).map(str::to_string) else {
             return;
         };
         if self.core.shutting_down() {
@@ -51,7 +49,7 @@ impl Supervisor {
         for (group, g) in groups {
             self.autoscale_one(&group, g);
         }
-        self.held.rearm();
+        self.held.rearm(&self.reactor);
     }
 
     fn autoscale_one(&mut self, group: &str, g: GroupNow) {
@@ -90,7 +88,7 @@ impl Supervisor {
     pub(crate) fn watch_arrivals(&mut self) {
         for group in self.autoscaler.groups() {
             let on = self.autoscaler.watches_arrivals(&group);
-            self.held.watch(&group, on);
+            self.held.watch(&self.reactor, &group, on);
         }
     }
 
@@ -115,6 +113,7 @@ impl Supervisor {
             self.update_network_members();
         }
         self.autoscaler.pin(name, n, self.now);
+        self.core.pin(name, n);
         self.watch_arrivals();
         Some(Ok(()))
     }

@@ -50,6 +50,7 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
         isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
     }
     check_pressure(&stack)?;
+    check_unix_queues(&stack)?;
     let stats_cap = host::check_capacity(&stack.services, &stack.autoscaled)?;
     Ok(Checked { stack, stats_cap })
 }
@@ -82,15 +83,36 @@ fn check_no_cgroup(stack: &Stack) -> Result<(), UpError> {
 }
 
 /// The stack's held sockets, `from`'s kept where the address is the same
-/// (nothing of `from` moves on an error), and the queues of the unix
-/// ones the autoscaler reads readable.
+/// (nothing of `from` moves on an error).
 pub(crate) fn hold_sockets(from: &mut HeldSockets, stack: &Stack) -> Result<HeldSockets, UpError> {
-    let mut held = from
-        .open_all(&stack.with_autoscaled())
-        .map_err(UpError::Setup)?;
-    held.check_unix_queues(stack.autoscaled.iter().map(|d| d.name.as_str()))
-        .map_err(UpError::Setup)?;
-    Ok(held)
+    from.open_all(&stack.with_autoscaled())
+        .map_err(UpError::Setup)
+}
+
+/// An autoscaled service on a unix socket needs the kernel to tell that
+/// socket's accept queue (sock_diag's `unix_diag`): known before anything
+/// is touched, not found out by a service that never scales.
+fn check_unix_queues(stack: &Stack) -> Result<(), UpError> {
+    for d in &stack.autoscaled {
+        let unix = d
+            .policy
+            .sockets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| matches!(s.address, crate::spec::sockets::Address::Unix(_)));
+        let Some((k, s)) = unix else {
+            continue;
+        };
+        if let Err(e) = isola_runtime::sock_diag::available() {
+            return Err(UpError::Setup(format!(
+                "services.{}.sockets[{k}]: {}: its accept queue cannot be read (sock_diag: {}; autoscaling on a unix socket needs the kernel's unix_diag module)",
+                d.name,
+                s.listen,
+                e.desc()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A pressure rule needs the kernel's pressure stall information.
@@ -98,7 +120,7 @@ fn check_pressure(stack: &Stack) -> Result<(), UpError> {
     if std::path::Path::new(PSI).exists() {
         return Ok(());
     }
-    for d in &stack.services {
+    for d in stack.services.iter().chain(&stack.autoscaled) {
         let pressure = d
             .policy
             .resource_rules
@@ -147,8 +169,6 @@ pub(crate) struct Prepared {
 pub(crate) fn block_signals() -> Result<(), UpError> {
     let mut mask = init::signal_set();
     mask.add(Signal::SIGPIPE);
-    // Held listeners' arrivals, read from the signalfd (`autoscale`).
-    mask.add(Signal::SIGIO);
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(setup("sigprocmask"))
 }

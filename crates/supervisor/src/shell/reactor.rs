@@ -31,9 +31,12 @@ pub(crate) enum Part {
     Rules,
     /// The stack's nameserver (`networks`).
     Names,
+    /// Held listeners watched for arrivals (`held_sockets`, for the
+    /// autoscaler).
+    Sockets,
 }
 
-const PARTS: [Part; 10] = [
+const PARTS: [Part; 11] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -44,6 +47,7 @@ const PARTS: [Part; 10] = [
     Part::Metrics,
     Part::Rules,
     Part::Names,
+    Part::Sockets,
 ];
 
 const PART_SHIFT: u32 = 56;
@@ -88,6 +92,8 @@ pub(crate) enum Interest {
     Hangup,
     /// Priority events (a PSI trigger fired).
     Priority,
+    /// Readable, once: out of the running until modified again.
+    ReadOnce,
 }
 
 impl Interest {
@@ -98,6 +104,7 @@ impl Interest {
             Interest::ReadWrite => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
             Interest::Hangup => EpollFlags::EPOLLRDHUP,
             Interest::Priority => EpollFlags::EPOLLPRI,
+            Interest::ReadOnce => EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT,
         }
     }
 }

@@ -23,7 +23,7 @@ impl Supervisor {
         };
         // Sockets no longer listed close here (the running payloads keep
         // their own copies until they stop); none is left in the epoll set.
-        self.held.unwatch_all();
+        self.held.unwatch_all(&self.reactor);
         self.held = held;
         self.sandboxes.set_stats_cap(checked.stats_cap);
         for w in &checked.stack.warnings {
@@ -51,7 +51,14 @@ impl Supervisor {
         // As written: the core completes each replica it makes of them.
         let mut autoscaled = checked.stack.autoscaled;
         for def in &mut autoscaled {
-            def.entry = None;
+            // The spawner holds the file as it was at start: an unchanged
+            // service keeps its number there (the spawner checks the
+            // fingerprint), a changed one is cloned here.
+            let kept = self
+                .core
+                .autoscaled(&def.name)
+                .filter(|old| old.fingerprint == def.fingerprint);
+            def.entry = kept.and_then(|old| old.entry);
         }
         self.autoscaler.define(&autoscaled, self.now);
         let additions = self.additions.clone();

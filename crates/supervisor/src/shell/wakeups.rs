@@ -1,6 +1,5 @@
 //! The loop's own wakeups besides the parts' fds: signals (SIGTERM,
-//! SIGINT, SIGHUP, SIGCHLD, and SIGIO from held listeners, through a
-//! signalfd) and one timerfd, armed for
+//! SIGINT, SIGHUP, SIGCHLD through a signalfd) and one timerfd, armed for
 //! the nearest deadline of anything that has one. Nothing polls: with no
 //! deadline the timer is disarmed and the loop sleeps until an event.
 
@@ -17,20 +16,12 @@ use super::reactor::{Interest, Part, Reactor, Token};
 
 /// The signals `isola up` handles (blocked in every thread, and in every
 /// init from the start).
-const HANDLED: [Signal; 5] = [
+const HANDLED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGCHLD,
-    Signal::SIGIO,
 ];
-
-/// A signal that arrived: which, and for `SIGIO` the fd it is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Caught {
-    pub(crate) signal: Signal,
-    pub(crate) fd: i32,
-}
 
 pub(crate) struct Signals {
     fd: SignalFd,
@@ -48,14 +39,11 @@ impl Signals {
     }
 
     /// The signals that arrived, in order.
-    pub(crate) fn take(&mut self) -> Vec<Caught> {
+    pub(crate) fn take(&mut self) -> Vec<Signal> {
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.fd.read_signal() {
-            if let Ok(Ok(signal)) = i32::try_from(info.ssi_signo).map(Signal::try_from) {
-                out.push(Caught {
-                    signal,
-                    fd: info.ssi_fd,
-                });
+            if let Ok(Ok(sig)) = i32::try_from(info.ssi_signo).map(Signal::try_from) {
+                out.push(sig);
             }
         }
         out

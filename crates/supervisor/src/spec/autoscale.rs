@@ -167,7 +167,12 @@ pub(crate) fn check_dependencies(
 ) -> Result<(), SpecError> {
     for a in autoscaled {
         for dep in &a.policy.depends_on {
-            let own = dep.name == a.name || dep.name.starts_with(&format!("{}.", a.name));
+            // Its own name, or one of its replicas' (`web.3`).
+            let own = dep.name == a.name
+                || dep
+                    .name
+                    .strip_prefix(&format!("{}.", a.name))
+                    .is_some_and(|k| k.parse::<u32>().is_ok());
             let why = if own {
                 "depends on itself"
             } else if !defs.iter().any(|d| d.name == dep.name) {

@@ -171,3 +171,27 @@ fn a_replica_made_from_the_definition_is_completed_by_its_own_name() {
     let s = h.core.service(h.i("web.1")).unwrap();
     assert_eq!(s.def.plan.hostname.as_deref(), Some("web.1"));
 }
+
+#[test]
+fn a_pinned_count_is_what_a_reload_keeps() {
+    let mut h = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 2}}}));
+    let now = h.at(100);
+    h.core.pin("web", Some(0));
+    h.core
+        .autoscale("web", 0, "pinned by isola scale", now)
+        .unwrap();
+    h.gone("web.1");
+    h.effects();
+    // The file says min 1: the pin says none, and none starts.
+    let mut again = autoscaled(json!({"web": {"autoscale": {"min": 1, "max": 2}}}));
+    let (defs, templates) = h_defs(&mut again);
+    h.core.set_autoscaled(templates, |_| {});
+    h.core.reload(defs, now);
+    assert!(h.launched().is_empty());
+    assert!(h.core.find("web.1").is_none());
+    // Unpinned, the file's min counts again.
+    h.core.pin("web", None);
+    let (defs, _) = h_defs(&mut again);
+    h.core.reload(defs, now);
+    assert_eq!(h.launched().len(), 1);
+}
