@@ -488,3 +488,34 @@ fn a_reload_keeps_a_pin_and_moves_the_watch_to_new_sockets() {
     up.down();
     assert_clean();
 }
+
+#[test]
+fn isola_scale_after_a_reload_that_changed_a_fixed_count_service_starts_ready_replicas() {
+    require_vm();
+    let port = 18389;
+    let fixed = |env: &[&str]| {
+        let mut s = service(port, env, json!(null));
+        s.as_object_mut().unwrap().remove("autoscale");
+        s["replicas"] = json!(2);
+        s
+    };
+    let up = Up::start("scale-after-reload", json!({"web": fixed(&[])}), &[]);
+    up.wait_for("web.2", "ready", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+    // A changed definition: both restart with it, cloned here (not by the
+    // spawner, which holds the file as it was).
+    up.write_stack(&json!({"web": fixed(&["X=1"])}));
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    up.wait_for("web.1", "restarted", Duration::from_secs(60), |s| {
+        s["restarts"] == 1 && s["ready"] == true
+    });
+    let (code, _, err) = up.cli(&["scale", "web", "3"]);
+    assert_eq!(code, 0, "{err}");
+    // Its own notify socket: it gets ready (with web.1's it never did).
+    up.wait_for("web.3", "ready", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+    up.down();
+    assert_clean();
+}

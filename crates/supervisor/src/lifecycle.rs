@@ -92,6 +92,9 @@ pub struct Core {
     /// What the loop adds to a replica made from one of them (its notify
     /// socket and files are its own, by its name).
     complete: Box<dyn Fn(&mut ServiceDef)>,
+    /// The services with a fixed `replicas` as written, by name: what
+    /// `isola scale` makes a replica of.
+    replicated: HashMap<String, ServiceDef>,
     /// Their counts a person fixed (`isola scale NAME N`): a reload keeps
     /// exactly the replicas they have.
     pinned: HashMap<String, u32>,
@@ -130,6 +133,7 @@ impl Core {
             templates: HashMap::new(),
             complete: Box::new(|_| {}),
             pinned: HashMap::new(),
+            replicated: HashMap::new(),
         }
     }
 

@@ -188,11 +188,11 @@ impl Supervisor {
         let networks = networks_for(&cfg, &stack.networks, &mut group)?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
-        let autoscaled = stack.autoscaled;
         let prepared = Prepared {
             additions,
             defs,
-            autoscaled,
+            autoscaled: stack.autoscaled,
+            replicated: stack.replicated,
             held,
             listener,
             metrics,
@@ -259,6 +259,7 @@ impl Supervisor {
         autoscaler.define(&p.autoscaled, Instant::now());
         let additions = p.additions.clone();
         core.set_autoscaled(p.autoscaled, move |d| additions.add_to(d));
+        core.set_replicated(p.replicated);
 
         let mut sup = Supervisor {
             reports: Reports::new(core.len(), cfg.echo),

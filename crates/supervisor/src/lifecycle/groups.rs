@@ -35,6 +35,20 @@ impl Core {
         self.complete = Box::new(complete);
     }
 
+    /// The services with a fixed `replicas` as written (at start and at
+    /// each reload): `isola scale` makes its replicas from them, completed
+    /// as the autoscaled ones' are.
+    pub fn set_replicated(&mut self, defs: Vec<ServiceDef>) {
+        self.replicated = defs.into_iter().map(|d| (d.name.clone(), d)).collect();
+    }
+
+    /// A replicated service as written: autoscaled, or with a fixed count.
+    pub fn written(&self, name: &str) -> Option<&ServiceDef> {
+        self.templates
+            .get(name)
+            .or_else(|| self.replicated.get(name))
+    }
+
     /// `isola scale NAME N` fixed `group`'s count (`Some`), or the
     /// autoscaler decides again (`None`).
     pub fn pin(&mut self, group: &str, n: Option<u32>) {
@@ -157,9 +171,13 @@ impl Core {
             return Err(format!("{group}: the stack is going down"));
         }
         let members = self.wanted(group);
-        // An autoscaled group's definition as written, completed per
-        // replica; else (replicas: N) the first replica's.
-        let (template, made) = match self.templates.get(group) {
+        // The group's definition as written, completed per replica; else
+        // (a stack loaded without them: tests) the first replica's.
+        let written = self
+            .templates
+            .get(group)
+            .or_else(|| self.replicated.get(group));
+        let (template, made) = match written {
             Some(t) => (Some(t), true),
             None => (
                 members

@@ -153,6 +153,9 @@ pub(crate) struct Prepared {
     pub(crate) defs: Vec<ServiceDef>,
     /// The autoscaled services as written (replicas are made from them).
     pub(crate) autoscaled: Vec<ServiceDef>,
+    /// The fixed `replicas` services as written (`isola scale` makes
+    /// replicas from them).
+    pub(crate) replicated: Vec<ServiceDef>,
     pub(crate) held: HeldSockets,
     pub(crate) listener: std::os::unix::net::UnixListener,
     pub(crate) metrics: Option<crate::metrics::server::BoundMetrics>,

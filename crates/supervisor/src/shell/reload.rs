@@ -50,16 +50,18 @@ impl Supervisor {
             .collect();
         // As written: the core completes each replica it makes of them.
         let mut autoscaled = checked.stack.autoscaled;
-        for def in &mut autoscaled {
+        let mut replicated = checked.stack.replicated;
+        for def in autoscaled.iter_mut().chain(replicated.iter_mut()) {
             // The spawner holds the file as it was at start: an unchanged
             // service keeps its number there (the spawner checks the
             // fingerprint), a changed one is cloned here.
             let kept = self
                 .core
-                .autoscaled(&def.name)
+                .written(&def.name)
                 .filter(|old| old.fingerprint == def.fingerprint);
             def.entry = kept.and_then(|old| old.entry);
         }
+        self.core.set_replicated(replicated);
         self.autoscaler.define(&autoscaled, self.now);
         let additions = self.additions.clone();
         self.core

@@ -93,6 +93,10 @@ pub struct Stack {
     /// The autoscaled services as written (a replica is `replica(k)` of
     /// one): `services` has their `min` first replicas, maybe none.
     pub autoscaled: Vec<ServiceDef>,
+    /// The services with a fixed `replicas` as written: what `isola scale`
+    /// makes a replica of (a running replica's definition is completed
+    /// under its own name).
+    pub replicated: Vec<ServiceDef>,
 }
 
 impl Stack {
@@ -214,6 +218,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
     let mut autoscaled = Vec::new();
+    let mut replicated = Vec::new();
     let file = read_file(text)?;
     let logging = match &file.logging {
         Some(v) => logging::parse(v, "logging")?,
@@ -231,7 +236,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
         def.policy.logging = def.policy.logging.over(&logging);
         warnings.extend(w);
         match (def.policy.replicas, &def.policy.autoscale) {
-            (Some(n), _) => defs.extend((1..=n).filter_map(|k| def.replica(k))),
+            (Some(n), _) => {
+                defs.extend((1..=n).filter_map(|k| def.replica(k)));
+                replicated.push(def);
+            }
             (None, Some(a)) => {
                 defs.extend((1..=a.min).filter_map(|k| def.replica(k)));
                 autoscaled.push(def);
@@ -263,11 +271,13 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
     check_networks(&networks, defs.iter().chain(&autoscaled))?;
     fold_network_defs(&networks, &mut defs);
     fold_network_defs(&networks, &mut autoscaled);
+    fold_network_defs(&networks, &mut replicated);
     Ok(Stack {
         services: order(defs)?,
         warnings,
         networks,
         autoscaled,
+        replicated,
     })
 }
 

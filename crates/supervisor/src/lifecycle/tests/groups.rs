@@ -195,3 +195,20 @@ fn a_pinned_count_is_what_a_reload_keeps() {
     h.core.reload(defs, now);
     assert_eq!(h.launched().len(), 1);
 }
+
+#[test]
+fn isola_scale_of_a_fixed_count_makes_replicas_from_the_definition_as_written() {
+    let text =
+        json!({"services": {"web": {"process": {"args": ["true"]}, "replicas": 2}}}).to_string();
+    let stack = crate::spec::stack::parse(&text, Path::new("/")).expect("test stack");
+    let t0 = Instant::now();
+    let mut core = Core::new(stack.services, 16, 7);
+    core.set_autoscaled(Vec::new(), |d| d.plan.hostname = Some(d.name.clone()));
+    core.set_replicated(stack.replicated);
+    let mut h = H { core, t0, now: t0 };
+    let now = h.at(100);
+    h.core.scale("web", 3, now).unwrap();
+    // Not a copy of web.1's (whose notify socket is web.1's own).
+    let s = h.core.service(h.i("web.3")).unwrap();
+    assert_eq!(s.def.plan.hostname.as_deref(), Some("web.3"));
+}
