@@ -29,15 +29,15 @@ use crate::lifecycle::Core;
 use crate::logs::LogConfig;
 use crate::metrics::server::MetricsServer;
 use crate::networks::Networks;
-use crate::outputs::{Forwarders, Outputs, OwnSinks, Sink, JOURNAL_SOCKET};
+use crate::outputs::{Outputs, Sink};
 use crate::probes::Probes;
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Ctx, Input, Outbox};
 use crate::shell::loading::{
-    add_to_all, block_signals, check_stack, claim_group, hold_sockets, networks_for, read_stack,
-    spawner_and_stack, Checked, Loading, Prepared,
+    add_to_all, block_signals, check_stack, claim_group, core_for, hold_sockets, networks_for,
+    outputs_for, read_stack, spawner_and_stack, Checked, Loading, Prepared,
 };
 use crate::shell::loop_lag::LoopLag;
 use crate::shell::metrics::{Metrics, SLICE};
@@ -210,19 +210,7 @@ impl Supervisor {
     /// The loop and its parts, from what `new` checked and claimed.
     fn assemble(cfg: Config, p: Prepared) -> Result<Supervisor, UpError> {
         let reactor = Reactor::new().map_err(setup("epoll"))?;
-        let own = OwnSinks {
-            stdout: Sink::stdout(),
-            stderr: p.stderr,
-            echo: cfg.echo,
-        };
-        let forward = Forwarders::new(&stack_name(&cfg.stack_path), JOURNAL_SOCKET.into());
-        let mut outputs = Outputs::new(cfg.logs.clone(), own, forward);
-        for (i, def) in p.defs.iter().enumerate() {
-            outputs
-                .add(i, &def.name)
-                .map_err(setup(format!("log file for {}", def.name)))?;
-            outputs.set_route(i, def.policy.logging.route(), def.replica_number());
-        }
+        let outputs = outputs_for(&cfg, p.stderr, &p.defs)?;
         let mut outbox = Outbox::default();
         if let Err(e) = &p.spawner {
             outbox.note(format!("spawner: fork: {e}; starting sandboxes in-process"));
@@ -253,13 +241,9 @@ impl Supervisor {
         for (i, def) in p.defs.iter().enumerate() {
             sandboxes.add(i, &def.name);
         }
-        let seed = now_ms() ^ u64::from(std::process::id());
-        let mut core = Core::new(p.defs, MAX_STARTING, seed);
         let mut autoscaler = Autoscaler::default();
         autoscaler.define(&p.autoscaled, Instant::now());
-        let additions = p.additions.clone();
-        core.set_autoscaled(p.autoscaled, move |d| additions.add_to(d));
-        core.set_replicated(p.replicated);
+        let core = core_for(p.defs, p.autoscaled, p.replicated, &p.additions);
 
         let mut sup = Supervisor {
             reports: Reports::new(core.len(), cfg.echo),

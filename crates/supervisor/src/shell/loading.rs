@@ -11,12 +11,13 @@ use nix::sys::signal::{SigmaskHow, Signal};
 
 use crate::held_sockets::HeldSockets;
 use crate::host::{self, PlanAdditions, StackGroup};
-use crate::outputs::Sink;
+use crate::lifecycle::Core;
+use crate::outputs::{Forwarders, Outputs, OwnSinks, Sink, JOURNAL_SOCKET};
 use crate::sandboxes;
 use crate::spawner::Spawner;
 use crate::spec::rules::RuleMetric;
 use crate::spec::stack::{self, ServiceDef, Stack};
-use crate::supervisor::{setup, stack_name, Config, UpError};
+use crate::supervisor::{now_ms, setup, stack_name, Config, UpError, MAX_STARTING};
 
 pub(crate) fn read_stack(path: &Path) -> Result<String, SpecError> {
     std::fs::read_to_string(path)
@@ -231,4 +232,42 @@ pub(crate) fn networks_for(
             Err(host) => UpError::Setup(format!("networks: {host}")),
         }
     })
+}
+
+/// Our own stdout and stderr, the forwarders, and a log per service.
+pub(crate) fn outputs_for(
+    cfg: &Config,
+    stderr: Sink,
+    defs: &[ServiceDef],
+) -> Result<Outputs, UpError> {
+    let own = OwnSinks {
+        stdout: Sink::stdout(),
+        stderr,
+        echo: cfg.echo,
+    };
+    let forward = Forwarders::new(&stack_name(&cfg.stack_path), JOURNAL_SOCKET.into());
+    let mut outputs = Outputs::new(cfg.logs.clone(), own, forward);
+    for (i, def) in defs.iter().enumerate() {
+        outputs
+            .add(i, &def.name)
+            .map_err(setup(format!("log file for {}", def.name)))?;
+        outputs.set_route(i, def.policy.logging.route(), def.replica_number());
+    }
+    Ok(outputs)
+}
+
+/// The core, with the replicated services as written: each replica it
+/// makes of them gets what every plan gets from us.
+pub(crate) fn core_for(
+    defs: Vec<ServiceDef>,
+    autoscaled: Vec<ServiceDef>,
+    replicated: Vec<ServiceDef>,
+    additions: &PlanAdditions,
+) -> Core {
+    let seed = now_ms() ^ u64::from(std::process::id());
+    let mut core = Core::new(defs, MAX_STARTING, seed);
+    let additions = additions.clone();
+    core.set_autoscaled(autoscaled, move |d| additions.add_to(d));
+    core.set_replicated(replicated);
+    core
 }

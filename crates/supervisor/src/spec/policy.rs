@@ -223,50 +223,13 @@ impl Default for Policy {
 pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError> {
     let mut p = Policy::default();
     if let Some(v) = sup.get("restart") {
-        let path = format!("{prefix}restart");
-        p.restart = field(v, &path)?;
-        let r = &p.restart;
-        if !(0.0..=1.0).contains(&r.jitter) {
-            return Err(SpecError::new(
-                format!("{path}.jitter"),
-                format!("{}: must be between 0 and 1", r.jitter),
-            ));
-        }
-        if r.max_delay_ms < r.delay_ms {
-            return Err(SpecError::new(
-                format!("{path}.maxDelayMs"),
-                format!("{}: below delayMs {}", r.max_delay_ms, r.delay_ms),
-            ));
-        }
-        if r.limit.burst == 0 {
-            return Err(SpecError::new(
-                format!("{path}.limit.burst"),
-                "0: must be at least 1",
-            ));
-        }
+        p.restart = parse_restart(v, &format!("{prefix}restart"))?;
     }
     if let Some(v) = sup.get("oom") {
         p.oom = field(v, &format!("{prefix}oom"))?;
     }
     if let Some(v) = sup.get("stop") {
-        let path = format!("{prefix}stop");
-        let s: StopJson = field(v, &path)?;
-        if let Some(sig) = s.signal {
-            p.stop.signal = parse_signal(&sig).ok_or_else(|| {
-                SpecError::new(
-                    format!("{path}.signal"),
-                    format!(
-                        "{}: unknown signal",
-                        sig.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| sig.to_string())
-                    ),
-                )
-            })?;
-        }
-        if let Some(t) = s.timeout_ms {
-            p.stop.timeout = Duration::from_millis(t);
-        }
+        p.stop = parse_stop(v, &format!("{prefix}stop"))?;
     }
     if let Some(v) = sup.get("dependsOn") {
         p.depends_on = health::parse_dependencies(v, &format!("{prefix}dependsOn"))?;
@@ -300,6 +263,49 @@ pub fn parse(sup: &Map<String, Value>, prefix: &str) -> Result<Policy, SpecError
     }
     check_zero_downtime(&p, prefix)?;
     Ok(p)
+}
+
+/// `restart`, its numbers in range.
+fn parse_restart(v: &Value, path: &str) -> Result<Restart, SpecError> {
+    let r: Restart = field(v, path)?;
+    if !(0.0..=1.0).contains(&r.jitter) {
+        return Err(SpecError::new(
+            format!("{path}.jitter"),
+            format!("{}: must be between 0 and 1", r.jitter),
+        ));
+    }
+    if r.max_delay_ms < r.delay_ms {
+        return Err(SpecError::new(
+            format!("{path}.maxDelayMs"),
+            format!("{}: below delayMs {}", r.max_delay_ms, r.delay_ms),
+        ));
+    }
+    if r.limit.burst == 0 {
+        return Err(SpecError::new(
+            format!("{path}.limit.burst"),
+            "0: must be at least 1",
+        ));
+    }
+    Ok(r)
+}
+
+/// `stop`: the signal by name or number, the timeout.
+fn parse_stop(v: &Value, path: &str) -> Result<Stop, SpecError> {
+    let s: StopJson = field(v, path)?;
+    let mut stop = Stop::default();
+    if let Some(sig) = s.signal {
+        stop.signal = parse_signal(&sig).ok_or_else(|| {
+            let shown = sig
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| sig.to_string());
+            SpecError::new(format!("{path}.signal"), format!("{shown}: unknown signal"))
+        })?;
+    }
+    if let Some(t) = s.timeout_ms {
+        stop.timeout = Duration::from_millis(t);
+    }
+    Ok(stop)
 }
 
 /// Fields that only make sense together.
