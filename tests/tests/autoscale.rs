@@ -100,6 +100,20 @@ fn wait_zero(up: &Up) -> Value {
     }
 }
 
+/// Poll until `f` holds (tests may poll; the supervisor never does),
+/// failing with the supervisor's stderr after `secs`.
+fn until(up: &Up, what: &str, secs: u64, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "waited for {what}\n{}",
+            up.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One request: its answer, or why there was none.
 fn ask(port: u16) -> Result<String, String> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -303,11 +317,9 @@ fn a_replica_that_crashes_while_another_starts_is_restarted_not_counted_twice() 
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     // The scale-up is decided: kill replica 1 while replica 2 starts.
-    let t = Instant::now();
-    while !up.stderr().contains("web: scale 1 → 2") {
-        assert!(t.elapsed() < Duration::from_secs(30), "{}", up.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(&up, "the scale-up", 30, || {
+        up.stderr().contains("web: scale 1 → 2")
+    });
     let pid = up.service("web.1")["pid"].as_i64().expect("web.1 runs");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
@@ -409,15 +421,11 @@ fn replicas_busy_above_the_cpu_target_add_one() {
     s["autoscale"] =
         json!({"min": 1, "max": 2, "cpu": "30%", "upAfterMs": 500, "downAfterMs": 600000});
     let up = Up::start("autoscale-cpu", json!({"web": s}), &[]);
-    let t = Instant::now();
-    while !up
-        .status()
-        .iter()
-        .any(|r| r["name"] == "web.2" && r["state"] == "running")
-    {
-        assert!(t.elapsed() < Duration::from_secs(60), "{}", up.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(&up, "web.2 running", 60, || {
+        up.status()
+            .iter()
+            .any(|r| r["name"] == "web.2" && r["state"] == "running")
+    });
     let log = up.stderr();
     assert!(log.contains("web: scale 1 → 2: cpu "), "{log}");
     assert_eq!(replicas(&up).0.len(), 2, "at max");
@@ -464,13 +472,15 @@ fn a_reload_keeps_a_pin_and_moves_the_watch_to_new_sockets() {
     assert_eq!(code, 0, "{err}");
     wait_zero(&up);
     nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
-    let t = Instant::now();
-    while !up.stderr().contains("reloading the stack file") {
-        assert!(t.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until(&up, "the reload", 30, || {
+        up.stderr().contains("reloading the stack file")
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(wait_zero(&up)["autoscale"]["pinned"], 0);
+    // Not started and stopped again: the pin is what the reload kept.
+    let log = up.stderr();
+    let after = &log[log.rfind("reloading the stack file").unwrap_or(0)..];
+    assert!(!after.contains("web.1: running"), "{log}");
     // Back to auto, min 0, on another port: the new socket wakes it, the
     // old one is closed.
     let (code, _, _) = up.cli(&["scale", "web", "auto"]);
@@ -478,11 +488,9 @@ fn a_reload_keeps_a_pin_and_moves_the_watch_to_new_sockets() {
     let zero = json!({"min": 0, "max": 2, "idleMs": 1000});
     up.write_stack(&json!({"web": service(b, &[], zero)}));
     nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", a)).is_ok() {
-        assert!(t.elapsed() < Duration::from_secs(30), "{}", up.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until(&up, "the old port closed", 30, || {
+        TcpStream::connect(("127.0.0.1", a)).is_err()
+    });
     wait_zero(&up);
     assert_eq!(ask(b).as_deref(), Ok("1"), "{}", up.stderr());
     up.down();

@@ -84,8 +84,11 @@ impl HeldSockets {
     /// `self` is untouched (a reload that fails closes nothing a running
     /// service listens on). Sockets the new set does not take close when
     /// `self` is replaced by it.
-    pub(crate) fn open_all(&mut self, defs: &[ServiceDef]) -> Result<HeldSockets, String> {
-        let mut fresh = self.open_new(defs)?;
+    pub(crate) fn open_all<'a>(
+        &mut self,
+        defs: impl Iterator<Item = &'a ServiceDef> + Clone,
+    ) -> Result<HeldSockets, String> {
+        let mut fresh = self.open_new(defs.clone())?;
         let mut out = HeldSockets {
             next_key: self.next_key,
             ..HeldSockets::default()
@@ -118,7 +121,10 @@ impl HeldSockets {
 
     /// The sockets of `defs` not held yet, by group and position, while
     /// nothing of `self` has moved.
-    fn open_new(&self, defs: &[ServiceDef]) -> Result<HashMap<(String, usize), Held>, String> {
+    fn open_new<'a>(
+        &self,
+        defs: impl Iterator<Item = &'a ServiceDef>,
+    ) -> Result<HashMap<(String, usize), Held>, String> {
         let mut fresh = HashMap::new();
         for d in defs {
             let group = d.group_name();

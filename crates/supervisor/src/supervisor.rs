@@ -36,8 +36,8 @@ use crate::reaper::Reaper;
 use crate::sandboxes::{self, Sandboxes};
 use crate::shell::context::{Ctx, Input, Outbox};
 use crate::shell::loading::{
-    add_to_all, block_signals, check_stack, claim_group, core_for, hold_sockets, networks_for,
-    outputs_for, read_stack, spawner_and_stack, Checked, Loading, Prepared,
+    add_to_all, block_signals, check_stack, claim_group, core_for, networks_for, outputs_for,
+    read_stack, spawner_and_stack, Checked, Loading, Prepared,
 };
 use crate::shell::loop_lag::LoopLag;
 use crate::shell::metrics::{Metrics, SLICE};
@@ -170,7 +170,9 @@ impl Supervisor {
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Start)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
-        let held = hold_sockets(&mut HeldSockets::default(), &stack)?;
+        let held = HeldSockets::default()
+            .open_all(stack.with_autoscaled())
+            .map_err(UpError::Setup)?;
         let metrics = cfg
             .metrics
             .as_ref()

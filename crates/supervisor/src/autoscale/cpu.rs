@@ -21,52 +21,25 @@ pub(crate) struct CpuMeter {
     at: Option<Instant>,
 }
 
-/// What the runs seen at two readings used between them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Used {
-    /// CPU time, µs, summed over the runs.
-    pub(crate) usec: u64,
-    pub(crate) runs: usize,
-    /// Wall time between the readings, µs.
-    pub(crate) elapsed_us: f64,
-}
-
-impl Used {
-    /// The runs' average, percent of one CPU.
-    pub(crate) fn average(&self) -> Option<f64> {
-        (self.runs > 0 && self.elapsed_us > 0.0)
-            .then(|| self.usec as f64 / self.runs as f64 / self.elapsed_us * 100.0)
-    }
-}
-
 impl CpuMeter {
-    /// Read the replicas' CPU time now: what the runs seen at the last
-    /// reading too used since (none at the first reading).
-    pub(crate) fn read(&mut self, usec: &[(Run, u64)], now: Instant) -> Option<Used> {
-        let elapsed_us = self
+    /// Read the replicas' CPU time now: the average of the rates of the
+    /// runs seen at the last reading too, in percent of one CPU (none at
+    /// the first reading or when no run was seen at both).
+    pub(crate) fn average(&mut self, usec: &[(Run, u64)], now: Instant) -> Option<f64> {
+        let elapsed = self
             .at
             .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e6);
-        let mut used = Used {
-            usec: 0,
-            runs: 0,
-            elapsed_us: elapsed_us.unwrap_or(0.0),
-        };
-        for (run, u) in usec {
-            if let Some(before) = self.last.get(run) {
-                used.usec = used.usec.saturating_add(u.saturating_sub(*before));
-                used.runs += 1;
-            }
-        }
+        let rates: Vec<f64> = usec
+            .iter()
+            .filter_map(|(run, u)| {
+                let before = *self.last.get(run)?;
+                let e = elapsed.filter(|e| *e > 0.0)?;
+                Some(u.saturating_sub(before) as f64 / e * 100.0)
+            })
+            .collect();
         self.last = usec.iter().copied().collect();
         self.at = Some(now);
-        elapsed_us.map(|_| used)
-    }
-
-    /// The average of the runs' rates since the last reading, in percent
-    /// of one CPU (none at the first reading or when no run was seen at
-    /// both).
-    pub(crate) fn average(&mut self, usec: &[(Run, u64)], now: Instant) -> Option<f64> {
-        self.read(usec, now)?.average()
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
     }
 }
 

@@ -27,11 +27,13 @@ fn web(ports: &[u16], extra: &str) -> Vec<ServiceDef> {
 #[test]
 fn a_reload_keeps_held_sockets_and_a_failed_one_closes_none() {
     let (a, b) = (free_port(), free_port());
-    let mut held = HeldSockets::default().open_all(&web(&[a], "")).unwrap();
+    let mut held = HeldSockets::default()
+        .open_all(web(&[a], "").iter())
+        .unwrap();
     let fd = held.for_group("web").0[0];
     // A port someone else holds: the reload fails, `a` stays ours.
     let taken = std::net::TcpListener::bind(("127.0.0.1", b)).unwrap();
-    let e = held.open_all(&web(&[a, b], "")).unwrap_err();
+    let e = held.open_all(web(&[a, b], "").iter()).unwrap_err();
     assert!(
         e.starts_with("services.web.sockets[1]: tcp://127.0.0.1:"),
         "{e}"
@@ -40,13 +42,13 @@ fn a_reload_keeps_held_sockets_and_a_failed_one_closes_none() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_ok());
     drop(taken);
     // Now it fits: `a` is the same socket, `b` new, names in order.
-    let mut next = held.open_all(&web(&[a, b], "")).unwrap();
+    let mut next = held.open_all(web(&[a, b], "").iter()).unwrap();
     assert_eq!(next.for_group("web").0[0], fd);
     assert_eq!(next.for_group("web").1, "s0:s1");
     // A reload without the sockets closes them once the old set goes.
     drop(held);
     let none = next
-        .open_all(&stack(r#""web": {"process": {"args": ["true"]}}"#))
+        .open_all(stack(r#""web": {"process": {"args": ["true"]}}"#).iter())
         .unwrap();
     assert_eq!(none.len(), 0);
     assert!(
@@ -67,7 +69,7 @@ fn replicas_share_one_socket_set() {
     let p = free_port();
     let defs = web(&[p], r#", "replicas": 3"#);
     assert_eq!(defs.len(), 3);
-    let held = HeldSockets::default().open_all(&defs).unwrap();
+    let held = HeldSockets::default().open_all(defs.iter()).unwrap();
     assert_eq!(held.len(), 1);
     let fds: Vec<_> = defs
         .iter()
@@ -124,7 +126,7 @@ fn a_watched_listener_wakes_the_loop_once_per_arming_and_its_queue_is_read() {
             {{"name": "b", "listen": "unix://{}"}}]}}"#,
         path.display()
     ));
-    let mut held = HeldSockets::default().open_all(&defs).unwrap();
+    let mut held = HeldSockets::default().open_all(defs.iter()).unwrap();
     let reactor = Reactor::new().unwrap();
     let mut evs = vec![EpollEvent::empty(); 8];
     let mut wait = |r: &Reactor| {
@@ -154,7 +156,7 @@ fn a_watched_listener_wakes_the_loop_once_per_arming_and_its_queue_is_read() {
     assert!(wait(&reactor).is_empty());
     assert_eq!(held.on_event(key), None, "not watched");
     // A reload's set: the same sockets under a key never used before.
-    let next = held.open_all(&defs).unwrap();
+    let next = held.open_all(defs.iter()).unwrap();
     assert_ne!(next.sets["web"].key, key);
     assert_eq!(held.queued("db"), 0);
     drop(next);

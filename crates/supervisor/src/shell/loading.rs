@@ -83,13 +83,6 @@ fn check_no_cgroup(stack: &Stack) -> Result<(), UpError> {
     Ok(())
 }
 
-/// The stack's held sockets, `from`'s kept where the address is the same
-/// (nothing of `from` moves on an error).
-pub(crate) fn hold_sockets(from: &mut HeldSockets, stack: &Stack) -> Result<HeldSockets, UpError> {
-    from.open_all(&stack.with_autoscaled())
-        .map_err(UpError::Setup)
-}
-
 /// An autoscaled service on a unix socket needs the kernel to tell that
 /// socket's accept queue (sock_diag's `unix_diag`): known before anything
 /// is touched, not found out by a service that never scales.

@@ -6,7 +6,7 @@
 
 use crate::held_sockets::HeldSockets;
 use crate::networks::{self, NetChange};
-use crate::shell::loading::{add_to_all, check_stack, hold_sockets, Checked, Loading};
+use crate::shell::loading::{add_to_all, check_stack, Checked, Loading};
 use crate::supervisor::ctx;
 use crate::supervisor::{load_stack, stack_name, Supervisor, UpError};
 use isola_runtime::SpecError;
@@ -92,7 +92,10 @@ impl Supervisor {
         let nets =
             networks::plan_change(self.networks.as_ref(), &stack_root, &checked.stack.networks)
                 .map_err(|e| UpError::Spec(SpecError::new("networks", e)))?;
-        let held = hold_sockets(&mut self.held, &checked.stack)?;
+        let held = self
+            .held
+            .open_all(checked.stack.with_autoscaled())
+            .map_err(UpError::Setup)?;
         Ok((checked, held, nets))
     }
 }

@@ -102,12 +102,8 @@ pub struct Stack {
 impl Stack {
     /// Its services and the autoscaled ones as written: what has sockets
     /// to hold, whether a replica runs or not.
-    pub fn with_autoscaled(&self) -> Vec<ServiceDef> {
-        self.services
-            .iter()
-            .chain(&self.autoscaled)
-            .cloned()
-            .collect()
+    pub fn with_autoscaled(&self) -> impl Iterator<Item = &ServiceDef> + Clone {
+        self.services.iter().chain(&self.autoscaled)
     }
 }
 
