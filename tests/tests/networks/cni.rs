@@ -29,6 +29,27 @@ fn conflist(dir: &Scratch) -> PathBuf {
     dir.write("cni.conflist", &list.to_string())
 }
 
+/// The test's bridge made beforehand with an address of its own, which
+/// the kernel then keeps: a bridge without one takes its lowest port's,
+/// which changes as ports come and go — and the bridge plugin's CHECK
+/// compares the bridge's address with the one it recorded at ADD (two
+/// sandboxes added at once: the first recorded the address before the
+/// second's port took it over, and its CHECK failed).
+fn fixed_bridge() {
+    // A failed test before may have left it.
+    let _ = Command::new("ip")
+        .args(["link", "del", "isolacni0"])
+        .status();
+    for args in [
+        &["link", "add", "isolacni0", "type", "bridge"][..],
+        &["link", "set", "isolacni0", "address", "02:00:00:00:00:c1"],
+        &["link", "set", "isolacni0", "up"],
+    ] {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+}
+
 /// The addresses host-local has leased (a file named by each).
 fn leases(dir: &Scratch) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir.path("ipam").join("isolatest"))
@@ -145,6 +166,7 @@ fn a_reload_checks_cni_networks_and_restarts_a_service_whose_network_broke() {
     require_vm();
     let dir = Scratch::new("cni-check");
     let list = conflist(&dir);
+    fixed_bridge();
     let file = json!({
         "networks": {"c": {"driver": "cni", "cni": {"conflist": list}}},
         "services": {
@@ -156,8 +178,8 @@ fn a_reload_checks_cni_networks_and_restarts_a_service_whose_network_broke() {
     let px = up.wait_state("x", "running")["pid"].clone();
     let py = up.wait_state("y", "running")["pid"].clone();
     // x loses its address (the bridge and y's pair stay as they are:
-    // the bridge plugin's CHECK also compares the bridge's MAC, which a
-    // port that goes may change): CHECK fails for x at the reload.
+    // the bridge plugin's CHECK also compares the bridge's MAC, fixed
+    // above): CHECK fails for x at the reload, and only for x.
     let pid = px.to_string();
     let st = Command::new("nsenter")
         .args(["-t", &pid, "-n", "ip", "addr", "flush", "dev", "eth0"])
