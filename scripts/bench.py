@@ -572,15 +572,10 @@ def main():
     n = int(arg("--n", 200))
     seq = int(arg("--seq", 500))
     counts = [int(c) for c in arg("--services", "10,100,1000").split(",")]
-    if setting == "host" and not os.environ.get("ISOLA_BENCH_NS"):
-        # crun refuses a hybrid host even with its cgroup manager disabled;
-        # give the whole run a private mount namespace in which a read-only
-        # cgroup2 view sits at /sys/fs/cgroup. Nothing of the host's cgroups
-        # is written.
-        os.environ["ISOLA_BENCH_NS"] = "1"
-        inner = f"mount -t cgroup2 -o ro none /sys/fs/cgroup && exec {sys.executable} " + " ".join(map(sh_quote, sys.argv))
-        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
+    if setting == "host":
+        reexec_with_cgroup2_view()
     work = tempfile.mkdtemp(prefix="isola-bench-")
+    import bench_like
     make_bundle(work, setting == "vm")
     t = tools(work, setting)
     for name, argv in t.items():  # warm caches, and fail early if a tool cannot run
@@ -592,6 +587,7 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": versions(t),
         "start_exit": start_exit(t, n),
+        "like": bench_like.run(work, setting, 5, int(arg("--like-n", 100 if setting == "host" else 30))),
         "throughput": throughput(t, seq),
         "supervisor": supervisor(work, setting, counts),
     }
@@ -615,6 +611,25 @@ def main():
             f.write(text)
     print("BENCH-JSON: " + text, flush=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def reexec_with_cgroup2_view():
+    """crun refuses a hybrid host (cgroup v1 controllers beside a unified
+    hierarchy at /sys/fs/cgroup/unified) even with its cgroup manager
+    disabled. On such a host, run the whole bench again in a private mount
+    namespace whose /sys/fs/cgroup is a read-only bind of the unified
+    mount: a bind, because a fresh cgroup2 mount would apply its options
+    to the host's whole hierarchy. Nothing of the host's cgroups is
+    written. A unified host needs nothing."""
+    if os.environ.get("ISOLA_BENCH_NS"):
+        return
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"], capture_output=True, text=True).stdout.strip()
+    if fstype != "tmpfs" or not os.path.isdir("/sys/fs/cgroup/unified"):
+        return
+    os.environ["ISOLA_BENCH_NS"] = "1"
+    inner = ("mount --bind /sys/fs/cgroup/unified /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && "
+             f"exec {sys.executable} " + " ".join(map(sh_quote, sys.argv)))
+    os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
 
 
 def versions(t):
@@ -641,6 +656,9 @@ def report(paths):
             r = json.load(open(p))
             loaded[r["setting"]] = r
     lines = report_settings(paths)
+    import bench_like
+    for setting in ("host", "vm"):
+        lines += bench_like.report(loaded.get(setting, {}).get("like"))
     import bench_observe
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
     import bench_networks

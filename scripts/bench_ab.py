@@ -36,12 +36,8 @@ def main():
     setting, a, b = sys.argv[1:4]
     rounds = int(bench.arg("--rounds", 3))
     counts = [int(c) for c in bench.arg("--services", "100,1000").split(",")]
-    if setting == "host" and not os.environ.get("ISOLA_BENCH_NS"):
-        # As bench.py: a private mount namespace, nothing of the host's
-        # cgroups written (the host setting runs with --no-cgroup).
-        os.environ["ISOLA_BENCH_NS"] = "1"
-        inner = f"mount -t cgroup2 -o ro none /sys/fs/cgroup && exec {sys.executable} " + " ".join(map(bench.sh_quote, sys.argv))
-        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
+    if setting == "host":
+        bench.reexec_with_cgroup2_view()
     work = tempfile.mkdtemp(prefix="isola-ab-")
     bench.make_bundle(work, setting == "vm")
     results = {"A": {}, "B": {}}

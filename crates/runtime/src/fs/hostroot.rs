@@ -16,21 +16,18 @@ use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
-use super::mounts::{self, MountSpec};
+use super::devnodes;
+use super::mounts::MountSpec;
 use crate::sys;
 
 type Step = (&'static str, String);
-
-/// Device nodes of the fresh `/dev` (runc's list; `ptmx` is the devpts
-/// instance's own).
-pub(crate) const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// What must be reached after the host's view is hidden.
 pub(crate) struct Pinned {
     /// Per spec mount: its bind source, opened, and whether it is a
     /// directory (asked now: later its path may be hidden).
     sources: Vec<Option<(OwnedFd, bool)>>,
-    /// The host's device nodes of [`DEV_NODES`], opened.
+    /// The host's device nodes of [`devnodes::NODES`], opened.
     dev: Vec<OwnedFd>,
 }
 
@@ -55,9 +52,9 @@ impl Pinned {
                 _ => None,
             });
         }
-        let mut dev = Vec::with_capacity(DEV_NODES.len());
-        for name in DEV_NODES {
-            dev.push(opath(&Path::new("/dev").join(name))?);
+        let mut dev = Vec::with_capacity(devnodes::NODES.len());
+        for n in &devnodes::NODES {
+            dev.push(opath(&Path::new("/dev").join(n.name))?);
         }
         Ok(Pinned { sources, dev })
     }
@@ -75,9 +72,9 @@ impl Pinned {
             .is_some_and(|(_, dir)| !dir)
     }
 
-    /// Where device node `name` (one of [`DEV_NODES`]) is bound from.
+    /// Where device node `name` (one of [`devnodes::NODES`]) is bound from.
     pub(crate) fn dev_node(&self, name: &str) -> Option<PathBuf> {
-        let k = DEV_NODES.iter().position(|n| *n == name)?;
+        let k = devnodes::NODES.iter().position(|n| n.name == name)?;
         self.dev.get(k).map(fd_path)
     }
 }
@@ -122,7 +119,7 @@ pub(crate) fn protect(specs: &[MountSpec], pinned: &Pinned) -> Result<(), Step> 
 
 /// The nodes, a devpts instance of the sandbox's own, `/dev/shm`.
 pub(crate) fn fresh_dev(dev: &Path, pinned: &Pinned) -> Result<(), Step> {
-    mounts::populate_dev(dev, |name| {
+    devnodes::populate_bound(dev, |name| {
         pinned
             .dev_node(name)
             .unwrap_or_else(|| Path::new("/dev").join(name))

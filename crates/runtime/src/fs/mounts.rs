@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
-use super::hostroot;
 use super::nodes::DeviceNode;
+use super::{devnodes, hostroot};
 use crate::error::SpecError;
 use crate::init::hookrun::{self, HookRun};
 use crate::sys;
@@ -221,12 +221,19 @@ pub(crate) fn setup(l: &Layout<'_>) -> Result<(), Step> {
         Some(_) => None,
     };
 
+    // Resolved once: every mount target is checked against it.
+    let real_root = match l.root {
+        Some(r) => {
+            fs::canonicalize(r).map_err(fail("mount", format!("resolve {}", r.display())))?
+        }
+        None => prefix.clone(),
+    };
     let mut proc_mounted = false;
     for (k, m) in l.mounts.iter().enumerate() {
         let dst = inside(&m.destination)?;
         let source = pinned.as_ref().and_then(|p| p.source(k));
         match &pinned {
-            None => create_target(&prefix, &dst, m)?,
+            None => create_target(&real_root, &dst, m)?,
             Some(p) => hostroot::create_target(&dst, k, p)?,
         }
         mount_one(m, &dst, source.as_deref())?;
@@ -244,7 +251,7 @@ pub(crate) fn setup(l: &Layout<'_>) -> Result<(), Step> {
         if m.fstype == "tmpfs" && m.destination == Path::new("/dev") {
             match &pinned {
                 Some(p) => hostroot::fresh_dev(&dst, p)?,
-                None => populate_dev(&dst, |name| Path::new("/dev").join(name))?,
+                None => devnodes::populate(&dst, m.flags.contains(MsFlags::MS_NODEV))?,
             }
         }
     }
@@ -367,7 +374,7 @@ fn remount_ro(p: &Path, extra: MsFlags) -> Result<(), String> {
 
 /// Create the mount point inside the rootfs, refusing any path whose
 /// symlinks lead outside it.
-fn create_target(root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
+fn create_target(real_root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
     let file_bind = m.bind && m.source.as_deref().is_some_and(|s| !s.is_dir());
     let dir = if file_bind {
         dst.parent().unwrap_or(dst)
@@ -377,9 +384,7 @@ fn create_target(root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
     fs::create_dir_all(dir).map_err(fail("mount", format!("create {}", dir.display())))?;
     let real =
         fs::canonicalize(dir).map_err(fail("mount", format!("resolve {}", dir.display())))?;
-    let real_root =
-        fs::canonicalize(root).map_err(fail("mount", format!("resolve {}", root.display())))?;
-    if !real.starts_with(&real_root) {
+    if !real.starts_with(real_root) {
         return Err((
             "mount",
             format!(
@@ -398,35 +403,6 @@ fn create_target(root: &Path, dst: &Path, m: &MountSpec) -> Result<(), Step> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(dst)
             .map_err(fail("mount", format!("create {}", dst.display())))?;
-    }
-    Ok(())
-}
-
-/// A tmpfs /dev gets the usual nodes, bound from the host's (`source`
-/// says where each is found; mknod is not allowed in a user namespace, a
-/// bind is).
-pub(crate) fn populate_dev(dev: &Path, source: impl Fn(&str) -> PathBuf) -> Result<(), Step> {
-    for name in hostroot::DEV_NODES {
-        let dst = dev.join(name);
-        fs::File::create(&dst).map_err(fail("mount", format!("create {}", dst.display())))?;
-        let src = source(name);
-        mount(
-            Some(&src),
-            &dst,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(fail("mount", format!("bind {}", src.display())))?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        let _ = std::os::unix::fs::symlink(target, dev.join(link));
     }
     Ok(())
 }

@@ -16,6 +16,10 @@ pub(crate) struct CapSets {
     pub(crate) permitted: CapsHashSet,
     pub(crate) inheritable: CapsHashSet,
     pub(crate) ambient: CapsHashSet,
+    /// What the kernel supports beyond `bounding`: dropped from the
+    /// bounding set at start. Known at plan time from cap_last_cap, so a
+    /// start makes one prctl per capability dropped, none to probe.
+    pub(crate) dropped: Vec<Capability>,
 }
 
 /// Docker's default set, used by `isola spec`.
@@ -46,7 +50,7 @@ pub(crate) fn from_oci(
     warnings: &mut Vec<String>,
 ) -> Result<CapSets, SpecError> {
     let Some(c) = c else {
-        return Ok(CapSets::default());
+        return Ok(with_dropped(CapSets::default()));
     };
     let set = |name: &str,
                v: &Option<oci_spec::runtime::Capabilities>|
@@ -73,6 +77,7 @@ pub(crate) fn from_oci(
         permitted: set("permitted", c.permitted())?,
         inheritable: set("inheritable", c.inheritable())?,
         ambient: set("ambient", c.ambient())?,
+        dropped: Vec::new(),
     };
     if let Some(extra) = sets.effective.difference(&sets.permitted).next() {
         return Err(SpecError::new(
@@ -95,18 +100,29 @@ pub(crate) fn from_oci(
             refused.join(", ")
         ));
     }
-    Ok(sets)
+    Ok(with_dropped(sets))
+}
+
+/// `sets` with [`CapSets::dropped`] filled in: from cap_last_cap, or by
+/// probing each capability where /proc/sys cannot be read.
+fn with_dropped(mut sets: CapSets) -> CapSets {
+    let supported = caps::runtime::procfs_all_supported(None)
+        .unwrap_or_else(|_| caps::runtime::thread_all_supported());
+    let mut dropped: Vec<Capability> = supported
+        .into_iter()
+        .filter(|c| !sets.bounding.contains(c))
+        .collect();
+    dropped.sort_by_key(|c| c.index());
+    sets.dropped = dropped;
+    sets
 }
 
 /// Drop from the bounding set everything the spec does not keep. Needs
 /// CAP_SETPCAP, so it runs before the user switch.
 pub(crate) fn apply_bounding(sets: &CapSets) -> Result<(), String> {
-    let supported = caps::runtime::thread_all_supported();
-    for cap in supported {
-        if !sets.bounding.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
-        }
+    for cap in &sets.dropped {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
     }
     Ok(())
 }
@@ -176,6 +192,26 @@ mod tests {
 
     #[test]
     fn absent_means_none() {
-        assert_eq!(from_oci(None, &mut Vec::new()).unwrap(), CapSets::default());
+        let sets = from_oci(None, &mut Vec::new()).unwrap();
+        assert!(sets.bounding.is_empty() && sets.permitted.is_empty() && sets.ambient.is_empty());
+        // …so every capability the kernel has leaves the bounding set.
+        let all = caps::runtime::thread_all_supported();
+        assert_eq!(sets.dropped.len(), all.len());
+        assert!(sets.dropped.contains(&Capability::CAP_SYS_ADMIN));
+    }
+
+    #[test]
+    fn only_what_bounding_keeps_stays() {
+        let c: LinuxCapabilities =
+            serde_json::from_str(r#"{"bounding":["CAP_KILL"],"permitted":["CAP_KILL"]}"#).unwrap();
+        let sets = from_oci(Some(&c), &mut Vec::new()).unwrap();
+        assert!(!sets.dropped.contains(&Capability::CAP_KILL));
+        assert_eq!(
+            sets.dropped.len(),
+            caps::runtime::thread_all_supported().len() - 1
+        );
+        let mut sorted = sets.dropped.clone();
+        sorted.sort_by_key(|c| c.index());
+        assert_eq!(sets.dropped, sorted);
     }
 }

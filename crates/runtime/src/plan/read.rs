@@ -8,6 +8,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
 use oci_spec::runtime::{Linux, Spec};
 
 use super::capabilities::{self, CapSets};
@@ -16,6 +17,7 @@ use super::{Dialect, Plan, Rlimit};
 use crate::cgroup::devices::{self, Insn};
 use crate::cgroup::limits::{self, CgroupFile};
 use crate::error::SpecError;
+use crate::fs::cgroup_mount;
 use crate::fs::mounts::MountSpec;
 use crate::fs::nodes::DeviceNode;
 use crate::init::hookrun::{HookRun, InContainer};
@@ -41,7 +43,12 @@ impl Plan {
         let linux = linux_or_empty(oci)?;
         let (clone_flags, join) = fields::namespaces(&linux)?;
         let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
-        let view = view(oci, &linux, &s.base_dir, root.is_some(), clone_flags)?;
+        let mut view = view(oci, &linux, &s.base_dir, root.is_some(), clone_flags)?;
+        let cgroup_ns = clone_flags & libc::CLONE_NEWCGROUP as u64 != 0
+            || join
+                .iter()
+                .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWCGROUP));
+        cgroup_mount::bind_host_hierarchy(&mut view.mounts, cgroup_ns);
         let (uid_map, gid_map) = id_maps(&linux, clone_flags)?;
         let sysctl = sysctls(&linux, clone_flags)?;
         let seccomp = seccomp_programs(&linux, is_oci)?;
