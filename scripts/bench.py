@@ -383,7 +383,7 @@ def mem_available_kb():
     return 0
 
 
-def scale_floor(n, rootfs=None):
+def scale_floor(n, rootfs=None, measure=None):
     """The same namespaces without isola: n busybox-static `unshare` (pid,
     mount, uts, ipc, net) each running `sleep`, started from one shell loop
     in parallel. Seconds until all n sleep, and the memory each costs (no
@@ -425,6 +425,8 @@ def scale_floor(n, rootfs=None):
             time.sleep(0.25)
     time.sleep(1)
     per_kb = (before - mem_available_kb()) / n
+    if measure:
+        measure()
     # PID 1 of a namespace ignores signals it has no handler for, SIGKILL aside.
     subprocess.run(["pkill", "-KILL", "-f", f"^/bin/busybox sleep {marker}$"])
     sh_proc.wait()
@@ -601,6 +603,8 @@ def main():
         # 10,000 on one network, in a network namespace of the bench's own.
         res["networks_host"] = bench_networks.host_scale(work, ISOLA, int(arg("--net-n", BIG_TARGET)))
     if setting == "vm":
+        import bench_memory
+        res["memory"] = bench_memory.run(work, int(arg("--mem-n", 200)))
         import bench_oci
         with open(os.path.join(work, "config.json")) as f:
             res["oci"] = bench_oci.run(work, ISOLA, json.load(f))
@@ -659,6 +663,8 @@ def report(paths):
     import bench_like
     for setting in ("host", "vm"):
         lines += bench_like.report(loaded.get(setting, {}).get("like"))
+    import bench_memory
+    lines += bench_memory.report(loaded.get("vm", {}).get("memory"))
     import bench_observe
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
     import bench_networks

@@ -509,6 +509,7 @@ fn supervise(plan: &Plan, payload: Pid, set: &SigSet) -> ! {
     // Read before the inherited heap (where `plan` lives) goes.
     let new_pid_ns = plan.new_pid_ns();
     sys::drop_inherited_heap();
+    sys::release_setup_memory();
     let mut status: Option<i32> = None;
     while status.is_none() {
         let Ok(sig) = set.wait() else { continue };

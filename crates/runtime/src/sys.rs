@@ -10,7 +10,7 @@ mod arena;
 mod bpf;
 pub(crate) mod mount;
 mod shared_arena;
-pub(crate) use arena::{drop_inherited_heap, use_fresh_arena};
+pub(crate) use arena::{drop_inherited_heap, release_setup_memory, use_fresh_arena};
 pub use arena::{release_free_memory, Allocator};
 pub(crate) use bpf::{attach_device_filter, load_device_filter};
 pub use shared_arena::in_shared_arena;

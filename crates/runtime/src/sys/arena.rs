@@ -16,6 +16,8 @@ pub struct Allocator;
 static ARENA_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static ARENA_NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static ARENA_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The start of the current arena mapping (0: none yet).
+static ARENA_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Where the heap of a process that called [`release_free_memory`] starts
 /// (0: never called): its inits let go of it ([`drop_inherited_heap`]).
 static HEAP_START: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -52,6 +54,7 @@ fn arena_alloc(layout: std::alloc::Layout) -> *mut u8 {
     let start = base.next_multiple_of(align);
     ARENA_NEXT.store(start + size, Relaxed);
     ARENA_END.store(base + len, Relaxed);
+    ARENA_BASE.store(base, Relaxed);
     start as *mut u8
 }
 
@@ -227,6 +230,54 @@ pub(crate) fn drop_inherited_heap() {
         libc::munmap(keep_end as *mut libc::c_void, end - keep_end);
     }
 }
+
+/// In an init whose payload runs, after [`drop_inherited_heap`]: give
+/// back what setting up dirtied and nothing reads any more — the arena
+/// (what the init allocated while it set up; a later allocation maps a new
+/// one) and the stack below the current frame (the deep calls of mounting
+/// and planning; copy-on-write copies of the parent's stack pages, private
+/// to this init). What is left of an init is its few live stack pages,
+/// its data and the page tables of what it still maps: every sleeping
+/// sandbox holds one.
+pub(crate) fn release_setup_memory() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !ARENA_ON.load(Relaxed) {
+        return;
+    }
+    let (base, end) = (ARENA_BASE.load(Relaxed), ARENA_END.load(Relaxed));
+    if base != 0 && end > base {
+        ARENA_NEXT.store(0, Relaxed);
+        ARENA_END.store(0, Relaxed);
+        ARENA_BASE.store(0, Relaxed);
+        // SAFETY: [base, end) is the arena mapping we made; the init holds
+        // no block of it any more (see the doc comment: it only waits,
+        // reaps and exits from here on).
+        unsafe {
+            libc::munmap(base as *mut libc::c_void, end - base);
+        }
+    }
+    let marker = 0u8;
+    let sp = std::ptr::addr_of!(marker) as usize;
+    // Two pages below this frame stay: the calls still to come (sigwait,
+    // waitpid, kill) are shallow. Below them, nothing is live.
+    let top = (sp & !(PAGE - 1)).saturating_sub(2 * PAGE);
+    let bottom = top.saturating_sub(STACK_RELEASED);
+    // SAFETY: MADV_DONTNEED on private anonymous memory below the stack
+    // pointer, where no frame lives: a later touch reads zeroes, which is
+    // all an unused stack page may hold. Addresses of the range that are
+    // not mapped are skipped by the kernel (ENOMEM, ignored).
+    unsafe {
+        libc::madvise(
+            bottom as *mut libc::c_void,
+            top - bottom,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
+
+/// How far below the current frame the stack is given back: the init's
+/// set-up never goes deeper than this.
+const STACK_RELEASED: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
