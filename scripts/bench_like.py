@@ -4,7 +4,7 @@
   bench_like.py host|vm [--rounds 5] [--n 100] [--json FILE]
 
 The bundle is exactly what `crun spec` writes — pid, network, ipc, uts and
-mount namespaces; its seven mounts (proc, tmpfs /dev, devpts, shm, mqueue,
+mount namespaces (and cgroup on a cgroup v2 host); its seven mounts (proc, tmpfs /dev, devpts, shm, mqueue,
 sysfs, cgroup), masked and read-only paths, three capabilities, an
 RLIMIT_NOFILE, noNewPrivileges, hostname — changed only where the issue
 allows: args `/bin/true`, no terminal, no `linux.resources` (crun's default
@@ -61,8 +61,13 @@ def make_bundle(work):
     return bundle, cfg
 
 
+def _namespaces(cfg):
+    return {n["type"] for n in cfg["linux"]["namespaces"]}
+
+
 def bwrap_argv(rootfs, cfg):
-    argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-ipc",
+    cgroupns = ["--unshare-cgroup"] if "cgroup" in _namespaces(cfg) else []
+    argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-ipc", *cgroupns,
             "--hostname", cfg.get("hostname", "bwrap"), "--ro-bind", rootfs, "/",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue",
             "--ro-bind", "/sys", "/sys"]
@@ -77,6 +82,7 @@ def bwrap_argv(rootfs, cfg):
 
 
 def tools(work, setting):
+    """The tools' command lines and the namespaces the bundle asks for."""
     bundle, cfg = make_bundle(work)
     cfg_path = os.path.join(bundle, "config.json")
     rootfs = os.path.join(bundle, "rootfs")
@@ -88,13 +94,14 @@ def tools(work, setting):
     if shutil.which("bwrap"):
         bw = bwrap_argv(rootfs, cfg)
         t["bwrap"] = lambda i: bw
-    t["unshare"] = lambda i: ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
+    cgroupns = ["--cgroup"] if "cgroup" in _namespaces(cfg) else []
+    t["unshare"] = lambda i: ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net", *cgroupns,
                               "--root", rootfs, "/bin/true"]
-    return t
+    return t, sorted(_namespaces(cfg))
 
 
 def run(work, setting, rounds, n):
-    t = tools(work, setting)
+    t, namespaces = tools(work, setting)
     for name, argv in t.items():  # warm caches, and fail early if a tool cannot run
         bench.run_once(argv(999999))
     times = {k: [] for k in t}
@@ -102,7 +109,8 @@ def run(work, setting, rounds, n):
         for name, argv in t.items():
             for i in range(n):
                 times[name].append(bench.run_once(argv(r * n + i)))
-    out = {"setting": setting, "rounds": rounds, "n": n, "versions": bench.versions(t), "tools": {}}
+    out = {"setting": setting, "rounds": rounds, "n": n, "versions": bench.versions(t), "namespaces": namespaces,
+           "tools": {}}
     for k, xs in times.items():
         out["tools"][k] = {"p50": bench.pct(xs, 50), "p90": bench.pct(xs, 90), "mean": statistics.fmean(xs)}
     return out
@@ -115,7 +123,8 @@ def report(o):
     base = tl.get("crun", {}).get("mean")
     floor = tl["unshare"]["mean"]
     where = "in the VM (TCG)" if o["setting"] == "vm" else "on the host"
-    lines = ["", f"like for like {where}: the stock `crun spec` bundle (5 namespaces, its 7 mounts, masked and "
+    ns = ", ".join(o.get("namespaces", []))
+    lines = ["", f"like for like {where}: the stock `crun spec` bundle ({ns} namespaces, its 7 mounts, masked and "
              f"read-only paths; /bin/true; no seccomp, no cgroup but for runc), {o['rounds']} interleaved rounds "
              f"of {o['n']} starts", "",
              "| tool | p50 ms | p90 ms | mean ms | mean / crun | mean / unshare |", "|---|---|---|---|---|---|"]
