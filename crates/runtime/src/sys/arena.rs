@@ -21,6 +21,12 @@ static ARENA_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 /// Where the heap of a process that called [`release_free_memory`] starts
 /// (0: never called): its inits let go of it ([`drop_inherited_heap`]).
 static HEAP_START: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The main thread's stack mapping of such a process, as it was then
+/// (0: unknown). A stack mapping only grows, so its inits may give back
+/// pages in this range ([`release_setup_memory`]) knowing nothing else
+/// lies there.
+static STACK_BOTTOM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static STACK_TOP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Kept above the thread pointer: glibc's thread control block (on x86_64
 /// the static TLS lies below the pointer, `struct pthread` above it,
 /// ~2.3 KiB), with room to spare.
@@ -175,6 +181,20 @@ pub fn release_free_memory() {
     if let Some(a) = start {
         HEAP_START.store(a, Relaxed);
     }
+    let stack = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .and_then(|l| l.split_whitespace().next()?.split_once('-'))
+        .and_then(|(a, b)| {
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        });
+    if let Some((bottom, top)) = stack {
+        STACK_BOTTOM.store(bottom, Relaxed);
+        STACK_TOP.store(top, Relaxed);
+    }
 }
 
 /// In an init whose payload runs: unmap the heap it inherited from the
@@ -234,9 +254,11 @@ pub(crate) fn drop_inherited_heap() {
 /// In an init whose payload runs, after [`drop_inherited_heap`]: give
 /// back what setting up dirtied and nothing reads any more — the arena
 /// (what the init allocated while it set up; a later allocation maps a new
-/// one) and the stack below the current frame (the deep calls of mounting
-/// and planning; copy-on-write copies of the parent's stack pages, private
-/// to this init). What is left of an init is its few live stack pages,
+/// one) and, in a clone of a process that called [`release_free_memory`]
+/// (the supervisor's spawner), the stack below the current frame (the deep
+/// calls of mounting and planning; copy-on-write copies of the parent's
+/// stack pages, private to this init) within the stack mapping that
+/// process recorded. What is left of an init is its few live stack pages,
 /// its data and the page tables of what it still maps: every sleeping
 /// sandbox holds one.
 pub(crate) fn release_setup_memory() {
@@ -258,14 +280,21 @@ pub(crate) fn release_setup_memory() {
     }
     let marker = 0u8;
     let sp = std::ptr::addr_of!(marker) as usize;
+    let (bottom, stack_top) = (STACK_BOTTOM.load(Relaxed), STACK_TOP.load(Relaxed));
+    if !(bottom..stack_top).contains(&sp) {
+        // Not the recorded stack (unknown, or a thread's): leave it.
+        return;
+    }
     // Two pages below this frame stay: the calls still to come (sigwait,
     // waitpid, kill) are shallow. Below them, nothing is live.
     let top = (sp & !(PAGE - 1)).saturating_sub(2 * PAGE);
-    let bottom = top.saturating_sub(STACK_RELEASED);
-    // SAFETY: MADV_DONTNEED on private anonymous memory below the stack
-    // pointer, where no frame lives: a later touch reads zeroes, which is
-    // all an unused stack page may hold. Addresses of the range that are
-    // not mapped are skipped by the kernel (ENOMEM, ignored).
+    if top <= bottom {
+        return;
+    }
+    // SAFETY: MADV_DONTNEED on private anonymous memory of the stack
+    // mapping (recorded by our parent: it has only grown since), below the
+    // stack pointer, where no frame lives: a later touch reads zeroes,
+    // which is all an unused stack page may hold.
     unsafe {
         libc::madvise(
             bottom as *mut libc::c_void,
@@ -274,10 +303,6 @@ pub(crate) fn release_setup_memory() {
         );
     }
 }
-
-/// How far below the current frame the stack is given back: the init's
-/// set-up never goes deeper than this.
-const STACK_RELEASED: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
