@@ -5,9 +5,9 @@ its MemAvailable to itself).
   scripts/vm.sh -- python3 scripts/bench_memory.py [--n 300]
 
 N sleeping services per variant under `isola up`; the memory in use that
-is not cache (anonymous pages, page tables, kernel stacks, slab, per-CPU,
-shmem, vmalloc: /proc/meminfo after dropping caches) grows by N times the
-cost of one, kernel objects included (process, page tables, namespaces,
+is not cache (anonymous pages, page tables, slab, per-CPU, shmem, vmalloc
+— kernel stacks included: /proc/meminfo after dropping caches) grows by N
+times the cost of one, kernel objects included (process, page tables, namespaces,
 mounts, cgroup, BPF programs) and the supervisor's own state for it. The
 variants add one thing at a time, so each difference is one item's cost:
 
@@ -73,7 +73,9 @@ def _inits(supervisor_pid):
     return out
 
 
-FIELDS = ("AnonPages", "PageTables", "KernelStack", "SUnreclaim", "SReclaimable", "Percpu", "Shmem", "VmallocUsed")
+# KernelStack is left out: with CONFIG_VMAP_STACK (Debian's) kernel stacks
+# are vmalloc'd and already in VmallocUsed.
+FIELDS = ("AnonPages", "PageTables", "SUnreclaim", "SReclaimable", "Percpu", "Shmem", "VmallocUsed")
 
 
 def meminfo():
@@ -87,32 +89,39 @@ def meminfo():
         for line in f:
             k, v = line.split(":", 1)
             m[k] = int(v.split()[0])
-    parts = {k: m.get(k, 0) for k in FIELDS}
-    return m["MemTotal"] - m["MemAvailable"], parts
+    return {k: m.get(k, 0) for k in FIELDS}
+
+
+def in_use(parts):
+    return sum(parts.values())
+
+
+def per_sandbox(before, after, n):
+    return {k: (after[k] - before[k]) / n for k in FIELDS}
 
 
 def settle(baseline):
     """Wait (up to 30 s) until what the previous variant left (network
     namespaces go away asynchronously) is gone."""
     for _ in range(60):
-        if meminfo()[0] <= baseline + 2048:
+        if in_use(meminfo()) <= baseline + 2048:
             return
         time.sleep(0.5)
 
 
 def _variant(work, name, services, setting, n, baseline):
     settle(baseline)
-    before, parts0 = meminfo()
+    before = meminfo()
     up = bench.Up(work, name, services, setting)
-    up.wait_all()
+    if up.wait_all() is None:
+        up.down()
+        return {"kb_per_sandbox": None, "parts": {}, "failed": "not all running"}
     time.sleep(2)
-    after, parts1 = meminfo()
-    per = sum(parts1[k] - parts0[k] for k in FIELDS) / n
+    parts = per_sandbox(before, meminfo(), n)
     inits = _inits(up.proc.pid)[:20]
     anon = [_status_kb(p, "RssAnon") for p in inits]
     pte = [_status_kb(p, "VmPTE") for p in inits]
-    row = {"kb_per_sandbox": per, "supervisor_rss_kb": up.rss_kb(),
-           "parts": {k: (parts1[k] - parts0[k]) / n for k in FIELDS},
+    row = {"kb_per_sandbox": sum(parts.values()), "supervisor_rss_kb": up.rss_kb(), "parts": parts,
            "init_anon_kb": sum(a for a in anon if a) / max(1, len(anon)),
            "init_pte_kb": sum(p for p in pte if p) / max(1, len(pte))}
     up.down()
@@ -153,21 +162,21 @@ def _like_steps(work):
 
 def _floor(n, rootfs, baseline):
     settle(baseline)
-    before, parts0 = meminfo()
-    res = {}
+    before = meminfo()
+    res = {"kb_per_sandbox": None, "parts": {}}
 
     def measure():
-        after, parts1 = meminfo()
-        res["kb_per_sandbox"] = sum(parts1[k] - parts0[k] for k in FIELDS) / n
-        res["parts"] = {k: (parts1[k] - parts0[k]) / n for k in FIELDS}
+        res["parts"] = per_sandbox(before, meminfo(), n)
+        res["kb_per_sandbox"] = sum(res["parts"].values())
 
-    bench.scale_floor(n, rootfs, measure)
+    if bench.scale_floor(n, rootfs, measure)["seconds"] is None:
+        return {"kb_per_sandbox": None, "parts": {}, "failed": "not all running"}
     return res
 
 
 def run(work, n):
     rootfs = os.path.join(work, "rootfs")
-    baseline = meminfo()[0]
+    baseline = in_use(meminfo())
     plain = {f"s{i}": bench.sleeper("host") for i in range(n)}
     limited = {f"s{i}": bench.sleeper("vm") for i in range(n)}
     rows = {"floor": _floor(n, None, baseline), "floor+rootfs": _floor(n, rootfs, baseline),
@@ -189,6 +198,10 @@ def report(o):
              "|---|---|---|---|---|---|"]
     prev = None
     for k, r in o["rows"].items():
+        if r["kb_per_sandbox"] is None:
+            lines.append(f"| {k} | {r.get('failed')} | | | | |")
+            prev = None
+            continue
         delta = f"{r['kb_per_sandbox'] - prev:+.0f}" if prev is not None else "-"
         anon = f"{r['init_anon_kb']:.0f}" if "init_anon_kb" in r else "-"
         pte = f"{r['init_pte_kb']:.0f}" if "init_pte_kb" in r else "-"

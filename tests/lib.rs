@@ -81,6 +81,16 @@ impl Drop for Scratch {
     }
 }
 
+/// Write the config.json `crun spec` writes (Debian's crun) into `dir`.
+pub fn crun_spec(dir: &Path) {
+    let out = Command::new("crun")
+        .arg("spec")
+        .current_dir(dir)
+        .output()
+        .expect("crun spec (Debian package crun)");
+    assert!(out.status.success(), "crun spec: {out:?}");
+}
+
 /// Run `isola ARGS...` with `stdin` fed in, wait at most `limit`.
 pub fn isola(args: &[&str], stdin: &str, limit: Duration) -> Output {
     let mut child = Command::new(isola_bin())

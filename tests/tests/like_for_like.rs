@@ -7,10 +7,9 @@
 //! where mknod is refused) are the devices they name. Run in the VM.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use isola_tests::{isola, require_vm, Scratch};
+use isola_tests::{crun_spec, isola, require_vm, Scratch};
 use serde_json::{json, Value};
 
 /// `crun spec`, changed as the bench changes it (args, no terminal), with
@@ -24,12 +23,7 @@ fn bundle(s: &Scratch, script: &str, cgroupns: bool, edit: impl FnOnce(&mut Valu
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
     let _ = std::os::unix::fs::symlink("busybox", root.join("bin/sh"));
-    let out = Command::new("crun")
-        .arg("spec")
-        .current_dir(&dir)
-        .output()
-        .expect("crun spec (Debian package crun)");
-    assert!(out.status.success(), "crun spec: {out:?}");
+    crun_spec(&dir);
     let p = dir.join("config.json");
     let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     c["process"]["terminal"] = json!(false);
@@ -74,7 +68,8 @@ const CGROUP_VIEW: &str = "grep ' /sys/fs/cgroup ' /proc/self/mountinfo; \
      ls /sys/fs/cgroup; \
      echo +pids > /sys/fs/cgroup/cgroup.subtree_control && echo WROTE; \
      ls -ln /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; \
-     echo x > /dev/null && head -c 3 /dev/zero | wc -c";
+     echo x > /dev/null && head -c 3 /dev/zero | wc -c; \
+     echo nodes-bound=$(grep -c ' /dev/null ' /proc/self/mountinfo)";
 
 /// What a cgroup mount shows: the hierarchy's root (the sandboxes' parent
 /// group is in it), or the sandbox's own group (a cgroup namespace's root:
@@ -84,7 +79,20 @@ enum Shows {
     OwnGroup,
 }
 
-fn assert_views(out: &str, shows: Shows) {
+/// How the fresh `/dev`'s nodes came to be: made (mknod, no mount of
+/// their own) or the host's, bound (where mknod is refused).
+#[derive(Clone, Copy)]
+enum Nodes {
+    Made,
+    Bound,
+}
+
+fn assert_views(out: &str, shows: Shows, nodes: Nodes) {
+    let bound = match nodes {
+        Nodes::Made => "nodes-bound=0",
+        Nodes::Bound => "nodes-bound=1",
+    };
+    assert!(out.lines().any(|l| l == bound), "expected {bound}: {out}");
     let mnt = out.lines().next().unwrap_or_default();
     assert!(mnt.contains(" - cgroup2 "), "not cgroup2: {out}");
     let opts = mnt.split(' ').nth(5).unwrap_or_default();
@@ -132,7 +140,7 @@ fn the_cgroup_mount_is_a_read_only_view_that_leaves_the_host_options_alone() {
     );
     let s = Scratch::new("like-cgroup");
     let out = run(&bundle(&s, CGROUP_VIEW, false, |_| {}));
-    assert_views(&out, Shows::HierarchyRoot);
+    assert_views(&out, Shows::HierarchyRoot, Nodes::Made);
     // A fresh cgroup2 mount without options in the host's cgroup namespace
     // would have taken nsdelegate away from the whole host.
     assert_eq!(host_cgroup2_options(), before);
@@ -144,7 +152,7 @@ fn with_a_cgroup_namespace_the_mount_is_fresh_and_shows_the_sandbox_group() {
     let before = host_cgroup2_options();
     let s = Scratch::new("like-cgroupns");
     let out = run(&bundle(&s, CGROUP_VIEW, true, |_| {}));
-    assert_views(&out, Shows::OwnGroup);
+    assert_views(&out, Shows::OwnGroup, Nodes::Made);
     // Options of a mount in a cgroup namespace of its own are ignored.
     assert_eq!(host_cgroup2_options(), before);
 }
@@ -163,5 +171,5 @@ fn in_a_user_namespace_without_a_cgroup_namespace_the_view_is_the_same() {
     // A fresh cgroup2 mount is refused here (EPERM: the cgroup namespace
     // belongs to the host's user namespace); the bind is not. mknod is
     // refused too: the nodes are the host's, bound.
-    assert_views(&run(&config), Shows::HierarchyRoot);
+    assert_views(&run(&config), Shows::HierarchyRoot, Nodes::Bound);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use isola_tests::{isola_bin, require_vm, Scratch};
+use isola_tests::{crun_spec, isola_bin, require_vm, Scratch};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -28,12 +28,7 @@ fn bundle(s: &Scratch, name: &str, args: &[&str]) -> PathBuf {
     for a in ["sh", "sleep", "echo", "cat", "tty", "id", "true"] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }
-    let out = Command::new("crun")
-        .arg("spec")
-        .current_dir(&dir)
-        .output()
-        .expect("crun spec (Debian package crun)");
-    assert!(out.status.success(), "crun spec: {out:?}");
+    crun_spec(&dir);
     edit_config(&dir, |c| {
         c["process"]["terminal"] = json!(false);
         c["process"]["args"] = json!(args);

@@ -505,6 +505,9 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
 
 /// The init's life after the payload started: reap, forward, exit.
 /// `set`: the signals the init takes (blocked): SIGCHLD, the rest passed on.
+/// Once the memory of setting up is released (`sys::release_setup_memory`)
+/// nothing here may allocate, print, or use anything allocated before: it
+/// never returns, and reads only what is on its own stack.
 fn supervise(plan: &Plan, payload: Pid, set: &SigSet) -> ! {
     // Read before the inherited heap (where `plan` lives) goes.
     let new_pid_ns = plan.new_pid_ns();

@@ -401,6 +401,15 @@ pub fn spawn_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<
 /// Install a classic BPF seccomp filter on the calling thread.
 /// Without no_new_privs the caller needs CAP_SYS_ADMIN (the OCI order when
 /// `noNewPrivileges` is false).
+/// `prctl(PR_CAPBSET_DROP, cap)` for a capability number the `caps` crate
+/// may not name; EINVAL when the kernel has no such capability.
+pub(crate) fn capbset_drop(cap: u32) -> Result<(), Errno> {
+    // SAFETY: PR_CAPBSET_DROP takes a plain integer and touches no memory
+    // of ours.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) })
+        .map(drop)
+}
+
 pub(crate) fn seccomp_set_filter(prog: &[libc::sock_filter]) -> Result<(), Errno> {
     let len = u16::try_from(prog.len()).map_err(|_| Errno::E2BIG)?;
     let fprog = libc::sock_fprog {

@@ -6,8 +6,10 @@
 //! mount and the mount's teardown at exit. The node is the same device
 //! (0666, owned by the sandbox's root); only its inode is the sandbox's
 //! tmpfs's rather than the host's devtmpfs's. mknod is refused in a user
-//! namespace of the sandbox's own, and a `/dev` mounted `nodev` would make
-//! a made node useless: there the host's nodes are bound, as before.
+//! namespace of the sandbox's own (and may be by a security module), and a
+//! `/dev` mounted `nodev` would make a made node useless: there the host's
+//! nodes are bound, as before. (The device filter always allows `m` on
+//! these six.)
 //! Host-root mode always binds (its `/dev` is `nodev` by design).
 
 use std::path::{Path, PathBuf};
@@ -51,8 +53,9 @@ pub(crate) fn populate(dev: &Path, nodev: bool) -> Result<(), Step> {
             let mode = Mode::from_bits_truncate(0o666);
             match mknod(&dst, SFlag::S_IFCHR, mode, makedev(n.major, n.minor)) {
                 Ok(()) => continue,
-                // A user namespace, or a device filter without `m`.
-                Err(Errno::EPERM) => bind_rest = true,
+                // A user namespace (EPERM), or a security module that
+                // refuses mknod (EACCES): the host's node, bound.
+                Err(Errno::EPERM | Errno::EACCES) => bind_rest = true,
                 Err(e) => {
                     made = Err(("mount", format!("mknod {}: {e}", dst.display())));
                     break;

@@ -124,7 +124,24 @@ pub(crate) fn apply_bounding(sets: &CapSets) -> Result<(), String> {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
     }
-    Ok(())
+    // Whatever lies beyond what the plan knew of (a /proc/sys that hid the
+    // true cap_last_cap, a capability newer than the `caps` crate) goes
+    // too: numbers upwards until the kernel has no such capability — one
+    // refused prctl in the usual case.
+    let known = sets
+        .dropped
+        .iter()
+        .chain(&sets.bounding)
+        .map(Capability::index)
+        .max();
+    let mut next = known.map_or(0, |i| u32::from(i) + 1);
+    loop {
+        match crate::sys::capbset_drop(next) {
+            Ok(()) => next += 1,
+            Err(nix::errno::Errno::EINVAL) => return Ok(()),
+            Err(e) => return Err(format!("drop capability {next} from bounding set: {e}")),
+        }
+    }
 }
 
 /// Set inheritable, effective, permitted and ambient, in an order capset(2)

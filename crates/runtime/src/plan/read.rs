@@ -8,7 +8,6 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use nix::sched::CloneFlags;
 use oci_spec::runtime::{Linux, Spec};
 
 use super::capabilities::{self, CapSets};
@@ -44,11 +43,8 @@ impl Plan {
         let (clone_flags, join) = fields::namespaces(&linux)?;
         let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
         let mut view = view(oci, &linux, &s.base_dir, root.is_some(), clone_flags)?;
-        let cgroup_ns = clone_flags & libc::CLONE_NEWCGROUP as u64 != 0
-            || join
-                .iter()
-                .any(|(f, _)| f.contains(CloneFlags::CLONE_NEWCGROUP));
-        cgroup_mount::bind_host_hierarchy(&mut view.mounts, cgroup_ns);
+        let own_cgroup_ns = cgroup_mount::has_own_cgroup_ns(clone_flags, &join);
+        cgroup_mount::bind_host_hierarchy(&mut view.mounts, own_cgroup_ns);
         let (uid_map, gid_map) = id_maps(&linux, clone_flags)?;
         let sysctl = sysctls(&linux, clone_flags)?;
         let seccomp = seccomp_programs(&linux, is_oci)?;

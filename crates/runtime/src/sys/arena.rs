@@ -7,9 +7,10 @@
 /// lists wrote to a page shared with its parent, and the copy-on-write
 /// fault gave the init a private 4 KiB copy: ~40 pages per sandbox, all
 /// over the heap. After [`use_fresh_arena`] allocations come from fresh
-/// anonymous mappings instead, bump-allocated and never freed (the init
-/// allocates only while it sets up, a few KiB), so they fill few pages and
-/// the inherited heap stays shared. Binaries opt in with
+/// anonymous mappings instead, bump-allocated and never freed block by
+/// block (the init allocates only while it sets up, a few KiB, and gives
+/// the mapping back whole once its payload runs: [`release_setup_memory`]),
+/// so they fill few pages and the inherited heap stays shared. Binaries opt in with
 /// `#[global_allocator]`; without it `use_fresh_arena` changes nothing.
 pub struct Allocator;
 
@@ -86,7 +87,9 @@ pub(super) fn map_anonymous(len: usize, flags: libc::c_int) -> Option<usize> {
 // SAFETY: outside the two arenas every call goes to the system allocator
 // unchanged. In arena mode (a single-threaded init) blocks are disjoint
 // ranges of live private mappings, aligned as asked, never handed out twice
-// (nothing is ever freed, so no block is reused); freeing a block, ours or
+// while the init sets up (nothing is freed, so no block is reused; after
+// `release_setup_memory` unmapped the arena, a new one may take its
+// addresses, and no block of the old one is used again: see there); freeing a block, ours or
 // one the heap held before the clone, is a no-op, which only leaks in a
 // process that allocates a bounded amount. The shared arena
 // (`shared_arena`) is the same bump allocation over one shared mapping;
@@ -266,14 +269,20 @@ pub(crate) fn release_setup_memory() {
     if !ARENA_ON.load(Relaxed) {
         return;
     }
+    // The current chunk: an init that outgrew one (more than 1 MiB of
+    // set-up) keeps the earlier ones mapped.
     let (base, end) = (ARENA_BASE.load(Relaxed), ARENA_END.load(Relaxed));
     if base != 0 && end > base {
         ARENA_NEXT.store(0, Relaxed);
         ARENA_END.store(0, Relaxed);
         ARENA_BASE.store(0, Relaxed);
-        // SAFETY: [base, end) is the arena mapping we made; the init holds
-        // no block of it any more (see the doc comment: it only waits,
-        // reaps and exits from here on).
+        // SAFETY: [base, end) is the arena mapping we made. The contract
+        // of the caller (`init::supervise`): nothing allocated before this
+        // call is read, written or dropped after it — the init only waits,
+        // reaps, signals and exits, with what lives on its stack; it never
+        // returns to the frames that own arena blocks (`init::run`'s fd
+        // lists), and nothing lazily set up in the init (a `OnceLock`,
+        // stdout's buffer) is touched again.
         unsafe {
             libc::munmap(base as *mut libc::c_void, end - base);
         }
