@@ -14,7 +14,9 @@ device rule would need a cgroup). No seccomp, no cgroup: isola runs with
 - bwrap with the same namespaces and the mounts it can express (a fresh
   proc, its own /dev with devpts, shm and mqueue, /sys read-only bound from
   the host rather than a fresh sysfs; masked paths as tmpfs or /dev/null,
-  read-only paths bound read-only; no capabilities kept, no rlimit);
+  read-only paths bound read-only from the host's /proc, bwrap having no
+  way to remount a path of its own proc; no capabilities kept, no
+  rlimit);
 - `unshare` of the same namespaces with `--root` (no mounts at all): the
   floor;
 - runc in the VM only: it cannot run without a cgroup, which the host
