@@ -125,7 +125,9 @@ fn host_hierarchy() -> Option<Hierarchy> {
             kept |= b;
         }
     }
-    if !kept.intersects(ATIME) {
+    // Neither noatime nor relatime: strictatime (a remount without any of
+    // the three would ask for relatime).
+    if !kept.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME) {
         kept |= MsFlags::MS_STRICTATIME;
     }
     Some(Hierarchy { path, kept })
