@@ -53,17 +53,15 @@ pub(crate) fn populate(dev: &Path, nodev: bool) -> Result<(), Step> {
             let mode = Mode::from_bits_truncate(0o666);
             match mknod(&dst, SFlag::S_IFCHR, mode, makedev(n.major, n.minor)) {
                 Ok(()) => continue,
-                // A user namespace (EPERM), or a security module that
-                // refuses mknod (EACCES): the host's node, bound.
-                Err(Errno::EPERM | Errno::EACCES) => bind_rest = true,
+                Err(e) if mknod_refused(e) => bind_rest = true,
                 Err(e) => {
                     made = Err(("mount", format!("mknod {}: {e}", dst.display())));
                     break;
                 }
             }
         }
-        if let Err(e) = bind(&Path::new("/dev").join(n.name), &dst) {
-            made = Err(e);
+        if let Err(e) = bind_host_node(&Path::new("/dev").join(n.name), &dst) {
+            made = Err(("mount", e));
             break;
         }
     }
@@ -76,16 +74,24 @@ pub(crate) fn populate(dev: &Path, nodev: bool) -> Result<(), Step> {
 /// Host-root mode's fresh `dev`: every node bound from `source(name)`.
 pub(crate) fn populate_bound(dev: &Path, source: impl Fn(&str) -> PathBuf) -> Result<(), Step> {
     for n in &NODES {
-        bind(&source(n.name), &dev.join(n.name))?;
+        bind_host_node(&source(n.name), &dev.join(n.name)).map_err(|e| ("mount", e))?;
     }
     links(dev);
     Ok(())
 }
 
-fn bind(src: &Path, dst: &Path) -> Result<(), Step> {
-    std::fs::File::create(dst).map_err(|e| ("mount", format!("create {}: {e}", dst.display())))?;
+/// mknod was refused where a bind of the host's node may still work: a
+/// user namespace of the sandbox's own (EPERM) or a security module
+/// (EACCES). Also for `linux.devices` (`super::nodes`).
+pub(crate) fn mknod_refused(e: Errno) -> bool {
+    matches!(e, Errno::EPERM | Errno::EACCES)
+}
+
+/// The host's node `src` at `dst`: a file made there, `src` bound on it.
+pub(crate) fn bind_host_node(src: &Path, dst: &Path) -> Result<(), String> {
+    std::fs::File::create(dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
     mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| ("mount", format!("bind {}: {e}", src.display())))
+        .map_err(|e| format!("bind {}: {e}", src.display()))
 }
 
 fn links(dev: &Path) {

@@ -9,8 +9,6 @@
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
@@ -91,19 +89,11 @@ impl DeviceNode {
         let dev = makedev(self.major, self.minor);
         match mknod(dst, self.kind, Mode::from_bits_truncate(self.mode), dev) {
             Ok(()) => {}
-            Err(Errno::EPERM) if self.kind != SFlag::S_IFIFO => {
+            Err(e) if super::devnodes::mknod_refused(e) && self.kind != SFlag::S_IFIFO => {
                 // No CAP_MKNOD over the filesystem (a user namespace): bind
                 // the host's node.
-                std::fs::File::create(dst).map_err(|e| fail("create bind target", &e))?;
-                mount(
-                    Some(&self.path),
-                    dst,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|e| fail("bind the host's node", &e))?;
-                return Ok(());
+                return super::devnodes::bind_host_node(&self.path, dst)
+                    .map_err(|e| fail("bind the host's node", &e));
             }
             Err(e) => return Err(fail("mknod", &e)),
         }
