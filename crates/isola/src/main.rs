@@ -14,6 +14,7 @@ static ALLOCATOR: isola_runtime::Allocator = isola_runtime::Allocator;
 mod client;
 mod cmd;
 mod detach;
+mod image;
 mod oci;
 mod quick;
 mod schema;
@@ -81,6 +82,15 @@ enum Command {
     /// Run a command inside a running service's sandbox (its namespaces,
     /// cgroup, user, capabilities and seccomp), attached; exit with its status.
     Exec(cmd::exec::ExecArgs),
+    /// Pull an image into the store (docker://, oci:, docker-archive:,
+    /// oci-archive:) and print its digest.
+    Pull(cmd::images::PullArgs),
+    /// List the images in the store.
+    Images(cmd::images::ImagesArgs),
+    /// Remove an image from the store (refused while a sandbox uses it).
+    Rmi(cmd::images::RmiArgs),
+    /// Manage the image store (prune).
+    Image(cmd::images::ImageArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -115,6 +125,10 @@ fn main() -> ExitCode {
         Command::Manpages(a) => cmd::docs::manpages(a, definition()),
         Command::Schema(a) => cmd::spec::schema(a),
         Command::Exec(a) => cmd::exec::run(a),
+        Command::Pull(a) => cmd::images::pull(a),
+        Command::Images(a) => cmd::images::images(a),
+        Command::Rmi(a) => cmd::images::rmi(a),
+        Command::Image(a) => cmd::images::image(a),
     };
     finish(res)
 }

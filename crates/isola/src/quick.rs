@@ -7,11 +7,51 @@
 
 use std::path::{Path, PathBuf};
 
+use isola_images::root::SandboxRoot;
+use isola_images::{config, Reference};
 use isola_runtime::shorthand::{parse_bytes, IoMax, Limits, Merge};
 use isola_runtime::{exit, spec, starter, Plan, SpecError};
 use serde_json::{json, Value};
 
+use crate::image::{self, ImageFlags};
 use crate::Exit;
+
+/// Where an image's root goes: the sandbox's name, the store and
+/// registry flags.
+pub(crate) struct Images<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) flags: &'a ImageFlags,
+}
+
+/// A plan, and the image root it runs on (held until it is dropped or
+/// removed).
+pub(crate) struct Prepared {
+    pub(crate) plan: Plan,
+    pub(crate) root: Option<SandboxRoot>,
+}
+
+impl Prepared {
+    fn plain(plan: Plan) -> Prepared {
+        Prepared { plan, root: None }
+    }
+
+    /// `plan` on `root`; a plan that failed takes the root's directory with it.
+    fn with_root(plan: Result<Plan, Exit>, root: Option<SandboxRoot>) -> Result<Prepared, Exit> {
+        let mut plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(r) = root {
+                    let _ = r.remove();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(r) = &root {
+            image::attach(&mut plan, r)?;
+        }
+        Ok(Prepared { plan, root })
+    }
+}
 
 #[derive(clap::Args, Default)]
 pub(crate) struct LimitFlags {
@@ -108,8 +148,14 @@ fn usage(e: SpecError) -> Exit {
     Exit(exit::USAGE, e.to_string())
 }
 
-/// A spec file (or `-`) with the flags' limits over its own.
-pub(crate) fn load(path: &str, flags: &LimitFlags, quick: &QuickFlags) -> Result<Plan, Exit> {
+/// A spec file (or `-`) with the flags' limits over its own. A spec that
+/// names an `image` gets its root prepared (as `name`) and held.
+pub(crate) fn load(
+    path: &str,
+    flags: &LimitFlags,
+    quick: &QuickFlags,
+    image: &Images<'_>,
+) -> Result<Prepared, Exit> {
     if quick.net.is_some() || !quick.ro.is_empty() || !quick.rw.is_empty() {
         return Err(Exit(
             exit::USAGE,
@@ -117,14 +163,70 @@ pub(crate) fn load(path: &str, flags: &LimitFlags, quick: &QuickFlags) -> Result
         ));
     }
     let limits = flags.limits().map_err(usage)?;
-    if limits.is_empty() {
-        return crate::cmd::common::load(path);
-    }
     let (text, base) = crate::cmd::common::read_spec(path)?;
+    if limits.is_empty() && !text.contains("\"image\"") {
+        return crate::cmd::common::load_text(&text, &base, path).map(Prepared::plain);
+    }
     let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));
     let mut v: Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    let Some(obj) = v.as_object_mut() else {
+        return plan_of(v, &base, path).map(Prepared::plain);
+    };
+    let insecure = image::take_insecure(obj).map_err(|e| bad(&e.1))?;
+    let fields = config::take_fields(obj, "").map_err(|e| bad(&e))?;
+    let root = match fields {
+        Some(f) => {
+            let r = Reference::parse(&f.image, "image").map_err(|e| bad(&e))?;
+            let entry = f.entrypoint.as_deref();
+            Some(image::prepare(
+                obj,
+                &r,
+                entry,
+                image.name,
+                image.flags,
+                &insecure,
+            )?)
+        }
+        None => None,
+    };
     apply(&mut v, &limits).map_err(|e| bad(&e))?;
-    plan_of(v, &base, path)
+    Prepared::with_root(plan_of(v, &base, path), root)
+}
+
+/// The image `r` in the starter sandbox, as `podman run IMAGE CMD` runs
+/// it: the image's command unless `command` is given (after its
+/// Entrypoint), its environment, working directory and user.
+pub(crate) fn image_command(
+    r: &str,
+    command: &[String],
+    flags: &LimitFlags,
+    quick: &QuickFlags,
+    no_cgroup: bool,
+    image: &Images<'_>,
+) -> Result<Prepared, Exit> {
+    let r = Reference::parse(r, "REF").map_err(|e| image::fail(e, exit::USAGE))?;
+    let limits = flags.limits().map_err(usage)?;
+    let mut v = starter(no_cgroup, quick);
+    if let Some(p) = v["process"].as_object_mut() {
+        // The image's own, unless the command line says otherwise.
+        for k in ["args", "cwd", "user", "env"] {
+            p.remove(k);
+        }
+        if !command.is_empty() {
+            p.insert("args".into(), json!(command));
+        }
+        if let Ok(term) = std::env::var("TERM") {
+            p.insert("env".into(), json!([format!("TERM={term}")]));
+        }
+    }
+    v["mounts"] = json!(binds(quick, None)?);
+    apply(&mut v, &limits).map_err(usage)?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(Exit(exit::SETUP, "starter spec is not an object".into()));
+    };
+    let root = image::prepare(obj, &r, None, image.name, image.flags, &[])?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    Prepared::with_root(plan_of(v, &cwd, &r.to_string()), Some(root))
 }
 
 /// The starter sandbox around `command`, flags applied. `no_cgroup`: the
@@ -137,12 +239,7 @@ pub(crate) fn command(
     no_cgroup: bool,
 ) -> Result<Plan, Exit> {
     let limits = flags.limits().map_err(usage)?;
-    let mut v = starter::starter_spec();
-    if no_cgroup {
-        if let Some(linux) = v["linux"].as_object_mut() {
-            linux.remove("resources");
-        }
-    }
+    let mut v = starter(no_cgroup, quick);
     v["process"]["args"] = json!(command);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     v["process"]["cwd"] = json!(cwd);
@@ -152,17 +249,42 @@ pub(crate) fn command(
             env.push(json!(format!("TERM={term}")));
         }
     }
+    v["mounts"] = json!(binds(quick, Some(&cwd))?);
+    apply(&mut v, &limits).map_err(usage)?;
+    plan_of(v, &cwd, "isola run --")
+}
+
+/// The starter spec, without its limits for `--no-cgroup` and without a
+/// network namespace for `--net host`.
+fn starter(no_cgroup: bool, quick: &QuickFlags) -> Value {
+    let mut v = starter::starter_spec();
+    if no_cgroup {
+        if let Some(linux) = v["linux"].as_object_mut() {
+            linux.remove("resources");
+        }
+    }
     if quick.net.as_deref() == Some("host") {
         if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }
     }
-    let mut mounts = Vec::new();
-    // The working directory stays reachable where the sandbox has its own
-    // (/tmp): read-only unless --rw names it.
+    v
+}
+
+/// The starter's `/tmp` and the binds `--ro` and `--rw` ask for. `cwd`:
+/// the working directory, kept reachable (read-only unless --rw names
+/// it) where the sandbox has its own (/tmp, /dev).
+fn binds(quick: &QuickFlags, cwd: Option<&Path>) -> Result<Vec<Value>, Exit> {
+    let mut mounts = vec![
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=64m"]}),
+    ];
     let private = ["/tmp", "/dev"];
-    if private.iter().any(|p| cwd.starts_with(p)) && !quick.rw.iter().any(|p| cwd.starts_with(p)) {
-        mounts.push(bind(&cwd, true));
+    if let Some(cwd) = cwd {
+        if private.iter().any(|p| cwd.starts_with(p))
+            && !quick.rw.iter().any(|p| cwd.starts_with(p))
+        {
+            mounts.push(bind(cwd, true));
+        }
     }
     for (paths, ro) in [(&quick.ro, true), (&quick.rw, false)] {
         for p in paths {
@@ -175,9 +297,7 @@ pub(crate) fn command(
             mounts.push(bind(&p, ro));
         }
     }
-    v["mounts"] = json!(mounts);
-    apply(&mut v, &limits).map_err(usage)?;
-    plan_of(v, &cwd, "isola run --")
+    Ok(mounts)
 }
 
 fn bind(p: &Path, ro: bool) -> Value {

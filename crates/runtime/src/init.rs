@@ -354,6 +354,7 @@ fn set_up_inside(plan: &Plan, hook_state: &str) -> Result<(), Failure> {
         mounts::setup(&Layout {
             root: plan.root.as_deref(),
             root_readonly: plan.root_readonly,
+            root_layers: plan.root_layers.as_ref(),
             propagation: plan.propagation,
             mounts: &plan.mounts,
             fresh_proc: plan.new_pid_ns(),

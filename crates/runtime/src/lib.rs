@@ -42,7 +42,7 @@ mod seccomp;
 pub mod spec;
 mod sys;
 
-pub use fs::mounts;
+pub use fs::{mounts, root_layers};
 pub use init::hookrun;
 pub use ipc::{fdpass, listen, sock_diag};
 pub use sandbox::{gate, join};

@@ -48,6 +48,9 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     pub root: Option<PathBuf>,
     pub root_readonly: bool,
+    /// The root is an image's layers, mounted on `root` (set by the caller
+    /// that prepared them, after [`Plan::read`]).
+    pub root_layers: Option<crate::fs::root_layers::RootLayers>,
     pub propagation: MsFlags,
     pub mounts: Vec<MountSpec>,
     pub masked: Vec<PathBuf>,

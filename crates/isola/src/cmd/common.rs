@@ -25,8 +25,12 @@ impl SocketArg {
 /// Read and validate: nothing is created before this succeeds.
 pub(crate) fn load(path: &str) -> Result<Plan, Exit> {
     let (text, base) = read_spec(path)?;
-    let svc =
-        spec::parse_str(&text, &base).map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
+    load_text(&text, &base, path)
+}
+
+/// [`load`] of text already read.
+pub(crate) fn load_text(text: &str, base: &Path, path: &str) -> Result<Plan, Exit> {
+    let svc = spec::parse_str(text, base).map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
     plan_of(&svc, path)
 }
 

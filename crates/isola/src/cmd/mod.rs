@@ -7,6 +7,7 @@ pub(crate) mod check;
 pub(crate) mod common;
 pub(crate) mod docs;
 pub(crate) mod exec;
+pub(crate) mod images;
 pub(crate) mod logs;
 pub(crate) mod run;
 pub(crate) mod service;

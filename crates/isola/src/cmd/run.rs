@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use isola_images::Reference;
 use isola_runtime::{cgroup, exit, init, sandbox, Plan, SpecError};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::quick;
+use crate::image::ImageFlags;
+use crate::quick::{self, Images, Prepared};
 use crate::Exit;
 
 #[derive(clap::Args)]
@@ -25,7 +27,11 @@ pub(crate) struct RunArgs {
     limits: quick::LimitFlags,
     #[command(flatten)]
     quick: quick::QuickFlags,
-    /// The service spec (JSON), or - for standard input.
+    #[command(flatten)]
+    image: ImageFlags,
+    /// The service spec (JSON), - for standard input, or an image
+    /// (docker://HOST[:PORT]/NAME[:TAG], oci:PATH[:TAG], docker-archive:PATH,
+    /// oci-archive:PATH).
     spec: Option<String>,
     /// A host command to run in the starter sandbox (after --).
     #[arg(last = true)]
@@ -46,26 +52,43 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
         no_cgroup,
         limits,
         quick,
+        image,
         spec,
         command,
     } = args;
-    let plan = match (&spec, command.is_empty()) {
-        (Some(s), true) => quick::load(s, &limits, &quick),
-        (None, false) => quick::command(&command, &limits, &quick, no_cgroup),
-        (Some(_), false) => Err(Exit(
-            exit::USAGE,
-            "run: give a SPEC or -- CMD ARGS…, not both".into(),
-        )),
-        (None, true) => Err(Exit(
-            exit::USAGE,
-            "run: give a SPEC (a file or -) or -- CMD ARGS…".into(),
-        )),
-    };
     let label = spec
         .clone()
         .or_else(|| command.first().cloned())
         .unwrap_or_default();
-    plan.and_then(|p| attached(p, &label, name, cgroup_root, no_cgroup))
+    let name = name.unwrap_or_else(|| default_name(&label));
+    cgroup::check_name(&name).map_err(usage)?;
+    let images = Images {
+        name: &name,
+        flags: &image,
+    };
+    let prepared = match (&spec, command.is_empty()) {
+        (Some(r), _) if Reference::looks_like(r) => {
+            quick::image_command(r, &command, &limits, &quick, no_cgroup, &images)
+        }
+        (Some(s), true) => quick::load(s, &limits, &quick, &images),
+        (None, false) => quick::command(&command, &limits, &quick, no_cgroup)
+            .map(|plan| Prepared { plan, root: None }),
+        (Some(_), false) => Err(Exit(
+            exit::USAGE,
+            "run: give a SPEC or -- CMD ARGS…, not both (an image takes -- CMD)".into(),
+        )),
+        (None, true) => Err(Exit(
+            exit::USAGE,
+            "run: give a SPEC (a file or -), an image, or -- CMD ARGS…".into(),
+        )),
+    }?;
+    let Prepared { plan, root } = prepared;
+    let status = attached(plan, name, cgroup_root, no_cgroup);
+    // A one-shot sandbox's writes go with it, as `podman run --rm`.
+    if let Some(r) = root {
+        r.remove().map_err(|e| Exit(exit::SETUP, e.to_string()))?;
+    }
+    status
 }
 
 fn usage(e: SpecError) -> Exit {
@@ -87,16 +110,7 @@ fn default_name(path: &str) -> String {
 }
 
 /// Start `plan`'s sandbox and wait for it, passing our signals on.
-/// `path`: the spec's (or the command's) name, for the default sandbox name.
-fn attached(
-    plan: Plan,
-    path: &str,
-    name: Option<String>,
-    cgroup_root: PathBuf,
-    no_cgroup: bool,
-) -> Result<u8, Exit> {
-    let name = name.unwrap_or_else(|| default_name(path));
-    cgroup::check_name(&name).map_err(usage)?;
+fn attached(plan: Plan, name: String, cgroup_root: PathBuf, no_cgroup: bool) -> Result<u8, Exit> {
     if !no_cgroup {
         cgroup::check_root(&cgroup_root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
     }

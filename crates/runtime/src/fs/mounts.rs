@@ -11,6 +11,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 
 pub use super::mount_spec::MountSpec;
 use super::nodes::DeviceNode;
+use super::root_layers::RootLayers;
 use super::{devnodes, hostroot};
 use crate::init::hookrun::{self, HookRun};
 use crate::sys;
@@ -19,6 +20,7 @@ use crate::sys;
 pub(crate) struct Layout<'a> {
     pub(crate) root: Option<&'a Path>,
     pub(crate) root_readonly: bool,
+    pub(crate) root_layers: Option<&'a RootLayers>,
     pub(crate) propagation: MsFlags,
     pub(crate) mounts: &'a [MountSpec],
     pub(crate) fresh_proc: bool,
@@ -95,7 +97,8 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// `/` made private (nothing we mount may propagate back to the host)
-    /// and the rootfs bound onto itself.
+    /// and the rootfs bound onto itself (or an image's layers mounted
+    /// there).
     fn enter(l: &Layout<'a>) -> Result<View<'a>, Step> {
         mount(
             None::<&str>,
@@ -113,14 +116,19 @@ impl<'a> View<'a> {
                 prefix,
             });
         };
-        mount(
-            Some(r),
-            r,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(fail("mount", format!("bind rootfs {}", r.display())))?;
+        match l.root_layers {
+            Some(layers) => layers
+                .mount_on(r)
+                .map_err(fail("mount", format!("image layers on {}", r.display())))?,
+            None => mount(
+                Some(r),
+                r,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(fail("mount", format!("bind rootfs {}", r.display())))?,
+        }
         let real_root =
             fs::canonicalize(r).map_err(fail("mount", format!("resolve {}", r.display())))?;
         Ok(View {

@@ -67,6 +67,7 @@ impl Plan {
             oom_score_adj: p.oom_score_adj,
             root,
             root_readonly,
+            root_layers: None,
             propagation: view.propagation,
             mounts: view.mounts,
             masked: view.masked,

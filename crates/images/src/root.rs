@@ -1,0 +1,195 @@
+//! A sandbox's root from an image: the image's layers as overlay lower
+//! directories (shared by every sandbox of the image, never written),
+//! and a directory of the sandbox's own in the store's `roots/`: `upper/`
+//! (its writes, kept across its restarts), `work/` (overlayfs's), and
+//! `merged/` (where the runtime mounts the overlay, inside the sandbox's
+//! mount namespace: nothing is mounted on the host). The root's `lock`
+//! is held while a sandbox may use it, so `rmi` and `prune` can tell a
+//! running sandbox's root from one a killed supervisor left.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::store::{remove_any, ImageRecord, Lock};
+use crate::{Digest, Error, Store};
+
+/// What the runtime mounts: lower directories top first, and the
+/// writable pair unless the root is read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layers {
+    pub lower: Vec<PathBuf>,
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// The mount point.
+    pub merged: PathBuf,
+}
+
+/// A sandbox's root directory, held (locked) while this lives.
+pub struct SandboxRoot {
+    dir: PathBuf,
+    layers: Layers,
+    _held: Flock<File>,
+}
+
+/// Whether the root gets a writable layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writable {
+    Yes,
+    /// `root.readonly`: the image's layers alone.
+    No,
+}
+
+impl SandboxRoot {
+    /// Make (or take up again, keeping its writes) the root `name` for
+    /// `image`. Fails when another live sandbox holds it.
+    pub fn prepare(
+        store: &Store,
+        name: &str,
+        image: &ImageRecord,
+        w: Writable,
+    ) -> Result<SandboxRoot, Error> {
+        check_name(name)?;
+        let dir = store.root().join("roots").join(name);
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let held = hold(&dir)?
+            .ok_or_else(|| Error::Store(format!("root {name}: in use by another sandbox")))?;
+        let was = fs::read_to_string(dir.join("image")).ok();
+        if was
+            .as_deref()
+            .is_some_and(|d| d != image.digest.to_string())
+        {
+            // Another image's writes do not belong on this one.
+            for sub in ["upper", "work"] {
+                let p = dir.join(sub);
+                remove_any(&p).map_err(Error::io(&p))?;
+            }
+        }
+        let digest_file = dir.join("image");
+        fs::write(&digest_file, image.digest.to_string()).map_err(Error::io(&digest_file))?;
+        for sub in ["upper", "work", "merged"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(Error::io(&p))?;
+        }
+        let mut lower: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| store.layer_dir(l))
+            .collect();
+        if let Some(missing) = lower.iter().find(|l| !l.is_dir()) {
+            return Err(Error::Store(format!(
+                "{}: layer missing from the store; pull the image again",
+                missing.display()
+            )));
+        }
+        if lower.is_empty() {
+            // An image with no layers: an empty directory stands in.
+            let empty = dir.join("empty");
+            fs::create_dir_all(&empty).map_err(Error::io(&empty))?;
+            lower.push(empty);
+        }
+        let upper = (w == Writable::Yes).then(|| (dir.join("upper"), dir.join("work")));
+        let layers = Layers {
+            lower,
+            upper,
+            merged: dir.join("merged"),
+        };
+        Ok(SandboxRoot {
+            dir,
+            layers,
+            _held: held,
+        })
+    }
+
+    pub fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    /// The sandbox is gone for good: drop its writes.
+    pub fn remove(self) -> Result<(), Error> {
+        let dir = self.dir.clone();
+        remove_any(&dir).map_err(Error::io(&dir))
+    }
+
+    /// A file of the image as the sandbox sees it (top layer first; a
+    /// whiteout hides it), read without mounting: `/etc/passwd` to resolve
+    /// the image's `User`.
+    pub fn read_image_file(&self, rel: &str) -> Option<Vec<u8>> {
+        read_in_layers(&self.layers.lower, rel)
+    }
+}
+
+pub(crate) fn read_in_layers(lower: &[PathBuf], rel: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileTypeExt;
+    for l in lower {
+        let p = l.join(rel.trim_start_matches('/'));
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() => return None,
+            Ok(m) if m.is_file() => return fs::read(&p).ok(),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            "name",
+            format!("{name}: letters, digits and . _ - @ only"),
+        ))
+    }
+}
+
+/// Lock `dir/lock`; None when a live holder has it.
+fn hold(dir: &Path) -> Result<Option<Flock<File>>, Error> {
+    let p = dir.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(Error::io(&p))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io(&p)(e.into())),
+    }
+}
+
+/// The running sandboxes (root names) using the image `digest`.
+pub(crate) fn users(store: &Store, digest: &Digest) -> Result<Vec<String>, Error> {
+    let roots = store.root().join("roots");
+    let mut out = Vec::new();
+    for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
+        let uses =
+            fs::read_to_string(e.path().join("image")).is_ok_and(|d| d == digest.to_string());
+        if uses && hold(&e.path())?.is_none() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Remove the roots no live sandbox holds. Returns how many went.
+pub(crate) fn sweep(store: &Store, _lock: &Lock) -> Result<usize, Error> {
+    let roots = store.root().join("roots");
+    let mut gone = 0;
+    for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
+        if let Some(held) = hold(&e.path())? {
+            remove_any(&e.path()).map_err(Error::io(e.path()))?;
+            drop(held);
+            gone += 1;
+        }
+    }
+    Ok(gone)
+}

@@ -1,0 +1,235 @@
+//! One layer blob into one directory, in overlayfs's format: the tar
+//! stream decompressed (gzip, zstd or none, told by its first bytes),
+//! verified by the blob's digest (and the config's diff id, the digest of
+//! the uncompressed tar) as it streams, each entry kept inside the
+//! directory. OCI whiteouts become overlay whiteouts (`.wh.NAME` → a 0:0
+//! character device `NAME`; `.wh..wh..opq` → the directory's
+//! `trusted.overlay.opaque` = `y`), so the layers stack as overlay lower
+//! directories without being merged. Device nodes are made when we may
+//! and skipped when we may not (no CAP_MKNOD).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use tar::EntryType;
+
+use crate::digest::Hashing;
+use crate::{Digest, Error};
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// What the layer is checked against.
+pub struct Expect<'a> {
+    /// The blob's digest and size (as the manifest names them).
+    pub blob: &'a Digest,
+    pub size: Option<u64>,
+    /// The uncompressed tar's digest (the config's `rootfs.diff_ids`).
+    pub diff_id: Option<&'a Digest>,
+}
+
+/// Unpack `blob` into the empty directory `dst`, verifying it.
+pub fn unpack(blob: impl Read, expect: &Expect<'_>, dst: &Path) -> Result<(), Error> {
+    let what = format!("layer {}", expect.blob);
+    let mut raw = BufReader::with_capacity(1 << 16, Hashing::new(blob));
+    let head = raw.fill_buf().map_err(|e| read_err(&what, &e))?.to_vec();
+    let tar_stream: Box<dyn Read + '_> = if head.starts_with(GZIP_MAGIC) {
+        Box::new(flate2::read::GzDecoder::new(&mut raw))
+    } else if head.starts_with(ZSTD_MAGIC) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(|e| read_err(&what, &e))?,
+        )
+    } else {
+        Box::new(&mut raw)
+    };
+    let mut tar_hash = Hashing::new(tar_stream);
+    entries(&mut tar_hash, expect.blob, dst)?;
+    if let Some(diff_id) = expect.diff_id {
+        tar_hash.finish(diff_id, None, &format!("{what} (uncompressed)"))?;
+    } else {
+        drop(tar_hash);
+    }
+    raw.into_inner().finish(expect.blob, expect.size, &what)
+}
+
+fn read_err(what: &str, e: &std::io::Error) -> Error {
+    Error::Verify {
+        what: what.to_string(),
+        message: format!("reading: {e}"),
+    }
+}
+
+fn entries(stream: &mut impl Read, blob: &Digest, dst: &Path) -> Result<(), Error> {
+    let fail = |message: String| Error::Layer {
+        layer: blob.to_string(),
+        message,
+    };
+    let mut archive = tar::Archive::new(stream);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
+        let mut entry = entry.map_err(|e| fail(e.to_string()))?;
+        let path = entry.path().map_err(|e| fail(e.to_string()))?.into_owned();
+        let rel = inside(&path)
+            .ok_or_else(|| fail(format!("{}: path escapes the layer", path.display())))?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let at = |e: std::io::Error| fail(format!("{}: {e}", path.display()));
+        match special(&rel, entry.header().entry_type()) {
+            Special::Opaque(dir) => opaque(dst, &dir).map_err(at)?,
+            Special::Whiteout(name) => whiteout(dst, &name).map_err(at)?,
+            Special::Node(kind) => node(dst, &rel, &entry, kind).map_err(at)?,
+            Special::None => {
+                entry.unpack_in(dst).map_err(at)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry's path made relative, or None when a `..` would climb out.
+fn inside(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Entries that the tar crate would get wrong for a layer.
+enum Special {
+    /// `.wh..wh..opq`: the directory hides what lower layers have there.
+    Opaque(PathBuf),
+    /// `.wh.NAME`: NAME is deleted.
+    Whiteout(PathBuf),
+    /// A device node or fifo (the tar crate writes them as empty files).
+    Node(SFlag),
+    None,
+}
+
+fn special(rel: &Path, kind: EntryType) -> Special {
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    if name == OPAQUE {
+        return Special::Opaque(parent);
+    }
+    if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+        return Special::Whiteout(parent.join(hidden));
+    }
+    match kind {
+        EntryType::Char => Special::Node(SFlag::S_IFCHR),
+        EntryType::Block => Special::Node(SFlag::S_IFBLK),
+        EntryType::Fifo => Special::Node(SFlag::S_IFIFO),
+        _ => Special::None,
+    }
+}
+
+/// `rel`'s parent directory inside `dst`, created, with no symlink on the
+/// way (a layer's own symlink must not carry a whiteout or node outside).
+fn parent_in(dst: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    let mut at = dst.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            at.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a directory in the layer",
+                        at.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(at)
+}
+
+fn opaque(dst: &Path, dir: &Path) -> std::io::Result<()> {
+    let d = parent_in(dst, &dir.join("x"))?;
+    xattr::set(&d, "trusted.overlay.opaque", b"y")
+}
+
+fn whiteout(dst: &Path, hidden: &Path) -> std::io::Result<()> {
+    let parent = parent_in(dst, hidden)?;
+    let target = parent.join(hidden.file_name().unwrap_or_default());
+    crate::store::remove_any(&target)?;
+    mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(std::io::Error::from)
+}
+
+fn node<R: Read>(
+    dst: &Path,
+    rel: &Path,
+    entry: &tar::Entry<'_, R>,
+    kind: SFlag,
+) -> std::io::Result<()> {
+    let h = entry.header();
+    let parent = parent_in(dst, rel)?;
+    let target = parent.join(rel.file_name().unwrap_or_default());
+    let dev = makedev(
+        u64::from(h.device_major()?.unwrap_or(0)),
+        u64::from(h.device_minor()?.unwrap_or(0)),
+    );
+    crate::store::remove_any(&target)?;
+    let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
+    match mknod(&target, kind, mode, dev) {
+        // Without CAP_MKNOD (a user namespace): skipped, as podman does.
+        Err(nix::errno::Errno::EPERM) if kind != SFlag::S_IFIFO => return Ok(()),
+        r => r?,
+    }
+    let uid = nix::unistd::Uid::from_raw(u32::try_from(h.uid()?).unwrap_or(0));
+    let gid = nix::unistd::Gid::from_raw(u32::try_from(h.gid()?).unwrap_or(0));
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &target,
+        Some(uid),
+        Some(gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_kept_inside() {
+        assert_eq!(
+            inside(Path::new("/etc/passwd")),
+            Some(PathBuf::from("etc/passwd"))
+        );
+        assert_eq!(inside(Path::new("./a/./b")), Some(PathBuf::from("a/b")));
+        assert_eq!(inside(Path::new("a/../../etc")), None);
+    }
+
+    #[test]
+    fn whiteouts_are_recognised() {
+        assert!(
+            matches!(special(Path::new("a/.wh.b"), EntryType::Regular), Special::Whiteout(p) if p == Path::new("a/b"))
+        );
+        assert!(
+            matches!(special(Path::new("a/.wh..wh..opq"), EntryType::Regular), Special::Opaque(p) if p == Path::new("a"))
+        );
+        assert!(matches!(
+            special(Path::new("dev/null"), EntryType::Char),
+            Special::Node(_)
+        ));
+    }
+}

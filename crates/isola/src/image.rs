@@ -1,0 +1,133 @@
+//! The command line's side of images: the flags that say where the store
+//! is and how to reach registries, and a spec (or the starter sandbox)
+//! turned into one whose root is an image: pulled as `--pull` says, its
+//! config filled in, its sandbox root prepared in the store. The root is
+//! held while the returned [`SandboxRoot`] lives.
+
+use std::path::PathBuf;
+
+use isola_images::config::{self, ImageConfig};
+use isola_images::pull::{self, Policy};
+use isola_images::root::{SandboxRoot, Writable};
+use isola_images::{source, store, Error, Reference, Store};
+use isola_runtime::root_layers::RootLayers;
+use isola_runtime::{exit, Plan};
+use serde_json::{Map, Value};
+
+use crate::Exit;
+
+#[derive(clap::Args, Default, Clone)]
+pub(crate) struct StoreArgs {
+    /// The image store [default: /var/lib/isola/images; for a user,
+    /// $XDG_DATA_HOME/isola/images].
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Default, Clone)]
+pub(crate) struct RegistryArgs {
+    /// A registry (HOST:PORT) spoken to over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure: Vec<String>,
+}
+
+#[derive(clap::Args, Default, Clone)]
+pub(crate) struct ImageFlags {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) registry: RegistryArgs,
+    /// When to pull an image: never, missing (the default) or always.
+    #[arg(long, value_name = "WHEN")]
+    pull: Option<String>,
+}
+
+impl StoreArgs {
+    pub(crate) fn open(&self) -> Result<Store, Exit> {
+        let root = self.store.clone().unwrap_or_else(store::default_root);
+        Store::open(&root).map_err(|e| fail(e, exit::FAILURE))
+    }
+}
+
+impl RegistryArgs {
+    /// With the `insecureRegistries` a stack file or spec names.
+    pub(crate) fn options(&self, from_file: &[String]) -> source::Options {
+        let mut insecure = self.insecure.clone();
+        insecure.extend(from_file.iter().cloned());
+        source::Options { insecure }
+    }
+}
+
+/// An image error as an exit: the user's input is 2, anything else `code`.
+pub(crate) fn fail(e: Error, code: u8) -> Exit {
+    Exit(if e.is_usage() { exit::USAGE } else { code }, e.to_string())
+}
+
+/// A line of pull progress, on a terminal only.
+pub(crate) fn progress() -> impl FnMut(&str) {
+    let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+    move |line: &str| {
+        if tty {
+            eprintln!("isola: {line}");
+        }
+    }
+}
+
+/// `insecureRegistries` at the top of a spec or stack file, taken out.
+pub(crate) fn take_insecure(obj: &mut Map<String, Value>) -> Result<Vec<String>, Exit> {
+    match obj.remove("insecureRegistries") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(a
+            .iter()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()),
+        Some(_) => Err(Exit(
+            exit::USAGE,
+            "insecureRegistries: must be an array of HOST:PORT strings".into(),
+        )),
+    }
+}
+
+/// Make the spec object `spec` run image `r`: pulled as the flags say, its
+/// root (named `name`) prepared, its config filled in. `entrypoint`
+/// replaces the image's.
+pub(crate) fn prepare(
+    spec: &mut Map<String, Value>,
+    r: &Reference,
+    entrypoint: Option<&[String]>,
+    name: &str,
+    flags: &ImageFlags,
+    insecure: &[String],
+) -> Result<SandboxRoot, Exit> {
+    let policy = match &flags.pull {
+        Some(p) => Policy::parse(p).map_err(|e| fail(e, exit::USAGE))?,
+        None => Policy::default(),
+    };
+    let store = flags.store.open()?;
+    let opts = flags.registry.options(insecure);
+    let image = pull::ensure(&store, r, &opts, policy, &mut progress())
+        .map_err(|e| fail(e, exit::SETUP))?;
+    let cfg = ImageConfig::load(&store, &image).map_err(|e| fail(e, exit::SETUP))?;
+    let readonly = spec
+        .get("root")
+        .and_then(|r| r.get("readonly"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let w = if readonly {
+        Writable::No
+    } else {
+        Writable::Yes
+    };
+    let root = SandboxRoot::prepare(&store, name, &image, w).map_err(|e| fail(e, exit::SETUP))?;
+    config::fill(spec, &cfg, entrypoint, &root, "").map_err(|e| fail(e, exit::USAGE))?;
+    Ok(root)
+}
+
+/// Point `plan`'s root at the prepared layers.
+pub(crate) fn attach(plan: &mut Plan, root: &SandboxRoot) -> Result<(), Exit> {
+    let l = root.layers();
+    let upper = l.upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    plan.root_layers =
+        Some(RootLayers::new(&l.lower, upper).map_err(|e| Exit(exit::USAGE, e.to_string()))?);
+    Ok(())
+}
