@@ -31,6 +31,10 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v nft >/dev/null || need+=(nftables)
 # The CNI driver of stack networks runs the reference plugins.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# Images are pulled from a real registry (the CNCF distribution
+# registry) that skopeo pushes test images to.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 # Log forwarding is tested against a real systemd-journald, run standalone.
 [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v journalctl >/dev/null || need+=(systemd)

@@ -67,8 +67,9 @@ if [ ! -f "$cache/stamp" ] || [ "$(cat "$cache/stamp")" != "$stamp" ] \
     for a in sh mount insmod mkdir switch_root cat echo poweroff; do ln -s busybox "$ird/bin/$a"; done
     : > "$ird/mods/order"
     # Stack networks need veth pairs, bridges and nftables with NAT;
-    # autoscaling reads unix listeners' queues over sock_diag.
-    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq unix_diag; do
+    # autoscaling reads unix listeners' queues over sock_diag; image roots
+    # are overlays.
+    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq unix_diag overlay; do
         modprobe -S "$kver" --show-depends "$m" | while read -r verb path _; do
             [ "$verb" = insmod ] || continue
             base=$(basename "$path")

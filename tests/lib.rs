@@ -190,3 +190,5 @@ pub mod up;
 pub fn pid_of(c: &std::process::Child) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid fits in i32"))
 }
+
+pub mod oci_image;

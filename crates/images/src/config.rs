@@ -149,6 +149,7 @@ pub fn fill(
             process.insert("user".into(), user(u, root, prefix)?);
         }
     }
+    home(process, root);
     if let Some(sig) = &cfg.stop_signal {
         let stop = spec.entry("stop").or_insert_with(|| json!({}));
         if let Some(stop) = stop.as_object_mut() {
@@ -213,6 +214,32 @@ fn env(process: &mut Map<String, Value>, cfg: &ImageConfig) {
         env.insert(0, DEFAULT_PATH.into());
     }
     process.insert("env".into(), json!(env));
+}
+
+/// HOME, when neither spec nor image sets it: the user's home in the
+/// image's `/etc/passwd`, else `/` (as podman does).
+fn home(process: &mut Map<String, Value>, root: &SandboxRoot) {
+    let uid = process
+        .get("user")
+        .and_then(|u| u.get("uid"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .to_string();
+    let Some(env) = process.get_mut("env").and_then(Value::as_array_mut) else {
+        return;
+    };
+    if env
+        .iter()
+        .any(|e| e.as_str().is_some_and(|e| e.starts_with("HOME=")))
+    {
+        return;
+    }
+    let passwd = root.read_image_file("etc/passwd").unwrap_or_default();
+    let dir = lookup(&passwd, |f| f[2] == uid && f.len() > 5)
+        .map(|f| f[5].clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/".into());
+    env.push(json!(format!("HOME={dir}")));
 }
 
 /// `User`: `name`, `uid`, `name:group` or `uid:gid`, names resolved in the

@@ -85,9 +85,13 @@ pub fn pull(
     let mut layers = Vec::new();
     let mut size = 0;
     for (i, (desc, diff_id)) in m.image.layers().iter().zip(diff_ids).enumerate() {
-        let d = digest_of(desc)?;
+        // Layers are kept by diff id (the uncompressed tar's digest): the
+        // same layer compressed otherwise, or not at all (a docker
+        // archive), is unpacked once.
+        let diff_id = Digest::parse(diff_id)?;
         size += desc.size();
-        if !store.has_layer(&d) {
+        if !store.has_layer(&diff_id) {
+            let d = digest_of(desc)?;
             check_layer_type(desc.media_type(), &d)?;
             say(&format!(
                 "{r}: layer {}/{} {} ({} bytes)",
@@ -96,7 +100,6 @@ pub fn pull(
                 d.short(),
                 desc.size()
             ));
-            let diff_id = Digest::parse(diff_id)?;
             let dir = store.scratch("layer")?;
             let blob = src.blob(desc)?;
             let expect = Expect {
@@ -105,9 +108,9 @@ pub fn pull(
                 diff_id: Some(&diff_id),
             };
             unpack::unpack(blob, &expect, dir.path())?;
-            store.commit_layer(dir, &d)?;
+            store.commit_layer(dir, &diff_id)?;
         }
-        layers.push(d);
+        layers.push(diff_id);
     }
     let config = digest_of(m.image.config())?;
     store.put_blob(&config, &config_bytes)?;

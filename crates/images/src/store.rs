@@ -1,6 +1,6 @@
 //! The image store: content-addressed, one directory per machine (root:
-//! `/var/lib/isola/images`). Layers are kept unpacked, once, named by the
-//! digest of the blob they came from; manifests and configs are kept as
+//! `/var/lib/isola/images`). Layers are kept unpacked, once, named by
+//! their diff id (the digest of the uncompressed tar); manifests and configs are kept as
 //! blobs; `images.json` maps names to images. Writers take the store's
 //! lock; work in progress lives in `tmp/` and is renamed into place only
 //! once verified, so a failed or killed pull leaves nothing behind.
@@ -8,7 +8,7 @@
 //! ```text
 //! images.json            names → manifest, config, layers
 //! blobs/sha256/<hex>     manifests and configs
-//! layers/<hex>/          one unpacked layer (overlay's whiteout format)
+//! layers/<hex>/          one unpacked layer by diff id (overlay's format)
 //! roots/<name>/          a sandbox's root: upper/ work/ merged/ (root.rs)
 //! tmp/                   pulls in progress
 //! lock                   flock: one writer at a time
@@ -50,9 +50,9 @@ pub struct ImageRecord {
     /// The manifest's digest: the image's identity.
     pub digest: Digest,
     pub config: Digest,
-    /// Layer blob digests, lowest first.
+    /// Layer diff ids (uncompressed digests), lowest first.
     pub layers: Vec<Digest>,
-    /// Bytes of the layers as pulled (compressed).
+    /// Bytes of the layers as pulled (compressed, for most sources).
     pub size: u64,
     /// Seconds since the epoch.
     pub pulled: u64,

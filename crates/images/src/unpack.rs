@@ -81,7 +81,7 @@ fn entries(stream: &mut impl Read, blob: &Digest, dst: &Path) -> Result<(), Erro
         if rel.as_os_str().is_empty() {
             continue;
         }
-        let at = |e: std::io::Error| fail(format!("{}: {e}", path.display()));
+        let at = |e: std::io::Error| fail(format!("{}: {}", path.display(), chain(&e)));
         match special(&rel, entry.header().entry_type()) {
             Special::Opaque(dir) => opaque(dst, &dir).map_err(at)?,
             Special::Whiteout(name) => whiteout(dst, &name).map_err(at)?,
@@ -92,6 +92,17 @@ fn entries(stream: &mut impl Read, blob: &Digest, dst: &Path) -> Result<(), Erro
         }
     }
     Ok(())
+}
+
+/// An error with its causes (the tar crate wraps the one that matters).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// An entry's path made relative, or None when a `..` would climb out.
@@ -231,5 +242,64 @@ mod tests {
             special(Path::new("dev/null"), EntryType::Char),
             Special::Node(_)
         ));
+    }
+}
+
+#[cfg(test)]
+mod unpack_tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_layer_unpacks_with_whiteouts_in_overlay_form() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // whiteouts are device nodes: root only
+        }
+        use tar::EntryType::{Directory, Regular};
+        let tar = layer(&[
+            ("bin", Directory, b""),
+            ("bin/f", Regular, b"hi"),
+            ("bin/.wh.g", Regular, b""),
+            ("d/.wh..wh..opq", Regular, b""),
+        ]);
+        let dir = std::env::temp_dir().join(format!("isola-unpack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = Digest::of(&tar);
+        unpack(
+            &tar[..],
+            &Expect {
+                blob: &d,
+                size: Some(tar.len() as u64),
+                diff_id: Some(&d),
+            },
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("bin/f")).unwrap(), b"hi");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(dir.join("bin/g"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert_eq!(
+            xattr::get(dir.join("d"), "trusted.overlay.opaque").unwrap(),
+            Some(b"y".to_vec())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

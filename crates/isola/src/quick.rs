@@ -164,7 +164,7 @@ pub(crate) fn load(
     }
     let limits = flags.limits().map_err(usage)?;
     let (text, base) = crate::cmd::common::read_spec(path)?;
-    if limits.is_empty() && !text.contains("\"image\"") {
+    if limits.is_empty() && !text.contains("\"image\"") && !text.contains("\"entrypoint\"") {
         return crate::cmd::common::load_text(&text, &base, path).map(Prepared::plain);
     }
     let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));

@@ -91,8 +91,15 @@ impl Registry {
         if let Some(a) = &self.authorization {
             req = req.header("Authorization", a);
         }
-        req.call()
-            .map_err(|e| Error::Source(format!("{}: registry unreachable: {e}", self.r.host)))
+        req.call().map_err(|e| {
+            // A plain-HTTP registry answers a TLS hello with nonsense.
+            let hint = if self.base.starts_with("https:") {
+                " (over HTTPS; a plain-HTTP registry must be named: --insecure-registry HOST:PORT or insecureRegistries)"
+            } else {
+                ""
+            };
+            Error::Source(format!("{}: registry unreachable: {e}{hint}", self.r.host))
+        })
     }
 
     /// The `Authorization` header value a challenge asks for.

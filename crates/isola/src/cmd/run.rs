@@ -70,6 +70,13 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
         (Some(r), _) if Reference::looks_like(r) => {
             quick::image_command(r, &command, &limits, &quick, no_cgroup, &images)
         }
+        (Some(s), true) if s != "-" && !Path::new(s).exists() => Err(Exit(
+            exit::USAGE,
+            format!(
+                "{s}: no such spec file (an image is named with its transport: {}; there is no default registry)",
+                isola_images::reference::FORMS
+            ),
+        )),
         (Some(s), true) => quick::load(s, &limits, &quick, &images),
         (None, false) => quick::command(&command, &limits, &quick, no_cgroup)
             .map(|plan| Prepared { plan, root: None }),

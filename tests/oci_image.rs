@@ -1,0 +1,223 @@
+//! Images made offline for the image tests: an OCI image layout written
+//! here (busybox-static as the base layer, plus layers of our own with
+//! whiteouts and opaque directories), and a real registry (Debian's
+//! `docker-registry`, the CNCF distribution registry) on loopback that
+//! `skopeo copy` pushes them to.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// One entry of a layer.
+pub enum Entry {
+    Dir(&'static str),
+    /// A directory owned by a uid and gid.
+    DirOf(&'static str, u64, u64),
+    File(&'static str, Vec<u8>),
+    Symlink(&'static str, &'static str),
+}
+
+/// busybox-static at /bin/busybox, `applets` linked to it, /etc/passwd and
+/// /etc/group with a user `www` (33) in group `web` (44).
+pub fn busybox_layer(applets: &[&'static str]) -> Vec<Entry> {
+    let mut l = vec![
+        Entry::Dir("bin"),
+        Entry::File(
+            "bin/busybox",
+            std::fs::read("/bin/busybox").expect("busybox-static"),
+        ),
+        Entry::Dir("etc"),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:44::/srv:/bin/sh\n".to_vec(),
+        ),
+        Entry::File("etc/group", b"root:x:0:\nweb:x:44:\n".to_vec()),
+        Entry::DirOf("srv", 33, 44),
+        Entry::Dir("tmp"),
+    ];
+    l.extend(applets.iter().map(|a| Entry::Symlink(a, "busybox")));
+    l
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tar_of(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let (path, data): (&str, &[u8]) = match e {
+            Entry::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                (p, &[])
+            }
+            Entry::DirOf(p, uid, gid) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                (p, &[])
+            }
+            Entry::File(p, d) => {
+                h.set_mode(if p.starts_with("bin/") { 0o755 } else { 0o644 });
+                (p, d)
+            }
+            Entry::Symlink(p, t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name(format!("{t}")).unwrap();
+                h.set_mode(0o777);
+                let link = if p.contains('/') {
+                    p.to_string()
+                } else {
+                    format!("bin/{p}")
+                };
+                h.set_size(0);
+                h.set_cksum();
+                b.append_data(&mut h, link, &[][..]).unwrap();
+                continue;
+            }
+        };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Write an OCI image layout at `dir` with one image tagged `tag`: the
+/// layers gzip-compressed, `config` as the image's `config` object.
+pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<Entry>], config: Value) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let h = hex(bytes);
+        std::fs::write(blobs.join(&h), bytes).unwrap();
+        (format!("sha256:{h}"), bytes.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let raw = tar_of(l);
+        diff_ids.push(format!("sha256:{}", hex(&raw)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let (d, n) = put(&gz.finish().unwrap());
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}));
+    }
+    let cfg = json!({"architecture": "amd64", "os": "linux", "config": config,
+                     "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let (cd, cn) = put(cfg.to_string().as_bytes());
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+        "layers": descs});
+    let (md, mn) = put(manifest.to_string().as_bytes());
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": mn, "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+/// `skopeo copy FROM TO` (plain HTTP to a registry), bounded.
+pub fn skopeo_copy(from: &str, to: &str) {
+    // Its temporary files go to /var/tmp, read-only in the VM.
+    let tmp = std::env::temp_dir();
+    let out = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            "120",
+            "skopeo",
+            "--tmpdir",
+            tmp.to_str().unwrap(),
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            from,
+            to,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("skopeo (Debian package skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo copy {from} {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A distribution registry on 127.0.0.1:`port`, storing under `dir`;
+/// `htpasswd`: require that login. Stopped on drop.
+pub struct Registry {
+    child: Child,
+    pub dir: PathBuf,
+    pub host: String,
+}
+
+impl Registry {
+    pub fn start(dir: &Path, port: u16, htpasswd: Option<&str>) -> Registry {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        if let Some(line) = htpasswd {
+            std::fs::write(dir.join("htpasswd"), format!("{line}\n")).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: isola-test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.join("config.yml"), cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", dir.join("config.yml").to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        let host = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry on {host} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Registry {
+            child,
+            dir: dir.to_path_buf(),
+            host,
+        }
+    }
+
+    /// The file holding blob `digest` (`sha256:…`) in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let h = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&h[..2])
+            .join(h)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
