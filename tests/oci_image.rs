@@ -76,7 +76,7 @@ fn tar_of(entries: &[Entry]) -> Vec<u8> {
             }
             Entry::Symlink(p, t) => {
                 h.set_entry_type(tar::EntryType::Symlink);
-                h.set_link_name(format!("{t}")).unwrap();
+                h.set_link_name(t).unwrap();
                 h.set_mode(0o777);
                 let link = if p.contains('/') {
                     p.to_string()
