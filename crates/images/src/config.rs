@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::root::SandboxRoot;
+use crate::root::Layers;
 use crate::store::ImageRecord;
 use crate::{Error, Store};
 
@@ -121,12 +121,12 @@ pub fn take_fields(
     Ok(Some(ImageFields { image, entrypoint }))
 }
 
-/// Fill `spec` from the image's config and point its root at `root`.
+/// Fill `spec` from the image's config; its root is the image's, `root`.
 pub fn fill(
     spec: &mut Map<String, Value>,
     cfg: &ImageConfig,
     entrypoint: Option<&[String]>,
-    root: &SandboxRoot,
+    root: &Layers,
     prefix: &str,
 ) -> Result<(), Error> {
     let process = spec.entry("process").or_insert_with(|| json!({}));
@@ -161,9 +161,11 @@ pub fn fill(
         .and_then(|r| r.get("readonly"))
         .cloned()
         .unwrap_or(json!(false));
+    // The top layer stands in for the root while the spec is checked; the
+    // caller then points the plan at the overlay (`merged`).
     spec.insert(
         "root".into(),
-        json!({"path": root.layers().merged, "readonly": readonly}),
+        json!({"path": root.lower[0], "readonly": readonly}),
     );
     mounts(spec);
     Ok(())
@@ -218,7 +220,7 @@ fn env(process: &mut Map<String, Value>, cfg: &ImageConfig) {
 
 /// HOME, when neither spec nor image sets it: the user's home in the
 /// image's `/etc/passwd`, else `/` (as podman does).
-fn home(process: &mut Map<String, Value>, root: &SandboxRoot) {
+fn home(process: &mut Map<String, Value>, root: &Layers) {
     let uid = process
         .get("user")
         .and_then(|u| u.get("uid"))
@@ -244,7 +246,7 @@ fn home(process: &mut Map<String, Value>, root: &SandboxRoot) {
 
 /// `User`: `name`, `uid`, `name:group` or `uid:gid`, names resolved in the
 /// image's own files.
-fn user(u: &str, root: &SandboxRoot, prefix: &str) -> Result<Value, Error> {
+fn user(u: &str, root: &Layers, prefix: &str) -> Result<Value, Error> {
     let (who, group) = match u.split_once(':') {
         Some((w, g)) => (w, Some(g)),
         None => (u, None),

@@ -49,16 +49,14 @@ impl SandboxRoot {
         image: &ImageRecord,
         w: Writable,
     ) -> Result<SandboxRoot, Error> {
-        check_name(name)?;
+        let layers = Layers::of(store, name, image, w)?;
         let dir = store.root().join("roots").join(name);
         fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let held = hold(&dir)?
             .ok_or_else(|| Error::Store(format!("root {name}: in use by another sandbox")))?;
+        let digest = image.digest.to_string();
         let was = fs::read_to_string(dir.join("image")).ok();
-        if was
-            .as_deref()
-            .is_some_and(|d| d != image.digest.to_string())
-        {
+        if was.as_deref().is_some_and(|d| d != digest) {
             // Another image's writes do not belong on this one.
             for sub in ["upper", "work"] {
                 let p = dir.join(sub);
@@ -66,35 +64,11 @@ impl SandboxRoot {
             }
         }
         let digest_file = dir.join("image");
-        fs::write(&digest_file, image.digest.to_string()).map_err(Error::io(&digest_file))?;
-        for sub in ["upper", "work", "merged"] {
+        fs::write(&digest_file, &digest).map_err(Error::io(&digest_file))?;
+        for sub in ["upper", "work", "merged", "empty"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(Error::io(&p))?;
         }
-        let mut lower: Vec<PathBuf> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| store.layer_dir(l))
-            .collect();
-        if let Some(missing) = lower.iter().find(|l| !l.is_dir()) {
-            return Err(Error::Store(format!(
-                "{}: layer missing from the store; pull the image again",
-                missing.display()
-            )));
-        }
-        if lower.is_empty() {
-            // An image with no layers: an empty directory stands in.
-            let empty = dir.join("empty");
-            fs::create_dir_all(&empty).map_err(Error::io(&empty))?;
-            lower.push(empty);
-        }
-        let upper = (w == Writable::Yes).then(|| (dir.join("upper"), dir.join("work")));
-        let layers = Layers {
-            lower,
-            upper,
-            merged: dir.join("merged"),
-        };
         Ok(SandboxRoot {
             dir,
             layers,
@@ -112,25 +86,71 @@ impl SandboxRoot {
         remove_any(&dir).map_err(Error::io(&dir))
     }
 
+    /// Set the root aside for a prune to remove: a large writable layer is
+    /// not deleted on the caller's time (a supervisor's loop).
+    pub fn discard(self) -> Result<(), Error> {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = self
+            .dir
+            .with_file_name(format!(".gone-{name}-{}", crate::store::now_nanos()));
+        fs::rename(&self.dir, &aside).map_err(Error::io(&self.dir))
+    }
+}
+
+impl Layers {
+    /// Where the root `name` of `image` lives in `store`. Nothing is made
+    /// here: [`SandboxRoot::prepare`] makes it.
+    pub fn of(
+        store: &Store,
+        name: &str,
+        image: &ImageRecord,
+        w: Writable,
+    ) -> Result<Layers, Error> {
+        check_name(name)?;
+        let dir = store.root().join("roots").join(name);
+        let mut lower: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| store.layer_dir(l))
+            .collect();
+        if let Some(missing) = lower.iter().find(|l| !l.is_dir()) {
+            return Err(Error::Store(format!(
+                "{}: layer missing from the store; pull the image again",
+                missing.display()
+            )));
+        }
+        if lower.is_empty() {
+            // An image with no layers: an empty directory stands in.
+            lower.push(dir.join("empty"));
+        }
+        let upper = (w == Writable::Yes).then(|| (dir.join("upper"), dir.join("work")));
+        Ok(Layers {
+            lower,
+            upper,
+            merged: dir.join("merged"),
+        })
+    }
+
     /// A file of the image as the sandbox sees it (top layer first; a
     /// whiteout hides it), read without mounting: `/etc/passwd` to resolve
     /// the image's `User`.
     pub fn read_image_file(&self, rel: &str) -> Option<Vec<u8>> {
-        read_in_layers(&self.layers.lower, rel)
-    }
-}
-
-pub(crate) fn read_in_layers(lower: &[PathBuf], rel: &str) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileTypeExt;
-    for l in lower {
-        let p = l.join(rel.trim_start_matches('/'));
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() => return None,
-            Ok(m) if m.is_file() => return fs::read(&p).ok(),
-            _ => {}
+        use std::os::unix::fs::FileTypeExt;
+        for l in &self.lower {
+            let p = l.join(rel.trim_start_matches('/'));
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_char_device() => return None,
+                Ok(m) if m.is_file() => return fs::read(&p).ok(),
+                _ => {}
+            }
         }
+        None
     }
-    None
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -178,6 +198,25 @@ pub(crate) fn users(store: &Store, digest: &Digest) -> Result<Vec<String>, Error
         }
     }
     Ok(out)
+}
+
+/// Remove the roots named `prefix…` that no live sandbox holds: what a
+/// killed supervisor of the same stack left (a new stack starts from its
+/// images, not from an old run's writes).
+pub fn clear_stale(store: &Store, prefix: &str) -> Result<usize, Error> {
+    let roots = store.root().join("roots");
+    let mut gone = 0;
+    for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        if let Some(held) = hold(&e.path())? {
+            remove_any(&e.path()).map_err(Error::io(e.path()))?;
+            drop(held);
+            gone += 1;
+        }
+    }
+    Ok(gone)
 }
 
 /// Remove the roots no live sandbox holds. Returns how many went.

@@ -4,13 +4,12 @@
 //! config filled in, its sandbox root prepared in the store. The root is
 //! held while the returned [`SandboxRoot`] lives.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use isola_images::config::{self, ImageConfig};
 use isola_images::pull::{self, Policy};
 use isola_images::root::{SandboxRoot, Writable};
 use isola_images::{source, store, Error, Reference, Store};
-use isola_runtime::root_layers::RootLayers;
 use isola_runtime::{exit, Plan};
 use serde_json::{Map, Value};
 
@@ -39,13 +38,16 @@ pub(crate) struct ImageFlags {
     pub(crate) registry: RegistryArgs,
     /// When to pull an image: never, missing (the default) or always.
     #[arg(long, value_name = "WHEN")]
-    pull: Option<String>,
+    pub(crate) pull: Option<String>,
 }
 
 impl StoreArgs {
+    pub(crate) fn root(&self) -> PathBuf {
+        self.store.clone().unwrap_or_else(store::default_root)
+    }
+
     pub(crate) fn open(&self) -> Result<Store, Exit> {
-        let root = self.store.clone().unwrap_or_else(store::default_root);
-        Store::open(&root).map_err(|e| fail(e, exit::FAILURE))
+        Store::open(&self.root()).map_err(|e| fail(e, exit::FAILURE))
     }
 }
 
@@ -119,15 +121,60 @@ pub(crate) fn prepare(
         Writable::Yes
     };
     let root = SandboxRoot::prepare(&store, name, &image, w).map_err(|e| fail(e, exit::SETUP))?;
-    config::fill(spec, &cfg, entrypoint, &root, "").map_err(|e| fail(e, exit::USAGE))?;
+    config::fill(spec, &cfg, entrypoint, root.layers(), "").map_err(|e| fail(e, exit::USAGE))?;
     Ok(root)
 }
 
 /// Point `plan`'s root at the prepared layers.
 pub(crate) fn attach(plan: &mut Plan, root: &SandboxRoot) -> Result<(), Exit> {
-    let l = root.layers();
-    let upper = l.upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
-    plan.root_layers =
-        Some(RootLayers::new(&l.lower, upper).map_err(|e| Exit(exit::USAGE, e.to_string()))?);
+    isola_supervisor::spec::images::attach(plan, root.layers())
+        .map_err(|e| Exit(exit::USAGE, e.to_string()))
+}
+
+/// Pull what the stack file's services name (`services.*.image`), as
+/// `--pull` says, before the supervisor starts anything. A file that does
+/// not read is left for the supervisor to name the error.
+pub(crate) fn pull_stack(path: &Path, flags: &ImageFlags) -> Result<(), Exit> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let Ok(Value::Object(mut file)) = serde_json::from_str::<Value>(&text) else {
+        return Ok(());
+    };
+    let insecure = take_insecure(&mut file)?;
+    let Some(Value::Object(services)) = file.get("services") else {
+        return Ok(());
+    };
+    let wanted: Vec<(String, String)> = services
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.get("image")?.as_str()?.to_string())))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let policy = match &flags.pull {
+        Some(p) => Policy::parse(p).map_err(|e| fail(e, exit::USAGE))?,
+        None => Policy::default(),
+    };
+    let store = flags.store.open()?;
+    let opts = flags.registry.options(&insecure);
+    let mut done = Vec::new();
+    for (name, text) in wanted {
+        let at = |e: Error, code| {
+            let c = if e.is_usage() { exit::USAGE } else { code };
+            let m = match e {
+                Error::Usage { message, .. } => message,
+                other => other.to_string(),
+            };
+            Exit(c, format!("{}: services.{name}.image: {m}", path.display()))
+        };
+        let r = Reference::parse(&text, "image").map_err(|e| at(e, exit::USAGE))?;
+        if done.contains(&text) {
+            continue;
+        }
+        pull::ensure(&store, &r, &opts, policy, &mut progress())
+            .map_err(|e| at(e, exit::FAILURE))?;
+        done.push(text);
+    }
     Ok(())
 }

@@ -23,6 +23,11 @@ pub(crate) enum Kind {
 pub(crate) fn schema(kind: Kind) -> Value {
     // Compiled in and checked by the tests: it parses.
     let service: Value = serde_json::from_str(SERVICE).unwrap_or(Value::Null);
+    // In a stack file, insecure registries are named once, at its top.
+    let mut defs = service["$defs"].clone();
+    if let Some(p) = defs["service"]["properties"].as_object_mut() {
+        p.remove("insecureRegistries");
+    }
     match kind {
         Kind::Service => service,
         Kind::Stack => json!({
@@ -44,13 +49,18 @@ pub(crate) fn schema(kind: Kind) -> Value {
                     "additionalProperties": {"$ref": "#/$defs/service"}
                 },
                 "logging": {"$ref": "#/$defs/logging"},
+                "insecureRegistries": {
+                    "description": "registries (HOST:PORT) reached over plain HTTP when isola up pulls images",
+                    "type": "array",
+                    "items": {"type": "string"}
+                },
                 "networks": {
                     "description": "the stack's private networks, by name",
                     "type": "object",
                     "additionalProperties": {"$ref": "#/$defs/network"}
                 }
             },
-            "$defs": service["$defs"],
+            "$defs": defs,
         }),
     }
 }

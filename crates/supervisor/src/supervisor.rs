@@ -45,6 +45,7 @@ use crate::shell::reactor::{Part, Reactor, Readiness as Ready, Token};
 use crate::shell::reports::Reports;
 use crate::shell::rules::ResourceWatch;
 use crate::shell::wakeups::Wakeups;
+use crate::spec::images::ImageContext;
 use crate::spec::stack::{self, Stack};
 
 /// Sandboxes setting up at the same time. More does not start a stack
@@ -66,6 +67,18 @@ pub struct Config {
     pub echo: bool,
     /// Serve `GET /metrics` here (`--metrics`).
     pub metrics: Option<crate::metrics::MetricsAddr>,
+    /// The image store image services' roots come from (`--store`).
+    pub image_store: PathBuf,
+}
+
+impl Config {
+    /// Where this stack's image services' roots are.
+    pub fn images(&self) -> ImageContext {
+        ImageContext {
+            store: self.image_store.clone(),
+            stack: stack_name(&self.stack_path),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +119,21 @@ pub fn stack_name(path: &Path) -> String {
         .unwrap_or_else(|| "stack".into())
 }
 
+/// The stack file at `path`, its image services in the default store.
 pub fn load_stack(path: &Path) -> Result<Stack, SpecError> {
-    stack::parse(&read_stack(path)?, &isola_runtime::spec::base_dir(path))
+    let images = ImageContext {
+        stack: stack_name(path),
+        ..ImageContext::default()
+    };
+    load_stack_with(path, &images)
+}
+
+pub fn load_stack_with(path: &Path, images: &ImageContext) -> Result<Stack, SpecError> {
+    stack::parse_with(
+        &read_stack(path)?,
+        &isola_runtime::spec::base_dir(path),
+        images,
+    )
 }
 
 pub struct Supervisor {

@@ -22,13 +22,8 @@ impl SocketArg {
     }
 }
 
-/// Read and validate: nothing is created before this succeeds.
-pub(crate) fn load(path: &str) -> Result<Plan, Exit> {
-    let (text, base) = read_spec(path)?;
-    load_text(&text, &base, path)
-}
-
-/// [`load`] of text already read.
+/// Validate a spec's text (read from `path`): nothing is created before
+/// this succeeds.
 pub(crate) fn load_text(text: &str, base: &Path, path: &str) -> Result<Plan, Exit> {
     let svc = spec::parse_str(text, base).map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
     plan_of(&svc, path)

@@ -10,6 +10,7 @@ use isola_supervisor::metrics::MetricsAddr;
 use isola_supervisor::supervisor;
 
 use crate::cmd::common::SocketArg;
+use crate::image::{self, ImageFlags};
 use crate::{client, detach, Exit};
 
 #[derive(clap::Args)]
@@ -45,6 +46,8 @@ pub(crate) struct UpArgs {
     /// (OpenMetrics when the scraper asks for it, else the text format).
     #[arg(long, value_name = "ADDR", value_parser = metrics_addr)]
     metrics: Option<MetricsAddr>,
+    #[command(flatten)]
+    images: ImageFlags,
     /// The stack file: {"services": {"NAME": SPEC, ...}}.
     stack: PathBuf,
 }
@@ -67,10 +70,16 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         detach,
         wait_seconds,
         metrics,
+        images,
         stack,
     } = args;
     let dir =
         log_dir.unwrap_or_else(|| Path::new("/var/log/isola").join(supervisor::stack_name(&stack)));
+    // Images are pulled here, before anything starts (and before `-d`
+    // detaches, so progress and failures show where the user looks).
+    if std::env::var_os(detach::DETACHED_ENV).is_none() {
+        image::pull_stack(&stack, &images)?;
+    }
     if detach {
         let wait = Duration::from_secs(wait_seconds);
         return detach::up_detached(&dir, &socket.path(), wait);
@@ -91,6 +100,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         },
         echo: !quiet,
         metrics,
+        image_store: images.store.root(),
     };
     supervise(cfg)
 }

@@ -65,6 +65,13 @@ impl RootLayers {
         Ok(RootLayers { source })
     }
 
+    /// Run `plan` on these layers, mounted at `merged` (an empty directory
+    /// the plan's root becomes).
+    pub fn attach(self, plan: &mut crate::Plan, merged: PathBuf) {
+        plan.root = Some(merged);
+        plan.root_layers = Some(self);
+    }
+
     /// Mount the layers on `root` (in the init, before the view is built).
     pub(crate) fn mount_on(&self, root: &Path) -> nix::Result<()> {
         match &self.source {

@@ -54,6 +54,7 @@ impl Sandboxes {
         l: Launch<'_>,
     ) -> Result<Pid, StartError> {
         let cg_name = self.cgroup_name(l.def, l.predecessor)?;
+        self.roots.ensure(i, l.def)?;
         let s = self.services.get_mut(i).ok_or_else(gone)?;
         s.cgroup_name.clone_from(&cg_name);
         s.record_start();

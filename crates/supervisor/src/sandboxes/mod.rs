@@ -30,6 +30,7 @@ use crate::spawner::Spawner;
 
 mod drain;
 mod held;
+mod image_roots;
 mod launch;
 mod limits;
 mod membership;
@@ -153,6 +154,7 @@ pub(crate) struct Sandboxes {
     draining: BTreeSet<ServiceIx>,
     setup: Setup,
     stats_open: usize,
+    roots: image_roots::ImageRoots,
 }
 
 impl Sandboxes {
@@ -170,6 +172,7 @@ impl Sandboxes {
             draining: BTreeSet::new(),
             setup,
             stats_open: 0,
+            roots: image_roots::ImageRoots::default(),
         })
     }
 
@@ -186,6 +189,7 @@ impl Sandboxes {
     /// Service `i` is gone. A sandbox dropped with it is reaped by its
     /// Drop: its init's pid, for the reaper to forget.
     pub(crate) fn forget(&mut self, ctx: &mut Ctx<'_>, i: ServiceIx) -> Option<Pid> {
+        self.roots.discard(i);
         let s = self.services.remove(i)?;
         self.draining.remove(&i);
         match s.stage {
@@ -460,14 +464,16 @@ impl Sandboxes {
         self.setup.no_cgroup
     }
 
-    /// At exit: the spawner goes, the stack's cgroup is let go (an error
-    /// is for the caller to say).
+    /// At exit: the spawner goes, image roots are deleted, the stack's
+    /// cgroup is let go (an error is for the caller to say).
     pub(crate) fn finish(&mut self) -> Option<String> {
         self.setup.spawner = None;
-        let group = self.setup.group.take()?;
-        group
-            .release()
-            .err()
-            .map(|e| format!("cgroup cleanup: {e}"))
+        let roots = self.roots.finish();
+        let group = self
+            .setup
+            .group
+            .take()
+            .and_then(|g| g.release().err().map(|e| format!("cgroup cleanup: {e}")));
+        group.or(roots)
     }
 }

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 
 use crate::host::PlanAdditions;
 use crate::spawner::{self, Spawner, Wanted};
+use crate::spec::images::ImageContext;
 use crate::spec::stack::{self, ServiceDef};
 
 /// Fork the spawner now, before the stack file is parsed, while this
@@ -28,6 +29,7 @@ pub(crate) fn fork_spawner(
     base_dir: &Path,
     stack_root: &Path,
     additions: &PlanAdditions,
+    images: &ImageContext,
 ) -> Result<Spawner, Errno> {
     let supervisor = nix::unistd::getpid();
     Spawner::fork(|sock| {
@@ -40,7 +42,7 @@ pub(crate) fn fork_spawner(
         // Ours to free: our copy of the supervisor's memory, whose frames
         // this process never returns to.
         let text = std::mem::take(text);
-        let table = build_all(&text, base_dir, additions);
+        let table = build_all(&text, base_dir, additions, images);
         drop(text);
         // The text and the parse's garbage, freed, go back before the
         // first clone.
@@ -95,13 +97,18 @@ fn lookup<'t>(
 /// build: the supervisor refuses such a file and never asks), kept in the
 /// shared arena. Each is built in the heap and then copied there, so no
 /// garbage of the parse lands in it.
-fn build_all(text: &str, base_dir: &Path, additions: &PlanAdditions) -> Vec<Option<Built>> {
+fn build_all(
+    text: &str,
+    base_dir: &Path,
+    additions: &PlanAdditions,
+    images: &ImageContext,
+) -> Vec<Option<Built>> {
     let Ok(entries) = stack::entries(text) else {
         return Vec::new();
     };
     let mut table = isola_runtime::in_shared_arena(|| Vec::with_capacity(entries.len()));
     for (name, json) in entries {
-        let built = stack::service_def(name, json.get(), base_dir)
+        let built = stack::service_def(name, json.get(), base_dir, images)
             .ok()
             .map(|(mut def, _)| {
                 if def.group.is_some() {
@@ -183,7 +190,7 @@ mod tests {
         let base = Path::new("/");
         let c = additions();
         let stack = stack::parse(&text, base).expect("stack");
-        let table = build_all(&text, base, &c);
+        let table = build_all(&text, base, &c, &ImageContext::default());
         assert_eq!(table.len(), 3);
         for mut def in stack.services {
             c.add_to(&mut def);
@@ -212,6 +219,6 @@ mod tests {
             fingerprint: 0,
         };
         assert!(lookup(&table, &beyond, &c).is_none());
-        assert!(build_all("{", base, &c).is_empty());
+        assert!(build_all("{", base, &c, &ImageContext::default()).is_empty());
     }
 }

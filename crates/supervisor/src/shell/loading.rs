@@ -182,9 +182,15 @@ pub(crate) fn spawner_and_stack(
     let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
     let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
     isola_runtime::release_free_memory();
-    let spawner =
-        sandboxes::spawner_plans::fork_spawner(&mut text, &base_dir, &stack_root, additions);
-    Ok((stack::parse(&text, &base_dir)?, spawner))
+    let images = cfg.images();
+    let spawner = sandboxes::spawner_plans::fork_spawner(
+        &mut text,
+        &base_dir,
+        &stack_root,
+        additions,
+        &images,
+    );
+    Ok((stack::parse_with(&text, &base_dir, &images)?, spawner))
 }
 
 /// The stack's cgroup, claimed (`None` with --no-cgroup); what a dead

@@ -8,7 +8,7 @@ use crate::held_sockets::HeldSockets;
 use crate::networks::{self, NetChange};
 use crate::shell::loading::{add_to_all, check_stack, Checked, Loading};
 use crate::supervisor::ctx;
-use crate::supervisor::{load_stack, stack_name, Supervisor, UpError};
+use crate::supervisor::{load_stack_with, stack_name, Supervisor, UpError};
 use isola_runtime::SpecError;
 
 impl Supervisor {
@@ -85,7 +85,7 @@ impl Supervisor {
     /// networks decided, and its held sockets opened (nothing of the
     /// running set moved if not).
     fn load_again(&mut self) -> Result<(Checked, HeldSockets, NetChange), UpError> {
-        let checked = load_stack(&self.cfg.stack_path)
+        let checked = load_stack_with(&self.cfg.stack_path, &self.cfg.images())
             .map_err(UpError::from)
             .and_then(|s| check_stack(&self.cfg, s, Loading::Reload))?;
         let stack_root = self.cfg.cgroup_root.join(stack_name(&self.cfg.stack_path));

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 pub mod autoscale;
 pub mod health;
+pub mod images;
 pub mod logging;
 pub mod networks;
 pub mod policy;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::Path;
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use isola_runtime::{cgroup, spec, Plan, SpecError};
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -15,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::spec::autoscale;
+use crate::spec::images::{self, ImageContext, ImageUse};
 use crate::spec::logging::{self, Logging};
 use crate::spec::networks::{self, Member, NetworkDef};
 use crate::spec::policy::{self, Policy};
@@ -42,6 +44,8 @@ pub struct ServiceDef {
     /// up` read them at start: the spawner built it from there, and starts
     /// it by that number. None for what a reload read.
     pub entry: Option<u32>,
+    /// The image its root is made of (`image`), if any.
+    pub image: Option<Arc<ImageUse>>,
 }
 
 impl ServiceDef {
@@ -54,6 +58,10 @@ impl ServiceDef {
         // systemd's %i).
         let env = std::ffi::CString::new(format!("{REPLICA_ENV}={k}")).ok()?;
         isola_runtime::plan::set_env(&mut d.plan.env, env);
+        if let Some(image) = &self.image {
+            // Each replica writes on a root of its own.
+            image.apply(&d.name, &mut d.plan).ok()?;
+        }
         Some(d)
     }
 
@@ -146,6 +154,9 @@ struct StackFile<'a> {
     logging: Option<Value>,
     /// The stack's networks.
     networks: Option<Value>,
+    /// Registries reached over plain HTTP (`isola up` pulls; read there).
+    #[serde(rename = "insecureRegistries")]
+    _insecure_registries: Option<Vec<String>>,
 }
 
 /// The stack file's services, in the file's order, each still text.
@@ -175,9 +186,10 @@ pub(crate) fn service_def(
     name: String,
     text: &str,
     base_dir: &Path,
+    images: &ImageContext,
 ) -> Result<(ServiceDef, Vec<String>), SpecError> {
     let prefix = format!("services.{name}.");
-    let raw: Value = serde_json::from_str(text)
+    let mut raw: Value = serde_json::from_str(text)
         .map_err(|e| SpecError::new(format!("services.{name}"), e.to_string()))?;
     cgroup::check_name(&name).map_err(|e| SpecError::new(format!("services.{name}"), e.message))?;
     if name.contains("..") {
@@ -187,10 +199,20 @@ pub(crate) fn service_def(
         ));
     }
     let fingerprint = fingerprint(&raw);
+    let image = match raw.as_object_mut() {
+        Some(obj) => images::resolve(obj, &name, images, &prefix)?,
+        None => None,
+    };
     let spec = spec::parse_value(raw, base_dir, &prefix)?;
-    let plan = Plan::from_spec(&spec)
+    let mut plan = Plan::from_spec(&spec)
         .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
     let policy = policy::parse(&spec.supervision, &prefix)?;
+    if let Some(image) = &image {
+        image
+            .apply(&name, &mut plan)
+            .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
+        images::check_policy(image, &policy, &prefix)?;
+    }
     let mut warnings: Vec<String> = policy::overlap_warning(&policy, &prefix)
         .into_iter()
         .collect();
@@ -205,11 +227,18 @@ pub(crate) fn service_def(
         group,
         live_limits: false,
         entry: None,
+        image,
     };
     Ok((def, warnings))
 }
 
+/// A stack file whose image services (if any) are in the default store.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
+    parse_with(text, base_dir, &ImageContext::default())
+}
+
+/// A stack file, image services' roots as `images` says.
+pub fn parse_with(text: &str, base_dir: &Path, images: &ImageContext) -> Result<Stack, SpecError> {
     let mut seen = HashMap::new();
     let mut defs = Vec::new();
     let mut warnings = Vec::new();
@@ -227,7 +256,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Stack, SpecError> {
                 "duplicate service name",
             ));
         }
-        let (mut def, w) = service_def(name, entry.get(), base_dir)?;
+        let (mut def, w) = service_def(name, entry.get(), base_dir, images)?;
         def.entry = u32::try_from(k).ok();
         def.policy.logging = def.policy.logging.over(&logging);
         warnings.extend(w);
