@@ -40,7 +40,8 @@ fn layout(s: &Scratch) -> PathBuf {
         Entry::File("dir/y", b"y\n".to_vec()),
     ];
     let config = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo from-image; id; pwd; env | sort"],
-        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT"});
+        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT",
+        "Healthcheck": {"Test": ["CMD-SHELL", "test -e /srv/runs"], "Interval": 300_000_000u64, "Retries": 2}});
     write_layout(&dir, "v1", &[base, top], config);
     dir
 }
@@ -488,6 +489,9 @@ fn a_stack_runs_image_services_whose_writes_outlive_restarts_not_the_stack() {
     up.wait_log("app.1", "runs=2");
     let (_, logs2, _) = up.cli(&["logs", "app.2"]);
     assert!(!logs2.contains("runs=2"), "{logs2}");
+    // `isola exec` joins the service's root (the image's user, its files).
+    let (code, o, err) = up.cli(&["exec", "app.1", "--", "/bin/sh", "-c", "id -u; cat /srv/runs"]);
+    assert_eq!((code, o.as_str()), (0, "33\nx\nx\n"), "{err}");
     up.down();
     // The stack's end takes its writes.
     assert!(roots().is_empty(), "{:?}", roots());

@@ -128,7 +128,7 @@ pub fn fill(
     entrypoint: Option<&[String]>,
     root: &Layers,
     prefix: &str,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let process = spec.entry("process").or_insert_with(|| json!({}));
     let Some(process) = process.as_object_mut() else {
         return Err(Error::usage(
@@ -168,7 +168,22 @@ pub fn fill(
         json!({"path": root.lower[0], "readonly": readonly}),
     );
     mounts(spec);
-    Ok(())
+    Ok(healthcheck(spec, cfg, prefix))
+}
+
+/// The image's HEALTHCHECK as a liveness probe, when the spec has no
+/// probes of its own; the warning that says so.
+fn healthcheck(spec: &mut Map<String, Value>, cfg: &ImageConfig, prefix: &str) -> Option<String> {
+    if spec.contains_key("probes") {
+        return None;
+    }
+    let probe = crate::healthcheck::probe(cfg.healthcheck.as_ref()?)?;
+    let said = format!(
+        "{prefix}probes: none given: the image's HEALTHCHECK is the liveness probe ({})",
+        probe["exec"]
+    );
+    spec.insert("probes".into(), json!({"liveness": probe}));
+    Some(said)
 }
 
 fn args(

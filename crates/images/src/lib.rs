@@ -10,6 +10,7 @@
 pub mod config;
 pub mod digest;
 mod error;
+pub mod healthcheck;
 pub mod pull;
 pub mod reference;
 pub mod root;

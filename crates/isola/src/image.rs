@@ -121,6 +121,7 @@ pub(crate) fn prepare(
         Writable::Yes
     };
     let root = SandboxRoot::prepare(&store, name, &image, w).map_err(|e| fail(e, exit::SETUP))?;
+    // `isola run` runs no probes: the HEALTHCHECK's probe is not said.
     config::fill(spec, &cfg, entrypoint, root.layers(), "").map_err(|e| fail(e, exit::USAGE))?;
     Ok(root)
 }

@@ -121,6 +121,9 @@ pub struct ExecTarget {
     pub cgroup: Option<PathBuf>,
     pub stack: PathBuf,
     pub fingerprint: u64,
+    /// The image store its image services' roots come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_store: Option<PathBuf>,
 }
 
 impl Response<'_> {

@@ -199,6 +199,7 @@ impl Supervisor {
                 cgroup: cgroup.map(std::path::Path::to_path_buf),
                 stack,
                 fingerprint: s.def.fingerprint,
+                image_store: Some(self.cfg.image_store.clone()),
             }),
             ..Response::ok()
         }

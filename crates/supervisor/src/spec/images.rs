@@ -52,6 +52,9 @@ pub struct ImageUse {
     pub record: ImageRecord,
     pub writable: Writable,
     pub ctx: ImageContext,
+    /// What the image added that the user should hear of (its
+    /// HEALTHCHECK as the liveness probe).
+    pub warning: Option<String>,
 }
 
 impl ImageUse {
@@ -117,13 +120,14 @@ pub fn resolve(
     };
     let layers = Layers::of(&store, &ctx.root_name(name), &record, writable)
         .map_err(|e| bad("image", &e))?;
-    config::fill(obj, &cfg, fields.entrypoint.as_deref(), &layers, prefix)
+    let warning = config::fill(obj, &cfg, fields.entrypoint.as_deref(), &layers, prefix)
         .map_err(|e| SpecError::new("", e.to_string()))?;
     Ok(Some(Arc::new(ImageUse {
         reference: r.to_string(),
         record,
         writable,
         ctx: ctx.clone(),
+        warning,
     })))
 }
 

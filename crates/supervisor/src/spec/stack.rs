@@ -217,6 +217,7 @@ pub(crate) fn service_def(
         .into_iter()
         .collect();
     warnings.extend(plan.warnings.iter().map(|w| format!("{prefix}{w}")));
+    warnings.extend(image.as_ref().and_then(|i| i.warning.clone()));
     let group = policy.replicated().then(|| name.clone());
     let def = ServiceDef {
         name,
