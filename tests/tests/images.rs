@@ -490,7 +490,14 @@ fn a_stack_runs_image_services_whose_writes_outlive_restarts_not_the_stack() {
     let (_, logs2, _) = up.cli(&["logs", "app.2"]);
     assert!(!logs2.contains("runs=2"), "{logs2}");
     // `isola exec` joins the service's root (the image's user, its files).
-    let (code, o, err) = up.cli(&["exec", "app.1", "--", "/bin/sh", "-c", "id -u; cat /srv/runs"]);
+    let (code, o, err) = up.cli(&[
+        "exec",
+        "app.1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; cat /srv/runs",
+    ]);
     assert_eq!((code, o.as_str()), (0, "33\nx\nx\n"), "{err}");
     up.down();
     // The stack's end takes its writes.

@@ -248,8 +248,11 @@ mod tests {
 #[cfg(test)]
 mod unpack_tests {
     use super::*;
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
 
-    fn layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    /// A tar of `(path, kind, data or link target)`; paths are written raw
+    /// (the tar crate's builder refuses `..`, which a hostile layer has).
+    fn layer(entries: &[(&str, EntryType, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, kind, data) in entries {
             let mut h = tar::Header::new_gnu();
@@ -258,38 +261,56 @@ mod unpack_tests {
             h.set_mtime(0);
             h.set_entry_type(*kind);
             h.set_mode(0o755);
-            h.set_size(data.len() as u64);
+            let name = &mut h.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            let body: &[u8] = if matches!(kind, Link | Symlink) {
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                &[]
+            } else {
+                data
+            };
+            h.set_size(body.len() as u64);
             h.set_cksum();
-            b.append_data(&mut h, path, *data).unwrap();
+            b.append(&h, body).unwrap();
         }
         b.into_inner().unwrap()
     }
 
-    #[test]
-    fn a_layer_unpacks_with_whiteouts_in_overlay_form() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // whiteouts are device nodes: root only
-        }
-        use tar::EntryType::{Directory, Regular};
-        let tar = layer(&[
-            ("bin", Directory, b""),
-            ("bin/f", Regular, b"hi"),
-            ("bin/.wh.g", Regular, b""),
-            ("d/.wh..wh..opq", Regular, b""),
-        ]);
-        let dir = std::env::temp_dir().join(format!("isola-unpack-{}", std::process::id()));
+    /// Unpack `tar` into a fresh directory; the directory and the result.
+    fn try_unpack(tag: &str, tar: &[u8]) -> (PathBuf, Result<(), Error>) {
+        let dir = std::env::temp_dir().join(format!("isola-unpack-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let d = Digest::of(&tar);
-        unpack(
-            &tar[..],
+        let d = Digest::of(tar);
+        let r = unpack(
+            tar,
             &Expect {
                 blob: &d,
                 size: Some(tar.len() as u64),
                 diff_id: Some(&d),
             },
             &dir,
-        )
-        .unwrap();
+        );
+        (dir, r)
+    }
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn a_layer_unpacks_with_whiteouts_in_overlay_form() {
+        if !root() {
+            return; // whiteouts are device nodes: root only
+        }
+        let tar = layer(&[
+            ("bin", Directory, b""),
+            ("bin/f", Regular, b"hi"),
+            ("bin/.wh.g", Regular, b""),
+            ("d/.wh..wh..opq", Regular, b""),
+        ]);
+        let (dir, r) = try_unpack("wh", &tar);
+        r.unwrap();
         assert_eq!(std::fs::read(dir.join("bin/f")).unwrap(), b"hi");
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::symlink_metadata(dir.join("bin/g"))
@@ -300,6 +321,95 @@ mod unpack_tests {
             xattr::get(dir.join("d"), "trusted.overlay.opaque").unwrap(),
             Some(b"y".to_vec())
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hard_links_and_zstd_layers_unpack() {
+        use std::os::unix::fs::MetadataExt;
+        let tar = layer(&[("a", Regular, b"same"), ("b", Link, b"a")]);
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        let dir = std::env::temp_dir().join(format!("isola-unpack-zst-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (blob, diff) = (Digest::of(&zst), Digest::of(&tar));
+        unpack(
+            &zst[..],
+            &Expect {
+                blob: &blob,
+                size: Some(zst.len() as u64),
+                diff_id: Some(&diff),
+            },
+            &dir,
+        )
+        .unwrap();
+        let (a, b) = (
+            std::fs::metadata(dir.join("a")).unwrap(),
+            std::fs::metadata(dir.join("b")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nothing_escapes_the_layer() {
+        let outside =
+            std::env::temp_dir().join(format!("isola-unpack-outside-{}", std::process::id()));
+        std::fs::create_dir_all(&outside).unwrap();
+        let target = outside.to_str().unwrap().as_bytes().to_vec();
+        for (tag, tar) in [
+            ("dotdot", layer(&[("../escaped", Regular, b"x")])),
+            ("deep", layer(&[("a/../../escaped", Regular, b"x")])),
+            (
+                "abslink",
+                layer(&[("l", Symlink, &target), ("l/escaped", Regular, b"x")]),
+            ),
+            (
+                "rellink",
+                layer(&[
+                    ("l", Symlink, b"../../../../../../../../.."),
+                    ("l/escaped", Regular, b"x"),
+                ]),
+            ),
+            (
+                "hardlink",
+                layer(&[("h", Link, b"../../../../../../etc/passwd")]),
+            ),
+            (
+                "whiteout",
+                layer(&[("l", Symlink, &target), ("l/.wh.escaped", Regular, b"")]),
+            ),
+            (
+                "node",
+                layer(&[("l", Symlink, &target), ("l/escaped", EntryType::Fifo, b"")]),
+            ),
+        ] {
+            let (dir, r) = try_unpack(tag, &tar);
+            assert!(r.is_err(), "{tag}: unpacked");
+            assert!(!outside.join("escaped").exists(), "{tag}: wrote outside");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn a_layer_whose_content_is_not_its_diff_id_fails() {
+        let tar = layer(&[("a", Regular, b"one")]);
+        let other = Digest::of(b"something else");
+        let dir = std::env::temp_dir().join(format!("isola-unpack-diff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blob = Digest::of(&tar);
+        let e = unpack(
+            &tar[..],
+            &Expect {
+                blob: &blob,
+                size: None,
+                diff_id: Some(&other),
+            },
+            &dir,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not match its digest"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
