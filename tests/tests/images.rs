@@ -18,12 +18,23 @@ const CALL: Duration = Duration::from_secs(120);
 /// The test image: busybox, then a layer that deletes /data/a (a
 /// whiteout) and replaces /dir (an opaque directory).
 fn layout(s: &Scratch) -> PathBuf {
-    let dir = s.path("layout");
+    let config = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo from-image; id; pwd; env | sort"],
+        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT",
+        "Healthcheck": {"Test": ["CMD-SHELL", "test -e /srv/runs"], "Interval": 300_000_000u64, "Retries": 2}});
+    layout_with(s, "layout", config)
+}
+
+/// The test image's layers with `config`, as an OCI layout `name`.
+fn layout_with(s: &Scratch, name: &str, config: Value) -> PathBuf {
+    let dir = s.path(name);
     let base = {
         let mut l = busybox_layer(&[
             "sh", "ls", "cat", "echo", "id", "pwd", "env", "sort", "sleep", "touch", "test",
+            "httpd", "date",
         ]);
         l.extend([
+            Entry::Dir("var"),
+            Entry::Dir("var/log"),
             Entry::Dir("data"),
             Entry::File("data/a", b"a\n".to_vec()),
             Entry::File("data/b", b"b\n".to_vec()),
@@ -39,9 +50,6 @@ fn layout(s: &Scratch) -> PathBuf {
         Entry::File("dir/.wh..wh..opq", Vec::new()),
         Entry::File("dir/y", b"y\n".to_vec()),
     ];
-    let config = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo from-image; id; pwd; env | sort"],
-        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT",
-        "Healthcheck": {"Test": ["CMD-SHELL", "test -e /srv/runs"], "Interval": 300_000_000u64, "Retries": 2}});
     write_layout(&dir, "v1", &[base, top], config);
     dir
 }
@@ -556,4 +564,53 @@ fn image_services_are_checked_before_anything_starts() {
     );
     ok(&["check", "--store", st, f.to_str().unwrap()]);
     assert!(entries(&store.join("roots")).is_empty());
+}
+
+#[test]
+fn the_shipped_image_stack_runs() {
+    use isola_tests::up::Up;
+    require_vm();
+    let s = Scratch::new("img-shipped");
+    // The registry the example names, with busybox where it looks.
+    let reg = Registry::start(&s.path("registry"), 5000, None);
+    // Like Docker's busybox image: no Entrypoint, `sh` as the command.
+    let busybox = layout_with(&s, "busybox", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
+    skopeo_copy(
+        &format!("oci:{}:v1", busybox.display()),
+        &format!("docker://{}/library/busybox:1", reg.host),
+    );
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/image-stack.json");
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    let checked = ok(&["check", "--store", st, example.to_str().unwrap()]);
+    assert!(
+        checked.contains("web: docker://127.0.0.1:5000/library/busybox:1 runs /bin/httpd"),
+        "{checked}"
+    );
+    let text: Value = serde_json::from_slice(&std::fs::read(&example).unwrap()).unwrap();
+    let up = Up::start(
+        "shipped",
+        text["services"].clone(),
+        &["--store", st, "--insecure-registry", &reg.host],
+    );
+    up.wait_for(
+        "web",
+        "a passing liveness probe",
+        Duration::from_secs(60),
+        |s| s["probe"]["liveness"]["ok"] == true,
+    );
+    up.wait_state("worker.2", "running");
+    // `root.readonly`: the root cannot be written, and the mount points
+    // the image lacks (/proc, /dev, /sys) were made in the sandbox's
+    // scratch layer, not in the shared layers.
+    let (code, _, err) = up.cli(&["exec", "web", "--", "/bin/touch", "/etc/x"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    for l in entries(&store.join("layers")) {
+        assert!(!store.join("layers").join(&l).join("proc").exists(), "{l}");
+    }
+    // The workers write their own layers.
+    let (code, _, err) = up.cli(&["exec", "worker.1", "--", "/bin/touch", "/etc/x"]);
+    assert_eq!(code, 0, "{err}");
+    up.down();
 }

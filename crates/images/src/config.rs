@@ -145,9 +145,11 @@ pub fn fill(
         );
     }
     if !process.contains_key("user") {
-        if let Some(u) = &cfg.user {
-            process.insert("user".into(), user(u, root, prefix)?);
-        }
+        let u = match &cfg.user {
+            Some(u) => user(u, root, prefix)?,
+            None => json!({"uid": 0, "gid": 0}),
+        };
+        process.insert("user".into(), u);
     }
     home(process, root);
     if let Some(sig) = &cfg.stop_signal {

@@ -1,11 +1,16 @@
 //! A sandbox's root from an image: the image's layers as overlay lower
 //! directories (shared by every sandbox of the image, never written),
 //! and a directory of the sandbox's own in the store's `roots/`: `upper/`
-//! (its writes, kept across its restarts), `work/` (overlayfs's), and
-//! `merged/` (where the runtime mounts the overlay, inside the sandbox's
-//! mount namespace: nothing is mounted on the host). The root's `lock`
+//! (its writes, kept across its restarts) and `work/` (overlayfs's). The
+//! overlay is mounted inside the sandbox's mount namespace, so nothing is
+//! mounted on the host and every sandbox can use the one mount point,
+//! the store's `mnt/`. The root's `lock` (which names the image's digest)
 //! is held while a sandbox may use it, so `rmi` and `prune` can tell a
-//! running sandbox's root from one a killed supervisor left.
+//! running sandbox's root from one a killed supervisor left. A writable
+//! root is three directories and a file (made and removed on every
+//! `isola run` of an image: each costs a journal write); a read-only one
+//! is a directory and its lock, its upper layer a tmpfs of the sandbox's
+//! (the runtime's `root_layers`).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -21,8 +26,10 @@ use crate::{Digest, Error, Store};
 pub struct Layers {
     pub lower: Vec<PathBuf>,
     pub upper: Option<(PathBuf, PathBuf)>,
-    /// The mount point.
-    pub merged: PathBuf,
+    /// The store's `mnt/`, one for all (each sandbox mounts in its own
+    /// namespace): the mount point of a writable root, the place of a
+    /// read-only root's scratch tmpfs.
+    pub mnt: PathBuf,
 }
 
 /// A sandbox's root directory, held (locked) while this lives.
@@ -36,7 +43,8 @@ pub struct SandboxRoot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writable {
     Yes,
-    /// `root.readonly`: the image's layers alone.
+    /// `root.readonly`: the image's layers, under a scratch tmpfs for
+    /// mount points only.
     No,
 }
 
@@ -51,23 +59,39 @@ impl SandboxRoot {
     ) -> Result<SandboxRoot, Error> {
         let layers = Layers::of(store, name, image, w)?;
         let dir = store.root().join("roots").join(name);
-        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(&dir)(e))
+            }
+            _ => {}
+        }
         let held = hold(&dir)?
             .ok_or_else(|| Error::Store(format!("root {name}: in use by another sandbox")))?;
         let digest = image.digest.to_string();
-        let was = fs::read_to_string(dir.join("image")).ok();
-        if was.as_deref().is_some_and(|d| d != digest) {
-            // Another image's writes do not belong on this one.
-            for sub in ["upper", "work"] {
-                let p = dir.join(sub);
-                remove_any(&p).map_err(Error::io(&p))?;
+        let lock = dir.join("lock");
+        let mut was = String::new();
+        let mut f: &File = &held;
+        std::io::Read::read_to_string(&mut f, &mut was).map_err(Error::io(&lock))?;
+        if was != digest {
+            if !was.is_empty() {
+                // Another image's writes do not belong on this one.
+                for sub in ["upper", "work"] {
+                    let p = dir.join(sub);
+                    remove_any(&p).map_err(Error::io(&p))?;
+                }
             }
+            f.set_len(0).map_err(Error::io(&lock))?;
+            std::io::Write::write_all(&mut f, digest.as_bytes()).map_err(Error::io(&lock))?;
         }
-        let digest_file = dir.join("image");
-        fs::write(&digest_file, &digest).map_err(Error::io(&digest_file))?;
-        for sub in ["upper", "work", "merged", "empty"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(Error::io(&p))?;
+        if let Some((upper, work)) = &layers.upper {
+            for p in [upper, work] {
+                match fs::create_dir(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(Error::io(p)(e))
+                    }
+                    _ => {}
+                }
+            }
         }
         Ok(SandboxRoot {
             dir,
@@ -80,10 +104,22 @@ impl SandboxRoot {
         &self.layers
     }
 
-    /// The sandbox is gone for good: drop its writes.
+    /// The sandbox is gone for good: drop its writes. The layout is
+    /// known, so an untouched root goes in five calls (a one-shot `isola
+    /// run` pays them on every start); anything else, the long way.
     pub fn remove(self) -> Result<(), Error> {
-        let dir = self.dir.clone();
-        remove_any(&dir).map_err(Error::io(&dir))
+        let d = &self.dir;
+        let quick = fs::remove_file(d.join("lock")).is_ok()
+            && ["work/work", "work", "upper", ""].iter().all(|sub| {
+                match fs::remove_dir(d.join(sub)) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                }
+            });
+        if quick {
+            return Ok(());
+        }
+        remove_any(d).map_err(Error::io(d))
     }
 
     /// Set the root aside for a prune to remove: a large writable layer is
@@ -102,37 +138,54 @@ impl SandboxRoot {
 }
 
 impl Layers {
-    /// Where the root `name` of `image` lives in `store`. Nothing is made
-    /// here: [`SandboxRoot::prepare`] makes it.
+    /// Where the root `name` of `image` lives in `store`, its layers
+    /// checked. Nothing is made here: [`SandboxRoot::prepare`] makes it.
     pub fn of(
         store: &Store,
         name: &str,
         image: &ImageRecord,
         w: Writable,
     ) -> Result<Layers, Error> {
+        Layers::check(store, image)?;
+        Layers::at(store.root(), name, image, w)
+    }
+
+    /// Fail unless every layer of `image` is in the store.
+    pub fn check(store: &Store, image: &ImageRecord) -> Result<(), Error> {
+        match image
+            .layers
+            .iter()
+            .map(|l| store.layer_dir(l))
+            .find(|l| !l.is_dir())
+        {
+            Some(missing) => Err(Error::Store(format!(
+                "{}: layer missing from the store; pull the image again",
+                missing.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Layers::of`] without a look at the disk (the store at `root`,
+    /// its layers checked before).
+    pub fn at(root: &Path, name: &str, image: &ImageRecord, w: Writable) -> Result<Layers, Error> {
         check_name(name)?;
-        let dir = store.root().join("roots").join(name);
+        let dir = root.join("roots").join(name);
         let mut lower: Vec<PathBuf> = image
             .layers
             .iter()
             .rev()
-            .map(|l| store.layer_dir(l))
+            .map(|l| root.join("layers").join(l.hex()))
             .collect();
-        if let Some(missing) = lower.iter().find(|l| !l.is_dir()) {
-            return Err(Error::Store(format!(
-                "{}: layer missing from the store; pull the image again",
-                missing.display()
-            )));
-        }
         if lower.is_empty() {
             // An image with no layers: an empty directory stands in.
-            lower.push(dir.join("empty"));
+            lower.push(root.join("empty"));
         }
         let upper = (w == Writable::Yes).then(|| (dir.join("upper"), dir.join("work")));
         Ok(Layers {
             lower,
             upper,
-            merged: dir.join("merged"),
+            mnt: root.join("mnt"),
         })
     }
 
@@ -176,6 +229,7 @@ fn hold(dir: &Path) -> Result<Option<Flock<File>>, Error> {
     let f = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&p)
         .map_err(Error::io(&p))?;
@@ -191,8 +245,7 @@ pub(crate) fn users(store: &Store, digest: &Digest) -> Result<Vec<String>, Error
     let roots = store.root().join("roots");
     let mut out = Vec::new();
     for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
-        let uses =
-            fs::read_to_string(e.path().join("image")).is_ok_and(|d| d == digest.to_string());
+        let uses = fs::read_to_string(e.path().join("lock")).is_ok_and(|d| d == digest.to_string());
         if uses && hold(&e.path())?.is_none() {
             out.push(e.file_name().to_string_lossy().into_owned());
         }

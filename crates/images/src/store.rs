@@ -9,7 +9,8 @@
 //! images.json            names → manifest, config, layers
 //! blobs/sha256/<hex>     manifests and configs
 //! layers/<hex>/          one unpacked layer by diff id (overlay's format)
-//! roots/<name>/          a sandbox's root: upper/ work/ merged/ (root.rs)
+//! roots/<name>/          a sandbox's root: upper/ work/ lock (root.rs)
+//! mnt/, empty/           the roots' mount point, a layerless image's root
 //! tmp/                   pulls in progress
 //! lock                   flock: one writer at a time
 //! ```
@@ -41,6 +42,11 @@ pub fn default_root() -> PathBuf {
 pub struct Store {
     root: PathBuf,
 }
+
+/// The store's directories; `mnt` is the mount point of every image root
+/// (each in its sandbox's own namespace), `empty` the root of an image
+/// without layers.
+const SUBDIRS: [&str; 6] = ["blobs/sha256", "layers", "roots", "tmp", "empty", "mnt"];
 
 /// One image in the store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,9 +80,13 @@ impl Store {
                 format!("{text}: an absolute path without , : or ="),
             ));
         }
-        for sub in ["blobs/sha256", "layers", "roots", "tmp"] {
-            let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(Error::io(&d))?;
+        // Made once (the last made is looked for): `isola run` of an
+        // image opens the store on every start.
+        if !root.join(SUBDIRS[SUBDIRS.len() - 1]).is_dir() {
+            for sub in SUBDIRS {
+                let d = root.join(sub);
+                fs::create_dir_all(&d).map_err(Error::io(&d))?;
+            }
         }
         Ok(Store {
             root: root.to_path_buf(),

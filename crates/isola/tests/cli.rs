@@ -37,6 +37,11 @@ fn shipped_specs_are_valid() {
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
+        // Image stacks pull from a registry: the VM's image tests check
+        // them against a real one (images::the_shipped_image_stack_runs).
+        if std::fs::read_to_string(&p).unwrap().contains("\"image\"") {
+            continue;
+        }
         // Specs with a relative rootfs are checked beside an empty one.
         let target = tmp.join(p.file_name().unwrap());
         std::fs::copy(&p, &target).unwrap();

@@ -74,10 +74,7 @@ pub struct Config {
 impl Config {
     /// Where this stack's image services' roots are.
     pub fn images(&self) -> ImageContext {
-        ImageContext {
-            store: self.image_store.clone(),
-            stack: stack_name(&self.stack_path),
-        }
+        ImageContext::new(self.image_store.clone(), stack_name(&self.stack_path))
     }
 }
 
@@ -121,10 +118,7 @@ pub fn stack_name(path: &Path) -> String {
 
 /// The stack file at `path`, its image services in the default store.
 pub fn load_stack(path: &Path) -> Result<Stack, SpecError> {
-    let images = ImageContext {
-        stack: stack_name(path),
-        ..ImageContext::default()
-    };
+    let images = ImageContext::new(isola_images::store::default_root(), stack_name(path));
     load_stack_with(path, &images)
 }
 

@@ -34,10 +34,10 @@ pub(crate) fn run(args: CheckArgs) -> Result<u8, Exit> {
             .is_some_and(|v| v.get("services").is_some());
     if is_stack {
         image::pull_stack(Path::new(path), &args.images)?;
-        let ctx = ImageContext {
-            store: args.images.store.root(),
-            stack: supervisor::stack_name(Path::new(path)),
-        };
+        let ctx = ImageContext::new(
+            args.images.store.root(),
+            supervisor::stack_name(Path::new(path)),
+        );
         let stack = supervisor::load_stack_with(Path::new(path), &ctx)
             .map_err(|e| Exit(exit::USAGE, format!("{path}: {e}")))?;
         let n = stack.services.len();

@@ -100,13 +100,13 @@ fn exec(
         .ok_or_else(|| Exit(exit::FAILURE, format!("exec: {name}: no answer")))?;
     // The service's credentials and seccomp come from its spec, which must
     // be the one the supervisor runs.
-    let images = isola_supervisor::spec::images::ImageContext {
-        store: target
+    let images = isola_supervisor::spec::images::ImageContext::new(
+        target
             .image_store
             .clone()
             .unwrap_or_else(isola_images::store::default_root),
-        stack: supervisor::stack_name(&target.stack),
-    };
+        supervisor::stack_name(&target.stack),
+    );
     let stack = supervisor::load_stack_with(&target.stack, &images)
         .map_err(|e| Exit(exit::FAILURE, format!("{}: {e}", target.stack.display())))?;
     let def = stack

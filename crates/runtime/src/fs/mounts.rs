@@ -118,7 +118,7 @@ impl<'a> View<'a> {
         };
         match l.root_layers {
             Some(layers) => layers
-                .mount_on(r)
+                .mount()
                 .map_err(fail("mount", format!("image layers on {}", r.display())))?,
             None => mount(
                 Some(r),

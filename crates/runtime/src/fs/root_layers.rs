@@ -1,96 +1,162 @@
-//! A root made of image layers: an overlay mounted on the rootfs path
-//! inside the sandbox's own mount namespace (so nothing is mounted on the
-//! host, and the mount goes when the sandbox does), where a directory
-//! rootfs is bound onto itself. The mount options are built at plan time:
-//! the init allocates nothing it need not.
+//! A root made of image layers: an overlay mounted inside the sandbox's
+//! own mount namespace (so nothing is mounted on the host, and the mount
+//! goes when the sandbox does), where a directory rootfs is bound onto
+//! itself. Two kinds:
+//!
+//! - writable: the layers under the sandbox's own upper directory (kept by
+//!   the caller across restarts), mounted on an empty directory;
+//! - read-only (`root.readonly`): the layers under a scratch upper layer in
+//!   a small tmpfs mounted first, in the namespace only, so that the mount
+//!   points the spec needs and the image lacks (`/proc` …) can be made
+//!   without writing a shared layer; `/` is remounted read-only after
+//!   pivot_root, as for a directory rootfs. Nothing is left on the host.
+//!
+//! The mount options are built at plan time: the init allocates nothing it
+//! need not.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
 
 use crate::error::SpecError;
 
 /// Overlay's options are read from one page.
 const OPTIONS_MAX: usize = 4095;
+/// The scratch tmpfs of a read-only root holds mount points only.
+const SCRATCH_OPTIONS: &str = "mode=0755,size=1m";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootLayers {
-    source: Source,
+    /// `lowerdir=…,upperdir=…,workdir=…`.
+    options: CString,
+    /// Where the overlay is mounted: the plan's root.
+    merged: PathBuf,
+    scratch: Option<Scratch>,
 }
 
+/// A read-only root's tmpfs, mounted at `dir` before the overlay; its
+/// `upper`, `work` and the mount point `merged` made in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Source {
-    /// `lowerdir=…[,upperdir=…,workdir=…]`.
-    Overlay(CString),
-    /// One read-only layer: overlayfs wants two lower directories without
-    /// an upper one, so the layer itself is bound.
-    Bind(PathBuf),
+struct Scratch {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+/// Where the upper layer is.
+#[derive(Debug, Clone, Copy)]
+pub enum Upper<'a> {
+    /// The sandbox's own directories (`upper`, overlayfs's `work`),
+    /// mounted on `merged`, an empty directory that exists.
+    Dirs {
+        upper: &'a Path,
+        work: &'a Path,
+        merged: &'a Path,
+    },
+    /// A tmpfs mounted at `dir` in the sandbox's namespace (a directory
+    /// that exists); the root is `dir/merged`.
+    Scratch { dir: &'a Path },
 }
 
 impl RootLayers {
-    /// `lower`: the layers, top first; `upper`: the writable directory and
-    /// overlayfs's work directory (None: a read-only root).
-    pub fn new(lower: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<RootLayers, SpecError> {
-        let bad = |m: String| SpecError::new("image", m);
-        let text = |p: &Path| -> Result<String, SpecError> {
-            let s = p
-                .to_str()
-                .ok_or_else(|| bad(format!("{}: not UTF-8", p.display())))?;
-            if s.contains([',', ':', '=']) {
-                return Err(bad(format!("{s}: a layer path with , : or =")));
-            }
-            Ok(s.to_string())
-        };
-        let source = match (lower, upper) {
-            ([], _) => return Err(bad("an image root needs at least one layer".into())),
-            ([one], None) => Source::Bind(one.clone()),
-            (_, _) => {
-                let lowers: Vec<String> =
-                    lower.iter().map(|p| text(p)).collect::<Result<_, _>>()?;
-                let mut opts = format!("lowerdir={}", lowers.join(":"));
-                if let Some((u, w)) = upper {
-                    opts.push_str(&format!(",upperdir={},workdir={}", text(u)?, text(w)?));
-                }
-                if opts.len() > OPTIONS_MAX {
-                    return Err(bad(format!(
-                        "{} layers: overlay's options ({} bytes) exceed one page; a shorter store path (--store) helps",
-                        lower.len(),
-                        opts.len()
-                    )));
-                }
-                Source::Overlay(CString::new(opts).map_err(|e| bad(e.to_string()))?)
+    /// `lower`: the layers, top first.
+    pub fn new(lower: &[PathBuf], upper: Upper<'_>) -> Result<RootLayers, SpecError> {
+        if lower.is_empty() {
+            return Err(SpecError::new(
+                "image",
+                "an image root needs at least one layer",
+            ));
+        }
+        let lowers: Vec<String> = lower.iter().map(|p| text(p)).collect::<Result<_, _>>()?;
+        let (upper, work, merged, scratch) = match upper {
+            Upper::Dirs {
+                upper,
+                work,
+                merged,
+            } => (
+                upper.to_path_buf(),
+                work.to_path_buf(),
+                merged.to_path_buf(),
+                None,
+            ),
+            Upper::Scratch { dir } => {
+                let s = Scratch {
+                    dir: dir.to_path_buf(),
+                    upper: dir.join("upper"),
+                    work: dir.join("work"),
+                };
+                (s.upper.clone(), s.work.clone(), dir.join("merged"), Some(s))
             }
         };
-        Ok(RootLayers { source })
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            text(&upper)?,
+            text(&work)?
+        );
+        if options.len() > OPTIONS_MAX {
+            return Err(SpecError::new(
+                "image",
+                format!(
+                    "{} layers: overlay's options ({} bytes) exceed one page; a shorter store path (--store) helps",
+                    lower.len(),
+                    options.len()
+                ),
+            ));
+        }
+        let options = CString::new(options).map_err(|e| SpecError::new("image", e.to_string()))?;
+        Ok(RootLayers {
+            options,
+            merged,
+            scratch,
+        })
     }
 
-    /// Run `plan` on these layers, mounted at `merged` (an empty directory
-    /// the plan's root becomes).
-    pub fn attach(self, plan: &mut crate::Plan, merged: PathBuf) {
-        plan.root = Some(merged);
+    /// Run `plan` on these layers: its root is where they are mounted.
+    pub fn attach(self, plan: &mut crate::Plan) {
+        plan.root = Some(self.merged.clone());
         plan.root_layers = Some(self);
     }
 
-    /// Mount the layers on `root` (in the init, before the view is built).
-    pub(crate) fn mount_on(&self, root: &Path) -> nix::Result<()> {
-        match &self.source {
-            Source::Overlay(opts) => mount(
-                Some("overlay"),
-                root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(opts.as_c_str()),
-            ),
-            Source::Bind(layer) => mount(
-                Some(layer.as_path()),
-                root,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
+    /// Mount the layers on the plan's root (in the init, in the sandbox's
+    /// mount namespace, before the view is built).
+    pub(crate) fn mount(&self) -> nix::Result<()> {
+        if let Some(s) = &self.scratch {
+            mount(
+                Some("tmpfs"),
+                &s.dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(SCRATCH_OPTIONS),
+            )?;
+            for d in [&s.upper, &s.work, &self.merged] {
+                nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
+            }
         }
+        mount(
+            Some("overlay"),
+            &self.merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(self.options.as_c_str()),
+        )
     }
+}
+
+/// A path as overlay's options may hold it.
+fn text(p: &Path) -> Result<String, SpecError> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| SpecError::new("image", format!("{}: not UTF-8", p.display())))?;
+    if s.contains([',', ':', '=']) {
+        return Err(SpecError::new(
+            "image",
+            format!("{s}: a layer path with , : or ="),
+        ));
+    }
+    Ok(s.to_string())
 }
 
 #[cfg(test)]
@@ -101,15 +167,30 @@ mod tests {
     fn options_name_lowers_top_first_then_upper() {
         let l = RootLayers::new(
             &[PathBuf::from("/s/l/b"), PathBuf::from("/s/l/a")],
-            Some((Path::new("/s/r/u"), Path::new("/s/r/w"))),
+            Upper::Dirs {
+                upper: Path::new("/s/r/u"),
+                work: Path::new("/s/r/w"),
+                merged: Path::new("/s/mnt"),
+            },
         )
         .unwrap();
         assert_eq!(
-            l.source,
-            Source::Overlay(c"lowerdir=/s/l/b:/s/l/a,upperdir=/s/r/u,workdir=/s/r/w".into())
+            l.options.as_c_str(),
+            c"lowerdir=/s/l/b:/s/l/a,upperdir=/s/r/u,workdir=/s/r/w"
         );
-        let one = RootLayers::new(&[PathBuf::from("/s/l/a")], None).unwrap();
-        assert_eq!(one.source, Source::Bind(PathBuf::from("/s/l/a")));
+        assert_eq!(l.merged, Path::new("/s/mnt"));
+        let ro = RootLayers::new(
+            &[PathBuf::from("/s/l/a")],
+            Upper::Scratch {
+                dir: Path::new("/s/mnt"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            ro.options.as_c_str(),
+            c"lowerdir=/s/l/a,upperdir=/s/mnt/upper,workdir=/s/mnt/work"
+        );
+        assert_eq!(ro.merged, Path::new("/s/mnt/merged"));
     }
 
     #[test]
@@ -117,8 +198,12 @@ mod tests {
         let many: Vec<PathBuf> = (0..100)
             .map(|i| PathBuf::from(format!("/var/lib/isola/images/layers/{i:064}")))
             .collect();
-        let e = RootLayers::new(&many, None).unwrap_err();
+        let scratch = Upper::Scratch {
+            dir: Path::new("/m"),
+        };
+        let e = RootLayers::new(&many, scratch).unwrap_err();
         assert!(e.to_string().starts_with("image: 100 layers"), "{e}");
-        assert!(RootLayers::new(&[PathBuf::from("/a:b"), PathBuf::from("/c")], None).is_err());
+        assert!(RootLayers::new(&[PathBuf::from("/a:b")], scratch).is_err());
+        assert!(RootLayers::new(&[], scratch).is_err());
     }
 }

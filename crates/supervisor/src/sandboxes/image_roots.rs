@@ -45,11 +45,11 @@ impl ImageRoots {
         }
         let store = image.store().map_err(|e| failed(e.to_string()))?;
         if !self.cleared {
-            root::clear_stale(&store, &image.ctx.root_prefix())
+            root::clear_stale(&store, &image.place.root_prefix())
                 .map_err(|e| failed(format!("image roots: {e}")))?;
             self.cleared = true;
         }
-        let name = image.ctx.root_name(&def.name);
+        let name = image.place.root_name(&def.name);
         let r = SandboxRoot::prepare(&store, &name, &image.record, image.writable)
             .map_err(|e| failed(format!("image root: {e}")))?;
         self.held.insert(i, (image.record.digest.clone(), r));

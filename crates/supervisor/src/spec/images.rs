@@ -5,6 +5,8 @@
 //! the image's layers with a writable layer of the service's own: the
 //! root `<stack>.<service>` in the store, one per replica.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,28 +14,70 @@ use isola_images::config::{self, ImageConfig};
 use isola_images::root::{Layers, Writable};
 use isola_images::store::ImageRecord;
 use isola_images::{Reference, Store};
-use isola_runtime::root_layers::RootLayers;
+use isola_runtime::root_layers::{RootLayers, Upper};
 use isola_runtime::{Plan, SpecError};
 use serde_json::{Map, Value};
 
-/// Where image services' roots come from.
+/// Where a stack's image roots are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageContext {
+pub struct RootPlace {
     pub store: PathBuf,
     /// The stack's name: roots are `<stack>.<service>`.
     pub stack: String,
 }
 
+/// Where image services' roots come from, and the images a parse has
+/// found so far (a thousand services of one image read its record and
+/// config once).
+#[derive(Debug)]
+pub struct ImageContext {
+    pub place: RootPlace,
+    found: RefCell<HashMap<String, Arc<Found>>>,
+}
+
+/// An image of the store, as a parse found it.
+#[derive(Debug)]
+struct Found {
+    record: ImageRecord,
+    cfg: ImageConfig,
+}
+
 impl Default for ImageContext {
     fn default() -> ImageContext {
-        ImageContext {
-            store: isola_images::store::default_root(),
-            stack: "stack".into(),
-        }
+        ImageContext::new(isola_images::store::default_root(), "stack".into())
     }
 }
 
 impl ImageContext {
+    pub fn new(store: PathBuf, stack: String) -> ImageContext {
+        ImageContext {
+            place: RootPlace { store, stack },
+            found: RefCell::default(),
+        }
+    }
+
+    /// The image `r` names, from the store (once per parse).
+    fn find(&self, r: &Reference) -> Result<Arc<Found>, String> {
+        let key = r.to_string();
+        if let Some(f) = self.found.borrow().get(&key) {
+            return Ok(f.clone());
+        }
+        let store = Store::open(&self.place.store).map_err(|e| e.to_string())?;
+        let record = store.find(&key).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!(
+                "{key}: not in the image store {} (isola up pulls before starting; isola pull {key})",
+                self.place.store.display()
+            )
+        })?;
+        Layers::check(&store, &record).map_err(|e| e.to_string())?;
+        let cfg = ImageConfig::load(&store, &record).map_err(|e| e.to_string())?;
+        let found = Arc::new(Found { record, cfg });
+        self.found.borrow_mut().insert(key, found.clone());
+        Ok(found)
+    }
+}
+
+impl RootPlace {
     /// The store's name for service `name`'s root.
     pub fn root_name(&self, name: &str) -> String {
         format!("{}.{name}", self.stack)
@@ -51,7 +95,7 @@ pub struct ImageUse {
     pub reference: String,
     pub record: ImageRecord,
     pub writable: Writable,
-    pub ctx: ImageContext,
+    pub place: RootPlace,
     /// What the image added that the user should hear of (its
     /// HEALTHCHECK as the liveness probe).
     pub warning: Option<String>,
@@ -60,10 +104,9 @@ pub struct ImageUse {
 impl ImageUse {
     /// Point `plan` (of the service or replica `name`) at its root.
     pub fn apply(&self, name: &str, plan: &mut Plan) -> Result<(), SpecError> {
-        let store = self.store()?;
-        let layers = Layers::of(
-            &store,
-            &self.ctx.root_name(name),
+        let layers = Layers::at(
+            &self.place.store,
+            &self.place.root_name(name),
             &self.record,
             self.writable,
         )
@@ -72,17 +115,22 @@ impl ImageUse {
     }
 
     pub fn store(&self) -> Result<Store, SpecError> {
-        Store::open(&self.ctx.store).map_err(|e| SpecError::new("image", e.to_string()))
+        Store::open(&self.place.store).map_err(|e| SpecError::new("image", e.to_string()))
     }
 }
 
-/// Run `plan` on `layers`.
+/// Run `plan` on `layers`: mounted on the store's `mnt/`, or, read-only,
+/// over a scratch tmpfs there.
 pub fn attach(plan: &mut Plan, layers: &Layers) -> Result<(), SpecError> {
-    let upper = layers
-        .upper
-        .as_ref()
-        .map(|(u, w)| (u.as_path(), w.as_path()));
-    RootLayers::new(&layers.lower, upper)?.attach(plan, layers.merged.clone());
+    let upper = match &layers.upper {
+        Some((upper, work)) => Upper::Dirs {
+            upper,
+            work,
+            merged: &layers.mnt,
+        },
+        None => Upper::Scratch { dir: &layers.mnt },
+    };
+    RootLayers::new(&layers.lower, upper)?.attach(plan);
     Ok(())
 }
 
@@ -102,12 +150,7 @@ pub fn resolve(
         return Ok(None);
     };
     let r = Reference::parse(&fields.image, "image").map_err(|e| bad("image", &strip_field(&e)))?;
-    let store = Store::open(&ctx.store).map_err(|e| bad("image", &e))?;
-    let record = store
-        .find(&r.to_string())
-        .map_err(|e| bad("image", &e))?
-        .ok_or_else(|| bad("image", &format!("{r}: not in the image store {} (isola up pulls before starting; isola pull {r})", ctx.store.display())))?;
-    let cfg = ImageConfig::load(&store, &record).map_err(|e| bad("image", &e))?;
+    let found = ctx.find(&r).map_err(|e| bad("image", &e))?;
     let readonly = obj
         .get("root")
         .and_then(|r| r.get("readonly"))
@@ -118,15 +161,27 @@ pub fn resolve(
     } else {
         Writable::Yes
     };
-    let layers = Layers::of(&store, &ctx.root_name(name), &record, writable)
-        .map_err(|e| bad("image", &e))?;
-    let warning = config::fill(obj, &cfg, fields.entrypoint.as_deref(), &layers, prefix)
-        .map_err(|e| SpecError::new("", e.to_string()))?;
+    let place = &ctx.place;
+    let layers = Layers::at(
+        &place.store,
+        &place.root_name(name),
+        &found.record,
+        writable,
+    )
+    .map_err(|e| bad("image", &e))?;
+    let warning = config::fill(
+        obj,
+        &found.cfg,
+        fields.entrypoint.as_deref(),
+        &layers,
+        prefix,
+    )
+    .map_err(|e| SpecError::new("", e.to_string()))?;
     Ok(Some(Arc::new(ImageUse {
         reference: r.to_string(),
-        record,
+        record: found.record.clone(),
         writable,
-        ctx: ctx.clone(),
+        place: place.clone(),
         warning,
     })))
 }
