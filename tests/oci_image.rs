@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::{isola, Scratch};
 use sha2::{Digest, Sha256};
+use std::process::Output;
 
 /// One entry of a layer.
 pub enum Entry {
@@ -220,4 +223,75 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub const CALL: Duration = Duration::from_secs(120);
+
+/// The test image: busybox, then a layer that deletes /data/a (a
+/// whiteout) and replaces /dir (an opaque directory).
+pub fn layout(s: &Scratch) -> PathBuf {
+    let config = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo from-image; id; pwd; env | sort"],
+        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT",
+        "Healthcheck": {"Test": ["CMD-SHELL", "test -e /srv/runs"], "Interval": 300_000_000u64, "Retries": 2}});
+    layout_with(s, "layout", config)
+}
+
+/// The test image's layers with `config`, as an OCI layout `name`.
+pub fn layout_with(s: &Scratch, name: &str, config: Value) -> PathBuf {
+    let dir = s.path(name);
+    let base = {
+        let mut l = busybox_layer(&[
+            "sh", "ls", "cat", "echo", "id", "pwd", "env", "sort", "sleep", "touch", "test",
+            "httpd", "date",
+        ]);
+        l.extend([
+            Entry::Dir("var"),
+            Entry::Dir("var/log"),
+            Entry::Dir("data"),
+            Entry::File("data/a", b"a\n".to_vec()),
+            Entry::File("data/b", b"b\n".to_vec()),
+            Entry::Dir("dir"),
+            Entry::File("dir/x", b"x\n".to_vec()),
+        ]);
+        l
+    };
+    let top = vec![
+        Entry::Dir("data"),
+        Entry::File("data/.wh.a", Vec::new()),
+        Entry::Dir("dir"),
+        Entry::File("dir/.wh..wh..opq", Vec::new()),
+        Entry::File("dir/y", b"y\n".to_vec()),
+    ];
+    write_layout(&dir, "v1", &[base, top], config);
+    dir
+}
+
+pub fn run(args: &[&str]) -> Output {
+    isola(args, "", CALL)
+}
+
+pub fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "isola {args:?}: {}", out(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+pub fn entries(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

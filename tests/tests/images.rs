@@ -3,86 +3,16 @@
 //! and digest, a tampered blob refused, whiteouts and opaque directories,
 //! the image's config applied, layers shared and writes private, `rmi`
 //! refused while in use, and failures in one line with nothing kept. Run
-//! in the VM (`make vm-test T=images`).
+//! in the VM (`make vm-test T=images`); stacks of image services are in
+//! `image_stacks.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use isola_tests::oci_image::{busybox_layer, skopeo_copy, write_layout, Entry, Registry};
-use isola_tests::{isola, isola_bin, require_vm, Scratch};
+use isola_tests::oci_image::{entries, layout, ok, out, run, skopeo_copy, Registry, CALL};
+use isola_tests::{isola_bin, require_vm, Scratch};
 use serde_json::{json, Value};
-
-const CALL: Duration = Duration::from_secs(120);
-
-/// The test image: busybox, then a layer that deletes /data/a (a
-/// whiteout) and replaces /dir (an opaque directory).
-fn layout(s: &Scratch) -> PathBuf {
-    let config = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo from-image; id; pwd; env | sort"],
-        "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/srv", "User": "www", "StopSignal": "SIGINT",
-        "Healthcheck": {"Test": ["CMD-SHELL", "test -e /srv/runs"], "Interval": 300_000_000u64, "Retries": 2}});
-    layout_with(s, "layout", config)
-}
-
-/// The test image's layers with `config`, as an OCI layout `name`.
-fn layout_with(s: &Scratch, name: &str, config: Value) -> PathBuf {
-    let dir = s.path(name);
-    let base = {
-        let mut l = busybox_layer(&[
-            "sh", "ls", "cat", "echo", "id", "pwd", "env", "sort", "sleep", "touch", "test",
-            "httpd", "date",
-        ]);
-        l.extend([
-            Entry::Dir("var"),
-            Entry::Dir("var/log"),
-            Entry::Dir("data"),
-            Entry::File("data/a", b"a\n".to_vec()),
-            Entry::File("data/b", b"b\n".to_vec()),
-            Entry::Dir("dir"),
-            Entry::File("dir/x", b"x\n".to_vec()),
-        ]);
-        l
-    };
-    let top = vec![
-        Entry::Dir("data"),
-        Entry::File("data/.wh.a", Vec::new()),
-        Entry::Dir("dir"),
-        Entry::File("dir/.wh..wh..opq", Vec::new()),
-        Entry::File("dir/y", b"y\n".to_vec()),
-    ];
-    write_layout(&dir, "v1", &[base, top], config);
-    dir
-}
-
-fn run(args: &[&str]) -> Output {
-    isola(args, "", CALL)
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(o.status.success(), "isola {args:?}: {}", out(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn entries(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 #[test]
 fn a_registry_image_pulls_by_tag_and_digest_and_runs_with_its_config() {
@@ -181,8 +111,9 @@ fn a_tampered_blob_fails_the_pull_and_nothing_is_kept() {
     let layer = manifest["layers"][1]["digest"].as_str().unwrap();
     let f = reg.blob_file(layer);
     let mut bytes = std::fs::read(&f).unwrap();
-    let k = bytes.len() / 2;
-    bytes[k] ^= 0xff;
+    // In the gzip header's MTIME: the layer still decompresses to the
+    // same tar (its diff id holds), so only the blob's digest can tell.
+    bytes[4] ^= 0xff;
     std::fs::write(&f, bytes).unwrap();
 
     let store = s.path("store");
@@ -197,7 +128,10 @@ fn a_tampered_blob_fails_the_pull_and_nothing_is_kept() {
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(layer), "{err}");
+    assert!(
+        err.contains(layer) && err.contains("does not match its digest"),
+        "{err}"
+    );
     // The good lower layer may be kept (no image names it: a prune takes
     // it); the bad one never, nor anything half-done, nor an image.
     assert!(
@@ -448,169 +382,4 @@ fn bad_image_input_is_refused_before_anything_is_made() {
     );
     assert!(entries(&store.join("roots")).is_empty());
     assert!(entries(&store.join("layers")).is_empty());
-}
-
-/// `sh -c` of the image's Entrypoint: count this root's starts in /srv
-/// (owned by the image's user), say the count, stay up.
-const COUNT_RUNS: &str =
-    "echo x >> /srv/runs; set -- $(cat /srv/runs); echo runs=$#; exec sleep 1000";
-
-fn image_service(image: &str) -> Value {
-    json!({"image": image, "process": {"args": [COUNT_RUNS]},
-           "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}, "replicas": 2})
-}
-
-#[test]
-fn a_stack_runs_image_services_whose_writes_outlive_restarts_not_the_stack() {
-    use isola_tests::up::Up;
-    require_vm();
-    let s = Scratch::new("img-stack");
-    let image = format!("oci:{}:v1", layout(&s).display());
-    let store = s.path("store");
-    let st = store.to_str().unwrap();
-    let roots = || entries(&store.join("roots"));
-    // `isola check` pulls and shows what the image makes of the spec.
-    let stack = s.write(
-        "imgstack.json",
-        &json!({"services": {"app": image_service(&image)}}).to_string(),
-    );
-    let checked = ok(&["check", "--store", st, stack.to_str().unwrap()]);
-    assert!(
-        checked.contains(&format!("app: {image} runs /bin/sh -c 'echo x")),
-        "{checked}"
-    );
-
-    let up = Up::start(
-        "imgstack",
-        json!({"app": image_service(&image)}),
-        &["--store", st],
-    );
-    up.wait_log("app.1", "runs=1");
-    up.wait_log("app.2", "runs=1");
-    // One root per replica, held: the image is in use.
-    assert_eq!(roots(), ["imgstack.app.1", "imgstack.app.2"]);
-    let o = run(&["rmi", "--store", st, &image]);
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
-    // A restart keeps the replica's writes; the other replica's are its own.
-    let (code, _, err) = up.cli(&["restart", "app.1"]);
-    assert_eq!(code, 0, "{err}");
-    up.wait_log("app.1", "runs=2");
-    let (_, logs2, _) = up.cli(&["logs", "app.2"]);
-    assert!(!logs2.contains("runs=2"), "{logs2}");
-    // `isola exec` joins the service's root (the image's user, its files).
-    let (code, o, err) = up.cli(&[
-        "exec",
-        "app.1",
-        "--",
-        "/bin/sh",
-        "-c",
-        "id -u; cat /srv/runs",
-    ]);
-    assert_eq!((code, o.as_str()), (0, "33\nx\nx\n"), "{err}");
-    up.down();
-    // The stack's end takes its writes.
-    assert!(roots().is_empty(), "{:?}", roots());
-
-    // A supervisor killed outright leaves its roots; the next stack of
-    // that name starts from the image, not from them.
-    let mut up = Up::start(
-        "imgstack",
-        json!({"app": image_service(&image)}),
-        &["--store", st],
-    );
-    up.wait_log("app.1", "runs=1");
-    let mut child = up.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(roots(), ["imgstack.app.1", "imgstack.app.2"]);
-    // (A fresh log, so the count read is the new run's.)
-    std::fs::remove_dir_all(up.logdir()).unwrap();
-    let up = up.spawn(&["--store", st]);
-    up.wait_log("app.1", "runs=1");
-    let (_, logs1, _) = up.cli(&["logs", "app.1"]);
-    assert!(!logs1.contains("runs=2"), "{logs1}");
-    up.down();
-    assert!(roots().is_empty(), "{:?}", roots());
-}
-
-#[test]
-fn image_services_are_checked_before_anything_starts() {
-    require_vm();
-    let s = Scratch::new("img-stack-bad");
-    let image = format!("oci:{}:v1", layout(&s).display());
-    let store = s.path("store");
-    let st = store.to_str().unwrap();
-    let mut overlap = image_service(&image);
-    overlap["restart"] = json!({"mode": "overlap"});
-    overlap["sockets"] = json!([{"name": "web", "listen": "tcp://127.0.0.1:18081"}]);
-    let mut readonly_overlap = overlap.clone();
-    readonly_overlap["root"] = json!({"readonly": true});
-    for (svc, want) in [
-        (json!({"image": "busybox:1", "process": {"args": ["true"]}}), "services.app.image: busybox:1: not an image reference"),
-        (overlap, "services.app.restart.mode: overlap: the old and new sandbox would share one writable layer"),
-        (json!({"image": image, "entrypoint": "/bin/sh"}), "services.app.entrypoint: must be an array of strings"),
-    ] {
-        let f = s.write("bad.json", &json!({"services": {"app": svc}}).to_string());
-        let o = run(&["check", "--store", st, f.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", out(&o));
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(want), "{err}");
-    }
-    let f = s.write(
-        "ok.json",
-        &json!({"services": {"app": readonly_overlap}}).to_string(),
-    );
-    ok(&["check", "--store", st, f.to_str().unwrap()]);
-    assert!(entries(&store.join("roots")).is_empty());
-}
-
-#[test]
-fn the_shipped_image_stack_runs() {
-    use isola_tests::up::Up;
-    require_vm();
-    let s = Scratch::new("img-shipped");
-    // The registry the example names, with busybox where it looks.
-    let reg = Registry::start(&s.path("registry"), 5000, None);
-    // Like Docker's busybox image: no Entrypoint, `sh` as the command.
-    let busybox = layout_with(&s, "busybox", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
-    skopeo_copy(
-        &format!("oci:{}:v1", busybox.display()),
-        &format!("docker://{}/library/busybox:1", reg.host),
-    );
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/image-stack.json");
-    let store = s.path("store");
-    let st = store.to_str().unwrap();
-    let checked = ok(&["check", "--store", st, example.to_str().unwrap()]);
-    assert!(
-        checked.contains("web: docker://127.0.0.1:5000/library/busybox:1 runs /bin/httpd"),
-        "{checked}"
-    );
-    let text: Value = serde_json::from_slice(&std::fs::read(&example).unwrap()).unwrap();
-    let up = Up::start(
-        "shipped",
-        text["services"].clone(),
-        &["--store", st, "--insecure-registry", &reg.host],
-    );
-    up.wait_for(
-        "web",
-        "a passing liveness probe",
-        Duration::from_secs(60),
-        |s| s["probe"]["liveness"]["ok"] == true,
-    );
-    up.wait_state("worker.2", "running");
-    // `root.readonly`: the root cannot be written, and the mount points
-    // the image lacks (/proc, /dev, /sys) were made in the sandbox's
-    // scratch layer, not in the shared layers.
-    let (code, _, err) = up.cli(&["exec", "web", "--", "/bin/touch", "/etc/x"]);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("Read-only file system"), "{err}");
-    for l in entries(&store.join("layers")) {
-        assert!(!store.join("layers").join(&l).join("proc").exists(), "{l}");
-    }
-    // The workers write their own layers.
-    let (code, _, err) = up.cli(&["exec", "worker.1", "--", "/bin/touch", "/etc/x"]);
-    assert_eq!(code, 0, "{err}");
-    up.down();
 }

@@ -5,7 +5,9 @@
 //! into a spec ([`config`]), and a sandbox's overlay root ([`root`]).
 //!
 //! Pulling ([`pull::pull`]) verifies every blob by digest and size before
-//! it is kept; a failed pull leaves nothing in the store.
+//! it is kept; a failed pull leaves nothing half-made in the store (the
+//! whole layers it verified stay, for a prune to take unless an image
+//! names them).
 
 pub mod config;
 pub mod digest;

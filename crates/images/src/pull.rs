@@ -66,6 +66,13 @@ pub fn pull(
     opts: &Options,
     say: &mut dyn FnMut(&str),
 ) -> Result<ImageRecord, Error> {
+    if !nix::unistd::geteuid().is_root() {
+        // Layers keep their files' owners and overlayfs's whiteouts, which
+        // only root may make (an unprivileged store is future work).
+        return Err(Error::Store(format!(
+            "{r}: pulling images needs root for now"
+        )));
+    }
     let lock = store.lock()?;
     store.clear_tmp(&lock)?;
     let scratch = store.scratch("pull")?;
@@ -101,7 +108,9 @@ pub fn pull(
                 desc.size()
             ));
             let dir = store.scratch("layer")?;
-            let blob = src.blob(desc)?;
+            // No more than the manifest says (a registry that streams on
+            // must not fill the disk): one byte over fails the size check.
+            let blob = src.blob(desc)?.take(desc.size().saturating_add(1));
             let expect = Expect {
                 blob: &d,
                 size: Some(desc.size()),

@@ -59,14 +59,7 @@ impl SandboxRoot {
     ) -> Result<SandboxRoot, Error> {
         let layers = Layers::of(store, name, image, w)?;
         let dir = store.root().join("roots").join(name);
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::io(&dir)(e))
-            }
-            _ => {}
-        }
-        let held = hold(&dir)?
-            .ok_or_else(|| Error::Store(format!("root {name}: in use by another sandbox")))?;
+        let held = claim(&dir, name)?;
         let digest = image.digest.to_string();
         let lock = dir.join("lock");
         let mut was = String::new();
@@ -81,7 +74,8 @@ impl SandboxRoot {
                 }
             }
             f.set_len(0).map_err(Error::io(&lock))?;
-            std::io::Write::write_all(&mut f, digest.as_bytes()).map_err(Error::io(&lock))?;
+            std::os::unix::fs::FileExt::write_all_at(f, digest.as_bytes(), 0)
+                .map_err(Error::io(&lock))?;
         }
         if let Some((upper, work)) = &layers.upper {
             for p in [upper, work] {
@@ -122,18 +116,11 @@ impl SandboxRoot {
         remove_any(d).map_err(Error::io(d))
     }
 
-    /// Set the root aside for a prune to remove: a large writable layer is
-    /// not deleted on the caller's time (a supervisor's loop).
-    pub fn discard(self) -> Result<(), Error> {
-        let name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let aside = self
-            .dir
-            .with_file_name(format!(".gone-{name}-{}", crate::store::now_nanos()));
-        fs::rename(&self.dir, &aside).map_err(Error::io(&self.dir))
+    /// Set the root aside (`roots/.gone-…`, returned) for a later
+    /// [`delete`] or a prune: a large writable layer is not deleted on the
+    /// caller's time (a supervisor's loop).
+    pub fn discard(self) -> Result<PathBuf, Error> {
+        aside(&self.dir)
     }
 }
 
@@ -171,12 +158,15 @@ impl Layers {
     pub fn at(root: &Path, name: &str, image: &ImageRecord, w: Writable) -> Result<Layers, Error> {
         check_name(name)?;
         let dir = root.join("roots").join(name);
-        let mut lower: Vec<PathBuf> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| root.join("layers").join(l.hex()))
-            .collect();
+        // Top first; a layer repeated (the classic builder's empty one)
+        // counts where it is highest: overlayfs refuses a lower twice.
+        let mut lower: Vec<PathBuf> = Vec::with_capacity(image.layers.len());
+        for l in image.layers.iter().rev() {
+            let p = root.join("layers").join(l.hex());
+            if !lower.contains(&p) {
+                lower.push(p);
+            }
+        }
         if lower.is_empty() {
             // An image with no layers: an empty directory stands in.
             lower.push(root.join("empty"));
@@ -189,21 +179,75 @@ impl Layers {
         })
     }
 
-    /// A file of the image as the sandbox sees it (top layer first; a
-    /// whiteout hides it), read without mounting: `/etc/passwd` to resolve
-    /// the image's `User`.
+    /// A file of the image as the sandbox sees it, read without mounting
+    /// (`/etc/passwd` to resolve the image's `User`): top layer first; a
+    /// whiteout hides it, an opaque directory hides the layers below. No
+    /// symlink is followed (one in a layer would lead onto the host's
+    /// files): a path through one is not found.
     pub fn read_image_file(&self, rel: &str) -> Option<Vec<u8>> {
-        use std::os::unix::fs::FileTypeExt;
+        let rel = Path::new(rel.trim_start_matches('/'));
         for l in &self.lower {
-            let p = l.join(rel.trim_start_matches('/'));
-            match fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_char_device() => return None,
-                Ok(m) if m.is_file() => return fs::read(&p).ok(),
-                _ => {}
+            match in_layer(l, rel) {
+                InLayer::File(bytes) => return Some(bytes),
+                InLayer::Hidden => return None,
+                InLayer::Absent => {}
             }
         }
         None
     }
+}
+
+/// What one layer says of a path.
+enum InLayer {
+    File(Vec<u8>),
+    /// Deleted here, behind a symlink, or not a file: the layers below do
+    /// not count.
+    Hidden,
+    Absent,
+}
+
+fn in_layer(layer: &Path, rel: &Path) -> InLayer {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut at = layer.to_path_buf();
+    let mut opaque = false;
+    for c in rel.components() {
+        at.push(c);
+        let Ok(m) = fs::symlink_metadata(&at) else {
+            return if opaque {
+                InLayer::Hidden
+            } else {
+                InLayer::Absent
+            };
+        };
+        let last = at.as_path() == layer.join(rel).as_path();
+        if m.file_type().is_char_device() || m.file_type().is_symlink() {
+            return InLayer::Hidden;
+        }
+        if last {
+            let file = fs::File::options()
+                .read(true)
+                .custom_flags(libc_o_nofollow())
+                .open(&at);
+            let mut bytes = Vec::new();
+            return match file.and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut bytes)
+            }) {
+                Ok(_) if m.is_file() => InLayer::File(bytes),
+                _ => InLayer::Hidden,
+            };
+        }
+        opaque |= xattr::get(&at, "trusted.overlay.opaque")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(b"y");
+    }
+    InLayer::Absent
+}
+
+/// O_NOFOLLOW, without a libc dependency of our own.
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -221,6 +265,31 @@ fn check_name(name: &str) -> Result<(), Error> {
             format!("{name}: letters, digits and . _ - @ only"),
         ))
     }
+}
+
+/// Make the root directory `dir` and lock it. A sweep (`rmi`, `prune`)
+/// that looks at the same moment locks every root briefly, and may take
+/// a directory not yet locked: both are tried again, a few times.
+fn claim(dir: &Path, name: &str) -> Result<Flock<File>, Error> {
+    const TRIES: u32 = 5;
+    for _ in 0..TRIES {
+        match fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(dir)(e))
+            }
+            _ => {}
+        }
+        match hold(dir) {
+            Ok(Some(held)) => return Ok(held),
+            Ok(None) => {}
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(Error::Store(format!(
+        "root {name}: in use by another sandbox"
+    )))
 }
 
 /// Lock `dir/lock`; None when a live holder has it.
@@ -253,23 +322,46 @@ pub(crate) fn users(store: &Store, digest: &Digest) -> Result<Vec<String>, Error
     Ok(out)
 }
 
-/// Remove the roots named `prefix…` that no live sandbox holds: what a
+/// Set aside the roots named `prefix…` that no live sandbox holds, what a
 /// killed supervisor of the same stack left (a new stack starts from its
-/// images, not from an old run's writes).
-pub fn clear_stale(store: &Store, prefix: &str) -> Result<usize, Error> {
+/// images, not from an old run's writes), and return them with those it
+/// had already set aside, for [`delete`]. Renames only: quick, whatever
+/// the roots hold.
+pub fn clear_stale(store: &Store, prefix: &str) -> Result<Vec<PathBuf>, Error> {
     let roots = store.root().join("roots");
-    let mut gone = 0;
+    let gone_prefix = format!("{GONE}{prefix}");
+    let mut out = Vec::new();
     for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(prefix) {
-            continue;
-        }
-        if let Some(held) = hold(&e.path())? {
-            remove_any(&e.path()).map_err(Error::io(e.path()))?;
-            drop(held);
-            gone += 1;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&gone_prefix) {
+            out.push(e.path());
+        } else if name.starts_with(prefix) {
+            if let Some(held) = hold(&e.path())? {
+                out.push(aside(&e.path())?);
+                drop(held);
+            }
         }
     }
-    Ok(gone)
+    Ok(out)
+}
+
+/// What roots set aside are called, before their name.
+const GONE: &str = ".gone-";
+
+/// Rename the root `dir` aside.
+fn aside(dir: &Path) -> Result<PathBuf, Error> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let to = dir.with_file_name(format!("{GONE}{name}-{}", crate::store::now_nanos()));
+    fs::rename(dir, &to).map_err(Error::io(dir))?;
+    Ok(to)
+}
+
+/// Delete a root set aside.
+pub fn delete(p: &Path) -> Result<(), Error> {
+    remove_any(p).map_err(Error::io(p))
 }
 
 /// Remove the roots no live sandbox holds. Returns how many went.
@@ -284,4 +376,75 @@ pub(crate) fn sweep(store: &Store, _lock: &Lock) -> Result<usize, Error> {
         }
     }
     Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(tag: &str) -> (PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("isola-root-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        (dir, s)
+    }
+
+    fn image(s: &Store, layers: &[&[u8]]) -> ImageRecord {
+        let layers: Vec<Digest> = layers.iter().map(|l| Digest::of(l)).collect();
+        for l in &layers {
+            fs::create_dir_all(s.layer_dir(l)).unwrap();
+        }
+        ImageRecord {
+            names: vec![],
+            digest: Digest::of(format!("{layers:?}").as_bytes()),
+            config: Digest::of(b"c"),
+            layers,
+            size: 0,
+            pulled: 0,
+        }
+    }
+
+    #[test]
+    fn a_root_taken_up_by_another_image_names_it_and_drops_the_old_writes() {
+        let (dir, s) = store("relock");
+        let (a, b) = (image(&s, &[b"a"]), image(&s, &[b"b"]));
+        let r = SandboxRoot::prepare(&s, "x", &a, Writable::Yes).unwrap();
+        fs::write(dir.join("roots/x/upper/mine"), b"1").unwrap();
+        drop(r);
+        let r = SandboxRoot::prepare(&s, "x", &b, Writable::Yes).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("roots/x/lock")).unwrap(),
+            b.digest.to_string()
+        );
+        assert!(!dir.join("roots/x/upper/mine").exists());
+        // While held, the image is in use; a second holder is refused.
+        assert_eq!(users(&s, &b.digest).unwrap(), ["x"]);
+        assert!(SandboxRoot::prepare(&s, "x", &b, Writable::Yes).is_err());
+        r.remove().unwrap();
+        assert!(!dir.join("roots/x").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_repeated_layer_is_one_lower_and_symlinks_are_not_followed() {
+        let (dir, s) = store("layers");
+        let img = image(&s, &[b"empty", b"base", b"empty"]);
+        let l = Layers::of(&s, "y", &img, Writable::No).unwrap();
+        assert_eq!(
+            l.lower,
+            [
+                s.layer_dir(&Digest::of(b"empty")),
+                s.layer_dir(&Digest::of(b"base"))
+            ]
+        );
+        // /etc/passwd: from the top layer that has it, never through a link.
+        let base = s.layer_dir(&Digest::of(b"base"));
+        fs::create_dir_all(base.join("etc")).unwrap();
+        fs::write(base.join("etc/passwd"), b"root:x:0:0::/:/bin/sh\n").unwrap();
+        assert!(l.read_image_file("/etc/passwd").is_some());
+        let top = s.layer_dir(&Digest::of(b"empty"));
+        std::os::unix::fs::symlink("/etc", top.join("etc")).unwrap();
+        assert_eq!(l.read_image_file("/etc/passwd"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,6 +16,7 @@
 //! ```
 
 use std::fs::{self, File};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -83,9 +84,14 @@ impl Store {
         // Made once (the last made is looked for): `isola run` of an
         // image opens the store on every start.
         if !root.join(SUBDIRS[SUBDIRS.len() - 1]).is_dir() {
+            // Only its owner may walk in: layers keep the images' setuid
+            // files and capabilities, runnable by nobody on the host.
+            let mut b = fs::DirBuilder::new();
+            b.recursive(true).mode(0o700);
+            b.create(root).map_err(Error::io(root))?;
             for sub in SUBDIRS {
                 let d = root.join(sub);
-                fs::create_dir_all(&d).map_err(Error::io(&d))?;
+                b.create(&d).map_err(Error::io(&d))?;
             }
         }
         Ok(Store {
@@ -259,7 +265,11 @@ impl Store {
             let d = self.root.join(dir);
             for e in fs::read_dir(&d).map_err(Error::io(&d))?.flatten() {
                 if !wanted.contains(e.file_name().to_string_lossy().as_ref()) {
-                    remove_any(&e.path()).map_err(Error::io(e.path()))?;
+                    // Out of `layers/` first: a removal cut short must not
+                    // leave half a layer that a later pull takes as whole.
+                    let aside = self.root.join("tmp").join(format!("gone-{}", unique()));
+                    fs::rename(e.path(), &aside).map_err(Error::io(e.path()))?;
+                    remove_any(&aside).map_err(Error::io(&aside))?;
                     gone += 1;
                 }
             }

@@ -5,8 +5,11 @@
 //! directory. OCI whiteouts become overlay whiteouts (`.wh.NAME` → a 0:0
 //! character device `NAME`; `.wh..wh..opq` → the directory's
 //! `trusted.overlay.opaque` = `y`), so the layers stack as overlay lower
-//! directories without being merged. Device nodes are made when we may
-//! and skipped when we may not (no CAP_MKNOD).
+//! directories without being merged. Character and block devices are
+//! skipped: a sandbox gets a fresh `/dev`, and a node in the store would
+//! be a door to the host's disks for whoever can reach it. Of an entry's
+//! extended attributes only `user.*` and `security.capability` are kept
+//! (an image must not set overlayfs's own `trusted.overlay.*`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -37,7 +40,7 @@ pub fn unpack(blob: impl Read, expect: &Expect<'_>, dst: &Path) -> Result<(), Er
     let mut raw = BufReader::with_capacity(1 << 16, Hashing::new(blob));
     let head = raw.fill_buf().map_err(|e| read_err(&what, &e))?.to_vec();
     let tar_stream: Box<dyn Read + '_> = if head.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::read::GzDecoder::new(&mut raw))
+        Box::new(flate2::read::MultiGzDecoder::new(&mut raw))
     } else if head.starts_with(ZSTD_MAGIC) {
         Box::new(
             zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(|e| read_err(&what, &e))?,
@@ -69,9 +72,11 @@ fn entries(stream: &mut impl Read, blob: &Digest, dst: &Path) -> Result<(), Erro
     };
     let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    // Owners are kept where we may set them (root); a user's unpack keeps
+    // its own.
+    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
         let mut entry = entry.map_err(|e| fail(e.to_string()))?;
@@ -85,9 +90,14 @@ fn entries(stream: &mut impl Read, blob: &Digest, dst: &Path) -> Result<(), Erro
         match special(&rel, entry.header().entry_type()) {
             Special::Opaque(dir) => opaque(dst, &dir).map_err(at)?,
             Special::Whiteout(name) => whiteout(dst, &name).map_err(at)?,
-            Special::Node(kind) => node(dst, &rel, &entry, kind).map_err(at)?,
+            Special::Fifo => fifo(dst, &rel, &entry).map_err(at)?,
+            Special::Device => {}
             Special::None => {
+                let xattrs = kept_xattrs(&mut entry).map_err(at)?;
                 entry.unpack_in(dst).map_err(at)?;
+                for (name, value) in xattrs {
+                    xattr::set(dst.join(&rel), &name, &value).map_err(at)?;
+                }
             }
         }
     }
@@ -124,8 +134,10 @@ enum Special {
     Opaque(PathBuf),
     /// `.wh.NAME`: NAME is deleted.
     Whiteout(PathBuf),
-    /// A device node or fifo (the tar crate writes them as empty files).
-    Node(SFlag),
+    /// A fifo (the tar crate writes it as an empty file).
+    Fifo,
+    /// A character or block device: skipped.
+    Device,
     None,
 }
 
@@ -142,9 +154,8 @@ fn special(rel: &Path, kind: EntryType) -> Special {
         return Special::Whiteout(parent.join(hidden));
     }
     match kind {
-        EntryType::Char => Special::Node(SFlag::S_IFCHR),
-        EntryType::Block => Special::Node(SFlag::S_IFBLK),
-        EntryType::Fifo => Special::Node(SFlag::S_IFIFO),
+        EntryType::Char | EntryType::Block => Special::Device,
+        EntryType::Fifo => Special::Fifo,
         _ => Special::None,
     }
 }
@@ -184,36 +195,44 @@ fn whiteout(dst: &Path, hidden: &Path) -> std::io::Result<()> {
     mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(std::io::Error::from)
 }
 
-fn node<R: Read>(
-    dst: &Path,
-    rel: &Path,
-    entry: &tar::Entry<'_, R>,
-    kind: SFlag,
-) -> std::io::Result<()> {
+fn fifo<R: Read>(dst: &Path, rel: &Path, entry: &tar::Entry<'_, R>) -> std::io::Result<()> {
     let h = entry.header();
     let parent = parent_in(dst, rel)?;
     let target = parent.join(rel.file_name().unwrap_or_default());
-    let dev = makedev(
-        u64::from(h.device_major()?.unwrap_or(0)),
-        u64::from(h.device_minor()?.unwrap_or(0)),
-    );
     crate::store::remove_any(&target)?;
-    let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
-    match mknod(&target, kind, mode, dev) {
-        // Without CAP_MKNOD (a user namespace): skipped, as podman does.
-        Err(nix::errno::Errno::EPERM) if kind != SFlag::S_IFIFO => return Ok(()),
-        r => r?,
+    let mode = Mode::from_bits_truncate(h.mode()? & 0o777);
+    mknod(&target, SFlag::S_IFIFO, mode, 0)?;
+    if nix::unistd::geteuid().is_root() {
+        let uid = nix::unistd::Uid::from_raw(u32::try_from(h.uid()?).unwrap_or(0));
+        let gid = nix::unistd::Gid::from_raw(u32::try_from(h.gid()?).unwrap_or(0));
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &target,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
     }
-    let uid = nix::unistd::Uid::from_raw(u32::try_from(h.uid()?).unwrap_or(0));
-    let gid = nix::unistd::Gid::from_raw(u32::try_from(h.gid()?).unwrap_or(0));
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        &target,
-        Some(uid),
-        Some(gid),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )?;
     Ok(())
+}
+
+/// The entry's extended attributes (PAX `SCHILY.xattr.NAME`) a layer may
+/// set: `user.*`, and file capabilities (`ping`).
+fn kept_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(Vec::new());
+    };
+    let mut kept = Vec::new();
+    for ext in exts {
+        let ext = ext?;
+        let Ok(key) = ext.key() else { continue };
+        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+            if name.starts_with("user.") || name == "security.capability" {
+                kept.push((name.to_string(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -240,7 +259,7 @@ mod tests {
         );
         assert!(matches!(
             special(Path::new("dev/null"), EntryType::Char),
-            Special::Node(_)
+            Special::Device
         ));
     }
 }
@@ -357,6 +376,10 @@ mod unpack_tests {
             std::env::temp_dir().join(format!("isola-unpack-outside-{}", std::process::id()));
         std::fs::create_dir_all(&outside).unwrap();
         let target = outside.to_str().unwrap().as_bytes().to_vec();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        // From a layer's directory beside it in the temp dir.
+        let beside = format!("../isola-unpack-outside-{}", std::process::id());
+        let beside_secret = format!("{beside}/secret");
         for (tag, tar) in [
             ("dotdot", layer(&[("../escaped", Regular, b"x")])),
             ("deep", layer(&[("a/../../escaped", Regular, b"x")])),
@@ -367,14 +390,11 @@ mod unpack_tests {
             (
                 "rellink",
                 layer(&[
-                    ("l", Symlink, b"../../../../../../../../.."),
+                    ("l", Symlink, beside.as_bytes()),
                     ("l/escaped", Regular, b"x"),
                 ]),
             ),
-            (
-                "hardlink",
-                layer(&[("h", Link, b"../../../../../../etc/passwd")]),
-            ),
+            ("hardlink", layer(&[("h", Link, beside_secret.as_bytes())])),
             (
                 "whiteout",
                 layer(&[("l", Symlink, &target), ("l/.wh.escaped", Regular, b"")]),
@@ -387,9 +407,54 @@ mod unpack_tests {
             let (dir, r) = try_unpack(tag, &tar);
             assert!(r.is_err(), "{tag}: unpacked");
             assert!(!outside.join("escaped").exists(), "{tag}: wrote outside");
+            assert!(!dir.join("h").exists(), "{tag}: linked to a file outside");
             std::fs::remove_dir_all(&dir).unwrap();
         }
         std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    /// A PAX extended header holding `records` (`key=value`).
+    fn pax(records: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            // "LEN KEY=VALUE\n", LEN counting itself.
+            let body = format!(" {r}\n");
+            let mut len = body.len() + 1;
+            while format!("{len}{body}").len() != len {
+                len += 1;
+            }
+            out.extend(format!("{len}{body}").into_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn devices_are_skipped_and_only_safe_xattrs_kept() {
+        if !root() {
+            return; // trusted.* xattrs: root only
+        }
+        let ext = pax(&[
+            "SCHILY.xattr.user.kept=1",
+            "SCHILY.xattr.trusted.overlay.redirect=/etc",
+        ]);
+        let tar = layer(&[
+            ("disk", EntryType::Block, b""),
+            ("tty", EntryType::Char, b""),
+            ("./PaxHeaders/f", EntryType::XHeader, &ext),
+            ("f", Regular, b"x"),
+        ]);
+        let (dir, r) = try_unpack("xattr", &tar);
+        r.unwrap();
+        assert!(!dir.join("disk").exists() && !dir.join("tty").exists());
+        assert_eq!(
+            xattr::get(dir.join("f"), "user.kept").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            xattr::get(dir.join("f"), "trusted.overlay.redirect").unwrap(),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -122,7 +122,10 @@ pub(crate) fn prepare(
     };
     let root = SandboxRoot::prepare(&store, name, &image, w).map_err(|e| fail(e, exit::SETUP))?;
     // `isola run` runs no probes: the HEALTHCHECK's probe is not said.
-    config::fill(spec, &cfg, entrypoint, root.layers(), "").map_err(|e| fail(e, exit::USAGE))?;
+    if let Err(e) = config::fill(spec, &cfg, entrypoint, root.layers(), "") {
+        let _ = root.remove();
+        return Err(fail(e, exit::USAGE));
+    }
     Ok(root)
 }
 

@@ -169,6 +169,8 @@ pub(crate) fn load(
     }
     let bad = |e: &dyn std::fmt::Display| Exit(exit::USAGE, format!("{path}: {e}"));
     let mut v: Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    // Everything that can fail on the spec alone, before a root exists.
+    apply(&mut v, &limits).map_err(|e| bad(&e))?;
     let Some(obj) = v.as_object_mut() else {
         return plan_of(v, &base, path).map(Prepared::plain);
     };
@@ -189,7 +191,6 @@ pub(crate) fn load(
         }
         None => None,
     };
-    apply(&mut v, &limits).map_err(|e| bad(&e))?;
     Prepared::with_root(plan_of(v, &base, path), root)
 }
 

@@ -17,26 +17,82 @@ use super::{digest_of, Manifest, Source};
 use crate::digest::Hashing;
 use crate::{Digest, Error};
 
-/// Unpack the archive at `p` into `into` (nothing may escape it).
+/// Unpack the archive at `p` into `into`. Only directories, regular
+/// files and symlinks that stay inside are taken (`docker save` links
+/// repeated layers): a link to `/dev/zero` or a fifo named `manifest.json`
+/// would hang the pull, a link out of the archive would read the host.
 fn extract(p: &Path, into: &Path) -> Result<(), Error> {
-    let f = File::open(p).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+    let bad = |m: String| Error::Source(format!("{}: {m}", p.display()));
+    let f = File::open(p).map_err(|e| bad(e.to_string()))?;
     let mut a = tar::Archive::new(f);
-    for entry in a
-        .entries()
-        .map_err(|e| Error::Source(format!("{}: {e}", p.display())))?
-    {
-        let mut entry = entry.map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
-        let ok = entry
-            .unpack_in(into)
-            .map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+    for entry in a.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(|e| bad(e.to_string()))?;
+                let target = target.unwrap_or_default();
+                if !stays_inside(&path, &target) {
+                    return Err(bad(format!(
+                        "{}: a link out of the archive",
+                        path.display()
+                    )));
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "{}: entry type {other:?} in an image archive",
+                    path.display()
+                )))
+            }
+        }
+        let ok = entry.unpack_in(into).map_err(|e| bad(e.to_string()))?;
         if !ok {
-            return Err(Error::Source(format!(
-                "{}: an entry escapes the archive",
-                p.display()
-            )));
+            return Err(bad("an entry escapes the archive".into()));
         }
     }
     Ok(())
+}
+
+/// Whether a relative link at `at` to `target` names a path inside the
+/// archive (lexically: `..` may not climb above its top).
+fn stays_inside(at: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = at.parent().map_or(0usize, |d| {
+        d.components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count()
+    });
+    for c in target.components() {
+        match c {
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A small file of an archive or layout (an index, a manifest), read no
+/// further than a document of its kind can be.
+pub(super) fn read_small(p: &Path) -> Result<Vec<u8>, Error> {
+    const SMALL_MAX: u64 = 4 << 20;
+    let f = File::open(p).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+    let mut bytes = Vec::new();
+    f.take(SMALL_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+    if bytes.len() as u64 > SMALL_MAX {
+        return Err(Error::Source(format!("{}: larger than 4 MiB", p.display())));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn oci_archive(p: &Path, scratch: &Path) -> Result<Layout, Error> {
@@ -68,8 +124,8 @@ impl DockerArchive {
         extract(p, &dir)?;
         let what = format!("docker-archive:{}", p.display());
         let mpath = dir.join("manifest.json");
-        let text = std::fs::read(&mpath)
-            .map_err(|e| Error::Source(format!("{what}: manifest.json: {e}")))?;
+        let text =
+            read_small(&mpath).map_err(|e| Error::Source(format!("{what}: manifest.json: {e}")))?;
         let entries: Vec<Entry> = serde_json::from_slice(&text)
             .map_err(|e| Error::Source(format!("{what}: manifest.json: {e}")))?;
         let [entry] = entries.as_slice() else {
@@ -165,5 +221,20 @@ impl Source for DockerArchive {
         };
         let f = File::open(&path).map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
         Ok(Box::new(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_in_an_archive_stay_inside_it() {
+        let p = Path::new;
+        assert!(stays_inside(p("a/layer.tar"), p("../b/layer.tar")));
+        assert!(stays_inside(p("manifest.json"), p("blobs/sha256/x")));
+        assert!(!stays_inside(p("manifest.json"), p("/dev/zero")));
+        assert!(!stays_inside(p("a/layer.tar"), p("../../etc/passwd")));
+        assert!(!stays_inside(p("x"), p("..")));
     }
 }

@@ -21,7 +21,7 @@ pub(crate) struct Layout {
 impl Layout {
     pub(crate) fn open(dir: &Path, tag: Option<&str>) -> Result<Layout, Error> {
         let index_path = dir.join("index.json");
-        let text = std::fs::read(&index_path).map_err(|e| {
+        let text = super::archive::read_small(&index_path).map_err(|e| {
             Error::Source(format!(
                 "{}: not an OCI image layout ({e})",
                 index_path.display()
@@ -43,8 +43,7 @@ impl Layout {
     fn read(&self, desc: &Descriptor) -> Result<(Digest, Vec<u8>), Error> {
         let d = digest_of(desc)?;
         let p = self.path(&d);
-        let bytes =
-            std::fs::read(&p).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+        let bytes = super::archive::read_small(&p)?;
         d.verify(&bytes, Some(desc.size()), &format!("manifest {d}"))?;
         Ok((d, bytes))
     }

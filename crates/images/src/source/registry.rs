@@ -57,7 +57,9 @@ impl Registry {
     fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, Error> {
         let url = format!("{}/v2/{}/{path}", self.base, self.r.repository);
         let mut resp = self.send(&url, accept)?;
-        if resp.status() == 401 && self.authorization.is_none() {
+        // One challenge answered per request: the first, and a token that
+        // expired during a long pull (Docker Hub's last five minutes).
+        if resp.status() == 401 {
             let challenge = resp
                 .headers()
                 .get("www-authenticate")

@@ -135,11 +135,13 @@ impl RootLayers {
                 nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
             }
         }
+        // nodev: an image's device node must not open a host device (the
+        // sandbox gets a fresh /dev of its own, mounted over this).
         mount(
             Some("overlay"),
             &self.merged,
             Some("overlay"),
-            MsFlags::empty(),
+            MsFlags::MS_NODEV,
             Some(self.options.as_c_str()),
         )
     }

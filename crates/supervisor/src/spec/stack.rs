@@ -198,11 +198,21 @@ pub(crate) fn service_def(
             "`..` is kept for isola's own cgroup names",
         ));
     }
-    let fingerprint = fingerprint(&raw);
+    let mut fingerprint = fingerprint(&raw);
     let image = match raw.as_object_mut() {
         Some(obj) => images::resolve(obj, &name, images, &prefix)?,
         None => None,
     };
+    if let Some(i) = &image {
+        // The image a tag names now: a pull of a new one, then a reload,
+        // restarts the service on it (and a spawner that read the store
+        // before the pull is not asked to start it).
+        fingerprint ^= {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            i.record.digest.hash(&mut h);
+            h.finish()
+        };
+    }
     let spec = spec::parse_value(raw, base_dir, &prefix)?;
     let mut plan = Plan::from_spec(&spec)
         .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.message))?;
