@@ -383,3 +383,31 @@ fn bad_image_input_is_refused_before_anything_is_made() {
     assert!(entries(&store.join("roots")).is_empty());
     assert!(entries(&store.join("layers")).is_empty());
 }
+
+#[test]
+fn an_image_of_fifty_layers_runs() {
+    require_vm();
+    let s = Scratch::new("img-fifty");
+    // Fifty layers named by absolute path would not fit overlayfs's one
+    // page of options; by name from the layers' directory they do.
+    let mut layers = vec![isola_tests::oci_image::busybox_layer(&["sh", "ls"])];
+    let names: Vec<&'static str> = (0..49)
+        .map(|i| &*Box::leak(format!("n/f{i}").into_boxed_str()))
+        .collect();
+    for n in &names {
+        layers.push(vec![
+            isola_tests::oci_image::Entry::Dir("n"),
+            isola_tests::oci_image::Entry::File(n, b"x".to_vec()),
+        ]);
+    }
+    let dir = s.path("fifty");
+    isola_tests::oci_image::write_layout(&dir, "v1", &layers, json!({"Cmd": ["/bin/ls", "/n"]}));
+    let store = s.path("store");
+    let o = ok(&[
+        "run",
+        "--store",
+        store.to_str().unwrap(),
+        &format!("oci:{}:v1", dir.display()),
+    ]);
+    assert_eq!(o.lines().count(), 49, "{o}");
+}

@@ -31,6 +31,11 @@ const SCRATCH_OPTIONS: &str = "mode=0755,size=1m";
 pub struct RootLayers {
     /// `lowerdir=…,upperdir=…,workdir=…`.
     options: CString,
+    /// The directory the lower layers are named from (overlayfs resolves
+    /// relative paths from the mounter's working directory): a layer then
+    /// costs its name, not its path, of the one page of options — some
+    /// 60 layers instead of 40.
+    lower_base: Option<PathBuf>,
     /// Where the overlay is mounted: the plan's root.
     merged: PathBuf,
     scratch: Option<Scratch>,
@@ -69,7 +74,18 @@ impl RootLayers {
                 "an image root needs at least one layer",
             ));
         }
-        let lowers: Vec<String> = lower.iter().map(|p| text(p)).collect::<Result<_, _>>()?;
+        let lower_base = lower
+            .first()
+            .and_then(|p| p.parent())
+            .filter(|base| lower.iter().all(|p| p.parent() == Some(*base)))
+            .map(Path::to_path_buf);
+        let lowers: Vec<String> = match &lower_base {
+            Some(base) => lower
+                .iter()
+                .map(|p| text(p.strip_prefix(base).unwrap_or(p)))
+                .collect::<Result<_, _>>()?,
+            None => lower.iter().map(|p| text(p)).collect::<Result<_, _>>()?,
+        };
         let (upper, work, merged, scratch) = match upper {
             Upper::Dirs {
                 upper,
@@ -109,6 +125,7 @@ impl RootLayers {
         let options = CString::new(options).map_err(|e| SpecError::new("image", e.to_string()))?;
         Ok(RootLayers {
             options,
+            lower_base,
             merged,
             scratch,
         })
@@ -134,6 +151,10 @@ impl RootLayers {
             for d in [&s.upper, &s.work, &self.merged] {
                 nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
             }
+        }
+        if let Some(base) = &self.lower_base {
+            // Pivoting into the root changes directory again later.
+            nix::unistd::chdir(base)?;
         }
         // nodev: an image's device node must not open a host device (the
         // sandbox gets a fresh /dev of its own, mounted over this).
@@ -178,8 +199,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             l.options.as_c_str(),
-            c"lowerdir=/s/l/b:/s/l/a,upperdir=/s/r/u,workdir=/s/r/w"
+            c"lowerdir=b:a,upperdir=/s/r/u,workdir=/s/r/w"
         );
+        assert_eq!(l.lower_base.as_deref(), Some(Path::new("/s/l")));
         assert_eq!(l.merged, Path::new("/s/mnt"));
         let ro = RootLayers::new(
             &[PathBuf::from("/s/l/a")],
@@ -190,7 +212,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             ro.options.as_c_str(),
-            c"lowerdir=/s/l/a,upperdir=/s/mnt/upper,workdir=/s/mnt/work"
+            c"lowerdir=a,upperdir=/s/mnt/upper,workdir=/s/mnt/work"
         );
         assert_eq!(ro.merged, Path::new("/s/mnt/merged"));
     }
@@ -205,7 +227,7 @@ mod tests {
         };
         let e = RootLayers::new(&many, scratch).unwrap_err();
         assert!(e.to_string().starts_with("image: 100 layers"), "{e}");
-        assert!(RootLayers::new(&[PathBuf::from("/a:b")], scratch).is_err());
+        assert!(RootLayers::new(&[PathBuf::from("/x/a:b")], scratch).is_err());
         assert!(RootLayers::new(&[], scratch).is_err());
     }
 }
