@@ -596,6 +596,9 @@ def main():
     import bench_observe
     scrape_counts = [int(c) for c in arg("--scrape", "1000,10000" if setting == "host" else "1000").split(",")]
     res["observe"] = bench_observe.run(work, Up, request, setting, sleeper, free_port, scrape_counts)
+    if setting == "host":
+        import bench_images
+        res["images"] = bench_images.run(work, setting, int(arg("--img-n", 1000)))
     import bench_networks
     if setting == "vm":
         res["networks"] = bench_networks.run(work, ISOLA)
@@ -667,6 +670,8 @@ def report(paths):
     lines += bench_memory.report(loaded.get("vm", {}).get("memory"))
     import bench_observe
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
+    import bench_images
+    lines += bench_images.report(loaded.get("host", {}).get("images"))
     import bench_networks
     lines += bench_networks.report(loaded.get("vm", {}))
     lines += bench_networks.report_host(loaded.get("host", {}))

@@ -102,13 +102,58 @@ fn tar_of(entries: &[Entry]) -> Vec<u8> {
 /// Write an OCI image layout at `dir` with one image tagged `tag`: the
 /// layers gzip-compressed, `config` as the image's `config` object.
 pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<Entry>], config: Value) -> String {
+    let (md, mn) = put_image(dir, layers, &config, "amd64");
+    write_index(
+        dir,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &md,
+        mn,
+    );
+    md
+}
+
+/// An OCI layout whose tag names an image index of two images, for
+/// arm64 and amd64, each with `/arch` saying which it is.
+pub fn write_multi_platform(dir: &Path, tag: &str, base: Vec<Entry>, config: Value) {
+    let mut entries = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let layers = [
+            tar_copy(&base),
+            vec![Entry::File("arch", arch.as_bytes().to_vec())],
+        ];
+        let (d, n) = put_image(dir, &layers, &config, arch);
+        entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": n,
+                            "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let (d, n) = put_blob(dir, index.to_string().as_bytes());
+    write_index(dir, tag, "application/vnd.oci.image.index.v1+json", &d, n);
+}
+
+fn tar_copy(entries: &[Entry]) -> Vec<Entry> {
+    entries
+        .iter()
+        .map(|e| match e {
+            Entry::Dir(p) => Entry::Dir(p),
+            Entry::DirOf(p, u, g) => Entry::DirOf(p, *u, *g),
+            Entry::File(p, d) => Entry::File(p, d.clone()),
+            Entry::Symlink(p, t) => Entry::Symlink(p, t),
+        })
+        .collect()
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| -> (String, usize) {
-        let h = hex(bytes);
-        std::fs::write(blobs.join(&h), bytes).unwrap();
-        (format!("sha256:{h}"), bytes.len())
-    };
+    let h = hex(bytes);
+    std::fs::write(blobs.join(&h), bytes).unwrap();
+    (format!("sha256:{h}"), bytes.len())
+}
+
+/// The layers, config and manifest of one image into `dir`'s blobs: the
+/// manifest's digest and size.
+fn put_image(dir: &Path, layers: &[Vec<Entry>], config: &Value, arch: &str) -> (String, usize) {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for l in layers {
@@ -116,25 +161,36 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<Entry>], config: Value)
         diff_ids.push(format!("sha256:{}", hex(&raw)));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&raw).unwrap();
-        let (d, n) = put(&gz.finish().unwrap());
+        let (d, n) = put_blob(dir, &gz.finish().unwrap());
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}));
     }
-    let cfg = json!({"architecture": "amd64", "os": "linux", "config": config,
+    let cfg = json!({"architecture": arch, "os": "linux", "config": config,
                      "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let (cd, cn) = put(cfg.to_string().as_bytes());
+    let (cd, cn) = put_blob(dir, cfg.to_string().as_bytes());
     let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
         "layers": descs});
-    let (md, mn) = put(manifest.to_string().as_bytes());
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": mn, "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    put_blob(dir, manifest.to_string().as_bytes())
+}
+
+fn write_index(dir: &Path, tag: &str, media_type: &str, digest: &str, size: usize) {
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": media_type,
+        "digest": digest, "size": size, "annotations": {"org.opencontainers.image.ref.name": tag}}]});
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    md
+}
+
+/// `skopeo copy --all FROM TO`: an index with every image it names.
+pub fn skopeo_copy_all(from: &str, to: &str) {
+    skopeo(&["--all", from, to]);
 }
 
 /// `skopeo copy FROM TO` (plain HTTP to a registry), bounded.
 pub fn skopeo_copy(from: &str, to: &str) {
+    skopeo(&[from, to]);
+}
+
+fn skopeo(args: &[&str]) {
     // Its temporary files go to /var/tmp, read-only in the VM.
     let tmp = std::env::temp_dir();
     let out = Command::new("timeout")
@@ -145,18 +201,15 @@ pub fn skopeo_copy(from: &str, to: &str) {
             "skopeo",
             "--tmpdir",
             tmp.to_str().unwrap(),
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            from,
-            to,
         ])
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("skopeo (Debian package skopeo)");
     assert!(
         out.status.success(),
-        "skopeo copy {from} {to}: {}",
+        "skopeo copy {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

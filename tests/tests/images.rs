@@ -411,3 +411,34 @@ fn an_image_of_fifty_layers_runs() {
     ]);
     assert_eq!(o.lines().count(), 49, "{o}");
 }
+
+#[test]
+fn an_index_resolves_to_this_machines_image() {
+    use isola_tests::oci_image::{busybox_layer, skopeo_copy_all, write_multi_platform};
+    require_vm();
+    let s = Scratch::new("img-index");
+    let dir = s.path("multi");
+    write_multi_platform(
+        &dir,
+        "v1",
+        busybox_layer(&["sh", "cat"]),
+        json!({"Cmd": ["/bin/cat", "/arch"]}),
+    );
+    let reg = Registry::start(&s.path("registry"), 5104, None);
+    skopeo_copy_all(
+        &format!("oci:{}:v1", dir.display()),
+        &format!("docker://{}/test/multi:1", reg.host),
+    );
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    // From a layout's index and from a registry's manifest list alike.
+    assert_eq!(
+        ok(&["run", "--store", st, &format!("oci:{}:v1", dir.display())]),
+        "amd64"
+    );
+    let r = format!("docker://{}/test/multi:1", reg.host);
+    assert_eq!(
+        ok(&["run", "--store", st, "--insecure-registry", &reg.host, &r]),
+        "amd64"
+    );
+}
