@@ -121,6 +121,20 @@ pub fn take_fields(
     Ok(Some(ImageFields { image, entrypoint }))
 }
 
+/// Whether the spec's root gets a writable layer (not `root.readonly`).
+pub fn writable(spec: &Map<String, Value>) -> crate::root::Writable {
+    let readonly = spec
+        .get("root")
+        .and_then(|r| r.get("readonly"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if readonly {
+        crate::root::Writable::No
+    } else {
+        crate::root::Writable::Yes
+    }
+}
+
 /// Fill `spec` from the image's config; its root is the image's, `root`.
 pub fn fill(
     spec: &mut Map<String, Value>,

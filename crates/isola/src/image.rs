@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use isola_images::config::{self, ImageConfig};
 use isola_images::pull::{self, Policy};
-use isola_images::root::{SandboxRoot, Writable};
+use isola_images::root::SandboxRoot;
 use isola_images::{source, store, Error, Reference, Store};
 use isola_runtime::{exit, Plan};
 use serde_json::{Map, Value};
@@ -110,16 +110,7 @@ pub(crate) fn prepare(
     let image = pull::ensure(&store, r, &opts, policy, &mut progress())
         .map_err(|e| fail(e, exit::SETUP))?;
     let cfg = ImageConfig::load(&store, &image).map_err(|e| fail(e, exit::SETUP))?;
-    let readonly = spec
-        .get("root")
-        .and_then(|r| r.get("readonly"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let w = if readonly {
-        Writable::No
-    } else {
-        Writable::Yes
-    };
+    let w = config::writable(spec);
     let root = SandboxRoot::prepare(&store, name, &image, w).map_err(|e| fail(e, exit::SETUP))?;
     // `isola run` runs no probes: the HEALTHCHECK's probe is not said.
     if let Err(e) = config::fill(spec, &cfg, entrypoint, root.layers(), "") {

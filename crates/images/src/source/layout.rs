@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex};
 
-use super::{digest_of, document, pick_platform, Document, Manifest, Source};
+use super::{digest_of, resolve, Manifest, Source};
 use crate::{Digest, Error};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -86,18 +86,8 @@ fn choose(index: &ImageIndex, tag: Option<&str>, dir: &Path) -> Result<Descripto
 impl Source for Layout {
     fn manifest(&mut self) -> Result<Manifest, Error> {
         let what = format!("oci:{}", self.dir.display());
-        let (mut digest, mut bytes) = self.read(&self.chosen)?;
-        if let Document::Index(idx) = document(&bytes, &what)? {
-            (digest, bytes) = self.read(&pick_platform(&idx, &what)?)?;
-        }
-        match document(&bytes, &what)? {
-            Document::Image(image) => Ok(Manifest {
-                digest,
-                bytes,
-                image: *image,
-            }),
-            Document::Index(_) => Err(Error::Source(format!("{what}: an index inside an index"))),
-        }
+        let first = self.read(&self.chosen)?;
+        resolve(&what, first, |d| self.read(d))
     }
 
     fn blob(&mut self, d: &Descriptor) -> Result<Box<dyn Read + '_>, Error> {

@@ -103,6 +103,27 @@ pub(crate) fn pick_platform(index: &ImageIndex, what: &str) -> Result<Descriptor
         .ok_or_else(|| Error::Source(format!("{what}: no image for linux/{arch} in the index")))
 }
 
+/// The image manifest of a document (`first`, its digest and bytes): an
+/// index is resolved to this machine's entry, which `fetch` reads.
+pub(crate) fn resolve(
+    what: &str,
+    first: (Digest, Vec<u8>),
+    mut fetch: impl FnMut(&Descriptor) -> Result<(Digest, Vec<u8>), Error>,
+) -> Result<Manifest, Error> {
+    let (mut digest, mut bytes) = first;
+    if let Document::Index(idx) = document(&bytes, what)? {
+        (digest, bytes) = fetch(&pick_platform(&idx, what)?)?;
+    }
+    match document(&bytes, what)? {
+        Document::Image(image) => Ok(Manifest {
+            digest,
+            bytes,
+            image: *image,
+        }),
+        Document::Index(_) => Err(Error::Source(format!("{what}: an index inside an index"))),
+    }
+}
+
 /// Our digest of a descriptor's.
 pub(crate) fn digest_of(d: &Descriptor) -> Result<Digest, Error> {
     Digest::parse(d.digest().as_ref())

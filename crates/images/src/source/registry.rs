@@ -11,9 +11,7 @@ use ureq::http::Response;
 use ureq::Body;
 
 use super::auth::{self, Challenge, Credentials};
-use super::{
-    digest_of, document, pick_platform, Document, Manifest, Options, Source, MANIFEST_TYPES,
-};
+use super::{digest_of, resolve, Manifest, Options, Source, MANIFEST_TYPES};
 use crate::reference::{RegistryRef, Version};
 use crate::{Digest, Error};
 
@@ -182,20 +180,11 @@ impl Source for Registry {
             Version::Tag(t) => t.clone(),
             Version::Digest(d) => d.to_string(),
         };
-        let (mut digest, mut bytes) = self.fetch_manifest(&version)?;
-        if let Document::Index(idx) = document(&bytes, &what)? {
-            let chosen = pick_platform(&idx, &what)?;
-            let d = digest_of(&chosen)?;
-            (digest, bytes) = self.fetch_manifest(&d.to_string())?;
-        }
-        match document(&bytes, &what)? {
-            Document::Image(image) => Ok(Manifest {
-                digest,
-                bytes,
-                image: *image,
-            }),
-            Document::Index(_) => Err(Error::Source(format!("{what}: an index inside an index"))),
-        }
+        let first = self.fetch_manifest(&version)?;
+        resolve(&what, first, |d| {
+            let d = digest_of(d)?;
+            self.fetch_manifest(&d.to_string())
+        })
     }
 
     fn blob(&mut self, d: &Descriptor) -> Result<Box<dyn Read + '_>, Error> {

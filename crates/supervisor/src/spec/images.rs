@@ -151,16 +151,7 @@ pub fn resolve(
     };
     let r = Reference::parse(&fields.image, "image").map_err(|e| bad("image", &strip_field(&e)))?;
     let found = ctx.find(&r).map_err(|e| bad("image", &e))?;
-    let readonly = obj
-        .get("root")
-        .and_then(|r| r.get("readonly"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let writable = if readonly {
-        Writable::No
-    } else {
-        Writable::Yes
-    };
+    let writable = config::writable(obj);
     let place = &ctx.place;
     let layers = Layers::at(
         &place.store,
