@@ -35,6 +35,8 @@ command -v nft >/dev/null || need+=(nftables)
 # registry) that skopeo pushes test images to.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+# The registry's token auth is tested with a token signed by openssl.
+command -v openssl >/dev/null || need+=(openssl)
 # Log forwarding is tested against a real systemd-journald, run standalone.
 [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v journalctl >/dev/null || need+=(systemd)

@@ -214,6 +214,138 @@ fn skopeo(args: &[&str]) {
     );
 }
 
+/// How a test registry asks for a login.
+pub enum Auth<'a> {
+    None,
+    /// `user:bcrypt-hash`, answered with Basic credentials.
+    Htpasswd(&'a str),
+    /// Bearer tokens from a token server.
+    Token(&'a TokenServer),
+}
+
+const SERVICE: &str = "isola-test-registry";
+const ISSUER: &str = "isola-test-issuer";
+
+/// The token service of the distribution spec's auth (what Docker Hub's
+/// `auth.docker.io` is), on 127.0.0.1:`port`: one RS256 token, signed by
+/// a self-signed certificate the registry trusts (`openssl`), for whoever
+/// logs in as `user:password` with Basic auth; a 401 for anyone else.
+pub struct TokenServer {
+    pub realm: String,
+    pub cert: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, port: u16, login: &str, repository: &str) -> TokenServer {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine as _;
+        std::fs::create_dir_all(dir).unwrap();
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=isola-test",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+            b"",
+        );
+        let der = openssl(
+            &["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"],
+            b"",
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [STANDARD.encode(&der)]});
+        let claims = json!({"iss": ISSUER, "sub": "tester", "aud": SERVICE, "exp": now + 3600, "nbf": now - 60,
+            "iat": now, "jti": "1", "access": [{"type": "repository", "name": repository, "actions": ["pull", "push"]}]});
+        let signing = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = openssl(
+            &["dgst", "-sha256", "-sign", key.to_str().unwrap()],
+            signing.as_bytes(),
+        );
+        let token = format!("{signing}.{}", URL_SAFE_NO_PAD.encode(sig));
+        let expected = format!("basic {}", STANDARD.encode(login)).to_lowercase();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => answer_token(c, &expected, &token),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TokenServer {
+            realm: format!("http://127.0.0.1:{port}/token"),
+            cert,
+            stop,
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One request: the token for the right Basic login, else 401.
+fn answer_token(mut c: std::net::TcpStream, expected: &str, token: &str) {
+    use std::io::{BufRead, BufReader};
+    let _ = c.set_nonblocking(false);
+    let mut reader = BufReader::new(c.try_clone().unwrap());
+    let mut authorized = false;
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+        let l = line.trim().to_lowercase();
+        // Only the scheme's case may differ: compare the value as sent.
+        if let Some(v) = l.strip_prefix("authorization:") {
+            authorized = v.trim() == expected;
+        }
+        line.clear();
+    }
+    let reply = if authorized {
+        let body = json!({"token": token}).to_string();
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    } else {
+        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    let _ = c.write_all(reply.as_bytes());
+}
+
+fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl (Debian package openssl)");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
 /// A distribution registry on 127.0.0.1:`port`, storing under `dir`;
 /// `htpasswd`: require that login. Stopped on drop.
 pub struct Registry {
@@ -223,18 +355,26 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(dir: &Path, port: u16, htpasswd: Option<&str>) -> Registry {
+    pub fn start(dir: &Path, port: u16, auth: Auth<'_>) -> Registry {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("data").display()
         );
-        if let Some(line) = htpasswd {
-            std::fs::write(dir.join("htpasswd"), format!("{line}\n")).unwrap();
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: isola-test\n    path: {}\n",
-                dir.join("htpasswd").display()
-            ));
+        match auth {
+            Auth::None => {}
+            Auth::Htpasswd(line) => {
+                std::fs::write(dir.join("htpasswd"), format!("{line}\n")).unwrap();
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: isola-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                ));
+            }
+            Auth::Token(t) => cfg.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.cert.display()
+            )),
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let child = Command::new("docker-registry")

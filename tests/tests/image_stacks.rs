@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use isola_tests::oci_image::{entries, layout, layout_with, ok, out, run, skopeo_copy, Registry};
+use isola_tests::oci_image::{
+    entries, layout, layout_with, ok, out, run, skopeo_copy, Auth, Registry,
+};
 use isola_tests::{require_vm, Scratch};
 use serde_json::{json, Value};
 
@@ -133,7 +135,7 @@ fn the_shipped_image_stack_runs() {
     require_vm();
     let s = Scratch::new("img-shipped");
     // The registry the example names, with busybox where it looks.
-    let reg = Registry::start(&s.path("registry"), 5000, None);
+    let reg = Registry::start(&s.path("registry"), 5000, Auth::None);
     // Like Docker's busybox image: no Entrypoint, `sh` as the command.
     let busybox = layout_with(&s, "busybox", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
     skopeo_copy(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use isola_tests::oci_image::{entries, layout, ok, out, run, skopeo_copy, Registry, CALL};
+use isola_tests::oci_image::{entries, layout, ok, out, run, skopeo_copy, Auth, Registry, CALL};
 use isola_tests::{isola_bin, require_vm, Scratch};
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 fn a_registry_image_pulls_by_tag_and_digest_and_runs_with_its_config() {
     require_vm();
     let s = Scratch::new("img-registry");
-    let reg = Registry::start(&s.path("registry"), 5101, None);
+    let reg = Registry::start(&s.path("registry"), 5101, Auth::None);
     skopeo_copy(
         &format!("oci:{}:v1", layout(&s).display()),
         &format!("docker://{}/test/multi:1", reg.host),
@@ -92,7 +92,7 @@ fn a_registry_image_pulls_by_tag_and_digest_and_runs_with_its_config() {
 fn a_tampered_blob_fails_the_pull_and_nothing_is_kept() {
     require_vm();
     let s = Scratch::new("img-tamper");
-    let reg = Registry::start(&s.path("registry"), 5102, None);
+    let reg = Registry::start(&s.path("registry"), 5102, Auth::None);
     let dir = layout(&s);
     skopeo_copy(
         &format!("oci:{}:v1", dir.display()),
@@ -156,7 +156,7 @@ fn pull_failures_are_one_line_each() {
     let s = Scratch::new("img-fail");
     // tester:secret (bcrypt, as `htpasswd -B` writes it).
     let login = "tester:$2b$05$GxNwAC60rvW6B.Wp.DgsVeBpgeeHYfUZHDYBJGv0cYga18hxfpyF6";
-    let reg = Registry::start(&s.path("registry"), 5103, Some(login));
+    let reg = Registry::start(&s.path("registry"), 5103, Auth::Htpasswd(login));
     let store = s.path("store");
     let st = store.to_str().unwrap();
     let pull = |reference: &str, auth: Option<&Path>| {
@@ -424,7 +424,7 @@ fn an_index_resolves_to_this_machines_image() {
         busybox_layer(&["sh", "cat"]),
         json!({"Cmd": ["/bin/cat", "/arch"]}),
     );
-    let reg = Registry::start(&s.path("registry"), 5104, None);
+    let reg = Registry::start(&s.path("registry"), 5104, Auth::None);
     skopeo_copy_all(
         &format!("oci:{}:v1", dir.display()),
         &format!("docker://{}/test/multi:1", reg.host),
@@ -441,4 +441,74 @@ fn an_index_resolves_to_this_machines_image() {
         ok(&["run", "--store", st, "--insecure-registry", &reg.host, &r]),
         "amd64"
     );
+}
+
+#[test]
+fn a_registry_with_token_auth_is_pulled_with_the_users_login() {
+    use isola_tests::oci_image::TokenServer;
+    require_vm();
+    let s = Scratch::new("img-token");
+    let tokens = TokenServer::start(&s.path("tokens"), 5106, "tester:secret", "test/multi");
+    let reg = Registry::start(&s.path("registry"), 5105, Auth::Token(&tokens));
+    let dir = layout(&s);
+    let push = Command::new("skopeo")
+        .args([
+            "--tmpdir",
+            s.0.to_str().unwrap(),
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .args([
+            "--dest-creds",
+            "tester:secret",
+            &format!("oci:{}:v1", dir.display()),
+        ])
+        .arg(format!("docker://{}/test/multi:1", reg.host))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let store = s.path("store");
+    let pull = |login: Option<&str>| {
+        let mut c = Command::new(isola_bin());
+        c.args([
+            "pull",
+            "--store",
+            store.to_str().unwrap(),
+            "--insecure-registry",
+            &reg.host,
+        ])
+        .arg(format!("docker://{}/test/multi:1", reg.host))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", s.path("home"))
+        .stdin(Stdio::null());
+        if let Some(l) = login {
+            use base64::Engine as _;
+            let auth = base64::engine::general_purpose::STANDARD.encode(l);
+            let f = s.write(
+                "auth.json",
+                &json!({"auths": {reg.host.clone(): {"auth": auth}}}).to_string(),
+            );
+            c.env("REGISTRY_AUTH_FILE", f);
+        }
+        c.output().unwrap()
+    };
+    // The registry's challenge names the token realm; the login is
+    // spent there, and the token on the registry.
+    let o = pull(Some("tester:wrong"));
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains("token from http://127.0.0.1:5106/token: HTTP 401"),
+        "{}",
+        out(&o)
+    );
+    let o = pull(None);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let o = pull(Some("tester:secret"));
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("sha256:"));
 }
