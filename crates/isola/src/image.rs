@@ -10,7 +10,6 @@ use isola_images::config::{self, ImageConfig};
 use isola_images::pull::{self, Policy};
 use isola_images::root::SandboxRoot;
 use isola_images::{source, store, Error, Reference, Store};
-use isola_runtime::root_layers::Writes;
 use isola_runtime::{exit, Plan};
 use serde_json::{Map, Value};
 
@@ -123,8 +122,7 @@ pub(crate) fn prepare(
 
 /// Point `plan`'s root at the prepared layers.
 pub(crate) fn attach(plan: &mut Plan, root: &SandboxRoot) -> Result<(), Exit> {
-    // A one-shot sandbox's writes go with it.
-    isola_supervisor::spec::images::attach(plan, root.layers(), Writes::Discarded)
+    isola_supervisor::spec::images::attach(plan, root.layers())
         .map_err(|e| Exit(exit::USAGE, e.to_string()))
 }
 

@@ -22,17 +22,6 @@ use nix::sys::stat::Mode;
 
 use crate::error::SpecError;
 
-/// What becomes of an upper layer's writes after the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Writes {
-    /// Kept for its next start: synced when the overlay goes.
-    Kept,
-    /// Deleted with it (a one-shot `isola run`): overlayfs's `volatile`,
-    /// no sync of the whole upper filesystem at the end (~0.2 ms on
-    /// ext4), as nothing will read them again.
-    Discarded,
-}
-
 /// Overlay's options are read from one page.
 const OPTIONS_MAX: usize = 4095;
 /// The scratch tmpfs of a read-only root holds mount points only.
@@ -70,7 +59,6 @@ pub enum Upper<'a> {
         upper: &'a Path,
         work: &'a Path,
         merged: &'a Path,
-        writes: Writes,
     },
     /// A tmpfs mounted at `dir` in the sandbox's namespace (a directory
     /// that exists); the root is `dir/merged`.
@@ -98,22 +86,17 @@ impl RootLayers {
                 .collect::<Result<_, _>>()?,
             None => lower.iter().map(|p| text(p)).collect::<Result<_, _>>()?,
         };
-        let mut volatile = false;
         let (upper, work, merged, scratch) = match upper {
             Upper::Dirs {
                 upper,
                 work,
                 merged,
-                writes,
-            } => {
-                volatile = writes == Writes::Discarded;
-                (
-                    upper.to_path_buf(),
-                    work.to_path_buf(),
-                    merged.to_path_buf(),
-                    None,
-                )
-            }
+            } => (
+                upper.to_path_buf(),
+                work.to_path_buf(),
+                merged.to_path_buf(),
+                None,
+            ),
             Upper::Scratch { dir } => {
                 let s = Scratch {
                     dir: dir.to_path_buf(),
@@ -123,15 +106,12 @@ impl RootLayers {
                 (s.upper.clone(), s.work.clone(), dir.join("merged"), Some(s))
             }
         };
-        let mut options = format!(
+        let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
             text(&upper)?,
             text(&work)?
         );
-        if volatile {
-            options.push_str(",volatile");
-        }
         if options.len() > OPTIONS_MAX {
             return Err(SpecError::new(
                 "image",
@@ -214,7 +194,6 @@ mod tests {
                 upper: Path::new("/s/r/u"),
                 work: Path::new("/s/r/w"),
                 merged: Path::new("/s/mnt"),
-                writes: Writes::Kept,
             },
         )
         .unwrap();
@@ -223,17 +202,6 @@ mod tests {
             c"lowerdir=b:a,upperdir=/s/r/u,workdir=/s/r/w"
         );
         assert_eq!(l.lower_base.as_deref(), Some(Path::new("/s/l")));
-        let once = RootLayers::new(
-            &[PathBuf::from("/s/l/a")],
-            Upper::Dirs {
-                upper: Path::new("/s/r/u"),
-                work: Path::new("/s/r/w"),
-                merged: Path::new("/s/mnt"),
-                writes: Writes::Discarded,
-            },
-        )
-        .unwrap();
-        assert!(once.options.to_bytes().ends_with(b",volatile"));
         assert_eq!(l.merged, Path::new("/s/mnt"));
         let ro = RootLayers::new(
             &[PathBuf::from("/s/l/a")],

@@ -14,7 +14,7 @@ use isola_images::config::{self, ImageConfig};
 use isola_images::root::{Layers, Writable};
 use isola_images::store::ImageRecord;
 use isola_images::{Reference, Store};
-use isola_runtime::root_layers::{RootLayers, Upper, Writes};
+use isola_runtime::root_layers::{RootLayers, Upper};
 use isola_runtime::{Plan, SpecError};
 use serde_json::{Map, Value};
 
@@ -111,7 +111,7 @@ impl ImageUse {
             self.writable,
         )
         .map_err(|e| SpecError::new("image", e.to_string()))?;
-        attach(plan, &layers, Writes::Kept)
+        attach(plan, &layers)
     }
 
     pub fn store(&self) -> Result<Store, SpecError> {
@@ -120,14 +120,13 @@ impl ImageUse {
 }
 
 /// Run `plan` on `layers`: mounted on the store's `mnt/`, or, read-only,
-/// over a scratch tmpfs there. `writes`: whether its writes outlive it.
-pub fn attach(plan: &mut Plan, layers: &Layers, writes: Writes) -> Result<(), SpecError> {
+/// over a scratch tmpfs there.
+pub fn attach(plan: &mut Plan, layers: &Layers) -> Result<(), SpecError> {
     let upper = match &layers.upper {
         Some((upper, work)) => Upper::Dirs {
             upper,
             work,
             merged: &layers.mnt,
-            writes,
         },
         None => Upper::Scratch { dir: &layers.mnt },
     };
