@@ -113,11 +113,12 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<Entry>], config: Value)
     md
 }
 
-/// An OCI layout whose tag names an image index of two images, for
-/// arm64 and amd64, each with `/arch` saying which it is.
+/// An OCI layout whose tag names an image index of three images, for
+/// arm64, amd64 and s390x (ours neither first nor last), each with
+/// `/arch` saying which it is.
 pub fn write_multi_platform(dir: &Path, tag: &str, base: Vec<Entry>, config: Value) {
     let mut entries = Vec::new();
-    for arch in ["arm64", "amd64"] {
+    for arch in ["arm64", "amd64", "s390x"] {
         let layers = [
             tar_copy(&base),
             vec![Entry::File("arch", arch.as_bytes().to_vec())],

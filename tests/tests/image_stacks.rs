@@ -177,3 +177,31 @@ fn the_shipped_image_stack_runs() {
     assert_eq!(code, 0, "{err}");
     up.down();
 }
+
+#[test]
+fn a_read_only_image_service_restarts_with_overlap() {
+    use isola_tests::up::Up;
+    require_vm();
+    let s = Scratch::new("img-overlap");
+    let image = format!("oci:{}:v1", layout(&s).display());
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    let svc = json!({"image": image, "process": {"args": ["exec sleep 1000"]}, "root": {"readonly": true},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]},
+        "restart": {"policy": "always", "mode": "overlap", "delayMs": 50},
+        "sockets": [{"name": "http", "listen": "tcp://127.0.0.1:18131"}]});
+    let up = Up::start("imgov", json!({"web": svc}), &["--store", st]);
+    let before = up.wait_state("web", "running");
+    // The successor starts while the old sandbox runs, on the same
+    // read-only root (nothing of it is written: the upper is a tmpfs each).
+    let (code, o, err) = up.cli(&["restart", "web"]);
+    assert_eq!((code, o.trim()), (0, "web: running"), "{err}");
+    assert_ne!(up.service("web")["pid"], before["pid"]);
+    let roots = entries(&store.join("roots"));
+    assert!(
+        roots.len() == 1 && roots[0].starts_with("imgov.web@"),
+        "{roots:?}"
+    );
+    up.down();
+    assert!(entries(&store.join("roots")).is_empty());
+}

@@ -99,10 +99,13 @@ impl SandboxRoot {
     }
 
     /// The sandbox is gone for good: drop its writes. The layout is
-    /// known, so an untouched root goes in five calls (a one-shot `isola
+    /// known, so an untouched root goes in six calls (a one-shot `isola
     /// run` pays them on every start); anything else, the long way.
     pub fn remove(self) -> Result<(), Error> {
-        let d = &self.dir;
+        // Out of the way first: a sandbox that takes the name up at this
+        // moment gets a root of its own, not one being deleted.
+        let aside = aside(&self.dir)?;
+        let d = &aside;
         let quick = fs::remove_file(d.join("lock")).is_ok()
             && ["work/work", "work", "upper", ""].iter().all(|sub| {
                 match fs::remove_dir(d.join(sub)) {
@@ -223,17 +226,26 @@ fn in_layer(layer: &Path, rel: &Path) -> InLayer {
         if m.file_type().is_char_device() || m.file_type().is_symlink() {
             return InLayer::Hidden;
         }
+        // A file where a directory is on the way hides the path below, as
+        // in the overlay; so does anything but a regular file at the end
+        // (a fifo would block the open).
+        if !last && !m.is_dir() || last && !m.is_file() {
+            return InLayer::Hidden;
+        }
         if last {
             let file = fs::File::options()
                 .read(true)
-                .custom_flags(libc_o_nofollow())
+                .custom_flags(libc_o_nofollow() | nix::fcntl::OFlag::O_NONBLOCK.bits())
                 .open(&at);
             let mut bytes = Vec::new();
             return match file.and_then(|f| {
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a file"));
+                }
                 std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut bytes)
             }) {
-                Ok(_) if m.is_file() => InLayer::File(bytes),
-                _ => InLayer::Hidden,
+                Ok(_) => InLayer::File(bytes),
+                Err(_) => InLayer::Hidden,
             };
         }
         opaque |= xattr::get(&at, "trusted.overlay.opaque")
@@ -271,7 +283,7 @@ fn check_name(name: &str) -> Result<(), Error> {
 /// that looks at the same moment locks every root briefly, and may take
 /// a directory not yet locked: both are tried again, a few times.
 fn claim(dir: &Path, name: &str) -> Result<Flock<File>, Error> {
-    const TRIES: u32 = 5;
+    const TRIES: u32 = 3;
     for _ in 0..TRIES {
         match fs::create_dir(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -280,16 +292,26 @@ fn claim(dir: &Path, name: &str) -> Result<Flock<File>, Error> {
             _ => {}
         }
         match hold(dir) {
-            Ok(Some(held)) => return Ok(held),
-            Ok(None) => {}
+            // The lock locked is the one in the directory (a sweep may
+            // have removed it between our open and our flock).
+            Ok(Some(held)) if same_file(&held, &dir.join("lock")) => return Ok(held),
+            Ok(_) => {}
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     Err(Error::Store(format!(
         "root {name}: in use by another sandbox"
     )))
+}
+
+fn same_file(f: &File, p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::metadata(p)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// Lock `dir/lock`; None when a live holder has it.
@@ -370,7 +392,14 @@ pub(crate) fn sweep(store: &Store, _lock: &Lock) -> Result<usize, Error> {
     let mut gone = 0;
     for e in fs::read_dir(&roots).map_err(Error::io(&roots))?.flatten() {
         if let Some(held) = hold(&e.path())? {
-            remove_any(&e.path()).map_err(Error::io(e.path()))?;
+            let p = if e.file_name().to_string_lossy().starts_with(GONE) {
+                e.path()
+            } else {
+                // Renamed first: a sandbox taking the name up gets a
+                // fresh root, not this one half-deleted.
+                aside(&e.path())?
+            };
+            remove_any(&p).map_err(Error::io(&p))?;
             drop(held);
             gone += 1;
         }

@@ -16,7 +16,7 @@
 //! ```
 
 use std::fs::{self, File};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -84,15 +84,25 @@ impl Store {
         // Made once (the last made is looked for): `isola run` of an
         // image opens the store on every start.
         if !root.join(SUBDIRS[SUBDIRS.len() - 1]).is_dir() {
-            // Only its owner may walk in: layers keep the images' setuid
-            // files and capabilities, runnable by nobody on the host.
+            if let Some(parent) = root.parent() {
+                fs::create_dir_all(parent).map_err(Error::io(parent))?;
+            }
             let mut b = fs::DirBuilder::new();
             b.recursive(true).mode(0o700);
-            b.create(root).map_err(Error::io(root))?;
             for sub in SUBDIRS {
                 let d = root.join(sub);
                 b.create(&d).map_err(Error::io(&d))?;
             }
+        }
+        // Only its owner may walk in, whoever made it: layers keep the
+        // images' setuid files and capabilities, for the sandboxes alone.
+        let mode = fs::metadata(root)
+            .map_err(Error::io(root))?
+            .permissions()
+            .mode();
+        if mode & 0o777 != 0o700 {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(Error::io(root))?;
         }
         Ok(Store {
             root: root.to_path_buf(),

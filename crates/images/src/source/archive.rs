@@ -3,7 +3,7 @@
 //! uncompressed tar per layer). Both are unpacked into the pull's scratch
 //! directory first: a tar cannot be read out of order.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -47,12 +47,30 @@ fn extract(p: &Path, into: &Path) -> Result<(), Error> {
                 )))
             }
         }
+        // Links are leaves: an entry under one (`up/x` where `up ->
+        // ../..`) would let the lexical check above be walked around.
+        if through_link(into, &path) {
+            return Err(bad(format!("{}: a path through a link", path.display())));
+        }
         let ok = entry.unpack_in(into).map_err(|e| bad(e.to_string()))?;
         if !ok {
             return Err(bad("an entry escapes the archive".into()));
         }
     }
     Ok(())
+}
+
+/// Whether a parent directory of `rel` under `dir` is a symlink.
+fn through_link(dir: &Path, rel: &Path) -> bool {
+    let mut at = dir.to_path_buf();
+    let parents: Vec<_> = rel
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    parents.into_iter().any(|c| {
+        at.push(c);
+        fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// Whether a relative link at `at` to `target` names a path inside the
@@ -174,7 +192,16 @@ fn inside(dir: &Path, name: &str, what: &str) -> Result<PathBuf, Error> {
             "{what}: {name}: not a path inside the archive"
         )));
     }
-    Ok(dir.join(rel))
+    // Through the archive's own links, to a regular file still inside it.
+    let real = fs::canonicalize(dir.join(rel))
+        .map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
+    let top = fs::canonicalize(dir).map_err(|e| Error::Source(format!("{what}: {e}")))?;
+    if !real.starts_with(&top) || !fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+        return Err(Error::Source(format!(
+            "{what}: {name}: not a file inside the archive"
+        )));
+    }
+    Ok(real)
 }
 
 fn file_digest(p: &Path) -> Result<(Digest, u64), Error> {
@@ -227,6 +254,30 @@ impl Source for DockerArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_through_an_archives_own_link_is_refused() {
+        let dir = std::env::temp_dir().join(format!("isola-archive-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "d1/d2/up", "../..").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "d1/d2/up/d1/x", &b"x"[..]).unwrap();
+        let tar = dir.with_extension("tar");
+        fs::write(&tar, b.into_inner().unwrap()).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        let e = extract(&tar, &dir).unwrap_err().to_string();
+        assert!(e.contains("a path through a link"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&tar).unwrap();
+    }
 
     #[test]
     fn links_in_an_archive_stay_inside_it() {

@@ -6,7 +6,7 @@
 //! aside what a killed supervisor of the same name left: it starts from
 //! its images, not from an old run's writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use isola_images::root::{self, SandboxRoot, Writable};
@@ -19,7 +19,11 @@ use crate::spec::stack::ServiceDef;
 
 #[derive(Default)]
 pub(crate) struct ImageRoots {
-    held: HashMap<ServiceIx, Held>,
+    /// Roots by name, and the services on each (an overlap's successor
+    /// shares its predecessor's read-only root).
+    held: HashMap<String, Held>,
+    /// Which root each service is on.
+    of: HashMap<ServiceIx, String>,
     /// Roots set aside (a service gone, a killed supervisor's): deleted
     /// when the stack ends, never on the loop's time.
     gone: Vec<PathBuf>,
@@ -27,11 +31,12 @@ pub(crate) struct ImageRoots {
     cleared: bool,
 }
 
-/// A root held, and what it was made for.
+/// A root held, what it was made for, and who is on it.
 struct Held {
     digest: Digest,
     writable: Writable,
     root: SandboxRoot,
+    users: BTreeSet<ServiceIx>,
 }
 
 fn failed(why: String) -> StartError {
@@ -51,12 +56,21 @@ impl ImageRoots {
             self.discard(i);
             return Ok(());
         };
-        match self.held.get(&i) {
-            Some(h) if h.digest == image.record.digest && h.writable == image.writable => {
-                return Ok(())
+        let name = image.root_name(&def.name);
+        if let Some(h) = self.held.get_mut(&name) {
+            if h.digest == image.record.digest && h.writable == image.writable {
+                h.users.insert(i);
+                if let Some(old) = self.of.insert(i, name.clone()).filter(|o| *o != name) {
+                    self.leave(i, &old);
+                }
+                return Ok(());
             }
-            Some(_) => self.discard(i),
-            None => {}
+        }
+        self.discard(i);
+        if self.held.contains_key(&name) {
+            return Err(failed(format!(
+                "image root {name}: in use by another sandbox of the service"
+            )));
         }
         let store = image.store().map_err(|e| failed(e.to_string()))?;
         if !self.cleared {
@@ -65,23 +79,37 @@ impl ImageRoots {
             self.gone.extend(stale);
             self.cleared = true;
         }
-        let name = image.place.root_name(&def.name);
         let r = SandboxRoot::prepare(&store, &name, &image.record, image.writable)
             .map_err(|e| failed(format!("image root: {e}")))?;
         let held = Held {
             digest: image.record.digest.clone(),
             writable: image.writable,
             root: r,
+            users: BTreeSet::from([i]),
         };
-        self.held.insert(i, held);
+        self.held.insert(name.clone(), held);
+        self.of.insert(i, name);
         Ok(())
     }
 
-    /// Service `i` left the stack (or its image): its root is set aside.
+    /// Service `i` left the stack (or its image): off its root, which is
+    /// set aside once nobody is on it.
     pub(crate) fn discard(&mut self, i: ServiceIx) {
-        if let Some(h) = self.held.remove(&i) {
-            if let Ok(p) = h.root.discard() {
-                self.gone.push(p);
+        if let Some(name) = self.of.remove(&i) {
+            self.leave(i, &name);
+        }
+    }
+
+    fn leave(&mut self, i: ServiceIx, name: &str) {
+        let Some(h) = self.held.get_mut(name) else {
+            return;
+        };
+        h.users.remove(&i);
+        if h.users.is_empty() {
+            if let Some(h) = self.held.remove(name) {
+                if let Ok(p) = h.root.discard() {
+                    self.gone.push(p);
+                }
             }
         }
     }
@@ -89,6 +117,7 @@ impl ImageRoots {
     /// The stack ends: every root goes. The first error, to say.
     pub(crate) fn finish(&mut self) -> Option<String> {
         let mut first = None;
+        self.of.clear();
         for (_, h) in self.held.drain() {
             if let Err(e) = h.root.remove() {
                 first.get_or_insert(format!("image roots: {e}"));

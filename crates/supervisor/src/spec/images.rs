@@ -114,6 +114,22 @@ impl ImageUse {
         attach(plan, &layers)
     }
 
+    /// The store's name for the root of service (or replica) `name`: a
+    /// writable root is the service's own, kept across its restarts and
+    /// images; a read-only one holds nothing of its own and is named for
+    /// its image too, so that an overlap's successor on another image is
+    /// on another root.
+    pub fn root_name(&self, name: &str) -> String {
+        match self.writable {
+            Writable::Yes => self.place.root_name(name),
+            Writable::No => format!(
+                "{}@{}",
+                self.place.root_name(name),
+                self.record.digest.short()
+            ),
+        }
+    }
+
     pub fn store(&self) -> Result<Store, SpecError> {
         Store::open(&self.place.store).map_err(|e| SpecError::new("image", e.to_string()))
     }
