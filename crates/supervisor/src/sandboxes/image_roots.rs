@@ -1,6 +1,8 @@
 //! The roots of a stack's image services: prepared in the store before a
 //! service's first start and held (locked) while the stack runs, so its
-//! writes outlive its restarts and `isola rmi` knows the image is in use;
+//! writes outlive its restarts and `isola rmi` knows the image is in use
+//! (a read-only root is shared by the sandboxes of its service: an
+//! overlap's successor starts on its predecessor's);
 //! set aside (a rename) when the service leaves the stack, deleted when
 //! the stack ends — never on the loop's time. A new stack first sets
 //! aside what a killed supervisor of the same name left: it starts from
