@@ -7,9 +7,10 @@ use std::ffi::CString;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use isola_runtime::exit;
 use isola_runtime::join::{self, Target};
-use isola_supervisor::control::{Client, Request};
+use isola_runtime::{exit, Plan};
+use isola_supervisor::control::{Client, ExecTarget, Request};
+use isola_supervisor::spec::images::ImageContext;
 use isola_supervisor::supervisor;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
@@ -60,18 +61,8 @@ fn parse_user(u: &str) -> Result<(u32, Option<u32>), Exit> {
     Ok((uid, gid))
 }
 
-fn cstring(what: &str, s: &str) -> Result<CString, Exit> {
-    CString::new(s).map_err(|_| usage(format!("{what}: {s:?}: contains a NUL byte")))
-}
-
-fn exec(
-    socket: &Path,
-    name: &str,
-    user: Option<&str>,
-    env: &[String],
-    command: &[String],
-) -> Result<u8, Exit> {
-    let user = user.map(parse_user).transpose()?;
+/// The command's arguments and `--env` entries, checked.
+fn command_parts(env: &[String], command: &[String]) -> Result<(Vec<CString>, Vec<CString>), Exit> {
     let env = env
         .iter()
         .map(|e| match e.split_once('=') {
@@ -88,19 +79,25 @@ fn exec(
             "exec: no command given (isola exec NAME -- CMD ARGS…)".into(),
         ));
     }
+    Ok((args, env))
+}
 
+/// Where the supervisor says service `name`'s sandbox is.
+fn target_of(socket: &Path, name: &str) -> Result<ExecTarget, Exit> {
     let mut client = Client::connect(socket).map_err(|e| Exit(exit::FAILURE, e.to_string()))?;
     let resp = client
         .request(&Request::Exec {
             name: name.to_string(),
         })
         .map_err(|e| Exit(exit::FAILURE, e.to_string()))?;
-    let target = resp
-        .exec
-        .ok_or_else(|| Exit(exit::FAILURE, format!("exec: {name}: no answer")))?;
-    // The service's credentials and seccomp come from its spec, which must
-    // be the one the supervisor runs.
-    let images = isola_supervisor::spec::images::ImageContext::new(
+    resp.exec
+        .ok_or_else(|| Exit(exit::FAILURE, format!("exec: {name}: no answer")))
+}
+
+/// The service's plan — its credentials and seccomp — from the stack file,
+/// which must be the one the supervisor runs.
+fn plan_of(name: &str, target: &ExecTarget) -> Result<Plan, Exit> {
+    let images = ImageContext::new(
         target
             .image_store
             .clone()
@@ -109,10 +106,11 @@ fn exec(
     );
     let stack = supervisor::load_stack_with(&target.stack, &images)
         .map_err(|e| Exit(exit::FAILURE, format!("{}: {e}", target.stack.display())))?;
-    let def = stack
+    stack
         .services
-        .iter()
+        .into_iter()
         .find(|d| d.name == name && d.fingerprint == target.fingerprint)
+        .map(|d| d.plan)
         .ok_or_else(|| {
             Exit(
                 exit::FAILURE,
@@ -121,10 +119,27 @@ fn exec(
                     target.stack.display()
                 ),
             )
-        })?;
+        })
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, Exit> {
+    CString::new(s).map_err(|_| usage(format!("{what}: {s:?}: contains a NUL byte")))
+}
+
+fn exec(
+    socket: &Path,
+    name: &str,
+    user: Option<&str>,
+    env: &[String],
+    command: &[String],
+) -> Result<u8, Exit> {
+    let user = user.map(parse_user).transpose()?;
+    let (args, env) = command_parts(env, command)?;
+    let target = target_of(socket, name)?;
+    let plan = plan_of(name, &target)?;
     let pidfd = join::pidfd_of(Pid::from_raw(target.pid))
         .map_err(|e| Exit(exit::FAILURE, format!("exec: {name}: {e}")))?;
-    let plan = &def.plan;
+    let plan = &plan;
     let opts = join::Options {
         args,
         env,
