@@ -184,6 +184,7 @@ pub fn assert_clean() {
     let procs = processes_matching("isola-test-payload");
     assert!(procs.is_empty(), "payload processes left: {procs:?}");
 }
+pub mod load;
 pub mod up;
 
 /// A child's pid as nix wants it (pids fit in i32: pid_max is at most 2^22).

@@ -91,6 +91,14 @@ enum Command {
     Rmi(cmd::images::RmiArgs),
     /// Manage the image store (prune).
     Image(cmd::images::ImageArgs),
+    /// Re-execute the running supervisor from a new isola binary in place:
+    /// every service keeps running (same pid, sandbox, sockets, log).
+    Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Show the running supervisor: pid, version, start, upgrades, stack.
+    Info(cmd::upgrade::InfoArgs),
+    /// An upgrade's new binary reads the state on stdin (run by `isola up`).
+    #[command(name = "handover-check", hide = true)]
+    HandoverCheck,
 }
 
 /// A failure with the exit code it maps to.
@@ -129,6 +137,9 @@ fn main() -> ExitCode {
         Command::Images(a) => cmd::images::images(a),
         Command::Rmi(a) => cmd::images::rmi(a),
         Command::Image(a) => cmd::images::image(a),
+        Command::Upgrade(a) => cmd::upgrade::upgrade(a),
+        Command::Info(a) => cmd::upgrade::info(a),
+        Command::HandoverCheck => cmd::upgrade::handover_check(),
     };
     finish(res)
 }

@@ -3,6 +3,7 @@
 //! parent↔init protocol on the sync socket (`sync`).
 
 pub mod fdpass;
+pub mod handover;
 pub mod listen;
 pub mod sock_diag;
 pub(crate) mod sync;

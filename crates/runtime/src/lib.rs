@@ -44,7 +44,7 @@ mod sys;
 
 pub use fs::{mounts, root_layers};
 pub use init::hookrun;
-pub use ipc::{fdpass, listen, sock_diag};
+pub use ipc::{fdpass, handover, listen, sock_diag};
 pub use sandbox::{gate, join};
 pub use spec::{shorthand, starter};
 

@@ -429,6 +429,20 @@ pub enum Progress {
 }
 
 impl Sandbox {
+    /// A sandbox this process already runs, taken over after an exec of
+    /// its own (a supervisor's upgrade): its init `pid` is still our
+    /// unreaped child, so it is reaped on SIGCHLD by the caller and
+    /// signalled by pid ([`Sandbox::release_pidfd`]'s terms).
+    pub fn adopt(name: &str, pid: Pid, cgroup: Option<Cgroup>) -> Sandbox {
+        Sandbox {
+            name: name.to_string(),
+            pid,
+            pidfd: None,
+            cgroup,
+            status: None,
+        }
+    }
+
     /// The init's status, once it has been reaped (by us, or by a caller
     /// that told [`Starting::reaped`]).
     pub fn exit_status(&self) -> Option<ExitStatus> {

@@ -516,3 +516,25 @@ pub(crate) fn socket_meminfo(fd: BorrowedFd<'_>) -> Result<[u32; 16], Errno> {
     getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut m)?;
     Ok(m)
 }
+
+/// Own a descriptor this process got by number across its own exec (a
+/// supervisor's upgrade), after checking it is open. Only
+/// [`crate::ipc::handover`] calls this, once per process, for the numbers
+/// the process image before the exec wrote down: nothing in this image
+/// opened them (they were taken when it began) and nothing else owns them.
+pub(crate) fn own_fd_across_exec(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_GETFD only reads the fd's flags; EBADF when it is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    Errno::result(flags)?;
+    // SAFETY: open (checked just now) and, by the contract above, owned by
+    // nothing else in this process image.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Clear or set close-on-exec on an fd this process owns by number (the
+/// fds an upgrade hands over, and back if the exec fails).
+pub(crate) fn set_cloexec_raw(fd: RawFd, on: bool) -> Result<(), Errno> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD takes an int and touches no memory; a closed fd is EBADF.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+}

@@ -16,6 +16,9 @@ use nix::sys::socket::{
 use isola_runtime::sock_diag::UnixDiag;
 
 use crate::shell::reactor::{Interest, Part, Reactor, Token};
+use crate::upgrade::snapshot::HeldRecord;
+use isola_runtime::handover::{Incoming, Outgoing};
+use nix::errno::Errno;
 
 use crate::spec::sockets::{Address, SocketDef};
 use crate::spec::stack::ServiceDef;
@@ -88,7 +91,54 @@ impl HeldSockets {
         &mut self,
         defs: impl Iterator<Item = &'a ServiceDef> + Clone,
     ) -> Result<HeldSockets, String> {
-        let mut fresh = self.open_new(defs.clone())?;
+        let fresh = self.open_new(defs.clone())?;
+        self.assemble(defs, fresh)
+    }
+
+    /// The sockets `defs` list as an older binary held them (an upgrade):
+    /// the fds `held` names, taken from the handover; none is opened.
+    pub(crate) fn adopt<'a>(
+        defs: impl Iterator<Item = &'a ServiceDef> + Clone,
+        held: &[HeldRecord],
+        fds: &mut Incoming,
+    ) -> Result<HeldSockets, String> {
+        let mut fresh = HashMap::new();
+        for d in defs.clone() {
+            let group = d.group_name();
+            for (k, s) in d.policy.sockets.iter().enumerate() {
+                let Some(r) = held.iter().find(|r| r.group == group && r.index == k) else {
+                    continue;
+                };
+                let fd = fds.take(r.fd).ok_or_else(|| {
+                    format!("services.{group}.sockets[{k}]: fd {} not handed over", r.fd)
+                })?;
+                fresh.insert((group.to_string(), k), Held { def: s.clone(), fd });
+            }
+        }
+        HeldSockets::default().assemble(defs, fresh)
+    }
+
+    /// Every held socket, kept across an upgrade's exec.
+    pub(crate) fn export(&self, out: &mut Outgoing) -> Result<Vec<HeldRecord>, Errno> {
+        let mut held = Vec::new();
+        for (group, set) in &self.sets {
+            for (index, h) in set.held.iter().enumerate() {
+                held.push(HeldRecord {
+                    group: group.clone(),
+                    index,
+                    fd: out.keep(h.fd.as_fd())?,
+                });
+            }
+        }
+        Ok(held)
+    }
+
+    /// The sets of `defs`, from `fresh` sockets and the ones `self` holds.
+    fn assemble<'a>(
+        &mut self,
+        defs: impl Iterator<Item = &'a ServiceDef>,
+        mut fresh: HashMap<(String, usize), Held>,
+    ) -> Result<HeldSockets, String> {
         let mut out = HeldSockets {
             next_key: self.next_key,
             ..HeldSockets::default()

@@ -15,6 +15,7 @@ use nix::sys::stat::Mode;
 use crate::spec::policy::{OomPolicy, Stderr};
 use crate::spec::stack::ServiceDef;
 use crate::supervisor::{setup, UpError};
+use crate::upgrade::snapshot::InheritedRecord;
 
 /// Where the kernel caps RLIMIT_NOFILE for root.
 const NR_OPEN: &str = "/proc/sys/fs/nr_open";
@@ -42,6 +43,26 @@ impl Inherited {
         Inherited {
             nofile: raise_nofile(),
             oom_score_adj: protect_from_oom(),
+        }
+    }
+
+    /// What an upgrade hands on: the first supervisor's findings (the new
+    /// binary finds our raised limit and lowered score).
+    pub(crate) fn record(&self) -> InheritedRecord {
+        InheritedRecord {
+            nofile: self.nofile.map(|r| (r.soft, r.hard)),
+            oom_score_adj: self.oom_score_adj,
+        }
+    }
+
+    pub(crate) fn from_record(r: InheritedRecord) -> Inherited {
+        Inherited {
+            nofile: r.nofile.map(|(soft, hard)| Rlimit {
+                resource: Resource::RLIMIT_NOFILE,
+                soft,
+                hard,
+            }),
+            oom_score_adj: r.oom_score_adj,
         }
     }
 
@@ -353,7 +374,7 @@ pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener, UpError> {
 /// "stale" groups would kill the first one's services.
 pub(crate) struct StackGroup {
     path: PathBuf,
-    _lock: Flock<OwnedFd>,
+    lock: Flock<OwnedFd>,
 }
 
 impl StackGroup {
@@ -381,10 +402,26 @@ impl StackGroup {
         Ok((
             StackGroup {
                 path: path.to_owned(),
-                _lock: lock,
+                lock,
             },
             stale,
         ))
+    }
+
+    /// The claim as an older binary of ours held it (an upgrade): the same
+    /// open file, so taking the lock again cannot fail on our own lock.
+    pub(crate) fn adopt(path: &Path, dir: OwnedFd) -> Result<StackGroup, nix::errno::Errno> {
+        let lock = Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
+        Ok(StackGroup {
+            path: path.to_owned(),
+            lock,
+        })
+    }
+
+    /// The locked directory's fd (an upgrade keeps it across the exec).
+    pub(crate) fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
     }
 
     /// At the end: remove what is left, then the group and our claim.

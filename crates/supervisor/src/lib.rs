@@ -28,6 +28,7 @@ mod shell;
 pub mod spawner;
 pub mod spec;
 pub mod supervisor;
+pub mod upgrade;
 
 /// The spec modules at their old paths (the CLI's).
 pub use spec::{health, policy, sockets, stack};

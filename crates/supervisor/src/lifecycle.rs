@@ -31,6 +31,7 @@ use crate::spec::stack::ServiceDef;
 
 pub mod exit_policy;
 mod groups;
+mod handover;
 mod indices;
 mod phase;
 mod rollout;

@@ -242,6 +242,16 @@ impl LineBuffer {
         }
     }
 
+    /// What was read of a line not finished yet (an upgrade hands it on).
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// A buffer that goes on from what an older one had read.
+    pub fn resumed(pending: Vec<u8>) -> LineBuffer {
+        LineBuffer { pending }
+    }
+
     /// At EOF: whatever is left, as a last line.
     pub fn finish(&mut self) -> Option<String> {
         if self.pending.is_empty() {

@@ -24,6 +24,8 @@ pub(crate) enum Child {
     Probe(ProbeId),
     /// A CNI plugin at work for a sandbox.
     Plugin(crate::networks::CniOp),
+    /// A new binary reading the snapshot an upgrade would hand it.
+    UpgradeCheck,
 }
 
 /// A child's exit, for its owner.

@@ -47,6 +47,9 @@ use crate::shell::rules::ResourceWatch;
 use crate::shell::wakeups::Wakeups;
 use crate::spec::images::ImageContext;
 use crate::spec::stack::{self, Stack};
+use crate::upgrade::Upgrades;
+
+pub use crate::upgrade::snapshot::HANDOVER_ENV;
 
 /// Sandboxes setting up at the same time. More does not start a stack
 /// faster on a few cores, and it bounds what a start burst holds at once.
@@ -158,6 +161,8 @@ pub struct Supervisor {
     pub(crate) networks: Option<Networks>,
     /// The autoscaled services' controllers.
     pub(crate) autoscaler: Autoscaler,
+    /// This supervisor's line of upgrades, and the one under way.
+    pub(crate) upgrades: Upgrades,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -186,7 +191,7 @@ impl Supervisor {
             socket: cfg.socket.clone(),
         };
         block_signals()?;
-        let (stack, spawner) = spawner_and_stack(&cfg, &additions)?;
+        let (stack, spawner, stack_text) = spawner_and_stack(&cfg, &additions)?;
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Start)?;
         // Bound before anything starts: a port in use stops `isola up`
         // here, with nothing started.
@@ -223,6 +228,7 @@ impl Supervisor {
             spawner,
             stats_cap,
             networks,
+            stack_text,
         };
         let sup = Supervisor::assemble(cfg, prepared)?;
         socket_guard.0 = None;
@@ -230,7 +236,7 @@ impl Supervisor {
     }
 
     /// The loop and its parts, from what `new` checked and claimed.
-    fn assemble(cfg: Config, p: Prepared) -> Result<Supervisor, UpError> {
+    pub(crate) fn assemble(cfg: Config, p: Prepared) -> Result<Supervisor, UpError> {
         let reactor = Reactor::new().map_err(setup("epoll"))?;
         let outputs = outputs_for(&cfg, p.stderr, &p.defs)?;
         let mut outbox = Outbox::default();
@@ -266,6 +272,7 @@ impl Supervisor {
         let mut autoscaler = Autoscaler::default();
         autoscaler.define(&p.autoscaled, Instant::now());
         let core = core_for(p.defs, p.autoscaled, p.replicated, &p.additions);
+        let upgrades = Upgrades::new(p.additions.inherited.record(), p.stack_text);
 
         let mut sup = Supervisor {
             reports: Reports::new(core.len(), cfg.echo),
@@ -293,6 +300,7 @@ impl Supervisor {
             held: p.held,
             additions: p.additions,
             autoscaler,
+            upgrades,
         };
         sup.watch_arrivals();
         Ok(sup)
@@ -301,7 +309,12 @@ impl Supervisor {
     /// Start every service in dependency order, then serve until shut down.
     pub fn run(mut self) -> Result<(), UpError> {
         self.now = Instant::now();
-        self.core.start_all(self.now);
+        if self.upgrades.is_resumed() {
+            // What exited while the exec ran is told now.
+            self.reap_children();
+        } else {
+            self.core.start_all(self.now);
+        }
         self.settle();
         let mut events = vec![EpollEvent::empty(); EPOLL_BATCH];
         while !self.core.finished() {
@@ -321,6 +334,7 @@ impl Supervisor {
             // No event of this wakeup is left to reach a forgotten index.
             self.core.recycle();
             self.report_progress();
+            self.upgrade_turn();
         }
         self.finish_shutdown();
         Ok(())
@@ -473,6 +487,7 @@ impl Supervisor {
             self.rules.deadline(),
             self.networks.as_ref().and_then(Networks::deadline),
             self.autoscaler.deadline(),
+            self.upgrades.deadline(),
             // A scrape being read: the next slice at the next turn.
             self.metrics.busy().then(Instant::now),
         ]

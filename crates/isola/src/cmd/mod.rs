@@ -14,3 +14,4 @@ pub(crate) mod service;
 pub(crate) mod spec;
 pub(crate) mod status;
 pub(crate) mod up;
+pub(crate) mod upgrade;

@@ -73,18 +73,21 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         images,
         stack,
     } = args;
+    // First, before any fd of ours is opened: an upgrade's handover.
+    let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
+        .map_err(|e| Exit(exit::FAILURE, e))?;
     let dir =
         log_dir.unwrap_or_else(|| Path::new("/var/log/isola").join(supervisor::stack_name(&stack)));
     // Images are pulled here, before anything starts (and before `-d`
     // detaches, so progress and failures show where the user looks).
-    if std::env::var_os(detach::DETACHED_ENV).is_none() {
+    if std::env::var_os(detach::DETACHED_ENV).is_none() && handover.is_none() {
         image::pull_stack(&stack, &images)?;
     }
-    if detach {
+    if detach && handover.is_none() {
         let wait = Duration::from_secs(wait_seconds);
         return detach::up_detached(&dir, &socket.path(), wait);
     }
-    if std::env::var_os(detach::DETACHED_ENV).is_some() {
+    if std::env::var_os(detach::DETACHED_ENV).is_some() && handover.is_none() {
         // The background supervisor of `up -d`: a session of its own.
         let _ = nix::unistd::setsid();
     }
@@ -102,14 +105,21 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         metrics,
         image_store: images.store.root(),
     };
-    supervise(cfg)
+    supervise(cfg, handover)
 }
 
-/// The supervisor in the foreground, until it ends.
-fn supervise(cfg: supervisor::Config) -> Result<u8, Exit> {
+/// The supervisor in the foreground (or taking over from the one an
+/// upgrade replaced), until it ends.
+fn supervise(
+    cfg: supervisor::Config,
+    handover: Option<isola_runtime::handover::Incoming>,
+) -> Result<u8, Exit> {
     let path = cfg.stack_path.display().to_string();
-    let sup = supervisor::Supervisor::new(cfg)
-        .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
+    let sup = match handover {
+        Some(h) => supervisor::Supervisor::resume(cfg, h),
+        None => supervisor::Supervisor::new(cfg),
+    }
+    .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
     sup.run()
         .map_err(|e| Exit(e.exit_code(), format!("{path}: {e}")))?;
     Ok(exit::OK)

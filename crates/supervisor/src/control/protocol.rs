@@ -86,6 +86,14 @@ pub enum Request {
     /// The metrics, as `GET /metrics` serves them in the Prometheus text
     /// format.
     Metrics,
+    /// The supervisor itself: pid, version, start, upgrades, stack.
+    Info,
+    /// Re-execute the supervisor from `binary` (default: the path it was
+    /// started from), services untouched; answered by the new binary.
+    Upgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// One answer to one request. Fields a command does not use are left out.
@@ -109,6 +117,28 @@ pub struct Response<'a> {
     /// `metrics`: the Prometheus text format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// `info`, and `upgrade` (what the new binary is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Info>,
+    /// `upgrade`: the version that was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<String>,
+}
+
+/// The supervisor, as `isola info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub pid: i32,
+    pub version: String,
+    /// When the first supervisor of this stack's line of upgrades
+    /// started (epoch ms): upgrades keep it.
+    pub started_ms: u64,
+    pub upgrades: u32,
+    pub stack: PathBuf,
+    pub services: usize,
+    /// The binary an upgrade without `--binary` execs.
+    pub binary: PathBuf,
 }
 
 /// A running service's sandbox, as `isola exec` joins it: the init's pid

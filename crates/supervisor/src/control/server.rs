@@ -431,5 +431,6 @@ fn allowed(ctx: &mut Ctx<'_>, stream: &UnixStream) -> bool {
     false
 }
 
+mod handover;
 #[cfg(test)]
 mod tests;

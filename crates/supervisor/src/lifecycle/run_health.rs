@@ -24,6 +24,11 @@ use super::{Core, Intent, Phase};
 const PROBE_GRID: Duration = Duration::from_millis(10);
 use crate::lifecycle::exit_policy::Reason;
 use crate::spec::health::{Health, ProbeKind};
+use crate::upgrade::snapshot::HealthRecord;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// `t` rounded up to the next multiple of [`PROBE_GRID`] after `epoch`.
 fn on_grid(t: Instant, epoch: Instant) -> Instant {
@@ -100,6 +105,48 @@ pub struct RunHealth {
 }
 
 impl RunHealth {
+    /// What an upgrade hands over of it (times from `now`).
+    pub(crate) fn record(&self, now: Instant) -> HealthRecord {
+        HealthRecord {
+            started: self.started,
+            ready: self.ready,
+            ever_ready: self.ever_ready,
+            notified_ready: self.notified_ready,
+            probe_ready: self.probe_ready,
+            watchdog_in_ms: self
+                .watchdog_at
+                .map(|t| millis(t.saturating_duration_since(now))),
+            notify_status: self.notify_status.clone(),
+        }
+    }
+
+    /// The health an upgrade handed over: its gates as they were, each
+    /// probe the service has due at once (their streaks start again).
+    pub(crate) fn restored(rec: &HealthRecord, spec: &Health, now: Instant) -> RunHealth {
+        let mut h = RunHealth {
+            started: rec.started,
+            ready: rec.ready,
+            ever_ready: rec.ever_ready,
+            notified_ready: rec.notified_ready,
+            probe_ready: rec.probe_ready,
+            watchdog_at: rec.watchdog_in_ms.map(|ms| now + Duration::from_millis(ms)),
+            notify_status: rec.notify_status.clone(),
+            ..RunHealth::default()
+        };
+        let kinds: &[ProbeKind] = if h.started {
+            &[ProbeKind::Liveness, ProbeKind::Readiness]
+        } else {
+            &[ProbeKind::Startup]
+        };
+        for &kind in kinds {
+            if spec.probe(kind).is_some() {
+                h.probes[kind.index()].next_at = Some(now);
+            }
+        }
+        h.said_healthy = h.label(spec) == "healthy";
+        h
+    }
+
     /// What the HEALTH column shows for a running service.
     pub fn label(&self, spec: &Health) -> &'static str {
         if !spec.watched() {

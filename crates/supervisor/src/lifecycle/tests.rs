@@ -27,14 +27,14 @@ fn defs(services: Value) -> Vec<ServiceDef> {
 }
 
 /// A core, a fake clock, and what the core asked for so far.
-struct H {
-    core: Core,
+pub(super) struct H {
+    pub(super) core: Core,
     t0: Instant,
-    now: Instant,
+    pub(super) now: Instant,
 }
 
 impl H {
-    fn new(services: Value) -> H {
+    pub(super) fn new(services: Value) -> H {
         H::with_slots(services, 16)
     }
 
@@ -108,7 +108,7 @@ impl H {
     }
 
     /// Start everything and report every init as started.
-    fn running(services: Value) -> H {
+    pub(super) fn running(services: Value) -> H {
         let mut h = H::new(services);
         h.start_all();
         for i in h.launched() {

@@ -128,6 +128,16 @@ impl Drop for Listener {
     }
 }
 
+impl BoundMetrics {
+    /// The listener an older binary bound at `addr` (an upgrade).
+    pub(crate) fn adopt(addr: &MetricsAddr, fd: std::os::fd::OwnedFd) -> BoundMetrics {
+        BoundMetrics(match addr {
+            MetricsAddr::Tcp(_) => Listener::Tcp(TcpListener::from(fd)),
+            MetricsAddr::Unix(p) => Listener::Unix(UnixListener::from(fd), p.clone()),
+        })
+    }
+}
+
 pub(crate) struct MetricsServer {
     listener: Listener,
     conns: HashMap<u64, HttpConn>,
@@ -141,6 +151,14 @@ fn token(key: u64) -> Token {
 }
 
 impl MetricsServer {
+    /// The listener's fd (an upgrade keeps it across the exec).
+    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.listener {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+
     pub(crate) fn new(bound: BoundMetrics, reactor: &Reactor) -> Result<MetricsServer, Errno> {
         let fd = match &bound.0 {
             Listener::Tcp(l) => l.as_fd(),

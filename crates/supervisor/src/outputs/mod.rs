@@ -18,6 +18,7 @@ use crate::shell::reactor::{Interest, Part, Token};
 use crate::spec::logging::LogRoute;
 
 mod forward;
+mod handover;
 mod sink;
 
 pub(crate) use forward::{Forwarders, JOURNAL_SOCKET};

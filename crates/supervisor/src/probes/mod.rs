@@ -330,6 +330,12 @@ impl Probes {
         }
     }
 
+    /// No probe is in flight (an upgrade waits for that: an exec probe's
+    /// waiter would outlive the deadline that ends it).
+    pub(crate) fn idle(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
     #[cfg(test)]
     fn in_flight(&self) -> usize {
         self.inflight.len()

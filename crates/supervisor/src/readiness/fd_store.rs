@@ -2,7 +2,7 @@
 //! its restarts and handed back at its next start after its held sockets,
 //! named by `FDNAME=`; let go when it is stopped on purpose.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// `FDNAME` of a stored fd that came without one (systemd's default).
 const DEFAULT_FD_NAME: &str = "stored";
@@ -93,6 +93,17 @@ impl FdStore {
     /// predecessor's).
     pub(crate) fn take_from(&mut self, other: &mut FdStore) {
         self.fds.append(&mut other.fds);
+    }
+
+    /// The stored fds, by name, in the order stored.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, BorrowedFd<'_>)> {
+        self.fds.iter().map(|(n, fd)| (n.as_str(), fd.as_fd()))
+    }
+
+    /// Keep `fd` as `name` (an upgrade hands the store on, unchecked: it
+    /// was checked when stored).
+    pub(crate) fn restore(&mut self, name: String, fd: OwnedFd) {
+        self.fds.push((name, fd));
     }
 
     pub(crate) fn clear(&mut self) {

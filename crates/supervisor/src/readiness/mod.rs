@@ -20,6 +20,7 @@ use crate::shell::reactor::{Interest, Part, Token};
 use crate::spec::health::Notify;
 
 mod fd_store;
+mod handover;
 pub(crate) mod notify_socket;
 
 pub(crate) use fd_store::store_op;

@@ -128,6 +128,15 @@ impl NotifySocket {
         })
     }
 
+    /// Service `name`'s socket as an older binary bound it (an upgrade).
+    pub(crate) fn adopt(control_socket: &Path, name: &str, sock: OwnedFd) -> NotifySocket {
+        NotifySocket {
+            sock,
+            dir: host_dir(control_socket, name),
+            warned: false,
+        }
+    }
+
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.sock.as_fd()
     }

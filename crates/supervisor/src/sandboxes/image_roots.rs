@@ -94,6 +94,11 @@ impl ImageRoots {
         Ok(())
     }
 
+    /// Some root is held (an upgrade cannot hand image roots over yet).
+    pub(crate) fn any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Service `i` left the stack (or its image): off its root, which is
     /// set aside once nobody is on it.
     pub(crate) fn discard(&mut self, i: ServiceIx) {

@@ -29,6 +29,7 @@ use crate::shell::reactor::{Interest, Part, Reactor, Token};
 use crate::spawner::Spawner;
 
 mod drain;
+mod handover;
 mod held;
 mod image_roots;
 mod launch;
@@ -36,6 +37,7 @@ mod limits;
 mod membership;
 pub(crate) mod spawner_plans;
 
+pub(crate) use handover::adopt_group;
 pub(crate) use launch::Launch;
 
 /// Runs of a service `status` remembers.

@@ -159,6 +159,8 @@ pub(crate) struct Prepared {
     pub(crate) stats_cap: usize,
     /// The stack's networks, as decided before the loop.
     pub(crate) networks: Option<crate::networks::Prepared>,
+    /// The stack file's text, as loaded.
+    pub(crate) stack_text: String,
 }
 
 /// Block the signals we take (every init starts with them blocked):
@@ -173,12 +175,22 @@ pub(crate) fn block_signals() -> Result<(), UpError> {
 /// Fork the spawner, then parse the stack file: the spawner is forked
 /// while our heap holds little but the file's text (every init is a copy
 /// of it), and builds its services from the same text meanwhile. A parse
-/// error stops the spawner with the supervisor.
+/// error stops the spawner with the supervisor. The text is kept (an
+/// upgrade hands it on).
 pub(crate) fn spawner_and_stack(
     cfg: &Config,
     additions: &PlanAdditions,
-) -> Result<(Stack, Result<Spawner, Errno>), UpError> {
-    let mut text = read_stack(&cfg.stack_path)?;
+) -> Result<(Stack, Result<Spawner, Errno>, String), UpError> {
+    let text = read_stack(&cfg.stack_path)?;
+    spawner_and_text(cfg, additions, text)
+}
+
+/// [`spawner_and_stack`] of a text in hand (an upgrade's).
+pub(crate) fn spawner_and_text(
+    cfg: &Config,
+    additions: &PlanAdditions,
+    mut text: String,
+) -> Result<(Stack, Result<Spawner, Errno>, String), UpError> {
     let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
     let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
     isola_runtime::release_free_memory();
@@ -190,7 +202,8 @@ pub(crate) fn spawner_and_stack(
         additions,
         &images,
     );
-    Ok((stack::parse_with(&text, &base_dir, &images)?, spawner))
+    let stack = stack::parse_with(&text, &base_dir, &images)?;
+    Ok((stack, spawner, text))
 }
 
 /// The stack's cgroup, claimed (`None` with --no-cgroup); what a dead

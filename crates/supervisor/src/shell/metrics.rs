@@ -114,6 +114,10 @@ impl Metrics {
         }
     }
 
+    pub(crate) fn server_ref(&self) -> Option<&MetricsServer> {
+        self.server.as_ref()
+    }
+
     pub(crate) fn server(&mut self) -> Option<&mut MetricsServer> {
         self.server.as_mut()
     }

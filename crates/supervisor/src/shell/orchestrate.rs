@@ -366,6 +366,7 @@ impl Supervisor {
                 }
                 Child::Probe(id) => self.probes.exited(ctx!(self), id, r.status.code()),
                 Child::Plugin(op) => self.plugin_exited(op, r.status),
+                Child::UpgradeCheck => self.upgrade_checked(r.pid, r.status.code()),
             }
         }
     }

@@ -6,14 +6,15 @@
 
 use crate::held_sockets::HeldSockets;
 use crate::networks::{self, NetChange};
-use crate::shell::loading::{add_to_all, check_stack, Checked, Loading};
+use crate::shell::loading::{add_to_all, check_stack, read_stack, Checked, Loading};
+use crate::spec::stack;
 use crate::supervisor::ctx;
-use crate::supervisor::{load_stack_with, stack_name, Supervisor, UpError};
+use crate::supervisor::{stack_name, Supervisor, UpError};
 use isola_runtime::SpecError;
 
 impl Supervisor {
     pub(crate) fn reload(&mut self) {
-        let (checked, held, nets) = match self.load_again() {
+        let (checked, held, nets, text) = match self.load_again() {
             Ok(o) => o,
             Err(e) => {
                 self.outbox
@@ -30,6 +31,7 @@ impl Supervisor {
             self.outbox.note(format!("warning: {w}"));
         }
         self.outbox.note("reloading the stack file");
+        self.upgrades.loaded(text);
         let mut defs = checked.stack.services;
         add_to_all(&self.additions, &mut defs);
         // The spawner holds the file as it was at start, not this text:
@@ -84,8 +86,10 @@ impl Supervisor {
     /// The file read and checked as at start, what it changes of the
     /// networks decided, and its held sockets opened (nothing of the
     /// running set moved if not).
-    fn load_again(&mut self) -> Result<(Checked, HeldSockets, NetChange), UpError> {
-        let checked = load_stack_with(&self.cfg.stack_path, &self.cfg.images())
+    fn load_again(&mut self) -> Result<(Checked, HeldSockets, NetChange, String), UpError> {
+        let text = read_stack(&self.cfg.stack_path)?;
+        let base_dir = isola_runtime::spec::base_dir(&self.cfg.stack_path);
+        let checked = stack::parse_with(&text, &base_dir, &self.cfg.images())
             .map_err(UpError::from)
             .and_then(|s| check_stack(&self.cfg, s, Loading::Reload))?;
         let stack_root = self.cfg.cgroup_root.join(stack_name(&self.cfg.stack_path));
@@ -96,6 +100,6 @@ impl Supervisor {
             .held
             .open_all(checked.stack.with_autoscaled())
             .map_err(UpError::Setup)?;
-        Ok((checked, held, nets))
+        Ok((checked, held, nets, text))
     }
 }

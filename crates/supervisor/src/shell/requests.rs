@@ -61,6 +61,8 @@ impl Supervisor {
             Request::Scale { name, replicas } => self.scale(&name, replicas),
             Request::Update { name, resources } => self.update_limits(&name, &resources),
             Request::Metrics => return self.scrape_for(id),
+            Request::Info => self.info_reply(),
+            Request::Upgrade { binary } => return self.begin_upgrade(id, binary),
             Request::Logs {
                 name,
                 lines,

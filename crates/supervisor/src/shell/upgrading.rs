@@ -1,0 +1,223 @@
+//! `isola upgrade` in the loop: refused at once for what cannot be handed
+//! over yet, then the new binary's check (a child), then the wait for the
+//! stack to be at rest, then the snapshot of every part and the exec. The
+//! parts each hand over their own fds and state (`export`); this is where
+//! they meet.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use isola_runtime::handover::Outgoing;
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::control::Response;
+use crate::lifecycle::ConnId;
+use crate::lifecycle::State;
+use crate::reaper::Child;
+use crate::supervisor::{ctx, Supervisor};
+use crate::upgrade::snapshot::{ServiceRecord, Snapshot, HANDOVER_ENV};
+use crate::upgrade::Refusal;
+
+impl Supervisor {
+    /// `info`: who we are.
+    pub(crate) fn info_reply(&self) -> Response<'static> {
+        Response {
+            info: Some(self.upgrades.info(&self.cfg.stack_path, self.core.len())),
+            ..Response::ok()
+        }
+    }
+
+    /// `upgrade`: refused now, or under way (answered by the new binary,
+    /// or with the reason it was given up).
+    pub(crate) fn begin_upgrade(&mut self, conn: ConnId, binary: Option<PathBuf>) {
+        if let Err(why) = self.try_begin_upgrade(conn, binary) {
+            self.refuse_upgrade(Refusal::new(conn, &why));
+        }
+    }
+
+    fn try_begin_upgrade(&mut self, conn: ConnId, binary: Option<PathBuf>) -> Result<(), String> {
+        if self.upgrades.under_way() {
+            return Err("an upgrade is under way already".into());
+        }
+        if let Some(what) = self.not_handed_over() {
+            return Err(format!(
+                "this stack has {what}, which an upgrade does not hand over yet"
+            ));
+        }
+        let binary = self.upgrades.binary_for(binary)?;
+        let mut dry = Outgoing::dry();
+        let snap = self.snapshot(&mut dry, conn)?;
+        let copy = dry
+            .seal(&snap.encode()?)
+            .map_err(|(e, _)| format!("snapshot: {e}"))?;
+        let pid = self.upgrades.begin(conn, binary, &copy, self.now)?;
+        self.reaper.watch(pid, Child::UpgradeCheck);
+        self.outbox.note(format!(
+            "upgrade: asking the new binary to read the state (pid {pid})"
+        ));
+        Ok(())
+    }
+
+    /// What an upgrade cannot carry over yet, named.
+    fn not_handed_over(&self) -> Option<&'static str> {
+        if self.networks.is_some() {
+            return Some("networks");
+        }
+        self.core
+            .not_handed_over()
+            .or_else(|| self.sandboxes.not_handed_over())
+    }
+
+    fn refuse_upgrade(&mut self, r: Refusal) {
+        self.outbox.note(r.why.clone());
+        self.control.send(ctx!(self), r.conn, &Response::err(r.why));
+    }
+
+    /// The checking child exited.
+    pub(crate) fn upgrade_checked(&mut self, pid: Pid, code: i32) {
+        if let Err(r) = self.upgrades.checked(pid, code, self.now) {
+            self.refuse_upgrade(r);
+        }
+    }
+
+    /// What keeps the stack from rest, named; `None` when at rest.
+    fn busy(&self) -> Option<String> {
+        self.core
+            .busy()
+            .or_else(|| self.sandboxes.busy())
+            .or_else(|| (!self.probes.idle()).then(|| "a probe is in flight".into()))
+            .or_else(|| self.metrics.busy().then(|| "a scrape is being read".into()))
+    }
+
+    /// At the end of a turn of the loop: an upgrade that may go, goes.
+    pub(crate) fn upgrade_turn(&mut self) {
+        if !self.upgrades.under_way() {
+            return;
+        }
+        let busy = self.busy();
+        if let Some(r) = self.upgrades.expired(Instant::now(), busy.clone()) {
+            return self.refuse_upgrade(r);
+        }
+        let Some((binary, version, conn)) = self.upgrades.ready() else {
+            return;
+        };
+        if busy.is_some() {
+            return;
+        }
+        let (binary, version) = (binary.to_path_buf(), version.to_string());
+        let why = self.exec_upgrade(&binary, &version, conn);
+        let r = self.upgrades.give_up(why);
+        self.refuse_upgrade(r);
+    }
+
+    /// Snapshot, keep every fd, exec. Returns only if the exec failed
+    /// (every fd close-on-exec again): why.
+    fn exec_upgrade(&mut self, binary: &Path, version: &str, conn: ConnId) -> String {
+        // Said before the snapshot: nothing may change after it.
+        self.outbox.note(format!(
+            "upgrade: isola {} → {version}: exec {}",
+            crate::upgrade::VERSION,
+            binary.display()
+        ));
+        self.settle();
+        self.outputs.flush_own();
+        let mut out = Outgoing::new();
+        let payload = self.snapshot(&mut out, conn).and_then(|s| s.encode());
+        let sealed = match payload {
+            Ok(p) => out.seal(&p).map_err(|(e, out)| {
+                out.abandon();
+                format!("snapshot: {e}")
+            }),
+            Err(e) => {
+                out.abandon();
+                Err(e)
+            }
+        };
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let err = exec(binary, self.upgrades.args(), sealed.fd());
+        sealed.abandon();
+        format!("exec {}: {err}", binary.display())
+    }
+
+    /// Every part's state; their fds kept in `out`.
+    fn snapshot(&self, out: &mut Outgoing, asked: ConnId) -> Result<Snapshot, String> {
+        self.snapshot_parts(out, asked)
+            .map_err(|e| format!("snapshot: keep an fd: {e}"))
+    }
+
+    fn snapshot_parts(&self, out: &mut Outgoing, asked: ConnId) -> Result<Snapshot, Errno> {
+        let now = Instant::now();
+        let mut snap = self.upgrades.snapshot_head();
+        let (control, conns) = self.control.export(out, asked)?;
+        snap.control = control;
+        snap.conns = conns;
+        snap.metrics = self
+            .metrics
+            .server_ref()
+            .map(|m| out.keep(m.listener_fd()))
+            .transpose()?;
+        snap.group = self.sandboxes.keep_group(out)?;
+        snap.held = self.held.export(out)?;
+        for (i, s) in self.core.services() {
+            let (Some(core), Some(sandbox)) = (self.core.export(i, now), self.sandboxes.export(i))
+            else {
+                return Err(Errno::EBUSY);
+            };
+            snap.services.push(ServiceRecord {
+                name: s.def.name.clone(),
+                core,
+                sandbox,
+                output: self.outputs.export(i, out)?,
+                ready: self.readiness.export(i, out)?,
+            });
+        }
+        Ok(snap)
+    }
+
+    /// The client that asked is answered by the new binary, once it serves.
+    pub(crate) fn answer_upgrade(&mut self, conn: ConnId, from: String) {
+        let reply = Response {
+            upgraded_from: Some(from),
+            state: Some(State::Running),
+            ..self.info_reply()
+        };
+        self.control.send(ctx!(self), conn, &reply);
+    }
+}
+
+/// execve `binary` with `args`, our environment and the handover's fd.
+fn exec(binary: &Path, args: &[OsString], handover: i32) -> Errno {
+    let c = |s: &[u8]| CString::new(s).map_err(|_| Errno::EINVAL);
+    let build = || -> Result<(CString, Vec<CString>, Vec<CString>), Errno> {
+        let path = c(binary.as_os_str().as_bytes())?;
+        let argv = args
+            .iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if k.as_bytes() == HANDOVER_ENV.as_bytes() {
+                continue;
+            }
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(c(&kv)?);
+        }
+        env.push(c(format!("{HANDOVER_ENV}={handover}").as_bytes())?);
+        Ok((path, argv, env))
+    };
+    match build() {
+        Ok((path, argv, env)) => match nix::unistd::execve(&path, &argv, &env) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        },
+        Err(e) => e,
+    }
+}

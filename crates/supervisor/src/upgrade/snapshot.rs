@@ -1,0 +1,236 @@
+//! The state an `isola upgrade` hands to the new binary: the snapshot's
+//! format, in one place.
+//!
+//! Version rule: [`FORMAT`] goes up whenever a field is added, removed or
+//! changes meaning; a binary reads its own format and the one before it
+//! (N-1 → N), and refuses any other with one line — the old supervisor
+//! then keeps running (the new binary is asked first, see `upgrade::check`).
+//! Fields are JSON, times relative to the moment of the snapshot (a
+//! monotonic `Instant` means nothing in another process image) or epoch
+//! milliseconds, and fds by their number in the process (the runtime's
+//! `handover` owns how they cross the exec).
+
+use std::os::fd::RawFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Run;
+use crate::lifecycle::exit_policy::Reason;
+
+/// This binary's snapshot format.
+pub(crate) const FORMAT: u32 = 1;
+/// The oldest format this binary reads.
+pub(crate) const OLDEST_READ: u32 = 1;
+
+/// The environment variable naming the handover's memfd.
+pub const HANDOVER_ENV: &str = "ISOLA_HANDOVER";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Snapshot {
+    pub(crate) format: u32,
+    /// The writer's version.
+    pub(crate) version: String,
+    /// When the first supervisor of this line of upgrades started.
+    pub(crate) started_ms: u64,
+    /// Upgrades so far, this one included.
+    pub(crate) upgrades: u32,
+    /// What `isola up` was started with (its fd limit, OOM score).
+    pub(crate) inherited: InheritedRecord,
+    /// The stack file's text as last loaded (the file may have changed
+    /// since; a reload is the user's to ask for).
+    pub(crate) stack_text: String,
+    pub(crate) control: RawFd,
+    pub(crate) metrics: Option<RawFd>,
+    /// The stack's cgroup directory, flocked.
+    pub(crate) group: Option<RawFd>,
+    pub(crate) conns: Vec<ConnRecord>,
+    pub(crate) held: Vec<HeldRecord>,
+    pub(crate) services: Vec<ServiceRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InheritedRecord {
+    /// RLIMIT_NOFILE (soft, hard) as the first supervisor found it.
+    pub(crate) nofile: Option<(u64, u64)>,
+    pub(crate) oom_score_adj: Option<i32>,
+}
+
+/// A control connection, mid-stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConnRecord {
+    pub(crate) fd: RawFd,
+    /// Read, not yet a whole request.
+    pub(crate) inbuf: Vec<u8>,
+    /// Queued, not yet written.
+    pub(crate) out: Vec<u8>,
+    pub(crate) answer: usize,
+    /// Following one service's log (its name), or every one's (`""`).
+    pub(crate) follow: Option<String>,
+    pub(crate) events: bool,
+    /// The client that asked for this upgrade: answered by the new binary.
+    pub(crate) asked: bool,
+}
+
+/// A held listening socket: the `index`th of service group `group`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HeldRecord {
+    pub(crate) group: String,
+    pub(crate) index: usize,
+    pub(crate) fd: RawFd,
+}
+
+/// A service as every part holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceRecord {
+    pub(crate) name: String,
+    pub(crate) core: CoreRecord,
+    pub(crate) sandbox: SandboxRecord,
+    pub(crate) output: OutputRecord,
+    pub(crate) ready: ReadyRecord,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub(crate) enum PhaseRecord {
+    Running { for_ms: u64 },
+    Backoff { in_ms: u64 },
+    Stopped,
+    Exited,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExitRecord {
+    pub(crate) reason: Reason,
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+}
+
+/// The lifecycle core's view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CoreRecord {
+    pub(crate) phase: PhaseRecord,
+    pub(crate) restarts: u32,
+    pub(crate) streak: u32,
+    /// Launches within the start limit's interval, how long ago.
+    pub(crate) starts_ago_ms: Vec<u64>,
+    pub(crate) last_exit: Option<ExitRecord>,
+    pub(crate) last_exit_message: Option<String>,
+    pub(crate) oom_kills: u64,
+    pub(crate) probe_failures: [u64; 3],
+    pub(crate) health: HealthRecord,
+    /// Its cgroup files (file, value) when `isola update` changed them
+    /// live: kept until the next reload, as before the upgrade.
+    #[serde(default)]
+    pub(crate) live_limits: Option<Vec<(String, String)>>,
+}
+
+/// The current run's health (probe streaks start again: the next
+/// probes are scheduled afresh).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HealthRecord {
+    pub(crate) started: bool,
+    pub(crate) ready: bool,
+    pub(crate) ever_ready: bool,
+    pub(crate) notified_ready: bool,
+    pub(crate) probe_ready: bool,
+    /// When the watchdog expires.
+    pub(crate) watchdog_in_ms: Option<u64>,
+    pub(crate) notify_status: Option<String>,
+}
+
+/// The sandbox's view: its runs, and the running one.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SandboxRecord {
+    pub(crate) cgroup_name: String,
+    pub(crate) history: Vec<Run>,
+    pub(crate) running: Option<RunningRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RunningRecord {
+    /// The init: our unreaped child, before and after the exec.
+    pub(crate) pid: i32,
+    pub(crate) start_ms: u64,
+    /// OOM kills of this run already reported.
+    pub(crate) oom_seen: u64,
+}
+
+/// The output pipes, with what was read of an unfinished line.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OutputRecord {
+    pub(crate) pid: Option<i32>,
+    pub(crate) stdout: Option<PipeRecord>,
+    pub(crate) stderr: Option<PipeRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PipeRecord {
+    pub(crate) fd: RawFd,
+    pub(crate) pending: Vec<u8>,
+}
+
+/// The notify socket and pipe, and the fd store.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReadyRecord {
+    pub(crate) socket: Option<RawFd>,
+    pub(crate) pipe: Option<RawFd>,
+    pub(crate) store: Vec<StoredRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StoredRecord {
+    pub(crate) name: String,
+    pub(crate) fd: RawFd,
+}
+
+impl Snapshot {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| format!("snapshot: {e}"))
+    }
+
+    /// A snapshot this binary can take over from, or why not.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head =
+            serde_json::from_slice(bytes).map_err(|e| format!("snapshot: not one: {e}"))?;
+        if !(OLDEST_READ..=FORMAT).contains(&head.format) {
+            return Err(format!(
+                "snapshot format {} (this isola reads {OLDEST_READ} to {FORMAT})",
+                head.format
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("snapshot: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_format_is_refused_by_number() {
+        let e = Snapshot::decode(br#"{"format": 99}"#).unwrap_err();
+        assert!(e.contains("format 99"), "{e}");
+        assert!(Snapshot::decode(b"garbage")
+            .unwrap_err()
+            .contains("not one"));
+    }
+}

@@ -1,0 +1,331 @@
+//! `isola upgrade`: the supervisor re-executes itself while its services
+//! run and serve. Each test upgrades a running stack and checks what a
+//! service, a client and the kernel saw: no refused connection, no line
+//! lost or doubled, every exit, OOM kill and readiness message told once,
+//! the same pids, no fd or memory left behind — and a refused upgrade
+//! that changes nothing.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use isola_tests::load::*;
+use isola_tests::up::*;
+use isola_tests::*;
+use serde_json::{json, Value};
+
+fn upgrade(up: &Up, extra: &[&str]) -> (i32, String, String) {
+    up.cli(&[&["upgrade"], extra].concat())
+}
+
+fn info(up: &Up) -> Value {
+    let (code, out, err) = up.cli(&["info", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("info JSON")
+}
+
+fn pids(up: &Up) -> Vec<(String, i64)> {
+    up.status()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").to_string(),
+                s["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Numbered lines as fast as the pipe takes them, each in two writes (a
+/// line straddles an exec now and then), 50,000 a second at most.
+const COUNTER: &str = r#"import os, time
+i = 0
+while True:
+    i += 1
+    os.write(1, b"n=%d " % i)
+    os.write(1, b"end\n")
+    if i % 50 == 0:
+        time.sleep(0.001)
+"#;
+
+/// The counter's lines in its log: every one whole, numbered 1, 2, 3…
+/// with none missing or twice.
+fn check_counter_log(up: &Up) -> u64 {
+    let log = up.logdir().join("counter.log");
+    assert!(
+        !up.logdir().join("counter.log.1").exists(),
+        "rotated: the test's bound is too small"
+    );
+    let mut next = 1u64;
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let Some((_, text)) = line.split_once(" stdout ") else {
+            continue;
+        };
+        let n: u64 = text
+            .strip_prefix("n=")
+            .and_then(|t| t.strip_suffix(" end"))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("a broken line: {line:?}"));
+        assert_eq!(n, next, "line {next} lost or doubled");
+        next += 1;
+    }
+    next - 1
+}
+
+#[test]
+fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
+    require_vm();
+    let port = 18300;
+    let web = python(&server(port), json!({"sockets": held(port)}));
+    let counter = python(COUNTER, json!({}));
+    let up = Up::start(
+        "upgrades",
+        json!({"web": web, "counter": counter}),
+        &["--log-max-bytes", "200000000"],
+    );
+    up.wait_state("web", "running");
+    up.wait_state("counter", "running");
+    wait_serving(port);
+    let before = pids(&up);
+    let sup = info(&up);
+    assert_eq!(sup["upgrades"], 0, "{sup}");
+    let load = Load::start(port);
+    for k in 1..=20 {
+        let (code, out, err) = upgrade(&up, &[]);
+        assert_eq!(code, 0, "upgrade {k}: {out}{err}\n{}", up.stderr());
+        assert!(out.starts_with("upgraded: isola "), "{out}");
+        load.wait_answers(3);
+    }
+    let t = load.finish();
+    eprintln!("{t:?}");
+    assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
+    assert!(t.ok >= 60, "{t:?}");
+    assert_eq!(pids(&up), before, "a service was restarted");
+    for s in up.status() {
+        assert_eq!(s["restarts"], 0, "{s}");
+        assert_eq!(s["state"], "running", "{s}");
+    }
+    let after = info(&up);
+    assert_eq!(after["upgrades"], 20, "{after}");
+    assert_eq!(after["pid"], sup["pid"], "the supervisor keeps its pid");
+    assert_eq!(after["startedMs"], sup["startedMs"], "{after}");
+    assert_eq!(after["pid"].as_i64(), Some(i64::from(up.pid().as_raw())));
+    let (code, _, err) = up.cli(&["stop", "counter"]);
+    assert_eq!(code, 0, "{err}");
+    let lines = check_counter_log(&up);
+    eprintln!("{lines} numbered lines, in order");
+    assert!(lines > 1000, "{lines}");
+    up.down();
+    assert_clean();
+}
+
+/// The events of an `isola events --json` client, as they come.
+fn events(up: &Up) -> (std::process::Child, Receiver<Value>) {
+    let mut client = up.spawn_cli(&["events", "--json"]);
+    let out = client.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    (client, rx)
+}
+
+#[test]
+fn an_exit_an_oom_kill_and_ready_during_upgrades_are_each_told_once() {
+    require_vm();
+    let dir = Scratch::new("upgrade-once");
+    let go = dir.path("go");
+    let go = go.display();
+    let wait = format!("while [ ! -e {go} ]; do sleep 0.1; done");
+    let never = json!({"policy": "no"});
+    let notify = format!(
+        r#"import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = os.environ["NOTIFY_SOCKET"]
+while not os.path.exists("{go}"):
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.1)
+s.sendto(b"READY=1", addr)
+while True:
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.1)
+"#
+    );
+    let ready = python(
+        &notify,
+        json!({"notify": "systemd", "watchdogMs": 1500, "restart": never, "mounts": [dir.shared()]}),
+    );
+    let up = Up::start(
+        "once",
+        json!({
+            "quitter": svc(&format!("{wait}; exit 7"), json!({"restart": never, "mounts": [dir.shared()]})),
+            "hog": svc(&format!("{wait}; exec tail /dev/zero"), json!({
+                "restart": never,
+                "mounts": [dir.shared()],
+                "linux": {"resources": {"memory": {"limit": 33554432, "swap": 33554432}}}
+            })),
+            "ready": ready,
+        }),
+        &[],
+    );
+    for name in ["quitter", "hog", "ready"] {
+        up.wait_state(name, "running");
+    }
+    let (mut client, rx) = events(&up);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, err) = upgrade(&up, &[]);
+    assert_eq!(code, 0, "{err}");
+    // The events happen somewhere among ten upgrades in a row: before,
+    // between and during the execs.
+    let trigger = dir.path("go");
+    let touch = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(trigger, "").unwrap();
+    });
+    for k in 1..=10 {
+        let (code, out, err) = upgrade(&up, &[]);
+        assert_eq!(code, 0, "upgrade {k}: {out}{err}\n{}", up.stderr());
+    }
+    touch.join().unwrap();
+    up.wait_state("quitter", "exited");
+    up.wait_for("hog", "its OOM kill", Duration::from_secs(60), |s| {
+        s["state"] == "exited"
+    });
+    up.wait_for("ready", "ready", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+    // Two more upgrades: nothing is told again.
+    for _ in 0..2 {
+        assert_eq!(upgrade(&up, &[]).0, 0);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = client.kill();
+    let _ = client.wait();
+    let seen: Vec<Value> = rx.try_iter().collect();
+    let count = |service: &str, f: &dyn Fn(&str) -> bool| {
+        seen.iter()
+            .filter(|e| e["service"] == service && f(e["event"].as_str().unwrap_or("")))
+            .count()
+    };
+    let all = || format!("{seen:#?}\n{}", up.stderr());
+    assert_eq!(
+        count("quitter", &|e| e == "exited with code 7"),
+        1,
+        "{}",
+        all()
+    );
+    assert_eq!(count("hog", &|e| e.starts_with("oom-kill")), 1, "{}", all());
+    assert_eq!(
+        count("hog", &|e| e == "killed by the OOM killer"),
+        1,
+        "{}",
+        all()
+    );
+    assert_eq!(count("ready", &|e| e == "ready"), 1, "{}", all());
+    assert_eq!(count("ready", &|e| e.contains("watchdog")), 0, "{}", all());
+    let s = up.service("quitter");
+    assert_eq!(s["lastExit"]["code"], 7, "{s}");
+    assert_eq!(up.service("hog")["lastExit"]["reason"], "oom-kill");
+    let r = up.service("ready");
+    assert_eq!(
+        (r["state"].as_str(), r["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{r}"
+    );
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn a_binary_that_is_not_isola_or_cannot_read_the_state_is_refused_and_nothing_changes() {
+    require_vm();
+    let dir = Scratch::new("upgrade-refused");
+    let fails = dir.write(
+        "fails",
+        "#!/bin/sh\necho 'isola: snapshot format 9 (this isola reads 1 to 1)' >&2\nexit 1\n",
+    );
+    let slow = dir.write("slow", "#!/bin/sh\nexec sleep 1000\n");
+    for f in [&fails, &slow] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let up = Up::start(
+        "refused",
+        json!({"a": svc("exec sleep 1000", json!({}))}),
+        &[],
+    );
+    up.wait_state("a", "running");
+    let before = (pids(&up), info(&up));
+    let (fails, slow) = (fails.display().to_string(), slow.display().to_string());
+    let cases: [(&str, &str); 5] = [
+        (&slow, "did not read the state within 10 s"),
+        ("/bin/true", "not isola"),
+        (
+            &fails,
+            "cannot take over (exit 1): isola: snapshot format 9",
+        ),
+        ("/nonexistent/isola", "/nonexistent/isola: No such file"),
+        ("/etc/passwd", "not an executable file"),
+    ];
+    for (binary, why) in cases {
+        let (code, out, err) = upgrade(&up, &["--binary", binary]);
+        assert_eq!(code, 1, "{binary}: {out}{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("upgrade refused, the running supervisor goes on") && err.contains(why),
+            "{binary}: {err}"
+        );
+        assert_eq!((pids(&up), info(&up)), before, "{binary} changed something");
+    }
+    up.down();
+    assert_clean();
+}
+
+#[test]
+fn a_hundred_upgrades_leave_the_supervisors_fds_and_memory_where_they_were() {
+    require_vm();
+    let up = Up::start(
+        "leaks",
+        json!({
+            "a": svc("while true; do echo tick; sleep 0.05; done", json!({})),
+            "b": svc("exec sleep 1000", json!({"notify": "systemd"})),
+        }),
+        &[],
+    );
+    up.wait_state("a", "running");
+    let pid = up.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let rss_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    // One upgrade first: the first binary's start-up leftovers are not
+    // what an upgrade leaks.
+    assert_eq!(upgrade(&up, &[]).0, 0);
+    let (fds0, rss0) = (fds(), rss_kib());
+    let t = Instant::now();
+    for k in 0..100 {
+        let (code, out, err) = upgrade(&up, &[]);
+        assert_eq!(code, 0, "upgrade {k}: {out}{err}");
+    }
+    eprintln!("100 upgrades in {:?}", t.elapsed());
+    let (fds1, rss1) = (fds(), rss_kib());
+    eprintln!("fds {fds0} → {fds1}, RSS {rss0} → {rss1} KiB");
+    assert_eq!(fds1, fds0, "fds leaked");
+    assert!(rss1 <= rss0 + 1024, "RSS grew: {rss0} → {rss1} KiB");
+    assert_eq!(info(&up)["upgrades"], 101);
+    up.down();
+    assert_clean();
+}
