@@ -495,6 +495,9 @@ def supervisor(work, setting, counts):
         out["zero"] = bench_zero.run(work, Up, request)
         import bench_autoscale
         out["autoscale"] = bench_autoscale.run(work, Up, request)
+        import bench_upgrade
+        counts = [int(c) for c in arg("--upgrade-n", "100,1000,10000").split(",")]
+        out["upgrade"] = bench_upgrade.run(work, Up, request, sleeper, counts)
     return out
 
 
@@ -767,6 +770,9 @@ def report_settings(paths):
         if s.get("autoscale"):
             import bench_autoscale
             lines += bench_autoscale.report(s["autoscale"])
+        if s.get("upgrade"):
+            import bench_upgrade
+            lines += bench_upgrade.report(s["upgrade"])
         if r.get("oci"):
             import bench_oci
             lines += bench_oci.report(r["oci"])

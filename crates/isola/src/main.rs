@@ -96,9 +96,13 @@ enum Command {
     Upgrade(cmd::upgrade::UpgradeArgs),
     /// Show the running supervisor: pid, version, start, upgrades, stack.
     Info(cmd::upgrade::InfoArgs),
-    /// An upgrade's new binary reads the state on stdin (run by `isola up`).
+    /// An upgrade's new binary checks the state on stdin against `up ARGS…`
+    /// (run by `isola up` before it re-executes itself).
     #[command(name = "handover-check", hide = true)]
-    HandoverCheck,
+    HandoverCheck {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -139,9 +143,24 @@ fn main() -> ExitCode {
         Command::Image(a) => cmd::images::image(a),
         Command::Upgrade(a) => cmd::upgrade::upgrade(a),
         Command::Info(a) => cmd::upgrade::info(a),
-        Command::HandoverCheck => cmd::upgrade::handover_check(),
+        Command::HandoverCheck { args } => handover_check(args),
     };
     finish(res)
+}
+
+/// `isola handover-check up ARGS…`: the arguments are `isola up`'s.
+fn handover_check(args: Vec<std::ffi::OsString>) -> Result<u8, Exit> {
+    let argv = std::iter::once("isola".into()).chain(args);
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Up(a),
+        }) => cmd::up::handover_check(a),
+        Ok(_) => Err(Exit(
+            isola_runtime::exit::USAGE,
+            "handover-check: not `up`".into(),
+        )),
+        Err(e) => Err(Exit(isola_runtime::exit::USAGE, e.to_string())),
+    }
 }
 
 /// `isola run …` parsed by its own subcommand's definition alone: one-shot

@@ -206,6 +206,7 @@ fn held_fds<'a>(defs: impl Iterator<Item = &'a ServiceDef>) -> u64 {
 pub(crate) fn check_capacity(
     defs: &[ServiceDef],
     autoscaled: &[ServiceDef],
+    running: usize,
 ) -> Result<usize, UpError> {
     // The replicas the file has, and the rest of each autoscaled
     // service's `max` (its definition as written stands for them).
@@ -219,7 +220,7 @@ pub(crate) fn check_capacity(
     let services = all.len();
     let budget = FdBudget::of(&all);
     let spare = budget.check(services)?;
-    check_tasks(services)?;
+    check_tasks(services, running)?;
     Ok(usize::try_from(spare.min(budget.services)).unwrap_or(services))
 }
 
@@ -297,8 +298,10 @@ impl FdBudget {
 
 /// Room for every service's init and payload under pid_max and
 /// threads-max, beside what runs already.
-fn check_tasks(services: usize) -> Result<(), UpError> {
-    let n = u64::try_from(services).unwrap_or(u64::MAX);
+/// `running` of them run already: their processes are among the tasks
+/// counted now.
+fn check_tasks(services: usize, running: usize) -> Result<(), UpError> {
+    let n = u64::try_from(services.saturating_sub(running)).unwrap_or(u64::MAX);
     let read = |p: &str| {
         std::fs::read_to_string(p)
             .ok()
@@ -313,6 +316,7 @@ fn check_tasks(services: usize) -> Result<(), UpError> {
         })
         .unwrap_or(0);
     let tasks = n * TASKS_PER_SERVICE + 1;
+    let services = n;
     for (file, name) in [
         ("/proc/sys/kernel/pid_max", "kernel.pid_max"),
         ("/proc/sys/kernel/threads-max", "kernel.threads-max"),
@@ -320,7 +324,7 @@ fn check_tasks(services: usize) -> Result<(), UpError> {
         if let Some(max) = read(file) {
             if tasks_now + tasks > max {
                 return Err(UpError::Setup(format!(
-                    "{services} services need at least {tasks} processes ({TASKS_PER_SERVICE} \
+                    "{services} services to start need at least {tasks} processes ({TASKS_PER_SERVICE} \
                      each: init and payload) and {tasks_now} run already, but {name} is {max}: \
                      raise it (sysctl -w {name}={}) or split the stack",
                     (tasks_now + tasks).next_power_of_two()

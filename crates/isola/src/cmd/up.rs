@@ -59,6 +59,41 @@ pub(crate) struct DownArgs {
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
+    // First, before any fd of ours is opened: an upgrade's handover.
+    let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
+        .map_err(|e| Exit(exit::FAILURE, e))?;
+    let (cfg, images, detach, wait_seconds) = config(args);
+    // Images are pulled here, before anything starts (and before `-d`
+    // detaches, so progress and failures show where the user looks).
+    let detached = std::env::var_os(detach::DETACHED_ENV).is_some();
+    if !detached && handover.is_none() {
+        image::pull_stack(&cfg.stack_path, &images)?;
+    }
+    if detach && handover.is_none() {
+        let wait = Duration::from_secs(wait_seconds);
+        return detach::up_detached(&cfg.logs.dir, &cfg.socket, wait);
+    }
+    if detached && handover.is_none() {
+        // The background supervisor of `up -d`: a session of its own.
+        let _ = nix::unistd::setsid();
+    }
+    supervise(cfg, handover)
+}
+
+/// `isola handover-check up ARGS…`: can this binary take over from the
+/// supervisor whose snapshot is on stdin (started with these arguments)?
+pub(crate) fn handover_check(args: UpArgs) -> Result<u8, Exit> {
+    let (cfg, ..) = config(args);
+    let (_, payload) = isola_runtime::handover::read(std::io::stdin().lock())
+        .map_err(|e| Exit(exit::FAILURE, e))?;
+    let said = isola_supervisor::upgrade::check_resume(&cfg, &payload)
+        .map_err(|e| Exit(exit::FAILURE, format!("{}: {e}", cfg.stack_path.display())))?;
+    println!("{said}");
+    Ok(exit::OK)
+}
+
+/// The supervisor's configuration, the image flags, `-d` and its wait.
+fn config(args: UpArgs) -> (supervisor::Config, ImageFlags, bool, u64) {
     let UpArgs {
         socket,
         log_dir,
@@ -73,24 +108,8 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         images,
         stack,
     } = args;
-    // First, before any fd of ours is opened: an upgrade's handover.
-    let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
-        .map_err(|e| Exit(exit::FAILURE, e))?;
     let dir =
         log_dir.unwrap_or_else(|| Path::new("/var/log/isola").join(supervisor::stack_name(&stack)));
-    // Images are pulled here, before anything starts (and before `-d`
-    // detaches, so progress and failures show where the user looks).
-    if std::env::var_os(detach::DETACHED_ENV).is_none() && handover.is_none() {
-        image::pull_stack(&stack, &images)?;
-    }
-    if detach && handover.is_none() {
-        let wait = Duration::from_secs(wait_seconds);
-        return detach::up_detached(&dir, &socket.path(), wait);
-    }
-    if std::env::var_os(detach::DETACHED_ENV).is_some() && handover.is_none() {
-        // The background supervisor of `up -d`: a session of its own.
-        let _ = nix::unistd::setsid();
-    }
     let cfg = supervisor::Config {
         stack_path: stack,
         socket: socket.path(),
@@ -105,7 +124,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         metrics,
         image_store: images.store.root(),
     };
-    supervise(cfg, handover)
+    (cfg, images, detach, wait_seconds)
 }
 
 /// The supervisor in the foreground (or taking over from the one an

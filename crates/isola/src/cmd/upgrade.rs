@@ -1,6 +1,6 @@
 //! `isola upgrade` and `isola info`: the running supervisor re-executes
 //! itself from a new binary without touching a service, and says who it
-//! is. `handover-check` is the new binary's side of an upgrade (hidden).
+//! is (`handover-check`, the new binary's side, is in `up.rs`).
 
 use std::path::PathBuf;
 
@@ -77,12 +77,4 @@ fn print_info(i: &Info) {
     println!("stack:     {}", i.stack.display());
     println!("services:  {}", i.services);
     println!("binary:    {}", i.binary.display());
-}
-
-/// The new binary's side of an upgrade: read the state on stdin, say
-/// `isola VERSION` if it can take over from it.
-pub(crate) fn handover_check() -> Result<u8, Exit> {
-    let said = isola_supervisor::upgrade::check_handover(std::io::stdin().lock()).map_err(fail)?;
-    println!("{said}");
-    Ok(exit::OK)
 }

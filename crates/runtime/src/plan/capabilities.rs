@@ -106,15 +106,26 @@ pub(crate) fn from_oci(
 /// `sets` with [`CapSets::dropped`] filled in: from cap_last_cap, or by
 /// probing each capability where /proc/sys cannot be read.
 fn with_dropped(mut sets: CapSets) -> CapSets {
-    let supported = caps::runtime::procfs_all_supported(None)
-        .unwrap_or_else(|_| caps::runtime::thread_all_supported());
-    let mut dropped: Vec<Capability> = supported
-        .into_iter()
+    let mut dropped: Vec<Capability> = supported()
+        .iter()
+        .copied()
         .filter(|c| !sets.bounding.contains(c))
         .collect();
     dropped.sort_by_key(|c| c.index());
     sets.dropped = dropped;
     sets
+}
+
+/// The kernel's capabilities, read once per process: a stack of 10,000
+/// services read cap_last_cap 10,000 times otherwise (6 % of an upgrade).
+fn supported() -> &'static [Capability] {
+    static SUPPORTED: std::sync::OnceLock<Vec<Capability>> = std::sync::OnceLock::new();
+    SUPPORTED.get_or_init(|| {
+        caps::runtime::procfs_all_supported(None)
+            .unwrap_or_else(|_| caps::runtime::thread_all_supported())
+            .into_iter()
+            .collect()
+    })
 }
 
 /// Drop from the bounding set everything the spec does not keep. Needs

@@ -36,8 +36,9 @@ pub(crate) struct Checked {
 pub(crate) enum Loading {
     /// `isola up`: the cgroup root is checked too.
     Start,
-    /// SIGHUP.
-    Reload,
+    /// SIGHUP, or an upgrade's new binary: `running` of the stack's
+    /// sandboxes run already (their processes are not asked for again).
+    Reload { running: usize },
 }
 
 /// What `new` and a reload check of a parsed stack, alike.
@@ -52,7 +53,11 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
     }
     check_pressure(&stack)?;
     check_unix_queues(&stack)?;
-    let stats_cap = host::check_capacity(&stack.services, &stack.autoscaled)?;
+    let running = match when {
+        Loading::Start => 0,
+        Loading::Reload { running } => running,
+    };
+    let stats_cap = host::check_capacity(&stack.services, &stack.autoscaled, running)?;
     Ok(Checked { stack, stats_cap })
 }
 

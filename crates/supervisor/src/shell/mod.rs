@@ -18,7 +18,7 @@ pub(crate) mod reactor;
 mod reload;
 pub(crate) mod reports;
 mod requests;
-mod resume;
+pub(crate) mod resume;
 pub(crate) mod rules;
 mod status;
 mod under_systemd;

@@ -91,7 +91,14 @@ impl Supervisor {
         let base_dir = isola_runtime::spec::base_dir(&self.cfg.stack_path);
         let checked = stack::parse_with(&text, &base_dir, &self.cfg.images())
             .map_err(UpError::from)
-            .and_then(|s| check_stack(&self.cfg, s, Loading::Reload))?;
+            .and_then(|s| {
+                let running = self
+                    .core
+                    .services()
+                    .filter(|(_, s)| s.phase.alive())
+                    .count();
+                check_stack(&self.cfg, s, Loading::Reload { running })
+            })?;
         let stack_root = self.cfg.cgroup_root.join(stack_name(&self.cfg.stack_path));
         let nets =
             networks::plan_change(self.networks.as_ref(), &stack_root, &checked.stack.networks)

@@ -23,6 +23,42 @@ use crate::supervisor::{ctx, stack_name, Config, Supervisor, UpError};
 use crate::upgrade::snapshot::Snapshot;
 use crate::upgrade::Upgrades;
 
+/// What an upgrade's new binary checks before the old one execs it (run
+/// by `isola handover-check` with the old one's arguments, on a copy of
+/// the snapshot): the format, the stack text, the host's room for it —
+/// what would make `resume` fail after the exec, when the old binary is
+/// gone and a failure takes every service down.
+pub fn check_resume(cfg: &Config, payload: &[u8]) -> Result<String, UpError> {
+    let snap = Snapshot::decode(payload).map_err(UpError::Setup)?;
+    let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
+    let stack = crate::spec::stack::parse_with(&snap.stack_text, &base_dir, &cfg.images())?;
+    let Checked { stack, .. } = check_stack(
+        cfg,
+        stack,
+        Loading::Reload {
+            running: snap.running(),
+        },
+    )?;
+    let names: std::collections::HashSet<&str> =
+        stack.services.iter().map(|d| d.name.as_str()).collect();
+    if let Some(gone) = snap
+        .services
+        .iter()
+        .find(|r| !names.contains(r.name.as_str()))
+    {
+        return Err(UpError::Setup(format!(
+            "{}: runs, but the stack text has no such service",
+            gone.name
+        )));
+    }
+    Ok(format!(
+        "isola {} (takes over {} services from isola {})",
+        crate::upgrade::VERSION,
+        snap.services.len(),
+        snap.version
+    ))
+}
+
 impl Supervisor {
     /// Take over from the older binary whose handover is `fds`.
     pub fn resume(cfg: Config, mut fds: Incoming) -> Result<Supervisor, UpError> {
@@ -35,7 +71,8 @@ impl Supervisor {
         block_signals()?;
         let (stack, spawner, stack_text) =
             spawner_and_text(&cfg, &additions, snap.stack_text.clone())?;
-        let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Reload)?;
+        let running = snap.running();
+        let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Reload { running })?;
         let held = HeldSockets::adopt(stack.with_autoscaled(), &snap.held, &mut fds)
             .map_err(UpError::Setup)?;
         let taken = |fds: &mut Incoming, fd: i32, what: &str| {

@@ -2,7 +2,8 @@
 //! `isola run` spec plus supervision fields. Everything is validated here,
 //! before any service starts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -423,33 +424,39 @@ fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
             }
         }
     }
-    let mut placed = vec![false; defs.len()];
-    let mut out_idx = Vec::new();
-    while out_idx.len() < defs.len() {
-        let next = (0..defs.len()).find(|&i| {
-            !placed[i]
-                && defs[i]
-                    .policy
-                    .depends_on
-                    .iter()
-                    .all(|d| placed[index[&d.name]])
-        });
-        match next {
-            Some(i) => {
-                placed[i] = true;
-                out_idx.push(i);
-            }
-            None => {
-                let stuck: Vec<&str> = (0..defs.len())
-                    .filter(|&i| !placed[i])
-                    .map(|i| defs[i].name.as_str())
-                    .collect();
-                return Err(SpecError::new(
-                    format!("services.{}.dependsOn", stuck[0]),
-                    format!("dependency cycle among {}", stuck.join(", ")),
-                ));
+    // Kahn's algorithm, the lowest eligible index first: the file's order
+    // wherever the dependencies allow, in O(n log n) (a scan for the next
+    // one was quadratic: seconds at 10,000 services).
+    let mut waiting_on: Vec<usize> = defs.iter().map(|d| d.policy.depends_on.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); defs.len()];
+    for (i, d) in defs.iter().enumerate() {
+        for dep in &d.policy.depends_on {
+            dependents[index[&dep.name]].push(i);
+        }
+    }
+    let mut eligible: BinaryHeap<Reverse<usize>> = (0..defs.len())
+        .filter(|&i| waiting_on[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut out_idx = Vec::with_capacity(defs.len());
+    while let Some(Reverse(i)) = eligible.pop() {
+        out_idx.push(i);
+        for &j in &dependents[i] {
+            waiting_on[j] -= 1;
+            if waiting_on[j] == 0 {
+                eligible.push(Reverse(j));
             }
         }
+    }
+    if out_idx.len() < defs.len() {
+        let stuck: Vec<&str> = (0..defs.len())
+            .filter(|&i| waiting_on[i] > 0)
+            .map(|i| defs[i].name.as_str())
+            .collect();
+        return Err(SpecError::new(
+            format!("services.{}.dependsOn", stuck[0]),
+            format!("dependency cycle among {}", stuck.join(", ")),
+        ));
     }
     let mut slots: BTreeMap<usize, ServiceDef> = defs.into_iter().enumerate().collect();
     Ok(out_idx

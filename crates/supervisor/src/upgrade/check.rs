@@ -1,10 +1,13 @@
-//! The new binary asked first: `BINARY handover-check` reads a copy of
-//! the snapshot on its stdin and says `isola VERSION` if it can take over
-//! from it. A binary that is not isola, exits at once, crashes or cannot
-//! read this format fails here, before anything changes.
+//! The new binary asked first: `BINARY handover-check up ARGS…` (our own
+//! arguments) reads a copy of the snapshot on its stdin, runs the checks
+//! its take-over would (`shell::resume::check_resume`) and says `isola
+//! VERSION` if it can take over. A binary that is not isola (or an isola
+//! without upgrades: an unknown command), exits at once, crashes, cannot
+//! read this format or would refuse this stack fails here, before
+//! anything changes.
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,14 +15,17 @@ use std::process::{Command, Stdio};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::unistd::Pid;
 
-use super::snapshot::{Snapshot, HANDOVER_ENV};
-use super::VERSION;
+use super::snapshot::HANDOVER_ENV;
 
 /// The subcommand the new binary is asked with.
 pub(crate) const CHECK_COMMAND: &str = "handover-check";
 
 /// Start the check: its pid and the memfd its stdout and stderr go to.
-pub(super) fn spawn(binary: &Path, snapshot: BorrowedFd<'_>) -> Result<(Pid, File), String> {
+pub(super) fn spawn(
+    binary: &Path,
+    args: &[OsString],
+    snapshot: BorrowedFd<'_>,
+) -> Result<(Pid, File), String> {
     let output = memfd_create(c"isola-upgrade-check", MFdFlags::MFD_CLOEXEC)
         .map(File::from)
         .map_err(|e| format!("memfd: {e}"))?;
@@ -29,6 +35,7 @@ pub(super) fn spawn(binary: &Path, snapshot: BorrowedFd<'_>) -> Result<(Pid, Fil
         .map_err(|e| format!("dup: {e}"))?;
     let child = Command::new(binary)
         .arg(CHECK_COMMAND)
+        .args(args.iter().skip(1))
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(dup(&output)?))
         .stderr(Stdio::from(dup(&output)?))
@@ -61,18 +68,6 @@ pub(super) fn verdict(code: i32, said: &str) -> Result<String, String> {
         (code, _) if last.is_empty() => Err(format!("cannot take over (exit {code})")),
         (code, _) => Err(format!("cannot take over (exit {code}): {last}")),
     }
-}
-
-/// The new binary's side: read the snapshot on `input`; `isola VERSION`
-/// when it can take over from it.
-pub fn check_handover(input: impl Read) -> Result<String, String> {
-    let (_, payload) = isola_runtime::handover::read(input)?;
-    let snap = Snapshot::decode(&payload)?;
-    Ok(format!(
-        "isola {VERSION} (takes over {} services from isola {})",
-        snap.services.len(),
-        snap.version
-    ))
 }
 
 #[cfg(test)]

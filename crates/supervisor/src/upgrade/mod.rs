@@ -29,7 +29,7 @@ use snapshot::{InheritedRecord, Snapshot};
 mod check;
 pub(crate) mod snapshot;
 
-pub use check::check_handover;
+pub use crate::shell::resume::check_resume;
 
 /// How long the new binary may take to read the snapshot.
 const CHECK_PATIENCE: Duration = Duration::from_secs(10);
@@ -175,7 +175,7 @@ impl Upgrades {
         copy: &Sealed,
         now: Instant,
     ) -> Result<Pid, String> {
-        let (pid, output) = check::spawn(&binary, copy.memfd().as_fd())?;
+        let (pid, output) = check::spawn(&binary, &self.args, copy.memfd().as_fd())?;
         self.pending = Some(Pending {
             conn,
             binary,

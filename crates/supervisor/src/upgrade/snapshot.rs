@@ -199,6 +199,14 @@ pub(crate) struct StoredRecord {
 }
 
 impl Snapshot {
+    /// How many of its services have a running sandbox.
+    pub(crate) fn running(&self) -> usize {
+        self.services
+            .iter()
+            .filter(|s| s.sandbox.running.is_some())
+            .count()
+    }
+
     pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(self).map_err(|e| format!("snapshot: {e}"))
     }
