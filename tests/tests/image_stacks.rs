@@ -205,3 +205,42 @@ fn a_read_only_image_service_restarts_with_overlap() {
     up.down();
     assert!(entries(&store.join("roots")).is_empty());
 }
+
+#[test]
+fn an_upgrade_keeps_image_services_running_on_their_roots_held() {
+    use isola_tests::up::Up;
+    require_vm();
+    let s = Scratch::new("img-upgrade");
+    let image = format!("oci:{}:v1", layout(&s).display());
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    let up = Up::start(
+        "imgup",
+        json!({"app": image_service(&image)}),
+        &["--store", st],
+    );
+    up.wait_log("app.1", "runs=1");
+    up.wait_log("app.2", "runs=1");
+    let pid = |name: &str| up.service(name)["pid"].as_i64();
+    let before = (pid("app.1"), pid("app.2"));
+    for _ in 0..3 {
+        let (code, o, err) = up.cli(&["upgrade"]);
+        assert_eq!(code, 0, "{o}{err}\n{}", up.stderr());
+    }
+    assert_eq!((pid("app.1"), pid("app.2")), before, "a replica restarted");
+    // Held all along: the image is still in use, the roots still theirs.
+    let o = run(&["rmi", "--store", st, &image]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let o = run(&["image", "prune", "--store", st]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        entries(&store.join("roots")),
+        ["imgup.app.1", "imgup.app.2"]
+    );
+    // A restart after the upgrade is on the same root: its writes are there.
+    let (code, _, err) = up.cli(&["restart", "app.1"]);
+    assert_eq!(code, 0, "{err}");
+    up.wait_log("app.1", "runs=2");
+    up.down();
+    assert!(entries(&store.join("roots")).is_empty());
+}

@@ -98,6 +98,34 @@ impl SandboxRoot {
         &self.layers
     }
 
+    /// The held lock's fd (a supervisor's upgrade keeps it across its exec,
+    /// so the root is never unheld for `rmi` or `prune` to take).
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._held.as_fd()
+    }
+
+    /// The root `name` for `image` as a process image before an exec of
+    /// ours held it: `lock` is that hold's open lock file (taking the lock
+    /// again on it cannot fail on our own lock); nothing in the root moves.
+    pub fn adopt(
+        store: &Store,
+        name: &str,
+        image: &ImageRecord,
+        w: Writable,
+        lock: std::os::fd::OwnedFd,
+    ) -> Result<SandboxRoot, Error> {
+        let layers = Layers::of(store, name, image, w)?;
+        let dir = store.root().join("roots").join(name);
+        let held = Flock::lock(File::from(lock), FlockArg::LockExclusiveNonblock)
+            .map_err(|_| Error::Store(format!("root {name}: the lock handed over is not ours")))?;
+        Ok(SandboxRoot {
+            dir,
+            layers,
+            _held: held,
+        })
+    }
+
     /// The sandbox is gone for good: drop its writes. The layout is
     /// known, so an untouched root goes in six calls (a one-shot `isola
     /// run` pays them on every start); anything else, the long way.

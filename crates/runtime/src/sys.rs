@@ -520,12 +520,18 @@ pub(crate) fn socket_meminfo(fd: BorrowedFd<'_>) -> Result<[u32; 16], Errno> {
 /// Own a descriptor this process got by number across its own exec (a
 /// supervisor's upgrade), after checking it is open. Only
 /// [`crate::ipc::handover`] calls this, once per process, for the numbers
-/// the process image before the exec wrote down: nothing in this image
-/// opened them (they were taken when it began) and nothing else owns them.
+/// the process image before the exec wrote down, each once: they were
+/// open when this image began, and they are not close-on-exec (checked),
+/// which no fd this image opened is — so nothing else here owns them.
 pub(crate) fn own_fd_across_exec(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: F_GETFD only reads the fd's flags; EBADF when it is not open.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    Errno::result(flags)?;
+    // Inherited fds crossed the exec, so they are not close-on-exec; every
+    // fd this image opened itself is (std and nix open with O_CLOEXEC):
+    // one of those is never taken for an inherited one.
+    if Errno::result(flags)? & libc::FD_CLOEXEC != 0 {
+        return Err(Errno::EBADF);
+    }
     // SAFETY: open (checked just now) and, by the contract above, owned by
     // nothing else in this process image.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

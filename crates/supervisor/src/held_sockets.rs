@@ -106,13 +106,18 @@ impl HeldSockets {
         for d in defs.clone() {
             let group = d.group_name();
             for (k, s) in d.policy.sockets.iter().enumerate() {
+                // A group's replicas share its sockets: taken once.
+                let key = (group.to_string(), k);
+                if fresh.contains_key(&key) {
+                    continue;
+                }
                 let Some(r) = held.iter().find(|r| r.group == group && r.index == k) else {
                     continue;
                 };
                 let fd = fds.take(r.fd).ok_or_else(|| {
                     format!("services.{group}.sockets[{k}]: fd {} not handed over", r.fd)
                 })?;
-                fresh.insert((group.to_string(), k), Held { def: s.clone(), fd });
+                fresh.insert(key, Held { def: s.clone(), fd });
             }
         }
         HeldSockets::default().assemble(defs, fresh)

@@ -310,8 +310,10 @@ impl Supervisor {
     pub fn run(mut self) -> Result<(), UpError> {
         self.now = Instant::now();
         if self.upgrades.is_resumed() {
-            // What exited while the exec ran is told now.
+            // What exited while the exec ran is told now; then what was
+            // queued may start.
             self.reap_children();
+            self.core.resumed(self.now);
         } else {
             self.core.start_all(self.now);
         }
@@ -505,6 +507,11 @@ impl Supervisor {
     }
 
     fn finish_shutdown(&mut self) {
+        if self.upgrades.under_way() {
+            let r = self.upgrades.give_up("the stack was shut down".into());
+            self.control
+                .send(ctx!(self), r.conn, &crate::control::Response::err(r.why));
+        }
         self.control.flush_all();
         if let Some(e) = self.sandboxes.finish() {
             self.outbox.note(e);

@@ -80,7 +80,12 @@ impl Outgoing {
 }
 
 fn write_memfd(fds: &[RawFd], payload: &[u8]) -> Result<File, Errno> {
-    let fd = memfd_create(c"isola-handover", MFdFlags::MFD_ALLOW_SEALING)?;
+    // Close-on-exec until the exec it is for (`Sealed::cross_exec`): a
+    // child started meanwhile (the check) gets a copy as its stdin only.
+    let fd = memfd_create(
+        c"isola-handover",
+        MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_CLOEXEC,
+    )?;
     let mut file = File::from(fd);
     let mut head = Vec::with_capacity(MAGIC.len() + 4 + fds.len() * 4);
     head.extend_from_slice(MAGIC);
@@ -109,10 +114,12 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The memfd's number (not close-on-exec): what the new program is
-    /// told in its environment.
-    pub fn fd(&self) -> RawFd {
-        self.memfd.as_raw_fd()
+    /// Right before the exec: the memfd crosses it too. Its number, what
+    /// the new program is told in its environment.
+    pub fn cross_exec(&self) -> Result<RawFd, Errno> {
+        let fd = self.memfd.as_raw_fd();
+        sys::set_cloexec_raw(fd, false)?;
+        Ok(fd)
     }
 
     /// The memfd, to give a checking child as its stdin.
@@ -152,8 +159,9 @@ static RECEIVED: AtomicBool = AtomicBool::new(false);
 
 /// The handover named by the environment variable `var`, if there is
 /// one: the variable is removed (our children never see it), every fd it
-/// lists owned and close-on-exec again. Call it before the process opens
-/// or closes any fd of its own.
+/// lists owned — each once, and only if it is not close-on-exec, as an
+/// inherited fd is and none this process opened is — and close-on-exec
+/// again. Call it first, before the process closes any fd it did not open.
 pub fn receive(var: &str) -> Result<Option<Incoming>, String> {
     let Some(value) = std::env::var_os(var) else {
         return Ok(None);
@@ -170,6 +178,9 @@ pub fn receive(var: &str) -> Result<Option<Incoming>, String> {
     let (numbers, payload) = read(File::from(memfd))?;
     let mut fds = HashMap::with_capacity(numbers.len());
     for n in numbers {
+        if fds.contains_key(&n) || n == raw {
+            return Err(format!("handover: fd {n} listed twice"));
+        }
         let fd = sys::own_fd_across_exec(n).map_err(|e| format!("handover: fd {n}: {e}"))?;
         sys::set_cloexec_raw(n, true).map_err(|e| format!("handover: fd {n}: {e}"))?;
         fds.insert(n, fd);

@@ -59,7 +59,7 @@ impl Core {
     }
 
     /// Replica `k` of `t` (a group's definition), completed.
-    fn made_replica(&self, t: &ServiceDef, k: u32) -> Option<ServiceDef> {
+    pub(super) fn made_replica(&self, t: &ServiceDef, k: u32) -> Option<ServiceDef> {
         let mut d = t.replica(k)?;
         (self.complete)(&mut d);
         Some(d)

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::exit_policy::LastExit;
-use super::{Core, Down, Phase, RunHealth};
+use super::{Core, Down, Effect, Phase, RunHealth};
 use crate::upgrade::snapshot::{CoreRecord, ExitRecord, PhaseRecord};
 
 fn millis(d: Duration) -> u64 {
@@ -33,7 +33,9 @@ impl Core {
         for (_, s) in self.services() {
             let name = &s.def.name;
             let why = match s.phase {
-                Phase::Queued | Phase::Launching { .. } => "is starting",
+                // Queued waits for a slot or a dependency: nothing of it
+                // runs yet, and the new binary queues it again.
+                Phase::Launching { .. } => "is starting",
                 Phase::Stopping { .. } => "is stopping",
                 _ if s.successor.is_some() || s.predecessor.is_some() => "is being replaced",
                 _ if !s.waiters.is_empty() => "has a client waiting for it",
@@ -45,15 +47,37 @@ impl Core {
         None
     }
 
-    /// What an upgrade cannot carry over yet, named (it is refused).
-    pub fn not_handed_over(&self) -> Option<&'static str> {
-        if !self.templates.is_empty() {
-            Some("autoscaled services")
-        } else if !self.pinned.is_empty() {
-            Some("replica counts set by `isola scale`")
-        } else {
-            None
-        }
+    /// Every service restored: what is queued may start.
+    pub(crate) fn resumed(&mut self, now: Instant) {
+        self.pump(now);
+    }
+
+    /// The counts `isola scale` fixed, by group.
+    pub(crate) fn pins(&self) -> Vec<(String, u32)> {
+        let mut pins: Vec<_> = self.pinned.iter().map(|(g, n)| (g.clone(), *n)).collect();
+        pins.sort();
+        pins
+    }
+
+    /// A replica the stack file does not list (one `isola scale` or the
+    /// autoscaler added), made from its group as written: its index, or
+    /// `None` when `name` is no replica of a replicated service.
+    pub(crate) fn add_replica(&mut self, name: &str) -> Option<usize> {
+        let (group, _) = name.rsplit_once('.')?;
+        let k = super::rollout::replica_number(name)?;
+        let def = self.made_replica(&self.written(group)?.clone(), k)?;
+        Some(self.add_service(def))
+    }
+
+    /// A replica the file lists but the running stack no longer has (scaled
+    /// down before the upgrade): let go without a word, it was not there.
+    pub(crate) fn drop_unlisted(&mut self, i: usize) {
+        let Some(name) = self.service(i).map(|s| s.def.name.clone()) else {
+            return;
+        };
+        self.names.remove(&name);
+        self.effects.push_back(Effect::Forget(i));
+        self.retire(i);
     }
 
     /// Service `i` as the snapshot keeps it (`None`: no such service).
@@ -69,8 +93,10 @@ impl Core {
             Phase::Down(Down::Stopped) => PhaseRecord::Stopped,
             Phase::Down(Down::Exited) => PhaseRecord::Exited,
             Phase::Down(Down::Failed) => PhaseRecord::Failed,
-            // `busy` kept the upgrade from getting here.
-            Phase::Queued | Phase::Launching { .. } | Phase::Stopping { .. } => return None,
+            Phase::Queued => PhaseRecord::Queued,
+            // `busy` keeps the exec from happening in these; the copy the
+            // new binary checks may have them (it only reads).
+            Phase::Launching { .. } | Phase::Stopping { .. } => PhaseRecord::Busy,
         };
         Some(CoreRecord {
             phase,
@@ -119,17 +145,19 @@ impl Core {
         s.probe_failures = rec.probe_failures;
         let phase = match rec.phase {
             PhaseRecord::Running { for_ms } => {
-                s.health = RunHealth::restored(&rec.health, &s.def.policy.health, now);
-                Phase::Running {
-                    since: ago(now, for_ms),
-                }
+                let since = ago(now, for_ms);
+                s.health = RunHealth::restored(&rec.health, &s.def.policy.health, since, now);
+                Phase::Running { since }
             }
+            PhaseRecord::Queued => Phase::Queued,
             PhaseRecord::Backoff { in_ms } => Phase::Backoff {
                 until: now + Duration::from_millis(in_ms),
             },
             PhaseRecord::Stopped => Phase::Down(Down::Stopped),
             PhaseRecord::Exited => Phase::Down(Down::Exited),
             PhaseRecord::Failed => Phase::Down(Down::Failed),
+            // Never in a snapshot the new binary takes over from.
+            PhaseRecord::Busy => Phase::Down(Down::Stopped),
         };
         self.enter(i, phase);
         if let Some(live) = &rec.live_limits {

@@ -120,9 +120,15 @@ impl RunHealth {
         }
     }
 
-    /// The health an upgrade handed over: its gates as they were, each
-    /// probe the service has due at once (their streaks start again).
-    pub(crate) fn restored(rec: &HealthRecord, spec: &Health, now: Instant) -> RunHealth {
+    /// The health an upgrade handed over: its gates as they were; each
+    /// probe the service has is due at once, or once its initial delay
+    /// from the run's start is over (their streaks start again).
+    pub(crate) fn restored(
+        rec: &HealthRecord,
+        spec: &Health,
+        since: Instant,
+        now: Instant,
+    ) -> RunHealth {
         let mut h = RunHealth {
             started: rec.started,
             ready: rec.ready,
@@ -139,8 +145,8 @@ impl RunHealth {
             &[ProbeKind::Startup]
         };
         for &kind in kinds {
-            if spec.probe(kind).is_some() {
-                h.probes[kind.index()].next_at = Some(now);
+            if let Some(p) = spec.probe(kind) {
+                h.probes[kind.index()].next_at = Some((since + p.initial_delay).max(now));
             }
         }
         h.said_healthy = h.label(spec) == "healthy";

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use super::{Running, Sandboxes, Stage, Watch};
 use crate::host::StackGroup;
 use crate::shell::context::ServiceIx;
-use crate::upgrade::snapshot::{RunningRecord, SandboxRecord};
+use crate::upgrade::snapshot::{RootRecord, RunningRecord, SandboxRecord};
 
 impl Sandboxes {
     /// A sandbox in motion keeps an upgrade waiting (its name), or `None`.
@@ -28,9 +28,27 @@ impl Sandboxes {
         })
     }
 
-    /// What an upgrade cannot carry over yet, named.
-    pub(crate) fn not_handed_over(&self) -> Option<&'static str> {
-        self.roots.any().then_some("services from images")
+    /// The image roots held and set aside (see `ImageRoots::export`).
+    pub(crate) fn export_roots(
+        &self,
+        out: &mut Outgoing,
+        name_of: &dyn Fn(ServiceIx) -> Option<String>,
+    ) -> Result<(Vec<RootRecord>, Vec<std::path::PathBuf>), Errno> {
+        self.roots.export(out, name_of)
+    }
+
+    /// An image root an older binary held (see `ImageRoots::adopt`).
+    pub(crate) fn adopt_root(
+        &mut self,
+        rec: &RootRecord,
+        lock: OwnedFd,
+        users: &[(ServiceIx, &crate::spec::stack::ServiceDef)],
+    ) -> Result<(), String> {
+        self.roots.adopt(rec, lock, users)
+    }
+
+    pub(crate) fn adopt_gone_roots(&mut self, gone: &[std::path::PathBuf]) {
+        self.roots.adopt_gone(gone);
     }
 
     /// Service `i`'s sandbox as the snapshot keeps it.
@@ -59,7 +77,12 @@ impl Sandboxes {
 
     /// Service `i`'s sandbox as an older binary left it; the init's pid,
     /// for the reaper, when it runs.
-    pub(crate) fn adopt(&mut self, i: ServiceIx, rec: &SandboxRecord) -> Option<Pid> {
+    pub(crate) fn adopt(
+        &mut self,
+        ctx: &mut crate::shell::context::Ctx<'_>,
+        i: ServiceIx,
+        rec: &SandboxRecord,
+    ) -> Option<Pid> {
         let stack_root = self.setup.stack_root.clone();
         let no_cgroup = self.setup.no_cgroup;
         let s = self.services.get_mut(i)?;
@@ -67,9 +90,18 @@ impl Sandboxes {
         s.history = rec.history.iter().copied().collect();
         let run = rec.running?;
         let pid = Pid::from_raw(run.pid);
-        let cgroup = (!no_cgroup)
-            .then(|| Cgroup::open(&stack_root.join(&rec.cgroup_name)).ok())
-            .flatten();
+        let cgroup = match no_cgroup {
+            true => None,
+            false => match Cgroup::open(&stack_root.join(&rec.cgroup_name)) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    // Not expected (the group is ours and populated): the
+                    // sandbox is signalled by pid, its OOM kills unseen.
+                    ctx.out.note(format!("{}: cgroup: {e}", rec.cgroup_name));
+                    None
+                }
+            },
+        };
         let watch = cgroup.as_ref().and_then(|cg| {
             let path = cg.memory_events_path();
             self.inotify.add_watch(&path, AddWatchFlags::IN_MODIFY).ok()

@@ -15,9 +15,15 @@ use isola_images::root::{self, SandboxRoot, Writable};
 use isola_images::Digest;
 use isola_runtime::exit;
 
+use std::os::fd::OwnedFd;
+
+use isola_runtime::handover::Outgoing;
+use nix::errno::Errno;
+
 use crate::lifecycle::StartError;
 use crate::shell::context::ServiceIx;
 use crate::spec::stack::ServiceDef;
+use crate::upgrade::snapshot::RootRecord;
 
 #[derive(Default)]
 pub(crate) struct ImageRoots {
@@ -94,9 +100,61 @@ impl ImageRoots {
         Ok(())
     }
 
-    /// Some root is held (an upgrade cannot hand image roots over yet).
-    pub(crate) fn any(&self) -> bool {
-        !self.held.is_empty()
+    /// Every root held, its lock kept across an upgrade's exec; the roots
+    /// set aside. `name_of` names a service.
+    pub(crate) fn export(
+        &self,
+        out: &mut Outgoing,
+        name_of: &dyn Fn(ServiceIx) -> Option<String>,
+    ) -> Result<(Vec<RootRecord>, Vec<PathBuf>), Errno> {
+        let mut roots = Vec::with_capacity(self.held.len());
+        for (name, h) in &self.held {
+            roots.push(RootRecord {
+                name: name.clone(),
+                digest: h.digest.to_string(),
+                fd: out.keep(h.root.lock_fd())?,
+                users: h.users.iter().filter_map(|i| name_of(*i)).collect(),
+            });
+        }
+        Ok((roots, self.gone.clone()))
+    }
+
+    /// A root an older binary held, with its lock, for `users` (their
+    /// indices and definitions now). What a killed supervisor left was set
+    /// aside by the first binary already.
+    pub(crate) fn adopt(
+        &mut self,
+        rec: &RootRecord,
+        lock: OwnedFd,
+        users: &[(ServiceIx, &ServiceDef)],
+    ) -> Result<(), String> {
+        self.cleared = true;
+        let Some(image) = users.iter().find_map(|(_, d)| d.image.as_ref()) else {
+            return Err(format!(
+                "image root {}: no service of the stack uses it",
+                rec.name
+            ));
+        };
+        let store = image.store().map_err(|e| e.to_string())?;
+        let root = SandboxRoot::adopt(&store, &rec.name, &image.record, image.writable, lock)
+            .map_err(|e| format!("image root {}: {e}", rec.name))?;
+        for (i, _) in users {
+            self.of.insert(*i, rec.name.clone());
+        }
+        let held = Held {
+            digest: image.record.digest.clone(),
+            writable: image.writable,
+            root,
+            users: users.iter().map(|(i, _)| *i).collect(),
+        };
+        self.held.insert(rec.name.clone(), held);
+        Ok(())
+    }
+
+    /// Roots an older binary set aside: deleted when the stack ends.
+    pub(crate) fn adopt_gone(&mut self, gone: &[PathBuf]) {
+        self.cleared = true;
+        self.gone.extend(gone.iter().cloned());
     }
 
     /// Service `i` left the stack (or its image): off its root, which is

@@ -5,6 +5,7 @@
 //! nothing started, nothing killed. Then the loop goes on; what happened
 //! during the exec (exits, lines, datagrams) waits in the kernel for it.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use crate::sandboxes::{self, Report};
 use crate::shell::loading::{
     add_to_all, block_signals, check_stack, spawner_and_text, Checked, Loading, Prepared,
 };
+use crate::spec::stack::Stack;
 use crate::supervisor::{ctx, stack_name, Config, Supervisor, UpError};
 use crate::upgrade::snapshot::Snapshot;
 use crate::upgrade::Upgrades;
@@ -39,24 +41,112 @@ pub fn check_resume(cfg: &Config, payload: &[u8]) -> Result<String, UpError> {
             running: snap.running(),
         },
     )?;
-    let names: std::collections::HashSet<&str> =
-        stack.services.iter().map(|d| d.name.as_str()).collect();
-    if let Some(gone) = snap
-        .services
-        .iter()
-        .find(|r| !names.contains(r.name.as_str()))
-    {
-        return Err(UpError::Setup(format!(
-            "{}: runs, but the stack text has no such service",
-            gone.name
-        )));
-    }
+    check_names(&snap, &stack)?;
+    check_held(&snap, &stack)?;
+    check_roots(&snap, &stack)?;
     Ok(format!(
         "isola {} (takes over {} services from isola {})",
         crate::upgrade::VERSION,
         snap.services.len(),
         snap.version
     ))
+}
+
+/// Every service that runs is in the stack text, or a replica of a group
+/// there (one `isola scale` or the autoscaler added).
+fn check_names(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
+    let names: HashSet<&str> = stack.services.iter().map(|d| d.name.as_str()).collect();
+    let groups: HashSet<&str> = (stack.autoscaled.iter())
+        .chain(&stack.replicated)
+        .map(|d| d.name.as_str())
+        .collect();
+    let known = |name: &str| {
+        names.contains(name)
+            || name
+                .rsplit_once('.')
+                .is_some_and(|(g, k)| groups.contains(g) && k.parse::<u32>().is_ok())
+    };
+    match snap.services.iter().find(|r| !known(&r.name)) {
+        Some(gone) => Err(UpError::Setup(format!(
+            "{}: runs, but the stack text has no such service",
+            gone.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Every held socket handed over is one the stack text lists.
+fn check_held(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
+    let listed: HashSet<(&str, usize)> = stack
+        .with_autoscaled()
+        .flat_map(|d| (0..d.policy.sockets.len()).map(move |k| (d.group_name(), k)))
+        .collect();
+    match snap
+        .held
+        .iter()
+        .find(|h| !listed.contains(&(h.group.as_str(), h.index)))
+    {
+        Some(h) => Err(UpError::Setup(format!(
+            "services.{}.sockets[{}]: held, but not in the stack text",
+            h.group, h.index
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The stack text names images by reference: one pulled again since
+/// would now name another image than the one its sandbox runs.
+fn check_roots(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
+    let digests: HashMap<&str, String> = stack
+        .services
+        .iter()
+        .filter_map(|d| Some((d.name.as_str(), d.image.as_ref()?.record.digest.to_string())))
+        .collect();
+    for root in &snap.roots {
+        let now = root.users.iter().find_map(|u| digests.get(u.as_str()));
+        if let Some(now) = now.filter(|d| **d != root.digest) {
+            return Err(UpError::Setup(format!(
+                "image root {}: its image was pulled again since it started ({} now names {now}): \
+                 reload the stack (SIGHUP) first",
+                root.name,
+                root.users.join(", "),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The listening sockets and the cgroup claim, as the older binary held
+/// them.
+struct Listeners {
+    metrics: Option<BoundMetrics>,
+    listener: UnixListener,
+    group: Option<crate::host::StackGroup>,
+}
+
+fn take_listeners(cfg: &Config, snap: &Snapshot, fds: &mut Incoming) -> Result<Listeners, UpError> {
+    let mut taken = |fd: i32, what: &str| {
+        fds.take(fd)
+            .ok_or_else(|| UpError::Setup(format!("{what}: fd {fd} not handed over")))
+    };
+    let metrics = match (&cfg.metrics, snap.metrics) {
+        (Some(addr), Some(fd)) => Some(BoundMetrics::adopt(addr, taken(fd, "--metrics")?)),
+        _ => None,
+    };
+    let listener = UnixListener::from(taken(snap.control, "control socket")?);
+    let group = match snap.group {
+        Some(fd) => {
+            let root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
+            let fd = taken(fd, "the stack's cgroup")?;
+            Some(sandboxes::adopt_group(&root, fd).map_err(UpError::Setup)?)
+        }
+        None => None,
+    };
+    Ok(Listeners {
+        metrics,
+        listener,
+        group,
+    })
 }
 
 impl Supervisor {
@@ -75,25 +165,11 @@ impl Supervisor {
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Reload { running })?;
         let held = HeldSockets::adopt(stack.with_autoscaled(), &snap.held, &mut fds)
             .map_err(UpError::Setup)?;
-        let taken = |fds: &mut Incoming, fd: i32, what: &str| {
-            fds.take(fd)
-                .ok_or_else(|| UpError::Setup(format!("{what}: fd {fd} not handed over")))
-        };
-        let metrics = match (&cfg.metrics, snap.metrics) {
-            (Some(addr), Some(fd)) => {
-                Some(BoundMetrics::adopt(addr, taken(&mut fds, fd, "--metrics")?))
-            }
-            _ => None,
-        };
-        let listener = UnixListener::from(taken(&mut fds, snap.control, "control socket")?);
-        let group = match snap.group {
-            Some(fd) => {
-                let root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
-                let fd = taken(&mut fds, fd, "the stack's cgroup")?;
-                Some(sandboxes::adopt_group(&root, fd).map_err(UpError::Setup)?)
-            }
-            None => None,
-        };
+        let Listeners {
+            metrics,
+            listener,
+            group,
+        } = take_listeners(&cfg, &snap, &mut fds)?;
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
         let prepared = Prepared {
@@ -112,20 +188,90 @@ impl Supervisor {
             stack_text,
         };
         let mut sup = Supervisor::assemble(cfg, prepared)?;
-        sup.upgrades = Upgrades::resumed(&snap);
-        sup.adopt_services(&snap, &mut fds)?;
-        let asked = sup.control.adopt(&sup.reactor, &snap.conns, &mut fds);
-        sup.control.resume_writes(ctx!(sup));
+        sup.take_over(&snap, &mut fds)?;
+        Ok(sup)
+    }
+
+    /// The services, their roots and the clients, as the older binary had
+    /// them; the client that asked is answered.
+    fn take_over(&mut self, snap: &Snapshot, fds: &mut Incoming) -> Result<(), UpError> {
+        self.upgrades = Upgrades::resumed(snap);
+        self.restore_membership(snap)?;
+        self.adopt_roots(snap, fds)?;
+        self.adopt_services(snap, fds)?;
+        let asked = self.control.adopt(&self.reactor, &snap.conns, fds);
+        self.control.resume_writes(ctx!(self));
         if let Some(conn) = asked {
-            sup.answer_upgrade(conn, snap.version.clone());
+            self.answer_upgrade(conn, snap.version.clone());
         }
-        sup.outbox.note(format!(
+        self.outbox.note(format!(
             "upgrade: took over {} services from isola {} ({} upgrades so far)",
             snap.services.len(),
             snap.version,
             snap.upgrades
         ));
-        Ok(sup)
+        Ok(())
+    }
+
+    /// The services as they ran, not as the file lists them: replicas
+    /// `isola scale` or the autoscaler added are made again, the file's
+    /// that were scaled away are let go, and the counts a person fixed
+    /// hold again.
+    fn restore_membership(&mut self, snap: &Snapshot) -> Result<(), UpError> {
+        let listed: HashSet<&str> = snap.services.iter().map(|r| r.name.as_str()).collect();
+        let unlisted: Vec<usize> = self
+            .core
+            .services()
+            .filter(|(_, s)| !listed.contains(s.def.name.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        for i in unlisted {
+            self.core.drop_unlisted(i);
+        }
+        for rec in &snap.services {
+            if self.core.find(&rec.name).is_none() && self.core.add_replica(&rec.name).is_none() {
+                return Err(UpError::Setup(format!(
+                    "{}: runs, but the stack text has no such service",
+                    rec.name
+                )));
+            }
+        }
+        for (group, n) in &snap.pins {
+            self.core.pin(group, Some(*n));
+            self.autoscaler.pin(group, Some(*n), self.now);
+        }
+        // The parts give the new replicas what a service needs, and drop
+        // what they made for the ones let go.
+        self.settle();
+        self.core.recycle();
+        self.watch_arrivals();
+        Ok(())
+    }
+
+    /// The image roots, held without a moment unheld (`rmi` and `prune`
+    /// never see them free).
+    fn adopt_roots(&mut self, snap: &Snapshot, fds: &mut Incoming) -> Result<(), UpError> {
+        for rec in &snap.roots {
+            let lock = fds.take(rec.fd).ok_or_else(|| {
+                UpError::Setup(format!(
+                    "image root {}: fd {} not handed over",
+                    rec.name, rec.fd
+                ))
+            })?;
+            let users: Vec<_> = rec
+                .users
+                .iter()
+                .filter_map(|n| {
+                    let i = self.core.find(n)?;
+                    Some((i, &self.core.service(i)?.def))
+                })
+                .collect();
+            self.sandboxes
+                .adopt_root(rec, lock, &users)
+                .map_err(UpError::Setup)?;
+        }
+        self.sandboxes.adopt_gone_roots(&snap.roots_gone);
+        Ok(())
     }
 
     /// Every service back in its phase, on its sandbox, pipes and notify
@@ -144,7 +290,7 @@ impl Supervisor {
                 .service(i)
                 .map_or(0, |s| s.def.policy.fd_store_max);
             self.core.restore(i, &rec.core, now);
-            let adopted = self.sandboxes.adopt(i, &rec.sandbox);
+            let adopted = self.sandboxes.adopt(ctx!(self), i, &rec.sandbox);
             self.outputs
                 .adopt(ctx!(self), i, &rec.output, fds)
                 .map_err(UpError::Setup)?;

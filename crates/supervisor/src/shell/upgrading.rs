@@ -25,7 +25,10 @@ impl Supervisor {
     /// `info`: who we are.
     pub(crate) fn info_reply(&self) -> Response<'static> {
         Response {
-            info: Some(self.upgrades.info(&self.cfg.stack_path, self.core.len())),
+            info: Some(
+                self.upgrades
+                    .info(&self.cfg.stack_path, self.core.services().count()),
+            ),
             ..Response::ok()
         }
     }
@@ -63,12 +66,7 @@ impl Supervisor {
 
     /// What an upgrade cannot carry over yet, named.
     fn not_handed_over(&self) -> Option<&'static str> {
-        if self.networks.is_some() {
-            return Some("networks");
-        }
-        self.core
-            .not_handed_over()
-            .or_else(|| self.sandboxes.not_handed_over())
+        self.networks.is_some().then_some("networks")
     }
 
     fn refuse_upgrade(&mut self, r: Refusal) {
@@ -89,7 +87,11 @@ impl Supervisor {
             .busy()
             .or_else(|| self.sandboxes.busy())
             .or_else(|| (!self.probes.idle()).then(|| "a probe is in flight".into()))
-            .or_else(|| self.metrics.busy().then(|| "a scrape is being read".into()))
+            .or_else(|| {
+                let scraped = self.metrics.busy()
+                    || (self.metrics.server_ref()).is_some_and(|m| m.has_clients());
+                scraped.then(|| "a scrape is being answered".into())
+            })
     }
 
     /// At the end of a turn of the loop: an upgrade that may go, goes.
@@ -106,6 +108,15 @@ impl Supervisor {
         };
         if busy.is_some() {
             return;
+        }
+        let changed = self
+            .upgrades
+            .still_as_checked()
+            .err()
+            .or_else(|| Some(format!("this stack now has {}", self.not_handed_over()?)));
+        if let Some(why) = changed {
+            let r = self.upgrades.give_up(why);
+            return self.refuse_upgrade(r);
         }
         let (binary, version) = (binary.to_path_buf(), version.to_string());
         let why = self.exec_upgrade(&binary, &version, conn);
@@ -140,7 +151,10 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return e,
         };
-        let err = exec(binary, self.upgrades.args(), sealed.fd());
+        let err = match sealed.cross_exec() {
+            Ok(fd) => exec(binary, self.upgrades.args(), fd),
+            Err(e) => e,
+        };
         sealed.abandon();
         format!("exec {}: {err}", binary.display())
     }
@@ -164,6 +178,9 @@ impl Supervisor {
             .transpose()?;
         snap.group = self.sandboxes.keep_group(out)?;
         snap.held = self.held.export(out)?;
+        snap.pins = self.core.pins();
+        let name_of = |i| self.core.service(i).map(|s| s.def.name.clone());
+        (snap.roots, snap.roots_gone) = self.sandboxes.export_roots(out, &name_of)?;
         for (i, s) in self.core.services() {
             let (Some(core), Some(sandbox)) = (self.core.export(i, now), self.sandboxes.export(i))
             else {

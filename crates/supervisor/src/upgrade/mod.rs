@@ -50,8 +50,35 @@ enum Stage {
 struct Pending {
     conn: ConnId,
     binary: PathBuf,
+    /// The binary's file when it was checked: the one exec'd must be it.
+    identity: Identity,
+    /// The stack text the new binary checked: a reload meanwhile changes
+    /// what would be handed over.
+    checked_text: String,
     stage: Stage,
     deadline: Instant,
+}
+
+/// A file, as `stat` tells it apart from another put at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Result<Identity, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
 }
 
 /// What an upgrade refused or gave up says, and to whom.
@@ -146,6 +173,9 @@ impl Upgrades {
             group: None,
             conns: Vec::new(),
             held: Vec::new(),
+            pins: Vec::new(),
+            roots: Vec::new(),
+            roots_gone: Vec::new(),
             services: Vec::new(),
         }
     }
@@ -175,10 +205,13 @@ impl Upgrades {
         copy: &Sealed,
         now: Instant,
     ) -> Result<Pid, String> {
+        let identity = Identity::of(&binary)?;
         let (pid, output) = check::spawn(&binary, &self.args, copy.memfd().as_fd())?;
         self.pending = Some(Pending {
             conn,
             binary,
+            identity,
+            checked_text: self.stack_text.clone(),
             stage: Stage::Checking { pid, output },
             deadline: now + CHECK_PATIENCE,
         });
@@ -224,6 +257,24 @@ impl Upgrades {
             }) => Some((binary, version, *conn)),
             _ => None,
         }
+    }
+
+    /// What the check approved is still what would be exec'd and handed
+    /// over (the binary's file, the stack text), or why not.
+    pub(crate) fn still_as_checked(&self) -> Result<(), String> {
+        let Some(p) = &self.pending else {
+            return Ok(());
+        };
+        if Identity::of(&p.binary)? != p.identity {
+            return Err(format!(
+                "{} changed while the upgrade waited; ask again",
+                p.binary.display()
+            ));
+        }
+        if p.checked_text != self.stack_text {
+            return Err("the stack was reloaded while the upgrade waited; ask again".into());
+        }
+        Ok(())
     }
 
     pub(crate) fn args(&self) -> &[OsString] {

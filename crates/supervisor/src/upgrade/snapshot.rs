@@ -46,6 +46,15 @@ pub(crate) struct Snapshot {
     pub(crate) group: Option<RawFd>,
     pub(crate) conns: Vec<ConnRecord>,
     pub(crate) held: Vec<HeldRecord>,
+    /// Replica counts `isola scale` fixed, by group.
+    #[serde(default)]
+    pub(crate) pins: Vec<(String, u32)>,
+    /// Image services' roots held (their locks), and roots set aside to
+    /// be deleted when the stack ends.
+    #[serde(default)]
+    pub(crate) roots: Vec<RootRecord>,
+    #[serde(default)]
+    pub(crate) roots_gone: Vec<std::path::PathBuf>,
     pub(crate) services: Vec<ServiceRecord>,
 }
 
@@ -83,6 +92,18 @@ pub(crate) struct HeldRecord {
     pub(crate) fd: RawFd,
 }
 
+/// An image root held: its name in the store, its lock's fd, the services
+/// on it (an overlap's two sandboxes share a read-only one).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RootRecord {
+    pub(crate) name: String,
+    /// The image it was made for.
+    pub(crate) digest: String,
+    pub(crate) fd: RawFd,
+    pub(crate) users: Vec<String>,
+}
+
 /// A service as every part holds it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,11 +118,19 @@ pub(crate) struct ServiceRecord {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub(crate) enum PhaseRecord {
-    Running { for_ms: u64 },
-    Backoff { in_ms: u64 },
+    Running {
+        for_ms: u64,
+    },
+    Backoff {
+        in_ms: u64,
+    },
+    /// Waiting for a start slot or a dependency.
+    Queued,
     Stopped,
     Exited,
     Failed,
+    /// Setting up or stopping: only in the copy a new binary checks.
+    Busy,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
