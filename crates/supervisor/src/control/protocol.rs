@@ -121,8 +121,20 @@ pub struct Response<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Info>,
     /// `upgrade`: the version that was replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "upgradedFrom",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub upgraded_from: Option<String>,
+    /// `upgrade`: from the old binary's snapshot to the new one serving,
+    /// the time no supervisor read the services' output and events.
+    #[serde(
+        default,
+        rename = "unwatchedMs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unwatched_ms: Option<u64>,
 }
 
 /// The supervisor, as `isola info` shows it.

@@ -202,7 +202,7 @@ impl Supervisor {
         let asked = self.control.adopt(&self.reactor, &snap.conns, fds);
         self.control.resume_writes(ctx!(self));
         if let Some(conn) = asked {
-            self.answer_upgrade(conn, snap.version.clone());
+            self.answer_upgrade(conn, snap.version.clone(), snap.taken_ms);
         }
         self.outbox.note(format!(
             "upgrade: took over {} services from isola {} ({} upgrades so far)",

@@ -198,9 +198,10 @@ impl Supervisor {
     }
 
     /// The client that asked is answered by the new binary, once it serves.
-    pub(crate) fn answer_upgrade(&mut self, conn: ConnId, from: String) {
+    pub(crate) fn answer_upgrade(&mut self, conn: ConnId, from: String, taken_ms: u64) {
         let reply = Response {
             upgraded_from: Some(from),
+            unwatched_ms: Some(crate::supervisor::now_ms().saturating_sub(taken_ms)),
             state: Some(State::Running),
             ..self.info_reply()
         };

@@ -166,6 +166,7 @@ impl Upgrades {
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             upgrades: self.count + 1,
+            taken_ms: crate::supervisor::now_ms(),
             inherited: self.inherited,
             stack_text: self.stack_text.clone(),
             control: -1,

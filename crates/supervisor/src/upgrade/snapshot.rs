@@ -35,6 +35,10 @@ pub(crate) struct Snapshot {
     pub(crate) started_ms: u64,
     /// Upgrades so far, this one included.
     pub(crate) upgrades: u32,
+    /// When the snapshot was taken (epoch ms): the new binary tells how
+    /// long nobody watched the services.
+    #[serde(default)]
+    pub(crate) taken_ms: u64,
     /// What `isola up` was started with (its fd limit, OOM score).
     pub(crate) inherited: InheritedRecord,
     /// The stack file's text as last loaded (the file may have changed
