@@ -16,6 +16,8 @@ step "$isola" status
 step "$isola" logs -n 6 crashy
 step "$isola" logs -n 3 hog
 step "$isola" restart worker
+step "$isola" upgrade
+step "$isola" info
 step "$isola" run specs/hello.json
 step "$isola" run specs/busybox-rootfs.json
 step "$isola" down
