@@ -41,8 +41,9 @@ impl LogFile {
     /// services at every start of `isola up`.
     pub fn open(cfg: &LogConfig, service: &str) -> io::Result<LogFile> {
         let path = cfg.dir.join(format!("{service}.log"));
+        let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
         let size = match fs::metadata(&path) {
-            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_file() && writable(&path) => m.len(),
             _ => {
                 fs::create_dir_all(&cfg.dir)?;
                 let file = OpenOptions::new().create(true).append(true).open(&path)?;

@@ -310,7 +310,8 @@ impl Supervisor {
     pub fn run(mut self) -> Result<(), UpError> {
         self.now = Instant::now();
         if self.upgrades.is_resumed() {
-            // What exited while the exec ran is told now; then what was
+            // What exited while the exec ran is reaped now (its teardown
+            // begins; the core hears once the cgroup is empty); what was
             // queued may start.
             self.reap_children();
             self.core.resumed(self.now);

@@ -68,6 +68,11 @@ impl Outgoing {
         }
     }
 
+    /// Only written down: a copy for a checking program.
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
     /// The exec did not happen: every kept fd is close-on-exec again.
     pub fn abandon(self) {
         if self.dry {

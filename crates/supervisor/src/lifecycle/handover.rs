@@ -2,9 +2,9 @@
 //! there (pure: the times are relative to `now` on both sides).
 //!
 //! An upgrade happens only when the core is at rest ([`Core::busy`]):
-//! every service running, in backoff or down — nothing queued, setting up
-//! or stopping, no overlap, roll or waiting client — so a record is a
-//! settled phase and its counters.
+//! every service running, in backoff, queued (for a slot or a dependency)
+//! or down — nothing setting up or stopping, no overlap, roll or waiting
+//! client — so a record is such a phase and its counters.
 
 use std::time::{Duration, Instant};
 
@@ -156,8 +156,9 @@ impl Core {
             PhaseRecord::Stopped => Phase::Down(Down::Stopped),
             PhaseRecord::Exited => Phase::Down(Down::Exited),
             PhaseRecord::Failed => Phase::Down(Down::Failed),
-            // Never in a snapshot the new binary takes over from.
-            PhaseRecord::Busy => Phase::Down(Down::Stopped),
+            // Never in a snapshot the new binary takes over from (the
+            // real one refuses it): left as it was made.
+            PhaseRecord::Busy => return,
         };
         self.enter(i, phase);
         if let Some(live) = &rec.live_limits {
@@ -177,19 +178,58 @@ mod tests {
 
     #[test]
     fn a_running_service_is_restored_running_with_its_counters() {
-        let h = H::running(serde_json::json!({"a": {}, "b": {}}));
+        let mut h = H::running(serde_json::json!({"a": {}, "b": {}}));
         let now = h.now;
+        if let Some(s) = h.core.svc(0) {
+            s.restarts = 3;
+        }
         let rec = h.core.export(0, now).expect("a is there");
         assert!(h.core.busy().is_none(), "{:?}", h.core.busy());
         let mut fresh = H::new(serde_json::json!({"a": {}, "b": {}}));
         fresh.core.restore(0, &rec, now);
-        assert!(matches!(
-            fresh.core.service(0).map(|s| s.phase),
-            Some(Phase::Running { .. })
-        ));
+        let s = fresh.core.service(0).expect("a");
+        assert!(matches!(s.phase, Phase::Running { .. }));
+        assert_eq!(s.restarts, 3);
         assert!(
             fresh.core.next_effect().is_none(),
             "nothing launched, nothing said"
         );
+    }
+
+    #[test]
+    fn backoff_keeps_its_time_left_and_a_queued_service_starts_once_resumed() {
+        let mut h = H::new(serde_json::json!({"a": {}, "b": {}}));
+        let now = h.now;
+        let mut fresh = H::new(serde_json::json!({"a": {}, "b": {}}));
+        let backoff = CoreRecord {
+            phase: PhaseRecord::Backoff { in_ms: 700 },
+            ..h.core.export(0, now).expect("a")
+        };
+        let queued = CoreRecord {
+            phase: PhaseRecord::Queued,
+            ..h.core.export(1, now).expect("b")
+        };
+        fresh.core.restore(0, &backoff, now);
+        fresh.core.restore(1, &queued, now);
+        assert_eq!(
+            fresh.core.next_deadline(),
+            Some(now + Duration::from_millis(700))
+        );
+        assert!(fresh.core.next_effect().is_none());
+        fresh.core.resumed(now);
+        assert_eq!(fresh.core.next_effect(), Some(Effect::Launch(1)));
+        // Launching is in motion: an upgrade waits for it; queued is not.
+        assert_eq!(fresh.core.busy().as_deref(), Some("b is starting"));
+        h.core.restore(1, &queued, now);
+        assert!(h.core.busy().is_none(), "{:?}", h.core.busy());
+    }
+
+    #[test]
+    fn a_replica_the_file_lists_but_the_stack_no_longer_runs_is_let_go_quietly() {
+        let mut h = H::new(serde_json::json!({"a": {}, "b": {}}));
+        h.core.drop_unlisted(1);
+        assert_eq!(h.core.find("b"), None);
+        let fx: Vec<_> = std::iter::from_fn(|| h.core.next_effect()).collect();
+        assert_eq!(fx, vec![Effect::Forget(1)], "no event about it");
     }
 }

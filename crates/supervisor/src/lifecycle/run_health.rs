@@ -116,6 +116,10 @@ impl RunHealth {
             watchdog_in_ms: self
                 .watchdog_at
                 .map(|t| millis(t.saturating_duration_since(now))),
+            probes_in_ms: self
+                .probes
+                .each_ref()
+                .map(|p| p.next_at.map(|t| millis(t.saturating_duration_since(now)))),
             notify_status: self.notify_status.clone(),
         }
     }
@@ -146,7 +150,13 @@ impl RunHealth {
         };
         for &kind in kinds {
             if let Some(p) = spec.probe(kind) {
-                h.probes[kind.index()].next_at = Some((since + p.initial_delay).max(now));
+                // When it was due; else (in flight, or a format 1 record)
+                // at once, but not before its initial delay from the start.
+                let at = match rec.probes_in_ms[kind.index()] {
+                    Some(ms) => now + Duration::from_millis(ms),
+                    None => (since + p.initial_delay).max(now),
+                };
+                h.probes[kind.index()].next_at = Some(at);
             }
         }
         h.said_healthy = h.label(spec) == "healthy";

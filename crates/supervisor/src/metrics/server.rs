@@ -151,12 +151,6 @@ fn token(key: u64) -> Token {
 }
 
 impl MetricsServer {
-    /// A scraper is connected (an upgrade waits: its connection would be
-    /// cut).
-    pub(crate) fn has_clients(&self) -> bool {
-        !self.conns.is_empty()
-    }
-
     /// The listener's fd (an upgrade keeps it across the exec).
     pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match &self.listener {

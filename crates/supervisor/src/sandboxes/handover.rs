@@ -33,7 +33,7 @@ impl Sandboxes {
         &self,
         out: &mut Outgoing,
         name_of: &dyn Fn(ServiceIx) -> Option<String>,
-    ) -> Result<(Vec<RootRecord>, Vec<std::path::PathBuf>), Errno> {
+    ) -> Result<(Vec<RootRecord>, Vec<std::path::PathBuf>, bool), Errno> {
         self.roots.export(out, name_of)
     }
 
@@ -47,8 +47,8 @@ impl Sandboxes {
         self.roots.adopt(rec, lock, users)
     }
 
-    pub(crate) fn adopt_gone_roots(&mut self, gone: &[std::path::PathBuf]) {
-        self.roots.adopt_gone(gone);
+    pub(crate) fn adopt_gone_roots(&mut self, gone: &[std::path::PathBuf], cleared: bool) {
+        self.roots.adopt_gone(gone, cleared);
     }
 
     /// Service `i`'s sandbox as the snapshot keeps it.

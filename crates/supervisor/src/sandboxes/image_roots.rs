@@ -106,7 +106,7 @@ impl ImageRoots {
         &self,
         out: &mut Outgoing,
         name_of: &dyn Fn(ServiceIx) -> Option<String>,
-    ) -> Result<(Vec<RootRecord>, Vec<PathBuf>), Errno> {
+    ) -> Result<(Vec<RootRecord>, Vec<PathBuf>, bool), Errno> {
         let mut roots = Vec::with_capacity(self.held.len());
         for (name, h) in &self.held {
             roots.push(RootRecord {
@@ -116,7 +116,7 @@ impl ImageRoots {
                 users: h.users.iter().filter_map(|i| name_of(*i)).collect(),
             });
         }
-        Ok((roots, self.gone.clone()))
+        Ok((roots, self.gone.clone(), self.cleared))
     }
 
     /// A root an older binary held, with its lock, for `users` (their
@@ -128,7 +128,6 @@ impl ImageRoots {
         lock: OwnedFd,
         users: &[(ServiceIx, &ServiceDef)],
     ) -> Result<(), String> {
-        self.cleared = true;
         let Some(image) = users.iter().find_map(|(_, d)| d.image.as_ref()) else {
             return Err(format!(
                 "image root {}: no service of the stack uses it",
@@ -141,8 +140,13 @@ impl ImageRoots {
         for (i, _) in users {
             self.of.insert(*i, rec.name.clone());
         }
+        // What the root was made for, not what the reference names now
+        // (pulled again meanwhile): a next start on another image then
+        // gets a fresh root, as `ensure` decides.
+        let digest =
+            Digest::parse(&rec.digest).map_err(|e| format!("image root {}: {e}", rec.name))?;
         let held = Held {
-            digest: image.record.digest.clone(),
+            digest,
             writable: image.writable,
             root,
             users: users.iter().map(|(i, _)| *i).collect(),
@@ -152,8 +156,8 @@ impl ImageRoots {
     }
 
     /// Roots an older binary set aside: deleted when the stack ends.
-    pub(crate) fn adopt_gone(&mut self, gone: &[PathBuf]) {
-        self.cleared = true;
+    pub(crate) fn adopt_gone(&mut self, gone: &[PathBuf], cleared: bool) {
+        self.cleared = cleared;
         self.gone.extend(gone.iter().cloned());
     }
 

@@ -62,9 +62,9 @@ fn check_names(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
         .collect();
     let known = |name: &str| {
         names.contains(name)
-            || name
-                .rsplit_once('.')
-                .is_some_and(|(g, k)| groups.contains(g) && k.parse::<u32>().is_ok())
+            || name.rsplit_once('.').is_some_and(|(g, k)| {
+                groups.contains(g) && k.parse::<u32>().is_ok_and(|n| n >= 1 && n.to_string() == k)
+            })
     };
     match snap.services.iter().find(|r| !known(&r.name)) {
         Some(gone) => Err(UpError::Setup(format!(
@@ -97,13 +97,16 @@ fn check_held(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
 /// The stack text names images by reference: one pulled again since
 /// would now name another image than the one its sandbox runs.
 fn check_roots(snap: &Snapshot, stack: &Stack) -> Result<(), UpError> {
-    let digests: HashMap<&str, String> = stack
-        .services
-        .iter()
+    let digests: HashMap<&str, String> = (stack.services.iter())
+        .chain(&stack.autoscaled)
+        .chain(&stack.replicated)
         .filter_map(|d| Some((d.name.as_str(), d.image.as_ref()?.record.digest.to_string())))
         .collect();
+    // A replica the file does not list is its group's image.
+    let of =
+        |u: &str| (digests.get(u)).or_else(|| u.rsplit_once('.').and_then(|(g, _)| digests.get(g)));
     for root in &snap.roots {
-        let now = root.users.iter().find_map(|u| digests.get(u.as_str()));
+        let now = root.users.iter().find_map(|u| of(u));
         if let Some(now) = now.filter(|d| **d != root.digest) {
             return Err(UpError::Setup(format!(
                 "image root {}: its image was pulled again since it started ({} now names {now}): \
@@ -270,7 +273,8 @@ impl Supervisor {
                 .adopt_root(rec, lock, &users)
                 .map_err(UpError::Setup)?;
         }
-        self.sandboxes.adopt_gone_roots(&snap.roots_gone);
+        self.sandboxes
+            .adopt_gone_roots(&snap.roots_gone, snap.roots_cleared);
         Ok(())
     }
 

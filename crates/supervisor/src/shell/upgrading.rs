@@ -18,7 +18,7 @@ use crate::lifecycle::ConnId;
 use crate::lifecycle::State;
 use crate::reaper::Child;
 use crate::supervisor::{ctx, Supervisor};
-use crate::upgrade::snapshot::{ServiceRecord, Snapshot, HANDOVER_ENV};
+use crate::upgrade::snapshot::{PhaseRecord, ServiceRecord, Snapshot, HANDOVER_ENV};
 use crate::upgrade::Refusal;
 
 impl Supervisor {
@@ -87,11 +87,7 @@ impl Supervisor {
             .busy()
             .or_else(|| self.sandboxes.busy())
             .or_else(|| (!self.probes.idle()).then(|| "a probe is in flight".into()))
-            .or_else(|| {
-                let scraped = self.metrics.busy()
-                    || (self.metrics.server_ref()).is_some_and(|m| m.has_clients());
-                scraped.then(|| "a scrape is being answered".into())
-            })
+            .or_else(|| self.metrics.busy().then(|| "a scrape is being read".into()))
     }
 
     /// At the end of a turn of the loop: an upgrade that may go, goes.
@@ -180,12 +176,17 @@ impl Supervisor {
         snap.held = self.held.export(out)?;
         snap.pins = self.core.pins();
         let name_of = |i| self.core.service(i).map(|s| s.def.name.clone());
-        (snap.roots, snap.roots_gone) = self.sandboxes.export_roots(out, &name_of)?;
+        (snap.roots, snap.roots_gone, snap.roots_cleared) =
+            self.sandboxes.export_roots(out, &name_of)?;
         for (i, s) in self.core.services() {
             let (Some(core), Some(sandbox)) = (self.core.export(i, now), self.sandboxes.export(i))
             else {
                 return Err(Errno::EBUSY);
             };
+            // In motion: only a copy for the check may say so.
+            if matches!(core.phase, PhaseRecord::Busy) && !out.is_dry() {
+                return Err(Errno::EBUSY);
+            }
             snap.services.push(ServiceRecord {
                 name: s.def.name.clone(),
                 core,
@@ -198,10 +199,10 @@ impl Supervisor {
     }
 
     /// The client that asked is answered by the new binary, once it serves.
-    pub(crate) fn answer_upgrade(&mut self, conn: ConnId, from: String, taken_ms: u64) {
+    pub(crate) fn answer_upgrade(&mut self, conn: ConnId, from: String, taken_ms: Option<u64>) {
         let reply = Response {
             upgraded_from: Some(from),
-            unwatched_ms: Some(crate::supervisor::now_ms().saturating_sub(taken_ms)),
+            unwatched_ms: taken_ms.map(|t| crate::supervisor::now_ms().saturating_sub(t)),
             state: Some(State::Running),
             ..self.info_reply()
         };

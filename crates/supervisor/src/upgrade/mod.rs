@@ -66,6 +66,8 @@ struct Identity {
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    /// `cp -p` over the same inode keeps size and mtime, not ctime.
+    ctime_ns: i128,
 }
 
 impl Identity {
@@ -77,6 +79,7 @@ impl Identity {
             ino: m.ino(),
             size: m.size(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
         })
     }
 }
@@ -166,7 +169,7 @@ impl Upgrades {
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             upgrades: self.count + 1,
-            taken_ms: crate::supervisor::now_ms(),
+            taken_ms: Some(crate::supervisor::now_ms()),
             inherited: self.inherited,
             stack_text: self.stack_text.clone(),
             control: -1,
@@ -177,6 +180,7 @@ impl Upgrades {
             pins: Vec::new(),
             roots: Vec::new(),
             roots_gone: Vec::new(),
+            roots_cleared: false,
             services: Vec::new(),
         }
     }

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::control::Run;
 use crate::lifecycle::exit_policy::Reason;
 
-/// This binary's snapshot format.
-pub(crate) const FORMAT: u32 = 1;
+/// This binary's snapshot format. 2: scale pins, image roots, the time
+/// the snapshot was taken, queued services, each probe's next time.
+pub(crate) const FORMAT: u32 = 2;
 /// The oldest format this binary reads.
 pub(crate) const OLDEST_READ: u32 = 1;
 
@@ -38,7 +39,7 @@ pub(crate) struct Snapshot {
     /// When the snapshot was taken (epoch ms): the new binary tells how
     /// long nobody watched the services.
     #[serde(default)]
-    pub(crate) taken_ms: u64,
+    pub(crate) taken_ms: Option<u64>,
     /// What `isola up` was started with (its fd limit, OOM score).
     pub(crate) inherited: InheritedRecord,
     /// The stack file's text as last loaded (the file may have changed
@@ -59,6 +60,9 @@ pub(crate) struct Snapshot {
     pub(crate) roots: Vec<RootRecord>,
     #[serde(default)]
     pub(crate) roots_gone: Vec<std::path::PathBuf>,
+    /// A killed supervisor's roots were set aside already.
+    #[serde(default)]
+    pub(crate) roots_cleared: bool,
     pub(crate) services: Vec<ServiceRecord>,
 }
 
@@ -177,6 +181,10 @@ pub(crate) struct HealthRecord {
     pub(crate) probe_ready: bool,
     /// When the watchdog expires.
     pub(crate) watchdog_in_ms: Option<u64>,
+    /// When each probe runs next (`ProbeKind::index`; `None`: not
+    /// scheduled, or in flight: it runs at once).
+    #[serde(default)]
+    pub(crate) probes_in_ms: [Option<u64>; 3],
     pub(crate) notify_status: Option<String>,
 }
 
