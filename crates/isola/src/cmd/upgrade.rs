@@ -46,10 +46,13 @@ pub(crate) fn upgrade(args: UpgradeArgs) -> Result<u8, Exit> {
     let (Some(info), Some(from)) = (resp.info, resp.upgraded_from) else {
         return Err(fail("upgrade: the supervisor's answer has no version"));
     };
-    let unwatched = resp.unwatched_ms.unwrap_or_default();
+    // (An upgrade from a binary whose snapshot does not say when it was taken.)
+    let unwatched = resp
+        .unwatched_ms
+        .map(|ms| format!(", unwatched for {ms} ms"))
+        .unwrap_or_default();
     println!(
-        "upgraded: isola {from} → isola {} (pid {}, {} upgrades so far, {} services untouched, \
-         unwatched for {unwatched} ms)",
+        "upgraded: isola {from} → isola {} (pid {}, {} upgrades so far, {} services untouched{unwatched})",
         info.version, info.pid, info.upgrades, info.services
     );
     Ok(exit::OK)

@@ -274,6 +274,23 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    /// What the first release with upgrades (format 1) wrote for a stack
+    /// of two replicas on a held socket and a notify service, as its
+    /// check child got it: this release reads it (N-1 → N).
+    #[test]
+    fn the_format_before_is_read_with_what_it_lacks_left_empty() {
+        let v1 = include_bytes!("testdata/snapshot-v1.json");
+        let snap = Snapshot::decode(v1).expect("format 1 is read");
+        assert_eq!(snap.format, 1);
+        assert_eq!(snap.services.len(), 3);
+        assert_eq!(snap.running(), 3);
+        assert_eq!(snap.held.len(), 1);
+        assert!(snap.pins.is_empty() && snap.roots.is_empty());
+        assert_eq!(snap.taken_ms, None);
+        let health = &snap.services[0].core.health;
+        assert_eq!(health.probes_in_ms, [None; 3]);
+    }
+
     #[test]
     fn an_unknown_format_is_refused_by_number() {
         let e = Snapshot::decode(br#"{"format": 99}"#).unwrap_err();
