@@ -150,7 +150,7 @@ pub struct Supervisor {
     /// What every loaded plan gets from us (the spawner's copy too).
     pub(crate) additions: PlanAdditions,
     /// What `isola up` tells of the whole stack (systemd, a terminal).
-    reports: Reports,
+    pub(crate) reports: Reports,
     /// The services whose `resourceRules` are checked.
     pub(crate) rules: ResourceWatch,
     /// The metrics endpoint (`--metrics`) and the scrapes being read.

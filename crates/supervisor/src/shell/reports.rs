@@ -33,6 +33,20 @@ impl Reports {
         self.progress.as_ref().and_then(Progress::deadline)
     }
 
+    /// An upgrade execs now (under systemd: `RELOADING=1`).
+    pub(crate) fn upgrading(&self, status: &str) {
+        if let Some(sd) = self.sd_notify.as_ref() {
+            sd.reloading(status);
+        }
+    }
+
+    /// The upgrade's exec failed.
+    pub(crate) fn upgrade_failed(&self) {
+        if let Some(sd) = self.sd_notify.as_ref() {
+            sd.reload_failed();
+        }
+    }
+
     /// Tell what changed; true when `stderr` got something to flush.
     pub(crate) fn update(&mut self, core: &Core, stderr: &mut Sink) -> bool {
         if let Some(sd) = self.sd_notify.as_mut() {

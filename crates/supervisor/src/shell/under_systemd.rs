@@ -100,6 +100,23 @@ impl SdNotify {
         );
     }
 
+    /// Right before an upgrade's exec (systemd's `notify-reload` protocol):
+    /// the new binary says `READY=1` once it serves the stack. The pid
+    /// stays, so the unit's main pid stays valid.
+    pub(crate) fn reloading(&self, status: &str) {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000)
+            .unwrap_or(0);
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS={status}"
+        ));
+    }
+
+    /// The exec failed: the old binary serves on.
+    pub(crate) fn reload_failed(&self) {
+        self.send("READY=1\nSTATUS=upgrade failed; the running supervisor goes on");
+    }
+
     /// After each turn of the loop: say what changed.
     pub(crate) fn update(&mut self, core: &Core) {
         if core.shutting_down() {

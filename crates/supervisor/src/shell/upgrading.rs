@@ -147,11 +147,14 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return e,
         };
+        self.reports
+            .upgrading(&format!("upgrading to isola {version}"));
         let err = match sealed.cross_exec() {
             Ok(fd) => exec(binary, self.upgrades.args(), fd),
             Err(e) => e,
         };
         sealed.abandon();
+        self.reports.upgrade_failed();
         format!("exec {}: {err}", binary.display())
     }
 
