@@ -429,6 +429,8 @@ fn a_reload_remakes_changed_networks_and_restarts_only_their_members() {
 
 #[path = "networks/cni.rs"]
 mod cni;
+#[path = "networks/upgrade.rs"]
+mod upgrade;
 
 /// isola's bridges on the host (not the pairs that join them).
 fn bridge_names() -> Vec<String> {

@@ -9,6 +9,7 @@
 //! 512 bytes (a big replica group) is cut (TC) and the resolver asks
 //! again over TCP ([`tcp`]), on the same address.
 
+use crate::upgrade::snapshot::DnsRecord;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -219,6 +220,70 @@ impl NameServer {
             pending: HashMap::new(),
             rng: seed(),
             tcp: TcpSide::bind(ctx, at)?,
+        })
+    }
+
+    /// Its sockets, kept across an upgrade's exec (queries forwarded and
+    /// not answered yet are not: their askers retry).
+    pub(crate) fn export(
+        &self,
+        out: &mut isola_runtime::handover::Outgoing,
+    ) -> Result<DnsRecord, nix::errno::Errno> {
+        let udp = (self.sockets.iter())
+            .map(|s| s.as_ref().map(|s| out.keep(s.as_fd())).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok(DnsRecord {
+            udp,
+            tcp: self.tcp.export(out)?,
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(|s| out.keep(s.as_fd()))
+                .transpose()?,
+        })
+    }
+
+    /// The nameserver an older binary ran, on the sockets it handed over.
+    pub(crate) fn adopt(
+        ctx: &mut Ctx<'_>,
+        rec: &DnsRecord,
+        fds: &mut isola_runtime::handover::Incoming,
+    ) -> Result<NameServer, String> {
+        let mut take = |fd: Option<i32>| -> Result<Option<std::os::fd::OwnedFd>, String> {
+            fd.map(|n| {
+                fds.take(n)
+                    .ok_or(format!("nameserver: fd {n} not handed over"))
+            })
+            .transpose()
+        };
+        let epoll = |e: nix::errno::Errno| format!("nameserver: epoll: {e}");
+        let mut sockets = Vec::with_capacity(rec.udp.len());
+        for (k, fd) in rec.udp.iter().enumerate() {
+            let s = take(*fd)?.map(UdpSocket::from);
+            if let Some(s) = &s {
+                ctx.reactor
+                    .add(s.as_fd(), token(k as u64), Interest::Read)
+                    .map_err(epoll)?;
+            }
+            sockets.push(s);
+        }
+        let upstream = take(rec.upstream)?.map(UdpSocket::from);
+        if let Some(s) = &upstream {
+            ctx.reactor
+                .add(s.as_fd(), token(UPSTREAM), Interest::Read)
+                .map_err(epoll)?;
+        }
+        let tcp: Vec<_> = rec
+            .tcp
+            .iter()
+            .map(|fd| take(*fd))
+            .collect::<Result<_, _>>()?;
+        Ok(NameServer {
+            sockets,
+            upstream,
+            pending: HashMap::new(),
+            rng: seed(),
+            tcp: TcpSide::adopt(ctx, tcp)?,
         })
     }
 

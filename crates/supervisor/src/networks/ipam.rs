@@ -5,6 +5,7 @@
 //! sandbox that starts while its service's address is still held by the
 //! sandbox it replaces (an overlap) gets a second one until then.
 
+use crate::upgrade::snapshot::PoolRecord;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -181,6 +182,37 @@ impl Pool {
             by_sandbox: HashMap::new(),
             next: 0,
         }
+    }
+
+    /// What an upgrade hands over (sandboxes by service name).
+    pub(crate) fn record(&self, name_of: &dyn Fn(ServiceIx) -> Option<String>) -> PoolRecord {
+        PoolRecord {
+            by_name: self.by_name.iter().map(|(n, a)| (n.clone(), *a)).collect(),
+            in_use: (self.in_use.iter())
+                .filter_map(|(a, i)| Some((*a, name_of(*i)?)))
+                .collect(),
+            next: self.next,
+        }
+    }
+
+    /// The pool an older binary handed over.
+    pub(crate) fn restored(
+        subnet: Subnet,
+        rec: &PoolRecord,
+        index_of: &dyn Fn(&str) -> Option<ServiceIx>,
+    ) -> Pool {
+        let mut p = Pool::new(subnet);
+        for (name, a) in &rec.by_name {
+            p.set_own(name, *a);
+        }
+        for (a, name) in &rec.in_use {
+            if let Some(i) = index_of(name) {
+                p.in_use.insert(*a, i);
+                p.by_sandbox.entry(i).or_default().push(*a);
+            }
+        }
+        p.next = rec.next;
+        p
     }
 
     /// `name`'s own address: `fixed`, or the one it had, or the next free.

@@ -18,6 +18,7 @@ use crate::spec::stack::ServiceDef;
 
 mod cni;
 mod dns;
+mod handover;
 mod host;
 mod ipam;
 mod lookup;

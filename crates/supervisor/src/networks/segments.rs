@@ -5,6 +5,7 @@
 //! the rules and the nameserver see one network whatever bridge a sandbox
 //! is on.
 
+use crate::upgrade::snapshot::SegmentsRecord;
 use isola_runtime::net::Rtnl;
 
 use super::host::Bridge;
@@ -44,6 +45,33 @@ impl Segments {
         Segments {
             ports: vec![0],
             extra: Vec::new(),
+            limit: ports_per_bridge(),
+        }
+    }
+
+    /// What an upgrade hands over.
+    pub(crate) fn record(&self) -> SegmentsRecord {
+        SegmentsRecord {
+            ports: self.ports.clone(),
+            extra: (self.extra.iter())
+                .map(|(b, end)| (b.name.clone(), b.index, *end))
+                .collect(),
+        }
+    }
+
+    /// The segments an older binary handed over (the bridges are there).
+    pub(crate) fn restored(rec: &SegmentsRecord) -> Segments {
+        Segments {
+            ports: rec.ports.clone(),
+            extra: (rec.extra.iter())
+                .map(|(name, index, end)| {
+                    let b = Bridge {
+                        name: name.clone(),
+                        index: *index,
+                    };
+                    (b, *end)
+                })
+                .collect(),
             limit: ports_per_bridge(),
         }
     }

@@ -14,6 +14,7 @@ use isola_runtime::handover::Incoming;
 use crate::held_sockets::HeldSockets;
 use crate::host::{Inherited, PlanAdditions};
 use crate::metrics::server::BoundMetrics;
+use crate::networks::Networks;
 use crate::outputs::Sink;
 use crate::reaper::Child;
 use crate::sandboxes::{self, Report};
@@ -173,6 +174,7 @@ impl Supervisor {
             listener,
             group,
         } = take_listeners(&cfg, &snap, &mut fds)?;
+        let nets = stack.networks.clone();
         let mut defs = stack.services;
         add_to_all(&additions, &mut defs);
         let prepared = Prepared {
@@ -191,15 +193,21 @@ impl Supervisor {
             stack_text,
         };
         let mut sup = Supervisor::assemble(cfg, prepared)?;
-        sup.take_over(&snap, &mut fds)?;
+        sup.take_over(&snap, nets, &mut fds)?;
         Ok(sup)
     }
 
     /// The services, their roots and the clients, as the older binary had
     /// them; the client that asked is answered.
-    fn take_over(&mut self, snap: &Snapshot, fds: &mut Incoming) -> Result<(), UpError> {
+    fn take_over(
+        &mut self,
+        snap: &Snapshot,
+        nets: Vec<crate::spec::networks::NetworkDef>,
+        fds: &mut Incoming,
+    ) -> Result<(), UpError> {
         self.upgrades = Upgrades::resumed(snap);
         self.restore_membership(snap)?;
+        self.adopt_networks(snap, nets, fds)?;
         self.adopt_roots(snap, fds)?;
         self.adopt_services(snap, fds)?;
         let asked = self.control.adopt(&self.reactor, &snap.conns, fds);
@@ -248,6 +256,34 @@ impl Supervisor {
         self.settle();
         self.core.recycle();
         self.watch_arrivals();
+        Ok(())
+    }
+
+    /// The stack's networks as they ran (bridges, rules and addresses
+    /// untouched), the nameserver on its sockets.
+    fn adopt_networks(
+        &mut self,
+        snap: &Snapshot,
+        nets: Vec<crate::spec::networks::NetworkDef>,
+        fds: &mut Incoming,
+    ) -> Result<(), UpError> {
+        let Some(rec) = &snap.networks else {
+            return Ok(());
+        };
+        let stack_root = self.cfg.cgroup_root.join(stack_name(&self.cfg.stack_path));
+        let core = &self.core;
+        let index_of = |name: &str| core.find(name);
+        let mut n = Networks::adopt(
+            ctx!(self),
+            (rec, nets),
+            (&stack_root, &self.cfg.socket),
+            &index_of,
+            fds,
+        )
+        .map_err(UpError::Setup)?;
+        n.adopted(self.core.services().map(|(_, s)| &s.def))
+            .map_err(UpError::Setup)?;
+        self.networks = Some(n);
         Ok(())
     }
 

@@ -66,7 +66,7 @@ impl Supervisor {
 
     /// What an upgrade cannot carry over yet, named.
     fn not_handed_over(&self) -> Option<&'static str> {
-        self.networks.is_some().then_some("networks")
+        self.networks.as_ref().and_then(|n| n.not_handed_over())
     }
 
     fn refuse_upgrade(&mut self, r: Refusal) {
@@ -181,6 +181,9 @@ impl Supervisor {
         let name_of = |i| self.core.service(i).map(|s| s.def.name.clone());
         (snap.roots, snap.roots_gone, snap.roots_cleared) =
             self.sandboxes.export_roots(out, &name_of)?;
+        snap.networks = (self.networks.as_ref())
+            .map(|n| n.export(out, &name_of))
+            .transpose()?;
         for (i, s) in self.core.services() {
             let (Some(core), Some(sandbox)) = (self.core.export(i, now), self.sandboxes.export(i))
             else {

@@ -181,6 +181,7 @@ impl Upgrades {
             roots: Vec::new(),
             roots_gone: Vec::new(),
             roots_cleared: false,
+            networks: None,
             services: Vec::new(),
         }
     }

@@ -63,6 +63,9 @@ pub(crate) struct Snapshot {
     /// A killed supervisor's roots were set aside already.
     #[serde(default)]
     pub(crate) roots_cleared: bool,
+    /// The stack's networks (bridges and rules stay in the kernel).
+    #[serde(default)]
+    pub(crate) networks: Option<NetworksRecord>,
     pub(crate) services: Vec<ServiceRecord>,
 }
 
@@ -98,6 +101,50 @@ pub(crate) struct HeldRecord {
     pub(crate) group: String,
     pub(crate) index: usize,
     pub(crate) fd: RawFd,
+}
+
+/// The stack's networks as the old binary ran them, by network in the
+/// stack's order; sandboxes by service name.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NetworksRecord {
+    pub(crate) subnets: Vec<String>,
+    /// isola's bridge of each network (name, ifindex).
+    pub(crate) bridges: Vec<Option<(String, u32)>>,
+    pub(crate) segments: Vec<SegmentsRecord>,
+    pub(crate) pools: Vec<PoolRecord>,
+    /// Which bridge of each network a running sandbox's pair is on.
+    pub(crate) ports: Vec<(String, Vec<(usize, usize)>)>,
+    /// The addresses each running sandbox has, by network.
+    pub(crate) addrs: Vec<(String, Vec<(usize, std::net::Ipv4Addr)>)>,
+    pub(crate) seq: u32,
+    pub(crate) bridge_seq: usize,
+    pub(crate) dns: DnsRecord,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SegmentsRecord {
+    pub(crate) ports: Vec<usize>,
+    /// Each further bridge (name, ifindex) and its pair's host end.
+    pub(crate) extra: Vec<(String, u32, u32)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PoolRecord {
+    pub(crate) by_name: Vec<(String, std::net::Ipv4Addr)>,
+    pub(crate) in_use: Vec<(std::net::Ipv4Addr, String)>,
+    pub(crate) next: u32,
+}
+
+/// The nameserver's sockets: UDP and TCP per network, the upstream's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DnsRecord {
+    pub(crate) udp: Vec<Option<RawFd>>,
+    pub(crate) tcp: Vec<Option<RawFd>>,
+    pub(crate) upstream: Option<RawFd>,
 }
 
 /// An image root held: its name in the store, its lock's fd, the services

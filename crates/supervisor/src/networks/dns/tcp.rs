@@ -74,6 +74,40 @@ impl TcpSide {
         })
     }
 
+    /// The listeners, kept across an upgrade's exec (connections are not:
+    /// a client asks again).
+    pub(super) fn export(
+        &self,
+        out: &mut isola_runtime::handover::Outgoing,
+    ) -> Result<Vec<Option<i32>>, nix::errno::Errno> {
+        (self.listeners.iter())
+            .map(|l| l.as_ref().map(|l| out.keep(l.as_fd())).transpose())
+            .collect()
+    }
+
+    /// The listeners an older binary had.
+    pub(super) fn adopt(
+        ctx: &mut Ctx<'_>,
+        fds: Vec<Option<std::os::fd::OwnedFd>>,
+    ) -> Result<TcpSide, String> {
+        let mut listeners = Vec::with_capacity(fds.len());
+        for (k, fd) in fds.into_iter().enumerate() {
+            let l = fd.map(TcpListener::from);
+            if let Some(l) = &l {
+                ctx.reactor
+                    .add(l.as_fd(), token(LISTENERS | k as u64), Interest::Read)
+                    .map_err(|e| format!("nameserver: epoll: {e}"))?;
+            }
+            listeners.push(l);
+        }
+        Ok(TcpSide {
+            listeners,
+            conns: HashMap::new(),
+            next: 0,
+            reserve: std::fs::File::open("/dev/null").ok(),
+        })
+    }
+
     /// An event of ours: the queries it brought (`None`: not ours).
     pub(super) fn on_event(&mut self, ctx: &mut Ctx<'_>, key: u64) -> Option<Vec<TcpQuery>> {
         match key & KIND {
