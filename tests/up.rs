@@ -201,6 +201,23 @@ impl Up {
             .unwrap()
     }
 
+    /// An `isola events --json` client, and its events as they come.
+    pub fn events(&self) -> (Child, std::sync::mpsc::Receiver<Value>) {
+        use std::io::{BufRead, BufReader};
+        let mut client = self.spawn_cli(&["events", "--json"]);
+        let out = client.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        (client, rx)
+    }
+
     /// The last word of each of the service's last 10 stdout lines.
     pub fn stdout_words(&self, name: &str) -> Vec<String> {
         let (code, out, err) = self.cli(&["logs", "-n", "10", name]);

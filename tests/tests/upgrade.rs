@@ -5,8 +5,6 @@
 //! the same pids, no fd or memory left behind — and a refused upgrade
 //! that changes nothing.
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use isola_tests::load::*;
@@ -125,22 +123,6 @@ fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
     assert_clean();
 }
 
-/// The events of an `isola events --json` client, as they come.
-fn events(up: &Up) -> (std::process::Child, Receiver<Value>) {
-    let mut client = up.spawn_cli(&["events", "--json"]);
-    let out = client.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    (client, rx)
-}
-
 #[test]
 fn an_exit_an_oom_kill_and_ready_during_upgrades_are_each_told_once() {
     require_vm();
@@ -182,7 +164,7 @@ while True:
     for name in ["quitter", "hog", "ready"] {
         up.wait_state(name, "running");
     }
-    let (mut client, rx) = events(&up);
+    let (mut client, rx) = up.events();
     std::thread::sleep(Duration::from_millis(500));
     let (code, _, err) = upgrade(&up, &[]);
     assert_eq!(code, 0, "{err}");

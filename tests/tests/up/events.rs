@@ -1,11 +1,10 @@
 //! `isola events`: the stream of what the supervisor does.
 
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use isola_tests::up::*;
 use isola_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[test]
 fn events_stream_what_the_supervisor_does_to_every_service() {
@@ -20,17 +19,7 @@ fn events_stream_what_the_supervisor_does_to_every_service() {
     );
     up.wait_state("a", "running");
     up.wait_state("b", "running");
-    let mut client = up.spawn_cli(&["events", "--json"]);
-    let out = client.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut client, rx) = up.events();
     // The subscription is in place once a restart shows up in the stream.
     let t = Instant::now();
     let first = loop {
