@@ -108,6 +108,25 @@ fn a_cni_network_gives_the_same_answers_and_releases_its_addresses() {
         s["state"] == "running" && s["pid"] != px
     });
     wait_leases(&dir, 2, "after a restart");
+    // An upgrade: no DEL and no ADD — the same leases, addresses and
+    // sandboxes — and names answer; a restart after it releases the lease
+    // with what the old binary's ADD answered, and takes one.
+    let now = || {
+        (
+            leases(&dir),
+            address(&up, "x", "c"),
+            up.service("x")["pid"].clone(),
+        )
+    };
+    let before = now();
+    let (rc, out, err) = up.cli(&["upgrade"]);
+    assert_eq!(rc, 0, "{out}{err}\n{}", up.stderr());
+    assert_eq!(now(), before);
+    assert_eq!(ask(&up, "y", "x", 9100), "x");
+    let (rc, _, err) = up.cli(&["restart", "x"]);
+    assert_eq!(rc, 0, "{err}");
+    wait_leases(&dir, 2, "after a restart after the upgrade");
+    assert_ne!(leases(&dir), before.0, "the old lease was released");
     // SIGKILLed: the leases stay, the next `up` releases them.
     let mut child = up.child.take().unwrap();
     child.kill().unwrap();

@@ -2,8 +2,10 @@
 //! table stay in the kernel (nothing is made or removed), the nameserver's
 //! sockets cross the exec (a query sent meanwhile waits in its socket),
 //! and the addresses — each service's own and each running sandbox's —
-//! go by service name, as indices may differ in the new binary. Networks
-//! driven by CNI plugins are not handed over yet.
+//! go by service name, as indices may differ in the new binary. On CNI
+//! networks the running sandboxes' attachments (what each ADD answered)
+//! go over too, and the cache of them is the new binary's as it is: no
+//! DEL runs for a sandbox that lives on.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,12 +44,9 @@ fn by_index<T: Clone>(
 }
 
 impl Networks {
-    /// What an upgrade cannot carry over yet, named.
-    pub(crate) fn not_handed_over(&self) -> Option<&'static str> {
-        self.nets
-            .iter()
-            .any(|n| n.cni().is_some())
-            .then_some("CNI networks")
+    /// CNI plugins at work: an upgrade waits for them.
+    pub(crate) fn busy(&self) -> bool {
+        self.cni.busy()
     }
 
     /// Everything, sandboxes by service name; the nameserver's sockets
@@ -73,6 +72,7 @@ impl Networks {
             seq: self.seq,
             bridge_seq: self.bridge_seq,
             dns,
+            cni: self.cni.export(name_of),
         })
     }
 
@@ -112,7 +112,7 @@ impl Networks {
             seq: rec.seq,
             bridge_seq: rec.bridge_seq,
             files: files_dir(control_socket, ""),
-            cni: CniRuns::new(cni_cache(control_socket)),
+            cni: CniRuns::adopted(cni_cache(control_socket), &rec.cni, index_of),
             nets,
         })
     }

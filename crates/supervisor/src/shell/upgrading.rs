@@ -1,5 +1,4 @@
-//! `isola upgrade` in the loop: refused at once for what cannot be handed
-//! over yet, then the new binary's check (a child), then the wait for the
+//! `isola upgrade` in the loop: the new binary's check (a child), then the wait for the
 //! stack to be at rest, then the snapshot of every part and the exec. The
 //! parts each hand over their own fds and state (`export`); this is where
 //! they meet.
@@ -45,11 +44,6 @@ impl Supervisor {
         if self.upgrades.under_way() {
             return Err("an upgrade is under way already".into());
         }
-        if let Some(what) = self.not_handed_over() {
-            return Err(format!(
-                "this stack has {what}, which an upgrade does not hand over yet"
-            ));
-        }
         let binary = self.upgrades.binary_for(binary)?;
         let mut dry = Outgoing::dry();
         let snap = self.snapshot(&mut dry, conn)?;
@@ -62,11 +56,6 @@ impl Supervisor {
             "upgrade: asking the new binary to read the state (pid {pid})"
         ));
         Ok(())
-    }
-
-    /// What an upgrade cannot carry over yet, named.
-    fn not_handed_over(&self) -> Option<&'static str> {
-        self.networks.as_ref().and_then(|n| n.not_handed_over())
     }
 
     fn refuse_upgrade(&mut self, r: Refusal) {
@@ -87,6 +76,10 @@ impl Supervisor {
             .busy()
             .or_else(|| self.sandboxes.busy())
             .or_else(|| (!self.probes.idle()).then(|| "a probe is in flight".into()))
+            .or_else(|| {
+                let cni = self.networks.as_ref().is_some_and(|n| n.busy());
+                cni.then(|| "CNI plugins are at work".into())
+            })
             .or_else(|| self.metrics.busy().then(|| "a scrape is being read".into()))
     }
 
@@ -105,12 +98,7 @@ impl Supervisor {
         if busy.is_some() {
             return;
         }
-        let changed = self
-            .upgrades
-            .still_as_checked()
-            .err()
-            .or_else(|| Some(format!("this stack now has {}", self.not_handed_over()?)));
-        if let Some(why) = changed {
+        if let Err(why) = self.upgrades.still_as_checked() {
             let r = self.upgrades.give_up(why);
             return self.refuse_upgrade(r);
         }

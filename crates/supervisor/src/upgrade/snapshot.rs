@@ -120,6 +120,10 @@ pub(crate) struct NetworksRecord {
     pub(crate) seq: u32,
     pub(crate) bridge_seq: usize,
     pub(crate) dns: DnsRecord,
+    /// Running sandboxes on CNI networks: service, `CNI_NETNS`, and what
+    /// each ADD answered (DEL and CHECK are given it).
+    #[serde(default)]
+    pub(crate) cni: Vec<(String, String, Vec<serde_json::Value>)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

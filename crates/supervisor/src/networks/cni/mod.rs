@@ -126,6 +126,65 @@ impl CniRuns {
         }
     }
 
+    /// Plugins at work (an upgrade waits for them).
+    pub(crate) fn busy(&self) -> bool {
+        !self.ops.is_empty() || !self.deleting.is_empty() || !self.checks.is_empty()
+    }
+
+    /// The running sandboxes' attachments, by service name, with their
+    /// `CNI_NETNS` (an upgrade hands them over).
+    pub(crate) fn export(
+        &self,
+        name_of: &dyn Fn(ServiceIx) -> Option<String>,
+    ) -> Vec<(String, String, Vec<Value>)> {
+        self.starts
+            .iter()
+            .filter_map(|(i, s)| {
+                let netns = s.attachments.first()?.netns.clone();
+                let all = (s.attachments.iter())
+                    .filter_map(|a| serde_json::to_value(a).ok())
+                    .collect();
+                Some((name_of(*i)?, netns, all))
+            })
+            .collect()
+    }
+
+    /// What an older binary ran: its cache is the running sandboxes', so
+    /// nothing in it is deleted (unlike [`CniRuns::new`]).
+    pub(crate) fn adopted(
+        cache: PathBuf,
+        starts: &[(String, String, Vec<Value>)],
+        index_of: &dyn Fn(&str) -> Option<ServiceIx>,
+    ) -> CniRuns {
+        let mut runs = CniRuns {
+            ops: HashMap::new(),
+            next: 0,
+            starts: HashMap::new(),
+            deleting: HashMap::new(),
+            checks: VecDeque::new(),
+            checking: 0,
+            cache,
+        };
+        for (name, netns, all) in starts {
+            let Some(i) = index_of(name) else { continue };
+            let attachments: Vec<Attachment> = (all.iter())
+                .filter_map(|v| serde_json::from_value::<Attachment>(v.clone()).ok())
+                .map(|mut a| {
+                    a.netns.clone_from(netns);
+                    a
+                })
+                .collect();
+            let start = Start {
+                attachments,
+                pending: 0,
+                failed: None,
+                ending: false,
+            };
+            runs.starts.insert(i, start);
+        }
+        runs
+    }
+
     /// Sandbox `i` (its init `init`) holds in its network namespace: ADD
     /// it to each of `nets` (network name, its list, interface name).
     /// None: it is done at once.
