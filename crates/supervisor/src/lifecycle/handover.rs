@@ -9,12 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::exit_policy::LastExit;
+use super::run_health::millis;
 use super::{Core, Down, Effect, Phase, RunHealth};
 use crate::upgrade::snapshot::{CoreRecord, ExitRecord, PhaseRecord};
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn ago(now: Instant, ms: u64) -> Instant {
     now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)

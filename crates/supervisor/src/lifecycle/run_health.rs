@@ -26,7 +26,8 @@ use crate::lifecycle::exit_policy::Reason;
 use crate::spec::health::{Health, ProbeKind};
 use crate::upgrade::snapshot::HealthRecord;
 
-fn millis(d: Duration) -> u64 {
+/// Whole milliseconds, saturating (snapshot times).
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

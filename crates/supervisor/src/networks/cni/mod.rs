@@ -115,6 +115,11 @@ impl CniRuns {
             }
             let _ = std::fs::remove_file(&path);
         }
+        CniRuns::empty(cache)
+    }
+
+    /// Nothing at work, nothing known; results cached in `cache`.
+    fn empty(cache: PathBuf) -> CniRuns {
         CniRuns {
             ops: HashMap::new(),
             next: 0,
@@ -156,15 +161,7 @@ impl CniRuns {
         starts: &[(String, String, Vec<Value>)],
         index_of: &dyn Fn(&str) -> Option<ServiceIx>,
     ) -> CniRuns {
-        let mut runs = CniRuns {
-            ops: HashMap::new(),
-            next: 0,
-            starts: HashMap::new(),
-            deleting: HashMap::new(),
-            checks: VecDeque::new(),
-            checking: 0,
-            cache,
-        };
+        let mut runs = CniRuns::empty(cache);
         for (name, netns, all) in starts {
             let Some(i) = index_of(name) else { continue };
             let attachments: Vec<Attachment> = (all.iter())
