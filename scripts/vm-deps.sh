@@ -40,6 +40,9 @@ command -v openssl >/dev/null || need+=(openssl)
 # Log forwarding is tested against a real systemd-journald, run standalone.
 [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v journalctl >/dev/null || need+=(systemd)
+# Rootless: subordinate id ranges are mapped by the setuid newuidmap and
+# newgidmap (Debian uidmap).
+command -v newuidmap >/dev/null || need+=(uidmap)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

@@ -14,6 +14,7 @@ use nix::sys::stat::Mode;
 
 use crate::error::SpecError;
 
+pub mod delegated;
 mod stats;
 pub use stats::{StatFiles, Stats};
 

@@ -20,6 +20,7 @@ use crate::seccomp::Program;
 pub(crate) mod capabilities;
 mod fields;
 mod read;
+pub mod rootless;
 
 use capabilities::CapSets;
 

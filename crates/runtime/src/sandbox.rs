@@ -21,6 +21,7 @@ use crate::plan::Plan;
 use crate::{exit, init, sys};
 
 pub mod gate;
+pub(crate) mod id_maps;
 pub mod join;
 
 #[derive(Debug, Clone)]
@@ -264,7 +265,15 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         None
     } else {
         let cg = Cgroup::create(opts.cgroup_root, opts.name, &plan.cgroup_files)?;
-        if let Err(e) = cg.attach_device_filter(&plan.device_filter) {
+        // Unprivileged, we cannot load the filter (BPF needs CAP_SYS_ADMIN
+        // in the initial namespace); the sandbox's own user namespace
+        // stands in: mknod of a real device is refused there, and what is
+        // bound from the host's /dev keeps the host's permissions.
+        let filter = match nix::unistd::geteuid().is_root() {
+            true => cg.attach_device_filter(&plan.device_filter),
+            false => Ok(()),
+        };
+        if let Err(e) = filter {
             let _ = cg.destroy();
             return Err(e.into());
         }
@@ -338,15 +347,7 @@ fn check_options(plan: &Plan, opts: &Options) -> Result<(), Error> {
 /// The child waits: its id maps written (a new user namespace), then `G`,
 /// then the container's state for in-container hooks.
 fn let_go(plan: &Plan, opts: &Options, pid: Pid, ours: &OwnedFd) -> Result<(), Error> {
-    for (file, map) in [("uid_map", &plan.uid_map), ("gid_map", &plan.gid_map)] {
-        if let Some(m) = map {
-            let p = format!("/proc/{}/{file}", pid.as_raw());
-            std::fs::write(&p, m).map_err(|e| Error::Setup {
-                step: "user namespace".into(),
-                message: format!("write {p}: {e}"),
-            })?;
-        }
-    }
+    id_maps::write(pid, plan.uid_map.as_deref(), plan.gid_map.as_deref())?;
     sync::write(ours, &Msg::Go).map_err(|e| Error::sys("sync", e))?;
     if !plan.container_hooks.is_empty() {
         let mut state = opts

@@ -29,6 +29,7 @@ pub mod spawner;
 pub mod spec;
 pub mod supervisor;
 pub mod upgrade;
+pub mod user_dirs;
 
 /// The spec modules at their old paths (the CLI's).
 pub use spec::{health, policy, sockets, stack};

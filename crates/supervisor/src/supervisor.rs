@@ -64,7 +64,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Parent of the stack's group: sandboxes live in `<cgroup_root>/<stack>/<service>`.
     pub cgroup_root: PathBuf,
-    pub no_cgroup: bool,
+    /// Why the stack runs without cgroups, when it does.
+    pub no_cgroup: Option<NoCgroup>,
     pub logs: LogConfig,
     /// Print service output prefixed with the service name.
     pub echo: bool,
@@ -72,6 +73,16 @@ pub struct Config {
     pub metrics: Option<crate::metrics::MetricsAddr>,
     /// The image store image services' roots come from (`--store`).
     pub image_store: PathBuf,
+}
+
+/// Why a stack runs without cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoCgroup {
+    /// `--no-cgroup`.
+    Asked,
+    /// An unprivileged user with no cgroup subtree delegated: limits are
+    /// refused with this line (what is missing, and how to get it).
+    Undelegated(String),
 }
 
 impl Config {
@@ -187,7 +198,7 @@ impl Supervisor {
         // spawner is forked.
         let additions = PlanAdditions {
             inherited: host::Inherited::adjust(),
-            no_cgroup: cfg.no_cgroup,
+            no_cgroup: cfg.no_cgroup.is_some(),
             socket: cfg.socket.clone(),
         };
         block_signals()?;
@@ -260,7 +271,7 @@ impl Supervisor {
         };
         let sandbox_setup = sandboxes::Setup {
             stack_root: cfg.cgroup_root.join(stack_name(&cfg.stack_path)),
-            no_cgroup: cfg.no_cgroup,
+            no_cgroup: cfg.no_cgroup.is_some(),
             group: p.group,
             spawner: p.spawner.ok(),
             stats_cap: p.stats_cap,

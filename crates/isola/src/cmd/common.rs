@@ -11,7 +11,8 @@ use crate::Exit;
 
 #[derive(clap::Args)]
 pub(crate) struct SocketArg {
-    /// Control socket [default: $ISOLA_SOCKET or /run/isola/isola.sock].
+    /// Control socket [default: $ISOLA_SOCKET or /run/isola/isola.sock; for a
+    /// user, $XDG_RUNTIME_DIR/isola/isola.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
 }

@@ -9,6 +9,7 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::image::ImageFlags;
+use crate::placement::Placement;
 use crate::quick::{self, Images, Prepared};
 use crate::Exit;
 
@@ -17,9 +18,10 @@ pub(crate) struct RunArgs {
     /// Sandbox name (cgroup directory, messages) [default: spec file stem + pid].
     #[arg(long)]
     name: Option<String>,
-    /// Parent cgroup of the sandbox's group.
-    #[arg(long, default_value = cgroup::DEFAULT_ROOT)]
-    cgroup_root: PathBuf,
+    /// Parent cgroup of the sandbox's group [default: /sys/fs/cgroup/isola;
+    /// for a user, isola/ in the cgroup subtree delegated to them].
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     /// Skip the cgroup (only for specs without linux.resources).
     #[arg(long)]
     no_cgroup: bool,
@@ -62,6 +64,8 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
         .unwrap_or_default();
     let name = name.unwrap_or_else(|| default_name(&label));
     cgroup::check_name(&name).map_err(usage)?;
+    let placement = Placement::choose(cgroup_root, no_cgroup)?;
+    let no_cgroup = placement.is_without();
     let images = Images {
         name: &name,
         flags: &image,
@@ -90,7 +94,14 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
         )),
     }?;
     let Prepared { plan, root } = prepared;
-    let status = attached(plan, name, cgroup_root, no_cgroup);
+    let refused = plan
+        .has_resources()
+        .then(|| placement.refuse_limits("linux.resources"))
+        .flatten();
+    let status = match refused {
+        Some(e) => Err(e),
+        None => attached(plan, name, &placement),
+    };
     // A one-shot sandbox's writes go with it, as `podman run --rm`.
     if let Some(r) = root {
         r.remove().map_err(|e| Exit(exit::SETUP, e.to_string()))?;
@@ -117,10 +128,7 @@ fn default_name(path: &str) -> String {
 }
 
 /// Start `plan`'s sandbox and wait for it, passing our signals on.
-fn attached(plan: Plan, name: String, cgroup_root: PathBuf, no_cgroup: bool) -> Result<u8, Exit> {
-    if !no_cgroup {
-        cgroup::check_root(&cgroup_root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
-    }
+fn attached(plan: Plan, name: String, placement: &Placement) -> Result<u8, Exit> {
     // Block the forwarded signals (and SIGCHLD) before the init is cloned:
     // it inherits the mask and takes them with sigwait; we read ours from a
     // signalfd and pass them on.
@@ -141,8 +149,8 @@ fn attached(plan: Plan, name: String, cgroup_root: PathBuf, no_cgroup: bool) -> 
         hook_state: None,
         net: isola_runtime::net::Networking::default(),
         name: &name,
-        cgroup_root: &cgroup_root,
-        no_cgroup,
+        cgroup_root: placement.root().unwrap_or(Path::new(cgroup::DEFAULT_ROOT)),
+        no_cgroup: placement.root().is_none(),
         stdio: None,
         sibling: false,
     };

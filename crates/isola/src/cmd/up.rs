@@ -1,13 +1,16 @@
 //! `isola up` and `isola down`: a stack's supervisor started, in the
 //! foreground or (`-d`) the background, and ended.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use isola_runtime::{cgroup, exit};
 use isola_supervisor::logs::LogConfig;
 use isola_supervisor::metrics::MetricsAddr;
-use isola_supervisor::supervisor;
+use isola_supervisor::supervisor::{self, NoCgroup};
+use isola_supervisor::user_dirs;
+
+use crate::placement::{self, Placement};
 
 use crate::cmd::common::SocketArg;
 use crate::image::{self, ImageFlags};
@@ -17,7 +20,8 @@ use crate::{client, detach, Exit};
 pub(crate) struct UpArgs {
     #[command(flatten)]
     socket: SocketArg,
-    /// Directory of the per-service log files [default: /var/log/isola/<stack>].
+    /// Directory of the per-service log files [default: /var/log/isola/<stack>;
+    /// for a user, ${XDG_STATE_HOME:-~/.local/state}/isola/<stack>].
     #[arg(long)]
     log_dir: Option<PathBuf>,
     /// Rotate a service's log when it would exceed this many bytes.
@@ -26,9 +30,11 @@ pub(crate) struct UpArgs {
     /// Log files kept per service, the live one included.
     #[arg(long, default_value_t = 5)]
     log_files: u32,
-    /// Parent cgroup: services run in <cgroup-root>/<stack>/<service>.
-    #[arg(long, default_value = cgroup::DEFAULT_ROOT)]
-    cgroup_root: PathBuf,
+    /// Parent cgroup: services run in <cgroup-root>/<stack>/<service>
+    /// [default: /sys/fs/cgroup/isola; for a user, isola/ in the cgroup
+    /// subtree delegated to them].
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     /// Run without cgroups (no service may set linux.resources).
     #[arg(long)]
     no_cgroup: bool,
@@ -62,7 +68,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     // First, before any fd of ours is opened: an upgrade's handover.
     let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
         .map_err(|e| Exit(exit::FAILURE, e))?;
-    let (cfg, images, detach, wait_seconds) = config(args);
+    let (cfg, images, detach, wait_seconds) = config(args)?;
     // Images are pulled here, before anything starts (and before `-d`
     // detaches, so progress and failures show where the user looks).
     let detached = std::env::var_os(detach::DETACHED_ENV).is_some();
@@ -83,7 +89,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
 /// `isola handover-check up ARGS…`: can this binary take over from the
 /// supervisor whose snapshot is on stdin (started with these arguments)?
 pub(crate) fn handover_check(args: UpArgs) -> Result<u8, Exit> {
-    let (cfg, ..) = config(args);
+    let (cfg, ..) = config(args)?;
     let (_, payload) = isola_runtime::handover::read(std::io::stdin().lock())
         .map_err(|e| Exit(exit::FAILURE, e))?;
     let said = isola_supervisor::upgrade::check_resume(&cfg, &payload)
@@ -93,7 +99,7 @@ pub(crate) fn handover_check(args: UpArgs) -> Result<u8, Exit> {
 }
 
 /// The supervisor's configuration, the image flags, `-d` and its wait.
-fn config(args: UpArgs) -> (supervisor::Config, ImageFlags, bool, u64) {
+fn config(args: UpArgs) -> Result<(supervisor::Config, ImageFlags, bool, u64), Exit> {
     let UpArgs {
         socket,
         log_dir,
@@ -108,12 +114,19 @@ fn config(args: UpArgs) -> (supervisor::Config, ImageFlags, bool, u64) {
         images,
         stack,
     } = args;
-    let dir =
-        log_dir.unwrap_or_else(|| Path::new("/var/log/isola").join(supervisor::stack_name(&stack)));
+    let dir = log_dir.unwrap_or_else(|| user_dirs::log_dir(&supervisor::stack_name(&stack)));
+    let placement = Placement::choose(cgroup_root, no_cgroup)?;
+    let no_cgroup = match placement {
+        Placement::Under(_) => None,
+        Placement::Without => Some(NoCgroup::Asked),
+        Placement::Undelegated => Some(NoCgroup::Undelegated(placement::undelegated_line())),
+    };
     let cfg = supervisor::Config {
         stack_path: stack,
         socket: socket.path(),
-        cgroup_root,
+        cgroup_root: placement
+            .root()
+            .map_or_else(|| PathBuf::from(cgroup::DEFAULT_ROOT), PathBuf::from),
         no_cgroup,
         logs: LogConfig {
             dir,
@@ -124,7 +137,7 @@ fn config(args: UpArgs) -> (supervisor::Config, ImageFlags, bool, u64) {
         metrics,
         image_store: images.store.root(),
     };
-    (cfg, images, detach, wait_seconds)
+    Ok((cfg, images, detach, wait_seconds))
 }
 
 /// The supervisor in the foreground (or taking over from the one an

@@ -23,6 +23,8 @@ use crate::init::hookrun::{HookRun, InContainer};
 use crate::seccomp::{self, Program};
 use crate::spec::ServiceSpec;
 
+use super::rootless;
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Plan {
@@ -89,6 +91,10 @@ impl Plan {
             container_hooks,
             warnings,
         };
+        let mut plan = plan;
+        if let (Dialect::Isola, Some(ids)) = (dialect, rootless::OwnedIds::of_caller()) {
+            rootless::adapt(&mut plan, ids)?;
+        }
         plan.precheck_command()?;
         Ok(plan)
     }

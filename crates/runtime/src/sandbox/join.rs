@@ -143,17 +143,52 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     let (uid, gid) = opts.user.unwrap_or((plan.uid, plan.gid));
     let cwd = opts.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
     let cgroup = target.cgroup.map(crate::cgroup::open_dir).transpose()?;
+    let through = entry_point(target)?;
     #[allow(unsafe_code)]
     // SAFETY: single-threaded (checked above); the child leaves only through
     // `waiter`, which ends in exit_now.
     let forked = unsafe { sys::clone3(0, cgroup.as_ref().map(|c| c.as_fd()), false) };
     match forked.map_err(|e| Error::sys("exec: clone3", e))? {
         sys::Forked::Child => {
-            let code = waiter(target, opts, flags, &env, uid, gid, &cwd);
+            let via = through.as_ref().map_or(target.init, |p| p.as_fd());
+            let code = waiter(target, via, opts, flags, &env, uid, gid, &cwd);
             sys::exit_now(code)
         }
         sys::Forked::Parent { pid, pidfd } => Ok(Joined { pid, pidfd }),
     }
+}
+
+/// Which process to join the namespaces of, when not the init: an
+/// unprivileged caller joins a sandbox of its own user namespace through
+/// the payload. The init is not dumpable (nothing in the sandbox may open
+/// its /proc files), and its memory was made in the host's user namespace,
+/// so only CAP_SYS_PTRACE there could enter through it; the payload was
+/// exec'd inside, where the caller owns the namespace.
+fn entry_point(target: &Target<'_>) -> Result<Option<OwnedFd>, Error> {
+    if nix::unistd::geteuid().is_root() || !target.plan.new_user_ns() {
+        return Ok(None);
+    }
+    let fd = target.init.as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .map_err(|e| Error::sys("exec: the init's pidfd", io_errno(&e)))?;
+    let init = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::sys("exec: the sandbox has ended", Errno::ESRCH))?;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .map_err(|e| Error::sys("exec: the sandbox's payload", io_errno(&e)))?;
+    let payload = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .ok_or_else(|| Error::sys("exec: the sandbox's payload has ended", Errno::ESRCH))?;
+    pidfd_of(Pid::from_raw(payload)).map(Some)
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// The signals the waiter handles itself.
@@ -172,8 +207,10 @@ fn waiter_signals() -> SigSet {
 }
 
 /// In the waiter: join, fork the command, wait for it; returns our exit code.
+#[allow(clippy::too_many_arguments)]
 fn waiter(
     target: &Target<'_>,
+    via: BorrowedFd<'_>,
     opts: &Options,
     flags: u64,
     env: &[CString],
@@ -205,7 +242,7 @@ fn waiter(
     }
     if flags != 0 {
         let bits = i32::try_from(flags).unwrap_or(0);
-        if let Err(e) = nix::sched::setns(target.init, CloneFlags::from_bits_retain(bits)) {
+        if let Err(e) = nix::sched::setns(via, CloneFlags::from_bits_retain(bits)) {
             return setup_failed("join the sandbox's namespaces", &e);
         }
     }

@@ -29,10 +29,15 @@ pub const DEFAULT_SOCKET: &str = "/run/isola/isola.sock";
 /// Lines of log history `logs` sends when the request does not say.
 pub const DEFAULT_LOG_LINES: usize = 100;
 
-/// `--socket`, else `$ISOLA_SOCKET`, else the default.
+/// `--socket`, else `$ISOLA_SOCKET`, else the default: root's
+/// [`DEFAULT_SOCKET`], a user's `isola/isola.sock` in their runtime
+/// directory ([`crate::user_dirs::runtime_dir`]).
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("ISOLA_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        .unwrap_or_else(|| match nix::unistd::geteuid().is_root() {
+            true => PathBuf::from(DEFAULT_SOCKET),
+            false => crate::user_dirs::runtime_dir().join("isola/isola.sock"),
+        })
 }
 
 fn default_log_lines() -> usize {

@@ -17,7 +17,7 @@ use crate::sandboxes;
 use crate::spawner::Spawner;
 use crate::spec::rules::RuleMetric;
 use crate::spec::stack::{self, ServiceDef, Stack};
-use crate::supervisor::{now_ms, setup, stack_name, Config, UpError, MAX_STARTING};
+use crate::supervisor::{now_ms, setup, stack_name, Config, NoCgroup, UpError, MAX_STARTING};
 
 pub(crate) fn read_stack(path: &Path) -> Result<String, SpecError> {
     std::fs::read_to_string(path)
@@ -43,10 +43,10 @@ pub(crate) enum Loading {
 
 /// What `new` and a reload check of a parsed stack, alike.
 pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<Checked, UpError> {
-    if cfg.no_cgroup {
-        check_no_cgroup(&stack)?;
+    if let Some(why) = &cfg.no_cgroup {
+        check_no_cgroup(&stack, why)?;
     }
-    if when == Loading::Start && !cfg.no_cgroup {
+    if when == Loading::Start && cfg.no_cgroup.is_none() {
         isola_runtime::cgroup::check_root(&cfg.cgroup_root)
             .map_err(|e| UpError::Spec(SpecError::new("--cgroup-root", e.to_string())))?;
         isola_runtime::cgroup::check_unified().map_err(setup("cgroup"))?;
@@ -63,8 +63,14 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
 
 /// What reads or writes a sandbox's cgroup cannot be had with
 /// `--no-cgroup`: the first such field, named.
-fn check_no_cgroup(stack: &Stack) -> Result<(), UpError> {
-    let refuse = |field: String, why: &str| Err(UpError::Spec(SpecError::new(field, why)));
+fn check_no_cgroup(stack: &Stack, off: &NoCgroup) -> Result<(), UpError> {
+    let refuse = |field: String, why: &str| {
+        let why = match off {
+            NoCgroup::Asked => why.to_string(),
+            NoCgroup::Undelegated(line) => line.clone(),
+        };
+        Err(UpError::Spec(SpecError::new(field, why)))
+    };
     for d in stack.services.iter().chain(&stack.autoscaled) {
         if !d.policy.resource_rules.is_empty() {
             return refuse(
@@ -214,7 +220,7 @@ pub(crate) fn spawner_and_text(
 /// The stack's cgroup, claimed (`None` with --no-cgroup); what a dead
 /// supervisor left there is removed, and said.
 pub(crate) fn claim_group(cfg: &Config, stderr: &mut Sink) -> Result<Option<StackGroup>, UpError> {
-    if cfg.no_cgroup {
+    if cfg.no_cgroup.is_some() {
         return Ok(None);
     }
     // Only once the group is ours: what is left in it is a dead

@@ -159,7 +159,7 @@ impl Supervisor {
         let snap = Snapshot::decode(&fds.payload).map_err(UpError::Setup)?;
         let additions = PlanAdditions {
             inherited: Inherited::from_record(snap.inherited),
-            no_cgroup: cfg.no_cgroup,
+            no_cgroup: cfg.no_cgroup.is_some(),
             socket: cfg.socket.clone(),
         };
         block_signals()?;
