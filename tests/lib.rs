@@ -185,6 +185,7 @@ pub fn assert_clean() {
     assert!(procs.is_empty(), "payload processes left: {procs:?}");
 }
 pub mod load;
+pub mod rootless;
 pub mod up;
 
 /// A child's pid as nix wants it (pids fit in i32: pid_max is at most 2^22).

@@ -44,6 +44,8 @@ pub enum CgroupError {
         path: PathBuf,
         available: String,
     },
+    #[error("controller {controllers} is not delegated to this user: enabling it takes a write to {path}, which is not theirs (delegate it too, e.g. systemd's Delegate=yes on a unit that has it)")]
+    NotDelegated { controllers: String, path: PathBuf },
     #[error("{path}: device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {step}: {source}")]
     DeviceFilter {
         path: PathBuf,
@@ -83,7 +85,10 @@ impl CgroupError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            CgroupError::NotUnified(_) | CgroupError::BadRoot(_) | CgroupError::InUse(..)
+            CgroupError::NotUnified(_)
+                | CgroupError::BadRoot(_)
+                | CgroupError::InUse(..)
+                | CgroupError::NotDelegated { .. }
         )
     }
 }
@@ -445,6 +450,7 @@ fn enable_controllers(
     let ctl_path = dir.join("cgroup.subtree_control");
     let enabled = fs::read_to_string(&ctl_path).map_err(io_err(&ctl_path))?;
     let mut add = String::new();
+    let mut needed_add = String::new();
     for c in wanted {
         let is_available = available.split_whitespace().any(|a| a == c);
         if !is_available {
@@ -462,15 +468,33 @@ fn enable_controllers(
         }
         if !enabled.split_whitespace().any(|e| e == c) {
             add.push_str(&format!("+{c} "));
+            if files.iter().any(|f| f.controller() == Some(c.as_str())) {
+                needed_add.push_str(&format!("+{c} "));
+            }
         }
     }
-    if add.is_empty() {
+    if add.is_empty() || fs::write(&ctl_path, add.trim_end()).is_ok() {
         return Ok(());
     }
-    fs::write(&ctl_path, add.trim_end()).map_err(|source| CgroupError::Write {
-        path: ctl_path,
-        value: add,
-        source,
+    // A base controller we may not enable (a directory above a subtree
+    // delegated to an unprivileged user is not ours to write) is only
+    // missing from status; a controller a limit needs is an error.
+    if needed_add.is_empty() {
+        return Ok(());
+    }
+    fs::write(&ctl_path, needed_add.trim_end()).map_err(|source| {
+        if source.kind() == ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() {
+            CgroupError::NotDelegated {
+                controllers: needed_add.replace('+', "").trim().to_string(),
+                path: ctl_path,
+            }
+        } else {
+            CgroupError::Write {
+                path: ctl_path,
+                value: needed_add,
+                source,
+            }
+        }
     })
 }
 
