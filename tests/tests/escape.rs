@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use isola_tests::rootless::user;
 use isola_tests::*;
 use serde_json::{json, Value};
 
@@ -180,6 +181,10 @@ fn spec(caps: Option<&[&str]>, seccomp: bool) -> Value {
 
 fn run(spec: &Value) -> BTreeMap<String, i32> {
     let (code, out, err) = run_spec(spec, &[]);
+    rows(code, &out, &err)
+}
+
+fn rows(code: i32, out: &str, err: &str) -> BTreeMap<String, i32> {
     assert_eq!(code, 0, "{out}\n{err}");
     out.lines()
         .map(|l| {
@@ -329,5 +334,126 @@ fn rootfs_symlinks_cannot_lead_mount_targets_or_nodes_onto_the_host() {
         out.contains("tmpfs-here") && out.contains("escape-node"),
         "{out}"
     );
+    assert_clean();
+}
+
+/// Rows only a rootless sandbox adds: what the device filter does for
+/// root (a node of a real device), and files the user may not touch.
+const USER_ROWS: &str = r#"
+import stat
+def mk():
+    os.mknod("/tmp/blk", stat.S_IFBLK | 0o600, os.makedev(8, 0))
+    return 0
+print("mknod(block 8:0)", attempt(mk))
+print("write:<root's file, bound writable>", attempt(write(os.environ["ROOT_FILE"])))
+def read(path):
+    def f():
+        os.close(os.open(path, os.O_RDONLY))
+        return 0
+    return f
+print("read:/etc/shadow", attempt(read("/etc/shadow")))
+"#;
+
+/// Rows that need a capability in the host's user namespace: with every
+/// capability and no seccomp, root's sandbox reaches the kernel (the
+/// harmless arguments fail there, or the call works); the user's gets
+/// EPERM, because its capabilities are its own namespace's. (swapon,
+/// iopl and ioperm check their arguments before the capability: with
+/// harmless ones they cannot tell.)
+const HOST_CAPABILITY_ROWS: &[&str] = &[
+    "kexec_load",
+    "init_module",
+    "finit_module",
+    "settimeofday",
+    "clock_settime",
+    "acct",
+    "open_by_handle_at",
+];
+
+/// The escape suite as an unprivileged user, at its worst: every
+/// capability and no seccomp profile. What stops each attempt is the
+/// user's own rights (its user namespace, file permissions), never more.
+#[test]
+fn as_a_user_every_capability_and_no_seccomp_stays_within_the_users_rights() {
+    require_vm();
+    let u = user();
+    let theirs = std::env::temp_dir().join(format!("isola-escape-root-{}", std::process::id()));
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("file"), "root's").unwrap();
+    let mut s = spec(Some(ALL_CAPS), false);
+    s["process"]["args"] = json!(["python3", "-c", format!("{PROBE}{USER_ROWS}")]);
+    s["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(format!("ROOT_FILE={}/file", theirs.display())));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": theirs, "type": "bind", "source": theirs, "options": ["rbind", "rw"]}));
+    let root = run(&s);
+    // The starter's limits too, in a subtree delegated to the user.
+    let d = isola_tests::rootless::Delegated::new("escape");
+    let out = u.isola(
+        Some(&d.login),
+        &["run", "-"],
+        &s.to_string(),
+        std::time::Duration::from_secs(120),
+    );
+    let (code, stdout, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let users = rows(code, &stdout, &stderr);
+    let _ = std::fs::remove_dir_all(&theirs);
+    const EACCES: i32 = 13;
+    const ENOENT: i32 = 2;
+    const ESRCH: i32 = 3;
+    let mut table = String::from("| attempt | root, every capability | user, every capability |\n");
+    for (name, r) in &users {
+        table += &format!(
+            "| {name} | {} | {r} |\n",
+            root.get(name).copied().unwrap_or(-1)
+        );
+    }
+    eprintln!("{table}");
+    let mut wrong = Vec::new();
+    for name in HOST_CAPABILITY_ROWS {
+        if users[*name] != EPERM || root[*name] == EPERM {
+            wrong.push(format!(
+                "{name}: the user's namespace should be what refuses it"
+            ));
+        }
+    }
+    let want = [
+        ("mknod(block 8:0)", EPERM),
+        ("write:<root's file, bound writable>", EACCES),
+        ("read:/etc/shadow", EACCES),
+        ("write:/proc/1/exe", EACCES),
+        ("kill(outside, 0)", ESRCH),
+        ("ptrace(attach outside)", ESRCH),
+    ];
+    for (name, errno) in want {
+        if users[name] != errno {
+            wrong.push(format!("{name}: {} (expected {errno})", users[name]));
+        }
+    }
+    // The init's root is not the user's to enter (EACCES), or is the
+    // sandbox's own (ENOENT).
+    let init_root = users["stat:/proc/1/root/<host file>"];
+    if ![EACCES, ENOENT].contains(&init_root) {
+        wrong.push(format!("stat:/proc/1/root/<host file>: {init_root}"));
+    }
+    for name in [
+        "write:/proc/sys/kernel/hostname",
+        "write:/proc/sysrq-trigger",
+        "write:/sys/kernel/profiling",
+        "write:/etc/passwd",
+    ] {
+        if users[name] == 0 {
+            wrong.push(format!("{name}: it worked"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n{table}", wrong.join("\n"));
     assert_clean();
 }

@@ -87,6 +87,9 @@ impl Placement {
 /// What is missing for limits, and how to get it.
 pub(crate) fn undelegated_line() -> String {
     let own = match (cgroup::check_unified(), delegated::own_group()) {
+        (Ok(()), Some(g)) if g == std::path::Path::new("/sys/fs/cgroup") => {
+            "isola runs in the root cgroup".into()
+        }
         (Ok(()), Some(g)) => format!("isola runs in {}, whose parent is not yours", g.display()),
         _ => "this host's /sys/fs/cgroup is not cgroup v2".into(),
     };
