@@ -32,7 +32,7 @@ impl Placement {
         if no_cgroup {
             return Ok(Placement::Without);
         }
-        if nix::unistd::geteuid().is_root() {
+        if !isola_runtime::plan::rootless::unprivileged() {
             let root = explicit.unwrap_or_else(|| PathBuf::from(cgroup::DEFAULT_ROOT));
             cgroup::check_root(&root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
             return Ok(Placement::Under(root));

@@ -269,9 +269,9 @@ pub fn spawn(plan: &Plan, opts: &Options) -> Result<Starting, Error> {
         // in the initial namespace); the sandbox's own user namespace
         // stands in: mknod of a real device is refused there, and what is
         // bound from the host's /dev keeps the host's permissions.
-        let filter = match nix::unistd::geteuid().is_root() {
-            true => cg.attach_device_filter(&plan.device_filter),
-            false => Ok(()),
+        let filter = match crate::plan::rootless::unprivileged() {
+            false => cg.attach_device_filter(&plan.device_filter),
+            true => Ok(()),
         };
         if let Err(e) = filter {
             let _ = cg.destroy();

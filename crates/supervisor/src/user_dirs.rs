@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
+/// Root of the host (not of a user namespace of its own).
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    !isola_runtime::plan::rootless::unprivileged()
 }
 
 /// Runtime files (sockets): `/run` for root; `$XDG_RUNTIME_DIR`, else
@@ -17,7 +18,7 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let uid = nix::unistd::geteuid();
+    let uid = nix::unistd::getuid();
     let run_user = PathBuf::from(format!("/run/user/{uid}"));
     if run_user.is_dir() {
         return run_user;

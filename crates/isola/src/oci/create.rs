@@ -229,7 +229,8 @@ pub(super) fn write_pid_file(path: &Path, pid: i32) -> Result<(), Failed> {
 pub(crate) struct Placement {
     parent: PathBuf,
     leaf: String,
-    /// No cgroup: a host without cgroup v2 and a spec without resources.
+    /// No cgroup: a host without cgroup v2, or a parent an unprivileged
+    /// caller may not write, and a spec without resources.
     none: bool,
 }
 
@@ -259,7 +260,7 @@ fn placement(g: &Globals, plan: &Plan, id: &str) -> Result<Placement, Failed> {
     let (leaf, parents) = names
         .split_last()
         .ok_or_else(|| Failed::usage(format!("{field}: the root group is no container's")))?;
-    let parent = parents
+    let mut parent = parents
         .iter()
         .fold(PathBuf::from(CGROUP_MOUNT), |p, n| p.join(n));
     if parent == Path::new(CGROUP_MOUNT) {
@@ -268,7 +269,23 @@ fn placement(g: &Globals, plan: &Plan, id: &str) -> Result<Placement, Failed> {
             path.display()
         )));
     }
-    let none = cgroup::check_unified().is_err() && !plan.has_resources();
+    let mut none = cgroup::check_unified().is_err() && !plan.has_resources();
+    // Unprivileged (podman rootless with cgroupfs asks for no path, or
+    // one it may not make): in the subtree delegated to the caller, else
+    // without a group — unless limits need one.
+    if isola_runtime::plan::rootless::unprivileged() && !none && !cgroup::delegated::usable(&parent)
+    {
+        match cgroup::delegated::default_root() {
+            Some(root) => parent = root,
+            None if plan.has_resources() => {
+                return Err(Failed::usage(format!(
+                    "linux.resources: {}",
+                    crate::placement::undelegated_line()
+                )))
+            }
+            None => none = true,
+        }
+    }
     Ok(Placement {
         parent,
         leaf: leaf.clone(),

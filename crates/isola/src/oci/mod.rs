@@ -22,8 +22,19 @@ mod hooks;
 mod ops;
 mod state;
 
-/// The state root when `--root` is not given.
-pub(crate) const DEFAULT_ROOT: &str = "/run/isola-oci";
+/// The state root when `--root` is not given: root's.
+const DEFAULT_ROOT: &str = "/run/isola-oci";
+
+/// The state root when `--root` is not given: [`DEFAULT_ROOT`], or
+/// `isola-oci` in an unprivileged caller's runtime directory (podman
+/// rootless calls us as root of its user namespace, with its
+/// `XDG_RUNTIME_DIR`).
+fn default_root() -> PathBuf {
+    match isola_runtime::plan::rootless::unprivileged() {
+        false => PathBuf::from(DEFAULT_ROOT),
+        true => isola_supervisor::user_dirs::runtime_dir().join("isola-oci"),
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +43,10 @@ pub(crate) const DEFAULT_ROOT: &str = "/run/isola-oci";
     about = "OCI runtime commands (runc's command line; see docs/oci.md)"
 )]
 struct OciCli {
-    /// Directory of the containers' state.
-    #[arg(long, default_value = DEFAULT_ROOT)]
-    root: PathBuf,
+    /// Directory of the containers' state [default: /run/isola-oci; for a
+    /// user, $XDG_RUNTIME_DIR/isola-oci].
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Also write errors to this file.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -212,11 +224,9 @@ pub(crate) fn wants(args: &[OsString]) -> bool {
                     || rest
                         .iter()
                         .find(|r| !r.starts_with('-'))
-                        .is_some_and(|id| exists(Path::new(DEFAULT_ROOT), id))
+                        .is_some_and(|id| exists(&default_root(), id))
             }
-            "start" => rest
-                .first()
-                .is_some_and(|id| exists(Path::new(DEFAULT_ROOT), id)),
+            "start" => rest.first().is_some_and(|id| exists(&default_root(), id)),
             _ => false,
         };
     }
@@ -277,7 +287,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     let g = Globals {
-        root: cli.root,
+        root: cli.root.unwrap_or_else(default_root),
         systemd_cgroup: cli.systemd_cgroup,
         log: cli.log,
         log_format: cli.log_format,

@@ -11,6 +11,25 @@ use std::path::Path;
 use crate::error::SpecError;
 use crate::plan::Plan;
 
+/// Whether this process lacks the host's privileges: it is not root, or
+/// it is root of a user namespace other than the host's (podman rootless
+/// runs its OCI runtime so; crun and runc tell it the same way). Read once.
+pub fn unprivileged() -> bool {
+    static UNPRIVILEGED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNPRIVILEGED.get_or_init(|| {
+        !nix::unistd::geteuid().is_root()
+            || std::fs::read_to_string("/proc/self/uid_map")
+                .map(|m| !is_initial_map(&m))
+                .unwrap_or(false)
+    })
+}
+
+/// The initial user namespace's map: every id to itself.
+fn is_initial_map(map: &str) -> bool {
+    let f: Vec<&str> = map.split_whitespace().collect();
+    f == ["0", "0", "4294967295"]
+}
+
 /// One `/etc/subuid` (or subgid) range: `count` host ids from `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubRange {
@@ -227,6 +246,13 @@ mod tests {
             ]
         );
         assert!(sub_ranges(t, Some("carol"), 1001).is_empty());
+    }
+
+    #[test]
+    fn only_the_full_identity_map_is_the_hosts() {
+        assert!(is_initial_map("         0          0 4294967295\n"));
+        assert!(!is_initial_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_initial_map("0 0 1\n"));
     }
 
     #[test]

@@ -34,9 +34,9 @@ pub const DEFAULT_LOG_LINES: usize = 100;
 /// directory ([`crate::user_dirs::runtime_dir`]).
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("ISOLA_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| match nix::unistd::geteuid().is_root() {
-            true => PathBuf::from(DEFAULT_SOCKET),
-            false => crate::user_dirs::runtime_dir().join("isola/isola.sock"),
+        .unwrap_or_else(|| match isola_runtime::plan::rootless::unprivileged() {
+            false => PathBuf::from(DEFAULT_SOCKET),
+            true => crate::user_dirs::runtime_dir().join("isola/isola.sock"),
         })
 }
 
