@@ -602,6 +602,12 @@ def main():
     if setting == "host":
         import bench_images
         res["images"] = bench_images.run(work, setting, int(arg("--img-n", 1000)))
+        import bench_rootless
+        rl_work = os.path.join(work, "rootless-bench")
+        os.makedirs(rl_work)
+        os.chmod(work, 0o755)
+        os.chmod(rl_work, 0o755)
+        res["rootless"] = bench_rootless.run(rl_work, 5, int(arg("--like-n", 100)))
     import bench_networks
     if setting == "vm":
         res["networks"] = bench_networks.run(work, ISOLA)
@@ -675,6 +681,8 @@ def report(paths):
     lines += bench_observe.report(loaded.get("host", {}), loaded.get("vm", {}))
     import bench_images
     lines += bench_images.report(loaded.get("host", {}).get("images"))
+    import bench_rootless
+    lines += bench_rootless.report(loaded.get("host", {}).get("rootless"))
     import bench_networks
     lines += bench_networks.report(loaded.get("vm", {}))
     lines += bench_networks.report_host(loaded.get("host", {}))

@@ -409,8 +409,16 @@ fn rootfs_propagation(linux: &Linux) -> Result<MsFlags, SpecError> {
 /// (which needs them) and only then.
 fn id_maps(linux: &Linux, clone_flags: u64) -> Result<(Option<String>, Option<String>), SpecError> {
     let new_user = clone_flags & libc::CLONE_NEWUSER as u64 != 0;
-    let uid_map = id_map("linux.uidMappings", linux.uid_mappings(), new_user)?;
-    let gid_map = id_map("linux.gidMappings", linux.gid_mappings(), new_user)?;
+    // An unprivileged caller's own ids fill a user namespace the spec
+    // leaves unmapped (`crun spec --rootless` writes one so): see
+    // `rootless::adapt`.
+    let fill = new_user && rootless::OwnedIds::of_caller().is_some();
+    let map = |field, v: &Option<Vec<_>>| match v.as_ref().is_none_or(|m| m.is_empty()) && fill {
+        true => Ok(None),
+        false => id_map(field, v, new_user),
+    };
+    let uid_map = map("linux.uidMappings", linux.uid_mappings())?;
+    let gid_map = map("linux.gidMappings", linux.gid_mappings())?;
     Ok((uid_map, gid_map))
 }
 

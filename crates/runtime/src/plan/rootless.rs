@@ -138,11 +138,12 @@ fn mapped_len(subs: &[SubRange]) -> u64 {
 }
 
 /// Give `plan` a user namespace of its own mapping `ids`, unless the spec
-/// made one itself (its maps are then the caller's to get right: the
-/// kernel or the helpers refuse what the caller does not own). The
-/// payload's ids must be among the mapped ones.
+/// made and mapped one itself (its maps are then the caller's to get
+/// right: the kernel or the helpers refuse what the caller does not
+/// own). The payload's ids must be among the mapped ones.
 pub(crate) fn adapt(plan: &mut Plan, ids: &OwnedIds) -> Result<(), SpecError> {
-    if plan.new_user_ns() || !plan.join.is_empty() {
+    let mapped = plan.uid_map.is_some() && plan.gid_map.is_some();
+    if (plan.new_user_ns() && mapped) || !plan.join.is_empty() {
         return Ok(());
     }
     plan.clone_flags |= libc::CLONE_NEWUSER as u64;
