@@ -43,6 +43,8 @@ command -v journalctl >/dev/null || need+=(systemd)
 # Rootless: subordinate id ranges are mapped by the setuid newuidmap and
 # newgidmap (Debian uidmap).
 command -v newuidmap >/dev/null || need+=(uidmap)
+# ... and their outbound access goes through pasta (Debian passt).
+command -v pasta >/dev/null || need+=(passt)
 dpkg-query -W -f='${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "isola: installing what the VM needs: ${need[*]}"

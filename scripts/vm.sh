@@ -64,12 +64,12 @@ if [ ! -f "$cache/stamp" ] || [ "$(cat "$cache/stamp")" != "$stamp" ] \
     trap 'rm -rf "$ird"' EXIT
     mkdir -p "$ird"/{bin,proc,sys,dev,newroot,mods}
     cp /bin/busybox "$ird/bin/busybox"
-    for a in sh mount insmod mkdir switch_root cat echo poweroff; do ln -s busybox "$ird/bin/$a"; done
+    for a in sh mount insmod mkdir switch_root cat echo poweroff chmod; do ln -s busybox "$ird/bin/$a"; done
     : > "$ird/mods/order"
     # Stack networks need veth pairs, bridges and nftables with NAT;
     # autoscaling reads unix listeners' queues over sock_diag; image roots
-    # are overlays.
-    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq unix_diag overlay; do
+    # are overlays; a rootless sandbox's outbound access is pasta's tap.
+    for m in 9pnet_virtio 9p virtio_pci virtio_blk loop veth bridge nf_tables nft_chain_nat nft_masq unix_diag overlay tun; do
         modprobe -S "$kver" --show-depends "$m" | while read -r verb path _; do
             [ "$verb" = insmod ] || continue
             base=$(basename "$path")
@@ -84,6 +84,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /mods/order); do insmod /mods/$m || echo "initramfs: insmod $m failed"; done
+# What udev would do: /dev/net/tun is for everyone (pasta opens it as a user).
+[ -e /dev/net/tun ] && chmod 666 /dev/net/tun
 o=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o ro,$o,cache=loose hostroot /newroot || { echo "initramfs: cannot mount host root"; poweroff -f; }
 mount -t tmpfs -o mode=755 tmpfs /newroot/run

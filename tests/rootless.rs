@@ -229,10 +229,9 @@ pub fn user_processes() -> Vec<String> {
             .is_some_and(|u| u == UID || (SUB_START..SUB_START + SUB_COUNT).contains(&u));
         if ours {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            found.push(format!(
-                "{pid}: {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push(format!("{pid}: {cmd} ({})", stat.trim()));
         }
     }
     found

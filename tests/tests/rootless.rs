@@ -571,3 +571,94 @@ fn podman_rootless_runs_containers_with_isola_as_with_crun() {
     );
     assert_eq!(got, "67108864");
 }
+
+/// An uplink for pasta to copy: the VM has no network device, and pasta
+/// takes the host's addresses and routes from its default route. Removed
+/// on drop.
+struct Uplink;
+
+impl Uplink {
+    fn new() -> Uplink {
+        let ip = |args: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", &format!("ip {args}")])
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args}");
+        };
+        ip("link add isola-up0 type veth peer name isola-up1");
+        ip("addr add 10.250.0.2/24 dev isola-up0");
+        ip("link set isola-up0 up");
+        ip("link set isola-up1 up");
+        ip("route add default via 10.250.0.1");
+        Uplink
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "isola-up0"])
+            .status();
+    }
+}
+
+#[test]
+fn net_pasta_gives_a_users_sandbox_outbound_access() {
+    require_vm();
+    let u = user();
+    let _up = Uplink::new();
+    // A server on the VM's loopback: pasta maps the gateway's address to it.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in server.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"outside\n");
+        }
+    });
+    let fetch = format!(
+        "G=$(ip route | awk '/default/ {{print $3}}'); [ -n \"$G\" ] || {{ echo no-route; exit 3; }}; python3 -c \"import socket; s=socket.create_connection(('$G', {port}), 5); print(s.recv(100).decode().strip())\""
+    );
+    let out = u.isola(
+        None,
+        &["run", "--net", "pasta", "--", "sh", "-c", &fetch],
+        "",
+        LIMIT,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "outside");
+    // The control: its own namespace without pasta has no way out.
+    let out = u.isola(
+        None,
+        &["run", "--net", "none", "--", "sh", "-c", &fetch],
+        "",
+        LIMIT,
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "no-route",
+        "{}",
+        text(&out.stderr)
+    );
+    // pasta quits with the namespace.
+    let t = Instant::now();
+    while !rootless::user_processes().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            rootless::user_processes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Root is told what to use instead.
+    let out = isola(&["run", "--net", "pasta", "--", "true"], "", LIMIT);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--net pasta: for unprivileged users"));
+}

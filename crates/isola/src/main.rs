@@ -16,6 +16,7 @@ mod cmd;
 mod detach;
 mod image;
 mod oci;
+mod outbound;
 mod placement;
 mod quick;
 mod schema;

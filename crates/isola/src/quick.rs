@@ -81,8 +81,9 @@ pub(crate) struct LimitFlags {
 #[derive(clap::Args, Default)]
 pub(crate) struct QuickFlags {
     /// The command's network (without a spec): none (its own namespace,
-    /// loopback only) or host.
-    #[arg(long, value_parser = ["none", "host"])]
+    /// loopback only), pasta (its own namespace, outbound through pasta)
+    /// or host.
+    #[arg(long, value_parser = ["none", "pasta", "host"])]
     net: Option<String>,
     /// Host paths visible read-only (without a spec; e.g. under /tmp).
     #[arg(long)]
@@ -90,6 +91,13 @@ pub(crate) struct QuickFlags {
     /// Host paths writable (without a spec).
     #[arg(long)]
     rw: Vec<PathBuf>,
+}
+
+impl QuickFlags {
+    /// `--net pasta`: outbound access through pasta.
+    pub(crate) fn outbound(&self) -> bool {
+        self.net.as_deref() == Some("pasta")
+    }
 }
 
 impl LimitFlags {

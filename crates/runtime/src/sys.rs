@@ -398,6 +398,27 @@ pub fn spawn_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<
     unsafe { fork_helper(keep, body) }
 }
 
+/// Have `cmd`'s process start with no signal blocked. isola blocks the
+/// signals it reads from a signalfd, and a blocked mask survives fork and
+/// exec: a helper it runs (pasta) would never see SIGTERM, nor reap its
+/// own children on SIGCHLD.
+pub fn with_no_signals_blocked(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, and
+    // only calls sigprocmask with a set on its stack: async-signal-safe,
+    // no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Install a classic BPF seccomp filter on the calling thread.
 /// Without no_new_privs the caller needs CAP_SYS_ADMIN (the OCI order when
 /// `noNewPrivileges` is false).

@@ -65,6 +65,14 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
     let name = name.unwrap_or_else(|| default_name(&label));
     cgroup::check_name(&name).map_err(usage)?;
     let placement = Placement::choose(cgroup_root, no_cgroup)?;
+    if quick.outbound() && !isola_runtime::plan::rootless::unprivileged() {
+        // Debian's pasta drops root for nobody before it opens the
+        // namespace, and root has better: stack networks.
+        return Err(Exit(
+            exit::USAGE,
+            "--net pasta: for unprivileged users; as root, put the command on a stack network (isola up) or use --net host".into(),
+        ));
+    }
     let no_cgroup = placement.is_without();
     let images = Images {
         name: &name,
@@ -94,13 +102,14 @@ pub(crate) fn run(args: RunArgs) -> Result<u8, Exit> {
         )),
     }?;
     let Prepared { plan, root } = prepared;
+    let outbound = quick.outbound();
     let refused = plan
         .has_resources()
         .then(|| placement.refuse_limits("linux.resources"))
         .flatten();
     let status = match refused {
         Some(e) => Err(e),
-        None => attached(plan, name, &placement),
+        None => attached(plan, name, &placement, outbound),
     };
     // A one-shot sandbox's writes go with it, as `podman run --rm`.
     if let Some(r) = root {
@@ -128,7 +137,7 @@ fn default_name(path: &str) -> String {
 }
 
 /// Start `plan`'s sandbox and wait for it, passing our signals on.
-fn attached(plan: Plan, name: String, placement: &Placement) -> Result<u8, Exit> {
+fn attached(plan: Plan, name: String, placement: &Placement, outbound: bool) -> Result<u8, Exit> {
     // Block the forwarded signals (and SIGCHLD) before the init is cloned:
     // it inherits the mask and takes them with sigwait; we read ours from a
     // signalfd and pass them on.
@@ -147,17 +156,30 @@ fn attached(plan: Plan, name: String, placement: &Placement) -> Result<u8, Exit>
         listen: isola_runtime::listen::Listen::default(),
         detach: None,
         hook_state: None,
-        net: isola_runtime::net::Networking::default(),
+        net: isola_runtime::net::Networking {
+            interfaces: &[],
+            hold: outbound,
+        },
         name: &name,
         cgroup_root: placement.root().unwrap_or(Path::new(cgroup::DEFAULT_ROOT)),
         no_cgroup: placement.root().is_none(),
         stdio: None,
         sibling: false,
     };
-    let mut sb = sandbox::start(&plan, &opts).map_err(|e| {
-        let code = u8::try_from(e.exit_code()).unwrap_or(exit::SETUP);
-        Exit(code, format!("{name}: {e}"))
-    })?;
+    // pasta, when asked for, lives as long as the sandbox.
+    let (mut sb, _pasta) = match outbound {
+        true => {
+            let (sb, pasta) = crate::outbound::start(&plan, &opts, &name)?;
+            (sb, Some(pasta))
+        }
+        false => (
+            sandbox::start(&plan, &opts).map_err(|e| {
+                let code = u8::try_from(e.exit_code()).unwrap_or(exit::SETUP);
+                Exit(code, format!("{name}: {e}"))
+            })?,
+            None,
+        ),
+    };
     let waited = sb.wait(Some(&mut sfd));
     let outcome = sb
         .finish()
