@@ -19,6 +19,7 @@ mod oci;
 mod outbound;
 mod placement;
 mod quick;
+mod rootless_net;
 mod schema;
 mod top;
 mod view;

@@ -493,7 +493,13 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
     // without CAP_SETGID; only call it when there is something to set or we
     // are allowed to clear.
     if !plan.new_user_ns() || !gids.is_empty() {
-        nix::unistd::setgroups(&gids).map_err(step("user", "setgroups"))?;
+        match nix::unistd::setgroups(&gids) {
+            // Root of a user namespace whose gid_map was written with
+            // setgroups denied (a rootless supervisor's own): there is
+            // nothing to clear that it could clear.
+            Err(nix::errno::Errno::EPERM) if gids.is_empty() && setgroups_denied() => {}
+            r => r.map_err(step("user", "setgroups"))?,
+        }
     }
     nix::sys::prctl::set_keepcaps(true).map_err(step("user", "PR_SET_KEEPCAPS"))?;
     let g = Gid::from_raw(gid);
@@ -502,6 +508,11 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
     nix::unistd::setresuid(u, u, u).map_err(step("user", format!("setuid {uid}")))?;
     nix::sys::prctl::set_keepcaps(false).map_err(step("user", "PR_SET_KEEPCAPS"))?;
     Ok(())
+}
+
+/// Whether this user namespace was mapped with setgroups denied.
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
 /// The init's life after the payload started: reap, forward, exit.

@@ -104,6 +104,7 @@ fn plan_of(name: &str, target: &ExecTarget) -> Result<Plan, Exit> {
             .unwrap_or_else(isola_images::store::default_root),
         supervisor::stack_name(&target.stack),
     );
+    crate::rootless_net::read_plans_as_its_supervisor(&target.stack);
     let stack = supervisor::load_stack_with(&target.stack, &images)
         .map_err(|e| Exit(exit::FAILURE, format!("{}: {e}", target.stack.display())))?;
     stack

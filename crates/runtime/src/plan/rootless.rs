@@ -11,6 +11,16 @@ use std::path::Path;
 use crate::error::SpecError;
 use crate::plan::Plan;
 
+static FOR_NAMESPACE_ROOT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Plans read from now on are a supervisor's that is root of a user
+/// namespace of its own (a user's stack with networks, read by `isola
+/// exec` from outside it): they get no user namespace of their own.
+pub fn plans_for_namespace_root() {
+    FOR_NAMESPACE_ROOT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether this process lacks the host's privileges: it is not root, or
 /// it is root of a user namespace other than the host's (podman rootless
 /// runs its OCI runtime so; crun and runc tell it the same way). Read once.
@@ -51,10 +61,15 @@ impl OwnedIds {
     /// The caller's, or `None` for root (nothing to adapt); read once.
     pub fn of_caller() -> Option<&'static OwnedIds> {
         static CALLER: std::sync::OnceLock<Option<OwnedIds>> = std::sync::OnceLock::new();
+        if FOR_NAMESPACE_ROOT.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         CALLER.get_or_init(OwnedIds::read).as_ref()
     }
 
-    fn read() -> Option<OwnedIds> {
+    /// The caller's, read now (not kept: a process about to become root
+    /// of a user namespace of its own must not adapt plans for it later).
+    pub fn read() -> Option<OwnedIds> {
         let uid = nix::unistd::geteuid();
         if uid.is_root() {
             return None;
@@ -122,7 +137,7 @@ fn sub_ranges(text: &str, name: Option<&str>, id: u32) -> Vec<SubRange> {
 }
 
 /// The map text: our own id at 0, the ranges from 1 on.
-fn map_text(own: u32, subs: &[SubRange]) -> String {
+pub fn map_text(own: u32, subs: &[SubRange]) -> String {
     let mut m = format!("0 {own} 1\n");
     let mut next = 1u64;
     for r in subs {

@@ -135,7 +135,7 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     let joined_ns = plan.join.iter().fold(0u64, |acc, (f, _)| {
         acc | u64::try_from(f.bits()).unwrap_or(0)
     });
-    let flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
+    let mut flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
     let mut env = plan.env.clone();
     for e in &opts.env {
         crate::plan::set_env(&mut env, e.clone());
@@ -144,13 +144,18 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     let cwd = opts.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
     let cgroup = target.cgroup.map(crate::cgroup::open_dir).transpose()?;
     let through = entry_point(target)?;
+    if let Some(entry) = &through {
+        // The user namespace to join is the payload's: its own, a rootless
+        // supervisor's, or ours.
+        flags = (flags & !(libc::CLONE_NEWUSER as u64)) | entry.user_flag;
+    }
     #[allow(unsafe_code)]
     // SAFETY: single-threaded (checked above); the child leaves only through
     // `waiter`, which ends in exit_now.
     let forked = unsafe { sys::clone3(0, cgroup.as_ref().map(|c| c.as_fd()), false) };
     match forked.map_err(|e| Error::sys("exec: clone3", e))? {
         sys::Forked::Child => {
-            let via = through.as_ref().map_or(target.init, |p| p.as_fd());
+            let via = through.as_ref().map_or(target.init, |e| e.pidfd.as_fd());
             let code = waiter(target, via, opts, flags, &env, uid, gid, &cwd);
             sys::exit_now(code)
         }
@@ -158,14 +163,20 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     }
 }
 
-/// Which process to join the namespaces of, when not the init: an
-/// unprivileged caller joins a sandbox of its own user namespace through
-/// the payload. The init is not dumpable (nothing in the sandbox may open
-/// its /proc files), and its memory was made in the host's user namespace,
-/// so only CAP_SYS_PTRACE there could enter through it; the payload was
-/// exec'd inside, where the caller owns the namespace.
-fn entry_point(target: &Target<'_>) -> Result<Option<OwnedFd>, Error> {
-    if nix::unistd::geteuid().is_root() || !target.plan.new_user_ns() {
+/// The process to join the namespaces of, when not the init.
+struct Entry {
+    pidfd: OwnedFd,
+    /// CLONE_NEWUSER when its user namespace is not ours.
+    user_flag: u64,
+}
+
+/// An unprivileged caller (or root of a user namespace of its own) joins
+/// through the payload. The init is not dumpable (nothing in the sandbox
+/// may open its /proc files), and its memory was made in the host's user
+/// namespace, so only CAP_SYS_PTRACE there could enter through it; the
+/// payload was exec'd inside, where the caller owns the namespace.
+fn entry_point(target: &Target<'_>) -> Result<Option<Entry>, Error> {
+    if !crate::plan::rootless::unprivileged() {
         return Ok(None);
     }
     let fd = target.init.as_raw_fd();
@@ -184,7 +195,17 @@ fn entry_point(target: &Target<'_>) -> Result<Option<OwnedFd>, Error> {
         .next()
         .and_then(|p| p.parse::<i32>().ok())
         .ok_or_else(|| Error::sys("exec: the sandbox's payload has ended", Errno::ESRCH))?;
-    pidfd_of(Pid::from_raw(payload)).map(Some)
+    let pidfd = pidfd_of(Pid::from_raw(payload))?;
+    let user_ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let theirs = user_ns(&format!("/proc/{payload}/ns/user"))
+        .map_err(|e| Error::sys("exec: the payload's user namespace", io_errno(&e)))?;
+    let ours = user_ns("/proc/self/ns/user")
+        .map_err(|e| Error::sys("exec: our user namespace", io_errno(&e)))?;
+    let user_flag = match theirs == ours {
+        true => 0,
+        false => libc::CLONE_NEWUSER as u64,
+    };
+    Ok(Some(Entry { pidfd, user_flag }))
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
