@@ -109,6 +109,7 @@ enum Command {
 }
 
 /// A failure with the exit code it maps to.
+#[derive(Debug)]
 pub struct Exit(pub u8, pub String);
 
 fn main() -> ExitCode {
