@@ -236,3 +236,61 @@ pub fn user_processes() -> Vec<String> {
     }
     found
 }
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `GET /` over HTTP/1.0 on 127.0.0.1:`port`: the whole answer.
+pub fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// An uplink for pasta to copy: the VM has no network device, and pasta
+/// takes the host's addresses and routes from its default route. Removed
+/// on drop.
+pub struct Uplink(());
+
+impl Uplink {
+    pub fn up() -> Uplink {
+        let ip = |args: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", &format!("ip {args}")])
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args}");
+        };
+        ip("link add isola-up0 type veth peer name isola-up1");
+        ip("addr add 10.250.0.2/24 dev isola-up0");
+        ip("link set isola-up0 up");
+        ip("link set isola-up1 up");
+        ip("route add default via 10.250.0.1");
+        Uplink(())
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "isola-up0"])
+            .status();
+    }
+}
+
+/// A busybox rootfs in `dir` (`bin/busybox`, `bin/sh`).
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    root
+}

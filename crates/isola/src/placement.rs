@@ -32,7 +32,13 @@ impl Placement {
         if no_cgroup {
             return Ok(Placement::Without);
         }
-        if !isola_runtime::plan::rootless::unprivileged() {
+        // Root of the host, or root of a namespace that may write the
+        // default root (a container with its cgroups delegated): root's
+        // rules. Root of podman's user namespace is not.
+        let rootful = !isola_runtime::plan::rootless::unprivileged()
+            || (nix::unistd::geteuid().is_root()
+                && delegated::usable(std::path::Path::new(cgroup::DEFAULT_ROOT)));
+        if rootful {
             let root = explicit.unwrap_or_else(|| PathBuf::from(cgroup::DEFAULT_ROOT));
             cgroup::check_root(&root).map_err(|e| Exit(exit::USAGE, e.to_string()))?;
             return Ok(Placement::Under(root));

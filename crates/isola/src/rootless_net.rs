@@ -49,7 +49,32 @@ pub(crate) fn enter_if_needed(stack: &Path, metrics: Option<&MetricsAddr>) -> Re
         return Ok(());
     };
     let forwards = forwards(&v, metrics)?;
-    enter(&forwards)
+    let ids = OwnedIds::read()
+        .ok_or_else(|| Exit(exit::SETUP, "rootless networks: not unprivileged".into()))?;
+    check_users(&v, &ids)?;
+    enter(&forwards, &ids)?;
+    // From here on we are root of the namespace: plans get no user
+    // namespace of their own (their ids were checked just now).
+    rootless::plans_for_namespace_root();
+    Ok(())
+}
+
+/// Each service's `process.user` among the ids the namespace maps: once
+/// inside, the plans cannot tell (we are root there).
+fn check_users(stack: &Value, ids: &OwnedIds) -> Result<(), Exit> {
+    let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    for (name, svc) in stack["services"].as_object().into_iter().flatten() {
+        let user = &svc["process"]["user"];
+        let extra: Vec<u32> = user["additionalGids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(id)
+            .collect();
+        ids.check(id(&user["uid"]), id(&user["gid"]), &extra)
+            .map_err(|(field, why)| Exit(exit::USAGE, format!("services.{name}.{field}: {why}")))?;
+    }
+    Ok(())
 }
 
 /// The stack file, when the caller is an unprivileged user (not root of
@@ -133,11 +158,10 @@ fn forward_args(flag: &str, addrs: &[std::net::SocketAddr]) -> Vec<String> {
         .collect()
 }
 
-fn enter(forwards: &Forwards) -> Result<(), Exit> {
+fn enter(forwards: &Forwards, ids: &OwnedIds) -> Result<(), Exit> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Exit(exit::SETUP, format!("rootless networks: {what}: {e}"))
     };
-    let ids = OwnedIds::read().ok_or_else(|| fail("ids", &"not unprivileged"))?;
     let run_dir = isola_supervisor::user_dirs::runtime_dir();
     std::fs::create_dir_all(&run_dir).map_err(|e| fail(&run_dir.display().to_string(), &e))?;
     let me = nix::unistd::getpid();
@@ -150,7 +174,11 @@ fn enter(forwards: &Forwards) -> Result<(), Exit> {
     ];
     args.extend(forward_args("-t", &forwards.tcp));
     args.extend(forward_args("-u", &forwards.udp));
-    args.extend(["-T", "none", "-U", "none", "--pid"].map(String::from));
+    // No forward from the namespace to the host's loopback, and the
+    // gateway is not the host's loopback either (`--no-map-gw`): the
+    // stack's services reach what root's would, the host's services on
+    // its addresses, nothing bound to its loopback alone.
+    args.extend(["-T", "none", "-U", "none", "--no-map-gw", "--pid"].map(String::from));
     args.push(pid_file.display().to_string());
     args.push(me.as_raw().to_string());
     let helper = Helper {
@@ -166,7 +194,7 @@ fn enter(forwards: &Forwards) -> Result<(), Exit> {
     )
     .map_err(|e| fail("unshare", &e))?;
     if ids.sub_uids.is_empty() || ids.sub_gids.is_empty() {
-        map_own_ids(&ids).map_err(|e| fail("id maps", &e))?;
+        map_own_ids(ids).map_err(|e| fail("id maps", &e))?;
     }
     ours.write_all(b"G").map_err(|e| fail("helper", &e))?;
     let mut said = [0u8; 1];
@@ -254,10 +282,15 @@ impl Helper {
         {
             return 1;
         }
-        let mut cmd = Command::new("pasta");
-        let e = std::os::unix::process::CommandExt::exec(
-            isola_runtime::with_no_signals_blocked(&mut cmd).args(&self.pasta_args),
+        // Forked before `isola up` blocks its signals; pasta must see
+        // SIGTERM and SIGCHLD (said again, should that ever change).
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
         );
+        let e =
+            std::os::unix::process::CommandExt::exec(Command::new("pasta").args(&self.pasta_args));
         eprintln!("isola: rootless networks: pasta: {e} (install Debian's passt)");
         1
     }

@@ -473,17 +473,27 @@ fn enable_controllers(
             }
         }
     }
-    if add.is_empty() || fs::write(&ctl_path, add.trim_end()).is_ok() {
-        return Ok(());
-    }
-    // A base controller we may not enable (a directory above a subtree
-    // delegated to an unprivileged user is not ours to write) is only
-    // missing from status; a controller a limit needs is an error.
-    if needed_add.is_empty() {
-        return Ok(());
+    let wrote = match add.is_empty() {
+        true => Ok(()),
+        false => fs::write(&ctl_path, add.trim_end()),
+    };
+    match wrote {
+        Ok(()) => return Ok(()),
+        // A base controller an unprivileged caller may not enable (a
+        // directory above the subtree delegated to it is not its to write)
+        // is only missing from status; one a limit needs is an error.
+        Err(e) if needed_add.is_empty() && refused_to_us(&e) => return Ok(()),
+        Err(source) if needed_add.is_empty() => {
+            return Err(CgroupError::Write {
+                path: ctl_path,
+                value: add,
+                source,
+            })
+        }
+        Err(_) => {}
     }
     fs::write(&ctl_path, needed_add.trim_end()).map_err(|source| {
-        if source.kind() == ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() {
+        if refused_to_us(&source) {
             CgroupError::NotDelegated {
                 controllers: needed_add.replace('+', "").trim().to_string(),
                 path: ctl_path,
@@ -496,6 +506,11 @@ fn enable_controllers(
             }
         }
     })
+}
+
+/// A write an unprivileged caller is not allowed.
+fn refused_to_us(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::PermissionDenied && crate::plan::rootless::unprivileged()
 }
 
 /// `raw` with every character a cgroup directory name may not hold

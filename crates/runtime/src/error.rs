@@ -99,6 +99,15 @@ impl Error {
         }
     }
 
+    /// The errno of a failed syscall, if that is what it was.
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            Error::Sys { source, .. } => Some(*source),
+            Error::Cgroup(c) => c.errno(),
+            _ => None,
+        }
+    }
+
     /// A shortage that goes away by itself (file descriptors, memory, pids,
     /// namespaces): worth trying again later, not a broken service.
     pub fn is_transient(&self) -> bool {

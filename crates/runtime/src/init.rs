@@ -489,17 +489,13 @@ fn switch_user(plan: &Plan, uid: u32, gid: u32) -> Result<(), Step> {
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    // setgroups is denied in a user namespace whose gid_map was written
-    // without CAP_SETGID; only call it when there is something to set or we
-    // are allowed to clear.
-    if !plan.new_user_ns() || !gids.is_empty() {
-        match nix::unistd::setgroups(&gids) {
-            // Root of a user namespace whose gid_map was written with
-            // setgroups denied (a rootless supervisor's own): there is
-            // nothing to clear that it could clear.
-            Err(nix::errno::Errno::EPERM) if gids.is_empty() && setgroups_denied() => {}
-            r => r.map_err(step("user", "setgroups"))?,
-        }
+    // The caller's supplementary groups go (as crun clears them). In a
+    // user namespace whose gid_map was written without CAP_SETGID,
+    // setgroups is denied: with nothing to set, nothing to do.
+    match nix::unistd::setgroups(&gids) {
+        Err(nix::errno::Errno::EPERM)
+            if gids.is_empty() && (plan.new_user_ns() || setgroups_denied()) => {}
+        r => r.map_err(step("user", "setgroups"))?,
     }
     nix::sys::prctl::set_keepcaps(true).map_err(step("user", "PR_SET_KEEPCAPS"))?;
     let g = Gid::from_raw(gid);

@@ -48,9 +48,7 @@ pub use ipc::{fdpass, handover, listen, sock_diag};
 pub use sandbox::{gate, join};
 pub use spec::{shorthand, starter};
 
-pub use sys::{
-    in_shared_arena, release_free_memory, spawn_helper, with_no_signals_blocked, Allocator,
-};
+pub use sys::{as_helper, in_shared_arena, release_free_memory, spawn_helper, Allocator};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

@@ -398,23 +398,29 @@ pub fn spawn_helper(keep: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<
     unsafe { fork_helper(keep, body) }
 }
 
-/// Have `cmd`'s process start with no signal blocked. isola blocks the
-/// signals it reads from a signalfd, and a blocked mask survives fork and
-/// exec: a helper it runs (pasta) would never see SIGTERM, nor reap its
-/// own children on SIGCHLD.
-pub fn with_no_signals_blocked(cmd: &mut std::process::Command) -> &mut std::process::Command {
+/// Run `cmd` as a helper of ours (pasta): with no signal blocked, and
+/// SIGTERM when we die. isola blocks the signals it reads from a
+/// signalfd, and a blocked mask survives fork and exec: the helper would
+/// never see SIGTERM, nor reap its own children on SIGCHLD.
+pub fn as_helper(cmd: &mut std::process::Command) -> &mut std::process::Command {
     use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec, and
-    // only calls sigprocmask with a set on its stack: async-signal-safe,
-    // no allocation, no lock.
+    // only calls sigprocmask (a set on its stack), prctl and getppid:
+    // async-signal-safe, no allocation, no lock.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::signal::sigprocmask(
                 nix::sys::signal::SigmaskHow::SIG_SETMASK,
                 Some(&nix::sys::signal::SigSet::empty()),
                 None,
-            )
-            .map_err(std::io::Error::from)
+            )?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // We died before the death signal was armed.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
         })
     }
 }

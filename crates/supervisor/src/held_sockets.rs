@@ -385,14 +385,19 @@ impl Drop for Held {
 /// A port below `net.ipv4.ip_unprivileged_port_start` asked of a
 /// supervisor without CAP_NET_BIND_SERVICE (a user's).
 fn privileged_port(def: &SocketDef, port: u16) -> String {
-    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "1024".into());
+    let start = unprivileged_port_start();
     format!(
         "{}: bind: port {port} is below net.ipv4.ip_unprivileged_port_start ({start}), which uid {} may not bind: pick a port at or above it, or lower the sysctl",
         def.listen,
         nix::unistd::geteuid()
     )
+}
+
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 fn is_socket_file(p: &Path) -> bool {
@@ -424,7 +429,9 @@ fn open(def: &SocketDef) -> Result<Held, String> {
                 setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| fail("IPV6_V6ONLY", e))?;
             }
             bind(fd.as_raw_fd(), &SockaddrStorage::from(*a)).map_err(|e| match e {
-                nix::errno::Errno::EACCES => privileged_port(def, a.port()),
+                nix::errno::Errno::EACCES if a.port() < unprivileged_port_start() => {
+                    privileged_port(def, a.port())
+                }
                 e => fail("bind", e),
             })?;
             fd

@@ -2,16 +2,29 @@
 //! root, the XDG base directories for everyone else (as podman and
 //! systemd's user manager do).
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::PathBuf;
 
-/// Root of the host (not of a user namespace of its own).
+/// Root's directories are ours: we are root and may write `/run` (root of
+/// the host, or of a container that has its own `/run`; not podman
+/// rootless's runtime, whose `/run` is the host's).
 fn is_root() -> bool {
-    !isola_runtime::plan::rootless::unprivileged()
+    nix::unistd::geteuid().is_root()
+        && nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// Runtime files (sockets): `/run` for root; `$XDG_RUNTIME_DIR`, else
-/// `/run/user/UID` when it is there, else `/tmp/run-UID` for a user.
+/// `/run/user/UID` when it is there, else `/tmp/run-UID` for a user —
+/// unless someone else made that first (a socket there could be theirs):
+/// then `~/.local/state/isola/run`.
 pub fn runtime_dir() -> PathBuf {
+    // Chosen once: a rootless stack's supervisor becomes uid 0 of a
+    // namespace of its own, and its paths must stay the ones its users see.
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(choose_runtime_dir).clone()
+}
+
+fn choose_runtime_dir() -> PathBuf {
     if is_root() {
         return PathBuf::from("/run");
     }
@@ -23,7 +36,25 @@ pub fn runtime_dir() -> PathBuf {
     if run_user.is_dir() {
         return run_user;
     }
-    PathBuf::from(format!("/tmp/run-{uid}"))
+    let tmp = PathBuf::from(format!("/tmp/run-{uid}"));
+    match std::fs::symlink_metadata(&tmp) {
+        Err(_) => {
+            // Ours from the start: made private, as XDG_RUNTIME_DIR is.
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(&tmp);
+            tmp
+        }
+        Ok(m) if m.is_dir() && m.uid() == uid.as_raw() && m.mode() & 0o077 == 0 => tmp,
+        Ok(_) => state_home().join("isola/run"),
+    }
+}
+
+/// `${XDG_STATE_HOME:-~/.local/state}`.
+fn state_home() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"))
 }
 
 /// Logs of stack `stack`: `/var/log/isola/STACK` for root,
@@ -32,10 +63,5 @@ pub fn log_dir(stack: &str) -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/log/isola").join(stack);
     }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| runtime_dir().join("state"));
-    state.join("isola").join(stack)
+    state_home().join("isola").join(stack)
 }

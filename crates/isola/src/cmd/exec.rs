@@ -162,8 +162,23 @@ fn exec(
     quiet.add(Signal::SIGINT);
     quiet.add(Signal::SIGQUIT);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&quiet), None);
-    let joined = join::spawn(&target, &opts)
-        .map_err(|e| Exit(exit::FAILURE, format!("exec: {name}: {e}")))?;
+    let joined = join::spawn(&target, &opts).map_err(|e| {
+        let group = target.cgroup.map(|c| c.display().to_string());
+        match (e.errno(), group) {
+            // Moving a process into a group takes write access to the
+            // common ancestor's cgroup.procs: a user's shell outside the
+            // subtree delegated to them has none.
+            (Some(nix::errno::Errno::EACCES), Some(g))
+                if isola_runtime::plan::rootless::unprivileged() =>
+            {
+                Exit(
+                    exit::FAILURE,
+                    format!("exec: {name}: cannot join its cgroup {g} from outside the subtree delegated to you: run isola exec in a shell of that subtree (where isola up runs)"),
+                )
+            }
+            _ => Exit(exit::FAILURE, format!("exec: {name}: {e}")),
+        }
+    })?;
     let code = joined.wait();
     Ok(u8::try_from(code & 0xff).unwrap_or(exit::FAILURE))
 }

@@ -72,14 +72,14 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     // Images are pulled here, before anything starts (and before `-d`
     // detaches, so progress and failures show where the user looks).
     let detached = std::env::var_os(detach::DETACHED_ENV).is_some();
-    // The process that will supervise, first of all (no plan read yet):
-    // an unprivileged user's stack with networks gets a user and network
+    if !detached && handover.is_none() {
+        image::pull_stack(&cfg.stack_path, &images)?;
+    }
+    // The process that will supervise, before the supervisor starts: an
+    // unprivileged user's stack with networks gets a user and network
     // namespace of its own (an upgrade's new binary is in it already).
     if handover.is_none() && (detached || !detach) {
         crate::rootless_net::enter_if_needed(&cfg.stack_path, cfg.metrics.as_ref())?;
-    }
-    if !detached && handover.is_none() {
-        image::pull_stack(&cfg.stack_path, &images)?;
     }
     if detach && handover.is_none() {
         let wait = Duration::from_secs(wait_seconds);

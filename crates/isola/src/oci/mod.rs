@@ -22,18 +22,12 @@ mod hooks;
 mod ops;
 mod state;
 
-/// The state root when `--root` is not given: root's.
-const DEFAULT_ROOT: &str = "/run/isola-oci";
-
-/// The state root when `--root` is not given: [`DEFAULT_ROOT`], or
-/// `isola-oci` in an unprivileged caller's runtime directory (podman
+/// The state root when `--root` is not given: `isola-oci` in our runtime
+/// directory — `/run/isola-oci` for root, the user's otherwise (podman
 /// rootless calls us as root of its user namespace, with its
 /// `XDG_RUNTIME_DIR`).
 fn default_root() -> PathBuf {
-    match isola_runtime::plan::rootless::unprivileged() {
-        false => PathBuf::from(DEFAULT_ROOT),
-        true => isola_supervisor::user_dirs::runtime_dir().join("isola-oci"),
-    }
+    isola_supervisor::user_dirs::runtime_dir().join("isola-oci")
 }
 
 #[derive(Parser)]

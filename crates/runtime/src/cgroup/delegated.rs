@@ -24,7 +24,13 @@ pub fn own_group() -> Option<PathBuf> {
 /// `None` when there is no such subtree (or no unified hierarchy).
 pub fn default_root() -> Option<PathBuf> {
     super::check_unified().ok()?;
-    let parent = own_group()?.parent()?.to_path_buf();
+    let own = own_group()?;
+    // In the root group (of the host, or of a cgroup namespace) there is
+    // no parent of ours.
+    if own == Path::new(CGROUP_MOUNT) {
+        return None;
+    }
+    let parent = own.parent()?.to_path_buf();
     if parent == Path::new(CGROUP_MOUNT) || !owned_by_us(&parent) {
         return None;
     }

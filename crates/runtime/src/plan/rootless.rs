@@ -6,8 +6,6 @@
 //! capability of its namespace and none over the host: whatever it does
 //! stays within the caller's own rights.
 
-use std::path::Path;
-
 use crate::error::SpecError;
 use crate::plan::Plan;
 
@@ -155,52 +153,75 @@ fn mapped_len(subs: &[SubRange]) -> u64 {
 /// Give `plan` a user namespace of its own mapping `ids`, unless the spec
 /// made and mapped one itself (its maps are then the caller's to get
 /// right: the kernel or the helpers refuse what the caller does not
-/// own). The payload's ids must be among the mapped ones.
+/// own); a map the spec leaves out is ours. The payload's ids must be
+/// among the mapped ones.
 pub(crate) fn adapt(plan: &mut Plan, ids: &OwnedIds) -> Result<(), SpecError> {
-    let mapped = plan.uid_map.is_some() && plan.gid_map.is_some();
-    if (plan.new_user_ns() && mapped) || !plan.join.is_empty() {
+    if let Some((flags, path)) = plan.join.first() {
+        if !plan.new_user_ns() {
+            return Err(SpecError::new(
+                "linux.namespaces",
+                format!(
+                    "{flags:?} by path ({}): joining a namespace needs root, or a user namespace of the spec's own that owns it",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if plan.new_user_ns() && plan.uid_map.is_some() && plan.gid_map.is_some() {
         return Ok(());
     }
     plan.clone_flags |= libc::CLONE_NEWUSER as u64;
-    plan.uid_map = Some(map_text(ids.uid, &ids.sub_uids));
-    plan.gid_map = Some(map_text(ids.gid, &ids.sub_gids));
-    let uid_ok = u64::from(plan.uid) < mapped_len(&ids.sub_uids);
-    let gid_ok = [plan.gid]
-        .iter()
-        .chain(&plan.additional_gids)
-        .all(|g| u64::from(*g) < mapped_len(&ids.sub_gids));
-    if !uid_ok {
-        return Err(SpecError::new(
-            "process.user.uid",
-            format!(
-                "{} is outside the uids you own: {}",
-                plan.uid,
-                ids.describe("uid", ids.uid, &ids.sub_uids)
-            ),
-        ));
+    if plan.uid_map.is_none() {
+        plan.uid_map = Some(map_text(ids.uid, &ids.sub_uids));
     }
-    if !gid_ok {
-        return Err(SpecError::new(
-            "process.user.gid",
-            format!(
-                "{:?} outside the gids you own: {}",
-                [plan.gid]
-                    .iter()
-                    .chain(&plan.additional_gids)
-                    .collect::<Vec<_>>(),
-                ids.describe("gid", ids.gid, &ids.sub_gids)
-            ),
-        ));
+    if plan.gid_map.is_none() {
+        plan.gid_map = Some(map_text(ids.gid, &ids.sub_gids));
     }
-    if !plan.additional_gids.is_empty() && ids.sub_gids.is_empty() {
-        // Without newgidmap the gid map is written with setgroups denied.
-        return Err(SpecError::new(
-            "process.user.additionalGids",
-            "needs ranges in /etc/subgid and newgidmap (Debian uidmap): without them setgroups is denied in your user namespace",
-        ));
-    }
+    ids.check(plan.uid, plan.gid, &plan.additional_gids)
+        .map_err(|(field, message)| SpecError::new(field, message))?;
     drop_unmapped_devpts_gid(plan, mapped_len(&ids.sub_gids));
     Ok(())
+}
+
+impl OwnedIds {
+    /// Whether a payload's `uid`, `gid` and `additional` gids are among
+    /// the ids these map; else the field (under `process.user`) and why.
+    pub fn check(&self, uid: u32, gid: u32, additional: &[u32]) -> Result<(), (String, String)> {
+        if u64::from(uid) >= mapped_len(&self.sub_uids) {
+            let own = self.describe("uid", self.uid, &self.sub_uids);
+            return Err((
+                "process.user.uid".into(),
+                format!("{uid} is outside the uids you own: {own}"),
+            ));
+        }
+        let gids = mapped_len(&self.sub_gids);
+        let own = || self.describe("gid", self.gid, &self.sub_gids);
+        if u64::from(gid) >= gids {
+            return Err((
+                "process.user.gid".into(),
+                format!("{gid} is outside the gids you own: {}", own()),
+            ));
+        }
+        if let Some((i, g)) = additional
+            .iter()
+            .enumerate()
+            .find(|(_, g)| u64::from(**g) >= gids)
+        {
+            return Err((
+                format!("process.user.additionalGids[{i}]"),
+                format!("{g} is outside the gids you own: {}", own()),
+            ));
+        }
+        if !additional.is_empty() && self.sub_gids.is_empty() {
+            // Without newgidmap the gid map is written with setgroups denied.
+            return Err((
+                "process.user.additionalGids".into(),
+                "needs ranges in /etc/subgid and newgidmap (Debian uidmap): without them setgroups is denied in your user namespace".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A devpts mount's `gid=5` (tty) needs gid 5 mapped, or the mount fails
@@ -220,11 +241,6 @@ fn drop_unmapped_devpts_gid(plan: &mut Plan, gids: u64) {
             .collect::<Vec<_>>()
             .join(",");
     }
-}
-
-/// Whether `path` (a directory) is one we may create groups in.
-pub fn writable(path: &Path) -> bool {
-    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 #[cfg(test)]
@@ -283,7 +299,7 @@ mod tests {
     fn plan(uid: u32) -> Plan {
         let spec = crate::spec::parse_str(
             &format!(r#"{{"process":{{"args":["true"],"cwd":"/","user":{{"uid":{uid},"gid":0}}}},"linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]}}}}"#),
-            Path::new("/"),
+            std::path::Path::new("/"),
         )
         .unwrap();
         Plan::read(&spec, crate::plan::Dialect::Isola).unwrap()

@@ -143,19 +143,15 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     let (uid, gid) = opts.user.unwrap_or((plan.uid, plan.gid));
     let cwd = opts.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
     let cgroup = target.cgroup.map(crate::cgroup::open_dir).transpose()?;
-    let through = entry_point(target)?;
-    if let Some(entry) = &through {
-        // The user namespace to join is the payload's: its own, a rootless
-        // supervisor's, or ours.
-        flags = (flags & !(libc::CLONE_NEWUSER as u64)) | entry.user_flag;
-    }
+    let entry = entry_point(target)?;
+    flags = (flags & !(libc::CLONE_NEWUSER as u64)) | entry.user_flag;
     #[allow(unsafe_code)]
     // SAFETY: single-threaded (checked above); the child leaves only through
     // `waiter`, which ends in exit_now.
     let forked = unsafe { sys::clone3(0, cgroup.as_ref().map(|c| c.as_fd()), false) };
     match forked.map_err(|e| Error::sys("exec: clone3", e))? {
         sys::Forked::Child => {
-            let via = through.as_ref().map_or(target.init, |e| e.pidfd.as_fd());
+            let via = entry.payload.as_ref().map_or(target.init, |p| p.as_fd());
             let code = waiter(target, via, opts, flags, &env, uid, gid, &cwd);
             sys::exit_now(code)
         }
@@ -163,10 +159,14 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
     }
 }
 
-/// The process to join the namespaces of, when not the init.
+/// How to join: through which process, and whether its user namespace
+/// is to be entered.
 struct Entry {
-    pidfd: OwnedFd,
-    /// CLONE_NEWUSER when its user namespace is not ours.
+    /// The payload, when not the init.
+    payload: Option<OwnedFd>,
+    /// CLONE_NEWUSER when the sandbox's user namespace is not ours —
+    /// whatever the plan says: root joining a user's sandbox must take on
+    /// its user namespace, or it would act as the host's root in there.
     user_flag: u64,
 }
 
@@ -175,10 +175,7 @@ struct Entry {
 /// may open its /proc files), and its memory was made in the host's user
 /// namespace, so only CAP_SYS_PTRACE there could enter through it; the
 /// payload was exec'd inside, where the caller owns the namespace.
-fn entry_point(target: &Target<'_>) -> Result<Option<Entry>, Error> {
-    if !crate::plan::rootless::unprivileged() {
-        return Ok(None);
-    }
+fn entry_point(target: &Target<'_>) -> Result<Entry, Error> {
     let fd = target.init.as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .map_err(|e| Error::sys("exec: the init's pidfd", io_errno(&e)))?;
@@ -188,24 +185,34 @@ fn entry_point(target: &Target<'_>) -> Result<Option<Entry>, Error> {
         .and_then(|p| p.trim().parse::<i32>().ok())
         .filter(|p| *p > 0)
         .ok_or_else(|| Error::sys("exec: the sandbox has ended", Errno::ESRCH))?;
-    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-        .map_err(|e| Error::sys("exec: the sandbox's payload", io_errno(&e)))?;
-    let payload = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse::<i32>().ok())
-        .ok_or_else(|| Error::sys("exec: the sandbox's payload has ended", Errno::ESRCH))?;
-    let pidfd = pidfd_of(Pid::from_raw(payload))?;
+    let (via, payload) = match crate::plan::rootless::unprivileged() {
+        false => (init, None),
+        true => {
+            let p = payload_of(init)?;
+            (p, Some(pidfd_of(Pid::from_raw(p))?))
+        }
+    };
     let user_ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    let theirs = user_ns(&format!("/proc/{payload}/ns/user"))
-        .map_err(|e| Error::sys("exec: the payload's user namespace", io_errno(&e)))?;
+    let theirs = user_ns(&format!("/proc/{via}/ns/user"))
+        .map_err(|e| Error::sys("exec: the sandbox's user namespace", io_errno(&e)))?;
     let ours = user_ns("/proc/self/ns/user")
         .map_err(|e| Error::sys("exec: our user namespace", io_errno(&e)))?;
     let user_flag = match theirs == ours {
         true => 0,
         false => libc::CLONE_NEWUSER as u64,
     };
-    Ok(Some(Entry { pidfd, user_flag }))
+    Ok(Entry { payload, user_flag })
+}
+
+/// The init's first child: the payload.
+fn payload_of(init: i32) -> Result<i32, Error> {
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .map_err(|e| Error::sys("exec: the sandbox's payload", io_errno(&e)))?;
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .ok_or_else(|| Error::sys("exec: the sandbox's payload has ended", Errno::ESRCH))
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
