@@ -222,9 +222,29 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
         said.contains(&SUB_START.to_string()),
         "the user's range is mapped: {said}"
     );
+    // A reload that adds a held TCP socket pasta does not forward is
+    // refused, the running stack kept.
+    let mut more = stack.clone();
+    more["services"]["front"]["sockets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "more", "listen": "tcp://127.0.0.1:18435"}));
+    std::fs::write(&path, more.to_string()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(up.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(http_get(18433).ends_with("db says hi"), "still serving");
     let out = u.isola(None, &["down"], "", LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(up.wait().unwrap().success());
+    let out = up.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("reload failed, keeping the running stack")
+            && err
+                .contains("services.front.sockets[1].listen: tcp://127.0.0.1:18435: not forwarded"),
+        "{err}"
+    );
     let t = Instant::now();
     while !rootless::user_processes().is_empty() {
         assert!(

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use isola_runtime::exit;
 use isola_runtime::plan::rootless::{self, OwnedIds};
 use isola_supervisor::metrics::MetricsAddr;
+use isola_supervisor::supervisor::Forwarded;
 use serde_json::Value;
 
 use crate::Exit;
@@ -35,18 +36,18 @@ use crate::Exit;
 const PASTA_READY: Duration = Duration::from_secs(20);
 
 /// The ports pasta forwards from the host into our namespace.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Forwards {
-    tcp: Vec<std::net::SocketAddr>,
-    udp: Vec<std::net::SocketAddr>,
-}
+type Forwards = Forwarded;
 
 /// Enter our own user and network namespace when an unprivileged user's
-/// stack has networks; nothing otherwise (root, no networks, or already
-/// root of a namespace of ours: an upgrade's new binary).
-pub(crate) fn enter_if_needed(stack: &Path, metrics: Option<&MetricsAddr>) -> Result<(), Exit> {
+/// stack has networks, and say what pasta forwards into it; nothing
+/// otherwise (root, no networks, or already root of a namespace of ours:
+/// an upgrade's new binary).
+pub(crate) fn enter_if_needed(
+    stack: &Path,
+    metrics: Option<&MetricsAddr>,
+) -> Result<Option<Forwarded>, Exit> {
     let Some(v) = users_networked_stack(stack) else {
-        return Ok(());
+        return Ok(None);
     };
     let forwards = forwards(&v, metrics)?;
     let ids = OwnedIds::read()
@@ -56,7 +57,7 @@ pub(crate) fn enter_if_needed(stack: &Path, metrics: Option<&MetricsAddr>) -> Re
     // From here on we are root of the namespace: plans get no user
     // namespace of their own (their ids were checked just now).
     rootless::plans_for_namespace_root();
-    Ok(())
+    Ok(Some(forwards))
 }
 
 /// Each service's `process.user` among the ids the namespace maps: once

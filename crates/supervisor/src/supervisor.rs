@@ -73,6 +73,18 @@ pub struct Config {
     pub metrics: Option<crate::metrics::MetricsAddr>,
     /// The image store image services' roots come from (`--store`).
     pub image_store: PathBuf,
+    /// A user's stack with networks runs in a network namespace of its
+    /// own, reached from the host only through the ports pasta forwards,
+    /// fixed when `isola up` started: a held TCP or UDP socket a reload
+    /// adds must be one of them. `None`: the host's network namespace.
+    pub forwarded: Option<Forwarded>,
+}
+
+/// The host addresses forwarded into a user's stack namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub tcp: Vec<std::net::SocketAddr>,
+    pub udp: Vec<std::net::SocketAddr>,
 }
 
 /// Why a stack runs without cgroups.

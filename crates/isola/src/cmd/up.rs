@@ -68,7 +68,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     // First, before any fd of ours is opened: an upgrade's handover.
     let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
         .map_err(|e| Exit(exit::FAILURE, e))?;
-    let (cfg, images, detach, wait_seconds) = config(args)?;
+    let (mut cfg, images, detach, wait_seconds) = config(args)?;
     // Images are pulled here, before anything starts (and before `-d`
     // detaches, so progress and failures show where the user looks).
     let detached = std::env::var_os(detach::DETACHED_ENV).is_some();
@@ -79,7 +79,8 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     // unprivileged user's stack with networks gets a user and network
     // namespace of its own (an upgrade's new binary is in it already).
     if handover.is_none() && (detached || !detach) {
-        crate::rootless_net::enter_if_needed(&cfg.stack_path, cfg.metrics.as_ref())?;
+        cfg.forwarded =
+            crate::rootless_net::enter_if_needed(&cfg.stack_path, cfg.metrics.as_ref())?;
     }
     if detach && handover.is_none() {
         let wait = Duration::from_secs(wait_seconds);
@@ -142,6 +143,7 @@ fn config(args: UpArgs) -> Result<(supervisor::Config, ImageFlags, bool, u64), E
         echo: !quiet,
         metrics,
         image_store: images.store.root(),
+        forwarded: None,
     };
     Ok((cfg, images, detach, wait_seconds))
 }

@@ -53,6 +53,9 @@ pub(crate) fn check_stack(cfg: &Config, stack: Stack, when: Loading) -> Result<C
     }
     check_pressure(&stack)?;
     check_unix_queues(&stack)?;
+    if let Some(f) = &cfg.forwarded {
+        check_forwarded(&stack, f)?;
+    }
     let running = match when {
         Loading::Start => 0,
         Loading::Reload { running } => running,
@@ -115,6 +118,28 @@ fn check_unix_queues(stack: &Stack) -> Result<(), UpError> {
                 s.listen,
                 e.desc()
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Held TCP and UDP sockets of a user's networked stack: only those
+/// pasta forwards from the host (see `Config::forwarded`).
+fn check_forwarded(stack: &Stack, f: &crate::supervisor::Forwarded) -> Result<(), UpError> {
+    use crate::spec::sockets::Address;
+    for d in stack.services.iter().chain(&stack.autoscaled) {
+        for (k, s) in d.policy.sockets.iter().enumerate() {
+            let known = match &s.address {
+                Address::Tcp(a) => f.tcp.contains(a),
+                Address::Udp(a) => f.udp.contains(a),
+                Address::Unix(_) => true,
+            };
+            if !known {
+                return Err(UpError::Spec(SpecError::new(
+                    format!("services.{}.sockets[{k}].listen", d.group_name()),
+                    format!("{}: not forwarded into this user's stack namespace (pasta's forwards are set when isola up starts: restart it to add one)", s.listen),
+                )));
+            }
         }
     }
     Ok(())
