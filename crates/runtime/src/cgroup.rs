@@ -14,12 +14,14 @@ use nix::sys::stat::Mode;
 
 use crate::error::SpecError;
 
+mod controllers;
 pub mod delegated;
 mod stats;
 pub use stats::{StatFiles, Stats};
 
 pub(crate) mod devices;
 pub mod limits;
+use controllers::make_parents;
 use limits::CgroupFile;
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup/isola";
@@ -351,30 +353,6 @@ const DESTROY_PATIENCE: Duration = Duration::from_secs(10);
 /// Pause between removal attempts of a group the kernel still calls busy.
 pub const REMOVE_RETRY: Duration = Duration::from_millis(5);
 
-/// `root` and every directory between the mount and it, each delegating
-/// `controllers` to its children.
-fn make_parents(
-    root: &Path,
-    controllers: &[String],
-    files: &[CgroupFile],
-) -> Result<(), CgroupError> {
-    let mut dir = PathBuf::from(CGROUP_MOUNT);
-    let rel = root
-        .strip_prefix(CGROUP_MOUNT)
-        .map_err(|_| CgroupError::BadRoot(root.to_owned()))?;
-    enable_controllers(&dir, controllers, files)?;
-    for comp in rel.components() {
-        dir.push(comp);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&dir)(e)),
-        }
-        enable_controllers(&dir, controllers, files)?;
-    }
-    Ok(())
-}
-
 /// A cgroup's directory, for `CLONE_INTO_CGROUP`.
 pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, CgroupError> {
     open(
@@ -438,79 +416,6 @@ fn wait_unpopulated(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
             Err(e) => return Err(io_err(&p)(e.into())),
         }
     }
-}
-
-fn enable_controllers(
-    dir: &Path,
-    wanted: &[String],
-    files: &[CgroupFile],
-) -> Result<(), CgroupError> {
-    let avail_path = dir.join("cgroup.controllers");
-    let available = fs::read_to_string(&avail_path).map_err(io_err(&avail_path))?;
-    let ctl_path = dir.join("cgroup.subtree_control");
-    let enabled = fs::read_to_string(&ctl_path).map_err(io_err(&ctl_path))?;
-    let mut add = String::new();
-    let mut needed_add = String::new();
-    for c in wanted {
-        let is_available = available.split_whitespace().any(|a| a == c);
-        if !is_available {
-            // Base controllers are optional (only read for status); a
-            // controller a limit needs is not.
-            let needed = files.iter().any(|f| f.controller() == Some(c.as_str()));
-            if needed {
-                return Err(CgroupError::Controller {
-                    controller: c.clone(),
-                    path: dir.to_owned(),
-                    available: available.trim().to_string(),
-                });
-            }
-            continue;
-        }
-        if !enabled.split_whitespace().any(|e| e == c) {
-            add.push_str(&format!("+{c} "));
-            if files.iter().any(|f| f.controller() == Some(c.as_str())) {
-                needed_add.push_str(&format!("+{c} "));
-            }
-        }
-    }
-    let wrote = match add.is_empty() {
-        true => Ok(()),
-        false => fs::write(&ctl_path, add.trim_end()),
-    };
-    match wrote {
-        Ok(()) => return Ok(()),
-        // A base controller an unprivileged caller may not enable (a
-        // directory above the subtree delegated to it is not its to write)
-        // is only missing from status; one a limit needs is an error.
-        Err(e) if needed_add.is_empty() && refused_to_us(&e) => return Ok(()),
-        Err(source) if needed_add.is_empty() => {
-            return Err(CgroupError::Write {
-                path: ctl_path,
-                value: add,
-                source,
-            })
-        }
-        Err(_) => {}
-    }
-    fs::write(&ctl_path, needed_add.trim_end()).map_err(|source| {
-        if refused_to_us(&source) {
-            CgroupError::NotDelegated {
-                controllers: needed_add.replace('+', "").trim().to_string(),
-                path: ctl_path,
-            }
-        } else {
-            CgroupError::Write {
-                path: ctl_path,
-                value: needed_add,
-                source,
-            }
-        }
-    })
-}
-
-/// A write an unprivileged caller is not allowed.
-fn refused_to_us(e: &std::io::Error) -> bool {
-    e.kind() == ErrorKind::PermissionDenied && crate::plan::rootless::unprivileged()
 }
 
 /// `raw` with every character a cgroup directory name may not hold

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+mod config;
 pub mod control;
 pub mod fuzzing;
 #[cfg(test)]

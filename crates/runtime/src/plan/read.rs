@@ -11,7 +11,7 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{Linux, Spec};
 
 use super::capabilities::{self, CapSets};
-use super::fields::{self, abs_paths, check_sysctl, cstrings, id_map, rlimit};
+use super::fields::{self, abs_paths, check_sysctl, cstrings, rlimit};
 use super::{Dialect, Plan, Rlimit};
 use crate::cgroup::devices::{self, Insn};
 use crate::cgroup::limits::{self, CgroupFile};
@@ -47,7 +47,7 @@ impl Plan {
         let mut view = view(oci, &linux, &s.base_dir, root.is_some(), clone_flags)?;
         let own_cgroup_ns = cgroup_mount::has_own_cgroup_ns(clone_flags, &join);
         cgroup_mount::bind_host_hierarchy(&mut view.mounts, own_cgroup_ns);
-        let (uid_map, gid_map) = id_maps(&linux, clone_flags, dialect)?;
+        let (uid_map, gid_map) = rootless::id_maps(&linux, clone_flags, dialect)?;
         let sysctl = sysctls(&linux, clone_flags)?;
         let seccomp = seccomp_programs(&linux, is_oci)?;
         let res = resources(&linux, root.is_some() && new_mount)?;
@@ -403,27 +403,6 @@ fn rootfs_propagation(linux: &Linux) -> Result<MsFlags, SpecError> {
             return Err(SpecError::new("linux.rootfsPropagation", format!("{other}: use private, slave or unbindable (shared would leak mounts to the host)")));
         }
     })
-}
-
-/// `linux.uidMappings` and `linux.gidMappings`: with a new user namespace
-/// (which needs them) and only then.
-fn id_maps(
-    linux: &Linux,
-    clone_flags: u64,
-    dialect: Dialect,
-) -> Result<(Option<String>, Option<String>), SpecError> {
-    let new_user = clone_flags & libc::CLONE_NEWUSER as u64 != 0;
-    // An unprivileged caller's own ids fill a user namespace an isola
-    // spec leaves unmapped (`crun spec --rootless` writes one so): see
-    // `rootless::adapt`. An OCI bundle's maps are its client's to give.
-    let fill = new_user && dialect == Dialect::Isola && rootless::OwnedIds::of_caller().is_some();
-    let map = |field, v: &Option<Vec<_>>| match v.as_ref().is_none_or(|m| m.is_empty()) && fill {
-        true => Ok(None),
-        false => id_map(field, v, new_user),
-    };
-    let uid_map = map("linux.uidMappings", linux.uid_mappings())?;
-    let gid_map = map("linux.gidMappings", linux.gid_mappings())?;
-    Ok((uid_map, gid_map))
 }
 
 /// `linux.sysctl`, sorted: only keys of a namespace the sandbox creates.

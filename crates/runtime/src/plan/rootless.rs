@@ -6,8 +6,11 @@
 //! capability of its namespace and none over the host: whatever it does
 //! stays within the caller's own rights.
 
+use oci_spec::runtime::Linux;
+
+use super::fields::id_map;
 use crate::error::SpecError;
-use crate::plan::Plan;
+use crate::plan::{Dialect, Plan};
 
 static FOR_NAMESPACE_ROOT: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -241,6 +244,27 @@ fn drop_unmapped_devpts_gid(plan: &mut Plan, gids: u64) {
             .collect::<Vec<_>>()
             .join(",");
     }
+}
+
+/// `linux.uidMappings` and `linux.gidMappings`: with a new user namespace
+/// (which needs them) and only then.
+pub(super) fn id_maps(
+    linux: &Linux,
+    clone_flags: u64,
+    dialect: Dialect,
+) -> Result<(Option<String>, Option<String>), SpecError> {
+    let new_user = clone_flags & libc::CLONE_NEWUSER as u64 != 0;
+    // An unprivileged caller's own ids fill a user namespace an isola
+    // spec leaves unmapped (`crun spec --rootless` writes one so): see
+    // `rootless::adapt`. An OCI bundle's maps are its client's to give.
+    let fill = new_user && dialect == Dialect::Isola && OwnedIds::of_caller().is_some();
+    let map = |field, v: &Option<Vec<_>>| match v.as_ref().is_none_or(|m| m.is_empty()) && fill {
+        true => Ok(None),
+        false => id_map(field, v, new_user),
+    };
+    let uid_map = map("linux.uidMappings", linux.uid_mappings())?;
+    let gid_map = map("linux.gidMappings", linux.gid_mappings())?;
+    Ok((uid_map, gid_map))
 }
 
 #[cfg(test)]
