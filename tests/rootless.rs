@@ -126,6 +126,17 @@ impl User {
         c
     }
 
+    /// `isola up STACK` as the user (in `cgroup` when given), its output
+    /// piped: read it once it ended.
+    pub fn spawn_up(&self, cgroup: Option<&Path>, stack: &str) -> std::process::Child {
+        self.command(cgroup, &crate::isola_bin(), &["up", stack])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn isola up as the user")
+    }
+
     /// `isola ARGS` as the user, `stdin` fed in, at most `limit`.
     pub fn isola(
         &self,
@@ -207,6 +218,19 @@ fn remove_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Wait (10 s at most) until no process of the test user is left.
+pub fn wait_no_user_processes() {
+    let t = std::time::Instant::now();
+    while !user_processes().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            user_processes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Processes of the test user (its uid or its subordinate ids) still

@@ -4,7 +4,6 @@
 //! one line without one, and `isola up` with its client commands on the
 //! user's own default paths.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use isola_tests::rootless::{
@@ -250,13 +249,7 @@ fn up_as_a_user_on_its_own_paths_with_limits_a_held_socket_and_every_client_comm
     let path = dir.join("rl.json");
     std::fs::write(&path, stack.to_string()).unwrap();
     let path = path.display().to_string();
-    let mut up = u
-        .command(Some(&d.login), &isola_bin(), &["up", &path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = u.spawn_up(Some(&d.login), &path);
     // The user's default socket, in its runtime directory.
     let sock = u.runtime.join("isola/isola.sock");
     let t = Instant::now();

@@ -94,15 +94,7 @@ fn net_pasta_gives_a_users_sandbox_outbound_access() {
         text(&out.stderr)
     );
     // pasta quits with the namespace.
-    let t = Instant::now();
-    while !rootless::user_processes().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            rootless::user_processes()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rootless::wait_no_user_processes();
     // Root is told what to use instead.
     let out = isola(&["run", "--net", "pasta", "--", "true"], "", LIMIT);
     assert_eq!(out.status.code(), Some(2));
@@ -157,13 +149,7 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
     let path = dir.join("rn.json");
     std::fs::write(&path, stack.to_string()).unwrap();
     let path = path.display().to_string();
-    let mut up = u
-        .command(None, &isola_bin(), &["up", &path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = u.spawn_up(None, &path);
     let sock = u.runtime.join("isola/isola.sock");
     let t = Instant::now();
     let answer = loop {
@@ -222,8 +208,22 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
         said.contains(&SUB_START.to_string()),
         "the user's range is mapped: {said}"
     );
-    // A reload that adds a held TCP socket pasta does not forward is
-    // refused, the running stack kept.
+    // An upgrade in place keeps the namespace, pasta and its forwards.
+    let out = u.isola(None, &["upgrade"], "", LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        http_get(18433).ends_with("db says hi"),
+        "served after the upgrade"
+    );
+    // A reload (after the upgrade: the forwards came across) that adds a
+    // held TCP socket pasta does not forward is refused, the running
+    // stack kept.
     let mut more = stack.clone();
     more["services"]["front"]["sockets"]
         .as_array_mut()
@@ -245,13 +245,5 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
                 .contains("services.front.sockets[1].listen: tcp://127.0.0.1:18435: not forwarded"),
         "{err}"
     );
-    let t = Instant::now();
-    while !rootless::user_processes().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            rootless::user_processes()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rootless::wait_no_user_processes();
 }

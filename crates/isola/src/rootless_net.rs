@@ -32,6 +32,10 @@ use serde_json::Value;
 
 use crate::Exit;
 
+/// Where the forwards are kept for an upgrade's new binary (same process,
+/// same environment: pasta and its forwards stay as they are).
+const FORWARDED_ENV: &str = "ISOLA_ROOTLESS_FORWARDS";
+
 /// How long pasta may take to set the namespace up.
 const PASTA_READY: Duration = Duration::from_secs(20);
 
@@ -57,7 +61,19 @@ pub(crate) fn enter_if_needed(
     // From here on we are root of the namespace: plans get no user
     // namespace of their own (their ids were checked just now).
     rootless::plans_for_namespace_root();
+    if let Ok(text) = serde_json::to_string(&forwards) {
+        std::env::set_var(FORWARDED_ENV, text);
+    }
     Ok(Some(forwards))
+}
+
+/// After an upgrade's exec: the forwards the first `isola up` set, if it
+/// entered a namespace of its own.
+pub(crate) fn inherited_forwards() -> Option<Forwarded> {
+    let text = std::env::var(FORWARDED_ENV).ok()?;
+    let forwards = serde_json::from_str(&text).ok()?;
+    rootless::plans_for_namespace_root();
+    Some(forwards)
 }
 
 /// Each service's `process.user` among the ids the namespace maps: once

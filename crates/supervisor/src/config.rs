@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// The host addresses forwarded into a user's stack namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Forwarded {
     pub tcp: Vec<std::net::SocketAddr>,
     pub udp: Vec<std::net::SocketAddr>,

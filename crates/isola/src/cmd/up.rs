@@ -81,6 +81,8 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     if handover.is_none() && (detached || !detach) {
         cfg.forwarded =
             crate::rootless_net::enter_if_needed(&cfg.stack_path, cfg.metrics.as_ref())?;
+    } else if handover.is_some() {
+        cfg.forwarded = crate::rootless_net::inherited_forwards();
     }
     if detach && handover.is_none() {
         let wait = Duration::from_secs(wait_seconds);
