@@ -312,6 +312,31 @@ fn up_as_a_user_on_its_own_paths_with_limits_a_held_socket_and_every_client_comm
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("0\n"), "{out}");
+    // Root exec'ing into the user's sandbox takes on the user's namespace
+    // (not the host's root in there), without root's groups.
+    let sock = u.runtime.join("isola/isola.sock").display().to_string();
+    let out = isola(
+        &[
+            "exec",
+            "--socket",
+            &sock,
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "head -1 /proc/self/uid_map; id -G",
+        ],
+        "",
+        LIMIT,
+    );
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    let lines: Vec<Vec<&str>> = said
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0", &UID.to_string(), "1"], "{said}");
+    assert_eq!(lines[1], ["0"], "{said}");
     // From a shell outside the delegated subtree the exec cannot enter
     // the service's group: one line says where to run it.
     let out = u.isola(None, &["exec", "web", "--", "true"], "", LIMIT);

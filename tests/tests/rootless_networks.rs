@@ -95,6 +95,30 @@ fn net_pasta_gives_a_users_sandbox_outbound_access() {
     );
     // pasta quits with the namespace.
     rootless::wait_no_user_processes();
+    // isola run killed outright: pasta goes with it (PDEATHSIG), as does
+    // the sandbox.
+    let mut child = u
+        .command(
+            None,
+            &isola_bin(),
+            &["run", "--net", "pasta", "--", "sleep", "30"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !rootless::user_processes()
+        .iter()
+        .any(|p| p.contains("pasta"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "pasta never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    rootless::wait_no_user_processes();
     // Root is told what to use instead.
     let out = isola(&["run", "--net", "pasta", "--", "true"], "", LIMIT);
     assert_eq!(out.status.code(), Some(2));

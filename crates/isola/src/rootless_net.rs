@@ -54,6 +54,14 @@ pub(crate) fn enter_if_needed(
         return Ok(None);
     };
     let forwards = forwards(&v, metrics)?;
+    // The runtime directory as the user sees it, kept for an upgrade's new
+    // binary (inside, our uid is 0 and would choose another).
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty()) {
+        std::env::set_var(
+            "XDG_RUNTIME_DIR",
+            isola_supervisor::user_dirs::runtime_dir(),
+        );
+    }
     let ids = OwnedIds::read()
         .ok_or_else(|| Exit(exit::SETUP, "rootless networks: not unprivileged".into()))?;
     check_users(&v, &ids)?;
@@ -235,7 +243,7 @@ fn map_own_ids(ids: &OwnedIds) -> std::io::Result<()> {
 /// pasta writes its pid file once the namespace is set up.
 fn wait_for_pasta(pid_file: &Path, helper: nix::unistd::Pid) -> Result<(), Exit> {
     let t = Instant::now();
-    while !pid_file.exists() {
+    while !std::fs::read_to_string(pid_file).is_ok_and(|s| !s.trim().is_empty()) {
         let gone = nix::sys::wait::waitpid(helper, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         if !matches!(gone, Ok(nix::sys::wait::WaitStatus::StillAlive)) {
             return Err(Exit(

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 /// the host, or of a container that has its own `/run`; not podman
 /// rootless's runtime, whose `/run` is the host's).
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-        && nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok()
+    !isola_runtime::plan::rootless::unprivileged()
+        || (nix::unistd::geteuid().is_root()
+            && nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok())
 }
 
 /// Runtime files (sockets): `/run` for root; `$XDG_RUNTIME_DIR`, else
@@ -37,14 +38,13 @@ fn choose_runtime_dir() -> PathBuf {
         return run_user;
     }
     let tmp = PathBuf::from(format!("/tmp/run-{uid}"));
+    // Made private, as XDG_RUNTIME_DIR is; whoever made it, it must be a
+    // directory of ours that nobody else may enter (checked after the
+    // mkdir: another user may have made it in between).
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&tmp);
     match std::fs::symlink_metadata(&tmp) {
-        Err(_) => {
-            // Ours from the start: made private, as XDG_RUNTIME_DIR is.
-            let _ = std::fs::DirBuilder::new().mode(0o700).create(&tmp);
-            tmp
-        }
         Ok(m) if m.is_dir() && m.uid() == uid.as_raw() && m.mode() & 0o077 == 0 => tmp,
-        Ok(_) => state_home().join("isola/run"),
+        _ => state_home().join("isola/run"),
     }
 }
 

@@ -164,12 +164,13 @@ fn exec(
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&quiet), None);
     let joined = join::spawn(&target, &opts).map_err(|e| {
         let group = target.cgroup.map(|c| c.display().to_string());
+        let cloning = e.to_string().contains("clone3");
         match (e.errno(), group) {
             // Moving a process into a group takes write access to the
             // common ancestor's cgroup.procs: a user's shell outside the
             // subtree delegated to them has none.
             (Some(nix::errno::Errno::EACCES), Some(g))
-                if isola_runtime::plan::rootless::unprivileged() =>
+                if cloning && isola_runtime::plan::rootless::unprivileged() =>
             {
                 Exit(
                     exit::FAILURE,

@@ -71,17 +71,18 @@ fn enable_controllers(
     };
     match wrote {
         Ok(()) => return Ok(()),
-        // A base controller an unprivileged caller may not enable (a
-        // directory above the subtree delegated to it is not its to write)
-        // is only missing from status; one a limit needs is an error.
-        Err(e) if needed_add.is_empty() && refused_to_us(&e) => return Ok(()),
-        Err(source) if needed_add.is_empty() => {
+        // Root's error, whatever the controller: as before.
+        Err(source) if !refused_to_us(&source) => {
             return Err(CgroupError::Write {
                 path: ctl_path,
                 value: add,
                 source,
             })
         }
+        // A base controller an unprivileged caller may not enable (a
+        // directory above the subtree delegated to it is not its to write)
+        // is only missing from status; one a limit needs is an error.
+        Err(_) if needed_add.is_empty() => return Ok(()),
         Err(_) => {}
     }
     fs::write(&ctl_path, needed_add.trim_end()).map_err(|source| {

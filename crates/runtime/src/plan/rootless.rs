@@ -159,17 +159,25 @@ fn mapped_len(subs: &[SubRange]) -> u64 {
 /// own); a map the spec leaves out is ours. The payload's ids must be
 /// among the mapped ones.
 pub(crate) fn adapt(plan: &mut Plan, ids: &OwnedIds) -> Result<(), SpecError> {
-    if let Some((flags, path)) = plan.join.first() {
-        if !plan.new_user_ns() {
-            return Err(SpecError::new(
-                "linux.namespaces",
-                format!(
-                    "{flags:?} by path ({}): joining a namespace needs root, or a user namespace of the spec's own that owns it",
-                    path.display()
-                ),
-            ));
+    if !plan.join.is_empty() {
+        // Joined first, a user namespace of the user's own (rootlesskit's,
+        // pasta's) owns the others: fine. Otherwise the joined ones are
+        // owned by a namespace we hold no capability in.
+        let joins_user = plan
+            .join
+            .iter()
+            .any(|(f, _)| f.contains(nix::sched::CloneFlags::CLONE_NEWUSER));
+        if joins_user {
+            return Ok(());
         }
-        return Ok(());
+        let (flags, path) = &plan.join[0];
+        return Err(SpecError::new(
+            "linux.namespaces",
+            format!(
+                "{flags:?} by path ({}): an unprivileged caller joins namespaces only with the user namespace that owns them (add it by path)",
+                path.display()
+            ),
+        ));
     }
     if plan.new_user_ns() && plan.uid_map.is_some() && plan.gid_map.is_some() {
         return Ok(());

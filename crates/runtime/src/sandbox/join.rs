@@ -189,7 +189,15 @@ fn entry_point(target: &Target<'_>) -> Result<Entry, Error> {
         false => (init, None),
         true => {
             let p = payload_of(init)?;
-            (p, Some(pidfd_of(Pid::from_raw(p))?))
+            let fd = pidfd_of(Pid::from_raw(p))?;
+            // Still the init's child now that we hold it: not a reused pid.
+            if payload_of(init)? != p {
+                return Err(Error::sys(
+                    "exec: the sandbox's payload has ended",
+                    Errno::ESRCH,
+                ));
+            }
+            (p, Some(fd))
         }
     };
     let user_ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -267,6 +275,12 @@ fn waiter(
         if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
             return setup_failed("prctl", &e);
         }
+    }
+    if flags & libc::CLONE_NEWUSER as u64 != 0 {
+        // Our supplementary groups must not come along into a user
+        // namespace where setgroups may be denied (a user's): root drops
+        // them here, while it still may; a user's are its own.
+        let _ = nix::unistd::setgroups(&[]);
     }
     if flags != 0 {
         let bits = i32::try_from(flags).unwrap_or(0);
