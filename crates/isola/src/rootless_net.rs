@@ -62,8 +62,14 @@ pub(crate) fn enter_if_needed(
             isola_supervisor::user_dirs::runtime_dir(),
         );
     }
-    let ids = OwnedIds::read()
+    let mut ids = OwnedIds::read()
         .ok_or_else(|| Exit(exit::SETUP, "rootless networks: not unprivileged".into()))?;
+    // The ranges are mapped only both together (by the helper); else our
+    // own ids alone.
+    if ids.sub_uids.is_empty() || ids.sub_gids.is_empty() {
+        ids.sub_uids.clear();
+        ids.sub_gids.clear();
+    }
     check_users(&v, &ids)?;
     enter(&forwards, &ids)?;
     // From here on we are root of the namespace: plans get no user
@@ -218,7 +224,7 @@ fn enter(forwards: &Forwards, ids: &OwnedIds) -> Result<(), Exit> {
         nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET,
     )
     .map_err(|e| fail("unshare", &e))?;
-    if ids.sub_uids.is_empty() || ids.sub_gids.is_empty() {
+    if ids.sub_uids.is_empty() {
         map_own_ids(ids).map_err(|e| fail("id maps", &e))?;
     }
     ours.write_all(b"G").map_err(|e| fail("helper", &e))?;
@@ -278,7 +284,7 @@ impl Helper {
         if !matches!(sock.read(&mut go), Ok(1)) {
             return 1;
         }
-        if !self.ids.sub_uids.is_empty() && !self.ids.sub_gids.is_empty() {
+        if !self.ids.sub_uids.is_empty() {
             let pid = self.parent.to_string();
             for (tool, own, subs) in [
                 ("newuidmap", self.ids.uid, &self.ids.sub_uids),
