@@ -258,51 +258,9 @@ fn waiter(
         eprintln!("isola exec: {what}: {e}");
         exit::code(exit::SETUP)
     };
-    if let Some(fds) = opts.stdio {
-        for (slot, fd) in fds.into_iter().enumerate() {
-            let slot = i32::try_from(slot).unwrap_or(i32::MAX);
-            if let Err(e) = sys::dup2_raw(fd, slot) {
-                return setup_failed("stdio", &e);
-            }
-        }
-    }
     let set = waiter_signals();
-    if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
-        return setup_failed("sigprocmask", &e);
-    }
-    // If our caller dies, the command goes with us.
-    if !opts.detached {
-        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
-            return setup_failed("prctl", &e);
-        }
-    }
-    if flags & libc::CLONE_NEWUSER as u64 != 0 {
-        // Our supplementary groups must not come along into a user
-        // namespace where setgroups may be denied (a user's): root drops
-        // them here, while it still may; a user's are its own.
-        let _ = nix::unistd::setgroups(&[]);
-    }
-    if flags != 0 {
-        let bits = i32::try_from(flags).unwrap_or(0);
-        if let Err(e) = nix::sched::setns(via, CloneFlags::from_bits_retain(bits)) {
-            return setup_failed("join the sandbox's namespaces", &e);
-        }
-    }
-    if let Some(console) = opts.console {
-        // In the sandbox's mount namespace now: /dev/ptmx is its devpts.
-        #[allow(unsafe_code)]
-        // SAFETY: our caller's owner of this fd lives on in its memory only;
-        // this child leaves by exit_now.
-        let console = unsafe { sys::adopt_inherited_fd(console) };
-        let slave = match super::gate::console(console) {
-            Ok(s) => s,
-            Err(e) => return setup_failed("console", &e),
-        };
-        for slot in 0..=2 {
-            if let Err(e) = sys::dup2_raw(slave.as_raw_fd(), slot) {
-                return setup_failed("console", &e);
-            }
-        }
+    if let Err((what, e)) = enter(via, opts, flags, &set) {
+        return setup_failed(what, &e);
     }
     // Nothing of the caller's (a supervisor's thousands of fds) goes in.
     #[allow(unsafe_code)]
@@ -317,11 +275,60 @@ fn waiter(
     // SAFETY: we are single-threaded (a fresh child of a single-threaded
     // caller); the command's side leaves by exec or exit_now.
     let forked = unsafe { sys::fork() };
-    let command = match forked {
-        Err(e) => return setup_failed("fork", &e),
+    match forked {
+        Err(e) => setup_failed("fork", &e),
         Ok(ForkResult::Child) => sys::exit_now(command(plan, opts, env, uid, gid, cwd)),
-        Ok(ForkResult::Parent { child }) => child,
-    };
+        Ok(ForkResult::Parent { child }) => relay(child, &set, opts),
+    }
+}
+
+/// The waiter's own setup: stdio, signals, the namespaces of `via`, the
+/// console; what failed, and why.
+fn enter(
+    via: BorrowedFd<'_>,
+    opts: &Options,
+    flags: u64,
+    set: &SigSet,
+) -> Result<(), (&'static str, String)> {
+    if let Some(fds) = opts.stdio {
+        for (slot, fd) in fds.into_iter().enumerate() {
+            let slot = i32::try_from(slot).unwrap_or(i32::MAX);
+            sys::dup2_raw(fd, slot).map_err(|e| ("stdio", e.to_string()))?;
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(set), None)
+        .map_err(|e| ("sigprocmask", e.to_string()))?;
+    // If our caller dies, the command goes with us.
+    if !opts.detached {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("prctl", e.to_string()))?;
+    }
+    if flags & libc::CLONE_NEWUSER as u64 != 0 {
+        // Our supplementary groups must not come along into a user
+        // namespace where setgroups may be denied (a user's): root drops
+        // them here, while it still may; a user's are its own.
+        let _ = nix::unistd::setgroups(&[]);
+    }
+    if flags != 0 {
+        let bits = i32::try_from(flags).unwrap_or(0);
+        nix::sched::setns(via, CloneFlags::from_bits_retain(bits))
+            .map_err(|e| ("join the sandbox's namespaces", e.to_string()))?;
+    }
+    if let Some(console) = opts.console {
+        // In the sandbox's mount namespace now: /dev/ptmx is its devpts.
+        #[allow(unsafe_code)]
+        // SAFETY: our caller's owner of this fd lives on in its memory only;
+        // this child leaves by exit_now.
+        let console = unsafe { sys::adopt_inherited_fd(console) };
+        let slave = super::gate::console(console).map_err(|e| ("console", e))?;
+        for slot in 0..=2 {
+            sys::dup2_raw(slave.as_raw_fd(), slot).map_err(|e| ("console", e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pass signals on to the command until it ends; its status.
+fn relay(command: Pid, set: &SigSet, opts: &Options) -> i32 {
     loop {
         let Ok(sig) = set.wait() else { continue };
         match sig {
