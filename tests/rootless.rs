@@ -220,6 +220,19 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Panics with its output when `isola up` has ended (it should not have).
+pub fn assert_up(up: &mut std::process::Child) {
+    if up.try_wait().expect("try_wait").is_some() {
+        let out = std::mem::replace(up, Command::new("true").spawn().expect("spawn true"));
+        let out = out.wait_with_output().expect("wait isola up");
+        panic!(
+            "isola up exited: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
 /// Wait (10 s at most) until no process of the test user is left.
 pub fn wait_no_user_processes() {
     let t = std::time::Instant::now();

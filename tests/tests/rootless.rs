@@ -254,14 +254,7 @@ fn up_as_a_user_on_its_own_paths_with_limits_a_held_socket_and_every_client_comm
     let sock = u.runtime.join("isola/isola.sock");
     let t = Instant::now();
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        if up.try_wait().unwrap().is_some() {
-            let out = up.wait_with_output().unwrap();
-            panic!(
-                "isola up exited: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
+        rootless::assert_up(&mut up);
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "no socket at {}",

@@ -177,14 +177,7 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
     let sock = u.runtime.join("isola/isola.sock");
     let t = Instant::now();
     let answer = loop {
-        if up.try_wait().unwrap().is_some() {
-            let out = up.wait_with_output().unwrap();
-            panic!(
-                "isola up exited: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
+        rootless::assert_up(&mut up);
         let served = sock.exists()
             && std::net::TcpStream::connect("127.0.0.1:18433").is_ok()
             && http_get(18433).ends_with("db says hi");

@@ -203,8 +203,11 @@ fn entry_point(target: &Target<'_>) -> Result<Entry, Error> {
     let user_ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let theirs = user_ns(&format!("/proc/{via}/ns/user"))
         .map_err(|e| Error::sys("exec: the sandbox's user namespace", io_errno(&e)))?;
-    let ours = user_ns("/proc/self/ns/user")
-        .map_err(|e| Error::sys("exec: our user namespace", io_errno(&e)))?;
+    // Ours does not change: read once (exec probes come here every period).
+    static OURS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let ours = OURS
+        .get_or_init(|| user_ns("/proc/self/ns/user").ok())
+        .ok_or_else(|| Error::sys("exec: our user namespace", Errno::EIO))?;
     let user_flag = match theirs == ours {
         true => 0,
         false => libc::CLONE_NEWUSER as u64,
