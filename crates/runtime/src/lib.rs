@@ -48,7 +48,10 @@ pub use ipc::{fdpass, handover, listen, sock_diag};
 pub use sandbox::{gate, join};
 pub use spec::{shorthand, starter};
 
-pub use sys::{as_helper, in_shared_arena, release_free_memory, spawn_helper, Allocator};
+pub use sys::{
+    as_helper, fork_keeper, in_shared_arena, release_free_memory, spawn_helper,
+    spawn_sibling_helper, spawn_with_fds_at, Allocator, KeeperFork,
+};
 
 pub use error::{Error, SpecError};
 pub use plan::Plan;

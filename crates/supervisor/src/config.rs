@@ -26,6 +26,9 @@ pub struct Config {
     /// fixed when `isola up` started: a held TCP or UDP socket a reload
     /// adds must be one of them. `None`: the host's network namespace.
     pub forwarded: Option<Forwarded>,
+    /// The stack's keeper (`crate::keeper`), the parent of its inits,
+    /// when `isola up` has one.
+    pub keeper: Option<crate::keeper::Channel>,
 }
 
 /// The host addresses forwarded into a user's stack namespace.

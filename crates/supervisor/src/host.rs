@@ -116,6 +116,12 @@ impl PlanAdditions {
     }
 }
 
+/// The keeper's limit raised as the supervisor's is (it holds copies of
+/// the supervisor's fds).
+pub(crate) fn raise_own_fd_limit() {
+    let _ = raise_nofile();
+}
+
 /// A running service holds two fds ([`FDS_PER_RUNNING`]): raise
 /// our RLIMIT_NOFILE (root may go up to fs.nr_open). Returns the original.
 fn raise_nofile() -> Option<Rlimit> {

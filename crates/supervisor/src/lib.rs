@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod garbage_tests;
 mod held_sockets;
 mod host;
+pub mod keeper;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;

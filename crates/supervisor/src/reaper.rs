@@ -47,6 +47,19 @@ impl Reaper {
         self.children.insert(pid.as_raw(), child);
     }
 
+    /// Whose `pid` was, told once (the keeper reaped it for us).
+    pub(crate) fn take(&mut self, pid: Pid) -> Option<Child> {
+        self.children.remove(&pid.as_raw())
+    }
+
+    /// The inits watched.
+    pub(crate) fn inits(&self) -> impl Iterator<Item = (Pid, Child)> + '_ {
+        self.children
+            .iter()
+            .filter(|(_, c)| matches!(c, Child::Init(_)))
+            .map(|(p, c)| (Pid::from_raw(*p), *c))
+    }
+
     /// `pid` is no one's any more (its owner reaped it, or let it go).
     pub(crate) fn forget(&mut self, pid: Pid) {
         self.children.remove(&pid.as_raw());

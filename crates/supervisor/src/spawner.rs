@@ -87,15 +87,23 @@ pub enum Answer {
 impl Spawner {
     /// Fork the spawner. In the child, `serve` gets the socket (and only
     /// that and stdio), answers requests, and its result is the exit code.
-    pub fn fork(serve: impl FnOnce(OwnedFd) -> i32) -> Result<Spawner, Errno> {
+    /// `sibling`: the spawner is our parent's child (a keeper's).
+    pub fn fork(sibling: bool, serve: impl FnOnce(OwnedFd) -> i32) -> Result<Spawner, Errno> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        let pid = isola_runtime::spawn_helper(theirs, serve)?;
+        let pid = match sibling {
+            true => isola_runtime::spawn_sibling_helper(theirs, serve)?,
+            false => isola_runtime::spawn_helper(theirs, serve)?,
+        };
         Ok(Spawner { sock: ours, pid })
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
 
     /// Ask for a service to be started (see [`Start`]); `name` (the

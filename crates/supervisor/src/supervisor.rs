@@ -26,6 +26,7 @@ use crate::autoscale::Autoscaler;
 use crate::control::server::ControlServer;
 use crate::held_sockets::HeldSockets;
 use crate::host::{self, PlanAdditions};
+use crate::keeper::link::Link;
 use crate::lifecycle::Core;
 use crate::metrics::server::MetricsServer;
 use crate::networks::Networks;
@@ -140,6 +141,8 @@ pub struct Supervisor {
     pub(crate) autoscaler: Autoscaler,
     /// This supervisor's line of upgrades, and the one under way.
     pub(crate) upgrades: Upgrades,
+    /// The stack's keeper, when it has one: the parent of its inits.
+    pub(crate) keeper: Option<Link>,
 }
 
 /// A part's context, built from the loop's fields (a macro, not a
@@ -241,6 +244,7 @@ impl Supervisor {
             group: p.group,
             spawner: p.spawner.ok(),
             stats_cap: p.stats_cap,
+            siblings: cfg.keeper.is_some(),
         };
         let mut sandboxes = Sandboxes::new(&reactor, sandbox_setup).map_err(setup("inotify"))?;
         for (i, def) in p.defs.iter().enumerate() {
@@ -252,7 +256,8 @@ impl Supervisor {
         let upgrades = Upgrades::new(p.additions.inherited.record(), p.stack_text);
 
         let mut sup = Supervisor {
-            reports: Reports::new(core.len(), cfg.echo),
+            reports: Reports::new(core.len(), cfg.echo, cfg.keeper.clone()),
+            keeper: cfg.keeper.clone().map(Link::new),
             wakeups: Wakeups::new(&reactor).map_err(UpError::Setup)?,
             control: ControlServer::new(p.listener, &reactor).map_err(setup("epoll"))?,
             metrics: Metrics::new(
@@ -280,6 +285,7 @@ impl Supervisor {
             upgrades,
         };
         sup.watch_arrivals();
+        sup.watch_keeper()?;
         Ok(sup)
     }
 
@@ -291,6 +297,7 @@ impl Supervisor {
             // begins; the core hears once the cgroup is empty); what was
             // queued may start.
             self.reap_children();
+            self.reconcile_with_keeper();
             self.core.resumed(self.now);
         } else {
             self.core.start_all(self.now);
@@ -311,10 +318,14 @@ impl Supervisor {
                 self.settle();
             }
             self.lag.record(began, Instant::now());
+            if let Some(k) = self.keeper.as_mut() {
+                k.changed();
+            }
             // No event of this wakeup is left to reach a forgotten index.
             self.core.recycle();
             self.report_progress();
             self.upgrade_turn();
+            self.keeper_turn();
         }
         self.finish_shutdown();
         Ok(())
@@ -325,6 +336,7 @@ impl Supervisor {
         let key = token.key;
         match token.part {
             Part::Signals => self.on_signals(),
+            Part::Keeper => self.on_keeper(),
             Part::Timer => self.on_timer(),
             Part::Sandboxes => {
                 if let Some((i, report)) = self.sandboxes.on_event(ctx!(self), key) {

@@ -1,10 +1,13 @@
 //! `isola up` and `isola down`: a stack's supervisor started, in the
 //! foreground or (`-d`) the background, and ended.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use isola_runtime::KeeperFork;
 use isola_runtime::{cgroup, exit};
+use isola_supervisor::keeper;
 use isola_supervisor::logs::LogConfig;
 use isola_supervisor::metrics::MetricsAddr;
 use isola_supervisor::supervisor::{self, NoCgroup};
@@ -68,6 +71,8 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
     // First, before any fd of ours is opened: an upgrade's handover.
     let handover = isola_runtime::handover::receive(supervisor::HANDOVER_ENV)
         .map_err(|e| Exit(exit::FAILURE, e))?;
+    // And the keeper's socket, when a keeper or an upgrade exec'd us.
+    let keeper = keeper::Channel::from_env().map_err(|e| Exit(exit::FAILURE, e))?;
     let (mut cfg, images, detach, wait_seconds) = config(args)?;
     // Images are pulled here, before anything starts (and before `-d`
     // detaches, so progress and failures show where the user looks).
@@ -92,7 +97,61 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
         // The background supervisor of `up -d`: a session of its own.
         let _ = nix::unistd::setsid();
     }
-    supervise(cfg, handover)
+    cfg.keeper = match keeper {
+        Some(k) => Some(k),
+        None => start_keeper(),
+    };
+    let keeper = cfg.keeper.clone();
+    let result = supervise(cfg, handover);
+    if let Some(k) = keeper {
+        k.bye(match &result {
+            Ok(code) => *code,
+            Err(Exit(code, _)) => *code,
+        });
+    }
+    result
+}
+
+/// Fork the stack's keeper (`isola_supervisor::keeper`): this process
+/// keeps, and exits when the stack ended; the child returns, to
+/// supervise. Without a keeper (a fork refused) the stack lives and dies
+/// with its supervisor, as said.
+fn start_keeper() -> Option<keeper::Channel> {
+    use std::io::Write;
+    let pair = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    );
+    let fork = |(ours, theirs): (OwnedFd, OwnedFd)| {
+        // Nothing buffered is printed twice.
+        let _ = std::io::stdout().flush();
+        match isola_runtime::fork_keeper(ours.as_raw_fd())? {
+            KeeperFork::Keeper { supervisor } => {
+                // Closed with every other fd but `ours`.
+                std::mem::forget(theirs);
+                std::process::exit(keeper::keep(ours, supervisor));
+            }
+            KeeperFork::Supervisor => Ok(theirs),
+        }
+    };
+    match pair.and_then(fork) {
+        Ok(theirs) => {
+            // The keeper's death ends the stack: its inits die with it
+            // (their PDEATHSIG), and so do we.
+            let keeper = nix::unistd::getppid();
+            let armed = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            if armed.is_err() || nix::unistd::getppid() != keeper {
+                std::process::exit(i32::from(exit::FAILURE));
+            }
+            Some(keeper::Channel::new(theirs))
+        }
+        Err(e) => {
+            eprintln!("isola: warning: no keeper ({e}): the services end with this supervisor");
+            None
+        }
+    }
 }
 
 /// `isola handover-check up ARGS…`: can this binary take over from the
@@ -146,6 +205,7 @@ fn config(args: UpArgs) -> Result<(supervisor::Config, ImageFlags, bool, u64), E
         metrics,
         image_store: images.store.root(),
         forwarded: None,
+        keeper: None,
     };
     Ok((cfg, images, detach, wait_seconds))
 }

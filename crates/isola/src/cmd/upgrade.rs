@@ -79,6 +79,10 @@ fn print_info(i: &Info) {
     println!("version:   isola {}", i.version);
     println!("started:   {started}");
     println!("upgrades:  {}", i.upgrades);
+    match i.keeper {
+        Some(k) => println!("keeper:    {k} (new supervisors so far: {})", i.recoveries),
+        None => println!("keeper:    none (the services end with this supervisor)"),
+    }
     println!("stack:     {}", i.stack.display());
     println!("services:  {}", i.services);
     println!("binary:    {}", i.binary.display());

@@ -25,10 +25,25 @@ const MAGIC: &[u8] = b"isola-handover 1\n";
 /// and `isola up` raises its limit to at most 2^20).
 const MAX_FDS: usize = 1 << 21;
 
+/// An fd a handover names: its number, and the file it is (device and
+/// inode: unique while it is open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named {
+    pub fd: RawFd,
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// A handover being put together: the fds kept so far.
 #[derive(Debug, Default)]
 pub struct Outgoing {
     fds: Vec<RawFd>,
+    /// What each fd is, should its number be reused for another (a
+    /// keeper holding copies tells them apart).
+    named: Vec<Named>,
+    /// Crossing the exec, named to the new program another way (its own
+    /// environment variable).
+    unlisted: Vec<RawFd>,
     /// Only written down, flags untouched: a payload to check, not to exec
     /// with.
     dry: bool,
@@ -44,6 +59,8 @@ impl Outgoing {
     pub fn dry() -> Outgoing {
         Outgoing {
             fds: Vec::new(),
+            named: Vec::new(),
+            unlisted: Vec::new(),
             dry: true,
         }
     }
@@ -52,10 +69,27 @@ impl Outgoing {
     /// its number is returned for the payload to name it by.
     pub fn keep(&mut self, fd: BorrowedFd<'_>) -> Result<RawFd, Errno> {
         let raw = fd.as_raw_fd();
+        let st = nix::sys::stat::fstat(fd)?;
         if !self.dry {
             sys::set_cloexec_raw(raw, false)?;
         }
         self.fds.push(raw);
+        self.named.push(Named {
+            fd: raw,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        });
+        Ok(raw)
+    }
+
+    /// `fd` crosses the exec too, but is not listed: the caller names it
+    /// to the new program itself.
+    pub fn keep_unlisted(&mut self, fd: BorrowedFd<'_>) -> Result<RawFd, Errno> {
+        let raw = fd.as_raw_fd();
+        if !self.dry {
+            sys::set_cloexec_raw(raw, false)?;
+            self.unlisted.push(raw);
+        }
         Ok(raw)
     }
 
@@ -78,7 +112,7 @@ impl Outgoing {
         if self.dry {
             return;
         }
-        for fd in self.fds {
+        for fd in self.fds.into_iter().chain(self.unlisted) {
             let _ = sys::set_cloexec_raw(fd, true);
         }
     }
@@ -137,6 +171,31 @@ impl Sealed {
     pub fn abandon(self) {
         self.kept.abandon();
     }
+
+    /// A dry handover as a record for a keeper to hold: the memfd, and
+    /// the fds it names (untouched: they stay close-on-exec).
+    pub fn into_record(self) -> (File, Vec<Named>) {
+        let named = self.kept.named.clone();
+        self.kept.abandon();
+        (self.memfd, named)
+    }
+}
+
+/// One fd an exec'ing process named in the environment variable `var`,
+/// if there is one: the variable is removed, the fd owned (only if it is
+/// not close-on-exec, as an inherited fd is) and close-on-exec again.
+pub fn receive_fd(var: &str) -> Result<Option<OwnedFd>, String> {
+    let Some(value) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    std::env::remove_var(var);
+    let raw: RawFd = value
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{var}: {value:?} is not an fd number"))?;
+    let fd = sys::own_fd_across_exec(raw).map_err(|e| format!("{var}: fd {raw}: {e}"))?;
+    sys::set_cloexec_raw(raw, true).map_err(|e| format!("{var}: fd {raw}: {e}"))?;
+    Ok(Some(fd))
 }
 
 /// What a program got from the one before it.

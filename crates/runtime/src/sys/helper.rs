@@ -2,7 +2,7 @@
 //! spawner, the rootless networks' helper) and a `Command` set up to run
 //! as a helper of ours (pasta).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -85,5 +85,131 @@ pub fn as_helper(cmd: &mut std::process::Command) -> &mut std::process::Command 
             }
             Ok(())
         })
+    }
+}
+
+/// [`spawn_helper`], the child made our parent's child (CLONE_PARENT): a
+/// supervisor under a keeper forks its spawner so, and the spawner's
+/// clones (CLONE_PARENT again) are then the keeper's children, which
+/// outlive the supervisor.
+pub fn spawn_sibling_helper(
+    keep: OwnedFd,
+    body: impl FnOnce(OwnedFd) -> i32,
+) -> Result<Pid, Errno> {
+    check_single_threaded()?;
+    // SAFETY: single-threaded, checked just now; the child leaves only
+    // through exit_now, never returning into the caller's frames.
+    match unsafe { super::clone3(0, None, true) }? {
+        super::Forked::Child => {
+            // SAFETY: a fresh child that never returns into the caller's
+            // frames, and `body` uses no fd but `keep` (our contract).
+            if unsafe { close_fds_except(keep.as_raw_fd()) }.is_err() {
+                exit_now(crate::exit::code(crate::exit::SETUP));
+            }
+            exit_now(body(keep))
+        }
+        super::Forked::Parent { pid, .. } => Ok(pid),
+    }
+}
+
+/// Which side of [`fork_keeper`] we are on.
+pub enum KeeperFork {
+    /// The original process, to keep: its child `supervisor` goes on.
+    Keeper { supervisor: Pid },
+    /// The child, to supervise.
+    Supervisor,
+}
+
+/// Fork `isola up` into its keeper (this process: its pid stays the one
+/// a shell or systemd knows) and the supervisor (the child, which goes on
+/// where the caller is). Refused with EBUSY in a process with more than
+/// one thread. Both sides return into the caller's frames with a copy of
+/// its memory: call it before anything is buffered for output. The
+/// keeper's side holds only stdio and `keep` after it: it must leave by
+/// `std::process::exit`, never dropping an owner of another fd.
+pub fn fork_keeper(keep: RawFd) -> Result<KeeperFork, Errno> {
+    check_single_threaded()?;
+    // SAFETY: single-threaded (checked just now), so no lock of another
+    // thread is copied into the child; see above for what both sides
+    // share after it.
+    match unsafe { fork() }? {
+        nix::unistd::ForkResult::Child => Ok(KeeperFork::Supervisor),
+        nix::unistd::ForkResult::Parent { child } => {
+            // SAFETY: by our contract the keeper never drops an owner of
+            // the fds closed here (it leaves by exit).
+            unsafe { close_fds_except(keep) }?;
+            Ok(KeeperFork::Keeper { supervisor: child })
+        }
+    }
+}
+
+/// Start `exe` (an fd of a binary, O_PATH will do) with `argv` and
+/// `env`, with each `(from, to)` fd of ours at number `to` and not
+/// close-on-exec (a keeper hands a new supervisor the fds of the one that
+/// died, at the numbers its snapshot names them by). Every `from`, and
+/// `exe`, is first copied above `above` (which must exceed every `from`
+/// and `to`), so no placement overwrites one still to be placed; the
+/// copies and the `from`s are close-on-exec, gone after the exec. The
+/// calling process must be single-threaded (checked). Returns the pid.
+pub fn spawn_with_fds_at(
+    exe: std::os::fd::BorrowedFd<'_>,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    moves: &[(RawFd, RawFd)],
+    above: RawFd,
+) -> Result<Pid, Errno> {
+    check_single_threaded()?;
+    // Made before the fork: the child allocates nothing.
+    let mut copies: Vec<RawFd> = Vec::with_capacity(moves.len());
+    // SAFETY: single-threaded (checked just now); the child only makes
+    // syscalls on memory prepared before the fork and leaves by exec or
+    // exit_now.
+    match unsafe { fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
+        nix::unistd::ForkResult::Child => {
+            let err = place_and_exec(exe.as_raw_fd(), argv, env, moves, above, &mut copies);
+            exit_now(crate::exit::SIGNALED + err as i32)
+        }
+    }
+}
+
+/// The child's half of [`spawn_with_fds_at`]: returns only on failure.
+fn place_and_exec(
+    exe: RawFd,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    moves: &[(RawFd, RawFd)],
+    above: RawFd,
+    copies: &mut Vec<RawFd>,
+) -> Errno {
+    let dup_above = |fd: RawFd| {
+        // SAFETY: plain fcntl on an fd number of ours.
+        Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) })
+    };
+    // Everything copied above every `to` first, then each put in place:
+    // no dup3 can hit a copy still to be placed.
+    let exe = match dup_above(exe) {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    for (from, _) in moves {
+        match dup_above(*from) {
+            Ok(fd) => copies.push(fd),
+            Err(e) => return e,
+        }
+    }
+    for (copy, (_, to)) in copies.iter().zip(moves) {
+        // SAFETY: both are fd numbers of ours; dup3 closes whatever `to`
+        // was (a copy never: they are all above it).
+        if unsafe { libc::dup3(*copy, *to, 0) } < 0 {
+            return Errno::last();
+        }
+    }
+    // SAFETY: `exe` is open (made just above) and this process image ends
+    // here.
+    let exe = unsafe { std::os::fd::BorrowedFd::borrow_raw(exe) };
+    match nix::unistd::fexecve(exe, argv, env) {
+        Err(e) => e,
+        Ok(never) => match never {},
     }
 }

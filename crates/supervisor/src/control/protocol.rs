@@ -152,6 +152,12 @@ pub struct Info {
     /// started (epoch ms): upgrades keep it.
     pub started_ms: u64,
     pub upgrades: u32,
+    /// The stack's keeper (the pid a shell or systemd knows), and how
+    /// many supervisors it started after one died.
+    #[serde(default)]
+    pub keeper: Option<i32>,
+    #[serde(default)]
+    pub recoveries: u32,
     pub stack: PathBuf,
     pub services: usize,
     /// The binary an upgrade without `--binary` execs.

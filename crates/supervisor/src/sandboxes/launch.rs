@@ -137,7 +137,7 @@ impl Sandboxes {
             &self.setup.stack_root,
             self.setup.no_cgroup,
             l.stdio,
-            false,
+            self.setup.siblings,
         );
         opts.pass_fds = l.pass;
         opts.listen = l.listen;

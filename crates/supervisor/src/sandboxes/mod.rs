@@ -122,6 +122,8 @@ pub(crate) struct Setup {
     /// Running services whose stat files may stay open (the fds the
     /// stack leaves spare).
     pub(crate) stats_cap: usize,
+    /// Inits are cloned as our parent's children (the keeper's).
+    pub(crate) siblings: bool,
 }
 
 /// What an init's report meant.
@@ -464,6 +466,11 @@ impl Sandboxes {
 
     pub(crate) fn no_cgroup(&self) -> bool {
         self.setup.no_cgroup
+    }
+
+    /// The spawner's pid, while there is one.
+    pub(crate) fn spawner_pid(&self) -> Option<nix::unistd::Pid> {
+        self.setup.spawner.as_ref().map(Spawner::pid)
     }
 
     /// At exit: the spawner goes, image roots are deleted, the stack's

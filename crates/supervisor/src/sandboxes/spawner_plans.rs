@@ -30,12 +30,18 @@ pub(crate) fn fork_spawner(
     stack_root: &Path,
     additions: &PlanAdditions,
     images: &ImageContext,
+    siblings: bool,
 ) -> Result<Spawner, Errno> {
-    let supervisor = nix::unistd::getpid();
-    Spawner::fork(|sock| {
+    // Under a keeper, the spawner is the keeper's child (and so is every
+    // init it clones): none dies with the supervisor.
+    let parent = match siblings {
+        true => nix::unistd::getppid(),
+        false => nix::unistd::getpid(),
+    };
+    Spawner::fork(siblings, |sock| {
         // In the child, which holds only `sock` and stdio.
         if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-            || nix::unistd::getppid() != supervisor
+            || nix::unistd::getppid() != parent
         {
             return i32::from(exit::FAILURE);
         }

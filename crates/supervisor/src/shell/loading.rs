@@ -237,6 +237,7 @@ pub(crate) fn spawner_and_text(
         &stack_root,
         additions,
         &images,
+        cfg.keeper.is_some(),
     );
     let stack = stack::parse_with(&text, &base_dir, &images)?;
     Ok((stack, spawner, text))

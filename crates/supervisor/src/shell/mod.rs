@@ -9,6 +9,7 @@
 mod autoscaling;
 mod cni_starts;
 pub(crate) mod context;
+mod keeping;
 pub(crate) mod loading;
 pub(crate) mod loop_lag;
 pub(crate) mod metrics;
@@ -21,6 +22,6 @@ mod requests;
 pub(crate) mod resume;
 pub(crate) mod rules;
 mod status;
-mod under_systemd;
-mod upgrading;
+pub(crate) mod under_systemd;
+pub(crate) mod upgrading;
 pub(crate) mod wakeups;

@@ -20,7 +20,7 @@ use crate::networks::Attach;
 use crate::outputs::{Lines, Outputs, PipeEnds};
 use crate::probes::{exec, Target};
 use crate::readiness::{Readiness, ReadySpec, Senders};
-use crate::reaper::Child;
+use crate::reaper::{Child, Reaped};
 use crate::sandboxes::{Launch, Report, Sandboxes};
 use crate::spec::health::{Check, Notify, ProbeKind};
 use crate::spec::policy::Stderr;
@@ -358,6 +358,13 @@ impl Supervisor {
     /// SIGCHLD: every child that exited, to its owner.
     pub(crate) fn reap_children(&mut self) {
         for r in self.reaper.reap() {
+            self.on_reaped(r);
+        }
+    }
+
+    /// A child's exit, to its owner.
+    pub(crate) fn on_reaped(&mut self, r: Reaped) {
+        {
             match r.child {
                 Child::Init(i) => {
                     if self.sandboxes.init_exited(i, r.pid, r.status) {

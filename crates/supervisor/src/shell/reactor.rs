@@ -34,9 +34,11 @@ pub(crate) enum Part {
     /// Held listeners watched for arrivals (`held_sockets`, for the
     /// autoscaler).
     Sockets,
+    /// The keeper's socket (`keeper`).
+    Keeper,
 }
 
-const PARTS: [Part; 11] = [
+const PARTS: [Part; 12] = [
     Part::Signals,
     Part::Timer,
     Part::Sandboxes,
@@ -48,6 +50,7 @@ const PARTS: [Part; 11] = [
     Part::Rules,
     Part::Names,
     Part::Sockets,
+    Part::Keeper,
 ];
 
 const PART_SHIFT: u32 = 56;

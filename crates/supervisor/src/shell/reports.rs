@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use super::progress::Progress;
 use super::under_systemd::SdNotify;
+use crate::keeper::Channel;
 use crate::lifecycle::Core;
 use crate::outputs::Sink;
 
@@ -21,9 +22,9 @@ pub(crate) struct Reports {
 }
 
 impl Reports {
-    pub(crate) fn new(services: usize, echo: bool) -> Reports {
+    pub(crate) fn new(services: usize, echo: bool, keeper: Option<Channel>) -> Reports {
         Reports {
-            sd_notify: SdNotify::from_env(),
+            sd_notify: SdNotify::from_env_via(keeper),
             progress: Progress::new(services, echo),
         }
     }

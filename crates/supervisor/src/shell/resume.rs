@@ -13,6 +13,7 @@ use isola_runtime::handover::Incoming;
 
 use crate::held_sockets::HeldSockets;
 use crate::host::{Inherited, PlanAdditions};
+use crate::keeper::Channel;
 use crate::metrics::server::BoundMetrics;
 use crate::networks::Networks;
 use crate::outputs::Sink;
@@ -206,6 +207,10 @@ impl Supervisor {
         fds: &mut Incoming,
     ) -> Result<(), UpError> {
         self.upgrades = Upgrades::resumed(snap);
+        let recovered = self.cfg.keeper.as_ref().is_some_and(Channel::recovered);
+        if recovered {
+            self.upgrades.recovered();
+        }
         self.restore_membership(snap)?;
         self.adopt_networks(snap, nets, fds)?;
         self.adopt_roots(snap, fds)?;
@@ -215,12 +220,19 @@ impl Supervisor {
         if let Some(conn) = asked {
             self.answer_upgrade(conn, snap.version.clone(), snap.taken_ms);
         }
-        self.outbox.note(format!(
-            "upgrade: took over {} services from isola {} ({} upgrades so far)",
-            snap.services.len(),
-            snap.version,
-            snap.upgrades
-        ));
+        self.outbox.note(match recovered {
+            true => format!(
+                "keeper: took over {} services after the supervisor died ({} times so far)",
+                snap.services.len(),
+                self.upgrades.recoveries()
+            ),
+            false => format!(
+                "upgrade: took over {} services from isola {} ({} upgrades so far)",
+                snap.services.len(),
+                snap.version,
+                snap.upgrades
+            ),
+        });
         Ok(())
     }
 

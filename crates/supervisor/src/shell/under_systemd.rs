@@ -10,11 +10,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{sendto, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
+use crate::keeper::Channel;
 use crate::lifecycle::{Core, State};
 
 pub(crate) struct SdNotify {
     sock: OwnedFd,
     addr: UnixAddr,
+    /// Under a keeper, which is the unit's main pid (systemd takes
+    /// `NotifyAccess=main` messages from it only): said through it.
+    via: Option<Channel>,
     ready_sent: bool,
     stopping_sent: bool,
     last_status: String,
@@ -68,6 +72,11 @@ impl Counts {
 impl SdNotify {
     /// From `NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace).
     pub(crate) fn from_env() -> Option<SdNotify> {
+        SdNotify::from_env_via(None)
+    }
+
+    /// [`SdNotify::from_env`], said through the keeper when there is one.
+    pub(crate) fn from_env_via(via: Option<Channel>) -> Option<SdNotify> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
         let addr = match bytes.strip_prefix(b"@") {
@@ -84,13 +93,17 @@ impl SdNotify {
         Some(SdNotify {
             sock,
             addr,
+            via,
             ready_sent: false,
             stopping_sent: false,
             last_status: String::new(),
         })
     }
 
-    fn send(&self, text: &str) {
+    pub(crate) fn send(&self, text: &str) {
+        if let Some(keeper) = &self.via {
+            return keeper.notify(text);
+        }
         // A full or absent receiver is its problem, not the stack's.
         let _ = sendto(
             self.sock.as_raw_fd(),

@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use crate::control::Response;
+use crate::keeper::KEEPER_ENV;
 use crate::lifecycle::ConnId;
 use crate::lifecycle::State;
 use crate::reaper::Child;
@@ -24,10 +25,11 @@ impl Supervisor {
     /// `info`: who we are.
     pub(crate) fn info_reply(&self) -> Response<'static> {
         Response {
-            info: Some(
-                self.upgrades
-                    .info(&self.cfg.stack_path, self.core.services().count()),
-            ),
+            info: Some(self.upgrades.info(
+                &self.cfg.stack_path,
+                self.core.services().count(),
+                self.keeper.as_ref().map(|_| nix::unistd::getppid()),
+            )),
             ..Response::ok()
         }
     }
@@ -46,7 +48,7 @@ impl Supervisor {
         }
         let binary = self.upgrades.binary_for(binary)?;
         let mut dry = Outgoing::dry();
-        let snap = self.snapshot(&mut dry, conn)?;
+        let snap = self.snapshot(&mut dry, Purpose::Upgrade(conn))?;
         let copy = dry
             .seal(&snap.encode()?)
             .map_err(|(e, _)| format!("snapshot: {e}"))?;
@@ -71,7 +73,7 @@ impl Supervisor {
     }
 
     /// What keeps the stack from rest, named; `None` when at rest.
-    fn busy(&self) -> Option<String> {
+    pub(crate) fn busy(&self) -> Option<String> {
         self.core
             .busy()
             .or_else(|| self.sandboxes.busy())
@@ -120,7 +122,14 @@ impl Supervisor {
         self.settle();
         self.outputs.flush_own();
         let mut out = Outgoing::new();
-        let payload = self.snapshot(&mut out, conn).and_then(|s| s.encode());
+        let keeper = match self.keeper.as_ref().map(|k| out.keep_unlisted(k.fd())) {
+            Some(Err(e)) => return format!("keep the keeper's socket: {e}"),
+            Some(Ok(fd)) => Some(fd),
+            None => None,
+        };
+        let payload = self
+            .snapshot(&mut out, Purpose::Upgrade(conn))
+            .and_then(|s| s.encode());
         let sealed = match payload {
             Ok(p) => out.seal(&p).map_err(|(e, out)| {
                 out.abandon();
@@ -138,7 +147,7 @@ impl Supervisor {
         self.reports
             .upgrading(&format!("upgrading to isola {version}"));
         let err = match sealed.cross_exec() {
-            Ok(fd) => exec(binary, self.upgrades.args(), fd),
+            Ok(fd) => exec(binary, self.upgrades.args(), fd, keeper),
             Err(e) => e,
         };
         sealed.abandon();
@@ -147,17 +156,27 @@ impl Supervisor {
     }
 
     /// Every part's state; their fds kept in `out`.
-    fn snapshot(&self, out: &mut Outgoing, asked: ConnId) -> Result<Snapshot, String> {
-        self.snapshot_parts(out, asked)
+    pub(crate) fn snapshot(
+        &self,
+        out: &mut Outgoing,
+        purpose: Purpose,
+    ) -> Result<Snapshot, String> {
+        self.snapshot_parts(out, purpose)
             .map_err(|e| format!("snapshot: keep an fd: {e}"))
     }
 
-    fn snapshot_parts(&self, out: &mut Outgoing, asked: ConnId) -> Result<Snapshot, Errno> {
+    fn snapshot_parts(&self, out: &mut Outgoing, purpose: Purpose) -> Result<Snapshot, Errno> {
         let now = Instant::now();
         let mut snap = self.upgrades.snapshot_head();
-        let (control, conns) = self.control.export(out, asked)?;
-        snap.control = control;
-        snap.conns = conns;
+        match purpose {
+            Purpose::Upgrade(asked) => {
+                (snap.control, snap.conns) = self.control.export(out, asked)?
+            }
+            Purpose::Keeper => {
+                snap.control = self.control.export_listener(out)?;
+                snap.upgrades -= 1;
+            }
+        }
         snap.metrics = self
             .metrics
             .server_ref()
@@ -178,14 +197,20 @@ impl Supervisor {
                 return Err(Errno::EBUSY);
             };
             // In motion: only a copy for the check may say so.
-            if matches!(core.phase, PhaseRecord::Busy) && !out.is_dry() {
+            let keeper = matches!(purpose, Purpose::Keeper);
+            if matches!(core.phase, PhaseRecord::Busy) && (keeper || !out.is_dry()) {
                 return Err(Errno::EBUSY);
             }
+            let output = self.outputs.export(i, out)?;
             snap.services.push(ServiceRecord {
                 name: s.def.name.clone(),
                 core,
                 sandbox,
-                output: self.outputs.export(i, out)?,
+                output: if keeper {
+                    output.without_pending()
+                } else {
+                    output
+                },
                 ready: self.readiness.export(i, out)?,
             });
         }
@@ -204,8 +229,18 @@ impl Supervisor {
     }
 }
 
+/// What a snapshot is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purpose {
+    /// An upgrade, asked for on this connection (answered by the new
+    /// binary).
+    Upgrade(ConnId),
+    /// The keeper, should this supervisor die: no connection crosses.
+    Keeper,
+}
+
 /// execve `binary` with `args`, our environment and the handover's fd.
-fn exec(binary: &Path, args: &[OsString], handover: i32) -> Errno {
+fn exec(binary: &Path, args: &[OsString], handover: i32, keeper: Option<i32>) -> Errno {
     let c = |s: &[u8]| CString::new(s).map_err(|_| Errno::EINVAL);
     let build = || -> Result<(CString, Vec<CString>, Vec<CString>), Errno> {
         let path = c(binary.as_os_str().as_bytes())?;
@@ -224,6 +259,9 @@ fn exec(binary: &Path, args: &[OsString], handover: i32) -> Errno {
             env.push(c(&kv)?);
         }
         env.push(c(format!("{HANDOVER_ENV}={handover}").as_bytes())?);
+        if let Some(fd) = keeper {
+            env.push(c(format!("{KEEPER_ENV}={fd}").as_bytes())?);
+        }
         Ok((path, argv, env))
     };
     match build() {

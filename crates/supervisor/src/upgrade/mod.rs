@@ -104,6 +104,8 @@ impl Refusal {
 pub(crate) struct Upgrades {
     started_ms: u64,
     count: u32,
+    /// Supervisors of this line a keeper started after one died.
+    recoveries: u32,
     /// The path we were started from: what an upgrade without `--binary`
     /// execs (an install replaces the file there by a rename).
     binary: PathBuf,
@@ -122,6 +124,7 @@ impl Upgrades {
         Upgrades {
             started_ms: crate::supervisor::now_ms(),
             count: 0,
+            recoveries: 0,
             binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             args: std::env::args_os().collect(),
             inherited,
@@ -136,9 +139,19 @@ impl Upgrades {
         Upgrades {
             started_ms: snap.started_ms,
             count: snap.upgrades,
+            recoveries: snap.recoveries,
             resumed: true,
             ..Upgrades::new(snap.inherited, snap.stack_text.clone())
         }
+    }
+
+    /// We took over from a supervisor that died (not from an upgrade).
+    pub(crate) fn recovered(&mut self) {
+        self.recoveries += 1;
+    }
+
+    pub(crate) fn recoveries(&self) -> u32 {
+        self.recoveries
     }
 
     pub(crate) fn is_resumed(&self) -> bool {
@@ -150,12 +163,14 @@ impl Upgrades {
         self.stack_text = text;
     }
 
-    pub(crate) fn info(&self, stack: &Path, services: usize) -> Info {
+    pub(crate) fn info(&self, stack: &Path, services: usize, keeper: Option<Pid>) -> Info {
         Info {
             pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             upgrades: self.count,
+            keeper: keeper.map(Pid::as_raw),
+            recoveries: self.recoveries,
             stack: stack.to_path_buf(),
             services,
             binary: self.binary.clone(),
@@ -169,6 +184,7 @@ impl Upgrades {
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             upgrades: self.count + 1,
+            recoveries: self.recoveries,
             taken_ms: Some(crate::supervisor::now_ms()),
             inherited: self.inherited,
             stack_text: self.stack_text.clone(),

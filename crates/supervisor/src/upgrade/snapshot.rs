@@ -18,8 +18,10 @@ use crate::control::Run;
 use crate::lifecycle::exit_policy::Reason;
 
 /// This binary's snapshot format. 2: scale pins, image roots, the time
-/// the snapshot was taken, queued services, each probe's next time.
-pub(crate) const FORMAT: u32 = 2;
+/// the snapshot was taken, queued services, each probe's next time. 3:
+/// the inits are a keeper's children (told by it, not reaped by us): a
+/// binary that reads 2 at most must refuse.
+pub(crate) const FORMAT: u32 = 3;
 /// The oldest format this binary reads.
 pub(crate) const OLDEST_READ: u32 = 1;
 
@@ -36,6 +38,9 @@ pub(crate) struct Snapshot {
     pub(crate) started_ms: u64,
     /// Upgrades so far, this one included.
     pub(crate) upgrades: u32,
+    /// Supervisors a keeper started after one died, so far.
+    #[serde(default)]
+    pub(crate) recoveries: u32,
     /// When the snapshot was taken (epoch ms): the new binary tells how
     /// long nobody watched the services.
     #[serde(default)]
@@ -272,6 +277,17 @@ pub(crate) struct OutputRecord {
 pub(crate) struct PipeRecord {
     pub(crate) fd: RawFd,
     pub(crate) pending: Vec<u8>,
+}
+
+impl OutputRecord {
+    /// For a keeper's snapshot, which a supervisor that read on may have
+    /// outdated: no half-read line (its head would be told twice).
+    pub(crate) fn without_pending(mut self) -> OutputRecord {
+        for p in [&mut self.stdout, &mut self.stderr].into_iter().flatten() {
+            p.pending.clear();
+        }
+        self
+    }
 }
 
 /// The notify socket and pipe, and the fd store.

@@ -18,6 +18,12 @@ use crate::upgrade::snapshot::ConnRecord;
 impl ControlServer {
     /// The listener and the connections, kept across the exec; `asked`
     /// is the one that asked for the upgrade.
+    /// Only the listener: a keeper's snapshot hands no connection over
+    /// (a client of a supervisor that died sees its connection close).
+    pub(crate) fn export_listener(&self, out: &mut Outgoing) -> Result<RawFd, Errno> {
+        out.keep(self.listener.as_fd())
+    }
+
     pub(crate) fn export(
         &self,
         out: &mut Outgoing,

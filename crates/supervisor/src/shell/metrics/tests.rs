@@ -31,6 +31,7 @@ fn a_scrape_is_read_in_slices() {
         group: None,
         spawner: None,
         stats_cap: 0,
+        siblings: false,
     };
     let sb = Sandboxes::new(&reactor, setup).unwrap();
     let core = stack();

@@ -1,0 +1,134 @@
+//! The supervisor with its keeper (`crate::keeper`): the exits the
+//! keeper tells (its children are our inits), a snapshot for it whenever
+//! the stack is at rest after a change, and — when we took over from a
+//! supervisor that died — the inits that snapshot does not know.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use isola_runtime::handover::Outgoing;
+use isola_runtime::ExitStatus;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::keeper::link::KeeperGone;
+use crate::reaper::{Child, Reaped};
+use crate::shell::reactor::{Interest, Part, Token};
+use crate::shell::upgrading::Purpose;
+use crate::supervisor::{setup, Supervisor, UpError};
+
+impl Supervisor {
+    pub(crate) fn watch_keeper(&mut self) -> Result<(), UpError> {
+        if let Some(k) = &self.keeper {
+            let token = Token::new(Part::Keeper, 0);
+            self.reactor
+                .add(k.fd(), token, Interest::Read)
+                .map_err(setup("epoll"))?;
+        }
+        Ok(())
+    }
+
+    /// Exits the keeper told: each acted on, then let go (reaped).
+    pub(crate) fn on_keeper(&mut self) {
+        let Some(k) = self.keeper.as_mut() else {
+            return;
+        };
+        match k.told() {
+            Ok(told) => {
+                for t in told {
+                    if let Some(child) = self.reaper.take(t.pid) {
+                        self.on_reaped(Reaped {
+                            child,
+                            pid: t.pid,
+                            status: t.status,
+                        });
+                        self.settle();
+                    }
+                    if let Some(k) = self.keeper.as_ref() {
+                        k.taken(t.pid);
+                    }
+                }
+            }
+            Err(KeeperGone) => {
+                // Its death took the inits (their PDEATHSIG is its): what
+                // is left is to clean up after them.
+                if let Some(k) = self.keeper.take() {
+                    self.reactor.remove(k.fd());
+                }
+                self.outbox
+                    .note("the keeper died, and the services with it: stopping".to_string());
+                self.core.shutdown(None, self.now);
+            }
+        }
+    }
+
+    /// At the end of a turn of the loop: a snapshot for the keeper, when
+    /// something changed and the stack is at rest (what is in motion
+    /// cannot be taken over; the next rest will do).
+    pub(crate) fn keeper_turn(&mut self) {
+        let began = Instant::now();
+        let due = self.keeper.as_ref().is_some_and(|k| k.snapshot_due(began));
+        if !due || self.upgrades.under_way() || self.core.shutting_down() || self.busy().is_some() {
+            return;
+        }
+        let mut out = Outgoing::dry();
+        let sealed = self
+            .snapshot(&mut out, Purpose::Keeper)
+            .and_then(|s| s.encode())
+            .and_then(|p| out.seal(&p).map_err(|(e, _)| format!("snapshot: {e}")));
+        let sealed = match sealed {
+            Ok(s) => s,
+            // In motion after all: the next turn at rest will do.
+            Err(_) => return,
+        };
+        let (memfd, fds) = sealed.into_record();
+        let Some(k) = self.keeper.as_mut() else {
+            return;
+        };
+        if let Err(e) = k.keep(memfd, &fds, began.elapsed()) {
+            self.outbox
+                .note(format!("keeper: snapshot not handed over: {e}"));
+        }
+    }
+
+    /// After taking over (an upgrade, or from a supervisor that died):
+    /// the keeper's children the snapshot does not name are inits started
+    /// after it, with pipes that died with their supervisor — killed
+    /// (their exits come and are let go); an init the snapshot names that
+    /// is no longer the keeper's child was reaped after it, its status
+    /// lost — told as a kill.
+    pub(crate) fn reconcile_with_keeper(&mut self) {
+        if self.keeper.is_none() {
+            return;
+        }
+        let keeper = nix::unistd::getppid();
+        let path = format!("/proc/{keeper}/task/{keeper}/children");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let children: HashSet<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let ours = nix::unistd::getpid().as_raw();
+        let spawner = self.sandboxes.spawner_pid().map(Pid::as_raw);
+        let inits: Vec<(Pid, Child)> = self.reaper.inits().collect();
+        let known: HashSet<i32> = inits.iter().map(|(p, _)| p.as_raw()).collect();
+        for &c in &children {
+            if c != ours && Some(c) != spawner && !known.contains(&c) {
+                let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+            }
+        }
+        for (pid, child) in inits {
+            if !children.contains(&pid.as_raw()) {
+                self.reaper.take(pid);
+                self.outbox.note(format!(
+                    "init {pid} ended while no supervisor ran; its status is lost"
+                ));
+                let status = ExitStatus::Signaled(Signal::SIGKILL as i32);
+                self.on_reaped(Reaped { child, pid, status });
+            }
+        }
+        self.settle();
+    }
+}
