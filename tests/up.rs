@@ -115,8 +115,19 @@ impl Up {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path("up.err")).unwrap_or_default()
     }
+    /// The pid `isola up` started as: the stack's keeper, which forwards
+    /// signals to the supervisor.
     pub fn pid(&self) -> nix::unistd::Pid {
         pid_of(self.child.as_ref().unwrap())
+    }
+
+    /// The supervisor's pid (the keeper's child), as `isola info` says.
+    pub fn supervisor_pid(&self) -> nix::unistd::Pid {
+        let (code, out, err) = self.cli(&["info", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let info: Value = serde_json::from_str(&out).expect("info JSON");
+        let pid = info["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+        nix::unistd::Pid::from_raw(pid.expect("info names the supervisor's pid"))
     }
 
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {

@@ -336,7 +336,7 @@ fn update_changes_a_running_services_limits_live_until_the_next_reload() {
 /// The supervisor's open fds, as their link targets, but for cgroup stat
 /// files (a cache in the fds a stack leaves spare, filled by `status`).
 fn supervisor_fds(up: &Up) -> Vec<String> {
-    let dir = format!("/proc/{}/fd", up.pid());
+    let dir = format!("/proc/{}/fd", up.supervisor_pid());
     std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -426,7 +426,7 @@ fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_n
     // spawner once its payload runs: only the first pages (its TLS) stay.
     let init = up.service("s0")["pid"].as_i64().unwrap();
     let (ours, theirs) = (
-        heap_bytes(&up.pid().to_string()),
+        heap_bytes(&up.supervisor_pid().to_string()),
         heap_bytes(&init.to_string()),
     );
     assert!(
@@ -451,15 +451,19 @@ fn a_running_service_holds_two_fds_one_with_stderr_to_stdout_and_a_stopped_one_n
     // The spawner keeps the stack file and the plans it built from it in
     // shared memory (which its clones do not copy); an init lets go of
     // that too, and the supervisor never keeps any.
-    let sup = up.pid().to_string();
-    let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
+    // The inits and the spawner are the keeper's children, beside the
+    // supervisor.
+    let keeper = up.pid().to_string();
+    let sup = up.supervisor_pid().to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).unwrap();
     let services: Vec<String> = names
         .iter()
         .map(|n| up.service(n)["pid"].as_i64().unwrap().to_string())
         .collect();
     let spawner: Vec<&str> = children
         .split_whitespace()
-        .filter(|p| !services.iter().any(|s| s == p))
+        .filter(|p| !services.iter().any(|s| s == p) && *p != sup)
         .collect();
     assert_eq!(
         spawner.len(),

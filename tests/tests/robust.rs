@@ -81,7 +81,8 @@ fn a_client_that_stops_reading_is_dropped_and_the_supervisor_stays_small() {
     let mut subscriber = UnixStream::connect(&sock).unwrap();
     subscriber.write_all(b"{\"cmd\":\"events\"}\n").unwrap();
     status_latency(&sock);
-    let baseline = rss_kib(up.pid());
+    let sup = up.supervisor_pid();
+    let baseline = rss_kib(sup);
 
     std::fs::write(&go, "").unwrap();
     let t = Instant::now();
@@ -89,7 +90,7 @@ fn a_client_that_stops_reading_is_dropped_and_the_supervisor_stays_small() {
     let mut peak = baseline;
     loop {
         slowest = slowest.max(status_latency(&sock));
-        peak = peak.max(rss_kib(up.pid()));
+        peak = peak.max(rss_kib(sup));
         let s = up.service("flood");
         if s["state"] == "exited" {
             break;
@@ -415,7 +416,8 @@ fn garbage_from_a_thousand_connections_leaves_every_valid_client_answered() {
     );
     up.wait_state("svc", "running");
     let sock = up.socket();
-    let base_rss = rss_kib(up.pid());
+    let sup = up.supervisor_pid();
+    let base_rss = rss_kib(sup);
     let mut conns = Vec::with_capacity(1000);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for k in 0..1000 {
@@ -462,7 +464,7 @@ fn garbage_from_a_thousand_connections_leaves_every_valid_client_answered() {
     }
     let t = status_latency(&sock);
     assert!(t < Duration::from_secs(5), "{t:?}");
-    let grown = rss_kib(up.pid()).saturating_sub(base_rss);
+    let grown = rss_kib(sup).saturating_sub(base_rss);
     assert!(
         grown < 32 * 1024,
         "supervisor RSS grew {grown} KiB for 1000 connections"

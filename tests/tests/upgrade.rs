@@ -113,7 +113,7 @@ fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
     assert_eq!(after["upgrades"], 20, "{after}");
     assert_eq!(after["pid"], sup["pid"], "the supervisor keeps its pid");
     assert_eq!(after["startedMs"], sup["startedMs"], "{after}");
-    assert_eq!(after["pid"].as_i64(), Some(i64::from(up.pid().as_raw())));
+    assert_eq!(after["keeper"].as_i64(), Some(i64::from(up.pid().as_raw())));
     let (code, _, err) = up.cli(&["stop", "counter"]);
     assert_eq!(code, 0, "{err}");
     let lines = check_counter_log(&up);
@@ -285,7 +285,7 @@ fn a_hundred_upgrades_leave_the_supervisors_fds_and_memory_where_they_were() {
         &[],
     );
     up.wait_state("a", "running");
-    let pid = up.pid();
+    let pid = up.supervisor_pid();
     let fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()

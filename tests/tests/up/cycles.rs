@@ -86,16 +86,17 @@ fn overlaps_and_reloads_leave_the_supervisor_the_same_size() {
         cycle(&up, &web, k);
     }
     std::thread::sleep(Duration::from_millis(200));
-    let (rss0, fds0) = (status_line(up.pid(), "VmRSS:"), fds(up.pid()));
+    let sup = up.supervisor_pid();
+    let (rss0, fds0) = (status_line(sup, "VmRSS:"), fds(sup));
     for k in WARM_UP..CYCLES {
         cycle(&up, &web, k);
     }
     // The last client's hang-up may not have been handled yet.
     let t = Instant::now();
-    while fds(up.pid()) != fds0 && t.elapsed() < Duration::from_secs(5) {
+    while fds(sup) != fds0 && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (rss1, fds1) = (status_line(up.pid(), "VmRSS:"), fds(up.pid()));
+    let (rss1, fds1) = (status_line(sup, "VmRSS:"), fds(sup));
     eprintln!("supervisor after {WARM_UP} and {CYCLES} cycles: RSS {rss0} → {rss1} KiB, fds {fds0} → {fds1}");
     assert_eq!(fds1, fds0, "fds after {WARM_UP} and {CYCLES} cycles");
     assert!(

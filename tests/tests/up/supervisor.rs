@@ -8,19 +8,21 @@ use isola_tests::*;
 use serde_json::json;
 
 #[test]
-fn sigkill_of_the_supervisor_takes_services_down_and_next_up_cleans() {
+fn sigkill_of_the_keeper_takes_services_down_and_next_up_cleans() {
     require_vm();
     let services =
         json!({"a": svc("exec sleep 1444", json!({})), "b": svc("exec sleep 1445", json!({}))});
     let mut up = Up::start("killed", services.clone(), &[]);
     up.wait_state("a", "running");
     up.wait_state("b", "running");
+    // `isola up`'s own pid is the keeper: the services' parent, and the
+    // supervisor's (see keeper.rs for a supervisor killed alone).
     nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = up.child.take().unwrap().wait();
     let stack = up.stack_path().display().to_string();
     let t = Instant::now();
-    // Neither the services nor the supervisor's spawner (same command line)
-    // outlive it.
+    // Neither the services, nor the supervisor and its spawner (same
+    // command line) outlive it.
     while !processes_matching("sleep 144").is_empty() || !processes_matching(&stack).is_empty() {
         assert!(
             t.elapsed() < Duration::from_secs(10),

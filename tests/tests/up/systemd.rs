@@ -65,12 +65,12 @@ fn under_systemd_an_upgrade_says_reloading_then_ready_from_the_same_pid() {
     while !next().contains("READY=1") {}
     let (code, out, err) = up.cli(&["upgrade"]);
     assert_eq!(code, 0, "{out}{err}");
-    // The unit's main pid (the process systemd started) is the one that
-    // serves: an exec in place.
+    // The unit's main pid (the process systemd started) is the stack's
+    // keeper, which says READY=1 for the supervisor it keeps.
     let (code, info, err) = up.cli(&["info", "--json"]);
     assert_eq!(code, 0, "{err}");
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(info["pid"].as_i64(), Some(i64::from(up.pid().as_raw())));
+    assert_eq!(info["keeper"].as_i64(), Some(i64::from(up.pid().as_raw())));
     assert_eq!(info["upgrades"], 1);
     assert_eq!(up.service("a")["state"], "running");
     let mut seen = Vec::new();

@@ -153,7 +153,9 @@ impl Keeper {
             {
                 Ok(d) => d,
                 Err(Errno::EAGAIN) => return None,
-                Err(Errno::EINTR) => continue,
+                // A supervisor that ended with an exit we told unread
+                // resets the socket; its goodbye may still be queued.
+                Err(Errno::EINTR | Errno::ECONNRESET) => continue,
                 Err(_) => return self.supervisor_gone(),
             };
             let Some((&kind, body)) = d.bytes.split_first() else {

@@ -16,9 +16,11 @@ use crate::logs::{LineBuffer, LogConfig, LogFile};
 use crate::shell::context::{Ctx, ServiceIx, ServiceMap};
 use crate::shell::reactor::{Interest, Part, Token};
 use crate::spec::logging::LogRoute;
+use peek::{Peeked, Peeker};
 
 mod forward;
 mod handover;
+mod peek;
 mod sink;
 
 pub(crate) use forward::{Forwarders, JOURNAL_SOCKET};
@@ -148,6 +150,9 @@ pub(crate) struct Outputs {
     /// Service output echoed on our stdout.
     echo: bool,
     forward: Forwarders,
+    /// Lines taken from a pipe only once logged (`None`: read as they
+    /// come, if the scratch pipe could not be made).
+    peeker: Option<Peeker>,
 }
 
 /// Where our own lines go.
@@ -167,6 +172,7 @@ impl Outputs {
             logs,
             echo: own.echo,
             forward,
+            peeker: Peeker::new().ok(),
         }
     }
 
@@ -322,16 +328,26 @@ impl Outputs {
         let out = self.services.get_mut(i)?;
         let slot = &mut out.pipes[stream.index()];
         let p = slot.as_mut()?;
-        let (mut lines, eof) = read_lines(p, how);
+        let (mut lines, eof, take) = match (&mut self.peeker, how) {
+            (Some(peeker), Reading::Live) => peek_lines(peeker, p),
+            _ => {
+                let (lines, eof) = read_lines(p, how);
+                (lines, eof, 0)
+            }
+        };
         if eof || how == Reading::Closing {
             lines.extend(p.buf.finish());
             ctx.reactor.remove(p.fd.as_fd());
             *slot = None;
         }
+        if !lines.is_empty() {
+            self.log_lines(i, stream.as_str(), &lines);
+        }
+        // Logged: now out of the pipe (see `peek`).
+        self.take(i, stream, take);
         if lines.is_empty() {
             return None;
         }
-        self.log_lines(i, stream.as_str(), &lines);
         self.forward_lines(ctx, i, stream, &lines);
         let service = self.services.get(i)?.name.clone();
         if self.echo {
@@ -341,6 +357,23 @@ impl Outputs {
             self.flush(ctx, Stream::Stdout);
         }
         Some(Lines { service, lines })
+    }
+
+    /// `n` bytes of service `i`'s `stream`, peeked and logged, taken from
+    /// its pipe.
+    fn take(&mut self, i: ServiceIx, stream: Stream, n: usize) {
+        let pipe = self
+            .services
+            .get_mut(i)
+            .and_then(|o| o.pipes[stream.index()].as_mut());
+        let (Some(peeker), Some(p), true) = (&self.peeker, pipe, n > 0) else {
+            return;
+        };
+        if peeker.take(&p.fd, n).is_err() {
+            // Read instead (what the pipe had is there: we saw it).
+            let mut rest = vec![0; n];
+            let _ = nix::unistd::read(&p.fd, &mut rest);
+        }
     }
 
     /// Append lines to service `i`'s log, opening it through the bounded
@@ -476,11 +509,25 @@ fn read_lines(p: &mut Pipe, how: Reading) -> (Vec<String>, bool) {
             Ok(0) => return (lines, true),
             Ok(n) => p.buf.push(&buf[..n], &mut lines),
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => break,
+            Err(Errno::EAGAIN) => return (lines, false),
             Err(_) => return (lines, true),
         }
     }
     (lines, false)
+}
+
+/// One wakeup's lines of a live pipe through the peeker: also how many
+/// bytes to take from the pipe once they are logged.
+fn peek_lines(peeker: &mut Peeker, p: &mut Pipe) -> (Vec<String>, bool, usize) {
+    let mut lines = Vec::new();
+    match peeker.peek(&p.fd) {
+        Ok(Peeked::Data { bytes, take }) => {
+            p.buf.push(bytes, &mut lines);
+            (lines, false, take)
+        }
+        Ok(Peeked::Empty) => (lines, false, 0),
+        Ok(Peeked::End) | Err(_) => (lines, true, 0),
+    }
 }
 
 #[cfg(test)]
