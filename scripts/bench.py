@@ -230,22 +230,34 @@ class Up:
             c.close()
         return statistics.median(lat)
 
-    def rss_kb(self):
-        for line in open(f"/proc/{self.proc.pid}/status"):
+    def pid(self):
+        """The supervisor's pid: `isola up`'s own is its keeper's (a binary
+        from before the keeper says its own)."""
+        try:
+            return request(self.sock, {"cmd": "info"})["info"]["pid"]
+        except (OSError, KeyError, TypeError):
+            return self.proc.pid
+
+    def rss_kb(self, pid=None):
+        for line in open(f"/proc/{pid or self.pid()}/status"):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
 
+    def keeper_rss_kb(self):
+        """The keeper's RSS (0 when `isola up` has none)."""
+        return self.rss_kb(self.proc.pid) if self.pid() != self.proc.pid else 0
+
     def switches(self):
         n = 0
-        for line in open(f"/proc/{self.proc.pid}/status"):
+        for line in open(f"/proc/{self.pid()}/status"):
             if "ctxt_switches" in line:
                 n += int(line.split()[1])
         return n
 
     def cpu_s(self):
         """The supervisor's user + system CPU so far, in seconds."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
+        with open(f"/proc/{self.pid()}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -23,7 +23,7 @@ import bench  # noqa: E402
 def one(work, setting, n, tag):
     up = bench.Up(work, f"{tag}-{n}", {f"s{i}": bench.sleeper(setting) for i in range(n)}, setting)
     row = {"running_s": up.wait_all(), "status_ms": up.status_ms(20 if n <= 100 else 10),
-           "rss_kb": up.rss_kb()}
+           "rss_kb": up.rss_kb(), "keeper_rss_kb": up.keeper_rss_kb()}
     if n == 100:
         before = up.switches()
         time.sleep(5)

@@ -11,6 +11,8 @@ stop their services with themselves. The numbers stand on their own.
 Imported by bench.py; `Up`, `request` and the sleeper come from there.
 """
 
+import os
+import signal
 import statistics
 import sys
 import time
@@ -72,18 +74,91 @@ def under_load(work, Up, request):
             "p99": pct(during, 99), "n": len(during), "seconds": seconds, "failed": failed}
 
 
+KILLS = 4  # the keeper gives up at the fifth death within a minute
+
+
+def supervisor(up, request):
+    """The supervisor's pid, as `info` says (never the keeper's)."""
+    pid = request(up.sock, {"cmd": "info"})["info"]["pid"]
+    if pid == up.proc.pid:
+        raise SystemExit("bench: this isola up has no keeper")
+    return pid
+
+
+def new_supervisor(up, request, old, timeout=120):
+    """Wait until a supervisor other than `old` answers `status`."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        try:
+            if request(up.sock, {"cmd": "info"})["info"]["pid"] != old:
+                request(up.sock, {"cmd": "status"})
+                return
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.002)
+    raise SystemExit(f"bench: no new supervisor {timeout}s after the kill: "
+                     f"{open(os.path.join(up.dir, 'err')).read()[-2000:]}")
+
+
+def killed(work, Up, request, svc, n):
+    """`KILLS` times `kill -9` of the supervisor of a stack of `n` running
+    sleepers: ms from the kill until a new supervisor answers `status`."""
+    up = Up(work, f"killed{n}", {f"s{i}": svc for i in range(n)}, "host")
+    if up.wait_all(timeout=900) is None:
+        up.down()
+        return None
+    times = []
+    for _ in range(KILLS):
+        time.sleep(1.5)  # at rest: the keeper has a snapshot of it
+        old = supervisor(up, request)
+        t0 = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+        new_supervisor(up, request, old)
+        times.append((time.perf_counter() - t0) * 1000)
+    keeper = up.keeper_rss_kb()
+    up.down()
+    return {"n": n, "p50_ms": statistics.median(times), "max_ms": max(times), "keeper_rss_kb": keeper}
+
+
+def killed_under_load(work, Up, request):
+    """A held-socket server under one client through `KILLS - 1` kills of
+    its supervisor."""
+    up = Up(work, "killed-load", {"web": bench_zero.service(True, "replace")}, "host")
+    up.wait_all()
+    load = bench_zero.Load()
+    bench_zero.wait_answer(load)
+    time.sleep(bench_zero.STEADY_S)
+    steady = list(load.lat)
+    mark, failed0 = len(load.lat), load.failed
+    for _ in range(KILLS - 1):
+        time.sleep(1.5)
+        old = supervisor(up, request)
+        os.kill(old, signal.SIGKILL)
+        new_supervisor(up, request, old)
+    time.sleep(1)
+    during = load.lat[mark:]
+    failed = load.failed - failed0
+    load.finish()
+    up.down()
+    return {"steady_p99": pct(steady, 99), "p99": pct(during, 99), "n": len(during), "failed": failed}
+
+
 def run(work, Up, request, sleeper, counts):
     svc = sleeper("host")
     svc["stderr"] = "stdout"
     del svc["root"]
     svc["process"]["args"] = ["/bin/busybox", "sleep", "100000"]
-    out = {"takeover": [], "load": under_load(work, Up, request)}
+    out = {"takeover": [], "load": under_load(work, Up, request), "killed": [],
+           "killed_load": killed_under_load(work, Up, request)}
     for n in counts:
         r = takeover(work, Up, request, svc, n)
         if r:
             out["takeover"].append(r)
         else:
             print(f"bench: upgrade at {n} services: the stack never ran", file=sys.stderr)
+        r = killed(work, Up, request, svc, n)
+        if r:
+            out["killed"].append(r)
     return out
 
 
@@ -106,6 +181,16 @@ def report(u):
                   f"{r['n']} requests, {r['failed']} failed; latency p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms; "
                   f"steady state p50 {r['steady_p50']:.2f} ms, p99 {r['steady_p99']:.2f} ms (goal: 0 failed, "
                   f"p99 ≤ 2× steady)"]
+    if u.get("killed"):
+        lines += ["", f"`kill -9` of the supervisor (host, `--no-cgroup`, {KILLS} kills a stack): the kill → a new "
+                      "supervisor, started by the stack's keeper from its last snapshot, answers `status` (goal: "
+                      "no failed request). The keeper is the process `isola up` started as", "",
+                  "| services | p50 | max | keeper RSS |", "|---|---|---|---|"]
+        for r in u["killed"]:
+            lines.append(f"| {r['n']} | {r['p50_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['keeper_rss_kb'] / 1024:.1f} MiB |")
+        r = u["killed_load"]
+        lines += ["", f"{KILLS - 1} kills under one client on a held socket: {r['n']} requests, {r['failed']} failed; "
+                      f"p99 {r['p99']:.2f} ms against {r['steady_p99']:.2f} ms steady"]
     return lines
 
 

@@ -281,13 +281,19 @@ pub fn text(b: &[u8]) -> String {
 
 /// `GET /` over HTTP/1.0 on 127.0.0.1:`port`: the whole answer.
 pub fn http_get(port: u16) -> String {
+    try_http_get(port).expect("GET /")
+}
+
+/// [`http_get`], or why not (while a stack comes up: pasta accepts on the
+/// host's side before anything in the stack's namespace answers).
+pub fn try_http_get(port: u16) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
+    c.read_to_string(&mut s)?;
+    Ok(s)
 }
 
 /// An uplink for pasta to copy: the VM has no network device, and pasta

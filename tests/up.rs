@@ -246,9 +246,41 @@ impl Up {
         })
     }
 
+    /// `kill -9` of `isola up` (the keeper): the supervisor and every
+    /// service die with it; returns once the supervisor is gone too (it
+    /// dies of its PDEATHSIG, a moment later).
+    pub fn kill_keeper(&mut self) {
+        let sup = self.supervisor_pid();
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let t = Instant::now();
+        while std::path::Path::new(&format!("/proc/{sup}")).exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the supervisor outlived its keeper"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `isola down`, then the supervisor must exit 0.
     pub fn down(mut self) -> String {
-        let (code, _, err) = self.cli(&["down"]);
+        let (code, _, err) = {
+            let errs = self.dir.path("up.err");
+            let watch = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(30));
+                std::fs::read_to_string(errs).unwrap_or_default()
+            });
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cli(&["down"])));
+            match r {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("the supervisor said:\n{}", watch.join().unwrap_or_default());
+                    std::panic::resume_unwind(e)
+                }
+            }
+        };
         assert_eq!(code, 0, "down: {err}");
         let st = wait_output(self.child.take().unwrap(), Duration::from_secs(60));
         assert_eq!(st.status.code(), Some(0), "{}", self.stderr());

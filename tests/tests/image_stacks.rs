@@ -82,10 +82,7 @@ fn a_stack_runs_image_services_whose_writes_outlive_restarts_not_the_stack() {
         &["--store", st],
     );
     up.wait_log("app.1", "runs=1");
-    let mut child = up.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    up.kill_keeper();
     assert_eq!(roots(), ["imgstack.app.1", "imgstack.app.2"]);
     // (A fresh log, so the count read is the new run's.)
     std::fs::remove_dir_all(up.logdir()).unwrap();

@@ -236,6 +236,8 @@ time.sleep(1000)
     assert_eq!(count("quitter: exited with code 7"), 1, "{said}");
     assert_eq!(count("hog: killed by the OOM killer"), 1, "{said}");
     assert_eq!(count("ready: ready"), 1, "{said}");
+    // Each told with its own status, none as a loss.
+    assert_eq!(count("its status is lost"), 0, "{said}");
     assert_eq!(up.service("quitter")["lastExit"]["code"], 7);
     assert_eq!(up.service("hog")["lastExit"]["reason"], "oom-kill");
     let b = up.service("bystander");

@@ -290,9 +290,7 @@ fn a_killed_supervisor_leaves_nothing_the_next_up_does_not_clear() {
     let mut up = up_file("netkill", &file);
     up.wait_state("web", "running");
     assert!(!leftovers().is_empty(), "no bridge made");
-    let mut child = up.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    up.kill_keeper();
     // The inits die with it (PDEATHSIG); the bridges and rules stay.
     let t = Instant::now();
     while !processes_matching("isola-test-payload").is_empty() {
@@ -402,7 +400,14 @@ fn a_reload_remakes_changed_networks_and_restarts_only_their_members() {
     assert_eq!(bridges(), 3);
     let t = Instant::now();
     while ask(&up, "y", "x", 9000) != "x" {
-        assert!(t.elapsed() < Duration::from_secs(20), "y cannot reach x");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "y cannot reach x: {} {} {}\n{}",
+            ask(&up, "y", "x", 9000),
+            resolve(&up, "y", "x"),
+            address(&up, "x", "a"),
+            up.stderr()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(ask(&up, "w", "w", 9001), "w");

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use isola_tests::rootless::{self, http_get, text, user, Uplink, SUB_START};
+use isola_tests::rootless::{self, http_get, text, try_http_get, user, Uplink, SUB_START};
 use isola_tests::*;
 use serde_json::{json, Value};
 
@@ -178,11 +178,9 @@ fn stack_networks_as_a_user_in_a_namespace_of_its_own() {
     let t = Instant::now();
     let answer = loop {
         rootless::assert_up(&mut up);
-        let served = sock.exists()
-            && std::net::TcpStream::connect("127.0.0.1:18433").is_ok()
-            && http_get(18433).ends_with("db says hi");
-        if served {
-            break http_get(18433);
+        let answer = sock.exists().then(|| try_http_get(18433).ok()).flatten();
+        if let Some(a) = answer.filter(|a| a.ends_with("db says hi")) {
+            break a;
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),

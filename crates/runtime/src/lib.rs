@@ -50,7 +50,7 @@ pub use spec::{shorthand, starter};
 
 pub use sys::{
     as_helper, fork_keeper, in_shared_arena, release_free_memory, spawn_helper,
-    spawn_sibling_helper, spawn_with_fds_at, Allocator, KeeperFork,
+    spawn_sibling_helper, spawn_with_fds_at, Allocator,
 };
 
 pub use error::{Error, SpecError};

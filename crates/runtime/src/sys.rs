@@ -15,9 +15,7 @@ pub(crate) use arena::{drop_inherited_heap, release_setup_memory, use_fresh_aren
 pub use arena::{release_free_memory, Allocator};
 pub(crate) use bpf::{attach_device_filter, load_device_filter};
 pub(crate) use helper::check_single_threaded;
-pub use helper::{
-    as_helper, fork_keeper, spawn_helper, spawn_sibling_helper, spawn_with_fds_at, KeeperFork,
-};
+pub use helper::{as_helper, fork_keeper, spawn_helper, spawn_sibling_helper, spawn_with_fds_at};
 pub use shared_arena::in_shared_arena;
 
 use std::ffi::CStr;

@@ -117,9 +117,11 @@ impl PlanAdditions {
 }
 
 /// The keeper's limit raised as the supervisor's is (it holds copies of
-/// the supervisor's fds).
-pub(crate) fn raise_own_fd_limit() {
+/// the supervisor's fds), and its OOM score lowered as the supervisor's
+/// is (its death takes every service).
+pub(crate) fn adjust_keeper() {
     let _ = raise_nofile();
+    let _ = protect_from_oom();
 }
 
 /// A running service holds two fds ([`FDS_PER_RUNNING`]): raise

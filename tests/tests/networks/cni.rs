@@ -127,10 +127,9 @@ fn a_cni_network_gives_the_same_answers_and_releases_its_addresses() {
     assert_eq!(rc, 0, "{err}");
     wait_leases(&dir, 2, "after a restart after the upgrade");
     assert_ne!(leases(&dir), before.0, "the old lease was released");
-    // SIGKILLed: the leases stay, the next `up` releases them.
-    let mut child = up.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // SIGKILLed (the keeper, and with it the supervisor and every
+    // service): the leases stay, the next `up` releases them.
+    up.kill_keeper();
     let before = leases(&dir);
     assert_eq!(before.len(), 2);
     let up = up.spawn(&[]);

@@ -1,11 +1,10 @@
 //! `isola up` and `isola down`: a stack's supervisor started, in the
 //! foreground or (`-d`) the background, and ended.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use isola_runtime::KeeperFork;
 use isola_runtime::{cgroup, exit};
 use isola_supervisor::keeper;
 use isola_supervisor::logs::LogConfig;
@@ -118,23 +117,25 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Exit> {
 /// with its supervisor, as said.
 fn start_keeper() -> Option<keeper::Channel> {
     use std::io::Write;
-    let pair = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
+    // Blocked in both before the fork: no signal finds the keeper
+    // without its signalfd (the supervisor blocks the same set).
+    let blocked = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&keeper::signals()),
         None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
     );
+    let pair = blocked.and_then(|()| {
+        nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+    });
+    // Nothing buffered is printed twice.
+    let _ = std::io::stdout().flush();
     let fork = |(ours, theirs): (OwnedFd, OwnedFd)| {
-        // Nothing buffered is printed twice.
-        let _ = std::io::stdout().flush();
-        match isola_runtime::fork_keeper(ours.as_raw_fd())? {
-            KeeperFork::Keeper { supervisor } => {
-                // Closed with every other fd but `ours`.
-                std::mem::forget(theirs);
-                std::process::exit(keeper::keep(ours, supervisor));
-            }
-            KeeperFork::Supervisor => Ok(theirs),
-        }
+        isola_runtime::fork_keeper(ours, keeper::keep).map(|()| theirs)
     };
     match pair.and_then(fork) {
         Ok(theirs) => {

@@ -59,6 +59,16 @@ pub fn receive_credentialed(sock: BorrowedFd<'_>, max_len: usize) -> Result<Data
     recv(sock, max_len, MsgFlags::MSG_DONTWAIT)
 }
 
+/// The next datagram of `sock` (at most `max_len` bytes of it) with the
+/// fds that came with it, as `flags` say (`MSG_DONTWAIT` or none).
+pub fn receive_with(
+    sock: BorrowedFd<'_>,
+    max_len: usize,
+    flags: MsgFlags,
+) -> Result<Datagram, Errno> {
+    recv(sock, max_len, flags)
+}
+
 fn recv(sock: BorrowedFd<'_>, max_len: usize, flags: MsgFlags) -> Result<Datagram, Errno> {
     let mut buf = vec![0u8; max_len];
     let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_PASSED_FDS]);

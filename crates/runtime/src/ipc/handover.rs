@@ -26,12 +26,14 @@ const MAGIC: &[u8] = b"isola-handover 1\n";
 const MAX_FDS: usize = 1 << 21;
 
 /// An fd a handover names: its number, and the file it is (device and
-/// inode: unique while it is open).
+/// inode: unique while it is open — but for anonymous inodes, which
+/// eventfds, timerfds and epolls share: `unique` false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Named {
     pub fd: RawFd,
     pub dev: u64,
     pub ino: u64,
+    pub unique: bool,
 }
 
 /// A handover being put together: the fds kept so far.
@@ -78,6 +80,8 @@ impl Outgoing {
             fd: raw,
             dev: st.st_dev,
             ino: st.st_ino,
+            // An anonymous inode has no file type.
+            unique: st.st_mode & libc::S_IFMT != 0,
         });
         Ok(raw)
     }
@@ -250,6 +254,36 @@ pub fn receive(var: &str) -> Result<Option<Incoming>, String> {
         fds.insert(n, fd);
     }
     Ok(Some(Incoming { payload, fds }))
+}
+
+/// Only the fd numbers a handover memfd names, read from its start
+/// without moving its offset (a keeper holds it, and the copy a new
+/// program reads shares that offset).
+pub fn read_numbers(memfd: BorrowedFd<'_>) -> Result<Vec<RawFd>, String> {
+    let at = |buf: &mut [u8], offset: usize| -> Result<(), String> {
+        let offset = i64::try_from(offset).map_err(|_| "handover: too big".to_string())?;
+        let n =
+            nix::sys::uio::pread(memfd, buf, offset).map_err(|e| format!("handover: read: {e}"))?;
+        (n == buf.len())
+            .then_some(())
+            .ok_or_else(|| "handover: cut short".to_string())
+    };
+    let mut head = vec![0u8; MAGIC.len() + 4];
+    at(&mut head, 0)?;
+    let count = head
+        .strip_prefix(MAGIC)
+        .and_then(|c| c.first_chunk::<4>())
+        .map(|c| u32::from_le_bytes(*c) as usize)
+        .ok_or("handover: not an isola handover (magic)")?;
+    if count > MAX_FDS {
+        return Err(format!("handover: {count} fds"));
+    }
+    let mut fds = vec![0u8; count * 4];
+    at(&mut fds, head.len())?;
+    Ok(fds
+        .chunks_exact(4)
+        .filter_map(|c| c.try_into().ok().map(RawFd::from_le_bytes))
+        .collect())
 }
 
 /// The fd numbers and the payload of a handover memfd (a checking child

@@ -112,33 +112,30 @@ pub fn spawn_sibling_helper(
     }
 }
 
-/// Which side of [`fork_keeper`] we are on.
-pub enum KeeperFork {
-    /// The original process, to keep: its child `supervisor` goes on.
-    Keeper { supervisor: Pid },
-    /// The child, to supervise.
-    Supervisor,
-}
-
-/// Fork `isola up` into its keeper (this process: its pid stays the one
-/// a shell or systemd knows) and the supervisor (the child, which goes on
-/// where the caller is). Refused with EBUSY in a process with more than
-/// one thread. Both sides return into the caller's frames with a copy of
-/// its memory: call it before anything is buffered for output. The
-/// keeper's side holds only stdio and `keep` after it: it must leave by
-/// `std::process::exit`, never dropping an owner of another fd.
-pub fn fork_keeper(keep: RawFd) -> Result<KeeperFork, Errno> {
+/// Fork `isola up` into its keeper and its supervisor. This process,
+/// whose pid a shell or systemd knows, becomes the keeper: it closes
+/// every fd but stdio and `keep`, runs `keeper` with `keep` and the
+/// supervisor's pid, and exits with what it returns — never returning
+/// into the caller's frames. The child returns, to supervise; its copy of
+/// `keep` is closed. Refused with EBUSY in a process with more than one
+/// thread. Call it before anything is buffered for output.
+pub fn fork_keeper(keep: OwnedFd, keeper: impl FnOnce(OwnedFd, Pid) -> i32) -> Result<(), Errno> {
     check_single_threaded()?;
     // SAFETY: single-threaded (checked just now), so no lock of another
-    // thread is copied into the child; see above for what both sides
-    // share after it.
+    // thread is copied into the child; the parent below never returns
+    // into the caller's frames (exit_now), so no owner of the fds it
+    // closes is dropped.
     match unsafe { fork() }? {
-        nix::unistd::ForkResult::Child => Ok(KeeperFork::Supervisor),
+        nix::unistd::ForkResult::Child => {
+            drop(keep);
+            Ok(())
+        }
         nix::unistd::ForkResult::Parent { child } => {
-            // SAFETY: by our contract the keeper never drops an owner of
-            // the fds closed here (it leaves by exit).
-            unsafe { close_fds_except(keep) }?;
-            Ok(KeeperFork::Keeper { supervisor: child })
+            // SAFETY: as above: this process image ends in exit_now.
+            if unsafe { close_fds_except(keep.as_raw_fd()) }.is_err() {
+                exit_now(crate::exit::code(crate::exit::SETUP));
+            }
+            exit_now(keeper(keep, child))
         }
     }
 }
@@ -150,7 +147,8 @@ pub fn fork_keeper(keep: RawFd) -> Result<KeeperFork, Errno> {
 /// `exe`, is first copied above `above` (which must exceed every `from`
 /// and `to`), so no placement overwrites one still to be placed; the
 /// copies and the `from`s are close-on-exec, gone after the exec. The
-/// calling process must be single-threaded (checked). Returns the pid.
+/// calling process must be single-threaded (checked). The child dies
+/// with us (PDEATHSIG). Returns the pid.
 pub fn spawn_with_fds_at(
     exe: std::os::fd::BorrowedFd<'_>,
     argv: &[std::ffi::CString],
@@ -159,14 +157,22 @@ pub fn spawn_with_fds_at(
     above: RawFd,
 ) -> Result<Pid, Errno> {
     check_single_threaded()?;
-    // Made before the fork: the child allocates nothing.
+    // Made before the fork (fexecve still allocates its pointer arrays in
+    // the child: safe, this process being single-threaded).
     let mut copies: Vec<RawFd> = Vec::with_capacity(moves.len());
-    // SAFETY: single-threaded (checked just now); the child only makes
-    // syscalls on memory prepared before the fork and leaves by exec or
-    // exit_now.
+    let parent = nix::unistd::getpid();
+    // SAFETY: single-threaded (checked just now), so no lock is held in
+    // the child; it leaves by exec or exit_now, never returning into the
+    // caller's frames.
     match unsafe { fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(child),
         nix::unistd::ForkResult::Child => {
+            // It dies with us (PDEATHSIG crosses the exec), as the
+            // process we replace it for did.
+            let armed = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            if armed.is_err() || nix::unistd::getppid() != parent {
+                exit_now(crate::exit::code(crate::exit::SETUP));
+            }
             let err = place_and_exec(exe.as_raw_fd(), argv, env, moves, above, &mut copies);
             exit_now(crate::exit::SIGNALED + err as i32)
         }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use isola_runtime::handover::Named;
 use isola_runtime::{fdpass, ExitStatus};
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::MsgFlags;
 use nix::unistd::Pid;
 
 use super::{le_i32, FDS_PER_MESSAGE, KEEPER_ENV, RECOVERED_ENV};
@@ -92,9 +94,13 @@ pub(crate) struct Link {
     channel: Channel,
     /// What the keeper holds, by number.
     held: HashMap<RawFd, Named>,
+    /// Exits told while we waited for something else.
+    early: Vec<Told>,
     /// Something happened since the last snapshot.
     changed: bool,
     next: Instant,
+    /// The stack is ending: no more snapshots.
+    ending: bool,
 }
 
 impl Link {
@@ -110,8 +116,10 @@ impl Link {
         Link {
             channel,
             held: HashMap::new(),
+            early: Vec::new(),
             changed: true,
             next: Instant::now(),
+            ending: false,
         }
     }
 
@@ -122,16 +130,27 @@ impl Link {
     /// Every exit told so far (each acknowledged with [`Link::taken`]
     /// once the supervisor acted on it).
     pub(crate) fn told(&mut self) -> Result<Vec<Told>, KeeperGone> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.early);
         loop {
-            let d = match fdpass::receive_credentialed(self.fd(), fdpass::SPAWNER_DATAGRAM) {
+            match self.next_message(MsgFlags::MSG_DONTWAIT)? {
+                Some(Message::Exit(t)) => out.push(t),
+                Some(Message::Forgot) => {}
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn next_message(&self, flags: MsgFlags) -> Result<Option<Message>, KeeperGone> {
+        loop {
+            let d = match fdpass::receive_with(self.fd(), fdpass::SPAWNER_DATAGRAM, flags) {
                 Ok(d) => d,
-                Err(Errno::EAGAIN) => return Ok(out),
+                Err(Errno::EAGAIN) => return Ok(None),
                 Err(Errno::EINTR) => continue,
                 Err(_) => return Err(KeeperGone),
             };
             match d.bytes.split_first() {
                 None => return Err(KeeperGone),
+                Some((b'f', _)) => return Ok(Some(Message::Forgot)),
                 Some((b'X', b)) => {
                     let (Some(pid), Some(code), Some(how)) =
                         (le_i32(b), b.get(4..).and_then(le_i32), b.get(8))
@@ -142,10 +161,8 @@ impl Link {
                         1 => ExitStatus::Signaled(code),
                         _ => ExitStatus::Exited(code),
                     };
-                    out.push(Told {
-                        pid: Pid::from_raw(pid),
-                        status,
-                    });
+                    let pid = Pid::from_raw(pid);
+                    return Ok(Some(Message::Exit(Told { pid, status })));
                 }
                 Some(_) => {}
             }
@@ -157,33 +174,65 @@ impl Link {
         let _ = self.channel.send(b'A', &pid.as_raw().to_le_bytes(), &[]);
     }
 
+    /// The keeper lets go of every copy it holds, and of its snapshot,
+    /// before we return: we are about to close or bind again what it
+    /// holds (a reload, the stack's end). Until the next snapshot, a
+    /// supervisor that dies is not replaced.
+    pub(crate) fn forget_all(&mut self) -> Result<(), KeeperGone> {
+        self.channel.send(b'F', &[], &[]).map_err(|_| KeeperGone)?;
+        loop {
+            // A keeper that does not answer (stopped) does not stop us.
+            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::from(2000u16)), Ok(n) if n > 0) {
+                break;
+            }
+            match self.next_message(MsgFlags::MSG_DONTWAIT)? {
+                Some(Message::Forgot) => break,
+                Some(Message::Exit(t)) => self.early.push(t),
+                None => {}
+            }
+        }
+        self.held.clear();
+        self.changed = true;
+        Ok(())
+    }
+
     /// Something happened: a snapshot is due once the stack is at rest.
     pub(crate) fn changed(&mut self) {
         self.changed = true;
     }
 
     pub(crate) fn snapshot_due(&self, now: Instant) -> bool {
-        self.changed && now >= self.next
+        self.changed && now >= self.next && !self.ending
+    }
+
+    /// A snapshot that could not be taken: the next try waits as long.
+    pub(crate) fn not_now(&mut self, took: Duration) {
+        self.next = Instant::now() + MIN_INTERVAL.max(took * COST_FACTOR);
+    }
+
+    pub(crate) fn ending(&self) -> bool {
+        self.ending
+    }
+
+    pub(crate) fn end(&mut self) {
+        self.ending = true;
     }
 
     /// Hand the keeper a snapshot (`memfd`, naming `fds`): first copies of
-    /// the fds it does not hold yet, and which it holds no longer. `took`:
-    /// how long making the snapshot took, which spaces the next.
+    /// the fds it does not hold yet (or may hold another file at that
+    /// number: anonymous inodes cannot be told apart), then the memfd.
+    /// `took`: how long making the snapshot took, which spaces the next
+    /// (a failed one too).
     pub(crate) fn keep(&mut self, memfd: File, fds: &[Named], took: Duration) -> Result<(), Errno> {
+        self.next = Instant::now() + MIN_INTERVAL.max(took * COST_FACTOR);
         let mut now_held = HashMap::with_capacity(fds.len());
         let mut new = Vec::new();
         for n in fds {
-            if self.held.get(&n.fd) != Some(n) {
+            if !n.unique || self.held.get(&n.fd) != Some(n) {
                 new.push(n.fd);
             }
             now_held.insert(n.fd, *n);
-        }
-        let gone: Vec<RawFd> = (self.held.keys())
-            .filter(|n| !now_held.contains_key(n))
-            .copied()
-            .collect();
-        for chunk in gone.chunks(1000) {
-            self.channel.send(b'D', &le_bytes(chunk), &[])?;
         }
         for chunk in new.chunks(FDS_PER_MESSAGE) {
             self.channel.send(b'H', &le_bytes(chunk), chunk)?;
@@ -191,9 +240,15 @@ impl Link {
         self.channel.send(b'S', &[], &[memfd.as_raw_fd()])?;
         self.held = now_held;
         self.changed = false;
-        self.next = Instant::now() + MIN_INTERVAL.max(took * COST_FACTOR);
         Ok(())
     }
+}
+
+/// What the keeper says.
+enum Message {
+    Exit(Told),
+    /// It let go of everything (`F` answered).
+    Forgot,
 }
 
 fn le_bytes(numbers: &[RawFd]) -> Vec<u8> {

@@ -23,18 +23,22 @@
 //!
 //! Protocol (SOCK_SEQPACKET, one message per datagram, integers little
 //! endian): supervisor → keeper: `H` n fd numbers with the n fds
-//! (SCM_RIGHTS, ≤ 16): hold these; `D` n numbers: let go of these; `S`
-//! with the snapshot's memfd; `E` with an O_PATH fd of its binary; `A`
-//! pid: that exit is taken, reap it; `N` text: for systemd's
-//! `NOTIFY_SOCKET` (the keeper is the unit's main pid); `B` code: the
-//! stack ended, exit with it. keeper → supervisor: `X` pid, code, how
-//! (0 exited with code, 1 killed by signal code).
+//! (SCM_RIGHTS, ≤ 16): copies for the next snapshot; `S` with the
+//! snapshot's memfd: hold what it names (sent now, or held already at
+//! that number), let go of the rest; `F`: let go of everything, snapshot
+//! included (answered `f`: the supervisor is about to close or rebind
+//! what the keeper holds); `E` with an O_PATH fd of its binary; `A` pid:
+//! that exit is taken, reap it; `N` text: for systemd's `NOTIFY_SOCKET`
+//! (the keeper is the unit's main pid); `B` code: the stack ended, exit
+//! with it. keeper → supervisor: `X` pid, code, how (0 exited with code,
+//! 1 killed by signal code); `f`.
 
 pub(crate) mod link;
 pub(crate) mod process;
+mod recovery;
 
 pub use link::Channel;
-pub use process::keep;
+pub use process::{keep, signals};
 
 /// The environment variable naming the keeper's socket in a supervisor
 /// it (or an upgrade) exec'd.

@@ -2,71 +2,76 @@
 //! supervisor's socket, nothing else. It forwards the signals a user or
 //! systemd sends it, tells the supervisor each exit of its children
 //! before reaping it, holds what the supervisor hands it, and starts a
-//! new supervisor when the one it had died.
+//! new supervisor when the one it had died ([`super::recovery`]).
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::time::{Duration, Instant};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use isola_runtime::{exit, fdpass, ExitStatus};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{numbers, KEEPER_ENV, RECOVERED_ENV};
+use super::numbers;
 use crate::shell::under_systemd::SdNotify;
-use crate::upgrade::snapshot::HANDOVER_ENV;
 
-/// A supervisor that keeps dying is not restarted forever: at most this
-/// many new ones within [`CRASH_WINDOW`].
-const MAX_CRASHES: usize = 5;
-const CRASH_WINDOW: Duration = Duration::from_secs(60);
 /// The signals the supervisor acts on; a user's (or systemd's) go to it.
 const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 /// `si_code` of a signal the kernel sent (a terminal's ^C reaches the
 /// supervisor in our process group itself).
 const SI_KERNEL: i32 = 0x80;
 
-struct Keeper {
-    link: OwnedFd,
-    supervisor: Pid,
+pub(super) struct Keeper {
+    pub(super) link: OwnedFd,
+    pub(super) supervisor: Pid,
     signals: SignalFd,
     /// Copies of the fds the last snapshot names, by their number in the
     /// supervisor.
-    held: HashMap<RawFd, OwnedFd>,
-    snapshot: Option<OwnedFd>,
+    pub(super) held: HashMap<RawFd, OwnedFd>,
+    /// Copies sent for the snapshot to come (held once it comes: a
+    /// supervisor killed between the two leaves the last one whole).
+    staged: HashMap<RawFd, OwnedFd>,
+    pub(super) snapshot: Option<File>,
     /// The binary the supervisor runs (O_PATH).
-    exe: Option<OwnedFd>,
+    pub(super) exe: Option<OwnedFd>,
     /// An exit told, not yet acknowledged (so not reaped).
-    told: Option<Pid>,
+    pub(super) told: Option<Pid>,
     /// The supervisor said the stack ended, with this code.
-    bye: Option<i32>,
-    /// When each new supervisor was started (within the window).
-    crashes: Vec<Instant>,
+    pub(super) bye: Option<i32>,
+    /// When each supervisor died (within the window).
+    pub(super) crashes: Vec<Instant>,
+    /// A stop was asked (SIGTERM, SIGINT): a new supervisor is asked too.
+    pub(super) stop: Option<Signal>,
     notify: Option<SdNotify>,
 }
 
+/// The signals `isola up` takes (its supervisor's, SIGPIPE): blocked in
+/// both from before the fork (the keeper reads them from a signalfd).
+pub fn signals() -> SigSet {
+    let mut mask = isola_runtime::init::signal_set();
+    mask.add(Signal::SIGPIPE);
+    mask
+}
+
 /// Keep the stack whose supervisor is `supervisor`, on `link`; returns
-/// the exit code for `isola up` once the stack ended.
+/// the exit code for `isola up` once the stack ended. The caller blocked
+/// [`signals`].
 pub fn keep(link: OwnedFd, supervisor: Pid) -> i32 {
-    crate::host::raise_own_fd_limit();
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    FORWARDED.iter().for_each(|s| mask.add(*s));
-    let signals = mask
-        .thread_block()
-        .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK))
+    crate::host::adjust_keeper();
+    let setup = SignalFd::with_flags(&signals(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .and_then(|s| nix::sys::prctl::set_child_subreaper(true).map(|()| s));
-    let signals = match signals {
+    let signals = match setup {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("isola: keeper: {e}; the stack ends with its supervisor");
+            say(&format!("keeper: {e}; the stack cannot be kept"));
+            // Our socket closed: the supervisor stops the stack.
+            drop(link);
             return wait_for(supervisor).code();
         }
     };
@@ -75,6 +80,7 @@ pub fn keep(link: OwnedFd, supervisor: Pid) -> i32 {
         supervisor,
         signals,
         held: HashMap::new(),
+        staged: HashMap::new(),
         snapshot: None,
         // Ours, until the supervisor names its own (after an upgrade, a
         // newer one).
@@ -87,13 +93,20 @@ pub fn keep(link: OwnedFd, supervisor: Pid) -> i32 {
         told: None,
         bye: None,
         crashes: Vec::new(),
+        stop: None,
         notify: SdNotify::from_env(),
     };
     k.run()
 }
 
+/// A line on our stderr; a stderr that is gone costs nothing (a panic
+/// here would take every service).
+pub(super) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "isola: {line}");
+}
+
 /// Block until `pid`, our child, has ended; its status.
-fn wait_for(pid: Pid) -> ExitStatus {
+pub(super) fn wait_for(pid: Pid) -> ExitStatus {
     loop {
         match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::__WALL) {
             Ok(ws) => {
@@ -135,12 +148,17 @@ impl Keeper {
         (ready(&fds[0]), ready(&fds[1]))
     }
 
+    /// Forward what a user or systemd sent (not what the kernel sent the
+    /// whole process group); drop the rest.
     fn on_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             let Ok(sig) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
                 continue;
             };
             if FORWARDED.contains(&sig) && info.ssi_code != SI_KERNEL {
+                if sig != Signal::SIGHUP {
+                    self.stop = Some(sig);
+                }
                 let _ = kill(self.supervisor, sig);
             }
         }
@@ -154,8 +172,9 @@ impl Keeper {
                 Ok(d) => d,
                 Err(Errno::EAGAIN) => return None,
                 // A supervisor that ended with an exit we told unread
-                // resets the socket; its goodbye may still be queued.
-                Err(Errno::EINTR | Errno::ECONNRESET) => continue,
+                // resets the socket; its goodbye may still be queued. A
+                // message whose fds did not fit us is lost, not the link.
+                Err(Errno::EINTR | Errno::ECONNRESET | Errno::ENOBUFS | Errno::EMFILE) => continue,
                 Err(_) => return self.supervisor_gone(),
             };
             let Some((&kind, body)) = d.bytes.split_first() else {
@@ -169,11 +188,20 @@ impl Keeper {
         match kind {
             b'H' => {
                 for (n, fd) in numbers(body).zip(fds) {
-                    self.held.insert(n, fd);
+                    self.staged.insert(n, fd);
                 }
             }
-            b'D' => numbers(body).for_each(|n| drop(self.held.remove(&n))),
-            b'S' => self.snapshot = fds.into_iter().next().or(self.snapshot.take()),
+            b'S' => {
+                if let Some(memfd) = fds.into_iter().next() {
+                    self.take_snapshot(File::from(memfd));
+                }
+            }
+            b'F' => {
+                self.held.clear();
+                self.staged.clear();
+                self.snapshot = None;
+                let _ = fdpass::send(&self.link, b"f", &[]);
+            }
             b'E' => self.exe = fds.into_iter().next().or(self.exe.take()),
             b'A' => {
                 let acked = numbers(body).next().map(Pid::from_raw);
@@ -191,6 +219,26 @@ impl Keeper {
             b'B' => self.bye = numbers(body).next(),
             _ => {}
         }
+    }
+
+    /// A new snapshot: the fds it names are held (the ones just sent, or
+    /// the copies already held at those numbers), every other let go.
+    fn take_snapshot(&mut self, memfd: File) {
+        let staged = std::mem::take(&mut self.staged);
+        let Ok(named) = isola_runtime::handover::read_numbers(memfd.as_fd()) else {
+            return;
+        };
+        let mut staged = staged;
+        let mut held = HashMap::with_capacity(named.len());
+        for n in named {
+            match staged.remove(&n).or_else(|| self.held.remove(&n)) {
+                Some(fd) => drop(held.insert(n, fd)),
+                // Named but never sent: not one to take over from.
+                None => return,
+            }
+        }
+        self.held = held;
+        self.snapshot = Some(memfd);
     }
 
     /// The next exited child, told and left unreaped until acknowledged.
@@ -226,106 +274,4 @@ impl Keeper {
             self.told = Some(pid);
         }
     }
-
-    /// The supervisor's socket closed: it ended. Either the stack did
-    /// (it said goodbye), or a new supervisor takes over from its last
-    /// snapshot. The exit code when the stack ended.
-    fn supervisor_gone(&mut self) -> Option<i32> {
-        let status = wait_for(self.supervisor);
-        if let Some(code) = self.bye {
-            return Some(code);
-        }
-        let how = match status {
-            ExitStatus::Exited(c) => format!("exited with {c}"),
-            ExitStatus::Signaled(s) => format!("was killed by signal {s}"),
-        };
-        let now = Instant::now();
-        self.crashes
-            .retain(|t| now.duration_since(*t) < CRASH_WINDOW);
-        let why = if self.snapshot.is_none() {
-            "before it had the stack at rest once".to_string()
-        } else if self.crashes.len() >= MAX_CRASHES {
-            format!("{MAX_CRASHES} times within {}s", CRASH_WINDOW.as_secs())
-        } else {
-            self.crashes.push(now);
-            match self.recover() {
-                Ok(()) => {
-                    eprintln!(
-                        "isola: the supervisor {how}; a new one (pid {}) takes over the stack",
-                        self.supervisor
-                    );
-                    return None;
-                }
-                Err(e) => format!("and a new one could not start: {e}"),
-            }
-        };
-        eprintln!("isola: the supervisor {how} {why}: the stack ends");
-        Some(match status.code() {
-            0 => i32::from(exit::FAILURE),
-            c => c,
-        })
-    }
-
-    /// Start a new supervisor on the last snapshot: the held fds at their
-    /// numbers, the memfd and a new socket to us above them.
-    fn recover(&mut self) -> Result<(), String> {
-        let snapshot = self.snapshot.as_ref().ok_or("no snapshot")?;
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| format!("socketpair: {e}"))?;
-        let mut moves: Vec<(RawFd, RawFd)> = self
-            .held
-            .iter()
-            .map(|(n, fd)| (fd.as_raw_fd(), *n))
-            .collect();
-        let top = moves
-            .iter()
-            .flat_map(|(a, b)| [*a, *b])
-            .chain([snapshot.as_raw_fd(), theirs.as_raw_fd()])
-            .chain(self.exe.as_ref().map(AsRawFd::as_raw_fd))
-            .max()
-            .unwrap_or(2);
-        let (memfd_at, link_at) = (top + 1, top + 2);
-        moves.push((snapshot.as_raw_fd(), memfd_at));
-        moves.push((theirs.as_raw_fd(), link_at));
-        let (argv, env) = command_line(memfd_at, link_at)?;
-        let exe = match &self.exe {
-            Some(fd) => fd.as_fd(),
-            None => return Err("the supervisor never named its binary".into()),
-        };
-        let pid = isola_runtime::spawn_with_fds_at(exe, &argv, &env, &moves, top + 3)
-            .map_err(|e| format!("fork: {e}"))?;
-        self.supervisor = pid;
-        self.link = ours;
-        self.told = None;
-        Ok(())
-    }
-}
-
-/// Our own arguments (`isola up …`, as the first supervisor had them), and
-/// our environment with the handover's memfd and our socket named.
-fn command_line(memfd: RawFd, link: RawFd) -> Result<(Vec<CString>, Vec<CString>), String> {
-    let c = |b: Vec<u8>| CString::new(b).map_err(|_| "a NUL in our arguments".to_string());
-    let argv = std::env::args_os()
-        .map(|a| c(a.into_vec()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ours = [HANDOVER_ENV, KEEPER_ENV, RECOVERED_ENV];
-    let mut env = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if ours.iter().any(|o| k.as_bytes() == o.as_bytes()) {
-            continue;
-        }
-        let mut kv = k.into_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        env.push(c(kv)?);
-    }
-    env.push(c(format!("{HANDOVER_ENV}={memfd}").into_bytes())?);
-    env.push(c(format!("{KEEPER_ENV}={link}").into_bytes())?);
-    env.push(c(format!("{RECOVERED_ENV}=1").into_bytes())?);
-    Ok((argv, env))
 }

@@ -369,9 +369,9 @@ impl Outputs {
         let (Some(peeker), Some(p), true) = (&self.peeker, pipe, n > 0) else {
             return;
         };
-        if peeker.take(&p.fd, n).is_err() {
-            // Read instead (what the pipe had is there: we saw it).
-            let mut rest = vec![0; n];
+        if let Err((_, left)) = peeker.take(&p.fd, n) {
+            // Read the rest instead (it is there: we saw it).
+            let mut rest = vec![0; left];
             let _ = nix::unistd::read(&p.fd, &mut rest);
         }
     }

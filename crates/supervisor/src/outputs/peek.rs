@@ -98,7 +98,8 @@ impl Peeker {
     }
 
     /// Take `n` bytes (logged now) from `pipe`.
-    pub(super) fn take(&self, pipe: impl AsFd, mut n: usize) -> Result<(), Errno> {
+    /// What could not be spliced away is left to read.
+    pub(super) fn take(&self, pipe: impl AsFd, mut n: usize) -> Result<(), (Errno, usize)> {
         while n > 0 {
             match splice(
                 &pipe,
@@ -108,10 +109,10 @@ impl Peeker {
                 n,
                 SpliceFFlags::SPLICE_F_NONBLOCK,
             ) {
-                Ok(0) => return Err(Errno::EPIPE),
+                Ok(0) => return Err((Errno::EPIPE, n)),
                 Ok(k) => n -= k.min(n),
                 Err(Errno::EINTR) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err((e, n)),
             }
         }
         Ok(())

@@ -49,26 +49,52 @@ impl Supervisor {
                     }
                 }
             }
-            Err(KeeperGone) => {
-                // Its death took the inits (their PDEATHSIG is its): what
-                // is left is to clean up after them.
-                if let Some(k) = self.keeper.take() {
-                    self.reactor.remove(k.fd());
-                }
-                self.outbox
-                    .note("the keeper died, and the services with it: stopping".to_string());
-                self.core.shutdown(None, self.now);
-            }
+            Err(KeeperGone) => self.keeper_gone(),
         }
+    }
+
+    /// The keeper lets go of everything it holds of ours (see
+    /// `Link::forget_all`).
+    pub(crate) fn keeper_forgets(&mut self) {
+        match self.keeper.as_mut().map(|k| k.forget_all()) {
+            Some(Err(KeeperGone)) => self.keeper_gone(),
+            // Exits it told meanwhile are taken now: no event on its
+            // socket would bring them back, and it tells no other until
+            // the one told is taken.
+            Some(Ok(())) => self.on_keeper(),
+            None => {}
+        }
+    }
+
+    fn keeper_gone(&mut self) {
+        // Its death took the inits (their PDEATHSIG is its): what is left
+        // is to clean up after them.
+        if let Some(k) = self.keeper.take() {
+            self.reactor.remove(k.fd());
+        }
+        self.outbox
+            .note("the keeper died, and the services with it: stopping".to_string());
+        self.core.shutdown(None, self.now);
     }
 
     /// At the end of a turn of the loop: a snapshot for the keeper, when
     /// something changed and the stack is at rest (what is in motion
-    /// cannot be taken over; the next rest will do).
+    /// cannot be taken over; the next rest will do). Once the stack is
+    /// ending, none: the keeper lets go of what it holds (a socket it kept
+    /// would stay bound after us).
     pub(crate) fn keeper_turn(&mut self) {
+        if self.core.shutting_down() {
+            if self.keeper.as_ref().is_some_and(|k| !k.ending()) {
+                self.keeper_forgets();
+                if let Some(k) = self.keeper.as_mut() {
+                    k.end();
+                }
+            }
+            return;
+        }
         let began = Instant::now();
         let due = self.keeper.as_ref().is_some_and(|k| k.snapshot_due(began));
-        if !due || self.upgrades.under_way() || self.core.shutting_down() || self.busy().is_some() {
+        if !due || self.upgrades.under_way() || self.busy().is_some() {
             return;
         }
         let mut out = Outgoing::dry();
@@ -78,8 +104,13 @@ impl Supervisor {
             .and_then(|p| out.seal(&p).map_err(|(e, _)| format!("snapshot: {e}")));
         let sealed = match sealed {
             Ok(s) => s,
-            // In motion after all: the next turn at rest will do.
-            Err(_) => return,
+            // In motion after all: a later turn at rest will do.
+            Err(_) => {
+                if let Some(k) = self.keeper.as_mut() {
+                    k.not_now(began.elapsed());
+                }
+                return;
+            }
         };
         let (memfd, fds) = sealed.into_record();
         let Some(k) = self.keeper.as_mut() else {
@@ -114,8 +145,16 @@ impl Supervisor {
         let spawner = self.sandboxes.spawner_pid().map(Pid::as_raw);
         let inits: Vec<(Pid, Child)> = self.reaper.inits().collect();
         let known: HashSet<i32> = inits.iter().map(|(p, _)| p.as_raw()).collect();
+        // Only inits (and spawners): copies of our binary. The keeper's
+        // other children (pasta, for a user's networks) are not ours.
+        let binary = |pid: i32| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino()))
+        };
+        let ours_binary = binary(ours).ok();
         for &c in &children {
-            if c != ours && Some(c) != spawner && !known.contains(&c) {
+            let unknown = c != ours && Some(c) != spawner && !known.contains(&c);
+            if unknown && ours_binary.is_some() && binary(c).ok() == ours_binary {
                 let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
             }
         }

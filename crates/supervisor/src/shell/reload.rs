@@ -14,6 +14,9 @@ use isola_runtime::SpecError;
 
 impl Supervisor {
     pub(crate) fn reload(&mut self) {
+        // The keeper holds copies of sockets a reload may close and bind
+        // again (held sockets, the nameserver's).
+        self.keeper_forgets();
         let (checked, held, nets, text) = match self.load_again() {
             Ok(o) => o,
             Err(e) => {

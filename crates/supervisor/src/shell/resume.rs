@@ -209,7 +209,7 @@ impl Supervisor {
         self.upgrades = Upgrades::resumed(snap);
         let recovered = self.cfg.keeper.as_ref().is_some_and(Channel::recovered);
         if recovered {
-            self.upgrades.recovered();
+            self.upgrades.recovered(snap);
         }
         self.restore_membership(snap)?;
         self.adopt_networks(snap, nets, fds)?;

@@ -145,9 +145,13 @@ impl Upgrades {
         }
     }
 
-    /// We took over from a supervisor that died (not from an upgrade).
-    pub(crate) fn recovered(&mut self) {
+    /// We took over from a supervisor that died (not from an upgrade),
+    /// whose snapshot is `snap`: its binary is ours.
+    pub(crate) fn recovered(&mut self, snap: &Snapshot) {
         self.recoveries += 1;
+        if let Some(b) = &snap.binary {
+            self.binary.clone_from(b);
+        }
     }
 
     pub(crate) fn recoveries(&self) -> u32 {
@@ -185,6 +189,7 @@ impl Upgrades {
             started_ms: self.started_ms,
             upgrades: self.count + 1,
             recoveries: self.recoveries,
+            binary: Some(self.binary.clone()),
             taken_ms: Some(crate::supervisor::now_ms()),
             inherited: self.inherited,
             stack_text: self.stack_text.clone(),

@@ -41,6 +41,11 @@ pub(crate) struct Snapshot {
     /// Supervisors a keeper started after one died, so far.
     #[serde(default)]
     pub(crate) recoveries: u32,
+    /// The path the writer was started from (what an upgrade without
+    /// `--binary` execs): a supervisor the keeper starts again keeps it
+    /// (its own `/proc/self/exe` may name a file replaced since).
+    #[serde(default)]
+    pub(crate) binary: Option<std::path::PathBuf>,
     /// When the snapshot was taken (epoch ms): the new binary tells how
     /// long nobody watched the services.
     #[serde(default)]
