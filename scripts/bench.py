@@ -245,8 +245,14 @@ class Up:
         return 0
 
     def keeper_rss_kb(self):
-        """The keeper's RSS (0 when `isola up` has none)."""
-        return self.rss_kb(self.proc.pid) if self.pid() != self.proc.pid else 0
+        """The keeper's own memory (RssAnon: its text pages are the
+        supervisor's too), 0 when `isola up` has none."""
+        if self.pid() == self.proc.pid:
+            return 0
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+        return 0
 
     def switches(self):
         n = 0

@@ -18,6 +18,12 @@ step "$isola" logs -n 3 hog
 step "$isola" restart worker
 step "$isola" upgrade
 step "$isola" info
+# The supervisor killed: its keeper (the pid `isola up` started as) starts
+# a new one, and no service notices.
+sup=$("$isola" info --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+step kill -9 "$sup"
+for _ in $(seq 50); do "$isola" status >/dev/null 2>&1 && break; sleep 0.1; done
+step "$isola" status
 step "$isola" run specs/hello.json
 step "$isola" run specs/busybox-rootfs.json
 step "$isola" down

@@ -118,3 +118,45 @@ impl Peeker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn left_in(pipe: &OwnedFd) -> usize {
+        let mut buf = [0u8; 64];
+        nix::unistd::read(pipe, &mut buf).unwrap_or_default()
+    }
+
+    #[test]
+    fn what_is_peeked_stays_in_the_pipe_until_taken_and_a_line_is_taken_whole() {
+        let mut p = Peeker::new().expect("peeker");
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK).expect("pipe");
+        nix::unistd::write(&w, b"one\ntwo").expect("write");
+        let Ok(Peeked::Data { bytes, take }) = p.peek(&r) else {
+            panic!("nothing peeked");
+        };
+        assert_eq!((bytes, take), (&b"one\n"[..], 4));
+        // A supervisor killed now leaves all of it to the next.
+        p.take(&r, 0).expect("nothing");
+        let Ok(Peeked::Data { take, .. }) = p.peek(&r) else {
+            panic!("gone from the pipe");
+        };
+        p.take(&r, take).expect("take");
+        assert_eq!(left_in(&r), 3, "the unfinished line stays");
+        drop(w);
+        assert!(matches!(p.peek(&r), Ok(Peeked::End)));
+    }
+
+    #[test]
+    fn only_part_of_a_line_is_taken_as_it_is() {
+        let mut p = Peeker::new().expect("peeker");
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK).expect("pipe");
+        assert!(matches!(p.peek(&r), Ok(Peeked::Empty)));
+        nix::unistd::write(&w, b"half").expect("write");
+        let Ok(Peeked::Data { bytes, take }) = p.peek(&r) else {
+            panic!("nothing peeked");
+        };
+        assert_eq!((bytes, take), (&b"half"[..], 4));
+    }
+}

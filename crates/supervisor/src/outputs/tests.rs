@@ -96,7 +96,13 @@ fn partial_lines_wait_for_their_end_and_the_last_comes_at_eof() {
     nix::unistd::write(&ends.stdout, b"def\nghi").unwrap();
     assert_eq!(f.turn(), vec![lines("web", &["abcdef"])]);
     drop(ends);
-    assert_eq!(f.turn(), vec![lines("web", &["ghi"])]);
+    // "ghi" is taken into memory first (a pipe holding only part of a
+    // line), then its EOF ends it: one wakeup or two.
+    let mut last = f.turn();
+    if last.is_empty() {
+        last = f.turn();
+    }
+    assert_eq!(last, vec![lines("web", &["ghi"])]);
     // Both pipes are closed at EOF: nothing more is reported.
     assert!(f.h.ready(0).is_empty());
     assert_eq!(f.ours(Stream::Stdout), "web | abcdef\nweb | ghi\n");
