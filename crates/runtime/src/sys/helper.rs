@@ -140,30 +140,27 @@ pub fn fork_keeper(keep: OwnedFd, keeper: impl FnOnce(OwnedFd, Pid) -> i32) -> R
     }
 }
 
-/// Start `exe` (an fd of a binary, O_PATH will do) with `argv` and
-/// `env`, with each `(from, to)` fd of ours at number `to` and not
+/// Start the binary behind fd `exe.0` (O_PATH will do) with `argv` and
+/// `env`, each `(from, to)` of `moves` placed at number `to` and not
 /// close-on-exec (a keeper hands a new supervisor the fds of the one that
-/// died, at the numbers its snapshot names them by). Every `from`, and
-/// `exe`, is first copied above `above` (which must exceed every `from`
-/// and `to`), so no placement overwrites one still to be placed; the
-/// copies and the `from`s are close-on-exec, gone after the exec. The
-/// calling process must be single-threaded (checked). The child dies
-/// with us (PDEATHSIG). Returns the pid.
+/// died, at the numbers its snapshot names them by); `exe` itself goes to
+/// `exe.1` for the exec, and is close-on-exec. The `to`s must be distinct
+/// and not `exe.1`; no copy above them is needed, so a process near its
+/// fd limit can do it. The calling process must be single-threaded
+/// (checked). The child dies with us (PDEATHSIG). Returns the pid.
 pub fn spawn_with_fds_at(
-    exe: std::os::fd::BorrowedFd<'_>,
+    exe: (RawFd, RawFd),
     argv: &[std::ffi::CString],
     env: &[std::ffi::CString],
     moves: &[(RawFd, RawFd)],
-    above: RawFd,
 ) -> Result<Pid, Errno> {
     check_single_threaded()?;
-    // Made before the fork (fexecve still allocates its pointer arrays in
-    // the child: safe, this process being single-threaded).
-    let mut copies: Vec<RawFd> = Vec::with_capacity(moves.len());
     let parent = nix::unistd::getpid();
+    let mut all = moves.to_vec();
+    all.push(exe);
     // SAFETY: single-threaded (checked just now), so no lock is held in
-    // the child; it leaves by exec or exit_now, never returning into the
-    // caller's frames.
+    // the child (it allocates, as fexecve does); it leaves by exec or
+    // exit_now, never returning into the caller's frames.
     match unsafe { fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(child),
         nix::unistd::ForkResult::Child => {
@@ -173,49 +170,127 @@ pub fn spawn_with_fds_at(
             if armed.is_err() || nix::unistd::getppid() != parent {
                 exit_now(crate::exit::code(crate::exit::SETUP));
             }
-            let err = place_and_exec(exe.as_raw_fd(), argv, env, moves, above, &mut copies);
+            let err = match place(&mut all) {
+                Ok(()) => exec_placed(exe.1, argv, env),
+                Err(e) => e,
+            };
             exit_now(crate::exit::SIGNALED + err as i32)
         }
     }
 }
 
-/// The child's half of [`spawn_with_fds_at`]: returns only on failure.
-fn place_and_exec(
-    exe: RawFd,
-    argv: &[std::ffi::CString],
-    env: &[std::ffi::CString],
-    moves: &[(RawFd, RawFd)],
-    above: RawFd,
-    copies: &mut Vec<RawFd>,
-) -> Errno {
-    let dup_above = |fd: RawFd| {
-        // SAFETY: plain fcntl on an fd number of ours.
-        Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) })
-    };
-    // Everything copied above every `to` first, then each put in place:
-    // no dup3 can hit a copy still to be placed.
-    let exe = match dup_above(exe) {
-        Ok(fd) => fd,
-        Err(e) => return e,
-    };
-    for (from, _) in moves {
-        match dup_above(*from) {
-            Ok(fd) => copies.push(fd),
-            Err(e) => return e,
+/// Every `(from, to)` at `to`, not close-on-exec: a parallel move. A
+/// move goes once no other still needs its `to` as a `from`; a cycle is
+/// broken by copying one `from` to a number no move goes to.
+fn place(moves: &mut [(RawFd, RawFd)]) -> Result<(), Errno> {
+    use std::collections::HashMap;
+    let mut by_from: HashMap<RawFd, usize> =
+        moves.iter().enumerate().map(|(i, m)| (m.0, i)).collect();
+    let by_to: HashMap<RawFd, usize> = moves.iter().enumerate().map(|(i, m)| (m.1, i)).collect();
+    let mut done = vec![false; moves.len()];
+    let mut ready: Vec<usize> = (0..moves.len())
+        .filter(|&i| by_from.get(&moves[i].1).is_none_or(|&j| j == i))
+        .collect();
+    let mut left = moves.len();
+    while left > 0 {
+        while let Some(i) = ready.pop() {
+            let (from, to) = moves[i];
+            if done[i] {
+                continue;
+            }
+            let r = match from == to {
+                // SAFETY: plain fcntl on an fd number of ours.
+                true => unsafe { libc::fcntl(from, libc::F_SETFD, 0) },
+                // SAFETY: plain dup3 on fd numbers of ours; it closes
+                // what `to` was, which no move still needs.
+                false => unsafe { libc::dup3(from, to, 0) },
+            };
+            Errno::result(r)?;
+            done[i] = true;
+            left -= 1;
+            by_from.remove(&from);
+            if let Some(&j) = by_to.get(&from) {
+                ready.push(j);
+            }
+        }
+        if let Some(i) = (0..moves.len()).find(|&i| !done[i]) {
+            let from = moves[i].0;
+            let spare = spare_number(&by_to)?;
+            // SAFETY: as above; `spare` is free and no move's `to`.
+            Errno::result(unsafe { libc::dup3(from, spare, libc::O_CLOEXEC) })?;
+            by_from.remove(&from);
+            by_from.insert(spare, i);
+            moves[i].0 = spare;
+            // The move that goes to `from` may go now; this one when
+            // the move whose `from` is its `to` went.
+            if let Some(&j) = by_to.get(&from) {
+                ready.push(j);
+            }
         }
     }
-    for (copy, (_, to)) in copies.iter().zip(moves) {
-        // SAFETY: both are fd numbers of ours; dup3 closes whatever `to`
-        // was (a copy never: they are all above it).
-        if unsafe { libc::dup3(*copy, *to, 0) } < 0 {
-            return Errno::last();
-        }
-    }
-    // SAFETY: `exe` is open (made just above) and this process image ends
+    Ok(())
+}
+
+/// The lowest free fd number that no move goes to.
+fn spare_number(to: &std::collections::HashMap<RawFd, usize>) -> Result<RawFd, Errno> {
+    (3..RawFd::MAX)
+        // SAFETY: F_GETFD only reads an fd's flags (EBADF: free).
+        .find(|n| !to.contains_key(n) && unsafe { libc::fcntl(*n, libc::F_GETFD) } < 0)
+        .ok_or(Errno::EMFILE)
+}
+
+/// fexecve the binary at `exe`, made close-on-exec first.
+fn exec_placed(exe: RawFd, argv: &[std::ffi::CString], env: &[std::ffi::CString]) -> Errno {
+    // SAFETY: plain fcntl on an fd number of ours.
+    unsafe { libc::fcntl(exe, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: `exe` is open (just placed) and this process image ends
     // here.
     let exe = unsafe { std::os::fd::BorrowedFd::borrow_raw(exe) };
     match nix::unistd::fexecve(exe, argv, env) {
         Err(e) => e,
         Ok(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    fn ino(fd: RawFd) -> Option<u64> {
+        // SAFETY: a test's own fd numbers, only looked at.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::sys::stat::fstat(b).ok().map(|s| s.st_ino)
+    }
+
+    #[test]
+    fn a_parallel_move_places_chains_and_cycles_without_losing_one() {
+        // Numbers far above what the test harness uses.
+        let at = |n: RawFd| 900 + n;
+        let mut pipes = Vec::new();
+        for k in 0..4 {
+            let (r, w) = nix::unistd::pipe().expect("pipe");
+            drop(w);
+            let fd = r.into_raw_fd();
+            // SAFETY: our own fds, moved to numbers nothing else uses.
+            assert!(unsafe { libc::dup3(fd, at(k), libc::O_CLOEXEC) } == at(k));
+            let _ = nix::unistd::close(fd);
+            pipes.push(ino(at(k)).expect("open"));
+        }
+        // 0 ↔ 1 (a cycle), 2 → 3 → 5 (a chain), 4 stays nothing.
+        let mut moves = vec![(at(0), at(1)), (at(1), at(0)), (at(3), at(5)), (at(2), at(3))];
+        place(&mut moves).expect("placed");
+        assert_eq!(ino(at(1)), Some(pipes[0]));
+        assert_eq!(ino(at(0)), Some(pipes[1]));
+        assert_eq!(ino(at(5)), Some(pipes[3]));
+        assert_eq!(ino(at(3)), Some(pipes[2]));
+        for n in [0, 1, 3, 5] {
+            // SAFETY: F_GETFD only reads flags.
+            let flags = unsafe { libc::fcntl(at(n), libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, 0, "{n} crosses the exec");
+        }
+        for n in 0..8 {
+            let _ = nix::unistd::close(at(n));
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::Seek;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, Instant};
 
@@ -82,23 +82,23 @@ impl Keeper {
             .iter()
             .map(|(n, fd)| (fd.as_raw_fd(), *n))
             .collect();
-        let memfd = snapshot.as_raw_fd();
-        let top = moves
-            .iter()
-            .flat_map(|(a, b)| [*a, *b])
-            .chain([memfd, theirs.as_raw_fd()])
-            .chain(self.exe.as_ref().map(AsRawFd::as_raw_fd))
-            .max()
-            .unwrap_or(2);
-        let (memfd_at, link_at) = (top + 1, top + 2);
-        moves.push((memfd, memfd_at));
+        // The memfd, our socket and the binary go to the lowest numbers
+        // no held fd goes to (not above them all: the supervisor's may
+        // reach its fd limit).
+        let mut spare = (3..).filter(|n| !self.held.contains_key(n));
+        let (Some(memfd_at), Some(link_at), Some(exe_at)) =
+            (spare.next(), spare.next(), spare.next())
+        else {
+            return Err("no fd number left".into());
+        };
+        moves.push((snapshot.as_raw_fd(), memfd_at));
         moves.push((theirs.as_raw_fd(), link_at));
         let (argv, env) = command_line(memfd_at, link_at)?;
         let exe = self
             .exe
             .as_ref()
             .ok_or("the supervisor never named its binary")?;
-        let pid = isola_runtime::spawn_with_fds_at(exe.as_fd(), &argv, &env, &moves, top + 3)
+        let pid = isola_runtime::spawn_with_fds_at((exe.as_raw_fd(), exe_at), &argv, &env, &moves)
             .map_err(|e| format!("fork: {e}"))?;
         self.supervisor = pid;
         self.link = ours;
