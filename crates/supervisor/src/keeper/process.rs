@@ -99,6 +99,18 @@ pub fn keep(link: OwnedFd, supervisor: Pid) -> i32 {
     k.run()
 }
 
+/// Whether two fds are the same open file's or file's (device and inode;
+/// an anonymous inode never counts as the same).
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    let id = |fd: &OwnedFd| {
+        nix::sys::stat::fstat(fd)
+            .ok()
+            .filter(|st| st.st_mode & libc::S_IFMT != 0)
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    id(a).is_some() && id(a) == id(b)
+}
+
 /// A line on our stderr; a stderr that is gone costs nothing (a panic
 /// here would take every service).
 pub(super) fn say(line: &str) {
@@ -188,7 +200,12 @@ impl Keeper {
         match kind {
             b'H' => {
                 for (n, fd) in numbers(body).zip(fds) {
-                    self.staged.insert(n, fd);
+                    // A copy of a file held already at that number (a new
+                    // supervisor sends all again) is not kept twice: the
+                    // keeper's fds stay within what one set needs.
+                    if !self.held.get(&n).is_some_and(|h| same_file(h, &fd)) {
+                        self.staged.insert(n, fd);
+                    }
                 }
             }
             b'S' => {
