@@ -278,7 +278,12 @@ mod tests {
             pipes.push(ino(at(k)).expect("open"));
         }
         // 0 ↔ 1 (a cycle), 2 → 3 → 5 (a chain), 4 stays nothing.
-        let mut moves = vec![(at(0), at(1)), (at(1), at(0)), (at(3), at(5)), (at(2), at(3))];
+        let mut moves = vec![
+            (at(0), at(1)),
+            (at(1), at(0)),
+            (at(3), at(5)),
+            (at(2), at(3)),
+        ];
         place(&mut moves).expect("placed");
         assert_eq!(ino(at(1)), Some(pipes[0]));
         assert_eq!(ino(at(0)), Some(pipes[1]));
