@@ -135,6 +135,15 @@ fn three_kills_of_the_supervisor_under_load_fail_no_request_and_lose_no_line() {
     assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
     assert!(t.ok >= 30, "{t:?}");
     assert_eq!(pids(&up), before, "a service was restarted");
+    // Each init is still the keeper's child (not a new sandbox).
+    let keeper = up.pid().as_raw().to_string();
+    for (name, pid) in &before {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split(' ').nth(1).unwrap_or(""));
+        assert_eq!(ppid, Some(keeper.as_str()), "{name}'s init");
+    }
     for s in up.status() {
         assert_eq!(
             (s["state"].as_str(), s["restarts"].as_u64()),

@@ -318,9 +318,6 @@ impl Supervisor {
                 self.settle();
             }
             self.lag.record(began, Instant::now());
-            if let Some(k) = self.keeper.as_mut() {
-                k.changed();
-            }
             // No event of this wakeup is left to reach a forgotten index.
             self.core.recycle();
             self.report_progress();
@@ -411,6 +408,11 @@ impl Supervisor {
 
     /// One input to the core (the mirror of [`Supervisor::apply`]).
     fn feed(&mut self, input: Input) {
+        // What the core hears is what a keeper's snapshot must see (a
+        // wakeup that changed nothing takes none).
+        if let Some(k) = self.keeper.as_mut() {
+            k.changed();
+        }
         let now = self.now;
         let core = &mut self.core;
         match input {
@@ -480,6 +482,7 @@ impl Supervisor {
             self.networks.as_ref().and_then(Networks::deadline),
             self.autoscaler.deadline(),
             self.upgrades.deadline(),
+            self.keeper.as_ref().and_then(Link::deadline),
             // A scrape being read: the next slice at the next turn.
             self.metrics.busy().then(Instant::now),
         ]

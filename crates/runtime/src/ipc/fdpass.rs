@@ -13,6 +13,17 @@ use nix::sys::socket::{
 use crate::sys;
 
 pub fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    send_with(sock, bytes, fds, MsgFlags::empty())
+}
+
+/// [`send`] with `flags` besides MSG_NOSIGNAL (MSG_DONTWAIT: EAGAIN
+/// rather than a wait for room).
+pub fn send_with(
+    sock: &OwnedFd,
+    bytes: &[u8],
+    fds: &[RawFd],
+    flags: MsgFlags,
+) -> Result<(), Errno> {
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsg: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     loop {
@@ -20,7 +31,7 @@ pub fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
             sock.as_raw_fd(),
             &[IoSlice::new(bytes)],
             cmsg,
-            MsgFlags::MSG_NOSIGNAL,
+            MsgFlags::MSG_NOSIGNAL | flags,
             None,
         ) {
             Err(Errno::EINTR) => continue,

@@ -231,9 +231,13 @@ fn place(moves: &mut [(RawFd, RawFd)]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// The lowest free fd number that no move goes to.
+/// The lowest free fd number that no move goes to, below our limit.
 fn spare_number(to: &std::collections::HashMap<RawFd, usize>) -> Result<RawFd, Errno> {
-    (3..RawFd::MAX)
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(RawFd::MAX, |(soft, _)| {
+            RawFd::try_from(soft).unwrap_or(RawFd::MAX)
+        });
+    (3..limit)
         // SAFETY: F_GETFD only reads an fd's flags (EBADF: free).
         .find(|n| !to.contains_key(n) && unsafe { libc::fcntl(*n, libc::F_GETFD) } < 0)
         .ok_or(Errno::EMFILE)

@@ -61,10 +61,26 @@ impl Channel {
     }
 
     fn send(&self, kind: u8, body: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+        self.send_with(kind, body, fds, MsgFlags::empty())
+    }
+
+    /// Without waiting (`MSG_DONTWAIT`): a keeper that does not read (one
+    /// stopped) must not stop us; EAGAIN says so.
+    fn send_now(&self, kind: u8, body: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+        self.send_with(kind, body, fds, MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn send_with(
+        &self,
+        kind: u8,
+        body: &[u8],
+        fds: &[RawFd],
+        flags: MsgFlags,
+    ) -> Result<(), Errno> {
         let mut msg = Vec::with_capacity(1 + body.len());
         msg.push(kind);
         msg.extend_from_slice(body);
-        fdpass::send(&self.sock, &msg, fds)
+        fdpass::send_with(&self.sock, &msg, fds, flags)
     }
 
     /// The stack ended with `code`: the keeper exits with it once we did.
@@ -135,6 +151,7 @@ impl Link {
             match self.next_message(MsgFlags::MSG_DONTWAIT)? {
                 Some(Message::Exit(t)) => out.push(t),
                 Some(Message::Forgot) => {}
+                Some(Message::Refused) => self.resend_all(),
                 None => return Ok(out),
             }
         }
@@ -151,6 +168,7 @@ impl Link {
             match d.bytes.split_first() {
                 None => return Err(KeeperGone),
                 Some((b'f', _)) => return Ok(Some(Message::Forgot)),
+                Some((b'r', _)) => return Ok(Some(Message::Refused)),
                 Some((b'X', b)) => {
                     let (Some(pid), Some(code), Some(how)) =
                         (le_i32(b), b.get(4..).and_then(le_i32), b.get(8))
@@ -179,7 +197,12 @@ impl Link {
     /// holds (a reload, the stack's end). Until the next snapshot, a
     /// supervisor that dies is not replaced.
     pub(crate) fn forget_all(&mut self) -> Result<(), KeeperGone> {
-        self.channel.send(b'F', &[], &[]).map_err(|_| KeeperGone)?;
+        match self.channel.send_now(b'F', &[], &[]) {
+            // Not read (stopped): no answer to wait for either.
+            Err(Errno::EAGAIN) => return Ok(()),
+            Err(_) => return Err(KeeperGone),
+            Ok(()) => {}
+        }
         loop {
             // A keeper that does not answer (stopped) does not stop us.
             let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
@@ -189,7 +212,7 @@ impl Link {
             match self.next_message(MsgFlags::MSG_DONTWAIT)? {
                 Some(Message::Forgot) => break,
                 Some(Message::Exit(t)) => self.early.push(t),
-                None => {}
+                Some(Message::Refused) | None => {}
             }
         }
         self.held.clear();
@@ -204,6 +227,19 @@ impl Link {
 
     pub(crate) fn snapshot_due(&self, now: Instant) -> bool {
         self.changed && now >= self.next && !self.ending
+    }
+
+    /// When a snapshot is due (the loop's timer: a change followed by no
+    /// other wakeup is kept all the same).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (self.changed && !self.ending).then_some(self.next)
+    }
+
+    /// The keeper refused a snapshot (it lacked a copy): every copy goes
+    /// again with the next.
+    fn resend_all(&mut self) {
+        self.held.clear();
+        self.changed = true;
     }
 
     /// A snapshot that could not be taken: the next try waits as long.
@@ -234,10 +270,16 @@ impl Link {
             }
             now_held.insert(n.fd, *n);
         }
-        for chunk in new.chunks(FDS_PER_MESSAGE) {
-            self.channel.send(b'H', &le_bytes(chunk), chunk)?;
+        // Not waiting on a keeper that does not read: the snapshot waits.
+        let sent = new
+            .chunks(FDS_PER_MESSAGE)
+            .try_for_each(|chunk| self.channel.send_now(b'H', &le_bytes(chunk), chunk))
+            .and_then(|()| self.channel.send_now(b'S', &[], &[memfd.as_raw_fd()]));
+        if let Err(e) = sent {
+            // What went is staged by the keeper, and sent again.
+            self.held.clear();
+            return Err(e);
         }
-        self.channel.send(b'S', &[], &[memfd.as_raw_fd()])?;
         self.held = now_held;
         self.changed = false;
         Ok(())
@@ -249,6 +291,8 @@ enum Message {
     Exit(Told),
     /// It let go of everything (`F` answered).
     Forgot,
+    /// It refused a snapshot naming an fd it has no copy of.
+    Refused,
 }
 
 fn le_bytes(numbers: &[RawFd]) -> Vec<u8> {

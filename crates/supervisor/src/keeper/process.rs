@@ -240,18 +240,25 @@ impl Keeper {
 
     /// A new snapshot: the fds it names are held (the ones just sent, or
     /// the copies already held at those numbers), every other let go.
+    /// One that names an fd we have no copy of (a message whose fds did
+    /// not fit us) is refused, the last one kept whole, and the supervisor
+    /// told (`r`: it sends every copy again).
     fn take_snapshot(&mut self, memfd: File) {
-        let staged = std::mem::take(&mut self.staged);
-        let Ok(named) = isola_runtime::handover::read_numbers(memfd.as_fd()) else {
+        let mut staged = std::mem::take(&mut self.staged);
+        let named = isola_runtime::handover::read_numbers(memfd.as_fd());
+        let whole = named.as_ref().is_ok_and(|named| {
+            named
+                .iter()
+                .all(|n| staged.contains_key(n) || self.held.contains_key(n))
+        });
+        let (true, Ok(named)) = (whole, named) else {
+            let _ = fdpass::send(&self.link, b"r", &[]);
             return;
         };
-        let mut staged = staged;
         let mut held = HashMap::with_capacity(named.len());
         for n in named {
-            match staged.remove(&n).or_else(|| self.held.remove(&n)) {
-                Some(fd) => drop(held.insert(n, fd)),
-                // Named but never sent: not one to take over from.
-                None => return,
+            if let Some(fd) = staged.remove(&n).or_else(|| self.held.remove(&n)) {
+                held.insert(n, fd);
             }
         }
         self.held = held;

@@ -94,7 +94,15 @@ impl Supervisor {
         }
         let began = Instant::now();
         let due = self.keeper.as_ref().is_some_and(|k| k.snapshot_due(began));
-        if !due || self.upgrades.under_way() || self.busy().is_some() {
+        if !due {
+            return;
+        }
+        if self.upgrades.under_way() || self.busy().is_some() {
+            // Not at rest: looked at again a while later (the timer is
+            // armed for it), not at every turn.
+            if let Some(k) = self.keeper.as_mut() {
+                k.not_now(std::time::Duration::ZERO);
+            }
             return;
         }
         let mut out = Outgoing::dry();
@@ -116,9 +124,12 @@ impl Supervisor {
         let Some(k) = self.keeper.as_mut() else {
             return;
         };
-        if let Err(e) = k.keep(memfd, &fds, began.elapsed()) {
-            self.outbox
-                .note(format!("keeper: snapshot not handed over: {e}"));
+        match k.keep(memfd, &fds, began.elapsed()) {
+            // A keeper not reading (stopped): the next snapshot will go.
+            Ok(()) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => self
+                .outbox
+                .note(format!("keeper: snapshot not handed over: {e}")),
         }
     }
 

@@ -96,6 +96,9 @@ impl Senders for SenderCheck<'_> {
 impl Supervisor {
     /// Carry out one effect of the core (the mirror of `feed`).
     pub(crate) fn apply(&mut self, effect: Effect) {
+        if let Some(k) = self.keeper.as_mut() {
+            k.changed();
+        }
         match effect {
             Effect::Added(i) => self.add_service(i),
             Effect::Launch(i) => self.launch(i),
