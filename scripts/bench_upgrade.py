@@ -50,16 +50,21 @@ def takeover(work, Up, request, svc, n):
             "unwatched_p50_ms": statistics.median(unwatched)}
 
 
-def under_load(work, Up, request):
-    """A held-socket server under one client: steady latency, then
-    `UNDER_LOAD` upgrades back to back."""
-    up = Up(work, "upgrade-load", {"web": bench_zero.service(True, "replace")}, "host")
+def loaded(work, Up, name):
+    """A held-socket server under one client, past its steady state: the
+    stack, the load, the steady latencies, and where the rest begins."""
+    up = Up(work, name, {"web": bench_zero.service(True, "replace")}, "host")
     up.wait_all()
     load = bench_zero.Load()
     bench_zero.wait_answer(load)
     time.sleep(bench_zero.STEADY_S)
-    steady = list(load.lat)
-    mark, failed0 = len(load.lat), load.failed
+    return up, load, list(load.lat), len(load.lat), load.failed
+
+
+def under_load(work, Up, request):
+    """A held-socket server under one client: steady latency, then
+    `UNDER_LOAD` upgrades back to back."""
+    up, load, steady, mark, failed0 = loaded(work, Up, "upgrade-load")
     t0 = time.perf_counter()
     for _ in range(UNDER_LOAD):
         r = request(up.sock, {"cmd": "upgrade"})
@@ -123,13 +128,7 @@ def killed(work, Up, request, svc, n):
 def killed_under_load(work, Up, request):
     """A held-socket server under one client through `KILLS - 1` kills of
     its supervisor."""
-    up = Up(work, "killed-load", {"web": bench_zero.service(True, "replace")}, "host")
-    up.wait_all()
-    load = bench_zero.Load()
-    bench_zero.wait_answer(load)
-    time.sleep(bench_zero.STEADY_S)
-    steady = list(load.lat)
-    mark, failed0 = len(load.lat), load.failed
+    up, load, steady, mark, failed0 = loaded(work, Up, "killed-load")
     for _ in range(KILLS - 1):
         time.sleep(1.5)
         old = supervisor(up, request)

@@ -147,3 +147,43 @@ pub fn wait_serving(port: u16) {
     }
     panic!("port {port} never served");
 }
+
+/// A counter service's lines in its log (`n=1 end`, `n=2 end`, …): none
+/// missing or broken, in order; only the last may be cut by the stop that
+/// ended the test. `relogged`: how many batches may be logged twice (a
+/// supervisor killed between a batch's log write and its taking from the
+/// pipe logs it again; an upgrade never does). The count of lines.
+pub fn check_counter_log(up: &crate::up::Up, relogged: usize) -> u64 {
+    assert!(
+        !up.logdir().join("counter.log.1").exists(),
+        "rotated: the test's bound is too small"
+    );
+    let text = std::fs::read_to_string(up.logdir().join("counter.log")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| Some(l.split_once(" stdout ")?.1))
+        .collect();
+    let (mut next, mut prev, mut again) = (1u64, 0u64, 0usize);
+    for (k, line) in lines.iter().enumerate() {
+        let whole = line.strip_prefix("n=").and_then(|t| t.strip_suffix(" end"));
+        let cut = k + 1 == lines.len() && whole.is_none();
+        let n: u64 = match cut {
+            true => line.strip_prefix("n=").map(|t| t.trim_end()),
+            false => whole,
+        }
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a broken line: {line:?}"));
+        if n <= prev {
+            again += 1;
+        } else {
+            assert!(n == prev + 1, "after line {prev}: line {n} (lost lines)");
+        }
+        next = next.max(n + 1);
+        prev = n;
+    }
+    assert!(
+        again <= relogged,
+        "{again} batches logged twice ({relogged} allowed)"
+    );
+    next - 1
+}

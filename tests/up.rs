@@ -121,12 +121,29 @@ impl Up {
         pid_of(self.child.as_ref().unwrap())
     }
 
+    /// `isola info --json`.
+    pub fn info(&self) -> Value {
+        let (code, out, err) = self.cli(&["info", "--json"]);
+        assert_eq!(code, 0, "{err}\n{}", self.stderr());
+        serde_json::from_str(&out).expect("info JSON")
+    }
+
+    /// Each service's name and pid (0 when it has none), as `status` lists them.
+    pub fn pids(&self) -> Vec<(String, i64)> {
+        self.status()
+            .iter()
+            .map(|s| {
+                let name = s["name"].as_str().unwrap_or("").to_string();
+                (name, s["pid"].as_i64().unwrap_or(0))
+            })
+            .collect()
+    }
+
     /// The supervisor's pid (the keeper's child), as `isola info` says.
     pub fn supervisor_pid(&self) -> nix::unistd::Pid {
-        let (code, out, err) = self.cli(&["info", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        let info: Value = serde_json::from_str(&out).expect("info JSON");
-        let pid = info["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+        let pid = self.info()["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok());
         nix::unistd::Pid::from_raw(pid.expect("info names the supervisor's pid"))
     }
 

@@ -14,33 +14,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-fn info(up: &Up) -> Value {
-    let (code, out, err) = up.cli(&["info", "--json"]);
-    assert_eq!(code, 0, "{err}\n{}", up.stderr());
-    serde_json::from_str(&out).expect("info JSON")
-}
-
-fn supervisor(up: &Up) -> Pid {
-    Pid::from_raw(
-        info(up)["pid"]
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .unwrap(),
-    )
-}
-
-fn pids(up: &Up) -> Vec<(String, i64)> {
-    up.status()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap_or("").into(),
-                s["pid"].as_i64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
 /// Kill the supervisor; once a new one answers, its pid.
 fn kill_supervisor(up: &Up, old: Pid) -> Pid {
     kill(old, Signal::SIGKILL).unwrap();
@@ -70,41 +43,6 @@ while True:
         time.sleep(0.001)
 "#;
 
-/// The counter's lines in its log: numbered 1, 2, 3… none missing, in
-/// order. A kill that falls between a batch's log write and its taking
-/// from the pipe logs that batch again (at most one per kill: `kills`);
-/// only the last line may be cut by the stop that ended the test.
-fn check_counter_log(up: &Up, kills: usize) -> u64 {
-    let text = std::fs::read_to_string(up.logdir().join("counter.log")).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter_map(|l| Some(l.split_once(" stdout ")?.1))
-        .collect();
-    let (mut next, mut prev, mut again) = (1u64, 0u64, 0usize);
-    for (k, line) in lines.iter().enumerate() {
-        let whole = line.strip_prefix("n=").and_then(|t| t.strip_suffix(" end"));
-        let cut = k + 1 == lines.len() && whole.is_none();
-        let n: u64 = match cut {
-            true => line.strip_prefix("n=").map(|t| t.trim_end()),
-            false => whole,
-        }
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("a broken line: {line:?}"));
-        if n <= prev {
-            again += 1;
-        } else {
-            assert!(n == prev + 1, "after line {prev}: line {n} (lost lines)");
-        }
-        next = next.max(n + 1);
-        prev = n;
-    }
-    assert!(
-        again <= kills,
-        "{again} batches logged twice in {kills} kills"
-    );
-    next - 1
-}
-
 #[test]
 fn three_kills_of_the_supervisor_under_load_fail_no_request_and_lose_no_line() {
     require_vm();
@@ -118,12 +56,12 @@ fn three_kills_of_the_supervisor_under_load_fail_no_request_and_lose_no_line() {
     up.wait_state("web", "running");
     up.wait_state("counter", "running");
     wait_serving(port);
-    let before = pids(&up);
-    let first = info(&up);
+    let before = up.pids();
+    let first = up.info();
     assert_eq!(first["keeper"].as_i64(), Some(i64::from(up.pid().as_raw())));
     assert_ne!(first["pid"], first["keeper"], "{first}");
     let load = Load::start(port);
-    let mut sup = supervisor(&up);
+    let mut sup = up.supervisor_pid();
     for _ in 0..3 {
         // At rest for a moment: the keeper has a snapshot.
         std::thread::sleep(Duration::from_millis(800));
@@ -134,7 +72,7 @@ fn three_kills_of_the_supervisor_under_load_fail_no_request_and_lose_no_line() {
     eprintln!("{t:?}");
     assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
     assert!(t.ok >= 30, "{t:?}");
-    assert_eq!(pids(&up), before, "a service was restarted");
+    assert_eq!(up.pids(), before, "a service was restarted");
     // Each init is still the keeper's child (not a new sandbox).
     let keeper = up.pid().as_raw().to_string();
     for (name, pid) in &before {
@@ -151,7 +89,7 @@ fn three_kills_of_the_supervisor_under_load_fail_no_request_and_lose_no_line() {
             "{s}"
         );
     }
-    let after = info(&up);
+    let after = up.info();
     assert_eq!(after["recoveries"], 3, "{after}");
     assert_eq!(after["startedMs"], first["startedMs"], "{after}");
     assert_eq!(after["keeper"], first["keeper"], "the keeper keeps its pid");
@@ -218,7 +156,7 @@ time.sleep(1000)
     std::thread::sleep(Duration::from_millis(800));
     // No supervisor at all while it happens: the keeper is stopped, its
     // supervisor killed; then both exit and OOM kill are waited for.
-    let sup = supervisor(&up);
+    let sup = up.supervisor_pid();
     kill(up.pid(), Signal::SIGSTOP).unwrap();
     kill(sup, Signal::SIGKILL).unwrap();
     std::fs::write(&go, "").unwrap();
@@ -255,7 +193,7 @@ time.sleep(1000)
         (Some(bystander), Some(0)),
         "{b}"
     );
-    assert_eq!(info(&up)["recoveries"], 1);
+    assert_eq!(up.info()["recoveries"], 1);
     up.down();
     assert_clean();
 }

@@ -16,24 +16,6 @@ fn upgrade(up: &Up, extra: &[&str]) -> (i32, String, String) {
     up.cli(&[&["upgrade"], extra].concat())
 }
 
-fn info(up: &Up) -> Value {
-    let (code, out, err) = up.cli(&["info", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).expect("info JSON")
-}
-
-fn pids(up: &Up) -> Vec<(String, i64)> {
-    up.status()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap_or("").to_string(),
-                s["pid"].as_i64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
 /// Numbered lines as fast as the pipe takes them, each in two writes (a
 /// line straddles an exec now and then), 50,000 a second at most.
 const COUNTER: &str = r#"import os, time
@@ -45,36 +27,6 @@ while True:
     if i % 50 == 0:
         time.sleep(0.001)
 "#;
-
-/// The counter's lines in its log: every one whole (but the last, which
-/// the stop may cut), numbered 1, 2, 3… with none missing or twice.
-fn check_counter_log(up: &Up) -> u64 {
-    let log = up.logdir().join("counter.log");
-    assert!(
-        !up.logdir().join("counter.log.1").exists(),
-        "rotated: the test's bound is too small"
-    );
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter_map(|l| Some(l.split_once(" stdout ")?.1))
-        .collect();
-    let mut next = 1u64;
-    for (k, line) in lines.iter().enumerate() {
-        let whole = line.strip_prefix("n=").and_then(|t| t.strip_suffix(" end"));
-        // The stop that ended the test may cut the last line in two.
-        let cut = k + 1 == lines.len() && whole.is_none();
-        let n: u64 = match cut {
-            true => line.strip_prefix("n=").map(|t| t.trim_end()),
-            false => whole,
-        }
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("a broken line: {line:?}"));
-        assert_eq!(n, next, "line {next} lost or doubled");
-        next += 1;
-    }
-    next - 1
-}
 
 #[test]
 fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
@@ -90,8 +42,8 @@ fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
     up.wait_state("web", "running");
     up.wait_state("counter", "running");
     wait_serving(port);
-    let before = pids(&up);
-    let sup = info(&up);
+    let before = up.pids();
+    let sup = up.info();
     assert_eq!(sup["upgrades"], 0, "{sup}");
     let load = Load::start(port);
     for k in 1..=20 {
@@ -104,19 +56,19 @@ fn twenty_upgrades_under_load_refuse_nothing_lose_no_line_and_keep_every_pid() {
     eprintln!("{t:?}");
     assert_eq!((t.refused, t.other), (0, 0), "{t:?}");
     assert!(t.ok >= 60, "{t:?}");
-    assert_eq!(pids(&up), before, "a service was restarted");
+    assert_eq!(up.pids(), before, "a service was restarted");
     for s in up.status() {
         assert_eq!(s["restarts"], 0, "{s}");
         assert_eq!(s["state"], "running", "{s}");
     }
-    let after = info(&up);
+    let after = up.info();
     assert_eq!(after["upgrades"], 20, "{after}");
     assert_eq!(after["pid"], sup["pid"], "the supervisor keeps its pid");
     assert_eq!(after["startedMs"], sup["startedMs"], "{after}");
     assert_eq!(after["keeper"].as_i64(), Some(i64::from(up.pid().as_raw())));
     let (code, _, err) = up.cli(&["stop", "counter"]);
     assert_eq!(code, 0, "{err}");
-    let lines = check_counter_log(&up);
+    let lines = check_counter_log(&up, 0);
     eprintln!("{lines} numbered lines, in order");
     assert!(lines > 1000, "{lines}");
     up.down();
@@ -247,7 +199,7 @@ fn a_binary_that_is_not_isola_or_cannot_read_the_state_is_refused_and_nothing_ch
         &[],
     );
     up.wait_state("a", "running");
-    let before = (pids(&up), info(&up));
+    let before = (up.pids(), up.info());
     let (fails, slow) = (fails.display().to_string(), slow.display().to_string());
     let cases: [(&str, &str); 5] = [
         (&slow, "did not read the state within 10 s"),
@@ -267,7 +219,7 @@ fn a_binary_that_is_not_isola_or_cannot_read_the_state_is_refused_and_nothing_ch
             err.contains("upgrade refused, the running supervisor goes on") && err.contains(why),
             "{binary}: {err}"
         );
-        assert_eq!((pids(&up), info(&up)), before, "{binary} changed something");
+        assert_eq!((up.pids(), up.info()), before, "{binary} changed something");
     }
     up.down();
     assert_clean();
@@ -337,7 +289,7 @@ fn a_hundred_upgrades_leave_the_supervisors_fds_and_memory_where_they_were() {
         links()
     );
     assert!(rss1 <= rss0 + 1024, "RSS grew: {rss0} → {rss1} KiB");
-    assert_eq!(info(&up)["upgrades"], 101);
+    assert_eq!(up.info()["upgrades"], 101);
     up.down();
     assert_clean();
 }
@@ -355,16 +307,16 @@ fn replicas_isola_scale_added_outlive_an_upgrade_until_the_next_reload() {
     let (code, _, err) = up.cli(&["scale", "web", "3"]);
     assert_eq!(code, 0, "{err}");
     up.wait_state("web.3", "running");
-    let before = pids(&up);
+    let before = up.pids();
     let (code, out, err) = upgrade(&up, &[]);
     assert_eq!(code, 0, "{out}{err}\n{}", up.stderr());
-    assert_eq!(pids(&up), before, "the replicas as they ran, same pids");
+    assert_eq!(up.pids(), before, "the replicas as they ran, same pids");
     // `isola scale` holds until the next reload, after an upgrade as before.
     nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
     up.wait_for("web.1", "web.3 gone", Duration::from_secs(60), |_| {
         up.status().len() == 2
     });
-    assert_eq!(pids(&up), before[..2].to_vec(), "{}", up.stderr());
+    assert_eq!(up.pids(), before[..2].to_vec(), "{}", up.stderr());
     up.down();
     assert_clean();
 }

@@ -67,7 +67,7 @@ pub struct Datagram {
 /// The next datagram of `sock` without waiting (EAGAIN when there is none),
 /// at most `max_len` bytes of it.
 pub fn receive_credentialed(sock: BorrowedFd<'_>, max_len: usize) -> Result<Datagram, Errno> {
-    recv(sock, max_len, MsgFlags::MSG_DONTWAIT)
+    receive_with(sock, max_len, MsgFlags::MSG_DONTWAIT)
 }
 
 /// The next datagram of `sock` (at most `max_len` bytes of it) with the
