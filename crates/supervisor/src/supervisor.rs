@@ -333,7 +333,7 @@ impl Supervisor {
         let key = token.key;
         match token.part {
             Part::Signals => self.on_signals(),
-            Part::Keeper => self.on_keeper(),
+            Part::Keeper => self.on_keeper(how),
             Part::Timer => self.on_timer(),
             Part::Sandboxes => {
                 if let Some((i, report)) = self.sandboxes.on_event(ctx!(self), key) {

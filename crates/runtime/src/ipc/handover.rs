@@ -36,6 +36,23 @@ pub struct Named {
     pub unique: bool,
 }
 
+impl Named {
+    /// `fd` is still this file: the same device and inode, and not an
+    /// anonymous inode (those cannot be told apart, so never are).
+    #[allow(unsafe_code)]
+    pub fn still_open(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat only writes a whole `stat` into `st`; a number
+        // closed since fails with EBADF, one used again names its file.
+        if !self.unique || unsafe { libc::fstat(self.fd, st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: the fstat above returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        (st.st_dev, st.st_ino) == (self.dev, self.ino)
+    }
+}
+
 /// A handover being put together: the fds kept so far.
 #[derive(Debug, Default)]
 pub struct Outgoing {

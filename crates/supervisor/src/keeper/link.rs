@@ -14,13 +14,16 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
 use nix::unistd::Pid;
 
-use super::{le_i32, FDS_PER_MESSAGE, KEEPER_ENV, RECOVERED_ENV};
+use super::handing::{Handing, Progress};
+use super::{le_i32, KEEPER_ENV, RECOVERED_ENV};
 
 /// Snapshots are at least this far apart…
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// …and at least this many times what the last one took, so keeping a
 /// stack of 10,000 services costs the loop at most a few percent.
 const COST_FACTOR: u32 = 20;
+/// How long a keeper that does not answer holds up a reload or the end.
+const WAIT_FOR_KEEPER_MS: u16 = 2000;
 
 /// The socket to the keeper, as `isola up` hands it to the supervisor.
 #[derive(Debug, Clone)]
@@ -66,7 +69,7 @@ impl Channel {
 
     /// Without waiting (`MSG_DONTWAIT`): a keeper that does not read (one
     /// stopped) must not stop us; EAGAIN says so.
-    fn send_now(&self, kind: u8, body: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    pub(super) fn send_now(&self, kind: u8, body: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
         self.send_with(kind, body, fds, MsgFlags::MSG_DONTWAIT)
     }
 
@@ -117,6 +120,16 @@ pub(crate) struct Link {
     next: Instant,
     /// The stack is ending: no more snapshots.
     ending: bool,
+    /// A snapshot on its way.
+    handing: Option<Handing>,
+}
+
+/// Whether a snapshot is still on its way (the loop then waits for the
+/// keeper's socket to be writable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    Done,
+    Waiting,
 }
 
 impl Link {
@@ -136,6 +149,7 @@ impl Link {
             changed: true,
             next: Instant::now(),
             ending: false,
+            handing: None,
         }
     }
 
@@ -197,7 +211,11 @@ impl Link {
     /// holds (a reload, the stack's end). Until the next snapshot, a
     /// supervisor that dies is not replaced.
     pub(crate) fn forget_all(&mut self) -> Result<(), KeeperGone> {
-        match self.channel.send_now(b'F', &[], &[]) {
+        // A snapshot on its way names what is about to change.
+        self.handing = None;
+        self.held.clear();
+        self.changed = true;
+        match self.send_within(b'F', PollTimeout::from(WAIT_FOR_KEEPER_MS)) {
             // Not read (stopped): no answer to wait for either.
             Err(Errno::EAGAIN) => return Ok(()),
             Err(_) => return Err(KeeperGone),
@@ -206,7 +224,7 @@ impl Link {
         loop {
             // A keeper that does not answer (stopped) does not stop us.
             let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut fds, PollTimeout::from(2000u16)), Ok(n) if n > 0) {
+            if !matches!(poll(&mut fds, PollTimeout::from(WAIT_FOR_KEEPER_MS)), Ok(n) if n > 0) {
                 break;
             }
             match self.next_message(MsgFlags::MSG_DONTWAIT)? {
@@ -215,9 +233,21 @@ impl Link {
                 Some(Message::Refused) | None => {}
             }
         }
-        self.held.clear();
-        self.changed = true;
         Ok(())
+    }
+
+    /// Send `kind` (no body, no fds), waiting up to `wait` for room: a
+    /// socket full of a snapshot's copies is drained by a keeper that
+    /// reads; EAGAIN when it did not make room (stopped).
+    fn send_within(&self, kind: u8, wait: PollTimeout) -> Result<(), Errno> {
+        match self.channel.send_now(kind, &[], &[]) {
+            Err(Errno::EAGAIN) => {
+                let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
+                poll(&mut fds, wait)?;
+                self.channel.send_now(kind, &[], &[])
+            }
+            sent => sent,
+        }
     }
 
     /// Something happened: a snapshot is due once the stack is at rest.
@@ -226,13 +256,13 @@ impl Link {
     }
 
     pub(crate) fn snapshot_due(&self, now: Instant) -> bool {
-        self.changed && now >= self.next && !self.ending
+        self.changed && now >= self.next && !self.ending && self.handing.is_none()
     }
 
     /// When a snapshot is due (the loop's timer: a change followed by no
     /// other wakeup is kept all the same).
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        (self.changed && !self.ending).then_some(self.next)
+        (self.changed && !self.ending && self.handing.is_none()).then_some(self.next)
     }
 
     /// The keeper refused a snapshot (it lacked a copy): every copy goes
@@ -257,32 +287,45 @@ impl Link {
 
     /// Hand the keeper a snapshot (`memfd`, naming `fds`): first copies of
     /// the fds it does not hold yet (or may hold another file at that
-    /// number: anonymous inodes cannot be told apart), then the memfd.
-    /// `took`: how long making the snapshot took, which spaces the next
-    /// (a failed one too).
-    pub(crate) fn keep(&mut self, memfd: File, fds: &[Named], took: Duration) -> Result<(), Errno> {
+    /// number: anonymous inodes cannot be told apart), then the memfd —
+    /// what the socket takes now, the rest with [`Link::hand_on`] once it
+    /// is writable (`Waiting`; see [`super::handing`]). `took`: how long
+    /// making the snapshot took, which spaces the next (a failed one
+    /// too).
+    pub(crate) fn keep(
+        &mut self,
+        memfd: File,
+        fds: &[Named],
+        took: Duration,
+    ) -> Result<Handed, Errno> {
         self.next = Instant::now() + MIN_INTERVAL.max(took * COST_FACTOR);
-        let mut now_held = HashMap::with_capacity(fds.len());
-        let mut new = Vec::new();
-        for n in fds {
-            if !n.unique || self.held.get(&n.fd) != Some(n) {
-                new.push(n.fd);
-            }
-            now_held.insert(n.fd, *n);
-        }
-        // Not waiting on a keeper that does not read: the snapshot waits.
-        let sent = new
-            .chunks(FDS_PER_MESSAGE)
-            .try_for_each(|chunk| self.channel.send_now(b'H', &le_bytes(chunk), chunk))
-            .and_then(|()| self.channel.send_now(b'S', &[], &[memfd.as_raw_fd()]));
-        if let Err(e) = sent {
-            // What went is staged by the keeper, and sent again.
-            self.held.clear();
-            return Err(e);
-        }
-        self.held = now_held;
+        // A change from now on is the next snapshot's.
         self.changed = false;
-        Ok(())
+        self.handing = Some(Handing::new(memfd, fds, &self.held));
+        self.hand_on()
+    }
+
+    /// Send what the keeper's socket takes of the snapshot on its way.
+    pub(crate) fn hand_on(&mut self) -> Result<Handed, Errno> {
+        let Some(h) = self.handing.as_mut() else {
+            return Ok(Handed::Done);
+        };
+        let progress = h.pump(&self.channel);
+        if !matches!(progress, Ok(Progress::Waiting)) {
+            self.handing = None;
+        }
+        match progress {
+            Ok(Progress::Waiting) => return Ok(Handed::Waiting),
+            Ok(Progress::Done(named)) => self.held = named,
+            // The copies that went are staged by the keeper (and sent
+            // again with the next snapshot, which is due).
+            Ok(Progress::GivenUp) => self.changed = true,
+            Err(e) => {
+                self.changed = true;
+                return Err(e);
+            }
+        }
+        Ok(Handed::Done)
     }
 }
 
@@ -293,8 +336,4 @@ enum Message {
     Forgot,
     /// It refused a snapshot naming an fd it has no copy of.
     Refused,
-}
-
-fn le_bytes(numbers: &[RawFd]) -> Vec<u8> {
-    numbers.iter().flat_map(|n| n.to_le_bytes()).collect()
 }

@@ -33,6 +33,7 @@
 //! with it. keeper → supervisor: `X` pid, code, how (0 exited with code,
 //! 1 killed by signal code); `f`.
 
+mod handing;
 pub(crate) mod link;
 pub(crate) mod process;
 mod recovery;
@@ -48,6 +49,10 @@ pub const RECOVERED_ENV: &str = "ISOLA_RECOVERED";
 
 /// Most fds in one `H` message (what one receive takes).
 const FDS_PER_MESSAGE: usize = 16;
+
+fn le_bytes(numbers: &[i32]) -> Vec<u8> {
+    numbers.iter().flat_map(|n| n.to_le_bytes()).collect()
+}
 
 fn le_i32(b: &[u8]) -> Option<i32> {
     Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?))

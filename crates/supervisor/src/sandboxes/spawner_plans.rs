@@ -4,6 +4,7 @@
 //! the position and fingerprint the supervisor sends.
 
 use std::borrow::Cow;
+use std::cell::{Cell, OnceCell};
 use std::os::fd::RawFd;
 use std::path::Path;
 
@@ -17,20 +18,32 @@ use crate::spawner::{self, Spawner, Wanted};
 use crate::spec::images::ImageContext;
 use crate::spec::stack::{self, ServiceDef};
 
+/// When the spawner builds its services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// Right away, while the supervisor parses the same text (`isola up`:
+    /// the first starts follow at once).
+    Now,
+    /// When the first start is asked (an upgrade's take-over, where every
+    /// service runs already: a build meanwhile would take the CPU from
+    /// the supervisor's own parse while no service is watched).
+    AtFirstRequest,
+}
+
 /// Fork the spawner now, before the stack file is parsed, while this
 /// process holds little but the file's `text`: every init is a copy of the
 /// spawner. The spawner builds each service from the text as the
 /// supervisor does ([`stack::service_def`], then `additions`; paths
-/// relative to `base_dir`), all at once while the supervisor parses the
-/// same text, and before any init exists; then it frees its copy of the
-/// text (the supervisor's stays).
+/// relative to `base_dir`), all at once, when `build` says, and before any
+/// init exists; then it frees its copy of the text (the supervisor's
+/// stays).
 pub(crate) fn fork_spawner(
     text: &mut String,
-    base_dir: &Path,
-    stack_root: &Path,
+    (base_dir, stack_root): (&Path, &Path),
     additions: &PlanAdditions,
     images: &ImageContext,
     siblings: bool,
+    build: Build,
 ) -> Result<Spawner, Errno> {
     // Under a keeper, the spawner is the keeper's child (and so is every
     // init it clones): none dies with the supervisor.
@@ -47,13 +60,21 @@ pub(crate) fn fork_spawner(
         }
         // Ours to free: our copy of the supervisor's memory, whose frames
         // this process never returns to.
-        let text = std::mem::take(text);
-        let table = build_all(&text, base_dir, additions, images);
-        drop(text);
-        // The text and the parse's garbage, freed, go back before the
-        // first clone.
-        isola_runtime::release_free_memory();
-        let plan_for = |w: &Wanted| lookup(&table, w, additions);
+        let text = Cell::new(Some(std::mem::take(text)));
+        let table = OnceCell::new();
+        let built = || {
+            let text = text.take().unwrap_or_default();
+            let t = build_all(&text, base_dir, additions, images);
+            drop(text);
+            // The text and the parse's garbage, freed, go back before the
+            // first clone.
+            isola_runtime::release_free_memory();
+            t
+        };
+        if build == Build::Now {
+            table.get_or_init(built);
+        }
+        let plan_for = |w: &Wanted| lookup(table.get_or_init(built), w, additions);
         spawner::serve(sock, plan_for, |stdio| {
             options("", stack_root, additions.no_cgroup, stdio, true)
         })

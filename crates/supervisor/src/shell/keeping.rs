@@ -11,9 +11,9 @@ use isola_runtime::ExitStatus;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::keeper::link::KeeperGone;
+use crate::keeper::link::{Handed, KeeperGone, Link};
 use crate::reaper::{Child, Reaped};
-use crate::shell::reactor::{Interest, Part, Token};
+use crate::shell::reactor::{Interest, Part, Readiness, Token};
 use crate::shell::upgrading::Purpose;
 use crate::supervisor::{setup, Supervisor, UpError};
 
@@ -28,8 +28,18 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The keeper's socket: room for more of a snapshot, or what it told.
+    pub(crate) fn on_keeper(&mut self, how: Readiness) {
+        if how.writable() {
+            self.hand_on();
+        }
+        if how.readable() {
+            self.take_told();
+        }
+    }
+
     /// Exits the keeper told: each acted on, then let go (reaped).
-    pub(crate) fn on_keeper(&mut self) {
+    fn take_told(&mut self) {
         let Some(k) = self.keeper.as_mut() else {
             return;
         };
@@ -61,7 +71,11 @@ impl Supervisor {
             // Exits it told meanwhile are taken now: no event on its
             // socket would bring them back, and it tells no other until
             // the one told is taken.
-            Some(Ok(())) => self.on_keeper(),
+            Some(Ok(())) => {
+                // No snapshot is on its way any more.
+                self.on_handed(Ok(Handed::Done));
+                self.take_told();
+            }
             None => {}
         }
     }
@@ -124,12 +138,31 @@ impl Supervisor {
         let Some(k) = self.keeper.as_mut() else {
             return;
         };
-        match k.keep(memfd, &fds, began.elapsed()) {
-            // A keeper not reading (stopped): the next snapshot will go.
-            Ok(()) | Err(nix::errno::Errno::EAGAIN) => {}
-            Err(e) => self
-                .outbox
-                .note(format!("keeper: snapshot not handed over: {e}")),
+        let handed = k.keep(memfd, &fds, began.elapsed());
+        self.on_handed(handed);
+    }
+
+    /// The keeper's socket took more of a snapshot on its way.
+    fn hand_on(&mut self) {
+        if let Some(handed) = self.keeper.as_mut().map(Link::hand_on) {
+            self.on_handed(handed);
+        }
+    }
+
+    /// The rest of a snapshot goes when the keeper's socket is writable:
+    /// the loop waits for that only while some is left.
+    fn on_handed(&mut self, handed: Result<Handed, nix::errno::Errno>) {
+        let interest = match handed {
+            Ok(Handed::Waiting) => Interest::ReadWrite,
+            Ok(Handed::Done) => Interest::Read,
+            Err(e) => {
+                self.outbox
+                    .note(format!("keeper: snapshot not handed over: {e}"));
+                Interest::Read
+            }
+        };
+        if let Some(k) = &self.keeper {
+            let _ = (self.reactor).modify(k.fd(), Token::new(Part::Keeper, 0), interest);
         }
     }
 

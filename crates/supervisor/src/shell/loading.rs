@@ -13,7 +13,7 @@ use crate::held_sockets::HeldSockets;
 use crate::host::{self, PlanAdditions, StackGroup};
 use crate::lifecycle::Core;
 use crate::outputs::{Forwarders, Outputs, OwnSinks, Sink, JOURNAL_SOCKET};
-use crate::sandboxes;
+use crate::sandboxes::{self, spawner_plans::Build};
 use crate::spawner::Spawner;
 use crate::spec::rules::RuleMetric;
 use crate::spec::stack::{self, ServiceDef, Stack};
@@ -218,14 +218,16 @@ pub(crate) fn spawner_and_stack(
     additions: &PlanAdditions,
 ) -> Result<(Stack, Result<Spawner, Errno>, String), UpError> {
     let text = read_stack(&cfg.stack_path)?;
-    spawner_and_text(cfg, additions, text)
+    spawner_and_text(cfg, additions, text, Build::Now)
 }
 
-/// [`spawner_and_stack`] of a text in hand (an upgrade's).
+/// [`spawner_and_stack`] of a text in hand (an upgrade's), the spawner's
+/// services built when `build` says.
 pub(crate) fn spawner_and_text(
     cfg: &Config,
     additions: &PlanAdditions,
     mut text: String,
+    build: Build,
 ) -> Result<(Stack, Result<Spawner, Errno>, String), UpError> {
     let base_dir = isola_runtime::spec::base_dir(&cfg.stack_path);
     let stack_root = cfg.cgroup_root.join(stack_name(&cfg.stack_path));
@@ -233,11 +235,11 @@ pub(crate) fn spawner_and_text(
     let images = cfg.images();
     let spawner = sandboxes::spawner_plans::fork_spawner(
         &mut text,
-        &base_dir,
-        &stack_root,
+        (&base_dir, &stack_root),
         additions,
         &images,
         cfg.keeper.is_some(),
+        build,
     );
     let stack = stack::parse_with(&text, &base_dir, &images)?;
     Ok((stack, spawner, text))

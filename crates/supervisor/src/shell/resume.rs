@@ -18,6 +18,7 @@ use crate::metrics::server::BoundMetrics;
 use crate::networks::Networks;
 use crate::outputs::Sink;
 use crate::reaper::Child;
+use crate::sandboxes::spawner_plans::Build;
 use crate::sandboxes::{self, Report};
 use crate::shell::loading::{
     add_to_all, block_signals, check_stack, spawner_and_text, Checked, Loading, Prepared,
@@ -164,8 +165,12 @@ impl Supervisor {
             socket: cfg.socket.clone(),
         };
         block_signals()?;
-        let (stack, spawner, stack_text) =
-            spawner_and_text(&cfg, &additions, snap.stack_text.clone())?;
+        let (stack, spawner, stack_text) = spawner_and_text(
+            &cfg,
+            &additions,
+            snap.stack_text.clone(),
+            Build::AtFirstRequest,
+        )?;
         let running = snap.running();
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Reload { running })?;
         let held = HeldSockets::adopt(stack.with_autoscaled(), &snap.held, &mut fds)
@@ -217,6 +222,13 @@ impl Supervisor {
         self.adopt_services(snap, fds)?;
         let asked = self.control.adopt(&self.reactor, &snap.conns, fds);
         self.control.resume_writes(ctx!(self));
+        // The keeper holds the last supervisor's snapshot (older than
+        // this state at most as any snapshot is): the clients that wait
+        // for us are answered before the first of ours is taken (at
+        // 10,000 services it costs the loop ~100 ms).
+        if let Some(k) = self.keeper.as_mut() {
+            k.not_now(std::time::Duration::ZERO);
+        }
         if let Some(conn) = asked {
             self.answer_upgrade(conn, snap.version.clone(), snap.taken_ms);
         }

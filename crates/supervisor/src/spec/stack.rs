@@ -3,7 +3,7 @@
 //! before any service starts.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -393,11 +393,30 @@ fn fingerprint(raw: &Value) -> u64 {
         Some(o) => {
             let mut o = o.clone();
             o.remove("autoscale");
-            Value::Object(o).to_string().hash(&mut h);
+            hash_json(&Value::Object(o), &mut h);
         }
-        None => raw.to_string().hash(&mut h),
+        None => hash_json(raw, &mut h),
     }
     h.finish()
+}
+
+/// `v.to_string().hash(h)` without the string: serde_json's compact form
+/// streamed into the hasher (a streaming hasher takes it in pieces alike),
+/// then `str`'s terminator — the fingerprints an older binary computed.
+fn hash_json(v: &Value, h: &mut impl Hasher) {
+    struct Into<'h, H>(&'h mut H);
+    impl<H: Hasher> std::io::Write for Into<'_, H> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Writing a Value into a sink that cannot fail does not fail.
+    let _ = serde_json::to_writer(Into(&mut *h), v);
+    h.write_u8(0xff);
 }
 
 /// Topological order (Kahn), stable in the file's order; names unknown
@@ -458,10 +477,15 @@ fn order(defs: Vec<ServiceDef>) -> Result<Vec<ServiceDef>, SpecError> {
             format!("dependency cycle among {}", stuck.join(", ")),
         ));
     }
-    let mut slots: BTreeMap<usize, ServiceDef> = defs.into_iter().enumerate().collect();
+    // Most files list a service after what it depends on: nothing moves.
+    // Else each definition (~1.5 KiB) is moved once, not through a map.
+    if out_idx.iter().enumerate().all(|(k, &i)| k == i) {
+        return Ok(defs);
+    }
+    let mut slots: Vec<Option<ServiceDef>> = defs.into_iter().map(Some).collect();
     Ok(out_idx
         .into_iter()
-        .filter_map(|i| slots.remove(&i))
+        .filter_map(|i| slots.get_mut(i)?.take())
         .collect())
 }
 

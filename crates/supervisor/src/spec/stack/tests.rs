@@ -159,3 +159,20 @@ fn bad_stacks_name_service_field_and_value() {
         assert!(e.starts_with(want), "{text}\n got {e}\nwant {want}");
     }
 }
+
+/// A fingerprint streamed into the hasher is the one a binary that hashed
+/// the whole string computed: an upgrade's next reload restarts nothing.
+#[test]
+fn fingerprints_are_the_strings_hash() {
+    use std::hash::{Hash, Hasher};
+    let v: Value = serde_json::from_str(
+        r#"{"process": {"args": ["/bin/sh", "-c", "echo \"é\" \\ x"], "env": ["A=1"]},
+            "linux": {"resources": {"memory": {"limit": 1048576}}}, "restart": "always"}"#,
+    )
+    .expect("json");
+    let mut whole = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut whole);
+    let mut streamed = std::collections::hash_map::DefaultHasher::new();
+    hash_json(&v, &mut streamed);
+    assert_eq!(whole.finish(), streamed.finish());
+}
