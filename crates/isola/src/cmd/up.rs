@@ -134,6 +134,11 @@ fn start_keeper() -> Option<keeper::Channel> {
     });
     // Nothing buffered is printed twice.
     let _ = std::io::stdout().flush();
+    // The keeper lives as long as the stack: what this process freed (the
+    // image pull's parse of the stack file, ~6 KiB a service) goes back
+    // first, or the keeper would keep those pages alone once the
+    // supervisor reused its copy of them.
+    isola_runtime::release_free_memory();
     let fork = |(ours, theirs): (OwnedFd, OwnedFd)| {
         isola_runtime::fork_keeper(ours, keeper::keep).map(|()| theirs)
     };
