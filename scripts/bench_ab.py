@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Two isola binaries A and B, same supervisor work, alternating runs
-(A B A B …): time to all running, status request latency and supervisor
-RSS at 100 and 1000 services, idle wakeups at 100. For a change to the
+(A B A B …): time to all running, status request latency, supervisor
+and keeper RSS, the take-over after `isola upgrade` and after `kill -9`
+of the supervisor at 100 and 1000 services, idle wakeups at 100. For a change to the
 supervisor: A is the commit it started from, B the change.
 
   bench_ab.py host|vm A_BIN B_BIN [--rounds N] [--services 100,1000]
@@ -11,6 +12,7 @@ Prints one JSON object per measurement and a table of medians with B/A.
 
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+import bench_upgrade  # noqa: E402
 
 
 def one(work, setting, n, tag):
@@ -28,8 +31,27 @@ def one(work, setting, n, tag):
         before = up.switches()
         time.sleep(5)
         row["idle_wakeups_per_s"] = (up.switches() - before) / 5
+    row.update(takeovers(up))
     up.down()
     return row
+
+
+def takeovers(up):
+    """Three `isola upgrade`s (to the same binary) and one `kill -9` of
+    the supervisor: ms until a supervisor answers `status` again."""
+    ups = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        if not bench.request(up.sock, {"cmd": "upgrade"}).get("ok"):
+            return {}
+        bench.request(up.sock, {"cmd": "status"})
+        ups.append((time.perf_counter() - t0) * 1000)
+    time.sleep(1.5)  # at rest: the keeper has a snapshot of it
+    old = bench_upgrade.supervisor(up, bench.request)
+    t0 = time.perf_counter()
+    os.kill(old, signal.SIGKILL)
+    bench_upgrade.new_supervisor(up, bench.request, old)
+    return {"upgrade_ms": statistics.median(ups), "killed_ms": (time.perf_counter() - t0) * 1000}
 
 
 def main():
