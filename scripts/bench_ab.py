@@ -74,7 +74,7 @@ def main():
     print(f"\n{setting}: medians of {rounds} alternating rounds; A = {a}, B = {b}\n")
     print("| services | measure | A | B | B/A |")
     print("|---|---|---|---|---|")
-    for key in sorted(results["A"]):
+    for key in sorted(set(results["A"]) & set(results["B"])):
         va = statistics.median(results["A"][key])
         vb = statistics.median(results["B"][key])
         ratio = f"{vb / va:.2f}" if va else "-"

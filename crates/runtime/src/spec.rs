@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::SpecError;
@@ -134,16 +135,11 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
         }
     };
     let tracked = serde_ignored::Deserializer::new(&original, &mut note_unknown);
-    let parsed: Result<Spec, _> = serde_path_to_error::deserialize(tracked);
-    let oci = parsed.map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            prefix.trim_end_matches('.').to_string()
-        } else {
-            format!("{prefix}{path}")
-        };
-        SpecError::new(field, short_serde_message(&e.inner().to_string()))
-    })?;
+    // Only a spec that fails pays for tracking where (a String per key:
+    // a third of a stack's parse at 10,000 services).
+    let Ok(oci) = Spec::deserialize(tracked) else {
+        return Err(describe_failure(&original, prefix));
+    };
     if let Some(path) = unknown {
         return Err(SpecError::new(format!("{prefix}{path}"), "unknown field"));
     }
@@ -152,6 +148,21 @@ pub fn parse_value(value: Value, base_dir: &Path, prefix: &str) -> Result<Servic
         supervision,
         base_dir: base_dir.to_owned(),
     })
+}
+
+/// Why `spec` does not deserialize, and where (the field's path).
+fn describe_failure(spec: &Value, prefix: &str) -> SpecError {
+    let parsed: Result<Spec, _> = serde_path_to_error::deserialize(spec);
+    let Err(e) = parsed else {
+        return SpecError::new(prefix.trim_end_matches('.'), "not a valid spec");
+    };
+    let path = e.path().to_string();
+    let field = if path == "." {
+        prefix.trim_end_matches('.').to_string()
+    } else {
+        format!("{prefix}{path}")
+    };
+    SpecError::new(field, short_serde_message(&e.inner().to_string()))
 }
 
 /// `process.capabilities.bounding[0]`, the way the other errors name fields.

@@ -505,7 +505,6 @@ impl Supervisor {
             self.control
                 .send(ctx!(self), r.conn, &crate::control::Response::err(r.why));
         }
-        self.control.flush_all();
         if let Some(e) = self.sandboxes.finish() {
             self.outbox.note(e);
         }
@@ -514,6 +513,9 @@ impl Supervisor {
             self.outbox.note(format!("networks: {e}"));
         }
         let _ = std::fs::remove_file(&self.cfg.socket);
+        // Answered now (`isola down` among them): nothing of the stack is
+        // left.
+        self.control.flush_all();
         self.outbox.note("all services stopped");
         while let Some(said) = self.outbox.next_said() {
             self.say(said);

@@ -289,6 +289,16 @@ impl ControlServer {
         self.flush(ctx, id);
     }
 
+    /// Queue `msg` for `id` without sending it: [`ControlServer::flush_all`]
+    /// does, at the stack's end, once what the answer says is true (`isola
+    /// down` answered after the stack's cgroups and networks are gone).
+    pub(crate) fn answer_last(&mut self, id: ConnId, msg: &impl Serialize) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.queue(msg);
+            c.answer = c.out.len();
+        }
+    }
+
     fn drop_unread(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let Some(c) = self.conns.get(&id) else {
             return;

@@ -36,8 +36,10 @@ pub(super) enum Progress {
     Done(HashMap<RawFd, Named>),
     /// The socket is full: more goes once it is writable.
     Waiting,
-    /// A copy still to go is no longer what the snapshot named.
-    GivenUp,
+    /// A copy still to go is no longer what the snapshot named. The
+    /// numbers whose copies went: the keeper staged them, so what it
+    /// holds there is no longer sure (the next snapshot sends them again).
+    GivenUp(Vec<RawFd>),
 }
 
 impl Handing {
@@ -65,7 +67,7 @@ impl Handing {
             let end = (self.sent + FDS_PER_MESSAGE).min(self.queue.len());
             let chunk = &self.queue[self.sent..end];
             if self.later && !chunk.iter().all(Named::still_open) {
-                return Ok(Progress::GivenUp);
+                return Ok(self.given_up());
             }
             let numbers: Vec<RawFd> = chunk.iter().map(|n| n.fd).collect();
             match channel.send_now(b'H', &super::le_bytes(&numbers), &numbers) {
@@ -84,9 +86,13 @@ impl Handing {
     fn wait(&mut self) -> Progress {
         self.later = true;
         match self.queue[self.sent..].iter().any(|n| !n.unique) {
-            true => Progress::GivenUp,
+            true => self.given_up(),
             false => Progress::Waiting,
         }
+    }
+
+    fn given_up(&self) -> Progress {
+        Progress::GivenUp(self.queue[..self.sent].iter().map(|n| n.fd).collect())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The supervisor's side of its keeper (see [`crate::keeper`]): the
 //! socket, the exits it tells, and what the keeper holds of ours.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -24,6 +24,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(250);
 const COST_FACTOR: u32 = 20;
 /// How long a keeper that does not answer holds up a reload or the end.
 const WAIT_FOR_KEEPER_MS: u16 = 2000;
+/// How long a message for systemd waits for room on the keeper's socket.
+const NOTIFY_WAIT_MS: u16 = 500;
 
 /// The socket to the keeper, as `isola up` hands it to the supervisor.
 #[derive(Debug, Clone)]
@@ -88,12 +90,29 @@ impl Channel {
 
     /// The stack ended with `code`: the keeper exits with it once we did.
     pub fn bye(&self, code: u8) {
-        let _ = self.send(b'B', &i32::from(code).to_le_bytes(), &[]);
+        let wait = PollTimeout::from(WAIT_FOR_KEEPER_MS);
+        let _ = self.send_within(b'B', &i32::from(code).to_le_bytes(), wait);
     }
 
-    /// For systemd: the keeper is the unit's main pid, and says it.
+    /// For systemd: the keeper is the unit's main pid, and says it (a
+    /// keeper that makes no room for it within a while misses it).
     pub(crate) fn notify(&self, text: &str) {
-        let _ = self.send(b'N', text.as_bytes(), &[]);
+        let _ = self.send_within(b'N', text.as_bytes(), PollTimeout::from(NOTIFY_WAIT_MS));
+    }
+
+    /// Send `kind` and `body` (no fds), waiting up to `wait` for room: a
+    /// socket full of a snapshot's copies is drained by a keeper that
+    /// reads; EAGAIN when it did not make room (stopped).
+    fn send_within(&self, kind: u8, body: &[u8], wait: PollTimeout) -> Result<(), Errno> {
+        match self.send_now(kind, body, &[]) {
+            Err(Errno::EAGAIN) => {
+                // Whatever poll says, the second try tells.
+                let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, wait);
+                self.send_now(kind, body, &[])
+            }
+            sent => sent,
+        }
     }
 }
 
@@ -122,6 +141,8 @@ pub(crate) struct Link {
     ending: bool,
     /// A snapshot on its way.
     handing: Option<Handing>,
+    /// Exits taken, not yet said (`A`): the socket was full.
+    acks: VecDeque<Pid>,
 }
 
 /// Whether a snapshot is still on its way (the loop then waits for the
@@ -150,6 +171,7 @@ impl Link {
             next: Instant::now(),
             ending: false,
             handing: None,
+            acks: VecDeque::new(),
         }
     }
 
@@ -201,9 +223,13 @@ impl Link {
         }
     }
 
-    /// The exit of `pid` is taken: the keeper may reap it.
-    pub(crate) fn taken(&self, pid: Pid) {
-        let _ = self.channel.send(b'A', &pid.as_raw().to_le_bytes(), &[]);
+    /// The exit of `pid` is taken: the keeper may reap it. Said with the
+    /// next [`Link::hand_on`], after what the socket holds already: never
+    /// waited on (the keeper tells no other exit before it, so it waits
+    /// without harm; a socket full of a snapshot's copies that a stopped
+    /// keeper does not drain must not stop the loop).
+    pub(crate) fn taken(&mut self, pid: Pid) {
+        self.acks.push_back(pid);
     }
 
     /// The keeper lets go of every copy it holds, and of its snapshot,
@@ -240,14 +266,7 @@ impl Link {
     /// socket full of a snapshot's copies is drained by a keeper that
     /// reads; EAGAIN when it did not make room (stopped).
     fn send_within(&self, kind: u8, wait: PollTimeout) -> Result<(), Errno> {
-        match self.channel.send_now(kind, &[], &[]) {
-            Err(Errno::EAGAIN) => {
-                let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
-                poll(&mut fds, wait)?;
-                self.channel.send_now(kind, &[], &[])
-            }
-            sent => sent,
-        }
+        self.channel.send_within(kind, &[], wait)
     }
 
     /// Something happened: a snapshot is due once the stack is at rest.
@@ -305,8 +324,19 @@ impl Link {
         self.hand_on()
     }
 
-    /// Send what the keeper's socket takes of the snapshot on its way.
+    /// Send what the keeper's socket takes: the exits taken, then the
+    /// snapshot on its way.
     pub(crate) fn hand_on(&mut self) -> Result<Handed, Errno> {
+        while let Some(pid) = self.acks.front() {
+            match self
+                .channel
+                .send_now(b'A', &pid.as_raw().to_le_bytes(), &[])
+            {
+                Ok(()) => self.acks.pop_front(),
+                Err(Errno::EAGAIN) => return Ok(Handed::Waiting),
+                Err(e) => return Err(e),
+            };
+        }
         let Some(h) = self.handing.as_mut() else {
             return Ok(Handed::Done);
         };
@@ -317,10 +347,17 @@ impl Link {
         match progress {
             Ok(Progress::Waiting) => return Ok(Handed::Waiting),
             Ok(Progress::Done(named)) => self.held = named,
-            // The copies that went are staged by the keeper (and sent
-            // again with the next snapshot, which is due).
-            Ok(Progress::GivenUp) => self.changed = true,
+            // The copies that went are staged by the keeper: they are
+            // sent again with the next snapshot, which is due.
+            Ok(Progress::GivenUp(went)) => {
+                for n in went {
+                    self.held.remove(&n);
+                }
+                self.changed = true;
+            }
+            // What went is not known: all again.
             Err(e) => {
+                self.held.clear();
                 self.changed = true;
                 return Err(e);
             }

@@ -203,7 +203,11 @@ impl Keeper {
                     // A copy of a file held already at that number (a new
                     // supervisor sends all again) is not kept twice: the
                     // keeper's fds stay within what one set needs.
-                    if !self.held.get(&n).is_some_and(|h| same_file(h, &fd)) {
+                    // A copy staged at that number before (for a snapshot
+                    // given up) is older than this word and goes.
+                    if self.held.get(&n).is_some_and(|h| same_file(h, &fd)) {
+                        self.staged.remove(&n);
+                    } else {
                         self.staged.insert(n, fd);
                     }
                 }
@@ -236,6 +240,12 @@ impl Keeper {
             b'B' => self.bye = numbers(body).next(),
             _ => {}
         }
+    }
+
+    /// Copies staged for a snapshot that never came: a supervisor that
+    /// died before its `S` (the next one sends its own).
+    pub(super) fn drop_staged(&mut self) {
+        self.staged.clear();
     }
 
     /// A new snapshot: the fds it names are held (the ones just sent, or

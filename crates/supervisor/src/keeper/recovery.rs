@@ -67,6 +67,9 @@ impl Keeper {
     /// Start a new supervisor on the last snapshot: the held fds at their
     /// numbers, the memfd and a new socket to us above them.
     fn recover(&mut self) -> Result<(), String> {
+        // What the dead one staged is not the new one's: a copy at a
+        // number the snapshot names would replace the right file.
+        self.drop_staged();
         let snapshot = self.snapshot.as_mut().ok_or("no snapshot")?;
         // The last supervisor read it: its offset is shared with ours.
         snapshot.rewind().map_err(|e| format!("snapshot: {e}"))?;

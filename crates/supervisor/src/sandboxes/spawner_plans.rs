@@ -4,13 +4,15 @@
 //! the position and fingerprint the supervisor sends.
 
 use std::borrow::Cow;
-use std::cell::{Cell, OnceCell};
+use std::os::fd::AsFd;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::time::Duration;
 
 use isola_runtime::listen::Listen;
 use isola_runtime::{exit, sandbox, Plan};
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::signal::Signal;
 
 use crate::host::PlanAdditions;
@@ -24,10 +26,11 @@ pub(crate) enum Build {
     /// Right away, while the supervisor parses the same text (`isola up`:
     /// the first starts follow at once).
     Now,
-    /// When the first start is asked (an upgrade's take-over, where every
-    /// service runs already: a build meanwhile would take the CPU from
-    /// the supervisor's own parse while no service is watched).
-    AtFirstRequest,
+    /// Once nothing was asked for this long, or at the first start asked
+    /// (an upgrade's take-over, where every service runs already: a build
+    /// meanwhile would take the CPU from the supervisor's own parse while
+    /// no service is watched; a start asked sooner waits for the build).
+    WhenIdle(Duration),
 }
 
 /// Fork the spawner now, before the stack file is parsed, while this
@@ -60,21 +63,18 @@ pub(crate) fn fork_spawner(
         }
         // Ours to free: our copy of the supervisor's memory, whose frames
         // this process never returns to.
-        let text = Cell::new(Some(std::mem::take(text)));
-        let table = OnceCell::new();
-        let built = || {
-            let text = text.take().unwrap_or_default();
-            let t = build_all(&text, base_dir, additions, images);
-            drop(text);
-            // The text and the parse's garbage, freed, go back before the
-            // first clone.
-            isola_runtime::release_free_memory();
-            t
-        };
-        if build == Build::Now {
-            table.get_or_init(built);
+        let text = std::mem::take(text);
+        if let Build::WhenIdle(quiet) = build {
+            // Whatever poll says, the build comes next.
+            let ms = u16::try_from(quiet.as_millis()).unwrap_or(u16::MAX);
+            let _ = poll(&mut [PollFd::new(sock.as_fd(), PollFlags::POLLIN)], ms);
         }
-        let plan_for = |w: &Wanted| lookup(table.get_or_init(built), w, additions);
+        let table = build_all(&text, base_dir, additions, images);
+        drop(text);
+        // The text and the parse's garbage, freed, go back before the
+        // first clone.
+        isola_runtime::release_free_memory();
+        let plan_for = |w: &Wanted| lookup(&table, w, additions);
         spawner::serve(sock, plan_for, |stdio| {
             options("", stack_root, additions.no_cgroup, stdio, true)
         })

@@ -54,10 +54,11 @@ impl Supervisor {
                         });
                         self.settle();
                     }
-                    if let Some(k) = self.keeper.as_ref() {
+                    if let Some(k) = self.keeper.as_mut() {
                         k.taken(t.pid);
                     }
                 }
+                self.hand_on();
             }
             Err(KeeperGone) => self.keeper_gone(),
         }
@@ -71,11 +72,9 @@ impl Supervisor {
             // Exits it told meanwhile are taken now: no event on its
             // socket would bring them back, and it tells no other until
             // the one told is taken.
-            Some(Ok(())) => {
-                // No snapshot is on its way any more.
-                self.on_handed(Ok(Handed::Done));
-                self.take_told();
-            }
+            // (It hands on what is left to say, and waits on the socket
+            // only for that: no snapshot is on its way any more.)
+            Some(Ok(())) => self.take_told(),
             None => {}
         }
     }
@@ -156,8 +155,7 @@ impl Supervisor {
             Ok(Handed::Waiting) => Interest::ReadWrite,
             Ok(Handed::Done) => Interest::Read,
             Err(e) => {
-                self.outbox
-                    .note(format!("keeper: snapshot not handed over: {e}"));
+                self.outbox.note(format!("keeper: not handed over: {e}"));
                 Interest::Read
             }
         };

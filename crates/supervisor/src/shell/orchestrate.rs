@@ -109,7 +109,7 @@ impl Supervisor {
             Effect::Answer(conn, state) => {
                 self.control.send(ctx!(self), conn, &Response::state(state))
             }
-            Effect::AnswerDown(conn) => self.control.send(ctx!(self), conn, &Response::ok()),
+            Effect::AnswerDown(conn) => self.control.answer_last(conn, &Response::ok()),
             Effect::Forget(i) => self.forget(i),
             Effect::Probe(i, kind) => self.start_probe(i, kind),
             Effect::HandedOver(old, new) => {

@@ -28,6 +28,11 @@ use crate::supervisor::{ctx, stack_name, Config, Supervisor, UpError};
 use crate::upgrade::snapshot::Snapshot;
 use crate::upgrade::Upgrades;
 
+/// How long the new spawner of a take-over waits before it builds its
+/// plans, unless a start is asked sooner: past the answer to the client
+/// that asked for the upgrade and those that wait for it.
+const SPAWNER_BUILD_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What an upgrade's new binary checks before the old one execs it (run
 /// by `isola handover-check` with the old one's arguments, on a copy of
 /// the snapshot): the format, the stack text, the host's room for it —
@@ -169,7 +174,7 @@ impl Supervisor {
             &cfg,
             &additions,
             snap.stack_text.clone(),
-            Build::AtFirstRequest,
+            Build::WhenIdle(SPAWNER_BUILD_AFTER),
         )?;
         let running = snap.running();
         let Checked { stack, stats_cap } = check_stack(&cfg, stack, Loading::Reload { running })?;
@@ -222,10 +227,10 @@ impl Supervisor {
         self.adopt_services(snap, fds)?;
         let asked = self.control.adopt(&self.reactor, &snap.conns, fds);
         self.control.resume_writes(ctx!(self));
-        // The keeper holds the last supervisor's snapshot (older than
-        // this state at most as any snapshot is): the clients that wait
-        // for us are answered before the first of ours is taken (at
-        // 10,000 services it costs the loop ~100 ms).
+        // The keeper holds the last supervisor's last snapshot, if any
+        // (older than this state, as any snapshot may be): the clients
+        // that wait for us are answered before the first of ours is
+        // taken (at 10,000 services it costs the loop ~100 ms).
         if let Some(k) = self.keeper.as_mut() {
             k.not_now(std::time::Duration::ZERO);
         }

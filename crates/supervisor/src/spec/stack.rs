@@ -404,8 +404,8 @@ fn fingerprint(raw: &Value) -> u64 {
 /// streamed into the hasher (a streaming hasher takes it in pieces alike),
 /// then `str`'s terminator — the fingerprints an older binary computed.
 fn hash_json(v: &Value, h: &mut impl Hasher) {
-    struct Into<'h, H>(&'h mut H);
-    impl<H: Hasher> std::io::Write for Into<'_, H> {
+    struct HashWriter<'h, H>(&'h mut H);
+    impl<H: Hasher> std::io::Write for HashWriter<'_, H> {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.write(buf);
             Ok(buf.len())
@@ -415,7 +415,7 @@ fn hash_json(v: &Value, h: &mut impl Hasher) {
         }
     }
     // Writing a Value into a sink that cannot fail does not fail.
-    let _ = serde_json::to_writer(Into(&mut *h), v);
+    let _ = serde_json::to_writer(HashWriter(&mut *h), v);
     h.write_u8(0xff);
 }
 
