@@ -241,7 +241,7 @@ impl Link {
         self.handing = None;
         self.held.clear();
         self.changed = true;
-        match self.send_within(b'F', PollTimeout::from(WAIT_FOR_KEEPER_MS)) {
+        match (self.channel).send_within(b'F', &[], PollTimeout::from(WAIT_FOR_KEEPER_MS)) {
             // Not read (stopped): no answer to wait for either.
             Err(Errno::EAGAIN) => return Ok(()),
             Err(_) => return Err(KeeperGone),
@@ -260,13 +260,6 @@ impl Link {
             }
         }
         Ok(())
-    }
-
-    /// Send `kind` (no body, no fds), waiting up to `wait` for room: a
-    /// socket full of a snapshot's copies is drained by a keeper that
-    /// reads; EAGAIN when it did not make room (stopped).
-    fn send_within(&self, kind: u8, wait: PollTimeout) -> Result<(), Errno> {
-        self.channel.send_within(kind, &[], wait)
     }
 
     /// Something happened: a snapshot is due once the stack is at rest.
