@@ -96,6 +96,8 @@ BIN := target/x86_64-unknown-linux-gnu/release/isola
 install:
 	cargo build --release -p isola
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/isola
+	# The OCI runtime's unambiguous name (docs/oci.md): always runc's CLI.
+	ln -sf isola $(DESTDIR)$(PREFIX)/bin/isola-runtime
 	mkdir -p $(DESTDIR)$(PREFIX)/share/man/man1
 	$(BIN) manpages $(DESTDIR)$(PREFIX)/share/man/man1
 	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use isola_tests::{crun_spec, isola_bin, require_vm, Scratch};
 use serde_json::{json, Value};
 
+#[path = "oci/conformance.rs"]
+mod conformance;
+
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A bundle: busybox rootfs and the config `crun spec` writes, with

@@ -114,7 +114,7 @@ pub struct Exit(pub u8, pub String);
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if oci::wants(&args) {
+    if oci::called_as_runtime(&args) || oci::wants(&args) {
         return oci::main(args);
     }
     if let Some(run) = run_args(&args) {

@@ -111,11 +111,20 @@ pub fn check_unified() -> Result<(), CgroupError> {
     }
 }
 
-/// Check a `--cgroup-root` without touching the filesystem.
+/// Check a `--cgroup-root` without touching the filesystem: a group below
+/// `/sys/fs/cgroup` (a supervisor owns its root group and all below it).
 pub fn check_root(root: &Path) -> Result<(), CgroupError> {
+    if root == Path::new(CGROUP_MOUNT) {
+        return Err(CgroupError::BadRoot(root.to_owned()));
+    }
+    check_parent(root)
+}
+
+/// Check the parent of one sandbox's group: `/sys/fs/cgroup` itself too
+/// (an OCI `cgroupsPath` of `/name`, as runc and crun take it).
+fn check_parent(root: &Path) -> Result<(), CgroupError> {
     let ok = root.is_absolute()
         && root.starts_with(CGROUP_MOUNT)
-        && root != Path::new(CGROUP_MOUNT)
         && !root
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir));
@@ -142,7 +151,7 @@ impl Cgroup {
     /// new directory is removed again.
     pub fn create(root: &Path, name: &str, files: &[CgroupFile]) -> Result<Cgroup, CgroupError> {
         check_unified()?;
-        check_root(root)?;
+        check_parent(root)?;
         let mut controllers: Vec<String> = BASE_CONTROLLERS.iter().map(|s| s.to_string()).collect();
         for f in files {
             if let Some(c) = f.controller() {

@@ -352,7 +352,7 @@ fn set_up_inside(plan: &Plan, hook_state: &str) -> Result<(), Failure> {
     if let Some(h) = &plan.hostname {
         nix::unistd::sethostname(h).map_err(step("hostname", h))?;
     }
-    if plan.clone_flags & libc::CLONE_NEWNS as u64 != 0 {
+    if plan.has_mount_ns() {
         mounts::setup(&Layout {
             root: plan.root.as_deref(),
             root_readonly: plan.root_readonly,

@@ -124,6 +124,17 @@ impl Plan {
     pub fn new_user_ns(&self) -> bool {
         self.clone_flags & libc::CLONE_NEWUSER as u64 != 0
     }
+    /// Whether the sandbox has a mount namespace of its own to build its
+    /// view in: a new one, or one joined by path (built in there, as runc
+    /// does: the joined namespace's root becomes the rootfs).
+    pub fn has_mount_ns(&self) -> bool {
+        self.clone_flags & libc::CLONE_NEWNS as u64 != 0 || self.joins(libc::CLONE_NEWNS)
+    }
+    /// Whether `linux.namespaces` joins a namespace of type `flag` by path.
+    pub fn joins(&self, flag: libc::c_int) -> bool {
+        let f = nix::sched::CloneFlags::from_bits_truncate(flag);
+        self.join.iter().any(|(j, _)| j.contains(f))
+    }
     /// Which of `clone_flags` the init creates itself, with unshare(2),
     /// rather than clone3 in the host process. Namespace creation (a
     /// network namespace above all) is work of whoever asks for it: left to
@@ -195,10 +206,21 @@ mod tests {
             (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"uidMappings":[{"containerID":0,"hostID":0,"size":1}]}}"#, "linux.uidMappings: needs a new user namespace (add {\"type\": \"user\"} to linux.namespaces)"),
             (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"network","path":"run/netns/x"}]}}"#, "linux.namespaces[0].path: run/netns/x: must be an absolute path"),
             (r#"{"process":{"args":["true"],"cwd":"/"},"mounts":[{"destination":"/tmp","type":"tmpfs"}]}"#, "mounts: needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"mount"}],"rootfsPropagation":"shared"}}"#, "linux.rootfsPropagation: shared: needs root.path (without a rootfs the root is the host's: its mounts would be shared with the host)"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"mount"}],"rootfsPropagation":"both"}}"#, "linux.rootfsPropagation: both: use private, slave, shared or unbindable"),
         ];
         for (spec, want) in cases {
             assert_eq!(plan(spec).unwrap_err().to_string(), want);
         }
+    }
+
+    #[test]
+    fn namespaces_joined_by_path_count_as_the_sandboxs_own() {
+        // As runc: a hostname is set, a view built, in a joined namespace.
+        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"hostname":"j","mounts":[{"destination":"/tmp","type":"tmpfs"}],"linux":{"namespaces":[{"type":"uts","path":"/proc/self/ns/uts"},{"type":"mount","path":"/proc/self/ns/mnt"}]}}"#).unwrap();
+        assert!(p.has_mount_ns() && p.joins(libc::CLONE_NEWUTS));
+        assert_eq!(p.clone_flags, 0, "nothing new is made");
+        assert_eq!(p.hostname.as_deref(), Some("j"));
     }
 
     #[test]

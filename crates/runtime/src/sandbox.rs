@@ -23,6 +23,7 @@ use crate::{exit, init, sys};
 pub mod gate;
 pub(crate) mod id_maps;
 pub mod join;
+mod pid_ns;
 
 #[derive(Debug, Clone)]
 pub struct Options<'a> {
@@ -372,6 +373,9 @@ fn clone_init(
 ) -> Result<(Pid, OwnedFd, bool), Error> {
     let stdio = opts.stdio;
     let deferred = plan.deferred_ns_flags();
+    // Left (by drop) once the clone is done, in the parent only: the child
+    // never returns from init::run.
+    let _joined_pid_ns = pid_ns::enter(plan)?;
     #[allow(unsafe_code)]
     let attempt = |into: bool| {
         // SAFETY: isola is single-threaded (the supervisor, its spawner and

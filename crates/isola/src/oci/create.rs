@@ -260,15 +260,10 @@ fn placement(g: &Globals, plan: &Plan, id: &str) -> Result<Placement, Failed> {
     let (leaf, parents) = names
         .split_last()
         .ok_or_else(|| Failed::usage(format!("{field}: the root group is no container's")))?;
+    // Directly below the root group too (`/name`), as runc and crun.
     let mut parent = parents
         .iter()
         .fold(PathBuf::from(CGROUP_MOUNT), |p, n| p.join(n));
-    if parent == Path::new(CGROUP_MOUNT) {
-        return Err(Failed::usage(format!(
-            "{field}: {}: put the container below a parent group",
-            path.display()
-        )));
-    }
     let mut none = cgroup::check_unified().is_err() && !plan.has_resources();
     // Unprivileged (podman rootless with cgroupfs asks for no path, or
     // one it may not make): in the subtree delegated to the caller, else

@@ -4,9 +4,11 @@
 //! `kill`, `delete`, `exec`, `list`, `ps`, `pause`, `resume`, `update` and
 //! `features` do what runc's do. See docs/oci.md.
 //!
-//! The commands share a name space with the supervisor's (`start`, `exec`):
-//! [`wants`] sends argv here when it has a global OCI flag, an OCI-only
-//! command, OCI-only `exec` flags, or names a container of the state root.
+//! Called as `isola-runtime` (the name clients should be given) argv is
+//! always this command line. Called as `isola`, the commands share a name
+//! space with the supervisor's (`start`, `exec`): [`wants`] sends argv
+//! here when it has a global OCI flag, an OCI-only command, OCI-only `exec`
+//! flags, or names a container of the state root.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -157,9 +159,10 @@ enum Format {
 pub(crate) const HELP: &str = "\
 OCI runtime (runc's command line, as podman, CRI-O and containerd drive it):
   create, start, state, kill, delete, exec, list, ps, pause, resume, update, features
-  Chosen by a runc global flag before the command (--root, --log, …), a command
-  only runc has, runc's exec or update flags, or start/exec naming an existing
-  container. Their help: isola --root DIR --help; man isola-oci; docs/oci.md.";
+  Always when called as isola-runtime (give clients that name: make install links
+  it). As isola: chosen by a runc global flag before the command (--root, …), a
+  command only runc has, runc's exec or update flags, or start/exec naming an
+  existing container. Their help: isola-runtime --help; man isola-oci; docs/oci.md.";
 
 /// Global flags runc takes before the command, with a value or without.
 const FLAGS_WITH_VALUE: &[&str] = &["--root", "--log", "--log-format", "--criu"];
@@ -188,7 +191,19 @@ const OCI_EXEC_FLAGS: &[&str] = &[
     "--cgroup",
 ];
 
-/// Whether argv is an OCI command (see the module doc).
+/// The name that always means the OCI command line (`make install` links
+/// it to isola): `isola-runtime start ID` of an unknown id is an OCI error,
+/// never the supervisor's `start`.
+pub(crate) const RUNTIME_NAME: &str = "isola-runtime";
+
+/// Whether isola was called by [`RUNTIME_NAME`] (argv[0]'s file name).
+pub(crate) fn called_as_runtime(args: &[OsString]) -> bool {
+    args.first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == RUNTIME_NAME)
+}
+
+/// Whether argv is an OCI command when called as `isola` (the module doc).
 pub(crate) fn wants(args: &[OsString]) -> bool {
     let args: Vec<String> = args
         .iter()
@@ -363,6 +378,16 @@ mod tests {
             .chain(s.split_whitespace())
             .map(OsString::from)
             .collect()
+    }
+
+    #[test]
+    fn the_runtime_name_always_means_oci() {
+        for argv0 in ["isola-runtime", "/usr/local/bin/isola-runtime"] {
+            assert!(called_as_runtime(&[OsString::from(argv0)]), "{argv0}");
+        }
+        for argv0 in ["isola", "/usr/bin/isola", "isola-runtime-x"] {
+            assert!(!called_as_runtime(&[OsString::from(argv0)]), "{argv0}");
+        }
     }
 
     #[test]

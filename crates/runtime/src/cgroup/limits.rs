@@ -41,6 +41,38 @@ fn err(field: &str, msg: String) -> SpecError {
     SpecError::new(format!("{FIELD}.{field}"), msg)
 }
 
+/// Fields cgroup v2 has no file for and the kernel deprecated (kernel
+/// memory is counted in memory.max; io has no leaf weights): ignored with
+/// a warning each, as crun and runc do, so older clients' specs still run.
+pub fn ignored(res: &LinuxResources) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(mem) = res.memory() {
+        for (field, set) in [
+            ("memory.kernel", mem.kernel().is_some()),
+            ("memory.kernelTCP", mem.kernel_tcp().is_some()),
+        ] {
+            if set {
+                out.push(format!(
+                    "{FIELD}.{field}: ignored on cgroup v2 (counted in memory.limit)"
+                ));
+            }
+        }
+    }
+    if let Some(bio) = res.block_io() {
+        let device_leaf = bio
+            .weight_device()
+            .iter()
+            .flatten()
+            .any(|d| d.leaf_weight().is_some());
+        if bio.leaf_weight().is_some() || device_leaf {
+            out.push(format!(
+                "{FIELD}.blockIO.leafWeight: ignored on cgroup v2 (io has no leaf weights)"
+            ));
+        }
+    }
+    out
+}
+
 /// Every (file, value) to write, in an order the kernel accepts
 /// (memory.max before memory.swap.max and the like).
 pub fn translate(res: &LinuxResources) -> Result<Writes, SpecError> {
@@ -231,9 +263,6 @@ fn memory_files(mem: &LinuxMemory, w: &mut Writes) -> Result<(), SpecError> {
         };
         w.push(CgroupFile::new("memory.swap.max", v));
     }
-    if mem.kernel().is_some() || mem.kernel_tcp().is_some() {
-        return Err(err("memory.kernel", "not supported on cgroup v2".into()));
-    }
     if mem.swappiness().is_some() {
         return Err(err(
             "memory.swappiness",
@@ -261,12 +290,6 @@ fn block_io_files(bio: &LinuxBlockIo, w: &mut Writes) -> Result<(), SpecError> {
         w.push(CgroupFile::new(
             "io.weight",
             format!("default {}", weight("blockIO.weight", v)?),
-        ));
-    }
-    if bio.leaf_weight().is_some() {
-        return Err(err(
-            "blockIO.leafWeight",
-            "not supported on cgroup v2".into(),
         ));
     }
     for (i, d) in bio.weight_device().iter().flatten().enumerate() {
@@ -358,6 +381,17 @@ mod tests {
 
     fn res(json: &str) -> LinuxResources {
         serde_json::from_str(json).expect("test resources parse")
+    }
+
+    #[test]
+    fn v1_only_fields_are_ignored_and_named() {
+        let r = res(r#"{"memory":{"limit":67108864,"kernel":1,"kernelTCP":1},"blockIO":{"leafWeight":10}}"#);
+        assert_eq!(translate(&r).unwrap(), vec![("memory.max".into(), "67108864".into())]);
+        let said = ignored(&r).join("\n");
+        for f in ["memory.kernel:", "memory.kernelTCP:", "blockIO.leafWeight:"] {
+            assert!(said.contains(f), "{f} in {said}");
+        }
+        assert!(ignored(&res(r#"{"memory":{"limit":67108864}}"#)).is_empty());
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(crate) fn setup(l: &Layout<'_>) -> Result<(), Step> {
     hookrun::run("hooks.createContainer", l.create_hooks, l.hook_state)?;
     if let Some(r) = l.root {
         pivot(r)?;
+        root_propagation(l.propagation)?;
         if l.root_readonly {
             remount_ro(Path::new("/"), MsFlags::empty()).map_err(|e| ("root.readonly", e))?;
         }
@@ -96,18 +97,19 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// `/` made private (nothing we mount may propagate back to the host)
-    /// and the rootfs bound onto itself (or an image's layers mounted
-    /// there).
+    /// `/` made private or slave (nothing we mount may propagate back to
+    /// the host) and the rootfs bound onto itself (or an image's layers
+    /// mounted there). A shared or unbindable root is made so after the
+    /// pivot ([`root_propagation`]): a bind of an unbindable `/` fails, and
+    /// a shared `/` is the host's peer group.
     fn enter(l: &Layout<'a>) -> Result<View<'a>, Step> {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | l.propagation,
-            None::<&str>,
-        )
-        .map_err(fail("mount", "make / private"))?;
+        let now = match (l.root, l.propagation) {
+            (_, MsFlags::MS_SLAVE) => MsFlags::MS_SLAVE,
+            (Some(_), _) => MsFlags::MS_PRIVATE,
+            (None, p) => p,
+        };
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | now, None::<&str>)
+            .map_err(fail("mount", "make / private"))?;
         let Some(r) = l.root else {
             let prefix = PathBuf::from("/");
             return Ok(View {
@@ -335,6 +337,17 @@ fn mask(p: &Path) -> Result<(), Step> {
         )
     }
     .map_err(fail("maskedPaths", p.display()))
+}
+
+/// `linux.rootfsPropagation` shared or unbindable, on the new root: bound
+/// from a private mount, a shared one is a peer group of its own (mounts
+/// propagate between the sandbox's binds, never to the host).
+fn root_propagation(p: MsFlags) -> Result<(), Step> {
+    if !p.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
+        return Ok(());
+    }
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | p, None::<&str>)
+        .map_err(fail("mount", "linux.rootfsPropagation of /"))
 }
 
 /// pivot_root(".", ".") stacks the old root on the new one; detaching it

@@ -140,8 +140,13 @@ fn exec_payload(
     }
     // Mark everything above stdio close-on-exec but the passed fds: the
     // error pipe stays usable until the exec succeeds, nothing else crosses.
-    if let Err(e) = sys::cloexec_from_except(3, keep) {
-        return e;
+    // The init closed every fd but the passed ones first thing
+    // (close_fds_except_all) and opens only close-on-exec ones since: a
+    // seccomp profile without close_range (runtime-tools' default one)
+    // refusing this leaves nothing exposed, so it is no failure.
+    match sys::cloexec_from_except(3, keep) {
+        Ok(()) | Err(Errno::EPERM | Errno::ENOSYS) => {}
+        Err(e) => return e,
     }
     #[allow(unsafe_code)]
     // SAFETY: argv and envp are the null-terminated arrays spawn_payload

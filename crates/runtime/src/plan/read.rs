@@ -43,14 +43,22 @@ impl Plan {
         let (root, root_readonly) = rootfs(oci, &s.base_dir)?;
         let linux = linux_or_empty(oci)?;
         let (clone_flags, join) = fields::namespaces(&linux)?;
-        let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
-        let mut view = view(oci, &linux, &s.base_dir, root.is_some(), clone_flags)?;
+        // Namespaces the sandbox has, new or joined by path (a view, a
+        // hostname, are set up in a joined one as in a new one).
+        let own_ns = join
+            .iter()
+            .fold(clone_flags, |f, (j, _)| f | u64::from(j.bits().unsigned_abs()));
+        let mount_ns = own_ns & libc::CLONE_NEWNS as u64 != 0;
+        let mut view = view(oci, &linux, &s.base_dir, root.is_some(), own_ns)?;
         let own_cgroup_ns = cgroup_mount::has_own_cgroup_ns(clone_flags, &join);
         cgroup_mount::bind_host_hierarchy(&mut view.mounts, own_cgroup_ns);
         let (uid_map, gid_map) = rootless::id_maps(&linux, clone_flags, dialect)?;
         let sysctl = sysctls(&linux, clone_flags)?;
         let seccomp = seccomp_programs(&linux, is_oci)?;
-        let res = resources(&linux, root.is_some() && new_mount)?;
+        let res = resources(&linux, root.is_some() && mount_ns)?;
+        if let Some(r) = linux.resources() {
+            warnings.extend(limits::ignored(r));
+        }
         refuse_unsupported(&linux)?;
         let cgroups_path = cgroups_path(&linux, is_oci)?;
 
@@ -328,16 +336,17 @@ struct View {
 }
 
 /// `mounts`, `linux.maskedPaths` and `linux.readonlyPaths` (each, like a
-/// rootfs — `has_root` — only with a new mount namespace), then `hostname`
-/// and `linux.rootfsPropagation`.
+/// rootfs — `has_root` — only with a mount namespace of its own: `own_ns`
+/// are the namespaces new or joined), then `hostname` and
+/// `linux.rootfsPropagation`.
 fn view(
     oci: &Spec,
     linux: &Linux,
     base_dir: &Path,
     has_root: bool,
-    clone_flags: u64,
+    own_ns: u64,
 ) -> Result<View, SpecError> {
-    let new_mount = clone_flags & libc::CLONE_NEWNS as u64 != 0;
+    let mount_ns = own_ns & libc::CLONE_NEWNS as u64 != 0;
     let mounts = oci
         .mounts()
         .iter()
@@ -347,7 +356,7 @@ fn view(
         .collect::<Result<Vec<_>, _>>()?;
     let masked = abs_paths("linux.maskedPaths", linux.masked_paths())?;
     let readonly = abs_paths("linux.readonlyPaths", linux.readonly_paths())?;
-    if !new_mount {
+    if !mount_ns {
         for (field, used) in [
             ("root", has_root),
             ("mounts", !mounts.is_empty()),
@@ -362,8 +371,8 @@ fn view(
             }
         }
     }
-    let hostname = uts_hostname(oci, clone_flags)?;
-    let propagation = rootfs_propagation(linux)?;
+    let hostname = uts_hostname(oci, own_ns)?;
+    let propagation = rootfs_propagation(linux, has_root)?;
     Ok(View {
         mounts,
         masked,
@@ -373,10 +382,10 @@ fn view(
     })
 }
 
-/// `hostname`: 1-64 bytes, in a new UTS namespace.
-fn uts_hostname(oci: &Spec, clone_flags: u64) -> Result<Option<String>, SpecError> {
+/// `hostname`: 1-64 bytes, in a UTS namespace of its own (new or joined).
+fn uts_hostname(oci: &Spec, own_ns: u64) -> Result<Option<String>, SpecError> {
     let hostname = oci.hostname().clone();
-    if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+    if hostname.is_some() && own_ns & libc::CLONE_NEWUTS as u64 == 0 {
         return Err(SpecError::new(
             "hostname",
             "needs a new uts namespace (add {\"type\": \"uts\"} to linux.namespaces)",
@@ -393,14 +402,24 @@ fn uts_hostname(oci: &Spec, clone_flags: u64) -> Result<Option<String>, SpecErro
     Ok(hostname)
 }
 
-/// `linux.rootfsPropagation`: anything but shared.
-fn rootfs_propagation(linux: &Linux) -> Result<MsFlags, SpecError> {
+/// `linux.rootfsPropagation`. Shared only with a rootfs: the sandbox's
+/// root is then a peer group of its own (see fs::mounts); in host-root
+/// mode it would be the host's.
+fn rootfs_propagation(linux: &Linux, has_root: bool) -> Result<MsFlags, SpecError> {
+    let field = "linux.rootfsPropagation";
     Ok(match linux.rootfs_propagation().as_deref() {
         None | Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE,
         Some("slave") | Some("rslave") => MsFlags::MS_SLAVE,
         Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
+        Some("shared") | Some("rshared") if has_root => MsFlags::MS_SHARED,
+        Some(s @ ("shared" | "rshared")) => {
+            return Err(SpecError::new(field, format!("{s}: needs root.path (without a rootfs the root is the host's: its mounts would be shared with the host)")));
+        }
         Some(other) => {
-            return Err(SpecError::new("linux.rootfsPropagation", format!("{other}: use private, slave or unbindable (shared would leak mounts to the host)")));
+            return Err(SpecError::new(
+                field,
+                format!("{other}: use private, slave, shared or unbindable"),
+            ));
         }
     })
 }
