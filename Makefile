@@ -11,6 +11,7 @@ build:
 test: unit vm-test
 
 unit:
+	scripts/kube-deps.sh
 	cargo test --workspace --exclude isola-tests
 
 # T=name runs only tests whose name contains it.

@@ -15,6 +15,7 @@ mod client;
 mod cmd;
 mod detach;
 mod image;
+mod kube;
 mod oci;
 mod outbound;
 mod placement;
@@ -99,6 +100,8 @@ enum Command {
     Upgrade(cmd::upgrade::UpgradeArgs),
     /// Show the running supervisor: pid, version, start, upgrades, stack.
     Info(cmd::upgrade::InfoArgs),
+    /// Kubernetes objects for a stack file (`kube generate STACK`).
+    Kube(cmd::kube::KubeArgs),
     /// An upgrade's new binary checks the state on stdin against `up ARGS…`
     /// (run by `isola up` before it re-executes itself).
     #[command(name = "handover-check", hide = true)]
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
         Command::Image(a) => cmd::images::image(a),
         Command::Upgrade(a) => cmd::upgrade::upgrade(a),
         Command::Info(a) => cmd::upgrade::info(a),
+        Command::Kube(a) => cmd::kube::run(a),
         Command::HandoverCheck { args } => handover_check(args),
     };
     finish(res)

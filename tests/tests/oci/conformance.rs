@@ -43,8 +43,11 @@ fn a_profile_without_close_range_still_runs_the_payload_and_hides_our_fds() {
     // An fd the caller leaves open across exec (as a careless client
     // would): isola create and its init inherit it, the payload must not.
     let stray = std::fs::File::open("/dev/null").unwrap();
-    nix::fcntl::fcntl(&stray, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .unwrap();
+    nix::fcntl::fcntl(
+        &stray,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
     let pid_file = s.path("pid");
     let pid = oci.create(&b, "c", &pid_file);
     drop(stray);
@@ -101,7 +104,11 @@ fn root_propagation_shared_and_unbindable_hold_inside_and_nothing_leaks() {
         let pid = oci.create(&b, mode, &pid_file);
         oci.ok(&["start", mode]);
         assert_eq!(wait_adopted(pid), 0, "{mode}: {}", output_of(&pid_file));
-        assert_eq!(output_of(&pid_file).trim(), want, "rootfsPropagation {mode}");
+        assert_eq!(
+            output_of(&pid_file).trim(),
+            want,
+            "rootfsPropagation {mode}"
+        );
         oci.ok(&["delete", mode]);
         assert_eq!(host_mounts_under(&b), Vec::<String>::new(), "{mode}");
     }
@@ -113,7 +120,7 @@ struct KillOnDrop(std::process::Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            isola_tests::pid_of(&self.0),
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.0.wait();
@@ -167,7 +174,11 @@ fn namespaces_joined_by_path_hold_the_init_itself_and_its_view() {
     });
     let pid = oci.create(&b, "c", &s.path("pid"));
     for ns in ["pid", "mnt", "uts"] {
-        assert_eq!(ns_link(pid, ns), ns_link(other, ns), "the init's {ns} namespace");
+        assert_eq!(
+            ns_link(pid, ns),
+            ns_link(other, ns),
+            "the init's {ns} namespace"
+        );
     }
     // The hostname was set in the joined namespace, the rootfs built there.
     let host = Command::new("nsenter")
@@ -176,7 +187,10 @@ fn namespaces_joined_by_path_hold_the_init_itself_and_its_view() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "joined");
     let marker = format!("/proc/{other}/root/etc/marker");
-    assert!(Path::new(&marker).exists(), "the joined namespace's root is the rootfs");
+    assert!(
+        Path::new(&marker).exists(),
+        "the joined namespace's root is the rootfs"
+    );
     oci.ok(&["start", "c"]);
     assert_eq!(oci.state("c")["status"], "running");
     oci.ok(&["delete", "--force", "c"]);

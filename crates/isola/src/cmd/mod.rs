@@ -8,6 +8,7 @@ pub(crate) mod common;
 pub(crate) mod docs;
 pub(crate) mod exec;
 pub(crate) mod images;
+pub(crate) mod kube;
 pub(crate) mod logs;
 pub(crate) mod run;
 pub(crate) mod service;

@@ -385,8 +385,13 @@ mod tests {
 
     #[test]
     fn v1_only_fields_are_ignored_and_named() {
-        let r = res(r#"{"memory":{"limit":67108864,"kernel":1,"kernelTCP":1},"blockIO":{"leafWeight":10}}"#);
-        assert_eq!(translate(&r).unwrap(), vec![("memory.max".into(), "67108864".into())]);
+        let r = res(
+            r#"{"memory":{"limit":67108864,"kernel":1,"kernelTCP":1},"blockIO":{"leafWeight":10}}"#,
+        );
+        assert_eq!(
+            translate(&r).unwrap(),
+            vec![("memory.max".into(), "67108864".into())]
+        );
         let said = ignored(&r).join("\n");
         for f in ["memory.kernel:", "memory.kernelTCP:", "blockIO.leafWeight:"] {
             assert!(said.contains(f), "{f} in {said}");

@@ -108,8 +108,14 @@ impl<'a> View<'a> {
             (Some(_), _) => MsFlags::MS_PRIVATE,
             (None, p) => p,
         };
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | now, None::<&str>)
-            .map_err(fail("mount", "make / private"))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | now,
+            None::<&str>,
+        )
+        .map_err(fail("mount", "make / private"))?;
         let Some(r) = l.root else {
             let prefix = PathBuf::from("/");
             return Ok(View {
@@ -346,8 +352,14 @@ fn root_propagation(p: MsFlags) -> Result<(), Step> {
     if !p.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
         return Ok(());
     }
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | p, None::<&str>)
-        .map_err(fail("mount", "linux.rootfsPropagation of /"))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | p,
+        None::<&str>,
+    )
+    .map_err(fail("mount", "linux.rootfsPropagation of /"))
 }
 
 /// pivot_root(".", ".") stacks the old root on the new one; detaching it

@@ -45,9 +45,9 @@ impl Plan {
         let (clone_flags, join) = fields::namespaces(&linux)?;
         // Namespaces the sandbox has, new or joined by path (a view, a
         // hostname, are set up in a joined one as in a new one).
-        let own_ns = join
-            .iter()
-            .fold(clone_flags, |f, (j, _)| f | u64::from(j.bits().unsigned_abs()));
+        let own_ns = join.iter().fold(clone_flags, |f, (j, _)| {
+            f | u64::from(j.bits().unsigned_abs())
+        });
         let mount_ns = own_ns & libc::CLONE_NEWNS as u64 != 0;
         let mut view = view(oci, &linux, &s.base_dir, root.is_some(), own_ns)?;
         let own_cgroup_ns = cgroup_mount::has_own_cgroup_ns(clone_flags, &join);
