@@ -32,6 +32,15 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// A new time namespace: the parent makes it for the init (a time
+/// namespace's offsets can be set only before any process is in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeNs {
+    /// What is written to `/proc/self/timens_offsets`: `CLOCK SECS NANOS`
+    /// lines (monotonic, boottime).
+    pub offsets: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub args: Vec<CString>,
@@ -57,8 +66,11 @@ pub struct Plan {
     pub masked: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub hostname: Option<String>,
-    /// CLONE_NEW* flags for namespaces created with the sandbox.
+    /// CLONE_NEW* flags for namespaces created with the sandbox (but the
+    /// time namespace: `time_ns`).
     pub clone_flags: u64,
+    /// A new time namespace and its clock offsets (`linux.timeOffsets`).
+    pub time_ns: Option<TimeNs>,
     /// Existing namespaces to join, by path.
     pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
     pub uid_map: Option<String>,
@@ -132,7 +144,7 @@ impl Plan {
     }
     /// Whether `linux.namespaces` joins a namespace of type `flag` by path.
     pub fn joins(&self, flag: libc::c_int) -> bool {
-        let f = nix::sched::CloneFlags::from_bits_truncate(flag);
+        let f = nix::sched::CloneFlags::from_bits_retain(flag);
         self.join.iter().any(|(j, _)| j.contains(f))
     }
     /// Which of `clone_flags` the init creates itself, with unshare(2),
@@ -208,6 +220,8 @@ mod tests {
             (r#"{"process":{"args":["true"],"cwd":"/"},"mounts":[{"destination":"/tmp","type":"tmpfs"}]}"#, "mounts: needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)"),
             (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"mount"}],"rootfsPropagation":"shared"}}"#, "linux.rootfsPropagation: shared: needs root.path (without a rootfs the root is the host's: its mounts would be shared with the host)"),
             (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"mount"}],"rootfsPropagation":"both"}}"#, "linux.rootfsPropagation: both: use private, slave, shared or unbindable"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"timeOffsets":{"monotonic":{"secs":1}}}}"#, "linux.timeOffsets: needs a new time namespace (add {\"type\": \"time\"} to linux.namespaces)"),
+            (r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"time"}],"timeOffsets":{"realtime":{"secs":1}}}}"#, "linux.timeOffsets.realtime: only monotonic and boottime have offsets"),
         ];
         for (spec, want) in cases {
             assert_eq!(plan(spec).unwrap_err().to_string(), want);
@@ -221,6 +235,14 @@ mod tests {
         assert!(p.has_mount_ns() && p.joins(libc::CLONE_NEWUTS));
         assert_eq!(p.clone_flags, 0, "nothing new is made");
         assert_eq!(p.hostname.as_deref(), Some("j"));
+    }
+
+    #[test]
+    fn a_time_namespace_and_its_offsets() {
+        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"time"}],"timeOffsets":{"monotonic":{"secs":86400},"boottime":{"secs":-5,"nanosecs":7}}}}"#).unwrap();
+        let t = p.time_ns.expect("a new time namespace");
+        assert_eq!(t.offsets, "boottime -5 7\nmonotonic 86400 0\n");
+        assert_eq!(p.clone_flags, 0, "not a clone3 flag: the parent makes it");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod gate;
 pub(crate) mod id_maps;
 pub mod join;
 mod pid_ns;
+mod time_ns;
 
 #[derive(Debug, Clone)]
 pub struct Options<'a> {
@@ -376,6 +377,7 @@ fn clone_init(
     // Left (by drop) once the clone is done, in the parent only: the child
     // never returns from init::run.
     let _joined_pid_ns = pid_ns::enter(plan)?;
+    let _new_time_ns = time_ns::make(plan)?;
     #[allow(unsafe_code)]
     let attempt = |into: bool| {
         // SAFETY: isola is single-threaded (the supervisor, its spawner and

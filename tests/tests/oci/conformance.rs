@@ -268,3 +268,53 @@ fn called_isola_runtime_every_command_is_the_oci_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nosuch does not exist"), "{err}");
 }
+
+/// Seconds since boot as /proc/uptime says, read where `cmd` runs.
+fn uptime(text: &str) -> f64 {
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an uptime in {text:?}"))
+}
+
+#[test]
+fn a_time_namespace_with_offsets_for_the_payload_and_exec() {
+    require_vm();
+    become_subreaper();
+    let s = Scratch::new("oci-conf-time");
+    let oci = Oci::new(&s);
+    let b = bundle(&s, "b", &["sh", "-c", "cat /proc/uptime; sleep 1000"]);
+    const DAY: f64 = 86_400.0;
+    edit_config(&b, |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({
+            "boottime": {"secs": 86_400, "nanosecs": 0},
+            "monotonic": {"secs": 86_400}
+        });
+    });
+    let pid_file = s.path("pid");
+    let pid = oci.create(&b, "c", &pid_file);
+    assert_ne!(
+        ns_link(pid, "time"),
+        ns_link(nix::unistd::getpid().as_raw(), "time")
+    );
+    oci.ok(&["start", "c"]);
+    wait_for("the payload's uptime", || {
+        output_of(&pid_file).contains('\n')
+    });
+    let host = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
+    let inside = uptime(&output_of(&pid_file));
+    // (Read here after it, but /proc/uptime has two decimals: a margin.)
+    assert!(
+        inside > DAY && inside - DAY <= host + 0.5,
+        "uptime {inside} inside, {host} here"
+    );
+    // A process exec'd into the container lives in its time too.
+    let out = oci.ok(&["exec", "c", "cat", "/proc/uptime"]);
+    assert!(uptime(&out) > DAY, "exec'd: {out}");
+    oci.ok(&["delete", "--force", "c"]);
+    assert_eq!(wait_adopted(pid), 128 + 9);
+}

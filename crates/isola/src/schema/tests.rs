@@ -170,7 +170,7 @@ fn what_the_schema_refuses_isola_check_refuses_naming_the_field() {
         ("/process/terminal", Some(json!(true)), "terminal"),
         ("/linux/intelRdt", Some(json!({})), "intelRdt"),
         ("/linux/cgroupsPath", Some(json!("/x")), "cgroupsPath"),
-        ("/linux/namespaces/0/type", Some(json!("time")), "time"),
+        ("/linux/namespaces/0/type", Some(json!("clock")), "clock"),
         (
             "/linux/seccomp/listenerPath",
             Some(json!("/x")),

@@ -29,12 +29,7 @@ pub(super) fn namespaces(
             LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
             LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
             LinuxNamespaceType::User => libc::CLONE_NEWUSER,
-            LinuxNamespaceType::Time => {
-                return Err(SpecError::new(
-                    format!("{field}.type"),
-                    "time: not supported",
-                ));
-            }
+            LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
         };
         if seen.contains(&flag) {
             return Err(SpecError::new(format!("{field}.type"), "listed twice"));
@@ -55,7 +50,8 @@ pub(super) fn namespaces(
                         format!("{}: no such namespace file", p.display()),
                     ));
                 }
-                join.push((nix::sched::CloneFlags::from_bits_truncate(flag), p.clone()));
+                // (Retain: nix has no CLONE_NEWTIME.)
+                join.push((nix::sched::CloneFlags::from_bits_retain(flag), p.clone()));
             }
         }
     }
@@ -267,4 +263,43 @@ pub(super) fn check_sysctl(key: &str, clone_flags: u64) -> Result<(), SpecError>
             "not a sysctl of a namespace this sandbox creates",
         ))
     }
+}
+
+/// A new time namespace (`{"type": "time"}` without a path) and
+/// `linux.timeOffsets`: monotonic and boottime only (the clocks a time
+/// namespace offsets), which need the namespace.
+pub(super) fn time_ns(linux: &Linux, clone_flags: u64) -> Result<Option<super::TimeNs>, SpecError> {
+    let field = "linux.timeOffsets";
+    let new = clone_flags & libc::CLONE_NEWTIME as u64 != 0;
+    let offsets = linux.time_offsets().clone().unwrap_or_default();
+    if !new {
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        return Err(SpecError::new(
+            field,
+            "needs a new time namespace (add {\"type\": \"time\"} to linux.namespaces)",
+        ));
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for (clock, o) in &offsets {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(SpecError::new(
+                format!("{field}.{clock}"),
+                "only monotonic and boottime have offsets",
+            ));
+        }
+        let nanos = o.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(SpecError::new(
+                format!("{field}.{clock}.nanosecs"),
+                format!("{nanos}: must be below 1000000000"),
+            ));
+        }
+        lines.push(format!("{clock} {} {nanos}\n", o.secs().unwrap_or(0)));
+    }
+    lines.sort();
+    Ok(Some(super::TimeNs {
+        offsets: lines.concat(),
+    }))
 }

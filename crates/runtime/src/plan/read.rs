@@ -43,6 +43,8 @@ impl Plan {
         let (root, root_readonly) = rootfs(oci, &s.base_dir)?;
         let linux = linux_or_empty(oci)?;
         let (clone_flags, join) = fields::namespaces(&linux)?;
+        let time_ns = fields::time_ns(&linux, clone_flags)?;
+        let clone_flags = clone_flags & !(libc::CLONE_NEWTIME as u64);
         // Namespaces the sandbox has, new or joined by path (a view, a
         // hostname, are set up in a joined one as in a new one).
         let own_ns = join.iter().fold(clone_flags, |f, (j, _)| {
@@ -84,6 +86,7 @@ impl Plan {
             readonly: view.readonly,
             hostname: view.hostname,
             clone_flags,
+            time_ns,
             join,
             uid_map,
             gid_map,
@@ -500,7 +503,6 @@ fn refuse_unsupported(linux: &Linux) -> Result<(), SpecError> {
     for (field, set) in [
         ("linux.intelRdt", linux.intel_rdt().is_some()),
         ("linux.personality", linux.personality().is_some()),
-        ("linux.timeOffsets", linux.time_offsets().is_some()),
         ("linux.memoryPolicy", linux.memory_policy().is_some()),
     ] {
         if set {

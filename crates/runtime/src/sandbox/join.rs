@@ -136,6 +136,11 @@ pub fn spawn(target: &Target<'_>, opts: &Options) -> Result<Joined, Error> {
         acc | u64::try_from(f.bits()).unwrap_or(0)
     });
     let mut flags = (plan.clone_flags | joined_ns) & NS_FLAGS;
+    // Only when it has one: joining even our own time namespace needs
+    // CAP_SYS_ADMIN, which a rootless caller lacks.
+    if plan.time_ns.is_some() || plan.joins(libc::CLONE_NEWTIME) {
+        flags |= libc::CLONE_NEWTIME as u64;
+    }
     let mut env = plan.env.clone();
     for e in &opts.env {
         crate::plan::set_env(&mut env, e.clone());
