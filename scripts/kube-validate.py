@@ -6,9 +6,10 @@ Each document is deserialized into its model (V1Deployment, V1Job,
 V1Service) and serialized back: a field the model does not know, or a value
 of the wrong type, makes the two differ; a required field missing makes the
 model raise. Then the rules the API server would enforce that the models do
-not: names are DNS-1123 labels, selectors match the pod's labels, port names
-fit, container and volume names are unique, every volumeMount names a
-volume, probe periods are at least 1 s. Exit 1 with one line per problem.
+not: names are DNS-1123 labels (a Service's DNS-1035) and unique per kind,
+selectors match the pod's labels, port names fit and are unique, container
+and volume names are unique, every volumeMount names a volume, probe
+periods are at least 1 s, init containers have no probes. Exit 1 with one line per problem.
 
 Usage: kube-validate.py FILE.yaml (scripts/kube-deps.sh installs the client)
 """
@@ -22,6 +23,7 @@ MODELS = {("apps/v1", "Deployment"): "V1Deployment",
           ("batch/v1", "Job"): "V1Job",
           ("v1", "Service"): "V1Service"}
 LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 problems = []
 
 
@@ -56,6 +58,9 @@ def check_pod(doc, spec, selector):
             problem(doc, f"selector {k}={v} does not match the pod's labels")
     pod = (spec.get("template") or {}).get("spec") or {}
     containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for c in pod.get("initContainers", []):
+        if any(k.endswith("Probe") for k in c):
+            problem(doc, f"init container {c.get('name')} has a probe")
     names = [c.get("name") for c in containers]
     if len(set(names)) != len(names):
         problem(doc, f"container names repeat: {names}")
@@ -68,9 +73,12 @@ def check_pod(doc, spec, selector):
         for m in c.get("volumeMounts", []):
             if m["name"] not in volumes:
                 problem(doc, f"volumeMount {m['name']} has no volume")
-        for p in c.get("ports", []):
-            if len(p.get("name", "")) > 15 or not LABEL.match(p.get("name", "")):
-                problem(doc, f"port name {p.get('name')!r}")
+        port_names = [p.get("name", "") for p in c.get("ports", [])]
+        if len(set(port_names)) != len(port_names):
+            problem(doc, f"port names repeat: {port_names}")
+        for n in port_names:
+            if len(n) > 15 or not LABEL.match(n):
+                problem(doc, f"port name {n!r}")
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             pr = c.get(kind)
             if pr and pr.get("periodSeconds", 1) < 1:
@@ -85,7 +93,14 @@ def main(path):
         docs = [d for d in yaml.safe_load_all(f) if d is not None]
     if not docs:
         problems.append("no documents")
+    seen = set()
     for doc in docs:
+        key = (doc.get("kind"), (doc.get("metadata") or {}).get("name"))
+        if key in seen:
+            problem(doc, "a second object of this kind and name")
+        seen.add(key)
+        if doc.get("kind") == "Service" and not DNS1035.match(key[1] or ""):
+            problem(doc, "a Service name is a DNS-1035 label (starts with a letter)")
         model = MODELS.get((doc.get("apiVersion"), doc.get("kind")))
         if model is None:
             problem(doc, "unexpected apiVersion/kind")

@@ -21,6 +21,7 @@ pub(crate) mod capabilities;
 mod fields;
 mod read;
 pub mod rootless;
+mod view;
 
 use capabilities::CapSets;
 
@@ -229,12 +230,29 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_joined_by_path_count_as_the_sandboxs_own() {
-        // As runc: a hostname is set, a view built, in a joined namespace.
-        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"hostname":"j","mounts":[{"destination":"/tmp","type":"tmpfs"}],"linux":{"namespaces":[{"type":"uts","path":"/proc/self/ns/uts"},{"type":"mount","path":"/proc/self/ns/mnt"}]}}"#).unwrap();
-        assert!(p.has_mount_ns() && p.joins(libc::CLONE_NEWUTS));
-        assert_eq!(p.clone_flags, 0, "nothing new is made");
-        assert_eq!(p.hostname.as_deref(), Some("j"));
+    fn namespaces_joined_by_path_count_as_the_sandboxs_own_but_never_ours() {
+        // As runc, a hostname is set and a view built in a joined namespace
+        // (the VM test joins another process's); never in isola's own.
+        let p = plan(
+            r#"{"process":{"args":["true"],"cwd":"/"},"hostname":"j","linux":{"namespaces":[{"type":"uts","path":"/proc/self/ns/uts"}]}}"#,
+        );
+        let e = p.unwrap_err().to_string();
+        assert!(
+            e.starts_with("linux.namespaces[0].path: /proc/self/ns/uts: isola's own uts namespace"),
+            "{e}"
+        );
+        let p = plan(
+            r#"{"process":{"args":["true"],"cwd":"/"},"mounts":[{"destination":"/tmp","type":"tmpfs"}],"linux":{"namespaces":[{"type":"mount","path":"/proc/self/ns/mnt"}]}}"#,
+        );
+        assert!(p
+            .unwrap_err()
+            .to_string()
+            .contains("isola's own mount namespace"));
+        let p = plan(r#"{"process":{"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"network","path":"/proc/self/ns/net"}]}}"#).unwrap();
+        assert!(
+            p.joins(libc::CLONE_NEWNET) && !p.has_mount_ns(),
+            "others may be ours"
+        );
     }
 
     #[test]

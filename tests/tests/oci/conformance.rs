@@ -260,12 +260,13 @@ fn called_isola_runtime_every_command_is_the_oci_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nosuch does not exist"), "{err}");
-    // Without --root as well (the default state root).
+    // Without --root (called `isola`, this is the supervisor's `start`).
     let out = Command::new(&runtime)
         .args(["start", "nosuch"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nosuch does not exist"), "{err}");
 }
 

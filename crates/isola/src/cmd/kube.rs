@@ -90,7 +90,16 @@ pub(crate) fn validate(value: &Value, path: &Path) -> Result<(), Exit> {
         // The command lives in the image, not on this host: any command
         // that exists here stands in for it.
         let process = obj.entry("process").or_insert_with(|| json!({}));
-        process["args"] = json!(["true"]);
+        let Some(process) = process.as_object_mut() else {
+            return Err(Exit(
+                exit::USAGE,
+                format!(
+                    "{}: services.{name}.process: must be an object",
+                    path.display()
+                ),
+            ));
+        };
+        process.insert("args".into(), json!(["true"]));
     }
     isola_supervisor::stack::parse(&checked.to_string(), &isola_runtime::spec::base_dir(path))
         .map_err(|e| Exit(exit::USAGE, format!("{}: {e}", path.display())))?;

@@ -184,21 +184,21 @@ fn security(s: &Value, process: &Value, notes: &mut Notes) -> Value {
     if process.pointer("/user/username").is_some() {
         notes.unmapped("process.user.username", "use a numeric uid (runAsUser)");
     }
-    if let Some(caps) = process
+    // isola gives none but the bounding set's; a pod without this would
+    // get the runtime's default set.
+    let add: Vec<Value> = process
         .pointer("/capabilities/bounding")
         .and_then(Value::as_array)
-    {
-        let add: Vec<Value> = caps
-            .iter()
-            .filter_map(Value::as_str)
-            .map(|c| json!(c.trim_start_matches("CAP_")))
-            .collect();
-        let mut c = json!({"drop": ["ALL"]});
-        if !add.is_empty() {
-            c["add"] = Value::from(add);
-        }
-        sc.insert("capabilities".into(), c);
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|c| json!(c.trim_start_matches("CAP_")))
+        .collect();
+    let mut caps = json!({"drop": ["ALL"]});
+    if !add.is_empty() {
+        caps["add"] = Value::from(add);
     }
+    sc.insert("capabilities".into(), caps);
     let nnp = process.get("noNewPrivileges").and_then(Value::as_bool) == Some(true);
     sc.insert("allowPrivilegeEscalation".into(), json!(!nnp));
     let ro = s.pointer("/root/readonly").and_then(Value::as_bool) == Some(true);

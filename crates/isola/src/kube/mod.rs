@@ -45,6 +45,11 @@ impl Notes {
     fn changed(&mut self, field: &str, how: &str) {
         self.lines.push(format!("{field}: {how}"));
     }
+    /// Another service's notes, as `PREFIX…` lines of this one.
+    fn absorb(&mut self, prefix: &str, other: Notes) {
+        self.lines
+            .extend(other.lines.into_iter().map(|l| format!("{prefix}{l}")));
+    }
 }
 
 /// One service of the stack, as the mapping reads it.
@@ -72,10 +77,17 @@ pub(crate) fn generate(stack: &Value, opts: &Options) -> Generated {
         .get("services")
         .and_then(Value::as_object)
         .unwrap_or(&empty);
+    // Names made DNS-1123 labels can meet (`api_server`, `api-server`):
+    // the later one gets `-2`, …
+    let mut used = std::collections::BTreeSet::new();
     let all: BTreeMap<&str, Service<'_>> = services
         .iter()
         .filter(|(_, v)| v.is_object())
-        .map(|(name, v)| (name.as_str(), service(name, v)))
+        .map(|(name, v)| {
+            let mut s = service(name, v);
+            s.kube_name = unique(&s.kube_name, &mut used);
+            (name.as_str(), s)
+        })
         .collect();
     let mut out = Generated {
         yaml: String::new(),
@@ -172,11 +184,31 @@ fn emit(out: &mut Generated, service: &str, notes: Notes, object: Option<Value>)
     }
 }
 
+/// `name`, or `name-2`, `name-3`, … the first not in `used` (63 at most).
+fn unique(name: &str, used: &mut std::collections::BTreeSet<String>) -> String {
+    let mut candidate = name.to_string();
+    let mut k = 2;
+    while used.contains(&candidate) {
+        let suffix = format!("-{k}");
+        let stem: String = name.chars().take(63 - suffix.len()).collect();
+        candidate = format!("{}{suffix}", stem.trim_end_matches('-'));
+        k += 1;
+    }
+    used.insert(candidate.clone());
+    candidate
+}
+
 fn service_object(svc: &Service<'_>, p: &Port, count: usize) -> Value {
     let name = if count == 1 {
         svc.kube_name.clone()
     } else {
         dns_label(&format!("{}-{}", svc.kube_name, p.name), 63)
+    };
+    // A Service's name is a DNS-1035 label: it starts with a letter.
+    let name = if name.starts_with(|c: char| c.is_ascii_digit()) {
+        dns_label(&format!("svc-{name}"), 63)
+    } else {
+        name
     };
     json!({
         "apiVersion": "v1",
@@ -211,16 +243,50 @@ pub(crate) fn sockets(s: &Value, notes: &mut Notes) -> Vec<Port> {
                 continue;
             }
         };
-        let Some(port) = rest.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) else {
+        let Some((host, port)) = rest
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        else {
+            notes.unmapped(&format!("sockets[{i}]"), &format!("{listen}: no port"));
             continue;
         };
+        if is_loopback(host) {
+            notes.changed(
+                &format!("sockets[{i}]"),
+                &format!(
+                    "{listen}: a loopback address; its Service reaches it from the whole cluster"
+                ),
+            );
+        }
+        // Port names are unique in a pod: `name`, `name-2`, … (15 at most).
+        let mut unique = port_name(name);
+        let mut k = 2;
+        while out.iter().any(|p: &Port| p.name == unique) {
+            unique = port_name(&format!(
+                "{}-{k}",
+                port_name(name).get(..12).unwrap_or(name)
+            ));
+            k += 1;
+        }
         out.push(Port {
-            name: port_name(name),
+            name: unique,
             port,
             protocol,
         });
     }
+    if !out.is_empty() {
+        notes.changed(
+            "sockets",
+            "isola binds them and passes the fds (LISTEN_FDS); in a pod the container binds its ports itself",
+        );
+    }
     out
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Lowercase letters, digits and `-`, starting and ending alphanumeric,

@@ -148,6 +148,13 @@ fn pod_spec(
             "no network namespace: hostNetwork (the node's network)",
         );
     }
+    if has_namespace(svc, "user") {
+        // A user namespace of its own: the pod's (Kubernetes 1.30+).
+        spec.insert("hostUsers".into(), json!(false));
+    }
+    if has_namespace(svc, "time") {
+        notes.unmapped("linux.namespaces", "time: pods share the node's clocks");
+    }
     if let Some(h) = svc.spec.get("hostname").and_then(Value::as_str) {
         spec.insert("hostname".into(), json!(super::dns_label(h, 63)));
     }
@@ -209,34 +216,58 @@ fn pod_security(svc: &Service<'_>) -> Map<String, Value> {
     sc
 }
 
+/// Init containers and their volumes for `svc`'s `completed` one-shots
+/// (and theirs, first); each once, in dependency order.
 fn init_containers(
     svc: &Service<'_>,
     all: &BTreeMap<&str, Service<'_>>,
     notes: &mut Notes,
 ) -> (Vec<Value>, Vec<Value>) {
-    let (mut inits, mut volumes) = (Vec::new(), Vec::new());
+    let mut made = Init::default();
+    add_inits(svc, all, notes, &mut made, 0);
+    (made.containers, made.volumes)
+}
+
+#[derive(Default)]
+struct Init {
+    containers: Vec<Value>,
+    volumes: Vec<Value>,
+    names: BTreeSet<String>,
+}
+
+/// A stack's dependencies have no cycles (the parser refuses them); the
+/// depth bound is only a guard.
+fn add_inits(
+    svc: &Service<'_>,
+    all: &BTreeMap<&str, Service<'_>>,
+    notes: &mut Notes,
+    made: &mut Init,
+    depth: usize,
+) {
     for d in svc.dependencies() {
+        let field = format!("dependsOn.{}", d.name);
         let dep = all.get(d.name.as_str()).filter(|s| s.one_shot());
-        match (d.condition, dep) {
-            (Condition::Completed, Some(dep)) => {
-                let (c, v) = container::container(dep, &mut Notes::default());
-                notes.changed(
-                    &format!("dependsOn.{}", d.name),
-                    "completed: its container runs first, as an init container",
-                );
-                inits.push(c);
-                volumes.extend(v);
-            }
-            (c, _) => notes.unmapped(
-                &format!("dependsOn.{}", d.name),
-                &format!(
-                    "{}: pods start independently; a readinessProbe keeps traffic away until ready",
-                    c.as_str()
-                ),
-            ),
+        let Some(dep) = dep.filter(|_| d.condition == Condition::Completed && depth < 16) else {
+            let why = "pods start independently; a readinessProbe keeps traffic away until ready";
+            notes.unmapped(&field, &format!("{}: {why}", d.condition.as_str()));
+            continue;
+        };
+        if made.names.contains(dep.name) {
+            continue;
         }
+        let mut theirs = Notes::default();
+        add_inits(dep, all, &mut theirs, made, depth + 1);
+        let (mut c, v) = container::container(dep, &mut theirs);
+        // An init container runs to its end: no probes, no ports.
+        if let Some(o) = c.as_object_mut() {
+            o.retain(|k, _| !k.ends_with("Probe") && k != "ports");
+        }
+        notes.changed(&field, "completed: its container runs first in every pod (each replica, each restart), as an init container");
+        notes.absorb(&format!("initContainers.{}: ", dep.kube_name), theirs);
+        made.names.insert(dep.name.to_string());
+        made.containers.push(c);
+        made.volumes.extend(v);
     }
-    (inits, volumes)
 }
 
 fn supervisor_only(svc: &Service<'_>, notes: &mut Notes) {

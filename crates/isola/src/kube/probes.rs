@@ -3,16 +3,13 @@
 //! milliseconds become whole seconds (rounded up, at least 1 where
 //! Kubernetes requires it), which a note says when it changes a value.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use isola_supervisor::health::{Check, Health, Probe, ProbeKind};
 use serde_json::{json, Map, Value};
 
 use super::Notes;
-
-/// The kubelet probes the pod's IP; isola's default is the service's own
-/// loopback, which is the same place inside the pod.
-const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The probes of `health` into `container`.
 pub(super) fn map(health: &Health, container: &mut Map<String, Value>, notes: &mut Notes) {
@@ -34,7 +31,7 @@ fn probe(p: &Probe, kind: ProbeKind, notes: &mut Notes) -> Value {
         }
         Check::Tcp { host, port } => {
             let mut t = json!({ "port": port });
-            host_of(&mut t, &host.to_string(), &field("tcp.host"), notes);
+            host_of(&mut t, host, &field("tcp.host"), notes);
             o.insert("tcpSocket".into(), t);
         }
         Check::Http {
@@ -44,7 +41,7 @@ fn probe(p: &Probe, kind: ProbeKind, notes: &mut Notes) -> Value {
             headers,
         } => {
             let mut h = json!({"port": port, "path": path, "scheme": "HTTP"});
-            host_of(&mut h, &host.to_string(), &field("http.host"), notes);
+            host_of(&mut h, host, &field("http.host"), notes);
             if !headers.is_empty() {
                 let list: Vec<Value> = headers
                     .iter()
@@ -78,11 +75,17 @@ fn seconds(d: Duration, min: u64) -> u64 {
     u64::try_from(s).unwrap_or(u64::MAX).max(min)
 }
 
-/// A host other than the loopback is the kubelet's `host` field (an
-/// address outside the pod); the loopback is left to the pod's IP.
-fn host_of(target: &mut Value, host: &str, field: &str, notes: &mut Notes) {
-    if host != DEFAULT_HOST {
-        target["host"] = json!(host);
+/// isola probes the service's own loopback; the kubelet probes the pod's
+/// IP, which a payload listening only on a loopback address does not
+/// answer (said). Another host is the kubelet's `host` field.
+fn host_of(target: &mut Value, host: &IpAddr, field: &str, notes: &mut Notes) {
+    if host.is_loopback() {
+        notes.changed(
+            field,
+            &format!("{host}: the kubelet probes the pod's IP: the payload must listen there"),
+        );
+    } else {
+        target["host"] = json!(host.to_string());
         notes.changed(
             field,
             &format!("{host}: the kubelet connects to it from the node"),

@@ -331,3 +331,77 @@ fn the_stack_is_checked_first() {
         "{msg}"
     );
 }
+
+/// Names that meet once made labels, chains of one-shots, capabilities a
+/// spec leaves out.
+#[test]
+fn names_stay_unique_and_one_shot_chains_run_in_order() {
+    let stack = json!({"services": {
+        "web_1": {"process": {"args": ["/bin/true"]}, "sockets": [
+            {"name": "metrics-endpoint-a", "listen": "tcp://0.0.0.0:9001"},
+            {"name": "metrics-endpoint-b", "listen": "tcp://0.0.0.0:9002"}
+        ]},
+        "web-1": {"process": {"args": ["/bin/true"]}},
+        "9lives": {"process": {"args": ["/bin/true"]}, "sockets": [{"name": "x", "listen": "tcp://127.0.0.1:7"}]},
+        "seed": {"process": {"args": ["/bin/true", "seed"]}, "restart": {"policy": "no"},
+                 "probes": {"liveness": {"exec": ["/bin/true"]}}},
+        "migrate": {"process": {"args": ["/bin/true", "migrate"]}, "restart": {"policy": "no"},
+                    "dependsOn": {"seed": "completed"}},
+        "app": {"process": {"args": ["/bin/true"]}, "dependsOn": {"migrate": "completed"},
+                "linux": {"namespaces": [{"type": "network"}, {"type": "user"}, {"type": "time"}]}}
+    }});
+    let g = generate(&stack, &isola_class());
+    let objs = objects(&g);
+    find(&objs, "Deployment", "web-1");
+    find(&objs, "Deployment", "web-1-2");
+    let web = find(&objs, "Deployment", "web-1-2");
+    let ports = &web["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_ne!(ports[0]["name"], ports[1]["name"], "{ports}");
+    find(&objs, "Service", "svc-9lives");
+    assert!(g
+        .warnings
+        .iter()
+        .any(|w| w.contains("127.0.0.1:7: a loopback address")));
+    let app = &find(&objs, "Deployment", "app")["spec"]["template"]["spec"];
+    let names: Vec<&Value> = app["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [&json!("seed"), &json!("migrate")],
+        "the chain, in order"
+    );
+    assert!(
+        app["initContainers"][0].get("livenessProbe").is_none(),
+        "no probes on init containers"
+    );
+    assert!(
+        objs.iter().all(|o| o["kind"] != "Job"),
+        "each one-shot ran as an init container"
+    );
+    assert_eq!(
+        app["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    assert_eq!(app["hostUsers"], false, "its own user namespace");
+    assert!(g
+        .warnings
+        .iter()
+        .any(|w| w.contains("services.app.linux.namespaces: no Kubernetes equivalent: time")));
+    let file = std::env::temp_dir().join(format!("isola-kube-names-{}.yaml", std::process::id()));
+    std::fs::write(&file, &g.yaml).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(repo().join("scripts/kube-validate.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

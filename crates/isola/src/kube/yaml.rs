@@ -24,7 +24,7 @@ pub(crate) fn document(comments: &[String], v: &Value) -> String {
 
 fn scalar(v: &Value) -> String {
     match v {
-        Value::String(s) => Value::String(s.clone()).to_string(),
+        Value::String(s) => quoted(s),
         Value::Array(a) if a.is_empty() => "[]".into(),
         Value::Object(o) if o.is_empty() => "{}".into(),
         other => other.to_string(),
@@ -51,7 +51,7 @@ fn block(v: &Value, indent: usize, out: &mut String) {
     match v {
         Value::Object(o) => {
             for (k, val) in ordered(o) {
-                let key = Value::String(k.clone()).to_string();
+                let key = quoted(k);
                 let key = if is_plain_key(k) { k.as_str() } else { &key };
                 if is_block(val) {
                     out.push_str(&format!("{pad}{key}:\n"));
@@ -79,13 +79,31 @@ fn block(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
-/// Kubernetes keys are plain words; anything else (an annotation with a
-/// colon, a label with a slash is fine) is quoted.
+/// A double-quoted scalar: JSON's escapes, and DEL and the C1 controls
+/// escaped too (JSON leaves them, YAML forbids them raw).
+fn quoted(s: &str) -> String {
+    let json = Value::String(s.to_string()).to_string();
+    json.chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' => format!("\\u{:04x}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// YAML 1.1 words a reader (PyYAML, sigs.k8s.io/yaml) takes for a bool or
+/// null, not a string.
+const YAML11_WORDS: [&str; 11] = [
+    "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "",
+];
+
+/// Kubernetes keys are plain words that start with a letter; anything
+/// else (an annotation with a colon, `on`, `123`) is quoted.
 fn is_plain_key(k: &str) -> bool {
-    !k.is_empty()
+    k.starts_with(|c: char| c.is_ascii_alphabetic())
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-        && !k.starts_with(['-', '.'])
+        && !YAML11_WORDS.contains(&k.to_ascii_lowercase().as_str())
 }
 
 #[cfg(test)]
@@ -100,7 +118,7 @@ mod tests {
             "kind": "Deployment", "apiVersion": "apps/v1", "empty": [], "n": 1.5, "ok": true
         });
         let y = document(&["from isola".into()], &v);
-        let want = "---\n# from isola\napiVersion: \"apps/v1\"\nkind: \"Deployment\"\nempty: []\nn: 1.5\nok: true\nspec:\n  containers:\n  - name: \"web\"\n    args:\n    - \"a b\"\n    - \"no\"\n    ports:\n    - containerPort: 80\n";
+        let want = "---\n# from isola\napiVersion: \"apps/v1\"\nkind: \"Deployment\"\nempty: []\n\"n\": 1.5\nok: true\nspec:\n  containers:\n  - name: \"web\"\n    args:\n    - \"a b\"\n    - \"no\"\n    ports:\n    - containerPort: 80\n";
         assert_eq!(y, want);
     }
 
@@ -108,5 +126,7 @@ mod tests {
     fn odd_keys_and_strings_are_quoted() {
         let y = document(&[], &json!({"a:b": "x\n\"y\""}));
         assert_eq!(y, "---\n\"a:b\": \"x\\n\\\"y\\\"\"\n");
+        let y = document(&[], &json!({"on": 1, "No": 2, "9x": 3, "ok": "\u{85}"}));
+        assert_eq!(y, "---\n\"9x\": 3\n\"No\": 2\nok: \"\\u0085\"\n\"on\": 1\n");
     }
 }

@@ -50,12 +50,33 @@ pub(super) fn namespaces(
                         format!("{}: no such namespace file", p.display()),
                     ));
                 }
+                refuse_our_own(flag, p, &format!("{field}.path"))?;
                 // (Retain: nix has no CLONE_NEWTIME.)
                 join.push((nix::sched::CloneFlags::from_bits_retain(flag), p.clone()));
             }
         }
     }
     Ok((clone_flags, join))
+}
+
+/// A mount or UTS namespace joined by path is set up as the sandbox's own
+/// (the rootfs pivoted to, the hostname set): never ours — the host's,
+/// when isola runs there — which every process in it would see changed.
+fn refuse_our_own(flag: libc::c_int, p: &Path, field: &str) -> Result<(), SpecError> {
+    use std::os::unix::fs::MetadataExt;
+    let (ours, what) = match flag {
+        libc::CLONE_NEWNS => ("/proc/self/ns/mnt", "mount"),
+        libc::CLONE_NEWUTS => ("/proc/self/ns/uts", "uts"),
+        _ => return Ok(()),
+    };
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if id(p).is_some() && id(p) == id(Path::new(ours)) {
+        return Err(SpecError::new(
+            field,
+            format!("{}: isola's own {what} namespace (the host's): the sandbox would change it for every process in it", p.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// AppArmor/SELinux labels: refused where that LSM is enabled (isola

@@ -7,17 +7,16 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
 use oci_spec::runtime::{Linux, Spec};
 
 use super::capabilities::{self, CapSets};
-use super::fields::{self, abs_paths, check_sysctl, cstrings, rlimit};
+use super::fields::{self, check_sysctl, cstrings, rlimit};
+use super::view::view;
 use super::{Dialect, Plan, Rlimit};
 use crate::cgroup::devices::{self, Insn};
 use crate::cgroup::limits::{self, CgroupFile};
 use crate::error::SpecError;
 use crate::fs::cgroup_mount;
-use crate::fs::mounts::MountSpec;
 use crate::fs::nodes::DeviceNode;
 use crate::init::hookrun::{HookRun, InContainer};
 use crate::seccomp::{self, Program};
@@ -326,105 +325,6 @@ fn linux_or_empty(oci: &Spec) -> Result<Linux, SpecError> {
         Some(l) => Ok(l.clone()),
         None => serde_json::from_str("{}").map_err(|e| SpecError::new("linux", e.to_string())),
     }
-}
-
-/// The sandbox's view: `mounts`, masked and read-only paths, `hostname`,
-/// the propagation of its mounts.
-struct View {
-    mounts: Vec<MountSpec>,
-    masked: Vec<PathBuf>,
-    readonly: Vec<PathBuf>,
-    hostname: Option<String>,
-    propagation: MsFlags,
-}
-
-/// `mounts`, `linux.maskedPaths` and `linux.readonlyPaths` (each, like a
-/// rootfs — `has_root` — only with a mount namespace of its own: `own_ns`
-/// are the namespaces new or joined), then `hostname` and
-/// `linux.rootfsPropagation`.
-fn view(
-    oci: &Spec,
-    linux: &Linux,
-    base_dir: &Path,
-    has_root: bool,
-    own_ns: u64,
-) -> Result<View, SpecError> {
-    let mount_ns = own_ns & libc::CLONE_NEWNS as u64 != 0;
-    let mounts = oci
-        .mounts()
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, m)| MountSpec::from_oci(i, m, base_dir))
-        .collect::<Result<Vec<_>, _>>()?;
-    let masked = abs_paths("linux.maskedPaths", linux.masked_paths())?;
-    let readonly = abs_paths("linux.readonlyPaths", linux.readonly_paths())?;
-    if !mount_ns {
-        for (field, used) in [
-            ("root", has_root),
-            ("mounts", !mounts.is_empty()),
-            ("linux.maskedPaths", !masked.is_empty()),
-            ("linux.readonlyPaths", !readonly.is_empty()),
-        ] {
-            if used {
-                return Err(SpecError::new(
-                    field,
-                    "needs a new mount namespace (add {\"type\": \"mount\"} to linux.namespaces)",
-                ));
-            }
-        }
-    }
-    let hostname = uts_hostname(oci, own_ns)?;
-    let propagation = rootfs_propagation(linux, has_root)?;
-    Ok(View {
-        mounts,
-        masked,
-        readonly,
-        hostname,
-        propagation,
-    })
-}
-
-/// `hostname`: 1-64 bytes, in a UTS namespace of its own (new or joined).
-fn uts_hostname(oci: &Spec, own_ns: u64) -> Result<Option<String>, SpecError> {
-    let hostname = oci.hostname().clone();
-    if hostname.is_some() && own_ns & libc::CLONE_NEWUTS as u64 == 0 {
-        return Err(SpecError::new(
-            "hostname",
-            "needs a new uts namespace (add {\"type\": \"uts\"} to linux.namespaces)",
-        ));
-    }
-    if let Some(h) = &hostname {
-        if h.is_empty() || h.len() > 64 {
-            return Err(SpecError::new(
-                "hostname",
-                format!("{h:?}: must be 1-64 bytes"),
-            ));
-        }
-    }
-    Ok(hostname)
-}
-
-/// `linux.rootfsPropagation`. Shared only with a rootfs: the sandbox's
-/// root is then a peer group of its own (see fs::mounts); in host-root
-/// mode it would be the host's.
-fn rootfs_propagation(linux: &Linux, has_root: bool) -> Result<MsFlags, SpecError> {
-    let field = "linux.rootfsPropagation";
-    Ok(match linux.rootfs_propagation().as_deref() {
-        None | Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE,
-        Some("slave") | Some("rslave") => MsFlags::MS_SLAVE,
-        Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
-        Some("shared") | Some("rshared") if has_root => MsFlags::MS_SHARED,
-        Some(s @ ("shared" | "rshared")) => {
-            return Err(SpecError::new(field, format!("{s}: needs root.path (without a rootfs the root is the host's: its mounts would be shared with the host)")));
-        }
-        Some(other) => {
-            return Err(SpecError::new(
-                field,
-                format!("{other}: use private, slave, shared or unbindable"),
-            ));
-        }
-    })
 }
 
 /// `linux.sysctl`, sorted: only keys of a namespace the sandbox creates.

@@ -4,6 +4,7 @@
 //! parent enters it just for the clone and goes back to its own after.
 
 use std::fs::File;
+use std::io::Write;
 
 use nix::sched::{setns, CloneFlags};
 
@@ -41,8 +42,15 @@ fn errno(e: &std::io::Error) -> nix::errno::Errno {
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        // Cannot fail for our own namespace; were it to, the next clone
-        // would be refused by the kernel's checks, not placed wrongly.
-        let _ = setns(&self.back, CloneFlags::CLONE_NEWPID);
+        // Our own namespace: the kernel always lets us back. Were it not
+        // to, every later sandbox would be born in the joined one: stop
+        // rather than go on placing them wrongly.
+        if let Err(e) = setns(&self.back, CloneFlags::CLONE_NEWPID) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "isola: cannot return to our own PID namespace: {e}"
+            );
+            std::process::abort();
+        }
     }
 }

@@ -48,7 +48,14 @@ pub(super) fn make(plan: &Plan) -> Result<Option<Made>, Error> {
 
 impl Drop for Made {
     fn drop(&mut self) {
-        // Our own children's namespace of before: always allowed.
-        let _ = setns(&self.back, flag());
+        // Our children's namespace of before: always allowed. Were it not,
+        // every later sandbox would get these clocks: stop instead.
+        if let Err(e) = setns(&self.back, flag()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "isola: cannot return to our own time namespace: {e}"
+            );
+            std::process::abort();
+        }
     }
 }

@@ -48,7 +48,7 @@ pub(crate) fn complete_plan(def: &mut ServiceDef, control_socket: &Path) {
     }
     let dir = host_dir(control_socket, &def.name);
     let plan = &mut def.plan;
-    let own_mount_ns = plan.clone_flags & libc::CLONE_NEWNS as u64 != 0;
+    let own_mount_ns = plan.has_mount_ns();
     let bind = |destination: PathBuf, source: PathBuf| MountSpec {
         destination,
         fstype: "bind".into(),
