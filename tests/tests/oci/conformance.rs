@@ -251,23 +251,21 @@ fn called_isola_runtime_every_command_is_the_oci_one() {
     let s = Scratch::new("oci-conf-name");
     let runtime = s.path("isola-runtime");
     std::os::unix::fs::symlink(isola_bin(), &runtime).unwrap();
-    let root = s.path("state");
-    // `start` of an unknown id: the OCI error, not the supervisor's start.
-    let out = Command::new(&runtime)
-        .args(["--root", root.to_str().unwrap(), "start", "nosuch"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("nosuch does not exist"), "{err}");
-    // Without --root (called `isola`, this is the supervisor's `start`).
-    let out = Command::new(&runtime)
-        .args(["start", "nosuch"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("nosuch does not exist"), "{err}");
+    // Argv that, called `isola`, is the supervisor's (the control: it
+    // says no supervisor listens) and, called `isola-runtime`, the OCI
+    // command's (no such container).
+    for argv in [&["start", "nosuch"][..], &["exec", "nosuch", "true"][..]] {
+        let control = Command::new(isola_bin()).args(argv).output().unwrap();
+        let err = String::from_utf8_lossy(&control.stderr);
+        assert!(!err.contains("does not exist"), "isola {argv:?}: {err}");
+        let out = Command::new(&runtime).args(argv).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("container nosuch does not exist"),
+            "isola-runtime {argv:?}: {err}"
+        );
+    }
 }
 
 /// Seconds since boot as /proc/uptime says, read where `cmd` runs.

@@ -289,23 +289,26 @@ fn the_output_is_what_the_kubernetes_models_read() {
     }
     assert!(stacks.len() > 3, "the example stacks were found");
     for (name, stack) in stacks {
-        let g = generate(&stack, &isola_class());
-        let file =
-            std::env::temp_dir().join(format!("isola-kube-{}-{name}.yaml", std::process::id()));
-        std::fs::write(&file, &g.yaml).unwrap();
-        let out = std::process::Command::new(python())
-            .arg(repo().join("scripts/kube-validate.py"))
-            .arg(&file)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&file);
-        assert!(
-            out.status.success(),
-            "{name}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_models_read(&name, &generate(&stack, &isola_class()).yaml);
     }
+}
+
+/// `yaml` through scripts/kube-validate.py (the Kubernetes models).
+fn assert_models_read(name: &str, yaml: &str) {
+    let file = std::env::temp_dir().join(format!("isola-kube-{}-{name}.yaml", std::process::id()));
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(repo().join("scripts/kube-validate.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The fixture is a stack isola itself accepts; bad input is refused in
@@ -391,17 +394,5 @@ fn names_stay_unique_and_one_shot_chains_run_in_order() {
         .warnings
         .iter()
         .any(|w| w.contains("services.app.linux.namespaces: no Kubernetes equivalent: time")));
-    let file = std::env::temp_dir().join(format!("isola-kube-names-{}.yaml", std::process::id()));
-    std::fs::write(&file, &g.yaml).unwrap();
-    let out = std::process::Command::new(python())
-        .arg(repo().join("scripts/kube-validate.py"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_models_read("names", &g.yaml);
 }

@@ -3,7 +3,7 @@
 //! terminal when it has one, hides every fd but the passed ones and execs.
 
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -26,12 +26,11 @@ use crate::{exit, sys};
 pub(super) fn spawn_payload(plan: &Plan, fds: &PayloadFds, terminal: bool) -> Result<Pid, Failure> {
     let path = resolve(&plan.args[0], &plan.search_path)
         .map_err(|e| Failure::Exec(e, exec_exit_code(e)))?;
-    let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const libc::c_char> = plan
         .args
         .iter()
         .map(|a| a.as_ptr())
-        .chain(nul.clone())
+        .chain(std::iter::once(std::ptr::null()))
         .collect();
     // Socket activation: the spec's own LISTEN_* give way to ours.
     let pid_slot = PidSlot::new();
@@ -42,18 +41,7 @@ pub(super) fn spawn_payload(plan: &Plan, fds: &PayloadFds, terminal: bool) -> Re
         ),
         None => None,
     };
-    let envp: Vec<*const libc::c_char> = match &listen_env {
-        None => plan.env.iter().map(|a| a.as_ptr()).chain(nul).collect(),
-        Some(extra) => plan
-            .env
-            .iter()
-            .filter(|e| !listen::is_protocol_variable(e.as_bytes()))
-            .chain(extra)
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(pid_slot.as_ptr()))
-            .chain(nul)
-            .collect(),
-    };
+    let envp = payload_envp(&plan.env, listen_env.as_ref(), &pid_slot);
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step("exec", "pipe"))?;
     let keep = fds.all;
     let with_pid = listen_env.is_some();
@@ -91,9 +79,15 @@ pub(super) fn spawn_payload(plan: &Plan, fds: &PayloadFds, terminal: bool) -> Re
         },
     };
     drop(wr);
+    exec_status(&rd, child)
+}
+
+/// The exec's outcome off the CLOEXEC pipe: EOF (it happened) or the
+/// child's errno (then the child is reaped).
+fn exec_status(rd: &OwnedFd, child: Pid) -> Result<Pid, Failure> {
     let mut buf = [0u8; 4];
     let n = loop {
-        match nix::unistd::read(&rd, &mut buf) {
+        match nix::unistd::read(rd, &mut buf) {
             Err(Errno::EINTR) => continue,
             r => break r.map_err(step("exec", "read exec status"))?,
         }
@@ -104,6 +98,28 @@ pub(super) fn spawn_payload(plan: &Plan, fds: &PayloadFds, terminal: bool) -> Re
         return Err(Failure::Exec(errno, exec_exit_code(errno)));
     }
     Ok(child)
+}
+
+/// The payload's environment as an `envp` array: the spec's, or with
+/// socket activation (`listen`) its LISTEN_* replaced by ours and the
+/// LISTEN_PID slot the child fills in.
+fn payload_envp(
+    env: &[CString],
+    listen: Option<&[CString; 2]>,
+    pid_slot: &PidSlot,
+) -> Vec<*const libc::c_char> {
+    let nul = std::iter::once(std::ptr::null());
+    match listen {
+        None => env.iter().map(|a| a.as_ptr()).chain(nul).collect(),
+        Some(extra) => env
+            .iter()
+            .filter(|e| !listen::is_protocol_variable(e.as_bytes()))
+            .chain(extra)
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(pid_slot.as_ptr()))
+            .chain(nul)
+            .collect(),
+    }
 }
 
 pub(crate) fn exec_exit_code(e: Errno) -> i32 {
